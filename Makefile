@@ -1,0 +1,30 @@
+# Two commands a newcomer needs: `make demo` (train a tiny GPT on the corpus that ships with
+# Python, then generate from it) and `make test`. Both set up .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+# tiktoken cannot download on these machines; ../shared/tiktoken holds its files.
+ifneq ($(wildcard $(SHARED)/tiktoken),)
+export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken
+endif
+RUN ?= runs/tiny
+
+.PHONY: setup demo test bench clean
+setup: $(VENV)/.installed
+
+# constraints.txt pins torch to the CPU build on these machines (an unpinned torch pulls CUDA, several GB).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/gptzoo train configs/tiny.toml --out $(RUN)
+	$(VENV)/bin/gptzoo generate $(RUN) --prompt "The " --max-new-tokens 80
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

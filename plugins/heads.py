@@ -1,0 +1,61 @@
+"""Output heads: the language-model head (optionally tied to the token embedding) and a classifier."""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from gptzoo.core import Dims, Head, Params
+from gptzoo.registry import hookimpl
+
+
+class LMHead(Head):
+    """Hidden states -> next-token logits over the vocabulary: (B, T, C) -> (B, T, V)."""
+
+    can_tie = True
+
+    def __init__(self, params: Params, dims: Dims, embedding: nn.Embedding | None = None):
+        super().__init__(params, dims)
+        # Tied: the very Parameter of the embedding, no copy.
+        self.weight = embedding.weight if embedding is not None else nn.Parameter(torch.randn(dims.vocab_size, dims.d_model) * 0.02)
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        return F.linear(x, self.weight)  # (B, T, V)
+
+    def flops_per_token(self, context_length: int) -> int:
+        return 2 * self.weight.numel()
+
+
+class ClassifierParams(Params):
+    n_classes: int = Field(2, ge=2)
+    pooling: Literal["last", "mean"] = "last"
+
+
+class ClassifierHead(Head):
+    """Pools the sequence (last real token, or the mean of real tokens) and maps it to class logits: (B, T, C) -> (B, n_classes)."""
+
+    Params = ClassifierParams
+
+    def __init__(self, params: ClassifierParams, dims: Dims, embedding: nn.Embedding | None = None):
+        super().__init__(params, dims)
+        self.out = nn.Linear(dims.d_model, params.n_classes)
+
+    def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        if pad_mask is None:
+            pooled = x[:, -1] if self.params.pooling == "last" else x.mean(dim=1)  # (B, C)
+        elif self.params.pooling == "last":
+            # Right padding: the last real token sits just before the first pad.
+            last = pad_mask.long().cumsum(-1).argmax(-1)  # (B,)
+            pooled = x[torch.arange(x.size(0), device=x.device), last]
+        else:
+            weights = pad_mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+            pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.out(pooled)  # (B, n_classes)
+
+
+@hookimpl
+def register_components(register):
+    register("head", "lm", LMHead)
+    register("head", "classifier", ClassifierHead)

@@ -1,0 +1,3 @@
+from gptzoo.recipes.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The ``gptzoo`` command. Each subcommand lives in its own module with ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; errors a person can act on
+(GptzooError) print one message and exit with 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gptzoo.core import GptzooError
+
+COMMANDS = {
+    "plugins": "gptzoo.recipes.cmd_plugins",
+    "describe": "gptzoo.recipes.cmd_describe",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gptzoo", description="A plugin-based zoo of GPT architectures.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except GptzooError as err:
+        print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gptzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

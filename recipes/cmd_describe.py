@@ -1,0 +1,55 @@
+"""gptzoo describe: the resolved config, parameter counts by family and per-plugin cost estimates."""
+
+import argparse
+import json
+
+import torch
+
+from gptzoo.core import GPT
+from gptzoo.recipes.config import RunConfig, load_run_config
+
+HELP = "print a config resolved, its parameter count (total and by family) and cost estimates"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a TOML config or a run folder")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.attention.name=sdpa (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print JSON (see the README for its shape)")
+
+
+def describe(config: RunConfig) -> dict:
+    model_config = config.model
+    if model_config.vocab_size is None:
+        model_config = model_config.model_copy(update={"vocab_size": config.model.tokenizer.build().vocab_size})
+    with torch.device("meta"):  # shapes only: describing gpt2-1558m allocates nothing
+        model = GPT(model_config)
+    T = model_config.context_length
+    per_token = model.kv_cache_bytes_per_token(torch.float32)
+    return {
+        "config": config.model_dump(mode="json") | {"model": model_config.model_dump(mode="json")},
+        "parameters": model.param_counts(),
+        "flops_per_token": model.flops_per_token(T),
+        "kv_cache": {"bytes_per_token": per_token, "bytes_per_sequence": per_token * T, "dtype": "float32", "context_length": T},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(load_run_config(args.config, args.overrides))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m = info["config"]["model"]
+    print(f"{args.config}")
+    for key, value in m.items():
+        shown = ", ".join(f"{k}={v!r}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"  {key:<15} {shown}")
+    print("parameters")
+    for family, n in info["parameters"].items():
+        print(f"  {family:<15} {n:>15,}")
+    print(f"cost per token at context {m['context_length']}")
+    flops = info["flops_per_token"]
+    print(f"  {'forward FLOPs':<15} {flops['forward']:>15,}")
+    print(f"  {'training FLOPs':<15} {flops['training']:>15,}")
+    kv = info["kv_cache"]
+    print(f"  {'KV cache':<15} {kv['bytes_per_token']:>15,} bytes/token (fp32), {kv['bytes_per_sequence'] / 2**20:,.1f} MiB per full sequence")
+    return 0

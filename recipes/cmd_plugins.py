@@ -1,0 +1,37 @@
+"""gptzoo plugins: every registered component, its params and the plugin that provides it."""
+
+import argparse
+import json
+
+from pydantic_core import PydanticUndefined
+
+from gptzoo.registry import default_registry
+
+HELP = "list every component family, name and the plugin (distribution and version) that provides it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON list (see the README for its shape)")
+
+
+def _params(entry) -> dict:
+    out = {}
+    for name, field in entry.params_model.model_fields.items():
+        default = None if field.default is PydanticUndefined else field.default
+        out[name] = {"type": str(field.annotation).replace("typing.", ""), "default": default, "required": field.is_required()}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = default_registry().entries()
+    if args.json:
+        print(json.dumps([
+            {"family": e.family, "name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version, "params": _params(e)}
+            for e in entries
+        ], indent=2, default=str))
+        return 0
+    rows = [(e.family, e.name, ", ".join(f"{k}={v['default']!r}" for k, v in _params(e).items()) or "-", e.provider) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [("family", "name", "params", "provided by")]) for i in range(4)]
+    for row in [("family", "name", "params", "provided by")] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0

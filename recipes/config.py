@@ -1,0 +1,92 @@
+"""The run config: one TOML file with [model], [data] and [train]; saved as config.json in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.registry import Registry, default_registry
+
+BUILTIN_CORPUS = "builtin:pydoc"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(BUILTIN_CORPUS, description=f"a text file, a folder of .txt files, or {BUILTIN_CORPUS!r} (ships with Python)")
+    stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = Field(0, description="split and shuffling order; the same for every run that shares it")
+    cache_dir: str | None = Field(None, description="token cache; None: $GPTZOO_CACHE or ~/.cache/gptzoo")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0, description="token budget: optimizer steps = max_tokens / tokens per step")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this")
+    warmup_steps: int = Field(0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_interval: int = Field(50, gt=0)
+    eval_batches: int = Field(10, gt=0)
+    seed: int = Field(0, description="initialisation and dropout")
+    device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    compile: bool = False
+    sample_prompt: str = "The"
+    sample_tokens: int = Field(32, ge=0)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        given = [k for k in ("max_steps", "epochs", "max_tokens") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of max_steps, epochs, max_tokens; got {', '.join(given)}")
+        if not given:
+            raise ValueError("give a training budget: max_steps, epochs or max_tokens")
+        return self
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig(max_steps=100)
+
+
+def validate_run_config(data: dict[str, Any], source: str, registry: Registry | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data, context={"registry": registry or default_registry()})
+    except ValidationError as err:
+        raise config_error(err, source, RunConfig) from None
+
+
+def load_run_config(path: str | Path, overrides: list[str] = (), registry: Registry | None = None) -> RunConfig:
+    """Read a TOML (or a run folder's config.json), apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if path.suffix == ".json" or path.is_dir():
+        import json
+
+        file = path / "config.json" if path.is_dir() else path
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such config file")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{file}: not valid JSON: {err}") from None
+    else:
+        data = read_toml(path)
+    data = apply_overrides(data, list(overrides))
+    if "model" not in data:
+        raise ConfigError(f"{path}: has no [model] table")
+    return validate_run_config(data, str(path), registry)

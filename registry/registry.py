@@ -1,0 +1,188 @@
+"""The plugin manager and the component table built from it.
+
+``make_registry()`` returns a fresh, independent registry (tests build their own);
+``default_registry()`` is the process-wide one the CLI uses, cached and resettable with
+``default_registry.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from gptzoo.core import FAMILIES, ConfigError, GptzooError, ModelConfig, Params, config_error
+from gptzoo.registry.hookspecs import GptzooSpec
+
+ENTRY_POINT_GROUP = "gptzoo"
+PLUGINS_ENV = "GPTZOO_PLUGINS"
+BUILTIN_PLUGINS = (
+    "gptzoo.plugins.tokenizers",
+    "gptzoo.plugins.positional",
+    "gptzoo.plugins.attention",
+    "gptzoo.plugins.feed_forward",
+    "gptzoo.plugins.norms",
+    "gptzoo.plugins.heads",
+)
+
+
+class PluginError(GptzooError):
+    """A plugin that cannot be loaded or registers something it may not."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    family: str
+    name: str
+    impl: type
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def params_model(self) -> type[Params]:
+        return self.impl.Params
+
+    @property
+    def provider(self) -> str:
+        return f"{self.plugin} ({self.distribution} {self.version})"
+
+
+def _gptzoo_version() -> str:
+    try:
+        return md.version("gptzoo")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("gptzoo")
+        self.pm.add_hookspecs(GptzooSpec)
+        self._entries: dict[tuple[str, str], Entry] = {}
+
+    # ---- registering -----------------------------------------------------------------------
+
+    def add(self, family: str, name: str, impl: type, plugin: str = "<code>", distribution: str = "<code>", version: str = "") -> None:
+        where = f"plugin '{plugin}'"
+        if family not in FAMILIES:
+            raise PluginError(f"{where} registers '{name}' in unknown family '{family}'; families: {', '.join(FAMILIES)}")
+        interface = FAMILIES[family]
+        if not (isinstance(impl, type) and issubclass(impl, interface)):
+            raise PluginError(f"{where}: {family} '{name}' must subclass gptzoo.core.{interface.__name__}, got {impl!r}")
+        params = getattr(impl, "Params", None)
+        if not (isinstance(params, type) and issubclass(params, BaseModel)) or params.model_config.get("extra") != "forbid":
+            raise PluginError(f"{where}: {family} '{name}' must declare Params as a subclass of gptzoo.core.Params (unknown keys forbidden)")
+        existing = self._entries.get((family, name))
+        if existing is not None:
+            raise PluginError(
+                f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}). "
+                f"Uninstall one, or choose plugins with {PLUGINS_ENV}"
+            )
+        self._entries[(family, name)] = Entry(family, name, impl, plugin, distribution, version)
+
+    def component(self, family: str, name: str) -> Callable[[type], type]:
+        """Decorator registering a class in code (notebooks, tests): ``@registry.component("attention", "mine")``."""
+
+        def decorate(impl: type) -> type:
+            self.add(family, name, impl, plugin=impl.__module__)
+            return impl
+
+        return decorate
+
+    def register_plugin(self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = "") -> None:
+        """Register a plugin object or module through the ``register_components`` hook."""
+        name = name or getattr(plugin, "__name__", repr(plugin))
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except (pluggy.PluginValidationError, ValueError) as err:
+            self.pm.unregister(name=name) if self.pm.has_plugin(name) else None
+            raise PluginError(f"plugin '{name}' ({distribution}) is invalid: {err}") from None
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        caller = self.pm.subset_hook_caller("register_components", remove_plugins=others)
+        caller(register=lambda family, cname, impl: self.add(family, cname, impl, name, distribution, version))
+
+    def load_entry_points(self) -> None:
+        """Load third-party plugins from the ``gptzoo`` entry-point group, as GPTZOO_PLUGINS selects."""
+        eps = {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+        selected = os.environ.get(PLUGINS_ENV)
+        if selected is not None:
+            wanted = [s.strip() for s in selected.split(",") if s.strip()]
+            missing = [w for w in wanted if w not in eps]
+            if missing:
+                raise PluginError(f"{PLUGINS_ENV} names {', '.join(missing)}, not installed; installed plugins: {', '.join(sorted(eps)) or 'none'}")
+            eps = {w: eps[w] for w in wanted}
+        for ep_name, ep in sorted(eps.items()):
+            dist = ep.dist.name if ep.dist else "unknown"
+            version = ep.dist.version if ep.dist else ""
+            try:
+                module = ep.load()
+            except Exception as err:  # noqa: BLE001 -- any import failure becomes one actionable message
+                raise PluginError(
+                    f"plugin '{ep_name}' (entry point '{ep_name} = {ep.value}' of {dist} {version}) failed to import: "
+                    f"{type(err).__name__}: {err}. Fix or uninstall it, or choose which plugins load with "
+                    f"{PLUGINS_ENV}=name,name ('' loads none)"
+                ) from err
+            self.register_plugin(module, name=ep_name, distribution=dist, version=version)
+
+    # ---- looking up --------------------------------------------------------------------------
+
+    def entries(self, family: str | None = None) -> list[Entry]:
+        return sorted((e for e in self._entries.values() if family in (None, e.family)), key=lambda e: (list(FAMILIES).index(e.family), e.name))
+
+    def names(self, family: str) -> list[str]:
+        return [e.name for e in self.entries(family)]
+
+    def get(self, family: str, name: str) -> Entry:
+        entry = self._entries.get((family, name))
+        if entry is None:
+            raise KeyError(self._unknown(family, name))
+        return entry
+
+    def resolve(self, family: str, name: str) -> type:
+        entry = self._entries.get((family, name))
+        if entry is None:
+            raise ValueError(self._unknown(family, name))
+        return entry.impl
+
+    def _unknown(self, family: str, name: str) -> str:
+        names = self.names(family)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown {family} '{name}'{hint}; available: {', '.join(names) or 'none'}"
+
+    # ---- configs -----------------------------------------------------------------------------
+
+    def model_config(self, data: dict[str, Any] | ModelConfig, source: str = "model config") -> ModelConfig:
+        """Validate a model config against this registry; ConfigError lists every problem."""
+        try:
+            return ModelConfig.model_validate(data, context={"registry": self})
+        except ValidationError as err:
+            raise config_error(err, source, ModelConfig) from None
+
+
+def make_registry(*, entry_points: bool = True) -> Registry:
+    """A fresh registry with the built-in plugins and, unless told not to, installed ones."""
+    registry = Registry()
+    version = _gptzoo_version()
+    for module_name in BUILTIN_PLUGINS:
+        registry.register_plugin(importlib.import_module(module_name), name=module_name, distribution="gptzoo", version=version)
+    if entry_points:
+        registry.load_entry_points()
+    return registry
+
+
+@functools.cache
+def default_registry() -> Registry:
+    return make_registry()
+
+
+__all__ = ["ConfigError", "Entry", "PluginError", "Registry", "default_registry", "make_registry"]
