@@ -1,0 +1,266 @@
+"""Side-by-side speed and memory of gptzoo's assembled GPT against references, on identical shapes.
+
+    python benchmarks/bench.py [--shape small|tiny] [--reps 5] [--out bench.json]
+
+Each case runs in a fresh process (clean peak memory, same thread count), warms up, then
+reports the median of ``--reps`` timed repetitions. References:
+
+- ``handwritten``: a single-module GPT with the same math as gptzoo's GPT-2 assembly with
+  ``sdpa`` (below, deliberately not in the package): what "the plugins cost nothing" is measured against.
+- ``transformers``: GPT2LMHeadModel with attn_implementation="sdpa" (skipped if not installed).
+
+Ratios are gptzoo / reference: above 1 means gptzoo is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHAPES = {
+    # The shape of the issue's measurements: GPT-2 vocabulary, 4 layers, d_model 256, context 256.
+    "small": dict(vocab_size=50257, context_length=256, d_model=256, n_layers=4, n_heads=4, batch_size=8),
+    "gpt2-124m": dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12, batch_size=1),
+    # For the test suite: seconds, not minutes.
+    "tiny": dict(vocab_size=512, context_length=64, d_model=64, n_layers=2, n_heads=4, batch_size=4),
+}
+
+
+# ---- the hand-written reference: one module, GPT-2 math, tied head, SDPA -----------------
+
+
+class HandwrittenGPT(nn.Module):
+    def __init__(self, vocab_size: int, context_length: int, d_model: int, n_layers: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.wte = nn.Embedding(vocab_size, d_model)
+        self.wpe = nn.Embedding(context_length, d_model)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
+        self.qkv = nn.ModuleList(nn.Linear(d_model, 3 * d_model) for _ in range(n_layers))
+        self.proj = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(n_layers))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
+        self.fc = nn.ModuleList(nn.Linear(d_model, 4 * d_model) for _ in range(n_layers))
+        self.fc_out = nn.ModuleList(nn.Linear(4 * d_model, d_model) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for i in range(len(self.qkv)):
+            q, k, v = self.qkv[i](self.ln1[i](x)).split(x.size(-1), dim=-1)
+            q, k, v = (t.view(B, T, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+            x = x + self.proj[i](y)
+            x = x + self.fc_out[i](F.gelu(self.fc[i](self.ln2[i](x)), approximate="tanh"))
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+
+# ---- building each implementation ----------------------------------------------------------
+
+
+def build(impl: str, shape: dict) -> nn.Module:
+    dims = {k: v for k, v in shape.items() if k != "batch_size"}
+    if impl == "handwritten":
+        return HandwrittenGPT(**dims)
+    if impl == "transformers":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(vocab_size=dims["vocab_size"], n_positions=dims["context_length"], n_embd=dims["d_model"],
+                            n_layer=dims["n_layers"], n_head=dims["n_heads"], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
+                            bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
+        return GPT2LMHeadModel(config)
+    from gptzoo.core import GPT
+    from gptzoo.registry import make_registry
+
+    attention = impl.removeprefix("gptzoo-")
+    config = make_registry().model_config(dict(dims, qkv_bias=True, tied_head=True, attention=attention, tokenizer="byte"))
+    return GPT(config)
+
+
+def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    out = model(idx)
+    return out.logits if hasattr(out, "logits") else out
+
+
+# ---- the measured cases ----------------------------------------------------------------------
+
+
+def train_case(impl: str, shape_name: str, dtype: str, reps: int, warmup: int) -> dict:
+    shape = SHAPES[shape_name]
+    torch.manual_seed(0)
+    model = build(impl, shape).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    B, T, V = shape["batch_size"], shape["context_length"], shape["vocab_size"]
+    idx = torch.randint(0, V, (B, T))
+    targets = torch.randint(0, V, (B, T))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def step() -> None:
+        with autocast:
+            loss = F.cross_entropy(logits_of(model, idx).flatten(0, 1).float(), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = _timed(step, reps, warmup)
+    return {"tokens_per_s": B * T / statistics.median(times), "seconds": times}
+
+
+def decode_case(impl: str, shape_name: str, new_tokens: int, use_cache: bool, reps: int, warmup: int) -> dict:
+    shape = SHAPES[shape_name]
+    torch.manual_seed(0)
+    model = build(impl, shape).eval()
+    prompt = torch.randint(0, shape["vocab_size"], (1, 16))
+    if impl == "transformers":
+        def run() -> None:
+            with torch.inference_mode():
+                model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               use_cache=use_cache, pad_token_id=0)
+    else:
+        from gptzoo.recipes.generate import generate_ids
+
+        def run() -> None:
+            generate_ids(model, [prompt[0].tolist()], new_tokens, use_cache=use_cache)
+
+    times = _timed(run, reps, warmup)
+    return {"tokens_per_s": new_tokens / statistics.median(times), "seconds": times}
+
+
+def _timed(fn, reps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _run_in_child(queue: mp.Queue, kind: str, args: tuple, threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        result = (train_case if kind == "train" else decode_case)(*args)
+        result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        queue.put(result)
+    except Exception as err:  # noqa: BLE001 -- a failing reference must not stop the benchmark
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def measure(kind: str, args: tuple, threads: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run_in_child, args=(queue, kind, args, threads))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def have_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="small", choices=list(SHAPES))
+    parser.add_argument("--decode-shapes", default=None, help="comma-separated shapes for decoding (default: --shape)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--long-tokens", type=int, default=256, help="new tokens for the cache vs no-cache ratio")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args(argv)
+
+    refs = ["handwritten"] + (["transformers"] if have_transformers() else [])
+    bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+    rows = []
+
+    def add(case: str, impl: str, result: dict, reference: str | None, ref_result: dict | None) -> None:
+        row = {"case": case, "impl": impl, "tokens_per_s": result.get("tokens_per_s"), "peak_rss_bytes": result.get("peak_rss_bytes"), "error": result.get("error")}
+        if reference is not None and ref_result is not None:
+            row["reference"] = reference
+            row["reference_tokens_per_s"] = ref_result.get("tokens_per_s")
+            if row["tokens_per_s"] and row["reference_tokens_per_s"]:
+                row["ratio"] = row["tokens_per_s"] / row["reference_tokens_per_s"]
+        rows.append(row)
+        _print_row(row)
+
+    for dtype in ["float32"] + (["bfloat16"] if bf16 else []):
+        case = f"train {args.shape} {dtype}"
+        results = {impl: measure("train", (impl, args.shape, dtype, args.reps, args.warmup), args.threads)
+                   for impl in refs + ["gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"]}
+        for ref in refs:
+            add(case, ref, results[ref], None, None)
+        for impl in ("gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"):
+            for ref in refs:
+                add(case, impl, results[impl], ref, results[ref])
+        if dtype == "bfloat16" and "transformers" in refs:
+            fp32_hf = next(r for r in rows if r["case"] == f"train {args.shape} float32" and r["impl"] == "transformers")
+            add(f"train {args.shape} bf16 vs transformers fp32", "gptzoo-sdpa", results["gptzoo-sdpa"], "transformers-fp32",
+                {"tokens_per_s": fp32_hf["tokens_per_s"]})
+
+    for shape in (args.decode_shapes or args.shape).split(","):
+        case = f"decode {shape} {args.new_tokens} tokens"
+        cached = measure("decode", ("gptzoo-sdpa", shape, args.new_tokens, True, args.reps, 1), args.threads)
+        if "transformers" in refs:
+            hf = measure("decode", ("transformers", shape, args.new_tokens, True, args.reps, 1), args.threads)
+            add(case, "transformers-cache", hf, None, None)
+            add(case, "gptzoo-cache", cached, "transformers-cache", hf)
+        else:
+            add(case, "gptzoo-cache", cached, None, None)
+    long_case = f"decode {args.shape} {args.long_tokens} tokens"
+    nocache = measure("decode", ("gptzoo-sdpa", args.shape, args.long_tokens, False, max(1, args.reps // 2), 0), args.threads)
+    cache = measure("decode", ("gptzoo-sdpa", args.shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads)
+    add(long_case, "gptzoo-nocache", nocache, None, None)
+    add(long_case, "gptzoo-cache", cache, "gptzoo-nocache", nocache)
+
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
+                    "torch": torch.__version__, "bf16_autocast": bf16},
+        "settings": vars(args),
+        "cases": rows,
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    speed = f"{row['tokens_per_s']:>10,.1f} tok/s" if row.get("tokens_per_s") else f"{'error':>16}"
+    ratio = f"  {row['ratio']:.2f}x {row['reference']}" if row.get("ratio") else ""
+    mem = f"  peak {row['peak_rss_bytes'] / 2**20:,.0f} MiB" if row.get("peak_rss_bytes") else ""
+    err = f"  {row['error']}" if row.get("error") else ""
+    print(f"{row['case']:<40} {row['impl']:<22} {speed}{ratio}{mem}{err}", flush=True)
+
+
+def _cpu_has_bf16() -> bool:
+    if torch.cuda.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+if __name__ == "__main__":
+    sys.exit(main())
