@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots]'
 	touch $@
 
+# A second `make demo` reuses the run in $(RUN): it continues an interrupted one and just
+# generates from a finished one. Delete $(RUN) to train from scratch.
 demo: setup
-	$(VENV)/bin/gptzoo train configs/tiny.toml --out $(RUN)
-	$(VENV)/bin/gptzoo generate $(RUN) --prompt "The " --max-new-tokens 80
+	$(VENV)/bin/gptzoo train configs/tiny.toml --out $(RUN) $(if $(wildcard $(RUN)/train_state.pt),--resume)
+	$(VENV)/bin/gptzoo generate $(RUN) --prompt "The" --max-new-tokens 80 --temperature 0.8 --top-k 40 --seed 0
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -216,7 +216,7 @@ def _describe_errors(err: ValidationError, model: type[BaseModel] | None = None,
         owner = _model_at(model, e["loc"][:-1])
         if e["type"] == "extra_forbidden" and owner is not None:
             known = list(owner.model_fields)
-            close = difflib.get_close_matches(str(e["loc"][0]), known, n=1)
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             msg = f"unknown field{hint}; known fields: {', '.join(known) or 'none'}"
         where = ".".join(p for p in (prefix, loc) if p)

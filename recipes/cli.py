@@ -13,6 +13,16 @@ from gptzoo.core import GptzooError
 COMMANDS = {
     "plugins": "gptzoo.recipes.cmd_plugins",
     "describe": "gptzoo.recipes.cmd_describe",
+    "train": "gptzoo.recipes.cmd_train",
+    "eval": "gptzoo.recipes.cmd_eval",
+    "finetune-classifier": "gptzoo.recipes.cmd_finetune_classifier",
+    "classify": "gptzoo.recipes.cmd_classify",
+    "finetune-instruct": "gptzoo.recipes.cmd_finetune_instruct",
+    "chat": "gptzoo.recipes.cmd_chat",
+    "ablate": "gptzoo.recipes.cmd_ablate",
+    "import-gpt2": "gptzoo.recipes.cmd_import_gpt2",
+    "export-hf": "gptzoo.recipes.cmd_export_hf",
+    "generate": "gptzoo.recipes.cmd_generate",
 }
 
 

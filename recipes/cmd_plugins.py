@@ -18,7 +18,9 @@ def _params(entry) -> dict:
     out = {}
     for name, field in entry.params_model.model_fields.items():
         default = None if field.default is PydanticUndefined else field.default
-        out[name] = {"type": str(field.annotation).replace("typing.", ""), "default": default, "required": field.is_required()}
+        annotation = field.annotation
+        shown = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")  # int, not <class 'int'>
+        out[name] = {"type": shown, "default": default, "required": field.is_required()}
     return out
 
 

@@ -1,0 +1,704 @@
+"""Ablations: train every variant of a base config, for several seeds, on the same data and
+token budget, and compare them in one table and one plot.
+
+A sweep file names the base config and the axes to vary::
+
+    base = "../tiny.toml"          # relative to this file's folder, else to the current one
+    seeds = [0, 1]                 # train.seed of each run: initialisation and dropout
+    mode = "product"               # or "one_at_a_time": each axis alone around the base
+    [set]                          # fixed overrides applied to every run
+    "train.max_steps" = 150
+    [axes]
+    "model.positional.name" = ["learned", "rope", "alibi"]
+
+Every variant is validated before anything trains. The output folder holds::
+
+    DIR/sweep.json                  the resolved sweep (refuses to be reused for another)
+    DIR/results.csv, results.md     one row per variant, mean ± sample std over seeds
+    DIR/loss_curves.png             validation loss against tokens, seeds as a min–max band
+    DIR/runs/<variant>-seed<k>/     each run's folder, with ablation.json once it has finished
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm import tqdm
+
+from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_error, read_toml
+from gptzoo.recipes.config import RunConfig, validate_run_config
+from gptzoo.recipes.run import TRAIN_STATE, atomic_path, load_config, read_metrics, write_text_atomic
+from gptzoo.registry import Registry
+
+SWEEP = "sweep.json"
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+CURVES_PNG = "loss_curves.png"
+RUNS = "runs"
+RUN_RESULT = "ablation.json"  # written when a run has finished (trained or diverged)
+
+BUDGET_KEYS = ("max_steps", "epochs", "max_tokens")
+
+Trainer = Callable[..., Any]  # gptzoo.recipes.train.train's signature
+
+
+# ---- the sweep file ---------------------------------------------------------------------
+
+
+class SweepFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    base: str = Field(description="the base run config, relative to the sweep file's folder or the current one")
+    seeds: list[int] | None = Field(None, min_length=1, description="None: the base's train.seed")
+    mode: Literal["product", "one_at_a_time"] = "product"
+    axes: dict[str, Any] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict, alias="set")
+
+
+@dataclass(frozen=True)
+class Variant:
+    slug: str  # folder-safe name: runs/<slug>-seed<k>
+    label: str  # what the table shows: "positional=rope, norm=rmsnorm"
+    overrides: dict[str, Any]  # axis key -> value for this variant
+    config: RunConfig  # base + [set] + overrides, at the base's train.seed
+    is_base: bool = False
+
+    def run_name(self, seed: int) -> str:
+        return f"{self.slug}-seed{seed}"
+
+
+@dataclass
+class Sweep:
+    source: Path
+    base_path: Path
+    mode: str
+    seeds: list[int]
+    axes: dict[str, list]
+    fixed: dict[str, Any]
+    variants: list[Variant]
+
+    def spec(self) -> dict:
+        """The resolved sweep, as sweep.json records it."""
+        return {
+            "source": str(self.source),
+            "base": str(self.base_path),
+            "mode": self.mode,
+            "seeds": self.seeds,
+            "set": self.fixed,
+            "axes": self.axes,
+            "variants": [
+                {
+                    "slug": v.slug,
+                    "label": v.label,
+                    "base": v.is_base,
+                    "overrides": override_strings(v.overrides),
+                    "config": v.config.model_dump(mode="json"),
+                }
+                for v in self.variants
+            ],
+        }
+
+
+def override_strings(overrides: dict[str, Any]) -> list[str]:
+    """The ``key=value`` strings that ``--set`` takes, so a variant can be rerun by hand."""
+    return [f"{key}={toml_value(value)}" for key, value in overrides.items()]
+
+
+def toml_value(value: Any) -> str:
+    """A value written as a TOML inline value (what ``apply_overrides`` parses back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # inf and nan are TOML too
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON's escapes are a subset of TOML's
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return value.isoformat()  # TOML dates and times
+
+
+def with_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """``data`` with dotted-key overrides applied as ``--set`` applies them.
+
+    A new component ``name`` replaces its spec, so tables go before their keys and a ``name``
+    before its siblings: ``positional.name = "rope"`` with ``positional.base = 500`` keeps the base.
+    """
+    ordered = dict(sorted(overrides.items(), key=lambda kv: (kv[0].count("."), not kv[0].endswith(".name"))))
+    return apply_overrides(data, override_strings(ordered))
+
+
+def _flatten(table: dict, prefix: str = "", *, until_list: bool) -> dict[str, Any]:
+    """Dotted keys down to the leaves, so ``train.max_steps = 100`` (TOML nests unquoted dotted
+    keys) means what ``"train.max_steps" = 100`` means. Axes stop at lists (their values)."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and (until_list or value):
+            flat.update(_flatten(value, f"{dotted}.", until_list=until_list))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def expand_grid(axes: dict[str, list], mode: str = "product") -> list[dict[str, Any]]:
+    """The overrides of each variant, in order.
+
+    ``product``: every combination, the first axis varying slowest. ``one_at_a_time``: the base
+    (no overrides), then each value of each axis alone.
+    """
+    if mode == "one_at_a_time":
+        return [{}] + [{key: value} for key, values in axes.items() for value in values]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
+    """Read and validate a sweep file: every variant's config is validated here, before any run."""
+    path = Path(path)
+    try:
+        spec = SweepFile.model_validate(read_toml(path))
+    except ValidationError as err:
+        raise config_error(err, str(path), SweepFile) from None
+    base_path = _find_base(path, spec.base)
+    fixed = _flatten(spec.fixed, until_list=False)
+    try:
+        base_data = with_overrides(read_toml(base_path), fixed)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: [set]: {err}") from None
+    base = validate_run_config(base_data, f"{path}: base {base_path} with [set]", registry)
+    axes = _read_axes(path, spec.axes)
+
+    # Each value alone first, so an error names the one axis and value that caused it.
+    for key, values in axes.items():
+        for value in values:
+            where = f"{path}: [axes] {key} = {toml_value(value)}"
+            config = _variant_config(base_data, {key: value}, where, registry)
+            _check_same_data_and_budget(config, base, where)
+
+    variants = _make_variants(path, base_data, base, axes, spec.mode, registry)
+    _check_same_tokens(path, variants)
+    seeds = spec.seeds or [base.train.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
+    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants)
+
+
+def _find_base(sweep_path: Path, base: str) -> Path:
+    candidates = [sweep_path.parent / base, Path(base)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{sweep_path}: base = {base!r} not found (looked for {' and '.join(map(str, candidates))})")
+
+
+def _read_axes(path: Path, raw: dict[str, Any]) -> dict[str, list]:
+    axes = _flatten(raw, until_list=True)
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: [axes] {key} = {toml_value(values)}: list the values to try, e.g. {key} = [..., ...]")
+        written = [toml_value(v) for v in values]
+        repeated = sorted({w for w in written if written.count(w) > 1})
+        if repeated:
+            raise ConfigError(f"{path}: [axes] {key} lists {', '.join(repeated)} more than once")
+    return axes
+
+
+def _variant_config(base_data: dict, overrides: dict[str, Any], where: str, registry: Registry | None) -> RunConfig:
+    try:
+        data = with_overrides(base_data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return validate_run_config(data, where, registry)
+
+
+def _check_same_data_and_budget(config: RunConfig, base: RunConfig, where: str) -> None:
+    """Fairness: every variant sees the same data, in the same order, for the same budget."""
+    if config.data != base.data:
+        raise ConfigError(f"{where}: changes [data]; every run in a sweep sees the same data in the same order (set data once, in the base or [set])")
+    if config.model.tokenizer != base.model.tokenizer:
+        raise ConfigError(f"{where}: changes the tokenizer; losses per token are only comparable over the same tokens")
+    if config.train.seed != base.train.seed:
+        raise ConfigError(f"{where}: varies train.seed; list the seeds with seeds = [...] at the top of the sweep file")
+    for key in BUDGET_KEYS:
+        if getattr(config.train, key) != getattr(base.train, key):
+            raise ConfigError(f"{where}: changes train.{key}; every variant gets the same training budget (set it in [set])")
+
+
+def _tokens_per_step(config: RunConfig) -> int:
+    return config.train.batch_size * config.train.grad_accum * config.model.context_length
+
+
+def _check_same_tokens(path: Path, variants: list[Variant]) -> None:
+    """With a step budget, a variant with bigger batches would see more tokens: refuse it."""
+    first = variants[0]
+    if first.config.train.max_steps is None:
+        return
+    for variant in variants[1:]:
+        if _tokens_per_step(variant.config) != _tokens_per_step(first.config):
+            raise ConfigError(
+                f"{path}: variants '{first.label}' and '{variant.label}' train on {_tokens_per_step(first.config)} and "
+                f"{_tokens_per_step(variant.config)} tokens per step (batch_size × grad_accum × context_length), so "
+                f"train.max_steps = {first.config.train.max_steps} gives them different budgets; give a token budget "
+                f"instead: \"train.max_tokens\" = N in [set] (and drop max_steps)"
+            )
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """``model.positional.name`` -> ``positional``, ``train.lr`` -> ``lr``; full keys where two would clash."""
+    short = {k: re.sub(r"\.name$", "", re.sub(r"^(model|train)\.", "", k)) for k in keys}
+    clashing = {s for s in short.values() if list(short.values()).count(s) > 1}
+    return {k: (k if s in clashing else s) for k, s in short.items()}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        params = ", ".join(f"{k}={_show(v)}" for k, v in value.items() if k != "name")
+        return f"{value.get('name', '')}({params})" if params else str(value.get("name", "{}"))
+    if isinstance(value, str):
+        return value
+    return toml_value(value)
+
+
+def _slug(overrides: dict[str, Any], short: dict[str, str]) -> str:
+    """``positional-rope_norm-rmsnorm``: folder-safe, one ``key-value`` part per axis."""
+    parts = [re.sub(r"[^A-Za-z0-9._]+", "-", f"{short[k]}-{_show(v)}").strip("-").lower() for k, v in overrides.items()]
+    return "_".join(parts)[:80] or "base"
+
+
+def _make_variants(path: Path, base_data: dict, base: RunConfig, axes: dict[str, list], mode: str, registry: Registry | None) -> list[Variant]:
+    short = _short_names(list(axes))
+    base_dump = base.model_dump(mode="json")
+    variants: list[Variant] = []
+    seen: dict[str, str] = {}  # resolved config -> label, to catch two spellings of one variant
+    for overrides in expand_grid(axes, mode):
+        label = ", ".join(f"{short[k]}={_show(v)}" for k, v in overrides.items()) or "base"
+        config = _variant_config(base_data, overrides, f"{path}: variant {label}", registry) if overrides else base
+        dump = config.model_dump(mode="json")
+        is_base = dump == base_dump
+        if mode == "one_at_a_time" and is_base and overrides:
+            continue  # an axis value equal to the base's: the base row is that run
+        key = json.dumps(dump, sort_keys=True)
+        if key in seen:
+            raise ConfigError(f"{path}: variants '{seen[key]}' and '{label}' are the same config; list each value once")
+        seen[key] = label
+        slug = _slug(overrides, short)
+        taken = {v.slug for v in variants}
+        slug = next(s for s in (slug if i == 0 else f"{slug}-{i}" for i in itertools.count()) if s not in taken)
+        variants.append(Variant(slug, label, overrides, config, is_base))
+    if not any(v.is_base for v in variants):
+        # The base's own values are not in the grid: run it too, so every row has its Δ.
+        variants.insert(0, Variant("base", "base", {}, base, True))
+    return variants
+
+
+# ---- running ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One (variant, seed) run as ablation.json records it."""
+
+    variant: str
+    seed: int
+    status: Literal["done", "diverged", "failed"]
+    message: str = ""
+    params: int | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    wall_s: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """A diverged run would diverge again: only failures are retried on resume."""
+        return self.status in ("done", "diverged")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    variant: str
+    seed: int
+    folder: Path
+    config: dict  # the RunConfig as JSON (validated again where it runs)
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: str | Path,
+    *,
+    trainer: Trainer | None = None,
+    registry: Registry | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] = tqdm.write,
+) -> list[RunResult]:
+    """Train every (variant, seed) not finished yet in ``out``, then write the results.
+
+    ``trainer`` defaults to gptzoo.recipes.train.train; with ``workers`` > 1 it must be
+    importable by name (the workers are spawned) and the runs use the default registry.
+    """
+    out = Path(out)
+    if workers < 1:
+        raise GptzooError(f"workers = {workers}: give 1 or more")
+    if workers > 1 and registry is not None:
+        raise GptzooError("a registry built in code cannot reach worker processes: use workers = 1, or install the plugin with an entry point")
+    _claim_folder(out, sweep)
+
+    results: dict[tuple[str, int], RunResult] = {}
+    tasks: list[RunTask] = []
+    for variant in sweep.variants:
+        for seed in sweep.seeds:
+            folder = out / RUNS / variant.run_name(seed)
+            previous = _read_result(folder)
+            if previous is not None and previous.finished:
+                results[variant.slug, seed] = previous
+                continue
+            config = variant.config.model_copy(update={"train": variant.config.train.model_copy(update={"seed": seed})})
+            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json")))
+    if results:
+        log(f"{len(results)} of {len(results) + len(tasks)} runs already finished in {out}; running the other {len(tasks)}")
+
+    bar = tqdm(total=len(results) + len(tasks), initial=len(results), desc="sweep", unit="run", position=0, disable=not progress)
+    with bar:
+        if workers == 1:
+            for task in tasks:
+                bar.set_postfix_str(task.folder.name)
+                result = _execute(task, trainer, registry, progress, log)
+                results[task.variant, task.seed] = result
+                bar.update()
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)) as pool:
+                futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
+                for future in as_completed(futures):
+                    result = future.result()
+                    results[result.variant, result.seed] = result
+                    bar.set_postfix_str(f"{result.variant}-seed{result.seed} {result.status}")
+                    bar.update()
+
+    ordered = [results[v.slug, s] for v in sweep.variants for s in sweep.seeds]
+    write_results(sweep, out, ordered, log)
+    return ordered
+
+
+def _pin_threads(threads: int) -> None:
+    torch.set_num_threads(threads)  # each worker its share of the cores, not all of them
+
+
+def _claim_folder(out: Path, sweep: Sweep) -> None:
+    """Write DIR/sweep.json, refusing a folder that holds something else."""
+    spec = sweep.spec()
+    file = out / SWEEP
+    if file.is_file():
+        try:
+            stored = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise GptzooError(f"{file}: not valid JSON ({err}); is {out} an ablation folder?") from None
+        difference = _sweep_difference(stored, spec)
+        if difference:
+            raise GptzooError(
+                f"{out} holds a different sweep (from {stored.get('source')}): {difference}. "
+                f"Choose another --out, or delete {out} to start this sweep over"
+            )
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GptzooError(f"{out} exists and is not an ablation folder (no {SWEEP}); choose a new or empty folder for --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(file, json.dumps(spec, indent=2) + "\n")
+
+
+def _sweep_difference(stored: dict, spec: dict) -> str:
+    """What makes two sweep specs different runs, in words; '' when they are the same sweep."""
+    if stored.get("seeds") != spec["seeds"]:
+        return f"seeds {stored.get('seeds')} there, {spec['seeds']} here"
+    old = {v["slug"]: v["config"] for v in stored.get("variants", [])}
+    new = {v["slug"]: v["config"] for v in spec["variants"]}
+    if set(old) != set(new):
+        return f"variants {sorted(old)} there, {sorted(new)} here"
+    changed = [slug for slug in new if old[slug] != new[slug]]
+    return f"variant '{changed[0]}' has a different config" if changed else ""
+
+
+def _read_result(folder: Path) -> RunResult | None:
+    file = folder / RUN_RESULT
+    if not file.is_file():
+        return None
+    try:
+        return RunResult(**json.loads(file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError):
+        return None  # a damaged marker: run it again
+
+
+def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, progress: bool, log: Callable[[str], None]) -> RunResult:
+    """Train one run (resuming from its checkpoint when it has one) and write its ablation.json.
+
+    A failure or divergence becomes the run's result; only Ctrl-C stops the sweep.
+    """
+    from gptzoo.recipes.train import NonFiniteLossError
+
+    if trainer is None:
+        from gptzoo.recipes.train import train as trainer
+    name = task.folder.name
+    resume = (task.folder / TRAIN_STATE).is_file()
+    if task.folder.exists() and not resume:
+        shutil.rmtree(task.folder)  # a start that left no checkpoint: nothing in it to keep
+    try:
+        config = validate_run_config(task.config, f"{task.folder} config", registry)
+        summary = trainer(config, task.folder, resume=resume, registry=registry, progress=progress, log=lambda m: log(f"[{name}] {m}"))
+        if getattr(summary, "stopped", "done") == "interrupted":
+            raise KeyboardInterrupt  # Ctrl-C: train saved a checkpoint; the sweep stops and resumes from it
+        values = {f.name: getattr(summary, f.name, None) for f in dataclasses.fields(RunResult) if f.name in _SUMMARY_FIELDS}
+        final = values["final_val_loss"]
+        status = "done" if final is None or math.isfinite(final) else "diverged"
+        result = RunResult(task.variant, task.seed, status, "" if status == "done" else f"final validation loss {final}", **values)
+    except NonFiniteLossError as err:
+        result = RunResult(task.variant, task.seed, "diverged", str(err))
+    except Exception as err:  # noqa: BLE001 -- one failed run is reported, the sweep goes on
+        message = str(err) if isinstance(err, GptzooError) else f"{type(err).__name__}: {err}"
+        result = RunResult(task.variant, task.seed, "failed", message)
+    result.params = _parameter_count(task.folder, registry)
+    if result.status != "done":
+        log(f"[{name}] {result.status}: {result.message}")
+    task.folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(task.folder / RUN_RESULT, json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    return result
+
+
+_SUMMARY_FIELDS = ("steps", "tokens", "final_val_loss", "best_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s")
+
+
+def _parameter_count(folder: Path, registry: Registry | None) -> int | None:
+    """Parameters of the model the run saved (its config.json has the vocabulary size filled in)."""
+    try:
+        config = load_config(folder, registry)
+    except GptzooError:
+        return None  # the run failed before saving its config
+    if config.model.vocab_size is None:
+        return None
+    with torch.device("meta"):  # shapes only
+        return GPT(config.model).param_counts()["total"]
+
+
+# ---- results ----------------------------------------------------------------------------
+
+
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None  # sample std (ddof=1); None with fewer than two values
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        if not values:
+            return cls(None, None)
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class VariantRow:
+    variant: Variant
+    status: str
+    seeds: int
+    seeds_ok: int
+    params: int | None
+    final_val_loss: Stat
+    best_val_loss: Stat
+    final_perplexity: Stat
+    best_perplexity: Stat
+    delta_final_val_loss: float | None
+    tokens_per_s: float | None
+    peak_memory_bytes: int | None
+    wall_s: float | None
+
+
+def aggregate(variants: list[Variant], results: list[RunResult]) -> list[VariantRow]:
+    """One row per variant over its finished seeds; Δ is against the base variant's mean."""
+    rows = []
+    for variant in variants:
+        runs = [r for r in results if r.variant == variant.slug]
+        ok = [r for r in runs if r.status == "done" and r.final_val_loss is not None]
+        final = [r.final_val_loss for r in ok]
+        best = [r.best_val_loss for r in ok if r.best_val_loss is not None]
+        params = [r.params for r in runs if r.params is not None]
+        tokens_per_s = [r.tokens_per_s for r in ok if r.tokens_per_s is not None]
+        memory = [r.peak_memory_bytes for r in ok if r.peak_memory_bytes is not None]
+        wall = [r.wall_s for r in ok if r.wall_s is not None]
+        rows.append(
+            VariantRow(
+                variant=variant,
+                status=_status(runs),
+                seeds=len(runs),
+                seeds_ok=len(ok),
+                params=params[0] if params else None,
+                final_val_loss=Stat.of(final),
+                best_val_loss=Stat.of(best),
+                final_perplexity=Stat.of([math.exp(x) for x in final]),
+                best_perplexity=Stat.of([math.exp(x) for x in best]),
+                delta_final_val_loss=None,
+                tokens_per_s=statistics.fmean(tokens_per_s) if tokens_per_s else None,
+                peak_memory_bytes=max(memory) if memory else None,
+                wall_s=statistics.fmean(wall) if wall else None,
+            )
+        )
+    base = next(row for row in rows if row.variant.is_base)
+    for row in rows:
+        if row.final_val_loss.mean is not None and base.final_val_loss.mean is not None:
+            row.delta_final_val_loss = row.final_val_loss.mean - base.final_val_loss.mean
+    return rows
+
+
+def _status(runs: list[RunResult]) -> str:
+    """ok, diverged or failed: message; '(k/n seeds)' when only some seeds went that way."""
+    for status in ("failed", "diverged"):
+        bad = [r for r in runs if r.status == status]
+        if bad:
+            share = f" ({len(bad)}/{len(runs)} seeds)" if len(bad) < len(runs) else ""
+            message = f": {bad[0].message}" if status == "failed" else ""
+            return f"{status}{share}{message}"
+    return "ok"
+
+
+CSV_COLUMNS = [
+    "variant", "label", "base", "status", "seeds", "seeds_ok", "params",
+    "final_val_loss_mean", "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std",
+    "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
+    "delta_final_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s", "overrides",
+]  # fmt: skip
+
+
+def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callable[[str], None] = print) -> list[VariantRow]:
+    rows = aggregate(sweep.variants, results)
+    with atomic_path(out / RESULTS_CSV) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow([_csv(v) for v in _csv_values(row)])
+    write_text_atomic(out / RESULTS_MD, markdown_table(sweep, rows))
+    try:
+        plot_loss_curves(sweep, out, out / CURVES_PNG)
+    except GptzooError as err:
+        log(f"{CURVES_PNG} skipped: {err}")
+    return rows
+
+
+def _csv_values(row: VariantRow) -> list:
+    stats = [row.final_val_loss, row.best_val_loss, row.final_perplexity, row.best_perplexity]
+    return [
+        row.variant.slug, row.variant.label, row.variant.is_base, row.status, row.seeds, row.seeds_ok, row.params,
+        *[x for s in stats for x in (s.mean, s.std)],
+        row.delta_final_val_loss, row.tokens_per_s, row.peak_memory_bytes, row.wall_s,
+        " ".join(override_strings(row.variant.overrides)),
+    ]  # fmt: skip
+
+
+def _csv(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _pm(stat: Stat, digits: int) -> str:
+    if stat.mean is None:
+        return "—"
+    return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}" if stat.std is not None else f"{stat.mean:.{digits}f}"
+
+
+def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
+    seeds = ", ".join(map(str, sweep.seeds))
+    lines = [
+        f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.name}`, seeds {seeds}: "
+        f"mean ± sample std over seeds; Δ = final val loss − the base's.",
+        "",
+        "| variant | params | final val loss | best val loss | final ppl | best ppl | Δ final val loss | tokens/s | peak memory | wall | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        name = f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label
+        delta = "base" if row.variant.is_base else ("—" if row.delta_final_val_loss is None else f"{row.delta_final_val_loss:+.4f}")
+        cells = [
+            name,
+            "—" if row.params is None else f"{row.params:,}",
+            _pm(row.final_val_loss, 4),
+            _pm(row.best_val_loss, 4),
+            _pm(row.final_perplexity, 2),
+            _pm(row.best_perplexity, 2),
+            delta,
+            "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}",
+            "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB",
+            "—" if row.wall_s is None else f"{row.wall_s:.1f} s",
+            row.status.replace("|", "\\|"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list[float]]]]:
+    """Per variant: the evaluation token counts its seeds share, and each seed's val losses there."""
+    curves = {}
+    for variant in sweep.variants:
+        per_seed = []
+        for seed in sweep.seeds:
+            records = read_metrics(out / RUNS / variant.run_name(seed))
+            points = {r["tokens"]: r["val_loss"] for r in records if r.get("val_loss") is not None and math.isfinite(r["val_loss"])}
+            if points:
+                per_seed.append(points)
+        if per_seed:
+            tokens = sorted(set.intersection(*(set(p) for p in per_seed)))
+            curves[variant.label] = (tokens, [[p[t] for t in tokens] for p in per_seed])
+    return curves
+
+
+def plot_loss_curves(sweep: Sweep, out: Path, path: Path) -> None:
+    """Validation loss against tokens, one line per variant (mean over seeds), seeds as a min–max band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptzooError("matplotlib is not installed; install the plots extra: pip install 'gptzoo[plots]'") from None
+    curves = loss_curves(sweep, out)
+    base_label = next(v.label for v in sweep.variants if v.is_base)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (tokens, losses) in curves.items():
+        if not tokens:
+            continue
+        columns = list(zip(*losses))
+        mean = [statistics.fmean(c) for c in columns]
+        is_base = label == base_label
+        (line,) = ax.plot(tokens, mean, label=f"{label} (base)" if is_base else label, linewidth=2.2 if is_base else 1.3)
+        if len(losses) > 1:
+            ax.fill_between(tokens, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss")
+    ax.set_title(f"{sweep.source.stem}: mean over seeds {', '.join(map(str, sweep.seeds))}, band = min–max", fontsize=10)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,30 @@
+"""gptzoo ablate: train every variant of a sweep over its seeds and compare them in one table."""
+
+import argparse
+from pathlib import Path
+
+from gptzoo.recipes.ablate import CURVES_PNG, RESULTS_CSV, RESULTS_MD, RUNS, load_sweep, run_sweep
+
+HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", metavar="SWEEP.toml", help="a sweep file: base config, axes to vary, seeds (see configs/ablations/)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the results and one run folder per (variant, seed); rerun to resume")
+    parser.add_argument("--workers", type=int, default=1, metavar="N", help="runs in parallel, each in its own process with cores / N threads (default 1)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.sweep)  # every variant is validated here, before anything trains
+    runs = len(sweep.variants) * len(sweep.seeds)
+    print(f"{args.sweep}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {runs} runs into {args.out}")
+    results = run_sweep(sweep, args.out, workers=args.workers, progress=args.progress)
+    out = Path(args.out)
+    print()
+    print((out / RESULTS_MD).read_text(encoding="utf-8"))
+    print(f"wrote {out / RESULTS_CSV}, {out / RESULTS_MD}, {out / CURVES_PNG} and {out / RUNS}/")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} runs failed; rerun the same command to retry them")
+    return 1 if failed else 0

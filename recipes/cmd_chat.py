@@ -1,0 +1,42 @@
+"""gptzoo chat: answer instructions with an instruction-tuned run, in the prompt format it was tuned on."""
+
+import argparse
+import sys
+
+from gptzoo.core import GptzooError
+from gptzoo.recipes.instruct import respond
+from gptzoo.recipes.run import load_run
+
+HELP = "answer an instruction with a run from finetune-instruct (Alpaca prompt format); without --instruction, one per stdin line"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo finetune-instruct")
+    parser.add_argument("--instruction", default=None, help="the instruction; without it, read one instruction per line from stdin until end of input")
+    parser.add_argument("--input", default="", help="the input the instruction refers to (optional)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest response, in tokens (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
+    parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same sampled response")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        raise GptzooError("--max-new-tokens must be at least 1 and --temperature not negative")
+    if args.input and args.instruction is None:
+        raise GptzooError("--input needs --instruction")
+    loaded = load_run(args.run_dir)
+    if loaded.config.model.head.name != "lm":
+        raise GptzooError(f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify")
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    if args.instruction is not None:
+        print(respond(loaded.model, loaded.tokenizer, args.instruction, args.input, **options))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            return 0
+        if line.strip():
+            print(respond(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)

@@ -1,0 +1,32 @@
+"""gptzoo classify: the label a fine-tuned classifier gives a text, with its probability."""
+
+import argparse
+import json
+
+from gptzoo.core import GptzooError
+from gptzoo.recipes.classify import LABELS, predict
+from gptzoo.recipes.run import load_run
+
+HELP = "print the label a classifier run (from finetune-classifier) predicts for a text, and its probability"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo finetune-classifier")
+    parser.add_argument("--text", required=True, help="the text to classify")
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_run(args.run_dir)
+    file = loaded.folder / LABELS
+    if loaded.config.model.head.name != "classifier" or not file.is_file():
+        raise GptzooError(f"{loaded.folder}: not a classifier run (no {LABELS} or no classifier head); make one with gptzoo finetune-classifier")
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        labels, max_length = list(saved["labels"]), int(saved["max_length"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise GptzooError(f"{file}: unreadable ({err}); it should hold {{\"labels\": [...], \"max_length\": N}}") from None
+    if len(labels) != loaded.config.model.head.params.n_classes:
+        raise GptzooError(f"{file}: {len(labels)} labels but the head has {loaded.config.model.head.params.n_classes} classes")
+    label, probability = predict(loaded.model, loaded.tokenizer, args.text, labels, max_length)
+    print(f"{label}\t{probability:.4f}")
+    return 0

@@ -1,0 +1,25 @@
+"""gptzoo train: train a config into a run folder, or continue the run there with --resume."""
+
+import argparse
+
+from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.train import train
+
+HELP = "train a config into a run folder (checkpoints and metrics.jsonl there); --resume continues it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a TOML config (or a run folder, to reuse its config.json)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the run folder; must not hold a run unless --resume is given")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.max_steps=500 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in DIR ([train] may change, e.g. more steps; model and data may not)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = train(load_run_config(args.config, args.overrides), args.out, resume=args.resume)
+    val = f"{summary.final_val_loss:.4f}" if summary.final_val_loss is not None else "not measured"
+    print(
+        f"{summary.out}: {summary.stopped} after {summary.steps} steps, {summary.tokens:,} tokens; "
+        f"val loss {val}, {summary.tokens_per_s:,.0f} tokens/s, {summary.wall_s:.1f} s"
+    )
+    return 130 if summary.stopped == "interrupted" else 0

@@ -1,0 +1,221 @@
+"""Text generation: greedy, temperature, top-k and top-p sampling with the KV cache.
+
+Decoding is incremental: the prompt is run once to fill a preallocated cache, then each step
+feeds only the newest token and computes logits for the last position only. Prompts of
+different lengths are left-padded with the end-of-text id and masked, so each row gets its
+own positions and the batch gives every prompt the tokens it would get alone.
+
+When prompt + generated text outgrows the context, the model sees only the last
+``context_length`` tokens, as in the book. Cropping renumbers the window's positions and
+changes what each token could attend to, so cached keys go stale: once the cache is full,
+each step falls back to a full forward over that window. The cache and no-cache paths give
+the same tokens, and the extra cost begins only where the context ends.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from gptzoo.core import GPT, Tokenizer
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick the next token of each row from logits (B, V) -> ids (B,).
+
+    Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature,
+    cut to the ``top_k`` largest, then to the smallest set whose probability reaches
+    ``top_p`` (nucleus sampling), and one token is drawn from what remains.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kept = logits.topk(top_k, dim=-1).indices  # (B, k)
+        # Exactly k survive, even when several logits tie with the k-th.
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kept, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # A token stays if the more likely tokens before it have not yet reached top_p;
+        # the most likely token always stays.
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, V)
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+@contextmanager
+def _eval_mode(model: GPT) -> Iterator[None]:
+    """Dropout off while generating; a model called mid-training goes back to training after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new ids.
+
+    A row stops at ``eot_id`` (not included in its output); generation ends when every row
+    has stopped. ``on_token(row, id)`` is called as each output token is produced.
+    ``use_cache=False`` re-runs the whole (cropped) sequence every step: slower, same tokens
+    under greedy decoding.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must not be negative")
+    context_length = model.config.context_length
+    device = model.token_embedding.weight.device
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    P = max(lengths)
+    total = P + max_new_tokens
+    max_pad = P - min(lengths)  # columns [0, max_pad) hold padding in some row
+
+    # Prompts left-padded into one buffer that the generated tokens fill in place.
+    tokens = torch.full((B, total), eot_id if eot_id is not None else 0, dtype=torch.long)
+    real = torch.ones(B, total, dtype=torch.bool)  # False at padding
+    for row, prompt in enumerate(prompts):
+        tokens[row, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
+        real[row, : P - len(prompt)] = False
+    tokens, real = tokens.to(device), real.to(device)
+
+    with _eval_mode(model):
+        cache = model.new_cache(B, min(context_length, total)) if use_cache and P <= context_length else None
+        finished = [False] * B
+        produced = 0
+        for step in range(max_new_tokens):
+            end = P + step  # tokens so far, padding included
+            if cache is not None and end <= cache.max_len:
+                if step == 0:
+                    h = model.hidden_states(tokens[:, :P], cache=cache, pad_mask=real[:, :P] if max_pad else None)  # (B, P, C)
+                else:
+                    h = model.hidden_states(tokens[:, end - 1 : end], cache=cache)  # (B, 1, C)
+            else:
+                cache = None  # full: from here on, the last context_length tokens, recomputed
+                start = max(0, end - context_length)
+                pad_mask = real[:, start:end] if start < max_pad else None
+                h = model.hidden_states(tokens[:, start:end], pad_mask=pad_mask)  # (B, T, C)
+            logits = model.head(h[:, -1:]).squeeze(1)  # (B, V)
+            next_ids = sample_next(logits.float(), temperature, top_k, top_p, generator)  # (B,)
+            tokens[:, end] = next_ids
+            produced = step + 1
+            if eot_id is None and on_token is None:
+                continue  # nothing to decide on the host: no sync
+            for row, token in enumerate(next_ids.tolist()):
+                if finished[row]:
+                    continue
+                if token == eot_id:
+                    finished[row] = True
+                elif on_token is not None:
+                    on_token(row, token)
+            if all(finished):
+                break
+
+    out = tokens[:, P : P + produced].tolist()
+    if eot_id is not None:
+        out = [ids[: ids.index(eot_id)] if eot_id in ids else ids for ids in out]
+    return out
+
+
+class TextStream:
+    """Turns output ids into text pieces as they arrive, for printing while generating.
+
+    Text is held back while the ids since the last piece decode to something ending in an
+    incomplete character ('\\ufffd'), so a multi-byte character split across byte tokens
+    prints whole. Each piece decodes only the recent ids (the pending ones after the last
+    printed segment), so the work per token does not grow with the text.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, write: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.write = write
+        self.printed: list[int] = []  # the last segment written, kept as left context
+        self.pending: list[int] = []
+
+    def add(self, token: int) -> None:
+        self.pending.append(token)
+        text = self._pending_text()
+        if not text.endswith("\ufffd"):
+            self._emit(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self._emit(self._pending_text())
+
+    def _pending_text(self) -> str:
+        # Decoding with the previous segment in front keeps whatever a tokenizer inserts
+        # between tokens (a space between words); the previous segment's own text is cut off.
+        before = self.tokenizer.decode(self.printed)
+        return self.tokenizer.decode(self.printed + self.pending)[len(before) :]
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self.write(text)
+        self.printed, self.pending = self.pending, []
+
+
+def complete(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stream: Callable[[str], None] | None = None,
+) -> str:
+    """The continuation of ``prompt`` (without the prompt), stopping at end-of-text.
+
+    An empty prompt starts from the end-of-text token, as GPT-2 does when it generates
+    unconditionally. ``seed`` makes sampling repeatable; ``stream``, if given, receives each piece of text as
+    it is produced (the pieces join to the returned text).
+    """
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed)
+    streamer = TextStream(tokenizer, stream) if stream is not None else None
+    [ids] = generate_ids(
+        model,
+        [tokenizer.encode(prompt) or [tokenizer.eot_id]],
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+        on_token=(lambda row, token: streamer.add(token)) if streamer is not None else None,
+    )
+    if streamer is not None:
+        streamer.flush()
+    return tokenizer.decode(ids)

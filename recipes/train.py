@@ -1,0 +1,479 @@
+"""Training a GPT on a corpus: AdamW, warmup + cosine decay, gradient accumulation, checkpoints.
+
+The loop is a handful of small functions (optimizer, schedule, one step, evaluation,
+checkpoint) that ``train`` strings together, so ablations and distributed training can
+reuse them. The step itself never waits on the device: losses are read back to the host
+only when the progress bar updates (every LOG_EVERY steps) and at evaluations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
+from gptzoo.recipes.config import RunConfig, TrainConfig
+from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_tokens, spread_indices, split_windows
+from gptzoo.recipes.run import (
+    CONFIG,
+    METRICS,
+    TRAIN_STATE,
+    WEIGHTS,
+    append_metrics,
+    atomic_path,
+    build_tokenizer,
+    load_config,
+    load_weights,
+    model_state,
+    read_metrics,
+    save_config,
+    save_tokenizer,
+    unwrap,
+    write_text_atomic,
+)
+from gptzoo.registry import Registry
+
+LOG_EVERY = 10  # steps between progress-bar updates, the only host-device syncs between evaluations
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 40
+
+
+class NonFiniteLossError(GptzooError):
+    """The loss became NaN or infinite: training diverged."""
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    steps: int
+    tokens: int
+    final_val_loss: float | None
+    best_val_loss: float | None
+    tokens_per_s: float
+    peak_memory_bytes: int
+    wall_s: float
+    stopped: str  # "done" or "interrupted"
+
+
+# ---- setup ------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device {name!r}: {err}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device {name!r}: this torch sees no CUDA device; use auto or cpu")
+    return device
+
+
+def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
+    """The config with model.vocab_size filled from the tokenizer, checked to cover every id."""
+    size = config.model.vocab_size
+    if size is None:
+        return config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
+    if size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {size} is smaller than the '{config.model.tokenizer.name}' tokenizer's vocabulary of "
+            f"{tokenizer.vocab_size}; raise it or leave it out to use the tokenizer's"
+        )
+    return config
+
+
+def total_steps(train: TrainConfig, n_train_windows: int, context_length: int) -> int:
+    """Optimizer steps for the budget the config gives: steps, epochs or tokens."""
+    windows_per_step = train.batch_size * train.grad_accum
+    if train.max_steps is not None:
+        return train.max_steps
+    if train.epochs is not None:
+        return max(1, math.ceil(train.epochs * n_train_windows / windows_per_step))
+    return max(1, math.ceil(train.max_tokens / (windows_per_step * context_length)))
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings, linear weights) only, not on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    try:
+        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
+    except (RuntimeError, TypeError):  # no fused kernel for this device in this torch
+        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
+
+
+def lr_at(step: int, train: TrainConfig, n_steps: int) -> float:
+    """Learning rate for 0-based ``step``: linear warmup, then cosine decay to lr × min_lr_ratio."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / (train.warmup_steps + 1)
+    min_lr = train.lr * train.min_lr_ratio
+    progress = min(1.0, (step - train.warmup_steps) / max(1, n_steps - train.warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - min_lr)
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+# ---- one step, one evaluation -----------------------------------------------------------
+
+
+def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Move a batch to the device; on CUDA through pinned memory, so the copy does not make the host wait."""
+    if device.type != "cuda":
+        return batch[0].to(device), batch[1].to(device)
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+
+
+def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    windows: TokenWindows,
+    sampler: WindowSampler,
+    train: TrainConfig,
+    lr: float,
+    device: torch.device,
+) -> Tensor:
+    """One optimizer step over grad_accum micro-batches; returns the mean loss, still on the device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), device=device)
+    for _ in range(train.grad_accum):
+        inputs, targets = to_device(windows.batch(sampler.take(train.batch_size)), device)  # (B, T) each
+        with autocast(device, train.dtype):
+            loss = lm_loss(model, inputs, targets) / train.grad_accum
+        loss.backward()
+        total += loss.detach()
+    if train.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
+) -> float:
+    """Mean loss over a fixed set of windows spread across ``windows``, the same at every evaluation."""
+    indices = spread_indices(len(windows), n_batches * batch_size)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", unit="batch", disable=not progress):
+        part = indices[start : start + batch_size]
+        inputs, targets = to_device(windows.batch(part), device)  # (B, T) each
+        with autocast(device, dtype):
+            total += lm_loss(model, inputs, targets).item() * len(part)
+        count += len(part)
+    model.train(was_training)
+    return total / count
+
+
+def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
+    """A short continuation of train.sample_prompt; uses its own random generator, so training is unaffected."""
+    from gptzoo.recipes.generate import complete
+
+    plain = unwrap(model)
+    was_training = plain.training
+    plain.eval()
+    text = complete(plain, tokenizer, train.sample_prompt, train.sample_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, seed=train.seed)
+    plain.train(was_training)
+    return text
+
+
+# ---- checkpoints --------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training stands; everything a resumed run needs besides weights and optimizer."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float | None = None
+
+
+def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, progress: Progress, sampler: WindowSampler) -> None:
+    """Write config, tokenizer, weights and training state; each file appears whole or not at all.
+
+    Weights and training state are written to temporary files first and renamed together at the
+    end, so a failure while saving leaves the previous checkpoint's pair intact.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+    save_tokenizer(tokenizer, out)
+    state = {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "elapsed_s": progress.elapsed_s,
+        "best_val_loss": progress.best_val_loss,
+        "data": sampler.state(),
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    with atomic_path(out / WEIGHTS) as weights_tmp, atomic_path(out / TRAIN_STATE) as state_tmp:
+        save_file(model_state(model), str(weights_tmp), metadata={"format": "pt", "producer": "gptzoo", "step": str(progress.step)})
+        torch.save(state, state_tmp)
+
+
+def load_train_state(out: Path) -> dict:
+    file = out / TRAIN_STATE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- pickle, zip and IO failures all mean an unreadable file
+        raise CheckpointError(f"{file}: cannot read the training state ({type(err).__name__}: {err}); the file is truncated or corrupt") from None
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / name).exists() for name in (CONFIG, WEIGHTS, TRAIN_STATE, METRICS))
+
+
+def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
+    """A resumed run may change [train] (e.g. more steps) but not the model or the data it was trained on."""
+    ignore = {"data": {"cache_dir"}}
+    differences = []
+    for section in ("model", "data"):
+        given = getattr(config, section).model_dump(mode="json", exclude=ignore.get(section))
+        before = getattr(saved, section).model_dump(mode="json", exclude=ignore.get(section))
+        if section == "model" and given["vocab_size"] is None:
+            given["vocab_size"] = before["vocab_size"]
+        differences += [f"{section}.{key}: {before.get(key)!r} in the run, {given.get(key)!r} now" for key in sorted(set(given) | set(before)) if given.get(key) != before.get(key)]
+    if differences:
+        raise CheckpointError(f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  " + "\n  ".join(differences))
+
+
+def keep_metrics_until(out: Path, step: int) -> None:
+    """Drop evaluations logged after the checkpoint (a crash after them), so a resumed log has no repeats."""
+    records = read_metrics(out)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) < len(records):
+        import json
+
+        write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class StopSignals:
+    """Turns Ctrl-C and SIGTERM into a flag the loop checks between steps (a second Ctrl-C quits at once)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    registry: Registry | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainSummary:
+    """Train ``config`` into the run folder ``out`` (or continue the run there with ``resume``).
+
+    Evaluates, logs to metrics.jsonl and checkpoints every train.eval_interval steps and at the
+    end; Ctrl-C or SIGTERM checkpoints and returns with ``stopped="interrupted"``. Raises
+    NonFiniteLossError if the loss diverges, leaving the last good checkpoint in place.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    say = tqdm.write if progress and log is print else log
+    if resume:
+        if not out.is_dir():
+            raise CheckpointError(f"{out}: no such run folder to resume")
+        state = load_train_state(out)
+        saved = load_config(out, registry)
+        check_resume_config(config, saved, out)
+        config = saved.model_copy(update={"train": config.train})
+        tokenizer = build_tokenizer(config, out)
+    else:
+        if holds_run(out):
+            raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+        state = None
+        tokenizer = config.model.tokenizer.build()
+        if tokenizer.needs_fit and not tokenizer.is_fitted:
+            say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
+            fit_tokenizer(config.data, tokenizer)
+        config = resolve_vocab(config, tokenizer)
+    cfg = config.train
+    device = resolve_device(cfg.device)
+
+    tokens = load_tokens(config.data, tokenizer, progress=progress)
+    train_windows, val_windows = split_windows(tokens, config.model.context_length, config.data)
+    n_steps = total_steps(cfg, len(train_windows), config.model.context_length)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * config.model.context_length
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(config.model)
+    if state is not None:
+        load_weights(model, out / WEIGHTS)
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg, device)
+    at = Progress()
+    sampler = WindowSampler(len(train_windows), config.data.seed)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        at = Progress(state["step"], state["tokens"], state["elapsed_s"], state["best_val_loss"])
+        sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
+        restore_rng(state["rng"])
+        keep_metrics_until(out, at.step)
+    step_model = torch.compile(model) if cfg.compile else model
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    n_params = unwrap(model).param_counts()["total"]
+    say(
+        f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {n_steps} steps of {tokens_per_step:,} tokens, "
+        f"{n_params:,} parameters on {device}; {len(train_windows.tokens):,} training / {len(val_windows.tokens):,} validation tokens"
+    )
+    summary = TrainSummary(out, at.step, at.tokens, None, at.best_val_loss, 0.0, 0, 0.0, "done")
+    if at.step >= n_steps:
+        say(f"{out}: already trained for {at.step} of {n_steps} steps; raise train.max_steps to train longer")
+        last = read_metrics(out)[-1:] or [{}]
+        summary.final_val_loss = last[0].get("val_loss")
+        summary.wall_s = time.perf_counter() - started
+        return summary
+
+    session_start_step, elapsed_before = at.step, at.elapsed_s
+    saved_step = at.step if resume else None
+    loop_start = window_start = time.perf_counter()
+    window_tokens = 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
+    checked_step = at.step
+    bar = tqdm(total=n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    with StopSignals() as stop, bar:
+        while at.step < n_steps:
+            loss = train_step(step_model, optimizer, train_windows, sampler, cfg, lr_at(at.step, cfg, n_steps), device)
+            nonfinite |= ~torch.isfinite(loss)
+            at.step += 1
+            at.tokens += tokens_per_step
+            window_tokens += tokens_per_step
+            evaluating = at.step % cfg.eval_interval == 0 or at.step == n_steps
+            if at.step % LOG_EVERY == 0 or evaluating:
+                if nonfinite.item():  # the one sync between evaluations
+                    raise _diverged(out, saved_step, checked_step, at.step)
+                checked_step = at.step
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{rate:,.0f}")
+                bar.update(at.step - bar.n)
+            if evaluating:
+                now = time.perf_counter()
+                record = evaluate(step_model, train_windows, val_windows, cfg, device, at, n_steps, window_tokens / max(now - window_start, 1e-9))
+                if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
+                    raise _diverged(out, saved_step, checked_step, at.step)
+                at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
+                record["elapsed_s"] = round(at.elapsed_s, 3)
+                at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
+                summary.final_val_loss = record["val_loss"]
+                out.mkdir(parents=True, exist_ok=True)
+                append_metrics(out, record)
+                say(
+                    f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+                    f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+                )
+                if cfg.sample_tokens:
+                    say(textwrap.indent(cfg.sample_prompt + sample_text(step_model, tokenizer, cfg), "  | "))
+                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
+                saved_step = at.step
+                window_start, window_tokens = time.perf_counter(), 0
+            if stop.received is not None and at.step < n_steps:
+                at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
+                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
+                say(f"stopped by {signal.Signals(stop.received).name} at step {at.step}; checkpoint saved in {out} (continue with --resume)")
+                summary.stopped = "interrupted"
+                break
+
+    wall = time.perf_counter() - loop_start
+    summary.steps, summary.tokens, summary.best_val_loss = at.step, at.tokens, at.best_val_loss
+    summary.tokens_per_s = (at.step - session_start_step) * tokens_per_step / max(wall, 1e-9)
+    summary.peak_memory_bytes = peak_memory_bytes(device)
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def evaluate(model: nn.Module, train_windows: TokenWindows, val_windows: TokenWindows, cfg: TrainConfig, device: torch.device, at: Progress, n_steps: int, tokens_per_s: float) -> dict:
+    """One metrics record: losses on fixed train and validation windows, plus where training stands."""
+    train_loss = estimate_loss(model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    val_loss = estimate_loss(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    return {
+        "step": at.step,
+        "tokens": at.tokens,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "perplexity": math.exp(min(val_loss, 700.0)),
+        "lr": lr_at(at.step - 1, cfg, n_steps),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
+
+
+def _diverged(out: Path, saved_step: int | None, good_step: int, step: int) -> NonFiniteLossError:
+    kept = f"the last good checkpoint in {out} (step {saved_step}) is kept" if saved_step is not None else "no checkpoint was saved"
+    return NonFiniteLossError(
+        f"the loss became NaN or infinite between steps {good_step} and {step}: training diverged; {kept}. "
+        f"Lower train.lr, add train.warmup_steps or set train.grad_clip"
+    )

@@ -1,0 +1,275 @@
+"""The conformance checks. Model checks run on a tiny GPT with the variant swapped into an
+otherwise default config, so they test the variant through the same path a config file takes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor
+
+from gptzoo.core import GPT, ComponentSpec, ConfigError, ModelConfig, Tokenizer
+from gptzoo.registry import Registry, default_registry
+
+TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
+MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "head")
+ATOL = 1e-5
+
+SAMPLE_TEXT = (
+    "It had always been rather a surprise to me that he should have given up painting. "
+    "The sun was setting over the quiet harbour, and the boats came slowly home.\n"
+    "She said: \"Tell me again, how many tokens does a word need?\" He laughed, and counted 1, 2, 3.\n"
+) * 4
+UNICODE_TEXT = "Grüße aus Köln — naïve café, 東京 and 🚀!\n\ttabs,  double  spaces<|endoftext|>and after the end."
+
+
+def component_cases(registry: Registry) -> list[tuple[str, str]]:
+    """Every registered (family, name): parametrize a test over it so new variants are checked automatically."""
+    return [(e.family, e.name) for e in registry.entries()]
+
+
+def single_threaded(check: Callable) -> Callable:
+    """Run ``check`` on one CPU thread: on tiny tensors more threads only add synchronisation,
+    which costs 100x on a busy machine."""
+
+    @functools.wraps(check)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+@single_threaded
+def check_component(family: str, name: str, registry: Registry | None = None, **params: Any) -> None:
+    """Run every check that applies to ``family`` on the variant ``name`` built with ``params``."""
+    registry = registry or default_registry()
+    if family == "tokenizer":
+        check_tokenizer(build_tokenizer(registry, name, **params))
+        return
+    spec = {"name": name, **params}
+    model = build(tiny_config(registry, **{family: spec}))
+    check_forward(model)
+    check_gradients(model)
+    check_state_round_trip(model)
+    # Attention and positions meet inside attention: check this variant beside every partner.
+    partner = {"attention": "positional", "positional": "attention"}.get(family)
+    models = [model] if partner is None else [build(c) for c in _pairings(registry, family, spec, partner)]
+    for m in models:
+        if _is_language_model(m):
+            check_causal(m)
+            check_kv_cache(m)
+            check_padded_batch(m)
+    if family == "attention":
+        check_loads_sdpa_state(registry, name, **params)
+
+
+# ---- building ------------------------------------------------------------------------------
+
+
+def tiny_config(registry: Registry, **fields: Any) -> ModelConfig:
+    """A tiny GPT config with ``fields`` (dims or component specs) over the defaults.
+
+    Grouped-query attention (2 key/value heads) unless ``n_kv_heads`` is given or the components
+    reject it; a tied head whenever the head can be tied.
+    """
+    head = fields.get("head", "lm")
+    can_tie = registry.resolve("head", head if isinstance(head, str) else head["name"]).can_tie
+    data = {**TINY, "tied_head": can_tie, **fields}
+    if "n_kv_heads" not in fields:
+        try:
+            return registry.model_config({**data, "n_kv_heads": 2})
+        except ConfigError:
+            pass
+    return registry.model_config(data)
+
+
+def build(config: ModelConfig, seed: int = 0) -> GPT:
+    """The GPT for ``config`` in eval mode, initialised from ``seed`` without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(config).eval()
+
+
+def build_tokenizer(registry: Registry, name: str, **params: Any) -> Tokenizer:
+    """The tokenizer ``name``; fitted on SAMPLE_TEXT when its vocabulary is learned."""
+    tokenizer = ComponentSpec.resolve("tokenizer", {"name": name, **params}, registry).build()
+    if tokenizer.needs_fit:
+        tokenizer.fit(SAMPLE_TEXT)
+    return tokenizer
+
+
+def _pairings(registry: Registry, family: str, spec: dict, partner: str) -> list[ModelConfig]:
+    configs = []
+    for other in registry.names(partner):
+        try:
+            configs.append(tiny_config(registry, **{family: spec, partner: other}))
+        except ConfigError:
+            continue  # the config refuses this pairing, so no one can build it
+    return configs
+
+
+def _tokens(model: GPT, batch: int, length: int, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
+
+
+def _is_language_model(model: GPT) -> bool:
+    with torch.no_grad():
+        return model(_tokens(model, 1, 2)).dim() == 3
+
+
+def _describe(model: GPT) -> str:
+    c = model.config
+    parts = [f"{f}={getattr(c, f).name}" for f in MODEL_FAMILIES]
+    return ", ".join(parts) + f", n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads or c.n_heads}"
+
+
+def _assert_close(got: Tensor, expected: Tensor, what: str, atol: float = ATOL) -> None:
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    diff = (got - expected).abs().max().item()
+    assert diff <= atol, f"{what}: differs by up to {diff:.3g} (allowed {atol:g})"
+
+
+# ---- model checks ------------------------------------------------------------------------------
+
+
+@single_threaded
+@torch.no_grad()
+def check_forward(model: GPT) -> None:
+    """Logits are (B, T, V) from an LM head or (B, n) from a pooled head, and finite."""
+    B, T, V = 2, model.config.context_length, model.config.vocab_size
+    logits = model(_tokens(model, B, T))
+    if logits.dim() == 3:
+        assert logits.shape == (B, T, V), f"[{_describe(model)}] LM logits {tuple(logits.shape)}, expected {(B, T, V)}"
+    else:
+        assert logits.dim() == 2 and logits.size(0) == B, f"[{_describe(model)}] logits {tuple(logits.shape)}: expected (B, T, V) or (B, n)"
+    assert torch.isfinite(logits).all(), f"[{_describe(model)}] logits hold inf or nan"
+
+
+@single_threaded
+def check_gradients(model: GPT) -> None:
+    """A loss on the logits sends a non-zero gradient to every trainable parameter."""
+    model.zero_grad(set_to_none=True)
+    model(_tokens(model, 2, model.config.context_length)).square().mean().backward()
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    model.zero_grad(set_to_none=True)
+    assert not dead, f"[{_describe(model)}] no gradient reaches {', '.join(dead)}"
+
+
+@single_threaded
+@torch.no_grad()
+def check_state_round_trip(model: GPT) -> None:
+    """Saved to safetensors and loaded into a freshly built model, the outputs are identical."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        save_model(model, path)  # stores a tied weight once
+        fresh = build(model.config, seed=1)
+        load_model(fresh, path)
+    idx = _tokens(model, 2, model.config.context_length)
+    assert torch.equal(fresh(idx), model(idx)), f"[{_describe(model)}] outputs change after a safetensors save and load"
+
+
+@single_threaded
+@torch.no_grad()
+def check_causal(model: GPT) -> None:
+    """Changing the tokens after position t never changes the logits at or before t."""
+    T, V = model.config.context_length, model.config.vocab_size
+    idx = _tokens(model, 2, T)
+    logits = model(idx)
+    for t in (0, T // 2, T - 2):
+        changed = idx.clone()
+        changed[:, t + 1 :] = (idx[:, t + 1 :] + 1) % V
+        _assert_close(model(changed)[:, : t + 1], logits[:, : t + 1], f"[{_describe(model)}] causality: tokens after position {t} changed logits up to it", atol=1e-6)
+
+
+@single_threaded
+@torch.no_grad()
+def check_kv_cache(model: GPT, prefix: int = 5) -> None:
+    """Prefill ``prefix`` tokens into model.new_cache, feed the rest 1 and 3 at a time: the logits match one full forward."""
+    T = model.config.context_length
+    idx = _tokens(model, 2, T)
+    expected = model(idx)
+    for chunk in (1, 3):
+        cache = model.new_cache(2)
+        parts = [model(idx[:, :prefix], cache=cache)]
+        parts += [model(idx[:, s : s + chunk], cache=cache) for s in range(prefix, T, chunk)]
+        _assert_close(torch.cat(parts, dim=1), expected, f"[{_describe(model)}] KV cache: prefill {prefix}, then {chunk} token(s) at a time")
+
+
+@single_threaded
+@torch.no_grad()
+def check_padded_batch(model: GPT) -> None:
+    """A left-padded batch (with pad_mask, and through the cache for one more token) gives each row's logits alone."""
+    T = model.config.context_length
+    lengths = (T - 1, T - 6, 2)
+    width = max(lengths)
+    rows = [_tokens(model, 1, n, seed=i + 1) for i, n in enumerate(lengths)]
+    idx = torch.zeros(len(rows), width, dtype=torch.long)
+    pad_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        idx[i, width - row.size(1) :] = row[0]
+        pad_mask[i, width - row.size(1) :] = True
+    last = model(idx, pad_mask=pad_mask)[:, -1]  # (B, V)
+    following = _tokens(model, len(rows), 1, seed=99)  # (B, 1)
+    cache = model.new_cache(len(rows))
+    model(idx, cache=cache, pad_mask=pad_mask)
+    stepped = model(following, cache=cache)[:, -1]  # (B, V)
+    for i, row in enumerate(rows):
+        alone = model(row)[0, -1]
+        _assert_close(last[i], alone, f"[{_describe(model)}] left padding: row {i} ({row.size(1)} tokens) differs from the row alone")
+        alone_next = model(torch.cat([row, following[i : i + 1]], dim=1))[0, -1]
+        _assert_close(stepped[i], alone_next, f"[{_describe(model)}] left padding + KV cache: row {i}'s next step differs from the row alone")
+
+
+@single_threaded
+@torch.no_grad()
+def check_loads_sdpa_state(registry: Registry, name: str, **params: Any) -> None:
+    """The variant loads the state dict of ``sdpa`` (the shared layout) and computes the same, with and without GQA."""
+    n_heads = TINY["n_heads"]
+    for n_kv_heads in (n_heads, 2):
+        try:
+            config = tiny_config(registry, attention={"name": name, **params}, n_kv_heads=n_kv_heads)
+        except ConfigError:
+            if n_kv_heads == n_heads:
+                raise
+            continue  # the variant refuses grouped-query attention
+        reference = build(tiny_config(registry, attention="sdpa", n_kv_heads=n_kv_heads))
+        model = build(config, seed=1)
+        model.load_state_dict(reference.state_dict())
+        idx = _tokens(model, 2, config.context_length)
+        _assert_close(model(idx), reference(idx), f"attention '{name}' with sdpa's weights (n_kv_heads={n_kv_heads})")
+
+
+# ---- tokenizer check -----------------------------------------------------------------------------
+
+
+@single_threaded
+def check_tokenizer(tokenizer: Tokenizer) -> None:
+    """Ids lie in [0, vocab_size); "<|endoftext|>" is [eot_id]; lossless ones round-trip Unicode; state reloads."""
+    name = type(tokenizer).__name__
+    V, eot = tokenizer.vocab_size, tokenizer.eot_id
+    assert 0 <= eot < V, f"{name}: eot_id {eot} outside [0, {V})"
+    assert tokenizer.encode(Tokenizer.EOT) == [eot], f"{name}: {Tokenizer.EOT!r} encodes to {tokenizer.encode(Tokenizer.EOT)}, expected [{eot}]"
+    texts = [SAMPLE_TEXT, UNICODE_TEXT]
+    encoded = [tokenizer.encode(t) for t in texts]
+    for text, ids in zip(texts, encoded):
+        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < V]
+        assert ids and not bad, f"{name}: encode({text[:20]!r}...) gave ids outside [0, {V}): {bad[:5]}"
+        if tokenizer.lossless:
+            assert tokenizer.decode(ids) == text, f"{name} is lossless but decode(encode(text)) != text for {text!r}"
+    assert tokenizer.encode_batch(texts) == encoded, f"{name}: encode_batch differs from encode"
+    state = tokenizer.state()
+    if state is not None:
+        reloaded = type(tokenizer)(tokenizer.params)
+        reloaded.load_state(json.loads(json.dumps(state)))
+        assert [reloaded.encode(t) for t in texts] == encoded, f"{name}: a tokenizer loaded from state() encodes differently"
