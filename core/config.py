@@ -93,6 +93,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     vocab_size: int | None = Field(None, gt=0, description="None: the tokenizer's vocabulary size")
+    vocab_multiple: int = Field(1, gt=0, description="pad embedding and LM head rows to a multiple of this (64 suits GPU matmuls); padded ids get -inf logits, so probabilities and loss are exact")
     context_length: int = Field(gt=0)
     d_model: int = Field(gt=0)
     n_layers: int = Field(gt=0)
@@ -143,6 +144,7 @@ class ModelConfig(BaseModel):
     def dims(self, layer_idx: int = 0) -> Dims:
         return Dims(
             vocab_size=self.vocab_size or 0,
+            vocab_multiple=self.vocab_multiple,
             context_length=self.context_length,
             d_model=self.d_model,
             n_heads=self.n_heads,

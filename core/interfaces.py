@@ -43,10 +43,16 @@ class Dims:
     dropout: float = 0.0
     qkv_bias: bool = False
     layer_idx: int = 0
+    vocab_multiple: int = 1
 
     @property
     def head_size(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding and LM head: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class Component(nn.Module):

@@ -40,7 +40,7 @@ class GPT(nn.Module):
             raise ConfigError("model.vocab_size is not set: resolve it from the tokenizer first (config.model_copy(update={'vocab_size': tokenizer.vocab_size}))")
         self.config = config
         dims = config.dims()
-        self.token_embedding = nn.Embedding(dims.vocab_size, dims.d_model)
+        self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
         self.positional = config.positional.build(dims)
         self.dropout = nn.Dropout(dims.dropout)
         self.blocks = nn.ModuleList(Block(config, replace(dims, layer_idx=i)) for i in range(dims.n_layers))

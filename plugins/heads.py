@@ -12,17 +12,24 @@ from gptzoo.registry import hookimpl
 
 
 class LMHead(Head):
-    """Hidden states -> next-token logits over the vocabulary: (B, T, C) -> (B, T, V)."""
+    """Hidden states -> next-token logits over the vocabulary: (B, T, C) -> (B, T, V).
+
+    With a padded vocabulary (``vocab_multiple``) V is the padded size and the padding ids get
+    -inf: softmax, sampling and the loss are exactly those of the real vocabulary.
+    """
 
     can_tie = True
 
     def __init__(self, params: Params, dims: Dims, embedding: nn.Embedding | None = None):
         super().__init__(params, dims)
         # Tied: the very Parameter of the embedding, no copy.
-        self.weight = embedding.weight if embedding is not None else nn.Parameter(torch.randn(dims.vocab_size, dims.d_model) * 0.02)
+        self.weight = embedding.weight if embedding is not None else nn.Parameter(torch.randn(dims.padded_vocab_size, dims.d_model) * 0.02)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        return F.linear(x, self.weight)  # (B, T, V)
+        logits = F.linear(x, self.weight)  # (B, T, V)
+        if self.dims.padded_vocab_size > self.dims.vocab_size:
+            logits[..., self.dims.vocab_size :] = float("-inf")
+        return logits
 
     def flops_per_token(self, context_length: int) -> int:
         return 2 * self.weight.numel()

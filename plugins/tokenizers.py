@@ -355,7 +355,11 @@ class BPETokenizer(FittedTokenizer):
         return self._fitted().encode_batch(texts, allowed_special={self.EOT}, num_threads=os.cpu_count() or 1)
 
     def decode(self, ids: list[int]) -> str:
-        return self._fitted().decode(ids)
+        encoding = self._fitted()
+        # A corpus too small for vocab_size leaves ids that stand for no bytes; an untrained
+        # model can still sample them, and they decode to nothing.
+        made = BYTE_TOKENS + len(self.merges)
+        return encoding.decode([i for i in ids if i < made or i == self.eot_id])
 
     def state(self) -> dict:
         self._fitted()

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from gptzoo.core import GPT
+from gptzoo.core import GPT, ConfigError
 from gptzoo.recipes.config import RunConfig, load_run_config
 
 HELP = "print a config resolved, its parameter count (total and by family) and cost estimates"
@@ -20,7 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def describe(config: RunConfig) -> dict:
     model_config = config.model
     if model_config.vocab_size is None:
-        model_config = model_config.model_copy(update={"vocab_size": config.model.tokenizer.build().vocab_size})
+        tokenizer = config.model.tokenizer.build()
+        if not tokenizer.is_fitted:
+            raise ConfigError(
+                f"model.vocab_size is not set and the '{config.model.tokenizer.name}' tokenizer learns its vocabulary "
+                "from the corpus: set model.vocab_size, or describe a trained run folder"
+            )
+        model_config = model_config.model_copy(update={"vocab_size": tokenizer.vocab_size})
     with torch.device("meta"):  # shapes only: describing gpt2-1558m allocates nothing
         model = GPT(model_config)
     T = model_config.context_length

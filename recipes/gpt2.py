@@ -133,6 +133,8 @@ def model_config_data(hf: dict, attention: str, source: str) -> dict:
 def gpt2_mismatches(m: ModelConfig) -> list[str]:
     """Each component of ``m`` that has no GPT-2 counterpart, as a sentence; empty when ``m`` is GPT-2-shaped."""
     problems = []
+    if m.vocab_multiple != 1:
+        problems.append(f"vocab_multiple = {m.vocab_multiple} has no GPT-2 counterpart (GPT-2's embedding has exactly vocab_size rows)")
     if m.positional.name != "learned":
         problems.append(f"positional '{m.positional.name}' has no GPT-2 counterpart (GPT-2 uses learned positions)")
     if m.attention.name not in ATTENTION:

@@ -199,6 +199,8 @@ def test_bpe_stops_when_the_corpus_runs_out_of_pairs():
     assert tokenizer.state()["merges"][4:] == [[100, 258], [258, 260], [261, 259]]
     assert tokenizer.encode(WIKIPEDIA_EXAMPLE) == [262]
     assert tokenizer.vocab_size == 1024 and tokenizer.eot_id == 1023
+    # ids 263..1022 were never made: an untrained model may sample them; they decode to nothing
+    assert tokenizer.decode([262, 500, 1022, 1023]) == WIKIPEDIA_EXAMPLE + EOT
 
 
 def test_bpe_learns_nothing_across_endoftext():

@@ -202,3 +202,21 @@ def test_a_batch_larger_than_the_data_wraps_into_the_next_epoch():
 def test_spread_indices_cover_the_range_evenly():
     assert spread_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
     assert spread_indices(101, 5).tolist() == [0, 25, 50, 75, 100]
+
+
+def test_a_failure_while_tokenizing_leaves_no_cache_file(tmp_path, monkeypatch):
+    class FailsOnSecondBatch(CountingBytes):
+        def encode_batch(self, texts):
+            if self.calls == 1:
+                raise RuntimeError("tokenizer crashed")
+            return super().encode_batch(texts)
+
+    monkeypatch.setattr(data_module, "CHUNK_CHARS", 10)
+    monkeypatch.setattr(data_module, "CHUNKS_PER_BATCH", 1)
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("line one\nline two\nline three\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="crashed"):
+        load_tokens(config(corpus, tmp_path), FailsOnSecondBatch())
+    assert list((tmp_path / "cache").rglob("*")) == [tmp_path / "cache" / "tokens"]
+    tokenizer = CountingBytes()
+    assert bytes(load_tokens(config(corpus, tmp_path), tokenizer).astype(np.uint8)) == b"line one\nline two\nline three\n"

@@ -230,3 +230,9 @@ def test_resume_refuses_another_model_and_an_existing_run_needs_resume(tmp_path,
     # [train] may change: more steps continue the run
     longer = train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 4})}), tmp_path / "run", resume=True, progress=False, log=lambda s: None)
     assert longer.steps == 4 and [r["step"] for r in read_metrics(tmp_path / "run")] == [2, 4]
+
+
+def test_bfloat16_autocast_trains_on_the_cpu(tmp_path, shared_data):
+    summary = train(tiny(tmp_path, shared_data("the-verdict.txt"), dtype="bfloat16", max_steps=10), tmp_path / "run", progress=False, log=lambda s: None)
+    assert summary.stopped == "done" and summary.final_val_loss < math.log(257)
+    assert all(t.dtype == torch.float32 for t in load_run(tmp_path / "run").model.state_dict().values())  # autocast keeps fp32 weights
