@@ -29,7 +29,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0, description="token budget: optimizer steps = max_tokens / tokens per step")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="windows per micro-batch on each process; a step is batch_size × grad_accum × processes")
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this")
@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp copies the model to every rank, fsdp shards it across them")
     sample_prompt: str = "The"
     sample_tokens: int = Field(32, ge=0)
 

@@ -24,9 +24,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import ContextManager
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gptzoo.core import ConfigError
+from gptzoo.recipes.data import WindowSampler
 from gptzoo.recipes.run import model_state, unwrap
 
 TIMEOUT_ENV = "GPTZOO_DIST_TIMEOUT"
@@ -53,9 +53,13 @@ class World:
         return self.rank == 0
 
 
+def _running() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world() -> World:
     """The job this process belongs to; a world of one when no process group is running."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _running():
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -85,7 +89,7 @@ def process_group(device: str = "auto") -> Iterator[World]:
     exits non-zero and torchrun stops the other ranks instead of leaving them waiting.
     """
     launched = launched_world()
-    if launched.size == 1 or dist.is_initialized():
+    if launched.size == 1 or _running():
         yield world()
         return
     use_cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
@@ -137,7 +141,7 @@ class RankSampler:
     position and any rank's state resumes the whole job.
     """
 
-    def __init__(self, sampler, at: World):
+    def __init__(self, sampler: WindowSampler, at: World):
         self.sampler = sampler
         self.world = at
 
@@ -164,7 +168,7 @@ def eval_batches(indices: np.ndarray, batch_size: int, at: World) -> list[np.nda
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over ranks (the values themselves in a single process)."""
-    if not dist.is_initialized():
+    if not _running():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -173,7 +177,7 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 
 def mean_over_ranks(value: Tensor) -> Tensor:
     """The mean of a scalar tensor over ranks (the tensor itself in a single process)."""
-    if not dist.is_initialized():
+    if not _running():
         return value
     value = value.detach().clone()
     dist.all_reduce(value)  # gloo has no AVG
@@ -182,15 +186,14 @@ def mean_over_ranks(value: Tensor) -> Tensor:
 
 def any_rank(flag: bool | Tensor, device: torch.device) -> bool:
     """True on every rank when it is true on any, so all ranks take the same branch."""
-    if not dist.is_initialized():
-        return bool(flag)
     tensor = torch.as_tensor(flag, device=device).to(torch.int32)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    if _running():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    if _running():
         dist.barrier()
 
 
@@ -209,22 +212,26 @@ def main_first() -> Iterator[None]:
 
 
 def wrap(model: nn.Module, parallel: str, device: torch.device, at: World) -> nn.Module:
-    """The module the training step runs: the model itself, DDP around it, or it sharded by FSDP.
+    """Move ``model`` to ``device``; return what the training step runs: the model, DDP around it, or it sharded by FSDP.
 
     FSDP shards the parameters in place, so build the optimizer after this call.
     """
     if at.size == 1:
-        return model
+        return model.to(device)
     if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.blocks:  # one all-gather per block: only one block's full weights at a time
-            fully_shard(block)
-        fully_shard(model)  # the rest: embeddings, final norm, head
+        mesh = init_device_mesh(device.type, (at.size,))
+        # Each call moves one block to the device and keeps this rank's shard: the whole model is
+        # never on one device. In the forward, one block's full weights are gathered at a time.
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # the rest: embeddings, final norm, head
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -233,7 +240,7 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(unwrap(model), FSDPModule)
 
 
-def grad_sync(model: nn.Module, last_micro_step: bool) -> ContextManager:
+def grad_sync(model: nn.Module, last_micro_step: bool) -> AbstractContextManager:
     """DDP averages gradients in every backward; within an accumulation only the last needs to.
 
     FSDP keeps reducing every micro-step: skipping it would hold unsharded gradients.

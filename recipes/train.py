@@ -9,6 +9,7 @@ only when the progress bar updates (every LOG_EVERY steps) and at evaluations.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
+from gptzoo.recipes import distributed
 from gptzoo.recipes.config import RunConfig, TrainConfig
 from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_tokens, spread_indices, split_windows
 from gptzoo.recipes.run import (
@@ -38,7 +40,6 @@ from gptzoo.recipes.run import (
     build_tokenizer,
     load_config,
     load_weights,
-    model_state,
     read_metrics,
     save_config,
     save_tokenizer,
@@ -101,9 +102,9 @@ def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     return config
 
 
-def total_steps(train: TrainConfig, n_train_windows: int, context_length: int) -> int:
-    """Optimizer steps for the budget the config gives: steps, epochs or tokens."""
-    windows_per_step = train.batch_size * train.grad_accum
+def total_steps(train: TrainConfig, n_train_windows: int, context_length: int, world_size: int = 1) -> int:
+    """Optimizer steps for the budget the config gives: steps, epochs or tokens (a step is the global batch)."""
+    windows_per_step = train.batch_size * train.grad_accum * world_size
     if train.max_steps is not None:
         return train.max_steps
     if train.epochs is not None:
@@ -165,7 +166,7 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     windows: TokenWindows,
-    sampler: WindowSampler,
+    sampler: WindowSampler | distributed.RankSampler,
     train: TrainConfig,
     lr: float,
     device: torch.device,
@@ -174,11 +175,12 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = torch.zeros((), device=device)
-    for _ in range(train.grad_accum):
+    for micro_step in range(train.grad_accum):
         inputs, targets = to_device(windows.batch(sampler.take(train.batch_size)), device)  # (B, T) each
-        with autocast(device, train.dtype):
-            loss = lm_loss(model, inputs, targets) / train.grad_accum
-        loss.backward()
+        with distributed.grad_sync(model, last_micro_step=micro_step == train.grad_accum - 1):
+            with autocast(device, train.dtype):
+                loss = lm_loss(model, inputs, targets) / train.grad_accum
+            loss.backward()
         total += loss.detach()
     if train.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -191,17 +193,22 @@ def train_step(
 def estimate_loss(
     model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
 ) -> float:
-    """Mean loss over a fixed set of windows spread across ``windows``, the same at every evaluation."""
-    indices = spread_indices(len(windows), n_batches * batch_size)
+    """Mean loss over a fixed set of windows spread across ``windows``, the same at every evaluation.
+
+    With several processes the set is n_batches global batches, shared out between the ranks.
+    """
+    world = distributed.world()
+    indices = spread_indices(len(windows), n_batches * batch_size * world.size)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        part = indices[start : start + batch_size]
-        inputs, targets = to_device(windows.batch(part), device)  # (B, T) each
+    for part in tqdm(distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress):
+        # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
+        inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
         with autocast(device, dtype):
             total += lm_loss(model, inputs, targets).item() * len(part)
         count += len(part)
+    total, count = distributed.all_sum([total, count], device)
     model.train(was_training)
     return total / count
 
@@ -235,8 +242,19 @@ def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: T
     """Write config, tokenizer, weights and training state; each file appears whole or not at all.
 
     Weights and training state are written to temporary files first and renamed together at the
-    end, so a failure while saving leaves the previous checkpoint's pair intact.
+    end, so a failure while saving leaves the previous checkpoint's pair intact. With several
+    processes only rank 0 writes (under FSDP after every rank helped gather the full state)
+    while the others wait.
     """
+    world = distributed.world()
+    if not (world.is_main or distributed.is_sharded(model)):
+        distributed.barrier()
+        return
+    weights = distributed.full_model_state(model)
+    optimizer_state = distributed.optimizer_state(model, optimizer)
+    if not world.is_main:
+        distributed.barrier()
+        return
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out)
     save_tokenizer(tokenizer, out)
@@ -246,12 +264,13 @@ def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: T
         "elapsed_s": progress.elapsed_s,
         "best_val_loss": progress.best_val_loss,
         "data": sampler.state(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     with atomic_path(out / WEIGHTS) as weights_tmp, atomic_path(out / TRAIN_STATE) as state_tmp:
-        save_file(model_state(model), str(weights_tmp), metadata={"format": "pt", "producer": "gptzoo", "step": str(progress.step)})
+        save_file(weights, str(weights_tmp), metadata={"format": "pt", "producer": "gptzoo", "step": str(progress.step)})
         torch.save(state, state_tmp)
+    distributed.barrier()
 
 
 def load_train_state(out: Path) -> dict:
@@ -293,8 +312,6 @@ def keep_metrics_until(out: Path, step: int) -> None:
     records = read_metrics(out)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) < len(records):
-        import json
-
         write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -324,6 +341,25 @@ class StopSignals:
 # ---- the loop -----------------------------------------------------------------------------
 
 
+def prepare_run(config: RunConfig, out: Path, resume: bool, registry: Registry | None, say: Callable[[str], None]) -> tuple[RunConfig, Tokenizer, dict | None]:
+    """The config to train (vocab_size resolved), its tokenizer (fitted) and, when resuming, the saved training state."""
+    if resume:
+        if not out.is_dir():
+            raise CheckpointError(f"{out}: no such run folder to resume")
+        state = load_train_state(out)
+        saved = load_config(out, registry)
+        check_resume_config(config, saved, out)
+        config = saved.model_copy(update={"train": config.train})
+        return config, build_tokenizer(config, out), state
+    if holds_run(out):
+        raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    tokenizer = config.model.tokenizer.build()
+    if tokenizer.needs_fit and not tokenizer.is_fitted:
+        say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
+        fit_tokenizer(config.data, tokenizer)
+    return resolve_vocab(config, tokenizer), tokenizer, None
+
+
 def train(
     config: RunConfig,
     out: str | Path,
@@ -341,47 +377,40 @@ def train(
     """
     started = time.perf_counter()
     out = Path(out)
-    say = tqdm.write if progress and log is print else log
-    if resume:
-        if not out.is_dir():
-            raise CheckpointError(f"{out}: no such run folder to resume")
-        state = load_train_state(out)
-        saved = load_config(out, registry)
-        check_resume_config(config, saved, out)
-        config = saved.model_copy(update={"train": config.train})
-        tokenizer = build_tokenizer(config, out)
-    else:
-        if holds_run(out):
-            raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
-        state = None
-        tokenizer = config.model.tokenizer.build()
-        if tokenizer.needs_fit and not tokenizer.is_fitted:
-            say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
-            fit_tokenizer(config.data, tokenizer)
-        config = resolve_vocab(config, tokenizer)
+    world = distributed.world()
+    progress = progress and world.is_main  # one progress bar and one voice: rank 0's
+    say = (tqdm.write if progress and log is print else log) if world.is_main else (lambda text: None)
+    config, tokenizer, state = prepare_run(config, out, resume, registry, say)
     cfg = config.train
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device), world)
 
-    tokens = load_tokens(config.data, tokenizer, progress=progress)
+    with distributed.main_first():  # rank 0 tokenizes into the cache, the others then read it
+        tokens = load_tokens(config.data, tokenizer, progress=progress)
     train_windows, val_windows = split_windows(tokens, config.model.context_length, config.data)
-    n_steps = total_steps(cfg, len(train_windows), config.model.context_length)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * config.model.context_length
+    n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size)
+    windows_per_step = cfg.batch_size * cfg.grad_accum * world.size  # the global batch
+    tokens_per_step = windows_per_step * config.model.context_length
 
     torch.manual_seed(cfg.seed)
     model = GPT(config.model)
     if state is not None:
         load_weights(model, out / WEIGHTS)
-    model.to(device).train()
+    model.train()
+    wrapped = distributed.wrap(model, cfg.parallel, device, world)  # onto the device; FSDP shards in place, so before the optimizer
     optimizer = build_optimizer(model, cfg, device)
     at = Progress()
     sampler = WindowSampler(len(train_windows), config.data.seed)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         at = Progress(state["step"], state["tokens"], state["elapsed_s"], state["best_val_loss"])
         sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
         restore_rng(state["rng"])
-        keep_metrics_until(out, at.step)
-    step_model = torch.compile(model) if cfg.compile else model
+        if world.is_main:
+            keep_metrics_until(out, at.step)
+    if world.size > 1:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, world, at.step))  # each rank its own dropout masks
+    rank_sampler = distributed.RankSampler(sampler, world) if world.size > 1 else sampler
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -390,6 +419,11 @@ def train(
         f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {n_steps} steps of {tokens_per_step:,} tokens, "
         f"{n_params:,} parameters on {device}; {len(train_windows.tokens):,} training / {len(val_windows.tokens):,} validation tokens"
     )
+    if world.size > 1:
+        say(
+            f"{world.size} processes ({cfg.parallel}): effective batch {cfg.batch_size} per process × {cfg.grad_accum} accumulated "
+            f"× {world.size} processes = {windows_per_step} windows, {tokens_per_step:,} tokens per step"
+        )
     summary = TrainSummary(out, at.step, at.tokens, None, at.best_val_loss, 0.0, 0, 0.0, "done")
     if at.step >= n_steps:
         say(f"{out}: already trained for {at.step} of {n_steps} steps; raise train.max_steps to train longer")
@@ -407,18 +441,20 @@ def train(
     bar = tqdm(total=n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
     with StopSignals() as stop, bar:
         while at.step < n_steps:
-            loss = train_step(step_model, optimizer, train_windows, sampler, cfg, lr_at(at.step, cfg, n_steps), device)
+            loss = train_step(step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device)
             nonfinite |= ~torch.isfinite(loss)
             at.step += 1
             at.tokens += tokens_per_step
             window_tokens += tokens_per_step
             evaluating = at.step % cfg.eval_interval == 0 or at.step == n_steps
-            if at.step % LOG_EVERY == 0 or evaluating:
-                if nonfinite.item():  # the one sync between evaluations
+            reporting = at.step % LOG_EVERY == 0 or evaluating
+            if reporting:
+                if distributed.any_rank(nonfinite, device):  # the one sync between evaluations
                     raise _diverged(out, saved_step, checked_step, at.step)
                 checked_step = at.step
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{rate:,.0f}")
+                mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
+                bar.set_postfix(loss=f"{mean_loss.item():.4f}", tok_s=f"{rate:,.0f}")
                 bar.update(at.step - bar.n)
             if evaluating:
                 now = time.perf_counter()
@@ -427,10 +463,12 @@ def train(
                     raise _diverged(out, saved_step, checked_step, at.step)
                 at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
                 record["elapsed_s"] = round(at.elapsed_s, 3)
+                record |= {"processes": world.size, "effective_batch_size": windows_per_step, "tokens_per_step": tokens_per_step}
                 at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
                 summary.final_val_loss = record["val_loss"]
-                out.mkdir(parents=True, exist_ok=True)
-                append_metrics(out, record)
+                if world.is_main:
+                    out.mkdir(parents=True, exist_ok=True)
+                    append_metrics(out, record)
                 say(
                     f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
                     f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
@@ -440,10 +478,14 @@ def train(
                 save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
                 saved_step = at.step
                 window_start, window_tokens = time.perf_counter(), 0
-            if stop.received is not None and at.step < n_steps:
+            stopping = stop.received is not None
+            if world.size > 1:  # every rank must stop after the same step: agree where they sync anyway
+                stopping = reporting and distributed.any_rank(stopping, device)
+            if stopping and at.step < n_steps:
                 at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
                 save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
-                say(f"stopped by {signal.Signals(stop.received).name} at step {at.step}; checkpoint saved in {out} (continue with --resume)")
+                by = signal.Signals(stop.received).name if stop.received is not None else "a signal to another process"
+                say(f"stopped by {by} at step {at.step}; checkpoint saved in {out} (continue with --resume)")
                 summary.stopped = "interrupted"
                 break
 

@@ -78,7 +78,7 @@ def test_split_sizes_of_the_balanced_sms_collection_match_the_book(shared_data):
     assert split_data(balanced, (0.7, 0.1, 0.2), seed=124)[0] != train
 
 
-def test_batches_are_right_padded_with_end_of_text_and_truncated(registry):
+def test_batches_are_right_padded_with_end_of_text_and_truncated():
     tokenizer = tiny_base().config.tokenizer.build()
     encoded = encode_examples([Example("abcdef", "spam"), Example("hi", "ham")], tokenizer, ["ham", "spam"], max_length=4)
     assert encoded == [([97, 98, 99, 100], 1), ([104, 105], 0)]
@@ -107,7 +107,8 @@ def test_the_classifier_keeps_every_base_weight_but_the_head():
 
 @pytest.mark.parametrize("train, trained_blocks", [("head", []), ("last-block", [1]), ("last-n", [0, 1]), ("all", [0, 1])])
 def test_frozen_tensors_stay_bit_identical(train, trained_blocks):
-    model = classifier_from(tiny_base(n_layers=3), classifier_config(tiny_base(n_layers=3).config, 2, REGISTRY))
+    base = tiny_base(n_layers=3)
+    model = classifier_from(base, classifier_config(base.config, 2, REGISTRY))
     set_trainable(model, train, last_n=2)
     before = {name: t.clone() for name, t in model.state_dict().items()}
     data = [([1, 2, 3, 4], 0), ([5, 6], 1), ([7, 8, 9], 1), ([10], 0)]

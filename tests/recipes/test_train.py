@@ -236,3 +236,18 @@ def test_bfloat16_autocast_trains_on_the_cpu(tmp_path, shared_data):
     summary = train(tiny(tmp_path, shared_data("the-verdict.txt"), dtype="bfloat16", max_steps=10), tmp_path / "run", progress=False, log=lambda s: None)
     assert summary.stopped == "done" and summary.final_val_loss < math.log(257)
     assert all(t.dtype == torch.float32 for t in load_run(tmp_path / "run").model.state_dict().values())  # autocast keeps fp32 weights
+
+
+def test_steps_between_progress_updates_do_not_read_values_back(tmp_path, shared_data, monkeypatch):
+    real_item, calls = torch.Tensor.item, []
+
+    def counted_item(self):
+        calls.append(1)
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    config = tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=30, eval_interval=1000, eval_batches=2)
+    train(config, tmp_path / "run", progress=False, log=lambda s: None)
+    # 30 steps: the progress updates every LOG_EVERY steps read the divergence flag and the loss;
+    # the final evaluation reads one loss per batch (2 batches each for train and validation).
+    assert len(calls) == 2 * (30 // train_module.LOG_EVERY) + 2 * 2
