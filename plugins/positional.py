@@ -29,24 +29,32 @@ def _inverse_frequencies(dim: int, base: float) -> Tensor:
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
 
 
-class SinusoidalPositions(PositionalEncoding):
-    """The fixed sin/cos table of "Attention Is All You Need": PE[p, 2i] = sin(p / base^(2i/C)), PE[p, 2i+1] = cos(...)."""
+class SinusoidalParams(BaseParams):
+    # GPT init draws token embeddings from N(0, 0.02): a table of size-1 entries would drown
+    # them (val loss 5.3 vs 4.0 on configs/tiny.toml), so it is scaled to match. Vaswani et
+    # al. strike the same balance the other way, scaling N(0, 1/√C) embeddings by √C.
+    scale: float = 0.02
 
-    Params = BaseParams
+
+class SinusoidalPositions(PositionalEncoding):
+    """The fixed sin/cos table of "Attention Is All You Need", times ``scale``:
+    PE[p, 2i] = sin(p / base^(2i/C)), PE[p, 2i+1] = cos(p / base^(2i/C))."""
+
+    Params = SinusoidalParams
 
     @classmethod
-    def check(cls, params: BaseParams, dims: Dims) -> None:
+    def check(cls, params: SinusoidalParams, dims: Dims) -> None:
         if dims.d_model % 2:
             raise ValueError(f"needs an even d_model, got d_model={dims.d_model}")
 
-    def __init__(self, params: BaseParams, dims: Dims):
+    def __init__(self, params: SinusoidalParams, dims: Dims):
         super().__init__(params, dims)
         angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * _inverse_frequencies(dims.d_model, params.base)
         table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (context, C): sin, cos interleaved
         self.register_buffer("table", table.float(), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        return x + self.table[positions].to(x.dtype)  # (B, T, C) + (B|1, T, C)
+        return x + self.params.scale * self.table[positions].to(x.dtype)  # (B, T, C) + (B|1, T, C)
 
 
 class RotaryPositions(PositionalEncoding):

@@ -14,6 +14,7 @@ from gptzoo.plugins.positional import (
     BaseParams,
     NoPositions,
     RotaryPositions,
+    SinusoidalParams,
     SinusoidalPositions,
     alibi_slopes,
 )
@@ -26,16 +27,18 @@ def dims(**kw):
 
 def test_sinusoidal_table_matches_the_formula():
     d, context = 8, 12
-    table = SinusoidalPositions(BaseParams(), dims(d_model=d, context_length=context)).table
+    table = SinusoidalPositions(SinusoidalParams(), dims(d_model=d, context_length=context)).table
     expected = torch.empty(context, d, dtype=torch.float64)
     for p in range(context):
         for i in range(d // 2):
             expected[p, 2 * i] = math.sin(p / 10000 ** (2 * i / d))
             expected[p, 2 * i + 1] = math.cos(p / 10000 ** (2 * i / d))
     torch.testing.assert_close(table.double(), expected, atol=1e-6, rtol=0)
-    x = torch.zeros(1, 3, d)
-    embedded = SinusoidalPositions(BaseParams(), dims(d_model=d, context_length=context)).embed(x, torch.tensor([[4, 5, 6]]))
-    torch.testing.assert_close(embedded[0].double(), expected[4:7], atol=1e-6, rtol=0)
+    # The table is added scaled (by 0.02 unless told otherwise), to balance GPT-init embeddings.
+    x = torch.full((1, 3, d), 0.5)
+    for params, scale in ((SinusoidalParams(), 0.02), (SinusoidalParams(scale=1.0), 1.0)):
+        embedded = SinusoidalPositions(params, dims(d_model=d, context_length=context)).embed(x, torch.tensor([[4, 5, 6]]))
+        torch.testing.assert_close(embedded[0].double(), 0.5 + scale * expected[4:7], atol=1e-6, rtol=0)
 
 
 def test_gelu_is_the_tanh_approximation():
