@@ -2,8 +2,10 @@
 
     python benchmarks/bench.py [--shape small|tiny] [--reps 5] [--out bench.json]
 
-Each case runs in a fresh process (clean peak memory, same thread count), warms up, then
-reports the median of ``--reps`` timed repetitions. References:
+Training speed: all implementations are built in one fresh process and timed in turns, so a
+change in the machine's load falls on all alike; peak memory: each alone in a fresh process.
+Decoding: each case in a fresh process. Every figure is the median of ``--reps`` timed
+repetitions after warm-up. References:
 
 - ``handwritten``: a single-module GPT with the same math as gptzoo's GPT-2 assembly with
   ``sdpa`` (below, deliberately not in the package): what "the plugins cost nothing" is measured against.
@@ -33,7 +35,7 @@ SHAPES = {
     "small": dict(vocab_size=50257, context_length=256, d_model=256, n_layers=4, n_heads=4, batch_size=8),
     "gpt2-124m": dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12, batch_size=1),
     # For the test suite: seconds, not minutes.
-    "tiny": dict(vocab_size=512, context_length=64, d_model=64, n_layers=2, n_heads=4, batch_size=4),
+    "tiny": dict(vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4, batch_size=4),
 }
 
 
@@ -96,7 +98,8 @@ def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
 # ---- the measured cases ----------------------------------------------------------------------
 
 
-def train_case(impl: str, shape_name: str, dtype: str, reps: int, warmup: int) -> dict:
+def make_train_step(impl: str, shape_name: str, dtype: str):
+    """One training step (forward, backward, AdamW) of ``impl`` on fixed random tokens."""
     shape = SHAPES[shape_name]
     torch.manual_seed(0)
     model = build(impl, shape).train()
@@ -113,12 +116,38 @@ def train_case(impl: str, shape_name: str, dtype: str, reps: int, warmup: int) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    times = _timed(step, reps, warmup)
-    return {"tokens_per_s": B * T / statistics.median(times), "seconds": times}
+    return step
+
+
+def train_case(impls: list[str], shape_name: str, dtype: str, reps: int, warmup: int) -> dict:
+    """Tokens/s of each implementation, timed in turns (A, B, C, A, B, C, ...) so that a change
+    in the machine's load falls on all of them alike."""
+    steps = {impl: make_train_step(impl, shape_name, dtype) for impl in impls}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for _ in range(reps):
+        for impl, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - start)
+    tokens = SHAPES[shape_name]["batch_size"] * SHAPES[shape_name]["context_length"]
+    return {impl: {"tokens_per_s": tokens / statistics.median(t), "seconds": t} for impl, t in times.items()}
+
+
+def train_memory_case(impl: str, shape_name: str, dtype: str) -> dict:
+    """Two steps alone in a fresh process: its peak RSS is this implementation's."""
+    step = make_train_step(impl, shape_name, dtype)
+    step()
+    step()
+    return {}
 
 
 def decode_case(impl: str, shape_name: str, new_tokens: int, use_cache: bool, reps: int, warmup: int) -> dict:
-    shape = SHAPES[shape_name]
+    # The context must hold prompt and output: past it, every path recomputes a sliding window.
+    shape = dict(SHAPES[shape_name])
+    shape["context_length"] = max(shape["context_length"], 16 + new_tokens)
     torch.manual_seed(0)
     model = build(impl, shape).eval()
     prompt = torch.randint(0, shape["vocab_size"], (1, 16))
@@ -151,7 +180,7 @@ def _timed(fn, reps: int, warmup: int) -> list[float]:
 def _run_in_child(queue: mp.Queue, kind: str, args: tuple, threads: int) -> None:
     torch.set_num_threads(threads)
     try:
-        result = (train_case if kind == "train" else decode_case)(*args)
+        result = {"train": train_case, "train_memory": train_memory_case, "decode": decode_case}[kind](*args)
         result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         queue.put(result)
     except Exception as err:  # noqa: BLE001 -- a failing reference must not stop the benchmark
@@ -179,17 +208,20 @@ def have_transformers() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="small", choices=list(SHAPES))
-    parser.add_argument("--decode-shapes", default=None, help="comma-separated shapes for decoding (default: --shape)")
+    parser.add_argument("--decode-shapes", default=None, help="comma-separated shapes for decoding, e.g. tiny,gpt2-124m (default: --shape)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--long-tokens", type=int, default=256, help="new tokens for the cache vs no-cache ratio")
+    parser.add_argument("--long-shape", default=None, help="shape for the cache vs no-cache ratio (default: --shape)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args(argv)
 
     refs = ["handwritten"] + (["transformers"] if have_transformers() else [])
     bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+    if not bf16:
+        print("bfloat16 cases skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
     rows = []
 
     def add(case: str, impl: str, result: dict, reference: str | None, ref_result: dict | None) -> None:
@@ -204,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for dtype in ["float32"] + (["bfloat16"] if bf16 else []):
         case = f"train {args.shape} {dtype}"
-        results = {impl: measure("train", (impl, args.shape, dtype, args.reps, args.warmup), args.threads)
-                   for impl in refs + ["gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"]}
+        impls = refs + ["gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"]
+        results = measure("train", (impls, args.shape, dtype, args.reps, args.warmup), args.threads)
+        if "error" in results:
+            results = {impl: results for impl in impls}
+        for impl in impls:
+            results[impl]["peak_rss_bytes"] = measure("train_memory", (impl, args.shape, dtype), args.threads).get("peak_rss_bytes")
         for ref in refs:
             add(case, ref, results[ref], None, None)
         for impl in ("gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"):
@@ -225,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             add(case, "gptzoo-cache", cached, "transformers-cache", hf)
         else:
             add(case, "gptzoo-cache", cached, None, None)
-    long_case = f"decode {args.shape} {args.long_tokens} tokens"
-    nocache = measure("decode", ("gptzoo-sdpa", args.shape, args.long_tokens, False, max(1, args.reps // 2), 0), args.threads)
-    cache = measure("decode", ("gptzoo-sdpa", args.shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads)
+    long_shape = args.long_shape or args.shape
+    long_case = f"decode {long_shape} {args.long_tokens} tokens"
+    nocache = measure("decode", ("gptzoo-sdpa", long_shape, args.long_tokens, False, max(1, args.reps // 2), 0), args.threads)
+    cache = measure("decode", ("gptzoo-sdpa", long_shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads)
     add(long_case, "gptzoo-nocache", nocache, None, None)
     add(long_case, "gptzoo-cache", cache, "gptzoo-nocache", nocache)
 
