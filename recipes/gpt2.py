@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config import RunConfig
-from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, build_tokenizer, load_config, save_config, write_text_atomic
+from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, build_tokenizer, describe_mismatch, load_config, save_config, write_text_atomic
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -253,21 +253,6 @@ def open_safetensors(path: Path) -> Iterator:
         raise CheckpointError(f"{path}: cannot read the weights ({err}); the file is truncated or corrupt") from None
 
 
-def _few(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
-def _mismatches(missing: list[str], unexpected: list[str], wrong: list[str] | None = None) -> str:
-    parts = []
-    if missing:
-        parts.append(f"missing {_few(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {_few(unexpected)}")
-    if wrong:
-        parts.append(f"wrong shape {_few(wrong)}")
-    return "; ".join(parts)
-
-
 def refuse_existing(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptzooError(f"{out} already exists and is not empty; choose a new folder (nothing was written)")
@@ -400,7 +385,7 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
             if hf in stored and (shape := tuple(f.get_slice(stored[hf]).get_shape())) != expected:
                 wrong.append(f"{stored[hf]} {shape} vs {expected} for this config")
         if missing or unexpected or wrong:
-            raise CheckpointError(f"{weights} does not match {source}: {_mismatches(missing, unexpected, wrong)}")
+            raise CheckpointError(f"{weights} does not match {source}: {describe_mismatch(missing, unexpected, wrong)}")
 
         def read(name: str) -> torch.Tensor:
             hf, conv1d = hf_name(name)
@@ -426,7 +411,7 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
         stored = set(f.keys())
         missing, unexpected = sorted(set(shapes) - stored), sorted(stored - set(shapes))
         if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match its config: {_mismatches(missing, unexpected)}")
+            raise CheckpointError(f"{weights} does not match its config: {describe_mismatch(missing, unexpected)}")
         names = {HF_PREFIX + hf_name(name)[0]: name for name in shapes}
         hf_shapes = {hf: shapes[name][::-1] if hf_name(name)[1] else shapes[name] for hf, name in names.items()}
 

@@ -101,19 +101,18 @@ def load_weights(model: GPT, path: Path) -> None:
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(n for n in set(state) & set(expected) if state[n].shape != expected[n].shape)
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
-        if wrong:
-            parts.append("wrong shape " + _few([f"{n} {tuple(state[n].shape)} vs config {tuple(expected[n].shape)}" for n in wrong]))
-        raise CheckpointError(f"{path} does not match its config: " + "; ".join(parts))
+        wrong = [f"{n} {tuple(state[n].shape)} vs config {tuple(expected[n].shape)}" for n in wrong]
+        raise CheckpointError(f"{path} does not match its config: {describe_mismatch(missing, unexpected, wrong)}")
     model.load_state_dict(state, strict=False)
 
 
-def _few(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong: list[str] = ()) -> str:
+    """'missing a, b; unexpected c; wrong shape d', naming at most five tensors of each kind."""
+    def few(names: list[str], n: int = 5) -> str:
+        return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+    kinds = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+    return "; ".join(f"{kind} {few(names)}" for kind, names in kinds if names)
 
 
 def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
