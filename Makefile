@@ -28,5 +28,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Speed and memory against a hand-written GPT and transformers (see README, Performance).
+bench: setup
+	$(PY) benchmarks/bench.py --shape small --decode-shapes tiny,gpt2-124m --long-shape gpt2-124m --out bench.json
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
