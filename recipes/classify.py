@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, GptzooError, ModelConfig, Tokenizer
 from gptzoo.recipes.config import TrainConfig
-from gptzoo.recipes.finetune import batches, optimizer_step
+from gptzoo.recipes.finetune import batches, optimizer_step, read_data_file
 from gptzoo.recipes.run import append_metrics
 from gptzoo.recipes.train import build_optimizer
 from gptzoo.registry import Registry
@@ -44,12 +44,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
     Raises GptzooError naming the file and line of the first problem, and when the data has
     fewer than two classes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GptzooError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise GptzooError(f"{path}: the file is empty; it needs one labelled example per line")
+    path, text = read_data_file(path, "one labelled example per line")
     examples = _read_csv(path, text, text_column, label_column) if path.suffix.lower() == ".csv" else _read_tab_separated(path, text)
     classes = Counter(e.label for e in examples)
     if len(classes) < 2:

@@ -98,6 +98,17 @@ def max_length(requested: int | None, context_length: int, base: Path) -> int:
 # ---- data ----------------------------------------------------------------------------------
 
 
+def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
+    """The text of a fine-tuning data file; GptzooError if it is missing or empty (``expected`` says what belongs in it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptzooError(f"{path}: no such data file")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise GptzooError(f"{path}: the file is empty; it needs {expected}")
+    return path, text
+
+
 def split_data(items: Sequence[T], fractions: tuple[float, float, float], seed: int) -> tuple[list[T], list[T], list[T]]:
     """Shuffle with ``seed``, then cut: the first int(n·train) for training, the next
     int(n·val) for validation, the rest for test (the book's rule for both data sets)."""

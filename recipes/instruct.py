@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config import TrainConfig
-from gptzoo.recipes.finetune import batches, optimizer_step
+from gptzoo.recipes.finetune import batches, optimizer_step, read_data_file
 from gptzoo.recipes.generate import complete
 from gptzoo.recipes.run import append_metrics
 from gptzoo.recipes.train import build_optimizer
@@ -34,12 +34,7 @@ RESPONSES = "responses.json"
 
 def read_entries(path: str | Path) -> list[dict]:
     """The entries of a JSON instruction file; GptzooError names the file and the first bad entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise GptzooError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise GptzooError(f"{path}: the file is empty; it needs a JSON list of {{instruction, input, output}} entries")
+    path, text = read_data_file(path, "a JSON list of {instruction, input, output} entries")
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as err:
