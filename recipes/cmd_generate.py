@@ -6,7 +6,7 @@ import sys
 import torch
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.generate import TextStream, generate_ids
+from gptzoo.recipes.generate import TextStream, decode_after, generate_ids, prompt_ids
 from gptzoo.recipes.run import load_run
 
 HELP = "continue one or more prompts with a trained run (greedy, temperature, top-k, top-p)"
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(f"{args.run_dir}: its '{model.config.head.name}' head does not predict tokens, so it cannot generate text")
 
     context_length = model.config.context_length
-    prompts = [tokenizer.encode(text) or [tokenizer.eot_id] for text in args.prompt]
+    prompts = [prompt_ids(tokenizer, text) for text in args.prompt]
     for n, ids in enumerate(prompts, start=1):
         if len(ids) > context_length:
             which = f"prompt {n}" if len(prompts) > 1 else "the prompt"
@@ -56,18 +56,22 @@ def run(args: argparse.Namespace) -> int:
 
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator, eot_id=tokenizer.eot_id)
+    # Each prompt prints as the tokenizer decodes it, the continuation as its ids decode after
+    # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer
+    # spaces the words and drops what it cannot encode; lossless tokenizers give the prompt back).
+    shown = [tokenizer.decode(tokenizer.encode(text)) for text in args.prompt]
     if len(prompts) == 1 and not args.no_stream:
-        streamer = TextStream(tokenizer, _write)
-        _write(args.prompt[0])
+        streamer = TextStream(tokenizer, _write, context=prompts[0])
+        _write(shown[0])
         generate_ids(model, prompts, args.max_new_tokens, on_token=lambda row, token: streamer.add(token), **options)
         streamer.flush()
         _write("\n")
         return 0
     outputs = generate_ids(model, prompts, args.max_new_tokens, **options)
-    for n, (text, ids) in enumerate(zip(args.prompt, outputs)):
+    for n, (text, context, ids) in enumerate(zip(shown, prompts, outputs)):
         if n:
             print()
-        print(text + tokenizer.decode(ids))
+        print(text + decode_after(tokenizer, context, ids))
     return 0
 
 

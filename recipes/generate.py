@@ -147,36 +147,57 @@ def generate_ids(
     return out
 
 
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The ids a prompt starts generation from; an empty prompt starts from end-of-text, as
+    GPT-2 does when it generates unconditionally."""
+    return tokenizer.encode(prompt) or [tokenizer.eot_id]
+
+
+def decode_after(tokenizer: Tokenizer, context: list[int], ids: list[int]) -> str:
+    """The text ``ids`` add after ``context``: decode(context + ids) without what decode(context) gave.
+
+    Decoding ids on their own loses what a tokenizer puts between tokens (the word tokenizer's
+    space between words) and splits characters whose bytes straddle the boundary; decoding
+    them after their context keeps both. Where the context's own text changes (an incomplete
+    character completed by the first new byte), the text is cut where the two decodings part.
+    """
+    before = tokenizer.decode(context)
+    both = tokenizer.decode(context + ids)
+    if both.startswith(before):
+        return both[len(before) :]
+    shared = 0
+    while shared < min(len(before), len(both)) and before[shared] == both[shared]:
+        shared += 1
+    return both[shared:]
+
+
 class TextStream:
     """Turns output ids into text pieces as they arrive, for printing while generating.
 
-    Text is held back while the ids since the last piece decode to something ending in an
-    incomplete character ('\\ufffd'), so a multi-byte character split across byte tokens
-    prints whole. Each piece decodes only the recent ids (the pending ones after the last
-    printed segment), so the work per token does not grow with the text.
+    The pieces join to what the tokenizer decodes from context + output, less the context's
+    own text: each piece is decoded after the ids before it (at first the prompt), so a
+    tokenizer that puts text between tokens (the word tokenizer's spaces) gets it at every
+    boundary. Text is held back while it ends in an incomplete character ('\\ufffd'), so a
+    multi-byte character split across byte tokens prints whole. Each piece decodes only the
+    recent ids (the pending ones after the last printed segment), so the work per token does
+    not grow with the text.
     """
 
-    def __init__(self, tokenizer: Tokenizer, write: Callable[[str], None]):
+    def __init__(self, tokenizer: Tokenizer, write: Callable[[str], None], context: list[int] = ()):
         self.tokenizer = tokenizer
         self.write = write
-        self.printed: list[int] = []  # the last segment written, kept as left context
+        self.printed: list[int] = list(context)  # the last segment written (or the prompt), kept as left context
         self.pending: list[int] = []
 
     def add(self, token: int) -> None:
         self.pending.append(token)
-        text = self._pending_text()
+        text = decode_after(self.tokenizer, self.printed, self.pending)
         if not text.endswith("\ufffd"):
             self._emit(text)
 
     def flush(self) -> None:
         if self.pending:
-            self._emit(self._pending_text())
-
-    def _pending_text(self) -> str:
-        # Decoding with the previous segment in front keeps whatever a tokenizer inserts
-        # between tokens (a space between words); the previous segment's own text is cut off.
-        before = self.tokenizer.decode(self.printed)
-        return self.tokenizer.decode(self.printed + self.pending)[len(before) :]
+            self._emit(decode_after(self.tokenizer, self.printed, self.pending))
 
     def _emit(self, text: str) -> None:
         if text:
@@ -197,17 +218,20 @@ def complete(
 ) -> str:
     """The continuation of ``prompt`` (without the prompt), stopping at end-of-text.
 
-    An empty prompt starts from the end-of-text token, as GPT-2 does when it generates
-    unconditionally. ``seed`` makes sampling repeatable; ``stream``, if given, receives each piece of text as
+    The continuation is the text the new ids add after the prompt's ids, so
+    ``tokenizer.decode(tokenizer.encode(prompt)) + continuation`` is the tokenizer's decoding
+    of the whole sequence (for lossless tokenizers the first part is the prompt itself).
+    ``seed`` makes sampling repeatable; ``stream``, if given, receives each piece of text as
     it is produced (the pieces join to the returned text).
     """
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed)
-    streamer = TextStream(tokenizer, stream) if stream is not None else None
+    context = prompt_ids(tokenizer, prompt)
+    streamer = TextStream(tokenizer, stream, context) if stream is not None else None
     [ids] = generate_ids(
         model,
-        [tokenizer.encode(prompt) or [tokenizer.eot_id]],
+        [context],
         max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -218,4 +242,4 @@ def complete(
     )
     if streamer is not None:
         streamer.flush()
-    return tokenizer.decode(ids)
+    return decode_after(tokenizer, context, ids)

@@ -214,7 +214,8 @@ def estimate_loss(
 
 
 def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
-    """A short continuation of train.sample_prompt; uses its own random generator, so training is unaffected."""
+    """train.sample_prompt and a short continuation, as the tokenizer decodes them together;
+    uses its own random generator, so training is unaffected."""
     from gptzoo.recipes.generate import complete
 
     plain = unwrap(model)
@@ -222,7 +223,7 @@ def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> s
     plain.eval()
     text = complete(plain, tokenizer, train.sample_prompt, train.sample_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, seed=train.seed)
     plain.train(was_training)
-    return text
+    return tokenizer.decode(tokenizer.encode(train.sample_prompt)) + text
 
 
 # ---- checkpoints --------------------------------------------------------------------------
@@ -474,7 +475,7 @@ def train(
                     f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
                 )
                 if cfg.sample_tokens:
-                    say(textwrap.indent(cfg.sample_prompt + sample_text(step_model, tokenizer, cfg), "  | "))
+                    say(textwrap.indent(sample_text(step_model, tokenizer, cfg), "  | "))
                 save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
                 saved_step = at.step
                 window_start, window_tokens = time.perf_counter(), 0

@@ -244,6 +244,63 @@ def test_stream_keeps_what_a_tokenizer_puts_between_tokens():
     assert pieces == ["the", " cat", " sat"]
 
 
+# ---- decoding after the prompt --------------------------------------------------------------
+
+VERDICT_OPENING = (
+    "I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so it was no "
+    "great surprise to me to hear that, in the height of his glory, he had dropped his painting."
+)
+
+
+def fitted(registry, name: str, text: str, **params) -> Tokenizer:
+    config = registry.model_config({"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": {"name": name, **params}})
+    tokenizer = config.tokenizer.build()
+    tokenizer.fit(text)
+    return tokenizer
+
+
+def model_for(registry, tokenizer: Tokenizer, context_length: int = 64) -> GPT:
+    torch.manual_seed(0)
+    spec = {"vocab_size": tokenizer.vocab_size, "context_length": context_length, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    return GPT(registry.model_config(spec)).eval()
+
+
+def test_word_tokenizer_continuation_reads_as_the_whole_sequence_decoded(registry, monkeypatch):
+    tokenizer = fitted(registry, "word", VERDICT_OPENING)
+    new_ids = tokenizer.encode("it the had, he")
+    scripted_sampler(monkeypatch, [[i] for i in new_ids] + [[tokenizer.eot_id]])
+    pieces = []
+    prompt = "I HAD always thought Jack"
+    continuation = complete(model_for(registry, tokenizer), tokenizer, prompt, 20, stream=pieces.append)
+    # The book's SimpleTokenizerV1.decode of the whole sequence: words joined by spaces, no space before punctuation.
+    assert prompt + continuation == "I HAD always thought Jack it the had, he"
+    assert prompt + continuation == tokenizer.decode(tokenizer.encode(prompt) + new_ids)
+    assert pieces == [" it", " the", " had", ",", " he"]
+
+
+def test_byte_level_bpe_streams_multi_byte_characters_whole_after_the_prompt(registry, monkeypatch):
+    corpus = "héllo wörld, €5 for 😀 and 日本語 text " * 3
+    tokenizer = fitted(registry, "bpe", corpus, vocab_size=270)  # few merges: most characters stay split over byte tokens
+    prompt, text = "héllo wö", "rld €5 😀 日本語"
+    new_ids = tokenizer.encode(text)
+    assert len(new_ids) > len(text)  # some characters do span several tokens
+    scripted_sampler(monkeypatch, [[i] for i in new_ids] + [[tokenizer.eot_id]])
+    pieces = []
+    continuation = complete(model_for(registry, tokenizer), tokenizer, prompt, 40, stream=pieces.append)
+    assert prompt + continuation == tokenizer.decode(tokenizer.encode(prompt) + new_ids) == prompt + text
+    assert "".join(pieces) == continuation and not any("\ufffd" in piece for piece in pieces)
+
+
+def test_the_training_sample_reads_as_the_whole_sequence_decoded(registry, monkeypatch):
+    from gptzoo.recipes.config import TrainConfig
+    from gptzoo.recipes.train import sample_text
+
+    tokenizer = fitted(registry, "word", VERDICT_OPENING)
+    scripted_sampler(monkeypatch, [[i] for i in tokenizer.encode("it was no")] + [[tokenizer.eot_id]])
+    train = TrainConfig(max_steps=1, sample_prompt="thought  Jack", sample_tokens=8)
+    assert sample_text(model_for(registry, tokenizer), tokenizer, train) == "thought Jack it was no"
+
+
 # ---- the command ----------------------------------------------------------------------------
 
 
@@ -294,6 +351,24 @@ def test_cli_rejects_bad_options(run_dir, capsys, extra, message):
     assert main(["generate", str(folder), "--prompt", "a", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_cli_prints_the_prompt_and_continuation_as_the_word_tokenizer_decodes_them(tmp_path, registry, capsys, stream):
+    tokenizer = fitted(registry, "word", VERDICT_OPENING)
+    config = RunConfig.model_validate(
+        {"model": {"vocab_size": tokenizer.vocab_size, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "word"}},
+        context={"registry": registry},
+    )
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    save_run(tmp_path / "run", config, model, tokenizer)
+    prompt = tokenizer.encode("I HAD always thought Jack")
+    new_ids = book_greedy(model, prompt, 6)
+    new_ids = new_ids[: new_ids.index(tokenizer.eot_id)] if tokenizer.eot_id in new_ids else new_ids
+    argv = ["generate", str(tmp_path / "run"), "--prompt", "I HAD  always thought Jack", "--max-new-tokens", "6"]
+    assert main(argv + ([] if stream else ["--no-stream"])) == 0
+    assert capsys.readouterr().out == tokenizer.decode(prompt + new_ids) + "\n"
 
 
 def test_cli_missing_run_folder(tmp_path, capsys):
