@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
 from gptzoo.registry import Registry, default_registry
@@ -35,9 +35,12 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this")
     warmup_steps: int = Field(0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
-    grad_clip: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW's decoupled weight decay, on the parameters weight_decay_scope names")
+    weight_decay_scope: Literal["matrices", "all"] = Field("matrices", description="matrices: embeddings and linear weights only, not biases and norms; all: every parameter (the book's AdamW)")
+    grad_clip: float | None = Field(1.0, ge=0, description="clip the gradient norm to this; 0 (or null) turns clipping off, as in the book's chapter 5")
     eval_interval: int = Field(50, gt=0)
+    eval_at_start: bool = Field(False, description="also evaluate the untrained model, logged as step 0 (the book prints its initial loss)")
+    checkpoint_interval: int | None = Field(None, ge=0, description="steps between checkpoints; None: at every evaluation; 0: only at the end (and when stopped)")
     eval_batches: int = Field(10, gt=0)
     seed: int = Field(0, description="initialisation and dropout")
     device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
@@ -46,6 +49,11 @@ class TrainConfig(BaseModel):
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp copies the model to every rank, fsdp shards it across them")
     sample_prompt: str = "The"
     sample_tokens: int = Field(32, ge=0)
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _zero_is_off(cls, value: float | None) -> float | None:
+        return value or None  # TOML has no null: 0 says "no clipping"
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:

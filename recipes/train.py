@@ -113,12 +113,16 @@ def total_steps(train: TrainConfig, n_train_windows: int, context_length: int, w
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, linear weights) only, not on biases and norms."""
+    """AdamW with weight decay on matrices (embeddings, linear weights) only, not on biases and
+    norms; with ``weight_decay_scope = "all"`` on every parameter, as the book's AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    if train.weight_decay_scope == "all":
+        groups = [{"params": params, "weight_decay": train.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
     try:
         return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
     except (RuntimeError, TypeError):  # no fused kernel for this device in this torch
@@ -372,8 +376,9 @@ def train(
 ) -> TrainSummary:
     """Train ``config`` into the run folder ``out`` (or continue the run there with ``resume``).
 
-    Evaluates, logs to metrics.jsonl and checkpoints every train.eval_interval steps and at the
-    end; Ctrl-C or SIGTERM checkpoints and returns with ``stopped="interrupted"``. Raises
+    Evaluates and logs to metrics.jsonl every train.eval_interval steps and at the end (and
+    before the first step with train.eval_at_start); checkpoints at each evaluation, or every
+    train.checkpoint_interval steps, and at the end; Ctrl-C or SIGTERM checkpoints and returns with ``stopped="interrupted"``. Raises
     NonFiniteLossError if the loss diverges, leaving the last good checkpoint in place.
     """
     started = time.perf_counter()
@@ -440,6 +445,30 @@ def train(
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     checked_step = at.step
     bar = tqdm(total=n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+
+    def report(tokens_per_s: float) -> None:
+        """Evaluate, log to metrics.jsonl, print the losses and a sample."""
+        record = evaluate(step_model, train_windows, val_windows, cfg, device, at, n_steps, tokens_per_s)
+        if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
+            raise _diverged(out, saved_step, checked_step, at.step)
+        at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
+        record["elapsed_s"] = round(at.elapsed_s, 3)
+        record |= {"processes": world.size, "effective_batch_size": windows_per_step, "tokens_per_step": tokens_per_step}
+        at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
+        summary.final_val_loss = record["val_loss"]
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            append_metrics(out, record)
+        say(
+            f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+            f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+        )
+        if cfg.sample_tokens:
+            say(textwrap.indent(sample_text(step_model, tokenizer, cfg), "  | "))
+
+    if cfg.eval_at_start and at.step == 0:
+        report(0.0)
+        window_start = time.perf_counter()
     with StopSignals() as stop, bar:
         while at.step < n_steps:
             loss = train_step(step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device)
@@ -448,7 +477,9 @@ def train(
             at.tokens += tokens_per_step
             window_tokens += tokens_per_step
             evaluating = at.step % cfg.eval_interval == 0 or at.step == n_steps
-            reporting = at.step % LOG_EVERY == 0 or evaluating
+            interval = cfg.checkpoint_interval
+            checkpointing = at.step == n_steps or (evaluating if interval is None else bool(interval) and at.step % interval == 0)
+            reporting = at.step % LOG_EVERY == 0 or evaluating or checkpointing
             if reporting:
                 if distributed.any_rank(nonfinite, device):  # the one sync between evaluations
                     raise _diverged(out, saved_step, checked_step, at.step)
@@ -458,26 +489,12 @@ def train(
                 bar.set_postfix(loss=f"{mean_loss.item():.4f}", tok_s=f"{rate:,.0f}")
                 bar.update(at.step - bar.n)
             if evaluating:
-                now = time.perf_counter()
-                record = evaluate(step_model, train_windows, val_windows, cfg, device, at, n_steps, window_tokens / max(now - window_start, 1e-9))
-                if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
-                    raise _diverged(out, saved_step, checked_step, at.step)
+                report(window_tokens / max(time.perf_counter() - window_start, 1e-9))
+            if checkpointing:
                 at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-                record["elapsed_s"] = round(at.elapsed_s, 3)
-                record |= {"processes": world.size, "effective_batch_size": windows_per_step, "tokens_per_step": tokens_per_step}
-                at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
-                summary.final_val_loss = record["val_loss"]
-                if world.is_main:
-                    out.mkdir(parents=True, exist_ok=True)
-                    append_metrics(out, record)
-                say(
-                    f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-                    f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
-                )
-                if cfg.sample_tokens:
-                    say(textwrap.indent(sample_text(step_model, tokenizer, cfg), "  | "))
                 save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
                 saved_step = at.step
+            if evaluating:
                 window_start, window_tokens = time.perf_counter(), 0
             stopping = stop.received is not None
             if world.size > 1:  # every rank must stop after the same step: agree where they sync anyway
@@ -508,7 +525,7 @@ def evaluate(model: nn.Module, train_windows: TokenWindows, val_windows: TokenWi
         "train_loss": train_loss,
         "val_loss": val_loss,
         "perplexity": math.exp(min(val_loss, 700.0)),
-        "lr": lr_at(at.step - 1, cfg, n_steps),
+        "lr": lr_at(max(at.step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
         "tokens_per_s": round(tokens_per_s, 1),
         "peak_memory_bytes": peak_memory_bytes(device),
     }

@@ -55,6 +55,65 @@ def test_weight_decay_applies_to_matrices_only(tmp_path, shared_data):
     assert decayed["fused"] is True
 
 
+def test_weight_decay_on_every_parameter_is_the_books_adamw(tmp_path, shared_data):
+    from gptzoo.core import GPT
+
+    book_ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="the book's package (pip install llms-from-scratch) is absent")
+    book_config = {"vocab_size": 257, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0, "qkv_bias": True}
+    book_model = book_ch04.GPTModel(book_config)
+    book_groups = torch.optim.AdamW(book_model.parameters(), lr=0.0004, weight_decay=0.1).param_groups  # the book's chapter 5
+
+    config = tiny(tmp_path, shared_data("the-verdict.txt"), model={"vocab_size": 257, "qkv_bias": True}, weight_decay_scope="all", lr=0.0004)
+    model = GPT(config.model)
+    groups = build_optimizer(model, config.train, torch.device("cpu")).param_groups
+    assert [(g["weight_decay"], g["lr"], sum(p.numel() for p in g["params"])) for g in groups] == [
+        (g["weight_decay"], g["lr"], sum(p.numel() for p in g["params"])) for g in book_groups
+    ]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.parameters()}
+
+
+def test_grad_clip_zero_turns_clipping_off(tmp_path, shared_data, monkeypatch):
+    assert TrainConfig(max_steps=1, grad_clip=0).grad_clip is None
+    assert TrainConfig(max_steps=1).grad_clip == 1.0
+    clipped = []
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: clipped.append(max_norm))
+    train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0), tmp_path / "off", progress=False, log=lambda s: None)
+    assert clipped == []
+    train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0.5), tmp_path / "on", progress=False, log=lambda s: None)
+    assert clipped == [0.5] * 3
+
+
+@pytest.mark.parametrize("interval, saved", [(None, [5, 10, 15, 20]), (0, [20]), (10, [10, 20]), (3, [3, 6, 9, 12, 15, 18, 20])])
+def test_checkpoints_follow_their_own_interval_and_evaluations_theirs(tmp_path, shared_data, monkeypatch, interval, saved):
+    saves = []
+    real_save = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda out, config, model, tok, opt, at, sampler: saves.append(at.step) or real_save(out, config, model, tok, opt, at, sampler))
+    config = tiny(tmp_path, shared_data("the-verdict.txt"), eval_interval=5, checkpoint_interval=interval)
+    train(config, tmp_path / "run", progress=False, log=lambda s: None)
+    assert saves == saved
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [5, 10, 15, 20]
+    assert load_run(tmp_path / "run").config.train.checkpoint_interval == interval
+
+
+def test_eval_at_start_logs_the_untrained_loss_as_step_0(tmp_path, shared_data):
+    from gptzoo.core import GPT
+    from gptzoo.recipes.data import load_tokens, split_windows
+    from gptzoo.recipes.train import estimate_loss
+
+    config = tiny(tmp_path, shared_data("the-verdict.txt"), eval_at_start=True, seed=3)
+    lines = []
+    train(config, tmp_path / "run", progress=False, log=lines.append)
+    first, *rest = read_metrics(tmp_path / "run")
+    assert first["step"] == 0 and first["tokens"] == 0 and [r["step"] for r in rest] == [10, 20]
+    assert lines[1].startswith("step 0: train loss")
+    # The untrained model, built with the same seed, scored on the same windows.
+    torch.manual_seed(3)
+    untrained = GPT(config.model.model_copy(update={"vocab_size": 257}))
+    _, val = split_windows(load_tokens(config.data, config.model.tokenizer.build()), 16, config.data)
+    assert first["val_loss"] == pytest.approx(estimate_loss(untrained, val, 2, 4, torch.device("cpu")), rel=1e-6)
+    assert first["val_loss"] == pytest.approx(math.log(257), abs=0.1)  # about uniform over 257 byte ids
+
+
 def test_loss_falls_on_a_tiny_model(tmp_path, shared_data):
     summary = train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=40), tmp_path / "run", progress=False, log=lambda s: None)
     records = read_metrics(tmp_path / "run")
