@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots]'
+	$(PY) -m pip install -q --no-deps llms-from-scratch==1.0.19
 	touch $@
 
 # A second `make demo` reuses the run in $(RUN): it continues an interrupted one and just

@@ -37,11 +37,20 @@ class LMHead(Head):
 
 class ClassifierParams(Params):
     n_classes: int = Field(2, ge=2)
-    pooling: Literal["last", "mean"] = "last"
+    pooling: Literal["last", "mean", "last_position"] = Field(
+        "last",
+        description="last: the last real token (padding skipped); mean: the mean of real tokens; "
+        "last_position: the sequence's final position, padding included (the book's chapter 6, logits[:, -1, :])",
+    )
 
 
 class ClassifierHead(Head):
-    """Pools the sequence (last real token, or the mean of real tokens) and maps it to class logits: (B, T, C) -> (B, n_classes)."""
+    """Pools the sequence and maps it to class logits: (B, T, C) -> (B, n_classes).
+
+    ``last`` reads the last real token, ``mean`` averages the real tokens (both use the pad
+    mask), ``last_position`` reads the final position whatever it holds: with right padding
+    that is a pad token, which the book's model reads as text.
+    """
 
     Params = ClassifierParams
 
@@ -50,8 +59,8 @@ class ClassifierHead(Head):
         self.out = nn.Linear(dims.d_model, params.n_classes)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        if pad_mask is None:
-            pooled = x[:, -1] if self.params.pooling == "last" else x.mean(dim=1)  # (B, C)
+        if pad_mask is None or self.params.pooling == "last_position":
+            pooled = x.mean(dim=1) if self.params.pooling == "mean" else x[:, -1]  # (B, C)
         elif self.params.pooling == "last":
             # Right padding: the last real token sits just before the first pad.
             last = pad_mask.long().cumsum(-1).argmax(-1)  # (B,)

@@ -23,10 +23,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         saved = json.loads(file.read_text(encoding="utf-8"))
         labels, max_length = list(saved["labels"]), int(saved["max_length"])
+        pad_to = None if saved.get("pad_to") is None else int(saved["pad_to"])  # absent in runs from before --pad-to
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise GptzooError(f"{file}: unreadable ({err}); it should hold {{\"labels\": [...], \"max_length\": N}}") from None
     if len(labels) != loaded.config.model.head.params.n_classes:
         raise GptzooError(f"{file}: {len(labels)} labels but the head has {loaded.config.model.head.params.n_classes} classes")
-    label, probability = predict(loaded.model, loaded.tokenizer, args.text, labels, max_length)
+    label, probability = predict(loaded.model, loaded.tokenizer, args.text, labels, max_length, pad_to)
     print(f"{label}\t{probability:.4f}")
     return 0

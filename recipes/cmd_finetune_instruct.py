@@ -5,7 +5,7 @@ from pathlib import Path
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes import finetune
-from gptzoo.recipes.instruct import RESPONSES, encode_entries, evaluate, generate_responses, read_entries, train_instructions
+from gptzoo.recipes.instruct import RESPONSES, encode_entries, evaluate, generate_responses, read_entries, split_in_file_order, train_instructions
 from gptzoo.recipes.run import Run, append_metrics, load_run
 from gptzoo.recipes.train import resolve_device
 
@@ -14,7 +14,10 @@ HELP = "fine-tune a run on instructions (a JSON list of {instruction, input, out
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     finetune.add_arguments(
-        parser, data_help="a JSON list of {\"instruction\", \"input\", \"output\"} entries (input may be empty)", epochs=2, split="0.85,0.05,0.1", train_choices=finetune.TRAIN_CHOICES,
+        parser, data_help="a JSON list of {\"instruction\", \"input\", \"output\"} entries (input may be empty)", epochs=2, split="0.85,0.05,0.1",
+        split_order_help="shuffled (default): Python's random.Random(--seed) shuffles, then train, validation, test are cut; "
+        "book: file order, cut as the book's chapter 7: train first, then test, then validation",
+        train_choices=finetune.TRAIN_CHOICES,
         train_help="what trains: all (the default), none (with --lora-rank: the adapters only, its default), head, "
         "last-block (with the final norm and the head), last-n (see --last-n). A head tied to the embedding trains it too",
     )
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)
     finetune.check_out_dir(out, base_dir)
     entries = read_entries(data)
-    train, val, test = finetune.split_data(entries, fractions, args.seed)
+    train, val, test = split_in_file_order(entries, fractions) if args.split_order == "book" else finetune.split_data(entries, fractions, args.seed)
     finetune.check_splits(data, {"train": train, "validation": val, "test": test})
     print(f"{len(entries)} entries: train {len(train)}, validation {len(val)}, test {len(test)}")
 
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     train_ids, val_ids, test_ids = (encode_entries(split, tokenizer) for split in (train, val, test))
     config = finetune.fine_tuned_config(model.config, data, fractions, finetune.train_config(args, device))
     out.mkdir(parents=True, exist_ok=True)
-    train_instructions(model, train_ids, val_ids, config.train, pad_id=pad_id, max_length=max_length, mask_prompt=args.mask_prompt, device=device, out=out)
+    train_instructions(model, train_ids, val_ids, config.train, pad_id=pad_id, max_length=max_length, mask_prompt=args.mask_prompt, device=device, out=out, drop_last=args.drop_last)
     finetune.merge_and_save(out, Run(out, config, model, tokenizer), lora)
     test_loss = evaluate(model, test_ids, config.train.batch_size, pad_id, max_length, args.mask_prompt, device)
     append_metrics(out, {"test_loss": test_loss})

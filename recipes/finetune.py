@@ -25,6 +25,7 @@ from gptzoo.recipes.run import CONFIG, Run, atomic_path, save_run, write_text_at
 T = TypeVar("T")
 
 TRAIN_CHOICES = ("none", "head", "last-block", "last-n", "all")
+SPLIT_ORDERS = ("shuffled", "book")
 LORA_JSON = "lora.json"
 LORA_WEIGHTS = "lora.safetensors"
 
@@ -32,7 +33,9 @@ LORA_WEIGHTS = "lora.safetensors"
 # ---- command-line options ------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, data_help: str, epochs: int, split: str, train_choices: Sequence[str], train_help: str) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, *, data_help: str, epochs: int, split: str, split_order_help: str, train_choices: Sequence[str], train_help: str
+) -> None:
     """The options both fine-tuning commands take; defaults differ where the book's do."""
     parser.add_argument("base_dir", metavar="BASE_DIR", help="the run folder to start from (an imported GPT-2 or a model trained with gptzoo)")
     parser.add_argument("--data", required=True, metavar="PATH", help=data_help)
@@ -40,15 +43,28 @@ def add_arguments(parser: argparse.ArgumentParser, *, data_help: str, epochs: in
     parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
     parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, constant (default 5e-5)")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on weight matrices (default 0.1)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
+    parser.add_argument(
+        "--weight-decay-scope", choices=("matrices", "all"), default="matrices",
+        help="what decays: matrices (embeddings and linear weights, not biases and norms; the default) or all (every parameter, the book's AdamW)",
+    )
+    parser.add_argument("--betas", default="0.9,0.95", metavar="B1,B2", help="AdamW's betas (default 0.9,0.95; the book's fine-tuning uses AdamW's own 0.9,0.999)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, metavar="NORM", help="clip the gradient norm to NORM; 0 turns clipping off, as in the book (default 1.0)")
+    parser.add_argument("--drop-last", action="store_true", help="skip each epoch's last, smaller training batch, as the book's DataLoader(drop_last=True)")
     parser.add_argument("--seed", type=int, default=123, help="the split, shuffling and LoRA initialisation (default 123)")
     parser.add_argument("--split", default=split, metavar="TRAIN,VAL,TEST", help=f"fractions of the data for training, validation and test (default {split})")
+    parser.add_argument("--split-order", choices=SPLIT_ORDERS, default="shuffled", help=split_order_help)
     parser.add_argument("--max-length", type=int, default=None, metavar="N", help="truncate every example to N tokens (default: the model's context length)")
     parser.add_argument("--eval-batches", type=int, default=5, metavar="N", help="batches of the train and validation splits evaluated after each epoch (default 5)")
     parser.add_argument("--train", choices=train_choices, default=None, help=train_help)
     parser.add_argument("--last-n", type=int, default=2, metavar="N", help="with --train last-n: how many of the last transformer blocks train (default 2)")
     parser.add_argument("--lora-rank", type=int, default=None, metavar="R", help="train a LoRA adapter of rank R instead of the weights themselves")
-    parser.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha: the low-rank update is scaled by A / R (default: R, a scale of 1)")
+    parser.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha: the low-rank update is scaled by A / R, or by A with --lora-convention book (default: R)")
+    parser.add_argument(
+        "--lora-convention", choices=("gptzoo", "book"), default="gptzoo",
+        help="gptzoo (default): scale alpha / rank, A initialised with fan-in = in_features, as the LoRA paper and peft; "
+        "book: scale alpha, A of shape (in, rank) initialised with fan-in = rank, as the book's appendix E",
+    )
     parser.add_argument(
         "--lora-targets", default="qkv,out_proj,ffn", metavar="LIST",
         help="comma-separated linear layers LoRA adapts: qkv (attention projections), out_proj (attention output), "
@@ -62,8 +78,15 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
     for name in ("epochs", "batch_size", "eval_batches", "last_n"):
         if getattr(args, name) < 1:
             raise GptzooError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    if args.lr <= 0 or args.weight_decay < 0:
-        raise GptzooError(f"--lr {args.lr} must be positive and --weight-decay {args.weight_decay} not negative")
+    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0:
+        raise GptzooError(f"--lr {args.lr} must be positive, --weight-decay {args.weight_decay} and --grad-clip {args.grad_clip} not negative")
+    try:
+        betas = tuple(float(b) for b in args.betas.split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise GptzooError(f"--betas {args.betas!r}: give two numbers in [0, 1), e.g. 0.9,0.999")
+    args.betas = betas
     if args.max_length is not None and args.max_length < 2:
         raise GptzooError(f"--max-length {args.max_length}: give at least 2 tokens")
     if args.lora_rank is not None and args.lora_rank < 1:
@@ -110,13 +133,19 @@ def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
 
 
 def split_data(items: Sequence[T], fractions: tuple[float, float, float], seed: int) -> tuple[list[T], list[T], list[T]]:
-    """Shuffle with ``seed``, then cut: the first int(n·train) for training, the next
-    int(n·val) for validation, the rest for test (the book's rule for both data sets)."""
+    """Shuffle with ``seed`` (Python's random.Random), then cut as ``cut`` does."""
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
-    n_train = int(len(shuffled) * fractions[0])
-    n_val = int(len(shuffled) * fractions[1])
-    return shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :]
+    return cut(shuffled, fractions)
+
+
+def cut(items: Sequence[T], fractions: tuple[float, float, float]) -> tuple[list[T], list[T], list[T]]:
+    """The first int(n·train) items for training, the next int(n·val) for validation, the rest
+    for test (the book's chapter 6 rule)."""
+    items = list(items)
+    n_train = int(len(items) * fractions[0])
+    n_val = int(len(items) * fractions[1])
+    return items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]
 
 
 def check_splits(path: Path, splits: dict[str, list]) -> None:
@@ -126,12 +155,14 @@ def check_splits(path: Path, splits: dict[str, list]) -> None:
         raise GptzooError(f"{path}: the split ({sizes}) leaves {' and '.join(empty)} empty; give more examples or change --split")
 
 
-def batches(items: Sequence[T], batch_size: int, generator: random.Random | None = None) -> list[list[T]]:
-    """``items`` cut into batches, shuffled first when a generator is given."""
+def batches(items: Sequence[T], batch_size: int, generator: random.Random | None = None, drop_last: bool = False) -> list[list[T]]:
+    """``items`` cut into batches, shuffled first when a generator is given; ``drop_last``
+    leaves out a last batch smaller than ``batch_size``."""
     order = list(range(len(items)))
     if generator is not None:
         generator.shuffle(order)
-    return [[items[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+    end = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [[items[i] for i in order[start : start + batch_size]] for start in range(0, end, batch_size)]
 
 
 # ---- which weights train -------------------------------------------------------------------
@@ -167,10 +198,13 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
     settings = None
     if args.lora_rank is not None:
         targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-        settings = LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha or float(args.lora_rank), targets=targets)
+        settings = LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha or float(args.lora_rank), convention=args.lora_convention, targets=targets)
         torch.manual_seed(args.seed)
         wrapped = apply_lora(model, settings)
-        print(f"LoRA rank {settings.rank}, alpha {settings.alpha:g} on {len(wrapped)} linear layers ({', '.join(targets)}); --train {train}")
+        print(
+            f"LoRA rank {settings.rank}, alpha {settings.alpha:g} ({settings.convention} convention: scale {settings.scale:g}) "
+            f"on {len(wrapped)} linear layers ({', '.join(targets)}); --train {train}"
+        )
     after = count_parameters(model)
     print(f"parameters before: {before['total']:,} total, {before['trainable']:,} trainable")
     print(f"parameters after:  {after['total']:,} total, {after['trainable']:,} trainable ({after['trainable'] / after['total']:.2%})")
@@ -182,8 +216,8 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
 def train_config(args: argparse.Namespace, device: torch.device) -> TrainConfig:
     """The settings this fine-tuning ran with, recorded in the new run's config.json."""
     return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=1.0, weight_decay=args.weight_decay,
-        eval_batches=args.eval_batches, seed=args.seed, device=str(device),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=1.0, betas=args.betas, weight_decay=args.weight_decay,
+        weight_decay_scope=args.weight_decay_scope, grad_clip=args.grad_clip, eval_batches=args.eval_batches, seed=args.seed, device=str(device),
     )
 
 

@@ -66,9 +66,19 @@ def entry_prompt(entry: dict) -> str:
 
 
 def extract_response(text: str) -> str:
-    """The text after the first ``### Response:`` (all of it when there is none), stripped."""
+    """The text after the first ``### Response:`` (all of it when there is none), with every
+    further ``### Response:`` the model wrote removed and the rest stripped, as the book's
+    ``.replace("### Response:", "").strip()``."""
     before, marker, after = text.partition(RESPONSE_MARKER)
-    return (after if marker else before).strip()
+    return (after if marker else before).replace(RESPONSE_MARKER, "").strip()
+
+
+def split_in_file_order(entries: list[dict], fractions: tuple[float, float, float]) -> tuple[list[dict], list[dict], list[dict]]:
+    """The book's chapter 7 split, unshuffled: the first int(n·train) entries train, the next
+    int(n·test) are the test set, the rest validate. Returns (train, validation, test)."""
+    n_train = int(len(entries) * fractions[0])
+    n_test = int(len(entries) * fractions[2])
+    return entries[:n_train], entries[n_train + n_test :], entries[n_train : n_train + n_test]
 
 
 # ---- batches ------------------------------------------------------------------------------
@@ -123,19 +133,30 @@ def evaluate(model: GPT, data: list, batch_size: int, pad_id: int, max_length: i
 
 
 def train_instructions(
-    model: GPT, train: list, val: list, cfg: TrainConfig, *, pad_id: int, max_length: int, mask_prompt: bool = False, device: torch.device, out: Path | None = None
+    model: GPT,
+    train: list,
+    val: list,
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    max_length: int,
+    mask_prompt: bool = False,
+    device: torch.device,
+    out: Path | None = None,
+    drop_last: bool = False,
 ) -> list[dict]:
     """The book's loop: a step per batch at a constant learning rate; train and validation loss
-    on the first ``cfg.eval_batches`` batches at the end of each epoch (appended to ``out``'s metrics)."""
+    on the first ``cfg.eval_batches`` batches at the end of each epoch (appended to ``out``'s
+    metrics). ``drop_last`` skips each epoch's last, smaller batch."""
     optimizer = build_optimizer(model, cfg, device)
     order = random.Random(cfg.seed)
     batch_size, eval_batches = cfg.batch_size, cfg.eval_batches
     records = []
     step = 0
     model.train()
-    with tqdm(total=int(cfg.epochs) * len(batches(train, batch_size)), desc="fine-tuning", unit="step") as progress:
+    with tqdm(total=int(cfg.epochs) * len(batches(train, batch_size, drop_last=drop_last)), desc="fine-tuning", unit="step") as progress:
         for epoch in range(1, int(cfg.epochs) + 1):
-            for batch in batches(train, batch_size, order):
+            for batch in batches(train, batch_size, order, drop_last):
                 loss = batch_loss(model, batch, pad_id, max_length, mask_prompt, device)
                 optimizer_step(model, optimizer, loss, cfg.grad_clip)
                 step += 1

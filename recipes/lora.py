@@ -1,8 +1,18 @@
 """LoRA (Hu et al., 2021): train a low-rank update B·A beside a frozen linear layer.
 
-A wrapped layer computes x·Wᵀ + b + (alpha / rank)·x·Aᵀ·Bᵀ with A (rank, in) random and
-B (out, rank) zero, so the adapted model starts equal to the base. Only A and B train.
-``merge_lora`` folds the update into W, leaving plain nn.Linear layers.
+A wrapped layer computes x·Wᵀ + b + scale·x·Aᵀ·Bᵀ with A (rank, in) random and B (out, rank)
+zero, so the adapted model starts equal to the base. Only A and B train. ``merge_lora``
+folds the update into W, leaving plain nn.Linear layers.
+
+Two conventions, by name:
+
+- ``gptzoo`` (the default, as the LoRA paper and peft): scale = alpha / rank, A drawn as
+  nn.Linear(in, rank) draws its weight, Kaiming-uniform with fan-in = in (bound 1/√in).
+- ``book`` (the book's appendix E): scale = alpha, A drawn as a tensor of shape (in, rank),
+  whose Kaiming-uniform fan-in is rank (bound 1/√rank). At the book's rank 16 / alpha 16 on
+  768 inputs its update starts 16·√(768/16) ≈ 111 times larger than gptzoo's for the same B.
+
+Both store A as (rank, in), so saved adapters and merging are the same.
 
 Layers are chosen by module name, so every attention variant works, including
 ``per_head``, whose query/key/value projections are one nn.Linear per head.
@@ -12,6 +22,7 @@ from __future__ import annotations
 
 import math
 from fnmatch import fnmatch
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +46,18 @@ class LoRASettings(BaseModel):
 
     rank: int = Field(gt=0)
     alpha: float = Field(gt=0)
+    convention: Literal["gptzoo", "book"] = "gptzoo"
     targets: list[str]
     modules: list[str] = []
     parameters: dict[str, dict[str, int]] = {}
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        return lora_scale(self.rank, self.alpha, self.convention)
+
+
+def lora_scale(rank: int, alpha: float, convention: str) -> float:
+    return alpha / rank if convention == "gptzoo" else alpha
 
 
 class LoRALinear(nn.Linear):
@@ -49,16 +65,23 @@ class LoRALinear(nn.Linear):
     ``weight`` and ``bias`` Parameters, so state-dict names stay those of the plain layer
     (attention variants that rewrite their state dict keep working)."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, convention: str = "gptzoo"):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight = base.weight
         self.bias = base.bias
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
-        self.scale = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.scale = lora_scale(rank, alpha, convention)
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)
+        if convention == "gptzoo":
+            A = torch.empty(rank, base.in_features, **like)  # as nn.Linear(in, rank) initialises its weight: fan-in = in
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        else:
+            A = torch.empty(base.in_features, rank, **like)  # the book's A (in, rank): fan-in = rank
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+            A = A.T.contiguous()
+        self.lora_A = nn.Parameter(A)  # (rank, in)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., in)
@@ -106,7 +129,7 @@ def apply_lora(model: nn.Module, settings: LoRASettings) -> list[str]:
     wrapped = []
     for name, linear in linears:
         if any(_matches(target, name) for target in settings.targets):
-            _replace(model, name, LoRALinear(linear, settings.rank, settings.alpha))
+            _replace(model, name, LoRALinear(linear, settings.rank, settings.alpha, settings.convention))
             wrapped.append(name)
     return wrapped
 

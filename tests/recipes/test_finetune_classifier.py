@@ -12,12 +12,14 @@ from gptzoo.core import GPT
 from gptzoo.recipes.classify import (
     Example,
     balance,
+    balance_like_the_book,
     classifier_config,
     classifier_from,
     collate,
     encode_examples,
     evaluate,
     read_examples,
+    split_like_the_book,
     train_classifier,
 )
 from gptzoo.recipes.cli import main
@@ -163,7 +165,7 @@ def test_finetune_classifier_and_classify_end_to_end(base_dir, shared_data, tmp_
 
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["head"] == {"name": "classifier", "n_classes": 2, "pooling": "last"} and config["model"]["tied_head"] is False
-    assert json.loads((out / "labels.json").read_text()) == {"labels": ["ham", "spam"], "max_length": 24}
+    assert json.loads((out / "labels.json").read_text()) == {"labels": ["ham", "spam"], "max_length": 24, "pad_to": None}
     epoch, final = read_metrics(out)
     assert set(epoch) == {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc"} and epoch["step"] == 4  # ceil(28 / 8)
     assert set(final) == {"test_loss", "test_acc"} and final["test_acc"] in {i / 8 for i in range(9)}
@@ -175,6 +177,30 @@ def test_finetune_classifier_and_classify_end_to_end(base_dir, shared_data, tmp_
     assert main(["classify", str(out), "--text", "Free entry! Text WIN to 80082"]) == 0
     label, probability = capsys.readouterr().out.split()
     assert label in ("ham", "spam") and 0.5 <= float(probability) <= 1.0
+
+
+def test_the_books_settings_by_name_end_to_end(base_dir, tmp_path, capsys):
+    # 10 ham, 10 spam and a stray quote that joins lines 2-4 under CSV quoting: 18 examples, 9 + 9.
+    lines = ['ham\t"Hi there', "ham\tjoined", 'ham\tup to here"'] + [f"ham\tham number {i}" for i in range(8)] + [f"spam\tWIN {'x' * i}" for i in range(10)]
+    data = tmp_path / "sms.tsv"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "spam"
+    argv = [
+        "finetune-classifier", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "5", "--eval-batches", "1",
+        "--quoting", "csv", "--balance", "--split-order", "book", "--pooling", "last_position", "--pad-to", "train", "--drop-last",
+        "--betas", "0.9,0.999", "--grad-clip", "0", "--weight-decay-scope", "all", "--lora-rank", "2", "--lora-alpha", "2", "--lora-convention", "book",
+    ]
+    assert main(argv) == 0
+    assert "18 examples, 2 classes (ham, spam): train 12, validation 1, test 5" in capsys.readouterr().out  # 18 · 0.7, 18 · 0.1
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["head"]["pooling"] == "last_position"
+    assert {k: config["train"][k] for k in ("betas", "grad_clip", "weight_decay_scope")} == {"betas": [0.9, 0.999], "grad_clip": None, "weight_decay_scope": "all"}
+    assert json.loads((out / "lora.json").read_text())["convention"] == "book"
+    saved = json.loads((out / "labels.json").read_text())
+    train = split_like_the_book(balance_like_the_book(read_examples(data, quoting="csv"), 123), (0.7, 0.1, 0.2), 123)[0]  # both checked against the book in test_book.py
+    assert saved["pad_to"] == saved["max_length"] == min(32, max(len(e.text.encode("utf-8")) for e in train))  # the base's context is 32
+    assert read_metrics(out)[0]["step"] == 2  # 12 examples in batches of 5: the last 2 dropped
+    assert main(["classify", str(out), "--text", "WIN xx"]) == 0
 
 
 def test_classify_refuses_a_language_model(base_dir, capsys):
@@ -199,6 +225,22 @@ def test_bad_data_is_a_clear_error_with_exit_code_2(base_dir, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--betas", "0.9"], "--betas '0.9': give two numbers in [0, 1), e.g. 0.9,0.999"),
+        (["--betas", "0.9,1.5"], "--betas '0.9,1.5': give two numbers in [0, 1)"),
+        (["--grad-clip", "-1"], "--grad-clip -1.0 not negative"),
+    ],
+)
+def test_bad_optimizer_options_are_clear_errors(base_dir, tmp_path, capsys, option, message):
+    data = tmp_path / "d.tsv"
+    data.write_text("ham\ta\nspam\tb\n" * 10, encoding="utf-8")
+    assert main(["finetune-classifier", str(base_dir), "--data", str(data), "--out", str(tmp_path / "out"), *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_an_existing_run_is_never_overwritten(base_dir, tmp_path, capsys):

@@ -56,7 +56,9 @@ def test_prompt_without_input_has_no_input_section():
 
 def test_extract_response():
     assert extract_response(format_prompt("Name a primary color.") + "Red.\n") == "Red."
-    assert extract_response("### Response:  The sky is blue. ### Response: again") == "The sky is blue. ### Response: again"
+    # Every marker the model repeats is cut, as the book's response_text.replace("### Response:", "").strip()
+    assert extract_response(format_prompt("Name a primary color.") + "### Response:\n### Response:\nRed.") == "Red."
+    assert extract_response("### Response:  The sky is blue. ### Response: again") == "The sky is blue.  again"
     assert extract_response("  no marker here \n") == "no marker here"
 
 
@@ -184,6 +186,20 @@ def test_finetune_instruct_and_chat_end_to_end(base_dir, shared_data, tmp_path, 
     assert main(["chat", str(out), "--max-new-tokens", "3"]) == 0
     one = tokenizer.decode(naive_greedy(tuned, tokenizer.encode(format_prompt("Say hi.")), 3, 256)).strip()
     assert capsys.readouterr().out == f"{one}\n{one}\n"  # the blank line is skipped
+
+
+def test_the_books_split_in_file_order_and_drop_last(base_dir, shared_data, tmp_path, capsys):
+    entries = json.loads(shared_data("instruction-data.json").read_text(encoding="utf-8"))[:20]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(entries), encoding="utf-8")
+    out = tmp_path / "tuned"
+    args = ["finetune-instruct", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--eval-batches", "1",
+            "--max-length", "32", "--max-new-tokens", "1", "--split-order", "book", "--drop-last", "--betas", "0.9,0.999", "--grad-clip", "0"]
+    assert main(args) == 0
+    assert "train 17, validation 1, test 2" in capsys.readouterr().out
+    # The book's chapter 7: the first 17 train, the next int(20 · 0.1) = 2 are the test set, the last one validates.
+    assert [{k: v for k, v in r.items() if k != "model_response"} for r in json.loads((out / "responses.json").read_text())] == entries[17:19]
+    assert read_metrics(out)[0]["step"] == 2  # 17 entries in batches of 8: the last one dropped
 
 
 def test_chat_refuses_a_classifier(tmp_path, capsys):

@@ -55,6 +55,36 @@ def test_the_wrapped_layer_adds_the_scaled_low_rank_update():
     assert lora.weight is linear.weight and not lora.weight.requires_grad
 
 
+def test_the_book_convention_is_the_books_linear_with_lora_at_rank_16_alpha_16():
+    appendix_e = pytest.importorskip("llms_from_scratch.appendix_e", reason="the book's package (pip install llms-from-scratch) is absent")
+    torch.manual_seed(0)
+    linear = nn.Linear(768, 768)
+    torch.manual_seed(7)
+    book = appendix_e.LinearWithLoRA(linear, rank=16, alpha=16)
+    torch.manual_seed(7)
+    ours = LoRALinear(linear, rank=16, alpha=16, convention="book")
+    torch.testing.assert_close(ours.lora_A, book.lora.A.T, rtol=0, atol=0)  # the same draw, stored (rank, in)
+    torch.manual_seed(8)
+    B = torch.randn(16, 768) * 0.01  # the book's B is (rank, out)
+    with torch.no_grad():
+        book.lora.B.copy_(B)
+        ours.lora_B.copy_(B.T)
+    x = torch.randn(4, 768)
+    torch.testing.assert_close(ours(x), book(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.merged()(x), book(x), rtol=1e-5, atol=1e-5)
+
+    # gptzoo's convention, same rank and alpha: scale 16 / 16 = 1 (not 16) and A's bound
+    # 1/sqrt(768) (not 1/sqrt(16)): its update is 16·sqrt(768/16) ≈ 111 times smaller for the same B.
+    torch.manual_seed(7)
+    plain = LoRALinear(linear, rank=16, alpha=16)
+    assert plain.scale == 1.0 and ours.scale == 16.0
+    assert plain.lora_A.abs().max() <= 1 / math.sqrt(768) < ours.lora_A.abs().max() <= 1 / math.sqrt(16)
+    with torch.no_grad():
+        plain.lora_B.copy_(B.T)
+    ratio = (ours(x) - linear(x)).std() / (plain(x) - linear(x)).std()
+    assert 16 * math.sqrt(768 / 16) * 0.8 < ratio < 16 * math.sqrt(768 / 16) * 1.25
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "per_head", "fused"])
 def test_lora_starts_equal_to_the_base_and_merges_to_the_same_function(attention):
     model = tiny(attention={"name": attention}, n_kv_heads=1)
