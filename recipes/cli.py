@@ -13,6 +13,7 @@ from gptzoo.core import GptzooError
 COMMANDS = {
     "plugins": "gptzoo.recipes.cmd_plugins",
     "describe": "gptzoo.recipes.cmd_describe",
+    "tokenize": "gptzoo.recipes.cmd_tokenize",
     "train": "gptzoo.recipes.cmd_train",
     "eval": "gptzoo.recipes.cmd_eval",
     "finetune-classifier": "gptzoo.recipes.cmd_finetune_classifier",
