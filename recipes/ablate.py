@@ -323,6 +323,7 @@ class RunResult:
     tokens: int | None = None
     final_val_loss: float | None = None
     best_val_loss: float | None = None
+    final_val_accuracy: float | None = None  # top-1 on a task's answers (every token of a corpus)
     tokens_per_s: float | None = None
     peak_memory_bytes: int | None = None
     wall_s: float | None = None
@@ -476,6 +477,8 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
         message = str(err) if isinstance(err, GptzooError) else f"{type(err).__name__}: {err}"
         result = RunResult(task.variant, task.seed, "failed", message)
     result.params = _parameter_count(task.folder, registry)
+    if result.status == "done":
+        result.final_val_accuracy = (read_metrics(task.folder)[-1:] or [{}])[0].get("val_accuracy")
     if result.status != "done":
         log(f"[{name}] {result.status}: {result.message}")
     task.folder.mkdir(parents=True, exist_ok=True)
@@ -522,6 +525,7 @@ class VariantRow:
     params: int | None
     final_val_loss: Stat
     best_val_loss: Stat
+    final_val_accuracy: Stat
     final_perplexity: Stat
     best_perplexity: Stat
     delta_final_val_loss: float | None
@@ -551,6 +555,7 @@ def aggregate(variants: list[Variant], results: list[RunResult]) -> list[Variant
                 params=params[0] if params else None,
                 final_val_loss=Stat.of(final),
                 best_val_loss=Stat.of(best),
+                final_val_accuracy=Stat.of([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
                 final_perplexity=Stat.of([math.exp(x) for x in final]),
                 best_perplexity=Stat.of([math.exp(x) for x in best]),
                 delta_final_val_loss=None,
@@ -580,6 +585,7 @@ def _status(runs: list[RunResult]) -> str:
 CSV_COLUMNS = [
     "variant", "label", "base", "status", "seeds", "seeds_ok", "params",
     "final_val_loss_mean", "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std",
+    "final_val_accuracy_mean", "final_val_accuracy_std",
     "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
     "delta_final_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s", "overrides",
 ]  # fmt: skip
@@ -601,7 +607,7 @@ def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callab
 
 
 def _csv_values(row: VariantRow) -> list:
-    stats = [row.final_val_loss, row.best_val_loss, row.final_perplexity, row.best_perplexity]
+    stats = [row.final_val_loss, row.best_val_loss, row.final_val_accuracy, row.final_perplexity, row.best_perplexity]
     return [
         row.variant.slug, row.variant.label, row.variant.is_base, row.status, row.seeds, row.seeds_ok, row.params,
         *[x for s in stats for x in (s.mean, s.std)],
@@ -628,30 +634,35 @@ def _pm(stat: Stat, digits: int) -> str:
 
 def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
     seeds = ", ".join(map(str, sweep.seeds))
+    is_task = sweep.variants[0].config.data.task is not None  # every variant sees the same data
+
+    def delta(row: VariantRow) -> str:
+        if row.variant.is_base:
+            return "base"
+        return "—" if row.delta_final_val_loss is None else f"{row.delta_final_val_loss:+.4f}"
+
+    columns: list[tuple[str, str, Callable[[VariantRow], str]]] = [  # header, alignment, cell
+        ("variant", "---", lambda row: f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label),
+        ("params", "---:", lambda row: "—" if row.params is None else f"{row.params:,}"),
+        ("final val loss", "---:", lambda row: _pm(row.final_val_loss, 4)),
+        *([("final val accuracy", "---:", lambda row: _pm(row.final_val_accuracy, 4))] if is_task else []),
+        ("best val loss", "---:", lambda row: _pm(row.best_val_loss, 4)),
+        ("final ppl", "---:", lambda row: _pm(row.final_perplexity, 2)),
+        ("best ppl", "---:", lambda row: _pm(row.best_perplexity, 2)),
+        ("Δ final val loss", "---:", delta),
+        ("tokens/s", "---:", lambda row: "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}"),
+        ("peak memory", "---:", lambda row: "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB"),
+        ("wall", "---:", lambda row: "—" if row.wall_s is None else f"{row.wall_s:.1f} s"),
+        ("status", "---", lambda row: row.status.replace("|", "\\|")),
+    ]
     lines = [
         f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.name}`, seeds {seeds}: "
         f"mean ± sample std over seeds; Δ = final val loss − the base's.",
         "",
-        "| variant | params | final val loss | best val loss | final ppl | best ppl | Δ final val loss | tokens/s | peak memory | wall | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| " + " | ".join(c[0] for c in columns) + " |",
+        "| " + " | ".join(c[1] for c in columns) + " |",
     ]
-    for row in rows:
-        name = f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label
-        delta = "base" if row.variant.is_base else ("—" if row.delta_final_val_loss is None else f"{row.delta_final_val_loss:+.4f}")
-        cells = [
-            name,
-            "—" if row.params is None else f"{row.params:,}",
-            _pm(row.final_val_loss, 4),
-            _pm(row.best_val_loss, 4),
-            _pm(row.final_perplexity, 2),
-            _pm(row.best_perplexity, 2),
-            delta,
-            "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}",
-            "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB",
-            "—" if row.wall_s is None else f"{row.wall_s:.1f} s",
-            row.status.replace("|", "\\|"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cell(row) for _, _, cell in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.recipes.tasks import TaskSpec
 from gptzoo.registry import Registry, default_registry
 
 BUILTIN_CORPUS = "builtin:pydoc"
@@ -17,6 +18,7 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field(BUILTIN_CORPUS, description=f"a text file, a folder of .txt files, or {BUILTIN_CORPUS!r} (ships with Python)")
+    task: TaskSpec | None = Field(None, description="a diagnostic task generated from data.seed instead of a corpus: { name = \"mqar\" | \"induction\" | \"selective_copy\", ... }")
     stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = Field(0, description="split and shuffling order; the same for every run that shares it")
@@ -71,6 +73,36 @@ class RunConfig(BaseModel):
     model: ModelConfig
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(max_steps=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_tokenizer(cls, data: Any) -> Any:
+        """A task's ids are plain integers: the tokenizer, unless given, is ``integers`` sized to the task."""
+        task = (data.get("data") or {}).get("task") if isinstance(data, dict) else None
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(task, dict) and isinstance(model, dict) and "tokenizer" not in model:
+            try:
+                vocab = TypeAdapter(TaskSpec).validate_python(task).vocab_size
+            except ValidationError:
+                return data  # the field's own validation reports it
+            data = {**data, "model": {**model, "tokenizer": {"name": "integers", "vocab_size": vocab}}}
+        return data
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> RunConfig:
+        task = self.data.task
+        if task is None:
+            return self
+        if self.data.source != BUILTIN_CORPUS:
+            raise ValueError(f"data.source = {self.data.source!r} and data.task: give one data source, the corpus or the task")
+        try:
+            task.check(self.model.context_length)
+        except ValueError as err:
+            raise ValueError(f"data.task '{task.name}' at model.context_length = {self.model.context_length}: {err}") from None
+        tokenizer = self.model.tokenizer
+        if tokenizer.impl.needs_fit or tokenizer.build().vocab_size < task.vocab_size:
+            raise ValueError(f"data.task '{task.name}' uses ids 0 .. {task.vocab_size - 1}: model.tokenizer must have a fixed vocabulary covering them; leave the tokenizer out to get {{ name = \"integers\", vocab_size = {task.vocab_size} }}")
+        return self
 
 
 def validate_run_config(data: dict[str, Any], source: str, registry: Registry | None = None) -> RunConfig:

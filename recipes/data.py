@@ -27,6 +27,7 @@ from tqdm import tqdm
 from gptzoo.core import ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes.config import BUILTIN_CORPUS, DataConfig
 from gptzoo.recipes.run import atomic_path
+from gptzoo.recipes.tasks import TaskExamples, task_splits
 
 CACHE_ENV = "GPTZOO_CACHE"
 CACHE_FORMAT = "tokens-v1"  # bump when the way text becomes tokens changes
@@ -202,6 +203,9 @@ class TokenWindows:
         chunk = torch.from_numpy(self.tokens[rows].astype(np.int64))  # (B, T+1)
         return chunk[:, :-1], chunk[:, 1:]
 
+    def describe(self) -> str:
+        return f"{len(self.tokens):,} tokens"
+
 
 def split_windows(tokens: np.ndarray, context_length: int, data: DataConfig) -> tuple[TokenWindows, TokenWindows]:
     """Train and validation windows: the token array is cut once, so no window straddles the two."""
@@ -215,6 +219,13 @@ def split_windows(tokens: np.ndarray, context_length: int, data: DataConfig) -> 
                 f"context_length + 1 = {context_length + 1}; use a larger corpus, a smaller context_length or another data.val_fraction"
             )
     return train, val
+
+
+def load_splits(data: DataConfig, tokenizer: Tokenizer, context_length: int, progress: bool = False) -> tuple[TokenWindows | TaskExamples, TokenWindows | TaskExamples]:
+    """Training and validation windows of the corpus (tokenized into the cache on first use), or the task's two splits."""
+    if data.task is not None:
+        return task_splits(data.task, context_length, data.seed)
+    return split_windows(load_tokens(data, tokenizer, progress), context_length, data)
 
 
 class WindowSampler:

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes import distributed
 from gptzoo.recipes.config import RunConfig, TrainConfig
-from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_tokens, spread_indices, split_windows
+from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
+from gptzoo.recipes.tasks import IGNORE
 from gptzoo.recipes.run import (
     CONFIG,
     METRICS,
@@ -194,10 +195,12 @@ def train_step(
 
 
 @torch.no_grad()
-def estimate_loss(
+def estimate_metrics(
     model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
-) -> float:
-    """Mean loss over a fixed set of windows spread across ``windows``, the same at every evaluation.
+) -> tuple[float, float]:
+    """Mean loss and top-1 accuracy over the scored targets of a fixed set of windows spread across
+    ``windows``, the same at every evaluation. Every target of a corpus is scored; of a task, only
+    the answers (the others are IGNORE).
 
     With several processes the set is n_batches global batches, shared out between the ranks.
     """
@@ -205,16 +208,28 @@ def estimate_loss(
     indices = spread_indices(len(windows), n_batches * batch_size * world.size)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    loss_sum, correct, count = 0.0, 0, 0
     for part in tqdm(distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress):
         # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
         inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
         with autocast(device, dtype):
-            total += lm_loss(model, inputs, targets).item() * len(part)
-        count += len(part)
-    total, count = distributed.all_sum([total, count], device)
+            logits = model(inputs).flatten(0, 1).float()  # (B·T, V)
+        if len(part):
+            targets = targets.flatten()  # (B·T,)
+            scored = targets != IGNORE
+            loss_sum += F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum").item()
+            correct += (logits.argmax(-1)[scored] == targets[scored]).sum().item()
+            count += scored.sum().item()
+    loss_sum, correct, count = distributed.all_sum([loss_sum, correct, count], device)
     model.train(was_training)
-    return total / count
+    return loss_sum / count, correct / count
+
+
+def estimate_loss(
+    model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
+) -> float:
+    """The mean loss of ``estimate_metrics``."""
+    return estimate_metrics(model, windows, n_batches, batch_size, device, dtype, progress)[0]
 
 
 def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
@@ -391,8 +406,7 @@ def train(
     device = distributed.rank_device(resolve_device(cfg.device), world)
 
     with distributed.main_first():  # rank 0 tokenizes into the cache, the others then read it
-        tokens = load_tokens(config.data, tokenizer, progress=progress)
-    train_windows, val_windows = split_windows(tokens, config.model.context_length, config.data)
+        train_windows, val_windows = load_splits(config.data, tokenizer, config.model.context_length, progress)
     n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size)
     windows_per_step = cfg.batch_size * cfg.grad_accum * world.size  # the global batch
     tokens_per_step = windows_per_step * config.model.context_length
@@ -423,7 +437,7 @@ def train(
     n_params = unwrap(model).param_counts()["total"]
     say(
         f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {n_steps} steps of {tokens_per_step:,} tokens, "
-        f"{n_params:,} parameters on {device}; {len(train_windows.tokens):,} training / {len(val_windows.tokens):,} validation tokens"
+        f"{n_params:,} parameters on {device}; {train_windows.describe()} for training, {val_windows.describe()} for validation"
     )
     if world.size > 1:
         say(
@@ -517,13 +531,15 @@ def train(
 
 def evaluate(model: nn.Module, train_windows: TokenWindows, val_windows: TokenWindows, cfg: TrainConfig, device: torch.device, at: Progress, n_steps: int, tokens_per_s: float) -> dict:
     """One metrics record: losses on fixed train and validation windows, plus where training stands."""
-    train_loss = estimate_loss(model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
-    val_loss = estimate_loss(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    train_loss, train_accuracy = estimate_metrics(model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    val_loss, val_accuracy = estimate_metrics(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
     return {
         "step": at.step,
         "tokens": at.tokens,
         "train_loss": train_loss,
         "val_loss": val_loss,
+        "train_accuracy": train_accuracy,
+        "val_accuracy": val_accuracy,
         "perplexity": math.exp(min(val_loss, 700.0)),
         "lr": lr_at(max(at.step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
         "tokens_per_s": round(tokens_per_s, 1),

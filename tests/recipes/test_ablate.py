@@ -316,7 +316,7 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
     assert rows[0] == [
         "variant", "label", "base", "status", "seeds", "seeds_ok", "params",
         "final_val_loss_mean", "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std",
-        "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
+        "final_val_accuracy_mean", "final_val_accuracy_std", "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
         "delta_final_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s", "overrides",
     ]  # fmt: skip
     table = dict(zip(rows[0], rows[2]))
