@@ -78,7 +78,8 @@ class RunConfig(BaseModel):
     @classmethod
     def _task_tokenizer(cls, data: Any) -> Any:
         """A task's ids are plain integers: the tokenizer, unless given, is ``integers`` sized to the task."""
-        task = (data.get("data") or {}).get("task") if isinstance(data, dict) else None
+        section = data.get("data") if isinstance(data, dict) else None
+        task = section.get("task") if isinstance(section, dict) else None
         model = data.get("model") if isinstance(data, dict) else None
         if isinstance(task, dict) and isinstance(model, dict) and "tokenizer" not in model:
             try:

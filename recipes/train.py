@@ -208,7 +208,7 @@ def estimate_metrics(
     indices = spread_indices(len(windows), n_batches * batch_size * world.size)
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, right answers, scored targets; read back once
     for part in tqdm(distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress):
         # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
         inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
@@ -217,10 +217,12 @@ def estimate_metrics(
         if len(part):
             targets = targets.flatten()  # (B·T,)
             scored = targets != IGNORE
-            loss_sum += F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum").item()
-            correct += (logits.argmax(-1)[scored] == targets[scored]).sum().item()
-            count += scored.sum().item()
-    loss_sum, correct, count = distributed.all_sum([loss_sum, correct, count], device)
+            sums += torch.stack([
+                F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum"),
+                (logits.argmax(-1) == targets).sum(),  # IGNORE is never an argmax
+                scored.sum(),
+            ]).double()  # fmt: skip
+    loss_sum, correct, count = distributed.all_sum(sums.tolist(), device)
     model.train(was_training)
     return loss_sum / count, correct / count
 
