@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from gptzoo.core import GptzooError
@@ -28,8 +29,16 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """``@FILE`` anywhere on the command line stands for the options in FILE (configs/book/*.args):
+    shell-quoted words, several per line allowed, ``#`` starts a comment."""
+
+    def convert_arg_line_to_args(self, line: str) -> list[str]:
+        return shlex.split(line, comments=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptzoo", description="A plugin-based zoo of GPT architectures.")
+    parser = Parser(prog="gptzoo", description="A plugin-based zoo of GPT architectures.", fromfile_prefix_chars="@")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

@@ -31,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser, data_help="label<TAB>text per line, or a .csv file with a header (see --text-column, --label-column)", epochs=5, split="0.7,0.1,0.2",
         split_order_help="shuffled (default): Python's random.Random(--seed) shuffles, --balance keeps file order; "
         "book: numpy's RandomState(--seed) as the book's pandas df.sample(random_state=123), and --balance as its create_balanced_dataset",
-        train_choices=finetune.TRAIN_CHOICES[1:],
+        train_choices=finetune.TRAIN_CHOICES,
         train_help="what trains besides the new head: head (nothing else), last-block (with the final norm; the default), "
-        "last-n (see --last-n), all. With --lora-rank the default is head: the adapters and the head train",
+        "last-n (see --last-n), all. With --lora-rank the default is head: the adapters and the head train; "
+        "none (with --lora-rank only) freezes the new head too, as the book's appendix E (target it with --lora-targets ...,head.out)",
     )
     parser.add_argument("--text-column", default="text", help="CSV column holding the text (default text)")
     parser.add_argument("--label-column", default="label", help="CSV column holding the label (default label)")

@@ -31,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or (args.limit_test is not None and args.limit_test < 0):
         raise GptzooError("--max-new-tokens must be at least 1 and --limit-test at least 0")
     train_mode = args.train or ("none" if args.lora_rank else "all")
-    if train_mode == "none" and args.lora_rank is None:
-        raise GptzooError("--train none trains nothing without --lora-rank; choose what trains")
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)
     finetune.check_out_dir(out, base_dir)
     entries = read_entries(data)

@@ -93,6 +93,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
         raise GptzooError(f"--lora-rank {args.lora_rank}: give at least 1")
     if args.lora_rank is None and args.lora_alpha is not None:
         raise GptzooError("--lora-alpha needs --lora-rank")
+    if args.train == "none" and args.lora_rank is None:
+        raise GptzooError("--train none trains nothing without --lora-rank; choose what trains")
     try:
         fractions = tuple(float(f) for f in args.split.split(","))
     except ValueError:

@@ -11,8 +11,9 @@ from gptzoo.core import GPT
 from gptzoo.recipes.config import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RUN_CONFIGS = sorted(CONFIGS.glob("*.toml"))
+RUN_CONFIGS = sorted(CONFIGS.glob("*.toml")) + sorted((CONFIGS / "book").glob("*.toml"))
 SWEEPS = sorted((CONFIGS / "ablations").glob("*.toml"))
+OPTION_FILES = sorted((CONFIGS / "book").glob("*.args"))
 SMALL = 10_000_000  # parameters; smaller models are also built for real and run
 
 
@@ -49,3 +50,22 @@ def test_sweep_validates_and_every_variant_builds(path, registry):
     assert len(sweep.variants) >= 2, f"{path} compares nothing"
     for variant in sweep.variants:
         build_and_run(variant.config.model)
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: p.name)
+def test_option_file_parses_for_the_command_it_names(path):
+    """An @FILE of options reads as the command its "Use as" line names, and passes its checks."""
+    import re
+
+    from gptzoo.recipes import finetune
+    from gptzoo.recipes.cli import build_parser
+
+    command = re.search(r"gptzoo (\S+) BASE", path.read_text(encoding="utf-8")).group(1)
+    args = build_parser().parse_args([command, "BASE", "--data", "data", "--out", "out", f"@{path}"])
+    finetune.check_arguments(args)
+    assert args.seed == 123 and args.grad_clip == 0 and args.betas == (0.9, 0.999) and args.split_order == "book"
+
+
+def test_the_books_gpt_config_124m_has_the_books_parameter_count(registry):
+    config = load_run_config(CONFIGS / "book" / "ch04-gpt-124m.toml", registry=registry)
+    assert build_and_run(config.model) == 163_009_536  # the book's "Total number of parameters: 163,009,536"

@@ -233,6 +233,7 @@ def test_bad_data_is_a_clear_error_with_exit_code_2(base_dir, tmp_path, capsys, 
         (["--betas", "0.9"], "--betas '0.9': give two numbers in [0, 1), e.g. 0.9,0.999"),
         (["--betas", "0.9,1.5"], "--betas '0.9,1.5': give two numbers in [0, 1)"),
         (["--grad-clip", "-1"], "--grad-clip -1.0 not negative"),
+        (["--train", "none"], "--train none trains nothing without --lora-rank"),
     ],
 )
 def test_bad_optimizer_options_are_clear_errors(base_dir, tmp_path, capsys, option, message):
