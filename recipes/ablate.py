@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_error, read_toml
 from gptzoo.recipes.config import RunConfig, validate_run_config
+from gptzoo.recipes.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference, paired_difference
 from gptzoo.recipes.run import TRAIN_STATE, atomic_path, load_config, read_metrics, write_text_atomic
 from gptzoo.registry import Registry
 
@@ -52,12 +53,23 @@ CURVES_PNG = "loss_curves.png"
 RUNS = "runs"
 RUN_RESULT = "ablation.json"  # written when a run has finished (trained or diverged)
 
-BUDGET_KEYS = ("max_steps", "epochs", "max_tokens")
+BUDGET_KEYS = ("max_steps", "epochs", "max_tokens", "max_flops")
 
 Trainer = Callable[..., Any]  # gptzoo.recipes.train.train's signature
 
 
 # ---- the sweep file ---------------------------------------------------------------------
+
+
+class MatchParams(BaseModel):
+    """Size one dimension of every variant so that all have (nearly) the same parameter count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(description='the dotted key to size, e.g. "model.d_model" or "model.feed_forward.hidden"')
+    target: int | Literal["base"] = Field("base", description="parameters to reach; base: the base config's own count")
+    multiple_of: int = Field(1, gt=0, description="values tried are multiples of this (n_heads for d_model, 64 for hardware-friendly widths)")
+    tolerance: float = Field(0.02, gt=0, description="largest relative miss allowed; a variant further off stops the sweep")
 
 
 class SweepFile(BaseModel):
@@ -68,6 +80,7 @@ class SweepFile(BaseModel):
     mode: Literal["product", "one_at_a_time"] = "product"
     axes: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict, alias="set")
+    match_params: MatchParams | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,9 @@ class Variant:
     slug: str  # folder-safe name: runs/<slug>-seed<k>
     label: str  # what the table shows: "positional=rope, norm=rmsnorm"
     overrides: dict[str, Any]  # axis key -> value for this variant
-    config: RunConfig  # base + [set] + overrides, at the base's train.seed
+    config: RunConfig  # base + [set] + overrides (+ the matched size), at the base's train.seed
     is_base: bool = False
+    matched: dict | None = None  # with match_params: {"key", "value", "params", "target", "error"}
 
     def run_name(self, seed: int) -> str:
         return f"{self.slug}-seed{seed}"
@@ -107,6 +121,7 @@ class Sweep:
                     "label": v.label,
                     "base": v.is_base,
                     "overrides": override_strings(v.overrides),
+                    "matched": v.matched,
                     "config": v.config.model_dump(mode="json"),
                 }
                 for v in self.variants
@@ -192,11 +207,66 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
             _check_same_data_and_budget(config, base, where)
 
     variants = _make_variants(path, base_data, base, axes, spec.mode, registry)
+    if spec.match_params is not None:
+        variants = match_parameters(path, base_data, base, variants, spec.match_params, registry)
     _check_same_tokens(path, variants)
     seeds = spec.seeds or [base.train.seed]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
     return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants)
+
+
+def parameter_count(config: RunConfig, vocab_size: int) -> int:
+    with torch.device("meta"):  # shapes only
+        return GPT(config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size})).param_counts()["total"]
+
+
+def _vocab_size(config: RunConfig) -> int:
+    """The vocabulary the runs will have: given, or the tokenizer's (fitted on the corpus when it learns one)."""
+    if config.model.vocab_size is not None:
+        return config.model.vocab_size
+    from gptzoo.recipes.data import fit_tokenizer
+
+    tokenizer = config.model.tokenizer.build()
+    fit_tokenizer(config.data, tokenizer)
+    return tokenizer.vocab_size
+
+
+def match_parameters(path: Path, base_data: dict, base: RunConfig, variants: list[Variant], match: MatchParams, registry: Registry | None) -> list[Variant]:
+    """Each variant with ``match.by`` set to the multiple of ``match.multiple_of`` whose parameter
+    count is nearest the target (the count rises with the size, so bisection finds it)."""
+    vocab = _vocab_size(base)
+    target = parameter_count(base, vocab) if match.target == "base" else match.target
+    matched = []
+    for variant in variants:
+        where = f"{path}: match_params for variant '{variant.label}'"
+        cache: dict[int, tuple[RunConfig, int]] = {}
+
+        def sized(k: int) -> tuple[RunConfig, int]:
+            if k not in cache:
+                config = _variant_config(base_data, {**variant.overrides, match.by: k * match.multiple_of}, f"{where}, {match.by} = {k * match.multiple_of}", registry)
+                cache[k] = config, parameter_count(config, vocab)
+            return cache[k]
+
+        low, high = 1, 1
+        while sized(high)[1] < target:
+            low, high = high, 2 * high
+            if high > 1 << 24:
+                raise ConfigError(f"{where}: {match.by} up to {high * match.multiple_of:,} does not reach {target:,} parameters")
+        while high - low > 1:  # sized(low) < target ≤ sized(high), unless low = high = 1
+            middle = (low + high) // 2
+            low, high = (middle, high) if sized(middle)[1] < target else (low, middle)
+        k = min({low, high}, key=lambda k: abs(sized(k)[1] - target))
+        config, count = sized(k)
+        error = (count - target) / target
+        if abs(error) > match.tolerance:
+            raise ConfigError(
+                f"{where}: the nearest {match.by} = {k * match.multiple_of} gives {count:,} parameters, {error:+.1%} off the "
+                f"target {target:,} (tolerance {match.tolerance:.1%}); use a smaller multiple_of or a larger tolerance"
+            )
+        info = {"key": match.by, "value": k * match.multiple_of, "params": count, "target": target, "error": error}
+        matched.append(dataclasses.replace(variant, config=config, matched=info))
+    return matched
 
 
 def _find_base(sweep_path: Path, base: str) -> Path:
@@ -324,9 +394,11 @@ class RunResult:
     final_val_loss: float | None = None
     best_val_loss: float | None = None
     final_val_accuracy: float | None = None  # top-1 on a task's answers (every token of a corpus)
+    flops: float | None = None  # training FLOPs: tokens × the model's training FLOPs per token
     tokens_per_s: float | None = None
     peak_memory_bytes: int | None = None
     wall_s: float | None = None
+    workers: int = 1  # runs training at once when this one ran: its speed is comparable only at 1
 
     @property
     def finished(self) -> bool:
@@ -340,6 +412,7 @@ class RunTask:
     seed: int
     folder: Path
     config: dict  # the RunConfig as JSON (validated again where it runs)
+    workers: int = 1
 
 
 def run_sweep(
@@ -374,7 +447,7 @@ def run_sweep(
                 results[variant.slug, seed] = previous
                 continue
             config = variant.config.model_copy(update={"train": variant.config.train.model_copy(update={"seed": seed})})
-            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json")))
+            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json"), min(workers, len(sweep.variants) * len(sweep.seeds))))
     if results:
         log(f"{len(results)} of {len(results) + len(tasks)} runs already finished in {out}; running the other {len(tasks)}")
 
@@ -476,7 +549,10 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
     except Exception as err:  # noqa: BLE001 -- one failed run is reported, the sweep goes on
         message = str(err) if isinstance(err, GptzooError) else f"{type(err).__name__}: {err}"
         result = RunResult(task.variant, task.seed, "failed", message)
-    result.params = _parameter_count(task.folder, registry)
+    result.params, flops_per_token = _model_costs(task.folder, registry)
+    if result.tokens is not None and flops_per_token is not None:
+        result.flops = float(result.tokens * flops_per_token)
+    result.workers = task.workers
     if result.status == "done":
         result.final_val_accuracy = (read_metrics(task.folder)[-1:] or [{}])[0].get("val_accuracy")
     if result.status != "done":
@@ -489,16 +565,17 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
 _SUMMARY_FIELDS = ("steps", "tokens", "final_val_loss", "best_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s")
 
 
-def _parameter_count(folder: Path, registry: Registry | None) -> int | None:
-    """Parameters of the model the run saved (its config.json has the vocabulary size filled in)."""
+def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, int | None]:
+    """Parameters and training FLOPs per token of the model the run saved (its config.json has the vocabulary size filled in)."""
     try:
         config = load_config(folder, registry)
     except GptzooError:
-        return None  # the run failed before saving its config
+        return None, None  # the run failed before saving its config
     if config.model.vocab_size is None:
-        return None
+        return None, None
     with torch.device("meta"):  # shapes only
-        return GPT(config.model).param_counts()["total"]
+        model = GPT(config.model)
+        return model.param_counts()["total"], model.flops_per_token()["training"]
 
 
 # ---- results ----------------------------------------------------------------------------
@@ -523,19 +600,27 @@ class VariantRow:
     seeds: int
     seeds_ok: int
     params: int | None
+    tokens: float | None  # mean over seeds
+    flops: float | None
     final_val_loss: Stat
     best_val_loss: Stat
     final_val_accuracy: Stat
     final_perplexity: Stat
     best_perplexity: Stat
-    delta_final_val_loss: float | None
+    delta_loss: PairedDifference  # final val loss, variant − base, paired by seed
+    delta_accuracy: PairedDifference  # final val accuracy, the same way
     tokens_per_s: float | None
     peak_memory_bytes: int | None
     wall_s: float | None
+    workers: int  # the most runs that trained at once beside one of this variant's
+
+    @property
+    def delta_final_val_loss(self) -> float | None:
+        return self.delta_loss.mean
 
 
 def aggregate(variants: list[Variant], results: list[RunResult]) -> list[VariantRow]:
-    """One row per variant over its finished seeds; Δ is against the base variant's mean."""
+    """One row per variant over its finished seeds; Δ is against the base, seed by seed."""
     rows = []
     for variant in variants:
         runs = [r for r in results if r.variant == variant.slug]
@@ -553,21 +638,29 @@ def aggregate(variants: list[Variant], results: list[RunResult]) -> list[Variant
                 seeds=len(runs),
                 seeds_ok=len(ok),
                 params=params[0] if params else None,
+                tokens=statistics.fmean([r.tokens for r in ok if r.tokens is not None]) if any(r.tokens is not None for r in ok) else None,
+                flops=statistics.fmean([r.flops for r in ok if r.flops is not None]) if any(r.flops is not None for r in ok) else None,
                 final_val_loss=Stat.of(final),
                 best_val_loss=Stat.of(best),
                 final_val_accuracy=Stat.of([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
                 final_perplexity=Stat.of([math.exp(x) for x in final]),
                 best_perplexity=Stat.of([math.exp(x) for x in best]),
-                delta_final_val_loss=None,
+                delta_loss=PairedDifference(0, None),
+                delta_accuracy=PairedDifference(0, None),
                 tokens_per_s=statistics.fmean(tokens_per_s) if tokens_per_s else None,
                 peak_memory_bytes=max(memory) if memory else None,
                 wall_s=statistics.fmean(wall) if wall else None,
+                workers=max((r.workers for r in ok), default=1),
             )
         )
-    base = next(row for row in rows if row.variant.is_base)
+    base = next(v.slug for v in variants if v.is_base)
+
+    def by_seed(slug: str, metric: str) -> dict[int, float]:
+        return {r.seed: getattr(r, metric) for r in results if r.variant == slug and r.status == "done" and getattr(r, metric) is not None}
+
     for row in rows:
-        if row.final_val_loss.mean is not None and base.final_val_loss.mean is not None:
-            row.delta_final_val_loss = row.final_val_loss.mean - base.final_val_loss.mean
+        row.delta_loss = paired_difference(by_seed(row.variant.slug, "final_val_loss"), by_seed(base, "final_val_loss"))
+        row.delta_accuracy = paired_difference(by_seed(row.variant.slug, "final_val_accuracy"), by_seed(base, "final_val_accuracy"))
     return rows
 
 
@@ -583,11 +676,13 @@ def _status(runs: list[RunResult]) -> str:
 
 
 CSV_COLUMNS = [
-    "variant", "label", "base", "status", "seeds", "seeds_ok", "params",
+    "variant", "label", "base", "status", "seeds", "seeds_ok", "params", "tokens", "flops",
     "final_val_loss_mean", "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std",
     "final_val_accuracy_mean", "final_val_accuracy_std",
     "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
-    "delta_final_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s", "overrides",
+    "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
+    "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
+    "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
 ]  # fmt: skip
 
 
@@ -609,9 +704,11 @@ def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callab
 def _csv_values(row: VariantRow) -> list:
     stats = [row.final_val_loss, row.best_val_loss, row.final_val_accuracy, row.final_perplexity, row.best_perplexity]
     return [
-        row.variant.slug, row.variant.label, row.variant.is_base, row.status, row.seeds, row.seeds_ok, row.params,
+        row.variant.slug, row.variant.label, row.variant.is_base, row.status, row.seeds, row.seeds_ok, row.params, row.tokens, row.flops,
         *[x for s in stats for x in (s.mean, s.std)],
-        row.delta_final_val_loss, row.tokens_per_s, row.peak_memory_bytes, row.wall_s,
+        row.delta_loss.mean, row.delta_loss.low, row.delta_loss.high,
+        row.delta_accuracy.mean, row.delta_accuracy.low, row.delta_accuracy.high, row.delta_loss.n,
+        row.tokens_per_s, row.peak_memory_bytes, row.wall_s, row.workers,
         " ".join(override_strings(row.variant.overrides)),
     ]  # fmt: skip
 
@@ -632,37 +729,68 @@ def _pm(stat: Stat, digits: int) -> str:
     return f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}" if stat.std is not None else f"{stat.mean:.{digits}f}"
 
 
+def _delta(row: VariantRow, difference: PairedDifference, digits: int) -> str:
+    if row.variant.is_base:
+        return "base"
+    if difference.mean is None:
+        return "—"
+    if difference.low is None:
+        return f"{difference.mean:+.{digits}f}"
+    mark = " *" if difference.excludes_zero else ""
+    return f"{difference.mean:+.{digits}f} [{difference.low:+.{digits}f}, {difference.high:+.{digits}f}]{mark}"
+
+
 def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
     seeds = ", ".join(map(str, sweep.seeds))
     is_task = sweep.variants[0].config.data.task is not None  # every variant sees the same data
+    shared = max((row.workers for row in rows), default=1)
+    matched = sweep.variants[0].matched["key"] if sweep.variants[0].matched else None
 
-    def delta(row: VariantRow) -> str:
-        if row.variant.is_base:
-            return "base"
-        return "—" if row.delta_final_val_loss is None else f"{row.delta_final_val_loss:+.4f}"
+    def speed(row: VariantRow) -> str:
+        return "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}" + (" †" if row.workers > 1 else "")
 
     columns: list[tuple[str, str, Callable[[VariantRow], str]]] = [  # header, alignment, cell
         ("variant", "---", lambda row: f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label),
         ("params", "---:", lambda row: "—" if row.params is None else f"{row.params:,}"),
+        *([(f"matched {_short_names([matched])[matched]}", "---:", lambda row: str(row.variant.matched["value"]))] if matched else []),
+        ("tokens", "---:", lambda row: "—" if row.tokens is None else f"{row.tokens:,.0f}"),
+        ("train FLOPs", "---:", lambda row: "—" if row.flops is None else f"{row.flops:.3g}"),
         ("final val loss", "---:", lambda row: _pm(row.final_val_loss, 4)),
-        *([("final val accuracy", "---:", lambda row: _pm(row.final_val_accuracy, 4))] if is_task else []),
+        ("Δ final val loss", "---:", lambda row: _delta(row, row.delta_loss, 4)),
+        *([("final val accuracy", "---:", lambda row: _pm(row.final_val_accuracy, 4)),
+           ("Δ final val accuracy", "---:", lambda row: _delta(row, row.delta_accuracy, 4))] if is_task else []),
         ("best val loss", "---:", lambda row: _pm(row.best_val_loss, 4)),
         ("final ppl", "---:", lambda row: _pm(row.final_perplexity, 2)),
-        ("best ppl", "---:", lambda row: _pm(row.best_perplexity, 2)),
-        ("Δ final val loss", "---:", delta),
-        ("tokens/s", "---:", lambda row: "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}"),
+        ("tokens/s", "---:", speed),
         ("peak memory", "---:", lambda row: "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB"),
         ("wall", "---:", lambda row: "—" if row.wall_s is None else f"{row.wall_s:.1f} s"),
         ("status", "---", lambda row: row.status.replace("|", "\\|")),
-    ]
+    ]  # fmt: skip
+    base = next(row for row in rows if row.variant.is_base)
+    paired = max((row.delta_loss.n for row in rows if not row.variant.is_base), default=0)
+    interval = (
+        f"95% Student-t interval over the seeds in brackets, * where it excludes 0"
+        if paired >= MIN_SEEDS_FOR_INTERVAL
+        else f"no interval is given with fewer than {MIN_SEEDS_FOR_INTERVAL} seeds"
+    )
+    noise = f"{base.final_val_loss.std:.4f}" if base.final_val_loss.std is not None else "unknown (one seed)"
+    if is_task and base.final_val_accuracy.std is not None:
+        noise += f" in loss, {base.final_val_accuracy.std:.4f} in accuracy"
     lines = [
-        f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.name}`, seeds {seeds}: "
-        f"mean ± sample std over seeds; Δ = final val loss − the base's.",
+        f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.name}`, seeds {seeds}: mean ± sample std over seeds. "
+        f"Δ = variant − base, paired by seed (mean of the per-seed differences); {interval}. "
+        f"Noise floor (the base's seed-to-seed std): {noise}.",
         "",
         "| " + " | ".join(c[0] for c in columns) + " |",
         "| " + " | ".join(c[1] for c in columns) + " |",
     ]
     lines += ["| " + " | ".join(cell(row) for _, _, cell in columns) + " |" for row in rows]
+    lines += [
+        "",
+        "tokens/s, peak memory (each run's own peak: the GPU allocator's, or the process's resident memory since the run began) and "
+        "wall time were measured on a machine other processes may have shared"
+        + (f"; † = measured with up to {shared} runs training at once (--workers {shared}): not comparable between rows." if shared > 1 else "."),
+    ]
     return "\n".join(lines) + "\n"
 
 

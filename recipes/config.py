@@ -31,6 +31,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0, description="token budget: optimizer steps = max_tokens / tokens per step")
+    max_flops: float | None = Field(None, gt=0, description="compute budget: steps = max_flops / (the model's training FLOPs per token × tokens per step)")
     batch_size: int = Field(8, gt=0, description="windows per micro-batch on each process; a step is batch_size × grad_accum × processes")
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(3e-4, gt=0)
@@ -59,11 +60,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
-        given = [k for k in ("max_steps", "epochs", "max_tokens") if getattr(self, k) is not None]
+        given = [k for k in ("max_steps", "epochs", "max_tokens", "max_flops") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of max_steps, epochs, max_tokens; got {', '.join(given)}")
+            raise ValueError(f"give one of max_steps, epochs, max_tokens, max_flops; got {', '.join(given)}")
         if not given:
-            raise ValueError("give a training budget: max_steps, epochs or max_tokens")
+            raise ValueError("give a training budget: max_steps, epochs, max_tokens or max_flops")
         return self
 
 

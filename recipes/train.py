@@ -103,11 +103,19 @@ def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     return config
 
 
-def total_steps(train: TrainConfig, n_train_windows: int, context_length: int, world_size: int = 1) -> int:
-    """Optimizer steps for the budget the config gives: steps, epochs or tokens (a step is the global batch)."""
+def total_steps(train: TrainConfig, n_train_windows: int, context_length: int, world_size: int = 1, training_flops_per_token: int | None = None) -> int:
+    """Optimizer steps for the budget the config gives: steps, epochs, tokens or FLOPs (a step is the global batch).
+
+    A FLOPs budget buys ⌊max_flops / (training FLOPs per token × tokens per step)⌋ steps (at least one),
+    so a model that costs more per token trains on fewer tokens.
+    """
     windows_per_step = train.batch_size * train.grad_accum * world_size
     if train.max_steps is not None:
         return train.max_steps
+    if train.max_flops is not None:
+        if training_flops_per_token is None:
+            raise ValueError("a train.max_flops budget needs the model's training FLOPs per token")
+        return max(1, int(train.max_flops // (training_flops_per_token * windows_per_step * context_length)))
     if train.epochs is not None:
         return max(1, math.ceil(train.epochs * n_train_windows / windows_per_step))
     return max(1, math.ceil(train.max_tokens / (windows_per_step * context_length)))
@@ -143,9 +151,27 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring this run's own peak: CUDA's allocator statistics, or on Linux the process's
+    peak resident memory (writing 5 to /proc/self/clear_refs resets VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: the peak is the process's since it started (the README says so)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))  # kB
+    except (OSError, StopIteration):
+        pass
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -409,12 +435,12 @@ def train(
 
     with distributed.main_first():  # rank 0 tokenizes into the cache, the others then read it
         train_windows, val_windows = load_splits(config.data, tokenizer, config.model.context_length, progress)
-    n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size)
     windows_per_step = cfg.batch_size * cfg.grad_accum * world.size  # the global batch
     tokens_per_step = windows_per_step * config.model.context_length
 
     torch.manual_seed(cfg.seed)
     model = GPT(config.model)
+    n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"])
     if state is not None:
         load_weights(model, out / WEIGHTS)
     model.train()
@@ -433,8 +459,7 @@ def train(
         torch.manual_seed(distributed.rank_seed(cfg.seed, world, at.step))  # each rank its own dropout masks
     rank_sampler = distributed.RankSampler(sampler, world) if world.size > 1 else sampler
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     n_params = unwrap(model).param_counts()["total"]
     say(

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from gptzoo.core import ConfigError, GptzooError, Norm
 from gptzoo.recipes import cli
-from gptzoo.recipes.ablate import RunResult, Stat, aggregate, expand_grid, load_sweep, run_sweep
+from gptzoo.recipes.ablate import RunResult, Stat, aggregate, expand_grid, load_sweep, markdown_table, run_sweep
 from gptzoo.recipes.run import TRAIN_STATE, append_metrics
 from gptzoo.recipes.train import NonFiniteLossError
 
@@ -298,7 +298,9 @@ def test_aggregate_is_mean_and_sample_std_over_seeds(write, registry):
     assert rope_row.best_val_loss.mean == pytest.approx(2.2, abs=1e-9)
     # learned: 2.0, 2.4 -> mean 2.2, std |2.4 - 2.0| / sqrt(2) = 0.282843
     assert base_row.final_val_loss.std == pytest.approx(0.282843, abs=1e-6)
-    assert rope_row.delta_final_val_loss == pytest.approx(2.266667 - 2.2, abs=1e-6)
+    # Δ is paired by seed over the seeds both have: (2.0 - 2.0 + 2.2 - 2.4) / 2; two seeds give no interval.
+    assert rope_row.delta_final_val_loss == pytest.approx(-0.1, abs=1e-9)
+    assert rope_row.delta_loss.n == 2 and rope_row.delta_loss.low is None
     assert base_row.delta_final_val_loss == 0.0
     assert rope_row.tokens_per_s == pytest.approx(20.0)  # mean of 10, 20, 30
     assert rope_row.peak_memory_bytes == 3  # the largest
@@ -314,10 +316,12 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
     with open(out / "results.csv", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     assert rows[0] == [
-        "variant", "label", "base", "status", "seeds", "seeds_ok", "params",
+        "variant", "label", "base", "status", "seeds", "seeds_ok", "params", "tokens", "flops",
         "final_val_loss_mean", "final_val_loss_std", "best_val_loss_mean", "best_val_loss_std",
         "final_val_accuracy_mean", "final_val_accuracy_std", "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
-        "delta_final_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s", "overrides",
+        "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
+        "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
+        "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
     ]  # fmt: skip
     table = dict(zip(rows[0], rows[2]))
     # FakeTrainer: rope seeds 0 and 1 end at 3.5 and 3.6; learned at 3.0 and 3.1.
@@ -327,14 +331,35 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
     assert table["overrides"] == 'model.positional.name="rope"'
 
     markdown = (out / "results.md").read_text(encoding="utf-8").splitlines()
-    assert markdown[2].startswith("| variant | params | final val loss | best val loss | final ppl | best ppl | Δ final val loss |")
+    assert markdown[2].startswith("| variant | params | tokens | train FLOPs | final val loss | Δ final val loss | best val loss |")
     assert markdown[4].startswith("| **positional=learned** (base) |")
-    assert "| 3.5500 ± 0.0707 |" in markdown[5] and "| +0.5000 |" in markdown[5]
+    assert "| 3.5500 ± 0.0707 | +0.5000 |" in markdown[5]  # two seeds: no interval
+    assert "no interval is given with fewer than 3 seeds" in markdown[0]
+    assert "Noise floor (the base's seed-to-seed std): 0.0707." in markdown[0]
 
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spec = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert [v["slug"] for v in spec["variants"]] == ["positional-learned", "positional-rope"]
     assert spec["variants"][1]["config"]["model"]["positional"]["name"] == "rope"
+
+
+def test_table_gives_paired_intervals_from_three_seeds_and_flags_shared_throughput(write, registry):
+    sweep = load_sweep(write('seeds = [0, 1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n'), registry)
+    learned, rope, alibi = (v.slug for v in sweep.variants)
+    finals = {learned: [3.0, 3.1, 3.3], rope: [2.9, 3.0, 3.15], alibi: [3.1, 3.0, 3.4]}
+    results = [
+        RunResult(slug, seed, "done", final_val_loss=loss, tokens_per_s=100.0, workers=2 if slug == alibi else 1)
+        for slug, losses in finals.items() for seed, loss in enumerate(losses)
+    ]  # fmt: skip
+    markdown = markdown_table(sweep, aggregate(sweep.variants, results)).splitlines()
+    # rope − learned: -0.1, -0.1, -0.15 -> mean -0.116667, std 0.028868, half width 4.302653 × 0.028868 / √3 = 0.071714
+    assert "| -0.1167 [-0.1884, -0.0450] * |" in markdown[5]
+    # alibi − learned: 0.1, -0.1, 0.1 -> mean 0.033333, std 0.11547, half width 0.286844: the interval holds 0
+    assert "| +0.0333 [-0.2535, +0.3202] |" in markdown[6]
+    assert "95% Student-t interval over the seeds in brackets, * where it excludes 0" in markdown[0]
+    assert "Noise floor (the base's seed-to-seed std): 0.1528." in markdown[0]  # 3.0, 3.1, 3.3
+    assert "| 100 † |" in markdown[6] and "| 100 |" in markdown[5]
+    assert "† = measured with up to 2 runs training at once (--workers 2): not comparable between rows." in markdown[-1]
 
 
 # ---- end to end ----------------------------------------------------------------------------
