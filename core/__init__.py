@@ -3,28 +3,32 @@
 Imports no plugin: variants arrive through gptzoo.registry.
 """
 
-from gptzoo.core.cache import KVCache, LayerCache
-from gptzoo.core.config import ComponentSpec, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.core.cache import KVCache, KVLayerCache, LayerCache
+from gptzoo.core.config import ComponentSpec, LayerKind, LayerSpec, ModelConfig, apply_overrides, config_error, read_toml
 from gptzoo.core.context import AttentionContext
 from gptzoo.core.errors import CheckpointError, ConfigError, GptzooError
 from gptzoo.core.interfaces import (
     FAMILIES,
     Attention,
+    AuxiliaryLoss,
+    Block,
     Component,
     Dims,
     FeedForward,
     Head,
+    InitScheme,
     NoParams,
     Norm,
     Params,
     PositionalEncoding,
     Tokenizer,
 )
-from gptzoo.core.model import GPT, Block
+from gptzoo.core.model import GPT
 
 __all__ = [
-    "FAMILIES", "GPT", "Attention", "AttentionContext", "Block", "CheckpointError", "Component",
-    "ComponentSpec", "ConfigError", "Dims", "FeedForward", "GptzooError", "Head", "KVCache",
-    "LayerCache", "ModelConfig", "NoParams", "Norm", "Params", "PositionalEncoding", "Tokenizer",
-    "apply_overrides", "config_error", "read_toml",
+    "FAMILIES", "GPT", "Attention", "AttentionContext", "AuxiliaryLoss", "Block", "CheckpointError",
+    "Component", "ComponentSpec", "ConfigError", "Dims", "FeedForward", "GptzooError", "Head",
+    "InitScheme", "KVCache", "KVLayerCache", "LayerCache", "LayerKind", "LayerSpec", "ModelConfig",
+    "NoParams", "Norm", "Params", "PositionalEncoding", "Tokenizer", "apply_overrides",
+    "config_error", "read_toml",
 ]

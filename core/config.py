@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,7 +28,7 @@ from pydantic import (
 )
 
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import Dims, Params
+from gptzoo.core.interfaces import Dims, InitScheme, Params
 
 
 class ComponentLookup(Protocol):
@@ -81,12 +82,66 @@ _DEFAULTS = {
     "attention": {"name": "sdpa"},
     "feed_forward": {"name": "gelu"},
     "norm": {"name": "layernorm"},
+    "block": {"name": "pre_norm"},
     "head": {"name": "lm"},
 }
+PER_LAYER = ("positional", "attention", "feed_forward", "norm", "block")
 
 
 def _spec(family: str) -> Any:
     return Field(default_factory=lambda: dict(_DEFAULTS[family]), validate_default=True)
+
+
+def _resolve_spec(raw: Any, info: ValidationInfo) -> ComponentSpec | None:
+    lookup = (info.context or {}).get("registry")
+    if raw is None:
+        return None
+    if lookup is None and not isinstance(raw, ComponentSpec):
+        raise ValueError(
+            "component specs are resolved against a registry: validate with "
+            "gptzoo.registry.default_registry().model_config(...) or pass context={'registry': ...}"
+        )
+    return ComponentSpec.resolve(info.field_name, raw, lookup)
+
+
+class LayerKind(BaseModel):
+    """The components one kind of layer uses instead of the model-level ones (unset: the model's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    positional: ComponentSpec | None = None
+    attention: ComponentSpec | None = None
+    feed_forward: ComponentSpec | None = None
+    norm: ComponentSpec | None = None
+    block: ComponentSpec | None = None
+
+    @field_validator(*PER_LAYER, mode="before")
+    @classmethod
+    def _resolve(cls, raw: Any, info: ValidationInfo) -> ComponentSpec | None:
+        return _resolve_spec(raw, info)
+
+    @field_validator("positional")
+    @classmethod
+    def _layer_positional(cls, spec: ComponentSpec | None) -> ComponentSpec | None:
+        if spec is not None and spec.impl.adds_to_embeddings():
+            raise ValueError(
+                f"'{spec.name}' is added to the input embeddings, which every layer shares: "
+                "set it as model.positional; per layer choose a scheme that acts inside attention"
+            )
+        return spec
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The resolved components of one layer (a block builds its parts from these)."""
+
+    index: int
+    kind: str | None
+    positional: ComponentSpec
+    attention: ComponentSpec
+    feed_forward: ComponentSpec
+    norm: ComponentSpec
+    block: ComponentSpec
 
 
 class ModelConfig(BaseModel):
@@ -99,47 +154,83 @@ class ModelConfig(BaseModel):
     n_layers: int = Field(gt=0)
     n_heads: int = Field(gt=0)
     n_kv_heads: int | None = Field(None, gt=0, description="None: n_heads (multi-head); 1: multi-query")
+    head_dim: int | None = Field(None, gt=0, description="size of each attention head; None: d_model / n_heads")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    qkv_bias: bool = False
+    qkv_bias: bool = Field(False, description="biases on the query, key and value projections")
+    attn_out_bias: bool = Field(True, description="a bias on attention's output projection")
     tied_head: bool = False
-    norm_placement: Literal["pre", "post"] = "pre"
+    init: InitScheme = Field("gpt2", description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers); torch_default: PyTorch's defaults, as the book's model")
 
     tokenizer: ComponentSpec = _spec("tokenizer")
     positional: ComponentSpec = _spec("positional")
     attention: ComponentSpec = _spec("attention")
     feed_forward: ComponentSpec = _spec("feed_forward")
     norm: ComponentSpec = _spec("norm")
+    block: ComponentSpec = _spec("block")
     head: ComponentSpec = _spec("head")
 
-    @field_validator("tokenizer", "positional", "attention", "feed_forward", "norm", "head", mode="before")
+    layer_kinds: dict[str, LayerKind] = Field(default_factory=dict, description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block")
+    layer_pattern: list[str] = Field(default_factory=list, description="kinds of the layers in order, repeated to n_layers (layer i is pattern[i % len]); empty: every layer uses the model-level components")
+
+    @field_validator(*_DEFAULTS, mode="before")
     @classmethod
     def _resolve(cls, raw: Any, info: ValidationInfo) -> ComponentSpec:
-        lookup = (info.context or {}).get("registry")
-        if lookup is None and not isinstance(raw, ComponentSpec):
-            raise ValueError(
-                "component specs are resolved against a registry: validate with "
-                "gptzoo.registry.default_registry().model_config(...) or pass context={'registry': ...}"
-            )
-        return ComponentSpec.resolve(info.field_name, raw, lookup)
+        return _resolve_spec(raw, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _norm_placement(cls, data: Any) -> Any:
+        """Configs from before block layouts said norm_placement = "pre" | "post"; read them as blocks."""
+        if not isinstance(data, dict) or "norm_placement" not in data:
+            return data
+        data = dict(data)
+        placement = data.pop("norm_placement")
+        if placement not in ("pre", "post"):
+            raise ValueError(f"norm_placement: '{placement}' is not 'pre' or 'post' (it is the old spelling of block = 'pre_norm' / 'post_norm')")
+        if "block" in data:
+            raise ValueError("give model.block alone: norm_placement is the old spelling of block = 'pre_norm' / 'post_norm'")
+        data["block"] = {"name": f"{placement}_norm"}
+        return data
 
     @model_validator(mode="after")
     def _check_dims(self) -> ModelConfig:
         n_kv = self.n_kv_heads or self.n_heads
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} (or set head_dim)")
         if self.n_heads % n_kv:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={n_kv}")
         if self.tied_head and not self.head.impl.can_tie:
             raise ValueError(f"head '{self.head.name}' cannot share the token embedding: set tied_head = false")
-        dims = self.dims()
-        for family in _DEFAULTS:
-            spec: ComponentSpec = getattr(self, family)
-            if hasattr(spec.impl, "check"):
+        unknown = sorted(set(self.layer_pattern) - set(self.layer_kinds))
+        if unknown:
+            raise ValueError(f"layer_pattern names {', '.join(map(repr, unknown))}, not in layer_kinds (declared: {', '.join(self.layer_kinds) or 'none'})")
+        unused = sorted(set(self.layer_kinds) - set(self.layer_pattern))
+        if unused:
+            raise ValueError(f"layer_kinds {', '.join(map(repr, unused))} appear in no layer: add them to layer_pattern or remove them")
+        if len(self.layer_pattern) > self.n_layers:
+            raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
+        checked = set()
+        for family, spec, where, dims in [("tokenizer", self.tokenizer, "", self.dims()), ("head", self.head, "", self.dims())] + [
+            (family, getattr(layer, family), f"layer {layer.index} ({layer.kind}): " if layer.kind else "", self.dims(layer.index))
+            for layer in self.layers() for family in PER_LAYER
+        ]:
+            if hasattr(spec.impl, "check") and (family, id(spec)) not in checked:
+                checked.add((family, id(spec)))
                 try:
                     spec.impl.check(spec.params, dims)
                 except ValueError as err:
-                    raise ValueError(f"{family} '{spec.name}': {err}") from None
+                    raise ValueError(f"{where}{family} '{spec.name}': {err}") from None
         return self
+
+    def layer(self, index: int) -> LayerSpec:
+        """The components of layer ``index``: its kind's choices over the model-level ones."""
+        kind = self.layer_pattern[index % len(self.layer_pattern)] if self.layer_pattern else None
+        chosen = self.layer_kinds[kind] if kind is not None else None
+        specs = {f: (getattr(chosen, f) if chosen is not None else None) or getattr(self, f) for f in PER_LAYER}
+        return LayerSpec(index=index, kind=kind, **specs)
+
+    def layers(self) -> list[LayerSpec]:
+        return [self.layer(i) for i in range(self.n_layers)]
 
     def dims(self, layer_idx: int = 0) -> Dims:
         return Dims(
@@ -153,6 +244,8 @@ class ModelConfig(BaseModel):
             dropout=self.dropout,
             qkv_bias=self.qkv_bias,
             layer_idx=layer_idx,
+            head_dim=self.head_dim,
+            attn_out_bias=self.attn_out_bias,
         )
 
 

@@ -1,8 +1,20 @@
 """What every attention layer of one forward pass shares: positions, masking and score bias.
 
-Built once per forward by the model, so attention variants stay free of position and mask
-logic: they call ``ctx.rotate`` on their new queries and keys, and add ``ctx.bias`` to their
-scores (or let SDPA apply plain causal masking when ``ctx.is_causal``).
+The model builds one context per forward (one per distinct position scheme when layer kinds
+choose their own), so attention variants stay free of position and mask logic. What a variant
+may read:
+
+- ``positions`` (B|1, T): absolute positions of the new tokens (per row only when padded);
+- ``key_positions`` (B|1, Tk) and ``key_valid`` (B, Tk) or None: every key fed so far, cached
+  ones first; ``key_valid`` is False at left padding;
+- ``offset``: tokens already in the cache before this forward, so new token t sits in key
+  slot ``offset + t``;
+- ``is_causal``: plain causal masking suffices (no cache, no padding, no score bias): SDPA's
+  ``is_causal=True`` may be used instead of a mask;
+- ``rotate(q, k)``: the position scheme's rotation of new queries and keys (identity for most);
+- ``bias(dtype, window=None, first_key=0)``: the additive mask, -inf where a query may not
+  look, plus the scheme's score bias; ``window`` limits each query to its latest ``window``
+  keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window).
 """
 
 from __future__ import annotations
@@ -23,41 +35,41 @@ class AttentionContext:
         key_valid: Tensor | None = None,
     ):
         self.positional = positional
-        self.positions = positions  # (B|1, T) absolute positions of the new tokens
-        self.key_positions = key_positions  # (B|1, Tk) of every key, cached ones first
-        self.offset = offset  # tokens already in the cache before this forward
-        self.key_valid = key_valid  # (B, Tk) bool, False at padding; None when nothing is padded
-        self.score_bias = positional.score_bias(positions, key_positions)
+        self.positions = positions
+        self.key_positions = key_positions
+        self.offset = offset
+        self.key_valid = key_valid
+        self.score_bias = positional.score_bias(positions, key_positions)  # (B|1, nh|1, T, Tk) or None
         self.is_causal = offset == 0 and key_valid is None and self.score_bias is None
-        self._bias: dict[torch.dtype, Tensor | None] = {}
+        self._bias: dict[tuple, Tensor | None] = {}
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self.positional.rotate(q, k, self.positions)
 
-    def bias(self, dtype: torch.dtype) -> Tensor | None:
-        """Additive mask (B|1, nh|1, T, Tk): -inf where a query may not look, plus any score bias.
+    def bias(self, dtype: torch.dtype, window: int | None = None, first_key: int = 0) -> Tensor | None:
+        """Additive mask (B|1, nh|1, T, Tk - first_key), or None when every query may see every key."""
+        key = (dtype, window, first_key)
+        if key not in self._bias:
+            self._bias[key] = self._build_bias(dtype, window, first_key)
+        return self._bias[key]
 
-        None when every query may attend to every key (one new token, no padding, no bias).
-        """
-        if dtype not in self._bias:
-            self._bias[dtype] = self._build_bias(dtype)
-        return self._bias[dtype]
-
-    def _build_bias(self, dtype: torch.dtype) -> Tensor | None:
+    def _build_bias(self, dtype: torch.dtype, window: int | None, first_key: int) -> Tensor | None:
         T, Tk = self.positions.size(-1), self.key_positions.size(-1)
-        if T == 1 and self.key_valid is None and self.score_bias is None:
+        if T == 1 and self.key_valid is None and self.score_bias is None and (window is None or Tk - first_key <= window):
             return None
         device = self.positions.device
         q_slot = torch.arange(self.offset, self.offset + T, device=device)
-        k_slot = torch.arange(Tk, device=device)
-        allowed = k_slot[None, :] <= q_slot[:, None]  # (T, Tk)
+        k_slot = torch.arange(first_key, Tk, device=device)
+        allowed = k_slot[None, :] <= q_slot[:, None]  # (T, Tk')
+        if window is not None:
+            allowed &= k_slot[None, :] > q_slot[:, None] - window
         if self.key_valid is not None:
             # A padding query attends to itself only, so its softmax stays finite.
-            allowed = (allowed & self.key_valid[:, None, :]) | (k_slot[None, :] == q_slot[:, None])  # (B, T, Tk)
+            allowed = (allowed & self.key_valid[:, None, first_key:]) | (k_slot[None, :] == q_slot[:, None])  # (B, T, Tk')
         else:
             allowed = allowed.unsqueeze(0)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
-        bias = bias.unsqueeze(1)  # (B|1, 1, T, Tk)
+        bias = bias.unsqueeze(1)  # (B|1, 1, T, Tk')
         if self.score_bias is not None:
-            bias = bias + self.score_bias.to(dtype)
+            bias = bias + self.score_bias[..., first_key:].to(dtype)
         return bias

@@ -1,23 +1,29 @@
 """One interface per component family. Plugins subclass these; core assembles them.
 
 Every model component is built as ``Impl(params, dims)``: ``params`` is the plugin's own
-validated pydantic model, ``dims`` the shared dimensions the builder injects. Tensor shapes
-use B = batch, T = new tokens, Tk = keys (cached + new), C = d_model, nh = query heads,
-nkv = key/value heads, hs = head size, V = vocabulary.
+validated pydantic model, ``dims`` the shared dimensions the builder injects (a block also
+gets its layer's component specs). Tensor shapes use B = batch, T = new tokens, Tk = keys
+(cached + new), C = d_model, nh = query heads, nkv = key/value heads, hs = head size,
+V = vocabulary.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+import math
+from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from gptzoo.core.context import AttentionContext
     from gptzoo.core.cache import LayerCache
+    from gptzoo.core.config import LayerSpec
+    from gptzoo.core.context import AttentionContext
+
+InitScheme = Literal["gpt2", "torch_default"]
 
 
 class Params(BaseModel):
@@ -44,10 +50,12 @@ class Dims:
     qkv_bias: bool = False
     layer_idx: int = 0
     vocab_multiple: int = 1
+    head_dim: int | None = None  # None: d_model // n_heads
+    attn_out_bias: bool = True
 
     @property
     def head_size(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim or self.d_model // self.n_heads
 
     @property
     def padded_vocab_size(self) -> int:
@@ -71,7 +79,54 @@ class Component(nn.Module):
 
     def flops_per_token(self, context_length: int) -> int:
         """Forward FLOPs per token; training costs three times this. Default: 2 per matrix weight."""
-        return sum(2 * m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
+
+    def owned_modules(self) -> Iterator[nn.Module]:
+        """This component and its submodules, stopping at nested components (they account for themselves)."""
+        yield self
+        stack = list(self.children())
+        while stack:
+            module = stack.pop(0)
+            if not isinstance(module, Component):
+                yield module
+                stack[:0] = list(module.children())
+
+    def init_weights(self, scheme: InitScheme) -> None:
+        """Initialise the parameters this component owns; override it to own your initialisation.
+
+        The model calls it once per component after building, with ``model.init``:
+
+        - ``gpt2``: nn.Linear and nn.Embedding weights from N(0, 0.02), biases zero, and
+          ``out_proj`` (the projection that writes into the residual stream) from
+          N(0, 0.02 / √(2 · n_layers)), since every residual branch adds variance.
+        - ``torch_default``: what PyTorch's constructors drew (Kaiming-uniform linears,
+          N(0, 1) embeddings), as the book's model has; nothing is redrawn.
+        """
+        if scheme != "gpt2":
+            return
+        residual = getattr(self, "out_proj", None)
+        for module in self.owned_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = 0.02 / math.sqrt(2 * self.dims.n_layers) if module is residual else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
+        """Extra training losses from this component's last forward (mixture-of-experts balance, ...).
+
+        Training adds ``weight · value`` for each to the language-model loss and logs each value
+        by name; evaluation reports the language-model loss alone. Default: none.
+        """
+        return {}
+
+
+@dataclass(frozen=True)
+class AuxiliaryLoss:
+    """One auxiliary loss: its value from the last forward (a scalar tensor) and its coefficient."""
+
+    value: Tensor
+    weight: float
 
 
 class PositionalEncoding(Component):
@@ -90,6 +145,12 @@ class PositionalEncoding(Component):
         """x: (B, T, C) token embeddings -> (B, T, C)."""
         return x
 
+    @classmethod
+    def adds_to_embeddings(cls) -> bool:
+        """Whether this scheme enters at the input embeddings, which all layers share (so it
+        cannot be chosen per layer)."""
+        return cls.embed is not PositionalEncoding.embed
+
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """q: (B, nh, T, hs), k: (B, nkv, T, hs) of the new tokens -> same shapes."""
         return q, k
@@ -102,37 +163,57 @@ class PositionalEncoding(Component):
 class Attention(Component):
     """Causal self-attention: x (B, T, C) -> (B, T, C).
 
-    Must support: causal masking and padding through ``ctx`` (``ctx.bias`` / ``ctx.is_causal``),
-    positions through ``ctx.rotate`` and ``ctx.bias``, dropout on the attention weights
-    (``dims.dropout``, training only), ``dims.n_kv_heads`` key/value heads shared by groups
-    of query heads (GQA/MQA), ``dims.qkv_bias``, and an optional ``LayerCache``: when given,
-    the new keys and values are appended with ``cache.update`` and attention runs over all
-    cached keys.
+    ``forward(x, ctx, cache)`` receives an ``AttentionContext`` shared by the layers of one
+    forward pass (positions, padding, the position scheme's hooks; see gptzoo.core.context)
+    and, while decoding, this layer's cache as made by ``new_cache``. A variant must support:
+    causal masking and left padding (``ctx.bias`` or its own mask from ``ctx``'s fields),
+    positions (``ctx.rotate`` on new queries and keys; ``ctx.bias`` carries score biases),
+    dropout on the attention weights (``dims.dropout``, training only), ``dims.n_kv_heads``
+    key/value heads shared by groups of query heads (GQA/MQA), ``dims.head_size`` per head
+    (not necessarily d_model / n_heads), and the biases ``dims.qkv_bias`` / ``dims.attn_out_bias``.
 
-    State-dict layout is shared by all variants so checkpoints move between them:
+    The standard variants share one state-dict layout so checkpoints move between them:
     ``qkv.weight`` ((nh + 2·nkv)·hs, C) with rows [query heads | key heads | value heads],
-    ``qkv.bias`` when ``qkv_bias``, and ``out_proj.weight`` / ``out_proj.bias``. A variant
-    that stores its weights otherwise converts in state-dict hooks. ``out_proj`` is the
-    projection into the residual stream (scaled down at initialisation).
+    ``qkv.bias`` when ``qkv_bias``, and ``out_proj.weight`` (C, nh·hs) / ``out_proj.bias``.
+    A variant that computes the same function from those weights says so with
+    ``equivalent_to = "sdpa"`` and the conformance kit checks it; one that does not (another
+    function, other weights) leaves it None. ``out_proj`` writes into the residual stream.
     """
 
-    out_proj: nn.Linear
+    out_proj: nn.Module
+    equivalent_to: ClassVar[str | None] = None
 
     @abstractmethod
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...
 
+    @classmethod
+    def receptive_field(cls, params: Params) -> int | None:
+        """How many of the latest keys (itself included) a query may see; None: every earlier key.
+
+        A sliding window of W returns W; the conformance kit then tests past it and checks that
+        tokens further back have no influence.
+        """
+        return None
+
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """This layer's decoding cache for up to ``max_len`` tokens; default: every key and value."""
+        from gptzoo.core.cache import KVLayerCache
+
+        return KVLayerCache(batch_size, self.dims.n_kv_heads, max_len, self.dims.head_size, device, dtype)
+
+    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes ``new_cache`` holds for one sequence of ``n_tokens`` (keys and values by default)."""
+        return 2 * self.dims.n_kv_heads * self.dims.head_size * n_tokens * torch.empty((), dtype=dtype).element_size()
+
     def flops_per_token(self, context_length: int) -> int:
         # Projections plus QK^T and AV against `context_length` keys (the PaLM convention).
-        return super().flops_per_token(context_length) + 4 * self.dims.d_model * context_length
-
-    def kv_cache_elements_per_token(self) -> int:
-        return 2 * self.dims.n_kv_heads * self.dims.head_size
+        return super().flops_per_token(context_length) + 4 * self.dims.n_heads * self.dims.head_size * context_length
 
 
 class FeedForward(Component):
     """Position-wise MLP: x (B, T, C) -> (B, T, C). ``out_proj`` writes to the residual stream."""
 
-    out_proj: nn.Linear
+    out_proj: nn.Module
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
@@ -143,6 +224,28 @@ class Norm(Component):
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
+
+
+class Block(Component):
+    """One layer: how norms, attention and feed-forward are wired around the residual stream.
+
+    Built as ``Impl(params, dims, layer)``: ``layer`` holds this layer's component specs
+    (``layer.norm``, ``layer.attention``, ``layer.feed_forward``), each built with
+    ``spec.build(dims)``. x (B, T, C) -> (B, T, C). A block keeps its attention as
+    ``self.attention`` (the model asks it for the layer's decoding cache) and passes ``ctx``
+    and ``cache`` to it unchanged. ``output_normalized`` blocks end in a norm, so the model
+    adds no final norm after them.
+    """
+
+    attention: Attention
+
+    output_normalized: ClassVar[bool] = False
+
+    def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
+        super().__init__(params, dims)
+
+    @abstractmethod
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...
 
 
 class Head(Component):
@@ -216,6 +319,7 @@ FAMILIES: dict[str, type] = {
     "attention": Attention,
     "feed_forward": FeedForward,
     "norm": Norm,
+    "block": Block,
     "head": Head,
 }
 

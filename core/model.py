@@ -1,8 +1,7 @@
-"""The transformer block and the GPT, assembled from whatever components the config names."""
+"""The GPT, assembled from whatever components the config names, layer by layer."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -12,25 +11,7 @@ from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import Dims
-
-
-class Block(nn.Module):
-    def __init__(self, config: ModelConfig, dims: Dims):
-        super().__init__()
-        self.pre_norm = config.norm_placement == "pre"
-        self.attn_norm = config.norm.build(dims)
-        self.attention = config.attention.build(dims)
-        self.ffn_norm = config.norm.build(dims)
-        self.feed_forward = config.feed_forward.build(dims)
-        self.dropout = nn.Dropout(dims.dropout)
-
-    def forward(self, x: Tensor, ctx: AttentionContext, cache=None) -> Tensor:  # x: (B, T, C)
-        if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attn_norm(x), ctx, cache))
-            return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attention(x, ctx, cache)))
-        return self.ffn_norm(x + self.dropout(self.feed_forward(x)))
+from gptzoo.core.interfaces import FAMILIES, AuxiliaryLoss, Component
 
 
 class GPT(nn.Module):
@@ -42,23 +23,25 @@ class GPT(nn.Module):
         dims = config.dims()
         self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
         self.positional = config.positional.build(dims)
+        # Layer kinds with a position scheme of their own share one module per kind.
+        layers = config.layers()
+        own = {layer.kind: layer.positional for layer in layers if layer.positional is not config.positional}
+        self.kind_positionals = nn.ModuleDict({kind: spec.build(dims) for kind, spec in own.items()})
+        self.layer_positional = [layer.kind if layer.kind in self.kind_positionals else None for layer in layers]
         self.dropout = nn.Dropout(dims.dropout)
-        self.blocks = nn.ModuleList(Block(config, replace(dims, layer_idx=i)) for i in range(dims.n_layers))
-        # Post-norm blocks end in a norm already.
-        self.final_norm = config.norm.build(dims) if config.norm_placement == "pre" else nn.Identity()
+        self.blocks = nn.ModuleList(layer.block.build(replace(dims, layer_idx=layer.index), layer) for layer in layers)
+        self.final_norm = nn.Identity() if layers[-1].block.impl.output_normalized else config.norm.build(dims)
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
-        self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch adds variance, so shrink what writes into it.
-        for block in self.blocks:
-            for branch in (block.attention, block.feed_forward):
-                nn.init.normal_(branch.out_proj.weight, std=0.02 / math.sqrt(2 * dims.n_layers))
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def init_weights(self) -> None:
+        """Initialise every parameter under ``config.init``; each component owns its own part."""
+        scheme = self.config.init
+        if scheme == "gpt2":
+            nn.init.normal_(self.token_embedding.weight, mean=0.0, std=0.02)
+        for module in self.modules():
+            if isinstance(module, Component):
+                module.init_weights(scheme)
 
     # ---- forward -------------------------------------------------------------------------
 
@@ -90,11 +73,12 @@ class GPT(nn.Module):
             key_positions = cache.positions[:, : offset + T]
             key_valid = cache.valid[:, : offset + T] if padded else None
         ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid)
+        kind_ctx = {kind: AttentionContext(p, positions, key_positions, offset, key_valid) for kind, p in self.kind_positionals.items()}
 
         x = self.token_embedding(idx)  # (B, T, C)
         x = self.dropout(self.positional.embed(x, positions))
-        for i, block in enumerate(self.blocks):
-            x = block(x, ctx, cache.layers[i] if cache is not None else None)
+        for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional)):
+            x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)
@@ -103,34 +87,42 @@ class GPT(nn.Module):
         """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier."""
         return self.head(self.hidden_states(idx, cache, pad_mask), pad_mask)
 
+    def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
+        """The components' auxiliary losses from the last forward, each averaged over the layers reporting it."""
+        reported: dict[str, list[AuxiliaryLoss]] = {}
+        for module in self.modules():
+            if isinstance(module, Component):
+                for name, loss in module.auxiliary_losses().items():
+                    reported.setdefault(name, []).append(loss)
+        return {name: AuxiliaryLoss(torch.stack([l.value for l in losses]).mean(), losses[0].weight) for name, losses in reported.items()}
+
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        dims = self.config.dims()
+        """A decoding cache for ``max_len`` tokens (default: the context): each layer's attention makes its own part."""
         weight = self.token_embedding.weight
-        return KVCache(
-            n_layers=dims.n_layers,
-            batch_size=batch_size,
-            n_kv_heads=dims.n_kv_heads,
-            head_size=dims.head_size,
-            max_len=max_len or dims.context_length,
-            device=weight.device,
-            dtype=dtype or weight.dtype,
-        )
+        max_len = max_len or self.config.context_length
+        layers = [block.attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for block in self.blocks]
+        return KVCache(layers, batch_size, max_len, weight.device)
 
     # ---- accounting ----------------------------------------------------------------------
 
+    def _by_family(self) -> dict[str, list[Component]]:
+        """Every component by family, the positional ones under embeddings with the token embedding."""
+        groups: dict[str, list[nn.Module]] = {"embeddings": [self.token_embedding]} | {f: [] for f in FAMILIES if f not in ("tokenizer", "positional")}
+        for module in self.modules():
+            if isinstance(module, Component):
+                family = next(f for f, interface in FAMILIES.items() if isinstance(module, interface))
+                groups["embeddings" if family == "positional" else family].append(module)
+        return groups
+
     def param_counts(self) -> dict[str, int]:
         """Parameters by family; a tied head's shared weight counts once, under embeddings."""
-        groups = {"embeddings": [self.token_embedding, self.positional], "attention": [], "feed_forward": [], "norm": [self.final_norm], "head": [self.head]}
-        for block in self.blocks:
-            groups["attention"].append(block.attention)
-            groups["feed_forward"].append(block.feed_forward)
-            groups["norm"] += [block.attn_norm, block.ffn_norm]
         seen: set[int] = set()
         counts = {}
-        for family, modules in groups.items():
+        for family, modules in self._by_family().items():
             counts[family] = 0
             for module in modules:
-                for p in module.parameters():
+                owned = module.owned_modules() if isinstance(module, Component) else [module]
+                for p in (p for m in owned for p in m.parameters(recurse=False)):
                     if id(p) not in seen:
                         seen.add(id(p))
                         counts[family] += p.numel()
@@ -141,16 +133,14 @@ class GPT(nn.Module):
         """Forward FLOPs per token at ``context_length`` by family, from each component's own estimate."""
         T = context_length or self.config.context_length
         parts = {
-            "positional": self.positional.flops_per_token(T),
-            "attention": sum(b.attention.flops_per_token(T) for b in self.blocks),
-            "feed_forward": sum(b.feed_forward.flops_per_token(T) for b in self.blocks),
-            "norm": sum(b.attn_norm.flops_per_token(T) + b.ffn_norm.flops_per_token(T) for b in self.blocks),
-            "head": self.head.flops_per_token(T),
+            "positional" if family == "embeddings" else family: sum(m.flops_per_token(T) for m in modules if isinstance(m, Component))
+            for family, modules in self._by_family().items()
         }
         parts["forward"] = sum(parts.values())
         parts["training"] = 3 * parts["forward"]
         return parts
 
-    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
-        element = torch.empty((), dtype=dtype).element_size()
-        return sum(b.attention.kv_cache_elements_per_token() for b in self.blocks) * element
+    def kv_cache_bytes(self, n_tokens: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes the decoding cache holds for one sequence of ``n_tokens`` (default: the context)."""
+        n = n_tokens or self.config.context_length
+        return sum(block.attention.cache_bytes(n, dtype) for block in self.blocks)

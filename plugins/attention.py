@@ -27,11 +27,13 @@ def _softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dro
 
 
 class FusedAttention(Attention):
+    equivalent_to = "sdpa"
+
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)
         self.n_heads, self.n_kv_heads, self.head_size = dims.n_heads, dims.n_kv_heads, dims.head_size
         self.qkv = nn.Linear(dims.d_model, (dims.n_heads + 2 * dims.n_kv_heads) * dims.head_size, bias=dims.qkv_bias)
-        self.out_proj = nn.Linear(dims.d_model, dims.d_model)
+        self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
 
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -43,7 +45,7 @@ class FusedAttention(Attention):
         v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         q, k = ctx.rotate(q, k)
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, nkv, Tk, hs)
+            k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         return q, k, v
 
     def merge(self, y: Tensor) -> Tensor:
@@ -85,12 +87,14 @@ class PerHeadAttention(Attention):
     Stored in the shared layout: the state-dict hooks stack the heads' rows into ``qkv``.
     """
 
+    equivalent_to = "sdpa"
+
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)
         self.group = dims.n_heads // dims.n_kv_heads
         self.queries = nn.ModuleList(SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("query",)) for _ in range(dims.n_heads))
         self.kv_heads = nn.ModuleList(SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("key", "value")) for _ in range(dims.n_kv_heads))
-        self.out_proj = nn.Linear(dims.d_model, dims.d_model)
+        self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
         self._register_state_dict_hook(_stack_heads)
         self._register_load_state_dict_pre_hook(_split_heads, with_module=True)
@@ -101,7 +105,7 @@ class PerHeadAttention(Attention):
         v = torch.stack([h.value(x) for h in self.kv_heads], dim=1)  # (B, nkv, T, hs)
         q, k = ctx.rotate(q, k)
         if cache is not None:
-            k, v = cache.update(k, v)  # (B, nkv, Tk, hs)
+            k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         bias = ctx.bias(q.dtype)
         outputs = []
         for h in range(q.size(1)):

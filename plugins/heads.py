@@ -1,5 +1,6 @@
 """Output heads: the language-model head (optionally tied to the token embedding) and a classifier."""
 
+import math
 from typing import Literal
 
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gptzoo.core import Dims, Head, Params
+from gptzoo.core import Dims, Head, InitScheme, Params
 from gptzoo.registry import hookimpl
 
 
@@ -23,7 +24,16 @@ class LMHead(Head):
     def __init__(self, params: Params, dims: Dims, embedding: nn.Embedding | None = None):
         super().__init__(params, dims)
         # Tied: the very Parameter of the embedding, no copy.
-        self.weight = embedding.weight if embedding is not None else nn.Parameter(torch.randn(dims.padded_vocab_size, dims.d_model) * 0.02)
+        self.tied = embedding is not None
+        self.weight = embedding.weight if self.tied else nn.Parameter(torch.empty(dims.padded_vocab_size, dims.d_model))
+
+    def init_weights(self, scheme: InitScheme) -> None:
+        if self.tied:
+            return  # the embedding's weight, initialised with the embedding
+        if scheme == "gpt2":
+            nn.init.normal_(self.weight, mean=0.0, std=0.02)
+        else:  # what nn.Linear(d_model, vocab, bias=False) draws, as the book's out_head
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         logits = F.linear(x, self.weight)  # (B, T, V)

@@ -5,7 +5,8 @@ import json
 
 import torch
 
-from gptzoo.core import GPT, ConfigError
+from gptzoo.core import GPT, ComponentSpec, ConfigError
+from gptzoo.core.config import PER_LAYER
 from gptzoo.recipes.config import RunConfig, load_run_config
 
 HELP = "print a config resolved, its parameter count (total and by family) and cost estimates"
@@ -30,13 +31,29 @@ def describe(config: RunConfig) -> dict:
     with torch.device("meta"):  # shapes only: describing gpt2-1558m allocates nothing
         model = GPT(model_config)
     T = model_config.context_length
-    per_token = model.kv_cache_bytes_per_token(torch.float32)
+    per_sequence = model.kv_cache_bytes(T, torch.float32)
     return {
         "config": config.model_dump(mode="json") | {"model": model_config.model_dump(mode="json")},
         "parameters": model.param_counts(),
         "flops_per_token": model.flops_per_token(T),
-        "kv_cache": {"bytes_per_token": per_token, "bytes_per_sequence": per_token * T, "dtype": "float32", "context_length": T},
+        "kv_cache": {"bytes_per_token": per_sequence // T, "bytes_per_sequence": per_sequence, "dtype": "float32", "context_length": T},
+        "layers": [
+            {
+                "layer": layer.index,
+                "kind": layer.kind,
+                **{family: _short(getattr(layer, family)) for family in PER_LAYER},
+                "parameters": sum(p.numel() for p in block.parameters()),
+                "kv_cache_bytes_per_token": block.attention.cache_bytes(T, torch.float32) // T,
+            }
+            for layer, block in zip(model_config.layers(), model.blocks)
+        ],
     }
+
+
+def _short(spec: ComponentSpec) -> str:
+    """'rope' or 'rope(base=1000000.0)': the name and the params that differ from the plugin's defaults."""
+    changed = {k: v for k, v in spec.params if k not in spec.impl.Params.model_fields or v != spec.impl.Params.model_fields[k].default}
+    return spec.name + (f"({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,4 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'training FLOPs':<15} {flops['training']:>15,}")
     kv = info["kv_cache"]
     print(f"  {'KV cache':<15} {kv['bytes_per_token']:>15,} bytes/token (fp32), {kv['bytes_per_sequence'] / 2**20:,.1f} MiB per full sequence")
+    print("layers")
+    header = ["layer", "kind", *PER_LAYER, "parameters", "KV bytes/token"]
+    rows = [[str(r["layer"]), r["kind"] or "-", *(r[f] for f in PER_LAYER), f"{r['parameters']:,}", f"{r['kv_cache_bytes_per_token']:,}"] for r in info["layers"]]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0

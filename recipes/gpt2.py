@@ -155,8 +155,14 @@ def gpt2_mismatches(m: ModelConfig) -> list[str]:
         problems.append(f"norm '{m.norm.name}' has no GPT-2 counterpart (GPT-2 uses LayerNorm)")
     elif not m.norm.params.bias:
         problems.append("norm 'layernorm' with bias = false has no GPT-2 counterpart (GPT-2's LayerNorm has a bias)")
-    if m.norm_placement != "pre":
-        problems.append(f"norm_placement '{m.norm_placement}' has no GPT-2 counterpart (GPT-2 normalises before each sublayer)")
+    if m.block.name != "pre_norm":
+        problems.append(f"block '{m.block.name}' has no GPT-2 counterpart (GPT-2 normalises before each sublayer: 'pre_norm')")
+    if m.layer_pattern:
+        problems.append(f"layer_pattern {m.layer_pattern} has no GPT-2 counterpart (GPT-2's layers are all alike)")
+    if m.head_dim not in (None, m.d_model // m.n_heads):
+        problems.append(f"head_dim = {m.head_dim} has no GPT-2 counterpart (GPT-2's heads are d_model / n_heads = {m.d_model // m.n_heads} wide)")
+    if not m.attn_out_bias:
+        problems.append("attn_out_bias = false has no GPT-2 counterpart (GPT-2's attention output projection has a bias)")
     if m.head.name != "lm":
         problems.append(f"head '{m.head.name}' has no GPT-2 counterpart (GPT-2 ends in a language-model head)")
     elif not m.tied_head:

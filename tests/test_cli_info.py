@@ -42,7 +42,7 @@ def test_plugins_json_shape():
     }
     assert by_name["head", "classifier"]["params"]["pooling"]["default"] == "last"
     families = [e["family"] for e in entries]
-    assert families == sorted(families, key=["tokenizer", "positional", "attention", "feed_forward", "norm", "head"].index)
+    assert families == sorted(families, key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head"].index)
 
 
 def test_plugins_table(capsys):
@@ -58,7 +58,7 @@ def test_describe_json_gpt2_124m(capsys):
     code, out, _ = run_main(capsys, "describe", str(GPT2), "--json")
     assert code == 0
     info = json.loads(out)
-    assert set(info) == {"config", "parameters", "flops_per_token", "kv_cache"}
+    assert set(info) == {"config", "parameters", "flops_per_token", "kv_cache", "layers"}
     assert set(info["config"]) == {"model", "data", "train"}
     assert info["config"]["model"]["attention"] == {"name": "sdpa"}
     assert info["parameters"]["total"] == 124_439_808
@@ -68,11 +68,16 @@ def test_describe_json_gpt2_124m(capsys):
     feed_forward = L * 2 * (2 * C * 4 * C)
     head = 2 * V * C
     assert info["flops_per_token"] == {
-        "positional": 0, "attention": attention, "feed_forward": feed_forward, "norm": 0, "head": head,
+        "positional": 0, "attention": attention, "feed_forward": feed_forward, "norm": 0, "block": 0, "head": head,
         "forward": attention + feed_forward + head, "training": 3 * (attention + feed_forward + head),
     }
     per_token = L * 2 * C * 4  # keys and values of every layer, fp32
     assert info["kv_cache"] == {"bytes_per_token": per_token, "bytes_per_sequence": per_token * T, "dtype": "float32", "context_length": T}
+    per_layer = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * 2 * C
+    assert info["layers"][11] == {
+        "layer": 11, "kind": None, "positional": "learned", "attention": "sdpa", "feed_forward": "gelu", "norm": "layernorm",
+        "block": "pre_norm", "parameters": per_layer, "kv_cache_bytes_per_token": 2 * C * 4,
+    }
 
 
 def test_describe_with_overrides(capsys):

@@ -264,7 +264,10 @@ def test_export_names_each_component_without_a_gpt2_counterpart(tmp_path, regist
     "override, named",
     [
         ("model.tied_head=false", "tied_head = false"),
-        ("model.norm_placement=post", "norm_placement 'post'"),
+        ("model.norm_placement=post", "block 'post_norm'"),
+        ("model.block.name=parallel", "block 'parallel'"),
+        ("model.attn_out_bias=false", "attn_out_bias = false"),
+        ("model.head_dim=16", "head_dim = 16"),
         ("model.feed_forward.hidden=100", "hidden = 100"),
         ("model.norm.bias=false", "norm 'layernorm' with bias = false"),
         ("model.feed_forward.name=relu", "feed_forward 'relu'"),
