@@ -204,12 +204,18 @@ class ModelConfig(BaseModel):
         unknown = sorted(set(self.layer_pattern) - set(self.layer_kinds))
         if unknown:
             raise ValueError(f"layer_pattern names {', '.join(map(repr, unknown))}, not in layer_kinds (declared: {', '.join(self.layer_kinds) or 'none'})")
-        unused = sorted(set(self.layer_kinds) - set(self.layer_pattern))
-        if unused:
-            raise ValueError(f"layer_kinds {', '.join(map(repr, unused))} appear in no layer: add them to layer_pattern or remove them")
         if len(self.layer_pattern) > self.n_layers:
             raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
         checked = set()
+        # Kinds the pattern leaves out are still checked: a sweep may bring them in.
+        for kind, chosen in self.layer_kinds.items():
+            for family in PER_LAYER:
+                spec = getattr(chosen, family)
+                if spec is not None and hasattr(spec.impl, "check"):
+                    try:
+                        spec.impl.check(spec.params, self.dims())
+                    except ValueError as err:
+                        raise ValueError(f"layer_kinds.{kind}.{family} '{spec.name}': {err}") from None
         for family, spec, where, dims in [("tokenizer", self.tokenizer, "", self.dims()), ("head", self.head, "", self.dims())] + [
             (family, getattr(layer, family), f"layer {layer.index} ({layer.kind}): " if layer.kind else "", self.dims(layer.index))
             for layer in self.layers() for family in PER_LAYER

@@ -26,6 +26,7 @@ COMMANDS = {
     "import-book": "gptzoo.recipes.cmd_import_book",
     "export-hf": "gptzoo.recipes.cmd_export_hf",
     "generate": "gptzoo.recipes.cmd_generate",
+    "new-plugin": "gptzoo.recipes.cmd_new_plugin",
 }
 
 

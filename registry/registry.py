@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pluggy
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gptzoo.core import FAMILIES, ConfigError, GptzooError, ModelConfig, Params, config_error
 from gptzoo.registry.hookspecs import GptzooSpec
@@ -56,6 +56,18 @@ class Entry:
         return f"{self.plugin} ({self.distribution} {self.version})"
 
 
+def _check_defaults(params: type[BaseModel], where: str) -> None:
+    """Pydantic does not validate defaults; a wrong one would surface later as a raw TypeError."""
+    for field_name, field in params.model_fields.items():
+        if field.is_required() or field.default_factory is not None:
+            continue
+        try:
+            TypeAdapter(field.annotation).validate_python(field.default, strict=True)
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"]
+            raise PluginError(f"{where}: the default of param '{field_name}' ({field.default!r}) does not fit its type: {problem}") from None
+
+
 def _gptzoo_version() -> str:
     try:
         return md.version("gptzoo")
@@ -81,12 +93,14 @@ class Registry:
         params = getattr(impl, "Params", None)
         if not (isinstance(params, type) and issubclass(params, BaseModel)) or params.model_config.get("extra") != "forbid":
             raise PluginError(f"{where}: {family} '{name}' must declare Params as a subclass of gptzoo.core.Params (unknown keys forbidden)")
+        _check_defaults(params, f"{where}: {family} '{name}'")
         existing = self._entries.get((family, name))
         if existing is not None:
-            raise PluginError(
-                f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}). "
-                f"Uninstall one, or choose plugins with {PLUGINS_ENV}"
-            )
+            if distribution == "<code>" or existing.distribution == "<code>":
+                advice = f"register one of them under another name, or build a fresh registry with make_registry()"
+            else:
+                advice = f"uninstall one, or choose plugins with {PLUGINS_ENV}"
+            raise PluginError(f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}); {advice}")
         self._entries[(family, name)] = Entry(family, name, impl, plugin, distribution, version)
 
     def component(self, family: str, name: str) -> Callable[[type], type]:

@@ -25,8 +25,9 @@ from gptzoo.testing.checks import (
     check_forward,
     check_gradients,
     check_kv_cache,
-    check_loads_sdpa_state,
+    check_loads_state_of,
     check_padded_batch,
+    check_receptive_field,
     check_state_round_trip,
     check_tokenizer,
     component_cases,
@@ -35,6 +36,6 @@ from gptzoo.testing.checks import (
 
 __all__ = [
     "SAMPLE_TEXT", "UNICODE_TEXT", "build", "build_tokenizer", "check_causal", "check_component",
-    "check_forward", "check_gradients", "check_kv_cache", "check_loads_sdpa_state", "check_padded_batch",
+    "check_forward", "check_gradients", "check_kv_cache", "check_loads_state_of", "check_padded_batch", "check_receptive_field",
     "check_state_round_trip", "check_tokenizer", "component_cases", "tiny_config",
 ]

@@ -17,7 +17,7 @@ from gptzoo.core import GPT, ComponentSpec, ConfigError, ModelConfig, Tokenizer
 from gptzoo.registry import Registry, default_registry
 
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
-MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "head")
+MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "block", "head")
 ATOL = 1e-5
 
 SAMPLE_TEXT = (
@@ -51,26 +51,41 @@ def single_threaded(check: Callable) -> Callable:
 
 @single_threaded
 def check_component(family: str, name: str, registry: Registry | None = None, **params: Any) -> None:
-    """Run every check that applies to ``family`` on the variant ``name`` built with ``params``."""
+    """Run every check that applies to ``family`` on the variant ``name`` built with ``params``.
+
+    Models are tiny GPTs with the variant swapped into a default config. Their context is long
+    enough to pass well beyond an attention variant's declared receptive field, so windowed
+    code runs; attention and positions are paired with every registered partner and checked
+    with multi-head, grouped-query and multi-query attention.
+    """
     registry = registry or default_registry()
     if family == "tokenizer":
         check_tokenizer(build_tokenizer(registry, name, **params))
         return
     spec = {"name": name, **params}
-    model = build(tiny_config(registry, **{family: spec}))
+    impl = registry.resolve(family, name)
+    field = impl.receptive_field(impl.Params.model_validate(params)) if family == "attention" else None
+    length = max(TINY["context_length"], 2 * field + 8) if field else TINY["context_length"]
+    model = build(tiny_config(registry, context_length=length, **{family: spec}))
     check_forward(model)
     check_gradients(model)
     check_state_round_trip(model)
     # Attention and positions meet inside attention: check this variant beside every partner.
     partner = {"attention": "positional", "positional": "attention"}.get(family)
-    models = [model] if partner is None else [build(c) for c in _pairings(registry, family, spec, partner)]
+    if partner is None:
+        models = [model]
+    else:
+        kv_heads = (TINY["n_heads"], 2, 1) if family == "attention" else (2,)
+        models = [build(c) for c in _pairings(registry, family, spec, partner, kv_heads, context_length=length)]
     for m in models:
         if _is_language_model(m):
             check_causal(m)
             check_kv_cache(m)
             check_padded_batch(m)
-    if family == "attention":
-        check_loads_sdpa_state(registry, name, **params)
+    if field:
+        check_receptive_field(registry, spec, field)
+    if family == "attention" and impl.equivalent_to not in (None, name):
+        check_loads_state_of(registry, name, impl.equivalent_to, **params)
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -108,13 +123,14 @@ def build_tokenizer(registry: Registry, name: str, **params: Any) -> Tokenizer:
     return tokenizer
 
 
-def _pairings(registry: Registry, family: str, spec: dict, partner: str) -> list[ModelConfig]:
+def _pairings(registry: Registry, family: str, spec: dict, partner: str, kv_heads: tuple[int, ...], **fields: Any) -> list[ModelConfig]:
     configs = []
     for other in registry.names(partner):
-        try:
-            configs.append(tiny_config(registry, **{family: spec, partner: other}))
-        except ConfigError:
-            continue  # the config refuses this pairing, so no one can build it
+        for n_kv_heads in kv_heads:
+            try:
+                configs.append(tiny_config(registry, **{family: spec, partner: other, "n_kv_heads": n_kv_heads}, **fields))
+            except ConfigError:
+                continue  # the config refuses this pairing, so no one can build it
     return configs
 
 
@@ -131,7 +147,7 @@ def _is_language_model(model: GPT) -> bool:
 def _describe(model: GPT) -> str:
     c = model.config
     parts = [f"{f}={getattr(c, f).name}" for f in MODEL_FAMILIES]
-    return ", ".join(parts) + f", n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads or c.n_heads}"
+    return ", ".join(parts) + f", n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads or c.n_heads}, context={c.context_length}"
 
 
 def _assert_close(got: Tensor, expected: Tensor, what: str, atol: float = ATOL) -> None:
@@ -233,8 +249,26 @@ def check_padded_batch(model: GPT) -> None:
 
 @single_threaded
 @torch.no_grad()
-def check_loads_sdpa_state(registry: Registry, name: str, **params: Any) -> None:
-    """The variant loads the state dict of ``sdpa`` (the shared layout) and computes the same, with and without GQA."""
+def check_receptive_field(registry: Registry, spec: dict, field: int) -> None:
+    """With one layer, the logits at t depend on the last ``field`` tokens (t - field + 1 .. t) and on no earlier one."""
+    T = 2 * field + 8
+    model = build(tiny_config(registry, attention=spec, n_layers=1, context_length=T))
+    idx = _tokens(model, 2, T)
+    logits = model(idx)
+    t = T - 1
+    outside, inside = idx.clone(), idx.clone()
+    outside[:, : t - field + 1] = (idx[:, : t - field + 1] + 1) % model.config.vocab_size
+    inside[:, t - field + 1] = (idx[:, t - field + 1] + 1) % model.config.vocab_size
+    _assert_close(model(outside)[:, t], logits[:, t], f"[{_describe(model)}] receptive field {field}: tokens before position {t - field + 1} changed the logits at {t}")
+    assert not torch.allclose(model(inside)[:, t], logits[:, t]), (
+        f"[{_describe(model)}] receptive field {field}: the token at {t - field + 1}, inside the field, has no influence on position {t}"
+    )
+
+
+@single_threaded
+@torch.no_grad()
+def check_loads_state_of(registry: Registry, name: str, reference: str, **params: Any) -> None:
+    """The variant loads the state dict of ``reference`` (its declared equivalent) and computes the same, with and without GQA."""
     n_heads = TINY["n_heads"]
     for n_kv_heads in (n_heads, 2):
         try:
@@ -243,11 +277,11 @@ def check_loads_sdpa_state(registry: Registry, name: str, **params: Any) -> None
             if n_kv_heads == n_heads:
                 raise
             continue  # the variant refuses grouped-query attention
-        reference = build(tiny_config(registry, attention="sdpa", n_kv_heads=n_kv_heads))
+        expected = build(tiny_config(registry, attention=reference, n_kv_heads=n_kv_heads))
         model = build(config, seed=1)
-        model.load_state_dict(reference.state_dict())
+        model.load_state_dict(expected.state_dict())
         idx = _tokens(model, 2, config.context_length)
-        _assert_close(model(idx), reference(idx), f"attention '{name}' with sdpa's weights (n_kv_heads={n_kv_heads})")
+        _assert_close(model(idx), expected(idx), f"attention '{name}' with {reference}'s weights (n_kv_heads={n_kv_heads})")
 
 
 # ---- tokenizer check -----------------------------------------------------------------------------

@@ -64,3 +64,17 @@ def test_plugin_example_works_in_code_and_installed(site):
     namespace = {}
     exec(kit_code, namespace)
     namespace["test_scalenorm"]()
+
+
+def test_attention_example_passes_the_kit(site):
+    (module_code,) = blocks(section("Writing an attention variant"), "python")
+    (site / "my_attention.py").write_text(module_code)
+    import importlib
+
+    from gptzoo.testing import check_component
+
+    module = importlib.import_module("my_attention")
+    registry = make_registry(entry_points=False)
+    registry.register_plugin(module)
+    check_component("attention", "temperature", registry=registry)
+    sys.modules.pop("my_attention", None)

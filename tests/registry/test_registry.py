@@ -220,3 +220,35 @@ def test_default_registry_is_cached_and_resettable(fresh_default, install, monke
     default_registry.cache_clear()
     assert default_registry() is not before
     assert "late_norm" in default_registry().names("norm")
+
+
+@pytest.mark.parametrize("annotation, default", [(int, "32"), (float, "0.5"), (bool, 1), (int | None, 2.5)])
+def test_a_default_that_does_not_fit_its_type_is_refused_at_registration(registry, annotation, default):
+    from pydantic import create_model
+
+    params = create_model("WindowParams", __base__=Params, window=(annotation, default))
+    impl = type("Windowed", (RMSNorm,), {"Params": params})
+    with pytest.raises(PluginError) as err:
+        registry.add("norm", "windowed", impl, plugin="my_plugin")
+    message = str(err.value)
+    assert "my_plugin" in message and "norm 'windowed'" in message and "param 'window'" in message and repr(default) in message
+
+
+def test_defaults_that_fit_are_accepted(registry):
+    from pydantic import create_model
+
+    params = create_model("OkParams", __base__=Params, scale=(float, 1), window=(int | None, None), name=(str, "x"))
+    registry.add("norm", "fine", type("Fine", (RMSNorm,), {"Params": params}))
+    assert registry.resolve("norm", "fine").Params().scale == 1
+
+
+def test_registering_twice_in_code_says_what_to_do_in_code(registry):
+    @registry.component("norm", "mine")
+    class Mine(RMSNorm):
+        pass
+
+    with pytest.raises(PluginError) as err:
+        registry.component("norm", "mine")(type("Again", (RMSNorm,), {}))
+    message = str(err.value)
+    assert "provided twice" in message and "another name" in message and "make_registry()" in message
+    assert PLUGINS_ENV not in message and "uninstall" not in message.lower()
