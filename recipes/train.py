@@ -201,8 +201,13 @@ def train_step(
     train: TrainConfig,
     lr: float,
     device: torch.device,
+    aux_sums: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """One optimizer step over grad_accum micro-batches; returns the mean loss, still on the device."""
+    """One optimizer step over grad_accum micro-batches; returns the mean language-model loss, still on the device.
+
+    The components' auxiliary losses join the loss being minimised, each times its weight;
+    their values are added to ``aux_sums`` by name (averaged over the micro-batches).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = torch.zeros((), device=device)
@@ -210,9 +215,14 @@ def train_step(
         inputs, targets = to_device(windows.batch(sampler.take(train.batch_size)), device)  # (B, T) each
         with distributed.grad_sync(model, last_micro_step=micro_step == train.grad_accum - 1):
             with autocast(device, train.dtype):
-                loss = lm_loss(model, inputs, targets) / train.grad_accum
-            loss.backward()
-        total += loss.detach()
+                loss = lm_loss(model, inputs, targets)
+                aux = unwrap(model).auxiliary_losses()
+                objective = loss + sum(a.weight * a.value for a in aux.values()) if aux else loss
+            (objective / train.grad_accum).backward()
+        total += loss.detach() / train.grad_accum
+        for name, a in aux.items():
+            if aux_sums is not None:
+                aux_sums[name] = aux_sums.get(name, 0.0) + a.value.detach().float() / train.grad_accum
     if train.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
     optimizer.step()
@@ -495,6 +505,7 @@ def train(
         at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
         record["elapsed_s"] = round(at.elapsed_s, 3)
         record |= {"processes": world.size, "effective_batch_size": windows_per_step, "tokens_per_step": tokens_per_step}
+        record |= {f"aux_{name}": distributed.mean_over_ranks(total).item() / max(window_steps, 1) for name, total in aux_sums.items()}
         at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
         summary.final_val_loss = record["val_loss"]
         if world.is_main:
@@ -507,13 +518,16 @@ def train(
         if cfg.sample_tokens:
             say(textwrap.indent(sample_text(step_model, tokenizer, cfg), "  | "))
 
+    aux_sums: dict[str, Tensor] = {}  # auxiliary losses summed over the steps since the last evaluation
+    window_steps = 0
     if cfg.eval_at_start and at.step == 0:
         report(0.0)
         window_start = time.perf_counter()
     with StopSignals() as stop, bar:
         while at.step < n_steps:
-            loss = train_step(step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device)
+            loss = train_step(step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device, aux_sums)
             nonfinite |= ~torch.isfinite(loss)
+            window_steps += 1
             at.step += 1
             at.tokens += tokens_per_step
             window_tokens += tokens_per_step
@@ -527,7 +541,8 @@ def train(
                 checked_step = at.step
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
-                bar.set_postfix(loss=f"{mean_loss.item():.4f}", tok_s=f"{rate:,.0f}")
+                aux_shown = {name: f"{distributed.mean_over_ranks(total).item() / window_steps:.4f}" for name, total in aux_sums.items()}
+                bar.set_postfix(loss=f"{mean_loss.item():.4f}", **aux_shown, tok_s=f"{rate:,.0f}")
                 bar.update(at.step - bar.n)
             if evaluating:
                 report(window_tokens / max(time.perf_counter() - window_start, 1e-9))
@@ -536,7 +551,8 @@ def train(
                 save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
                 saved_step = at.step
             if evaluating:
-                window_start, window_tokens = time.perf_counter(), 0
+                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
+                aux_sums.clear()
             stopping = stop.received is not None
             if world.size > 1:  # every rank must stop after the same step: agree where they sync anyway
                 stopping = reporting and distributed.any_rank(stopping, device)
