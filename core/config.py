@@ -12,7 +12,7 @@ import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -327,9 +327,13 @@ def _describe_errors(err: ValidationError, model: type[BaseModel] | None = None,
 
 def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the field at ``loc`` (for listing its known fields)."""
-    for part in loc:
-        field = model.model_fields.get(str(part)) if model is not None else None
+    parts = list(loc)
+    while parts and model is not None:
+        field = model.model_fields.get(str(parts.pop(0)))
         annotation = field.annotation if field is not None else None
+        if get_origin(annotation) in (dict, list) and parts:  # a table of models: skip its key or index
+            annotation = get_args(annotation)[-1]
+            parts.pop(0)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model
 
