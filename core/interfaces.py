@@ -139,7 +139,11 @@ class PositionalEncoding(Component):
     The model calls ``embed``; attention calls the other two through ``AttentionContext``,
     so any attention variant works with any position scheme. Positions are absolute token
     positions of shape (B|1, T); they differ per row only for left-padded batches.
+
+    ``length_limit`` says why a scheme cannot run past the context it trained at (None: it can).
     """
+
+    length_limit: ClassVar[str | None] = None
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: (B, T, C) token embeddings -> (B, T, C)."""

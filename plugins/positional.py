@@ -13,6 +13,8 @@ from gptzoo.registry import hookimpl
 class LearnedPositions(PositionalEncoding):
     """A trained table of context_length position vectors (GPT-2)."""
 
+    length_limit = "its table holds one trained vector per position up to the trained context and none for the positions after it"
+
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)
         self.table = nn.Embedding(dims.context_length, dims.d_model)

@@ -50,6 +50,7 @@ SWEEP = "sweep.json"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 CURVES_PNG = "loss_curves.png"
+EXTRAPOLATION_PNG = "extrapolation.png"
 RUNS = "runs"
 RUN_RESULT = "ablation.json"  # written when a run has finished (trained or diverged)
 
@@ -81,6 +82,7 @@ class SweepFile(BaseModel):
     axes: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict, alias="set")
     match_params: MatchParams | None = None
+    extrapolate: list[float] = Field(default_factory=list, description="after training, score each run at these multiples of its context, e.g. [1, 2, 4]")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Sweep:
     axes: dict[str, list]
     fixed: dict[str, Any]
     variants: list[Variant]
+    extrapolate: list[float] = dataclasses.field(default_factory=list)
 
     def spec(self) -> dict:
         """The resolved sweep, as sweep.json records it."""
@@ -115,6 +118,7 @@ class Sweep:
             "seeds": self.seeds,
             "set": self.fixed,
             "axes": self.axes,
+            "extrapolate": self.extrapolate,
             "variants": [
                 {
                     "slug": v.slug,
@@ -213,7 +217,10 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     seeds = spec.seeds or [base.train.seed]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
-    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants)
+    bad = [m for m in spec.extrapolate if m <= 0]
+    if bad:
+        raise ConfigError(f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}")
+    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate)
 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
@@ -399,6 +406,7 @@ class RunResult:
     peak_memory_bytes: int | None = None
     wall_s: float | None = None
     workers: int = 1  # runs training at once when this one ran: its speed is comparable only at 1
+    extrapolation: dict | None = None  # multiple -> {"context", "loss", "accuracy"} or {"context", "refused"}
 
     @property
     def finished(self) -> bool:
@@ -413,6 +421,7 @@ class RunTask:
     folder: Path
     config: dict  # the RunConfig as JSON (validated again where it runs)
     workers: int = 1
+    extrapolate: tuple[float, ...] = ()
 
 
 def run_sweep(
@@ -447,7 +456,7 @@ def run_sweep(
                 results[variant.slug, seed] = previous
                 continue
             config = variant.config.model_copy(update={"train": variant.config.train.model_copy(update={"seed": seed})})
-            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json"), min(workers, len(sweep.variants) * len(sweep.seeds))))
+            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json"), min(workers, len(sweep.variants) * len(sweep.seeds)), tuple(sweep.extrapolate)))
     if results:
         log(f"{len(results)} of {len(results) + len(tasks)} runs already finished in {out}; running the other {len(tasks)}")
 
@@ -504,6 +513,8 @@ def _sweep_difference(stored: dict, spec: dict) -> str:
     """What makes two sweep specs different runs, in words; '' when they are the same sweep."""
     if stored.get("seeds") != spec["seeds"]:
         return f"seeds {stored.get('seeds')} there, {spec['seeds']} here"
+    if stored.get("extrapolate", []) != spec["extrapolate"]:
+        return f"extrapolate = {stored.get('extrapolate', [])} there, {spec['extrapolate']} here"
     old = {v["slug"]: v["config"] for v in stored.get("variants", [])}
     new = {v["slug"]: v["config"] for v in spec["variants"]}
     if set(old) != set(new):
@@ -555,6 +566,8 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
     result.workers = task.workers
     if result.status == "done":
         result.final_val_accuracy = (read_metrics(task.folder)[-1:] or [{}])[0].get("val_accuracy")
+        if task.extrapolate:
+            result.extrapolation = _extrapolation(task.folder, task.extrapolate, registry)
     if result.status != "done":
         log(f"[{name}] {result.status}: {result.message}")
     task.folder.mkdir(parents=True, exist_ok=True)
@@ -563,6 +576,25 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
 
 
 _SUMMARY_FIELDS = ("steps", "tokens", "final_val_loss", "best_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s")
+
+
+def _extrapolation(folder: Path, multiples: tuple[float, ...], registry: Registry | None) -> dict:
+    """The run's loss and accuracy at each multiple of its context, or why its positions cannot go there."""
+    from gptzoo.recipes.extrapolate import LengthLimitError, extrapolate
+    from gptzoo.recipes.run import build_tokenizer
+    from gptzoo.recipes.train import resolve_device
+
+    config = load_config(folder, registry)
+    tokenizer = build_tokenizer(config, folder)
+    scores = {}
+    for multiple in multiples:
+        context = max(1, round(multiple * config.model.context_length))
+        try:
+            (summary,) = extrapolate(config, folder, tokenizer, [context], resolve_device(config.train.device))
+            scores[f"{multiple:g}"] = {"context": context, "loss": summary["loss"], "accuracy": summary["accuracy"]}
+        except LengthLimitError as err:
+            scores[f"{multiple:g}"] = {"context": context, "refused": str(err)}
+    return scores
 
 
 def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, int | None]:
@@ -693,12 +725,87 @@ def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callab
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             writer.writerow([_csv(v) for v in _csv_values(row)])
-    write_text_atomic(out / RESULTS_MD, markdown_table(sweep, rows))
+    table = markdown_table(sweep, rows)
+    if sweep.extrapolate:
+        table += "\n" + extrapolation_table(sweep, results)
+    write_text_atomic(out / RESULTS_MD, table)
     try:
         plot_loss_curves(sweep, out, out / CURVES_PNG)
+        if sweep.extrapolate:
+            plot_extrapolation(sweep, results, out / EXTRAPOLATION_PNG)
     except GptzooError as err:
-        log(f"{CURVES_PNG} skipped: {err}")
+        log(f"plots skipped: {err}")
     return rows
+
+
+def extrapolation_scores(sweep: Sweep, results: list[RunResult]) -> dict[str, dict[str, list[float] | str]]:
+    """Per variant label, per multiple: the finished seeds' scores (loss, or a task's accuracy), or why it was refused."""
+    metric = "accuracy" if sweep.variants[0].config.data.task is not None else "loss"
+    table: dict[str, dict[str, list[float] | str]] = {}
+    for variant in sweep.variants:
+        runs = [r for r in results if r.variant == variant.slug and r.status == "done" and r.extrapolation]
+        cells: dict[str, list[float] | str] = {}
+        for multiple in (f"{m:g}" for m in sweep.extrapolate):
+            scored = [r.extrapolation[multiple] for r in runs if multiple in r.extrapolation]
+            refused = [s["refused"] for s in scored if "refused" in s]
+            cells[multiple] = refused[0] if refused else [s[metric] for s in scored]
+        table[variant.label] = cells
+    return table
+
+
+def extrapolation_table(sweep: Sweep, results: list[RunResult]) -> str:
+    metric = "answer accuracy" if sweep.variants[0].config.data.task is not None else "validation loss"
+    context = sweep.variants[0].config.model.context_length
+    multiples = [f"{m:g}" for m in sweep.extrapolate]
+    lines = [
+        f"Length extrapolation: {metric} at multiples of the trained context ({context} tokens), non-overlapping windows of the "
+        f"validation split (a task's validation examples at that length), mean ± sample std over seeds.",
+        "",
+        "| variant | " + " | ".join(f"{m}× ({max(1, round(float(m) * context))})" for m in multiples) + " |",
+        "| --- | " + " | ".join("---:" for _ in multiples) + " |",
+    ]
+    reasons = []
+    for variant, (label, cells) in zip(sweep.variants, extrapolation_scores(sweep, results).items()):
+        shown = ["refused" if isinstance(c, str) else _pm(Stat.of(c), 4) for c in cells.values()]
+        lines.append(f"| {label} | " + " | ".join(shown) + " |")
+        if "refused" in shown:
+            positional = variant.config.model.positional
+            reasons.append(f"{label}: refused past {context} tokens: positional '{positional.name}' says {positional.impl.length_limit}.")
+    lines += ["", *reasons] if reasons else []
+    return "\n".join(lines) + "\n"
+
+
+def plot_extrapolation(sweep: Sweep, results: list[RunResult], path: Path) -> None:
+    """Loss (or accuracy) against evaluation context, one line per variant (mean over seeds)."""
+    plt = _pyplot()
+    context = sweep.variants[0].config.model.context_length
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, cells in extrapolation_scores(sweep, results).items():
+        points = [(float(m) * context, statistics.fmean(c)) for m, c in cells.items() if not isinstance(c, str) and c]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.axvline(context, color="black", linestyle="--", linewidth=1, label="trained context")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation context (tokens)")
+    ax.set_ylabel("answer accuracy" if sweep.variants[0].config.data.task is not None else "validation loss")
+    ax.set_title(f"{sweep.source.stem}: length extrapolation, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptzooError("matplotlib is not installed; install the plots extra: pip install 'gptzoo[plots]'") from None
+    return plt
 
 
 def _csv_values(row: VariantRow) -> list:
@@ -812,13 +919,7 @@ def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list
 
 def plot_loss_curves(sweep: Sweep, out: Path, path: Path) -> None:
     """Validation loss against tokens, one line per variant (mean over seeds), seeds as a min–max band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GptzooError("matplotlib is not installed; install the plots extra: pip install 'gptzoo[plots]'") from None
+    plt = _pyplot()
     curves = loss_curves(sweep, out)
     base_label = next(v.label for v in sweep.variants if v.is_base)
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -10,18 +10,17 @@ split; a task on validation examples generated at that length.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config import RunConfig
-from gptzoo.recipes.data import TokenWindows, load_splits, load_tokens, spread_indices, split_windows
+from gptzoo.recipes.data import TokenWindows, load_tokens, spread_indices, split_windows
 from gptzoo.recipes.run import WEIGHTS, atomic_path, load_weights, write_text_atomic
 from gptzoo.recipes.tasks import IGNORE, TaskExamples
 
@@ -162,11 +161,3 @@ def plot(report: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def relative_contexts(config: RunConfig, multiples: list[float]) -> list[int]:
-    return [max(1, round(m * config.model.context_length)) for m in multiples]
-
-
-def math_isfinite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
