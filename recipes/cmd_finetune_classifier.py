@@ -19,7 +19,7 @@ from gptzoo.recipes.classify import (
     split_like_the_book,
     train_classifier,
 )
-from gptzoo.recipes.run import Run, append_metrics, load_run
+from gptzoo.recipes.run import Run, append_metrics, commit_files, load_run
 from gptzoo.recipes.train import resolve_device
 from gptzoo.registry import default_registry
 
@@ -84,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
     finetune.merge_and_save(out, Run(out, config, model, tokenizer), lora)
     test_loss, test_acc = evaluate(model, test, config.train.batch_size, pad_id, device, pad_to=pad_to)
     append_metrics(out, {"test_loss": test_loss, "test_acc": test_acc})
+    commit_files(out, {})  # the manifest now covers the test record too
     print(f"test loss {test_loss:.3f}, accuracy {test_acc:.1%} on {len(test)} examples; saved the classifier to {out}")
     return 0

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Sequence, TypeVar
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from gptzoo.core import GPT, GptzooError, ModelConfig
 from gptzoo.recipes.config import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.lora import LoRASettings, apply_lora, lora_state, merge_lora
-from gptzoo.recipes.run import CONFIG, Run, atomic_path, save_run, write_text_atomic
+from gptzoo.recipes.manifest import Commit, run_writer
+from gptzoo.recipes.run import CONFIG, Run, check_out_folder, commit_files, save_run, write_state
 
 T = TypeVar("T")
 
@@ -108,6 +108,7 @@ def check_out_dir(out: Path, base: Path) -> None:
     """Refuse the base itself and any folder with files in it: nothing the user has is replaced."""
     if out.resolve() == base.resolve():
         raise GptzooError(f"--out {out} is the base run itself; choose a new folder")
+    check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptzooError(f"--out {out} exists and is not an empty folder; choose a new folder or remove it")
 
@@ -240,10 +241,12 @@ def merge_and_save(out: Path, run: Run, lora: LoRASettings | None) -> None:
     own (lora.json, lora.safetensors) and then folded into the weights, so model.safetensors
     holds the merged model and every command loads the run as it loads any other."""
     if lora is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / LORA_WEIGHTS) as tmp:
-            save_file(lora_state(run.model), str(tmp))
-        write_text_atomic(out / LORA_JSON, lora.model_dump_json(indent=2) + "\n")
+        with run_writer(out):
+            commit = Commit(out)
+            with commit.stage(LORA_WEIGHTS) as f:
+                write_state(f, lora_state(run.model), {"format": "pt"})
+            commit.stage_text(LORA_JSON, lora.model_dump_json(indent=2) + "\n")
+            commit.commit()
         merge_lora(run.model)
     save_run(out, run.config, run.model, run.tokenizer)
 
@@ -255,4 +258,5 @@ def fine_tuned_config(model_config: ModelConfig, data: Path, fractions: tuple[fl
 
 
 def write_json(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    """Write a JSON file into a run folder and commit it to the folder's manifest."""
+    commit_files(path.parent, {path.name: json.dumps(value, indent=2, ensure_ascii=False) + "\n"})

@@ -16,18 +16,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,7 +33,8 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config import RunConfig
-from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, build_tokenizer, describe_mismatch, load_config, save_config, write_text_atomic
+from gptzoo.recipes.manifest import check_file
+from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, build_tokenizer, check_out_folder, describe_mismatch, load_config, open_run, run_commit, write_safetensors, write_text_atomic
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -223,29 +222,10 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str) -> None:
-    """Write a float32 safetensors file tensor by tensor, asking ``read(name)`` for each in turn.
-
-    safetensors.torch.save_file needs every tensor in memory at once (and copies each to
-    bytes); the format is simple enough to stream: an 8-byte header length, a JSON header of
-    names, dtypes, shapes and byte offsets, then the raw little-endian data in that order.
-    """
-    header: dict = {"__metadata__": {"format": "pt", "producer": "gptzoo"}}
-    offset = 0
-    for name, shape in shapes.items():
-        size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, shape in tqdm(shapes.items(), desc=desc, unit="tensor"):
-            tensor = read(name).to(torch.float32).contiguous()
-            if tuple(tensor.shape) != shape:
-                raise CheckpointError(f"weight '{name}' has shape {tuple(tensor.shape)}, its config says {shape}")
-            f.write(tensor.numpy().data)  # a view of the tensor's memory, no copy
+def write_float32(f: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str) -> None:
+    """Stream float32 tensors, one at a time from ``read``, into a safetensors file ``f``."""
+    progress = lambda names: tqdm(names, desc=desc, unit="tensor")  # noqa: E731
+    write_safetensors(f, {name: (torch.float32, shape) for name, shape in shapes.items()}, read, {"format": "pt", "producer": "gptzoo"}, progress)
 
 
 @contextmanager
@@ -260,6 +240,7 @@ def open_safetensors(path: Path) -> Iterator:
 
 
 def refuse_existing(out: Path) -> None:
+    check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptzooError(f"{out} already exists and is not empty; choose a new folder (nothing was written)")
 
@@ -399,20 +380,26 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
             return tensor.T if conv1d else tensor  # Conv1D (in, out) -> Linear (out, in)
 
         with new_folder(out) as tmp:
-            save_config(config, tmp)
-            write_safetensors(tmp / WEIGHTS, shapes, read, desc=f"import {src}")
+            commit = run_commit(tmp, config, registry=registry)
+            commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
+            with commit.stage(WEIGHTS) as weights_file:
+                write_float32(weights_file, shapes, read, desc=f"import {src}")
+            commit.commit()
     return config
 
 
 def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None = None) -> dict:
     """Write the GPT-2-shaped run in ``run_folder`` as a Hugging Face GPT2LMHeadModel folder; returns its config."""
     run_folder, out = Path(run_folder), Path(out)
-    config = load_config(run_folder, registry)
+    manifest = open_run(run_folder)
+    config = load_config(run_folder, registry, manifest)
     problems = gpt2_mismatches(config.model)
     if problems:
         raise ConfigError(f"{run_folder / CONFIG}: cannot export as GPT-2: " + "; ".join(problems))
     shapes = weight_shapes(config.model)
     weights = run_folder / WEIGHTS
+    if manifest is not None and weights.is_file():
+        check_file(run_folder, manifest, WEIGHTS)
     with open_safetensors(weights) as f:
         stored = set(f.keys())
         missing, unexpected = sorted(set(shapes) - stored), sorted(stored - set(shapes))
@@ -426,8 +413,9 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
             tensor = f.get_tensor(name)
             return tensor.T if hf_name(name)[1] else tensor  # Linear (out, in) -> Conv1D (in, out)
 
-        data = hf_config(config.model, build_tokenizer(config, run_folder).eot_id)
+        data = hf_config(config.model, build_tokenizer(config, run_folder, manifest).eot_id)
         with new_folder(out) as tmp:
             write_text_atomic(tmp / CONFIG, json.dumps(data, indent=2) + "\n")
-            write_safetensors(tmp / WEIGHTS, hf_shapes, read, desc="export")
+            with atomic_path(tmp / WEIGHTS) as path, open(path, "wb") as weights_file:
+                write_float32(weights_file, hf_shapes, read, desc="export")
     return data

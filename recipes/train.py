@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import pickle
 import signal
 import sys
 import textwrap
@@ -22,7 +24,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -31,20 +32,24 @@ from gptzoo.recipes import distributed
 from gptzoo.recipes.config import RunConfig, TrainConfig
 from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
 from gptzoo.recipes.tasks import IGNORE
+from gptzoo.recipes.manifest import Manifest, check_file, note, run_writer
 from gptzoo.recipes.run import (
     CONFIG,
     METRICS,
+    TOKENIZER,
     TRAIN_STATE,
     WEIGHTS,
     append_metrics,
-    atomic_path,
     build_tokenizer,
+    check_out_folder,
     load_config,
     load_weights,
+    open_run,
     read_metrics,
-    save_config,
-    save_tokenizer,
+    run_commit,
+    stage_run,
     unwrap,
+    weights_step,
     write_text_atomic,
 )
 from gptzoo.registry import Registry
@@ -74,7 +79,8 @@ class TrainSummary:
 # ---- setup ------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The device ``name`` stands for; ``option`` is what the user set it with, named in errors."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -84,9 +90,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ConfigError(f"train.device {name!r}: {err}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{option} {name!r}: {err}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device {name!r}: this torch sees no CUDA device; use auto or cpu")
+        raise ConfigError(f"{option} {name!r}: this torch sees no CUDA device; use auto or cpu")
     return device
 
 
@@ -296,13 +302,15 @@ class Progress:
     best_val_loss: float | None = None
 
 
-def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, progress: Progress, sampler: WindowSampler) -> None:
-    """Write config, tokenizer, weights and training state; each file appears whole or not at all.
+def save_checkpoint(
+    out: Path, config: RunConfig, model: nn.Module, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, progress: Progress, sampler: WindowSampler,
+    registry: Registry | None = None,
+) -> None:
+    """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/manifest.py).
 
-    Weights and training state are written to temporary files first and renamed together at the
-    end, so a failure while saving leaves the previous checkpoint's pair intact. With several
-    processes only rank 0 writes (under FSDP after every rank helped gather the full state)
-    while the others wait.
+    A failure while saving (a full disk, a crash) leaves the previous checkpoint whole. With
+    several processes only rank 0 writes (under FSDP after every rank helped gather the full
+    state) while the others wait.
     """
     world = distributed.world()
     if not (world.is_main or distributed.is_sharded(model)):
@@ -313,9 +321,6 @@ def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: T
     if not world.is_main:
         distributed.barrier()
         return
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
-    save_tokenizer(tokenizer, out)
     state = {
         "step": progress.step,
         "tokens": progress.tokens,
@@ -325,9 +330,16 @@ def save_checkpoint(out: Path, config: RunConfig, model: nn.Module, tokenizer: T
         "optimizer": optimizer_state,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    with atomic_path(out / WEIGHTS) as weights_tmp, atomic_path(out / TRAIN_STATE) as state_tmp:
-        save_file(weights, str(weights_tmp), metadata={"format": "pt", "producer": "gptzoo", "step": str(progress.step)})
-        torch.save(state, state_tmp)
+    with run_writer(out):
+        commit = run_commit(out, config, progress.step, registry)
+        try:
+            stage_run(commit, config, weights, tokenizer, {"step": str(progress.step)})
+            with commit.stage(TRAIN_STATE) as f:
+                torch.save(state, f)
+        except BaseException:
+            commit.discard()
+            raise
+        commit.commit()
     distributed.barrier()
 
 
@@ -337,8 +349,12 @@ def load_train_state(out: Path) -> dict:
         raise CheckpointError(f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- pickle, zip and IO failures all mean an unreadable file
-        raise CheckpointError(f"{file}: cannot read the training state ({type(err).__name__}: {err}); the file is truncated or corrupt") from None
+    except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False is never passed on
+        if "Unsupported global" in str(err):
+            raise CheckpointError(f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed") from None
+        raise CheckpointError(f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt") from None
+    except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean an unreadable file
+        raise CheckpointError(f"{file}: cannot read the training state ({type(err).__name__}); the file is truncated or corrupt") from None
 
 
 def restore_rng(rng: dict) -> None:
@@ -347,8 +363,12 @@ def restore_rng(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def holds_run(out: Path) -> bool:
-    return any((out / name).exists() for name in (CONFIG, WEIGHTS, TRAIN_STATE, METRICS))
+RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS)  # what train writes into a run folder
+
+
+def committed(out: Path, manifest: Manifest | None) -> bool:
+    """Whether ``out`` holds a committed run (or one saved before manifests, which has weights or a training state)."""
+    return manifest is not None or any((out / name).exists() for name in (WEIGHTS, TRAIN_STATE))
 
 
 def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
@@ -365,12 +385,18 @@ def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
         raise CheckpointError(f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  " + "\n  ".join(differences))
 
 
-def keep_metrics_until(out: Path, step: int) -> None:
+def keep_metrics_until(out: Path, step: int, manifest: Manifest | None) -> None:
     """Drop evaluations logged after the checkpoint (a crash after them), so a resumed log has no repeats."""
+    file = out / METRICS
+    if manifest is not None:  # the manifest commits the log's first bytes: cut what came after
+        committed_size = manifest.files.get(METRICS, {}).get("size", 0)
+        if file.is_file() and file.stat().st_size > committed_size:
+            os.truncate(file, committed_size)
+        return
     records = read_metrics(out)
-    kept = [r for r in records if r["step"] <= step]
+    kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) < len(records):
-        write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class StopSignals:
@@ -399,18 +425,34 @@ class StopSignals:
 # ---- the loop -----------------------------------------------------------------------------
 
 
-def prepare_run(config: RunConfig, out: Path, resume: bool, registry: Registry | None, say: Callable[[str], None]) -> tuple[RunConfig, Tokenizer, dict | None]:
-    """The config to train (vocab_size resolved), its tokenizer (fitted) and, when resuming, the saved training state."""
+def prepare_run(
+    config: RunConfig, out: Path, resume: bool, registry: Registry | None, say: Callable[[str], None]
+) -> tuple[RunConfig, Tokenizer, tuple[dict, Manifest | None] | None]:
+    """The config to train (vocab_size resolved), its tokenizer (fitted) and, when resuming, the saved training state and manifest."""
+    manifest = open_run(out) if out.is_dir() else None
     if resume:
-        if not out.is_dir():
-            raise CheckpointError(f"{out}: no such run folder to resume")
+        if not committed(out, manifest):
+            raise CheckpointError(f"{out}: holds no committed checkpoint to resume (the run stopped before its first); train without --resume to start over")
+        if manifest is not None:
+            for name in (CONFIG, WEIGHTS, TRAIN_STATE, *(n for n in (TOKENIZER, METRICS) if n in manifest.files)):
+                check_file(out, manifest, name)
         state = load_train_state(out)
-        saved = load_config(out, registry)
+        if manifest is None and weights_step(out / WEIGHTS) not in (None, state["step"]):
+            raise CheckpointError(
+                f"{out}: {WEIGHTS} is from step {weights_step(out / WEIGHTS)} but {TRAIN_STATE} from step {state['step']} "
+                f"(a crash between saving the two); this folder cannot resume exactly"
+            )
+        saved = load_config(out, registry, manifest)
         check_resume_config(config, saved, out)
         config = saved.model_copy(update={"train": config.train})
-        return config, build_tokenizer(config, out), state
-    if holds_run(out):
+        return config, build_tokenizer(config, out, manifest), (state, manifest)
+    if committed(out, manifest):
         raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    leftovers = [name for name in RUN_FILES if (out / name).exists()]
+    if leftovers:
+        say(f"{out} holds no committed checkpoint (a run stopped before its first); starting over (removing {', '.join(leftovers)})")
+        for name in leftovers:
+            (out / name).unlink()
     tokenizer = config.model.tokenizer.build()
     if tokenizer.needs_fit and not tokenizer.is_fitted:
         say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
@@ -434,12 +476,21 @@ def train(
     train.checkpoint_interval steps, and at the end; Ctrl-C or SIGTERM checkpoints and returns with ``stopped="interrupted"``. Raises
     NonFiniteLossError if the loss diverges, leaving the last good checkpoint in place.
     """
-    started = time.perf_counter()
     out = Path(out)
     world = distributed.world()
+    check_out_folder(out)
+    if resume and not out.is_dir():
+        raise CheckpointError(f"{out}: no such run folder to resume")
+    with run_writer(out) if world.is_main else contextlib.nullcontext():  # one writer per folder: a second is refused
+        return _train(config, out, resume, registry, progress, log, world)
+
+
+def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None, progress: bool, log: Callable[[str], None], world: distributed.World) -> TrainSummary:
+    started = time.perf_counter()
     progress = progress and world.is_main  # one progress bar and one voice: rank 0's
     say = (tqdm.write if progress and log is print else log) if world.is_main else (lambda text: None)
-    config, tokenizer, state = prepare_run(config, out, resume, registry, say)
+    config, tokenizer, saved = prepare_run(config, out, resume, registry, say)
+    state, manifest = saved if saved is not None else (None, None)
     cfg = config.train
     device = distributed.rank_device(resolve_device(cfg.device), world)
 
@@ -464,7 +515,7 @@ def train(
         sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
         restore_rng(state["rng"])
         if world.is_main:
-            keep_metrics_until(out, at.step)
+            keep_metrics_until(out, at.step, manifest)
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.seed, world, at.step))  # each rank its own dropout masks
     rank_sampler = distributed.RankSampler(sampler, world) if world.size > 1 else sampler
@@ -548,7 +599,7 @@ def train(
                 report(window_tokens / max(time.perf_counter() - window_start, 1e-9))
             if checkpointing:
                 at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
+                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler, registry)
                 saved_step = at.step
             if evaluating:
                 window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
@@ -558,7 +609,7 @@ def train(
                 stopping = reporting and distributed.any_rank(stopping, device)
             if stopping and at.step < n_steps:
                 at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler)
+                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler, registry)
                 by = signal.Signals(stop.received).name if stop.received is not None else "a signal to another process"
                 say(f"stopped by {by} at step {at.step}; checkpoint saved in {out} (continue with --resume)")
                 summary.stopped = "interrupted"

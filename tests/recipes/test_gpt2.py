@@ -210,16 +210,6 @@ def test_import_maps_each_tensor_and_transposes_conv1d(tmp_path):
     assert (tmp_path / "run" / "config.json").is_file() and not list((tmp_path).glob(".run.*"))
 
 
-def test_streamed_weights_file_reads_back_with_safetensors(tmp_path):
-    shapes = {"a": (3, 5), "b": (7,), "c": (2, 2, 2)}
-    tensors = {name: torch.randn(shape) for name, shape in shapes.items()}
-    gpt2.write_safetensors(tmp_path / "w.safetensors", shapes, tensors.__getitem__, desc="test")
-    back = load_file(str(tmp_path / "w.safetensors"))
-    assert back.keys() == tensors.keys() and all(torch.equal(back[k], tensors[k]) for k in tensors)
-    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
-        assert f.metadata()["format"] == "pt"  # transformers refuses files without it
-
-
 def test_peak_memory_of_an_import_stays_below_twice_the_weights(tmp_path):
     src = write_random_gpt2(tmp_path / "src", n_layer=8, n_embd=512, n_head=8, vocab_size=50257, n_positions=1024)
     size = (src / "model.safetensors").stat().st_size

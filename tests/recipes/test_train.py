@@ -183,28 +183,6 @@ def test_ctrl_c_saves_a_checkpoint_and_restores_the_handler(tmp_path, shared_dat
     assert load_run(tmp_path / "run").config.model.vocab_size == 257
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, shared_data, monkeypatch):
-    real_save, saves = train_module.save_file, []
-
-    def save_half_then_fail(tensors, filename, metadata=None):
-        saves.append(1)
-        if len(saves) == 2:
-            with open(filename, "wb") as f:
-                f.write(b"half a file")
-            raise OSError("disk full")
-        real_save(tensors, filename, metadata=metadata)
-
-    monkeypatch.setattr(train_module, "save_file", save_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        train(tiny(tmp_path, shared_data("the-verdict.txt")), tmp_path / "run", progress=False, log=lambda s: None)
-    run = tmp_path / "run"
-    with safe_open(str(run / "model.safetensors"), "pt") as f:
-        assert f.metadata()["step"] == "10"
-    assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 10
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors", "train_state.pt"]
-    load_run(run)
-
-
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
     real_loss, training_calls = train_module.lm_loss, []
 
