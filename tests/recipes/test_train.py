@@ -87,7 +87,7 @@ def test_grad_clip_zero_turns_clipping_off(tmp_path, shared_data, monkeypatch):
 def test_checkpoints_follow_their_own_interval_and_evaluations_theirs(tmp_path, shared_data, monkeypatch, interval, saved):
     saves = []
     real_save = train_module.save_checkpoint
-    monkeypatch.setattr(train_module, "save_checkpoint", lambda out, config, model, tok, opt, at, sampler: saves.append(at.step) or real_save(out, config, model, tok, opt, at, sampler))
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda out, config, model, tok, opt, at, sampler, *rest: saves.append(at.step) or real_save(out, config, model, tok, opt, at, sampler, *rest))
     config = tiny(tmp_path, shared_data("the-verdict.txt"), eval_interval=5, checkpoint_interval=interval)
     train(config, tmp_path / "run", progress=False, log=lambda s: None)
     assert saves == saved
