@@ -19,8 +19,8 @@ import torch
 
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config import RunConfig
-from gptzoo.recipes.gpt2 import new_folder, refuse_existing, weight_shapes, write_safetensors
-from gptzoo.recipes.run import WEIGHTS, describe_mismatch, save_config
+from gptzoo.recipes.gpt2 import new_folder, refuse_existing, weight_shapes, write_imported_run
+from gptzoo.recipes.run import describe_mismatch
 from gptzoo.registry import Registry, default_registry
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads of GPT-2 small, medium, large, xl
@@ -150,6 +150,5 @@ def import_book(
     if missing or unexpected or wrong:
         raise CheckpointError(f"{src} is not the book's GPTModel as gptzoo reads it: {describe_mismatch(missing, unexpected, wrong)}")
     with new_folder(out) as tmp:
-        save_config(config, tmp)
-        write_safetensors(tmp / WEIGHTS, shapes, ours.__getitem__, desc=f"import {src.name}")
+        write_imported_run(tmp, config, shapes, ours.__getitem__, f"import {src.name}", registry)
     return config

@@ -228,6 +228,15 @@ def write_float32(f: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callabl
     write_safetensors(f, {name: (torch.float32, shape) for name, shape in shapes.items()}, read, {"format": "pt", "producer": "gptzoo"}, progress)
 
 
+def write_imported_run(folder: Path, config: RunConfig, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str, registry: Registry | None) -> None:
+    """Commit config.json and streamed float32 weights to the new run ``folder``, with its manifest."""
+    commit = run_commit(folder, config, registry=registry)
+    commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
+    with commit.stage(WEIGHTS) as weights_file:
+        write_float32(weights_file, shapes, read, desc)
+    commit.commit()
+
+
 @contextmanager
 def open_safetensors(path: Path) -> Iterator:
     if not path.is_file():
@@ -380,11 +389,7 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
             return tensor.T if conv1d else tensor  # Conv1D (in, out) -> Linear (out, in)
 
         with new_folder(out) as tmp:
-            commit = run_commit(tmp, config, registry=registry)
-            commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
-            with commit.stage(WEIGHTS) as weights_file:
-                write_float32(weights_file, shapes, read, desc=f"import {src}")
-            commit.commit()
+            write_imported_run(tmp, config, shapes, read, f"import {src}", registry)
     return config
 
 
