@@ -421,3 +421,18 @@ def test_a_plugin_registered_in_code_can_be_a_variant(write, tmp_path, registry)
     assert results[0].params - results[1].params == 3 * (2 * 32 - 1)
     with pytest.raises(GptzooError, match="registry built in code"):
         run_sweep(sweep, tmp_path / "parallel", registry=registry, workers=2, progress=False)
+
+
+def test_a_layer_pattern_is_an_axis(write, registry):
+    sweep = load_sweep(
+        write(
+            '[set]\n"model.positional" = { name = "rope" }\n"model.n_layers" = 2\n'
+            '"model.layer_kinds" = { local = {}, global = { positional = { name = "rope", base = 1e6 } } }\n'
+            "[axes]\n"
+            '"model.layer_pattern" = [["local"], ["local", "global"]]\n'
+        ),
+        registry,
+    )
+    bases = [[layer.positional.params.base for layer in v.config.model.layers()] for v in sweep.variants]
+    assert bases == [[1e4, 1e4], [1e4, 1e4], [1e4, 1e6]]  # the base (no pattern), then each value
+    assert sweep.variants[2].label == 'layer_pattern=["local", "global"]'
