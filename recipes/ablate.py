@@ -281,6 +281,10 @@ def _find_base(sweep_path: Path, base: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    for candidate in candidates:
+        if candidate.is_dir():
+            what = "a run folder" if (candidate / "config.json").is_file() else "a folder"
+            raise ConfigError(f"{sweep_path}: base = {base!r} is {what} ({candidate}), not a TOML config; give the TOML config to vary (for a run, the one it was trained from)")
     raise ConfigError(f"{sweep_path}: base = {base!r} not found (looked for {' and '.join(map(str, candidates))})")
 
 

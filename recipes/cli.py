@@ -9,8 +9,6 @@ import importlib
 import shlex
 import sys
 
-from gptzoo.core import GptzooError
-
 COMMANDS = {
     "plugins": "gptzoo.recipes.cmd_plugins",
     "describe": "gptzoo.recipes.cmd_describe",
@@ -50,10 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # importing torch and the commands takes seconds: Ctrl-C then quits quietly too
+        from gptzoo.core import GptzooError
+
+        parser = build_parser()
+    except KeyboardInterrupt:
+        return 130
+    args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0
     except GptzooError as err:
+        print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused (permissions, a full disk): say what and where, no traceback
         print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """gptzoo chat: answer instructions with an instruction-tuned run, in the prompt format it was tuned on."""
 
 import argparse
+import math
 import sys
 
 from gptzoo.core import GptzooError
@@ -20,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1 or args.temperature < 0:
-        raise GptzooError("--max-new-tokens must be at least 1 and --temperature not negative")
+    if args.max_new_tokens < 1:
+        raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if not args.temperature >= 0 or math.isinf(args.temperature):  # also nan
+        raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
     if args.input and args.instruction is None:
         raise GptzooError("--input needs --instruction")
     loaded = load_run(args.run_dir)

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    if args.batch_size < 1:
+        raise GptzooError(f"--batch-size {args.batch_size}: give at least 1")
+    device = resolve_device(args.device, "--device")
     trained = load_run(args.run, device=device)
     config = trained.config
     if args.data is not None and config.data.task is not None:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     base = load_run(base_dir)
     registry = default_registry()
     max_length = finetune.max_length(args.max_length, base.config.model.context_length, base_dir)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model = classifier_from(base.model, classifier_config(base.config.model, len(labels), registry, args.pooling))
     lora = finetune.choose_trainable(model, args.train or ("head" if args.lora_rank else "last-block"), args)
     model.to(device)

@@ -28,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fractions = finetune.check_arguments(args)
-    if args.max_new_tokens < 1 or (args.limit_test is not None and args.limit_test < 0):
-        raise GptzooError("--max-new-tokens must be at least 1 and --limit-test at least 0")
+    if args.max_new_tokens < 1:
+        raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if args.limit_test is not None and args.limit_test < 0:
+        raise GptzooError(f"--limit-test {args.limit_test}: give 0 or more test entries")
     train_mode = args.train or ("none" if args.lora_rank else "all")
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)
     finetune.check_out_dir(out, base_dir)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if base.config.model.head.name != "lm":
         raise GptzooError(f"{base_dir}: its '{base.config.model.head.name}' head does not predict tokens; instruction fine-tuning needs a language model")
     max_length = finetune.max_length(args.max_length, base.config.model.context_length, base_dir)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, tokenizer, pad_id = base.model, base.tokenizer, base.tokenizer.eot_id
     lora = finetune.choose_trainable(model, train_mode, args)
     model.to(device)

@@ -1,6 +1,7 @@
 """gptzoo generate: continue prompts with a trained run, streaming the text as it is produced."""
 
 import argparse
+import math
 import sys
 
 import torch
@@ -26,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_options(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
-    if args.temperature < 0:
-        raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or positive")
+    if not args.temperature >= 0 or math.isinf(args.temperature):  # also nan
+        raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
     if args.top_k is not None and args.top_k < 1:
         raise GptzooError(f"--top-k {args.top_k}: must be at least 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -125,7 +125,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
             raise ConfigError(f"{file}: no such config file")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{file}: not valid JSON: {err}") from None
     else:
         data = read_toml(path)

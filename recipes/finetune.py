@@ -129,7 +129,10 @@ def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_file():
         raise GptzooError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise GptzooError(f"{path}: not UTF-8 text (byte {err.start}); convert it to UTF-8") from None
     if not text.strip():
         raise GptzooError(f"{path}: the file is empty; it needs {expected}")
     return path, text
