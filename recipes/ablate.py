@@ -108,6 +108,7 @@ class Sweep:
     fixed: dict[str, Any]
     variants: list[Variant]
     extrapolate: list[float] = dataclasses.field(default_factory=list)
+    registry: Registry | None = None  # what the variants were validated against
 
     def spec(self) -> dict:
         """The resolved sweep, as sweep.json records it."""
@@ -126,6 +127,7 @@ class Sweep:
                     "base": v.is_base,
                     "overrides": override_strings(v.overrides),
                     "matched": v.matched,
+                    "components": provenance(v.config, self.registry),
                     "config": v.config.model_dump(mode="json"),
                 }
                 for v in self.variants
@@ -220,7 +222,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     bad = [m for m in spec.extrapolate if m <= 0]
     if bad:
         raise ConfigError(f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}")
-    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate)
+    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate, registry)
 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
@@ -411,6 +413,7 @@ class RunResult:
     wall_s: float | None = None
     workers: int = 1  # runs training at once when this one ran: its speed is comparable only at 1
     extrapolation: dict | None = None  # multiple -> {"context", "loss", "accuracy"} or {"context", "refused"}
+    components: dict | None = None  # config path -> the plugin, distribution, version and code digest that provided it
 
     @property
     def finished(self) -> bool:
@@ -453,12 +456,19 @@ def run_sweep(
     results: dict[tuple[str, int], RunResult] = {}
     tasks: list[RunTask] = []
     for variant in sweep.variants:
+        current = provenance(variant.config, registry)
         for seed in sweep.seeds:
             folder = out / RUNS / variant.run_name(seed)
             previous = _read_result(folder)
             if previous is not None and previous.finished:
-                results[variant.slug, seed] = previous
-                continue
+                changed = _changed_components(previous.components, current)
+                if not changed:
+                    results[variant.slug, seed] = previous
+                    if previous.components is None:
+                        log(f"[{folder.name}] reused without a record of its plugins' versions (trained before gptzoo kept one); delete {folder} to train it again")
+                    continue
+                log(f"[{folder.name}] trained with other plugin code than is installed now ({'; '.join(changed)}): training it again")
+                shutil.rmtree(folder)
             config = variant.config.model_copy(update={"train": variant.config.train.model_copy(update={"seed": seed})})
             tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json"), min(workers, len(sweep.variants) * len(sweep.seeds)), tuple(sweep.extrapolate)))
     if results:
@@ -564,6 +574,7 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
     except Exception as err:  # noqa: BLE001 -- one failed run is reported, the sweep goes on
         message = str(err) if isinstance(err, GptzooError) else f"{type(err).__name__}: {err}"
         result = RunResult(task.variant, task.seed, "failed", message)
+    result.components = provenance(validate_run_config(task.config, f"{task.folder} config", registry), registry)
     result.params, flops_per_token = _model_costs(task.folder, registry)
     if result.tokens is not None and flops_per_token is not None:
         result.flops = float(result.tokens * flops_per_token)
@@ -580,6 +591,50 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
 
 
 _SUMMARY_FIELDS = ("steps", "tokens", "final_val_loss", "best_val_loss", "tokens_per_s", "peak_memory_bytes", "wall_s")
+
+
+def provenance(config: RunConfig, registry: Registry | None) -> dict[str, dict[str, str]]:
+    """Who provides each component of ``config`` (as the run folder's manifest records it), plus a
+    sha256 of the source file that defines each implementation, so edited plugin code shows too."""
+    from gptzoo.recipes.manifest import components_of
+    from gptzoo.registry import default_registry
+
+    found = components_of(config, registry or default_registry())
+    for path, entry in found.items():
+        spec: Any = config
+        for part in path.split("."):
+            spec = spec[int(part)] if isinstance(spec, (list, tuple)) else spec[part] if isinstance(spec, dict) else getattr(spec, part)
+        entry["code"] = _source_digest(spec.impl)
+    return found
+
+
+def _source_digest(impl: type) -> str:
+    import hashlib
+    import inspect
+
+    try:
+        source = Path(inspect.getsourcefile(impl) or "")
+        return hashlib.sha256(source.read_bytes()).hexdigest()[:16] if source.is_file() else ""
+    except (OSError, TypeError):
+        return ""
+
+
+def _changed_components(recorded: dict | None, current: dict) -> list[str]:
+    """What differs between the providers a run recorded and those installed now, in words."""
+    if recorded is None:
+        return []
+    changed = []
+    for path in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(path), current.get(path)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changed.append(f"{path} {'added' if old is None else 'removed'}")
+        elif (old["distribution"], old["version"]) != (new["distribution"], new["version"]):
+            changed.append(f"{path} '{new['name']}' from {old['distribution']} {old['version']} then, {new['distribution']} {new['version']} now")
+        else:
+            changed.append(f"{path} '{new['name']}': the code of {new['plugin']} changed (same version {new['version']})")
+    return changed
 
 
 def _extrapolation(folder: Path, multiples: tuple[float, ...], registry: Registry | None) -> dict:

@@ -436,3 +436,39 @@ def test_a_layer_pattern_is_an_axis(write, registry):
     bases = [[layer.positional.params.base for layer in v.config.model.layers()] for v in sweep.variants]
     assert bases == [[1e4, 1e4], [1e4, 1e4], [1e4, 1e6]]  # the base (no pattern), then each value
     assert sweep.variants[2].label == 'layer_pattern=["local", "global"]'
+
+
+# ---- stale results ---------------------------------------------------------------------------
+
+
+def test_runs_record_their_plugins_and_retrain_when_a_plugin_changed(write, tmp_path, registry):
+    sweep = load_sweep(write('[axes]\n"model.positional.name" = ["learned", "rope"]\n'), registry)
+    out, trainer, logged = tmp_path / "out", FakeTrainer(), []
+    run_sweep(sweep, out, trainer=trainer, registry=registry, progress=False, log=logged.append)
+    record_file = out / "runs" / "positional-rope-seed0" / "ablation.json"
+    record = json.loads(record_file.read_text())
+    rope = record["components"]["model.positional"]
+    entry = registry.get("positional", "rope")
+    assert (rope["name"], rope["distribution"], rope["version"]) == ("rope", entry.distribution, entry.version)
+    assert len(rope["code"]) == 16 and "model.attention" in record["components"]
+    spec = json.loads((out / "sweep.json").read_text())
+    assert spec["variants"][1]["components"]["model.positional"] == rope
+
+    # The same sweep again: nothing is stale, nothing trains.
+    trainer.calls.clear()
+    run_sweep(sweep, out, trainer=trainer, registry=registry, progress=False, log=logged.append)
+    assert trainer.calls == []
+
+    # A run recorded under another version of its plugin, one under other code: both train again.
+    record["components"]["model.positional"]["version"] = "0.0.1"
+    record_file.write_text(json.dumps(record))
+    learned_file = out / "runs" / "positional-learned-seed0" / "ablation.json"
+    learned = json.loads(learned_file.read_text())
+    learned["components"]["model.feed_forward"]["code"] = "0" * 16
+    learned_file.write_text(json.dumps(learned))
+    logged.clear()
+    run_sweep(sweep, out, trainer=trainer, registry=registry, progress=False, log=logged.append)
+    assert sorted(name for name, _ in trainer.calls) == ["positional-learned-seed0", "positional-rope-seed0"]
+    assert any(f"model.positional 'rope' from {entry.distribution} 0.0.1 then, {entry.distribution} {entry.version} now" in m for m in logged)
+    assert any("model.feed_forward 'gelu': the code of" in m and "changed" in m for m in logged)
+    assert json.loads(record_file.read_text())["components"]["model.positional"]["version"] == entry.version
