@@ -4,6 +4,8 @@
 - ``fused``: one QKV projection split into heads, explicit mask and softmax
 - ``sdpa``: the fused projection with torch's scaled_dot_product_attention (flash/memory-efficient kernels)
 
+and ``no_weights``, the book's first, parameter-free attention (another function, for teaching).
+
 All share one state-dict layout (see gptzoo.core.Attention), so weights move between them.
 """
 
@@ -139,8 +141,44 @@ def _split_heads(module: PerHeadAttention, state: dict, prefix: str, *args) -> N
                 state[prefix + key] = part
 
 
+class NoWeightsAttention(Attention):
+    """The book's section 3.3.1: self-attention without trainable weights, made causal.
+
+    Queries, keys and values are the input itself, split into heads: each token's output is
+    the average of the earlier tokens' vectors weighted by softmax(x_i · x_j), the dot products
+    unscaled as in the book's first version (the next sections add trainable projections and
+    the 1/√d scale). Nothing here trains; the block's norm and the feed-forward still do.
+    """
+
+    def __init__(self, params: Params, dims: Dims):
+        super().__init__(params, dims)
+        self.out_proj = nn.Identity()  # no projection writes into the residual stream
+        self.attn_dropout = nn.Dropout(dims.dropout)
+
+    @classmethod
+    def check(cls, params: Params, dims: Dims) -> None:
+        if dims.n_kv_heads != dims.n_heads:
+            raise ValueError(f"keys and values are the input's own heads, so n_kv_heads must equal n_heads ({dims.n_heads}), got {dims.n_kv_heads}")
+        if dims.n_heads * dims.head_size != dims.d_model:
+            raise ValueError(f"n_heads × head size must equal d_model ({dims.d_model}): the heads are slices of the input")
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
+        B, T, C = x.shape
+        q = k = v = x.view(B, T, self.dims.n_heads, self.dims.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        q, k = ctx.rotate(q, k)
+        if cache is not None:
+            k, v = cache.update(k, v, ctx.offset)  # (B, nh, Tk, hs)
+        scores = q @ k.transpose(-2, -1)  # (B, nh, T, Tk), unscaled
+        bias = ctx.bias(q.dtype)  # the causal mask (None only for one new token that may see every key)
+        if bias is not None:
+            scores = scores + bias
+        weights = self.attn_dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        return (weights @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+
+
 @hookimpl
 def register_components(register):
     register("attention", "per_head", PerHeadAttention)
     register("attention", "fused", FusedAttention)
     register("attention", "sdpa", SDPAAttention)
+    register("attention", "no_weights", NoWeightsAttention)

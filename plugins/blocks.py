@@ -7,6 +7,7 @@ Written out for one layer, with a = attention, f = feed-forward, n = norms, d = 
 - ``sandwich``             x += d(n1'(a(n1(x))));  x += d(n2'(f(n2(x))))  Gemma 2 and 3
 - ``sublayer_output_norm`` x += d(n1(a(x)));  x += d(n2(f(x)))          OLMo 2
 - ``parallel``             x += d(a(n1(x))) + d(f(n2(x)))  (n2 = n1 with shared_norm)  GPT-J, GPT-NeoX, Phi
+- ``no_shortcut``          x = d(a(n1(x)));  x = d(f(n2(x)))            the book's 4.4 lesson: no residual stream
 """
 
 from torch import Tensor, nn
@@ -62,6 +63,18 @@ class SandwichBlock(_Sublayers):
         return x + self.dropout(self.ffn_out_norm(self.feed_forward(self.ffn_norm(x))))
 
 
+class NoShortcutBlock(_Sublayers):
+    """Pre-norm without the residual stream: each sublayer's output replaces its input.
+
+    The teaching variant of the book's section 4.4: without shortcut connections the gradient
+    reaching the early layers shrinks layer by layer (``gptzoo gradients`` shows it).
+    """
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
+        x = self.dropout(self.attention(self.attn_norm(x), ctx, cache))
+        return self.dropout(self.feed_forward(self.ffn_norm(x)))
+
+
 class ParallelParams(Params):
     shared_norm: bool = False  # True: one norm feeds both sublayers (GPT-J, Phi); False: one each (GPT-NeoX)
 
@@ -92,3 +105,4 @@ def register_components(register):
     register("block", "sandwich", SandwichBlock)
     register("block", "sublayer_output_norm", SublayerOutputNormBlock)
     register("block", "parallel", ParallelBlock)
+    register("block", "no_shortcut", NoShortcutBlock)

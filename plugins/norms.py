@@ -1,4 +1,4 @@
-"""Normalisation layers: LayerNorm (scale and shift) and RMSNorm (scale only, no centring)."""
+"""Normalisation layers: LayerNorm (scale and shift), RMSNorm (scale only, no centring) and none."""
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,15 @@ class RMSNorm(Norm):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.params.eps)
 
 
+class NoNorm(Norm):
+    """The identity: no normalisation (an ablation, and the book's section 4.4 network, which has none)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 @hookimpl
 def register_components(register):
     register("norm", "layernorm", LayerNorm)
     register("norm", "rmsnorm", RMSNorm)
+    register("norm", "none", NoNorm)

@@ -13,6 +13,7 @@ COMMANDS = {
     "plugins": "gptzoo.recipes.cmd_plugins",
     "describe": "gptzoo.recipes.cmd_describe",
     "tokenize": "gptzoo.recipes.cmd_tokenize",
+    "gradients": "gptzoo.recipes.cmd_gradients",
     "train": "gptzoo.recipes.cmd_train",
     "eval": "gptzoo.recipes.cmd_eval",
     "finetune-classifier": "gptzoo.recipes.cmd_finetune_classifier",

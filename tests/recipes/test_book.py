@@ -2,10 +2,11 @@
 extra): chapter 6's read, balance, split, batches and pooling; chapter 7's split; importing
 the book's saved GPTModel."""
 
-import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gptzoo.core import GPT
@@ -177,3 +178,87 @@ def test_import_book_errors_are_one_line_with_exit_code_2(tmp_path, capsys, cont
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+# ---- chapter 4's initial weights ----------------------------------------------------------
+
+
+def torch_default_twin(config: dict = SMALL, seed: int = 123) -> GPT:
+    from gptzoo.recipes.book import model_config_data
+
+    torch.manual_seed(seed)
+    return GPT(REGISTRY.model_config(model_config_data(config) | {"init": "torch_default"})).eval()
+
+
+def test_torch_default_init_draws_the_books_initial_weights():
+    ours = torch_default_twin().state_dict()
+    theirs = from_book_state(book_model().state_dict(), SMALL["n_layers"])
+    assert set(ours) == set(theirs)
+    for name, tensor in ours.items():
+        reference = theirs[name]
+        assert tensor.shape == reference.shape, name
+        if name.endswith(("norm.weight", "norm.bias")):
+            assert torch.equal(tensor, reference), name  # ones and zeros
+        elif tensor.numel() >= 2000:  # embeddings N(0, 1); linears uniform(±1/sqrt(fan_in))
+            assert tensor.std().item() == pytest.approx(reference.std().item(), rel=0.05), name
+            assert tensor.abs().max().item() == pytest.approx(reference.abs().max().item(), rel=0.15 if "embedding" in name or "table" in name else 0.01), name
+        else:  # a linear's bias: uniform(±1/sqrt(fan_in)), fan_in = its weight's columns
+            fan_in = ours[name.removesuffix("bias") + "weight"].shape[1]
+            assert tensor.abs().max().item() <= fan_in**-0.5 and reference.abs().max().item() <= fan_in**-0.5, name
+
+
+def test_torch_default_draws_exactly_the_books_weights_for_gpt_config_124m_shapes():
+    """Without q/k/v biases (GPT_CONFIG_124M has none) the random draws come in the book's order:
+    the same seed gives the very same tensors."""
+    config = SMALL | {"qkv_bias": False, "vocab_size": 500}
+    ours = torch_default_twin(config).state_dict()
+    theirs = from_book_state(book_model(config).state_dict(), config["n_layers"])
+    assert set(ours) == set(theirs) and all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_torch_default_starts_at_the_books_untrained_loss():
+    ids = torch.randint(0, 50257, (4, 65), generator=torch.Generator().manual_seed(0))
+    ours, theirs = [], []
+    with torch.no_grad():
+        for seed in (1, 2, 3):
+            ours.append(F.cross_entropy(torch_default_twin(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item())
+            theirs.append(F.cross_entropy(book_model(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item())
+    assert sum(ours) / 3 == pytest.approx(sum(theirs) / 3, rel=0.02)
+    assert sum(ours) / 3 > math.log(50257) + 0.1  # about the book's 10.99, above uniform (10.82): N(0, 1) embeddings give confident random logits
+
+
+# ---- chapter 3.3 and 4.4: the teaching variants -------------------------------------------
+
+
+def test_no_weights_attention_is_the_books_simplified_self_attention_made_causal(registry):
+    from gptzoo.core import AttentionContext
+
+    # The book's section 3.3.1 inputs: "Your journey starts with one step", 3-d embeddings.
+    inputs = torch.tensor([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64], [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
+    attn_scores = inputs @ inputs.T  # the book's code, then chapter 3.5's causal mask
+    attn_scores = attn_scores.masked_fill(torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1), -torch.inf)
+    expected = torch.softmax(attn_scores, dim=-1) @ inputs
+    model = GPT(registry.model_config({"vocab_size": 8, "context_length": 8, "d_model": 3, "n_layers": 1, "n_heads": 1, "positional": "none", "attention": "no_weights", "tokenizer": "byte"}))
+    attention = model.blocks[0].attention
+    positions = torch.arange(6)[None]
+    torch.testing.assert_close(attention(inputs[None], AttentionContext(model.positional, positions, positions))[0], expected)
+    assert sum(p.numel() for p in attention.parameters()) == 0
+    # The last token sees every token: the book's own (non-causal) context vector for "step".
+    book_all = torch.softmax(inputs @ inputs.T, dim=-1) @ inputs
+    torch.testing.assert_close(expected[-1], book_all[-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_without_shortcuts_the_early_layers_gradients_vanish(registry, seed):
+    """The book's section 4.4: with shortcut connections the gradient reaches every layer about
+    equally; without them (and without norms, as the book's network) it shrinks toward the input."""
+    from gptzoo.recipes.cmd_gradients import layer_gradients
+
+    ratios = {}
+    for block in ("pre_norm", "no_shortcut"):
+        torch.manual_seed(seed)
+        spec = {"vocab_size": 257, "context_length": 16, "d_model": 32, "n_layers": 6, "n_heads": 2, "tokenizer": "byte", "norm": "none", "init": "torch_default", "block": block}
+        means = layer_gradients(GPT(registry.model_config(spec)), list(b"shortcut connections")[:17])
+        ratios[block] = means[0] / means[-1]
+    assert 0.5 < ratios["pre_norm"] < 2
+    assert ratios["no_shortcut"] < 1e-4
