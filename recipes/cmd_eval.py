@@ -15,7 +15,7 @@ HELP = "print a run's loss and perplexity (a task's answer accuracy) on a text o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="DIR", help="a run folder (from gptzoo train)")
-    parser.add_argument("--data", metavar="PATH", help="a text file, a folder of .txt files, or builtin:pydoc (default: the run's own validation split)")
+    parser.add_argument("--data", metavar="PATH", help="a corpus: a text, .jsonl or .parquet file, a folder of them, or builtin:pydoc (default: the run's own validation split)")
     parser.add_argument(
         "--context", type=int, nargs="+", metavar="N",
         help="score in windows of N tokens (several allowed, e.g. 64 128 256) and write the loss and accuracy per position to DIR/extrapolation.json and .png",

@@ -17,7 +17,8 @@ BUILTIN_CORPUS = "builtin:pydoc"
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field(BUILTIN_CORPUS, description=f"a text file, a folder of .txt files, or {BUILTIN_CORPUS!r} (ships with Python)")
+    source: str = Field(BUILTIN_CORPUS, description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r} (ships with Python)")
+    text_field: str = Field("text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text")
     task: TaskSpec | None = Field(None, description="a diagnostic task generated from data.seed instead of a corpus: { name = \"mqar\" | \"induction\" | \"selective_copy\", ... }")
     stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -52,6 +53,7 @@ class TrainConfig(BaseModel):
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp copies the model to every rank, fsdp shards it across them")
     sample_prompt: str = "The"
     sample_tokens: int = Field(32, ge=0)
+    tensorboard: bool = Field(False, description="also write the metrics to DIR/tensorboard (the tensorboard extra); metrics.jsonl stays the record")
 
     @field_validator("grad_clip")
     @classmethod

@@ -33,9 +33,14 @@ CACHE_ENV = "GPTZOO_CACHE"
 CACHE_FORMAT = "tokens-v1"  # bump when the way text becomes tokens changes
 CHUNK_CHARS = 1 << 20  # text handed to the tokenizer at once, cut at a line end
 CHUNKS_PER_BATCH = 16  # chunks per encode_batch call (tiktoken spreads them over all cores)
+RECORDS_PER_BATCH = 4096  # at most this many (short) documents per encode_batch call
 
 
 # ---- reading a corpus -------------------------------------------------------------------
+
+
+CORPUS_KINDS = f"a text file, a JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r}"
+RECORD_SUFFIXES = (".jsonl", ".parquet")  # one document per record, its text in data.text_field
 
 
 def _corpus_files(source: str) -> list[Path]:
@@ -43,11 +48,11 @@ def _corpus_files(source: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", *RECORD_SUFFIXES))
         if not files:
-            raise GptzooError(f"{path}: the folder holds no .txt files (a corpus is a text file, a folder of .txt files or {BUILTIN_CORPUS!r})")
+            raise GptzooError(f"{path}: the folder holds no .txt, .jsonl or .parquet files (a corpus is {CORPUS_KINDS})")
         return files
-    raise GptzooError(f"{path}: no such file or folder (a corpus is a text file, a folder of .txt files or {BUILTIN_CORPUS!r})")
+    raise GptzooError(f"{path}: no such file or folder (a corpus is {CORPUS_KINDS})")
 
 
 def _builtin_documents(source: str) -> list[str]:
@@ -58,14 +63,54 @@ def _builtin_documents(source: str) -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-def iter_documents(source: str) -> Iterator[Iterator[str]]:
-    """Each document of the corpus as an iterator of text chunks of about CHUNK_CHARS, cut after a newline."""
+def iter_documents(source: str, text_field: str = "text") -> Iterator[Iterator[str]]:
+    """Each document of the corpus as an iterator of text chunks: a text file in chunks of about
+    CHUNK_CHARS cut after a newline, each record of a .jsonl or .parquet file (its ``text_field``) whole."""
     if source.startswith("builtin:"):
         for text in _builtin_documents(source):
             yield iter([text])
         return
     for file in _corpus_files(source):
-        yield _file_chunks(file)
+        if file.suffix == ".jsonl":
+            yield from (iter([text]) for text in _jsonl_texts(file, text_field))
+        elif file.suffix == ".parquet":
+            yield from (iter([text]) for text in _parquet_texts(file, text_field))
+        else:
+            yield _file_chunks(file)
+
+
+def _jsonl_texts(file: Path, text_field: str) -> Iterator[str]:
+    try:
+        with open(file, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise GptzooError(f"{file}:{number}: not a JSON object ({err.msg})") from None
+                text = record.get(text_field) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    known = ", ".join(record) if isinstance(record, dict) else "none (not an object)"
+                    raise GptzooError(f"{file}:{number}: no text field {text_field!r} (fields: {known}); set data.text_field to the one holding the text")
+                yield text
+    except UnicodeDecodeError as err:
+        raise GptzooError(f"{file}: not UTF-8 text ({err})") from None
+
+
+def _parquet_texts(file: Path, text_field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise GptzooError(f"{file}: reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo[parquet]'") from None
+    try:
+        parquet = pq.ParquetFile(file)
+    except Exception as err:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ... for a bad file
+        raise GptzooError(f"{file}: not a readable Parquet file ({err})") from None
+    if text_field not in parquet.schema_arrow.names:
+        raise GptzooError(f"{file}: no column {text_field!r} (columns: {', '.join(parquet.schema_arrow.names)}); set data.text_field to the one holding the text")
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):  # streamed, a batch of rows at a time
+        yield from (text for text in batch.column(0).to_pylist() if text is not None)
 
 
 def _file_chunks(file: Path) -> Iterator[str]:
@@ -77,9 +122,9 @@ def _file_chunks(file: Path) -> Iterator[str]:
         raise GptzooError(f"{file}: not UTF-8 text ({err})") from None
 
 
-def corpus_text(source: str) -> str:
+def corpus_text(source: str, text_field: str = "text") -> str:
     """The whole corpus as one string (documents separated by blank lines), for fitting a tokenizer."""
-    return "\n\n".join("".join(chunks) for chunks in iter_documents(source))
+    return "\n\n".join("".join(chunks) for chunks in iter_documents(source, text_field))
 
 
 def corpus_digest(source: str) -> str:
@@ -106,7 +151,7 @@ def fit_tokenizer(data: DataConfig, tokenizer: Tokenizer) -> bool:
     """Fit a tokenizer that learns its vocabulary on the corpus; True if it was fitted now."""
     if not tokenizer.needs_fit or tokenizer.is_fitted:
         return False
-    tokenizer.fit(corpus_text(data.source))
+    tokenizer.fit(corpus_text(data.source, data.text_field))
     return True
 
 
@@ -129,7 +174,9 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 
 def cache_path(data: DataConfig, tokenizer: Tokenizer) -> Path:
-    key = hashlib.sha256(f"{CACHE_FORMAT}|{corpus_digest(data.source)}|{tokenizer_digest(tokenizer)}".encode()).hexdigest()
+    files = [] if data.source.startswith("builtin:") else _corpus_files(data.source)
+    field = f"|{data.text_field}" if any(f.suffix in RECORD_SUFFIXES for f in files) else ""  # which field of the records was read
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{corpus_digest(data.source)}{field}|{tokenizer_digest(tokenizer)}".encode()).hexdigest()
     return cache_dir(data) / f"{key[:32]}.{token_dtype(tokenizer.vocab_size).name}.bin"
 
 
@@ -140,34 +187,41 @@ def load_tokens(data: DataConfig, tokenizer: Tokenizer, progress: bool = False) 
     path = cache_path(data, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     if not path.is_file():
-        _write_tokens(data.source, tokenizer, dtype, path, progress)
+        _write_tokens(data, tokenizer, dtype, path, progress)
     if path.stat().st_size == 0:
         raise GptzooError(f"{data.source}: the corpus is empty")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def _write_tokens(source: str, tokenizer: Tokenizer, dtype: np.dtype, path: Path, progress: bool) -> None:
+def _write_tokens(data: DataConfig, tokenizer: Tokenizer, dtype: np.dtype, path: Path, progress: bool) -> None:
     limit = np.iinfo(dtype).max
-    with atomic_path(path) as tmp, open(tmp, "wb") as out, tqdm(desc=f"tokenizing {source}", unit=" chunks", disable=not progress) as bar:
-        pending: list[str] = []
+    eot = np.asarray([tokenizer.eot_id], dtype=dtype).tobytes()
+    with atomic_path(path) as tmp, open(tmp, "wb") as out, tqdm(desc=f"tokenizing {data.source}", unit=" chunks", disable=not progress) as bar:
+        pending: list[tuple[str, bool]] = []  # (text, whether <|endoftext|> goes before it: a document's first chunk after another document)
+        pending_chars = 0
 
         def flush() -> None:
-            for ids in tokenizer.encode_batch(pending):
+            nonlocal pending_chars
+            for (_, separated), ids in zip(pending, tokenizer.encode_batch([text for text, _ in pending])):
                 array = np.asarray(ids, dtype=np.int64)
                 if array.size and (array.min() < 0 or array.max() > limit):
                     raise GptzooError(f"the tokenizer produced id {array.max()} outside its vocabulary of {tokenizer.vocab_size}")
-                out.write(array.astype(dtype).tobytes())
+                out.write((eot if separated else b"") + array.astype(dtype).tobytes())
             bar.update(len(pending))
             pending.clear()
+            pending_chars = 0
 
-        for i, chunks in enumerate(iter_documents(source)):
-            if i:
-                flush()  # keep the separator between the documents it separates
-                out.write(np.asarray([tokenizer.eot_id], dtype=dtype).tobytes())
+        for i, chunks in enumerate(iter_documents(data.source, data.text_field)):
+            first = True
             for chunk in chunks:
-                pending.append(chunk)
-                if len(pending) == CHUNKS_PER_BATCH:
+                pending.append((chunk, i > 0 and first))
+                pending_chars += len(chunk)
+                first = False
+                # many short records (JSON Lines, Parquet) go to the tokenizer together, as a few long chunks do
+                if pending_chars >= CHUNKS_PER_BATCH * CHUNK_CHARS or len(pending) >= RECORDS_PER_BATCH:
                     flush()
+            if first:
+                pending.append(("", i > 0))  # an empty document still gets its separator
         flush()
 
 

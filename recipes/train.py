@@ -32,6 +32,7 @@ from gptzoo.recipes import distributed
 from gptzoo.recipes.config import RunConfig, TrainConfig
 from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
 from gptzoo.recipes.tasks import IGNORE
+from gptzoo.recipes.tensorboard import TensorBoardLog
 from gptzoo.recipes.manifest import Manifest, check_file, note, run_writer
 from gptzoo.recipes.run import (
     CONFIG,
@@ -547,6 +548,7 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     checked_step = at.step
     bar = tqdm(total=n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    tensorboard = TensorBoardLog(out, at.step) if cfg.tensorboard and world.is_main else None
 
     def report(tokens_per_s: float) -> None:
         """Evaluate, log to metrics.jsonl, print the losses and a sample."""
@@ -562,6 +564,8 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
             append_metrics(out, record)
+            if tensorboard is not None:
+                tensorboard.log(record)
         say(
             f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
             f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
@@ -616,6 +620,8 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
                 break
 
     wall = time.perf_counter() - loop_start
+    if tensorboard is not None:
+        tensorboard.close()
     summary.steps, summary.tokens, summary.best_val_loss = at.step, at.tokens, at.best_val_loss
     summary.tokens_per_s = (at.step - session_start_step) * tokens_per_step / max(wall, 1e-9)
     summary.peak_memory_bytes = peak_memory_bytes(device)

@@ -158,7 +158,7 @@ def test_builtin_corpus_is_pythons_own_help_text(tmp_path):
     assert int((np.asarray(tokens) == 256).sum()) == len(topics) - 1
 
 
-@pytest.mark.parametrize("source, message", [("missing.txt", "missing.txt: no such file"), ("empty_dir", "holds no .txt files"), ("builtin:nope", "unknown built-in corpus")])
+@pytest.mark.parametrize("source, message", [("missing.txt", "missing.txt: no such file"), ("empty_dir", "holds no .txt, .jsonl or .parquet files"), ("builtin:nope", "unknown built-in corpus")])
 def test_bad_sources_name_what_is_wrong(tmp_path, monkeypatch, source, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty_dir").mkdir()
@@ -220,3 +220,81 @@ def test_a_failure_while_tokenizing_leaves_no_cache_file(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").rglob("*")) == [tmp_path / "cache" / "tokens"]
     tokenizer = CountingBytes()
     assert bytes(load_tokens(config(corpus, tmp_path), tokenizer).astype(np.uint8)) == b"line one\nline two\nline three\n"
+
+
+# ---- JSON Lines and Parquet --------------------------------------------------------------
+
+
+def test_json_lines_records_are_documents_read_from_the_text_field(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text('{"id": 1, "text": "A"}\n\n{"id": 2, "text": "BB"}\n{"id": 3, "text": ""}\n{"id": 4, "text": "C"}\n', encoding="utf-8")
+    tokens = load_tokens(config(shard, tmp_path), CountingBytes())
+    assert tokens.tolist() == [65, 256, 66, 66, 256, 256, 67]  # one <|endoftext|> between records, an empty one included
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"body": "Z"}\n', encoding="utf-8")
+    assert load_tokens(config(other, tmp_path, text_field="body"), CountingBytes()).tolist() == [90]
+    with pytest.raises(GptzooError, match=r"other.jsonl:1: no text field 'text' \(fields: body\); set data.text_field"):
+        load_tokens(config(other, tmp_path), CountingBytes())
+    other.write_text('{"body": "Z"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(GptzooError, match=r"other.jsonl:2: not a JSON object"):
+        load_tokens(config(other, tmp_path, text_field="body"), CountingBytes())
+
+
+def test_a_folder_of_parquet_shards_streams_its_text_column(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "fineweb"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["A", "BB"], "score": [0.5, 0.9]}), folder / "000.parquet", row_group_size=1)
+    pq.write_table(pa.table({"text": ["C"], "score": [0.1]}), folder / "001.parquet")
+    (folder / "001.jsonl").write_text('{"text": "D"}\n', encoding="utf-8")  # after 001.parquet: files in sorted order
+    monkeypatch.setattr(data_module, "RECORDS_PER_BATCH", 2)
+    tokenizer = CountingBytes()
+    tokens = load_tokens(config(folder, tmp_path), tokenizer)
+    assert tokens.tolist() == [65, 256, 66, 66, 256, 68, 256, 67]  # 000.parquet, 001.jsonl, 001.parquet
+    assert max(tokenizer.batch_sizes) == 2
+    with pytest.raises(GptzooError, match=r"000.parquet: no column 'content' \(columns: text, score\)"):
+        load_tokens(config(folder, tmp_path, text_field="content"), CountingBytes())
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    shard = tmp_path / "a.parquet"
+    shard.write_bytes(b"PAR1")
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(GptzooError, match=r"reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo\[parquet\]'"):
+        load_tokens(config(shard, tmp_path), CountingBytes())
+
+
+def test_metrics_also_stream_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gptzoo.recipes.config import validate_run_config
+    from gptzoo.recipes.run import read_metrics
+    from gptzoo.recipes.train import train
+
+    config = validate_run_config(
+        {
+            "model": {"context_length": 8, "d_model": 16, "n_layers": 1, "n_heads": 2},
+            "data": {"task": {"name": "induction", "vocab_size": 10, "val_examples": 4}},
+            "train": {"max_steps": 4, "eval_interval": 2, "eval_batches": 1, "batch_size": 2, "sample_tokens": 0, "device": "cpu", "tensorboard": True},
+        },
+        "t",
+    )
+    train(config, tmp_path / "run", progress=False, log=lambda m: None)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_loss")]
+    expected = [(r["step"], r["val_loss"]) for r in read_metrics(tmp_path / "run")]
+    assert [s for s, _ in logged] == [2, 4] and logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected]
+    assert "val_accuracy" in events.Tags()["scalars"]
