@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -78,8 +79,12 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
     for name in ("epochs", "batch_size", "eval_batches", "last_n"):
         if getattr(args, name) < 1:
             raise GptzooError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0:
-        raise GptzooError(f"--lr {args.lr} must be positive, --weight-decay {args.weight_decay} and --grad-clip {args.grad_clip} not negative")
+    if not args.lr > 0 or math.isinf(args.lr):  # also nan
+        raise GptzooError(f"--lr {args.lr}: give a positive learning rate")
+    for name in ("weight_decay", "grad_clip"):
+        value = getattr(args, name)
+        if not value >= 0 or math.isinf(value):
+            raise GptzooError(f"--{name.replace('_', '-')} {value}: give 0 or a positive number")
     try:
         betas = tuple(float(b) for b in args.betas.split(","))
     except ValueError:

@@ -18,6 +18,7 @@ import math
 import os
 import struct
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,9 +276,11 @@ def load_run(folder: str | Path, registry: Registry | None = None, device: str |
     manifest = open_run(folder)
     config = load_config(folder, registry, manifest)
     tokenizer = build_tokenizer(config, folder, manifest)
-    model = GPT(config.model)
-    if manifest is not None and (folder / WEIGHTS).is_file():
-        check_file(folder, manifest, WEIGHTS)
+    with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (both release the GIL)
+        checked = pool.submit(check_file, folder, manifest, WEIGHTS) if manifest is not None and (folder / WEIGHTS).is_file() else None
+        model = GPT(config.model)
+        if checked is not None:
+            checked.result()
     load_weights(model, folder / WEIGHTS)
     return Run(folder, config, model.to(device).eval(), tokenizer)
 

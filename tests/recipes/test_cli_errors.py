@@ -151,3 +151,51 @@ def test_the_cli_module_imports_nothing_heavy():
 
     code = "import sys, gptzoo.recipes.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# Each command that reads a run folder: the folder missing, empty (not a run) or a file.
+READERS = {
+    "eval": ["--data", "builtin:pydoc"],
+    "generate": ["--prompt", "x"],
+    "classify": ["--text", "x"],
+    "chat": ["--instruction", "x"],
+    "export-hf": ["--out", "{tmp}/hf"],
+    "finetune-classifier": ["--data", "{sms}", "--out", "{tmp}/out"],
+    "finetune-instruct": ["--data", "{instructions}", "--out", "{tmp}/out"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "{folder}: no such run folder"),
+    ("empty", "{folder}/config.json: missing; is {folder} a gptzoo run folder?"),
+    ("file", "{folder}: a file, not a run folder"),
+])
+def test_every_command_that_reads_a_run_names_a_folder_that_is_not_one(command, kind, message, tmp_path, capsys, shared_data):
+    (tmp_path / "file.txt").write_text("mine")
+    folder = {"missing": tmp_path / "nowhere", "empty": tmp_path / "empty", "file": tmp_path / "file.txt"}[kind]
+    if kind == "empty":
+        folder.mkdir()
+    data = {"sms": shared_data("SMSSpamCollection"), "instructions": shared_data("instruction-data.json")}
+    options = [arg.format(tmp=tmp_path, **data) for arg in READERS[command]]
+    assert message.format(folder=folder) in error_of(capsys, [command, folder, *options])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["file.txt", *(["empty"] if kind == "empty" else [])])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "{config}", "--out", "{tmp}/run", "--nproc", "0"], "--nproc 0: give a number of processes of at least 1"),
+    (["train", "{config}", "--out", "{tmp}/run", "--set", "train.max_steps=0"], "invalid config"),
+    (["train", "{config}", "--out", "{tmp}/run", "--set", "nonsense"], "override 'nonsense': write it as key=value"),
+    (["describe", "{tmp}/nope.toml"], "nope.toml: no such config file"),
+    (["describe", "{config}", "--set", "model.d_model=-1"], "invalid config"),
+    (["tokenize", "{tmp}/nope.toml", "--text", "hi"], "nope.toml: no such config file"),
+    (["import-gpt2", "{tmp}/nope", "--out", "{tmp}/run"], "nope: no such folder, and not a GPT-2 size name"),
+    (["import-book", "{tmp}/nope.pth", "--out", "{tmp}/run"], "nope.pth: no such file"),
+    (["ablate", "{tmp}/nope.toml", "--out", "{tmp}/sweep"], "nope.toml: no such config file"),
+])
+def test_other_commands_name_their_bad_value(argv, message, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text((RUN / "config.json").read_text())
+    line = error_of(capsys, [arg.format(tmp=tmp_path, config=config) for arg in argv])
+    assert message in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

@@ -234,7 +234,10 @@ def test_bad_data_is_a_clear_error_with_exit_code_2(base_dir, tmp_path, capsys, 
     [
         (["--betas", "0.9"], "--betas '0.9': give two numbers in [0, 1), e.g. 0.9,0.999"),
         (["--betas", "0.9,1.5"], "--betas '0.9,1.5': give two numbers in [0, 1)"),
-        (["--grad-clip", "-1"], "--grad-clip -1.0 not negative"),
+        (["--grad-clip", "-1"], "--grad-clip -1.0: give 0 or a positive number"),
+        (["--lr", "0"], "--lr 0.0: give a positive learning rate"),
+        (["--lr", "nan"], "--lr nan: give a positive learning rate"),
+        (["--weight-decay", "-0.1"], "--weight-decay -0.1: give 0 or a positive number"),
         (["--train", "none"], "--train none trains nothing without --lora-rank"),
     ],
 )
