@@ -51,6 +51,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 CURVES_PNG = "loss_curves.png"
 EXTRAPOLATION_PNG = "extrapolation.png"
+SCALING_PNG = "scaling.png"
 RUNS = "runs"
 RUN_RESULT = "ablation.json"  # written when a run has finished (trained or diverged)
 
@@ -83,15 +84,18 @@ class SweepFile(BaseModel):
     fixed: dict[str, Any] = Field(default_factory=dict, alias="set")
     match_params: MatchParams | None = None
     extrapolate: list[float] = Field(default_factory=list, description="after training, score each run at these multiples of its context, e.g. [1, 2, 4]")
+    sizes: dict[str, dict[str, Any]] = Field(default_factory=dict, description='named model sizes, each a table of overrides, e.g. s = { "model.n_layers" = 2, "model.d_model" = 64 }')
 
 
 @dataclass(frozen=True)
 class Variant:
     slug: str  # folder-safe name: runs/<slug>-seed<k>
     label: str  # what the table shows: "positional=rope, norm=rmsnorm"
-    overrides: dict[str, Any]  # axis key -> value for this variant
+    overrides: dict[str, Any]  # axis key -> value for this variant (a size's keys spelled out)
     config: RunConfig  # base + [set] + overrides (+ the matched size), at the base's train.seed
     is_base: bool = False
+    size: str | None = None  # with sizes: the named size; the rest of the label names its group in the scaling fit
+    group: str = ""
     matched: dict | None = None  # with match_params: {"key", "value", "params", "target", "error"}
 
     def run_name(self, seed: int) -> str:
@@ -108,6 +112,7 @@ class Sweep:
     fixed: dict[str, Any]
     variants: list[Variant]
     extrapolate: list[float] = dataclasses.field(default_factory=list)
+    sizes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     registry: Registry | None = None  # what the variants were validated against
 
     def spec(self) -> dict:
@@ -120,12 +125,14 @@ class Sweep:
             "set": self.fixed,
             "axes": self.axes,
             "extrapolate": self.extrapolate,
+            "sizes": self.sizes,
             "variants": [
                 {
                     "slug": v.slug,
                     "label": v.label,
                     "base": v.is_base,
                     "overrides": override_strings(v.overrides),
+                    "size": v.size,
                     "matched": v.matched,
                     "components": provenance(v.config, self.registry),
                     "config": v.config.model_dump(mode="json"),
@@ -198,21 +205,32 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         raise config_error(err, str(path), SweepFile) from None
     base_path = _find_base(path, spec.base)
     fixed = _flatten(spec.fixed, until_list=False)
+    sizes = {name: _flatten(table, until_list=False) for name, table in spec.sizes.items()}
+    if sizes and spec.mode != "product":
+        raise ConfigError(f"{path}: sizes need mode = \"product\" (every variant at every size)")
+    if len(sizes) == 1:
+        raise ConfigError(f"{path}: [sizes] names one size; a scaling curve needs two or more")
+    if sizes:
+        fixed = {**fixed, **next(iter(sizes.values()))}  # the base is the first size
     try:
         base_data = with_overrides(read_toml(base_path), fixed)
     except ConfigError as err:
         raise ConfigError(f"{path}: [set]: {err}") from None
     base = validate_run_config(base_data, f"{path}: base {base_path} with [set]", registry)
     axes = _read_axes(path, spec.axes)
+    if "size" in axes:
+        raise ConfigError(f"{path}: [axes] size: the name is taken by [sizes]; list model sizes there")
+    if sizes:
+        axes = {"size": list(sizes), **axes}  # the slowest-varying axis
 
     # Each value alone first, so an error names the one axis and value that caused it.
     for key, values in axes.items():
         for value in values:
-            where = f"{path}: [axes] {key} = {toml_value(value)}"
-            config = _variant_config(base_data, {key: value}, where, registry)
+            where = f"{path}: [sizes] {value}" if key == "size" else f"{path}: [axes] {key} = {toml_value(value)}"
+            config = _variant_config(base_data, _spell_out({key: value}, sizes), where, registry)
             _check_same_data_and_budget(config, base, where)
 
-    variants = _make_variants(path, base_data, base, axes, spec.mode, registry)
+    variants = _make_variants(path, base_data, base, axes, spec.mode, registry, sizes)
     if spec.match_params is not None:
         variants = match_parameters(path, base_data, base, variants, spec.match_params, registry)
     _check_same_tokens(path, variants)
@@ -222,7 +240,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     bad = [m for m in spec.extrapolate if m <= 0]
     if bad:
         raise ConfigError(f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}")
-    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate, registry)
+    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate, sizes, registry)
 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
@@ -364,13 +382,23 @@ def _slug(overrides: dict[str, Any], short: dict[str, str]) -> str:
     return "_".join(parts)[:80] or "base"
 
 
-def _make_variants(path: Path, base_data: dict, base: RunConfig, axes: dict[str, list], mode: str, registry: Registry | None) -> list[Variant]:
+def _spell_out(overrides: dict[str, Any], sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The overrides with a named size replaced by its keys."""
+    size = overrides.get("size")
+    return {**{k: v for k, v in overrides.items() if k != "size"}, **(sizes[size] if size is not None else {})}
+
+
+def _make_variants(path: Path, base_data: dict, base: RunConfig, axes: dict[str, list], mode: str, registry: Registry | None, sizes: dict[str, dict[str, Any]]) -> list[Variant]:
     short = _short_names(list(axes))
     base_dump = base.model_dump(mode="json")
     variants: list[Variant] = []
     seen: dict[str, str] = {}  # resolved config -> label, to catch two spellings of one variant
     for overrides in expand_grid(axes, mode):
         label = ", ".join(f"{short[k]}={_show(v)}" for k, v in overrides.items()) or "base"
+        group = ", ".join(f"{short[k]}={_show(v)}" for k, v in overrides.items() if k != "size") or "base"
+        size = overrides.get("size")
+        slug = _slug(overrides, short)
+        overrides = _spell_out(overrides, sizes)
         config = _variant_config(base_data, overrides, f"{path}: variant {label}", registry) if overrides else base
         dump = config.model_dump(mode="json")
         is_base = dump == base_dump
@@ -380,10 +408,9 @@ def _make_variants(path: Path, base_data: dict, base: RunConfig, axes: dict[str,
         if key in seen:
             raise ConfigError(f"{path}: variants '{seen[key]}' and '{label}' are the same config; list each value once")
         seen[key] = label
-        slug = _slug(overrides, short)
         taken = {v.slug for v in variants}
         slug = next(s for s in (slug if i == 0 else f"{slug}-{i}" for i in itertools.count()) if s not in taken)
-        variants.append(Variant(slug, label, overrides, config, is_base))
+        variants.append(Variant(slug, label, overrides, config, is_base, size, group))
     if not any(v.is_base for v in variants):
         # The base's own values are not in the grid: run it too, so every row has its Δ.
         variants.insert(0, Variant("base", "base", {}, base, True))
@@ -787,14 +814,96 @@ def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callab
     table = markdown_table(sweep, rows)
     if sweep.extrapolate:
         table += "\n" + extrapolation_table(sweep, results)
+    if sweep.sizes:
+        table += "\n" + scaling_table(sweep, rows)
     write_text_atomic(out / RESULTS_MD, table)
     try:
         plot_loss_curves(sweep, out, out / CURVES_PNG)
         if sweep.extrapolate:
             plot_extrapolation(sweep, results, out / EXTRAPOLATION_PNG)
+        if sweep.sizes:
+            plot_scaling(sweep, rows, out / SCALING_PNG)
     except GptzooError as err:
         log(f"plots skipped: {err}")
     return rows
+
+
+@dataclass
+class PowerLaw:
+    """loss ≈ a · C^(−b) over training FLOPs C, least squares on log loss against log C."""
+
+    a: float
+    b: float
+    points: list[tuple[float, float]]  # (FLOPs, mean final loss) per size
+
+    @classmethod
+    def fit(cls, points: list[tuple[float, float]]) -> PowerLaw | None:
+        if len({c for c, _ in points}) < 2:
+            return None
+        xs, ys = [math.log(c) for c, _ in points], [math.log(loss) for _, loss in points]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        return cls(math.exp(my - slope * mx), -slope, points)
+
+    def __call__(self, flops: float) -> float:
+        return self.a * flops ** (-self.b)
+
+
+def scaling_fits(sweep: Sweep, rows: list[VariantRow]) -> dict[str, PowerLaw | None]:
+    """Per group of variants (the label without the size): the power law through its sizes' (FLOPs, final loss)."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.variant.size is not None and row.flops and row.final_val_loss.mean is not None:
+            groups.setdefault(row.variant.group, []).append((row.flops, row.final_val_loss.mean))
+    return {group: PowerLaw.fit(points) for group, points in groups.items()}
+
+
+def scaling_table(sweep: Sweep, rows: list[VariantRow]) -> str:
+    sizes = list(sweep.sizes)
+    lines = [
+        "Scaling: mean final validation loss per size (params, training FLOPs), and the power law loss ≈ a · C^(−b) "
+        "fitted by least squares on log loss against log FLOPs C.",
+        "",
+        "| variant | " + " | ".join(sizes) + " | a | b |",
+        "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: | ---: |",
+    ]
+    fits = scaling_fits(sweep, rows)
+    for group in dict.fromkeys(v.group for v in sweep.variants if v.size is not None):
+        by_size = {row.variant.size: row for row in rows if row.variant.group == group and row.variant.size is not None}
+        cells = []
+        for size in sizes:
+            row = by_size.get(size)
+            if row is None or row.final_val_loss.mean is None:
+                cells.append("—")
+            else:
+                cells.append(f"{row.final_val_loss.mean:.4f} ({row.params:,}, {row.flops:.2g})" if row.flops else f"{row.final_val_loss.mean:.4f}")
+        fit = fits.get(group)
+        lines.append(f"| {group} | " + " | ".join(cells) + (f" | {fit.a:.4g} | {fit.b:.4f} |" if fit else " | — | — |"))
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
+    """Final loss against training FLOPs, log-log, one colour per group: the sizes as points, the fit as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for group, fit in scaling_fits(sweep, rows).items():
+        if fit is None:
+            continue
+        flops = [c for c, _ in fit.points]
+        (points,) = ax.plot(flops, [loss for _, loss in fit.points], "o", label=f"{group}: {fit.a:.3g}·C^(−{fit.b:.3f})")
+        line = [min(flops) * (max(flops) / min(flops)) ** (i / 20) for i in range(21)]
+        ax.plot(line, [fit(c) for c in line], color=points.get_color(), linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("final validation loss")
+    ax.set_title(f"{sweep.source.stem}: sizes {', '.join(sweep.sizes)}, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 def extrapolation_scores(sweep: Sweep, results: list[RunResult]) -> dict[str, dict[str, list[float] | str]]:

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from gptzoo.recipes.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, load_sweep, run_sweep
+from gptzoo.recipes.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, SCALING_PNG, load_sweep, run_sweep
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
-    plots = f"{out / CURVES_PNG}" + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "")
+    plots = f"{out / CURVES_PNG}" + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "") + (f", {out / SCALING_PNG}" if sweep.sizes else "")
     print(f"wrote {out / RESULTS_CSV}, {out / RESULTS_MD}, {plots} and {out / RUNS}/")
     failed = [r for r in results if r.status == "failed"]
     if failed:
