@@ -43,6 +43,7 @@ from tqdm import tqdm
 from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_error, read_toml
 from gptzoo.recipes.config import RunConfig, validate_run_config
 from gptzoo.recipes.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference, paired_difference
+from gptzoo.recipes.manifest import LOCK, OWNER
 from gptzoo.recipes.run import TRAIN_STATE, atomic_path, load_config, read_metrics, write_text_atomic
 from gptzoo.registry import Registry
 
@@ -544,7 +545,7 @@ def _claim_folder(out: Path, sweep: Sweep) -> None:
                 f"{out} holds a different sweep (from {stored.get('source')}): {difference}. "
                 f"Choose another --out, or delete {out} to start this sweep over"
             )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(p.name not in (LOCK, OWNER) for p in out.iterdir())):
         raise GptzooError(f"{out} exists and is not an ablation folder (no {SWEEP}); choose a new or empty folder for --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(file, json.dumps(spec, indent=2) + "\n")

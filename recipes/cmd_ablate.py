@@ -1,9 +1,12 @@
 """gptzoo ablate: train every variant of a sweep over its seeds and compare them in one table."""
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from gptzoo.recipes.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, SCALING_PNG, load_sweep, run_sweep
+from gptzoo.recipes.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, SCALING_PNG, SWEEP, load_sweep, run_sweep
+from gptzoo.recipes.manifest import LOCK, OWNER, RunLock
+from gptzoo.recipes.run import check_out_folder
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
 
@@ -19,8 +22,11 @@ def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep)  # every variant is validated here, before anything trains
     runs = len(sweep.variants) * len(sweep.seeds)
     print(f"{args.sweep}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {runs} runs into {args.out}")
-    results = run_sweep(sweep, args.out, workers=args.workers, progress=args.progress)
     out = Path(args.out)
+    check_out_folder(out)
+    foreign = out.is_dir() and not (out / SWEEP).exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
+    with contextlib.nullcontext() if foreign else RunLock(out):  # one sweep per folder at a time; a foreign folder is refused unlocked
+        results = run_sweep(sweep, out, workers=args.workers, progress=args.progress)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
     plots = f"{out / CURVES_PNG}" + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "") + (f", {out / SCALING_PNG}" if sweep.sizes else "")

@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@finetune.holding_out_lock
 def run(args: argparse.Namespace) -> int:
     fractions = finetune.check_arguments(args)
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)

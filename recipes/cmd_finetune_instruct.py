@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=int, default=None, metavar="N", help="generate responses for the first N test entries only")
 
 
+@finetune.holding_out_lock
 def run(args: argparse.Namespace) -> int:
     fractions = finetune.check_arguments(args)
     if args.max_new_tokens < 1:

@@ -8,11 +8,12 @@ recipes/instruct.py): a fixed learning rate, an evaluation at the end of every e
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from gptzoo.core import GPT, GptzooError, ModelConfig
 from gptzoo.recipes.config import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.lora import LoRASettings, apply_lora, lora_state, merge_lora
-from gptzoo.recipes.manifest import Commit, run_writer
+from gptzoo.recipes.manifest import LOCK, OWNER, Commit, run_writer
 from gptzoo.recipes.run import CONFIG, Run, check_out_folder, commit_files, save_run, write_state
 
 T = TypeVar("T")
@@ -109,12 +110,27 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
     return fractions  # type: ignore[return-value]
 
 
+def holding_out_lock(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a fine-tuning command holding its --out folder's writer lock, so a second writer is refused at once."""
+
+    @functools.wraps(run)
+    def locked(args: argparse.Namespace) -> int:
+        out = Path(args.out)
+        check_out_folder(out)
+        if out.is_dir() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
+            return run(args)  # refused there before anything is written; no lock file is left in the user's folder
+        with run_writer(out):
+            return run(args)
+
+    return locked
+
+
 def check_out_dir(out: Path, base: Path) -> None:
     """Refuse the base itself and any folder with files in it: nothing the user has is replaced."""
     if out.resolve() == base.resolve():
         raise GptzooError(f"--out {out} is the base run itself; choose a new folder")
     check_out_folder(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name not in (LOCK, OWNER) for p in out.iterdir())):
         raise GptzooError(f"--out {out} exists and is not an empty folder; choose a new folder or remove it")
 
 

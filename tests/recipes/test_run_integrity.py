@@ -318,3 +318,40 @@ def test_a_training_state_holding_python_objects_is_refused_without_unsafe_advic
     err = capsys.readouterr().err
     assert "train_state.pt: holds Python objects other than tensors and plain values; gptzoo does not unpickle those" in err
     assert "weights_only" not in err and "Traceback" not in err
+
+
+def holding_lock(folder):
+    """Fork a process that holds ``folder``'s writer lock; returns (pid, release)."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        with RunLock(folder):
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        os._exit(0)
+    os.read(ready_r, 1)
+
+    def release():
+        os.write(done_w, b"1")
+        os.waitpid(pid, 0)
+
+    return pid, release
+
+
+@pytest.mark.parametrize("argv", [
+    ["finetune-instruct", str(FIXTURES / "gpt2-pre"), "--data", "{instructions}", "--out", "{out}"],
+    ["finetune-classifier", str(FIXTURES / "gpt2-pre"), "--data", "{sms}", "--out", "{out}"],
+    ["ablate", str(Path(__file__).resolve().parents[2] / "configs" / "ablations" / "positions.toml"), "--out", "{out}"],
+])
+def test_other_writers_are_refused_while_a_folder_is_being_written(argv, tmp_path, capsys, shared_data):
+    out = tmp_path / "out"
+    pid, release = holding_lock(out)
+    try:
+        data = {"instructions": shared_data("instruction-data.json"), "sms": shared_data("SMSSpamCollection")}
+        assert main([arg.format(out=out, **data) for arg in argv]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: being written by PID {pid} on " in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == [".gptzoo.lock", ".gptzoo.owner.json"]
+    finally:
+        release()
