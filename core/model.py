@@ -32,6 +32,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(layer.block.build(replace(dims, layer_idx=layer.index), layer) for layer in layers)
         self.final_norm = nn.Identity() if layers[-1].block.impl.output_normalized else config.norm.build(dims)
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
+        # Only components that report auxiliary losses are asked each step: none in a dense model.
+        self._aux_sources = [m for m in self.modules() if isinstance(m, Component) and type(m).auxiliary_losses is not Component.auxiliary_losses]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -90,10 +92,9 @@ class GPT(nn.Module):
     def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
         """The components' auxiliary losses from the last forward, each averaged over the layers reporting it."""
         reported: dict[str, list[AuxiliaryLoss]] = {}
-        for module in self.modules():
-            if isinstance(module, Component):
-                for name, loss in module.auxiliary_losses().items():
-                    reported.setdefault(name, []).append(loss)
+        for module in self._aux_sources:
+            for name, loss in module.auxiliary_losses().items():
+                reported.setdefault(name, []).append(loss)
         return {name: AuxiliaryLoss(torch.stack([l.value for l in losses]).mean(), losses[0].weight) for name, losses in reported.items()}
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
