@@ -5,6 +5,7 @@ import json
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.classify import LABELS, predict
+from gptzoo.recipes.manifest import check_file
 from gptzoo.recipes.run import load_run
 
 HELP = "print the label a classifier run (from finetune-classifier) predicts for a text, and its probability"
@@ -20,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     file = loaded.folder / LABELS
     if loaded.config.model.head.name != "classifier" or not file.is_file():
         raise GptzooError(f"{loaded.folder}: not a classifier run (no {LABELS} or no classifier head); make one with gptzoo finetune-classifier")
+    if loaded.manifest is not None:
+        check_file(loaded.folder, loaded.manifest, LABELS)
     try:
         saved = json.loads(file.read_text(encoding="utf-8"))
         labels, max_length = list(saved["labels"]), int(saved["max_length"])

@@ -236,6 +236,7 @@ class Run:
     config: RunConfig
     model: GPT
     tokenizer: Tokenizer
+    manifest: Manifest | None = None  # what the folder committed; None for a run built in memory or saved before manifests
 
 
 def open_run(folder: str | Path) -> Manifest | None:
@@ -282,7 +283,7 @@ def load_run(folder: str | Path, registry: Registry | None = None, device: str |
         if checked is not None:
             checked.result()
     load_weights(model, folder / WEIGHTS)
-    return Run(folder, config, model.to(device).eval(), tokenizer)
+    return Run(folder, config, model.to(device).eval(), tokenizer, manifest)
 
 
 def weights_step(path: Path) -> int | None:

@@ -180,6 +180,14 @@ def test_finetune_classifier_and_classify_end_to_end(base_dir, shared_data, tmp_
     label, probability = capsys.readouterr().out.split()
     assert label in ("ham", "spam") and 0.5 <= float(probability) <= 1.0
 
+    # Everything the command wrote is committed, the test record included; a changed label is caught.
+    committed = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"config.json", "model.safetensors", "labels.json", "metrics.jsonl"} <= set(committed)
+    assert committed["metrics.jsonl"]["size"] == (out / "metrics.jsonl").stat().st_size
+    (out / "labels.json").write_text((out / "labels.json").read_text().replace('"ham"', '"hmm"'))
+    assert main(["classify", str(out), "--text", "Free entry!"]) == 2
+    assert "labels.json: its sha256 differs from the one in manifest.json" in capsys.readouterr().err
+
 
 def test_the_books_settings_by_name_end_to_end(base_dir, tmp_path, capsys):
     # 10 ham, 10 spam and a stray quote that joins lines 2-4 under CSV quoting: 18 examples, 9 + 9.
