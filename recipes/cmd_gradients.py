@@ -53,7 +53,7 @@ def build(config: RunConfig) -> tuple[GPT, Tokenizer]:
 
 
 def run(args: argparse.Namespace) -> int:
-    variants = [("config", [])] + [(override, [override]) for override in args.compare]
+    variants = [(Path(args.config).stem, [])] + [(override, [override]) for override in args.compare]
     results = {}
     for label, extra in variants:
         config = load_run_config(args.config, [*args.overrides, *extra])

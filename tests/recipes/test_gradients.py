@@ -40,7 +40,7 @@ def test_the_command_prints_a_row_per_layer_and_plots(tmp_path, capsys):
     argv = ["gradients", str(config), "--text", "shortcut connections", "--compare", "model.norm.name=rmsnorm", "--plot", str(tmp_path / "g.png")]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["layer", "config", "model.norm.name=rmsnorm"]
+    assert lines[1].split() == ["layer", "c", "model.norm.name=rmsnorm"]  # the config file's name, then each variant
     assert [line.split()[0] for line in lines[2:5]] == ["0", "1", "2"]
     assert all(float(v) > 0 for line in lines[2:5] for v in line.split()[1:])
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
