@@ -31,7 +31,7 @@ def write(tmp_path, model_lines, name="config.toml"):
 
 CASES = [
     # (model lines, fragments the message must contain)
-    ('d_model = 32\nn_heads = 4\nattention = { name = "spda" }', ["attention", "'spda'", "did you mean 'sdpa'", "fused, per_head, sdpa"]),
+    ('d_model = 32\nn_heads = 4\nattention = { name = "spda" }', ["attention", "'spda'", "did you mean 'sdpa'", "fused, no_weights, per_head, sdpa"]),
     ('d_model = 32\nn_heads = 4\nnorm = { name = "rmsnorm", epsilon = 1e-5 }', ["norm 'rmsnorm'", "epsilon", "unknown field", "did you mean 'eps'"]),
     ('d_model = 32\nn_heads = 4\nnorm = { name = "layernorm", eps = "small" }', ["norm 'layernorm'", "eps", "valid number"]),
     ('d_model = 32\nn_heads = 4\ndropout = 1.5', ["dropout", "less than 1"]),

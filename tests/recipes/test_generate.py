@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, Tokenizer
+from gptzoo.plugins.attention import NoWeightsAttention
 from gptzoo.recipes import generate
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config import RunConfig
@@ -123,7 +124,8 @@ POSITIONALS = REGISTRY.names("positional")
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_cached_greedy_equals_the_book_loop_and_batches_match_single_prompts(registry, attention, positional):
     # Grouped key/value heads, and a run past the 12-token context: prompts of 3 and 7 tokens + 14 new.
-    model = tiny_model(registry, attention={"name": attention}, positional={"name": positional}, n_kv_heads=2).double()
+    n_kv_heads = 4 if registry.resolve("attention", attention) is NoWeightsAttention else 2  # its keys are the input's own heads
+    model = tiny_model(registry, attention={"name": attention}, positional={"name": positional}, n_kv_heads=n_kv_heads).double()
     prompts = [[72, 105, 33], [1, 250, 7, 99, 3, 18, 64]]
     expected = [book_greedy(model, p, 14) for p in prompts]
     for prompt, want in zip(prompts, expected):

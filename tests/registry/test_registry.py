@@ -188,9 +188,9 @@ def test_register_plugin_with_a_module_object(registry):
 
 
 def test_lookups_suggest_the_closest_name(registry):
-    with pytest.raises(ValueError, match=r"unknown attention 'spda' \(did you mean 'sdpa'\?\); available: fused, per_head, sdpa"):
+    with pytest.raises(ValueError, match=r"unknown attention 'spda' \(did you mean 'sdpa'\?\); available: fused, no_weights, per_head, sdpa"):
         registry.resolve("attention", "spda")
-    with pytest.raises(KeyError, match="unknown norm 'xyz'; available: layernorm, rmsnorm"):
+    with pytest.raises(KeyError, match="unknown norm 'xyz'; available: layernorm, none, rmsnorm"):
         registry.get("norm", "xyz")
 
 
