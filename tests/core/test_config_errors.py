@@ -8,6 +8,7 @@ import torch
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, read_toml
 from gptzoo.recipes.config import load_run_config
+from gptzoo.registry import make_registry
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
@@ -31,7 +32,7 @@ def write(tmp_path, model_lines, name="config.toml"):
 
 CASES = [
     # (model lines, fragments the message must contain)
-    ('d_model = 32\nn_heads = 4\nattention = { name = "spda" }', ["attention", "'spda'", "did you mean 'sdpa'", "fused, no_weights, per_head, sdpa"]),
+    ('d_model = 32\nn_heads = 4\nattention = { name = "spda" }', ["attention", "'spda'", "did you mean 'sdpa'", ", ".join(make_registry().names("attention"))]),
     ('d_model = 32\nn_heads = 4\nnorm = { name = "rmsnorm", epsilon = 1e-5 }', ["norm 'rmsnorm'", "epsilon", "unknown field", "did you mean 'eps'"]),
     ('d_model = 32\nn_heads = 4\nnorm = { name = "layernorm", eps = "small" }', ["norm 'layernorm'", "eps", "valid number"]),
     ('d_model = 32\nn_heads = 4\ndropout = 1.5', ["dropout", "less than 1"]),
