@@ -22,6 +22,7 @@ COMMANDS = {
     "chat": "gptzoo.recipes.cmd_chat",
     "ablate": "gptzoo.recipes.cmd_ablate",
     "import-gpt2": "gptzoo.recipes.cmd_import_gpt2",
+    "import-hf": "gptzoo.recipes.cmd_import_hf",
     "import-book": "gptzoo.recipes.cmd_import_book",
     "export-hf": "gptzoo.recipes.cmd_export_hf",
     "generate": "gptzoo.recipes.cmd_generate",

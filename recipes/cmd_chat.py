@@ -5,10 +5,10 @@ import math
 import sys
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.instruct import respond
+from gptzoo.recipes.instruct import respond, respond_in_template
 from gptzoo.recipes.run import load_run
 
-HELP = "answer an instruction with a run from finetune-instruct (Alpaca prompt format); without --instruction, one per stdin line"
+HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if loaded.config.model.head.name != "lm":
         raise GptzooError(f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify")
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    answer = respond_in_template if getattr(loaded.tokenizer.params, "chat_template", None) is not None else respond
     if args.instruction is not None:
-        print(respond(loaded.model, loaded.tokenizer, args.instruction, args.input, **options))
+        print(answer(loaded.model, loaded.tokenizer, args.instruction, args.input, **options))
         return 0
     interactive = sys.stdin.isatty()
     while True:
@@ -42,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
         if not line:  # end of input
             return 0
         if line.strip():
-            print(respond(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)
+            print(answer(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)

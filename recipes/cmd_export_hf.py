@@ -1,24 +1,27 @@
-"""gptzoo export-hf: a GPT-2-shaped run folder -> a Hugging Face GPT2LMHeadModel folder."""
+"""gptzoo export-hf: a run folder -> a Hugging Face checkpoint folder of the family its assembly matches."""
 
 import argparse
 import sys
 
-from gptzoo.recipes.gpt2 import export_hf
-from gptzoo.recipes.run import load_config
+from gptzoo.recipes.hf import MAX_SHARD_BYTES, export_hf
+from gptzoo.recipes.hf_families import FAMILIES
 
-HELP = "write a GPT-2-shaped run as a Hugging Face GPT2LMHeadModel folder (config.json + model.safetensors)"
+HELP = f"write a run as a Hugging Face checkpoint folder of the family its assembly matches ({', '.join(FAMILIES)})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a run folder (trained, fine-tuned or imported)")
     parser.add_argument("--out", required=True, metavar="HF_DIR", help="the folder to create (must not exist, or be empty)")
+    parser.add_argument("--max-shard-gb", type=float, default=MAX_SHARD_BYTES / 2**30, help=f"split the weights into files of at most this many GiB (default {MAX_SHARD_BYTES / 2**30:g}, as transformers)")
 
 
 def run(args: argparse.Namespace) -> int:
-    export_hf(args.run_dir, args.out)
+    family, _ = export_hf(args.run_dir, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    print(f"{args.out}: {family.architecture}; transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r}) loads it")
+    from gptzoo.recipes.run import load_config
+
     tokenizer = load_config(args.run_dir).model.tokenizer
-    print(f"{args.out}: GPT2LMHeadModel.from_pretrained({str(args.out)!r}) loads it")
-    if (tokenizer.name, tokenizer.params.model_dump()) != ("tiktoken", {"encoding": "gpt2"}):
-        # The weights are valid GPT-2 weights, but their token ids mean this run's tokens.
-        print(f"note: this run's tokenizer is '{tokenizer.name}', not GPT-2's; encode text with it, not with GPT-2's tokenizer", file=sys.stderr)
+    if tokenizer.name != "hf" and (tokenizer.name, tokenizer.params.model_dump()) != ("tiktoken", {"encoding": "gpt2"}):
+        # The weights are valid, but their token ids mean this run's tokens.
+        print(f"note: this run's tokenizer is '{tokenizer.name}', which has no Hugging Face tokenizer.json; encode text with it", file=sys.stderr)
     return 0

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config import RunConfig
-from gptzoo.recipes.manifest import check_file
-from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, build_tokenizer, check_out_folder, describe_mismatch, load_config, open_run, run_commit, write_safetensors, write_text_atomic
+from gptzoo.recipes.run import CONFIG, WEIGHTS, atomic_path, check_out_folder, describe_mismatch, run_commit, write_safetensors
+from gptzoo.recipes.hf_families import GPT2, weight_plan
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -46,40 +46,13 @@ TIMEOUT_S = 10
 ATTENTION = ("sdpa", "fused", "per_head")  # the built-in variants; all compute GPT-2's attention
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GPT-2's tanh-GELU
 
-# gptzoo name -> (GPT-2 name, stored as Conv1D (in, out)). Block entries get "blocks.{i}." / "h.{i}.".
-TOP_NAMES = {
-    "token_embedding.weight": ("wte.weight", False),
-    "positional.table.weight": ("wpe.weight", False),
-    "final_norm.weight": ("ln_f.weight", False),
-    "final_norm.bias": ("ln_f.bias", False),
-}
-BLOCK_NAMES = {
-    "attn_norm.weight": ("ln_1.weight", False),
-    "attn_norm.bias": ("ln_1.bias", False),
-    "attention.qkv.weight": ("attn.c_attn.weight", True),
-    "attention.qkv.bias": ("attn.c_attn.bias", False),
-    "attention.out_proj.weight": ("attn.c_proj.weight", True),
-    "attention.out_proj.bias": ("attn.c_proj.bias", False),
-    "ffn_norm.weight": ("ln_2.weight", False),
-    "ffn_norm.bias": ("ln_2.bias", False),
-    "feed_forward.in_proj.weight": ("mlp.c_fc.weight", True),
-    "feed_forward.in_proj.bias": ("mlp.c_fc.bias", False),
-    "feed_forward.out_proj.weight": ("mlp.c_proj.weight", True),
-    "feed_forward.out_proj.bias": ("mlp.c_proj.bias", False),
-}
-HF_PREFIX = "transformer."  # GPT2LMHeadModel's prefix; the published files (GPT2Model) have none
-HF_SKIPPED = re.compile(r"(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)")  # causal-mask buffers; the tied head
+HF_PREFIX = GPT2.prefix  # GPT2LMHeadModel's prefix; the published files (GPT2Model) have none
+HF_SKIPPED = re.compile(rf"{GPT2.ignored}|lm_head\.weight")  # causal-mask buffers; the tied head
 
 
-def hf_name(name: str) -> tuple[str, bool]:
-    """gptzoo weight name -> (GPT-2 name without prefix, whether GPT-2 stores it transposed)."""
-    if name in TOP_NAMES:
-        return TOP_NAMES[name]
-    blocks, layer, rest = name.split(".", 2)
-    if blocks != "blocks" or rest not in BLOCK_NAMES:
-        raise CheckpointError(f"weight '{name}' has no GPT-2 counterpart")
-    hf, conv1d = BLOCK_NAMES[rest]
-    return f"h.{layer}.{hf}", conv1d
+def hf_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, bool]]:
+    """gptzoo weight name -> (GPT-2 name without prefix, whether GPT-2 stores it transposed), from the gpt2 family's table."""
+    return {name: (theirs[0].removeprefix(HF_PREFIX), weight.layout == "transposed") for name, (weight, theirs) in weight_plan(GPT2, shapes).items()}
 
 
 # ---- configs ------------------------------------------------------------------------------
@@ -126,73 +99,6 @@ def model_config_data(hf: dict, attention: str, source: str) -> dict:
         "feed_forward": {"name": "gelu"},
         "norm": {"name": "layernorm", "eps": hf.get("layer_norm_epsilon", 1e-5)},
         "head": {"name": "lm"},
-    }
-
-
-def gpt2_mismatches(m: ModelConfig) -> list[str]:
-    """Each component of ``m`` that has no GPT-2 counterpart, as a sentence; empty when ``m`` is GPT-2-shaped."""
-    problems = []
-    if m.vocab_multiple != 1:
-        problems.append(f"vocab_multiple = {m.vocab_multiple} has no GPT-2 counterpart (GPT-2's embedding has exactly vocab_size rows)")
-    if m.positional.name != "learned":
-        problems.append(f"positional '{m.positional.name}' has no GPT-2 counterpart (GPT-2 uses learned positions)")
-    if m.attention.name not in ATTENTION:
-        problems.append(f"attention '{m.attention.name}' has no GPT-2 counterpart (GPT-2's attention is one of {', '.join(ATTENTION)})")
-    if (m.n_kv_heads or m.n_heads) != m.n_heads:
-        problems.append(f"n_kv_heads = {m.n_kv_heads} has no GPT-2 counterpart (GPT-2 uses multi-head attention, n_kv_heads = n_heads = {m.n_heads})")
-    if not m.qkv_bias:
-        problems.append("qkv_bias = false has no GPT-2 counterpart (GPT-2's query/key/value projection has a bias)")
-    ff = m.feed_forward
-    if ff.name != "gelu":
-        problems.append(f"feed_forward '{ff.name}' has no GPT-2 counterpart (GPT-2 uses the tanh-GELU MLP 'gelu')")
-    else:
-        if not ff.params.bias:
-            problems.append("feed_forward 'gelu' with bias = false has no GPT-2 counterpart (GPT-2's MLP has biases)")
-        if ff.params.hidden not in (None, 4 * m.d_model):
-            problems.append(f"feed_forward 'gelu' with hidden = {ff.params.hidden} has no GPT-2 counterpart (GPT-2's MLP is 4 × d_model = {4 * m.d_model} wide)")
-    if m.norm.name != "layernorm":
-        problems.append(f"norm '{m.norm.name}' has no GPT-2 counterpart (GPT-2 uses LayerNorm)")
-    elif not m.norm.params.bias:
-        problems.append("norm 'layernorm' with bias = false has no GPT-2 counterpart (GPT-2's LayerNorm has a bias)")
-    if m.block.name != "pre_norm":
-        problems.append(f"block '{m.block.name}' has no GPT-2 counterpart (GPT-2 normalises before each sublayer: 'pre_norm')")
-    if m.layer_pattern:
-        problems.append(f"layer_pattern {m.layer_pattern} has no GPT-2 counterpart (GPT-2's layers are all alike)")
-    if m.head_dim not in (None, m.d_model // m.n_heads):
-        problems.append(f"head_dim = {m.head_dim} has no GPT-2 counterpart (GPT-2's heads are d_model / n_heads = {m.d_model // m.n_heads} wide)")
-    if not m.attn_out_bias:
-        problems.append("attn_out_bias = false has no GPT-2 counterpart (GPT-2's attention output projection has a bias)")
-    if m.head.name != "lm":
-        problems.append(f"head '{m.head.name}' has no GPT-2 counterpart (GPT-2 ends in a language-model head)")
-    elif not m.tied_head:
-        problems.append("tied_head = false has no GPT-2 counterpart (GPT-2 ties its LM head to the token embedding)")
-    return problems
-
-
-def hf_config(m: ModelConfig, eot_id: int) -> dict:
-    """The config.json of GPT2LMHeadModel for a GPT-2-shaped gptzoo model config."""
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": m.vocab_size,
-        "n_positions": m.context_length,
-        "n_embd": m.d_model,
-        "n_layer": m.n_layers,
-        "n_head": m.n_heads,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": m.norm.params.eps,
-        "resid_pdrop": m.dropout,
-        "embd_pdrop": m.dropout,
-        "attn_pdrop": m.dropout,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "bos_token_id": eot_id if eot_id < m.vocab_size else None,
-        "eos_token_id": eot_id if eot_id < m.vocab_size else None,
-        "use_cache": True,
     }
 
 
@@ -372,55 +278,23 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
     with open_safetensors(weights) as f:
         # Accept GPT2LMHeadModel's "transformer." names and GPT2Model's bare ones.
         stored = {key.removeprefix(HF_PREFIX): key for key in f.keys()}
-        wanted = {hf_name(name)[0]: name for name in shapes}
+        names = hf_names(shapes)
+        wanted = {hf: name for name, (hf, _) in names.items()}
         missing = sorted(set(wanted) - set(stored))
         unexpected = sorted(k for k in set(stored) - set(wanted) if not HF_SKIPPED.fullmatch(k))
         wrong = []
         for hf, name in wanted.items():
-            expected = shapes[name][::-1] if hf_name(name)[1] else shapes[name]
+            expected = shapes[name][::-1] if names[name][1] else shapes[name]
             if hf in stored and (shape := tuple(f.get_slice(stored[hf]).get_shape())) != expected:
                 wrong.append(f"{stored[hf]} {shape} vs {expected} for this config")
         if missing or unexpected or wrong:
             raise CheckpointError(f"{weights} does not match {source}: {describe_mismatch(missing, unexpected, wrong)}")
 
         def read(name: str) -> torch.Tensor:
-            hf, conv1d = hf_name(name)
+            hf, conv1d = names[name]
             tensor = f.get_tensor(stored[hf])
             return tensor.T if conv1d else tensor  # Conv1D (in, out) -> Linear (out, in)
 
         with new_folder(out) as tmp:
             write_imported_run(tmp, config, shapes, read, f"import {src}", registry)
     return config
-
-
-def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None = None) -> dict:
-    """Write the GPT-2-shaped run in ``run_folder`` as a Hugging Face GPT2LMHeadModel folder; returns its config."""
-    run_folder, out = Path(run_folder), Path(out)
-    manifest = open_run(run_folder)
-    config = load_config(run_folder, registry, manifest)
-    problems = gpt2_mismatches(config.model)
-    if problems:
-        raise ConfigError(f"{run_folder / CONFIG}: cannot export as GPT-2: " + "; ".join(problems))
-    shapes = weight_shapes(config.model)
-    weights = run_folder / WEIGHTS
-    if manifest is not None and weights.is_file():
-        check_file(run_folder, manifest, WEIGHTS)
-    with open_safetensors(weights) as f:
-        stored = set(f.keys())
-        missing, unexpected = sorted(set(shapes) - stored), sorted(stored - set(shapes))
-        if missing or unexpected:
-            raise CheckpointError(f"{weights} does not match its config: {describe_mismatch(missing, unexpected)}")
-        names = {HF_PREFIX + hf_name(name)[0]: name for name in shapes}
-        hf_shapes = {hf: shapes[name][::-1] if hf_name(name)[1] else shapes[name] for hf, name in names.items()}
-
-        def read(hf: str) -> torch.Tensor:
-            name = names[hf]
-            tensor = f.get_tensor(name)
-            return tensor.T if hf_name(name)[1] else tensor  # Linear (out, in) -> Conv1D (in, out)
-
-        data = hf_config(config.model, build_tokenizer(config, run_folder, manifest).eot_id)
-        with new_folder(out) as tmp:
-            write_text_atomic(tmp / CONFIG, json.dumps(data, indent=2) + "\n")
-            with atomic_path(tmp / WEIGHTS) as path, open(path, "wb") as weights_file:
-                write_float32(weights_file, hf_shapes, read, desc="export")
-    return data

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config import TrainConfig
 from gptzoo.recipes.finetune import batches, optimizer_step, read_data_file
-from gptzoo.recipes.generate import complete
+from gptzoo.recipes.generate import complete, generate_ids
 from gptzoo.recipes.run import append_metrics
 from gptzoo.recipes.train import build_optimizer
 
@@ -179,6 +179,15 @@ def respond(model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "",
     """The model's response to one instruction (greedy unless ``sampling`` says otherwise)."""
     prompt = format_prompt(instruction, input)
     return extract_response(prompt + complete(model, tokenizer, prompt, max_new_tokens, **sampling))
+
+
+def respond_in_template(model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "", max_new_tokens: int = 256, temperature: float = 0.0, seed: int | None = None) -> str:
+    """The response of a checkpoint with a chat template (the ``hf`` tokenizer's) to one user message."""
+    content = f"{instruction}\n\n{input}" if input else instruction
+    ids = tokenizer.encode_chat([{"role": "user", "content": content}])
+    generator = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
+    [out] = generate_ids(model, [ids], max_new_tokens, temperature=temperature, generator=generator, eot_id=tokenizer.eot_id)
+    return tokenizer.decode(out).strip()
 
 
 def generate_responses(model: GPT, tokenizer: Tokenizer, entries: list[dict], max_new_tokens: int) -> list[dict]:

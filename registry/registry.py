@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
     "gptzoo.plugins.heads",
+    "gptzoo.plugins.hf_tokenizer",
 )
 
 

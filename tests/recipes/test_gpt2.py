@@ -20,7 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from gptzoo.recipes import gpt2
+from gptzoo.core import ConfigError
+from gptzoo.recipes import gpt2, hf
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config import load_run_config
 from gptzoo.recipes.run import load_config, load_run
@@ -238,15 +239,12 @@ def write_run_config(folder: Path, overrides: list[str], registry) -> None:
     (folder / "config.json").write_text(config.model_dump_json())
 
 
-def test_export_names_each_component_without_a_gpt2_counterpart(tmp_path, registry, capsys):
+def test_export_names_each_setting_the_nearest_family_lacks(tmp_path, registry, capsys):
+    # Llama's assembly but for the output projection's bias, which Llama's attention_bias ties to the q/k/v biases.
     write_run_config(tmp_path / "run", ["model.positional.name=rope", "model.norm.name=rmsnorm", "model.feed_forward.name=swiglu", "model.n_kv_heads=2"], registry)
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    assert "positional 'rope' has no GPT-2 counterpart (GPT-2 uses learned positions)" in err
-    assert "norm 'rmsnorm' has no GPT-2 counterpart" in err
-    assert "feed_forward 'swiglu' has no GPT-2 counterpart" in err
-    assert "n_kv_heads = 2 has no GPT-2 counterpart" in err
-    assert "qkv_bias = false has no GPT-2 counterpart" in err
+    assert "no Hugging Face family has this assembly; as llama: attn_out_bias = true has no llama counterpart (llama: false)" in err
     assert "Traceback" not in err and not (tmp_path / "hf").exists()
 
 
@@ -258,15 +256,14 @@ def test_export_names_each_component_without_a_gpt2_counterpart(tmp_path, regist
         ("model.block.name=parallel", "block 'parallel'"),
         ("model.attn_out_bias=false", "attn_out_bias = false"),
         ("model.head_dim=16", "head_dim = 16"),
-        ("model.feed_forward.hidden=100", "hidden = 100"),
         ("model.norm.bias=false", "norm 'layernorm' with bias = false"),
         ("model.feed_forward.name=relu", "feed_forward 'relu'"),
     ],
 )
 def test_export_refuses_each_non_gpt2_setting(override, named, tmp_path, registry):
     write_run_config(tmp_path / "run", ["model.qkv_bias=true", override], registry)
-    with pytest.raises(gpt2.ConfigError, match="has no GPT-2 counterpart") as err:
-        gpt2.export_hf(tmp_path / "run", tmp_path / "hf", registry)
+    with pytest.raises(ConfigError, match="as gpt2: .* has no gpt2 counterpart") as err:
+        hf.export_hf(tmp_path / "run", tmp_path / "hf", registry)
     assert named in str(err.value) and "positional" not in str(err.value)
 
 

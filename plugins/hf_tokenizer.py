@@ -1,0 +1,146 @@
+"""The ``hf`` tokenizer: a checkpoint's own tokenizer.json, read with Hugging Face's ``tokenizers``.
+
+gptzoo import-hf writes the checkpoint's tokenizer.json into the run folder as this tokenizer's
+state (training a config from scratch fits a byte-level BPE with the same library instead), and its special tokens (tokenizer_config.json, generation_config.json) and chat template
+into the params. Encoding adds BOS where the checkpoint's tokenizer.json says (its post-processor, as transformers); generation stops at
+the first of the checkpoint's EOS ids. Chat templates are rendered with jinja2 in the sandbox
+and with the options transformers' ``apply_chat_template`` uses, so a prompt reads token for
+token as transformers would build it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import cached_property
+
+from pydantic import Field
+
+from gptzoo.core import GptzooError, Params, Tokenizer
+from gptzoo.registry import hookimpl
+
+MISSING_LIBRARY = "the 'hf' tokenizer needs the tokenizers and jinja2 packages: pip install 'gptzoo[hf]'"
+
+
+class HFTokenizerParams(Params):
+    bos_token: str | None = Field(None, description="the beginning-of-sequence token (tokenizer_config.json)")
+    eos_token: str | None = Field(None, description="the end-of-sequence token (tokenizer_config.json)")
+    pad_token: str | None = None
+    eos_token_ids: list[int] = Field(default_factory=list, description="ids that end generation (generation_config.json's eos_token_id); the first is the end-of-text id")
+    chat_template: str | None = Field(None, description="the checkpoint's jinja2 chat template; gptzoo chat renders it")
+    vocab_size: int = Field(4096, gt=256, description="tokens a byte-level BPE learns when fitted on a corpus (training a config from scratch); an imported checkpoint's tokenizer.json has its own")
+
+
+class HFTokenizer(Tokenizer):
+    """A tokenizer.json (BPE, WordPiece, Unigram, ...) as the checkpoint ships it."""
+
+    Params = HFTokenizerParams
+    lossless = False
+    needs_fit = True  # its vocabulary is state saved with the run: the checkpoint's, or one learned on the corpus
+
+    def __init__(self, params: HFTokenizerParams):
+        super().__init__(params)
+        self._json: dict | None = None
+
+    @cached_property
+    def _tokenizer(self):
+        if self._json is None:
+            raise GptzooError("the 'hf' tokenizer reads the checkpoint's tokenizer.json: gptzoo import-hf puts it in the run folder")
+        try:
+            from tokenizers import Tokenizer as Backend
+        except ImportError:
+            raise GptzooError(MISSING_LIBRARY) from None
+        return Backend.from_str(json.dumps(self._json))
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._json is not None
+
+    def fit(self, text: str) -> None:
+        """Learn a byte-level BPE of ``vocab_size`` tokens on ``text`` with the tokenizers library (GPT-2's scheme)."""
+        try:
+            from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers, trainers
+        except ImportError:
+            raise GptzooError(MISSING_LIBRARY) from None
+        backend = Backend(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=self.params.vocab_size, special_tokens=[self.EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        backend.train_from_iterator([text], trainer)
+        self.load_state(json.loads(backend.to_str()))
+
+    def state(self) -> dict | None:
+        return self._json
+
+    def load_state(self, state: dict) -> None:
+        self._json = state
+        self.__dict__.pop("_tokenizer", None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self._tokenizer.token_to_id(token)
+
+    @property
+    def eot_id(self) -> int:
+        if self.params.eos_token_ids:
+            return self.params.eos_token_ids[0]
+        eos = self._id(self.params.eos_token or self.EOT)
+        if eos is None:
+            raise GptzooError("this 'hf' tokenizer has no end-of-sequence token (eos_token or eos_token_ids)")
+        return eos
+
+    def encode(self, text: str) -> list[int]:
+        # tokenizer.json's post-processor adds BOS where the checkpoint expects it (Llama, Gemma), as in transformers.
+        return self._tokenizer.encode(text, add_special_tokens=True).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    # ---- chat templates ------------------------------------------------------------------------
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The conversation as the checkpoint's template writes it (as transformers' apply_chat_template)."""
+        if self.params.chat_template is None:
+            raise GptzooError("this checkpoint has no chat template")
+        special = {"bos_token": self.params.bos_token or "", "eos_token": self.params.eos_token or "", "pad_token": self.params.pad_token or ""}
+        return _template(self.params.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Ids of the rendered conversation; the template writes BOS itself, so none is added."""
+        return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+
+
+def _template(source: str):
+    """The template compiled as transformers compiles chat templates (transformers.utils.chat_template_utils)."""
+    try:
+        import jinja2
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise GptzooError(MISSING_LIBRARY) from None
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as err:
+        raise GptzooError(f"the checkpoint's chat template is not valid jinja2 (line {err.lineno}: {err.message})") from None
+
+
+@hookimpl
+def register_components(register):
+    register("tokenizer", "hf", HFTokenizer)

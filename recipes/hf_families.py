@@ -1,0 +1,270 @@
+"""The Hugging Face model families gptzoo reads and writes, each as data.
+
+A family is four tables:
+
+- ``fields``: a Hugging Face config.json key <-> the gptzoo [model] path(s) holding the same
+  number (``hidden_size`` <-> ``d_model``), with the value transformers assumes when the key is
+  absent. Both directions read the same table.
+- ``assembly``: what the family always is in gptzoo terms (the plugins and their fixed
+  settings: ``positional.name = "rope"``, ``feed_forward.name = "swiglu"``, ...).
+- ``requires``: Hugging Face options gptzoo implements at some values only (``hidden_act``
+  must be ``silu``); another value is refused, naming the key, the value and why.
+- ``weights``: gptzoo tensor names <-> Hugging Face tensor names, ``{i}`` standing for the
+  layer; several Hugging Face tensors may be stacked into one of gptzoo's (query, key and
+  value rows into ``qkv``), and GPT-2 stores its Conv1D weights transposed.
+
+gptzoo.recipes.hf does the rest for every family alike: checks, streaming, run folders, export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from gptzoo.core import CheckpointError, Dims
+
+REQUIRED = object()  # a key every config.json of the family carries
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config.json key (dotted into nested objects) and the gptzoo paths it sets."""
+
+    hf: str
+    ours: tuple[str, ...]
+    default: Any = REQUIRED  # the value when config.json leaves the key out; a callable reads the config
+
+    def value(self, hf: dict) -> Any:
+        found = lookup(hf, self.hf)
+        if found is not MISSING and found is not None:
+            return found
+        if self.default is REQUIRED:
+            return MISSING
+        return self.default(hf) if callable(self.default) else self.default
+
+
+@dataclass(frozen=True)
+class Require:
+    """A config.json option gptzoo implements at ``allowed`` values only (``default`` when absent)."""
+
+    hf: str
+    allowed: tuple
+    default: Any
+    why: str
+
+
+@dataclass(frozen=True)
+class Weight:
+    """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer).
+
+    ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
+    (in, out)), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``).
+    """
+
+    ours: str
+    theirs: tuple[str, ...]
+    layout: Literal["same", "transposed", "rows"] = "same"
+    rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    architecture: str
+    fields: tuple[Field, ...]
+    assembly: dict[str, Any]
+    requires: tuple[Require, ...]
+    weights: tuple[Weight, ...]
+    prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
+    ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
+
+
+MISSING = object()
+
+
+# ---- expanding a family's weight table for one model ---------------------------------------------
+
+
+def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[Weight, list[str]]]:
+    """gptzoo tensor name -> (its family entry, the Hugging Face names it is made of)."""
+    patterns = [(re.compile(re.escape(w.ours).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), w) for w in family.weights]
+    plan = {}
+    for name in shapes:
+        for pattern, weight in patterns:
+            if m := pattern.match(name):
+                plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
+                break
+        else:
+            raise CheckpointError(f"weight '{name}' has no {family.model_type} counterpart")
+    return plan
+
+
+def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims) -> dict[str, tuple[str, slice | None, bool, tuple[int, ...]]]:
+    """Hugging Face name -> (gptzoo name, rows it takes or None, transposed, its shape)."""
+    out = {}
+    for name, (weight, theirs) in plan.items():
+        shape = shapes[name]
+        if weight.layout == "rows":
+            start = 0
+            for hf, rows in zip(theirs, weight.rows(dims, shape)):
+                out[hf] = (name, slice(start, start + rows), False, (rows, *shape[1:]))
+                start += rows
+        else:
+            out[theirs[0]] = (name, None, weight.layout == "transposed", shape[::-1] if weight.layout == "transposed" else shape)
+    return out
+
+
+
+def lookup(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
+
+
+def qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shared attention layout: query heads, then key heads, then value heads."""
+    return (dims.n_heads * dims.head_size, dims.n_kv_heads * dims.head_size, dims.n_kv_heads * dims.head_size)
+
+
+def _heads(hf: dict) -> int:
+    return hf["num_attention_heads"]
+
+
+def _head_dim(hf: dict) -> int:
+    return hf["hidden_size"] // hf["num_attention_heads"]
+
+
+# ---- the decoder layer shared by Llama and the families derived from it -----------------------
+
+LLAMA_FIELDS = (
+    Field("vocab_size", ("vocab_size",)),
+    Field("hidden_size", ("d_model",)),
+    Field("num_hidden_layers", ("n_layers",)),
+    Field("num_attention_heads", ("n_heads",)),
+    Field("num_key_value_heads", ("n_kv_heads",), _heads),
+    Field("head_dim", ("head_dim",), _head_dim),
+    Field("max_position_embeddings", ("context_length",)),
+    Field("intermediate_size", ("feed_forward.hidden",)),
+    Field("rms_norm_eps", ("norm.eps",), 1e-6),
+    Field("rope_parameters.rope_theta", ("positional.base",), 10000.0),
+    Field("tie_word_embeddings", ("tied_head",), False),
+)
+LLAMA_ASSEMBLY = {
+    "positional": {"name": "rope"},
+    "feed_forward": {"name": "swiglu", "bias": False},
+    "norm": {"name": "rmsnorm"},
+    "block": {"name": "pre_norm"},
+    "head": {"name": "lm"},
+    "qkv_bias": False,
+    "attn_out_bias": False,
+}
+SILU = Require("hidden_act", ("silu",), "silu", "the SwiGLU feed-forward gates with SiLU")
+DEFAULT_ROPE = Require("rope_parameters.rope_type", ("default",), "default", "gptzoo's rope has no frequency scaling yet")
+LLAMA_WEIGHTS = (
+    Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
+    Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
+    Weight("blocks.{i}.attention.qkv.weight", tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"), "rows", qkv_rows),
+    Weight("blocks.{i}.attention.qkv.bias", tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"), "rows", qkv_rows),
+    Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),
+    Weight("blocks.{i}.attention.out_proj.bias", ("model.layers.{i}.self_attn.o_proj.bias",)),
+    Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
+    Weight("blocks.{i}.feed_forward.gate_proj.weight", ("model.layers.{i}.mlp.gate_proj.weight",)),
+    Weight("blocks.{i}.feed_forward.up_proj.weight", ("model.layers.{i}.mlp.up_proj.weight",)),
+    Weight("blocks.{i}.feed_forward.out_proj.weight", ("model.layers.{i}.mlp.down_proj.weight",)),
+    Weight("blocks.{i}.feed_forward.gate_proj.bias", ("model.layers.{i}.mlp.gate_proj.bias",)),
+    Weight("blocks.{i}.feed_forward.up_proj.bias", ("model.layers.{i}.mlp.up_proj.bias",)),
+    Weight("blocks.{i}.feed_forward.out_proj.bias", ("model.layers.{i}.mlp.down_proj.bias",)),
+    Weight("final_norm.weight", ("model.norm.weight",)),
+    Weight("head.weight", ("lm_head.weight",)),
+)
+
+LLAMA = Family(
+    model_type="llama",
+    architecture="LlamaForCausalLM",
+    fields=LLAMA_FIELDS + (
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+        Field("mlp_bias", ("feed_forward.bias",), False),
+    ),
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"feed_forward": {"name": "swiglu"}},  # biases from the fields
+    requires=(SILU, DEFAULT_ROPE, Require("pretraining_tp", (1,), 1, "the projections are not split into tensor-parallel slices")),
+    weights=LLAMA_WEIGHTS,
+)
+
+MISTRAL = Family(
+    model_type="mistral",
+    architecture="MistralForCausalLM",
+    fields=LLAMA_FIELDS,
+    assembly=LLAMA_ASSEMBLY,
+    requires=(SILU, DEFAULT_ROPE, Require("sliding_window", (None,), None, "gptzoo's sliding-window attention is not available yet")),
+    weights=LLAMA_WEIGHTS,
+)
+
+QWEN2 = Family(
+    model_type="qwen2",
+    architecture="Qwen2ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "head_dim"),  # Qwen2's heads are hidden_size / num_attention_heads wide
+    assembly=LLAMA_ASSEMBLY | {"qkv_bias": True},  # biases on q, k and v; none on o_proj
+    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet")),
+    weights=LLAMA_WEIGHTS,
+)
+
+# ---- GPT-2 --------------------------------------------------------------------------------------
+
+GPT2 = Family(
+    model_type="gpt2",
+    architecture="GPT2LMHeadModel",
+    fields=(
+        Field("vocab_size", ("vocab_size",)),
+        Field("n_embd", ("d_model",)),
+        Field("n_layer", ("n_layers",)),
+        Field("n_head", ("n_heads",)),
+        Field("n_positions", ("context_length",)),
+        Field("n_inner", ("feed_forward.hidden",), None),
+        Field("layer_norm_epsilon", ("norm.eps",), 1e-5),
+    ),
+    assembly={
+        "positional": {"name": "learned"},
+        "feed_forward": {"name": "gelu", "bias": True},
+        "norm": {"name": "layernorm", "bias": True},
+        "block": {"name": "pre_norm"},
+        "head": {"name": "lm"},
+        "qkv_bias": True,
+        "attn_out_bias": True,
+        "tied_head": True,
+    },
+    requires=(
+        Require("activation_function", ("gelu_new", "gelu_pytorch_tanh"), "gelu_new", "GPT-2's MLP uses the tanh-GELU"),
+        Require("scale_attn_weights", (True,), True, "attention scores are scaled by 1/sqrt(head size)"),
+        Require("scale_attn_by_inverse_layer_idx", (False,), False, "no per-layer score scaling"),
+        Require("reorder_and_upcast_attn", (False,), False, "no reordered upcast attention"),
+        Require("tie_word_embeddings", (True,), True, "GPT-2 ties its LM head to the token embedding"),
+        Require("add_cross_attention", (False,), False, "GPT-2 is decoder-only"),
+    ),
+    weights=(
+        Weight("token_embedding.weight", ("transformer.wte.weight",)),
+        Weight("positional.table.weight", ("transformer.wpe.weight",)),
+        Weight("blocks.{i}.attn_norm.weight", ("transformer.h.{i}.ln_1.weight",)),
+        Weight("blocks.{i}.attn_norm.bias", ("transformer.h.{i}.ln_1.bias",)),
+        Weight("blocks.{i}.attention.qkv.weight", ("transformer.h.{i}.attn.c_attn.weight",), "transposed"),
+        Weight("blocks.{i}.attention.qkv.bias", ("transformer.h.{i}.attn.c_attn.bias",)),
+        Weight("blocks.{i}.attention.out_proj.weight", ("transformer.h.{i}.attn.c_proj.weight",), "transposed"),
+        Weight("blocks.{i}.attention.out_proj.bias", ("transformer.h.{i}.attn.c_proj.bias",)),
+        Weight("blocks.{i}.ffn_norm.weight", ("transformer.h.{i}.ln_2.weight",)),
+        Weight("blocks.{i}.ffn_norm.bias", ("transformer.h.{i}.ln_2.bias",)),
+        Weight("blocks.{i}.feed_forward.in_proj.weight", ("transformer.h.{i}.mlp.c_fc.weight",), "transposed"),
+        Weight("blocks.{i}.feed_forward.in_proj.bias", ("transformer.h.{i}.mlp.c_fc.bias",)),
+        Weight("blocks.{i}.feed_forward.out_proj.weight", ("transformer.h.{i}.mlp.c_proj.weight",), "transposed"),
+        Weight("blocks.{i}.feed_forward.out_proj.bias", ("transformer.h.{i}.mlp.c_proj.bias",)),
+        Weight("final_norm.weight", ("transformer.ln_f.weight",)),
+        Weight("final_norm.bias", ("transformer.ln_f.bias",)),
+        Weight("head.weight", ("lm_head.weight",)),
+    ),
+    prefix="transformer.",
+    ignored=r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",  # causal-mask buffers of older checkpoints
+)
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2)}
