@@ -1,0 +1,73 @@
+"""configs/hf/<family>.toml: one published size of each family, equal to what import-hf makes of
+that checkpoint's config.json (as published on the Hub), with the published parameter count."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptzoo.core import GPT
+from gptzoo.recipes import hf
+from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.hf_families import FAMILIES
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "hf"
+
+# family -> (the checkpoint's config.json, as published: the fields import-hf reads; its parameter count)
+PUBLISHED = {
+    "llama": ({  # HuggingFaceTB/SmolLM2-135M
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-05,
+        "rope_theta": 100000, "rope_scaling": None, "tie_word_embeddings": True, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "pretraining_tp": 1, "bos_token_id": 0, "eos_token_id": 0,
+    }, 134_515_008),
+    "mistral": ({  # mistralai/Mistral-7B-v0.3
+        "model_type": "mistral", "architectures": ["MistralForCausalLM"], "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+    }, 7_248_023_552),
+    "qwen2": ({  # Qwen/Qwen2.5-0.5B
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": False, "max_window_layers": 24, "tie_word_embeddings": True,
+        "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643,
+    }, 494_032_768),
+    "gpt2": ({  # openai-community/gpt2
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768,
+        "n_layer": 12, "n_head": 12, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "bos_token_id": 50256, "eos_token_id": 50256,
+    }, 124_439_808),
+}
+
+
+def test_every_family_has_a_preset():
+    assert sorted(p.stem for p in PRESETS.glob("*.toml")) == sorted(PUBLISHED) and set(PUBLISHED) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", PUBLISHED)
+def test_preset_is_the_published_checkpoint_with_its_parameter_count(family, registry):
+    published, count = PUBLISHED[family]
+    preset = load_run_config(PRESETS / f"{family}.toml", registry=registry).model
+    imported = registry.model_config(hf.model_table(FAMILIES[family], hf.normalise(published), "config.json", tokenizer=preset.tokenizer))
+    assert hf.explicit(preset) == hf.explicit(imported)
+    with torch.device("meta"):
+        assert GPT(preset).param_counts()["total"] == count
+
+
+def test_describing_a_7b_preset_allocates_nothing():
+    script = (
+        "import resource, sys\n"
+        "from gptzoo.recipes.cli import main\n"
+        "from gptzoo.registry import default_registry\n"
+        "default_registry()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert main(['describe', sys.argv[1], '--json']) == 0\n"
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(PRESETS / "mistral.toml")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stderr.split()[-2:])
+    assert (after - before) * 1024 < 200 * 2**20  # 7.2 B float32 parameters would be 27 GiB
+    assert json.loads(done.stdout)["parameters"]["total"] == 7_248_023_552
