@@ -11,7 +11,7 @@ HELP = f"convert a Hugging Face checkpoint folder ({', '.join(FAMILIES)}) into a
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="a folder holding config.json, model.safetensors (or shards with model.safetensors.index.json) and tokenizer.json")
     parser.add_argument("--out", required=True, metavar="DIR", help="the run folder to create (must not exist, or be empty)")
-    parser.add_argument("--attention", default="sdpa", help="attention variant of the imported model (default sdpa; fused and per_head compute the same function from the same weights)")
+    parser.add_argument("--attention", default=None, help="attention variant of the imported model: sdpa (the default for full attention), fused or per_head, which compute the same function from the same weights")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="weights in the run folder: float32 (default) or bfloat16 (keeps a bf16 checkpoint as it is)")
 
 

@@ -50,8 +50,9 @@ def normalise(hf: dict) -> dict:
         if "type" in rope:
             rope.setdefault("rope_type", rope.pop("type"))
         rope.setdefault("rope_type", "default")
-        if hf.get("rope_theta") is not None:
-            rope["rope_theta"] = hf["rope_theta"]
+        for key in ("rope_theta", "partial_rotary_factor"):
+            if hf.get(key) is not None:
+                rope[key] = hf[key]
         hf["rope_parameters"] = rope
     return hf
 
@@ -70,10 +71,12 @@ def _set(table: dict, dotted: str, value: Any) -> None:
     table[last] = value
 
 
-def model_table(family: Family, hf: dict, source: str, attention: str = "sdpa", tokenizer: dict | None = None) -> dict:
+def model_table(family: Family, hf: dict, source: str, attention: str | None = None, tokenizer: dict | None = None) -> dict:
     """A normalised Hugging Face config.json -> the gptzoo [model] table of the same model.
 
-    Raises ConfigError naming the key and value of an option gptzoo does not implement.
+    ``attention`` replaces the family's ``sdpa`` by a variant computing the same function
+    (fused, per_head); None keeps the family's. Raises ConfigError naming the key and value of
+    an option gptzoo does not implement.
     """
     for require in family.requires:
         value = lookup(hf, require.hf)
@@ -81,7 +84,8 @@ def model_table(family: Family, hf: dict, source: str, attention: str = "sdpa", 
         if value not in require.allowed:
             allowed = " or ".join(json.dumps(a) for a in require.allowed)
             raise ConfigError(f"{source}: {require.hf} = {json.dumps(value)} is not supported for {family.model_type} ({require.why}; gptzoo reads {allowed})")
-    table = copy.deepcopy(family.assembly) | {"attention": {"name": attention}, "dropout": 0.0}
+    table = copy.deepcopy(family.assembly) | {"dropout": 0.0}
+    table.setdefault("attention", {"name": "sdpa"})
     if tokenizer is not None:
         table["tokenizer"] = tokenizer
     missing = []
@@ -93,6 +97,18 @@ def model_table(family: Family, hf: dict, source: str, attention: str = "sdpa", 
             _set(table, path, value)
     if missing:
         raise ConfigError(f"{source}: {', '.join(missing)} missing; a {family.model_type} config.json has them")
+    for conversion in family.conversions:
+        try:
+            found = conversion.read(hf)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        for path, value in found.items():
+            _set(table, path, value)
+    name = table["attention"]["name"]
+    if attention is not None and attention != name:
+        if name != "sdpa":
+            raise ConfigError(f"--attention {attention}: this checkpoint's attention is '{name}' (from {source}), which gptzoo computes one way only")
+        table["attention"]["name"] = attention
     return table
 
 
@@ -105,6 +121,9 @@ def hf_config(family: Family, model: dict) -> dict:
         value = lookup(model, field.ours[0])
         if value is not MISSING:
             _set(hf, field.hf, value)
+    for conversion in family.conversions:
+        for key, value in conversion.write(model).items():
+            _set(hf, key, value)
     return hf
 
 
@@ -136,9 +155,10 @@ def _same_attention(spec) -> bool:
 def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[str]:
     """Each setting of ``config`` that ``family`` cannot express, as a sentence; empty when it matches."""
     ours = explicit(config)
-    attention = config.attention.name if _same_attention(config.attention) else "sdpa"
+    if _same_attention(config.attention):
+        ours["attention"]["name"] = "sdpa"
     try:
-        theirs = explicit(registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", attention, ours["tokenizer"])))
+        theirs = explicit(registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", None, ours["tokenizer"])))
     except ConfigError as err:
         return [str(err).lstrip(": ")]
     ours, theirs = _flat(ours), _flat(theirs)
@@ -160,12 +180,13 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
     return problems
 
 
-def match_family(config: ModelConfig, registry: Registry, source: str) -> Family:
-    """The family whose assembly ``config`` is; else ConfigError naming what the nearest ones lack."""
+def match_family(config: ModelConfig, registry: Registry, source: str, prefer: str | None = None) -> Family:
+    """The family whose assembly ``config`` is (``prefer`` among several: a Phi-3 with full
+    rotary is also a Llama); else ConfigError naming what the nearest ones lack."""
     found = {name: mismatches(family, config, registry) for name, family in FAMILIES.items()}
-    for name, problems in found.items():
-        if not problems:
-            return FAMILIES[name]
+    matching = [name for name, problems in found.items() if not problems]
+    if matching:
+        return FAMILIES[prefer if prefer in matching else matching[0]]
     fewest = min(len(p) for p in found.values())
     nearest = [name for name, problems in found.items() if len(problems) == fewest]
     raise ConfigError(
@@ -268,14 +289,14 @@ def tokenizer_files(folder: Path, config: RunConfig, manifest) -> tuple[dict[str
         tokenizer_config["chat_template"] = p.chat_template
     files[TOKENIZER_CONFIG] = json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n"
     tokenizer = build_tokenizer(config, folder, manifest)
-    generation = {"bos_token_id": tokenizer._id(p.bos_token), "eos_token_id": (p.eos_token_ids[0] if len(p.eos_token_ids) == 1 else p.eos_token_ids) or tokenizer._id(p.eos_token)}
+    generation = {"bos_token_id": tokenizer._id(p.bos_token), "eos_token_id": (p.eos_token_ids[0] if len(p.eos_token_ids) == 1 else p.eos_token_ids) or tokenizer._id(p.eos_token), "pad_token_id": tokenizer._id(p.pad_token)}
     return files, {k: v for k, v in generation.items() if v is not None}
 
 
 # ---- the two directions -------------------------------------------------------------------------
 
 
-def import_hf(src: str | Path, out: str | Path, attention: str = "sdpa", dtype: str = "float32", registry: Registry | None = None) -> RunConfig:
+def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dtype: str = "float32", registry: Registry | None = None) -> RunConfig:
     """Convert the Hugging Face checkpoint folder ``src`` into the run folder ``out``."""
     registry = registry or default_registry()
     src, out = Path(src), Path(out)
@@ -303,12 +324,16 @@ def import_hf(src: str | Path, out: str | Path, attention: str = "sdpa", dtype: 
         used = set(found.values())
         missing = sorted(hf for hf, key in found.items() if key is None)
         unexpected = sorted(k for k in stored if k not in used and not re.fullmatch(family.ignored, k) and k not in tied)
-        wrong = [f"{key} {shape} vs {to_read[hf][3]} for this config" for hf, key in found.items() if key is not None and (shape := tuple(stored[key].get_slice(key).get_shape())) != to_read[hf][3]]
+        wrong = [f"{key} {shape} vs {to_read[hf][2]} for this config" for hf, key in found.items() if key is not None and (shape := tuple(stored[key].get_slice(key).get_shape())) != to_read[hf][2]]
         if missing or unexpected or wrong:
             raise CheckpointError(f"{src} does not match its {CONFIG}: {describe_mismatch(missing, unexpected, wrong)}")
 
         def read(name: str) -> torch.Tensor:
             weight, theirs = plan[name]
+            if weight.layout == "chunk":
+                k, key = weight.chunk[0], found[theirs[0]]
+                rows = shapes[name][0]
+                return stored[key].get_slice(key)[k * rows : (k + 1) * rows]
             parts = [stored[found[hf]].get_tensor(found[hf]) for hf in theirs]
             if weight.layout == "transposed":
                 return parts[0].T
@@ -336,12 +361,14 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
     config = load_config(run_folder, registry, manifest)
     if config.model.vocab_size is None:  # a config written by hand: the tokenizer's size, as training resolves it
         config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": build_tokenizer(config, run_folder, manifest).vocab_size})})
-    family = match_family(config.model, registry, f"{run_folder / CONFIG}: cannot export")
+    weights = run_folder / WEIGHTS
+    with open_safetensors(weights) as f:
+        source_family = (f.metadata() or {}).get("source")  # the family import-hf read it from
+    family = match_family(config.model, registry, f"{run_folder / CONFIG}: cannot export", source_family)
     data = hf_config(family, explicit(config.model))
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
     specs = hf_shapes(plan, shapes, config.model.dims())
-    weights = run_folder / WEIGHTS
     if manifest is not None and weights.is_file():
         check_file(run_folder, manifest, WEIGHTS)
     with open_safetensors(weights) as f:
@@ -354,13 +381,14 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
         tensor_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
 
         def read(hf: str) -> torch.Tensor:
-            name, rows, transposed, _ = specs[hf]
-            tensor = f.get_slice(name)[rows] if rows is not None else f.get_tensor(name)
+            parts, transposed, _ = specs[hf]
+            tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
+            tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
             return tensor.T if transposed else tensor
 
-        shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, _, shape) in specs.items()}, max_shard_bytes)
+        shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, shape) in specs.items()}, max_shard_bytes)
         extra, generation = tokenizer_files(run_folder, config, manifest)
-        data |= generation
+        data |= {"pad_token_id": None} | generation  # never a family's default pad id (Phi-3's 32000), which may lie outside this vocabulary
         with new_folder(out) as tmp:
             write_text_atomic(tmp / CONFIG, json.dumps(data, indent=2) + "\n")
             weight_map = {}

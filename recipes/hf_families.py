@@ -59,13 +59,26 @@ class Weight:
     """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer).
 
     ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
-    (in, out)), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``).
+    (in, out)), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
+    ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
+    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's).
     """
 
     ours: str
     theirs: tuple[str, ...]
-    layout: Literal["same", "transposed", "rows"] = "same"
+    layout: Literal["same", "transposed", "rows", "chunk"] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
+    chunk: tuple[int, int] = (0, 1)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A part of the config that is more than one key for one field (a rope scaling, a window):
+    ``read(config.json)`` -> {gptzoo path: value}, raising ValueError for what gptzoo lacks;
+    ``write(gptzoo [model] table)`` -> {config.json key: value}."""
+
+    read: Callable[[dict], dict[str, Any]]
+    write: Callable[[dict], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class Family:
     assembly: dict[str, Any]
     requires: tuple[Require, ...]
     weights: tuple[Weight, ...]
+    conversions: tuple[Conversion, ...] = ()
     prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
 
@@ -100,18 +114,24 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return plan
 
 
-def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims) -> dict[str, tuple[str, slice | None, bool, tuple[int, ...]]]:
-    """Hugging Face name -> (gptzoo name, rows it takes or None, transposed, its shape)."""
-    out = {}
+def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple[list[tuple[str, slice | None]], bool, tuple[int, ...]]]:
+    """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
+    None for all, stacked row-wise; whether it is stored transposed; its shape)."""
+    out: dict = {}
     for name, (weight, theirs) in plan.items():
         shape = shapes[name]
         if weight.layout == "rows":
             start = 0
             for hf, rows in zip(theirs, weight.rows(dims, shape)):
-                out[hf] = (name, slice(start, start + rows), False, (rows, *shape[1:]))
+                out[hf] = ([(name, slice(start, start + rows))], False, (rows, *shape[1:]))
                 start += rows
+        elif weight.layout == "chunk":
+            k, n = weight.chunk
+            parts = out.setdefault(theirs[0], ([None] * n, False, (shape[0] * n, *shape[1:])))[0]
+            parts[k] = (name, None)
         else:
-            out[theirs[0]] = (name, None, weight.layout == "transposed", shape[::-1] if weight.layout == "transposed" else shape)
+            transposed = weight.layout == "transposed"
+            out[theirs[0]] = ([(name, None)], transposed, shape[::-1] if transposed else shape)
     return out
 
 
@@ -212,6 +232,26 @@ QWEN2 = Family(
     weights=LLAMA_WEIGHTS,
 )
 
+PHI3 = Family(
+    model_type="phi3",
+    architecture="Phi3ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (Field("rms_norm_eps", ("norm.eps",), 1e-5),),
+    assembly=LLAMA_ASSEMBLY,
+    requires=(
+        SILU,
+        DEFAULT_ROPE,
+        Require("rope_parameters.partial_rotary_factor", (1.0,), 1.0, "gptzoo's rope rotates every dimension of a head for now"),
+        Require("sliding_window", (None,), None, "gptzoo's sliding-window attention is not available yet"),
+    ),
+    # Phi-3 keeps q, k and v in one projection, in gptzoo's order, and the gate and up projections in another.
+    weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attention.", "blocks.{i}.feed_forward.gate_proj", "blocks.{i}.feed_forward.up_proj"))) + (
+        Weight("blocks.{i}.attention.qkv.weight", ("model.layers.{i}.self_attn.qkv_proj.weight",)),
+        Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),
+        Weight("blocks.{i}.feed_forward.gate_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(0, 2)),
+        Weight("blocks.{i}.feed_forward.up_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(1, 2)),
+    ),
+)
+
 # ---- GPT-2 --------------------------------------------------------------------------------------
 
 GPT2 = Family(
@@ -267,4 +307,4 @@ GPT2 = Family(
     ignored=r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",  # causal-mask buffers of older checkpoints
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, PHI3)}

@@ -35,6 +35,8 @@ CASES = {
     "mistral": ("MistralConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=None, tie_word_embeddings=False), ATTENTION),
     # q/k/v biases without an o_proj bias, tied head
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6}), ATTENTION),
+    # q, k, v in one projection and gate, up in another; GQA; untied
+    "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
@@ -108,8 +110,7 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     for name in exported:
         assert torch.equal(exported[name], original[name]), name
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    # Mistral without a sliding window is Llama's assembly, and exports as Llama (transformers loads both alike).
-    assert config["model_type"] == {"mistral": "llama"}.get(case, model.config.model_type)
+    assert config["model_type"] == model.config.model_type  # several may match (Mistral without a window is a Llama): the source's
 
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
@@ -295,3 +296,21 @@ def test_generate_and_chat_work_on_an_imported_run_and_the_tokenizer_exports(cha
     assert (tmp_path / "out" / "tokenizer.json").read_text() == (tmp_path / "run" / "tokenizer.json").read_text()
     assert exported("Hello world").input_ids == prompt and exported.chat_template == CHAT_TEMPLATE
     assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == [3, 1]
+
+
+def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matches(tmp_path, registry):
+    """configs/llama-style.toml is Llama's, Mistral's and Phi-3's assembly alike: with no source recorded, the first (llama)."""
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config import load_run_config
+    from gptzoo.recipes.run import save_run
+
+    config = load_run_config(hf.Path(__file__).resolve().parents[2] / "configs" / "llama-style.toml", ["model.tokenizer.name=byte", "model.vocab_size=257"], registry)
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
+    family, data = hf.export_hf(tmp_path / "run", tmp_path / "out", registry)
+    assert family.model_type == "llama" and data["num_key_value_heads"] == 2 and data["rope_parameters"]["rope_theta"] == 10000.0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    idx = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, model(idx), atol=1e-4, rtol=0)
