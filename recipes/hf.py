@@ -362,8 +362,10 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
     if config.model.vocab_size is None:  # a config written by hand: the tokenizer's size, as training resolves it
         config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": build_tokenizer(config, run_folder, manifest).vocab_size})})
     weights = run_folder / WEIGHTS
-    with open_safetensors(weights) as f:
-        source_family = (f.metadata() or {}).get("source")  # the family import-hf read it from
+    source_family = None  # the family import-hf read it from, kept in the weights' metadata
+    if weights.is_file():
+        with open_safetensors(weights) as f:
+            source_family = (f.metadata() or {}).get("source")
     family = match_family(config.model, registry, f"{run_folder / CONFIG}: cannot export", source_family)
     data = hf_config(family, explicit(config.model))
     shapes = weight_shapes(config.model)
