@@ -268,7 +268,8 @@ def check_receptive_field(registry: Registry, spec: dict, field: int) -> None:
 @single_threaded
 @torch.no_grad()
 def check_loads_state_of(registry: Registry, name: str, reference: str, **params: Any) -> None:
-    """The variant loads the state dict of ``reference`` (its declared equivalent) and computes the same, with and without GQA."""
+    """The variant loads the state dict of ``reference`` (its declared equivalent, built with the
+    same params when it takes them) and computes the same, with and without GQA."""
     n_heads = TINY["n_heads"]
     for n_kv_heads in (n_heads, 2):
         try:
@@ -277,7 +278,11 @@ def check_loads_state_of(registry: Registry, name: str, reference: str, **params
             if n_kv_heads == n_heads:
                 raise
             continue  # the variant refuses grouped-query attention
-        expected = build(tiny_config(registry, attention=reference, n_kv_heads=n_kv_heads))
+        try:
+            reference_config = tiny_config(registry, attention={"name": reference, **params}, n_kv_heads=n_kv_heads)
+        except ConfigError:
+            reference_config = tiny_config(registry, attention=reference, n_kv_heads=n_kv_heads)
+        expected = build(reference_config)
         model = build(config, seed=1)
         model.load_state_dict(expected.state_dict())
         idx = _tokens(model, 2, config.context_length)

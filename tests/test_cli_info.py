@@ -35,7 +35,8 @@ def test_plugins_json_shape():
             assert set(field) == {"type", "default", "required"}
     by_name = {(e["family"], e["name"]): e for e in entries}
     sdpa = by_name["attention", "sdpa"]
-    assert (sdpa["plugin"], sdpa["distribution"], sdpa["params"]) == ("gptzoo.plugins.attention", "gptzoo", {})
+    assert (sdpa["plugin"], sdpa["distribution"]) == ("gptzoo.plugins.attention", "gptzoo")
+    assert {name: field["default"] for name, field in sdpa["params"].items()} == {"qk_norm": "none", "qk_norm_eps": 1e-6, "scale": None, "softcap": None}
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
         "bias": {"type": "bool", "default": True, "required": False},
@@ -60,7 +61,7 @@ def test_describe_json_gpt2_124m(capsys):
     info = json.loads(out)
     assert set(info) == {"config", "parameters", "flops_per_token", "kv_cache", "layers"}
     assert set(info["config"]) == {"model", "data", "train"}
-    assert info["config"]["model"]["attention"] == {"name": "sdpa"}
+    assert info["config"]["model"]["attention"]["name"] == "sdpa"
     assert info["parameters"]["total"] == 124_439_808
     assert info["parameters"]["embeddings"] == 50257 * 768 + 1024 * 768
     C, L, T, V = 768, 12, 1024, 50257
@@ -84,7 +85,7 @@ def test_describe_with_overrides(capsys):
     code, out, _ = run_main(capsys, "describe", str(GPT2), "--json", "--set", "model.attention.name=per_head", "--set", "model.n_kv_heads=4")
     assert code == 0
     info = json.loads(out)
-    assert info["config"]["model"]["attention"] == {"name": "per_head"}
+    assert info["config"]["model"]["attention"]["name"] == "per_head"
     C, L = 768, 12
     # 4 key/value heads of size 64 instead of 12: k and v rows shrink from 2·768 to 2·256
     assert info["parameters"]["attention"] == L * (C * (C + 2 * 256) + (C + 2 * 256) + C * C + C)

@@ -178,7 +178,7 @@ def reference_attention(x, qkv_weight, qkv_bias, out_weight, out_bias, n_heads, 
 def test_attention_variants_agree_with_the_reference(n_kv_heads, positional, qkv_bias):
     d = dims(n_kv_heads=n_kv_heads, qkv_bias=qkv_bias, dropout=0.0)
     torch.manual_seed(0)
-    sdpa = SDPAAttention(NoParams(), d)
+    sdpa = SDPAAttention(SDPAAttention.Params(), d)
     for p in sdpa.parameters():  # random biases too, so a misplaced bias row shows
         torch.nn.init.normal_(p, std=0.3)
     state = sdpa.state_dict()
@@ -189,7 +189,7 @@ def test_attention_variants_agree_with_the_reference(n_kv_heads, positional, qkv
     bias = pos.score_bias(positions, positions)
     expected = reference_attention(x, state["qkv.weight"], state.get("qkv.bias"), state["out_proj.weight"], state["out_proj.bias"], 4, n_kv_heads, bias)
     for impl in (SDPAAttention, FusedAttention, PerHeadAttention):
-        attention = impl(NoParams(), d).eval()
+        attention = impl(impl.Params(), d).eval()
         attention.load_state_dict(state)
         torch.testing.assert_close(attention(x, ctx), expected, atol=1e-5, rtol=0, msg=lambda m: f"{impl.__name__}: {m}")
         assert set(attention.state_dict()) == set(state), f"{impl.__name__} does not save the shared layout"
