@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.tokenizers",
     "gptzoo.plugins.positional",
     "gptzoo.plugins.attention",
+    "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
