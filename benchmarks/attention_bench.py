@@ -1,0 +1,154 @@
+"""Memory and speed of the sliding window and of multi-head latent attention against standard attention.
+
+    python benchmarks/attention_bench.py [--reps 5] [--threads N] [--out attention-bench.json] [--quick]
+
+- window cache: bytes the decoding cache holds after 1, 2 and 4 windows of tokens, sliding
+  window against sdpa (each cache's tensors, counted, and ``kv_cache_bytes``);
+- window training: training tokens/s at context 1024 with a window of 128, against full sdpa;
+- latent KV: cache bytes per token against the formula (kv_lora_rank + head_dim) · 4 bytes per layer;
+- latent decode: greedy decoding tokens/s at the GPT-2 124M shape, latent (absorbed and, for
+  comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a long prompt.
+
+Implementations of one case are built in one process and timed in turns (one repetition of
+each, then the next), so a change in the machine's load falls on all alike; figures are
+medians. Ratios are variant / sdpa: above 1 means the variant is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from gptzoo.core import GPT
+from gptzoo.plugins.latent_attention import LatentAttention
+from gptzoo.registry import make_registry
+
+REGISTRY = make_registry(entry_points=False)
+WINDOW_SHAPE = dict(vocab_size=512, d_model=256, n_layers=4, n_heads=4, positional="rope", feed_forward="swiglu", norm="rmsnorm")
+GPT2_124M = dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12, positional="rope")
+
+
+def model(shape: dict, attention: dict, registry=REGISTRY, **fields) -> GPT:
+    torch.manual_seed(0)
+    return GPT(registry.model_config({**shape, "attention": attention, **fields})).eval()
+
+
+def in_turns(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each fn, timed one repetition of each at a time."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cache_tensor_bytes(cache) -> int:
+    return sum(t.nbytes for layer in cache.layers for t in vars(layer).values() if isinstance(t, torch.Tensor))
+
+
+@torch.no_grad()
+def window_cache(window: int) -> list[dict]:
+    rows = []
+    for attention in ({"name": "sliding_window", "window": window}, {"name": "sdpa"}):
+        m = model(WINDOW_SHAPE, attention, context_length=4 * window)
+        for n in (window, 2 * window, 4 * window):
+            cache = m.new_cache(1, n)
+            m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+            for t in range(1, n):  # decode token by token up to n
+                m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+            rows.append({"case": f"decode cache after {n} tokens (window {window})", "impl": attention["name"],
+                         "cache_tensor_bytes": cache_tensor_bytes(cache), "kv_cache_bytes": m.kv_cache_bytes(n)})
+    return rows
+
+
+def window_training(window: int, context: int, batch: int, reps: int) -> list[dict]:
+    models = {name: model(WINDOW_SHAPE, attention, context_length=context).train() for name, attention in
+              [("sdpa", {"name": "sdpa"}), ("sliding_window", {"name": "sliding_window", "window": window})]}
+    idx = torch.randint(0, 512, (batch, context))
+
+    def step(m):
+        return lambda: m(idx).logsumexp(-1).mean().backward()
+
+    seconds = in_turns({name: step(m) for name, m in models.items()}, reps)
+    tokens = batch * context
+    return [{"case": f"train, context {context}, window {window}, batch {batch}, 4 × 256", "impl": name,
+             "tokens_per_s": tokens / s, "ratio_to_sdpa": seconds["sdpa"] / s} for name, s in seconds.items()]
+
+
+class ExplicitLatent(LatentAttention):
+    """Latent attention that decompresses every cached latent at every step (for comparison only)."""
+
+    def absorbing_is_cheaper(self, T: int, Tk: int) -> bool:
+        return False
+
+
+def latent_kv() -> list[dict]:
+    m = model(GPT2_124M, {"name": "latent"})
+    block = m.blocks[0].attention
+    formula = (block.rank + m.config.dims().head_size) * 4 * m.config.n_layers
+    standard = model(GPT2_124M, {"name": "sdpa"}).kv_cache_bytes(1)
+    return [{"case": "KV cache bytes per token, GPT-2 124M shape, fp32", "impl": "latent", "bytes_per_token": m.kv_cache_bytes(1024) // 1024,
+             "formula": formula, "sdpa_bytes_per_token": standard, "kv_lora_rank": block.rank, "rope_dim": m.config.dims().head_size,
+             "attention_params_per_layer": sum(p.numel() for p in block.parameters()),
+             "sdpa_attention_params_per_layer": 4 * 768 * 768 + 4 * 768}]
+
+
+@torch.no_grad()
+def latent_decode(prompt: int, new_tokens: int, reps: int) -> list[dict]:
+    registry = make_registry(entry_points=False)
+    registry.add("attention", "latent_explicit", ExplicitLatent)
+    models = {name: model(GPT2_124M, {"name": name}, registry) for name in ("sdpa", "latent", "latent_explicit")}
+    idx = torch.randint(0, 50257, (1, prompt))
+
+    def decode(m):
+        def run():
+            cache = m.new_cache(1, prompt + new_tokens)
+            logits = m(idx, cache=cache)[:, -1]
+            for _ in range(new_tokens):
+                logits = m(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+        return run
+
+    prefill = {name: (lambda m=m: m(idx, cache=m.new_cache(1, prompt))) for name, m in models.items()}
+    with_decode = in_turns({name: decode(m) for name, m in models.items()}, reps)
+    prefill_only = in_turns(prefill, reps)
+    per_token = {name: (with_decode[name] - prefill_only[name]) / new_tokens for name in models}
+    return [{"case": f"greedy decode {new_tokens} tokens after {prompt}, GPT-2 124M shape, 12 heads, fp32", "impl": name,
+             "tokens_per_s": 1 / s, "ratio_to_sdpa": per_token["sdpa"] / s} for name, s in per_token.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        rows = window_cache(8) + window_training(8, 64, 2, args.reps) + latent_kv()
+    else:
+        rows = window_cache(128) + window_training(128, 1024, 4, args.reps) + latent_kv()
+        rows += latent_decode(16, 64, args.reps) + latent_decode(960, 32, args.reps)
+    for row in rows:
+        print(json.dumps(row))
+    if args.out:
+        report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+                  "settings": vars(args), "cases": rows}
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
