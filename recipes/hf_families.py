@@ -214,13 +214,26 @@ LLAMA = Family(
     weights=LLAMA_WEIGHTS,
 )
 
+def _read_window(hf: dict) -> dict[str, Any]:
+    window = hf.get("sliding_window")
+    return {} if window is None else {"attention.name": "sliding_window", "attention.window": window}
+
+
+def _write_window(model: dict) -> dict[str, Any]:
+    attention = model["attention"]
+    return {"sliding_window": attention["window"] if attention["name"] == "sliding_window" else None}
+
+
+SLIDING_WINDOW = Conversion(_read_window, _write_window)  # Mistral's sliding_window: every layer, null for none
+
 MISTRAL = Family(
     model_type="mistral",
     architecture="MistralForCausalLM",
     fields=LLAMA_FIELDS,
     assembly=LLAMA_ASSEMBLY,
-    requires=(SILU, DEFAULT_ROPE, Require("sliding_window", (None,), None, "gptzoo's sliding-window attention is not available yet")),
+    requires=(SILU, DEFAULT_ROPE),
     weights=LLAMA_WEIGHTS,
+    conversions=(SLIDING_WINDOW,),
 )
 
 QWEN2 = Family(
@@ -230,6 +243,23 @@ QWEN2 = Family(
     assembly=LLAMA_ASSEMBLY | {"qkv_bias": True},  # biases on q, k and v; none on o_proj
     requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet")),
     weights=LLAMA_WEIGHTS,
+)
+
+QWEN3 = Family(
+    model_type="qwen3",
+    architecture="Qwen3ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (
+        Field("head_dim", ("head_dim",), 128),  # Qwen3's default, not hidden_size / heads
+        Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-6),
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+    ),
+    # RMSNorm over each head's queries and keys before rotary, one weight shared by the heads
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"attention": {"name": "sdpa", "qk_norm": "per_head"}},
+    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
+    weights=LLAMA_WEIGHTS + (
+        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
+    ),
 )
 
 PHI3 = Family(
@@ -307,4 +337,4 @@ GPT2 = Family(
     ignored=r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",  # causal-mask buffers of older checkpoints
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, PHI3)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3)}

@@ -33,6 +33,10 @@ CASES = {
     # multi-query, tied head, SmolLM2's shape of options (no biases)
     "llama-tied-mqa": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True), ATTENTION),
     "mistral": ("MistralConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=None, tie_word_embeddings=False), ATTENTION),
+    # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
+    "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
+    # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
+    "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), ATTENTION),
     # q/k/v biases without an o_proj bias, tied head
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6}), ATTENTION),
     # q, k, v in one projection and gate, up in another; GQA; untied
@@ -95,7 +99,7 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
             ours = run.model(idx, pad_mask=mask)
         torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}, {attention}: {m}")
         assert generate_ids(run.model, prompts, 20) == hf_tokens, f"{case}, {attention}"
-    assert main(["export-hf", str(tmp_path / "sdpa"), "--out", str(tmp_path / "exported")]) == 0
+    assert main(["export-hf", str(tmp_path / CASES[case][2][0]), "--out", str(tmp_path / "exported")]) == 0
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", attn_implementation="eager").eval()
     torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
 

@@ -35,6 +35,12 @@ PUBLISHED = {
         "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": False, "max_window_layers": 24, "tie_word_embeddings": True,
         "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151643,
     }, 494_032_768),
+    "qwen3": ({  # Qwen/Qwen3-0.6B
+        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
+        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000, "rope_scaling": None, "sliding_window": None, "use_sliding_window": False,
+        "max_window_layers": 28, "tie_word_embeddings": True, "attention_bias": False, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+    }, 596_049_920),
     "gpt2": ({  # openai-community/gpt2
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768,
         "n_layer": 12, "n_head": 12, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "bos_token_id": 50256, "eos_token_id": 50256,
