@@ -39,6 +39,8 @@ CASES = {
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), ATTENTION),
     # q/k/v biases without an o_proj bias, tied head
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6}), ATTENTION),
+    # norms on the sublayers' outputs, QK-norm across heads, GQA
+    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # q, k, v in one projection and gate, up in another; GQA; untied
     "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
@@ -124,7 +126,9 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
     model = json.loads(capsys.readouterr().out)["config"]["model"]
     expected = {"gpt2": ("learned", "gelu", "layernorm")}.get(case, ("rope", "swiglu", "rmsnorm"))
-    assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == (*expected, "pre_norm")
+    block = {"olmo2": "sublayer_output_norm"}.get(case, "pre_norm")
+    assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == (*expected, block)
+    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads"}.get(case, "none")
 
 
 # ---- the folder: shards, dtypes, refusals, memory -----------------------------------------------
