@@ -12,7 +12,7 @@ import difflib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -159,6 +159,7 @@ class ModelConfig(BaseModel):
     qkv_bias: bool = Field(False, description="biases on the query, key and value projections")
     attn_out_bias: bool = Field(True, description="a bias on attention's output projection")
     tied_head: bool = False
+    embedding_scale: Annotated[float, Field(gt=0)] | Literal["sqrt_d_model"] = Field(1.0, description="multiply the token embeddings by this before the first layer; sqrt_d_model: √d_model in the activations' dtype (Gemma)")
     init: InitScheme = Field("gpt2", description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers); torch_default: PyTorch's defaults, as the book's model")
 
     tokenizer: ComponentSpec = _spec("tokenizer")
@@ -227,6 +228,10 @@ class ModelConfig(BaseModel):
                 except ValueError as err:
                     raise ValueError(f"{where}{family} '{spec.name}': {err}") from None
         return self
+
+    def embedding_multiplier(self) -> float:
+        """The number ``embedding_scale`` stands for."""
+        return self.d_model**0.5 if self.embedding_scale == "sqrt_d_model" else self.embedding_scale
 
     def layer(self, index: int) -> LayerSpec:
         """The components of layer ``index``: its kind's choices over the model-level ones."""

@@ -81,6 +81,14 @@ class Component(nn.Module):
         """Forward FLOPs per token; training costs three times this. Default: 2 per matrix weight."""
         return sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
 
+    def active_parameters(self) -> int:
+        """Parameters of this component (not its nested ones) that one token's forward pass uses.
+
+        Default: all it owns. A mixture of experts counts the router, the experts a token is
+        sent to and the shared ones; ``describe`` reports the model's sum beside the total.
+        """
+        return sum(p.numel() for m in self.owned_modules() for p in m.parameters(recurse=False))
+
     def owned_modules(self) -> Iterator[nn.Module]:
         """This component and its submodules, stopping at nested components (they account for themselves)."""
         yield self

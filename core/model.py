@@ -22,6 +22,7 @@ class GPT(nn.Module):
         self.config = config
         dims = config.dims()
         self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
+        self.embedding_multiplier = config.embedding_multiplier()
         self.positional = config.positional.build(dims)
         # Layer kinds with a position scheme of their own share one module per kind.
         layers = config.layers()
@@ -78,6 +79,9 @@ class GPT(nn.Module):
         kind_ctx = {kind: AttentionContext(p, positions, key_positions, offset, key_valid) for kind, p in self.kind_positionals.items()}
 
         x = self.token_embedding(idx)  # (B, T, C)
+        if self.embedding_multiplier != 1.0:
+            # A tensor in the activations' dtype, as Gemma's normaliser: √3072 rounds in bf16.
+            x = x * torch.tensor(self.embedding_multiplier, dtype=x.dtype)
         x = self.dropout(self.positional.embed(x, positions))
         for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional)):
             x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
@@ -129,6 +133,12 @@ class GPT(nn.Module):
                         counts[family] += p.numel()
         counts["total"] = sum(counts.values())
         return counts
+
+    def active_parameters_per_token(self) -> int:
+        """Parameters one token's forward pass uses: the total less what each component leaves
+        idle for a token (the experts a router did not choose)."""
+        idle = sum(sum(p.numel() for m in c.owned_modules() for p in m.parameters(recurse=False)) - c.active_parameters() for c in self.modules() if isinstance(c, Component))
+        return self.param_counts()["total"] - idle
 
     def flops_per_token(self, context_length: int | None = None) -> dict[str, int]:
         """Forward FLOPs per token at ``context_length`` by family, from each component's own estimate."""

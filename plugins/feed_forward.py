@@ -1,4 +1,5 @@
-"""Position-wise feed-forward networks: GELU (GPT-2's tanh approximation), ReLU, SwiGLU."""
+"""Position-wise feed-forward networks: GELU (GPT-2's tanh approximation), ReLU, SwiGLU, GeGLU.
+The mixture of experts lives in gptzoo.plugins.moe."""
 
 import math
 
@@ -42,25 +43,41 @@ class ReLUFeedForward(_TwoLayerMLP):
     activation = staticmethod(torch.relu)
 
 
-class SwiGLUParams(Params):
+class GLUParams(Params):
     hidden: int | None = None  # None: 8/3 × d_model rounded up to a multiple of 64 (about 4 × d_model's parameters)
     bias: bool = False
 
 
-class SwiGLUFeedForward(FeedForward):
-    """SiLU(x W_gate) ⊙ (x W_up), then W_out (Shazeer, 2020; Llama)."""
+def glu_hidden(d_model: int) -> int:
+    """8/3 × d_model rounded up to a multiple of 64: three matrices with about the parameters of a 4 × d_model MLP's two."""
+    return 64 * math.ceil(8 * d_model / 3 / 64)
 
-    Params = SwiGLUParams
 
-    def __init__(self, params: SwiGLUParams, dims: Dims):
+class _GatedLinearUnit(FeedForward):
+    """activation(x W_gate) ⊙ (x W_up), then W_out (Shazeer, 2020, "GLU Variants Improve Transformer")."""
+
+    Params = GLUParams
+    activation = staticmethod(F.silu)
+
+    def __init__(self, params: GLUParams, dims: Dims):
         super().__init__(params, dims)
-        hidden = params.hidden or 64 * math.ceil(8 * dims.d_model / 3 / 64)
+        hidden = params.hidden or glu_hidden(dims.d_model)
         self.gate_proj = nn.Linear(dims.d_model, hidden, bias=params.bias)
         self.up_proj = nn.Linear(dims.d_model, hidden, bias=params.bias)
         self.out_proj = nn.Linear(hidden, dims.d_model, bias=params.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, hidden) -> (B, T, C)
+        return self.out_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))  # (B, T, hidden) -> (B, T, C)
+
+
+class SwiGLUFeedForward(_GatedLinearUnit):
+    """SiLU gate (Llama, Mistral, Qwen)."""
+
+
+class GeGLUFeedForward(_GatedLinearUnit):
+    """GELU gate in its tanh approximation (Gemma's gelu_pytorch_tanh)."""
+
+    activation = staticmethod(gelu_tanh)
 
 
 @hookimpl
@@ -68,3 +85,4 @@ def register_components(register):
     register("feed_forward", "gelu", GELUFeedForward)
     register("feed_forward", "relu", ReLUFeedForward)
     register("feed_forward", "swiglu", SwiGLUFeedForward)
+    register("feed_forward", "geglu", GeGLUFeedForward)

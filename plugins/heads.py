@@ -12,16 +12,22 @@ from gptzoo.core import Dims, Head, InitScheme, Params
 from gptzoo.registry import hookimpl
 
 
+class LMParams(Params):
+    softcap: float | None = Field(None, gt=0, description="cap · tanh(logits / cap) bounds the logits to (-cap, cap) (Gemma 2: 30); None: no cap")
+
+
 class LMHead(Head):
     """Hidden states -> next-token logits over the vocabulary: (B, T, C) -> (B, T, V).
 
     With a padded vocabulary (``vocab_multiple``) V is the padded size and the padding ids get
-    -inf: softmax, sampling and the loss are exactly those of the real vocabulary.
+    -inf: softmax, sampling and the loss are exactly those of the real vocabulary. With
+    ``softcap`` the logits are soft-capped (Gemma 2's final-logit soft-capping).
     """
 
+    Params = LMParams
     can_tie = True
 
-    def __init__(self, params: Params, dims: Dims, embedding: nn.Embedding | None = None):
+    def __init__(self, params: LMParams, dims: Dims, embedding: nn.Embedding | None = None):
         super().__init__(params, dims)
         # Tied: the very Parameter of the embedding, no copy.
         self.tied = embedding is not None
@@ -37,6 +43,8 @@ class LMHead(Head):
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         logits = F.linear(x, self.weight)  # (B, T, V)
+        if self.params.softcap is not None:
+            logits = self.params.softcap * torch.tanh(logits / self.params.softcap)
         if self.dims.padded_vocab_size > self.dims.vocab_size:
             logits[..., self.dims.vocab_size :] = float("-inf")
         return logits

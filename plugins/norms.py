@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import Dims, Norm, Params
@@ -10,7 +11,8 @@ from gptzoo.registry import hookimpl
 
 class LayerNormParams(Params):
     eps: float = 1e-5
-    bias: bool = True
+    bias: bool = Field(True, description="a learned shift")
+    scale: bool = Field(True, description="a learned scale; scale = false with bias = false is OLMo 1's non-parametric LayerNorm")
 
 
 class LayerNorm(Norm):
@@ -20,7 +22,7 @@ class LayerNorm(Norm):
 
     def __init__(self, params: LayerNormParams, dims: Dims):
         super().__init__(params, dims)
-        self.weight = nn.Parameter(torch.ones(dims.d_model))
+        self.weight = nn.Parameter(torch.ones(dims.d_model)) if params.scale else None
         self.bias = nn.Parameter(torch.zeros(dims.d_model)) if params.bias else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -29,18 +31,25 @@ class LayerNorm(Norm):
 
 class RMSNormParams(Params):
     eps: float = 1e-5
+    unit_offset: bool = Field(False, description="scale by (1 + weight), the weight starting at 0, computed in float32 (Gemma)")
 
 
 class RMSNorm(Norm):
-    """x / sqrt(mean(x²) + eps) · scale (Zhang & Sennrich, 2019)."""
+    """x / sqrt(mean(x²) + eps) · scale (Zhang & Sennrich, 2019).
+
+    With ``unit_offset`` the scale is (1 + weight) and the whole norm runs in float32 before
+    casting back, as Gemma's does; the stored weight is then Gemma's (0 means identity).
+    """
 
     Params = RMSNormParams
 
     def __init__(self, params: RMSNormParams, dims: Dims):
         super().__init__(params, dims)
-        self.weight = nn.Parameter(torch.ones(dims.d_model))
+        self.weight = nn.Parameter(torch.zeros(dims.d_model) if params.unit_offset else torch.ones(dims.d_model))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.params.unit_offset:
+            return F.rms_norm(x.float(), (x.size(-1),), 1.0 + self.weight.float(), self.params.eps).to(x.dtype)
         return F.rms_norm(x, (x.size(-1),), self.weight, self.params.eps)
 
 

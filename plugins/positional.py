@@ -1,9 +1,11 @@
 """Positional encodings: learned and sinusoidal tables (added to embeddings), rotary (applied to
-queries and keys), ALiBi (added to attention scores), and none."""
+queries and keys; scaled, partial, two pair layouts), ALiBi (added to attention scores), and none."""
 
 import math
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import Dims, Params, PositionalEncoding
@@ -59,33 +61,127 @@ class SinusoidalPositions(PositionalEncoding):
         return x + self.params.scale * self.table[positions].to(x.dtype)  # (B, T, C) + (B|1, T, C)
 
 
-class RotaryPositions(PositionalEncoding):
-    """RoPE: rotate each (first half, second half) pair of q and k by position × frequency (GPT-NeoX / Llama layout)."""
+class LinearScaling(Params):
+    """Position interpolation (Chen et al., 2023): every frequency divided by ``factor``."""
 
-    Params = BaseParams
+    type: Literal["linear"]
+    factor: float = Field(gt=0)
+
+
+class Llama3Scaling(Params):
+    """Llama 3.1's frequency-dependent scaling: wavelengths under original_context_length /
+    high_freq_factor kept, those over original_context_length / low_freq_factor divided by
+    ``factor``, and a smooth blend of the two in between."""
+
+    type: Literal["llama3"]
+    factor: float = Field(8.0, gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
+    original_context_length: int = Field(8192, gt=0)
+
+
+class YaRNScaling(Params):
+    """YaRN (Peng et al., 2023): frequencies that turn fewer than ``beta_slow`` times over the
+    original context are interpolated (divided by ``factor``), those turning more than
+    ``beta_fast`` times kept, a linear ramp between; cos and sin are multiplied by the attention
+    factor (default 0.1·ln(factor) + 1), so attention scores by its square."""
+
+    type: Literal["yarn"]
+    factor: float = Field(gt=1)
+    original_context_length: int = Field(gt=0)
+    beta_fast: float = Field(32.0, gt=0)
+    beta_slow: float = Field(1.0, gt=0)
+    attention_factor: float | None = Field(None, gt=0)
+    truncate: bool = Field(True, description="round the ramp's ends to whole dimensions, as the paper's code does")
+
+
+RopeScaling = Annotated[LinearScaling | Llama3Scaling | YaRNScaling, Field(discriminator="type")]
+
+
+class RotaryParams(BaseParams):
+    scaling: RopeScaling | None = Field(None, description='frequency scaling for longer contexts: { type = "linear" | "llama3" | "yarn", ... }')
+    fraction: float = Field(1.0, gt=0, le=1, description="the fraction of each head's dimensions rotated, the first ones (GPT-NeoX 0.25, Phi); the rest pass unchanged")
+    layout: Literal["halves", "interleaved"] = Field("halves", description="halves: dimension j pairs with j + d/2 (Llama, GPT-NeoX); interleaved: 2j with 2j + 1 (GPT-J, the RoFormer paper)")
+
+
+def rotary_dim(params: RotaryParams, head_size: int) -> int:
+    return int(head_size * params.fraction)
+
+
+def rope_frequencies(params: RotaryParams, head_size: int) -> tuple[Tensor, float]:
+    """The rotary dimension pairs' angular frequencies (rotary_dim/2,) in float64, and the factor
+    on cos and sin (1 but for YaRN)."""
+    dim = rotary_dim(params, head_size)
+    inv_freq = _inverse_frequencies(dim, params.base)
+    scaling = params.scaling
+    if scaling is None:
+        return inv_freq, 1.0
+    if scaling.type == "linear":
+        return inv_freq / scaling.factor, 1.0
+    if scaling.type == "llama3":
+        wavelength = 2 * math.pi / inv_freq
+        low_freq_wavelength = scaling.original_context_length / scaling.low_freq_factor  # longer: interpolated
+        high_freq_wavelength = scaling.original_context_length / scaling.high_freq_factor  # shorter: kept
+        smooth = (scaling.original_context_length / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+        scaled = torch.where(wavelength > low_freq_wavelength, inv_freq / scaling.factor, inv_freq)
+        between = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+        return torch.where(between, blended, scaled), 1.0
+    # YaRN: dimension d of `dim` turns original_context_length / (2π base^(d/dim)) times over
+    # the original context; solve for the dimensions turning beta_fast and beta_slow times.
+    def dimension_turning(turns: float) -> float:
+        return dim * math.log(scaling.original_context_length / (turns * 2 * math.pi)) / (2 * math.log(params.base))
+
+    low, high = dimension_turning(scaling.beta_fast), dimension_turning(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(0, 1)  # 0: kept, 1: interpolated
+    inv_freq = inv_freq * (1 - ramp) + inv_freq / scaling.factor * ramp
+    attention_factor = scaling.attention_factor if scaling.attention_factor is not None else 0.1 * math.log(scaling.factor) + 1.0
+    return inv_freq, attention_factor
+
+
+class RotaryPositions(PositionalEncoding):
+    """RoPE (Su et al., 2021): rotate pairs of dimensions of q and k by position × frequency.
+
+    ``layout`` chooses the pairs (halves: Llama/GPT-NeoX; interleaved: GPT-J and the paper),
+    ``fraction`` how many dimensions are rotated (the first ones), ``scaling`` the frequencies
+    for a context longer than the one trained (linear, Llama 3, YaRN).
+    """
+
+    Params = RotaryParams
 
     @classmethod
-    def check(cls, params: BaseParams, dims: Dims) -> None:
-        if dims.head_size % 2:
+    def check(cls, params: RotaryParams, dims: Dims) -> None:
+        dim = rotary_dim(params, dims.head_size)
+        if dim < 2 or dim % 2:
             raise ValueError(
-                f"rotary needs an even head size, but d_model={dims.d_model} / n_heads={dims.n_heads} gives {dims.head_size}"
+                f"rotary needs an even number of rotated dimensions, but head size {dims.head_size} × fraction {params.fraction} gives {dim}"
             )
 
-    def __init__(self, params: BaseParams, dims: Dims):
+    def __init__(self, params: RotaryParams, dims: Dims):
         super().__init__(params, dims)
-        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * _inverse_frequencies(dims.head_size, params.base)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (context, hs/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.rotary_dim = rotary_dim(params, dims.head_size)
+        inv_freq, attention_factor = rope_frequencies(params, dims.head_size)
+        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * inv_freq
+        self.register_buffer("cos", (angles.cos() * attention_factor).float(), persistent=False)  # (context, rotary_dim/2)
+        self.register_buffer("sin", (angles.sin() * attention_factor).float(), persistent=False)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # (B|1, 1, T, hs/2)
+        cos = self.cos[positions].unsqueeze(1)  # (B|1, 1, T, rotary_dim/2)
         sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
-
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)  # (B, h, T, hs/2) each
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        turned, kept = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]  # (B, h, T, rotary_dim), (B, h, T, hs - rotary_dim)
+        if self.params.layout == "halves":
+            x1, x2 = turned.chunk(2, dim=-1)  # (B, h, T, rotary_dim/2) each
+            turned = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        else:
+            x1, x2 = turned[..., 0::2], turned[..., 1::2]
+            turned = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+        return torch.cat([turned.to(x.dtype), kept], dim=-1)
 
 
 class ALiBiPositions(PositionalEncoding):

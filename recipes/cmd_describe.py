@@ -35,6 +35,7 @@ def describe(config: RunConfig) -> dict:
     return {
         "config": config.model_dump(mode="json") | {"model": model_config.model_dump(mode="json")},
         "parameters": model.param_counts(),
+        "active_parameters_per_token": model.active_parameters_per_token(),
         "flops_per_token": model.flops_per_token(T),
         "kv_cache": {"bytes_per_token": per_sequence // T, "bytes_per_sequence": per_sequence, "dtype": "float32", "context_length": T},
         "layers": [
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print("parameters")
     for family, n in info["parameters"].items():
         print(f"  {family:<15} {n:>15,}")
+    print(f"  {'active/token':<15} {info['active_parameters_per_token']:>15,}")
     print(f"cost per token at context {m['context_length']}")
     flops = info["flops_per_token"]
     print(f"  {'forward FLOPs':<15} {flops['forward']:>15,}")

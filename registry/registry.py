@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.attention",
     "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.feed_forward",
+    "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
     "gptzoo.plugins.heads",

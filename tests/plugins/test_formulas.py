@@ -7,11 +7,11 @@ import torch
 
 from gptzoo.core import AttentionContext, Dims, NoParams
 from gptzoo.plugins.attention import FusedAttention, PerHeadAttention, SDPAAttention
-from gptzoo.plugins.feed_forward import SwiGLUFeedForward, SwiGLUParams, gelu_tanh
+from gptzoo.plugins.feed_forward import SwiGLUFeedForward, GLUParams, gelu_tanh
 from gptzoo.plugins.norms import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 from gptzoo.plugins.positional import (
     ALiBiPositions,
-    BaseParams,
+    RotaryParams,
     NoPositions,
     RotaryPositions,
     SinusoidalParams,
@@ -99,7 +99,7 @@ def test_alibi_bias_is_minus_slope_times_distance():
 
 
 def _rope(hs=8, context=16):
-    return RotaryPositions(BaseParams(base=10000.0), dims(d_model=hs * 4, context_length=context))
+    return RotaryPositions(RotaryParams(base=10000.0), dims(d_model=hs * 4, context_length=context))
 
 
 def test_rope_is_complex_multiplication_on_half_split_pairs():
@@ -137,7 +137,7 @@ def test_rope_preserves_norms_and_scores_depend_on_relative_position_only():
 
 def test_swiglu_matches_the_formula_with_its_own_weights():
     torch.manual_seed(0)
-    ffn = SwiGLUFeedForward(SwiGLUParams(hidden=24), dims(d_model=8))
+    ffn = SwiGLUFeedForward(GLUParams(hidden=24), dims(d_model=8))
     x = torch.randn(2, 3, 8)
     Wg, Wu, Wo = ffn.gate_proj.weight.T, ffn.up_proj.weight.T, ffn.out_proj.weight.T
     gate = x @ Wg
@@ -146,7 +146,7 @@ def test_swiglu_matches_the_formula_with_its_own_weights():
 
 
 def test_swiglu_default_hidden_is_8_thirds_rounded_up_to_64():
-    assert SwiGLUFeedForward(SwiGLUParams(), dims(d_model=256)).gate_proj.out_features == 704  # 8/3·256 = 682.7 -> 704
+    assert SwiGLUFeedForward(GLUParams(), dims(d_model=256)).gate_proj.out_features == 704  # 8/3·256 = 682.7 -> 704
 
 
 # ---- the three attention implementations against a hand-written reference ------------------

@@ -28,17 +28,17 @@ def installed(monkeypatch):
 
 
 def test_found_through_its_entry_point(installed):
-    entry = installed.get("feed_forward", "geglu")
+    entry = installed.get("feed_forward", "geglu_erf")
     assert (entry.plugin, entry.distribution, entry.version) == ("geglu", "gptzoo_geglu", "0.1.0")
 
 
 def test_not_there_when_not_installed():
-    assert "geglu" not in make_registry().names("feed_forward")
+    assert "geglu_erf" not in make_registry().names("feed_forward")
 
 
 def test_passes_the_conformance_kit(installed):
-    check_component("feed_forward", "geglu", registry=installed)
-    check_component("feed_forward", "geglu", registry=installed, hidden=48, bias=True)
+    check_component("feed_forward", "geglu_erf", registry=installed)
+    check_component("feed_forward", "geglu_erf", registry=installed, hidden=48, bias=True)
 
 
 def test_a_toml_config_uses_it(installed):
@@ -48,7 +48,7 @@ def test_a_toml_config_uses_it(installed):
     assert type(ffn).__name__ == "GEGLU" and ffn.gate_proj.out_features == 64
     assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 50)
     # its params are validated like a built-in's
-    with pytest.raises(ConfigError, match=r"feed_forward 'geglu': hiden: unknown field \(did you mean 'hidden'\?\)"):
+    with pytest.raises(ConfigError, match=r"feed_forward 'geglu_erf': hiden: unknown field \(did you mean 'hidden'\?\)"):
         load_run_config(HERE / "geglu.toml", ["model.feed_forward.hiden=8"], registry=installed)
 
 
@@ -66,7 +66,7 @@ def test_cli_lists_it_with_its_distribution():
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     result = subprocess.run([sys.executable, "-m", "gptzoo.recipes", "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    (entry,) = [e for e in json.loads(result.stdout) if e["name"] == "geglu"]
+    (entry,) = [e for e in json.loads(result.stdout) if e["name"] == "geglu_erf"]
     assert entry["family"] == "feed_forward"
     assert (entry["plugin"], entry["distribution"], entry["version"]) == ("geglu", "gptzoo_geglu", "0.1.0")
     assert entry["params"]["hidden"] == {"type": "int | None", "default": None, "required": False}

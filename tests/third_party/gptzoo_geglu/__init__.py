@@ -1,4 +1,5 @@
-"""A third-party gptzoo plugin: the GEGLU feed-forward (Shazeer, 2020), GELU(x W_gate) ⊙ (x W_up) W_out.
+"""A third-party gptzoo plugin: the GEGLU feed-forward (Shazeer, 2020) with the exact (erf) GELU,
+GELU(x W_gate) ⊙ (x W_up) W_out, registered as geglu_erf (the built-in geglu gates with the tanh GELU).
 
 Installed, it is found through its entry point (group "gptzoo"); nothing in gptzoo names it.
 """
@@ -31,4 +32,4 @@ class GEGLU(FeedForward):
 
 @hookimpl
 def register_components(register):
-    register("feed_forward", "geglu", GEGLU)
+    register("feed_forward", "geglu_erf", GEGLU)

@@ -1,0 +1,200 @@
+"""The mixture of experts against a per-token loop, a hand-worked auxiliary loss, transformers'
+Mixtral, Qwen3-MoE and DeepSeek-V3 blocks, and the parameter and FLOP counts' formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from gptzoo.core import GPT, ConfigError, Dims
+from gptzoo.plugins.moe import MixtureOfExperts, MoEParams
+from gptzoo.testing import build, tiny_config
+
+
+def dims(d_model=16, **kw):
+    return Dims(**(dict(vocab_size=50, context_length=16, d_model=d_model, n_heads=4, n_kv_heads=4, n_layers=2) | kw))
+
+
+def moe(seed=0, d_model=16, **params):
+    torch.manual_seed(seed)
+    layer = MixtureOfExperts(MoEParams(**params), dims(d_model))
+    layer.init_weights("gpt2")
+    with torch.no_grad():  # larger router weights: well-separated scores, so no near-ties in top-k
+        layer.router.weight.normal_(0, 1.0)
+    return layer
+
+
+def per_token_loop(layer, x):
+    """Each token alone: its scores, its top k by sorting, each chosen expert's SwiGLU."""
+    p = layer.params
+    out = torch.zeros_like(x)
+    for b in range(x.size(0)):
+        for t in range(x.size(1)):
+            token = x[b, t].double()
+            logits = layer.router.weight.double() @ token
+            scores = logits.softmax(-1) if p.scoring == "softmax" else logits.sigmoid()
+            ranked = sorted(range(p.n_experts), key=lambda e: -scores[e].item())[: p.top_k]
+            total = sum(scores[e] for e in ranked) if p.normalize_top_k else 1.0
+            for e in ranked:
+                gate = layer.expert_gate[e].double() @ token
+                up = layer.expert_up[e].double() @ token
+                expert = layer.expert_out[e].double() @ (gate * torch.sigmoid(gate) * up)
+                out[b, t] += (p.routed_scale * scores[e] / total * expert).to(x.dtype)
+            if layer.shared is not None:
+                out[b, t] += layer.shared(x[b, t])
+    return out
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(n_experts=4, top_k=2),  # Mixtral
+        dict(n_experts=4, top_k=2, normalize_top_k=False),  # Qwen1.5-MoE
+        dict(n_experts=6, top_k=3, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1),  # DeepSeek-V3
+        dict(n_experts=3, top_k=1, hidden=8, n_shared_experts=2),
+    ],
+    ids=["mixtral", "unnormalised", "deepseek_v3", "top1_shared2"],
+)
+@torch.no_grad()
+def test_outputs_match_a_per_token_loop_over_experts(params):
+    layer = moe(**params, **({} if "hidden" in params else {"hidden": 12}))
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(layer(x), per_token_loop(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_aux_losses_of_a_two_token_two_expert_example():
+    # Router = identity on 2 dims: logits are the tokens themselves.
+    layer = MixtureOfExperts(MoEParams(n_experts=2, top_k=1, hidden=4), dims(d_model=2))
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(2))
+    x = torch.tensor([[[math.log(3), 0.0], [math.log(2), 0.0]]])  # probs (3/4, 1/4) and (2/3, 1/3): both pick expert 0
+    layer(x)
+    losses = layer.auxiliary_losses()
+    # f = (1, 0) of the tokens on each expert; P = mean probs = (17/24, 7/24); E · Σ f·P = 2 · 17/24.
+    assert losses["moe_balance"].value.item() == pytest.approx(17 / 12)
+    # logsumexp = ln(3 + 1) and ln(2 + 1).
+    assert losses["moe_z"].value.item() == pytest.approx((math.log(4) ** 2 + math.log(3) ** 2) / 2)
+    assert (losses["moe_balance"].weight, losses["moe_z"].weight) == (0.01, 0.0)
+
+
+def test_balance_loss_is_k_when_balanced_and_trains_the_router():
+    layer = moe(n_experts=4, top_k=2, hidden=8, balance_loss_weight=0.1)
+    with torch.no_grad():
+        layer.router.weight.zero_()  # uniform probabilities; ties go to experts 0 and 1
+    layer(torch.randn(1, 4, 16))
+    loss = layer.auxiliary_losses()["moe_balance"]
+    # f = (1, 1, 0, 0), P = 1/4 each: 4 · (1/4 + 1/4) = 2 = k, the balanced value.
+    assert loss.value.item() == pytest.approx(2.0) and loss.weight == 0.1
+    layer.auxiliary_losses()["moe_balance"].value.backward()
+    assert layer.router.weight.grad is not None and layer.router.weight.grad.abs().sum() > 0
+
+
+# ---- against transformers ---------------------------------------------------------------------
+
+
+def _copy_experts(ours, gate_up, down):
+    with torch.no_grad():
+        gate_up.copy_(torch.cat([ours.expert_gate, ours.expert_up], dim=1))  # (E, 2·hidden, C): gate rows, then up rows
+        down.copy_(ours.expert_out)
+
+
+@torch.no_grad()
+def test_matches_transformers_mixtral_sparse_block_and_its_balance_loss():
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock, load_balancing_loss_func
+
+    ours = moe(n_experts=4, top_k=2, hidden=12)
+    config = MixtralConfig(hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0)
+    theirs = MixtralSparseMoeBlock(config).eval()
+    theirs.gate.weight.copy_(ours.router.weight)
+    _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    router_logits = F.linear(x.view(-1, 16), theirs.gate.weight)
+    expected = load_balancing_loss_func((router_logits,), num_experts=4, top_k=2)
+    torch.testing.assert_close(ours.auxiliary_losses()["moe_balance"].value, expected)
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+@torch.no_grad()
+def test_matches_transformers_qwen3_moe_block(norm_topk_prob):
+    from transformers import Qwen3MoeConfig
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    ours = moe(n_experts=6, top_k=2, hidden=12, normalize_top_k=norm_topk_prob)
+    config = Qwen3MoeConfig(hidden_size=16, moe_intermediate_size=12, num_experts=6, num_experts_per_tok=2, norm_topk_prob=norm_topk_prob)
+    theirs = Qwen3MoeSparseMoeBlock(config).eval()
+    theirs.gate.weight.copy_(ours.router.weight)
+    _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_matches_transformers_deepseek_v3_moe_with_one_group():
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+    ours = moe(n_experts=8, top_k=2, hidden=12, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1)
+    config = DeepseekV3Config(
+        hidden_size=16, moe_intermediate_size=12, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+        n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+    )
+    theirs = DeepseekV3MoE(config).eval()
+    theirs.gate.weight.copy_(ours.router.weight)
+    _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        getattr(theirs.shared_experts, name).weight.copy_(getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight)
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+# ---- counts, per-layer use, config errors ------------------------------------------------------
+
+
+def test_active_parameters_are_what_a_forward_pass_multiplies(registry):
+    C, H, E, k, shared = 32, 48, 8, 2, 1
+    spec = {"name": "moe", "n_experts": E, "top_k": k, "hidden": H, "n_shared_experts": shared}
+    config = tiny_config(registry, n_layers=2, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}})
+    model = build(config)
+    dense_ffn = 2 * C * 4 * C + 4 * C + C  # the default gelu MLP: two matrices and their biases
+    assert model.param_counts()["feed_forward"] == dense_ffn + C * E + 3 * E * H * C + 3 * shared * H * C
+    idle = (E - k) * 3 * H * C
+    assert model.active_parameters_per_token() == model.param_counts()["total"] - idle
+    layer = model.blocks[1].feed_forward
+    x = torch.randn(3, 5, C)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        layer(x)
+    # Every multiply of the layer's forward: 2 FLOPs per active matrix weight per token.
+    assert counter.get_total_flops() == 15 * (layer.flops_per_token(16) + layer.shared.flops_per_token(16))
+    assert layer.flops_per_token(16) + layer.shared.flops_per_token(16) == 2 * (C * E + k * 3 * H * C + 3 * shared * H * C)
+
+
+def test_gpt_averages_the_moe_losses_over_the_layers_that_have_experts(registry):
+    spec = {"name": "moe", "n_experts": 4, "top_k": 2, "z_loss_weight": 0.001}
+    config = tiny_config(registry, n_layers=4, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}})
+    model = build(config)
+    model(torch.randint(0, 50, (2, 8)))
+    layers = [model.blocks[i].feed_forward.auxiliary_losses() for i in (1, 3)]
+    losses = model.auxiliary_losses()
+    assert set(losses) == {"moe_balance", "moe_z"} and losses["moe_z"].weight == 0.001
+    for name in losses:
+        torch.testing.assert_close(losses[name].value, (layers[0][name].value + layers[1][name].value) / 2)
+
+
+def test_top_k_above_the_experts_is_a_config_error(registry):
+    with pytest.raises(ConfigError, match=r"feed_forward 'moe': top_k=3 is more than n_experts=2"):
+        tiny_config(registry, feed_forward={"name": "moe", "n_experts": 2, "top_k": 3})
+
+
+def test_init_schemes_draw_the_experts(registry):
+    model = GPT(tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "hidden": 64}, n_layers=2))
+    layer = model.blocks[0].feed_forward
+    assert layer.expert_gate.std().item() == pytest.approx(0.02, rel=0.1)
+    assert layer.expert_out.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)
+    torch_default = GPT(tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "hidden": 64}, init="torch_default"))
+    bound = 1 / math.sqrt(32)  # nn.Linear(32, 64)'s uniform bound
+    gate = torch_default.blocks[0].feed_forward.expert_gate
+    assert gate.abs().max().item() <= bound and gate.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
