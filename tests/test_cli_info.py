@@ -40,6 +40,7 @@ def test_plugins_json_shape():
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
         "bias": {"type": "bool", "default": True, "required": False},
+        "scale": {"type": "bool", "default": True, "required": False},
     }
     assert by_name["head", "classifier"]["params"]["pooling"]["default"] == "last"
     families = [e["family"] for e in entries]
@@ -59,10 +60,10 @@ def test_describe_json_gpt2_124m(capsys):
     code, out, _ = run_main(capsys, "describe", str(GPT2), "--json")
     assert code == 0
     info = json.loads(out)
-    assert set(info) == {"config", "parameters", "flops_per_token", "kv_cache", "layers"}
+    assert set(info) == {"config", "parameters", "active_parameters_per_token", "flops_per_token", "kv_cache", "layers"}
     assert set(info["config"]) == {"model", "data", "train"}
     assert info["config"]["model"]["attention"]["name"] == "sdpa"
-    assert info["parameters"]["total"] == 124_439_808
+    assert info["parameters"]["total"] == info["active_parameters_per_token"] == 124_439_808
     assert info["parameters"]["embeddings"] == 50257 * 768 + 1024 * 768
     C, L, T, V = 768, 12, 1024, 50257
     attention = L * (2 * (C * 3 * C + C * C) + 4 * C * T)  # projections + QK^T and AV over T keys

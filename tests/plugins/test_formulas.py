@@ -7,7 +7,7 @@ import torch
 
 from gptzoo.core import AttentionContext, Dims, NoParams
 from gptzoo.plugins.attention import FusedAttention, PerHeadAttention, SDPAAttention
-from gptzoo.plugins.feed_forward import SwiGLUFeedForward, GLUParams, gelu_tanh
+from gptzoo.plugins.feed_forward import GeGLUFeedForward, SwiGLUFeedForward, GLUParams, gelu_tanh
 from gptzoo.plugins.norms import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 from gptzoo.plugins.positional import (
     ALiBiPositions,
@@ -143,6 +143,23 @@ def test_swiglu_matches_the_formula_with_its_own_weights():
     gate = x @ Wg
     expected = ((gate * torch.sigmoid(gate)) * (x @ Wu)) @ Wo  # silu(z) = z·sigmoid(z)
     torch.testing.assert_close(ffn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_geglu_gates_with_tanh_gelu_as_gemmas_mlp():
+    from transformers import GemmaConfig
+    from transformers.models.gemma.modeling_gemma import GemmaMLP
+
+    torch.manual_seed(0)
+    ffn = GeGLUFeedForward(GLUParams(hidden=24), dims(d_model=8))
+    x = torch.randn(2, 3, 8)
+    gate = x @ ffn.gate_proj.weight.T
+    tanh_gelu = 0.5 * gate * (1 + torch.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate**3)))
+    torch.testing.assert_close(ffn(x), (tanh_gelu * (x @ ffn.up_proj.weight.T)) @ ffn.out_proj.weight.T, atol=1e-5, rtol=1e-5)
+    gemma = GemmaMLP(GemmaConfig(hidden_size=8, intermediate_size=24, hidden_activation="gelu_pytorch_tanh"))
+    for ours, theirs in ((ffn.gate_proj, gemma.gate_proj), (ffn.up_proj, gemma.up_proj), (ffn.out_proj, gemma.down_proj)):
+        theirs.weight.copy_(ours.weight)
+    torch.testing.assert_close(ffn(x), gemma(x), atol=1e-6, rtol=1e-6)
 
 
 def test_swiglu_default_hidden_is_8_thirds_rounded_up_to_64():
