@@ -10,6 +10,9 @@ repetitions after warm-up. References:
 - ``handwritten``: a single-module GPT with the same math as gptzoo's GPT-2 assembly with
   ``sdpa`` (below, deliberately not in the package): what "the plugins cost nothing" is measured against.
 - ``transformers``: GPT2LMHeadModel with attn_implementation="sdpa" (skipped if not installed).
+- ``gptzoo-dense``: for the mixture of experts, a Llama-style assembly (rope, RMSNorm, no
+  biases) whose SwiGLU is as wide as the mixture's ``top_k`` experts together, so both
+  multiply the same weights per token (the router aside); ``gptzoo-moe`` routes to 2 of 8.
 
 Ratios are gptzoo / reference: above 1 means gptzoo is faster.
 """
@@ -85,9 +88,35 @@ def build(impl: str, shape: dict) -> nn.Module:
     from gptzoo.core import GPT
     from gptzoo.registry import make_registry
 
-    attention = impl.removeprefix("gptzoo-")
-    config = make_registry().model_config(dict(dims, qkv_bias=True, tied_head=True, attention=attention, tokenizer="byte"))
+    variant = impl.removeprefix("gptzoo-")
+    if variant in MOE_PAIR:
+        config = make_registry().model_config(dict(dims, attn_out_bias=False, tied_head=True, positional="rope", norm="rmsnorm", tokenizer="byte", feed_forward=MOE_PAIR[variant](dims["d_model"])))
+    else:
+        config = make_registry().model_config(dict(dims, qkv_bias=True, tied_head=True, attention=variant, tokenizer="byte"))
     return GPT(config)
+
+
+# Same weights multiplied per token: top_k=2 experts 2·d_model wide, or one SwiGLU 4·d_model wide.
+MOE_PAIR = {
+    "dense": lambda C: {"name": "swiglu", "hidden": 4 * C},
+    "moe": lambda C: {"name": "moe", "n_experts": 8, "top_k": 2, "hidden": 2 * C},
+}
+
+
+def multiplied_parameters(shape_name: str) -> dict:
+    """describe's active parameters per token of the mixture, beside what one forward multiplies:
+    matmul FLOPs (attention's scores aside) / (2 · tokens), plus the weights used elementwise (norms)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = SHAPES[shape_name]
+    model = build("gptzoo-moe", shape).eval()
+    B, T = shape["batch_size"], shape["context_length"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(0, shape["vocab_size"], (B, T)))
+    matmul = sum(flops for op, flops in counter.get_flop_counts()["Global"].items() if "attention" not in str(op))
+    elementwise = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    return {"active_parameters_per_token": model.active_parameters_per_token(), "multiplied_per_token": matmul // (2 * B * T),
+            "elementwise": elementwise, "total": model.param_counts()["total"]}
 
 
 def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -216,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-shape", default=None, help="shape for the cache vs no-cache ratio (default: --shape)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--cases", default="train,moe,decode", help="which groups to run: train (against the references), moe (against dense), decode")
     args = parser.parse_args(argv)
+    groups = set(args.cases.split(","))
 
     refs = ["handwritten"] + (["transformers"] if have_transformers() else [])
     bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
@@ -234,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         _print_row(row)
 
-    for dtype in ["float32"] + (["bfloat16"] if bf16 else []):
+    for dtype in (["float32"] + (["bfloat16"] if bf16 else [])) if "train" in groups else []:
         case = f"train {args.shape} {dtype}"
         impls = refs + ["gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"]
         results = measure("train", (impls, args.shape, dtype, args.reps, args.warmup), args.threads)
@@ -252,6 +283,34 @@ def main(argv: list[str] | None = None) -> int:
             add(f"train {args.shape} bf16 vs transformers fp32", "gptzoo-sdpa", results["gptzoo-sdpa"], "transformers-fp32",
                 {"tokens_per_s": fp32_hf["tokens_per_s"]})
 
+    counts = None
+    if "moe" in groups:
+        case = f"train {args.shape} float32 moe vs dense"
+        results = measure("train", (["gptzoo-dense", "gptzoo-moe"], args.shape, "float32", args.reps, args.warmup), args.threads)
+        if "error" in results:
+            results = {impl: results for impl in ("gptzoo-dense", "gptzoo-moe")}
+        add(case, "gptzoo-dense", results["gptzoo-dense"], None, None)
+        add(case, "gptzoo-moe", results["gptzoo-moe"], "gptzoo-dense", results["gptzoo-dense"])
+        counts = multiplied_parameters(args.shape)
+        print(f"moe {args.shape}: describe's active parameters/token {counts['active_parameters_per_token']:,} = "
+              f"multiplied {counts['multiplied_per_token']:,} + elementwise {counts['elementwise']:,} (of {counts['total']:,})")
+    if "decode" in groups:
+        decode_cases(args, refs, add)
+
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
+                    "torch": torch.__version__, "bf16_autocast": bf16},
+        "settings": vars(args),
+        "cases": rows,
+        "moe_parameters": counts,
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def decode_cases(args: argparse.Namespace, refs: list[str], add) -> None:
     for shape in (args.decode_shapes or args.shape).split(","):
         case = f"decode {shape} {args.new_tokens} tokens"
         cached = measure("decode", ("gptzoo-sdpa", shape, args.new_tokens, True, args.reps, 1), args.threads)
@@ -267,17 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     cache = measure("decode", ("gptzoo-sdpa", long_shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads)
     add(long_case, "gptzoo-nocache", nocache, None, None)
     add(long_case, "gptzoo-cache", cache, "gptzoo-nocache", nocache)
-
-    report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
-                    "torch": torch.__version__, "bf16_autocast": bf16},
-        "settings": vars(args),
-        "cases": rows,
-    }
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _print_row(row: dict) -> None:

@@ -53,7 +53,7 @@ def describe(config: RunConfig) -> dict:
 
 def _short(spec: ComponentSpec) -> str:
     """'rope' or 'rope(base=1000000.0)': the name and the params that differ from the plugin's defaults."""
-    changed = {k: v for k, v in spec.params if k not in spec.impl.Params.model_fields or v != spec.impl.Params.model_fields[k].default}
+    changed = {k: v for k, v in spec.params.model_dump(mode="json").items() if k not in spec.impl.Params.model_fields or v != spec.impl.Params.model_fields[k].default}
     return spec.name + (f"({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
 
