@@ -107,9 +107,12 @@ class MixtureOfExperts(FeedForward):
         sizes = torch.bincount(expert_of_pair, minlength=self.params.n_experts).tolist()  # tokens per expert (one host sync)
         grouped = tokens[token_of_pair]  # (N·k, C)
         outputs = []
-        for e, batch in enumerate(grouped.split(sizes)):  # batch: (n_e, C)
-            hidden = F.silu(F.linear(batch, self.expert_gate[e])) * F.linear(batch, self.expert_up[e])  # (n_e, hidden)
-            outputs.append(F.linear(hidden, self.expert_out[e]))  # (n_e, C)
+        # unbind, not [e]: its backward stacks the experts' gradients once, where indexing would
+        # fill and add a whole (E, hidden, C) gradient per expert.
+        experts = zip(self.expert_gate.unbind(0), self.expert_up.unbind(0), self.expert_out.unbind(0))
+        for batch, (gate, up, out) in zip(grouped.split(sizes), experts):  # batch: (n_e, C)
+            hidden = F.silu(F.linear(batch, gate)) * F.linear(batch, up)  # (n_e, hidden)
+            outputs.append(F.linear(hidden, out))  # (n_e, C)
         weighted = torch.cat(outputs) * weights.flatten()[order, None]  # (N·k, C)
         return torch.zeros_like(tokens).index_add_(0, token_of_pair, weighted)  # (N, C)
 
