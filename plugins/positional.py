@@ -156,8 +156,9 @@ class RotaryPositions(PositionalEncoding):
     def check(cls, params: RotaryParams, dims: Dims) -> None:
         dim = rotary_dim(params, dims.head_size)
         if dim < 2 or dim % 2:
+            size = f"head_dim={dims.head_dim}" if dims.head_dim else f"d_model={dims.d_model} / n_heads={dims.n_heads}"
             raise ValueError(
-                f"rotary needs an even number of rotated dimensions, but head size {dims.head_size} × fraction {params.fraction} gives {dim}"
+                f"rotary needs an even number of rotated dimensions, but head size {dims.head_size} ({size}) × fraction {params.fraction} gives {dim}"
             )
 
     def __init__(self, params: RotaryParams, dims: Dims):

@@ -38,7 +38,7 @@ CASES = [
     ('d_model = 32\nn_heads = 4\ndropout = 1.5', ["dropout", "less than 1"]),
     ('d_model = 30\nn_heads = 4', ["d_model=30", "n_heads=4", "divisible"]),
     ('d_model = 32\nn_heads = 4\nn_kv_heads = 3', ["n_heads=4", "n_kv_heads=3", "divisible"]),
-    ('d_model = 20\nn_heads = 4\npositional = { name = "rope" }', ["positional 'rope'", "even head size", "d_model=20", "n_heads=4"]),
+    ('d_model = 20\nn_heads = 4\npositional = { name = "rope" }', ["positional 'rope'", "even number of rotated dimensions", "d_model=20", "n_heads=4"]),
     ('d_model = 32\nn_heads = 4\ntied_head = true\nhead = { name = "classifier" }', ["head 'classifier'", "tied_head = false"]),
     ('d_model = 32\nn_heads = 4\nhead = { name = "classifier", n_classes = 1 }', ["head 'classifier'", "n_classes", "greater than or equal to 2"]),
     ('dmodel = 32\nn_heads = 4', ["dmodel", "unknown field", "did you mean 'd_model'"]),
@@ -112,7 +112,7 @@ def test_model_config_json_round_trip(registry):
     again = registry.model_config(json.loads(config.model_dump_json()))
     assert again == config
     assert again.positional.params.base == 500.0 and again.positional.impl is config.positional.impl
-    assert json.loads(config.model_dump_json())["positional"] == {"name": "rope", "base": 500.0}
+    assert json.loads(config.model_dump_json())["positional"] == {"name": "rope", "base": 500.0, "scaling": None, "fraction": 1.0, "layout": "halves"}
 
 
 def test_toml_to_json_gives_the_same_run_config(tmp_path):

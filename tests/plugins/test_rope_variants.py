@@ -143,7 +143,7 @@ def test_gptneox_partial_rotary_matches_transformers(registry):
 def test_a_fraction_leaving_an_odd_count_is_refused(registry):
     from gptzoo.testing import tiny_config
 
-    with pytest.raises(ConfigError, match=r"positional 'rope': rotary needs an even number of rotated dimensions, but head size 8 × fraction 0.375 gives 3"):
+    with pytest.raises(ConfigError, match=r"positional 'rope': rotary needs an even number of rotated dimensions, but head size 8 \(d_model=32 / n_heads=4\) × fraction 0.375 gives 3"):
         tiny_config(registry, positional={"name": "rope", "fraction": 0.375})
     with pytest.raises(ConfigError, match=r"scaling.llama3.factor"):
         tiny_config(registry, positional={"name": "rope", "scaling": {"type": "llama3", "factor": -1.0}})
