@@ -89,9 +89,9 @@ def in_turns(timers: dict, reps: int, warmup: int) -> dict[str, float]:
         for timer in timers.values():
             timer()
     samples = {name: [] for name in timers}
-    for _ in range(reps):
-        for name, timer in timers.items():
-            samples[name].append(timer())
+    for rep in range(reps):  # alternate which goes first, so an order effect falls on both
+        for name in list(timers)[:: 1 if rep % 2 == 0 else -1]:
+            samples[name].append(timers[name]())
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
