@@ -1045,7 +1045,7 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
     base = next(row for row in rows if row.variant.is_base)
     paired = max((row.delta_loss.n for row in rows if not row.variant.is_base), default=0)
     interval = (
-        f"95% Student-t interval over the seeds in brackets, * where it excludes 0"
+        "95% Student-t interval over the seeds in brackets, * where it excludes 0"
         if paired >= MIN_SEEDS_FOR_INTERVAL
         else f"no interval is given with fewer than {MIN_SEEDS_FOR_INTERVAL} seeds"
     )

@@ -33,7 +33,7 @@ from gptzoo.recipes.config import RunConfig, TrainConfig
 from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
 from gptzoo.recipes.tasks import IGNORE
 from gptzoo.recipes.tensorboard import TensorBoardLog
-from gptzoo.recipes.manifest import Manifest, check_file, note, run_writer
+from gptzoo.recipes.manifest import Manifest, check_file, run_writer
 from gptzoo.recipes.run import (
     CONFIG,
     METRICS,

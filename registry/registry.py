@@ -100,7 +100,7 @@ class Registry:
         existing = self._entries.get((family, name))
         if existing is not None:
             if distribution == "<code>" or existing.distribution == "<code>":
-                advice = f"register one of them under another name, or build a fresh registry with make_registry()"
+                advice = "register one of them under another name, or build a fresh registry with make_registry()"
             else:
                 advice = f"uninstall one, or choose plugins with {PLUGINS_ENV}"
             raise PluginError(f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}); {advice}")
