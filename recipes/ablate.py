@@ -44,7 +44,7 @@ from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_e
 from gptzoo.recipes.config import RunConfig, validate_run_config
 from gptzoo.recipes.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference, paired_difference
 from gptzoo.recipes.manifest import LOCK, OWNER
-from gptzoo.recipes.run import TRAIN_STATE, atomic_path, load_config, read_metrics, write_text_atomic
+from gptzoo.recipes.run import TRAIN_STATE, atomic_path, load_config, read_metrics, save_png, write_text_atomic
 from gptzoo.registry import Registry
 
 SWEEP = "sweep.json"
@@ -901,10 +901,7 @@ def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
     ax.set_title(f"{sweep.source.stem}: sizes {', '.join(sweep.sizes)}, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def extrapolation_scores(sweep: Sweep, results: list[RunResult]) -> dict[str, dict[str, list[float] | str]]:
@@ -960,10 +957,7 @@ def plot_extrapolation(sweep: Sweep, results: list[RunResult], path: Path) -> No
     ax.set_title(f"{sweep.source.stem}: length extrapolation, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _pyplot():
@@ -1107,7 +1101,4 @@ def plot_loss_curves(sweep: Sweep, out: Path, path: Path) -> None:
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

@@ -21,7 +21,7 @@ from torch import nn
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config import RunConfig
 from gptzoo.recipes.data import TokenWindows, load_tokens, spread_indices, split_windows
-from gptzoo.recipes.run import WEIGHTS, atomic_path, load_weights, write_text_atomic
+from gptzoo.recipes.run import WEIGHTS, load_weights, save_png, write_text_atomic
 from gptzoo.recipes.tasks import IGNORE, TaskExamples
 
 EXTRAPOLATION_JSON = "extrapolation.json"
@@ -157,7 +157,4 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title(f"{report['positional']} positions: {key} per position, {report['data']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)

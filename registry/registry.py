@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "gptzoo"
 PLUGINS_ENV = "GPTZOO_PLUGINS"
 BUILTIN_PLUGINS = (
     "gptzoo.plugins.tokenizers",
+    "gptzoo.plugins.integers",
     "gptzoo.plugins.positional",
     "gptzoo.plugins.attention",
     "gptzoo.plugins.latent_attention",
