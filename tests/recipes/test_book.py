@@ -252,7 +252,7 @@ def test_no_weights_attention_is_the_books_simplified_self_attention_made_causal
 def test_without_shortcuts_the_early_layers_gradients_vanish(registry, seed):
     """The book's section 4.4: with shortcut connections the gradient reaches every layer about
     equally; without them (and without norms, as the book's network) it shrinks toward the input."""
-    from gptzoo.recipes.cmd_gradients import layer_gradients
+    from gptzoo.recipes.commands.gradients import layer_gradients
 
     ratios = {}
     for block in ("pre_norm", "no_shortcut"):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from gptzoo.core import GPT
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.cmd_gradients import layer_gradients
+from gptzoo.recipes.commands.gradients import layer_gradients
 
 CONFIG = """
 [model]
