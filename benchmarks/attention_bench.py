@@ -10,8 +10,8 @@
   comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a long prompt.
 
 Implementations of one case are built in one process and timed in turns (one repetition of
-each, then the next), so a change in the machine's load falls on all alike; figures are
-medians. Ratios are variant / sdpa: above 1 means the variant is faster.
+each, then the next, the order reversed every other repetition), so a change in the machine's
+load falls on all alike; figures are medians. Rows print as each case finishes. Ratios are variant / sdpa: above 1 means the variant is faster.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ def model(shape: dict, attention: dict, registry=REGISTRY, **fields) -> GPT:
 
 
 def in_turns(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each fn, timed one repetition of each at a time."""
+    """Median seconds of each fn, timed one repetition of each at a time, alternating the order
+    (whichever runs first in a repetition can be favoured by caches and clock boost)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for rep in range(reps):
+        for name, fn in (list(fns.items()) if rep % 2 == 0 else reversed(fns.items())):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -136,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        rows = window_cache(8) + window_training(8, 64, 2, args.reps) + latent_kv()
+        cases = [lambda: window_cache(8), lambda: window_training(8, 64, 2, args.reps), latent_kv]
     else:
-        rows = window_cache(128) + window_training(128, 1024, 4, args.reps) + latent_kv()
-        rows += latent_decode(16, 64, args.reps) + latent_decode(960, 32, args.reps)
-    for row in rows:
-        print(json.dumps(row))
+        cases = [lambda: window_cache(128), lambda: window_training(128, 1024, 4, args.reps), latent_kv,
+                 lambda: latent_decode(16, 64, args.reps), lambda: latent_decode(960, 32, args.reps)]
+    rows = []
+    for case in cases:
+        for row in case():
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     if args.out:
         report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__},
                   "settings": vars(args), "cases": rows}
