@@ -7,7 +7,8 @@
 - window training: training tokens/s at context 1024 with a window of 128, against full sdpa;
 - latent KV: cache bytes per token against the formula (kv_lora_rank + head_dim) · 4 bytes per layer;
 - latent decode: greedy decoding tokens/s at the GPT-2 124M shape, latent (absorbed and, for
-  comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a long prompt.
+  comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a
+  long prompt; ``latent_matched`` is latent sized to sdpa's attention parameters (LATENT_MATCHED).
 
 Implementations of one case are built in one process and timed in turns (one repetition of
 each, then the next, the order reversed every other repetition), so a change in the machine's
@@ -30,6 +31,9 @@ from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)
 WINDOW_SHAPE = dict(vocab_size=512, d_model=256, n_layers=4, n_heads=4, positional="rope", feed_forward="swiglu", norm="rmsnorm")
+# Latent attention with sdpa's attention parameter count at the 124M shape (2,409,472 against
+# 2,360,064 per layer; DeepSeek's proportions give 4,965,632): q·k and v as wide as sdpa's heads.
+LATENT_MATCHED = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "v_head_dim": 64}
 GPT2_124M = dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12, positional="rope")
 
 
@@ -97,32 +101,39 @@ def latent_kv() -> list[dict]:
     m = model(GPT2_124M, {"name": "latent"})
     block = m.blocks[0].attention
     formula = (block.rank + m.config.dims().head_size) * 4 * m.config.n_layers
-    standard = model(GPT2_124M, {"name": "sdpa"}).kv_cache_bytes(1)
+    sdpa = model(GPT2_124M, {"name": "sdpa"})
+    standard = sdpa.kv_cache_bytes(1)
     return [{"case": "KV cache bytes per token, GPT-2 124M shape, fp32", "impl": "latent", "bytes_per_token": m.kv_cache_bytes(1024) // 1024,
              "formula": formula, "sdpa_bytes_per_token": standard, "kv_lora_rank": block.rank, "rope_dim": m.config.dims().head_size,
              "attention_params_per_layer": sum(p.numel() for p in block.parameters()),
-             "sdpa_attention_params_per_layer": 4 * 768 * 768 + 4 * 768}]
+             "sdpa_attention_params_per_layer": sum(p.numel() for p in sdpa.blocks[0].attention.parameters())}]
 
 
 @torch.no_grad()
 def latent_decode(prompt: int, new_tokens: int, reps: int) -> list[dict]:
+    """Seconds per decoded token, the prefill left out of the clock (subtracting a separately
+    timed prefill gave noise-dominated, even negative, figures after long prompts)."""
     registry = make_registry(entry_points=False)
     registry.add("attention", "latent_explicit", ExplicitLatent)
     models = {name: model(GPT2_124M, {"name": name}, registry) for name in ("sdpa", "latent", "latent_explicit")}
+    models["latent_matched"] = model(GPT2_124M, {"name": "latent", **LATENT_MATCHED}, registry)
     idx = torch.randint(0, 50257, (1, prompt))
 
-    def decode(m):
-        def run():
-            cache = m.new_cache(1, prompt + new_tokens)
-            logits = m(idx, cache=cache)[:, -1]
-            for _ in range(new_tokens):
-                logits = m(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
-        return run
+    def decode_seconds(m) -> float:
+        cache = m.new_cache(1, prompt + new_tokens)
+        logits = m(idx, cache=cache)[:, -1]
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = m(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+        return (time.perf_counter() - start) / new_tokens
 
-    prefill = {name: (lambda m=m: m(idx, cache=m.new_cache(1, prompt))) for name, m in models.items()}
-    with_decode = in_turns({name: decode(m) for name, m in models.items()}, reps)
-    prefill_only = in_turns(prefill, reps)
-    per_token = {name: (with_decode[name] - prefill_only[name]) / new_tokens for name in models}
+    for m in models.values():
+        decode_seconds(m)  # warm-up
+    times = {name: [] for name in models}
+    for rep in range(reps):
+        for name, m in (list(models.items()) if rep % 2 == 0 else reversed(models.items())):
+            times[name].append(decode_seconds(m))
+    per_token = {name: statistics.median(t) for name, t in times.items()}
     return [{"case": f"greedy decode {new_tokens} tokens after {prompt}, GPT-2 124M shape, 12 heads, fp32", "impl": name,
              "tokens_per_s": 1 / s, "ratio_to_sdpa": per_token["sdpa"] / s} for name, s in per_token.items()]
 

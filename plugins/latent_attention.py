@@ -142,8 +142,16 @@ class LatentAttention(Attention):
         """Attend on the latents, with W_UK folded into the queries and W_UV applied after: same shapes as ``explicit``."""
         w_uk, w_uv = self.kv_b_proj.weight.view(self.dims.n_heads, self.nope + self.value, self.rank).split([self.nope, self.value], dim=1)  # (nh, dn, r), (nh, dv, r)
         q = torch.cat([q_nope @ w_uk, q_rot], dim=-1)  # (B, nh, T, r + dr)
-        y = self._sdpa(q, kv, kv[..., : self.rank], bias, is_causal)  # (B, nh, T, r): one key/value head, the latents
-        return y @ w_uv.transpose(1, 2)  # (B, nh, T, dv)
+        # All heads share the one latent "head": as rows of a single query they make attention one
+        # matrix product over the latents (SDPA's grouped path would copy the latents once per head).
+        B, nh, T, _ = q.shape
+        Tk = kv.size(2)
+        if is_causal:
+            bias = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)  # (T, Tk)
+        if bias is not None:
+            bias = bias.expand(B, nh, T, Tk).reshape(B, 1, nh * T, Tk)  # (B, 1, nh·T, Tk)
+        y = self._sdpa(q.reshape(B, 1, nh * T, -1), kv, kv[..., : self.rank], bias, False)  # (B, 1, nh·T, r)
+        return y.view(B, nh, T, self.rank) @ w_uv.transpose(1, 2)  # (B, nh, T, dv)
 
 
 @hookimpl

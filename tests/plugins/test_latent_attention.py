@@ -70,6 +70,23 @@ def test_absorbed_decoding_equals_the_explicit_decompression(registry, padded):
     torch.testing.assert_close(absorbed(*args), explicit(*args), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask", ["causal", "per_head_bias", "padding", "chunk_after_cache"])
+@torch.no_grad()
+def test_absorbed_attention_equals_the_explicit_one_under_every_mask(registry, mask):
+    """The absorbed path folds the heads into query rows: every mask shape must follow them."""
+    module = latent(registry, **SIZES)
+    B, T, Tk = 2, 5, 5 if mask in ("causal", "per_head_bias") else 9
+    q_nope, q_rot, kv = torch.randn(B, NH, T, DN), torch.randn(B, NH, T, DR), torch.randn(B, 1, Tk, R + DR)
+    causal = torch.ones(T, Tk, dtype=torch.bool).tril(Tk - T)  # query t sees keys up to Tk - T + t
+    bias, is_causal = {
+        "causal": (None, True),
+        "per_head_bias": (torch.randn(1, NH, T, Tk).masked_fill(~causal, float("-inf")), False),  # ALiBi-like
+        "padding": (causal & torch.tensor([[True] * Tk, [False] * 3 + [True] * (Tk - 3)])[:, None, None], False),  # (B, 1, T, Tk)
+        "chunk_after_cache": (causal, False),
+    }[mask]
+    torch.testing.assert_close(module.absorbed(q_nope, q_rot, kv, bias, is_causal), module.explicit(q_nope, q_rot, kv, bias, is_causal), atol=1e-5, rtol=1e-4)
+
+
 def test_the_path_is_chosen_by_cost(registry):
     module = latent(registry, **SIZES)  # dn + dv = 22 < 2r = 40: decompressing once is cheaper over a whole sequence
     assert module.absorbing_is_cheaper(1, 64)
