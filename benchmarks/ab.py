@@ -1,6 +1,6 @@
 """Before and after a change, in one process: gptzoo at a git revision against the working tree.
 
-    python benchmarks/ab.py --against REV [--config configs/gpt2-124m.toml] [--reps 5]
+    python benchmarks/ab.py --against REV [--config configs/moe-style.toml] [--reps 5]
 
 The revision's core, registry and plugins are extracted with ``git archive`` into a temporary
 package ``gptzoo_at_rev`` (imports renamed), so both versions build the same config side by
@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -47,10 +48,19 @@ def package_at(rev: str, into: Path) -> str:
 
 
 def build(package: str, shape: dict, seed: int = 0):
+    """A model of ``shape``: the GPT-2 parts at a size of SHAPES, or a config file's [model] table."""
     registry = importlib.import_module(f"{package}.registry").make_registry(entry_points=False)
     GPT = importlib.import_module(f"{package}.core").GPT
     torch.manual_seed(seed)
-    return GPT(registry.model_config({**shape, **GPT2_PARTS, "tokenizer": "byte"}))
+    return GPT(registry.model_config({**GPT2_PARTS, **shape, "tokenizer": "byte"}))
+
+
+def config_shape(path: str) -> dict:
+    """A config file's [model] table, its vocabulary size made explicit (its tokenizer is not built)."""
+    model = dict(tomllib.loads(Path(path).read_text())["model"])
+    tokenizer = model.pop("tokenizer", {})
+    model.setdefault("vocab_size", tokenizer.get("vocab_size", 256) if isinstance(tokenizer, dict) else 256)
+    return model
 
 
 def train_timer(model, shape: dict, batch: int):
@@ -100,6 +110,7 @@ def main() -> None:
     parser.add_argument("--against", required=True, help="the git revision to compare with (e.g. HEAD~3, a commit)")
     parser.add_argument("--train-shape", default="small", choices=list(SHAPES))
     parser.add_argument("--decode-shape", default="tiny", choices=list(SHAPES))
+    parser.add_argument("--config", default=None, help="time this config's [model] (e.g. configs/moe-style.toml) for both cases instead of the shapes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -111,12 +122,13 @@ def main() -> None:
         then = package_at(args.against, Path(tmp))
         now = "gptzoo"
         results = {}
-        shape = SHAPES[args.train_shape]
+        shape = config_shape(args.config) if args.config else SHAPES[args.train_shape]
         train = in_turns({v: train_timer(build(p, shape), shape, args.batch) for v, p in (("then", then), ("now", now))}, args.reps, args.warmup)
-        results[f"train {args.train_shape} batch {args.batch} (tokens/s)"] = train
-        shape = SHAPES[args.decode_shape]
-        decode = in_turns({v: decode_timer(build(p, shape), 16, 64) for v, p in (("then", then), ("now", now))}, args.reps, args.warmup)
-        results[f"greedy decode {args.decode_shape}, 64 after 16, KV cache (tokens/s)"] = decode
+        results[f"train {args.config or args.train_shape} batch {args.batch} (tokens/s)"] = train
+        shape = config_shape(args.config) if args.config else SHAPES[args.decode_shape]
+        new = min(64, shape["context_length"] - 16)
+        decode = in_turns({v: decode_timer(build(p, shape), 16, new) for v, p in (("then", then), ("now", now))}, args.reps, args.warmup)
+        results[f"greedy decode {args.config or args.decode_shape}, {new} after 16, KV cache (tokens/s)"] = decode
     print(f"{'case':<55} {'then':>10} {'now':>10} {'now/then':>9}")
     for case, r in results.items():
         print(f"{case:<55} {r['then']:>10,.0f} {r['now']:>10,.0f} {r['now'] / r['then']:>9.3f}")

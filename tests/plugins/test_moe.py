@@ -1,7 +1,8 @@
-"""The mixture of experts against a per-token loop, a hand-worked auxiliary loss, transformers'
-Mixtral, Qwen3-MoE and DeepSeek-V3 blocks, and the parameter and FLOP counts' formulas."""
+"""The mixture of experts against a per-token loop, hand-worked routing and auxiliary loss,
+transformers' Mixtral, Qwen3-MoE and DeepSeek-V3 blocks, and the parameter and FLOP counts' formulas."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ def moe(seed=0, d_model=16, **params):
     layer.init_weights("gpt2")
     with torch.no_grad():  # larger router weights: well-separated scores, so no near-ties in top-k
         layer.router.weight.normal_(0, 1.0)
+        if layer.expert_bias is not None:
+            layer.expert_bias.normal_(0, 0.3)
     return layer
 
 
@@ -35,7 +38,13 @@ def per_token_loop(layer, x):
             token = x[b, t].double()
             logits = layer.router.weight.double() @ token
             scores = logits.softmax(-1) if p.scoring == "softmax" else logits.sigmoid()
-            ranked = sorted(range(p.n_experts), key=lambda e: -scores[e].item())[: p.top_k]
+            biased = [scores[e].item() + (layer.expert_bias[e].item() if p.expert_bias else 0.0) for e in range(p.n_experts)]
+            size = p.n_experts // p.n_groups
+            groups = [list(range(g * size, (g + 1) * size)) for g in range(p.n_groups)]
+            if p.n_groups > 1:  # a group's score: the sum of its two best biased scores
+                groups = sorted(groups, key=lambda g: -sum(sorted((biased[e] for e in g), reverse=True)[:2]))[: p.top_groups or p.n_groups]
+            allowed = [e for g in groups for e in g]
+            ranked = sorted(allowed, key=lambda e: -biased[e])[: p.top_k]
             total = sum(scores[e] for e in ranked) if p.normalize_top_k else 1.0
             for e in ranked:
                 gate = layer.expert_gate[e].double() @ token
@@ -54,14 +63,38 @@ def per_token_loop(layer, x):
         dict(n_experts=4, top_k=2, normalize_top_k=False),  # Qwen1.5-MoE
         dict(n_experts=6, top_k=3, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1),  # DeepSeek-V3
         dict(n_experts=3, top_k=1, hidden=8, n_shared_experts=2),
+        dict(n_experts=8, top_k=3, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1, expert_bias=True, n_groups=4, top_groups=2),
+        dict(n_experts=6, top_k=2, expert_bias=True, n_groups=3, top_groups=1),  # softmax scores, groups of 2
     ],
-    ids=["mixtral", "unnormalised", "deepseek_v3", "top1_shared2"],
+    ids=["mixtral", "unnormalised", "deepseek_v3", "top1_shared2", "deepseek_v3_groups_bias", "softmax_groups_bias"],
 )
 @torch.no_grad()
 def test_outputs_match_a_per_token_loop_over_experts(params):
     layer = moe(**params, **({} if "hidden" in params else {"hidden": 12}))
     x = torch.randn(2, 7, 16)
     torch.testing.assert_close(layer(x), per_token_loop(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_bias_and_groups_choose_but_do_not_weigh_a_hand_worked_example():
+    # Router = identity on 4 dims, so the logits are the token; sigmoid scores (.9, .1, .6, .55).
+    layer = MixtureOfExperts(MoEParams(n_experts=4, top_k=2, hidden=4, scoring="sigmoid", routed_scale=2.0, expert_bias=True, n_groups=2, top_groups=1), dims(d_model=4))
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(4))
+    scores = torch.tensor([[0.9, 0.1, 0.6, 0.55]])
+    x = torch.logit(scores).view(1, 1, 4)
+    # Groups {0, 1} and {2, 3} score .9 + .1 = 1.0 and .6 + .55 = 1.15: the second is kept, so
+    # experts 2 and 3 are chosen although expert 0 scores best.
+    assert sorted(layer._choose(scores)[0].tolist()) == [2, 3]
+    layer(x)
+    assert sorted(layer._routing[2][0].tolist()) == [2, 3]
+    # A bias of -.5 on expert 3 makes the second group's biased score .6 + .05 = .65 < 1.0:
+    # experts 0 and 1, weighed by their unbiased scores, 2 · (.9, .1) / (.9 + .1).
+    with torch.no_grad():
+        layer.expert_bias.copy_(torch.tensor([0.0, 0.0, 0.0, -0.5]))
+    assert sorted(layer._choose(scores)[0].tolist()) == [0, 1]
+    with torch.no_grad():
+        expected = sum(w * F.linear(F.silu(F.linear(x, layer.expert_gate[e])) * F.linear(x, layer.expert_up[e]), layer.expert_out[e]) for e, w in ((0, 1.8), (1, 0.2)))
+        torch.testing.assert_close(layer(x), expected)
 
 
 def test_aux_losses_of_a_two_token_two_expert_example():
@@ -132,18 +165,20 @@ def test_matches_transformers_qwen3_moe_block(norm_topk_prob):
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_groups, top_groups", [(1, 1), (4, 2), (8, 3)])
 @torch.no_grad()
-def test_matches_transformers_deepseek_v3_moe_with_one_group():
+def test_matches_transformers_deepseek_v3_moe(n_groups, top_groups):
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-    ours = moe(n_experts=8, top_k=2, hidden=12, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1)
+    ours = moe(n_experts=16, top_k=3, hidden=12, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1, expert_bias=True, n_groups=n_groups, top_groups=top_groups)
     config = DeepseekV3Config(
-        hidden_size=16, moe_intermediate_size=12, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
-        n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        hidden_size=16, moe_intermediate_size=12, n_routed_experts=16, num_experts_per_tok=3, n_shared_experts=1,
+        n_group=n_groups, topk_group=top_groups, norm_topk_prob=True, routed_scaling_factor=2.5,
     )
     theirs = DeepseekV3MoE(config).eval()
     theirs.gate.weight.copy_(ours.router.weight)
+    theirs.gate.e_score_correction_bias.copy_(ours.expert_bias)
     _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
     for name in ("gate_proj", "up_proj", "down_proj"):
         getattr(theirs.shared_experts, name).weight.copy_(getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight)
@@ -189,6 +224,28 @@ def test_top_k_above_the_experts_is_a_config_error(registry):
         tiny_config(registry, feed_forward={"name": "moe", "n_experts": 2, "top_k": 3})
 
 
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(n_experts=6, n_groups=4), "n_experts=6 is not divisible into n_groups=4"),
+        (dict(n_experts=4, n_groups=4, top_groups=2, top_k=1), "n_groups=4 leaves 1 expert per group; a group scores its two best experts"),
+        (dict(n_experts=8, n_groups=4, top_groups=5), "top_groups=5 is more than n_groups=4"),
+        (dict(n_experts=8, n_groups=4, top_groups=1, top_k=3), "top_k=3 is more than the 2 experts in top_groups=1 groups of 2"),
+    ],
+)
+def test_impossible_groupings_are_config_errors(registry, params, message):
+    with pytest.raises(ConfigError, match=r"feed_forward 'moe': " + re.escape(message)):
+        tiny_config(registry, feed_forward={"name": "moe", **params})
+
+
+def test_the_expert_bias_is_a_buffer_saved_with_the_weights(registry):
+    model = GPT(tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "expert_bias": True}, n_layers=1))
+    layer = model.blocks[0].feed_forward
+    assert "blocks.0.feed_forward.expert_bias" in model.state_dict() and layer.expert_bias.shape == (4,)
+    assert "expert_bias" not in dict(layer.named_parameters())  # not trained by gradients
+    assert layer.expert_bias.abs().sum() == 0
+
+
 def test_init_schemes_draw_the_experts(registry):
     model = GPT(tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "hidden": 64}, n_layers=2))
     layer = model.blocks[0].feed_forward
@@ -198,3 +255,44 @@ def test_init_schemes_draw_the_experts(registry):
     bound = 1 / math.sqrt(32)  # nn.Linear(32, 64)'s uniform bound
     gate = torch_default.blocks[0].feed_forward.expert_gate
     assert gate.abs().max().item() <= bound and gate.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+# ---- the experts operator: gradients, torch.compile, autocast -----------------------------------
+
+
+def test_the_experts_operator_has_the_gradients_of_its_function():
+    torch.manual_seed(0)
+    E, H, C = 3, 5, 4
+    grouped = torch.randn(7, C, dtype=torch.double, requires_grad=True)
+    weights = [torch.randn(E, H, C, dtype=torch.double, requires_grad=True), torch.randn(E, H, C, dtype=torch.double, requires_grad=True), torch.randn(E, C, H, dtype=torch.double, requires_grad=True)]
+    ends = torch.tensor([3, 3, 7])  # an expert with no tokens among them
+    # Finite differences, and PyTorch's own checks of the operator's registration (fake shapes, autograd).
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.gptzoo.moe_experts(*a, ends)[0], (grouped, *weights))
+    torch.library.opcheck(torch.ops.gptzoo.moe_experts, (grouped, *weights, ends))
+
+
+def test_compiles_to_one_graph_with_the_gradients_of_eager(registry):
+    spec = {"name": "moe", "n_experts": 4, "top_k": 2, "n_shared_experts": 1, "expert_bias": True, "n_groups": 2, "top_groups": 1}
+    torch.manual_seed(0)
+    model = GPT(tiny_config(registry, n_layers=2, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}}))
+    idx = torch.randint(0, 50, (2, 10))
+    explanation = torch._dynamo.explain(model)(idx)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(idx).square().mean().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model(idx).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    torch._dynamo.reset()
+
+
+def test_runs_under_bfloat16_autocast(registry):
+    layer = moe(n_experts=4, top_k=2, hidden=12)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16 and layer.expert_gate.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
