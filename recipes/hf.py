@@ -133,8 +133,9 @@ def explicit(config: ModelConfig) -> dict:
     table = config.model_dump(mode="json")
     dims = config.dims()
     table["n_kv_heads"], table["head_dim"] = dims.n_kv_heads, dims.head_size
-    if table["feed_forward"].get("hidden", MISSING) is None:
-        table["feed_forward"]["hidden"] = weight_shapes(config)["blocks.0.feed_forward.out_proj.weight"][1]
+    dense = "blocks.0.feed_forward.out_proj.weight"
+    if table["feed_forward"].get("hidden", MISSING) is None and dense in (shapes := weight_shapes(config)):
+        table["feed_forward"]["hidden"] = shapes[dense][1]
     return table
 
 
@@ -159,7 +160,7 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
         ours["attention"]["name"] = "sdpa"
     try:
         theirs = explicit(registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", None, ours["tokenizer"])))
-    except ConfigError as err:
+    except (ConfigError, ValueError) as err:  # ValueError: a conversion that cannot write this assembly
         return [str(err).lstrip(": ")]
     ours, theirs = _flat(ours), _flat(theirs)
     problems = []
@@ -335,6 +336,8 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
                 rows = shapes[name][0]
                 return stored[key].get_slice(key)[k * rows : (k + 1) * rows]
             parts = [stored[found[hf]].get_tensor(found[hf]) for hf in theirs]
+            if weight.layout == "experts":
+                return torch.stack(parts)
             if weight.layout == "transposed":
                 return parts[0].T
             return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -383,10 +386,10 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
         tensor_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
 
         def read(hf: str) -> torch.Tensor:
-            parts, transposed, _ = specs[hf]
+            parts, transposed, shape = specs[hf]
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
             tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            return tensor.T if transposed else tensor
+            return (tensor.T if transposed else tensor).reshape(shape)  # one expert of a stack: (1, ...) -> (...)
 
         shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, shape) in specs.items()}, max_shard_bytes)
         extra, generation = tokenizer_files(run_folder, config, manifest)

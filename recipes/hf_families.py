@@ -61,12 +61,13 @@ class Weight:
     ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
     (in, out)), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
     ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
-    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's).
+    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
+    ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name).
     """
 
     ours: str
     theirs: tuple[str, ...]
-    layout: Literal["same", "transposed", "rows", "chunk"] = "same"
+    layout: Literal["same", "transposed", "rows", "chunk", "experts"] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
 
@@ -107,7 +108,10 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     for name in shapes:
         for pattern, weight in patterns:
             if m := pattern.match(name):
-                plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
+                if weight.layout == "experts":
+                    plan[name] = (weight, [weight.theirs[0].format(**m.groupdict(), e=e) for e in range(shapes[name][0])])
+                else:
+                    plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
                 break
         else:
             raise CheckpointError(f"weight '{name}' has no {family.model_type} counterpart")
@@ -125,6 +129,9 @@ def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims) -> dic
             for hf, rows in zip(theirs, weight.rows(dims, shape)):
                 out[hf] = ([(name, slice(start, start + rows))], False, (rows, *shape[1:]))
                 start += rows
+        elif weight.layout == "experts":
+            for e, hf in enumerate(theirs):
+                out[hf] = ([(name, slice(e, e + 1))], False, shape[1:])
         elif weight.layout == "chunk":
             k, n = weight.chunk
             parts = out.setdefault(theirs[0], ([None] * n, False, (shape[0] * n, *shape[1:])))[0]
@@ -356,4 +363,152 @@ GPT2 = Family(
     ignored=r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",  # causal-mask buffers of older checkpoints
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, OLMO2, PHI3)}
+# ---- mixtures of experts ------------------------------------------------------------------------
+
+
+def _expert_weights(prefix: str, gate: str, up: str, out: str) -> tuple[Weight, ...]:
+    """The router and the experts of a layer, ``prefix`` the layer's mixture (``model.layers.{i}.mlp``)."""
+    return (
+        Weight("blocks.{i}.feed_forward.router.weight", (f"{prefix}.gate.weight",)),
+        Weight("blocks.{i}.feed_forward.expert_gate", (f"{prefix}.experts.{{e}}.{gate}.weight",), "experts"),
+        Weight("blocks.{i}.feed_forward.expert_up", (f"{prefix}.experts.{{e}}.{up}.weight",), "experts"),
+        Weight("blocks.{i}.feed_forward.expert_out", (f"{prefix}.experts.{{e}}.{out}.weight",), "experts"),
+    )
+
+
+def _dense_layers(dense: Callable[[dict], list[int]], write: Callable[[list[int], int], dict[str, Any]]) -> Conversion:
+    """Some layers keep a dense SwiGLU (``intermediate_size`` wide) where the rest have experts:
+    in gptzoo a ``dense`` layer kind and a ``layer_pattern`` of n_layers entries; none: no kinds.
+    ``dense(config.json)`` lists those layers; ``write(layers, n_layers)`` gives the config.json keys."""
+
+    def read(hf: dict) -> dict[str, Any]:
+        layers = dense(hf)
+        if not layers:
+            return {}
+        if hf.get("intermediate_size") is None:
+            raise ValueError("intermediate_size missing; the dense layers need it")
+        return {
+            "layer_kinds.dense.feed_forward": {"name": "swiglu", "hidden": hf["intermediate_size"], "bias": False},
+            "layer_kinds.moe": {},
+            "layer_pattern": ["dense" if i in layers else "moe" for i in range(hf["num_hidden_layers"])],
+        }
+
+    def write_(model: dict) -> dict[str, Any]:
+        pattern, n = model.get("layer_pattern") or [], model["n_layers"]
+        layers = [i for i in range(n) if pattern and pattern[i % len(pattern)] == "dense"]
+        dense_ffn = (model.get("layer_kinds") or {}).get("dense", {}).get("feed_forward") or {}
+        return write(layers, n) | ({"intermediate_size": dense_ffn["hidden"]} if "hidden" in dense_ffn else {})
+
+    return Conversion(read, write_)
+
+
+MIXTRAL = Family(
+    model_type="mixtral",
+    architecture="MixtralForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "intermediate_size") + (
+        Field("intermediate_size", ("feed_forward.hidden",)),
+        Field("num_local_experts", ("feed_forward.n_experts",)),
+        Field("num_experts_per_tok", ("feed_forward.top_k",)),
+        Field("router_aux_loss_coef", ("feed_forward.balance_loss_weight",), 0.001),
+    ),
+    # softmax over the experts, the top k renormalised (Mixtral's softmax over the top-k logits)
+    assembly=LLAMA_ASSEMBLY | {"feed_forward": {"name": "moe", "scoring": "softmax", "normalize_top_k": True}},
+    requires=(SILU, DEFAULT_ROPE),
+    weights=tuple(w for w in LLAMA_WEIGHTS if ".feed_forward." not in w.ours) + _expert_weights("model.layers.{i}.block_sparse_moe", "w1", "w3", "w2"),
+    conversions=(SLIDING_WINDOW,),
+)
+
+
+def _qwen3_moe_dense(hf: dict) -> list[int]:
+    """Qwen3-MoE's MLP-only layers: those in mlp_only_layers and, with decoder_sparse_step s, those i with (i + 1) % s != 0."""
+    step, only = hf.get("decoder_sparse_step") or 1, hf.get("mlp_only_layers") or []
+    return [i for i in range(hf["num_hidden_layers"]) if i in only or (i + 1) % step]
+
+
+QWEN3_MOE = Family(
+    model_type="qwen3_moe",
+    architecture="Qwen3MoeForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("rms_norm_eps", "intermediate_size")) + (
+        Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-6),
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+        Field("moe_intermediate_size", ("feed_forward.hidden",)),
+        Field("num_experts", ("feed_forward.n_experts",), lambda hf: hf.get("num_local_experts", MISSING)),  # transformers 5 writes num_local_experts
+        Field("num_experts_per_tok", ("feed_forward.top_k",)),
+        Field("norm_topk_prob", ("feed_forward.normalize_top_k",), False),
+        Field("router_aux_loss_coef", ("feed_forward.balance_loss_weight",), 0.001),
+    ),
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
+    | {"attention": {"name": "sdpa", "qk_norm": "per_head"}, "feed_forward": {"name": "moe", "scoring": "softmax"}},
+    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
+    weights=LLAMA_WEIGHTS + _expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj") + (
+        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
+    ),
+    conversions=(_dense_layers(_qwen3_moe_dense, lambda layers, n: {"decoder_sparse_step": 1, "mlp_only_layers": layers}),),
+)
+
+
+def _deepseek_dense(hf: dict) -> list[int]:
+    return list(range(min(hf.get("first_k_dense_replace") or 0, hf["num_hidden_layers"])))
+
+
+def _deepseek_write_dense(layers: list[int], n: int) -> dict[str, Any]:
+    if layers != list(range(len(layers))):
+        raise ValueError(f"deepseek_v3 keeps dense feed-forwards in its first layers only (first_k_dense_replace); these are {layers}")
+    return {"first_k_dense_replace": len(layers)}
+
+
+def _read_rope_layout(hf: dict) -> dict[str, Any]:
+    return {"positional.layout": "interleaved" if hf.get("rope_interleave", True) else "halves"}
+
+
+def _write_rope_layout(model: dict) -> dict[str, Any]:
+    return {"rope_interleave": model["positional"].get("layout", "halves") == "interleaved"}
+
+
+DEEPSEEK_V3 = Family(
+    model_type="deepseek_v3",
+    architecture="DeepseekV3ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "intermediate_size", "rms_norm_eps")) + (
+        Field("qk_rope_head_dim", ("head_dim",), 64),  # the rotary part's width, which gptzoo's rope is built for
+        Field("rms_norm_eps", ("norm.eps",), 1e-6),
+        Field("q_lora_rank", ("attention.q_lora_rank",), None),
+        Field("kv_lora_rank", ("attention.kv_lora_rank",), 512),
+        Field("qk_nope_head_dim", ("attention.qk_nope_head_dim",), 128),
+        Field("v_head_dim", ("attention.v_head_dim",), 128),
+        Field("moe_intermediate_size", ("feed_forward.hidden",)),
+        Field("n_routed_experts", ("feed_forward.n_experts",)),
+        Field("num_experts_per_tok", ("feed_forward.top_k",)),
+        Field("n_shared_experts", ("feed_forward.n_shared_experts",), 1),
+        Field("routed_scaling_factor", ("feed_forward.routed_scale",), 2.5),
+        Field("n_group", ("feed_forward.n_groups",), 8),
+        Field("topk_group", ("feed_forward.top_groups",), 4),
+        Field("norm_topk_prob", ("feed_forward.normalize_top_k",), True),
+    ),
+    # sigmoid scores with the bias for choosing only (DeepSeek-V3's noaux_tc); no z-loss or balance loss in its config
+    assembly=LLAMA_ASSEMBLY
+    | {"attention": {"name": "latent"}, "feed_forward": {"name": "moe", "scoring": "sigmoid", "expert_bias": True}},
+    requires=(
+        SILU,
+        DEFAULT_ROPE,
+        Require("attention_bias", (False,), False, "gptzoo's latent attention puts q_proj's bias where DeepSeek has none"),
+        Require("scoring_func", ("sigmoid",), "sigmoid", "DeepSeek-V3 scores experts with sigmoids"),
+        Require("topk_method", ("noaux_tc",), "noaux_tc", "DeepSeek-V3 chooses experts with the bias and groups (noaux_tc)"),
+        Require("moe_layer_freq", (1,), 1, "every layer after the first dense ones has experts"),
+        Require("quantization_config", (None,), None, "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first"),
+    ),
+    weights=tuple(w for w in LLAMA_WEIGHTS if ".attention." not in w.ours)
+    + _expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
+    + tuple(Weight(f"blocks.{{i}}.feed_forward.shared.{ours}.weight", (f"model.layers.{{i}}.mlp.shared_experts.{theirs}.weight",)) for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj")))
+    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),)
+    + tuple(Weight(f"blocks.{{i}}.attention.{name}", (f"model.layers.{{i}}.self_attn.{name}",)) for name in (
+        "q_proj.weight", "q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight",
+        "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight",
+    ))
+    + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),),
+    conversions=(_dense_layers(_deepseek_dense, _deepseek_write_dense), Conversion(_read_rope_layout, _write_rope_layout)),
+    # the multi-token-prediction module of the 61-layer checkpoints, which transformers skips too
+    ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|61\..*)",
+)
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, OLMO2, PHI3, MIXTRAL, QWEN3_MOE, DEEPSEEK_V3)}

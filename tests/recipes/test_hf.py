@@ -43,6 +43,25 @@ CASES = {
     "olmo2": ("Olmo2Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # q, k, v in one projection and gate, up in another; GQA; untied
     "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    # 4 experts, top 2 renormalised, GQA, a window of 6 keys
+    "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, tie_word_embeddings=False), ["sliding_window"]),
+    # a dense first layer (mlp_only_layers) then experts (top 3 of 6, renormalised), QK-norm, head_dim 32
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_hidden_layers=3, num_key_value_heads=2, head_dim=32, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, norm_topk_prob=True, mlp_only_layers=[0]), ATTENTION),
+    # experts every other layer (decoder_sparse_step 2), top 2 of 4 unnormalised, tied
+    "qwen3_moe-step": ("Qwen3MoeConfig", dict(num_hidden_layers=4, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, decoder_sparse_step=2, tie_word_embeddings=True), ATTENTION),
+    # MLA with a query latent, interleaved rotary pairs; a dense first layer (first_k_dense_replace);
+    # 8 experts in 4 groups, 2 groups kept, top 3, the bias for choosing, a shared expert, scale 2.5
+    "deepseek_v3": ("DeepseekV3Config", dict(
+        num_hidden_layers=3, num_key_value_heads=4, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1,
+        moe_intermediate_size=24, n_group=4, topk_group=2, routed_scaling_factor=2.5, q_lora_rank=24, kv_lora_rank=16,
+        qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10, tie_word_embeddings=False,
+    ), ["latent"]),
+    # MLA without a query latent (V2-Lite's shape), halves rotary layout, two shared experts, one group
+    "deepseek_v3-lite": ("DeepseekV3Config", dict(
+        num_key_value_heads=4, first_k_dense_replace=0, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
+        n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=16,
+        qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8, rope_interleave=False,
+    ), ["latent"]),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
@@ -58,6 +77,9 @@ def build(case: str):
     with torch.no_grad():  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
         for name, p in model.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name or ".ln_" in name else 0.3 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's bias for choosing experts
+                b.copy_(0.1 * torch.randn_like(b))
     return model
 
 
@@ -120,15 +142,22 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
 
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
-    case, _, folder = checkpoint
+    case, hf_model, folder = checkpoint
     hf.import_hf(folder, tmp_path / "run")
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    model = json.loads(capsys.readouterr().out)["config"]["model"]
-    expected = {"gpt2": ("learned", "gelu", "layernorm")}.get(case, ("rope", "swiglu", "rmsnorm"))
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    # Total parameters as transformers counts them (its buffers aside); active: less the idle experts of each mixture layer.
+    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
+    idle = sum((m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2 for n, m in hf_model.named_modules() if n.endswith(".experts"))
+    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
+    family = case.split("-")[0]
+    feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3") else "swiglu"
+    expected = {"gpt2": ("learned", "gelu", "layernorm")}.get(case, ("rope", feed_forward, "rmsnorm"))
     block = {"olmo2": "sublayer_output_norm"}.get(case, "pre_norm")
     assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == (*expected, block)
-    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads"}.get(case, "none")
+    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads", "qwen3_moe": "per_head"}.get(family, "none")
 
 
 # ---- the folder: shards, dtypes, refusals, memory -----------------------------------------------

@@ -41,6 +41,20 @@ PUBLISHED = {
         "rms_norm_eps": 1e-06, "rope_theta": 1000000, "rope_scaling": None, "sliding_window": None, "use_sliding_window": False,
         "max_window_layers": 28, "tie_word_embeddings": True, "attention_bias": False, "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
     }, 596_049_920),
+    "mixtral": ({  # mistralai/Mixtral-8x7B-v0.1
+        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+        "rope_theta": 1e6, "sliding_window": None, "num_local_experts": 8, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.02,
+        "output_router_logits": False, "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
+    }, 46_702_792_704),
+    "qwen3_moe": ({  # Qwen/Qwen3-30B-A3B (published: 30.5 B; the count is the architecture's formula, 2·V·C + 48 layers + the final norm)
+        "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "max_position_embeddings": 40960, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "rope_scaling": None, "num_experts": 128,
+        "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "router_aux_loss_coef": 0.001,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": 48, "tie_word_embeddings": False, "attention_bias": False,
+        "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+    }, 30_532_122_624),
     "gpt2": ({  # openai-community/gpt2
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768,
         "n_layer": 12, "n_head": 12, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "bos_token_id": 50256, "eos_token_id": 50256,
@@ -60,6 +74,16 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(family, reg
     assert hf.explicit(preset) == hf.explicit(imported)
     with torch.device("meta"):
         assert GPT(preset).param_counts()["total"] == count
+
+
+@pytest.mark.parametrize("family, active", [("mixtral", 12_879_925_248), ("qwen3_moe", 3_353_032_704)])
+def test_moe_presets_active_parameters_are_the_formula(family, active, registry):
+    """Active per token: the total less each layer's idle experts, (E - k) · 3 · hidden · d_model."""
+    preset = load_run_config(PRESETS / f"{family}.toml", registry=registry).model
+    ffn = preset.feed_forward.params
+    with torch.device("meta"):
+        model = GPT(preset)
+    assert model.active_parameters_per_token() == PUBLISHED[family][1] - preset.n_layers * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model == active
 
 
 def test_describing_a_7b_preset_allocates_nothing():
