@@ -18,6 +18,7 @@ gptzoo.recipes.hf does the rest for every family alike: checks, streaming, run f
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -458,12 +459,44 @@ def _deepseek_write_dense(layers: list[int], n: int) -> dict[str, Any]:
     return {"first_k_dense_replace": len(layers)}
 
 
-def _read_rope_layout(hf: dict) -> dict[str, Any]:
-    return {"positional.layout": "interleaved" if hf.get("rope_interleave", True) else "halves"}
+def _yarn_mscale(factor: float, mscale: float) -> float:
+    return 0.1 * mscale * math.log(factor) + 1.0
 
 
-def _write_rope_layout(model: dict) -> dict[str, Any]:
-    return {"rope_interleave": model["positional"].get("layout", "halves") == "interleaved"}
+def _read_deepseek_rope(hf: dict) -> dict[str, Any]:
+    """Interleaved rotary pairs (``rope_interleave``), and DeepSeek's YaRN: the frequencies as
+    YaRN's, cos and sin unscaled (``mscale`` = ``mscale_all_dim``: their ratio is 1), and the
+    scores multiplied by mscale(factor, mscale_all_dim)² through the latent attention's scale."""
+    found: dict[str, Any] = {"positional.layout": "interleaved" if hf.get("rope_interleave", True) else "halves"}
+    rope = hf["rope_parameters"]
+    if rope.get("rope_type") != "yarn":
+        return found
+    factor, mscale, all_dim = rope["factor"], rope.get("mscale") or 0, rope.get("mscale_all_dim") or 0
+    if mscale != all_dim or rope.get("attention_factor") is not None:
+        raise ValueError(f"rope_parameters: mscale = {mscale} with mscale_all_dim = {all_dim} is not supported for deepseek_v3 (gptzoo reads equal ones, DeepSeek-V3's 1.0 and 1.0, and no attention_factor)")
+    qk_head_dim = hf.get("qk_nope_head_dim", 128) + hf.get("qk_rope_head_dim", 64)
+    return found | {
+        "positional.scaling": {
+            "type": "yarn", "factor": factor, "original_context_length": rope["original_max_position_embeddings"],
+            "beta_fast": rope.get("beta_fast") or 32.0, "beta_slow": rope.get("beta_slow") or 1.0, "attention_factor": 1.0,
+            "truncate": rope.get("truncate", True),
+        },
+        "attention.scale": qk_head_dim**-0.5 * _yarn_mscale(factor, all_dim) ** 2,
+    }
+
+
+def _write_deepseek_rope(model: dict) -> dict[str, Any]:
+    positional, attention = model["positional"], model["attention"]
+    written: dict[str, Any] = {"rope_interleave": positional.get("layout", "halves") == "interleaved"}
+    scaling = positional.get("scaling")
+    if not scaling or scaling.get("type") != "yarn" or scaling.get("attention_factor") != 1.0 or attention.get("scale") is None:
+        return written
+    qk_head_dim = (attention.get("qk_nope_head_dim") or 2 * model["head_dim"]) + model["head_dim"]
+    mscale = round((math.sqrt(attention["scale"] * qk_head_dim**0.5) - 1) / (0.1 * math.log(scaling["factor"])), 12)
+    return written | {"rope_parameters": {
+        "rope_type": "yarn", "rope_theta": positional["base"], "factor": scaling["factor"], "original_max_position_embeddings": scaling["original_context_length"],
+        "beta_fast": scaling["beta_fast"], "beta_slow": scaling["beta_slow"], "mscale": mscale, "mscale_all_dim": mscale, "truncate": scaling["truncate"],
+    }}
 
 
 DEEPSEEK_V3 = Family(
@@ -490,7 +523,7 @@ DEEPSEEK_V3 = Family(
     | {"attention": {"name": "latent"}, "feed_forward": {"name": "moe", "scoring": "sigmoid", "expert_bias": True}},
     requires=(
         SILU,
-        DEFAULT_ROPE,
+        Require("rope_parameters.rope_type", ("default", "yarn"), "default", "gptzoo's rope reads no other frequency scaling for DeepSeek-V3 yet"),
         Require("attention_bias", (False,), False, "gptzoo's latent attention puts q_proj's bias where DeepSeek has none"),
         Require("scoring_func", ("sigmoid",), "sigmoid", "DeepSeek-V3 scores experts with sigmoids"),
         Require("topk_method", ("noaux_tc",), "noaux_tc", "DeepSeek-V3 chooses experts with the bias and groups (noaux_tc)"),
@@ -506,7 +539,7 @@ DEEPSEEK_V3 = Family(
         "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight",
     ))
     + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),),
-    conversions=(_dense_layers(_deepseek_dense, _deepseek_write_dense), Conversion(_read_rope_layout, _write_rope_layout)),
+    conversions=(_dense_layers(_deepseek_dense, _deepseek_write_dense), Conversion(_read_deepseek_rope, _write_deepseek_rope)),
     # the multi-token-prediction module of the 61-layer checkpoints, which transformers skips too
     ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|61\..*)",
 )

@@ -56,6 +56,12 @@ CASES = {
         moe_intermediate_size=24, n_group=4, topk_group=2, routed_scaling_factor=2.5, q_lora_rank=24, kv_lora_rank=16,
         qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10, tie_word_embeddings=False,
     ), ["latent"]),
+    # DeepSeek-V3's YaRN: frequencies interpolated ×4 beyond 16 positions, the scores scaled by mscale²
+    "deepseek_v3-yarn": ("DeepseekV3Config", dict(
+        num_hidden_layers=2, num_key_value_heads=4, first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+        moe_intermediate_size=16, n_group=2, topk_group=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+    ), ["latent"]),
     # MLA without a query latent (V2-Lite's shape), halves rotary layout, two shared experts, one group
     "deepseek_v3-lite": ("DeepseekV3Config", dict(
         num_key_value_heads=4, first_k_dense_replace=0, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
@@ -351,3 +357,19 @@ def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matche
     idx = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(idx).logits, model(idx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"quantization_config": {"quant_method": "fp8"}}, 'quantization_config = {"quant_method": "fp8"} is not supported for deepseek_v3 (the weights must be floating point; dequantize'),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.7, "mscale_all_dim": 1.0}}, "mscale = 0.7 with mscale_all_dim = 1.0 is not supported for deepseek_v3"),
+    ],
+)
+def test_deepseek_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
+    build("deepseek_v3-lite").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and not (tmp_path / "run").exists()

@@ -55,6 +55,16 @@ PUBLISHED = {
         "use_sliding_window": False, "sliding_window": None, "max_window_layers": 48, "tie_word_embeddings": False, "attention_bias": False,
         "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
     }, 30_532_122_624),
+    "deepseek_v3": ({  # deepseek-ai/DeepSeek-V3 without its quantization_config (the FP8 weights dequantized to bf16); the main model's count
+        "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+        "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_nextn_predict_layers": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+        "n_shared_experts": 1, "n_routed_experts": 256, "ep_size": 1, "routed_scaling_factor": 2.5, "kv_lora_rank": 512, "q_lora_rank": 1536,
+        "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4,
+        "num_experts_per_tok": 8, "moe_layer_freq": 1, "first_k_dense_replace": 3, "norm_topk_prob": True, "scoring_func": "sigmoid",
+        "aux_loss_alpha": 0.001, "seq_aux": True, "hidden_act": "silu", "max_position_embeddings": 163840, "rms_norm_eps": 1e-06,
+        "rope_theta": 10000, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
+        "tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 1,
+    }, 671_026_404_352),
     "gpt2": ({  # openai-community/gpt2
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768,
         "n_layer": 12, "n_head": 12, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "bos_token_id": 50256, "eos_token_id": 50256,
@@ -76,14 +86,15 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(family, reg
         assert GPT(preset).param_counts()["total"] == count
 
 
-@pytest.mark.parametrize("family, active", [("mixtral", 12_879_925_248), ("qwen3_moe", 3_353_032_704)])
+@pytest.mark.parametrize("family, active", [("mixtral", 12_879_925_248), ("qwen3_moe", 3_353_032_704), ("deepseek_v3", 37_552_282_624)])
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):
-    """Active per token: the total less each layer's idle experts, (E - k) · 3 · hidden · d_model."""
+    """Active per token: the total less each mixture layer's idle experts, (E - k) · 3 · hidden · d_model."""
     preset = load_run_config(PRESETS / f"{family}.toml", registry=registry).model
     ffn = preset.feed_forward.params
+    mixtures = sum(layer.feed_forward.name == "moe" for layer in preset.layers())
     with torch.device("meta"):
         model = GPT(preset)
-    assert model.active_parameters_per_token() == PUBLISHED[family][1] - preset.n_layers * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model == active
+    assert model.active_parameters_per_token() == PUBLISHED[family][1] - mixtures * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model == active
 
 
 def test_describing_a_7b_preset_allocates_nothing():
