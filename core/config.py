@@ -107,7 +107,7 @@ def _resolve_spec(raw: Any, info: ValidationInfo) -> ComponentSpec | None:
 class LayerKind(BaseModel):
     """The components one kind of layer uses instead of the model-level ones (unset: the model's)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     positional: ComponentSpec | None = None
     attention: ComponentSpec | None = None
@@ -145,7 +145,7 @@ class LayerSpec:
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int | None = Field(None, gt=0, description="None: the tokenizer's vocabulary size")
     vocab_multiple: int = Field(1, gt=0, description="pad embedding and LM head rows to a multiple of this (64 suits GPU matmuls); padded ids get -inf logits, so probabilities and loss are exact")
@@ -266,7 +266,7 @@ class ModelConfig(BaseModel):
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: a folder, not a TOML file" if path.is_dir() else f"{path}: no such config file")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:

@@ -29,7 +29,7 @@ InitScheme = Literal["gpt2", "torch_default"]
 class Params(BaseModel):
     """Base of every plugin's params model: unknown keys are errors, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):

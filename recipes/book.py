@@ -12,6 +12,7 @@ heads there are (they change no shape), so GPT-2's sizes give the default.
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -121,10 +122,15 @@ def from_book_state(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, 
 def read_book_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; the book saves its model with torch.save(model.state_dict(), 'model.pth')")
+    expected = "expected the book's model.pth, saved with torch.save(model.state_dict(), 'model.pth')"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 -- pickle, zip and IO failures all mean an unreadable file
-        raise CheckpointError(f"{path}: cannot read it with torch.load(weights_only=True) ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False, unsafe for a file from elsewhere: never shown
+        if "Unsupported global" in str(err):
+            raise CheckpointError(f"{path}: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); {expected}") from None
+        raise CheckpointError(f"{path}: not a torch checkpoint torch.load(weights_only=True) can read (UnpicklingError); {expected}") from None
+    except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean a file that is no checkpoint
+        raise CheckpointError(f"{path}: not a torch checkpoint torch.load(weights_only=True) can read ({type(err).__name__}); {expected}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
         loaded = loaded["model_state_dict"]  # the book's model_and_optimizer.pth
     if not isinstance(loaded, dict) or not all(isinstance(t, torch.Tensor) for t in loaded.values()):

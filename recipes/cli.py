@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import shlex
 import sys
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the file system refused (permissions, a full disk): say what and where, no traceback
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = f"{err.filename}: " * bool(err.filename) + "no space left on the device; free some space and run again"
         print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ BUILTIN_CORPUS = "builtin:pydoc"
 
 
 class DataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     source: str = Field(BUILTIN_CORPUS, description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r} (ships with Python)")
     text_field: str = Field("text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text")
@@ -27,7 +27,7 @@ class DataConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: ModelConfig
     data: DataConfig = DataConfig()
@@ -124,7 +124,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
 
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
-            raise ConfigError(f"{file}: no such config file")
+            raise ConfigError(f"{path}: a folder without config.json, so not a run folder; give a run folder or a TOML config" if path.is_dir() else f"{file}: no such config file")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -99,13 +99,15 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
         raise GptzooError(f"--lora-rank {args.lora_rank}: give at least 1")
     if args.lora_rank is None and args.lora_alpha is not None:
         raise GptzooError("--lora-alpha needs --lora-rank")
+    if args.lora_alpha is not None and (not args.lora_alpha > 0 or math.isinf(args.lora_alpha)):  # also nan
+        raise GptzooError(f"--lora-alpha {args.lora_alpha}: give a positive number (the update is scaled by alpha / rank)")
     if args.train == "none" and args.lora_rank is None:
         raise GptzooError("--train none trains nothing without --lora-rank; choose what trains")
     try:
         fractions = tuple(float(f) for f in args.split.split(","))
     except ValueError:
         fractions = ()
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+    if len(fractions) != 3 or not all(f > 0 for f in fractions) or not sum(fractions) <= 1 + 1e-9:  # also nan
         raise GptzooError(f"--split {args.split!r}: give three positive fractions that sum to at most 1, e.g. 0.7,0.1,0.2")
     return fractions  # type: ignore[return-value]
 
@@ -149,7 +151,7 @@ def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
     """The text of a fine-tuning data file; GptzooError if it is missing or empty (``expected`` says what belongs in it)."""
     path = Path(path)
     if not path.is_file():
-        raise GptzooError(f"{path}: no such data file")
+        raise GptzooError(f"{path}: a folder, not a data file; give the file itself (it needs {expected})" if path.is_dir() else f"{path}: no such data file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -198,6 +198,8 @@ def resolve_source(src: str, out: Path) -> Path:
                 f"{' and '.join(HF_FILES)} (from https://huggingface.co/gpt2/tree/main or the -medium, -large, -xl pages)"
             )
         return path
+    if Path(src).is_file():
+        raise GptzooError(f"{src}: a file, not a folder; give the folder holding {' and '.join(HF_FILES)}, or one of {', '.join(SIZES)}")
     if src not in SIZES:
         close = difflib.get_close_matches(src, SIZES, n=1, cutoff=0.8)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -303,7 +303,7 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
     src, out = Path(src), Path(out)
     refuse_existing(out)
     if not src.is_dir():
-        raise GptzooError(f"{src}: no such folder; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)")
+        raise GptzooError(f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)")
     source = src / CONFIG
     if not source.is_file():
         raise CheckpointError(f"{src}: missing {CONFIG}; a Hugging Face checkpoint folder has config.json beside its safetensors")

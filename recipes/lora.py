@@ -42,7 +42,7 @@ TARGET_GROUPS = {
 class LoRASettings(BaseModel):
     """What a LoRA run saves in lora.json: how the adapter was built and what it wrapped."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     rank: int = Field(gt=0)
     alpha: float = Field(gt=0)

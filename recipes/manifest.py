@@ -31,7 +31,7 @@ import json
 import os
 import socket
 import sys
-import tempfile
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,13 +193,19 @@ def missing_components(manifest: Manifest | None, registry: Any, source: Path) -
 
 
 class RunLock:
-    """The folder's writer lock, re-entrant within one process; refuses at once when another holds it."""
+    """The folder's writer lock, re-entrant within one process; refuses at once when another holds it.
+
+    ``.gptzoo.lock`` stays in the folder after use: a lock file unlinked on release could be held
+    by two processes at once (one on the unlinked file, one on a new one). Only a folder this lock
+    created and that was left holding nothing else is removed, by its holder before it releases.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.lock = FileLock(self.folder / LOCK, blocking=False, is_singleton=True, thread_local=False)
 
     def __enter__(self) -> RunLock:
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire()
@@ -207,12 +213,23 @@ class RunLock:
             raise RunLockedError(f"{self.folder}: being written by {holder(self.folder)}; wait for it to finish, or choose another folder") from None
         if self.lock.lock_counter == 1:
             owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-            (self.folder / OWNER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
+            try:
+                (self.folder / OWNER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
+            except OSError as err:
+                self.__exit__()
+                if is_disk_full(err):
+                    raise DiskFullError(f"{self.folder}: no space left on the device, not even for {OWNER}; nothing was changed. Free some space and run again") from None
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.lock.lock_counter == 1:  # before releasing: afterwards the file may be the next holder's
+        if self.lock.lock_counter == 1:  # before releasing: afterwards the files may be the next holder's
             (self.folder / OWNER).unlink(missing_ok=True)
+            if self.created and [p.name for p in self.folder.iterdir()] == [LOCK]:
+                # A process that opened the lock file meanwhile and gets its flock after the release
+                # finds the file unlinked and is refused (filelock >= 4): never two holders.
+                (self.folder / LOCK).unlink()
+                self.folder.rmdir()
         self.lock.release()
 
 
@@ -225,6 +242,16 @@ def holder(folder: Path) -> str:
 
 
 # ---- committing -----------------------------------------------------------------------------
+
+
+def disk_full_error(folder: Path, writing: str) -> DiskFullError:
+    """The error for a full disk while writing ``writing`` into ``folder``, saying which checkpoint is intact."""
+    previous = read_manifest(folder)
+    if previous is None:
+        kept = "no earlier checkpoint was committed"
+    else:
+        kept = "the committed checkpoint" + (f" of step {previous.step}" if previous.step is not None else "") + " is intact"
+    return DiskFullError(f"{folder}: no space left on the device while writing {writing}; nothing was replaced and {kept}. Free some space and run again")
 
 
 class HashingFile:
@@ -251,7 +278,7 @@ class HashingFile:
         self.f.flush()
 
 
-def _is_disk_full(err: BaseException, written: HashingFile | None = None) -> bool:
+def is_disk_full(err: BaseException, written: HashingFile | None = None) -> bool:
     if written is not None and written.error is not None:
         err = written.error
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -278,9 +305,14 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _temporary(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
+    """A new empty file beside ``name``, with the permissions of an ordinary new file (the umask's; mkstemp's are 0600)."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _write_small(path: Path, text: str) -> None:
@@ -320,7 +352,7 @@ class Commit:
                 _fsync(f)
         except BaseException as err:
             tmp.unlink(missing_ok=True)
-            if isinstance(err, Exception) and _is_disk_full(err, written):
+            if isinstance(err, Exception) and is_disk_full(err, written):
                 raise self.disk_full(name) from None
             raise
         self.staged[name] = (tmp, {"size": written.size, "sha256": written.digest.hexdigest()})
@@ -330,13 +362,8 @@ class Commit:
             f.write(text.encode("utf-8"))
 
     def disk_full(self, name: str) -> DiskFullError:
-        previous = read_manifest(self.folder)
         step = f" of step {self.step}" if self.step is not None else ""
-        if previous is None:
-            kept = "no earlier checkpoint was committed"
-        else:
-            kept = "the committed checkpoint" + (f" of step {previous.step}" if previous.step is not None else "") + " is intact"
-        return DiskFullError(f"{self.folder}: no space left on the device while writing {name}{step}; nothing was replaced and {kept}. Free some space and run again")
+        return disk_full_error(self.folder, f"{name}{step}")
 
     def discard(self) -> None:
         for tmp, _ in self.staged.values():
@@ -358,7 +385,7 @@ class Commit:
             _write_small(self.folder / JOURNAL, json.dumps(journal, indent=2) + "\n")
         except OSError as err:
             self.discard()
-            if _is_disk_full(err):
+            if is_disk_full(err):
                 raise self.disk_full(JOURNAL) from None
             raise
         _fsync_folder(self.folder)
@@ -399,13 +426,6 @@ def run_writer(folder: Path) -> Iterator[None]:
 
     A folder the block created and left with nothing in it is removed again.
     """
-    folder = Path(folder)
-    created = not folder.exists()
-    try:
-        with RunLock(folder):
-            recover(folder)
-            yield
-    finally:
-        if created and {p.name for p in folder.iterdir()} <= {LOCK}:
-            (folder / LOCK).unlink(missing_ok=True)
-            folder.rmdir()
+    with RunLock(folder):
+        recover(Path(folder))
+        yield

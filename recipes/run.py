@@ -31,7 +31,7 @@ from torch import nn
 
 from gptzoo.core import GPT, CheckpointError, GptzooError, Tokenizer
 from gptzoo.recipes.config import RunConfig, validate_run_config
-from gptzoo.recipes.manifest import MANIFEST, Commit, Manifest, check_file, components_of, missing_components, note, read_manifest, run_writer
+from gptzoo.recipes.manifest import MANIFEST, Commit, Manifest, check_file, components_of, disk_full_error, is_disk_full, missing_components, note, read_manifest, run_writer
 from gptzoo.registry import Registry, default_registry
 
 CONFIG = "config.json"
@@ -307,8 +307,13 @@ def weights_step(path: Path) -> int | None:
 
 
 def append_metrics(folder: Path, record: dict) -> None:
-    with open(folder / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(folder / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # a line cut short is dropped on --resume: the manifest commits the log up to the checkpoint
+        if is_disk_full(err):
+            raise disk_full_error(folder, f"{METRICS} (step {record.get('step')})") from None
+        raise
 
 
 def read_metrics(folder: Path) -> list[dict]:

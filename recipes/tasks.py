@@ -33,7 +33,7 @@ SPLITS = {"train": 0, "val": 1}
 class Task(BaseModel):
     """Base of the task specs: unknown keys are errors; ``example`` draws one example."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int
     train_examples: int = Field(100_000, gt=0, description="size of the training split (examples are drawn again each epoch in a new order)")

@@ -4,8 +4,9 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from gptzoo.core import GptzooError
 from gptzoo.recipes.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, SCALING_PNG, SWEEP, load_sweep, run_sweep
-from gptzoo.recipes.manifest import LOCK, OWNER, RunLock
+from gptzoo.recipes.manifest import LOCK, OWNER, run_writer
 from gptzoo.recipes.run import check_out_folder
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
@@ -19,13 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise GptzooError(f"--workers {args.workers}: give 1 or more")
     sweep = load_sweep(args.sweep)  # every variant is validated here, before anything trains
     runs = len(sweep.variants) * len(sweep.seeds)
     print(f"{args.sweep}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {runs} runs into {args.out}")
     out = Path(args.out)
     check_out_folder(out)
     foreign = out.is_dir() and not (out / SWEEP).exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
-    with contextlib.nullcontext() if foreign else RunLock(out):  # one sweep per folder at a time; a foreign folder is refused unlocked
+    with contextlib.nullcontext() if foreign else run_writer(out):  # one sweep per folder at a time; a foreign folder is refused unlocked
         results = run_sweep(sweep, out, workers=args.workers, progress=args.progress)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))

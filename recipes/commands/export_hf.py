@@ -1,8 +1,10 @@
 """gptzoo export-hf: a run folder -> a Hugging Face checkpoint folder of the family its assembly matches."""
 
 import argparse
+import math
 import sys
 
+from gptzoo.core import GptzooError
 from gptzoo.recipes.hf import MAX_SHARD_BYTES, export_hf
 from gptzoo.recipes.hf_families import FAMILIES
 
@@ -16,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.max_shard_gb > 0 or math.isinf(args.max_shard_gb):  # also nan
+        raise GptzooError(f"--max-shard-gb {args.max_shard_gb}: give a positive size in GiB, e.g. 5")
     family, _ = export_hf(args.run_dir, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
     print(f"{args.out}: {family.architecture}; transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r}) loads it")
     from gptzoo.recipes.run import load_config

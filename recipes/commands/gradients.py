@@ -53,6 +53,13 @@ def build(config: RunConfig) -> tuple[GPT, Tokenizer]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        plot_file = Path(args.plot)
+        if plot_file.is_dir() or not plot_file.suffix:
+            raise GptzooError(f"--plot {plot_file}: give a file name with its format's suffix, e.g. layers.png")
+        under = next(parent for parent in plot_file.parents if parent.exists())
+        if not under.is_dir():
+            raise GptzooError(f"--plot {plot_file} lies under {under}, which is a file; choose another path")
     variants = [(Path(args.config).stem, [])] + [(override, [override]) for override in args.compare]
     results = {}
     for label, extra in variants:

@@ -2,6 +2,7 @@
 
 import argparse
 
+from gptzoo.core import GptzooError
 from gptzoo.recipes.book import BOOK_DROPOUT, GPT2_HEADS, import_book
 from gptzoo.recipes.gpt2 import ATTENTION
 
@@ -18,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.n_heads is not None and args.n_heads < 1:
+        raise GptzooError(f"--n-heads {args.n_heads}: give at least 1")
+    if not 0 <= args.dropout < 1:  # also nan
+        raise GptzooError(f"--dropout {args.dropout}: give a probability in [0, 1), e.g. {BOOK_DROPOUT}")
     config = import_book(args.src, args.out, n_heads=args.n_heads, dropout=args.dropout, attention=args.attention)
     m = config.model
     print(f"{args.out}: the book's GPTModel with {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, attention {m.attention.name}")
