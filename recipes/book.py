@@ -121,7 +121,7 @@ def from_book_state(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, 
 
 def read_book_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; the book saves its model with torch.save(model.state_dict(), 'model.pth')")
+        raise CheckpointError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; the book saves its model with torch.save(model.state_dict(), 'model.pth')")
     expected = "expected the book's model.pth, saved with torch.save(model.state_dict(), 'model.pth')"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -25,6 +25,7 @@ second writer is refused at once with the holder's PID.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -229,7 +230,8 @@ class RunLock:
                 # A process that opened the lock file meanwhile and gets its flock after the release
                 # finds the file unlinked and is refused (filelock >= 4): never two holders.
                 (self.folder / LOCK).unlink()
-                self.folder.rmdir()
+                with contextlib.suppress(OSError):  # a writer that came meanwhile made a new lock file, or NFS keeps a .nfs file until the close
+                    self.folder.rmdir()
         self.lock.release()
 
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from gptzoo.core import GptzooError
+from gptzoo.recipes.run import check_out_folder
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=77"]
@@ -172,6 +173,7 @@ def new_plugin(name: str, family: str, out: str | Path) -> list[Path]:
     if family not in BODIES:
         raise GptzooError(f"--family {family!r}: choose one of {', '.join(FAMILIES)}")
     out = Path(out)
+    check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptzooError(f"{out}: exists and is not an empty folder; choose a new --out")
     module, dist, cls = f"gptzoo_{name}", f"gptzoo-{name.replace('_', '-')}", "".join(p.title() for p in name.split("_"))

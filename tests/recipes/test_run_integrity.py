@@ -18,6 +18,7 @@ import torch
 
 from gptzoo.core import FAMILIES, CheckpointError
 from gptzoo.recipes import manifest as manifest_module
+from gptzoo.recipes import run as run_module
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config import validate_run_config
 from gptzoo.recipes.manifest import DiskFullError, RunLock, RunLockedError
@@ -208,6 +209,65 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(straight
     monkeypatch.undo()
     finish(config, run)
     assert_same_run(run, reference)
+
+
+def test_a_full_disk_while_logging_metrics_says_so_and_keeps_the_last_checkpoint(straight, tmp_path, monkeypatch, capsys):
+    config, reference = straight
+    run, appended = tmp_path / "run", []
+
+    def full_on_the_second_log(file, mode="r", *args, **kwargs):
+        if Path(file).name == "metrics.jsonl" and mode == "a":
+            appended.append(1)
+            if len(appended) == 2:  # step 4's line, after step 2's checkpoint
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "open", full_on_the_second_log, raising=False)  # the module's open, before the builtin
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(config.model_dump_json())
+    capsys.readouterr()
+    assert main(["train", str(config_file), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{run}: no space left on the device while writing metrics.jsonl (step 4); nothing was replaced and the committed checkpoint of step 2 is intact" in err
+    monkeypatch.undo()
+    finish(config, run)
+    assert_same_run(run, reference)
+
+
+def test_a_disk_too_full_for_the_lock_holder_refuses_before_writing(tmp_path, monkeypatch):
+    real_write_text = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == ".gptzoo.owner.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DiskFullError, match=rf"{tmp_path / 'new'}: no space left on the device, not even for .gptzoo.owner.json; nothing was changed"):
+        with RunLock(tmp_path / "new"):
+            pass
+    assert not (tmp_path / "new").exists()  # the folder it had created is gone again
+
+
+def test_the_lock_file_stays_in_a_folder_that_holds_something_and_a_new_empty_folder_goes(straight, tmp_path):
+    _, reference = straight
+    assert (reference / ".gptzoo.lock").read_bytes() == b"" and not (reference / ".gptzoo.owner.json").exists()
+    with RunLock(tmp_path / "unused"):
+        assert (tmp_path / "unused" / ".gptzoo.lock").exists()
+    assert not (tmp_path / "unused").exists()
+    (tmp_path / "mine").mkdir()
+    with RunLock(tmp_path / "mine"):
+        pass
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == [".gptzoo.lock"]  # a folder it did not create stays
+
+
+def test_run_files_get_the_permissions_of_any_new_file(straight):
+    _, reference = straight
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in reference.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
 
 
 # ---- writers --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def test_scaffold_passes_its_own_conformance_test(tmp_path, family, capsys, monk
     "args, message",
     [
         (["My-Norm", "--family", "norm"], "use lower-case letters"),
-        (["fine", "--family", "norm", "--out", "{file}"], "exists and is not an empty folder"),
+        (["fine", "--family", "norm", "--out", "{file}"], "is a file, not a folder; choose another --out"),
     ],
 )
 def test_bad_input_exits_2(tmp_path, capsys, args, message):
