@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
+from gptzoo.core import GptzooError
 from gptzoo.recipes import finetune
 from gptzoo.plugins.heads import ClassifierParams
 from gptzoo.recipes.classify import (
@@ -57,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     fractions = finetune.check_arguments(args)
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)
     finetune.check_out_dir(out, base_dir)
+    csv = data.suffix.lower() == ".csv"
+    for option, value, default in (("--text-column", args.text_column, "text"), ("--label-column", args.label_column, "label")):
+        if value != default and not csv:
+            raise GptzooError(f"{option} {value}: {data} is read as label<TAB>text lines, which have no columns; it applies to a .csv file with a header")
+    if args.quoting != "none" and csv:
+        raise GptzooError(f"--quoting {args.quoting}: applies to a label<TAB>text file; {data} is read as CSV, with CSV's quoting")
     examples = read_examples(data, args.text_column, args.label_column, args.quoting)
     book = args.split_order == "book"
     if args.balance:

@@ -156,6 +156,8 @@ BAD_VALUES = [
     ("finetune-classifier", "unknown choice", ["{run}", *SMS, "--train", "bogus"], "argument --train: invalid choice: 'bogus'"),
     ("finetune-classifier", "unknown choice", ["{run}", *SMS, "--lora-rank", "2", "--lora-targets", "bogus"], "--lora-targets: 'bogus' matches no linear layer"),
     ("finetune-classifier", "option without its partner", ["{run}", *SMS, "--lora-alpha", "2"], "--lora-alpha needs --lora-rank"),
+    ("finetune-classifier", "option that does not apply", ["{run}", *SMS, "--text-column", "message"], "--text-column message: {sms} is read as label<TAB>text lines, which have no columns"),
+    ("finetune-classifier", "option that does not apply", ["{run}", "--data", "{csv}", "--out", "{tmp}/out", "--quoting", "csv"], "--quoting csv: applies to a label<TAB>text file; {csv} is read as CSV"),
     ("finetune-classifier", "unknown device", ["{run}", *SMS, "--device", "bogus"], "--device 'bogus':"),
     ("finetune-instruct", "missing data", ["{run}", "--data", "{tmp}/nope.json", "--out", "{tmp}/out"], "{tmp}/nope.json: no such data file"),
     ("finetune-instruct", "folder for a file", ["{run}", "--data", "{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a data file"),
@@ -225,6 +227,7 @@ def places(tmp_path, shared_data):
     (tmp_path / "latin1.toml").write_bytes(b"[model]\n# caf\xe9\ncontext_length = 16\n")
     (tmp_path / "bad.toml").write_text("not toml [[[\n")
     (tmp_path / "bad.json").write_text('{"x":\n')
+    (tmp_path / "sms.csv").write_text("label,text\nham,hi\nspam,win\n")
     (tmp_path / "no_output.json").write_text('[{"instruction": "Say hi.", "input": ""}]')
     (tmp_path / "tiny.json").write_text((RUN / "config.json").read_text())
     shutil.copytree(RUN, tmp_path / "old_run")
@@ -245,7 +248,7 @@ def places(tmp_path, shared_data):
         "tmp": tmp_path, "run": RUN, "config": tmp_path / "tiny.json", "config_dir": tmp_path / "config_dir",
         "old_run": tmp_path / "old_run", "file": tmp_path / "file.txt", "empty": tmp_path / "empty", "full": tmp_path / "full",
         "latin1": tmp_path / "latin1.txt", "latin1_toml": tmp_path / "latin1.toml", "bad_toml": tmp_path / "bad.toml",
-        "bad_json": tmp_path / "bad.json", "no_output_json": tmp_path / "no_output.json", "book": tmp_path / "model.pth",
+        "bad_json": tmp_path / "bad.json", "no_output_json": tmp_path / "no_output.json", "book": tmp_path / "model.pth", "csv": tmp_path / "sms.csv",
         "sweep": tmp_path / "sweep.toml", "sweep_unknown": tmp_path / "sweep_unknown.toml",
         "sweep_no_base": tmp_path / "sweep_no_base.toml", "sweep_run_base": tmp_path / "sweep_run_base.toml",
         "sms": shared_data("SMSSpamCollection"), "instructions": shared_data("instruction-data.json"),
