@@ -14,15 +14,38 @@ may read:
 - ``rotate(q, k)``: the position scheme's rotation of new queries and keys (identity for most);
 - ``bias(dtype, window=None, first_key=0)``: the additive mask, -inf where a query may not
   look, plus the scheme's score bias; ``window`` limits each query to its latest ``window``
-  keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window).
+  keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window);
+- ``capturing`` and ``record(weights)``: while a ``Recorder`` inspects the forward, each layer
+  reports its attention probabilities once, (B, nh, T, Tk) after the softmax and before dropout;
+  a variant that uses SDPA computes them explicitly only then, so its fast path stays as it is.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from gptzoo.core.errors import GptzooError
 from gptzoo.core.interfaces import PositionalEncoding
+
+
+class Recorder:
+    """What one forward records for inspection (``GPT(idx, recorder=Recorder())``): the residual
+    stream entering the first block and leaving each block, (B, T, C) each, and every layer's
+    attention probabilities (B, nh, T, Tk) as its attention variant reports them."""
+
+    def __init__(self) -> None:
+        self.residuals: list[Tensor] = []
+        self.attentions: list[Tensor] = []
+
+    def stream(self, x: Tensor, block: nn.Module | None = None) -> None:
+        """The residual stream after ``block`` (None: the embeddings, before the first block)."""
+        self.residuals.append(x)
+        if block is not None and len(self.attentions) != len(self.residuals) - 1:
+            raise GptzooError(
+                f"{type(block.attention).__name__} reported its attention weights {len(self.attentions) - len(self.residuals) + 2} "
+                f"times in layer {len(self.residuals) - 2}: while ctx.capturing, an attention variant calls ctx.record(weights) once per forward"
+            )
 
 
 class AttentionContext:
@@ -33,8 +56,11 @@ class AttentionContext:
         key_positions: Tensor,
         offset: int = 0,
         key_valid: Tensor | None = None,
+        recorder: Recorder | None = None,
     ):
         self.positional = positional
+        self.recorder = recorder
+        self.capturing = recorder is not None
         self.positions = positions
         self.key_positions = key_positions
         self.offset = offset
@@ -45,6 +71,11 @@ class AttentionContext:
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self.positional.rotate(q, k, self.positions)
+
+    def record(self, weights: Tensor) -> None:
+        """Report this layer's attention probabilities (B, nh, T, Tk); nothing happens unless capturing."""
+        if self.recorder is not None:
+            self.recorder.attentions.append(weights)
 
     def bias(self, dtype: torch.dtype, window: int | None = None, first_key: int = 0) -> Tensor | None:
         """Additive mask (B|1, nh|1, T, Tk - first_key), or None when every query may see every key."""

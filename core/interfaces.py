@@ -182,7 +182,9 @@ class Attention(Component):
     positions (``ctx.rotate`` on new queries and keys; ``ctx.bias`` carries score biases),
     dropout on the attention weights (``dims.dropout``, training only), ``dims.n_kv_heads``
     key/value heads shared by groups of query heads (GQA/MQA), ``dims.head_size`` per head
-    (not necessarily d_model / n_heads), and the biases ``dims.qkv_bias`` / ``dims.attn_out_bias``.
+    (not necessarily d_model / n_heads), the biases ``dims.qkv_bias`` / ``dims.attn_out_bias``,
+    and inspection: while ``ctx.capturing``, ``ctx.record(weights)`` once with its attention
+    probabilities (B, nh, T, Tk), computed explicitly if its fast path never forms them.
 
     The standard variants share one state-dict layout so checkpoints move between them:
     ``qkv.weight`` ((nh + 2·nkv)·hs, C) with rows [query heads | key heads | value heads],

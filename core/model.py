@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
-from gptzoo.core.context import AttentionContext
+from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import ConfigError
 from gptzoo.core.interfaces import FAMILIES, AuxiliaryLoss, Component
 
@@ -48,14 +48,17 @@ class GPT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
 
-    def hidden_states(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None) -> Tensor:
+    def hidden_states(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None, recorder: Recorder | None = None) -> Tensor:
         """idx (B, T) token ids -> final hidden states (B, T, C).
 
         With ``cache``, idx holds only the new tokens and the cache advances by T. ``pad_mask``
         (B, T) is True at real tokens; padded batches (left padding for generation) get
-        per-row positions that count real tokens only.
+        per-row positions that count real tokens only. A ``recorder`` receives the residual
+        stream and every layer's attention weights (a whole sequence at once: no cache).
         """
         B, T = idx.shape
+        if recorder is not None and cache is not None:
+            raise ValueError("a recorder inspects one whole forward: run it without a cache")
         offset = cache.length if cache is not None else 0
         if cache is not None and offset + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {offset} cached + {T} new do not fit")
@@ -75,23 +78,27 @@ class GPT(nn.Module):
                 cache.padded = True
             key_positions = cache.positions[:, : offset + T]
             key_valid = cache.valid[:, : offset + T] if padded else None
-        ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid)
-        kind_ctx = {kind: AttentionContext(p, positions, key_positions, offset, key_valid) for kind, p in self.kind_positionals.items()}
+        ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder)
+        kind_ctx = {kind: AttentionContext(p, positions, key_positions, offset, key_valid, recorder) for kind, p in self.kind_positionals.items()}
 
         x = self.token_embedding(idx)  # (B, T, C)
         if self.embedding_multiplier != 1.0:
             # A tensor in the activations' dtype, as Gemma's normaliser: √3072 rounds in bf16.
             x = x * torch.tensor(self.embedding_multiplier, dtype=x.dtype)
         x = self.dropout(self.positional.embed(x, positions))
+        if recorder is not None:
+            recorder.stream(x)
         for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional)):
             x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
+            if recorder is not None:
+                recorder.stream(x, block)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None) -> Tensor:
+    def forward(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None, recorder: Recorder | None = None) -> Tensor:
         """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier."""
-        return self.head(self.hidden_states(idx, cache, pad_mask), pad_mask)
+        return self.head(self.hidden_states(idx, cache, pad_mask, recorder), pad_mask)
 
     def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
         """The components' auxiliary losses from the last forward, each averaged over the layers reporting it."""

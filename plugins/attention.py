@@ -42,15 +42,14 @@ class AttentionParams(Params):
     )
 
 
-def softmax_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, softcap: float | None, dropout: nn.Dropout) -> Tensor:
-    """q (..., h, T, hs), k and v (..., h, Tk, hs) -> (..., h, T, hs), written out step by step."""
+def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float, softcap: float | None) -> Tensor:
+    """q (..., h, T, hs), k (..., h, Tk, hs) -> the attention probabilities (..., h, T, Tk), written out step by step."""
     scores = q @ k.transpose(-2, -1) * scale  # (..., h, T, Tk)
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     if bias is not None:
         scores = scores + bias
-    weights = dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype))
-    return weights @ v
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
 
 
 class QKNorm(nn.Module):
@@ -104,25 +103,27 @@ class FusedAttention(Attention):
         B, _, T, _ = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
-    def explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, ctx: AttentionContext) -> Tensor:
         """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs): every score in memory."""
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)  # (..., nh, Tk, hs)
-        return softmax_attention(q, k, v, bias, self.scale, self.params.softcap, self.attn_dropout)
+        weights = attention_weights(q, k, bias, self.scale, self.params.softcap)  # (..., nh, T, Tk)
+        ctx.record(weights)
+        return self.attn_dropout(weights) @ v
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
-        return self.merge(self.explicit(q, k, v, ctx.bias(q.dtype)))
+        return self.merge(self.explicit(q, k, v, ctx.bias(q.dtype), ctx))
 
 
 class SDPAAttention(FusedAttention):
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool = False) -> Tensor:
-        """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs), through SDPA unless capped."""
-        if self.params.softcap is not None:  # SDPA has no hook for the scores
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, ctx: AttentionContext, is_causal: bool = False) -> Tensor:
+        """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs), through SDPA unless capped or inspected."""
+        if self.params.softcap is not None or ctx.capturing:  # SDPA has no hook for the scores and never forms the weights
             if is_causal:
                 T, Tk = q.size(-2), k.size(-2)
                 bias = torch.full((T, Tk), float("-inf"), dtype=q.dtype, device=q.device).triu(Tk - T + 1)
-            return self.explicit(q, k, v, bias)
+            return self.explicit(q, k, v, bias, ctx)
         return F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=bias,
@@ -134,7 +135,7 @@ class SDPAAttention(FusedAttention):
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
-        return self.merge(self.attend(q, k, v, None if ctx.is_causal else ctx.bias(q.dtype), ctx.is_causal))
+        return self.merge(self.attend(q, k, v, None if ctx.is_causal else ctx.bias(q.dtype), ctx, ctx.is_causal))
 
 
 class SlidingWindowParams(AttentionParams):
@@ -189,18 +190,18 @@ class SlidingWindowAttention(SDPAAttention):
         W, T = self.params.window, q.size(2)
         if cache is not None and T == 1:
             return self.merge(self._step(q, k, v, ctx, cache))
-        if ctx.is_causal and T > W:
-            y = self._blocks(q, k, v)
-        elif ctx.is_causal:
-            y = self.attend(q, k, v, None, is_causal=True)
-        else:  # a padded batch, a score bias, or new tokens after cached ones: the full windowed mask
+        if ctx.is_causal and T > W and not ctx.capturing:
+            y = self._blocks(q, k, v, ctx)
+        elif ctx.is_causal and T <= W:
+            y = self.attend(q, k, v, None, ctx, is_causal=True)
+        else:  # a padded batch, a score bias, new tokens after cached ones, or inspection: the full windowed mask
             first = 0
             if cache is not None and ctx.offset:
                 first = ctx.offset - min(ctx.offset, W - 1)  # earlier keys the new ones may still see
                 kept = cache.slots(first, ctx.offset)
                 k = torch.cat([cache.k[:, :, kept].to(k.dtype), k], dim=2)  # (B, nkv, kept + T, hs)
                 v = torch.cat([cache.v[:, :, kept].to(v.dtype), v], dim=2)
-            y = self.attend(q, k, v, ctx.bias(q.dtype, window=W, first_key=first))
+            y = self.attend(q, k, v, ctx.bias(q.dtype, window=W, first_key=first), ctx)
         if cache is not None:
             n = min(T, cache.k.size(2))
             slots = cache.slots(ctx.offset + T - n, ctx.offset + T)
@@ -218,9 +219,9 @@ class SlidingWindowAttention(SDPAAttention):
         bias = ctx.bias(q.dtype, window=self.params.window, first_key=first)  # (B|1, nh|1, 1, n), keys in position order
         if bias is not None and first % size:
             bias = bias.roll(first % size, dims=-1)  # key slot first + i lies in ring slot (first + i) % size
-        return self.attend(q, cache.k[:, :, :n].to(q.dtype), cache.v[:, :, :n].to(q.dtype), bias)
+        return self.attend(q, cache.k[:, :, :n].to(q.dtype), cache.v[:, :, :n].to(q.dtype), bias, ctx)
 
-    def _blocks(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def _blocks(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
         """Causal windowed attention over blocks of W queries, each seeing its block and the one before."""
         B, nh, T, hs = q.shape
         W = self.params.window
@@ -237,7 +238,7 @@ class SlidingWindowAttention(SDPAAttention):
         allowed = allowed.expand(n_blocks, 1, W, 2 * W).clone()
         allowed[0, :, :, :W] = False  # the first block has no block before it
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))  # (nb, 1, W, 2W)
-        y = self.attend(q, k, v, bias)  # (B, nb, nh, W, hs)
+        y = self.attend(q, k, v, bias, ctx)  # (B, nb, nh, W, hs)
         return y.transpose(1, 2).reshape(B, nh, n_blocks * W, hs)[:, :, :T]  # (B, nh, T, hs)
 
 
@@ -283,11 +284,14 @@ class PerHeadAttention(Attention):
         if cache is not None:
             k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         bias = ctx.bias(q.dtype)
-        outputs = []
+        weights, outputs = [], []
         for h in range(q.size(1)):
             kv = h // self.group
             head_bias = None if bias is None else bias[:, h : h + 1] if bias.size(1) > 1 else bias
-            outputs.append(softmax_attention(q[:, h : h + 1], k[:, kv : kv + 1], v[:, kv : kv + 1], head_bias, self.scale, self.params.softcap, self.attn_dropout))
+            weights.append(attention_weights(q[:, h : h + 1], k[:, kv : kv + 1], head_bias, self.scale, self.params.softcap))  # (B, 1, T, Tk)
+            outputs.append(self.attn_dropout(weights[-1]) @ v[:, kv : kv + 1])  # (B, 1, T, hs)
+        if ctx.capturing:
+            ctx.record(torch.cat(weights, dim=1))  # (B, nh, T, Tk)
         y = torch.cat(outputs, dim=1).transpose(1, 2).flatten(2)  # (B, T, nh*hs)
         return self.out_proj(y)
 
@@ -346,8 +350,9 @@ class NoWeightsAttention(Attention):
         bias = ctx.bias(q.dtype)  # the causal mask (None only for one new token that may see every key)
         if bias is not None:
             scores = scores + bias
-        weights = self.attn_dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype))
-        return (weights @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, nh, T, Tk)
+        ctx.record(weights)
+        return (self.attn_dropout(weights) @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
 
 
 @hookimpl

@@ -126,7 +126,9 @@ class {cls}(Attention):
         bias = ctx.bias(scores.dtype)  # causal and padding mask, plus the position scheme's bias
         if bias is not None:
             scores = scores + bias
-        y = self.attn_dropout(torch.softmax(scores, dim=-1)) @ v  # (B, nh, T, hs)
+        weights = torch.softmax(scores, dim=-1)  # (B, nh, T, Tk)
+        ctx.record(weights)  # what `gptzoo inspect` draws (nothing happens unless it is inspecting)
+        y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, nh * hs))  # (B, T, C)
 '''),
     "positional": ("A distance penalty on the attention scores with one slope for every head (ALiBi with a single slope).", "PositionalEncoding", '''

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 
-from gptzoo.core import GPT, ComponentSpec, ConfigError, ModelConfig, Tokenizer
+from gptzoo.core import GPT, ComponentSpec, ConfigError, GptzooError, ModelConfig, Recorder, Tokenizer
 from gptzoo.registry import Registry, default_registry
 
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
@@ -78,6 +78,7 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
         kv_heads = (TINY["n_heads"], 2, 1) if family == "attention" else (2,)
         models = [build(c) for c in _pairings(registry, family, spec, partner, kv_heads, context_length=length)]
     for m in models:
+        check_attention_capture(m)
         if _is_language_model(m):
             check_causal(m)
             check_kv_cache(m)
@@ -206,6 +207,39 @@ def check_causal(model: GPT) -> None:
         changed = idx.clone()
         changed[:, t + 1 :] = (idx[:, t + 1 :] + 1) % V
         _assert_close(model(changed)[:, : t + 1], logits[:, : t + 1], f"[{_describe(model)}] causality: tokens after position {t} changed logits up to it")
+
+
+@single_threaded
+@torch.no_grad()
+def check_attention_capture(model: GPT) -> None:
+    """A ``Recorder`` gets every layer's attention probabilities, (B, nh, T, T) with rows summing
+    to 1 and zeros where a query may not look (later keys, keys beyond its receptive field), and
+    the residual stream before the first block and after each; capturing changes no output."""
+    B, T = 2, model.config.context_length
+    idx = _tokens(model, B, T)
+    recorder = Recorder()
+    try:
+        logits = model(idx, recorder=recorder)
+    except GptzooError as err:
+        raise AssertionError(f"[{_describe(model)}] capture: {err}") from None
+    _assert_close(logits, model(idx), f"[{_describe(model)}] capture: the outputs of a captured forward differ from a plain one")
+    n_layers, C = len(model.blocks), model.config.d_model
+    assert len(recorder.residuals) == n_layers + 1, f"[{_describe(model)}] capture: {len(recorder.residuals)} residual streams, expected {n_layers + 1}"
+    for i, x in enumerate(recorder.residuals):
+        assert x.shape == (B, T, C), f"[{_describe(model)}] capture: residual stream {i} is {tuple(x.shape)}, expected {(B, T, C)}"
+    _assert_close(model.head(model.final_norm(recorder.residuals[-1])), logits, f"[{_describe(model)}] capture: the last residual stream through the final norm and head")
+    query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions)):
+        what = f"[{_describe(model)}] capture: layer {i}'s attention weights"
+        shape = (B, block.attention.dims.n_heads, T, T)
+        assert weights.shape == shape, f"{what} are {tuple(weights.shape)}, expected {shape}"
+        _assert_close(weights.sum(-1), torch.ones(shape[:-1]), f"{what}: rows' sums")
+        hidden = key > query  # (T, T)
+        field = type(block.attention).receptive_field(block.attention.params)
+        if field is not None:
+            hidden |= key <= query - field
+        leak = weights[..., hidden].abs().max().item() if hidden.any() else 0.0
+        assert leak == 0, f"{what} reach {leak:.3g} where a query may not look (later keys{' or beyond its receptive field' if field else ''})"
 
 
 @single_threaded

@@ -62,7 +62,14 @@ class WindowAttention(Attention):
         if cache is not None:
             k, v, first_key = cache.extend(k, v, ctx.offset)  # (B, nkv, kept + T, hs)
         mask = ctx.bias(q.dtype, window=self.params.window, first_key=first_key)  # (B|1, nh|1, T, kept + T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dims.dropout if self.training else 0.0, enable_gqa=True)
+        if ctx.capturing:  # inspection wants the weights, which SDPA never forms
+            k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))  # (B, nh, Tk, hs)
+            scores = q @ k.transpose(-2, -1) / hs**0.5  # (B, nh, T, Tk)
+            weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+            ctx.record(weights)
+            y = weights @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dims.dropout if self.training else 0.0, enable_gqa=True)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
     def new_cache(self, batch_size: int, max_len: int, device, dtype) -> WindowCache:
