@@ -27,6 +27,7 @@ COMMANDS = {
     "import-book": "gptzoo.recipes.commands.import_book",
     "export-hf": "gptzoo.recipes.commands.export_hf",
     "generate": "gptzoo.recipes.commands.generate",
+    "inspect": "gptzoo.recipes.commands.inspect",
     "new-plugin": "gptzoo.recipes.commands.new_plugin",
 }
 
