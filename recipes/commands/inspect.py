@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
 def view(seen: Inspection) -> list[str]:
     """The tokens, the top next tokens after the last one, and the logit lens's last positions."""
     T = len(seen.ids)
-    lines = [f"{T} tokens: " + " ".join(f"{p}:{t!r}" for p, t in enumerate(seen.tokens))]
-    choices = "  ".join(f"{t!r} {p:.3f}" for t, p in zip(seen.next_tokens[-1], seen.next_probs[-1].tolist()))
-    lines.append(f"next token after {seen.tokens[-1]!r}: {choices}")
+    lines = [f"{T} tokens: " + " ".join(f"{p}:'{t}'" for p, t in enumerate(seen.tokens))]
+    choices = "  ".join(f"'{t}' {p:.3f}" for t, p in zip(seen.next_tokens[-1], seen.next_probs[-1].tolist()))
+    lines.append(f"next token after '{seen.tokens[-1]}': {choices}")
     first = max(0, T - LENS_COLUMNS)
     which = f"positions {first}-{T - 1} of {T}" if first else "every position"
     lines.append(f"logit lens, the top next token after each token as each layer would predict it ({which}):")
@@ -84,5 +84,6 @@ def view(seen: Inspection) -> list[str]:
 
 
 def _fit(token: str, width: int) -> str:
-    text = repr(token)
+    """The token in quotes (its labels escape newlines already), cut to ``width``."""
+    text = f"'{token}'"
     return f"{text if len(text) <= width else text[: width - 2] + '…' + text[-1]:<{width}}"
