@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gptzoo.core import PositionalEncoding
 from gptzoo.plugins.attention import FusedAttention
 from gptzoo.registry import make_registry
-from gptzoo.testing import build, check_causal, check_component, check_kv_cache, check_padded_batch, component_cases, tiny_config
+from gptzoo.testing import build, check_attention_capture, check_causal, check_component, check_kv_cache, check_padded_batch, component_cases, tiny_config
 
 
 @pytest.mark.parametrize("family,name", component_cases(make_registry()))
@@ -99,3 +99,35 @@ def test_kit_catches_a_dead_parameter(registry):
     registry.add("attention", "unused", UnusedWeight)
     with pytest.raises(AssertionError, match="no gradient reaches .*unused"):
         check_component("attention", "unused", registry=registry)
+
+
+class SilentAttention(FusedAttention):
+    """Computes the right function through SDPA but never reports its weights."""
+
+    def forward(self, x, ctx, cache=None):
+        q, k, v = self.project(x, ctx, cache)
+        groups = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.bias(q.dtype)))
+
+
+class UnmaskedReport(FusedAttention):
+    """Attends correctly but reports the weights before the causal mask."""
+
+    def forward(self, x, ctx, cache=None):
+        q, k, v = self.project(x, ctx, cache)
+        groups = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = q @ k.transpose(-2, -1) * self.scale
+        ctx.record(torch.softmax(scores, dim=-1))
+        return self.merge(torch.softmax(scores + ctx.bias(q.dtype), dim=-1) @ v)
+
+
+def test_kit_catches_attention_that_does_not_report_its_weights(registry):
+    with pytest.raises(AssertionError, match="reported its attention weights 0 times in layer 0"):
+        check_attention_capture(_model_with(registry, "attention", SilentAttention))
+
+
+def test_kit_catches_reported_weights_on_future_keys(registry):
+    with pytest.raises(AssertionError, match="where a query may not look"):
+        check_attention_capture(_model_with(registry, "attention", UnmaskedReport))

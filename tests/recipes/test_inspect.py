@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from gptzoo.core import Recorder
+from gptzoo.core import GptzooError, Recorder
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.inspect import entropy_bits, inspect_model
 from gptzoo.recipes.run import save_run
@@ -143,6 +143,13 @@ def test_entropy_is_the_formula(byte_model):
         expected = -(p * torch.log2(p.clamp_min(1e-300))).sum(-1)
         assert_close(seen.attention_entropy[layer].double(), expected, atol=1e-5, rtol=1e-5)
         assert_close(seen.attention_entropy[layer][:, 0], torch.zeros(weights.size(0)))  # the first token sees itself only
+
+
+def test_a_classifier_is_refused(byte_model):
+    _, tokenizer = byte_model
+    model = build(tiny_config(REGISTRY, vocab_size=tokenizer.vocab_size, head={"name": "classifier", "n_classes": 2}))
+    with pytest.raises(GptzooError, match="'classifier' head does not predict tokens"):
+        inspect_model(model, tokenizer, "ab")
 
 
 # ---- the command -----------------------------------------------------------------------------
