@@ -113,7 +113,7 @@ class LatentAttention(Attention):
             kv = cache.update(kv, ctx.offset)  # (B, 1, Tk, r + dr)
         bias = None if ctx.is_causal else ctx.bias(q.dtype)
         attend = self.absorbed if self.absorbing_is_cheaper(T, kv.size(2)) else self.explicit
-        y = attend(q_nope, q_rot, kv, bias, ctx)  # (B, nh, T, dv)
+        y = attend(q_nope, q_rot, kv, bias, ctx.is_causal, ctx if ctx.capturing else None)  # (B, nh, T, dv)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, nh * self.value))  # (B, T, C)
 
     def absorbing_is_cheaper(self, T: int, Tk: int) -> bool:
@@ -123,44 +123,45 @@ class LatentAttention(Attention):
         absorbed = T * self.rank * d + T * Tk * (2 * self.rank + self.dims.head_size)
         return absorbed < explicit
 
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool, ctx: AttentionContext) -> Tensor:
-        """q (B, nh, T, d), k (B, nh|1, Tk, d), v (B, nh|1, Tk, dv) -> (B, nh, T, dv); the scores
-        are the same in both paths, so either reports the same weights while inspected."""
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
+        """q (B, nh, T, d), k (B, nh|1, Tk, d), v (B, nh|1, Tk, dv) -> (B, nh, T, dv). While
+        inspecting, ``capture`` is the context to report the weights to; SDPA never forms them,
+        so they are written out then (the same scores in both paths, so either reports the same)."""
         dropout = self.dims.dropout if self.training else 0.0
-        if ctx.capturing:  # SDPA never forms the weights
+        if capture is not None:
             scores = q @ k.transpose(-2, -1) * self.scale  # (B, nh, T, Tk)
-            mask = ctx.bias(q.dtype)  # None for one token alone
+            mask = capture.bias(q.dtype)  # None for one token alone
             weights = torch.softmax((scores if mask is None else scores + mask).float(), dim=-1).to(q.dtype)
-            ctx.record(weights)
+            capture.record(weights)
             return F.dropout(weights, dropout, self.training) @ v
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, is_causal=is_causal, scale=self.scale, dropout_p=dropout, enable_gqa=k.size(1) != q.size(1),
         )
 
-    def explicit(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, ctx: AttentionContext) -> Tensor:
+    def explicit(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
         """Decompress every key and value, then attend: (B, nh, T, ·), kv (B, 1, Tk, r + dr) -> (B, nh, T, dv)."""
         B, nh, _, dr = q_rot.shape
         latent, k_rot = kv.split([self.rank, dr], dim=-1)  # (B, 1, Tk, r), (B, 1, Tk, dr)
         Tk = latent.size(2)
         k_nope, v = self.kv_b_proj(latent).view(B, Tk, nh, self.nope + self.value).transpose(1, 2).split([self.nope, self.value], dim=-1)  # (B, nh, Tk, dn), (B, nh, Tk, dv)
         k = torch.cat([k_nope, k_rot.expand(B, nh, Tk, dr)], dim=-1)  # (B, nh, Tk, dn + dr)
-        return self._sdpa(torch.cat([q_nope, q_rot], dim=-1), k, v, bias, ctx.is_causal, ctx)
+        return self._sdpa(torch.cat([q_nope, q_rot], dim=-1), k, v, bias, is_causal, capture)
 
-    def absorbed(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, ctx: AttentionContext) -> Tensor:
+    def absorbed(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
         """Attend on the latents, with W_UK folded into the queries and W_UV applied after: same shapes as ``explicit``."""
         w_uk, w_uv = self.kv_b_proj.weight.view(self.dims.n_heads, self.nope + self.value, self.rank).split([self.nope, self.value], dim=1)  # (nh, dn, r), (nh, dv, r)
         q = torch.cat([q_nope @ w_uk, q_rot], dim=-1)  # (B, nh, T, r + dr)
-        if ctx.capturing:  # each head's weights, (B, nh, T, Tk): the heads stay apart
-            return self._sdpa(q, kv, kv[..., : self.rank], bias, ctx.is_causal, ctx) @ w_uv.transpose(1, 2)
+        if capture is not None:  # each head's weights, (B, nh, T, Tk): the heads stay apart
+            return self._sdpa(q, kv, kv[..., : self.rank], bias, is_causal, capture) @ w_uv.transpose(1, 2)
         # All heads share the one latent "head": as rows of a single query they make attention one
         # matrix product over the latents (SDPA's grouped path would copy the latents once per head).
         B, nh, T, _ = q.shape
         Tk = kv.size(2)
-        if ctx.is_causal:
+        if is_causal:
             bias = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(Tk - T)  # (T, Tk)
         if bias is not None:
             bias = bias.expand(B, nh, T, Tk).reshape(B, 1, nh * T, Tk)  # (B, 1, nh·T, Tk)
-        y = self._sdpa(q.reshape(B, 1, nh * T, -1), kv, kv[..., : self.rank], bias, False, ctx)  # (B, 1, nh·T, r)
+        y = self._sdpa(q.reshape(B, 1, nh * T, -1), kv, kv[..., : self.rank], bias, False)  # (B, 1, nh·T, r)
         return y.view(B, nh, T, self.rank) @ w_uv.transpose(1, 2)  # (B, nh, T, dv)
 
 
