@@ -201,6 +201,18 @@ BAD_VALUES = [
     ("export-hf", "nan float", ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "nan"], "--max-shard-gb nan: give a positive size in GiB"),
     ("export-hf", "negative float", ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "-1"], "--max-shard-gb -1.0: give a positive size in GiB"),
     ("export-hf", "run of another kind", ["{config_dir}", "--out", "{tmp}/out"], "{config_dir}/config.json: cannot export: no Hugging Face family has this assembly; as gpt2: qkv_bias = false"),
+    # -- inspect: a run or a config, a prompt, an --out folder
+    ("inspect", "missing path", ["{tmp}/nowhere", "--prompt", "x", "--out", "{tmp}/out"], "{tmp}/nowhere: no such run folder or config file"),
+    ("inspect", "folder that is not a run", ["{empty}", "--prompt", "x", "--out", "{tmp}/out"], "{empty}/config.json: missing; is {empty} a gptzoo run folder?"),
+    ("inspect", "malformed content", ["{bad_toml}", "--prompt", "x", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),
+    ("inspect", "malformed --set", ["{config}", "--prompt", "x", "--out", "{tmp}/out", "--set", "x"], "override 'x': write it as key=value"),
+    ("inspect", "--set on a run", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--set", "model.d_model=8"], "--set changes a config, not a trained run"),
+    ("inspect", "empty text", ["{run}", "--prompt", "", "--out", "{tmp}/out"], "--prompt is empty; give some text"),
+    ("inspect", "text too long", ["{run}", "--prompt", "x" * 17, "--out", "{tmp}/out"], "--prompt is 17 tokens but the model's context holds 16; shorten it"),
+    ("inspect", "zero int", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "0"], "--top-k 0: must be at least 1"),
+    ("inspect", "negative int", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "-3"], "--top-k -3: must be at least 1"),
+    ("inspect", "--out that is a file", ["{run}", "--prompt", "x", "--out", "{file}"], "--out {file} is a file, not a folder; choose another --out"),
+    ("inspect", "--out under a file", ["{run}", "--prompt", "x", "--out", "{file}/seen"], "--out {file}/seen lies under {file}, which is a file, not a folder; choose another --out"),
     ("new-plugin", "unknown choice", ["scalenorm", "--family", "bogus", "--out", "{tmp}/out"], "argument --family: invalid choice: 'bogus'"),
     ("new-plugin", "malformed name", ["1x", "--family", "norm", "--out", "{tmp}/out"], "plugin name '1x': use lower-case letters, digits and underscores"),
 ]
