@@ -34,6 +34,7 @@ class AttentionParams(Params):
         "together, nh·hs query and nkv·hs key weights (OLMo 2)",
     )
     qk_norm_eps: float = Field(1e-6, gt=0)
+    qk_norm_unit_offset: bool = Field(False, description="QK-norm scales by (1 + weight), the weight starting at 0, in float32 (Gemma 3's q_norm and k_norm)")
     scale: float | None = Field(None, gt=0, description="multiplies q·k; None: 1/sqrt(head_size). Gemma 2/3's query_pre_attn_scalar s is scale = s**-0.5")
     softcap: float | None = Field(
         None, gt=0,
@@ -58,12 +59,18 @@ class QKNorm(nn.Module):
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__()
         self.per_head = params.qk_norm == "per_head"
-        self.head_size, self.eps = dims.head_size, params.qk_norm_eps
+        self.head_size, self.eps, self.unit_offset = dims.head_size, params.qk_norm_eps, params.qk_norm_unit_offset
         q_size, k_size = (1, 1) if self.per_head else (dims.n_heads, dims.n_kv_heads)
-        self.q_norm = nn.Parameter(torch.ones(q_size * dims.head_size))
-        self.k_norm = nn.Parameter(torch.ones(k_size * dims.head_size))
+        start = torch.zeros if self.unit_offset else torch.ones
+        self.q_norm = nn.Parameter(start(q_size * dims.head_size))
+        self.k_norm = nn.Parameter(start(k_size * dims.head_size))
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        if self.unit_offset:
+            return self._rms(x.float(), 1.0 + weight.float()).to(x.dtype)
+        return self._rms(x, weight)
+
+    def _rms(self, x: Tensor, weight: Tensor) -> Tensor:
         if self.per_head:
             return F.rms_norm(x.unflatten(-1, (-1, self.head_size)), (self.head_size,), weight, self.eps).flatten(-2)
         return F.rms_norm(x, (x.size(-1),), weight, self.eps)

@@ -2,9 +2,11 @@
 The mixture of experts lives in gptzoo.plugins.moe."""
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import Dims, FeedForward, Params
@@ -35,8 +37,15 @@ class _TwoLayerMLP(FeedForward):
         return self.out_proj(self.activation(self.in_proj(x)))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
 
 
+class GELUParams(MLPParams):
+    approximate: Literal["tanh", "none"] = Field("tanh", description="tanh: GPT-2's approximation (gelu_new); none: the exact erf GELU (GPT-NeoX, Pythia, BERT)")
+
+
 class GELUFeedForward(_TwoLayerMLP):
-    pass
+    Params = GELUParams
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.gelu(x, approximate=self.params.approximate)
 
 
 class ReLUFeedForward(_TwoLayerMLP):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gptzoo.core import CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config import RunConfig
 from gptzoo.recipes.gpt2 import new_folder, open_safetensors, read_hf_config, refuse_existing, weight_shapes
-from gptzoo.recipes.hf_families import FAMILIES, MISSING, Family, hf_shapes, lookup, weight_plan
+from gptzoo.recipes.hf_families import FAMILIES, MISSING, Family, hf_shapes, lookup, to_ours, to_theirs, weight_plan
 from gptzoo.recipes.manifest import check_file
 from gptzoo.recipes.run import CONFIG, TOKENIZER, WEIGHTS, atomic_path, build_tokenizer, describe_mismatch, load_config, open_run, run_commit, write_safetensors, write_text_atomic
 from gptzoo.registry import Registry, default_registry
@@ -43,8 +43,10 @@ NEUTRAL = ("tokenizer", "dropout", "init")  # settings every family takes as the
 
 def normalise(hf: dict) -> dict:
     """config.json as transformers 5 writes it: older files keep ``rope_theta`` and ``rope_scaling``
-    at the top level, transformers 5 keeps both in ``rope_parameters``."""
-    hf = dict(hf)
+    at the top level, transformers 5 keeps both in ``rope_parameters``; a family may have older
+    spellings of its own (``Family.legacy``)."""
+    family = FAMILIES.get(hf.get("model_type"))
+    hf = family.legacy(hf) if family is not None and family.legacy is not None else dict(hf)
     if not isinstance(hf.get("rope_parameters"), dict):
         rope = dict(hf.get("rope_scaling") or {})
         if "type" in rope:
@@ -317,7 +319,8 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
     config = RunConfig(model=registry.model_config(model_table(family, hf, str(source), attention, tokenizer), str(source)))
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
-    to_read = hf_shapes(plan, shapes, config.model.dims())
+    dims = config.model.dims()
+    to_read = hf_shapes(plan, shapes, dims)
     with open_checkpoint(src) as stored:
         found = {hf: _source_name(stored, hf, family.prefix) for hf in to_read}
         # A tied head is the embedding: some checkpoints store it anyway.
@@ -338,9 +341,7 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
             parts = [stored[found[hf]].get_tensor(found[hf]) for hf in theirs]
             if weight.layout == "experts":
                 return torch.stack(parts)
-            if weight.layout == "transposed":
-                return parts[0].T
-            return torch.cat(parts) if len(parts) > 1 else parts[0]
+            return torch.cat(parts) if len(parts) > 1 else to_ours(weight.layout, parts[0], dims)
 
         with new_folder(out) as tmp:
             commit = run_commit(tmp, config, registry=registry)
@@ -386,10 +387,10 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
         tensor_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
 
         def read(hf: str) -> torch.Tensor:
-            parts, transposed, shape = specs[hf]
+            parts, layout, shape = specs[hf]
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
-            tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            return (tensor.T if transposed else tensor).reshape(shape)  # one expert of a stack: (1, ...) -> (...)
+            tensor = torch.cat(tensors) if len(tensors) > 1 else to_theirs(layout, tensors[0], config.model.dims())
+            return tensor.reshape(shape)  # one expert of a stack: (1, ...) -> (...)
 
         shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, shape) in specs.items()}, max_shard_bytes)
         extra, generation = tokenizer_files(run_folder, config, manifest)

@@ -18,10 +18,13 @@ gptzoo.recipes.hf does the rest for every family alike: checks, streaming, run f
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
+
+import torch
 
 from gptzoo.core import CheckpointError, Dims
 
@@ -60,7 +63,8 @@ class Weight:
     """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer).
 
     ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
-    (in, out)), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
+    (in, out)), ``per_head`` (GPT-NeoX's fused projection holds each head's query, key and value
+    rows together, where gptzoo's holds all queries, then all keys, then all values), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
     ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
     parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
     ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name).
@@ -68,7 +72,7 @@ class Weight:
 
     ours: str
     theirs: tuple[str, ...]
-    layout: Literal["same", "transposed", "rows", "chunk", "experts"] = "same"
+    layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts"] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
 
@@ -93,6 +97,7 @@ class Family:
     weights: tuple[Weight, ...]
     conversions: tuple[Conversion, ...] = ()
     prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
+    legacy: Callable[[dict], dict] | None = None  # config.json as older transformers wrote it -> as transformers 5 does
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
 
 
@@ -119,28 +124,46 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return plan
 
 
-def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple[list[tuple[str, slice | None]], bool, tuple[int, ...]]]:
+def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
     """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
-    None for all, stacked row-wise; whether it is stored transposed; its shape)."""
+    None for all, stacked row-wise; the layout it is stored in; its shape)."""
     out: dict = {}
     for name, (weight, theirs) in plan.items():
         shape = shapes[name]
         if weight.layout == "rows":
             start = 0
             for hf, rows in zip(theirs, weight.rows(dims, shape)):
-                out[hf] = ([(name, slice(start, start + rows))], False, (rows, *shape[1:]))
+                out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
                 start += rows
         elif weight.layout == "experts":
             for e, hf in enumerate(theirs):
-                out[hf] = ([(name, slice(e, e + 1))], False, shape[1:])
+                out[hf] = ([(name, slice(e, e + 1))], "same", shape[1:])
         elif weight.layout == "chunk":
             k, n = weight.chunk
-            parts = out.setdefault(theirs[0], ([None] * n, False, (shape[0] * n, *shape[1:])))[0]
+            parts = out.setdefault(theirs[0], ([None] * n, "same", (shape[0] * n, *shape[1:])))[0]
             parts[k] = (name, None)
         else:
             transposed = weight.layout == "transposed"
-            out[theirs[0]] = ([(name, None)], transposed, shape[::-1] if transposed else shape)
+            out[theirs[0]] = ([(name, None)], weight.layout, shape[::-1] if transposed else shape)
     return out
+
+
+def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """A Hugging Face tensor stored in ``layout`` -> gptzoo's."""
+    if layout == "transposed":
+        return tensor.T
+    if layout == "per_head":
+        return tensor.unflatten(0, (dims.n_heads, 3, -1)).transpose(0, 1).flatten(0, 2)  # (nh, 3, hs, ...) -> (3, nh, hs, ...)
+    return tensor
+
+
+def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """A gptzoo tensor -> the Hugging Face one stored in ``layout``."""
+    if layout == "transposed":
+        return tensor.T
+    if layout == "per_head":
+        return tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
+    return tensor
 
 
 
@@ -307,6 +330,211 @@ PHI3 = Family(
         Weight("blocks.{i}.feed_forward.gate_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(0, 2)),
         Weight("blocks.{i}.feed_forward.up_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(1, 2)),
     ),
+)
+
+# ---- Gemma 2 and Gemma 3: sandwich blocks, local and global layers ------------------------------
+
+LAYER_KINDS = {"sliding_attention": "local", "full_attention": "global"}  # Hugging Face's layer_types -> gptzoo's kinds
+
+
+def _gemma_attention(hf: dict) -> dict[str, Any]:
+    """Attention options every Gemma layer shares: scores scaled by query_pre_attn_scalar^-1/2
+    (None where that is the head size, gptzoo's default), soft-capped by attn_logit_softcapping."""
+    scalar = hf.get("query_pre_attn_scalar", 256)
+    attention = {"name": "sdpa", "scale": None if scalar == hf["head_dim"] else scalar**-0.5, "softcap": hf.get("attn_logit_softcapping")}
+    if hf["model_type"] == "gemma3_text":  # RMSNorm of each head's queries and keys, Gemma's (1 + weight) scale
+        attention |= {"qk_norm": "per_head", "qk_norm_unit_offset": True, "qk_norm_eps": hf.get("rms_norm_eps", 1e-6)}
+    return attention
+
+
+def _period(types: list[str]) -> list[str]:
+    """The shortest prefix that, repeated, gives ``types`` (gptzoo's layer_pattern)."""
+    return next(types[:p] for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types)))
+
+
+def _read_gemma_layers(hf: dict) -> dict[str, Any]:
+    n = hf["num_hidden_layers"]
+    every = 2 if hf["model_type"] == "gemma2" else hf.get("sliding_window_pattern", 6)  # transformers' default schedules
+    types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    unknown = sorted(set(types) - set(LAYER_KINDS))
+    if unknown or len(types) != n:
+        raise ValueError(f"layer_types = {json.dumps(types)} is not supported: gptzoo reads {n} entries of {' or '.join(LAYER_KINDS)}")
+    attention = _gemma_attention(hf)
+    window = hf.get("sliding_window")
+    table: dict[str, Any] = {"attention": attention, "head.softcap": hf.get("final_logit_softcapping", 30.0 if hf["model_type"] == "gemma2" else None)}
+    if window is not None and "sliding_attention" in types:
+        table |= {"layer_pattern": [LAYER_KINDS[t] for t in _period(types)], "layer_kinds": {"local": {"attention": attention | {"name": "sliding_window", "window": window}}, "global": {}}}
+    if hf["model_type"] == "gemma3_text":  # rotary bases per kind of layer
+        rope = hf["rope_parameters"]
+        table["positional"] = {"name": "rope", "base": rope["full_attention"].get("rope_theta", 1e6)}
+        if "layer_kinds" in table:
+            table["layer_kinds"]["local"]["positional"] = {"name": "rope", "base": rope["sliding_attention"].get("rope_theta", 1e4)}
+    return table
+
+
+def _kind(model: dict, i: int) -> dict:
+    pattern = model.get("layer_pattern") or []
+    return (model.get("layer_kinds") or {}).get(pattern[i % len(pattern)], {}) if pattern else {}
+
+
+def _write_gemma_layers(model: dict) -> dict[str, Any]:
+    attention = model["attention"]
+    kinds = [_kind(model, i).get("attention") or attention for i in range(model["n_layers"])]
+    window = next((a["window"] for a in kinds if a["name"] == "sliding_window"), None)
+    scale = attention.get("scale")
+    scalar = model["head_dim"] if scale is None else scale**-2
+    hf = {
+        "layer_types": ["sliding_attention" if a["name"] == "sliding_window" else "full_attention" for a in kinds],
+        "sliding_window": window,
+        "query_pre_attn_scalar": round(scalar) if abs(scalar - round(scalar)) < 1e-6 else scalar,
+        "attn_logit_softcapping": attention.get("softcap"),
+        "final_logit_softcapping": model["head"].get("softcap"),
+    }
+    rotary = [(_kind(model, i).get("positional") or model["positional"]) for i in range(model["n_layers"])]
+    local = next((r for r, a in zip(rotary, kinds) if a["name"] == "sliding_window"), model["positional"])
+    hf["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": model["positional"].get("base")}, "sliding_attention": {"rope_type": "default", "rope_theta": local.get("base")}}
+    return hf
+
+
+def _write_gemma2_layers(model: dict) -> dict[str, Any]:
+    hf = _write_gemma_layers(model)
+    return hf | {"rope_parameters": {"rope_type": "default", "rope_theta": hf["rope_parameters"]["full_attention"]["rope_theta"]}}
+
+
+def _gemma3_legacy(hf: dict) -> dict:
+    """Older Gemma 3 configs: rope_theta and rope_scaling for the global layers, rope_local_base_freq for the local ones."""
+    if isinstance(hf.get("rope_parameters"), dict) and "full_attention" in hf["rope_parameters"]:
+        return hf
+    full = dict(hf.get("rope_scaling") or {})
+    if "type" in full:
+        full.setdefault("rope_type", full.pop("type"))
+    full.setdefault("rope_type", "default")
+    full["rope_theta"] = hf.get("rope_theta") or 1e6
+    return hf | {"rope_parameters": {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq") or 1e4}}}
+
+
+GEMMA_FIELDS = tuple(f for f in LLAMA_FIELDS if f.hf not in ("num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters.rope_theta")) + (
+    Field("num_key_value_heads", ("n_kv_heads",)),
+    Field("tie_word_embeddings", ("tied_head",), True),
+    Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+)
+GEMMA_ASSEMBLY = {
+    "positional": {"name": "rope"},
+    "feed_forward": {"name": "geglu", "bias": False},
+    "norm": {"name": "rmsnorm", "unit_offset": True},  # (1 + weight), in float32
+    "block": {"name": "sandwich"},  # a norm before and after each sublayer
+    "head": {"name": "lm"},
+    "embedding_scale": "sqrt_d_model",
+}
+GELU_TANH = Require("hidden_activation", ("gelu_pytorch_tanh",), "gelu_pytorch_tanh", "the GeGLU feed-forward gates with the tanh GELU")
+GEMMA_WEIGHTS = tuple(w for w in LLAMA_WEIGHTS if "norm" not in w.ours or w.ours == "final_norm.weight") + (
+    Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
+    Weight("blocks.{i}.attn_out_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
+    Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.pre_feedforward_layernorm.weight",)),
+    Weight("blocks.{i}.ffn_out_norm.weight", ("model.layers.{i}.post_feedforward_layernorm.weight",)),
+)
+
+GEMMA2 = Family(
+    model_type="gemma2",
+    architecture="Gemma2ForCausalLM",
+    fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)), Field("rope_parameters.rope_theta", ("positional.base",), 10000.0)),
+    assembly=GEMMA_ASSEMBLY,
+    requires=(GELU_TANH, DEFAULT_ROPE, Require("use_bidirectional_attention", (None, False), None, "gptzoo's attention is causal")),
+    weights=GEMMA_WEIGHTS,
+    conversions=(Conversion(_read_gemma_layers, _write_gemma2_layers),),
+)
+
+GEMMA3_TEXT = Family(
+    model_type="gemma3_text",
+    architecture="Gemma3ForCausalLM",
+    fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)),),
+    assembly=GEMMA_ASSEMBLY,
+    requires=(
+        GELU_TANH,
+        Require("rope_parameters.full_attention.rope_type", ("default",), "default", "gptzoo reads the global layers' rope scaling later"),
+        Require("rope_parameters.sliding_attention.rope_type", ("default",), "default", "the local layers' rotary is unscaled"),
+        Require("use_bidirectional_attention", (False, None), False, "gptzoo's attention is causal"),
+    ),
+    weights=GEMMA_WEIGHTS + (
+        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
+    ),
+    conversions=(Conversion(_read_gemma_layers, _write_gemma_layers),),
+    legacy=_gemma3_legacy,
+)
+
+# ---- GPT-NeoX (Pythia) --------------------------------------------------------------------------
+
+
+def _neox_legacy(hf: dict) -> dict:
+    """Older GPT-NeoX configs name the rotary base rotary_emb_base and its fraction rotary_pct."""
+    renamed = {"rotary_emb_base": "rope_theta", "rotary_pct": "partial_rotary_factor"}
+    return hf | {new: hf[old] for old, new in renamed.items() if hf.get(old) is not None and new not in hf}
+
+
+GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}  # hidden_act -> the gelu plugin's approximate
+
+
+def _read_neox(hf: dict) -> dict[str, Any]:
+    act = hf.get("hidden_act", "gelu")
+    if act not in GELU_APPROXIMATION:
+        raise ValueError(f"hidden_act = {json.dumps(act)} is not supported for gpt_neox (gptzoo reads {' or '.join(GELU_APPROXIMATION)})")
+    # use_parallel_residual: attention and the MLP read the same input, each through its own norm
+    return {"feed_forward.approximate": GELU_APPROXIMATION[act], "block": {"name": "parallel"} if hf.get("use_parallel_residual", True) else {"name": "pre_norm"}}
+
+
+def _write_neox(model: dict) -> dict[str, Any]:
+    return {
+        "hidden_act": "gelu" if model["feed_forward"].get("approximate") == "none" else "gelu_pytorch_tanh",
+        "use_parallel_residual": model["block"]["name"] != "pre_norm",
+    }
+
+
+GPT_NEOX = Family(
+    model_type="gpt_neox",
+    architecture="GPTNeoXForCausalLM",
+    fields=(
+        Field("vocab_size", ("vocab_size",)),
+        Field("hidden_size", ("d_model",)),
+        Field("num_hidden_layers", ("n_layers",)),
+        Field("num_attention_heads", ("n_heads",)),
+        Field("max_position_embeddings", ("context_length",)),
+        Field("intermediate_size", ("feed_forward.hidden",)),
+        Field("layer_norm_eps", ("norm.eps",), 1e-5),
+        Field("rope_parameters.rope_theta", ("positional.base",), 10000.0),
+        Field("rope_parameters.partial_rotary_factor", ("positional.fraction",), 0.25),
+        Field("tie_word_embeddings", ("tied_head",), False),
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), True),
+    ),
+    assembly={
+        "positional": {"name": "rope"},  # the halves layout, the first rotary_pct of each head
+        "feed_forward": {"name": "gelu", "bias": True},
+        "norm": {"name": "layernorm", "bias": True},
+        "head": {"name": "lm"},
+    },
+    requires=(DEFAULT_ROPE,),
+    weights=(
+        Weight("token_embedding.weight", ("gpt_neox.embed_in.weight",)),
+        Weight("blocks.{i}.attn_norm.weight", ("gpt_neox.layers.{i}.input_layernorm.weight",)),
+        Weight("blocks.{i}.attn_norm.bias", ("gpt_neox.layers.{i}.input_layernorm.bias",)),
+        Weight("blocks.{i}.ffn_norm.weight", ("gpt_neox.layers.{i}.post_attention_layernorm.weight",)),
+        Weight("blocks.{i}.ffn_norm.bias", ("gpt_neox.layers.{i}.post_attention_layernorm.bias",)),
+        Weight("blocks.{i}.attention.qkv.weight", ("gpt_neox.layers.{i}.attention.query_key_value.weight",), "per_head"),
+        Weight("blocks.{i}.attention.qkv.bias", ("gpt_neox.layers.{i}.attention.query_key_value.bias",), "per_head"),
+        Weight("blocks.{i}.attention.out_proj.weight", ("gpt_neox.layers.{i}.attention.dense.weight",)),
+        Weight("blocks.{i}.attention.out_proj.bias", ("gpt_neox.layers.{i}.attention.dense.bias",)),
+        Weight("blocks.{i}.feed_forward.in_proj.weight", ("gpt_neox.layers.{i}.mlp.dense_h_to_4h.weight",)),
+        Weight("blocks.{i}.feed_forward.in_proj.bias", ("gpt_neox.layers.{i}.mlp.dense_h_to_4h.bias",)),
+        Weight("blocks.{i}.feed_forward.out_proj.weight", ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.weight",)),
+        Weight("blocks.{i}.feed_forward.out_proj.bias", ("gpt_neox.layers.{i}.mlp.dense_4h_to_h.bias",)),
+        Weight("final_norm.weight", ("gpt_neox.final_layer_norm.weight",)),
+        Weight("final_norm.bias", ("gpt_neox.final_layer_norm.bias",)),
+        Weight("head.weight", ("embed_out.weight",)),  # transformers 5 calls it lm_head in memory, embed_out on disk
+    ),
+    conversions=(Conversion(_read_neox, _write_neox),),
+    prefix="gpt_neox.",
+    legacy=_neox_legacy,
+    ignored=r"(gpt_neox\.)?layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",  # buffers of older checkpoints
 )
 
 # ---- GPT-2 --------------------------------------------------------------------------------------
@@ -544,4 +772,4 @@ DEEPSEEK_V3 = Family(
     ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|61\..*)",
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, OLMO2, PHI3, MIXTRAL, QWEN3_MOE, DEEPSEEK_V3)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, OLMO2, PHI3, GEMMA2, GEMMA3_TEXT, GPT_NEOX, MIXTRAL, QWEN3_MOE, DEEPSEEK_V3)}

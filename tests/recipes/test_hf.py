@@ -68,6 +68,18 @@ CASES = {
         n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=16,
         qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8, rope_interleave=False,
     ), ["latent"]),
+    # sandwich blocks, GeGLU, √d_model embeddings, both soft-caps, query_pre_attn_scalar 16 != head_dim 24,
+    # local (window 6) and global layers alternating, GQA, tied
+    "gemma2": ("Gemma2Config", dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=16, sliding_window=6, attn_logit_softcapping=20.0, final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    # five local layers to one global (7 layers: the pattern wraps), QK-norm with Gemma's (1 + weight),
+    # rotary bases 1e4 local and 1e6 global, multi-query, untied
+    "gemma3_text": ("Gemma3TextConfig", dict(num_hidden_layers=7, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=6, tie_word_embeddings=False,
+                                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4}, "full_attention": {"rope_type": "default", "rope_theta": 1e6}},
+                                             pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    # attention and MLP in parallel, each with its own LayerNorm; rotary on 1/4 of each head; q, k, v interleaved per head; exact GELU
+    "gpt_neox": ("GPTNeoXConfig", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    # the same with the two sublayers one after the other (use_parallel_residual = false)
+    "gpt_neox-sequential": ("GPTNeoXConfig", dict(use_parallel_residual=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ["sdpa"]),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
@@ -160,10 +172,23 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
     family = case.split("-")[0]
     feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3") else "swiglu"
-    expected = {"gpt2": ("learned", "gelu", "layernorm")}.get(case, ("rope", feed_forward, "rmsnorm"))
-    block = {"olmo2": "sublayer_output_norm"}.get(case, "pre_norm")
-    assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == (*expected, block)
-    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads", "qwen3_moe": "per_head"}.get(family, "none")
+    expected = {
+        "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
+        "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
+        "gemma2": ("rope", "geglu", "rmsnorm", "sandwich"),
+        "gemma3_text": ("rope", "geglu", "rmsnorm", "sandwich"),
+        "gpt_neox": ("rope", "gelu", "layernorm", "parallel"),
+        "gpt_neox-sequential": ("rope", "gelu", "layernorm", "pre_norm"),
+    }.get(case, ("rope", feed_forward, "rmsnorm", "pre_norm"))
+    assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == expected
+    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads", "qwen3_moe": "per_head", "gemma3_text": "per_head"}.get(family, "none")
+    if case.startswith("gemma"):  # local (windowed) and global layers
+        assert model["layer_pattern"] == {"gemma2": ["local", "global"], "gemma3_text": ["local"] * 5 + ["global"]}[case]
+        assert model["layer_kinds"]["local"]["attention"]["window"] == 6 and model["embedding_scale"] == "sqrt_d_model" and model["norm"]["unit_offset"]
+    if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
+        assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
+    if case.startswith("gpt_neox"):
+        assert model["feed_forward"]["approximate"] == "none" and model["positional"]["fraction"] == {"gpt_neox": 0.25}.get(case, 0.5)
 
 
 # ---- the folder: shards, dtypes, refusals, memory -----------------------------------------------
