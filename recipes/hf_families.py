@@ -214,7 +214,51 @@ LLAMA_ASSEMBLY = {
     "attn_out_bias": False,
 }
 SILU = Require("hidden_act", ("silu",), "silu", "the SwiGLU feed-forward gates with SiLU")
-DEFAULT_ROPE = Require("rope_parameters.rope_type", ("default",), "default", "gptzoo's rope has no frequency scaling yet")
+SCALINGS = ("linear", "llama3", "yarn")  # the rope plugin's scaling types, spelt as Hugging Face's rope_type
+
+
+def read_rope_scaling(rope: dict, hf: dict, where: str = "rope_parameters") -> dict | None:
+    """Hugging Face's rope parameters -> the rope plugin's ``scaling`` (None: unscaled)."""
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind not in SCALINGS:
+        raise ValueError(f"{where}.rope_type = {json.dumps(kind)} is not supported for {hf.get('model_type')} (gptzoo's rope scales {', '.join(SCALINGS)})")
+    original = rope.get("original_max_position_embeddings")
+    if kind == "linear":
+        return {"type": "linear", "factor": rope["factor"]}
+    if kind == "llama3":
+        return {"type": "llama3", "factor": rope["factor"], "low_freq_factor": rope["low_freq_factor"], "high_freq_factor": rope["high_freq_factor"], "original_context_length": original}
+    factor = rope.get("factor") or hf["max_position_embeddings"] / original
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):  # as transformers derives it
+        mscale = lambda m: 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0  # noqa: E731
+        attention_factor = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+    return {
+        "type": "yarn", "factor": factor, "original_context_length": original, "beta_fast": rope.get("beta_fast") or 32.0,
+        "beta_slow": rope.get("beta_slow") or 1.0, "attention_factor": attention_factor, "truncate": rope.get("truncate", True),
+    }
+
+
+def write_rope_scaling(scaling: dict | None) -> dict[str, Any]:
+    """The rope plugin's ``scaling`` -> Hugging Face's rope parameters (beside rope_theta)."""
+    if not scaling:
+        return {"rope_type": "default"}
+    renamed = {"type": "rope_type", "original_context_length": "original_max_position_embeddings"}
+    return {renamed.get(k, k): v for k, v in scaling.items() if v is not None}
+
+
+def _read_rope(hf: dict) -> dict[str, Any]:
+    scaling = read_rope_scaling(hf["rope_parameters"], hf)
+    return {} if scaling is None else {"positional.scaling": scaling}
+
+
+def _write_rope(model: dict) -> dict[str, Any]:
+    return {f"rope_parameters.{k}": v for k, v in write_rope_scaling(model["positional"].get("scaling")).items()}
+
+
+ROPE_SCALING = Conversion(_read_rope, _write_rope)  # rope_parameters.rope_type and its parameters
+DEFAULT_ROPE = Require("rope_parameters.rope_type", ("default",), "default", "rope scaling is read for the dense families and DeepSeek-V3 so far")
 LLAMA_WEIGHTS = (
     Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
     Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
@@ -241,8 +285,9 @@ LLAMA = Family(
         Field("mlp_bias", ("feed_forward.bias",), False),
     ),
     assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"feed_forward": {"name": "swiglu"}},  # biases from the fields
-    requires=(SILU, DEFAULT_ROPE, Require("pretraining_tp", (1,), 1, "the projections are not split into tensor-parallel slices")),
+    requires=(SILU, Require("pretraining_tp", (1,), 1, "the projections are not split into tensor-parallel slices")),
     weights=LLAMA_WEIGHTS,
+    conversions=(ROPE_SCALING,),
 )
 
 def _read_window(hf: dict) -> dict[str, Any]:
@@ -262,9 +307,9 @@ MISTRAL = Family(
     architecture="MistralForCausalLM",
     fields=LLAMA_FIELDS,
     assembly=LLAMA_ASSEMBLY,
-    requires=(SILU, DEFAULT_ROPE),
+    requires=(SILU,),
     weights=LLAMA_WEIGHTS,
-    conversions=(SLIDING_WINDOW,),
+    conversions=(SLIDING_WINDOW, ROPE_SCALING),
 )
 
 QWEN2 = Family(
@@ -272,8 +317,9 @@ QWEN2 = Family(
     architecture="Qwen2ForCausalLM",
     fields=tuple(f for f in LLAMA_FIELDS if f.hf != "head_dim"),  # Qwen2's heads are hidden_size / num_attention_heads wide
     assembly=LLAMA_ASSEMBLY | {"qkv_bias": True},  # biases on q, k and v; none on o_proj
-    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet")),
+    requires=(SILU, Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet")),
     weights=LLAMA_WEIGHTS,
+    conversions=(ROPE_SCALING,),
 )
 
 QWEN3 = Family(
@@ -286,7 +332,8 @@ QWEN3 = Family(
     ),
     # RMSNorm over each head's queries and keys before rotary, one weight shared by the heads
     assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"attention": {"name": "sdpa", "qk_norm": "per_head"}},
-    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
+    requires=(SILU, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
+    conversions=(ROPE_SCALING,),
     weights=LLAMA_WEIGHTS + (
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
@@ -303,7 +350,8 @@ OLMO2 = Family(
     # The norms act on each sublayer's output; QK-norm over all heads' features together.
     assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
     | {"block": {"name": "sublayer_output_norm"}, "attention": {"name": "sdpa", "qk_norm": "across_heads"}},
-    requires=(SILU, DEFAULT_ROPE),
+    requires=(SILU,),
+    conversions=(ROPE_SCALING,),
     weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attn_norm", "blocks.{i}.ffn_norm"))) + (
         Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
         Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.post_feedforward_layernorm.weight",)),
@@ -315,14 +363,13 @@ OLMO2 = Family(
 PHI3 = Family(
     model_type="phi3",
     architecture="Phi3ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (Field("rms_norm_eps", ("norm.eps",), 1e-5),),
-    assembly=LLAMA_ASSEMBLY,
-    requires=(
-        SILU,
-        DEFAULT_ROPE,
-        Require("rope_parameters.partial_rotary_factor", (1.0,), 1.0, "gptzoo's rope rotates every dimension of a head for now"),
-        Require("sliding_window", (None,), None, "gptzoo's sliding-window attention is not available yet"),
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (
+        Field("rms_norm_eps", ("norm.eps",), 1e-5),
+        Field("rope_parameters.partial_rotary_factor", ("positional.fraction",), 1.0),  # the first dimensions of each head rotate (Phi-4-mini: 0.75)
     ),
+    assembly=LLAMA_ASSEMBLY,
+    requires=(SILU,),
+    conversions=(SLIDING_WINDOW, ROPE_SCALING),  # Phi-3-mini-4k: a window of 2047 keys on every layer
     # Phi-3 keeps q, k and v in one projection, in gptzoo's order, and the gate and up projections in another.
     weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attention.", "blocks.{i}.feed_forward.gate_proj", "blocks.{i}.feed_forward.up_proj"))) + (
         Weight("blocks.{i}.attention.qkv.weight", ("model.layers.{i}.self_attn.qkv_proj.weight",)),
@@ -366,9 +413,11 @@ def _read_gemma_layers(hf: dict) -> dict[str, Any]:
         table |= {"layer_pattern": [LAYER_KINDS[t] for t in _period(types)], "layer_kinds": {"local": {"attention": attention | {"name": "sliding_window", "window": window}}, "global": {}}}
     if hf["model_type"] == "gemma3_text":  # rotary bases per kind of layer
         rope = hf["rope_parameters"]
-        table["positional"] = {"name": "rope", "base": rope["full_attention"].get("rope_theta", 1e6)}
+        full, sliding = ({"name": "rope", "base": rope[t].get("rope_theta", base), "scaling": read_rope_scaling(rope[t], hf, f"rope_parameters.{t}")}
+                         for t, base in (("full_attention", 1e6), ("sliding_attention", 1e4)))
+        table["positional"] = full
         if "layer_kinds" in table:
-            table["layer_kinds"]["local"]["positional"] = {"name": "rope", "base": rope["sliding_attention"].get("rope_theta", 1e4)}
+            table["layer_kinds"]["local"]["positional"] = sliding
     return table
 
 
@@ -392,13 +441,14 @@ def _write_gemma_layers(model: dict) -> dict[str, Any]:
     }
     rotary = [(_kind(model, i).get("positional") or model["positional"]) for i in range(model["n_layers"])]
     local = next((r for r, a in zip(rotary, kinds) if a["name"] == "sliding_window"), model["positional"])
-    hf["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": model["positional"].get("base")}, "sliding_attention": {"rope_type": "default", "rope_theta": local.get("base")}}
+    hf["rope_parameters"] = {  # a positional without a base (not rope) keeps Gemma's; the mismatch names it
+        t: {"rope_theta": r.get("base", base)} | write_rope_scaling(r.get("scaling")) for t, r, base in (("full_attention", model["positional"], 1e6), ("sliding_attention", local, 1e4))
+    }
     return hf
 
 
 def _write_gemma2_layers(model: dict) -> dict[str, Any]:
-    hf = _write_gemma_layers(model)
-    return hf | {"rope_parameters": {"rope_type": "default", "rope_theta": hf["rope_parameters"]["full_attention"]["rope_theta"]}}
+    return _write_gemma_layers(model) | {"rope_parameters": {"rope_theta": model["positional"].get("base", 1e4)}}  # one rotary for all layers; ROPE_SCALING adds its scaling
 
 
 def _gemma3_legacy(hf: dict) -> dict:
@@ -439,9 +489,9 @@ GEMMA2 = Family(
     architecture="Gemma2ForCausalLM",
     fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)), Field("rope_parameters.rope_theta", ("positional.base",), 10000.0)),
     assembly=GEMMA_ASSEMBLY,
-    requires=(GELU_TANH, DEFAULT_ROPE, Require("use_bidirectional_attention", (None, False), None, "gptzoo's attention is causal")),
+    requires=(GELU_TANH, Require("use_bidirectional_attention", (None, False), None, "gptzoo's attention is causal")),
     weights=GEMMA_WEIGHTS,
-    conversions=(Conversion(_read_gemma_layers, _write_gemma2_layers),),
+    conversions=(Conversion(_read_gemma_layers, _write_gemma2_layers), ROPE_SCALING),
 )
 
 GEMMA3_TEXT = Family(
@@ -449,12 +499,7 @@ GEMMA3_TEXT = Family(
     architecture="Gemma3ForCausalLM",
     fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)),),
     assembly=GEMMA_ASSEMBLY,
-    requires=(
-        GELU_TANH,
-        Require("rope_parameters.full_attention.rope_type", ("default",), "default", "gptzoo reads the global layers' rope scaling later"),
-        Require("rope_parameters.sliding_attention.rope_type", ("default",), "default", "the local layers' rotary is unscaled"),
-        Require("use_bidirectional_attention", (False, None), False, "gptzoo's attention is causal"),
-    ),
+    requires=(GELU_TANH, Require("use_bidirectional_attention", (False, None), False, "gptzoo's attention is causal")),
     weights=GEMMA_WEIGHTS + (
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
@@ -512,7 +557,7 @@ GPT_NEOX = Family(
         "norm": {"name": "layernorm", "bias": True},
         "head": {"name": "lm"},
     },
-    requires=(DEFAULT_ROPE,),
+    requires=(),
     weights=(
         Weight("token_embedding.weight", ("gpt_neox.embed_in.weight",)),
         Weight("blocks.{i}.attn_norm.weight", ("gpt_neox.layers.{i}.input_layernorm.weight",)),
@@ -531,7 +576,7 @@ GPT_NEOX = Family(
         Weight("final_norm.bias", ("gpt_neox.final_layer_norm.bias",)),
         Weight("head.weight", ("embed_out.weight",)),  # transformers 5 calls it lm_head in memory, embed_out on disk
     ),
-    conversions=(Conversion(_read_neox, _write_neox),),
+    conversions=(Conversion(_read_neox, _write_neox), ROPE_SCALING),
     prefix="gpt_neox.",
     legacy=_neox_legacy,
     ignored=r"(gpt_neox\.)?layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",  # buffers of older checkpoints

@@ -36,7 +36,7 @@ def test_plugins_json_shape():
     by_name = {(e["family"], e["name"]): e for e in entries}
     sdpa = by_name["attention", "sdpa"]
     assert (sdpa["plugin"], sdpa["distribution"]) == ("gptzoo.plugins.attention", "gptzoo")
-    assert {name: field["default"] for name, field in sdpa["params"].items()} == {"qk_norm": "none", "qk_norm_eps": 1e-6, "scale": None, "softcap": None}
+    assert {name: field["default"] for name, field in sdpa["params"].items()} == {"qk_norm": "none", "qk_norm_eps": 1e-6, "qk_norm_unit_offset": False, "scale": None, "softcap": None}
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
         "bias": {"type": "bool", "default": True, "required": False},

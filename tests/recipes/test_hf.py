@@ -30,19 +30,21 @@ V = 320  # vocabulary of the tiny models
 CASES = {
     # GQA (2 kv heads of 4), head_dim 24 != 64 / 4, untied head, biases on attention and MLP
     "llama": ("LlamaConfig", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=False, attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 5e4}), ATTENTION),
-    # multi-query, tied head, SmolLM2's shape of options (no biases)
-    "llama-tied-mqa": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True), ATTENTION),
-    "mistral": ("MistralConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=None, tie_word_embeddings=False), ATTENTION),
+    # multi-query, tied head, no biases (SmolLM2's options), Llama 3.1/3.2's rope scaling (original context 16 of 64)
+    "llama-tied-mqa": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), ATTENTION),
+    # linear rope scaling (position interpolation)
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=None, tie_word_embeddings=False, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}), ATTENTION),
     # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
     "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
     # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), ATTENTION),
-    # q/k/v biases without an o_proj bias, tied head
-    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6}), ATTENTION),
+    # q/k/v biases without an o_proj bias, tied head, YaRN rope scaling (its attention factor on cos and sin)
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 16}), ATTENTION),
     # norms on the sublayers' outputs, QK-norm across heads, GQA
     "olmo2": ("Olmo2Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
-    # q, k, v in one projection and gate, up in another; GQA; untied
-    "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    # q, k, v in one projection and gate, up in another; GQA; untied; rotary on the first half of each head
+    "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # 4 experts, top 2 renormalised, GQA, a window of 6 keys
     "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, tie_word_embeddings=False), ["sliding_window"]),
     # a dense first layer (mlp_only_layers) then experts (top 3 of 6, renormalised), QK-norm, head_dim 32
@@ -72,14 +74,16 @@ CASES = {
     # local (window 6) and global layers alternating, GQA, tied
     "gemma2": ("Gemma2Config", dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=16, sliding_window=6, attn_logit_softcapping=20.0, final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # five local layers to one global (7 layers: the pattern wraps), QK-norm with Gemma's (1 + weight),
-    # rotary bases 1e4 local and 1e6 global, multi-query, untied
+    # rotary bases 1e4 local and 1e6 global with linear scaling 8 (Gemma 3 4B-27B), multi-query, untied
     "gemma3_text": ("Gemma3TextConfig", dict(num_hidden_layers=7, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=6, tie_word_embeddings=False,
-                                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4}, "full_attention": {"rope_type": "default", "rope_theta": 1e6}},
+                                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4}, "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}},
                                              pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # attention and MLP in parallel, each with its own LayerNorm; rotary on 1/4 of each head; q, k, v interleaved per head; exact GELU
     "gpt_neox": ("GPTNeoXConfig", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
     # the same with the two sublayers one after the other (use_parallel_residual = false)
     "gpt_neox-sequential": ("GPTNeoXConfig", dict(use_parallel_residual=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ["sdpa"]),
+    # a window on every layer (Phi-3-mini-4k: 2047 of 4096)
+    "phi3-window": ("Phi3Config", dict(num_key_value_heads=2, sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2), ["sliding_window"]),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
@@ -187,6 +191,10 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         assert model["layer_kinds"]["local"]["attention"]["window"] == 6 and model["embedding_scale"] == "sqrt_d_model" and model["norm"]["unit_offset"]
     if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
         assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
+    scaling = {"llama-tied-mqa": "llama3", "mistral": "linear", "qwen2": "yarn", "gemma3_text": "linear"}.get(case)
+    assert (model["positional"].get("scaling") or {}).get("type") == scaling
+    if case == "phi3":
+        assert model["positional"]["fraction"] == 0.5
     if case.startswith("gpt_neox"):
         assert model["feed_forward"]["approximate"] == "none" and model["positional"]["fraction"] == {"gpt_neox": 0.25}.get(case, 0.5)
 

@@ -1,5 +1,6 @@
-"""configs/hf/<family>.toml: one published size of each family, equal to what import-hf makes of
-that checkpoint's config.json (as published on the Hub), with the published parameter count."""
+"""configs/hf/<name>.toml: one published size of each family (two for llama: SmolLM2 and Llama 3.2
+with its rope scaling), equal to what import-hf makes of that checkpoint's config.json (as
+published on the Hub), with the published parameter count."""
 
 import json
 import subprocess
@@ -65,6 +66,44 @@ PUBLISHED = {
         "rope_theta": 10000, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
         "tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 1,
     }, 671_026_404_352),
+    "llama-3.2-1b": ({  # meta-llama/Llama-3.2-1B: Llama 3's rope scaling (factor 32 over 8192 trained positions)
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "tie_word_embeddings": True, "hidden_act": "silu", "attention_bias": False,
+        "mlp_bias": False, "pretraining_tp": 1, "bos_token_id": 128000, "eos_token_id": 128001,
+    }, 1_235_814_400),
+    "phi3": ({  # microsoft/Phi-3-mini-4k-instruct
+        "model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "rope_scaling": None, "sliding_window": 2047,
+        "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False, "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
+    }, 3_821_079_552),
+    "olmo2": ({  # allenai/OLMo-2-0425-1B
+        "model_type": "olmo2", "architectures": ["Olmo2ForCausalLM"], "vocab_size": 100352, "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06,
+        "rope_theta": 500000, "rope_scaling": None, "tie_word_embeddings": False, "hidden_act": "silu", "attention_bias": False,
+        "eos_token_id": 100257, "pad_token_id": 100277,
+    }, 1_484_916_736),
+    "gemma2": ({  # google/gemma-2-2b
+        "model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
+        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "attention_bias": False,
+        "cache_implementation": "hybrid", "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+    }, 2_614_341_888),
+    "gemma3_text": ({  # google/gemma-3-1b-pt: five local layers (512 keys) to one global, 26 layers
+        "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144, "hidden_size": 1152, "intermediate_size": 6912,
+        "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000, "rope_local_base_freq": 10000, "rope_scaling": None, "sliding_window": 512,
+        "sliding_window_pattern": 6, "query_pre_attn_scalar": 256, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+        "hidden_activation": "gelu_pytorch_tanh", "attention_bias": False, "cache_implementation": "hybrid", "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+    }, 999_885_952),
+    "gpt_neox": ({  # EleutherAI/pythia-160m
+        "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "vocab_size": 50304, "hidden_size": 768, "intermediate_size": 3072,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 2048, "layer_norm_eps": 1e-05, "rotary_emb_base": 10000,
+        "rotary_pct": 0.25, "hidden_act": "gelu", "use_parallel_residual": True, "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0,
+    }, 162_322_944),
     "gpt2": ({  # openai-community/gpt2
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024, "n_embd": 768,
         "n_layer": 12, "n_head": 12, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "bos_token_id": 50256, "eos_token_id": 50256,
@@ -73,17 +112,18 @@ PUBLISHED = {
 
 
 def test_every_family_has_a_preset():
-    assert sorted(p.stem for p in PRESETS.glob("*.toml")) == sorted(PUBLISHED) and set(PUBLISHED) <= set(FAMILIES)
+    assert sorted(p.stem for p in PRESETS.glob("*.toml")) == sorted(PUBLISHED)
+    assert {published["model_type"] for published, _ in PUBLISHED.values()} == set(FAMILIES)
 
 
-@pytest.mark.parametrize("family", PUBLISHED)
-def test_preset_is_the_published_checkpoint_with_its_parameter_count(family, registry):
-    published, count = PUBLISHED[family]
-    preset = load_run_config(PRESETS / f"{family}.toml", registry=registry).model
-    imported = registry.model_config(hf.model_table(FAMILIES[family], hf.normalise(published), "config.json", tokenizer=preset.tokenizer))
-    assert hf.explicit(preset) == hf.explicit(imported)
+@pytest.mark.parametrize("preset", PUBLISHED)
+def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, registry):
+    published, count = PUBLISHED[preset]
+    config = load_run_config(PRESETS / f"{preset}.toml", registry=registry).model
+    imported = registry.model_config(hf.model_table(FAMILIES[published["model_type"]], hf.normalise(published), "config.json", tokenizer=config.tokenizer))
+    assert hf.explicit(config) == hf.explicit(imported)
     with torch.device("meta"):
-        assert GPT(preset).param_counts()["total"] == count
+        assert GPT(config).param_counts()["total"] == count
 
 
 @pytest.mark.parametrize("family, active", [("mixtral", 12_879_925_248), ("qwen3_moe", 3_353_032_704), ("deepseek_v3", 37_552_282_624)])
