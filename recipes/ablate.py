@@ -214,7 +214,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     if sizes:
         fixed = {**fixed, **next(iter(sizes.values()))}  # the base is the first size
     try:
-        base_data = with_overrides(read_toml(base_path), fixed)
+        base_data = with_overrides(_read_base(base_path), fixed)
     except ConfigError as err:
         raise ConfigError(f"{path}: [set]: {err}") from None
     base = validate_run_config(base_data, f"{path}: base {base_path} with [set]", registry)
@@ -303,10 +303,20 @@ def _find_base(sweep_path: Path, base: str) -> Path:
         if candidate.is_file():
             return candidate
     for candidate in candidates:
+        if candidate.is_dir() and (candidate / "config.json").is_file():
+            return candidate / "config.json"  # a run folder: the config it holds (an imported checkpoint's, say)
         if candidate.is_dir():
-            what = "a run folder" if (candidate / "config.json").is_file() else "a folder"
-            raise ConfigError(f"{sweep_path}: base = {base!r} is {what} ({candidate}), not a TOML config; give the TOML config to vary (for a run, the one it was trained from)")
+            raise ConfigError(f"{sweep_path}: base = {base!r} is a folder ({candidate}) without a config.json; give a TOML config or a run folder")
     raise ConfigError(f"{sweep_path}: base = {base!r} not found (looked for {' and '.join(map(str, candidates))})")
+
+
+def _read_base(path: Path) -> dict[str, Any]:
+    if path.suffix != ".json":
+        return read_toml(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
 
 
 def _read_axes(path: Path, raw: dict[str, Any]) -> dict[str, list]:

@@ -54,6 +54,11 @@ class TrainConfig(BaseModel):
     sample_prompt: str = "The"
     sample_tokens: int = Field(32, ge=0)
     tensorboard: bool = Field(False, description="also write the metrics to DIR/tensorboard (the tensorboard extra); metrics.jsonl stays the record")
+    init_from: str | None = Field(
+        None,
+        description="a run folder whose weights start this run (an imported checkpoint, say), not its optimizer or step; tensors both "
+        "models have must agree in shape, a component swapped in keeps its fresh initialisation, one swapped out is left behind; the tokenizer is the source's",
+    )
 
     @field_validator("grad_clip")
     @classmethod

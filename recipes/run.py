@@ -160,11 +160,39 @@ def load_weights(model: GPT, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def load_matching_weights(model: GPT, folder: Path, manifest: Manifest | None = None) -> str:
+    """Copy the weights of the run in ``folder`` into ``model`` wherever both have a tensor of
+    that name (train.init_from); a shape that differs is refused, naming the tensor. Returns
+    what was copied, what kept its initialisation and what was left behind."""
+    path = folder / WEIGHTS
+    if manifest is not None:
+        check_file(folder, manifest, WEIGHTS)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the weights ({err}); is this a gptzoo run folder?") from None
+    ours = model.state_dict()
+    shared = sorted(set(state) & set(ours))
+    for name in shared:
+        if state[name].shape != ours[name].shape:
+            raise CheckpointError(f"train.init_from: {path} holds {name} as {tuple(state[name].shape)} but this config makes it {tuple(ours[name].shape)}; only components without weights of that name may change")
+    if not shared:
+        raise CheckpointError(f"train.init_from: {path} shares no tensor name with this config's model; start from a run of the same architecture")
+    model.load_state_dict({name: state[name] for name in shared}, strict=False)
+    fresh = sorted(set(ours) - set(state) - _aliases(ours))
+    left = sorted(set(state) - set(ours))
+    return f"started from {folder}: {len(shared)} tensors copied" + "".join(
+        f"; {what}: {few(names)}" for what, names in (("freshly initialised", fresh), ("left behind", left)) if names
+    )
+
+
+def few(names: list[str], n: int = 5) -> str:
+    """At most ``n`` names, then how many more."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def describe_mismatch(missing: list[str], unexpected: list[str], wrong: list[str] = ()) -> str:
     """'missing a, b; unexpected c; wrong shape d', naming at most five tensors of each kind."""
-    def few(names: list[str], n: int = 5) -> str:
-        return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
     kinds = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
     return "; ".join(f"{kind} {few(names)}" for kind, names in kinds if names)
 

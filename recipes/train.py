@@ -44,6 +44,7 @@ from gptzoo.recipes.run import (
     build_tokenizer,
     check_out_folder,
     load_config,
+    load_matching_weights,
     load_weights,
     open_run,
     read_metrics,
@@ -454,6 +455,18 @@ def prepare_run(
         say(f"{out} holds no committed checkpoint (a run stopped before its first); starting over (removing {', '.join(leftovers)})")
         for name in leftovers:
             (out / name).unlink()
+    if config.train.init_from is not None:  # the source's weights mean its tokenizer's ids
+        source = Path(config.train.init_from)
+        if not (source / CONFIG).is_file():
+            raise ConfigError(f"train.init_from: {source} is not a run folder (no {CONFIG}); give the folder of an imported or trained run")
+        source_config = load_config(source, registry, source_manifest := open_run(source))
+        if source_config.model.tokenizer != config.model.tokenizer:
+            raise ConfigError(
+                f"train.init_from: {source} was trained with tokenizer {source_config.model.tokenizer.model_dump_json()}, this config has "
+                f"{config.model.tokenizer.model_dump_json()}; its weights mean its tokenizer's ids, so set model.tokenizer as the source's"
+            )
+        tokenizer = build_tokenizer(source_config, source, source_manifest)
+        return resolve_vocab(config, tokenizer), tokenizer, None
     tokenizer = config.model.tokenizer.build()
     if tokenizer.needs_fit and not tokenizer.is_fitted:
         say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
@@ -505,6 +518,8 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
     n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"])
     if state is not None:
         load_weights(model, out / WEIGHTS)
+    elif cfg.init_from is not None:
+        say(load_matching_weights(model, Path(cfg.init_from), open_run(Path(cfg.init_from))))
     model.train()
     wrapped = distributed.wrap(model, cfg.parallel, device, world)  # onto the device; FSDP shards in place, so before the optimizer
     optimizer = build_optimizer(model, cfg, device)

@@ -176,7 +176,7 @@ BAD_VALUES = [
     ("ablate", "malformed content", ["{bad_toml}", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),
     ("ablate", "unknown plugin name", ["{sweep_unknown}", "--out", "{tmp}/out"], "{sweep_unknown}: [axes] model.norm.name = \"scalenorm\": invalid config"),
     ("ablate", "missing path", ["{sweep_no_base}", "--out", "{tmp}/out"], "{sweep_no_base}: base = 'nowhere.toml' not found"),
-    ("ablate", "run folder for a config", ["{sweep_run_base}", "--out", "{tmp}/out"], "base = '{run}' is a run folder ({run}), not a TOML config"),
+    ("ablate", "folder without a config for a base", ["{sweep_folder_base}", "--out", "{tmp}/out"], "base = '{empty}' is a folder ({empty}) without a config.json; give a TOML config or a run folder"),
     ("ablate", "zero int", ["{sweep}", "--out", "{tmp}/out", "--workers", "0"], "--workers 0: give 1 or more"),
     # -- imports and exports
     ("import-gpt2", "missing path", ["{tmp}/nope", "--out", "{tmp}/out"], "{tmp}/nope: no such folder, and not a GPT-2 size name"),
@@ -252,7 +252,7 @@ def places(tmp_path, shared_data):
     (tmp_path / "sweep.toml").write_text(f'base = "{base}"\n{axes}')
     (tmp_path / "sweep_unknown.toml").write_text(f'base = "{base}"\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n')
     (tmp_path / "sweep_no_base.toml").write_text(f'base = "nowhere.toml"\n{axes}')
-    (tmp_path / "sweep_run_base.toml").write_text(f'base = "{RUN}"\n{axes}')
+    (tmp_path / "sweep_folder_base.toml").write_text(f'base = "{tmp_path / "empty"}"\n{axes}')
     import torch
 
     torch.save({"tok_emb.weight": torch.zeros(4, 8)}, tmp_path / "model.pth")
@@ -262,7 +262,7 @@ def places(tmp_path, shared_data):
         "latin1": tmp_path / "latin1.txt", "latin1_toml": tmp_path / "latin1.toml", "bad_toml": tmp_path / "bad.toml",
         "bad_json": tmp_path / "bad.json", "no_output_json": tmp_path / "no_output.json", "book": tmp_path / "model.pth", "csv": tmp_path / "sms.csv",
         "sweep": tmp_path / "sweep.toml", "sweep_unknown": tmp_path / "sweep_unknown.toml",
-        "sweep_no_base": tmp_path / "sweep_no_base.toml", "sweep_run_base": tmp_path / "sweep_run_base.toml",
+        "sweep_no_base": tmp_path / "sweep_no_base.toml", "sweep_folder_base": tmp_path / "sweep_folder_base.toml",
         "sms": shared_data("SMSSpamCollection"), "instructions": shared_data("instruction-data.json"),
     }
 
@@ -287,6 +287,16 @@ def test_every_command_names_its_bad_value(command, kind, argv, message, places,
 
 def test_the_table_covers_every_command():
     assert {row[0] for row in BAD_VALUES} == set(COMMANDS)
+
+
+def test_an_ablation_base_may_be_a_run_folder_read_as_its_config(tmp_path):
+    from gptzoo.recipes.ablate import load_sweep
+
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'base = "{RUN}"\n[axes]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n')
+    loaded = load_sweep(sweep)
+    assert loaded.base_path == Path(RUN) / "config.json"
+    assert loaded.variants[0].config.model.d_model == json.loads((Path(RUN) / "config.json").read_text())["model"]["d_model"]
 
 
 def test_a_damaged_metrics_line_on_resume_names_the_line(tmp_path, capsys):

@@ -406,3 +406,34 @@ def test_deepseek_options_gptzoo_lacks_are_refused(change, named, tmp_path, caps
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+# ---- continuing an imported run with a component swapped -----------------------------------------
+
+
+def test_an_imported_run_starts_a_training_with_a_component_swapped(tmp_path, capsys):
+    """train.init_from: the weights both models have are copied (a learning rate of 1e-9 leaves them
+    there after one step), Qwen3's QK-norm weights are left behind, the tokenizer is the checkpoint's."""
+    src = tmp_path / "src"
+    build("qwen3").save_pretrained(src)
+    write_tokenizer(src)
+    assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 0
+    assert main(["describe", str(tmp_path / "run")]) == 0
+    train = ["train", str(tmp_path / "run"), "--set", f"train.init_from={tmp_path / 'run'}", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+             "--set", "train.lr=1e-9", "--set", "train.eval_batches=1", "--set", "train.sample_tokens=0", "--set", "model.attention.qk_norm=none"]
+    capsys.readouterr()
+    assert main(train + ["--out", str(tmp_path / "new")]) == 0
+    said = capsys.readouterr()
+    assert "started from" in said.out + said.err and "left behind: blocks.0.attention.qk_norm.k_norm" in said.out + said.err
+    source, trained = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "new" / "model.safetensors"))
+    assert sorted(trained) == sorted(n for n in source if ".qk_norm." not in n)
+    for name in trained:
+        torch.testing.assert_close(trained[name], source[name], atol=1e-6, rtol=0, msg=name)
+    assert (tmp_path / "new" / "tokenizer.json").read_text() == (tmp_path / "run" / "tokenizer.json").read_text()
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "run")
+
+    assert main(train + ["--set", "model.n_kv_heads=4", "--out", str(tmp_path / "wrong")]) == 2
+    err = capsys.readouterr().err
+    # (4 query + 2 × 2 kv heads) × head_dim 32 rows in the checkpoint, (4 + 2 × 4) × 32 with 4 kv heads
+    assert "holds blocks.0.attention.qkv.weight as (256, 64) but this config makes it (384, 64)" in err and "Traceback" not in err
+    assert not (tmp_path / "wrong" / "model.safetensors").exists()
