@@ -1057,7 +1057,7 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
     if is_task and base.final_val_accuracy.std is not None:
         noise += f" in loss, {base.final_val_accuracy.std:.4f} in accuracy"
     lines = [
-        f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.name}`, seeds {seeds}: mean ± sample std over seeds. "
+        f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.parent if sweep.base_path.suffix == '.json' else sweep.base_path.name}`, seeds {seeds}: mean ± sample std over seeds. "
         f"Δ = variant − base, paired by seed (mean of the per-seed differences); {interval}. "
         f"Noise floor (the base's seed-to-seed std): {noise}.",
         "",
