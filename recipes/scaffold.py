@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.run import check_out_folder
+from gptzoo.registry import default_registry
 
 PYPROJECT = '''[build-system]
 requires = ["setuptools>=77"]
@@ -174,6 +175,9 @@ def new_plugin(name: str, family: str, out: str | Path) -> list[Path]:
         raise GptzooError(f"plugin name {name!r}: use lower-case letters, digits and underscores, starting with a letter (it names the module and the component)")
     if family not in BODIES:
         raise GptzooError(f"--family {family!r}: choose one of {', '.join(FAMILIES)}")
+    taken = default_registry().names(family)
+    if name in taken:
+        raise GptzooError(f"plugin name {name!r}: an installed plugin already provides the {family} {name!r} ({', '.join(taken)} are taken); choose another name")
     out = Path(out)
     check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

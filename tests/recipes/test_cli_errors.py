@@ -215,6 +215,7 @@ BAD_VALUES = [
     ("inspect", "--out under a file", ["{run}", "--prompt", "x", "--out", "{file}/seen"], "--out {file}/seen lies under {file}, which is a file, not a folder; choose another --out"),
     ("new-plugin", "unknown choice", ["scalenorm", "--family", "bogus", "--out", "{tmp}/out"], "argument --family: invalid choice: 'bogus'"),
     ("new-plugin", "malformed name", ["1x", "--family", "norm", "--out", "{tmp}/out"], "plugin name '1x': use lower-case letters, digits and underscores"),
+    ("new-plugin", "name taken", ["layernorm", "--family", "norm", "--out", "{tmp}/out"], "an installed plugin already provides the norm 'layernorm'"),
 ]
 BAD_VALUES += [(command, kind, [folder, *options], message) for command, options in READERS.items() for kind, folder, message in NOT_A_RUN]
 BAD_VALUES += [
