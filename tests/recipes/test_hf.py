@@ -191,7 +191,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         assert model["layer_kinds"]["local"]["attention"]["window"] == 6 and model["embedding_scale"] == "sqrt_d_model" and model["norm"]["unit_offset"]
     if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
         assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
-    scaling = {"llama-tied-mqa": "llama3", "mistral": "linear", "qwen2": "yarn", "gemma3_text": "linear"}.get(case)
+    scaling = {"llama-tied-mqa": "llama3", "mistral": "linear", "qwen2": "yarn", "gemma3_text": "linear", "deepseek_v3-yarn": "yarn"}.get(case)
     assert (model["positional"].get("scaling") or {}).get("type") == scaling
     if case == "phi3":
         assert model["positional"]["fraction"] == 0.5
