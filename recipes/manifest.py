@@ -306,7 +306,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _temporary(folder: Path, name: str) -> Path:
+def new_temporary(folder: Path, name: str) -> Path:
     """A new empty file beside ``name``, with the permissions of an ordinary new file (the umask's; mkstemp's are 0600)."""
     while True:
         tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
@@ -319,7 +319,7 @@ def _temporary(folder: Path, name: str) -> Path:
 
 def _write_small(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all (temporary file, flushed, renamed)."""
-    tmp = _temporary(path.parent, path.name)
+    tmp = new_temporary(path.parent, path.name)
     try:
         with open(tmp, "wb") as f:
             f.write(text.encode("utf-8"))
@@ -345,7 +345,7 @@ class Commit:
     @contextmanager
     def stage(self, name: str) -> Iterator[HashingFile]:
         """A file to write ``name``'s new content into; it is hashed as it is written."""
-        tmp = _temporary(self.folder, name)
+        tmp = new_temporary(self.folder, name)
         written = None
         try:
             with open(tmp, "wb") as f:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch import nn
 
 from gptzoo.core import GPT, CheckpointError, GptzooError, Tokenizer
 from gptzoo.recipes.config import RunConfig, validate_run_config
-from gptzoo.recipes.manifest import MANIFEST, Commit, Manifest, check_file, components_of, disk_full_error, is_disk_full, missing_components, note, read_manifest, run_writer
+from gptzoo.recipes.manifest import MANIFEST, Commit, Manifest, check_file, components_of, disk_full_error, is_disk_full, missing_components, new_temporary, note, read_manifest, run_writer
 from gptzoo.registry import Registry, default_registry
 
 CONFIG = "config.json"
@@ -45,8 +44,7 @@ TRAIN_STATE = "train_state.pt"
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = new_temporary(path.parent, path.name)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

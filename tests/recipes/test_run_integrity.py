@@ -270,6 +270,17 @@ def test_run_files_get_the_permissions_of_any_new_file(straight):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
 
 
+def test_files_written_atomically_get_the_permissions_of_any_new_file(tmp_path):
+    """Plots, JSON and text outputs (save_png, write_text_atomic) as well as checkpoints."""
+    from gptzoo.recipes.run import write_text_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_text_atomic(tmp_path / "out.json", "{}")
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left
+
+
 # ---- writers --------------------------------------------------------------------------------
 
 
