@@ -60,7 +60,6 @@ class AttentionContext:
     ):
         self.positional = positional
         self.recorder = recorder
-        self.capturing = recorder is not None
         self.positions = positions
         self.key_positions = key_positions
         self.offset = offset
@@ -71,6 +70,10 @@ class AttentionContext:
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self.positional.rotate(q, k, self.positions)
+
+    @property
+    def capturing(self) -> bool:
+        return self.recorder is not None
 
     def record(self, weights: Tensor) -> None:
         """Report this layer's attention probabilities (B, nh, T, Tk); nothing happens unless capturing."""

@@ -34,6 +34,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
+from gptzoo.plugins.attention import attention_weights
 from gptzoo.registry import hookimpl
 
 
@@ -129,9 +130,7 @@ class LatentAttention(Attention):
         so they are written out then (the same scores in both paths, so either reports the same)."""
         dropout = self.dims.dropout if self.training else 0.0
         if capture is not None:
-            scores = q @ k.transpose(-2, -1) * self.scale  # (B, nh, T, Tk)
-            mask = capture.bias(q.dtype)  # None for one token alone
-            weights = torch.softmax((scores if mask is None else scores + mask).float(), dim=-1).to(q.dtype)
+            weights = attention_weights(q, k, capture.bias(q.dtype), self.scale, softcap=None)  # (B, nh, T, Tk); no mask for one token alone
             capture.record(weights)
             return F.dropout(weights, dropout, self.training) @ v
         return F.scaled_dot_product_attention(

@@ -103,12 +103,13 @@ def model_config_data(hf: dict, attention: str, source: str) -> dict:
 
 
 def read_hf_config(file: Path) -> dict:
+    """A JSON object from a Hugging Face folder (config.json, tokenizer_config.json, ...)."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{file}: not a readable JSON file ({err})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a JSON object (a Hugging Face config.json)")
+        raise ConfigError(f"{file}: expected a JSON object")
     return data
 
 

@@ -235,15 +235,8 @@ def _source_name(stored: dict, name: str, prefix: str) -> str | None:
 
 
 def _read_json(file: Path) -> dict:
-    if not file.is_file():
-        return {}
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not a readable JSON file ({err})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
-    return data
+    """An optional JSON file of the checkpoint's folder ({} when absent)."""
+    return read_hf_config(file) if file.is_file() else {}
 
 
 def _token(value: Any) -> str | None:

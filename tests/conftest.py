@@ -33,3 +33,29 @@ def shared_data():
         return path
 
     return find
+
+
+@pytest.fixture
+def peak_rss_growth():
+    """``measure("gptzoo.recipes.gpt2:import_gpt2", src, out)`` runs that importer in a fresh
+    interpreter and returns how many bytes its peak resident memory grew by during the call."""
+    import subprocess
+    import sys
+
+    def measure(function: str, src: Path, out: Path) -> int:
+        module, name = function.split(":")
+        script = (
+            "import resource, sys\n"
+            f"from {module} import {name}\n"
+            "from gptzoo.registry import default_registry\n"
+            "default_registry()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"{name}(sys.argv[1], sys.argv[2])\n"
+            "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script, str(src), str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        before, after = map(int, done.stdout.split())
+        return (after - before) * 1024  # ru_maxrss is in KiB on Linux
+
+    return measure

@@ -8,8 +8,6 @@ tensor names and Conv1D shapes by hand.
 import hashlib
 import http.server
 import json
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -17,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gptzoo.core import ConfigError
@@ -211,22 +208,10 @@ def test_import_maps_each_tensor_and_transposes_conv1d(tmp_path):
     assert (tmp_path / "run" / "config.json").is_file() and not list((tmp_path).glob(".run.*"))
 
 
-def test_peak_memory_of_an_import_stays_below_twice_the_weights(tmp_path):
+def test_peak_memory_of_an_import_stays_below_twice_the_weights(tmp_path, peak_rss_growth):
     src = write_random_gpt2(tmp_path / "src", n_layer=8, n_embd=512, n_head=8, vocab_size=50257, n_positions=1024)
     size = (src / "model.safetensors").stat().st_size
-    script = (
-        "import resource, sys\n"
-        "from gptzoo.recipes.gpt2 import import_gpt2\n"
-        "from gptzoo.registry import default_registry\n"
-        "default_registry()\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "import_gpt2(sys.argv[1], sys.argv[2])\n"
-        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    before, after = map(int, done.stdout.split())
-    growth = (after - before) * 1024  # ru_maxrss is in KiB on Linux
+    growth = peak_rss_growth("gptzoo.recipes.gpt2:import_gpt2", src, tmp_path / "run")
     assert growth < 2 * size + 64 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
 
 

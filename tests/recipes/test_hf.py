@@ -9,8 +9,6 @@ attention variant the family's assembly can use. transformers is the reference (
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -258,7 +256,7 @@ def test_weights_that_do_not_match_the_config_are_named(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_peak_memory_of_an_import_is_about_the_largest_tensor(tmp_path):
+def test_peak_memory_of_an_import_is_about_the_largest_tensor(tmp_path, peak_rss_growth):
     """A Llama-shaped checkpoint in two shards, written without transformers: RSS grows by less than the weights plus one tensor."""
     C, H, L, V_big = 512, 1536, 6, 32000
     shapes = {"model.embed_tokens.weight": (V_big, C), "model.norm.weight": (C,), "lm_head.weight": (V_big, C)}
@@ -279,19 +277,7 @@ def test_peak_memory_of_an_import_is_about_the_largest_tensor(tmp_path):
         "model_type": "llama", "vocab_size": V_big, "hidden_size": C, "intermediate_size": H, "num_hidden_layers": L,
         "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256}))
     size = sum((src / f).stat().st_size for f in halves)
-    script = (
-        "import resource, sys\n"
-        "from gptzoo.recipes.hf import import_hf\n"
-        "from gptzoo.registry import default_registry\n"
-        "default_registry()\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "import_hf(sys.argv[1], sys.argv[2])\n"
-        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    before, after = map(int, done.stdout.split())
-    growth = (after - before) * 1024  # ru_maxrss is in KiB on Linux
+    growth = peak_rss_growth("gptzoo.recipes.hf:import_hf", src, tmp_path / "run")
     largest = V_big * C * 4
     assert growth < size + 2 * largest, f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
 
