@@ -70,7 +70,7 @@ class MatchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str = Field(description='the dotted key to size, e.g. "model.d_model" or "model.feed_forward.hidden"')
-    target: int | Literal["base"] = Field("base", description="parameters to reach; base: the base config's own count")
+    target: int | Literal["base"] = Field("base", description="parameters to reach; base: the base config's own count (with [sizes]: at each variant's size)")
     multiple_of: int = Field(1, gt=0, description="values tried are multiples of this (n_heads for d_model, 64 for hardware-friendly widths)")
     tolerance: float = Field(0.02, gt=0, description="largest relative miss allowed; a variant further off stops the sweep")
 
@@ -233,7 +233,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
 
     variants = _make_variants(path, base_data, base, axes, spec.mode, registry, sizes)
     if spec.match_params is not None:
-        variants = match_parameters(path, base_data, base, variants, spec.match_params, registry)
+        variants = match_parameters(path, base_data, base, variants, spec.match_params, registry, sizes)
     _check_same_tokens(path, variants)
     seeds = spec.seeds or [base.train.seed]
     if len(set(seeds)) != len(seeds):
@@ -260,14 +260,27 @@ def _vocab_size(config: RunConfig) -> int:
     return tokenizer.vocab_size
 
 
-def match_parameters(path: Path, base_data: dict, base: RunConfig, variants: list[Variant], match: MatchParams, registry: Registry | None) -> list[Variant]:
+def match_parameters(
+    path: Path, base_data: dict, base: RunConfig, variants: list[Variant], match: MatchParams, registry: Registry | None, sizes: dict[str, dict[str, Any]]
+) -> list[Variant]:
     """Each variant with ``match.by`` set to the multiple of ``match.multiple_of`` whose parameter
-    count is nearest the target (the count rises with the size, so bisection finds it)."""
+    count is nearest the target (the count rises with the size, so bisection finds it). With
+    sizes, the base's count is taken at each variant's size: every size is matched to its own."""
     vocab = _vocab_size(base)
-    target = parameter_count(base, vocab) if match.target == "base" else match.target
+    targets: dict[str | None, int] = {}
+
+    def target_at(size: str | None) -> int:
+        if match.target != "base":
+            return match.target
+        if size not in targets:
+            config = base if size is None else _variant_config(base_data, sizes[size], f"{path}: [sizes] {size}", registry)
+            targets[size] = parameter_count(config, vocab)
+        return targets[size]
+
     matched = []
     for variant in variants:
         where = f"{path}: match_params for variant '{variant.label}'"
+        target = target_at(variant.size)
         cache: dict[int, tuple[RunConfig, int]] = {}
 
         def sized(k: int) -> tuple[RunConfig, int]:

@@ -77,6 +77,27 @@ def test_parameter_matching_sizes_the_feed_forward_to_the_base(tmp_path, registr
         load_sweep(sweep_file, registry)
 
 
+def test_parameter_matching_with_sizes_matches_each_size_to_its_own_base(tmp_path, registry):
+    base = tmp_path / "base.toml"
+    base.write_text(
+        "[model]\ncontext_length = 16\nd_model = 32\nn_layers = 1\nn_heads = 4\nfeed_forward = { name = \"gelu\" }\n"
+        "[data]\ntask = { name = \"induction\", vocab_size = 10 }\n[train]\nmax_steps = 2\n"
+    )
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        'base = "base.toml"\n[match_params]\nby = "model.feed_forward.hidden"\ntolerance = 0.01\n'
+        '[sizes]\ns = { "model.d_model" = 32 }\nm = { "model.d_model" = 64, "model.n_layers" = 2 }\n'
+        '[axes]\n"model.feed_forward.name" = ["gelu", "swiglu"]\n'
+    )
+    variants = {v.label: v for v in load_sweep(sweep_file, registry).variants}
+    for size, d in (("s", 32), ("m", 64)):
+        gelu, swiglu = variants[f"size={size}, feed_forward=gelu"], variants[f"size={size}, feed_forward=swiglu"]
+        assert gelu.matched["value"] == 4 * d and gelu.matched["params"] == gelu.matched["target"]  # each size's base is itself
+        exact = mlp_params(d, 4 * d, gated=False) / (3 * d)  # SwiGLU's width with that size's GELU's MLP parameters
+        assert swiglu.matched["target"] == gelu.matched["params"]
+        assert swiglu.matched["value"] in (int(exact), int(exact) + 1)
+
+
 def test_peak_memory_is_each_runs_own(tmp_path):
     import numpy as np
     import torch
