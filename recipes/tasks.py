@@ -10,7 +10,9 @@ only. The ids are plain integers ``0 .. vocab_size - 1`` (the ``integers`` token
 
 - ``mqar``: multi-query associative recall (Arora et al., 2023, "Zoology"). ``n_pairs``
   key-value pairs, then each key queried once at a random place among filler tokens; the
-  answer, at the query, is the key's value.
+  answer, at the query, is the key's value. As in Zoology, a value appears in the inputs only
+  in its pair: were it also written after its query, a later query could be answered by
+  elimination (the one value not yet queried) without recalling anything.
 - ``induction``: a random sequence, a separator, the same sequence again; the answers are the
   second copy, each predictable from the first.
 - ``selective_copy``: ``n_tokens`` data tokens scattered among noise, then as many marker
@@ -66,11 +68,11 @@ class MQAR(Task):
         values = rng.choice(np.arange(half, self.vocab_size), n, replace=False)
         seq = np.zeros(length + 1, dtype=np.int64)  # filler 0 wherever nothing else goes
         seq[0 : 2 * n : 2], seq[1 : 2 * n : 2] = keys, values
-        # The queries: each key followed by its value, in n of the two-token slots after the pairs.
+        # The queries: each key alone, at the start of n of the two-token slots after the pairs.
         slots = np.sort(rng.choice((length + 1 - 2 * n) // 2, n, replace=False))
         starts = 2 * n + 2 * slots
         order = rng.permutation(n)
-        seq[starts], seq[starts + 1] = keys[order], values[order]
+        seq[starts] = keys[order]
         targets = np.full(length, IGNORE, dtype=np.int64)
         targets[starts] = values[order]  # the value, predicted at its key's query
         return seq[:-1], targets
