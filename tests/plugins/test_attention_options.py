@@ -72,16 +72,20 @@ def outputs_before_projection(module, x, ctx, cache=None):
 # ---- sliding window ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("T,window,padded", [(20, 4, False), (21, 7, False), (6, 8, False), (20, 4, True), (13, 1, False)])
+@pytest.mark.parametrize("T,window,padded", [(20, 4, False), (21, 7, False), (6, 8, False), (20, 4, True), (13, 1, False), (512, 64, False), (517, 8, False), (515, 64, True)])
 @torch.no_grad()
 def test_sliding_window_matches_an_explicit_loop(registry, T, window, padded):
-    # T > window, unpadded: the blocked path; padded (a mask anyway): the dense windowed mask.
+    # From 8 windows and 512 tokens on, unpadded: the blocked path (517 = 64 blocks of 8 and a
+    # part); shorter, or padded (a mask anyway): the dense windowed mask.
     module = attention(registry, "sliding_window", window=window)
     x = torch.randn(1, T, DIMS.d_model)
     q, k, v = split_heads(module, x)
     expected = loop_attention(q, k, v, window=window)  # (nh, T, hs)
+    calls = []
+    module._blocks = lambda *args: calls.append(1) or type(module)._blocks(module, *args)
     got = outputs_before_projection(module, x, context(positional_none, T, padded))  # (1, T, nh·hs)
     torch.testing.assert_close(got[0].view(T, 4, 16).transpose(0, 1).double(), expected, atol=1e-5, rtol=1e-5)
+    assert bool(calls) == (T >= 512 and not padded)
 
 
 @torch.no_grad()
