@@ -755,6 +755,7 @@ class VariantRow:
     peak_memory_bytes: int | None
     wall_s: float | None
     workers: int  # the most runs that trained at once beside one of this variant's
+    is_reference: bool = False  # the row the others' Δ is taken against (the base, or its size's)
 
     @property
     def delta_final_val_loss(self) -> float | None:
@@ -795,15 +796,25 @@ def aggregate(variants: list[Variant], results: list[RunResult]) -> list[Variant
                 workers=max((r.workers for r in ok), default=1),
             )
         )
-    base = next(v.slug for v in variants if v.is_base)
+    reference = references(variants)
 
     def by_seed(slug: str, metric: str) -> dict[int, float]:
         return {r.seed: getattr(r, metric) for r in results if r.variant == slug and r.status == "done" and getattr(r, metric) is not None}
 
     for row in rows:
-        row.delta_loss = paired_difference(by_seed(row.variant.slug, "final_val_loss"), by_seed(base, "final_val_loss"))
-        row.delta_accuracy = paired_difference(by_seed(row.variant.slug, "final_val_accuracy"), by_seed(base, "final_val_accuracy"))
+        ref = reference[row.variant.slug]
+        row.is_reference = ref == row.variant.slug
+        row.delta_loss = paired_difference(by_seed(row.variant.slug, "final_val_loss"), by_seed(ref, "final_val_loss"))
+        row.delta_accuracy = paired_difference(by_seed(row.variant.slug, "final_val_accuracy"), by_seed(ref, "final_val_accuracy"))
     return rows
+
+
+def references(variants: list[Variant]) -> dict[str, str]:
+    """Each variant's slug -> the slug its Δ is taken against: the base, or with sizes the base's
+    values at the variant's own size (a difference across sizes would mostly measure the size)."""
+    base = next(v for v in variants if v.is_base)
+    at_size = {v.size: v.slug for v in variants if v.size is not None and v.group == base.group}
+    return {v.slug: at_size.get(v.size, base.slug) for v in variants}
 
 
 def _status(runs: list[RunResult]) -> str:
@@ -1023,8 +1034,8 @@ def _pm(stat: Stat, digits: int) -> str:
 
 
 def _delta(row: VariantRow, difference: PairedDifference, digits: int) -> str:
-    if row.variant.is_base:
-        return "base"
+    if row.is_reference:
+        return "base" if row.variant.is_base else "its size's base"
     if difference.mean is None:
         return "—"
     if difference.low is None:
@@ -1071,7 +1082,7 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
         noise += f" in loss, {base.final_val_accuracy.std:.4f} in accuracy"
     lines = [
         f"Sweep `{sweep.source.name}` ({sweep.mode}), base `{sweep.base_path.parent if sweep.base_path.suffix == '.json' else sweep.base_path.name}`, seeds {seeds}: mean ± sample std over seeds. "
-        f"Δ = variant − base, paired by seed (mean of the per-seed differences); {interval}. "
+        f"Δ = variant − base{' at the same size' if sweep.sizes else ''}, paired by seed (mean of the per-seed differences); {interval}. "
         f"Noise floor (the base's seed-to-seed std): {noise}.",
         "",
         "| " + " | ".join(c[0] for c in columns) + " |",

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from gptzoo.core import ConfigError
-from gptzoo.recipes.ablate import PowerLaw, load_sweep
+from gptzoo.recipes.ablate import PowerLaw, RunResult, aggregate, load_sweep, markdown_table
 from gptzoo.recipes.cli import main
 
 BASE = (
@@ -54,3 +54,28 @@ def test_a_scaling_sweep_through_the_cli(tmp_path):
     row = lines[start + 2].split(" | ")
     assert row[0] == "| base" and len(row) == 6 and float(row[4]) > 0
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_with_sizes_each_delta_is_taken_at_its_own_size(tmp_path, registry):
+    (tmp_path / "base.toml").write_text(BASE)
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        'base = "base.toml"\n[sizes]\nxs = { "model.d_model" = 8 }\ns = { "model.d_model" = 32 }\n'
+        '[axes]\n"model.positional.name" = ["learned", "alibi"]\n'
+    )
+    sweep = load_sweep(sweep_file, registry)
+    losses = {  # (size, positional) -> final loss per seed 0, 1
+        ("xs", "learned"): (4.0, 4.2), ("xs", "alibi"): (3.9, 4.0),
+        ("s", "learned"): (3.0, 3.1), ("s", "alibi"): (3.2, 3.4),
+    }
+    results = [
+        RunResult(v.slug, seed, "done", final_val_loss=losses[v.size, v.config.model.positional.name][seed], best_val_loss=0.0)
+        for v in sweep.variants for seed in (0, 1)
+    ]
+    rows = {row.variant.label: row for row in aggregate(sweep.variants, results)}
+    # against the learned table at the same size: xs (-0.1, -0.2) -> -0.15; s (+0.2, +0.3) -> +0.25
+    assert rows["size=xs, positional=alibi"].delta_loss.mean == pytest.approx(-0.15)
+    assert rows["size=s, positional=alibi"].delta_loss.mean == pytest.approx(0.25)
+    assert rows["size=s, positional=learned"].is_reference and rows["size=s, positional=learned"].delta_loss.mean == 0
+    table = markdown_table(sweep, list(rows.values()))
+    assert "Δ = variant − base at the same size" in table and "| its size's base |" in table
