@@ -930,6 +930,8 @@ def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
         ax.plot(line, [fit(c) for c in line], color=points.get_color(), linewidth=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter("{x:.2f}")  # a loss spans less than a decade: plain numbers, not 4×10⁰
+    ax.yaxis.set_minor_formatter("{x:.2f}")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("final validation loss")
     ax.set_title(f"{sweep.source.stem}: sizes {', '.join(sweep.sizes)}, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
