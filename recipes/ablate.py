@@ -229,7 +229,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         for value in values:
             where = f"{path}: [sizes] {value}" if key == "size" else f"{path}: [axes] {key} = {toml_value(value)}"
             config = _variant_config(base_data, _spell_out({key: value}, sizes), where, registry)
-            _check_same_data_and_budget(config, base, where)
+            _check_same_data_and_budget(config, base, where, budget=key != "size")
 
     variants = _make_variants(path, base_data, base, axes, spec.mode, registry, sizes)
     if spec.match_params is not None:
@@ -352,15 +352,16 @@ def _variant_config(base_data: dict, overrides: dict[str, Any], where: str, regi
     return validate_run_config(data, where, registry)
 
 
-def _check_same_data_and_budget(config: RunConfig, base: RunConfig, where: str) -> None:
-    """Fairness: every variant sees the same data, in the same order, for the same budget."""
+def _check_same_data_and_budget(config: RunConfig, base: RunConfig, where: str, budget: bool = True) -> None:
+    """Fairness: every variant sees the same data, in the same order, for the same budget
+    (``budget`` False for a size: variants are compared within their size, which may set its own)."""
     if config.data != base.data:
         raise ConfigError(f"{where}: changes [data]; every run in a sweep sees the same data in the same order (set data once, in the base or [set])")
     if config.model.tokenizer != base.model.tokenizer:
         raise ConfigError(f"{where}: changes the tokenizer; losses per token are only comparable over the same tokens")
     if config.train.seed != base.train.seed:
         raise ConfigError(f"{where}: varies train.seed; list the seeds with seeds = [...] at the top of the sweep file")
-    for key in BUDGET_KEYS:
+    for key in BUDGET_KEYS if budget else ():
         if getattr(config.train, key) != getattr(base.train, key):
             raise ConfigError(f"{where}: changes train.{key}; every variant gets the same training budget (set it in [set])")
 
@@ -370,11 +371,12 @@ def _tokens_per_step(config: RunConfig) -> int:
 
 
 def _check_same_tokens(path: Path, variants: list[Variant]) -> None:
-    """With a step budget, a variant with bigger batches would see more tokens: refuse it."""
-    first = variants[0]
-    if first.config.train.max_steps is None:
-        return
-    for variant in variants[1:]:
+    """With a step budget, a variant with bigger batches would see more tokens than the others of its size: refuse it."""
+    firsts: dict[str | None, Variant] = {}
+    for variant in variants:
+        first = firsts.setdefault(variant.size, variant)
+        if first.config.train.max_steps is None:
+            continue
         if _tokens_per_step(variant.config) != _tokens_per_step(first.config):
             raise ConfigError(
                 f"{path}: variants '{first.label}' and '{variant.label}' train on {_tokens_per_step(first.config)} and "

@@ -79,3 +79,18 @@ def test_with_sizes_each_delta_is_taken_at_its_own_size(tmp_path, registry):
     assert rows["size=s, positional=learned"].is_reference and rows["size=s, positional=learned"].delta_loss.mean == 0
     table = markdown_table(sweep, list(rows.values()))
     assert "Δ = variant − base at the same size" in table and "| its size's base |" in table
+
+
+def test_each_size_may_set_its_own_budget_but_an_axis_may_not(tmp_path, registry):
+    (tmp_path / "base.toml").write_text(BASE.replace("max_steps = 2", "max_tokens = 128"))
+    sweep_file = tmp_path / "sweep.toml"
+    sweep_file.write_text(
+        'base = "base.toml"\n[sizes]\nxs = { "model.d_model" = 8, "train.max_tokens" = 64 }\n'
+        's = { "model.d_model" = 16, "train.max_tokens" = 256, "train.lr" = 1e-3 }\n'
+        '[axes]\n"model.positional.name" = ["learned", "alibi"]\n'
+    )
+    budgets = {(v.size, v.config.train.max_tokens, v.config.train.lr) for v in load_sweep(sweep_file, registry).variants}
+    assert budgets == {("xs", 64, 3e-4), ("s", 256, 1e-3)}  # 3e-4: the default lr, from the base
+    sweep_file.write_text(sweep_file.read_text() + '"train.max_tokens" = [64, 128]\n')
+    with pytest.raises(ConfigError, match=r"\[axes\] train.max_tokens = 128: changes train.max_tokens"):
+        load_sweep(sweep_file, registry)
