@@ -179,10 +179,10 @@ class SlidingWindowAttention(SDPAAttention):
     its own block and the one before through one batched SDPA call with a fixed (window,
     2·window) mask: about 2·window scores per query instead of T. Shorter ones take one call with
     the (T, T) windowed mask, which is faster while T is small or not many windows long.
-    Decoding keeps a ring of the latest
-    ``window`` keys and values, so the cache's memory stays at the window however long the text
-    grows; a step writes one slot and attends to the ring as it lies (attention does not care
-    about the keys' order, and the mask, when there is one, is rotated to match).
+    Decoding keeps a ring of the latest ``window`` keys and values, so the cache's memory stays
+    at the window however long the text grows; a step writes one slot and attends to the ring
+    as it lies (attention does not care about the keys' order, and the mask, when there is one,
+    is rotated to match).
     """
 
     Params = SlidingWindowParams
