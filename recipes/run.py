@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -286,10 +286,13 @@ def open_run(folder: str | Path) -> Manifest | None:
     return manifest
 
 
-def load_config(folder: str | Path, registry: Registry | None = None, manifest: Manifest | None = None) -> RunConfig:
+UNREAD: Any = object()  # load_config's default manifest: read the folder's own (None is "it has none")
+
+
+def load_config(folder: str | Path, registry: Registry | None = None, manifest: Manifest | None = UNREAD) -> RunConfig:
     """The run's config.json, validated (checked against ``manifest`` when given; else the folder's own is read)."""
     folder = Path(folder)
-    if manifest is None:
+    if manifest is UNREAD:
         manifest = open_run(folder)
     file = folder / CONFIG
     if not file.is_file():
