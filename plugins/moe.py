@@ -16,10 +16,12 @@ top k logits (Mixtral's two spellings). DeepSeek-V3 chooses differently from how
 per-expert bias (``e_score_correction_bias``, which its training nudges to balance the load
 instead of an auxiliary loss) is added to the scores for choosing only, and a token may only
 choose experts from its ``top_groups`` best of ``n_groups`` groups, a group scoring the sum of
-its two best biased scores (node-limited routing: each group lives on one node). Dispatch is dropless: every (token, choice) pair is
-sorted by expert and each expert multiplies its contiguous slice once; no token is dropped and
-no capacity is set. Two auxiliary losses are reported for training: the load-balancing loss of
-Switch Transformer / Mixtral and ST-MoE's router z-loss.
+its two best biased scores (node-limited routing: each group lives on one node).
+
+Dispatch is dropless: every (token, choice) pair is sorted by expert and each expert
+multiplies its contiguous slice once; no token is dropped and no capacity is set. Two
+auxiliary losses are reported for training: the load-balancing loss of Switch Transformer /
+Mixtral and ST-MoE's router z-loss.
 """
 
 import math

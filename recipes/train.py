@@ -33,7 +33,7 @@ from gptzoo.recipes.config import RunConfig, TrainConfig
 from gptzoo.recipes.data import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
 from gptzoo.recipes.tasks import IGNORE
 from gptzoo.recipes.tensorboard import TensorBoardLog
-from gptzoo.recipes.manifest import Manifest, check_file, run_writer
+from gptzoo.recipes.manifest import Manifest, check_file, read_manifest, run_writer
 from gptzoo.recipes.run import (
     CONFIG,
     METRICS,
@@ -96,6 +96,17 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{option} {name!r}: this torch sees no CUDA device; use auto or cpu")
     return device
+
+
+def untrained_model(config: RunConfig) -> tuple[GPT, Tokenizer]:
+    """The model ``config`` describes at train.seed's initialisation (the global random state
+    untouched), and its tokenizer, fitted on the config's data when it learns one."""
+    tokenizer = config.model.tokenizer.build()
+    fit_tokenizer(config.data, tokenizer)
+    config = resolve_vocab(config, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return GPT(config.model), tokenizer
 
 
 def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
@@ -519,7 +530,8 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
     if state is not None:
         load_weights(model, out / WEIGHTS)
     elif cfg.init_from is not None:
-        say(load_matching_weights(model, Path(cfg.init_from), open_run(Path(cfg.init_from))))
+        source = Path(cfg.init_from)  # prepare_run opened it (and noted a folder without a manifest)
+        say(load_matching_weights(model, source, read_manifest(source)))
     model.train()
     wrapped = distributed.wrap(model, cfg.parallel, device, world)  # onto the device; FSDP shards in place, so before the optimizer
     optimizer = build_optimizer(model, cfg, device)

@@ -2,6 +2,7 @@
 
 import argparse
 import math
+from pathlib import Path
 import sys
 
 from gptzoo.core import GptzooError
@@ -22,9 +23,10 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(f"--max-shard-gb {args.max_shard_gb}: give a positive size in GiB, e.g. 5")
     family, _ = export_hf(args.run_dir, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
     print(f"{args.out}: {family.architecture}; transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r}) loads it")
+    from gptzoo.recipes.manifest import read_manifest
     from gptzoo.recipes.run import load_config
 
-    tokenizer = load_config(args.run_dir).model.tokenizer
+    tokenizer = load_config(args.run_dir, manifest=read_manifest(Path(args.run_dir))).model.tokenizer  # export_hf gave any note
     if tokenizer.name != "hf" and (tokenizer.name, tokenizer.params.model_dump()) != ("tiktoken", {"encoding": "gpt2"}):
         # The weights are valid, but their token ids mean this run's tokens.
         print(f"note: this run's tokenizer is '{tokenizer.name}', which has no Hugging Face tokenizer.json; encode text with it", file=sys.stderr)

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gptzoo.core import GPT, GptzooError, Tokenizer
-from gptzoo.recipes.config import RunConfig, load_run_config
-from gptzoo.recipes.data import fit_tokenizer
-from gptzoo.recipes.train import resolve_vocab
+from gptzoo.core import GPT, GptzooError
+from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.train import untrained_model
 
 HELP = "print (and plot) the mean absolute gradient per layer of an untrained model, for a config and variants of it"
 
@@ -44,14 +43,6 @@ def layer_gradients(model: GPT, ids: list[int]) -> list[float]:
     return means
 
 
-def build(config: RunConfig) -> tuple[GPT, Tokenizer]:
-    tokenizer = config.model.tokenizer.build()
-    fit_tokenizer(config.data, tokenizer)
-    config = resolve_vocab(config, tokenizer)
-    torch.manual_seed(config.train.seed)
-    return GPT(config.model), tokenizer
-
-
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_file = Path(args.plot)
@@ -64,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for label, extra in variants:
         config = load_run_config(args.config, [*args.overrides, *extra])
-        model, tokenizer = build(config)
+        model, tokenizer = untrained_model(config)
         ids = tokenizer.encode(args.text)[: config.model.context_length + 1]
         if len(ids) < 2:
             raise GptzooError(f"--text {args.text!r} is {len(ids)} token(s); give at least two")

@@ -11,10 +11,9 @@ import torch
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config import load_run_config
-from gptzoo.recipes.data import fit_tokenizer
 from gptzoo.recipes.inspect import Inspection, inspect_model, write_inspection
 from gptzoo.recipes.run import check_out_folder, load_run
-from gptzoo.recipes.train import resolve_device, resolve_vocab
+from gptzoo.recipes.train import resolve_device, untrained_model
 
 HELP = "see inside a model on a prompt: each head's attention, the logit lens, next-token choices, residual norms (PNGs, JSON)"
 LENS_COLUMNS = 8  # positions of the logit lens the text view shows (all are in the JSON and PNG)
@@ -39,12 +38,7 @@ def load(source: Path, overrides: list[str], device: torch.device) -> tuple[GPT,
     if not source.exists():
         raise GptzooError(f"{source}: no such run folder or config file")
     config = load_run_config(source, overrides)
-    tokenizer = config.model.tokenizer.build()
-    fit_tokenizer(config.data, tokenizer)
-    config = resolve_vocab(config, tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)
-        model = GPT(config.model)
+    model, tokenizer = untrained_model(config)
     return model.to(device).eval(), tokenizer, f"untrained weights (train.seed = {config.train.seed})"
 
 
