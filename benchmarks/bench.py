@@ -186,7 +186,7 @@ def decode_case(impl: str, shape_name: str, new_tokens: int, use_cache: bool, re
                 model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                use_cache=use_cache, pad_token_id=0)
     else:
-        from gptzoo.recipes.generate import generate_ids
+        from gptzoo.recipes.generation.generate import generate_ids
 
         def run() -> None:
             generate_ids(model, [prompt[0].tolist()], new_tokens, use_cache=use_cache)

@@ -37,7 +37,7 @@ def shared_data():
 
 @pytest.fixture
 def peak_rss_growth():
-    """``measure("gptzoo.recipes.gpt2:import_gpt2", src, out)`` runs that importer in a fresh
+    """``measure("gptzoo.recipes.interop.gpt2:import_gpt2", src, out)`` runs that importer in a fresh
     interpreter and returns how many bytes its peak resident memory grew by during the call."""
     import subprocess
     import sys

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT
-from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.config.schema import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_CONFIGS = sorted(CONFIGS.glob("*.toml")) + sorted((CONFIGS / "book").glob("*.toml"))
@@ -44,7 +44,7 @@ def test_run_config_validates_and_builds(path, registry):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_sweep_validates_and_every_variant_builds(path, registry):
-    from gptzoo.recipes.ablate import load_sweep
+    from gptzoo.recipes.research.sweep.ablate import load_sweep
 
     sweep = load_sweep(path, registry=registry)
     assert len(sweep.variants) >= 2, f"{path} compares nothing"
@@ -57,7 +57,7 @@ def test_option_file_parses_for_the_command_it_names(path):
     """An @FILE of options reads as the command its "Use as" line names, and passes its checks."""
     import re
 
-    from gptzoo.recipes import finetune
+    from gptzoo.recipes.finetuning import common as finetune
     from gptzoo.recipes.cli import build_parser
 
     command = re.search(r"gptzoo (\S+) BASE", path.read_text(encoding="utf-8")).group(1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, read_toml
-from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.registry import make_registry
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptzoo.recipes.run import load_run
+from gptzoo.recipes.runs.folder import load_run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v0.1"
 

@@ -27,7 +27,7 @@ def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
     )
     (wheel,) = (tmp_path / "dist").glob("gptzoo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("gptzoo/core/model.py", "gptzoo/plugins/attention.py", "gptzoo/registry/registry.py", "gptzoo/recipes/cli.py", "gptzoo/recipes/commands/train.py", "gptzoo/testing/__init__.py"):
+    for required in ("gptzoo/core/model.py", "gptzoo/plugins/attention.py", "gptzoo/registry/registry.py", "gptzoo/recipes/cli/__init__.py", "gptzoo/recipes/cli/train.py", "gptzoo/recipes/interop/hf/families.py", "gptzoo/testing/__init__.py"):
         assert required in names
     assert not any(n.startswith(("core/", "plugins/", "registry/", "recipes/", "testing/", "tests/", "gptzoo/tests/")) for n in names)
     assert "gptzoo/__init__.py" not in names  # gptzoo is a namespace package

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, ConfigError
-from gptzoo.recipes.config import load_run_config
+from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.registry import PLUGINS_ENV, make_registry
 from gptzoo.testing import check_component
 

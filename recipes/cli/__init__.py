@@ -1,0 +1,78 @@
+"""The ``gptzoo`` command. Each subcommand lives in its own module with ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; errors a person can act on
+(GptzooError) print one message and exit with 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import shlex
+import sys
+
+COMMANDS = {
+    "plugins": "gptzoo.recipes.cli.plugins",
+    "describe": "gptzoo.recipes.cli.describe",
+    "tokenize": "gptzoo.recipes.cli.tokenize_corpus",
+    "gradients": "gptzoo.recipes.cli.gradients",
+    "train": "gptzoo.recipes.cli.train",
+    "eval": "gptzoo.recipes.cli.eval",
+    "finetune-classifier": "gptzoo.recipes.cli.finetune_classifier",
+    "classify": "gptzoo.recipes.cli.classify",
+    "finetune-instruct": "gptzoo.recipes.cli.finetune_instruct",
+    "chat": "gptzoo.recipes.cli.chat",
+    "ablate": "gptzoo.recipes.cli.ablate",
+    "import-gpt2": "gptzoo.recipes.cli.import_gpt2",
+    "import-hf": "gptzoo.recipes.cli.import_hf",
+    "import-book": "gptzoo.recipes.cli.import_book",
+    "export-hf": "gptzoo.recipes.cli.export_hf",
+    "generate": "gptzoo.recipes.cli.generate",
+    "inspect": "gptzoo.recipes.cli.inspect_run",
+    "new-plugin": "gptzoo.recipes.cli.new_plugin",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """``@FILE`` anywhere on the command line stands for the options in FILE (configs/book/*.args):
+    shell-quoted words, several per line allowed, ``#`` starts a comment."""
+
+    def convert_arg_line_to_args(self, line: str) -> list[str]:
+        return shlex.split(line, comments=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gptzoo", description="A plugin-based zoo of GPT architectures.", fromfile_prefix_chars="@")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:  # importing torch and the commands takes seconds: Ctrl-C then quits quietly too
+        from gptzoo.core import GptzooError
+
+        parser = build_parser()
+    except KeyboardInterrupt:
+        return 130
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except GptzooError as err:
+        print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused (permissions, a full disk): say what and where, no traceback
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = f"{err.filename}: " * bool(err.filename) + "no space left on the device; free some space and run again"
+        print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gptzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

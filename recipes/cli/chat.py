@@ -1,0 +1,46 @@
+"""gptzoo chat: answer instructions with an instruction-tuned run, in the prompt format it was tuned on."""
+
+import argparse
+import math
+import sys
+
+from gptzoo.core import GptzooError
+from gptzoo.recipes.finetuning.instruct import respond, respond_in_template
+from gptzoo.recipes.runs.folder import load_run
+
+HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo finetune-instruct")
+    parser.add_argument("--instruction", default=None, help="the instruction; without it, read one instruction per line from stdin until end of input")
+    parser.add_argument("--input", default="", help="the input the instruction refers to (optional)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest response, in tokens (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
+    parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same sampled response")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1:
+        raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if not args.temperature >= 0 or math.isinf(args.temperature):  # also nan
+        raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
+    if args.input and args.instruction is None:
+        raise GptzooError("--input needs --instruction")
+    loaded = load_run(args.run_dir)
+    if loaded.config.model.head.name != "lm":
+        raise GptzooError(f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify")
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    answer = respond_in_template if getattr(loaded.tokenizer.params, "chat_template", None) is not None else respond
+    if args.instruction is not None:
+        print(answer(loaded.model, loaded.tokenizer, args.instruction, args.input, **options))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            return 0
+        if line.strip():
+            print(answer(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)

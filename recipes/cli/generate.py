@@ -1,0 +1,81 @@
+"""gptzoo generate: continue prompts with a trained run, streaming the text as it is produced."""
+
+import argparse
+import math
+import sys
+
+import torch
+
+from gptzoo.core import GptzooError
+from gptzoo.recipes.generation.generate import TextStream, decode_after, generate_ids, prompt_ids
+from gptzoo.recipes.runs.folder import load_run
+
+HELP = "continue one or more prompts with a trained run (greedy, temperature, top-k, top-p)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo train")
+    parser.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch (printed whole, not streamed)")
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="stop after this many tokens (default 50); end-of-text stops sooner")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set of tokens whose probability reaches P, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    parser.add_argument("--no-stream", action="store_true", help="print the text when it is complete instead of as it is produced")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if not args.temperature >= 0 or math.isinf(args.temperature):  # also nan
+        raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
+    if args.top_k is not None and args.top_k < 1:
+        raise GptzooError(f"--top-k {args.top_k}: must be at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise GptzooError(f"--top-p {args.top_p}: must be in (0, 1]")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_options(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_run(args.run_dir, device=device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    with torch.inference_mode():
+        probe = model.head(torch.zeros(1, 1, model.config.d_model, device=device))
+    if probe.dim() != 3:
+        raise GptzooError(f"{args.run_dir}: its '{model.config.head.name}' head does not predict tokens, so it cannot generate text")
+
+    context_length = model.config.context_length
+    prompts = [prompt_ids(tokenizer, text) for text in args.prompt]
+    for n, ids in enumerate(prompts, start=1):
+        if len(ids) > context_length:
+            which = f"prompt {n}" if len(prompts) > 1 else "the prompt"
+            raise GptzooError(
+                f"{which} is {len(ids)} tokens but the model's context holds {context_length} "
+                f"(context_length in {loaded.folder / 'config.json'}); shorten it"
+            )
+
+    generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator, eot_id=tokenizer.eot_id)
+    # Each prompt prints as the tokenizer decodes it, the continuation as its ids decode after
+    # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer
+    # spaces the words and drops what it cannot encode; lossless tokenizers give the prompt back).
+    shown = [tokenizer.decode(tokenizer.encode(text)) for text in args.prompt]
+    if len(prompts) == 1 and not args.no_stream:
+        streamer = TextStream(tokenizer, _write, context=prompts[0])
+        _write(shown[0])
+        generate_ids(model, prompts, args.max_new_tokens, on_token=lambda row, token: streamer.add(token), **options)
+        streamer.flush()
+        _write("\n")
+        return 0
+    outputs = generate_ids(model, prompts, args.max_new_tokens, **options)
+    for n, (text, context, ids) in enumerate(zip(shown, prompts, outputs)):
+        if n:
+            print()
+        print(text + decode_after(tokenizer, context, ids))
+    return 0
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Tools for plugin authors: a new plugin package scaffolded from a template."""

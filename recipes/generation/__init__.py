@@ -1,0 +1,1 @@
+"""Generation: sampling, the decoding loop with the KV cache, streaming text."""

@@ -1,0 +1,1 @@
+"""Hugging Face checkpoints in and out of gptzoo, one table per model family."""

@@ -1,0 +1,1 @@
+"""Research tools: sweeps (ablations), diagnostic tasks, length extrapolation, inspection."""

@@ -1,0 +1,279 @@
+"""See inside a model: what each head attends to, what each layer would predict (the logit lens),
+how the residual stream grows, and the next-token distribution at every position.
+
+For notebooks::
+
+    from gptzoo.recipes.research.inspection import inspect_model
+    seen = inspect_model(model, tokenizer, "Every effort moves you", top_k=5)
+    seen.attentions[0][3]   # layer 0, head 3: (T, T), query rows, key columns
+    seen.lens_tokens[-1]    # the top token at each position after the last block
+
+Everything comes from one forward with a ``gptzoo.core.Recorder``, which every attention plugin
+reports to, so it works for any combination of components.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gptzoo.core import GPT, GptzooError, Recorder, Tokenizer
+from gptzoo.recipes.runs.folder import save_png, write_text_atomic
+
+SUMMARY = "inspect.json"
+ATTENTION = "attention.json"
+
+
+@dataclass
+class Inspection:
+    """One prompt seen through the model; L = layers, nh = heads, T = prompt tokens, k = top_k.
+
+    Layer 0 of the residual stream and the logit lens is the embeddings' output (what enters the
+    first block); layer i is block i - 1's output. Entropies are in bits.
+    """
+
+    ids: list[int]
+    tokens: list[str]  # each token decoded alone
+    attentions: list[Tensor]  # L of (nh, T, T): row = query position, column = key position
+    attention_entropy: Tensor  # (L, nh, T): entropy of each query's attention
+    residual_norms: Tensor  # (L + 1, T): L2 norm of the residual stream
+    lens_ids: Tensor  # (L + 1, T): top token of each layer's stream through the final norm and head
+    lens_probs: Tensor  # (L + 1, T): its probability
+    lens_tokens: list[list[str]]  # (L + 1) × T decoded lens_ids
+    next_ids: Tensor  # (T, k): the model's most likely next tokens after each position
+    next_probs: Tensor  # (T, k)
+    next_tokens: list[list[str]]  # T × k decoded next_ids
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["embeddings"] + [f"block {i}" for i in range(len(self.attentions))]
+
+
+def token_label(tokenizer: Tokenizer, token: int) -> str:
+    """A token's text alone, with newlines and other control characters escaped ('\\n');
+    '\ufffd' marks part of a character."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in tokenizer.decode([token]))
+
+
+def entropy_bits(p: Tensor) -> Tensor:
+    """-Σ p log2 p over the last dimension, with 0 · log 0 = 0."""
+    return -torch.special.xlogy(p, p).sum(-1) / math.log(2)
+
+
+@torch.inference_mode()
+def inspect_model(model: GPT, tokenizer: Tokenizer, prompt: str, top_k: int = 5) -> Inspection:
+    """Run ``prompt`` through ``model`` once, recording every layer (the model is in eval mode meanwhile)."""
+    if top_k < 1:
+        raise GptzooError(f"--top-k {top_k}: must be at least 1")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise GptzooError("--prompt is empty (it encodes to no tokens); give some text")
+    context = model.config.context_length
+    if len(ids) > context:
+        raise GptzooError(f"--prompt is {len(ids)} tokens but the model's context holds {context}; shorten it")
+    device = model.token_embedding.weight.device
+    recorder = Recorder()
+    training = model.training
+    model.eval()
+    try:
+        logits = model(torch.tensor([ids], device=device), recorder=recorder)  # (1, T, V)
+    finally:
+        model.train(training)
+    if logits.dim() != 3:
+        raise GptzooError(f"the model's '{model.config.head.name}' head does not predict tokens, so there is no next token or logit lens to show")
+    vocab = model.config.vocab_size  # the padding rows of a padded vocabulary have probability 0
+    top_k = min(top_k, vocab)
+    next_probs, next_ids = logits[0, :, :vocab].float().softmax(-1).topk(top_k, dim=-1)  # (T, k)
+    lens = []
+    for stream in recorder.residuals:  # one layer at a time: (T, V) each, not (L + 1, T, V)
+        lens.append(model.head(model.final_norm(stream))[0, :, :vocab].float().softmax(-1).max(-1))
+    lens_probs, lens_ids = torch.stack([p for p, _ in lens]), torch.stack([i for _, i in lens])  # (L + 1, T) each
+    attentions = [weights[0].float().cpu() for weights in recorder.attentions]  # L of (nh, T, T)
+    return Inspection(
+        ids=ids,
+        tokens=[token_label(tokenizer, i) for i in ids],
+        attentions=attentions,
+        attention_entropy=torch.stack([entropy_bits(a) for a in attentions]),
+        residual_norms=torch.stack([r[0].float().norm(dim=-1) for r in recorder.residuals]).cpu(),
+        lens_ids=lens_ids.cpu(),
+        lens_probs=lens_probs.cpu(),
+        lens_tokens=[[token_label(tokenizer, i) for i in row] for row in lens_ids.tolist()],
+        next_ids=next_ids.cpu(),
+        next_probs=next_probs.cpu(),
+        next_tokens=[[token_label(tokenizer, i) for i in row] for row in next_ids.tolist()],
+    )
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def _rounded(t: Tensor, digits: int = 5) -> list:
+    return torch.round(t, decimals=digits).tolist()
+
+
+def summary(seen: Inspection, source: str) -> dict:
+    """Everything but the attention weights, as JSON-ready data."""
+    return {
+        "source": source,
+        "ids": seen.ids,
+        "tokens": seen.tokens,
+        "layers": seen.layer_names,
+        "next_tokens": [
+            [{"id": i, "token": t, "prob": round(p, 5)} for i, t, p in zip(ids, tokens, probs)]
+            for ids, tokens, probs in zip(seen.next_ids.tolist(), seen.next_tokens, seen.next_probs.tolist())
+        ],
+        "logit_lens": {"top_ids": seen.lens_ids.tolist(), "top_tokens": seen.lens_tokens, "top_probs": _rounded(seen.lens_probs)},
+        "residual_norms": _rounded(seen.residual_norms, 3),
+        "attention_entropy_bits": {
+            "per_head": _rounded(seen.attention_entropy.mean(-1), 4),
+            "per_head_and_position": _rounded(seen.attention_entropy, 4),
+        },
+    }
+
+
+def write_inspection(seen: Inspection, out: Path, source: str) -> tuple[list[Path], bool]:
+    """inspect.json, attention.json and, when matplotlib is installed, the PNGs, in ``out``.
+
+    The files an earlier inspection listed in ``out/inspect.json`` are removed first, so the
+    folder never mixes two inspections (a model with fewer layers leaves no stale layer files).
+    Returns the files written and whether the PNGs could be drawn.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier(out)
+    data = summary(seen, source)
+    files = [out / SUMMARY, out / ATTENTION]
+    try:
+        files += plot_all(seen, out)
+        drawn = True
+    except ImportError:
+        drawn = False
+    data["files"] = [f.name for f in files]
+    attention = {"tokens": seen.tokens, "layers": [_rounded(a) for a in seen.attentions]}
+    write_text_atomic(out / ATTENTION, json.dumps(attention) + "\n")
+    write_text_atomic(out / SUMMARY, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return files, drawn
+
+
+def _remove_earlier(out: Path) -> None:
+    try:
+        earlier = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in earlier:
+        if isinstance(name, str) and Path(name).name == name:
+            (out / name).unlink(missing_ok=True)
+
+
+# ---- pictures --------------------------------------------------------------------------------
+
+
+def plot_all(seen: Inspection, out: Path) -> list[Path]:
+    """Every PNG; raises ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for layer, weights in enumerate(seen.attentions):
+        files.append(out / f"attention-layer{layer}.png")
+        _attention_grid(plt, seen.tokens, weights, layer, files[-1])
+    files.append(out / "logit-lens.png")
+    _token_table(
+        plt, seen.lens_tokens, seen.lens_probs, seen.layer_names, seen.tokens, files[-1],
+        "logit lens: each layer's top next token (colour: its probability)", "after the token", "layer",
+    )
+    files.append(out / "next-tokens.png")
+    _token_table(
+        plt, [list(row) for row in zip(*seen.next_tokens)], seen.next_probs.T, [f"#{r + 1}" for r in range(seen.next_ids.size(1))], seen.tokens, files[-1],
+        "the next token after each position: top choices (colour: probability)", "after the token", "rank",
+    )
+    files.append(out / "residual-norms.png")
+    _residual_norms(plt, seen, files[-1])
+    files.append(out / "attention-entropy.png")
+    _entropy(plt, seen, files[-1])
+    return files
+
+
+def _short(text: str, n: int = 8) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, path: Path) -> None:
+    """One (T, T) heatmap per head, four heads a row; token labels on both axes."""
+    nh, T = weights.size(0), weights.size(-1)
+    cols = min(nh, 4)
+    rows = -(-nh // cols)
+    side = min(max(2.8, 0.18 * T + 1.6), 8)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False)
+    labels = [_short(t) for t in tokens]
+    size = max(3, min(8, 200 / T))
+    for h, ax in enumerate(axes.flat):
+        if h >= nh:
+            ax.axis("off")
+            continue
+        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"layer {layer}, head {h}", fontsize=9)
+        ax.set_xticks(range(T), labels, rotation=90, fontsize=size)
+        ax.set_yticks(range(T), labels, fontsize=size)
+        ax.set_xlabel("key (attended to)", fontsize=7)
+        ax.set_ylabel("query", fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+    save_png(fig, path)
+
+
+def _token_table(plt, text: list[list[str]], values: Tensor, row_labels: list[str], col_labels: list[str], path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """A grid of tokens coloured by probability, the first row at the bottom."""
+    n_rows, n_cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.75 * n_cols, 24), min(1.5 + 0.55 * n_rows, 24)))
+    image = ax.imshow(values.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", origin="lower")
+    size = max(4, min(8, 240 / n_cols))
+    for r in range(n_rows):
+        for c in range(n_cols):
+            label = f"{_short(text[r][c])}\n{values[r, c]:.2f}"
+            ax.text(c, r, label, ha="center", va="center", fontsize=size, color="black" if values[r, c] > 0.6 else "white")
+    ax.set_xticks(range(n_cols), [_short(t) for t in col_labels], rotation=90, fontsize=size)
+    ax.set_yticks(range(n_rows), row_labels, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="probability")
+    save_png(fig, path)
+
+
+def _residual_norms(plt, seen: Inspection, path: Path) -> None:
+    """The residual stream's norm through the layers: one thin line per position, the mean thick."""
+    norms = seen.residual_norms  # (L + 1, T)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    layers = range(norms.size(0))
+    ax.plot(layers, norms.numpy(), color="tab:blue", alpha=0.25, linewidth=0.8)
+    ax.plot(layers, norms.mean(1).numpy(), color="black", linewidth=2, marker="o", label="mean over positions")
+    ax.set_xticks(layers, seen.layer_names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("‖residual stream‖₂")
+    ax.set_title("residual-stream norm after each layer (thin: each position)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_png(fig, path)
+
+
+def _entropy(plt, seen: Inspection, path: Path) -> None:
+    """Mean attention entropy per layer and head, in bits (0: one key; log2(t + 1): uniform over t + 1 keys)."""
+    mean = seen.attention_entropy.mean(-1)  # (L, nh)
+    L, nh = mean.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.6 * nh, 16), min(1.4 + 0.45 * L, 16)))
+    image = ax.imshow(mean.numpy(), cmap="magma", aspect="auto", origin="lower")
+    for layer in range(L):
+        for h in range(nh):
+            ax.text(h, layer, f"{mean[layer, h]:.2f}", ha="center", va="center", fontsize=7, color="white" if mean[layer, h] < mean.max() * 0.6 else "black")
+    ax.set_xticks(range(nh), [str(h) for h in range(nh)], fontsize=8)
+    ax.set_yticks(range(L), [str(layer) for layer in range(L)], fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("attention entropy per head (bits, mean over positions)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    save_png(fig, path)

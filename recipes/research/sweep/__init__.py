@@ -1,0 +1,1 @@
+"""Sweeps: variants against a base with seeds, budgets and parameters matched, paired statistics."""

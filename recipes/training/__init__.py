@@ -1,0 +1,1 @@
+"""Training: the pretraining loop, its devices and optimiser, checkpoints, distributed launch."""
