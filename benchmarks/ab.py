@@ -31,13 +31,22 @@ SHAPES = {
     "small": dict(vocab_size=50257, context_length=256, d_model=256, n_layers=4, n_heads=4),
     "tiny": dict(vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4),
 }
-GPT2_PARTS = {"positional": "learned", "attention": "sdpa", "feed_forward": "gelu", "norm": "layernorm", "qkv_bias": True, "tied_head": True}
+GPT2_PARTS = {
+    "positional": "learned",
+    "attention": "sdpa",
+    "feed_forward": "gelu",
+    "norm": "layernorm",
+    "qkv_bias": True,
+    "tied_head": True,
+}
 
 
 def package_at(rev: str, into: Path) -> str:
     """Extract core/registry/plugins at ``rev`` as the package gptzoo_at_rev; returns its name."""
     name = "gptzoo_at_rev"
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "core", "registry", "plugins"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "core", "registry", "plugins"], capture_output=True, check=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into / name, filter="data")
     (into / name / "__init__.py").write_text("")
@@ -65,7 +74,9 @@ def config_shape(path: str) -> dict:
 
 def train_timer(model, shape: dict, batch: int):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False)
-    idx = torch.randint(0, shape["vocab_size"], (batch, shape["context_length"] + 1), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(
+        0, shape["vocab_size"], (batch, shape["context_length"] + 1), generator=torch.Generator().manual_seed(0)
+    )
 
     def step() -> float:
         start = time.perf_counter()
@@ -110,7 +121,11 @@ def main() -> None:
     parser.add_argument("--against", required=True, help="the git revision to compare with (e.g. HEAD~3, a commit)")
     parser.add_argument("--train-shape", default="small", choices=list(SHAPES))
     parser.add_argument("--decode-shape", default="tiny", choices=list(SHAPES))
-    parser.add_argument("--config", default=None, help="time this config's [model] (e.g. configs/moe-style.toml) for both cases instead of the shapes")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="time this config's [model] (e.g. configs/moe-style.toml) for both cases instead of the shapes",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -123,17 +138,35 @@ def main() -> None:
         now = "gptzoo"
         results = {}
         shape = config_shape(args.config) if args.config else SHAPES[args.train_shape]
-        train = in_turns({v: train_timer(build(p, shape), shape, args.batch) for v, p in (("then", then), ("now", now))}, args.reps, args.warmup)
+        train = in_turns(
+            {v: train_timer(build(p, shape), shape, args.batch) for v, p in (("then", then), ("now", now))},
+            args.reps,
+            args.warmup,
+        )
         results[f"train {args.config or args.train_shape} batch {args.batch} (tokens/s)"] = train
         shape = config_shape(args.config) if args.config else SHAPES[args.decode_shape]
         new = min(64, shape["context_length"] - 16)
-        decode = in_turns({v: decode_timer(build(p, shape), 16, new) for v, p in (("then", then), ("now", now))}, args.reps, args.warmup)
+        decode = in_turns(
+            {v: decode_timer(build(p, shape), 16, new) for v, p in (("then", then), ("now", now))},
+            args.reps,
+            args.warmup,
+        )
         results[f"greedy decode {args.config or args.decode_shape}, {new} after 16, KV cache (tokens/s)"] = decode
     print(f"{'case':<55} {'then':>10} {'now':>10} {'now/then':>9}")
     for case, r in results.items():
         print(f"{case:<55} {r['then']:>10,.0f} {r['now']:>10,.0f} {r['now'] / r['then']:>9.3f}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"against": args.against, "torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "against": args.against,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from gptzoo.plugins.latent_attention import LatentAttention
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)
-WINDOW_SHAPE = dict(vocab_size=512, d_model=256, n_layers=4, n_heads=4, positional="rope", feed_forward="swiglu", norm="rmsnorm")
+WINDOW_SHAPE = dict(
+    vocab_size=512, d_model=256, n_layers=4, n_heads=4, positional="rope", feed_forward="swiglu", norm="rmsnorm"
+)
 # Latent attention with sdpa's attention parameter count at the 124M shape (2,409,472 against
 # 2,360,064 per layer; DeepSeek's proportions give 4,965,632): q·k and v as wide as sdpa's heads.
 LATENT_MATCHED = {"kv_lora_rank": 256, "qk_nope_head_dim": 64, "v_head_dim": 64}
@@ -50,7 +52,7 @@ def in_turns(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
             fn()
     times = {name: [] for name in fns}
     for rep in range(reps):
-        for name, fn in (list(fns.items()) if rep % 2 == 0 else reversed(fns.items())):
+        for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(fns.items()):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -71,14 +73,25 @@ def window_cache(window: int) -> list[dict]:
             m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
             for t in range(1, n):  # decode token by token up to n
                 m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
-            rows.append({"case": f"decode cache after {n} tokens (window {window})", "impl": attention["name"],
-                         "cache_tensor_bytes": cache_tensor_bytes(cache), "kv_cache_bytes": m.kv_cache_bytes(n)})
+            rows.append(
+                {
+                    "case": f"decode cache after {n} tokens (window {window})",
+                    "impl": attention["name"],
+                    "cache_tensor_bytes": cache_tensor_bytes(cache),
+                    "kv_cache_bytes": m.kv_cache_bytes(n),
+                }
+            )
     return rows
 
 
 def window_training(window: int, context: int, batch: int, reps: int) -> list[dict]:
-    models = {name: model(WINDOW_SHAPE, attention, context_length=context).train() for name, attention in
-              [("sdpa", {"name": "sdpa"}), ("sliding_window", {"name": "sliding_window", "window": window})]}
+    models = {
+        name: model(WINDOW_SHAPE, attention, context_length=context).train()
+        for name, attention in [
+            ("sdpa", {"name": "sdpa"}),
+            ("sliding_window", {"name": "sliding_window", "window": window}),
+        ]
+    }
     idx = torch.randint(0, 512, (batch, context))
 
     def step(m):
@@ -86,8 +99,15 @@ def window_training(window: int, context: int, batch: int, reps: int) -> list[di
 
     seconds = in_turns({name: step(m) for name, m in models.items()}, reps)
     tokens = batch * context
-    return [{"case": f"train, context {context}, window {window}, batch {batch}, 4 × 256", "impl": name,
-             "tokens_per_s": tokens / s, "ratio_to_sdpa": seconds["sdpa"] / s} for name, s in seconds.items()]
+    return [
+        {
+            "case": f"train, context {context}, window {window}, batch {batch}, 4 × 256",
+            "impl": name,
+            "tokens_per_s": tokens / s,
+            "ratio_to_sdpa": seconds["sdpa"] / s,
+        }
+        for name, s in seconds.items()
+    ]
 
 
 class ExplicitLatent(LatentAttention):
@@ -103,10 +123,19 @@ def latent_kv() -> list[dict]:
     formula = (block.rank + m.config.dims().head_size) * 4 * m.config.n_layers
     sdpa = model(GPT2_124M, {"name": "sdpa"})
     standard = sdpa.kv_cache_bytes(1)
-    return [{"case": "KV cache bytes per token, GPT-2 124M shape, fp32", "impl": "latent", "bytes_per_token": m.kv_cache_bytes(1024) // 1024,
-             "formula": formula, "sdpa_bytes_per_token": standard, "kv_lora_rank": block.rank, "rope_dim": m.config.dims().head_size,
-             "attention_params_per_layer": sum(p.numel() for p in block.parameters()),
-             "sdpa_attention_params_per_layer": sum(p.numel() for p in sdpa.blocks[0].attention.parameters())}]
+    return [
+        {
+            "case": "KV cache bytes per token, GPT-2 124M shape, fp32",
+            "impl": "latent",
+            "bytes_per_token": m.kv_cache_bytes(1024) // 1024,
+            "formula": formula,
+            "sdpa_bytes_per_token": standard,
+            "kv_lora_rank": block.rank,
+            "rope_dim": m.config.dims().head_size,
+            "attention_params_per_layer": sum(p.numel() for p in block.parameters()),
+            "sdpa_attention_params_per_layer": sum(p.numel() for p in sdpa.blocks[0].attention.parameters()),
+        }
+    ]
 
 
 @torch.no_grad()
@@ -131,11 +160,18 @@ def latent_decode(prompt: int, new_tokens: int, reps: int) -> list[dict]:
         decode_seconds(m)  # warm-up
     times = {name: [] for name in models}
     for rep in range(reps):
-        for name, m in (list(models.items()) if rep % 2 == 0 else reversed(models.items())):
+        for name, m in list(models.items()) if rep % 2 == 0 else reversed(models.items()):
             times[name].append(decode_seconds(m))
     per_token = {name: statistics.median(t) for name, t in times.items()}
-    return [{"case": f"greedy decode {new_tokens} tokens after {prompt}, GPT-2 124M shape, 12 heads, fp32", "impl": name,
-             "tokens_per_s": 1 / s, "ratio_to_sdpa": per_token["sdpa"] / s} for name, s in per_token.items()]
+    return [
+        {
+            "case": f"greedy decode {new_tokens} tokens after {prompt}, GPT-2 124M shape, 12 heads, fp32",
+            "impl": name,
+            "tokens_per_s": 1 / s,
+            "ratio_to_sdpa": per_token["sdpa"] / s,
+        }
+        for name, s in per_token.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,16 +186,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         cases = [lambda: window_cache(8), lambda: window_training(8, 64, 2, args.reps), latent_kv]
     else:
-        cases = [lambda: window_cache(128), lambda: window_training(128, 1024, 4, args.reps), latent_kv,
-                 lambda: latent_decode(16, 64, args.reps), lambda: latent_decode(960, 32, args.reps)]
+        cases = [
+            lambda: window_cache(128),
+            lambda: window_training(128, 1024, 4, args.reps),
+            latent_kv,
+            lambda: latent_decode(16, 64, args.reps),
+            lambda: latent_decode(960, 32, args.reps),
+        ]
     rows = []
     for case in cases:
         for row in case():
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:
-        report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-                  "settings": vars(args), "cases": rows}
+        report = {
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+            "settings": vars(args),
+            "cases": rows,
+        }
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     return 0

@@ -81,18 +81,40 @@ def build(impl: str, shape: dict) -> nn.Module:
     if impl == "transformers":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(vocab_size=dims["vocab_size"], n_positions=dims["context_length"], n_embd=dims["d_model"],
-                            n_layer=dims["n_layers"], n_head=dims["n_heads"], resid_pdrop=0, embd_pdrop=0, attn_pdrop=0,
-                            bos_token_id=0, eos_token_id=0, attn_implementation="sdpa")
+        config = GPT2Config(
+            vocab_size=dims["vocab_size"],
+            n_positions=dims["context_length"],
+            n_embd=dims["d_model"],
+            n_layer=dims["n_layers"],
+            n_head=dims["n_heads"],
+            resid_pdrop=0,
+            embd_pdrop=0,
+            attn_pdrop=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            attn_implementation="sdpa",
+        )
         return GPT2LMHeadModel(config)
     from gptzoo.core import GPT
     from gptzoo.registry import make_registry
 
     variant = impl.removeprefix("gptzoo-")
     if variant in MOE_PAIR:
-        config = make_registry().model_config(dict(dims, attn_out_bias=False, tied_head=True, positional="rope", norm="rmsnorm", tokenizer="byte", feed_forward=MOE_PAIR[variant](dims["d_model"])))
+        config = make_registry().model_config(
+            dict(
+                dims,
+                attn_out_bias=False,
+                tied_head=True,
+                positional="rope",
+                norm="rmsnorm",
+                tokenizer="byte",
+                feed_forward=MOE_PAIR[variant](dims["d_model"]),
+            )
+        )
     else:
-        config = make_registry().model_config(dict(dims, qkv_bias=True, tied_head=True, attention=variant, tokenizer="byte"))
+        config = make_registry().model_config(
+            dict(dims, qkv_bias=True, tied_head=True, attention=variant, tokenizer="byte")
+        )
     return GPT(config)
 
 
@@ -115,8 +137,12 @@ def multiplied_parameters(shape_name: str) -> dict:
         model(torch.randint(0, shape["vocab_size"], (B, T)))
     matmul = sum(flops for op, flops in counter.get_flop_counts()["Global"].items() if "attention" not in str(op))
     elementwise = sum(p.numel() for p in model.parameters() if p.dim() == 1)
-    return {"active_parameters_per_token": model.active_parameters_per_token(), "multiplied_per_token": matmul // (2 * B * T),
-            "elementwise": elementwise, "total": model.param_counts()["total"]}
+    return {
+        "active_parameters_per_token": model.active_parameters_per_token(),
+        "multiplied_per_token": matmul // (2 * B * T),
+        "elementwise": elementwise,
+        "total": model.param_counts()["total"],
+    }
 
 
 def logits_of(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -181,10 +207,17 @@ def decode_case(impl: str, shape_name: str, new_tokens: int, use_cache: bool, re
     model = build(impl, shape).eval()
     prompt = torch.randint(0, shape["vocab_size"], (1, 16))
     if impl == "transformers":
+
         def run() -> None:
             with torch.inference_mode():
-                model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               use_cache=use_cache, pad_token_id=0)
+                model.generate(
+                    prompt,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    use_cache=use_cache,
+                    pad_token_id=0,
+                )
     else:
         from gptzoo.recipes.generation.generate import generate_ids
 
@@ -237,7 +270,11 @@ def have_transformers() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="small", choices=list(SHAPES))
-    parser.add_argument("--decode-shapes", default=None, help="comma-separated shapes for decoding, e.g. tiny,gpt2-124m (default: --shape)")
+    parser.add_argument(
+        "--decode-shapes",
+        default=None,
+        help="comma-separated shapes for decoding, e.g. tiny,gpt2-124m (default: --shape)",
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -245,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-shape", default=None, help="shape for the cache vs no-cache ratio (default: --shape)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default="bench.json")
-    parser.add_argument("--cases", default="train,moe,decode", help="which groups to run: train (against the references), moe (against dense), decode")
+    parser.add_argument(
+        "--cases",
+        default="train,moe,decode",
+        help="which groups to run: train (against the references), moe (against dense), decode",
+    )
     args = parser.parse_args(argv)
     groups = set(args.cases.split(","))
 
@@ -256,7 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     def add(case: str, impl: str, result: dict, reference: str | None, ref_result: dict | None) -> None:
-        row = {"case": case, "impl": impl, "tokens_per_s": result.get("tokens_per_s"), "peak_rss_bytes": result.get("peak_rss_bytes"), "error": result.get("error")}
+        row = {
+            "case": case,
+            "impl": impl,
+            "tokens_per_s": result.get("tokens_per_s"),
+            "peak_rss_bytes": result.get("peak_rss_bytes"),
+            "error": result.get("error"),
+        }
         if reference is not None and ref_result is not None:
             row["reference"] = reference
             row["reference_tokens_per_s"] = ref_result.get("tokens_per_s")
@@ -272,34 +319,52 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in results:
             results = {impl: results for impl in impls}
         for impl in impls:
-            results[impl]["peak_rss_bytes"] = measure("train_memory", (impl, args.shape, dtype), args.threads).get("peak_rss_bytes")
+            results[impl]["peak_rss_bytes"] = measure("train_memory", (impl, args.shape, dtype), args.threads).get(
+                "peak_rss_bytes"
+            )
         for ref in refs:
             add(case, ref, results[ref], None, None)
         for impl in ("gptzoo-sdpa", "gptzoo-fused", "gptzoo-per_head"):
             for ref in refs:
                 add(case, impl, results[impl], ref, results[ref])
         if dtype == "bfloat16" and "transformers" in refs:
-            fp32_hf = next(r for r in rows if r["case"] == f"train {args.shape} float32" and r["impl"] == "transformers")
-            add(f"train {args.shape} bf16 vs transformers fp32", "gptzoo-sdpa", results["gptzoo-sdpa"], "transformers-fp32",
-                {"tokens_per_s": fp32_hf["tokens_per_s"]})
+            fp32_hf = next(
+                r for r in rows if r["case"] == f"train {args.shape} float32" and r["impl"] == "transformers"
+            )
+            add(
+                f"train {args.shape} bf16 vs transformers fp32",
+                "gptzoo-sdpa",
+                results["gptzoo-sdpa"],
+                "transformers-fp32",
+                {"tokens_per_s": fp32_hf["tokens_per_s"]},
+            )
 
     counts = None
     if "moe" in groups:
         case = f"train {args.shape} float32 moe vs dense"
-        results = measure("train", (["gptzoo-dense", "gptzoo-moe"], args.shape, "float32", args.reps, args.warmup), args.threads)
+        results = measure(
+            "train", (["gptzoo-dense", "gptzoo-moe"], args.shape, "float32", args.reps, args.warmup), args.threads
+        )
         if "error" in results:
             results = {impl: results for impl in ("gptzoo-dense", "gptzoo-moe")}
         add(case, "gptzoo-dense", results["gptzoo-dense"], None, None)
         add(case, "gptzoo-moe", results["gptzoo-moe"], "gptzoo-dense", results["gptzoo-dense"])
         counts = multiplied_parameters(args.shape)
-        print(f"moe {args.shape}: describe's active parameters/token {counts['active_parameters_per_token']:,} = "
-              f"multiplied {counts['multiplied_per_token']:,} + elementwise {counts['elementwise']:,} (of {counts['total']:,})")
+        print(
+            f"moe {args.shape}: describe's active parameters/token {counts['active_parameters_per_token']:,} = "
+            f"multiplied {counts['multiplied_per_token']:,} + elementwise {counts['elementwise']:,} (of {counts['total']:,})"
+        )
     if "decode" in groups:
         decode_cases(args, refs, add)
 
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
-                    "torch": torch.__version__, "bf16_autocast": bf16},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "bf16_autocast": bf16,
+        },
         "settings": vars(args),
         "cases": rows,
         "moe_parameters": counts,
@@ -322,8 +387,12 @@ def decode_cases(args: argparse.Namespace, refs: list[str], add) -> None:
             add(case, "gptzoo-cache", cached, None, None)
     long_shape = args.long_shape or args.shape
     long_case = f"decode {long_shape} {args.long_tokens} tokens"
-    nocache = measure("decode", ("gptzoo-sdpa", long_shape, args.long_tokens, False, max(1, args.reps // 2), 0), args.threads)
-    cache = measure("decode", ("gptzoo-sdpa", long_shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads)
+    nocache = measure(
+        "decode", ("gptzoo-sdpa", long_shape, args.long_tokens, False, max(1, args.reps // 2), 0), args.threads
+    )
+    cache = measure(
+        "decode", ("gptzoo-sdpa", long_shape, args.long_tokens, True, max(1, args.reps // 2), 1), args.threads
+    )
     add(long_case, "gptzoo-nocache", nocache, None, None)
     add(long_case, "gptzoo-cache", cache, "gptzoo-nocache", nocache)
 

@@ -4,7 +4,15 @@ Imports no plugin: variants arrive through gptzoo.registry.
 """
 
 from gptzoo.core.cache import KVCache, KVLayerCache, LayerCache
-from gptzoo.core.config import ComponentSpec, LayerKind, LayerSpec, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.core.config import (
+    ComponentSpec,
+    LayerKind,
+    LayerSpec,
+    ModelConfig,
+    apply_overrides,
+    config_error,
+    read_toml,
+)
 from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import CheckpointError, ConfigError, GptzooError
 from gptzoo.core.interfaces import (
@@ -26,9 +34,34 @@ from gptzoo.core.interfaces import (
 from gptzoo.core.model import GPT
 
 __all__ = [
-    "FAMILIES", "GPT", "Attention", "AttentionContext", "AuxiliaryLoss", "Block", "CheckpointError",
-    "Component", "ComponentSpec", "ConfigError", "Dims", "FeedForward", "GptzooError", "Head",
-    "InitScheme", "KVCache", "KVLayerCache", "LayerCache", "LayerKind", "LayerSpec", "ModelConfig",
-    "NoParams", "Norm", "Params", "PositionalEncoding", "Recorder", "Tokenizer", "apply_overrides",
-    "config_error", "read_toml",
+    "FAMILIES",
+    "GPT",
+    "Attention",
+    "AttentionContext",
+    "AuxiliaryLoss",
+    "Block",
+    "CheckpointError",
+    "Component",
+    "ComponentSpec",
+    "ConfigError",
+    "Dims",
+    "FeedForward",
+    "GptzooError",
+    "Head",
+    "InitScheme",
+    "KVCache",
+    "KVLayerCache",
+    "LayerCache",
+    "LayerKind",
+    "LayerSpec",
+    "ModelConfig",
+    "NoParams",
+    "Norm",
+    "Params",
+    "PositionalEncoding",
+    "Recorder",
+    "Tokenizer",
+    "apply_overrides",
+    "config_error",
+    "read_toml",
 ]

@@ -23,7 +23,15 @@ class KVLayerCache(LayerCache):
     same Python work however long the sequence already is.
     """
 
-    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_size: int, device: torch.device | str | None, dtype: torch.dtype):
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_size: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+    ):
         shape = (batch_size, n_kv_heads, max_len, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -39,7 +47,9 @@ class KVLayerCache(LayerCache):
 class KVCache:
     """The whole model's cache; ``length`` tokens are filled. The model advances it after each forward."""
 
-    def __init__(self, layers: list[LayerCache], batch_size: int, max_len: int, device: torch.device | str | None = None):
+    def __init__(
+        self, layers: list[LayerCache], batch_size: int, max_len: int, device: torch.device | str | None = None
+    ):
         self.layers = layers
         self.batch_size = batch_size
         self.max_len = max_len

@@ -148,7 +148,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int | None = Field(None, gt=0, description="None: the tokenizer's vocabulary size")
-    vocab_multiple: int = Field(1, gt=0, description="pad embedding and LM head rows to a multiple of this (64 suits GPU matmuls); padded ids get -inf logits, so probabilities and loss are exact")
+    vocab_multiple: int = Field(
+        1,
+        gt=0,
+        description="pad embedding and LM head rows to a multiple of this (64 suits GPU matmuls); padded ids get -inf logits, so probabilities and loss are exact",
+    )
     context_length: int = Field(gt=0)
     d_model: int = Field(gt=0)
     n_layers: int = Field(gt=0)
@@ -159,8 +163,14 @@ class ModelConfig(BaseModel):
     qkv_bias: bool = Field(False, description="biases on the query, key and value projections")
     attn_out_bias: bool = Field(True, description="a bias on attention's output projection")
     tied_head: bool = False
-    embedding_scale: Annotated[float, Field(gt=0)] | Literal["sqrt_d_model"] = Field(1.0, description="multiply the token embeddings by this before the first layer; sqrt_d_model: √d_model in the activations' dtype (Gemma)")
-    init: InitScheme = Field("gpt2", description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers); torch_default: PyTorch's defaults, as the book's model")
+    embedding_scale: Annotated[float, Field(gt=0)] | Literal["sqrt_d_model"] = Field(
+        1.0,
+        description="multiply the token embeddings by this before the first layer; sqrt_d_model: √d_model in the activations' dtype (Gemma)",
+    )
+    init: InitScheme = Field(
+        "gpt2",
+        description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers); torch_default: PyTorch's defaults, as the book's model",
+    )
 
     tokenizer: ComponentSpec = _spec("tokenizer")
     positional: ComponentSpec = _spec("positional")
@@ -170,8 +180,14 @@ class ModelConfig(BaseModel):
     block: ComponentSpec = _spec("block")
     head: ComponentSpec = _spec("head")
 
-    layer_kinds: dict[str, LayerKind] = Field(default_factory=dict, description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block")
-    layer_pattern: list[str] = Field(default_factory=list, description="kinds of the layers in order, repeated to n_layers (layer i is pattern[i % len]); empty: every layer uses the model-level components")
+    layer_kinds: dict[str, LayerKind] = Field(
+        default_factory=dict,
+        description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block",
+    )
+    layer_pattern: list[str] = Field(
+        default_factory=list,
+        description="kinds of the layers in order, repeated to n_layers (layer i is pattern[i % len]); empty: every layer uses the model-level components",
+    )
 
     @field_validator(*_DEFAULTS, mode="before")
     @classmethod
@@ -187,9 +203,13 @@ class ModelConfig(BaseModel):
         data = dict(data)
         placement = data.pop("norm_placement")
         if placement not in ("pre", "post"):
-            raise ValueError(f"norm_placement: '{placement}' is not 'pre' or 'post' (it is the old spelling of block = 'pre_norm' / 'post_norm')")
+            raise ValueError(
+                f"norm_placement: '{placement}' is not 'pre' or 'post' (it is the old spelling of block = 'pre_norm' / 'post_norm')"
+            )
         if "block" in data:
-            raise ValueError("give model.block alone: norm_placement is the old spelling of block = 'pre_norm' / 'post_norm'")
+            raise ValueError(
+                "give model.block alone: norm_placement is the old spelling of block = 'pre_norm' / 'post_norm'"
+            )
         data["block"] = {"name": f"{placement}_norm"}
         return data
 
@@ -204,7 +224,9 @@ class ModelConfig(BaseModel):
             raise ValueError(f"head '{self.head.name}' cannot share the token embedding: set tied_head = false")
         unknown = sorted(set(self.layer_pattern) - set(self.layer_kinds))
         if unknown:
-            raise ValueError(f"layer_pattern names {', '.join(map(repr, unknown))}, not in layer_kinds (declared: {', '.join(self.layer_kinds) or 'none'})")
+            raise ValueError(
+                f"layer_pattern names {', '.join(map(repr, unknown))}, not in layer_kinds (declared: {', '.join(self.layer_kinds) or 'none'})"
+            )
         if len(self.layer_pattern) > self.n_layers:
             raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
         checked = set()
@@ -217,9 +239,18 @@ class ModelConfig(BaseModel):
                         spec.impl.check(spec.params, self.dims())
                     except ValueError as err:
                         raise ValueError(f"layer_kinds.{kind}.{family} '{spec.name}': {err}") from None
-        for family, spec, where, dims in [("tokenizer", self.tokenizer, "", self.dims()), ("head", self.head, "", self.dims())] + [
-            (family, getattr(layer, family), f"layer {layer.index} ({layer.kind}): " if layer.kind else "", self.dims(layer.index))
-            for layer in self.layers() for family in PER_LAYER
+        for family, spec, where, dims in [
+            ("tokenizer", self.tokenizer, "", self.dims()),
+            ("head", self.head, "", self.dims()),
+        ] + [
+            (
+                family,
+                getattr(layer, family),
+                f"layer {layer.index} ({layer.kind}): " if layer.kind else "",
+                self.dims(layer.index),
+            )
+            for layer in self.layers()
+            for family in PER_LAYER
         ]:
             if hasattr(spec.impl, "check") and (family, id(spec)) not in checked:
                 checked.add((family, id(spec)))
@@ -345,7 +376,9 @@ def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | No
     return model
 
 
-def config_error(err: ValidationError, source: str, model: type[BaseModel] | None = None, prefix: str = "") -> ConfigError:
+def config_error(
+    err: ValidationError, source: str, model: type[BaseModel] | None = None, prefix: str = ""
+) -> ConfigError:
     """A ConfigError listing every problem in ``err`` with its dotted location in ``source``."""
     lines = _describe_errors(err, model, prefix)
     return ConfigError(f"{source}: invalid config\n  " + "\n  ".join(lines))

@@ -89,7 +89,12 @@ class AttentionContext:
 
     def _build_bias(self, dtype: torch.dtype, window: int | None, first_key: int) -> Tensor | None:
         T, Tk = self.positions.size(-1), self.key_positions.size(-1)
-        if T == 1 and self.key_valid is None and self.score_bias is None and (window is None or Tk - first_key <= window):
+        if (
+            T == 1
+            and self.key_valid is None
+            and self.score_bias is None
+            and (window is None or Tk - first_key <= window)
+        ):
             return None
         device = self.positions.device
         q_slot = torch.arange(self.offset, self.offset + T, device=device)
@@ -99,7 +104,9 @@ class AttentionContext:
             allowed &= k_slot[None, :] > q_slot[:, None] - window
         if self.key_valid is not None:
             # A padding query attends to itself only, so its softmax stays finite.
-            allowed = (allowed & self.key_valid[:, None, first_key:]) | (k_slot[None, :] == q_slot[:, None])  # (B, T, Tk')
+            allowed = (allowed & self.key_valid[:, None, first_key:]) | (
+                k_slot[None, :] == q_slot[:, None]
+            )  # (B, T, Tk')
         else:
             allowed = allowed.unsqueeze(0)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))

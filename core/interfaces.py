@@ -9,10 +9,11 @@ V = vocabulary.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 import math
-from typing import TYPE_CHECKING, ClassVar, Iterator, Literal
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -336,4 +337,3 @@ FAMILIES: dict[str, type] = {
     "block": Block,
     "head": Head,
 }
-

@@ -18,7 +18,9 @@ class GPT(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.vocab_size is None:
-            raise ConfigError("model.vocab_size is not set: resolve it from the tokenizer first (config.model_copy(update={'vocab_size': tokenizer.vocab_size}))")
+            raise ConfigError(
+                "model.vocab_size is not set: resolve it from the tokenizer first (config.model_copy(update={'vocab_size': tokenizer.vocab_size}))"
+            )
         self.config = config
         dims = config.dims()
         self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
@@ -34,7 +36,11 @@ class GPT(nn.Module):
         self.final_norm = nn.Identity() if layers[-1].block.impl.output_normalized else config.norm.build(dims)
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
         # Only components that report auxiliary losses are asked each step: none in a dense model.
-        self._aux_sources = [m for m in self.modules() if isinstance(m, Component) and type(m).auxiliary_losses is not Component.auxiliary_losses]
+        self._aux_sources = [
+            m
+            for m in self.modules()
+            if isinstance(m, Component) and type(m).auxiliary_losses is not Component.auxiliary_losses
+        ]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -48,7 +54,13 @@ class GPT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
 
-    def hidden_states(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None, recorder: Recorder | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        idx: Tensor,
+        cache: KVCache | None = None,
+        pad_mask: Tensor | None = None,
+        recorder: Recorder | None = None,
+    ) -> Tensor:
         """idx (B, T) token ids -> final hidden states (B, T, C).
 
         With ``cache``, idx holds only the new tokens and the cache advances by T. ``pad_mask``
@@ -79,7 +91,10 @@ class GPT(nn.Module):
             key_positions = cache.positions[:, : offset + T]
             key_valid = cache.valid[:, : offset + T] if padded else None
         ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder)
-        kind_ctx = {kind: AttentionContext(p, positions, key_positions, offset, key_valid, recorder) for kind, p in self.kind_positionals.items()}
+        kind_ctx = {
+            kind: AttentionContext(p, positions, key_positions, offset, key_valid, recorder)
+            for kind, p in self.kind_positionals.items()
+        }
 
         x = self.token_embedding(idx)  # (B, T, C)
         if self.embedding_multiplier != 1.0:
@@ -96,7 +111,13 @@ class GPT(nn.Module):
             cache.length += T
         return self.final_norm(x)
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None, recorder: Recorder | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        cache: KVCache | None = None,
+        pad_mask: Tensor | None = None,
+        recorder: Recorder | None = None,
+    ) -> Tensor:
         """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier."""
         return self.head(self.hidden_states(idx, cache, pad_mask, recorder), pad_mask)
 
@@ -106,20 +127,28 @@ class GPT(nn.Module):
         for module in self._aux_sources:
             for name, loss in module.auxiliary_losses().items():
                 reported.setdefault(name, []).append(loss)
-        return {name: AuxiliaryLoss(torch.stack([l.value for l in losses]).mean(), losses[0].weight) for name, losses in reported.items()}
+        return {
+            name: AuxiliaryLoss(torch.stack([l.value for l in losses]).mean(), losses[0].weight)
+            for name, losses in reported.items()
+        }
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """A decoding cache for ``max_len`` tokens (default: the context): each layer's attention makes its own part."""
         weight = self.token_embedding.weight
         max_len = max_len or self.config.context_length
-        layers = [block.attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for block in self.blocks]
+        layers = [
+            block.attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
+            for block in self.blocks
+        ]
         return KVCache(layers, batch_size, max_len, weight.device)
 
     # ---- accounting ----------------------------------------------------------------------
 
     def _by_family(self) -> dict[str, list[Component]]:
         """Every component by family, the positional ones under embeddings with the token embedding."""
-        groups: dict[str, list[nn.Module]] = {"embeddings": [self.token_embedding]} | {f: [] for f in FAMILIES if f not in ("tokenizer", "positional")}
+        groups: dict[str, list[nn.Module]] = {"embeddings": [self.token_embedding]} | {
+            f: [] for f in FAMILIES if f not in ("tokenizer", "positional")
+        }
         for module in self.modules():
             if isinstance(module, Component):
                 family = next(f for f, interface in FAMILIES.items() if isinstance(module, interface))
@@ -144,14 +173,20 @@ class GPT(nn.Module):
     def active_parameters_per_token(self) -> int:
         """Parameters one token's forward pass uses: the total less what each component leaves
         idle for a token (the experts a router did not choose)."""
-        idle = sum(sum(p.numel() for m in c.owned_modules() for p in m.parameters(recurse=False)) - c.active_parameters() for c in self.modules() if isinstance(c, Component))
+        idle = sum(
+            sum(p.numel() for m in c.owned_modules() for p in m.parameters(recurse=False)) - c.active_parameters()
+            for c in self.modules()
+            if isinstance(c, Component)
+        )
         return self.param_counts()["total"] - idle
 
     def flops_per_token(self, context_length: int | None = None) -> dict[str, int]:
         """Forward FLOPs per token at ``context_length`` by family, from each component's own estimate."""
         T = context_length or self.config.context_length
         parts = {
-            "positional" if family == "embeddings" else family: sum(m.flops_per_token(T) for m in modules if isinstance(m, Component))
+            "positional" if family == "embeddings" else family: sum(
+                m.flops_per_token(T) for m in modules if isinstance(m, Component)
+            )
             for family, modules in self._by_family().items()
         }
         parts["forward"] = sum(parts.values())

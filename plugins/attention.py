@@ -34,10 +34,18 @@ class AttentionParams(Params):
         "together, nh·hs query and nkv·hs key weights (OLMo 2)",
     )
     qk_norm_eps: float = Field(1e-6, gt=0)
-    qk_norm_unit_offset: bool = Field(False, description="QK-norm scales by (1 + weight), the weight starting at 0, in float32 (Gemma 3's q_norm and k_norm)")
-    scale: float | None = Field(None, gt=0, description="multiplies q·k; None: 1/sqrt(head_size). Gemma 2/3's query_pre_attn_scalar s is scale = s**-0.5")
+    qk_norm_unit_offset: bool = Field(
+        False,
+        description="QK-norm scales by (1 + weight), the weight starting at 0, in float32 (Gemma 3's q_norm and k_norm)",
+    )
+    scale: float | None = Field(
+        None,
+        gt=0,
+        description="multiplies q·k; None: 1/sqrt(head_size). Gemma 2/3's query_pre_attn_scalar s is scale = s**-0.5",
+    )
     softcap: float | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="cap·tanh(scores/cap) on the scaled scores before the mask (Gemma 2: 50); SDPA cannot cap, so "
         "sdpa and sliding_window then take the explicit path, which holds every (T, Tk) score in memory",
     )
@@ -95,7 +103,9 @@ class FusedAttention(Attention):
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, C) -> q (B, nh, T, hs), k and v (B, nkv, Tk, hs), normalised, rotated and cached."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_heads * self.head_size, self.n_kv_heads * self.head_size, self.n_kv_heads * self.head_size], dim=-1)
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_size, self.n_kv_heads * self.head_size, self.n_kv_heads * self.head_size], dim=-1
+        )
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -124,15 +134,21 @@ class FusedAttention(Attention):
 
 
 class SDPAAttention(FusedAttention):
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, ctx: AttentionContext, is_causal: bool = False) -> Tensor:
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, ctx: AttentionContext, is_causal: bool = False
+    ) -> Tensor:
         """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs), through SDPA unless capped or inspected."""
-        if self.params.softcap is not None or ctx.capturing:  # SDPA has no hook for the scores and never forms the weights
+        if (
+            self.params.softcap is not None or ctx.capturing
+        ):  # SDPA has no hook for the scores and never forms the weights
             if is_causal:
                 T, Tk = q.size(-2), k.size(-2)
                 bias = torch.full((T, Tk), float("-inf"), dtype=q.dtype, device=q.device).triu(Tk - T + 1)
             return self.explicit(q, k, v, bias, ctx)
         return F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=bias,
             dropout_p=self.dims.dropout if self.training else 0.0,
             is_causal=is_causal,
@@ -147,7 +163,8 @@ class SDPAAttention(FusedAttention):
 
 class SlidingWindowParams(AttentionParams):
     window: int = Field(
-        32, ge=1,
+        32,
+        ge=1,
         description="keys each query sees, itself included; default: half of configs/tiny.toml's context, so it "
         "matters there (Mistral 7B: 4096; Gemma 2: 4096, Gemma 3: 1024 on local layers)",
     )
@@ -156,7 +173,9 @@ class SlidingWindowParams(AttentionParams):
 class WindowCache(LayerCache):
     """A ring of the latest ``size`` keys and values, (B, nkv, size, hs) each: position p sits in slot p % size."""
 
-    def __init__(self, batch_size: int, n_kv_heads: int, size: int, head_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, batch_size: int, n_kv_heads: int, size: int, head_size: int, device: torch.device, dtype: torch.dtype
+    ):
         self.k = torch.zeros(batch_size, n_kv_heads, size, head_size, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
@@ -196,7 +215,13 @@ class SlidingWindowAttention(SDPAAttention):
         return WindowCache(batch_size, self.n_kv_heads, min(self.params.window, max_len), self.head_size, device, dtype)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        return 2 * self.n_kv_heads * self.head_size * min(n_tokens, self.params.window) * torch.empty((), dtype=dtype).element_size()
+        return (
+            2
+            * self.n_kv_heads
+            * self.head_size
+            * min(n_tokens, self.params.window)
+            * torch.empty((), dtype=dtype).element_size()
+        )
 
     def flops_per_token(self, context_length: int) -> int:
         return super().flops_per_token(min(context_length, self.params.window))
@@ -232,7 +257,9 @@ class SlidingWindowAttention(SDPAAttention):
         cache.v[:, :, ctx.offset % size] = v[:, :, 0]
         n = min(ctx.offset + 1, size)
         first = ctx.offset + 1 - n
-        bias = ctx.bias(q.dtype, window=self.params.window, first_key=first)  # (B|1, nh|1, 1, n), keys in position order
+        bias = ctx.bias(
+            q.dtype, window=self.params.window, first_key=first
+        )  # (B|1, nh|1, 1, n), keys in position order
         if bias is not None and first % size:
             bias = bias.roll(first % size, dims=-1)  # key slot first + i lies in ring slot (first + i) % size
         return self.attend(q, cache.k[:, :, :n].to(q.dtype), cache.v[:, :, :n].to(q.dtype), bias, ctx)
@@ -253,7 +280,9 @@ class SlidingWindowAttention(SDPAAttention):
         allowed = (j <= i) & (j > i - W)  # (W, 2W)
         allowed = allowed.expand(n_blocks, 1, W, 2 * W).clone()
         allowed[0, :, :, :W] = False  # the first block has no block before it
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))  # (nb, 1, W, 2W)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~allowed, float("-inf")
+        )  # (nb, 1, W, 2W)
         y = self.attend(q, k, v, bias, ctx)  # (B, nb, nh, W, hs)
         return y.transpose(1, 2).reshape(B, nh, n_blocks * W, hs)[:, :, :T]  # (B, nh, T, hs)
 
@@ -280,8 +309,12 @@ class PerHeadAttention(Attention):
         super().__init__(params, dims)
         self.group = dims.n_heads // dims.n_kv_heads
         self.scale = params.scale or 1 / math.sqrt(dims.head_size)
-        self.queries = nn.ModuleList(SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("query",)) for _ in range(dims.n_heads))
-        self.kv_heads = nn.ModuleList(SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("key", "value")) for _ in range(dims.n_kv_heads))
+        self.queries = nn.ModuleList(
+            SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("query",)) for _ in range(dims.n_heads)
+        )
+        self.kv_heads = nn.ModuleList(
+            SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("key", "value")) for _ in range(dims.n_kv_heads)
+        )
         self.qk_norm = QKNorm(params, dims) if params.qk_norm != "none" else None
         self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
@@ -304,7 +337,9 @@ class PerHeadAttention(Attention):
         for h in range(q.size(1)):
             kv = h // self.group
             head_bias = None if bias is None else bias[:, h : h + 1] if bias.size(1) > 1 else bias
-            weights.append(attention_weights(q[:, h : h + 1], k[:, kv : kv + 1], head_bias, self.scale, self.params.softcap))  # (B, 1, T, Tk)
+            weights.append(
+                attention_weights(q[:, h : h + 1], k[:, kv : kv + 1], head_bias, self.scale, self.params.softcap)
+            )  # (B, 1, T, Tk)
             outputs.append(self.attn_dropout(weights[-1]) @ v[:, kv : kv + 1])  # (B, 1, T, hs)
         if ctx.capturing:
             ctx.record(torch.cat(weights, dim=1))  # (B, nh, T, Tk)
@@ -352,9 +387,13 @@ class NoWeightsAttention(Attention):
     @classmethod
     def check(cls, params: Params, dims: Dims) -> None:
         if dims.n_kv_heads != dims.n_heads:
-            raise ValueError(f"keys and values are the input's own heads, so n_kv_heads must equal n_heads ({dims.n_heads}), got {dims.n_kv_heads}")
+            raise ValueError(
+                f"keys and values are the input's own heads, so n_kv_heads must equal n_heads ({dims.n_heads}), got {dims.n_kv_heads}"
+            )
         if dims.n_heads * dims.head_size != dims.d_model:
-            raise ValueError(f"n_heads × head size must equal d_model ({dims.d_model}): the heads are slices of the input")
+            raise ValueError(
+                f"n_heads × head size must equal d_model ({dims.d_model}): the heads are slices of the input"
+            )
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         B, T, C = x.shape

@@ -38,7 +38,9 @@ class _TwoLayerMLP(FeedForward):
 
 
 class GELUParams(MLPParams):
-    approximate: Literal["tanh", "none"] = Field("tanh", description="tanh: GPT-2's approximation (gelu_new); none: the exact erf GELU (GPT-NeoX, Pythia, BERT)")
+    approximate: Literal["tanh", "none"] = Field(
+        "tanh", description="tanh: GPT-2's approximation (gelu_new); none: the exact erf GELU (GPT-NeoX, Pythia, BERT)"
+    )
 
 
 class GELUFeedForward(_TwoLayerMLP):

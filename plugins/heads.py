@@ -13,7 +13,9 @@ from gptzoo.registry import hookimpl
 
 
 class LMParams(Params):
-    softcap: float | None = Field(None, gt=0, description="cap · tanh(logits / cap) bounds the logits to (-cap, cap) (Gemma 2: 30); None: no cap")
+    softcap: float | None = Field(
+        None, gt=0, description="cap · tanh(logits / cap) bounds the logits to (-cap, cap) (Gemma 2: 30); None: no cap"
+    )
 
 
 class LMHead(Head):

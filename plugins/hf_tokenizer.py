@@ -26,9 +26,16 @@ class HFTokenizerParams(Params):
     bos_token: str | None = Field(None, description="the beginning-of-sequence token (tokenizer_config.json)")
     eos_token: str | None = Field(None, description="the end-of-sequence token (tokenizer_config.json)")
     pad_token: str | None = None
-    eos_token_ids: list[int] = Field(default_factory=list, description="ids that end generation (generation_config.json's eos_token_id); the first is the end-of-text id")
+    eos_token_ids: list[int] = Field(
+        default_factory=list,
+        description="ids that end generation (generation_config.json's eos_token_id); the first is the end-of-text id",
+    )
     chat_template: str | None = Field(None, description="the checkpoint's jinja2 chat template; gptzoo chat renders it")
-    vocab_size: int = Field(4096, gt=256, description="tokens a byte-level BPE learns when fitted on a corpus (training a config from scratch); an imported checkpoint's tokenizer.json has its own")
+    vocab_size: int = Field(
+        4096,
+        gt=256,
+        description="tokens a byte-level BPE learns when fitted on a corpus (training a config from scratch); an imported checkpoint's tokenizer.json has its own",
+    )
 
 
 class HFTokenizer(Tokenizer):
@@ -45,7 +52,9 @@ class HFTokenizer(Tokenizer):
     @cached_property
     def _tokenizer(self):
         if self._json is None:
-            raise GptzooError("the 'hf' tokenizer reads the checkpoint's tokenizer.json: gptzoo import-hf puts it in the run folder")
+            raise GptzooError(
+                "the 'hf' tokenizer reads the checkpoint's tokenizer.json: gptzoo import-hf puts it in the run folder"
+            )
         try:
             from tokenizers import Tokenizer as Backend
         except ImportError:
@@ -59,13 +68,19 @@ class HFTokenizer(Tokenizer):
     def fit(self, text: str) -> None:
         """Learn a byte-level BPE of ``vocab_size`` tokens on ``text`` with the tokenizers library (GPT-2's scheme)."""
         try:
-            from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers, trainers
+            from tokenizers import Tokenizer as Backend
+            from tokenizers import decoders, models, pre_tokenizers, trainers
         except ImportError:
             raise GptzooError(MISSING_LIBRARY) from None
         backend = Backend(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=self.params.vocab_size, special_tokens=[self.EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.params.vocab_size,
+            special_tokens=[self.EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         backend.train_from_iterator([text], trainer)
         self.load_state(json.loads(backend.to_str()))
 
@@ -108,8 +123,14 @@ class HFTokenizer(Tokenizer):
         """The conversation as the checkpoint's template writes it (as transformers' apply_chat_template)."""
         if self.params.chat_template is None:
             raise GptzooError("this checkpoint has no chat template")
-        special = {"bos_token": self.params.bos_token or "", "eos_token": self.params.eos_token or "", "pad_token": self.params.pad_token or ""}
-        return _template(self.params.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+        special = {
+            "bos_token": self.params.bos_token or "",
+            "eos_token": self.params.eos_token or "",
+            "pad_token": self.params.pad_token or "",
+        }
+        return _template(self.params.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special
+        )
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Ids of the rendered conversation; the template writes BOS itself, so none is added."""
@@ -138,7 +159,9 @@ def _template(source: str):
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as err:
-        raise GptzooError(f"the checkpoint's chat template is not valid jinja2 (line {err.lineno}: {err.message})") from None
+        raise GptzooError(
+            f"the checkpoint's chat template is not valid jinja2 (line {err.lineno}: {err.message})"
+        ) from None
 
 
 @hookimpl

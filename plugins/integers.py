@@ -33,7 +33,9 @@ class IntegersTokenizer(Tokenizer):
         for i, part in enumerate(text.split(self.EOT)):
             if i:
                 ids.append(self.eot_id)
-            ids.extend(int(w) if w.isdecimal() and int(w) < self.params.vocab_size else self.eot_id + 1 for w in part.split())
+            ids.extend(
+                int(w) if w.isdecimal() and int(w) < self.params.vocab_size else self.eot_id + 1 for w in part.split()
+            )
         return ids
 
     def decode(self, ids: list[int]) -> str:

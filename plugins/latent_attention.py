@@ -39,11 +39,23 @@ from gptzoo.registry import hookimpl
 
 
 class LatentParams(Params):
-    kv_lora_rank: int | None = Field(None, gt=0, description="width r of the cached latent; None: 8 × head_dim (DeepSeek-V2/V3: 512 = 8 × 64)")
-    q_lora_rank: int | None = Field(None, gt=0, description="queries through a latent of this width (DeepSeek-V2/V3: 1536); None: one projection from x (V2-Lite)")
-    qk_nope_head_dim: int | None = Field(None, gt=0, description="per-head query/key width without positions; None: 2 × head_dim (DeepSeek: 128)")
+    kv_lora_rank: int | None = Field(
+        None, gt=0, description="width r of the cached latent; None: 8 × head_dim (DeepSeek-V2/V3: 512 = 8 × 64)"
+    )
+    q_lora_rank: int | None = Field(
+        None,
+        gt=0,
+        description="queries through a latent of this width (DeepSeek-V2/V3: 1536); None: one projection from x (V2-Lite)",
+    )
+    qk_nope_head_dim: int | None = Field(
+        None, gt=0, description="per-head query/key width without positions; None: 2 × head_dim (DeepSeek: 128)"
+    )
     v_head_dim: int | None = Field(None, gt=0, description="per-head value width; None: 2 × head_dim (DeepSeek: 128)")
-    scale: float | None = Field(None, gt=0, description="multiplies q·k; None: 1/sqrt(qk_nope_head_dim + head_dim) (DeepSeek-V3 with YaRN multiplies it by mscale²)")
+    scale: float | None = Field(
+        None,
+        gt=0,
+        description="multiplies q·k; None: 1/sqrt(qk_nope_head_dim + head_dim) (DeepSeek-V3 with YaRN multiplies it by mscale²)",
+    )
 
 
 class LatentCache(LayerCache):
@@ -106,7 +118,9 @@ class LatentAttention(Attention):
         B, T, _ = x.shape
         nh, dr = self.dims.n_heads, self.dims.head_size
         q = self.q_proj(x) if self.params.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q_nope, q_rot = q.view(B, T, nh, self.nope + dr).transpose(1, 2).split([self.nope, dr], dim=-1)  # (B, nh, T, dn), (B, nh, T, dr)
+        q_nope, q_rot = (
+            q.view(B, T, nh, self.nope + dr).transpose(1, 2).split([self.nope, dr], dim=-1)
+        )  # (B, nh, T, dn), (B, nh, T, dr)
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.rank, dr], dim=-1)  # (B, T, r), (B, T, dr)
         q_rot, k_rot = ctx.rotate(q_rot, k_rot.unsqueeze(1))  # (B, nh, T, dr), (B, 1, T, dr)
         kv = torch.cat([self.kv_a_layernorm(latent).unsqueeze(1), k_rot], dim=-1)  # (B, 1, T, r + dr)
@@ -124,31 +138,71 @@ class LatentAttention(Attention):
         absorbed = T * self.rank * d + T * Tk * (2 * self.rank + self.dims.head_size)
         return absorbed < explicit
 
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
+    def _sdpa(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor | None,
+        is_causal: bool,
+        capture: AttentionContext | None = None,
+    ) -> Tensor:
         """q (B, nh, T, d), k (B, nh|1, Tk, d), v (B, nh|1, Tk, dv) -> (B, nh, T, dv). While
         inspecting, ``capture`` is the context to report the weights to; SDPA never forms them,
         so they are written out then (the same scores in both paths, so either reports the same)."""
         dropout = self.dims.dropout if self.training else 0.0
         if capture is not None:
-            weights = attention_weights(q, k, capture.bias(q.dtype), self.scale, softcap=None)  # (B, nh, T, Tk); no mask for one token alone
+            weights = attention_weights(
+                q, k, capture.bias(q.dtype), self.scale, softcap=None
+            )  # (B, nh, T, Tk); no mask for one token alone
             capture.record(weights)
             return F.dropout(weights, dropout, self.training) @ v
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, is_causal=is_causal, scale=self.scale, dropout_p=dropout, enable_gqa=k.size(1) != q.size(1),
+            q,
+            k,
+            v,
+            attn_mask=bias,
+            is_causal=is_causal,
+            scale=self.scale,
+            dropout_p=dropout,
+            enable_gqa=k.size(1) != q.size(1),
         )
 
-    def explicit(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
+    def explicit(
+        self,
+        q_nope: Tensor,
+        q_rot: Tensor,
+        kv: Tensor,
+        bias: Tensor | None,
+        is_causal: bool,
+        capture: AttentionContext | None = None,
+    ) -> Tensor:
         """Decompress every key and value, then attend: (B, nh, T, ·), kv (B, 1, Tk, r + dr) -> (B, nh, T, dv)."""
         B, nh, _, dr = q_rot.shape
         latent, k_rot = kv.split([self.rank, dr], dim=-1)  # (B, 1, Tk, r), (B, 1, Tk, dr)
         Tk = latent.size(2)
-        k_nope, v = self.kv_b_proj(latent).view(B, Tk, nh, self.nope + self.value).transpose(1, 2).split([self.nope, self.value], dim=-1)  # (B, nh, Tk, dn), (B, nh, Tk, dv)
+        k_nope, v = (
+            self.kv_b_proj(latent)
+            .view(B, Tk, nh, self.nope + self.value)
+            .transpose(1, 2)
+            .split([self.nope, self.value], dim=-1)
+        )  # (B, nh, Tk, dn), (B, nh, Tk, dv)
         k = torch.cat([k_nope, k_rot.expand(B, nh, Tk, dr)], dim=-1)  # (B, nh, Tk, dn + dr)
         return self._sdpa(torch.cat([q_nope, q_rot], dim=-1), k, v, bias, is_causal, capture)
 
-    def absorbed(self, q_nope: Tensor, q_rot: Tensor, kv: Tensor, bias: Tensor | None, is_causal: bool, capture: AttentionContext | None = None) -> Tensor:
+    def absorbed(
+        self,
+        q_nope: Tensor,
+        q_rot: Tensor,
+        kv: Tensor,
+        bias: Tensor | None,
+        is_causal: bool,
+        capture: AttentionContext | None = None,
+    ) -> Tensor:
         """Attend on the latents, with W_UK folded into the queries and W_UV applied after: same shapes as ``explicit``."""
-        w_uk, w_uv = self.kv_b_proj.weight.view(self.dims.n_heads, self.nope + self.value, self.rank).split([self.nope, self.value], dim=1)  # (nh, dn, r), (nh, dv, r)
+        w_uk, w_uv = self.kv_b_proj.weight.view(self.dims.n_heads, self.nope + self.value, self.rank).split(
+            [self.nope, self.value], dim=1
+        )  # (nh, dn, r), (nh, dv, r)
         q = torch.cat([q_nope @ w_uk, q_rot], dim=-1)  # (B, nh, T, r + dr)
         if capture is not None:  # each head's weights, (B, nh, T, Tk): the heads stay apart
             return self._sdpa(q, kv, kv[..., : self.rank], bias, is_causal, capture) @ w_uv.transpose(1, 2)

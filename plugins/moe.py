@@ -41,16 +41,49 @@ from gptzoo.registry import hookimpl
 class MoEParams(Params):
     n_experts: int = Field(8, ge=1, description="routed experts per layer")
     top_k: int = Field(2, ge=1, description="experts each token is sent to")
-    hidden: int | None = Field(None, gt=0, description="each expert's SwiGLU width; None: 8/3 × d_model rounded up to a multiple of 64")
-    n_shared_experts: int = Field(0, ge=0, description="experts every token also goes through, as one SwiGLU n_shared_experts × hidden wide (DeepSeek)")
-    scoring: Literal["softmax", "sigmoid"] = Field("softmax", description="router scores: softmax over experts (Mixtral, Qwen), or each expert's sigmoid (DeepSeek-V3)")
-    normalize_top_k: bool = Field(True, description="rescale the chosen experts' scores to sum to 1 (Mixtral, Qwen3-MoE, DeepSeek-V3); false: the raw scores (Qwen1.5-MoE, DeepSeek-V2)")
-    routed_scale: float = Field(1.0, gt=0, description="multiplies the routed experts' weights (DeepSeek's routed_scaling_factor)")
-    expert_bias: bool = Field(False, description="a per-expert bias added to the scores for choosing the experts, not to their weights (DeepSeek-V3's e_score_correction_bias): a buffer, zero at initialisation, read from checkpoints; training keeps it fixed (DeepSeek's bias updates are not implemented)")
-    n_groups: int = Field(1, ge=1, description="the experts in this many equal groups, a group scoring the sum of its two best scores (DeepSeek-V3's n_group: 8)")
-    top_groups: int | None = Field(None, ge=1, description="each token chooses its experts within its best this many groups (DeepSeek-V3's topk_group: 4); None: all n_groups")
-    balance_loss_weight: float = Field(0.01, ge=0, description="coefficient of the load-balancing loss in training (Switch: 0.01; 0 logs it without training on it)")
-    z_loss_weight: float = Field(0.0, ge=0, description="coefficient of the router z-loss, mean(logsumexp(logits)²) (ST-MoE: 0.001); 0 logs it without training on it")
+    hidden: int | None = Field(
+        None, gt=0, description="each expert's SwiGLU width; None: 8/3 × d_model rounded up to a multiple of 64"
+    )
+    n_shared_experts: int = Field(
+        0,
+        ge=0,
+        description="experts every token also goes through, as one SwiGLU n_shared_experts × hidden wide (DeepSeek)",
+    )
+    scoring: Literal["softmax", "sigmoid"] = Field(
+        "softmax",
+        description="router scores: softmax over experts (Mixtral, Qwen), or each expert's sigmoid (DeepSeek-V3)",
+    )
+    normalize_top_k: bool = Field(
+        True,
+        description="rescale the chosen experts' scores to sum to 1 (Mixtral, Qwen3-MoE, DeepSeek-V3); false: the raw scores (Qwen1.5-MoE, DeepSeek-V2)",
+    )
+    routed_scale: float = Field(
+        1.0, gt=0, description="multiplies the routed experts' weights (DeepSeek's routed_scaling_factor)"
+    )
+    expert_bias: bool = Field(
+        False,
+        description="a per-expert bias added to the scores for choosing the experts, not to their weights (DeepSeek-V3's e_score_correction_bias): a buffer, zero at initialisation, read from checkpoints; training keeps it fixed (DeepSeek's bias updates are not implemented)",
+    )
+    n_groups: int = Field(
+        1,
+        ge=1,
+        description="the experts in this many equal groups, a group scoring the sum of its two best scores (DeepSeek-V3's n_group: 8)",
+    )
+    top_groups: int | None = Field(
+        None,
+        ge=1,
+        description="each token chooses its experts within its best this many groups (DeepSeek-V3's topk_group: 4); None: all n_groups",
+    )
+    balance_loss_weight: float = Field(
+        0.01,
+        ge=0,
+        description="coefficient of the load-balancing loss in training (Switch: 0.01; 0 logs it without training on it)",
+    )
+    z_loss_weight: float = Field(
+        0.0,
+        ge=0,
+        description="coefficient of the router z-loss, mean(logsumexp(logits)²) (ST-MoE: 0.001); 0 logs it without training on it",
+    )
 
 
 class MixtureOfExperts(FeedForward):
@@ -71,12 +104,16 @@ class MixtureOfExperts(FeedForward):
             raise ValueError(f"n_experts={params.n_experts} is not divisible into n_groups={params.n_groups}")
         per_group = params.n_experts // params.n_groups
         if params.n_groups > 1 and per_group < 2:
-            raise ValueError(f"n_groups={params.n_groups} leaves {per_group} expert per group; a group scores its two best experts, so give each at least 2")
+            raise ValueError(
+                f"n_groups={params.n_groups} leaves {per_group} expert per group; a group scores its two best experts, so give each at least 2"
+            )
         top_groups = params.top_groups or params.n_groups
         if top_groups > params.n_groups:
             raise ValueError(f"top_groups={top_groups} is more than n_groups={params.n_groups}")
         if params.top_k > top_groups * per_group:
-            raise ValueError(f"top_k={params.top_k} is more than the {top_groups * per_group} experts in top_groups={top_groups} groups of {per_group}")
+            raise ValueError(
+                f"top_k={params.top_k} is more than the {top_groups * per_group} experts in top_groups={top_groups} groups of {per_group}"
+            )
 
     def __init__(self, params: MoEParams, dims: Dims):
         super().__init__(params, dims)
@@ -86,7 +123,11 @@ class MixtureOfExperts(FeedForward):
         self.expert_gate = nn.Parameter(torch.empty(E, self.hidden, C))
         self.expert_up = nn.Parameter(torch.empty(E, self.hidden, C))
         self.expert_out = nn.Parameter(torch.empty(E, C, self.hidden))
-        self.shared = SwiGLUFeedForward(GLUParams(hidden=params.n_shared_experts * self.hidden), dims) if params.n_shared_experts else None
+        self.shared = (
+            SwiGLUFeedForward(GLUParams(hidden=params.n_shared_experts * self.hidden), dims)
+            if params.n_shared_experts
+            else None
+        )
         self.register_buffer("expert_bias", torch.zeros(E) if params.expert_bias else None)
         self.init_weights("torch_default")
         self._routing: tuple[Tensor, Tensor, Tensor] | None = None
@@ -139,10 +180,14 @@ class MixtureOfExperts(FeedForward):
         sorted_experts, order = chosen.flatten().sort(stable=True)  # (N·k,) each: pairs grouped by expert
         token_of_pair = order // k
         # Where each expert's slice ends, by a search of static shape (bincount's depends on the data).
-        ends = torch.searchsorted(sorted_experts, torch.arange(self.params.n_experts, device=chosen.device), right=True)  # (E,)
+        ends = torch.searchsorted(
+            sorted_experts, torch.arange(self.params.n_experts, device=chosen.device), right=True
+        )  # (E,)
         grouped = tokens[token_of_pair]  # (N·k, C)
         experts = (self.expert_gate, self.expert_up, self.expert_out)
-        if torch.is_autocast_enabled(tokens.device.type):  # an op of its own: autocast does not reach inside, so cast here
+        if torch.is_autocast_enabled(
+            tokens.device.type
+        ):  # an op of its own: autocast does not reach inside, so cast here
             dtype = torch.get_autocast_dtype(tokens.device.type)
             grouped, experts = grouped.to(dtype), tuple(w.to(dtype) for w in experts)
         if torch.compiler.is_compiling():  # one opaque operator: no graph break
@@ -162,7 +207,9 @@ class MixtureOfExperts(FeedForward):
             return {}
         logits, scores, chosen = self._routing
         E = self.params.n_experts
-        fraction = torch.zeros(E, device=scores.device).index_add_(0, chosen.flatten(), torch.ones(chosen.numel(), device=scores.device)) / chosen.size(0)  # (E,)
+        fraction = torch.zeros(E, device=scores.device).index_add_(
+            0, chosen.flatten(), torch.ones(chosen.numel(), device=scores.device)
+        ) / chosen.size(0)  # (E,)
         probs = scores if self.params.scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
         balance = E * (fraction * probs.mean(0)).sum()
         z = logits.logsumexp(-1).square().mean()
@@ -188,7 +235,9 @@ class MixtureOfExperts(FeedForward):
 # runs the same loop under autograd, which measured faster than the operator's dispatch.
 
 
-def swiglu_per_expert(grouped: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor, keep: bool = False) -> tuple[Tensor, ...]:
+def swiglu_per_expert(
+    grouped: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor, keep: bool = False
+) -> tuple[Tensor, ...]:
     """Rows ``ends[e-1]:ends[e]`` of grouped (n, C) through expert e's SwiGLU -> (y (n, C),) and,
     with ``keep``, the gate and up activations g, u (n, hidden) for a backward; weights (E, ·, ·)."""
     sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()  # tokens per expert (one host sync)
@@ -214,11 +263,17 @@ def moe_experts(grouped: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Te
 def _(grouped, gate, up, out, ends):
     n, hidden = grouped.size(0), gate.size(1)
     dtype = torch.result_type(grouped, gate)
-    return grouped.new_empty(n, out.size(1), dtype=dtype), grouped.new_empty(n, hidden, dtype=dtype), grouped.new_empty(n, hidden, dtype=dtype)
+    return (
+        grouped.new_empty(n, out.size(1), dtype=dtype),
+        grouped.new_empty(n, hidden, dtype=dtype),
+        grouped.new_empty(n, hidden, dtype=dtype),
+    )
 
 
 @torch.library.custom_op("gptzoo::moe_experts_backward", mutates_args=())
-def moe_experts_backward(dy: Tensor, grouped: Tensor, g: Tensor, u: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def moe_experts_backward(
+    dy: Tensor, grouped: Tensor, g: Tensor, u: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``moe_experts``' y for grouped and the three weight stacks, from dy (n, C)."""
     sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
     d_gate, d_up, d_out = torch.zeros_like(gate), torch.zeros_like(up), torch.zeros_like(out)

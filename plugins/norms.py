@@ -12,7 +12,9 @@ from gptzoo.registry import hookimpl
 class LayerNormParams(Params):
     eps: float = 1e-5
     bias: bool = Field(True, description="a learned shift")
-    scale: bool = Field(True, description="a learned scale; scale = false with bias = false is OLMo 1's non-parametric LayerNorm")
+    scale: bool = Field(
+        True, description="a learned scale; scale = false with bias = false is OLMo 1's non-parametric LayerNorm"
+    )
 
 
 class LayerNorm(Norm):
@@ -31,7 +33,9 @@ class LayerNorm(Norm):
 
 class RMSNormParams(Params):
     eps: float = 1e-5
-    unit_offset: bool = Field(False, description="scale by (1 + weight), the weight starting at 0, computed in float32 (Gemma)")
+    unit_offset: bool = Field(
+        False, description="scale by (1 + weight), the weight starting at 0, computed in float32 (Gemma)"
+    )
 
 
 class RMSNorm(Norm):

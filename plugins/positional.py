@@ -15,7 +15,9 @@ from gptzoo.registry import hookimpl
 class LearnedPositions(PositionalEncoding):
     """A trained table of context_length position vectors (GPT-2)."""
 
-    length_limit = "its table holds one trained vector per position up to the trained context and none for the positions after it"
+    length_limit = (
+        "its table holds one trained vector per position up to the trained context and none for the positions after it"
+    )
 
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)
@@ -53,7 +55,9 @@ class SinusoidalPositions(PositionalEncoding):
 
     def __init__(self, params: SinusoidalParams, dims: Dims):
         super().__init__(params, dims)
-        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * _inverse_frequencies(dims.d_model, params.base)
+        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * _inverse_frequencies(
+            dims.d_model, params.base
+        )
         table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (context, C): sin, cos interleaved
         self.register_buffer("table", table.float(), persistent=False)
 
@@ -99,9 +103,19 @@ RopeScaling = Annotated[LinearScaling | Llama3Scaling | YaRNScaling, Field(discr
 
 
 class RotaryParams(BaseParams):
-    scaling: RopeScaling | None = Field(None, description='frequency scaling for longer contexts: { type = "linear" | "llama3" | "yarn", ... }')
-    fraction: float = Field(1.0, gt=0, le=1, description="the fraction of each head's dimensions rotated, the first ones (GPT-NeoX 0.25, Phi); the rest pass unchanged")
-    layout: Literal["halves", "interleaved"] = Field("halves", description="halves: dimension j pairs with j + d/2 (Llama, GPT-NeoX); interleaved: 2j with 2j + 1 (GPT-J, the RoFormer paper)")
+    scaling: RopeScaling | None = Field(
+        None, description='frequency scaling for longer contexts: { type = "linear" | "llama3" | "yarn", ... }'
+    )
+    fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="the fraction of each head's dimensions rotated, the first ones (GPT-NeoX 0.25, Phi); the rest pass unchanged",
+    )
+    layout: Literal["halves", "interleaved"] = Field(
+        "halves",
+        description="halves: dimension j pairs with j + d/2 (Llama, GPT-NeoX); interleaved: 2j with 2j + 1 (GPT-J, the RoFormer paper)",
+    )
 
 
 def rotary_dim(params: RotaryParams, head_size: int) -> int:
@@ -122,11 +136,14 @@ def rope_frequencies(params: RotaryParams, head_size: int) -> tuple[Tensor, floa
         wavelength = 2 * math.pi / inv_freq
         low_freq_wavelength = scaling.original_context_length / scaling.low_freq_factor  # longer: interpolated
         high_freq_wavelength = scaling.original_context_length / scaling.high_freq_factor  # shorter: kept
-        smooth = (scaling.original_context_length / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        smooth = (scaling.original_context_length / wavelength - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
         blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
         scaled = torch.where(wavelength > low_freq_wavelength, inv_freq / scaling.factor, inv_freq)
         between = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
         return torch.where(between, blended, scaled), 1.0
+
     # YaRN: dimension d of `dim` turns original_context_length / (2π base^(d/dim)) times over
     # the original context; solve for the dimensions turning beta_fast and beta_slow times.
     def dimension_turning(turns: float) -> float:
@@ -136,9 +153,13 @@ def rope_frequencies(params: RotaryParams, head_size: int) -> tuple[Tensor, floa
     if scaling.truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(0, 1)  # 0: kept, 1: interpolated
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(
+        0, 1
+    )  # 0: kept, 1: interpolated
     inv_freq = inv_freq * (1 - ramp) + inv_freq / scaling.factor * ramp
-    attention_factor = scaling.attention_factor if scaling.attention_factor is not None else 0.1 * math.log(scaling.factor) + 1.0
+    attention_factor = (
+        scaling.attention_factor if scaling.attention_factor is not None else 0.1 * math.log(scaling.factor) + 1.0
+    )
     return inv_freq, attention_factor
 
 
@@ -166,7 +187,9 @@ class RotaryPositions(PositionalEncoding):
         self.rotary_dim = rotary_dim(params, dims.head_size)
         inv_freq, attention_factor = rope_frequencies(params, dims.head_size)
         angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * inv_freq
-        self.register_buffer("cos", (angles.cos() * attention_factor).float(), persistent=False)  # (context, rotary_dim/2)
+        self.register_buffer(
+            "cos", (angles.cos() * attention_factor).float(), persistent=False
+        )  # (context, rotary_dim/2)
         self.register_buffer("sin", (angles.sin() * attention_factor).float(), persistent=False)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,7 +198,10 @@ class RotaryPositions(PositionalEncoding):
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        turned, kept = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]  # (B, h, T, rotary_dim), (B, h, T, hs - rotary_dim)
+        turned, kept = (
+            x[..., : self.rotary_dim].float(),
+            x[..., self.rotary_dim :],
+        )  # (B, h, T, rotary_dim), (B, h, T, hs - rotary_dim)
         if self.params.layout == "halves":
             x1, x2 = turned.chunk(2, dim=-1)  # (B, h, T, rotary_dim/2) each
             turned = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -48,7 +48,7 @@ class TiktokenTokenizer(Tokenizer):
             raise GptzooError(
                 f"tiktoken could not load the '{self.params.encoding}' encoding ({type(err).__name__}: {err}). "
                 f"Without network access it needs its files in a cache folder: set {CACHE_ENV} to a folder holding them "
-                f"(in this project: export {CACHE_ENV}=\"$(realpath ../shared/tiktoken)\")"
+                f'(in this project: export {CACHE_ENV}="$(realpath ../shared/tiktoken)")'
                 + (f"; {CACHE_ENV} is now {where!r}" if where else "")
             ) from None
 
@@ -372,7 +372,9 @@ class BPETokenizer(FittedTokenizer):
             raise ValueError(f"{len(merges)} merges do not fit vocab_size {self.params.vocab_size} (at most {most})")
         for k, pair in enumerate(merges):
             if len(pair) != 2 or not all(isinstance(i, int) and 0 <= i < BYTE_TOKENS + k for i in pair):
-                raise ValueError(f"merge {k} is {list(pair)}: it must join two ids made before it (below {BYTE_TOKENS + k})")
+                raise ValueError(
+                    f"merge {k} is {list(pair)}: it must join two ids made before it (below {BYTE_TOKENS + k})"
+                )
         self._set_merges(merges)
 
 

@@ -13,6 +13,14 @@ from gptzoo.registry.registry import (
 )
 
 __all__ = [
-    "BUILTIN_PLUGINS", "ENTRY_POINT_GROUP", "PLUGINS_ENV", "Entry", "PluginError", "Registry",
-    "default_registry", "hookimpl", "hookspec", "make_registry",
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "PLUGINS_ENV",
+    "Entry",
+    "PluginError",
+    "Registry",
+    "default_registry",
+    "hookimpl",
+    "hookspec",
+    "make_registry",
 ]

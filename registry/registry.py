@@ -12,8 +12,9 @@ import functools
 import importlib
 import importlib.metadata as md
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -69,7 +70,9 @@ def _check_defaults(params: type[BaseModel], where: str) -> None:
             TypeAdapter(field.annotation).validate_python(field.default, strict=True)
         except ValidationError as err:
             problem = err.errors()[0]["msg"]
-            raise PluginError(f"{where}: the default of param '{field_name}' ({field.default!r}) does not fit its type: {problem}") from None
+            raise PluginError(
+                f"{where}: the default of param '{field_name}' ({field.default!r}) does not fit its type: {problem}"
+            ) from None
 
 
 def _gptzoo_version() -> str:
@@ -87,16 +90,33 @@ class Registry:
 
     # ---- registering -----------------------------------------------------------------------
 
-    def add(self, family: str, name: str, impl: type, plugin: str = "<code>", distribution: str = "<code>", version: str = "") -> None:
+    def add(
+        self,
+        family: str,
+        name: str,
+        impl: type,
+        plugin: str = "<code>",
+        distribution: str = "<code>",
+        version: str = "",
+    ) -> None:
         where = f"plugin '{plugin}'"
         if family not in FAMILIES:
-            raise PluginError(f"{where} registers '{name}' in unknown family '{family}'; families: {', '.join(FAMILIES)}")
+            raise PluginError(
+                f"{where} registers '{name}' in unknown family '{family}'; families: {', '.join(FAMILIES)}"
+            )
         interface = FAMILIES[family]
         if not (isinstance(impl, type) and issubclass(impl, interface)):
-            raise PluginError(f"{where}: {family} '{name}' must subclass gptzoo.core.{interface.__name__}, got {impl!r}")
+            raise PluginError(
+                f"{where}: {family} '{name}' must subclass gptzoo.core.{interface.__name__}, got {impl!r}"
+            )
         params = getattr(impl, "Params", None)
-        if not (isinstance(params, type) and issubclass(params, BaseModel)) or params.model_config.get("extra") != "forbid":
-            raise PluginError(f"{where}: {family} '{name}' must declare Params as a subclass of gptzoo.core.Params (unknown keys forbidden)")
+        if (
+            not (isinstance(params, type) and issubclass(params, BaseModel))
+            or params.model_config.get("extra") != "forbid"
+        ):
+            raise PluginError(
+                f"{where}: {family} '{name}' must declare Params as a subclass of gptzoo.core.Params (unknown keys forbidden)"
+            )
         _check_defaults(params, f"{where}: {family} '{name}'")
         existing = self._entries.get((family, name))
         if existing is not None:
@@ -104,7 +124,9 @@ class Registry:
                 advice = "register one of them under another name, or build a fresh registry with make_registry()"
             else:
                 advice = f"uninstall one, or choose plugins with {PLUGINS_ENV}"
-            raise PluginError(f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}); {advice}")
+            raise PluginError(
+                f"{family} '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}); {advice}"
+            )
         self._entries[(family, name)] = Entry(family, name, impl, plugin, distribution, version)
 
     def component(self, family: str, name: str) -> Callable[[type], type]:
@@ -116,7 +138,9 @@ class Registry:
 
         return decorate
 
-    def register_plugin(self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = "") -> None:
+    def register_plugin(
+        self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = ""
+    ) -> None:
         """Register a plugin object or module through the ``register_components`` hook."""
         name = name or getattr(plugin, "__name__", repr(plugin))
         try:
@@ -137,7 +161,9 @@ class Registry:
             wanted = [s.strip() for s in selected.split(",") if s.strip()]
             missing = [w for w in wanted if w not in eps]
             if missing:
-                raise PluginError(f"{PLUGINS_ENV} names {', '.join(missing)}, not installed; installed plugins: {', '.join(sorted(eps)) or 'none'}")
+                raise PluginError(
+                    f"{PLUGINS_ENV} names {', '.join(missing)}, not installed; installed plugins: {', '.join(sorted(eps)) or 'none'}"
+                )
             eps = {w: eps[w] for w in wanted}
         for ep_name, ep in sorted(eps.items()):
             dist = ep.dist.name if ep.dist else "unknown"
@@ -155,7 +181,10 @@ class Registry:
     # ---- looking up --------------------------------------------------------------------------
 
     def entries(self, family: str | None = None) -> list[Entry]:
-        return sorted((e for e in self._entries.values() if family in (None, e.family)), key=lambda e: (list(FAMILIES).index(e.family), e.name))
+        return sorted(
+            (e for e in self._entries.values() if family in (None, e.family)),
+            key=lambda e: (list(FAMILIES).index(e.family), e.name),
+        )
 
     def names(self, family: str) -> list[str]:
         return [e.name for e in self.entries(family)]
@@ -193,7 +222,9 @@ def make_registry(*, entry_points: bool = True) -> Registry:
     registry = Registry()
     version = _gptzoo_version()
     for module_name in BUILTIN_PLUGINS:
-        registry.register_plugin(importlib.import_module(module_name), name=module_name, distribution="gptzoo", version=version)
+        registry.register_plugin(
+            importlib.import_module(module_name), name=module_name, distribution="gptzoo", version=version
+        )
     if entry_points:
         registry.load_entry_points()
     return registry

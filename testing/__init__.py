@@ -36,7 +36,21 @@ from gptzoo.testing.checks import (
 )
 
 __all__ = [
-    "SAMPLE_TEXT", "UNICODE_TEXT", "build", "build_tokenizer", "check_attention_capture", "check_causal", "check_component",
-    "check_forward", "check_gradients", "check_kv_cache", "check_loads_state_of", "check_padded_batch", "check_receptive_field",
-    "check_state_round_trip", "check_tokenizer", "component_cases", "tiny_config",
+    "SAMPLE_TEXT",
+    "UNICODE_TEXT",
+    "build",
+    "build_tokenizer",
+    "check_attention_capture",
+    "check_causal",
+    "check_component",
+    "check_forward",
+    "check_gradients",
+    "check_kv_cache",
+    "check_loads_state_of",
+    "check_padded_batch",
+    "check_receptive_field",
+    "check_state_round_trip",
+    "check_tokenizer",
+    "component_cases",
+    "tiny_config",
 ]

@@ -7,7 +7,8 @@ import functools
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -23,7 +24,7 @@ ATOL = 1e-5
 SAMPLE_TEXT = (
     "It had always been rather a surprise to me that he should have given up painting. "
     "The sun was setting over the quiet harbour, and the boats came slowly home.\n"
-    "She said: \"Tell me again, how many tokens does a word need?\" He laughed, and counted 1, 2, 3.\n"
+    'She said: "Tell me again, how many tokens does a word need?" He laughed, and counted 1, 2, 3.\n'
 ) * 4
 UNICODE_TEXT = "Grüße aus Köln — naïve café, 東京 and 🚀!\n\ttabs,  double  spaces<|endoftext|>and after the end."
 
@@ -124,12 +125,16 @@ def build_tokenizer(registry: Registry, name: str, **params: Any) -> Tokenizer:
     return tokenizer
 
 
-def _pairings(registry: Registry, family: str, spec: dict, partner: str, kv_heads: tuple[int, ...], **fields: Any) -> list[ModelConfig]:
+def _pairings(
+    registry: Registry, family: str, spec: dict, partner: str, kv_heads: tuple[int, ...], **fields: Any
+) -> list[ModelConfig]:
     configs = []
     for other in registry.names(partner):
         for n_kv_heads in kv_heads:
             try:
-                configs.append(tiny_config(registry, **{family: spec, partner: other, "n_kv_heads": n_kv_heads}, **fields))
+                configs.append(
+                    tiny_config(registry, **{family: spec, partner: other, "n_kv_heads": n_kv_heads}, **fields)
+                )
             except ConfigError:
                 continue  # the config refuses this pairing, so no one can build it
     return configs
@@ -148,7 +153,9 @@ def _is_language_model(model: GPT) -> bool:
 def _describe(model: GPT) -> str:
     c = model.config
     parts = [f"{f}={getattr(c, f).name}" for f in MODEL_FAMILIES]
-    return ", ".join(parts) + f", n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads or c.n_heads}, context={c.context_length}"
+    return (
+        ", ".join(parts) + f", n_heads={c.n_heads}, n_kv_heads={c.n_kv_heads or c.n_heads}, context={c.context_length}"
+    )
 
 
 def _assert_close(got: Tensor, expected: Tensor, what: str, atol: float = ATOL) -> None:
@@ -169,7 +176,9 @@ def check_forward(model: GPT) -> None:
     if logits.dim() == 3:
         assert logits.shape == (B, T, V), f"[{_describe(model)}] LM logits {tuple(logits.shape)}, expected {(B, T, V)}"
     else:
-        assert logits.dim() == 2 and logits.size(0) == B, f"[{_describe(model)}] logits {tuple(logits.shape)}: expected (B, T, V) or (B, n)"
+        assert logits.dim() == 2 and logits.size(0) == B, (
+            f"[{_describe(model)}] logits {tuple(logits.shape)}: expected (B, T, V) or (B, n)"
+        )
     assert torch.isfinite(logits).all(), f"[{_describe(model)}] logits hold inf or nan"
 
 
@@ -206,7 +215,11 @@ def check_causal(model: GPT) -> None:
     for t in (0, T // 2, T - 2):
         changed = idx.clone()
         changed[:, t + 1 :] = (idx[:, t + 1 :] + 1) % V
-        _assert_close(model(changed)[:, : t + 1], logits[:, : t + 1], f"[{_describe(model)}] causality: tokens after position {t} changed logits up to it")
+        _assert_close(
+            model(changed)[:, : t + 1],
+            logits[:, : t + 1],
+            f"[{_describe(model)}] causality: tokens after position {t} changed logits up to it",
+        )
 
 
 @single_threaded
@@ -222,12 +235,22 @@ def check_attention_capture(model: GPT) -> None:
         logits = model(idx, recorder=recorder)
     except GptzooError as err:
         raise AssertionError(f"[{_describe(model)}] capture: {err}") from None
-    _assert_close(logits, model(idx), f"[{_describe(model)}] capture: the outputs of a captured forward differ from a plain one")
+    _assert_close(
+        logits, model(idx), f"[{_describe(model)}] capture: the outputs of a captured forward differ from a plain one"
+    )
     n_layers, C = len(model.blocks), model.config.d_model
-    assert len(recorder.residuals) == n_layers + 1, f"[{_describe(model)}] capture: {len(recorder.residuals)} residual streams, expected {n_layers + 1}"
+    assert len(recorder.residuals) == n_layers + 1, (
+        f"[{_describe(model)}] capture: {len(recorder.residuals)} residual streams, expected {n_layers + 1}"
+    )
     for i, x in enumerate(recorder.residuals):
-        assert x.shape == (B, T, C), f"[{_describe(model)}] capture: residual stream {i} is {tuple(x.shape)}, expected {(B, T, C)}"
-    _assert_close(model.head(model.final_norm(recorder.residuals[-1])), logits, f"[{_describe(model)}] capture: the last residual stream through the final norm and head")
+        assert x.shape == (B, T, C), (
+            f"[{_describe(model)}] capture: residual stream {i} is {tuple(x.shape)}, expected {(B, T, C)}"
+        )
+    _assert_close(
+        model.head(model.final_norm(recorder.residuals[-1])),
+        logits,
+        f"[{_describe(model)}] capture: the last residual stream through the final norm and head",
+    )
     query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
     for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions)):
         what = f"[{_describe(model)}] capture: layer {i}'s attention weights"
@@ -239,7 +262,9 @@ def check_attention_capture(model: GPT) -> None:
         if field is not None:
             hidden |= key <= query - field
         leak = weights[..., hidden].abs().max().item() if hidden.any() else 0.0
-        assert leak == 0, f"{what} reach {leak:.3g} where a query may not look (later keys{' or beyond its receptive field' if field else ''})"
+        assert leak == 0, (
+            f"{what} reach {leak:.3g} where a query may not look (later keys{' or beyond its receptive field' if field else ''})"
+        )
 
 
 @single_threaded
@@ -253,7 +278,11 @@ def check_kv_cache(model: GPT, prefix: int = 5) -> None:
         cache = model.new_cache(2)
         parts = [model(idx[:, :prefix], cache=cache)]
         parts += [model(idx[:, s : s + chunk], cache=cache) for s in range(prefix, T, chunk)]
-        _assert_close(torch.cat(parts, dim=1), expected, f"[{_describe(model)}] KV cache: prefill {prefix}, then {chunk} token(s) at a time")
+        _assert_close(
+            torch.cat(parts, dim=1),
+            expected,
+            f"[{_describe(model)}] KV cache: prefill {prefix}, then {chunk} token(s) at a time",
+        )
 
 
 @single_threaded
@@ -276,9 +305,17 @@ def check_padded_batch(model: GPT) -> None:
     stepped = model(following, cache=cache)[:, -1]  # (B, V)
     for i, row in enumerate(rows):
         alone = model(row)[0, -1]
-        _assert_close(last[i], alone, f"[{_describe(model)}] left padding: row {i} ({row.size(1)} tokens) differs from the row alone")
+        _assert_close(
+            last[i],
+            alone,
+            f"[{_describe(model)}] left padding: row {i} ({row.size(1)} tokens) differs from the row alone",
+        )
         alone_next = model(torch.cat([row, following[i : i + 1]], dim=1))[0, -1]
-        _assert_close(stepped[i], alone_next, f"[{_describe(model)}] left padding + KV cache: row {i}'s next step differs from the row alone")
+        _assert_close(
+            stepped[i],
+            alone_next,
+            f"[{_describe(model)}] left padding + KV cache: row {i}'s next step differs from the row alone",
+        )
 
 
 @single_threaded
@@ -293,7 +330,11 @@ def check_receptive_field(registry: Registry, spec: dict, field: int) -> None:
     outside, inside = idx.clone(), idx.clone()
     outside[:, : t - field + 1] = (idx[:, : t - field + 1] + 1) % model.config.vocab_size
     inside[:, t - field + 1] = (idx[:, t - field + 1] + 1) % model.config.vocab_size
-    _assert_close(model(outside)[:, t], logits[:, t], f"[{_describe(model)}] receptive field {field}: tokens before position {t - field + 1} changed the logits at {t}")
+    _assert_close(
+        model(outside)[:, t],
+        logits[:, t],
+        f"[{_describe(model)}] receptive field {field}: tokens before position {t - field + 1} changed the logits at {t}",
+    )
     assert not torch.allclose(model(inside)[:, t], logits[:, t]), (
         f"[{_describe(model)}] receptive field {field}: the token at {t - field + 1}, inside the field, has no influence on position {t}"
     )
@@ -320,7 +361,9 @@ def check_loads_state_of(registry: Registry, name: str, reference: str, **params
         model = build(config, seed=1)
         model.load_state_dict(expected.state_dict())
         idx = _tokens(model, 2, config.context_length)
-        _assert_close(model(idx), expected(idx), f"attention '{name}' with {reference}'s weights (n_kv_heads={n_kv_heads})")
+        _assert_close(
+            model(idx), expected(idx), f"attention '{name}' with {reference}'s weights (n_kv_heads={n_kv_heads})"
+        )
 
 
 # ---- tokenizer check -----------------------------------------------------------------------------
@@ -332,7 +375,9 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
     name = type(tokenizer).__name__
     V, eot = tokenizer.vocab_size, tokenizer.eot_id
     assert 0 <= eot < V, f"{name}: eot_id {eot} outside [0, {V})"
-    assert tokenizer.encode(Tokenizer.EOT) == [eot], f"{name}: {Tokenizer.EOT!r} encodes to {tokenizer.encode(Tokenizer.EOT)}, expected [{eot}]"
+    assert tokenizer.encode(Tokenizer.EOT) == [eot], (
+        f"{name}: {Tokenizer.EOT!r} encodes to {tokenizer.encode(Tokenizer.EOT)}, expected [{eot}]"
+    )
     texts = [SAMPLE_TEXT, UNICODE_TEXT]
     encoded = [tokenizer.encode(t) for t in texts]
     for text, ids in zip(texts, encoded):
@@ -345,4 +390,6 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
     if state is not None:
         reloaded = type(tokenizer)(tokenizer.params)
         reloaded.load_state(json.loads(json.dumps(state)))
-        assert [reloaded.encode(t) for t in texts] == encoded, f"{name}: a tokenizer loaded from state() encodes differently"
+        assert [reloaded.encode(t) for t in texts] == encoded, (
+            f"{name}: a tokenizer loaded from state() encodes differently"
+        )

@@ -53,7 +53,9 @@ def peak_rss_growth():
             f"{name}(sys.argv[1], sys.argv[2])\n"
             "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
         )
-        done = subprocess.run([sys.executable, "-c", script, str(src), str(out)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(src), str(out)], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         before, after = map(int, done.stdout.split())
         return (after - before) * 1024  # ru_maxrss is in KiB on Linux

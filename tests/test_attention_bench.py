@@ -13,7 +13,12 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_bench.py
 @pytest.mark.slow
 def test_attention_bench_reports_cache_bytes_and_speeds(tmp_path):
     out = tmp_path / "attention.json"
-    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--reps", "1", "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--reps", "1", "--threads", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())["cases"]
     window = [r["cache_tensor_bytes"] for r in rows if r["impl"] == "sliding_window" and "cache_tensor_bytes" in r]

@@ -13,7 +13,22 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 @pytest.mark.slow
 def test_bench_runs_on_a_tiny_shape(tmp_path):
     out = tmp_path / "bench.json"
-    args = ["--shape", "tiny", "--reps", "1", "--warmup", "0", "--new-tokens", "4", "--long-tokens", "8", "--threads", "1", "--out", str(out)]
+    args = [
+        "--shape",
+        "tiny",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--new-tokens",
+        "4",
+        "--long-tokens",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -26,6 +41,10 @@ def test_bench_runs_on_a_tiny_shape(tmp_path):
     moe = cases[("train tiny float32 moe vs dense", "gptzoo-moe", "gptzoo-dense")]
     assert moe["error"] is None and moe["ratio"] > 0
     counted = report["moe_parameters"]
-    assert counted["active_parameters_per_token"] == counted["multiplied_per_token"] + counted["elementwise"] < counted["total"]
+    assert (
+        counted["active_parameters_per_token"]
+        == counted["multiplied_per_token"] + counted["elementwise"]
+        < counted["total"]
+    )
     long = cases[("decode tiny 8 tokens", "gptzoo-cache", "gptzoo-nocache")]
     assert long["ratio"] > 0 and long["peak_rss_bytes"] > 0

@@ -15,7 +15,9 @@ GPT2 = ROOT / "configs" / "gpt2-124m.toml"
 
 def gptzoo(*args):
     """Run the real command in a subprocess: (exit code, stdout, stderr)."""
-    result = subprocess.run([sys.executable, "-m", "gptzoo.recipes", *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "gptzoo.recipes", *args], capture_output=True, text=True, timeout=120
+    )
     return result.returncode, result.stdout, result.stderr
 
 
@@ -36,7 +38,13 @@ def test_plugins_json_shape():
     by_name = {(e["family"], e["name"]): e for e in entries}
     sdpa = by_name["attention", "sdpa"]
     assert (sdpa["plugin"], sdpa["distribution"]) == ("gptzoo.plugins.attention", "gptzoo")
-    assert {name: field["default"] for name, field in sdpa["params"].items()} == {"qk_norm": "none", "qk_norm_eps": 1e-6, "qk_norm_unit_offset": False, "scale": None, "softcap": None}
+    assert {name: field["default"] for name, field in sdpa["params"].items()} == {
+        "qk_norm": "none",
+        "qk_norm_eps": 1e-6,
+        "qk_norm_unit_offset": False,
+        "scale": None,
+        "softcap": None,
+    }
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
         "bias": {"type": "bool", "default": True, "required": False},
@@ -44,7 +52,9 @@ def test_plugins_json_shape():
     }
     assert by_name["head", "classifier"]["params"]["pooling"]["default"] == "last"
     families = [e["family"] for e in entries]
-    assert families == sorted(families, key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head"].index)
+    assert families == sorted(
+        families, key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head"].index
+    )
 
 
 def test_plugins_table(capsys):
@@ -70,20 +80,40 @@ def test_describe_json_gpt2_124m(capsys):
     feed_forward = L * 2 * (2 * C * 4 * C)
     head = 2 * V * C
     assert info["flops_per_token"] == {
-        "positional": 0, "attention": attention, "feed_forward": feed_forward, "norm": 0, "block": 0, "head": head,
-        "forward": attention + feed_forward + head, "training": 3 * (attention + feed_forward + head),
+        "positional": 0,
+        "attention": attention,
+        "feed_forward": feed_forward,
+        "norm": 0,
+        "block": 0,
+        "head": head,
+        "forward": attention + feed_forward + head,
+        "training": 3 * (attention + feed_forward + head),
     }
     per_token = L * 2 * C * 4  # keys and values of every layer, fp32
-    assert info["kv_cache"] == {"bytes_per_token": per_token, "bytes_per_sequence": per_token * T, "dtype": "float32", "context_length": T}
+    assert info["kv_cache"] == {
+        "bytes_per_token": per_token,
+        "bytes_per_sequence": per_token * T,
+        "dtype": "float32",
+        "context_length": T,
+    }
     per_layer = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * 2 * C
     assert info["layers"][11] == {
-        "layer": 11, "kind": None, "positional": "learned", "attention": "sdpa", "feed_forward": "gelu", "norm": "layernorm",
-        "block": "pre_norm", "parameters": per_layer, "kv_cache_bytes_per_token": 2 * C * 4,
+        "layer": 11,
+        "kind": None,
+        "positional": "learned",
+        "attention": "sdpa",
+        "feed_forward": "gelu",
+        "norm": "layernorm",
+        "block": "pre_norm",
+        "parameters": per_layer,
+        "kv_cache_bytes_per_token": 2 * C * 4,
     }
 
 
 def test_describe_with_overrides(capsys):
-    code, out, _ = run_main(capsys, "describe", str(GPT2), "--json", "--set", "model.attention.name=per_head", "--set", "model.n_kv_heads=4")
+    code, out, _ = run_main(
+        capsys, "describe", str(GPT2), "--json", "--set", "model.attention.name=per_head", "--set", "model.n_kv_heads=4"
+    )
     assert code == 0
     info = json.loads(out)
     assert info["config"]["model"]["attention"]["name"] == "per_head"
@@ -117,7 +147,9 @@ def test_errors_exit_2_with_one_message(capsys, args, fragment):
 
 def test_error_in_a_real_process(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[model]\ncontext_length = 8\nd_model = 8\nn_layers = 1\nn_heads = 2\nnorm = { name = "rmsnorm", epsilon = 1e-5 }\n')
+    bad.write_text(
+        '[model]\ncontext_length = 8\nd_model = 8\nn_layers = 1\nn_heads = 2\nnorm = { name = "rmsnorm", epsilon = 1e-5 }\n'
+    )
     code, out, err = gptzoo("describe", str(bad))
     assert code == 2
     assert "Traceback" not in err and out == ""

@@ -33,7 +33,14 @@ def build_and_run(model_config):
 
 def test_there_are_configs():
     names = {p.name for p in RUN_CONFIGS}
-    assert {"gpt2-124m.toml", "gpt2-355m.toml", "gpt2-774m.toml", "gpt2-1558m.toml", "tiny.toml", "llama-style.toml"} <= names
+    assert {
+        "gpt2-124m.toml",
+        "gpt2-355m.toml",
+        "gpt2-774m.toml",
+        "gpt2-1558m.toml",
+        "tiny.toml",
+        "llama-style.toml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
@@ -57,8 +64,8 @@ def test_option_file_parses_for_the_command_it_names(path):
     """An @FILE of options reads as the command its "Use as" line names, and passes its checks."""
     import re
 
-    from gptzoo.recipes.finetuning import common as finetune
     from gptzoo.recipes.cli import build_parser
+    from gptzoo.recipes.finetuning import common as finetune
 
     command = re.search(r"gptzoo (\S+) BASE", path.read_text(encoding="utf-8")).group(1)
     args = build_parser().parse_args([command, "BASE", "--data", "data", "--out", "out", f"@{path}"])

@@ -10,7 +10,13 @@ import pytest
 from gptzoo.recipes.cli import main
 
 STYLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*-style.toml"))
-SHORT = ["train.max_steps=2", "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=2", "train.sample_tokens=0"]
+SHORT = [
+    "train.max_steps=2",
+    "train.eval_interval=2",
+    "train.eval_batches=1",
+    "train.batch_size=2",
+    "train.sample_tokens=0",
+]
 
 
 @pytest.fixture(scope="module")

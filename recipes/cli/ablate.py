@@ -5,17 +5,40 @@ import contextlib
 from pathlib import Path
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.research.sweep.ablate import CURVES_PNG, EXTRAPOLATION_PNG, RESULTS_CSV, RESULTS_MD, RUNS, SCALING_PNG, SWEEP, load_sweep, run_sweep
-from gptzoo.recipes.runs.manifest import LOCK, OWNER, run_writer
+from gptzoo.recipes.research.sweep.ablate import (
+    CURVES_PNG,
+    EXTRAPOLATION_PNG,
+    RESULTS_CSV,
+    RESULTS_MD,
+    RUNS,
+    SCALING_PNG,
+    SWEEP,
+    load_sweep,
+    run_sweep,
+)
 from gptzoo.recipes.runs.folder import check_out_folder
+from gptzoo.recipes.runs.manifest import LOCK, OWNER, run_writer
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sweep", metavar="SWEEP.toml", help="a sweep file: base config, axes to vary, seeds (see configs/ablations/)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the results and one run folder per (variant, seed); rerun to resume")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="runs in parallel, each in its own process with cores / N threads (default 1)")
+    parser.add_argument(
+        "sweep", metavar="SWEEP.toml", help="a sweep file: base config, axes to vary, seeds (see configs/ablations/)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the results and one run folder per (variant, seed); rerun to resume",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs in parallel, each in its own process with cores / N threads (default 1)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -28,11 +51,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_folder(out)
     foreign = out.is_dir() and not (out / SWEEP).exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
-    with contextlib.nullcontext() if foreign else run_writer(out):  # one sweep per folder at a time; a foreign folder is refused unlocked
+    with (
+        contextlib.nullcontext() if foreign else run_writer(out)
+    ):  # one sweep per folder at a time; a foreign folder is refused unlocked
         results = run_sweep(sweep, out, workers=args.workers, progress=args.progress)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
-    plots = f"{out / CURVES_PNG}" + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "") + (f", {out / SCALING_PNG}" if sweep.sizes else "")
+    plots = (
+        f"{out / CURVES_PNG}"
+        + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "")
+        + (f", {out / SCALING_PNG}" if sweep.sizes else "")
+    )
     print(f"wrote {out / RESULTS_CSV}, {out / RESULTS_MD}, {plots} and {out / RUNS}/")
     failed = [r for r in results if r.status == "failed"]
     if failed:

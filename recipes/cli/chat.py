@@ -13,7 +13,11 @@ HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo finetune-instruct")
-    parser.add_argument("--instruction", default=None, help="the instruction; without it, read one instruction per line from stdin until end of input")
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="the instruction; without it, read one instruction per line from stdin until end of input",
+    )
     parser.add_argument("--input", default="", help="the input the instruction refers to (optional)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest response, in tokens (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
@@ -29,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError("--input needs --instruction")
     loaded = load_run(args.run_dir)
     if loaded.config.model.head.name != "lm":
-        raise GptzooError(f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify")
+        raise GptzooError(
+            f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify"
+        )
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     answer = respond_in_template if getattr(loaded.tokenizer.params, "chat_template", None) is not None else respond
     if args.instruction is not None:

@@ -5,8 +5,8 @@ import json
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.finetuning.classifier import LABELS, predict
-from gptzoo.recipes.runs.manifest import check_file
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.runs.manifest import check_file
 
 HELP = "print the label a classifier run (from finetune-classifier) predicts for a text, and its probability"
 
@@ -20,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run_dir)
     file = loaded.folder / LABELS
     if loaded.config.model.head.name != "classifier" or not file.is_file():
-        raise GptzooError(f"{loaded.folder}: not a classifier run (no {LABELS} or no classifier head); make one with gptzoo finetune-classifier")
+        raise GptzooError(
+            f"{loaded.folder}: not a classifier run (no {LABELS} or no classifier head); make one with gptzoo finetune-classifier"
+        )
     if loaded.manifest is not None:
         check_file(loaded.folder, loaded.manifest, LABELS)
     try:
@@ -28,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
         labels, max_length = list(saved["labels"]), int(saved["max_length"])
         pad_to = None if saved.get("pad_to") is None else int(saved["pad_to"])  # absent in runs from before --pad-to
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise GptzooError(f"{file}: unreadable ({err}); it should hold {{\"labels\": [...], \"max_length\": N}}") from None
+        raise GptzooError(f'{file}: unreadable ({err}); it should hold {{"labels": [...], "max_length": N}}') from None
     if len(labels) != loaded.config.model.head.params.n_classes:
-        raise GptzooError(f"{file}: {len(labels)} labels but the head has {loaded.config.model.head.params.n_classes} classes")
+        raise GptzooError(
+            f"{file}: {len(labels)} labels but the head has {loaded.config.model.head.params.n_classes} classes"
+        )
     label, probability = predict(loaded.model, loaded.tokenizer, args.text, labels, max_length, pad_to)
     print(f"{label}\t{probability:.4f}")
     return 0

@@ -14,7 +14,14 @@ HELP = "print a config resolved, its parameter count (total and by family) and c
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a TOML config or a run folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.attention.name=sdpa (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. model.attention.name=sdpa (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (see the README for its shape)")
 
 
@@ -37,7 +44,12 @@ def describe(config: RunConfig) -> dict:
         "parameters": model.param_counts(),
         "active_parameters_per_token": model.active_parameters_per_token(),
         "flops_per_token": model.flops_per_token(T),
-        "kv_cache": {"bytes_per_token": per_sequence // T, "bytes_per_sequence": per_sequence, "dtype": "float32", "context_length": T},
+        "kv_cache": {
+            "bytes_per_token": per_sequence // T,
+            "bytes_per_sequence": per_sequence,
+            "dtype": "float32",
+            "context_length": T,
+        },
         "layers": [
             {
                 "layer": layer.index,
@@ -53,7 +65,11 @@ def describe(config: RunConfig) -> dict:
 
 def _short(spec: ComponentSpec) -> str:
     """'rope' or 'rope(base=1000000.0)': the name and the params that differ from the plugin's defaults."""
-    changed = {k: v for k, v in spec.params.model_dump(mode="json").items() if k not in spec.impl.Params.model_fields or v != spec.impl.Params.model_fields[k].default}
+    changed = {
+        k: v
+        for k, v in spec.params.model_dump(mode="json").items()
+        if k not in spec.impl.Params.model_fields or v != spec.impl.Params.model_fields[k].default
+    }
     return spec.name + (f"({', '.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
 
@@ -76,10 +92,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'forward FLOPs':<15} {flops['forward']:>15,}")
     print(f"  {'training FLOPs':<15} {flops['training']:>15,}")
     kv = info["kv_cache"]
-    print(f"  {'KV cache':<15} {kv['bytes_per_token']:>15,} bytes/token (fp32), {kv['bytes_per_sequence'] / 2**20:,.1f} MiB per full sequence")
+    print(
+        f"  {'KV cache':<15} {kv['bytes_per_token']:>15,} bytes/token (fp32), {kv['bytes_per_sequence'] / 2**20:,.1f} MiB per full sequence"
+    )
     print("layers")
     header = ["layer", "kind", *PER_LAYER, "parameters", "KV bytes/token"]
-    rows = [[str(r["layer"]), r["kind"] or "-", *(r[f] for f in PER_LAYER), f"{r['parameters']:,}", f"{r['kv_cache_bytes_per_token']:,}"] for r in info["layers"]]
+    rows = [
+        [
+            str(r["layer"]),
+            r["kind"] or "-",
+            *(r[f] for f in PER_LAYER),
+            f"{r['parameters']:,}",
+            f"{r['kv_cache_bytes_per_token']:,}",
+        ]
+        for r in info["layers"]
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

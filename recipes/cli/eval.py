@@ -15,13 +15,19 @@ HELP = "print a run's loss and perplexity (a task's answer accuracy) on a text o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="DIR", help="a run folder (from gptzoo train)")
-    parser.add_argument("--data", metavar="PATH", help="a corpus: a text, .jsonl or .parquet file, a folder of them, or builtin:pydoc (default: the run's own validation split)")
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a corpus: a text, .jsonl or .parquet file, a folder of them, or builtin:pydoc (default: the run's own validation split)",
+    )
     parser.add_argument(
         "--context", type=int, nargs="+", metavar="N",
         help="score in windows of N tokens (several allowed, e.g. 64 128 256) and write the loss and accuracy per position to DIR/extrapolation.json and .png",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ... (default auto)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ... (default auto)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,12 +37,16 @@ def run(args: argparse.Namespace) -> int:
     trained = load_run(args.run, device=device)
     config = trained.config
     if args.data is not None and config.data.task is not None:
-        raise GptzooError(f"--data {args.data}: {args.run} was trained on the '{config.data.task.name}' task, whose ids are no text; leave --data out to score its validation split")
+        raise GptzooError(
+            f"--data {args.data}: {args.run} was trained on the '{config.data.task.name}' task, whose ids are no text; leave --data out to score its validation split"
+        )
     if args.context:
         bad = [n for n in args.context if n < 1]
         if bad:
             raise GptzooError(f"--context {bad[0]}: give lengths of 1 token or more")
-        results = extrapolate(config, trained.folder, trained.tokenizer, args.context, device, args.data, args.batch_size)
+        results = extrapolate(
+            config, trained.folder, trained.tokenizer, args.context, device, args.data, args.batch_size
+        )
         json_path, png_path = write_report(trained.folder, config, results, args.data)
         print(f"{'context':>8} {'windows':>8} {'loss':>8} {'accuracy':>9}   (trained at {config.model.context_length})")
         for r in results:
@@ -55,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         windows = TokenWindows(tokens, context, context)
         what = f"{args.data}: {len(windows) * context:,} tokens scored"
     n_batches = math.ceil(len(windows) / args.batch_size)
-    loss, accuracy = estimate_metrics(trained.model, windows, n_batches, args.batch_size, device, config.train.dtype, progress=True)
+    loss, accuracy = estimate_metrics(
+        trained.model, windows, n_batches, args.batch_size, device, config.train.dtype, progress=True
+    )
     scores = f"answer accuracy {accuracy:.4f}" if config.data.task is not None else f"perplexity {math.exp(loss):.2f}"
     print(f"{what}, loss {loss:.4f}, {scores}")
     return 0

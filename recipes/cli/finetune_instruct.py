@@ -5,7 +5,15 @@ from pathlib import Path
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.finetuning import common as finetune
-from gptzoo.recipes.finetuning.instruct import RESPONSES, encode_entries, evaluate, generate_responses, read_entries, split_in_file_order, train_instructions
+from gptzoo.recipes.finetuning.instruct import (
+    RESPONSES,
+    encode_entries,
+    evaluate,
+    generate_responses,
+    read_entries,
+    split_in_file_order,
+    train_instructions,
+)
 from gptzoo.recipes.runs.folder import Run, append_metrics, load_run
 from gptzoo.recipes.training.loop import resolve_device
 
@@ -14,16 +22,25 @@ HELP = "fine-tune a run on instructions (a JSON list of {instruction, input, out
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     finetune.add_arguments(
-        parser, data_help="a JSON list of {\"instruction\", \"input\", \"output\"} entries (input may be empty)", epochs=2, split="0.85,0.05,0.1",
+        parser,
+        data_help='a JSON list of {"instruction", "input", "output"} entries (input may be empty)',
+        epochs=2,
+        split="0.85,0.05,0.1",
         split_order_help="shuffled (default): Python's random.Random(--seed) shuffles, then train, validation, test are cut; "
         "book: file order, cut as the book's chapter 7: train first, then test, then validation",
         train_choices=finetune.TRAIN_CHOICES,
         train_help="what trains: all (the default), none (with --lora-rank: the adapters only, its default), head, "
         "last-block (with the final norm and the head), last-n (see --last-n). A head tied to the embedding trains it too",
     )
-    parser.add_argument("--mask-prompt", action="store_true", help="train on the responses only: the prompt tokens are not targets")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest test response, in tokens (default 256)")
-    parser.add_argument("--limit-test", type=int, default=None, metavar="N", help="generate responses for the first N test entries only")
+    parser.add_argument(
+        "--mask-prompt", action="store_true", help="train on the responses only: the prompt tokens are not targets"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="longest test response, in tokens (default 256)"
+    )
+    parser.add_argument(
+        "--limit-test", type=int, default=None, metavar="N", help="generate responses for the first N test entries only"
+    )
 
 
 @finetune.holding_out_lock
@@ -37,13 +54,19 @@ def run(args: argparse.Namespace) -> int:
     base_dir, out, data = Path(args.base_dir), Path(args.out), Path(args.data)
     finetune.check_out_dir(out, base_dir)
     entries = read_entries(data)
-    train, val, test = split_in_file_order(entries, fractions) if args.split_order == "book" else finetune.split_data(entries, fractions, args.seed)
+    train, val, test = (
+        split_in_file_order(entries, fractions)
+        if args.split_order == "book"
+        else finetune.split_data(entries, fractions, args.seed)
+    )
     finetune.check_splits(data, {"train": train, "validation": val, "test": test})
     print(f"{len(entries)} entries: train {len(train)}, validation {len(val)}, test {len(test)}")
 
     base = load_run(base_dir)
     if base.config.model.head.name != "lm":
-        raise GptzooError(f"{base_dir}: its '{base.config.model.head.name}' head does not predict tokens; instruction fine-tuning needs a language model")
+        raise GptzooError(
+            f"{base_dir}: its '{base.config.model.head.name}' head does not predict tokens; instruction fine-tuning needs a language model"
+        )
     max_length = finetune.max_length(args.max_length, base.config.model.context_length, base_dir)
     device = resolve_device(args.device, "--device")
     model, tokenizer, pad_id = base.model, base.tokenizer, base.tokenizer.eot_id
@@ -53,7 +76,18 @@ def run(args: argparse.Namespace) -> int:
     train_ids, val_ids, test_ids = (encode_entries(split, tokenizer) for split in (train, val, test))
     config = finetune.fine_tuned_config(model.config, data, fractions, finetune.train_config(args, device))
     out.mkdir(parents=True, exist_ok=True)
-    train_instructions(model, train_ids, val_ids, config.train, pad_id=pad_id, max_length=max_length, mask_prompt=args.mask_prompt, device=device, out=out, drop_last=args.drop_last)
+    train_instructions(
+        model,
+        train_ids,
+        val_ids,
+        config.train,
+        pad_id=pad_id,
+        max_length=max_length,
+        mask_prompt=args.mask_prompt,
+        device=device,
+        out=out,
+        drop_last=args.drop_last,
+    )
     finetune.merge_and_save(out, Run(out, config, model, tokenizer), lora)
     test_loss = evaluate(model, test_ids, config.train.batch_size, pad_id, max_length, args.mask_prompt, device)
     append_metrics(out, {"test_loss": test_loss})

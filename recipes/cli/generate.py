@@ -15,13 +15,30 @@ HELP = "continue one or more prompts with a trained run (greedy, temperature, to
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="DIR", help="a run folder written by gptzoo train")
-    parser.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch (printed whole, not streamed)")
-    parser.add_argument("--max-new-tokens", type=int, default=50, help="stop after this many tokens (default 50); end-of-text stops sooner")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="text to continue; repeat for a batch (printed whole, not streamed)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=50,
+        help="stop after this many tokens (default 50); end-of-text stops sooner",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
     parser.add_argument("--top-k", type=int, default=None, help="sample only from the K most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="sample only from the smallest set of tokens whose probability reaches P, in (0, 1]")
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample only from the smallest set of tokens whose probability reaches P, in (0, 1]",
+    )
     parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
-    parser.add_argument("--no-stream", action="store_true", help="print the text when it is complete instead of as it is produced")
+    parser.add_argument(
+        "--no-stream", action="store_true", help="print the text when it is complete instead of as it is produced"
+    )
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -43,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         probe = model.head(torch.zeros(1, 1, model.config.d_model, device=device))
     if probe.dim() != 3:
-        raise GptzooError(f"{args.run_dir}: its '{model.config.head.name}' head does not predict tokens, so it cannot generate text")
+        raise GptzooError(
+            f"{args.run_dir}: its '{model.config.head.name}' head does not predict tokens, so it cannot generate text"
+        )
 
     context_length = model.config.context_length
     prompts = [prompt_ids(tokenizer, text) for text in args.prompt]
@@ -56,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
             )
 
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
-    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator, eot_id=tokenizer.eot_id)
+    options = dict(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator, eot_id=tokenizer.eot_id
+    )
     # Each prompt prints as the tokenizer decodes it, the continuation as its ids decode after
     # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer
     # spaces the words and drops what it cannot encode; lossless tokenizers give the prompt back).

@@ -20,12 +20,24 @@ HELP = "print (and plot) the mean absolute gradient per layer of an untrained mo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a TOML config (or a run folder's config)")
     parser.add_argument("--text", required=True, help="the text whose next-token loss is differentiated")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value for every variant (repeatable)")
     parser.add_argument(
-        "--compare", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value for every variant (repeatable)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a variant: the config with this override (repeatable; e.g. model.block.name=no_shortcut)",
     )
-    parser.add_argument("--plot", metavar="PNG", help="also draw the gradients per layer, one line per variant (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="also draw the gradients per layer, one line per variant (needs matplotlib)"
+    )
 
 
 def layer_gradients(model: GPT, ids: list[int]) -> list[float]:

@@ -20,11 +20,24 @@ LENS_COLUMNS = 8  # positions of the logit lens the text view shows (all are in 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_OR_CONFIG", help="a run folder (trained weights) or a TOML config (an untrained model from train.seed)")
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_CONFIG",
+        help="a run folder (trained weights) or a TOML config (an untrained model from train.seed)",
+    )
     parser.add_argument("--prompt", required=True, help="the text to look at; at most the model's context in tokens")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNGs and JSON (created if absent)")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="folder for the PNGs and JSON (created if absent)"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="next-token choices to keep at each position (default 5)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a value of a TOML config, e.g. model.positional.name=alibi (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of a TOML config, e.g. model.positional.name=alibi (repeatable)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps, auto")
 
 
@@ -53,10 +66,15 @@ def run(args: argparse.Namespace) -> int:
     seen = inspect_model(model, tokenizer, args.prompt, args.top_k)
     files, drawn = write_inspection(seen, args.out, f"{source} ({weights})")
     c = model.config
-    print(f"{source}: {weights}; '{c.attention.name}' attention, '{c.positional.name}' positions, '{c.block.name}' blocks, {c.n_layers} layers × {c.n_heads} heads")
+    print(
+        f"{source}: {weights}; '{c.attention.name}' attention, '{c.positional.name}' positions, '{c.block.name}' blocks, {c.n_layers} layers × {c.n_heads} heads"
+    )
     print("\n".join(view(seen)))
     shown = ", ".join(f.name for f in files[:3]) + (f", … ({len(files)} files)" if len(files) > 3 else "")
-    print(f"wrote {args.out}: {shown}" + ("" if drawn else " (no PNGs: matplotlib is not installed; pip install 'gptzoo[plots]')"))
+    print(
+        f"wrote {args.out}: {shown}"
+        + ("" if drawn else " (no PNGs: matplotlib is not installed; pip install 'gptzoo[plots]')")
+    )
     return 0
 
 

@@ -8,9 +8,13 @@ HELP = "write a new plugin package (module, entry point, conformance test) to st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="the component's name in configs, e.g. scalenorm (also names the module gptzoo_NAME)")
+    parser.add_argument(
+        "name", help="the component's name in configs, e.g. scalenorm (also names the module gptzoo_NAME)"
+    )
     parser.add_argument("--family", required=True, choices=FAMILIES, help="the component family")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to create (must not exist, or be empty)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="the folder to create (must not exist, or be empty)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,9 @@ def _params(entry) -> dict:
     for name, field in entry.params_model.model_fields.items():
         default = None if field.default is PydanticUndefined else field.default
         annotation = field.annotation
-        shown = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")  # int, not <class 'int'>
+        shown = (
+            annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+        )  # int, not <class 'int'>
         out[name] = {"type": shown, "default": default, "required": field.is_required()}
     return out
 
@@ -27,12 +29,28 @@ def _params(entry) -> dict:
 def run(args: argparse.Namespace) -> int:
     entries = default_registry().entries()
     if args.json:
-        print(json.dumps([
-            {"family": e.family, "name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version, "params": _params(e)}
-            for e in entries
-        ], indent=2, default=str))
+        print(
+            json.dumps(
+                [
+                    {
+                        "family": e.family,
+                        "name": e.name,
+                        "plugin": e.plugin,
+                        "distribution": e.distribution,
+                        "version": e.version,
+                        "params": _params(e),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+                default=str,
+            )
+        )
         return 0
-    rows = [(e.family, e.name, ", ".join(f"{k}={v['default']!r}" for k, v in _params(e).items()) or "-", e.provider) for e in entries]
+    rows = [
+        (e.family, e.name, ", ".join(f"{k}={v['default']!r}" for k, v in _params(e).items()) or "-", e.provider)
+        for e in entries
+    ]
     widths = [max(len(r[i]) for r in rows + [("family", "name", "params", "provided by")]) for i in range(4)]
     for row in [("family", "name", "params", "provided by")] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

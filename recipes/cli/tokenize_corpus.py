@@ -13,9 +13,20 @@ HELP = "show the token ids of a text and the piece each stands for, with a run's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="RUN_OR_CONFIG", help="a run folder (its saved tokenizer) or a TOML config (a tokenizer that learns its vocabulary is fitted on data.source)")
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_CONFIG",
+        help="a run folder (its saved tokenizer) or a TOML config (a tokenizer that learns its vocabulary is fitted on data.source)",
+    )
     parser.add_argument("--text", required=True, help="the text to tokenize")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.tokenizer.name=word (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. model.tokenizer.name=word (repeatable)",
+    )
 
 
 def load_tokenizer(source: Path, overrides: list[str]) -> tuple[RunConfig, Tokenizer, str]:

@@ -3,8 +3,8 @@
 import argparse
 
 from gptzoo.core import ConfigError
-from gptzoo.recipes.training import distributed
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.loop import train
 
 HELP = "train a config into a run folder (checkpoints and metrics.jsonl there); --resume continues it"
@@ -12,10 +12,29 @@ HELP = "train a config into a run folder (checkpoints and metrics.jsonl there); 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a TOML config (or a run folder, to reuse its config.json)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the run folder; must not hold a run unless --resume is given")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.max_steps=500 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in DIR ([train] may change, e.g. more steps; model and data may not)")
-    parser.add_argument("--nproc", type=int, default=1, metavar="N", help="train on N processes of this machine (one per GPU) under torchrun; train.batch_size is per process")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="the run folder; must not hold a run unless --resume is given"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.max_steps=500 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in DIR ([train] may change, e.g. more steps; model and data may not)",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (one per GPU) under torchrun; train.batch_size is per process",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: give a number of processes of at least 1")
     if args.nproc > 1:
-        train_args = [args.config, "--out", args.out, *(arg for override in args.overrides for arg in ("--set", override))]
+        train_args = [
+            args.config,
+            "--out",
+            args.out,
+            *(arg for override in args.overrides for arg in ("--set", override)),
+        ]
         return distributed.launch(train_args + (["--resume"] if args.resume else []), args.nproc)
     with distributed.process_group(config.train.device) as world:
         summary = train(config, args.out, resume=args.resume)

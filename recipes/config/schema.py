@@ -17,9 +17,17 @@ BUILTIN_CORPUS = "builtin:pydoc"
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    source: str = Field(BUILTIN_CORPUS, description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r} (ships with Python)")
-    text_field: str = Field("text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text")
-    task: TaskSpec | None = Field(None, description="a diagnostic task generated from data.seed instead of a corpus: { name = \"mqar\" | \"induction\" | \"selective_copy\", ... }")
+    source: str = Field(
+        BUILTIN_CORPUS,
+        description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r} (ships with Python)",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text"
+    )
+    task: TaskSpec | None = Field(
+        None,
+        description='a diagnostic task generated from data.seed instead of a corpus: { name = "mqar" | "induction" | "selective_copy", ... }',
+    )
     stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = Field(0, description="split and shuffling order; the same for every run that shares it")
@@ -31,29 +39,57 @@ class TrainConfig(BaseModel):
 
     max_steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, gt=0, description="token budget: optimizer steps = max_tokens / tokens per step")
-    max_flops: float | None = Field(None, gt=0, description="compute budget: steps = max_flops / (the model's training FLOPs per token × tokens per step)")
-    batch_size: int = Field(8, gt=0, description="windows per micro-batch on each process; a step is batch_size × grad_accum × processes")
+    max_tokens: int | None = Field(
+        None, gt=0, description="token budget: optimizer steps = max_tokens / tokens per step"
+    )
+    max_flops: float | None = Field(
+        None,
+        gt=0,
+        description="compute budget: steps = max_flops / (the model's training FLOPs per token × tokens per step)",
+    )
+    batch_size: int = Field(
+        8, gt=0, description="windows per micro-batch on each process; a step is batch_size × grad_accum × processes"
+    )
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay ends at lr × this")
     warmup_steps: int = Field(0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.1, ge=0, description="AdamW's decoupled weight decay, on the parameters weight_decay_scope names")
-    weight_decay_scope: Literal["matrices", "all"] = Field("matrices", description="matrices: embeddings and linear weights only, not biases and norms; all: every parameter (the book's AdamW)")
-    grad_clip: float | None = Field(1.0, ge=0, description="clip the gradient norm to this; 0 (or null) turns clipping off, as in the book's chapter 5")
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW's decoupled weight decay, on the parameters weight_decay_scope names"
+    )
+    weight_decay_scope: Literal["matrices", "all"] = Field(
+        "matrices",
+        description="matrices: embeddings and linear weights only, not biases and norms; all: every parameter (the book's AdamW)",
+    )
+    grad_clip: float | None = Field(
+        1.0,
+        ge=0,
+        description="clip the gradient norm to this; 0 (or null) turns clipping off, as in the book's chapter 5",
+    )
     eval_interval: int = Field(50, gt=0)
-    eval_at_start: bool = Field(False, description="also evaluate the untrained model, logged as step 0 (the book prints its initial loss)")
-    checkpoint_interval: int | None = Field(None, ge=0, description="steps between checkpoints; None: at every evaluation; 0: only at the end (and when stopped)")
+    eval_at_start: bool = Field(
+        False, description="also evaluate the untrained model, logged as step 0 (the book prints its initial loss)"
+    )
+    checkpoint_interval: int | None = Field(
+        None,
+        ge=0,
+        description="steps between checkpoints; None: at every evaluation; 0: only at the end (and when stopped)",
+    )
     eval_batches: int = Field(10, gt=0)
     seed: int = Field(0, description="initialisation and dropout")
     device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes: ddp copies the model to every rank, fsdp shards it across them")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with several processes: ddp copies the model to every rank, fsdp shards it across them"
+    )
     sample_prompt: str = "The"
     sample_tokens: int = Field(32, ge=0)
-    tensorboard: bool = Field(False, description="also write the metrics to DIR/tensorboard (the tensorboard extra); metrics.jsonl stays the record")
+    tensorboard: bool = Field(
+        False,
+        description="also write the metrics to DIR/tensorboard (the tensorboard extra); metrics.jsonl stays the record",
+    )
     init_from: str | None = Field(
         None,
         description="a run folder whose weights start this run (an imported checkpoint, say), not its optimizer or step; tensors both "
@@ -103,14 +139,20 @@ class RunConfig(BaseModel):
         if task is None:
             return self
         if self.data.source != BUILTIN_CORPUS:
-            raise ValueError(f"data.source = {self.data.source!r} and data.task: give one data source, the corpus or the task")
+            raise ValueError(
+                f"data.source = {self.data.source!r} and data.task: give one data source, the corpus or the task"
+            )
         try:
             task.check(self.model.context_length)
         except ValueError as err:
-            raise ValueError(f"data.task '{task.name}' at model.context_length = {self.model.context_length}: {err}") from None
+            raise ValueError(
+                f"data.task '{task.name}' at model.context_length = {self.model.context_length}: {err}"
+            ) from None
         tokenizer = self.model.tokenizer
         if tokenizer.impl.needs_fit or tokenizer.build().vocab_size < task.vocab_size:
-            raise ValueError(f"data.task '{task.name}' uses ids 0 .. {task.vocab_size - 1}: model.tokenizer must have a fixed vocabulary covering them; leave the tokenizer out to get {{ name = \"integers\", vocab_size = {task.vocab_size} }}")
+            raise ValueError(
+                f"data.task '{task.name}' uses ids 0 .. {task.vocab_size - 1}: model.tokenizer must have a fixed vocabulary covering them; leave the tokenizer out to get {{ name = \"integers\", vocab_size = {task.vocab_size} }}"
+            )
         return self
 
 
@@ -129,7 +171,11 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
 
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
-            raise ConfigError(f"{path}: a folder without config.json, so not a run folder; give a run folder or a TOML config" if path.is_dir() else f"{file}: no such config file")
+            raise ConfigError(
+                f"{path}: a folder without config.json, so not a run folder; give a run folder or a TOML config"
+                if path.is_dir()
+                else f"{file}: no such config file"
+            )
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from gptzoo.core import ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import BUILTIN_CORPUS, DataConfig
-from gptzoo.recipes.runs.folder import atomic_path
 from gptzoo.recipes.research.tasks import TaskExamples, task_splits
+from gptzoo.recipes.runs.folder import atomic_path
 
 CACHE_ENV = "GPTZOO_CACHE"
 CACHE_FORMAT = "tokens-v1"  # bump when the way text becomes tokens changes
@@ -50,7 +50,9 @@ def _corpus_files(source: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", *RECORD_SUFFIXES))
         if not files:
-            raise GptzooError(f"{path}: the folder holds no .txt, .jsonl or .parquet files (a corpus is {CORPUS_KINDS})")
+            raise GptzooError(
+                f"{path}: the folder holds no .txt, .jsonl or .parquet files (a corpus is {CORPUS_KINDS})"
+            )
         return files
     raise GptzooError(f"{path}: no such file or folder (a corpus is {CORPUS_KINDS})")
 
@@ -92,7 +94,9 @@ def _jsonl_texts(file: Path, text_field: str) -> Iterator[str]:
                 text = record.get(text_field) if isinstance(record, dict) else None
                 if not isinstance(text, str):
                     known = ", ".join(record) if isinstance(record, dict) else "none (not an object)"
-                    raise GptzooError(f"{file}:{number}: no text field {text_field!r} (fields: {known}); set data.text_field to the one holding the text")
+                    raise GptzooError(
+                        f"{file}:{number}: no text field {text_field!r} (fields: {known}); set data.text_field to the one holding the text"
+                    )
                 yield text
     except UnicodeDecodeError as err:
         raise GptzooError(f"{file}: not UTF-8 text ({err})") from None
@@ -102,13 +106,17 @@ def _parquet_texts(file: Path, text_field: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise GptzooError(f"{file}: reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo[parquet]'") from None
+        raise GptzooError(
+            f"{file}: reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo[parquet]'"
+        ) from None
     try:
         parquet = pq.ParquetFile(file)
     except Exception as err:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ... for a bad file
         raise GptzooError(f"{file}: not a readable Parquet file ({err})") from None
     if text_field not in parquet.schema_arrow.names:
-        raise GptzooError(f"{file}: no column {text_field!r} (columns: {', '.join(parquet.schema_arrow.names)}); set data.text_field to the one holding the text")
+        raise GptzooError(
+            f"{file}: no column {text_field!r} (columns: {', '.join(parquet.schema_arrow.names)}); set data.text_field to the one holding the text"
+        )
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):  # streamed, a batch of rows at a time
         yield from (text for text in batch.column(0).to_pylist() if text is not None)
 
@@ -175,15 +183,21 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 def cache_path(data: DataConfig, tokenizer: Tokenizer) -> Path:
     files = [] if data.source.startswith("builtin:") else _corpus_files(data.source)
-    field = f"|{data.text_field}" if any(f.suffix in RECORD_SUFFIXES for f in files) else ""  # which field of the records was read
-    key = hashlib.sha256(f"{CACHE_FORMAT}|{corpus_digest(data.source)}{field}|{tokenizer_digest(tokenizer)}".encode()).hexdigest()
+    field = (
+        f"|{data.text_field}" if any(f.suffix in RECORD_SUFFIXES for f in files) else ""
+    )  # which field of the records was read
+    key = hashlib.sha256(
+        f"{CACHE_FORMAT}|{corpus_digest(data.source)}{field}|{tokenizer_digest(tokenizer)}".encode()
+    ).hexdigest()
     return cache_dir(data) / f"{key[:32]}.{token_dtype(tokenizer.vocab_size).name}.bin"
 
 
 def load_tokens(data: DataConfig, tokenizer: Tokenizer, progress: bool = False) -> np.ndarray:
     """The corpus as a read-only memory-mapped token array, tokenized on the first call only."""
     if tokenizer.needs_fit and not tokenizer.is_fitted:
-        raise GptzooError(f"the '{type(tokenizer).__name__}' tokenizer is not fitted: fit it on the corpus first (fit_tokenizer)")
+        raise GptzooError(
+            f"the '{type(tokenizer).__name__}' tokenizer is not fitted: fit it on the corpus first (fit_tokenizer)"
+        )
     path = cache_path(data, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     if not path.is_file():
@@ -196,8 +210,14 @@ def load_tokens(data: DataConfig, tokenizer: Tokenizer, progress: bool = False) 
 def _write_tokens(data: DataConfig, tokenizer: Tokenizer, dtype: np.dtype, path: Path, progress: bool) -> None:
     limit = np.iinfo(dtype).max
     eot = np.asarray([tokenizer.eot_id], dtype=dtype).tobytes()
-    with atomic_path(path) as tmp, open(tmp, "wb") as out, tqdm(desc=f"tokenizing {data.source}", unit=" chunks", disable=not progress) as bar:
-        pending: list[tuple[str, bool]] = []  # (text, whether <|endoftext|> goes before it: a document's first chunk after another document)
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as out,
+        tqdm(desc=f"tokenizing {data.source}", unit=" chunks", disable=not progress) as bar,
+    ):
+        pending: list[
+            tuple[str, bool]
+        ] = []  # (text, whether <|endoftext|> goes before it: a document's first chunk after another document)
         pending_chars = 0
 
         def flush() -> None:
@@ -205,7 +225,9 @@ def _write_tokens(data: DataConfig, tokenizer: Tokenizer, dtype: np.dtype, path:
             for (_, separated), ids in zip(pending, tokenizer.encode_batch([text for text, _ in pending])):
                 array = np.asarray(ids, dtype=np.int64)
                 if array.size and (array.min() < 0 or array.max() > limit):
-                    raise GptzooError(f"the tokenizer produced id {array.max()} outside its vocabulary of {tokenizer.vocab_size}")
+                    raise GptzooError(
+                        f"the tokenizer produced id {array.max()} outside its vocabulary of {tokenizer.vocab_size}"
+                    )
                 out.write((eot if separated else b"") + array.astype(dtype).tobytes())
             bar.update(len(pending))
             pending.clear()
@@ -265,7 +287,10 @@ def split_windows(tokens: np.ndarray, context_length: int, data: DataConfig) -> 
     """Train and validation windows: the token array is cut once, so no window straddles the two."""
     stride = data.stride or context_length
     n_train = int(len(tokens) * (1 - data.val_fraction))
-    train, val = TokenWindows(tokens[:n_train], context_length, stride), TokenWindows(tokens[n_train:], context_length, stride)
+    train, val = (
+        TokenWindows(tokens[:n_train], context_length, stride),
+        TokenWindows(tokens[n_train:], context_length, stride),
+    )
     for name, part in (("training", train), ("validation", val)):
         if not len(part):
             raise GptzooError(
@@ -275,7 +300,9 @@ def split_windows(tokens: np.ndarray, context_length: int, data: DataConfig) -> 
     return train, val
 
 
-def load_splits(data: DataConfig, tokenizer: Tokenizer, context_length: int, progress: bool = False) -> tuple[TokenWindows | TaskExamples, TokenWindows | TaskExamples]:
+def load_splits(
+    data: DataConfig, tokenizer: Tokenizer, context_length: int, progress: bool = False
+) -> tuple[TokenWindows | TaskExamples, TokenWindows | TaskExamples]:
     """Training and validation windows of the corpus (tokenized into the cache on first use), or the task's two splits."""
     if data.task is not None:
         return task_splits(data.task, context_length, data.seed)

@@ -14,7 +14,7 @@ from gptzoo.core import GptzooError
 from gptzoo.recipes.runs.folder import check_out_folder
 from gptzoo.registry import default_registry
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
@@ -34,9 +34,9 @@ test = ["pytest>=8"]
 
 [tool.setuptools]
 py-modules = ["{module}"]
-'''
+"""
 
-TEST = '''from gptzoo.registry import make_registry
+TEST = """from gptzoo.registry import make_registry
 from gptzoo.testing import check_component
 
 import {module}
@@ -47,14 +47,14 @@ def test_{name}_conforms():
     registry = make_registry(entry_points=False)
     registry.register_plugin({module})
     check_component("{family}", "{name}", registry=registry)
-'''
+"""
 
-README = '''# {dist}
+README = """# {dist}
 
 A gptzoo {family} plugin. Use it in a config as `{family} = {{ name = "{name}" }}` after
 `pip install -e .`; `gptzoo plugins` lists it. Test it with `pip install -e '.[test]' && pytest`:
 the test runs gptzoo's conformance kit on it.
-'''
+"""
 
 HEADER = '''"""{doc}"""
 
@@ -69,7 +69,10 @@ from gptzoo.registry import hookimpl
 '''
 
 BODIES = {
-    "norm": ("ScaleNorm: g · x / ‖x‖ with one learned scalar g starting at √d (Nguyen & Salazar, 2019).", "Norm", '''
+    "norm": (
+        "ScaleNorm: g · x / ‖x‖ with one learned scalar g starting at √d (Nguyen & Salazar, 2019).",
+        "Norm",
+        """
 class {cls}Params(Params):
     eps: float = 1e-5
 
@@ -83,8 +86,12 @@ class {cls}(Norm):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
         return self.scale * x / x.norm(dim=-1, keepdim=True).clamp(min=self.params.eps)
-'''),
-    "feed_forward": ("The squared-ReLU MLP of Primer (So et al., 2021): relu(x W_in)² W_out.", "FeedForward", '''
+""",
+    ),
+    "feed_forward": (
+        "The squared-ReLU MLP of Primer (So et al., 2021): relu(x W_in)² W_out.",
+        "FeedForward",
+        """
 class {cls}Params(Params):
     hidden: int | None = None  # None: 4 × d_model
     bias: bool = True
@@ -101,8 +108,12 @@ class {cls}(FeedForward):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out_proj(torch.relu(self.in_proj(x)).square())  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
-'''),
-    "attention": ("Causal attention whose heads each learn a temperature: softmax(q·kᵀ / (√hs · τ_h)) v.", "Attention", '''
+""",
+    ),
+    "attention": (
+        "Causal attention whose heads each learn a temperature: softmax(q·kᵀ / (√hs · τ_h)) v.",
+        "Attention",
+        """
 class {cls}(Attention):
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)
@@ -131,8 +142,12 @@ class {cls}(Attention):
         ctx.record(weights)  # what `gptzoo inspect` draws (nothing happens unless it is inspecting)
         y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, nh * hs))  # (B, T, C)
-'''),
-    "positional": ("A distance penalty on the attention scores with one slope for every head (ALiBi with a single slope).", "PositionalEncoding", '''
+""",
+    ),
+    "positional": (
+        "A distance penalty on the attention scores with one slope for every head (ALiBi with a single slope).",
+        "PositionalEncoding",
+        """
 class {cls}Params(Params):
     slope: float = 0.1
 
@@ -143,8 +158,12 @@ class {cls}(PositionalEncoding):
     def score_bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
         distance = (q_positions[:, :, None] - k_positions[:, None, :]).float()  # (B|1, T, Tk)
         return (-self.params.slope * distance).unsqueeze(1)  # (B|1, 1, T, Tk)
-'''),
-    "block": ("A pre-norm block whose residual branches are scaled by learned per-channel gates (LayerScale, Touvron et al., 2021).", "Block", '''
+""",
+    ),
+    "block": (
+        "A pre-norm block whose residual branches are scaled by learned per-channel gates (LayerScale, Touvron et al., 2021).",
+        "Block",
+        """
 class {cls}Params(Params):
     init_scale: float = 0.1
 
@@ -164,7 +183,8 @@ class {cls}(Block):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
         x = x + self.attn_scale * self.attention(self.attn_norm(x), ctx, cache)
         return x + self.ffn_scale * self.feed_forward(self.ffn_norm(x))
-'''),
+""",
+    ),
 }
 FAMILIES = tuple(BODIES)
 
@@ -172,26 +192,43 @@ FAMILIES = tuple(BODIES)
 def new_plugin(name: str, family: str, out: str | Path) -> list[Path]:
     """Write the package for component ``name`` of ``family`` into ``out``; returns the files written."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise GptzooError(f"plugin name {name!r}: use lower-case letters, digits and underscores, starting with a letter (it names the module and the component)")
+        raise GptzooError(
+            f"plugin name {name!r}: use lower-case letters, digits and underscores, starting with a letter (it names the module and the component)"
+        )
     if family not in BODIES:
         raise GptzooError(f"--family {family!r}: choose one of {', '.join(FAMILIES)}")
     taken = default_registry().names(family)
     if name in taken:
-        raise GptzooError(f"plugin name {name!r}: an installed plugin already provides the {family} {name!r} ({', '.join(taken)} are taken); choose another name")
+        raise GptzooError(
+            f"plugin name {name!r}: an installed plugin already provides the {family} {name!r} ({', '.join(taken)} are taken); choose another name"
+        )
     out = Path(out)
     check_out_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptzooError(f"{out}: exists and is not an empty folder; choose a new --out")
-    module, dist, cls = f"gptzoo_{name}", f"gptzoo-{name.replace('_', '-')}", "".join(p.title() for p in name.split("_"))
+    module, dist, cls = (
+        f"gptzoo_{name}",
+        f"gptzoo-{name.replace('_', '-')}",
+        "".join(p.title() for p in name.split("_")),
+    )
     doc, interface, body = BODIES[family]
-    imports = {"Norm": "Dims, Norm, Params", "FeedForward": "Dims, FeedForward, Params", "Attention": "Attention, AttentionContext, Dims, LayerCache, Params",
-            "PositionalEncoding": "Params, PositionalEncoding", "Block": "AttentionContext, Block, Dims, LayerCache, LayerSpec, Params"}[interface]
-    code = HEADER.format(doc=doc, imports=imports) + body.format(cls=cls) + f'''
+    imports = {
+        "Norm": "Dims, Norm, Params",
+        "FeedForward": "Dims, FeedForward, Params",
+        "Attention": "Attention, AttentionContext, Dims, LayerCache, Params",
+        "PositionalEncoding": "Params, PositionalEncoding",
+        "Block": "AttentionContext, Block, Dims, LayerCache, LayerSpec, Params",
+    }[interface]
+    code = (
+        HEADER.format(doc=doc, imports=imports)
+        + body.format(cls=cls)
+        + f'''
 
 @hookimpl
 def register_components(register):
     register("{family}", "{name}", {cls})
 '''
+    )
     if "math." not in body:
         code = code.replace("import math\n\n", "")
     files = {

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
@@ -43,7 +43,9 @@ class Example:
 QUOTING = ("none", "csv")  # how a label<TAB>text file treats double quotes
 
 
-def read_examples(path: str | Path, text_column: str = "text", label_column: str = "label", quoting: str = "none") -> list[Example]:
+def read_examples(
+    path: str | Path, text_column: str = "text", label_column: str = "label", quoting: str = "none"
+) -> list[Example]:
     """Labelled texts from a ``.csv`` file (with a header) or a ``label<TAB>text`` file.
 
     In a ``label<TAB>text`` file every line is one example (``quoting="none"``); with
@@ -60,7 +62,9 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         examples = _read_tab_separated(path, text.splitlines() if quoting == "none" else _quoted_rows(text))
     classes = Counter(e.label for e in examples)
     if len(classes) < 2:
-        raise GptzooError(f"{path}: every example has the label {next(iter(classes))!r}; classification needs at least two classes")
+        raise GptzooError(
+            f"{path}: every example has the label {next(iter(classes))!r}; classification needs at least two classes"
+        )
     return examples
 
 
@@ -133,7 +137,9 @@ def balance_like_the_book(examples: list[Example], seed: int) -> list[Example]:
     return kept
 
 
-def split_like_the_book(examples: list[Example], fractions: tuple[float, float, float], seed: int) -> tuple[list[Example], list[Example], list[Example]]:
+def split_like_the_book(
+    examples: list[Example], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[Example], list[Example], list[Example]]:
     """The book's random_split: shuffled as ``df.sample(frac=1, random_state=seed)``, then cut."""
     return cut([examples[i] for i in book_order(len(examples), seed)], fractions)
 
@@ -141,14 +147,18 @@ def split_like_the_book(examples: list[Example], fractions: tuple[float, float, 
 # ---- batches ------------------------------------------------------------------------------
 
 
-def encode_examples(examples: list[Example], tokenizer: Tokenizer, labels: list[str], max_length: int) -> list[tuple[list[int], int]]:
+def encode_examples(
+    examples: list[Example], tokenizer: Tokenizer, labels: list[str], max_length: int
+) -> list[tuple[list[int], int]]:
     """(token ids truncated to ``max_length``, class id) per example."""
     class_ids = {label: i for i, label in enumerate(labels)}
     encoded = tokenizer.encode_batch([e.text for e in examples])
     return [(ids[:max_length], class_ids[e.label]) for ids, e in zip(encoded, examples)]
 
 
-def collate(batch: list[tuple[list[int], int]], pad_id: int, pad_to: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def collate(
+    batch: list[tuple[list[int], int]], pad_id: int, pad_to: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Right-pad with ``pad_id`` to the longest sequence, or to ``pad_to`` tokens (the book pads
     every batch to the longest training example) -> ids (B, T), pad_mask (B, T), labels (B,)."""
     longest = pad_to or max(len(ids) for ids, _ in batch)
@@ -166,7 +176,10 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int, pad_to: int | None 
 
 def classifier_config(base: ModelConfig, n_classes: int, registry: Registry, pooling: str = "last") -> ModelConfig:
     """The base's config with the LM head replaced by a classifier over ``n_classes``."""
-    data = base.model_dump(mode="json") | {"head": {"name": "classifier", "n_classes": n_classes, "pooling": pooling}, "tied_head": False}
+    data = base.model_dump(mode="json") | {
+        "head": {"name": "classifier", "n_classes": n_classes, "pooling": pooling},
+        "tied_head": False,
+    }
     return registry.model_config(data, source="classifier config")
 
 
@@ -188,7 +201,9 @@ def reads_padding(model: GPT) -> bool:
     return model.config.head.params.pooling == "last_position"
 
 
-def batch_loss(model: GPT, batch: list[tuple[list[int], int]], pad_id: int, device: torch.device, pad_to: int | None = None) -> tuple[Tensor, int]:
+def batch_loss(
+    model: GPT, batch: list[tuple[list[int], int]], pad_id: int, device: torch.device, pad_to: int | None = None
+) -> tuple[Tensor, int]:
     """Mean cross-entropy of a batch and how many it classified right."""
     ids, pad_mask, labels = (t.to(device) for t in collate(batch, pad_id, pad_to))
     logits = model(ids, pad_mask=None if reads_padding(model) else pad_mask)  # (B, n_classes)
@@ -196,7 +211,15 @@ def batch_loss(model: GPT, batch: list[tuple[list[int], int]], pad_id: int, devi
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data: list, batch_size: int, pad_id: int, device: torch.device, max_batches: int | None = None, pad_to: int | None = None) -> tuple[float, float]:
+def evaluate(
+    model: GPT,
+    data: list,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    max_batches: int | None = None,
+    pad_to: int | None = None,
+) -> tuple[float, float]:
     """(mean loss, accuracy) over the first ``max_batches`` batches of ``data`` (all when None)."""
     was_training = model.training
     model.eval()
@@ -211,7 +234,16 @@ def evaluate(model: GPT, data: list, batch_size: int, pad_id: int, device: torch
 
 
 def train_classifier(
-    model: GPT, train: list, val: list, cfg: TrainConfig, *, pad_id: int, device: torch.device, out: Path | None = None, pad_to: int | None = None, drop_last: bool = False
+    model: GPT,
+    train: list,
+    val: list,
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    device: torch.device,
+    out: Path | None = None,
+    pad_to: int | None = None,
+    drop_last: bool = False,
 ) -> list[dict]:
     """The book's loop: a step per batch at a constant learning rate, then loss and accuracy on
     the first ``cfg.eval_batches`` batches of train and validation at the end of each epoch
@@ -234,16 +266,27 @@ def train_classifier(
                 progress.set_postfix(loss=f"{loss.item():.3f}")
             train_loss, train_acc = evaluate(model, train, batch_size, pad_id, device, cfg.eval_batches, pad_to)
             val_loss, val_acc = evaluate(model, val, batch_size, pad_id, device, cfg.eval_batches, pad_to)
-            record = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
             records.append(record)
-            progress.write(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.1%} | val loss {val_loss:.3f} acc {val_acc:.1%}")
+            progress.write(
+                f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.1%} | val loss {val_loss:.3f} acc {val_acc:.1%}"
+            )
             if out is not None:
                 append_metrics(out, record)
     return records
 
 
 @torch.no_grad()
-def predict(model: GPT, tokenizer: Tokenizer, text: str, labels: list[str], max_length: int, pad_to: int | None = None) -> tuple[str, float]:
+def predict(
+    model: GPT, tokenizer: Tokenizer, text: str, labels: list[str], max_length: int, pad_to: int | None = None
+) -> tuple[str, float]:
     """The most probable label of ``text`` and its probability; ``pad_to`` right-pads the
     input with end-of-text as the model was trained (the book's classify_review)."""
     device = model.token_embedding.weight.device

@@ -12,8 +12,9 @@ import functools
 import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +22,8 @@ from torch import Tensor, nn
 from gptzoo.core import GPT, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.finetuning.lora import LoRASettings, apply_lora, lora_state, merge_lora
-from gptzoo.recipes.runs.manifest import LOCK, OWNER, Commit, run_writer
 from gptzoo.recipes.runs.folder import CONFIG, Run, check_out_folder, commit_files, save_run, write_state
+from gptzoo.recipes.runs.manifest import LOCK, OWNER, Commit, run_writer
 
 T = TypeVar("T")
 
@@ -36,10 +37,21 @@ LORA_WEIGHTS = "lora.safetensors"
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, *, data_help: str, epochs: int, split: str, split_order_help: str, train_choices: Sequence[str], train_help: str
+    parser: argparse.ArgumentParser,
+    *,
+    data_help: str,
+    epochs: int,
+    split: str,
+    split_order_help: str,
+    train_choices: Sequence[str],
+    train_help: str,
 ) -> None:
     """The options both fine-tuning commands take; defaults differ where the book's do."""
-    parser.add_argument("base_dir", metavar="BASE_DIR", help="the run folder to start from (an imported GPT-2 or a model trained with gptzoo)")
+    parser.add_argument(
+        "base_dir",
+        metavar="BASE_DIR",
+        help="the run folder to start from (an imported GPT-2 or a model trained with gptzoo)",
+    )
     parser.add_argument("--data", required=True, metavar="PATH", help=data_help)
     parser.add_argument("--out", required=True, metavar="DIR", help="the new run folder (new, or an empty folder)")
     parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
@@ -47,28 +59,86 @@ def add_arguments(
     parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, constant (default 5e-5)")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     parser.add_argument(
-        "--weight-decay-scope", choices=("matrices", "all"), default="matrices",
+        "--weight-decay-scope",
+        choices=("matrices", "all"),
+        default="matrices",
         help="what decays: matrices (embeddings and linear weights, not biases and norms; the default) or all (every parameter, the book's AdamW)",
     )
-    parser.add_argument("--betas", default="0.9,0.95", metavar="B1,B2", help="AdamW's betas (default 0.9,0.95; the book's fine-tuning uses AdamW's own 0.9,0.999)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, metavar="NORM", help="clip the gradient norm to NORM; 0 turns clipping off, as in the book (default 1.0)")
-    parser.add_argument("--drop-last", action="store_true", help="skip each epoch's last, smaller training batch, as the book's DataLoader(drop_last=True)")
-    parser.add_argument("--seed", type=int, default=123, help="the split, shuffling and LoRA initialisation (default 123)")
-    parser.add_argument("--split", default=split, metavar="TRAIN,VAL,TEST", help=f"fractions of the data for training, validation and test (default {split})")
-    parser.add_argument("--split-order", choices=SPLIT_ORDERS, default="shuffled", help=split_order_help)
-    parser.add_argument("--max-length", type=int, default=None, metavar="N", help="truncate every example to N tokens (default: the model's context length)")
-    parser.add_argument("--eval-batches", type=int, default=5, metavar="N", help="batches of the train and validation splits evaluated after each epoch (default 5)")
-    parser.add_argument("--train", choices=train_choices, default=None, help=train_help)
-    parser.add_argument("--last-n", type=int, default=2, metavar="N", help="with --train last-n: how many of the last transformer blocks train (default 2)")
-    parser.add_argument("--lora-rank", type=int, default=None, metavar="R", help="train a LoRA adapter of rank R instead of the weights themselves")
-    parser.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA alpha: the low-rank update is scaled by A / R, or by A with --lora-convention book (default: R)")
     parser.add_argument(
-        "--lora-convention", choices=("gptzoo", "book"), default="gptzoo",
+        "--betas",
+        default="0.9,0.95",
+        metavar="B1,B2",
+        help="AdamW's betas (default 0.9,0.95; the book's fine-tuning uses AdamW's own 0.9,0.999)",
+    )
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        default=1.0,
+        metavar="NORM",
+        help="clip the gradient norm to NORM; 0 turns clipping off, as in the book (default 1.0)",
+    )
+    parser.add_argument(
+        "--drop-last",
+        action="store_true",
+        help="skip each epoch's last, smaller training batch, as the book's DataLoader(drop_last=True)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=123, help="the split, shuffling and LoRA initialisation (default 123)"
+    )
+    parser.add_argument(
+        "--split",
+        default=split,
+        metavar="TRAIN,VAL,TEST",
+        help=f"fractions of the data for training, validation and test (default {split})",
+    )
+    parser.add_argument("--split-order", choices=SPLIT_ORDERS, default="shuffled", help=split_order_help)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="truncate every example to N tokens (default: the model's context length)",
+    )
+    parser.add_argument(
+        "--eval-batches",
+        type=int,
+        default=5,
+        metavar="N",
+        help="batches of the train and validation splits evaluated after each epoch (default 5)",
+    )
+    parser.add_argument("--train", choices=train_choices, default=None, help=train_help)
+    parser.add_argument(
+        "--last-n",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --train last-n: how many of the last transformer blocks train (default 2)",
+    )
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="train a LoRA adapter of rank R instead of the weights themselves",
+    )
+    parser.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=None,
+        metavar="A",
+        help="LoRA alpha: the low-rank update is scaled by A / R, or by A with --lora-convention book (default: R)",
+    )
+    parser.add_argument(
+        "--lora-convention",
+        choices=("gptzoo", "book"),
+        default="gptzoo",
         help="gptzoo (default): scale alpha / rank, A initialised with fan-in = in_features, as the LoRA paper and peft; "
         "book: scale alpha, A of shape (in, rank) initialised with fan-in = rank, as the book's appendix E",
     )
     parser.add_argument(
-        "--lora-targets", default="qkv,out_proj,ffn", metavar="LIST",
+        "--lora-targets",
+        default="qkv,out_proj,ffn",
+        metavar="LIST",
         help="comma-separated linear layers LoRA adapts: qkv (attention projections), out_proj (attention output), "
         "ffn (feed-forward linears), or a glob over module names such as 'blocks.3.*' (default qkv,out_proj,ffn)",
     )
@@ -100,7 +170,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
     if args.lora_rank is None and args.lora_alpha is not None:
         raise GptzooError("--lora-alpha needs --lora-rank")
     if args.lora_alpha is not None and (not args.lora_alpha > 0 or math.isinf(args.lora_alpha)):  # also nan
-        raise GptzooError(f"--lora-alpha {args.lora_alpha}: give a positive number (the update is scaled by alpha / rank)")
+        raise GptzooError(
+            f"--lora-alpha {args.lora_alpha}: give a positive number (the update is scaled by alpha / rank)"
+        )
     if args.train == "none" and args.lora_rank is None:
         raise GptzooError("--train none trains nothing without --lora-rank; choose what trains")
     try:
@@ -108,7 +180,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
     except ValueError:
         fractions = ()
     if len(fractions) != 3 or not all(f > 0 for f in fractions) or not sum(fractions) <= 1 + 1e-9:  # also nan
-        raise GptzooError(f"--split {args.split!r}: give three positive fractions that sum to at most 1, e.g. 0.7,0.1,0.2")
+        raise GptzooError(
+            f"--split {args.split!r}: give three positive fractions that sum to at most 1, e.g. 0.7,0.1,0.2"
+        )
     return fractions  # type: ignore[return-value]
 
 
@@ -140,7 +214,9 @@ def max_length(requested: int | None, context_length: int, base: Path) -> int:
     if requested is None:
         return context_length
     if requested > context_length:
-        raise GptzooError(f"--max-length {requested} exceeds the base model's context length {context_length} ({base / CONFIG})")
+        raise GptzooError(
+            f"--max-length {requested} exceeds the base model's context length {context_length} ({base / CONFIG})"
+        )
     return requested
 
 
@@ -151,7 +227,11 @@ def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
     """The text of a fine-tuning data file; GptzooError if it is missing or empty (``expected`` says what belongs in it)."""
     path = Path(path)
     if not path.is_file():
-        raise GptzooError(f"{path}: a folder, not a data file; give the file itself (it needs {expected})" if path.is_dir() else f"{path}: no such data file")
+        raise GptzooError(
+            f"{path}: a folder, not a data file; give the file itself (it needs {expected})"
+            if path.is_dir()
+            else f"{path}: no such data file"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -161,7 +241,9 @@ def read_data_file(path: str | Path, expected: str) -> tuple[Path, str]:
     return path, text
 
 
-def split_data(items: Sequence[T], fractions: tuple[float, float, float], seed: int) -> tuple[list[T], list[T], list[T]]:
+def split_data(
+    items: Sequence[T], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[T], list[T], list[T]]:
     """Shuffle with ``seed`` (Python's random.Random), then cut as ``cut`` does."""
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
@@ -181,10 +263,14 @@ def check_splits(path: Path, splits: dict[str, list]) -> None:
     empty = [name for name, items in splits.items() if not items]
     if empty:
         sizes = ", ".join(f"{name} {len(items)}" for name, items in splits.items())
-        raise GptzooError(f"{path}: the split ({sizes}) leaves {' and '.join(empty)} empty; give more examples or change --split")
+        raise GptzooError(
+            f"{path}: the split ({sizes}) leaves {' and '.join(empty)} empty; give more examples or change --split"
+        )
 
 
-def batches(items: Sequence[T], batch_size: int, generator: random.Random | None = None, drop_last: bool = False) -> list[list[T]]:
+def batches(
+    items: Sequence[T], batch_size: int, generator: random.Random | None = None, drop_last: bool = False
+) -> list[list[T]]:
     """``items`` cut into batches, shuffled first when a generator is given; ``drop_last``
     leaves out a last batch smaller than ``batch_size``."""
     order = list(range(len(items)))
@@ -227,7 +313,12 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
     settings = None
     if args.lora_rank is not None:
         targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-        settings = LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha or float(args.lora_rank), convention=args.lora_convention, targets=targets)
+        settings = LoRASettings(
+            rank=args.lora_rank,
+            alpha=args.lora_alpha or float(args.lora_rank),
+            convention=args.lora_convention,
+            targets=targets,
+        )
         torch.manual_seed(args.seed)
         wrapped = apply_lora(model, settings)
         print(
@@ -236,7 +327,9 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
         )
     after = count_parameters(model)
     print(f"parameters before: {before['total']:,} total, {before['trainable']:,} trainable")
-    print(f"parameters after:  {after['total']:,} total, {after['trainable']:,} trainable ({after['trainable'] / after['total']:.2%})")
+    print(
+        f"parameters after:  {after['total']:,} total, {after['trainable']:,} trainable ({after['trainable'] / after['total']:.2%})"
+    )
     if settings is not None:
         settings = settings.model_copy(update={"modules": wrapped, "parameters": {"before": before, "after": after}})
     return settings
@@ -245,8 +338,17 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
 def train_config(args: argparse.Namespace, device: torch.device) -> TrainConfig:
     """The settings this fine-tuning ran with, recorded in the new run's config.json."""
     return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=1.0, betas=args.betas, weight_decay=args.weight_decay,
-        weight_decay_scope=args.weight_decay_scope, grad_clip=args.grad_clip, eval_batches=args.eval_batches, seed=args.seed, device=str(device),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr_ratio=1.0,
+        betas=args.betas,
+        weight_decay=args.weight_decay,
+        weight_decay_scope=args.weight_decay_scope,
+        grad_clip=args.grad_clip,
+        eval_batches=args.eval_batches,
+        seed=args.seed,
+        device=str(device),
     )
 
 
@@ -277,7 +379,9 @@ def merge_and_save(out: Path, run: Run, lora: LoRASettings | None) -> None:
     save_run(out, run.config, run.model, run.tokenizer)
 
 
-def fine_tuned_config(model_config: ModelConfig, data: Path, fractions: tuple[float, float, float], train: TrainConfig) -> RunConfig:
+def fine_tuned_config(
+    model_config: ModelConfig, data: Path, fractions: tuple[float, float, float], train: TrainConfig
+) -> RunConfig:
     """The new run's config: the fine-tuned model, where its data came from, how it trained."""
     data_config = DataConfig(source=str(data), val_fraction=fractions[1], seed=train.seed)
     return RunConfig(model=model_config, data=data_config, train=train)

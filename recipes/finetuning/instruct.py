@@ -43,13 +43,17 @@ def read_entries(path: str | Path) -> list[dict]:
         raise GptzooError(f"{path}: expected a non-empty JSON list of {{instruction, input, output}} entries")
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise GptzooError(f"{path}, entry {number}: expected an object with instruction, input and output, got {type(entry).__name__}")
+            raise GptzooError(
+                f"{path}, entry {number}: expected an object with instruction, input and output, got {type(entry).__name__}"
+            )
         for field in ("instruction", "output"):
             if field not in entry:
                 raise GptzooError(f"{path}, entry {number}: missing field '{field}'")
         for field in ("instruction", "input", "output"):
             if not isinstance(entry.get(field, ""), str):
-                raise GptzooError(f"{path}, entry {number}: field '{field}' must be a string, got {type(entry[field]).__name__}")
+                raise GptzooError(
+                    f"{path}, entry {number}: field '{field}' must be a string, got {type(entry[field]).__name__}"
+                )
     return entries
 
 
@@ -73,7 +77,9 @@ def extract_response(text: str) -> str:
     return (after if marker else before).replace(RESPONSE_MARKER, "").strip()
 
 
-def split_in_file_order(entries: list[dict], fractions: tuple[float, float, float]) -> tuple[list[dict], list[dict], list[dict]]:
+def split_in_file_order(
+    entries: list[dict], fractions: tuple[float, float, float]
+) -> tuple[list[dict], list[dict], list[dict]]:
     """The book's chapter 7 split, unshuffled: the first int(n·train) entries train, the next
     int(n·test) are the test set, the rest validate. Returns (train, validation, test)."""
     n_train = int(len(entries) * fractions[0])
@@ -92,7 +98,9 @@ def encode_entries(entries: list[dict], tokenizer: Tokenizer) -> list[tuple[list
     return list(zip(full, prompt_lengths))
 
 
-def collate(batch: list[tuple[list[int], int]], pad_id: int, max_length: int, mask_prompt: bool = False) -> tuple[Tensor, Tensor]:
+def collate(
+    batch: list[tuple[list[int], int]], pad_id: int, max_length: int, mask_prompt: bool = False
+) -> tuple[Tensor, Tensor]:
     """Inputs and targets (B, T) for next-token training, padded with ``pad_id``.
 
     Each sequence gets one end-of-text token and is cut to ``max_length`` + 1 tokens; inputs
@@ -116,18 +124,32 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int, max_length: int, ma
 # ---- training -----------------------------------------------------------------------------
 
 
-def batch_loss(model: GPT, batch: list, pad_id: int, max_length: int, mask_prompt: bool, device: torch.device) -> Tensor:
+def batch_loss(
+    model: GPT, batch: list, pad_id: int, max_length: int, mask_prompt: bool, device: torch.device
+) -> Tensor:
     inputs, targets = (t.to(device) for t in collate(batch, pad_id, max_length, mask_prompt))
     logits = model(inputs)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data: list, batch_size: int, pad_id: int, max_length: int, mask_prompt: bool, device: torch.device, max_batches: int | None = None) -> float:
+def evaluate(
+    model: GPT,
+    data: list,
+    batch_size: int,
+    pad_id: int,
+    max_length: int,
+    mask_prompt: bool,
+    device: torch.device,
+    max_batches: int | None = None,
+) -> float:
     """Mean loss over the first ``max_batches`` batches of ``data`` (all when None)."""
     was_training = model.training
     model.eval()
-    losses = [batch_loss(model, b, pad_id, max_length, mask_prompt, device).item() for b in batches(data, batch_size)[:max_batches]]
+    losses = [
+        batch_loss(model, b, pad_id, max_length, mask_prompt, device).item()
+        for b in batches(data, batch_size)[:max_batches]
+    ]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -154,7 +176,9 @@ def train_instructions(
     records = []
     step = 0
     model.train()
-    with tqdm(total=int(cfg.epochs) * len(batches(train, batch_size, drop_last=drop_last)), desc="fine-tuning", unit="step") as progress:
+    with tqdm(
+        total=int(cfg.epochs) * len(batches(train, batch_size, drop_last=drop_last)), desc="fine-tuning", unit="step"
+    ) as progress:
         for epoch in range(1, int(cfg.epochs) + 1):
             for batch in batches(train, batch_size, order, drop_last):
                 loss = batch_loss(model, batch, pad_id, max_length, mask_prompt, device)
@@ -175,24 +199,39 @@ def train_instructions(
     return records
 
 
-def respond(model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "", max_new_tokens: int = 256, **sampling) -> str:
+def respond(
+    model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "", max_new_tokens: int = 256, **sampling
+) -> str:
     """The model's response to one instruction (greedy unless ``sampling`` says otherwise)."""
     prompt = format_prompt(instruction, input)
     return extract_response(prompt + complete(model, tokenizer, prompt, max_new_tokens, **sampling))
 
 
-def respond_in_template(model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "", max_new_tokens: int = 256, temperature: float = 0.0, seed: int | None = None) -> str:
+def respond_in_template(
+    model: GPT,
+    tokenizer: Tokenizer,
+    instruction: str,
+    input: str = "",
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> str:
     """The response of a checkpoint with a chat template (the ``hf`` tokenizer's) to one user message."""
     content = f"{instruction}\n\n{input}" if input else instruction
     ids = tokenizer.encode_chat([{"role": "user", "content": content}])
-    generator = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
-    [out] = generate_ids(model, [ids], max_new_tokens, temperature=temperature, generator=generator, eot_id=tokenizer.eot_id)
+    generator = (
+        torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
+    )
+    [out] = generate_ids(
+        model, [ids], max_new_tokens, temperature=temperature, generator=generator, eot_id=tokenizer.eot_id
+    )
     return tokenizer.decode(out).strip()
 
 
 def generate_responses(model: GPT, tokenizer: Tokenizer, entries: list[dict], max_new_tokens: int) -> list[dict]:
     """Each entry with the model's greedy response added under "model_response"."""
     return [
-        entry | {"model_response": respond(model, tokenizer, entry["instruction"], entry.get("input", ""), max_new_tokens)}
+        entry
+        | {"model_response": respond(model, tokenizer, entry["instruction"], entry.get("input", ""), max_new_tokens)}
         for entry in tqdm(entries, desc="test responses", unit="entry")
     ]

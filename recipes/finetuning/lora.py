@@ -75,14 +75,18 @@ class LoRALinear(nn.Linear):
         self.scale = lora_scale(rank, alpha, convention)
         like = dict(device=base.weight.device, dtype=base.weight.dtype)
         if convention == "gptzoo":
-            A = torch.empty(rank, base.in_features, **like)  # as nn.Linear(in, rank) initialises its weight: fan-in = in
+            A = torch.empty(
+                rank, base.in_features, **like
+            )  # as nn.Linear(in, rank) initialises its weight: fan-in = in
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         else:
             A = torch.empty(base.in_features, rank, **like)  # the book's A (in, rank): fan-in = rank
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
             A = A.T.contiguous()
         self.lora_A = nn.Parameter(A)  # (rank, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype)
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., in)
         update = F.linear(F.linear(x, self.lora_A), self.lora_B)  # (..., rank) -> (..., out)
@@ -90,7 +94,13 @@ class LoRALinear(nn.Linear):
 
     def merged(self) -> nn.Linear:
         """A plain nn.Linear computing the same function: W + scale·B·A."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             linear.weight.copy_(self.weight + self.scale * (self.lora_B @ self.lora_A))  # (out, in)
             if self.bias is not None:
@@ -118,7 +128,9 @@ def apply_lora(model: nn.Module, settings: LoRASettings) -> list[str]:
 
     A target that matches no linear layer is an error naming the layers there are.
     """
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)]
+    linears = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)
+    ]
     for target in settings.targets:
         if not any(_matches(target, name) for name, _ in linears):
             shown = ", ".join(name for name, _ in linears[:8]) + (", ..." if len(linears) > 8 else "")
@@ -136,7 +148,11 @@ def apply_lora(model: nn.Module, settings: LoRASettings) -> list[str]:
 
 def lora_state(model: nn.Module) -> dict[str, Tensor]:
     """The adapter alone: every lora_A and lora_B by its full name."""
-    return {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name.endswith((".lora_A", ".lora_B"))}
+    return {
+        name: t.detach().contiguous().cpu()
+        for name, t in model.state_dict().items()
+        if name.endswith((".lora_A", ".lora_B"))
+    }
 
 
 def merge_lora(model: nn.Module) -> int:

@@ -14,8 +14,8 @@ the same tokens, and the extra cost begins only where the context ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -117,7 +117,9 @@ def generate_ids(
             end = P + step  # tokens so far, padding included
             if cache is not None and end <= cache.max_len:
                 if step == 0:
-                    h = model.hidden_states(tokens[:, :P], cache=cache, pad_mask=real[:, :P] if max_pad else None)  # (B, P, C)
+                    h = model.hidden_states(
+                        tokens[:, :P], cache=cache, pad_mask=real[:, :P] if max_pad else None
+                    )  # (B, P, C)
                 else:
                     h = model.hidden_states(tokens[:, end - 1 : end], cache=cache)  # (B, 1, C)
             else:

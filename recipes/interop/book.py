@@ -74,14 +74,20 @@ def book_config_of(state: dict[str, torch.Tensor], n_heads: int | None, dropout:
     """The book's config dict a GPTModel state dict was made with (n_heads given or GPT-2's)."""
     for name in ("tok_emb.weight", "pos_emb.weight", "out_head.weight"):
         if name not in state:
-            raise CheckpointError(f"{source}: not a state dict of the book's GPTModel (no '{name}'); save one with torch.save(model.state_dict(), PATH)")
+            raise CheckpointError(
+                f"{source}: not a state dict of the book's GPTModel (no '{name}'); save one with torch.save(model.state_dict(), PATH)"
+            )
     if "out_head.bias" in state:
-        raise CheckpointError(f"{source}: its out_head has a bias, as the book's chapter 6 classifier; import-book reads the language model (chapter 5's model.pth)")
+        raise CheckpointError(
+            f"{source}: its out_head has a bias, as the book's chapter 6 classifier; import-book reads the language model (chapter 5's model.pth)"
+        )
     vocab_size, emb_dim = state["tok_emb.weight"].shape
     blocks = {int(m.group(1)) for name in state if (m := BOOK_BLOCK.fullmatch(name))}
     if n_heads is None:
         if emb_dim not in GPT2_HEADS:
-            raise GptzooError(f"{source}: emb_dim {emb_dim} is none of GPT-2's sizes, so the number of heads is unknown; give --n-heads")
+            raise GptzooError(
+                f"{source}: emb_dim {emb_dim} is none of GPT-2's sizes, so the number of heads is unknown; give --n-heads"
+            )
         n_heads = GPT2_HEADS[emb_dim]
     return {
         "vocab_size": vocab_size,
@@ -121,40 +127,75 @@ def from_book_state(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, 
 
 def read_book_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; the book saves its model with torch.save(model.state_dict(), 'model.pth')")
+        raise CheckpointError(
+            f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; the book saves its model with torch.save(model.state_dict(), 'model.pth')"
+        )
     expected = "expected the book's model.pth, saved with torch.save(model.state_dict(), 'model.pth')"
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:  # torch's text advises weights_only=False, unsafe for a file from elsewhere: never shown
+    except (
+        pickle.UnpicklingError
+    ) as err:  # torch's text advises weights_only=False, unsafe for a file from elsewhere: never shown
         if "Unsupported global" in str(err):
-            raise CheckpointError(f"{path}: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); {expected}") from None
-        raise CheckpointError(f"{path}: not a torch checkpoint torch.load(weights_only=True) can read (UnpicklingError); {expected}") from None
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); {expected}"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint torch.load(weights_only=True) can read (UnpicklingError); {expected}"
+        ) from None
     except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean a file that is no checkpoint
-        raise CheckpointError(f"{path}: not a torch checkpoint torch.load(weights_only=True) can read ({type(err).__name__}); {expected}") from None
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint torch.load(weights_only=True) can read ({type(err).__name__}); {expected}"
+        ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
         loaded = loaded["model_state_dict"]  # the book's model_and_optimizer.pth
     if not isinstance(loaded, dict) or not all(isinstance(t, torch.Tensor) for t in loaded.values()):
-        raise CheckpointError(f"{path}: not a state dict (a dict of tensors); the book saves one with torch.save(model.state_dict(), 'model.pth')")
+        raise CheckpointError(
+            f"{path}: not a state dict (a dict of tensors); the book saves one with torch.save(model.state_dict(), 'model.pth')"
+        )
     return loaded
 
 
 def import_book(
-    src: str | Path, out: str | Path, *, n_heads: int | None = None, dropout: float = BOOK_DROPOUT, attention: str = "sdpa", registry: Registry | None = None
+    src: str | Path,
+    out: str | Path,
+    *,
+    n_heads: int | None = None,
+    dropout: float = BOOK_DROPOUT,
+    attention: str = "sdpa",
+    registry: Registry | None = None,
 ) -> RunConfig:
     """Convert the book's saved GPTModel (``model.pth``) into the run folder ``out``."""
     src, out = Path(src), Path(out)
     refuse_existing(out)
     state = read_book_state(src)
     book_config = book_config_of(state, n_heads, dropout, str(src))
-    config = RunConfig(model=(registry or default_registry()).model_config(model_config_data(book_config, attention), str(src)))
+    config = RunConfig(
+        model=(registry or default_registry()).model_config(model_config_data(book_config, attention), str(src))
+    )
     ours = from_book_state(state, book_config["n_layers"])
     shapes = weight_shapes(config.model)
-    known = {f"trf_blocks.{i}.att.{w}.{kind}" for i in range(book_config["n_layers"]) for w in QKV for kind in ("weight", "bias")}
-    unexpected = sorted(n for n in state if gptzoo_name(n) is None and n not in known and not re.fullmatch(r"trf_blocks\.\d+\.att\.mask", n))
+    known = {
+        f"trf_blocks.{i}.att.{w}.{kind}"
+        for i in range(book_config["n_layers"])
+        for w in QKV
+        for kind in ("weight", "bias")
+    }
+    unexpected = sorted(
+        n
+        for n in state
+        if gptzoo_name(n) is None and n not in known and not re.fullmatch(r"trf_blocks\.\d+\.att\.mask", n)
+    )
     missing = sorted(set(shapes) - set(ours))
-    wrong = [f"{n} {tuple(ours[n].shape)} vs {shapes[n]}" for n in sorted(set(shapes) & set(ours)) if tuple(ours[n].shape) != shapes[n]]
+    wrong = [
+        f"{n} {tuple(ours[n].shape)} vs {shapes[n]}"
+        for n in sorted(set(shapes) & set(ours))
+        if tuple(ours[n].shape) != shapes[n]
+    ]
     if missing or unexpected or wrong:
-        raise CheckpointError(f"{src} is not the book's GPTModel as gptzoo reads it: {describe_mismatch(missing, unexpected, wrong)}")
+        raise CheckpointError(
+            f"{src} is not the book's GPTModel as gptzoo reads it: {describe_mismatch(missing, unexpected, wrong)}"
+        )
     with new_folder(out) as tmp:
         write_imported_run(tmp, config, shapes, ours.__getitem__, f"import {src.name}", registry)
     return config

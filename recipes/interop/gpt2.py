@@ -23,9 +23,10 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,8 +34,16 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.runs.folder import CONFIG, WEIGHTS, atomic_path, check_out_folder, describe_mismatch, run_commit, write_safetensors
 from gptzoo.recipes.interop.hf.families import GPT2, weight_plan
+from gptzoo.recipes.runs.folder import (
+    CONFIG,
+    WEIGHTS,
+    atomic_path,
+    check_out_folder,
+    describe_mismatch,
+    run_commit,
+    write_safetensors,
+)
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -52,7 +61,10 @@ HF_SKIPPED = re.compile(rf"{GPT2.ignored}|lm_head\.weight")  # causal-mask buffe
 
 def hf_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, bool]]:
     """gptzoo weight name -> (GPT-2 name without prefix, whether GPT-2 stores it transposed), from the gpt2 family's table."""
-    return {name: (theirs[0].removeprefix(HF_PREFIX), weight.layout == "transposed") for name, (weight, theirs) in weight_plan(GPT2, shapes).items()}
+    return {
+        name: (theirs[0].removeprefix(HF_PREFIX), weight.layout == "transposed")
+        for name, (weight, theirs) in weight_plan(GPT2, shapes).items()
+    }
 
 
 # ---- configs ------------------------------------------------------------------------------
@@ -69,16 +81,32 @@ def model_config_data(hf: dict, attention: str, source: str) -> dict:
             f"{source}: model_type is {hf.get('model_type')!r}, not 'gpt2'; import-gpt2 reads GPT-2 checkpoints "
             "(GPT2LMHeadModel / GPT2Model) only"
         )
-    missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if not isinstance(hf.get(k), int)]
+    missing = [
+        k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if not isinstance(hf.get(k), int)
+    ]
     if missing:
-        raise ConfigError(f"{source}: {', '.join(missing)} missing or not an integer; a GPT-2 config.json has all of them")
+        raise ConfigError(
+            f"{source}: {', '.join(missing)} missing or not an integer; a GPT-2 config.json has all of them"
+        )
     C = hf["n_embd"]
     unsupported = {
-        "activation_function": (hf.get("activation_function", "gelu_new") in TANH_GELU, "GPT-2 uses the tanh-GELU 'gelu_new'"),
+        "activation_function": (
+            hf.get("activation_function", "gelu_new") in TANH_GELU,
+            "GPT-2 uses the tanh-GELU 'gelu_new'",
+        ),
         "n_inner": (hf.get("n_inner") in (None, 4 * C), f"gptzoo's GPT-2 MLP is 4 × n_embd = {4 * C} wide"),
-        "scale_attn_weights": (hf.get("scale_attn_weights", True) is True, "attention scores are scaled by 1/sqrt(head size)"),
-        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False) is False, "no per-layer score scaling"),
-        "tie_word_embeddings": (hf.get("tie_word_embeddings", True) is True, "GPT-2 ties its LM head to the token embedding"),
+        "scale_attn_weights": (
+            hf.get("scale_attn_weights", True) is True,
+            "attention scores are scaled by 1/sqrt(head size)",
+        ),
+        "scale_attn_by_inverse_layer_idx": (
+            hf.get("scale_attn_by_inverse_layer_idx", False) is False,
+            "no per-layer score scaling",
+        ),
+        "tie_word_embeddings": (
+            hf.get("tie_word_embeddings", True) is True,
+            "GPT-2 ties its LM head to the token embedding",
+        ),
         "add_cross_attention": (hf.get("add_cross_attention", False) is False, "GPT-2 is decoder-only"),
     }
     for key, (ok, why) in unsupported.items():
@@ -129,13 +157,28 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_float32(f: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str) -> None:
+def write_float32(
+    f: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str
+) -> None:
     """Stream float32 tensors, one at a time from ``read``, into a safetensors file ``f``."""
     progress = lambda names: tqdm(names, desc=desc, unit="tensor")  # noqa: E731
-    write_safetensors(f, {name: (torch.float32, shape) for name, shape in shapes.items()}, read, {"format": "pt", "producer": "gptzoo"}, progress)
+    write_safetensors(
+        f,
+        {name: (torch.float32, shape) for name, shape in shapes.items()},
+        read,
+        {"format": "pt", "producer": "gptzoo"},
+        progress,
+    )
 
 
-def write_imported_run(folder: Path, config: RunConfig, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str, registry: Registry | None) -> None:
+def write_imported_run(
+    folder: Path,
+    config: RunConfig,
+    shapes: dict[str, tuple[int, ...]],
+    read: Callable[[str], torch.Tensor],
+    desc: str,
+    registry: Registry | None,
+) -> None:
     """Commit config.json and streamed float32 weights to the new run ``folder``, with its manifest."""
     commit = run_commit(folder, config, registry=registry)
     commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
@@ -200,11 +243,15 @@ def resolve_source(src: str, out: Path) -> Path:
             )
         return path
     if Path(src).is_file():
-        raise GptzooError(f"{src}: a file, not a folder; give the folder holding {' and '.join(HF_FILES)}, or one of {', '.join(SIZES)}")
+        raise GptzooError(
+            f"{src}: a file, not a folder; give the folder holding {' and '.join(HF_FILES)}, or one of {', '.join(SIZES)}"
+        )
     if src not in SIZES:
         close = difflib.get_close_matches(src, SIZES, n=1, cutoff=0.8)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise GptzooError(f"{src}: no such folder, and not a GPT-2 size name{hint}; give a folder or one of {', '.join(SIZES)}")
+        raise GptzooError(
+            f"{src}: no such folder, and not a GPT-2 size name{hint}; give a folder or one of {', '.join(SIZES)}"
+        )
     folder = cache_folder(src)
     if all((folder / f).is_file() for f in HF_FILES):
         return folder
@@ -248,7 +295,9 @@ def lfs_sha256(url: str) -> str:
         if not location or urllib.parse.urlparse(location).netloc not in ("", urllib.parse.urlparse(url).netloc):
             break
         url = urllib.parse.urljoin(url, location)
-    raise GptzooError(f"{url}: huggingface.co did not give the file's sha256 (ETag {etag!r}); cannot check the download")
+    raise GptzooError(
+        f"{url}: huggingface.co did not give the file's sha256 (ETag {etag!r}); cannot check the download"
+    )
 
 
 def download(url: str, path: Path, sha256: str | None = None) -> None:
@@ -262,7 +311,9 @@ def download(url: str, path: Path, sha256: str | None = None) -> None:
                 digest.update(chunk)
                 bar.update(len(chunk))
         if sha256 is not None and digest.hexdigest() != sha256:
-            raise GptzooError(f"{url}: the download's sha256 {digest.hexdigest()} is not the published {sha256}; nothing was kept, try again")
+            raise GptzooError(
+                f"{url}: the download's sha256 {digest.hexdigest()} is not the published {sha256}; nothing was kept, try again"
+            )
 
 
 # ---- the two directions -------------------------------------------------------------------

@@ -20,9 +20,9 @@ from torch import nn
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.data.tokens import TokenWindows, load_tokens, spread_indices, split_windows
-from gptzoo.recipes.runs.folder import WEIGHTS, load_weights, save_png, write_text_atomic
+from gptzoo.recipes.data.tokens import TokenWindows, load_tokens, split_windows, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE, TaskExamples
+from gptzoo.recipes.runs.folder import WEIGHTS, load_weights, save_png, write_text_atomic
 
 EXTRAPOLATION_JSON = "extrapolation.json"
 EXTRAPOLATION_PNG = "extrapolation.png"
@@ -38,7 +38,9 @@ def check_extrapolates(config: RunConfig, context: int) -> None:
     positional = config.model.positional
     limit = positional.impl.length_limit
     if context > config.model.context_length and limit is not None:
-        raise LengthLimitError(f"positional '{positional.name}' cannot score {context} tokens, past the trained context of {config.model.context_length}: {limit}")
+        raise LengthLimitError(
+            f"positional '{positional.name}' cannot score {context} tokens, past the trained context of {config.model.context_length}: {limit}"
+        )
 
 
 def model_at(config: RunConfig, folder: Path, context: int, device: torch.device) -> GPT:
@@ -49,7 +51,9 @@ def model_at(config: RunConfig, folder: Path, context: int, device: torch.device
     return model.to(device).eval()
 
 
-def windows_at(config: RunConfig, tokenizer: Tokenizer, context: int, source: str | None = None) -> TokenWindows | TaskExamples:
+def windows_at(
+    config: RunConfig, tokenizer: Tokenizer, context: int, source: str | None = None
+) -> TokenWindows | TaskExamples:
     """What to score at ``context``: a task's validation examples of that length, the validation split
     of the run's corpus in non-overlapping windows, or the whole of another text (``source``)."""
     data = config.data
@@ -92,7 +96,13 @@ class PositionScores:
 
 
 @torch.no_grad()
-def score_positions(model: nn.Module, windows: TokenWindows | TaskExamples, batch_size: int = 8, device: torch.device | str = "cpu", max_windows: int = MAX_WINDOWS) -> PositionScores:
+def score_positions(
+    model: nn.Module,
+    windows: TokenWindows | TaskExamples,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    max_windows: int = MAX_WINDOWS,
+) -> PositionScores:
     indices = spread_indices(len(windows), max_windows)
     T = windows.context_length
     sums = torch.zeros(3, T, dtype=torch.float64, device=device)  # loss, right, scored per position
@@ -100,14 +110,24 @@ def score_positions(model: nn.Module, windows: TokenWindows | TaskExamples, batc
         inputs, targets = windows.batch(indices[start : start + batch_size])  # (B, T) each
         inputs, targets = inputs.to(device), targets.to(device)
         logits = model(inputs).float()  # (B, T, V)
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T), 0 where ignored
+        loss = F.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+        )  # (B, T), 0 where ignored
         scored = targets != IGNORE
         sums += torch.stack([loss.sum(0), (logits.argmax(-1) == targets).sum(0), scored.sum(0)]).double()
     loss, correct, count = sums.cpu().numpy()
     return PositionScores(T, len(indices), loss, correct, count)
 
 
-def extrapolate(config: RunConfig, folder: Path, tokenizer: Tokenizer, contexts: list[int], device: torch.device | str = "cpu", source: str | None = None, batch_size: int = 8) -> list[dict]:
+def extrapolate(
+    config: RunConfig,
+    folder: Path,
+    tokenizer: Tokenizer,
+    contexts: list[int],
+    device: torch.device | str = "cpu",
+    source: str | None = None,
+    batch_size: int = 8,
+) -> list[dict]:
     """The summary of ``score_positions`` at each context, refusing (before scoring any) a context the positions cannot reach."""
     for context in contexts:
         check_extrapolates(config, context)
@@ -121,12 +141,19 @@ def extrapolate(config: RunConfig, folder: Path, tokenizer: Tokenizer, contexts:
     return results
 
 
-def write_report(folder: Path, config: RunConfig, results: list[dict], source: str | None = None) -> tuple[Path, Path | None]:
+def write_report(
+    folder: Path, config: RunConfig, results: list[dict], source: str | None = None
+) -> tuple[Path, Path | None]:
     """extrapolation.json (and extrapolation.png when matplotlib is installed) in the run folder."""
     report = {
         "trained_context": config.model.context_length,
         "positional": config.model.positional.name,
-        "data": source or (f"task {config.data.task.name}, validation split" if config.data.task else f"{config.data.source}, validation split"),
+        "data": source
+        or (
+            f"task {config.data.task.name}, validation split"
+            if config.data.task
+            else f"{config.data.source}, validation split"
+        ),
         "metric": "accuracy on answers" if config.data.task else "loss",
         "contexts": results,
     }
@@ -150,8 +177,19 @@ def plot(report: dict, path: Path) -> None:
     for result in sorted(report["contexts"], key=lambda r: -r["context"]):
         values = result["per_position"][key]
         positions = [p for p, v in enumerate(values) if v is not None]
-        ax.plot(positions, [values[p] for p in positions], linewidth=1.0, label=f"context {result['context']} ({result['windows']} windows)")
-    ax.axvline(report["trained_context"] - 1, color="black", linestyle="--", linewidth=1, label=f"trained context {report['trained_context']}")
+        ax.plot(
+            positions,
+            [values[p] for p in positions],
+            linewidth=1.0,
+            label=f"context {result['context']} ({result['windows']} windows)",
+        )
+    ax.axvline(
+        report["trained_context"] - 1,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"trained context {report['trained_context']}",
+    )
     ax.set_xlabel("token position")
     ax.set_ylabel(f"{key} (mean over windows)")
     ax.set_title(f"{report['positional']} positions: {key} per position, {report['data']}", fontsize=10)

@@ -85,7 +85,9 @@ def inspect_model(model: GPT, tokenizer: Tokenizer, prompt: str, top_k: int = 5)
     finally:
         model.train(training)
     if logits.dim() != 3:
-        raise GptzooError(f"the model's '{model.config.head.name}' head does not predict tokens, so there is no next token or logit lens to show")
+        raise GptzooError(
+            f"the model's '{model.config.head.name}' head does not predict tokens, so there is no next token or logit lens to show"
+        )
     vocab = model.config.vocab_size  # the padding rows of a padded vocabulary have probability 0
     top_k = min(top_k, vocab)
     next_probs, next_ids = logits[0, :, :vocab].float().softmax(-1).topk(top_k, dim=-1)  # (T, k)
@@ -127,7 +129,11 @@ def summary(seen: Inspection, source: str) -> dict:
             [{"id": i, "token": t, "prob": round(p, 5)} for i, t, p in zip(ids, tokens, probs)]
             for ids, tokens, probs in zip(seen.next_ids.tolist(), seen.next_tokens, seen.next_probs.tolist())
         ],
-        "logit_lens": {"top_ids": seen.lens_ids.tolist(), "top_tokens": seen.lens_tokens, "top_probs": _rounded(seen.lens_probs)},
+        "logit_lens": {
+            "top_ids": seen.lens_ids.tolist(),
+            "top_tokens": seen.lens_tokens,
+            "top_probs": _rounded(seen.lens_probs),
+        },
         "residual_norms": _rounded(seen.residual_norms, 3),
         "attention_entropy_bits": {
             "per_head": _rounded(seen.attention_entropy.mean(-1), 4),
@@ -185,13 +191,27 @@ def plot_all(seen: Inspection, out: Path) -> list[Path]:
         _attention_grid(plt, seen.tokens, weights, layer, files[-1])
     files.append(out / "logit-lens.png")
     _token_table(
-        plt, seen.lens_tokens, seen.lens_probs, seen.layer_names, seen.tokens, files[-1],
-        "logit lens: each layer's top next token (colour: its probability)", "after the token", "layer",
+        plt,
+        seen.lens_tokens,
+        seen.lens_probs,
+        seen.layer_names,
+        seen.tokens,
+        files[-1],
+        "logit lens: each layer's top next token (colour: its probability)",
+        "after the token",
+        "layer",
     )
     files.append(out / "next-tokens.png")
     _token_table(
-        plt, [list(row) for row in zip(*seen.next_tokens)], seen.next_probs.T, [f"#{r + 1}" for r in range(seen.next_ids.size(1))], seen.tokens, files[-1],
-        "the next token after each position: top choices (colour: probability)", "after the token", "rank",
+        plt,
+        [list(row) for row in zip(*seen.next_tokens)],
+        seen.next_probs.T,
+        [f"#{r + 1}" for r in range(seen.next_ids.size(1))],
+        seen.tokens,
+        files[-1],
+        "the next token after each position: top choices (colour: probability)",
+        "after the token",
+        "rank",
     )
     files.append(out / "residual-norms.png")
     _residual_norms(plt, seen, files[-1])
@@ -227,7 +247,17 @@ def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, path: P
     save_png(fig, path)
 
 
-def _token_table(plt, text: list[list[str]], values: Tensor, row_labels: list[str], col_labels: list[str], path: Path, title: str, xlabel: str, ylabel: str) -> None:
+def _token_table(
+    plt,
+    text: list[list[str]],
+    values: Tensor,
+    row_labels: list[str],
+    col_labels: list[str],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> None:
     """A grid of tokens coloured by probability, the first row at the bottom."""
     n_rows, n_cols = values.shape
     fig, ax = plt.subplots(figsize=(min(2.5 + 0.75 * n_cols, 24), min(1.5 + 0.55 * n_rows, 24)))
@@ -236,7 +266,9 @@ def _token_table(plt, text: list[list[str]], values: Tensor, row_labels: list[st
     for r in range(n_rows):
         for c in range(n_cols):
             label = f"{_short(text[r][c])}\n{values[r, c]:.2f}"
-            ax.text(c, r, label, ha="center", va="center", fontsize=size, color="black" if values[r, c] > 0.6 else "white")
+            ax.text(
+                c, r, label, ha="center", va="center", fontsize=size, color="black" if values[r, c] > 0.6 else "white"
+            )
     ax.set_xticks(range(n_cols), [_short(t) for t in col_labels], rotation=90, fontsize=size)
     ax.set_yticks(range(n_rows), row_labels, fontsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
@@ -269,7 +301,15 @@ def _entropy(plt, seen: Inspection, path: Path) -> None:
     image = ax.imshow(mean.numpy(), cmap="magma", aspect="auto", origin="lower")
     for layer in range(L):
         for h in range(nh):
-            ax.text(h, layer, f"{mean[layer, h]:.2f}", ha="center", va="center", fontsize=7, color="white" if mean[layer, h] < mean.max() * 0.6 else "black")
+            ax.text(
+                h,
+                layer,
+                f"{mean[layer, h]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if mean[layer, h] < mean.max() * 0.6 else "black",
+            )
     ax.set_xticks(range(nh), [str(h) for h in range(nh)], fontsize=8)
     ax.set_yticks(range(L), [str(layer) for layer in range(L)], fontsize=8)
     ax.set_xlabel("head")

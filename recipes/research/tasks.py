@@ -21,7 +21,7 @@ only. The ids are plain integers ``0 .. vocab_size - 1`` (the ``integers`` token
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -38,9 +38,10 @@ class Task(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     vocab_size: int
-    train_examples: int = Field(100_000, gt=0, description="size of the training split (examples are drawn again each epoch in a new order)")
+    train_examples: int = Field(
+        100_000, gt=0, description="size of the training split (examples are drawn again each epoch in a new order)"
+    )
     val_examples: int = Field(1_000, gt=0, description="size of the validation split")
-
 
     def check(self, context_length: int) -> None:
         """Raise ValueError naming the fields when examples of ``context_length`` tokens cannot be built."""
@@ -51,16 +52,19 @@ class Task(BaseModel):
 
 
 class MQAR(Task):
-
     name: Literal["mqar"]
     vocab_size: int = Field(128, gt=3, description="ids: 0 is filler, keys from the lower half, values from the upper")
     n_pairs: int = Field(8, gt=0, description="key-value pairs, each queried once")
 
     def check(self, context_length: int) -> None:
         if self.n_pairs > self.vocab_size // 2 - 1:
-            raise ValueError(f"n_pairs = {self.n_pairs} distinct keys need vocab_size ≥ {2 * self.n_pairs + 2}, got {self.vocab_size}")
+            raise ValueError(
+                f"n_pairs = {self.n_pairs} distinct keys need vocab_size ≥ {2 * self.n_pairs + 2}, got {self.vocab_size}"
+            )
         if 4 * self.n_pairs > context_length + 1:
-            raise ValueError(f"n_pairs = {self.n_pairs} needs 4 × n_pairs = {4 * self.n_pairs} tokens (pairs, then queries), more than context_length + 1 = {context_length + 1}")
+            raise ValueError(
+                f"n_pairs = {self.n_pairs} needs 4 × n_pairs = {4 * self.n_pairs} tokens (pairs, then queries), more than context_length + 1 = {context_length + 1}"
+            )
 
     def example(self, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
         n, half = self.n_pairs, self.vocab_size // 2
@@ -79,9 +83,10 @@ class MQAR(Task):
 
 
 class Induction(Task):
-
     name: Literal["induction"]
-    vocab_size: int = Field(32, gt=1, description="ids: 0 is the separator, the sequence draws from 1 .. vocab_size - 1")
+    vocab_size: int = Field(
+        32, gt=1, description="ids: 0 is the separator, the sequence draws from 1 .. vocab_size - 1"
+    )
 
     def check(self, context_length: int) -> None:
         if context_length < 2:
@@ -98,14 +103,17 @@ class Induction(Task):
 
 
 class SelectiveCopy(Task):
-
     name: Literal["selective_copy"]
-    vocab_size: int = Field(16, gt=2, description="ids: 0 is noise, 1 the marker, data tokens draw from 2 .. vocab_size - 1")
+    vocab_size: int = Field(
+        16, gt=2, description="ids: 0 is noise, 1 the marker, data tokens draw from 2 .. vocab_size - 1"
+    )
     n_tokens: int = Field(8, gt=0, description="data tokens to reproduce")
 
     def check(self, context_length: int) -> None:
         if 2 * self.n_tokens > context_length:
-            raise ValueError(f"n_tokens = {self.n_tokens} needs context_length ≥ 2 × n_tokens = {2 * self.n_tokens} (data among noise, then markers), got {context_length}")
+            raise ValueError(
+                f"n_tokens = {self.n_tokens} needs context_length ≥ 2 × n_tokens = {2 * self.n_tokens} (data among noise, then markers), got {context_length}"
+            )
 
     def example(self, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
         n = self.n_tokens
@@ -119,7 +127,7 @@ class SelectiveCopy(Task):
         return inputs, targets
 
 
-TaskSpec = Annotated[Union[MQAR, Induction, SelectiveCopy], Field(discriminator="name")]
+TaskSpec = Annotated[MQAR | Induction | SelectiveCopy, Field(discriminator="name")]
 
 
 class TaskExamples:

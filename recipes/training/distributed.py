@@ -66,7 +66,9 @@ def world() -> World:
 
 def launched_world() -> World:
     """The job torchrun started this process in, read from the environment it sets."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def timeout() -> datetime.timedelta:
@@ -99,7 +101,11 @@ def process_group(device: str = "auto") -> Iterator[World]:
     try:
         yield world()
     except Exception as err:
-        print(f"gptzoo: rank {launched.rank} of {launched.size} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        print(
+            f"gptzoo: rank {launched.rank} of {launched.size} failed: {type(err).__name__}: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise
     finally:
         dist.destroy_process_group()
@@ -114,7 +120,18 @@ def launch(train_args: list[str], nproc: int) -> int:
     """Run ``gptzoo train TRAIN_ARGS`` on ``nproc`` processes of this machine under torchrun; its exit code."""
     if launched_world().size > 1:
         raise ConfigError("--nproc: this process was already started by torchrun; leave --nproc out")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "gptzoo.recipes", "train", *train_args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "gptzoo.recipes",
+        "train",
+        *train_args,
+    ]
     process = subprocess.Popen(command)
     while True:
         try:
@@ -282,7 +299,9 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     and either parallelism can resume it. Under FSDP every rank must call it; rank 0 gets it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

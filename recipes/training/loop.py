@@ -18,9 +18,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
-from gptzoo.recipes.training import distributed
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE
-from gptzoo.recipes.training.tensorboard import TensorBoardLog
-from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest, run_writer
 from gptzoo.recipes.runs.folder import (
     CONFIG,
     METRICS,
@@ -54,6 +51,9 @@ from gptzoo.recipes.runs.folder import (
     weights_step,
     write_text_atomic,
 )
+from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest, run_writer
+from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training.tensorboard import TensorBoardLog
 from gptzoo.registry import Registry
 
 LOG_EVERY = 10  # steps between progress-bar updates, the only host-device syncs between evaluations
@@ -122,7 +122,13 @@ def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
     return config
 
 
-def total_steps(train: TrainConfig, n_train_windows: int, context_length: int, world_size: int = 1, training_flops_per_token: int | None = None) -> int:
+def total_steps(
+    train: TrainConfig,
+    n_train_windows: int,
+    context_length: int,
+    world_size: int = 1,
+    training_flops_per_token: int | None = None,
+) -> int:
     """Optimizer steps for the budget the config gives: steps, epochs, tokens or FLOPs (a step is the global batch).
 
     A FLOPs budget buys ⌊max_flops / (training FLOPs per token × tokens per step)⌋ steps (at least one),
@@ -251,7 +257,13 @@ def train_step(
 
 @torch.no_grad()
 def estimate_metrics(
-    model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
+    model: nn.Module,
+    windows: TokenWindows,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: str = "float32",
+    progress: bool = False,
 ) -> tuple[float, float]:
     """Mean loss and top-1 accuracy over the scored targets of a fixed set of windows spread across
     ``windows``, the same at every evaluation. Every target of a corpus is scored; of a task, only
@@ -264,7 +276,9 @@ def estimate_metrics(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, right answers, scored targets; read back once
-    for part in tqdm(distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress):
+    for part in tqdm(
+        distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress
+    ):
         # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
         inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
         with autocast(device, dtype):
@@ -283,7 +297,13 @@ def estimate_metrics(
 
 
 def estimate_loss(
-    model: nn.Module, windows: TokenWindows, n_batches: int, batch_size: int, device: torch.device, dtype: str = "float32", progress: bool = False
+    model: nn.Module,
+    windows: TokenWindows,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: str = "float32",
+    progress: bool = False,
 ) -> float:
     """The mean loss of ``estimate_metrics``."""
     return estimate_metrics(model, windows, n_batches, batch_size, device, dtype, progress)[0]
@@ -297,7 +317,15 @@ def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> s
     plain = unwrap(model)
     was_training = plain.training
     plain.eval()
-    text = complete(plain, tokenizer, train.sample_prompt, train.sample_tokens, temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, seed=train.seed)
+    text = complete(
+        plain,
+        tokenizer,
+        train.sample_prompt,
+        train.sample_tokens,
+        temperature=SAMPLE_TEMPERATURE,
+        top_k=SAMPLE_TOP_K,
+        seed=train.seed,
+    )
     plain.train(was_training)
     return tokenizer.decode(tokenizer.encode(train.sample_prompt)) + text
 
@@ -316,7 +344,13 @@ class Progress:
 
 
 def save_checkpoint(
-    out: Path, config: RunConfig, model: nn.Module, tokenizer: Tokenizer, optimizer: torch.optim.Optimizer, progress: Progress, sampler: WindowSampler,
+    out: Path,
+    config: RunConfig,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    sampler: WindowSampler,
     registry: Registry | None = None,
 ) -> None:
     """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/manifest.py).
@@ -341,7 +375,10 @@ def save_checkpoint(
         "best_val_loss": progress.best_val_loss,
         "data": sampler.state(),
         "optimizer": optimizer_state,
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
     with run_writer(out):
         commit = run_commit(out, config, progress.step, registry)
@@ -359,15 +396,23 @@ def save_checkpoint(
 def load_train_state(out: Path) -> dict:
     file = out / TRAIN_STATE
     if not file.is_file():
-        raise CheckpointError(f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first")
+        raise CheckpointError(
+            f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first"
+        )
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False is never passed on
         if "Unsupported global" in str(err):
-            raise CheckpointError(f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed") from None
-        raise CheckpointError(f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt") from None
+            raise CheckpointError(
+                f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed"
+            ) from None
+        raise CheckpointError(
+            f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt"
+        ) from None
     except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean an unreadable file
-        raise CheckpointError(f"{file}: cannot read the training state ({type(err).__name__}); the file is truncated or corrupt") from None
+        raise CheckpointError(
+            f"{file}: cannot read the training state ({type(err).__name__}); the file is truncated or corrupt"
+        ) from None
 
 
 def restore_rng(rng: dict) -> None:
@@ -393,9 +438,16 @@ def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
         before = getattr(saved, section).model_dump(mode="json", exclude=ignore.get(section))
         if section == "model" and given["vocab_size"] is None:
             given["vocab_size"] = before["vocab_size"]
-        differences += [f"{section}.{key}: {before.get(key)!r} in the run, {given.get(key)!r} now" for key in sorted(set(given) | set(before)) if given.get(key) != before.get(key)]
+        differences += [
+            f"{section}.{key}: {before.get(key)!r} in the run, {given.get(key)!r} now"
+            for key in sorted(set(given) | set(before))
+            if given.get(key) != before.get(key)
+        ]
     if differences:
-        raise CheckpointError(f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  " + "\n  ".join(differences))
+        raise CheckpointError(
+            f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  "
+            + "\n  ".join(differences)
+        )
 
 
 def keep_metrics_until(out: Path, step: int, manifest: Manifest | None) -> None:
@@ -445,7 +497,9 @@ def prepare_run(
     manifest = open_run(out) if out.is_dir() else None
     if resume:
         if not committed(out, manifest):
-            raise CheckpointError(f"{out}: holds no committed checkpoint to resume (the run stopped before its first); train without --resume to start over")
+            raise CheckpointError(
+                f"{out}: holds no committed checkpoint to resume (the run stopped before its first); train without --resume to start over"
+            )
         if manifest is not None:
             for name in (CONFIG, WEIGHTS, TRAIN_STATE, *(n for n in (TOKENIZER, METRICS) if n in manifest.files)):
                 check_file(out, manifest, name)
@@ -463,13 +517,17 @@ def prepare_run(
         raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
     leftovers = [name for name in RUN_FILES if (out / name).exists()]
     if leftovers:
-        say(f"{out} holds no committed checkpoint (a run stopped before its first); starting over (removing {', '.join(leftovers)})")
+        say(
+            f"{out} holds no committed checkpoint (a run stopped before its first); starting over (removing {', '.join(leftovers)})"
+        )
         for name in leftovers:
             (out / name).unlink()
     if config.train.init_from is not None:  # the source's weights mean its tokenizer's ids
         source = Path(config.train.init_from)
         if not (source / CONFIG).is_file():
-            raise ConfigError(f"train.init_from: {source} is not a run folder (no {CONFIG}); give the folder of an imported or trained run")
+            raise ConfigError(
+                f"train.init_from: {source} is not a run folder (no {CONFIG}); give the folder of an imported or trained run"
+            )
         source_config = load_config(source, registry, source_manifest := open_run(source))
         if source_config.model.tokenizer != config.model.tokenizer:
             raise ConfigError(
@@ -510,7 +568,15 @@ def train(
         return _train(config, out, resume, registry, progress, log, world)
 
 
-def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None, progress: bool, log: Callable[[str], None], world: distributed.World) -> TrainSummary:
+def _train(
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    registry: Registry | None,
+    progress: bool,
+    log: Callable[[str], None],
+    world: distributed.World,
+) -> TrainSummary:
     started = time.perf_counter()
     progress = progress and world.is_main  # one progress bar and one voice: rank 0's
     say = (tqdm.write if progress and log is print else log) if world.is_main else (lambda text: None)
@@ -526,14 +592,18 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
 
     torch.manual_seed(cfg.seed)
     model = GPT(config.model)
-    n_steps = total_steps(cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"])
+    n_steps = total_steps(
+        cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"]
+    )
     if state is not None:
         load_weights(model, out / WEIGHTS)
     elif cfg.init_from is not None:
         source = Path(cfg.init_from)  # prepare_run opened it (and noted a folder without a manifest)
         say(load_matching_weights(model, source, read_manifest(source)))
     model.train()
-    wrapped = distributed.wrap(model, cfg.parallel, device, world)  # onto the device; FSDP shards in place, so before the optimizer
+    wrapped = distributed.wrap(
+        model, cfg.parallel, device, world
+    )  # onto the device; FSDP shards in place, so before the optimizer
     optimizer = build_optimizer(model, cfg, device)
     at = Progress()
     sampler = WindowSampler(len(train_windows), config.data.seed)
@@ -584,8 +654,15 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
             raise _diverged(out, saved_step, checked_step, at.step)
         at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
         record["elapsed_s"] = round(at.elapsed_s, 3)
-        record |= {"processes": world.size, "effective_batch_size": windows_per_step, "tokens_per_step": tokens_per_step}
-        record |= {f"aux_{name}": distributed.mean_over_ranks(total).item() / max(window_steps, 1) for name, total in aux_sums.items()}
+        record |= {
+            "processes": world.size,
+            "effective_batch_size": windows_per_step,
+            "tokens_per_step": tokens_per_step,
+        }
+        record |= {
+            f"aux_{name}": distributed.mean_over_ranks(total).item() / max(window_steps, 1)
+            for name, total in aux_sums.items()
+        }
         at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
         summary.final_val_loss = record["val_loss"]
         if world.is_main:
@@ -607,7 +684,9 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
         window_start = time.perf_counter()
     with StopSignals() as stop, bar:
         while at.step < n_steps:
-            loss = train_step(step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device, aux_sums)
+            loss = train_step(
+                step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device, aux_sums
+            )
             nonfinite |= ~torch.isfinite(loss)
             window_steps += 1
             at.step += 1
@@ -615,7 +694,9 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
             window_tokens += tokens_per_step
             evaluating = at.step % cfg.eval_interval == 0 or at.step == n_steps
             interval = cfg.checkpoint_interval
-            checkpointing = at.step == n_steps or (evaluating if interval is None else bool(interval) and at.step % interval == 0)
+            checkpointing = at.step == n_steps or (
+                evaluating if interval is None else bool(interval) and at.step % interval == 0
+            )
             reporting = at.step % LOG_EVERY == 0 or evaluating or checkpointing
             if reporting:
                 if distributed.any_rank(nonfinite, device):  # the one sync between evaluations
@@ -623,7 +704,10 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
                 checked_step = at.step
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
-                aux_shown = {name: f"{distributed.mean_over_ranks(total).item() / window_steps:.4f}" for name, total in aux_sums.items()}
+                aux_shown = {
+                    name: f"{distributed.mean_over_ranks(total).item() / window_steps:.4f}"
+                    for name, total in aux_sums.items()
+                }
                 bar.set_postfix(loss=f"{mean_loss.item():.4f}", **aux_shown, tok_s=f"{rate:,.0f}")
                 bar.update(at.step - bar.n)
             if evaluating:
@@ -656,9 +740,20 @@ def _train(config: RunConfig, out: Path, resume: bool, registry: Registry | None
     return summary
 
 
-def evaluate(model: nn.Module, train_windows: TokenWindows, val_windows: TokenWindows, cfg: TrainConfig, device: torch.device, at: Progress, n_steps: int, tokens_per_s: float) -> dict:
+def evaluate(
+    model: nn.Module,
+    train_windows: TokenWindows,
+    val_windows: TokenWindows,
+    cfg: TrainConfig,
+    device: torch.device,
+    at: Progress,
+    n_steps: int,
+    tokens_per_s: float,
+) -> dict:
     """One metrics record: losses on fixed train and validation windows, plus where training stands."""
-    train_loss, train_accuracy = estimate_metrics(model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    train_loss, train_accuracy = estimate_metrics(
+        model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype
+    )
     val_loss, val_accuracy = estimate_metrics(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
     return {
         "step": at.step,
@@ -675,7 +770,11 @@ def evaluate(model: nn.Module, train_windows: TokenWindows, val_windows: TokenWi
 
 
 def _diverged(out: Path, saved_step: int | None, good_step: int, step: int) -> NonFiniteLossError:
-    kept = f"the last good checkpoint in {out} (step {saved_step}) is kept" if saved_step is not None else "no checkpoint was saved"
+    kept = (
+        f"the last good checkpoint in {out} (step {saved_step}) is kept"
+        if saved_step is not None
+        else "no checkpoint was saved"
+    )
     return NonFiniteLossError(
         f"the loss became NaN or infinite between steps {good_step} and {step}: training diverged; {kept}. "
         f"Lower train.lr, add train.warmup_steps or set train.grad_clip"

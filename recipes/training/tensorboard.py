@@ -16,7 +16,9 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise GptzooError("train.tensorboard = true needs TensorBoard; install the tensorboard extra: pip install 'gptzoo[tensorboard]'") from None
+            raise GptzooError(
+                "train.tensorboard = true needs TensorBoard; install the tensorboard extra: pip install 'gptzoo[tensorboard]'"
+            ) from None
         # A resumed run drops what an earlier session logged after its checkpoint, as metrics.jsonl does.
         self.writer = SummaryWriter(str(Path(out) / FOLDER), purge_step=start_step + 1 if start_step else None)
 

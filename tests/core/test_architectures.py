@@ -8,17 +8,30 @@ import torch
 
 from gptzoo.core import GPT
 
-COMMON = 'vocab_size = 64\ncontext_length = 16\nd_model = 64\nn_layers = 6\nn_heads = 4\n'
+COMMON = "vocab_size = 64\ncontext_length = 16\nd_model = 64\nn_layers = 6\nn_heads = 4\n"
 
 FAMILIES = {
-    "gpt2": ('positional = "learned"\nqkv_bias = true\ntied_head = true\n', {"block": "pre_norm", "positional": "learned", "norm": "layernorm"}),
-    "llama": ('n_kv_heads = 2\nattn_out_bias = false\ntied_head = false\npositional = "rope"\nfeed_forward = "swiglu"\nnorm = "rmsnorm"\n',
-              {"block": "pre_norm", "positional": "rope", "feed_forward": "swiglu", "norm": "rmsnorm"}),
-    "qwen3": ('n_kv_heads = 2\nhead_dim = 32\nattn_out_bias = false\npositional = { name = "rope", base = 1000000.0 }\nfeed_forward = "swiglu"\nnorm = "rmsnorm"\n',
-              {"positional": "rope(base=1000000.0)"}),
-    "gemma3": ('positional = "rope"\nblock = "sandwich"\nnorm = "rmsnorm"\nlayer_pattern = ["local", "local", "local", "local", "local", "global"]\n'
-               '[layer_kinds.local]\n[layer_kinds.global]\npositional = { name = "rope", base = 1000000.0 }\n', {"block": "sandwich"}),
-    "olmo2": ('positional = "rope"\nblock = "sublayer_output_norm"\nnorm = "rmsnorm"\nattn_out_bias = false\nfeed_forward = "swiglu"\n', {"block": "sublayer_output_norm"}),
+    "gpt2": (
+        'positional = "learned"\nqkv_bias = true\ntied_head = true\n',
+        {"block": "pre_norm", "positional": "learned", "norm": "layernorm"},
+    ),
+    "llama": (
+        'n_kv_heads = 2\nattn_out_bias = false\ntied_head = false\npositional = "rope"\nfeed_forward = "swiglu"\nnorm = "rmsnorm"\n',
+        {"block": "pre_norm", "positional": "rope", "feed_forward": "swiglu", "norm": "rmsnorm"},
+    ),
+    "qwen3": (
+        'n_kv_heads = 2\nhead_dim = 32\nattn_out_bias = false\npositional = { name = "rope", base = 1000000.0 }\nfeed_forward = "swiglu"\nnorm = "rmsnorm"\n',
+        {"positional": "rope(base=1000000.0)"},
+    ),
+    "gemma3": (
+        'positional = "rope"\nblock = "sandwich"\nnorm = "rmsnorm"\nlayer_pattern = ["local", "local", "local", "local", "local", "global"]\n'
+        '[layer_kinds.local]\n[layer_kinds.global]\npositional = { name = "rope", base = 1000000.0 }\n',
+        {"block": "sandwich"},
+    ),
+    "olmo2": (
+        'positional = "rope"\nblock = "sublayer_output_norm"\nnorm = "rmsnorm"\nattn_out_bias = false\nfeed_forward = "swiglu"\n',
+        {"block": "sublayer_output_norm"},
+    ),
     "neox": ('positional = "rope"\nblock = "parallel"\nqkv_bias = true\n', {"block": "parallel", "norm": "layernorm"}),
 }
 

@@ -61,7 +61,17 @@ def test_layout_matches_the_hand_written_layer(registry, layout):
     torch.testing.assert_close(model.hidden_states(idx), x, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout, norms_per_layer", [("pre_norm", 2), ("post_norm", 2), ("sandwich", 4), ("sublayer_output_norm", 2), ("parallel", 2), ("parallel_shared", 1)])
+@pytest.mark.parametrize(
+    "layout, norms_per_layer",
+    [
+        ("pre_norm", 2),
+        ("post_norm", 2),
+        ("sandwich", 4),
+        ("sublayer_output_norm", 2),
+        ("parallel", 2),
+        ("parallel_shared", 1),
+    ],
+)
 def test_norm_parameters_per_layout(registry, layout, norms_per_layer):
     model = build(tiny_config(registry, block=LAYOUTS[layout], norm="rmsnorm", n_layers=3))
     final = 0 if layout == "post_norm" else C

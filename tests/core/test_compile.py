@@ -22,7 +22,9 @@ def test_compiled_matches_eager(family, name):
     # plugin compiles (no untraceable code) in a second, where inductor would take many.
     registry = make_registry(entry_points=False)
     torch.manual_seed(0)
-    model = GPT(tiny_config(registry, n_layers=1, **{family: name})).eval()  # grouped-query where the variant accepts it
+    model = GPT(
+        tiny_config(registry, n_layers=1, **{family: name})
+    ).eval()  # grouped-query where the variant accepts it
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     idx = torch.randint(0, 50, (2, 10))
     torch.testing.assert_close(compiled(idx), model(idx))

@@ -26,23 +26,43 @@ def no_modules(monkeypatch):
 
 def write(tmp_path, model_lines, name="config.toml"):
     path = tmp_path / name
-    path.write_text("[model]\nvocab_size = 50\ncontext_length = 16\nn_layers = 2\n" + model_lines + "\n[train]\nmax_steps = 1\n")
+    path.write_text(
+        "[model]\nvocab_size = 50\ncontext_length = 16\nn_layers = 2\n" + model_lines + "\n[train]\nmax_steps = 1\n"
+    )
     return path
 
 
 CASES = [
     # (model lines, fragments the message must contain)
-    ('d_model = 32\nn_heads = 4\nattention = { name = "spda" }', ["attention", "'spda'", "did you mean 'sdpa'", ", ".join(make_registry().names("attention"))]),
-    ('d_model = 32\nn_heads = 4\nnorm = { name = "rmsnorm", epsilon = 1e-5 }', ["norm 'rmsnorm'", "epsilon", "unknown field", "did you mean 'eps'"]),
-    ('d_model = 32\nn_heads = 4\nnorm = { name = "layernorm", eps = "small" }', ["norm 'layernorm'", "eps", "valid number"]),
-    ('d_model = 32\nn_heads = 4\ndropout = 1.5', ["dropout", "less than 1"]),
-    ('d_model = 30\nn_heads = 4', ["d_model=30", "n_heads=4", "divisible"]),
-    ('d_model = 32\nn_heads = 4\nn_kv_heads = 3', ["n_heads=4", "n_kv_heads=3", "divisible"]),
-    ('d_model = 20\nn_heads = 4\npositional = { name = "rope" }', ["positional 'rope'", "even number of rotated dimensions", "d_model=20", "n_heads=4"]),
-    ('d_model = 32\nn_heads = 4\ntied_head = true\nhead = { name = "classifier" }', ["head 'classifier'", "tied_head = false"]),
-    ('d_model = 32\nn_heads = 4\nhead = { name = "classifier", n_classes = 1 }', ["head 'classifier'", "n_classes", "greater than or equal to 2"]),
-    ('dmodel = 32\nn_heads = 4', ["dmodel", "unknown field", "did you mean 'd_model'"]),
-    ('d_model = 32\nn_heads = 4\nattention = 3', ["attention", 'name = "..."']),
+    (
+        'd_model = 32\nn_heads = 4\nattention = { name = "spda" }',
+        ["attention", "'spda'", "did you mean 'sdpa'", ", ".join(make_registry().names("attention"))],
+    ),
+    (
+        'd_model = 32\nn_heads = 4\nnorm = { name = "rmsnorm", epsilon = 1e-5 }',
+        ["norm 'rmsnorm'", "epsilon", "unknown field", "did you mean 'eps'"],
+    ),
+    (
+        'd_model = 32\nn_heads = 4\nnorm = { name = "layernorm", eps = "small" }',
+        ["norm 'layernorm'", "eps", "valid number"],
+    ),
+    ("d_model = 32\nn_heads = 4\ndropout = 1.5", ["dropout", "less than 1"]),
+    ("d_model = 30\nn_heads = 4", ["d_model=30", "n_heads=4", "divisible"]),
+    ("d_model = 32\nn_heads = 4\nn_kv_heads = 3", ["n_heads=4", "n_kv_heads=3", "divisible"]),
+    (
+        'd_model = 20\nn_heads = 4\npositional = { name = "rope" }',
+        ["positional 'rope'", "even number of rotated dimensions", "d_model=20", "n_heads=4"],
+    ),
+    (
+        'd_model = 32\nn_heads = 4\ntied_head = true\nhead = { name = "classifier" }',
+        ["head 'classifier'", "tied_head = false"],
+    ),
+    (
+        'd_model = 32\nn_heads = 4\nhead = { name = "classifier", n_classes = 1 }',
+        ["head 'classifier'", "n_classes", "greater than or equal to 2"],
+    ),
+    ("dmodel = 32\nn_heads = 4", ["dmodel", "unknown field", "did you mean 'd_model'"]),
+    ("d_model = 32\nn_heads = 4\nattention = 3", ["attention", 'name = "..."']),
 ]
 
 
@@ -108,11 +128,19 @@ def test_component_specs_need_a_registry():
 
 
 def test_model_config_json_round_trip(registry):
-    config = registry.model_config(TINY | {"n_kv_heads": 2, "positional": {"name": "rope", "base": 500.0}, "head": "classifier"})
+    config = registry.model_config(
+        TINY | {"n_kv_heads": 2, "positional": {"name": "rope", "base": 500.0}, "head": "classifier"}
+    )
     again = registry.model_config(json.loads(config.model_dump_json()))
     assert again == config
     assert again.positional.params.base == 500.0 and again.positional.impl is config.positional.impl
-    assert json.loads(config.model_dump_json())["positional"] == {"name": "rope", "base": 500.0, "scaling": None, "fraction": 1.0, "layout": "halves"}
+    assert json.loads(config.model_dump_json())["positional"] == {
+        "name": "rope",
+        "base": 500.0,
+        "scaling": None,
+        "fraction": 1.0,
+        "layout": "halves",
+    }
 
 
 def test_toml_to_json_gives_the_same_run_config(tmp_path):
@@ -126,7 +154,9 @@ def test_toml_to_json_gives_the_same_run_config(tmp_path):
 
 
 def test_override_sets_a_component_name(tmp_path):
-    config = load_run_config(CONFIGS / "gpt2-124m.toml", ["model.attention.name=fused", "model.d_model=384", "train.lr=0.01"])
+    config = load_run_config(
+        CONFIGS / "gpt2-124m.toml", ["model.attention.name=fused", "model.d_model=384", "train.lr=0.01"]
+    )
     assert config.model.attention.name == "fused"
     assert config.model.d_model == 384 and config.train.lr == 0.01
 
@@ -135,8 +165,13 @@ def test_setting_name_to_another_plugin_replaces_the_spec():
     data = {"model": {"positional": {"name": "rope", "base": 500.0}}}
     assert apply_overrides(data, ["model.positional.name=learned"])["model"]["positional"] == {"name": "learned"}
     # the same name keeps its params; params given after the name apply to the new plugin
-    assert apply_overrides(data, ["model.positional.name=rope"])["model"]["positional"] == {"name": "rope", "base": 500.0}
-    assert apply_overrides(data, ["model.positional.name=sinusoidal", "model.positional.base=20.0"])["model"]["positional"] == {"name": "sinusoidal", "base": 20.0}
+    assert apply_overrides(data, ["model.positional.name=rope"])["model"]["positional"] == {
+        "name": "rope",
+        "base": 500.0,
+    }
+    assert apply_overrides(data, ["model.positional.name=sinusoidal", "model.positional.base=20.0"])["model"][
+        "positional"
+    ] == {"name": "sinusoidal", "base": 20.0}
     assert data["model"]["positional"] == {"name": "rope", "base": 500.0}  # the input is not modified
 
 

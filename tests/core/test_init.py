@@ -9,8 +9,19 @@ from torch import nn
 from gptzoo.core import GPT
 from gptzoo.plugins.feed_forward import GELUFeedForward
 
-BOOKISH = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte",
-           "positional": "learned", "attention": "sdpa", "feed_forward": "gelu", "norm": "layernorm", "tied_head": False}
+BOOKISH = {
+    "vocab_size": 50,
+    "context_length": 16,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "tokenizer": "byte",
+    "positional": "learned",
+    "attention": "sdpa",
+    "feed_forward": "gelu",
+    "norm": "layernorm",
+    "tied_head": False,
+}
 
 
 def test_torch_default_draws_exactly_what_the_books_model_draws(registry):
@@ -19,15 +30,21 @@ def test_torch_default_draws_exactly_what_the_books_model_draws(registry):
     each with PyTorch's default init. Drawn here by hand with the same seed."""
     V, T, C, L = 50, 16, 32, 2
     torch.manual_seed(123)
-    expected = {"token_embedding.weight": nn.Embedding(V, C).weight, "positional.table.weight": nn.Embedding(T, C).weight}
+    expected = {
+        "token_embedding.weight": nn.Embedding(V, C).weight,
+        "positional.table.weight": nn.Embedding(T, C).weight,
+    }
     for i in range(L):
         wq, wk, wv = (nn.Linear(C, C, bias=False) for _ in range(3))
         out_proj, ff_in, ff_out = nn.Linear(C, C), nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
         expected |= {
             f"blocks.{i}.attention.qkv.weight": torch.cat([wq.weight, wk.weight, wv.weight]),
-            f"blocks.{i}.attention.out_proj.weight": out_proj.weight, f"blocks.{i}.attention.out_proj.bias": out_proj.bias,
-            f"blocks.{i}.feed_forward.in_proj.weight": ff_in.weight, f"blocks.{i}.feed_forward.in_proj.bias": ff_in.bias,
-            f"blocks.{i}.feed_forward.out_proj.weight": ff_out.weight, f"blocks.{i}.feed_forward.out_proj.bias": ff_out.bias,
+            f"blocks.{i}.attention.out_proj.weight": out_proj.weight,
+            f"blocks.{i}.attention.out_proj.bias": out_proj.bias,
+            f"blocks.{i}.feed_forward.in_proj.weight": ff_in.weight,
+            f"blocks.{i}.feed_forward.in_proj.bias": ff_in.bias,
+            f"blocks.{i}.feed_forward.out_proj.weight": ff_out.weight,
+            f"blocks.{i}.feed_forward.out_proj.bias": ff_out.bias,
         }
     expected["head.weight"] = nn.Linear(C, V, bias=False).weight
 
@@ -35,7 +52,9 @@ def test_torch_default_draws_exactly_what_the_books_model_draws(registry):
     state = GPT(registry.model_config(BOOKISH | {"init": "torch_default"})).state_dict()
     for name, tensor in expected.items():
         assert torch.equal(state[name], tensor.detach()), name
-    assert torch.equal(state["blocks.0.attn_norm.weight"], torch.ones(C)) and torch.equal(state["final_norm.bias"], torch.zeros(C))
+    assert torch.equal(state["blocks.0.attn_norm.weight"], torch.ones(C)) and torch.equal(
+        state["final_norm.bias"], torch.zeros(C)
+    )
 
 
 def test_gpt2_scheme_statistics(registry):
@@ -47,7 +66,9 @@ def test_gpt2_scheme_statistics(registry):
         if name.endswith("out_proj.weight"):
             assert tensor.std().item() == pytest.approx(residual, rel=0.05), name
         elif "norm" in name:
-            assert torch.equal(tensor, torch.ones_like(tensor) if name.endswith("weight") else torch.zeros_like(tensor)), name
+            assert torch.equal(
+                tensor, torch.ones_like(tensor) if name.endswith("weight") else torch.zeros_like(tensor)
+            ), name
         elif name.endswith("bias"):
             assert not tensor.any(), name
         else:

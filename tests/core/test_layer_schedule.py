@@ -36,7 +36,12 @@ def test_each_layer_attends_with_its_kinds_positions(registry):
 
 
 def test_feed_forward_every_second_layer(registry):
-    config = tiny_config(registry, n_layers=4, layer_kinds={"dense": {}, "wide": {"feed_forward": {"name": "swiglu", "hidden": 96}}}, layer_pattern=["dense", "wide"])
+    config = tiny_config(
+        registry,
+        n_layers=4,
+        layer_kinds={"dense": {}, "wide": {"feed_forward": {"name": "swiglu", "hidden": 96}}},
+        layer_pattern=["dense", "wide"],
+    )
     model = build(config)
     assert [type(b.feed_forward).__name__ for b in model.blocks] == ["GELUFeedForward", "SwiGLUFeedForward"] * 2
     gelu = 32 * 128 + 128 + 128 * 32 + 32  # 4 × d_model with biases
@@ -45,7 +50,13 @@ def test_feed_forward_every_second_layer(registry):
 
 
 def test_no_positions_on_global_layers_and_an_explicit_list(registry):
-    config = tiny_config(registry, n_layers=3, positional="rope", layer_kinds={"local": {}, "global": {"positional": "none"}}, layer_pattern=["local", "global", "local"])
+    config = tiny_config(
+        registry,
+        n_layers=3,
+        positional="rope",
+        layer_kinds={"local": {}, "global": {"positional": "none"}},
+        layer_pattern=["local", "global", "local"],
+    )
     assert [layer.positional.name for layer in config.layers()] == ["rope", "none", "rope"]
     assert [layer.kind for layer in config.layers()] == ["local", "global", "local"]
 
@@ -53,12 +64,27 @@ def test_no_positions_on_global_layers_and_an_explicit_list(registry):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"layer_kinds": {"local": {}}, "layer_pattern": ["local", "globl"]}, "layer_pattern names 'globl', not in layer_kinds (declared: local)"),
+        (
+            {"layer_kinds": {"local": {}}, "layer_pattern": ["local", "globl"]},
+            "layer_pattern names 'globl', not in layer_kinds (declared: local)",
+        ),
         ({"layer_kinds": {"a": {}}, "layer_pattern": ["a", "a", "a"]}, "layer_pattern has 3 entries for n_layers=2"),
-        ({"layer_kinds": {"a": {"positional": "learned"}}, "layer_pattern": ["a"]}, "'learned' is added to the input embeddings"),
-        ({"layer_kinds": {"a": {"attention": {"name": "sdpa", "window": 4}}}, "layer_pattern": ["a"]}, "layer_kinds.a.attention"),
-        ({"layer_kinds": {"a": {"feed_forward": "geglu_typo"}}, "layer_pattern": ["a"]}, "unknown feed_forward 'geglu_typo'"),
-        ({"layer_kinds": {"a": {"tokenizer": "byte"}}, "layer_pattern": ["a"]}, "layer_kinds.a.tokenizer: unknown field"),
+        (
+            {"layer_kinds": {"a": {"positional": "learned"}}, "layer_pattern": ["a"]},
+            "'learned' is added to the input embeddings",
+        ),
+        (
+            {"layer_kinds": {"a": {"attention": {"name": "sdpa", "window": 4}}}, "layer_pattern": ["a"]},
+            "layer_kinds.a.attention",
+        ),
+        (
+            {"layer_kinds": {"a": {"feed_forward": "geglu_typo"}}, "layer_pattern": ["a"]},
+            "unknown feed_forward 'geglu_typo'",
+        ),
+        (
+            {"layer_kinds": {"a": {"tokenizer": "byte"}}, "layer_pattern": ["a"]},
+            "layer_kinds.a.tokenizer: unknown field",
+        ),
     ],
 )
 def test_schedule_errors_name_the_field(registry, fields, message):
@@ -73,16 +99,46 @@ def test_a_kind_outside_the_pattern_is_still_checked(registry):
 
 
 def test_pattern_and_kinds_are_settable_from_the_command_line(registry):
-    data = {"model": {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 4, "n_heads": 4, "positional": "rope"}}
-    data = apply_overrides(data, ['model.layer_pattern=["local", "global"]', "model.layer_kinds.local={}", "model.layer_kinds.global.positional.name=rope", "model.layer_kinds.global.positional.base=1e6"])
+    data = {
+        "model": {
+            "vocab_size": 50,
+            "context_length": 16,
+            "d_model": 32,
+            "n_layers": 4,
+            "n_heads": 4,
+            "positional": "rope",
+        }
+    }
+    data = apply_overrides(
+        data,
+        [
+            'model.layer_pattern=["local", "global"]',
+            "model.layer_kinds.local={}",
+            "model.layer_kinds.global.positional.name=rope",
+            "model.layer_kinds.global.positional.base=1e6",
+        ],
+    )
     config = registry.model_config(data["model"])
     assert [layer.positional.params.base for layer in config.layers()] == [1e4, 1e6, 1e4, 1e6]
 
 
 def test_head_dim_apart_from_d_model(registry):
     # Qwen3-0.6B's attention: d_model 1024, 16 query heads and 8 key/value heads of 128, no biases.
-    config = registry.model_config({"vocab_size": 10, "context_length": 8, "d_model": 1024, "n_layers": 1, "n_heads": 16, "n_kv_heads": 8,
-                                    "head_dim": 128, "attn_out_bias": False, "positional": "rope", "norm": "rmsnorm", "feed_forward": "swiglu"})
+    config = registry.model_config(
+        {
+            "vocab_size": 10,
+            "context_length": 8,
+            "d_model": 1024,
+            "n_layers": 1,
+            "n_heads": 16,
+            "n_kv_heads": 8,
+            "head_dim": 128,
+            "attn_out_bias": False,
+            "positional": "rope",
+            "norm": "rmsnorm",
+            "feed_forward": "swiglu",
+        }
+    )
     with torch.device("meta"):
         from gptzoo.core import GPT
 

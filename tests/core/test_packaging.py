@@ -22,21 +22,59 @@ def test_editable_install_maps_the_folders():
 @pytest.mark.slow
 def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("gptzoo-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("gptzoo/core/model.py", "gptzoo/plugins/attention.py", "gptzoo/registry/registry.py", "gptzoo/recipes/cli/__init__.py", "gptzoo/recipes/cli/train.py", "gptzoo/recipes/interop/hf/families.py", "gptzoo/testing/__init__.py"):
+    for required in (
+        "gptzoo/core/model.py",
+        "gptzoo/plugins/attention.py",
+        "gptzoo/registry/registry.py",
+        "gptzoo/recipes/cli/__init__.py",
+        "gptzoo/recipes/cli/train.py",
+        "gptzoo/recipes/interop/hf/families.py",
+        "gptzoo/testing/__init__.py",
+    ):
         assert required in names
-    assert not any(n.startswith(("core/", "plugins/", "registry/", "recipes/", "testing/", "tests/", "gptzoo/tests/")) for n in names)
+    assert not any(
+        n.startswith(("core/", "plugins/", "registry/", "recipes/", "testing/", "tests/", "gptzoo/tests/"))
+        for n in names
+    )
     assert "gptzoo/__init__.py" not in names  # gptzoo is a namespace package
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "gptzoo = gptzoo.recipes.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     # Installed as a regular (non-editable) package, it imports from there.
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     probe = "import gptzoo.core, gptzoo.testing, gptzoo.recipes.cli; print(gptzoo.core.__file__)"
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        timeout=120,
+    )
     assert Path(out.stdout.strip()) == site / "gptzoo" / "core" / "__init__.py"

@@ -11,7 +11,9 @@ from gptzoo.testing import build, check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
-DIMS = Dims(vocab_size=50, context_length=64, d_model=48, n_heads=4, n_kv_heads=2, n_layers=1, head_dim=16, attn_out_bias=False)
+DIMS = Dims(
+    vocab_size=50, context_length=64, d_model=48, n_heads=4, n_kv_heads=2, n_layers=1, head_dim=16, attn_out_bias=False
+)
 
 
 def attention(registry, name, dims=DIMS, **params):
@@ -72,7 +74,19 @@ def outputs_before_projection(module, x, ctx, cache=None):
 # ---- sliding window ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("T,window,padded", [(20, 4, False), (21, 7, False), (6, 8, False), (20, 4, True), (13, 1, False), (512, 64, False), (517, 8, False), (515, 64, True)])
+@pytest.mark.parametrize(
+    "T,window,padded",
+    [
+        (20, 4, False),
+        (21, 7, False),
+        (6, 8, False),
+        (20, 4, True),
+        (13, 1, False),
+        (512, 64, False),
+        (517, 8, False),
+        (515, 64, True),
+    ],
+)
 @torch.no_grad()
 def test_sliding_window_matches_an_explicit_loop(registry, T, window, padded):
     # From 8 windows and 512 tokens on, unpadded: the blocked path (517 = 64 blocks of 8 and a
@@ -91,7 +105,11 @@ def test_sliding_window_matches_an_explicit_loop(registry, T, window, padded):
 @torch.no_grad()
 def test_sliding_window_decoding_past_the_window_equals_the_full_forward_with_a_cache_of_one_window(registry):
     window = 5
-    model = build(tiny_config(registry, attention={"name": "sliding_window", "window": window}, positional="rope", context_length=48))
+    model = build(
+        tiny_config(
+            registry, attention={"name": "sliding_window", "window": window}, positional="rope", context_length=48
+        )
+    )
     idx = torch.randint(0, 50, (2, 48))
     expected = model(idx)
     cache = model.new_cache(2)
@@ -122,7 +140,14 @@ def _mistral(window, T):
     from transformers.masking_utils import eager_mask, sliding_window_causal_mask_function
     from transformers.models.mistral.modeling_mistral import MistralAttention, MistralRotaryEmbedding
 
-    config = MistralConfig(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=window, rope_theta=10000.0)
+    config = MistralConfig(
+        hidden_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=window,
+        rope_theta=10000.0,
+    )
     config._attn_implementation = "eager"
     torch.manual_seed(1)
     module = MistralAttention(config, layer_idx=0).eval()
@@ -168,7 +193,9 @@ def test_the_kit_passes_sliding_window_with_options(registry):
 
 
 @pytest.mark.parametrize("name", ["sdpa", "fused", "per_head"])
-@pytest.mark.parametrize("options", [{"qk_norm": "per_head"}, {"qk_norm": "across_heads", "scale": 0.3, "softcap": 2.0}])
+@pytest.mark.parametrize(
+    "options", [{"qk_norm": "per_head"}, {"qk_norm": "across_heads", "scale": 0.3, "softcap": 2.0}]
+)
 def test_the_kit_passes_each_variant_with_options(registry, name, options):
     check_component("attention", name, registry=registry, **options)
 
@@ -197,11 +224,23 @@ def test_qk_norm_is_validated_at_load(registry):
 def _qwen3_or_olmo2(family):
     if family == "qwen3":
         from transformers import Qwen3Config as Config
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention as HFAttention, Qwen3RotaryEmbedding as Rotary
+        from transformers.models.qwen3.modeling_qwen3 import (
+            Qwen3Attention as HFAttention,
+        )
+        from transformers.models.qwen3.modeling_qwen3 import (
+            Qwen3RotaryEmbedding as Rotary,
+        )
     else:
         from transformers import Olmo2Config as Config
-        from transformers.models.olmo2.modeling_olmo2 import Olmo2Attention as HFAttention, Olmo2RotaryEmbedding as Rotary
-    config = Config(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0)
+        from transformers.models.olmo2.modeling_olmo2 import (
+            Olmo2Attention as HFAttention,
+        )
+        from transformers.models.olmo2.modeling_olmo2 import (
+            Olmo2RotaryEmbedding as Rotary,
+        )
+    config = Config(
+        hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=10000.0
+    )
     config.head_dim = 16
     config._attn_implementation = "eager"
     torch.manual_seed(1)
@@ -242,9 +281,16 @@ def test_softcap_scale_and_window_match_transformers_gemma2_attention(registry, 
 
     T, window = 16, 5
     config = Gemma2Config(
-        hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
-        attn_logit_softcapping=2.0, sliding_window=window, rope_theta=10000.0,
-        layer_types=["sliding_attention" if sliding else "full_attention"], num_hidden_layers=1,
+        hidden_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0,
+        sliding_window=window,
+        rope_theta=10000.0,
+        layer_types=["sliding_attention" if sliding else "full_attention"],
+        num_hidden_layers=1,
     )
     config._attn_implementation = "eager"
     torch.manual_seed(1)

@@ -7,7 +7,16 @@ import torch.nn.functional as F
 from gptzoo.core import PositionalEncoding
 from gptzoo.plugins.attention import FusedAttention
 from gptzoo.registry import make_registry
-from gptzoo.testing import build, check_attention_capture, check_causal, check_component, check_kv_cache, check_padded_batch, component_cases, tiny_config
+from gptzoo.testing import (
+    build,
+    check_attention_capture,
+    check_causal,
+    check_component,
+    check_kv_cache,
+    check_padded_batch,
+    component_cases,
+    tiny_config,
+)
 
 
 @pytest.mark.parametrize("family,name", component_cases(make_registry()))

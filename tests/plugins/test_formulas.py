@@ -7,12 +7,12 @@ import torch
 
 from gptzoo.core import AttentionContext, Dims, NoParams
 from gptzoo.plugins.attention import FusedAttention, PerHeadAttention, SDPAAttention
-from gptzoo.plugins.feed_forward import GeGLUFeedForward, SwiGLUFeedForward, GLUParams, gelu_tanh
+from gptzoo.plugins.feed_forward import GeGLUFeedForward, GLUParams, SwiGLUFeedForward, gelu_tanh
 from gptzoo.plugins.norms import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 from gptzoo.plugins.positional import (
     ALiBiPositions,
-    RotaryParams,
     NoPositions,
+    RotaryParams,
     RotaryPositions,
     SinusoidalParams,
     SinusoidalPositions,
@@ -37,7 +37,9 @@ def test_sinusoidal_table_matches_the_formula():
     # The table is added scaled (by 0.02 unless told otherwise), to balance GPT-init embeddings.
     x = torch.full((1, 3, d), 0.5)
     for params, scale in ((SinusoidalParams(), 0.02), (SinusoidalParams(scale=1.0), 1.0)):
-        embedded = SinusoidalPositions(params, dims(d_model=d, context_length=context)).embed(x, torch.tensor([[4, 5, 6]]))
+        embedded = SinusoidalPositions(params, dims(d_model=d, context_length=context)).embed(
+            x, torch.tensor([[4, 5, 6]])
+        )
         torch.testing.assert_close(embedded[0].double(), 0.5 + scale * expected[4:7], atol=1e-6, rtol=0)
 
 
@@ -155,9 +157,15 @@ def test_geglu_gates_with_tanh_gelu_as_gemmas_mlp():
     x = torch.randn(2, 3, 8)
     gate = x @ ffn.gate_proj.weight.T
     tanh_gelu = 0.5 * gate * (1 + torch.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate**3)))
-    torch.testing.assert_close(ffn(x), (tanh_gelu * (x @ ffn.up_proj.weight.T)) @ ffn.out_proj.weight.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ffn(x), (tanh_gelu * (x @ ffn.up_proj.weight.T)) @ ffn.out_proj.weight.T, atol=1e-5, rtol=1e-5
+    )
     gemma = GemmaMLP(GemmaConfig(hidden_size=8, intermediate_size=24, hidden_activation="gelu_pytorch_tanh"))
-    for ours, theirs in ((ffn.gate_proj, gemma.gate_proj), (ffn.up_proj, gemma.up_proj), (ffn.out_proj, gemma.down_proj)):
+    for ours, theirs in (
+        (ffn.gate_proj, gemma.gate_proj),
+        (ffn.up_proj, gemma.up_proj),
+        (ffn.out_proj, gemma.down_proj),
+    ):
         theirs.weight.copy_(ours.weight)
     torch.testing.assert_close(ffn(x), gemma(x), atol=1e-6, rtol=1e-6)
 
@@ -204,9 +212,20 @@ def test_attention_variants_agree_with_the_reference(n_kv_heads, positional, qkv
     positions = torch.arange(7)[None]
     ctx = AttentionContext(pos, positions, positions)
     bias = pos.score_bias(positions, positions)
-    expected = reference_attention(x, state["qkv.weight"], state.get("qkv.bias"), state["out_proj.weight"], state["out_proj.bias"], 4, n_kv_heads, bias)
+    expected = reference_attention(
+        x,
+        state["qkv.weight"],
+        state.get("qkv.bias"),
+        state["out_proj.weight"],
+        state["out_proj.bias"],
+        4,
+        n_kv_heads,
+        bias,
+    )
     for impl in (SDPAAttention, FusedAttention, PerHeadAttention):
         attention = impl(impl.Params(), d).eval()
         attention.load_state_dict(state)
-        torch.testing.assert_close(attention(x, ctx), expected, atol=1e-5, rtol=0, msg=lambda m: f"{impl.__name__}: {m}")
+        torch.testing.assert_close(
+            attention(x, ctx), expected, atol=1e-5, rtol=0, msg=lambda m: f"{impl.__name__}: {m}"
+        )
         assert set(attention.state_dict()) == set(state), f"{impl.__name__} does not save the shared layout"

@@ -59,7 +59,9 @@ def test_softcap_bounds_the_logits_by_its_formula_and_keeps_padding_out():
 @torch.no_grad()
 def test_embeddings_are_scaled_by_sqrt_d_model_rounded_to_the_activation_dtype(registry, dtype):
     C = 48  # √48 = 6.928..., 6.9375 in bfloat16 as Gemma's normaliser rounds it
-    model = build(tiny_config(registry, d_model=C, n_heads=4, positional="rope", embedding_scale="sqrt_d_model")).to(dtype)
+    model = build(tiny_config(registry, d_model=C, n_heads=4, positional="rope", embedding_scale="sqrt_d_model")).to(
+        dtype
+    )
     idx = torch.randint(0, 50, (2, 6))
     seen = {}
     model.blocks[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))

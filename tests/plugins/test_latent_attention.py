@@ -8,7 +8,9 @@ from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims
 from gptzoo.testing import build, check_component, tiny_config
 
 C, NH, DR, DN, DV, R, RQ = 48, 4, 8, 12, 10, 20, 24
-DIMS = Dims(vocab_size=50, context_length=64, d_model=C, n_heads=NH, n_kv_heads=NH, n_layers=1, head_dim=DR, attn_out_bias=False)
+DIMS = Dims(
+    vocab_size=50, context_length=64, d_model=C, n_heads=NH, n_kv_heads=NH, n_layers=1, head_dim=DR, attn_out_bias=False
+)
 SIZES = {"kv_lora_rank": R, "qk_nope_head_dim": DN, "v_head_dim": DV}
 
 
@@ -29,8 +31,16 @@ def test_latent_attention_matches_transformers_deepseek_v3(registry, q_lora_rank
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
 
     config = transformers.DeepseekV3Config(
-        hidden_size=C, num_attention_heads=NH, num_key_value_heads=NH, q_lora_rank=q_lora_rank, kv_lora_rank=R,
-        qk_nope_head_dim=DN, qk_rope_head_dim=DR, v_head_dim=DV, rope_interleave=False, rope_theta=10000.0,
+        hidden_size=C,
+        num_attention_heads=NH,
+        num_key_value_heads=NH,
+        q_lora_rank=q_lora_rank,
+        kv_lora_rank=R,
+        qk_nope_head_dim=DN,
+        qk_rope_head_dim=DR,
+        v_head_dim=DV,
+        rope_interleave=False,
+        rope_theta=10000.0,
     )
     config._attn_implementation = "eager"
     torch.manual_seed(1)
@@ -40,12 +50,16 @@ def test_latent_attention_matches_transformers_deepseek_v3(registry, q_lora_rank
     T = 12
     x = torch.randn(2, T, C)
     cos_sin = DeepseekV3RotaryEmbedding(config)(x, torch.arange(T)[None])
-    expected = hf(x, position_embeddings=cos_sin, attention_mask=eager_mask(1, T, T, mask_function=causal_mask_function))[0]
+    expected = hf(
+        x, position_embeddings=cos_sin, attention_mask=eager_mask(1, T, T, mask_function=causal_mask_function)
+    )[0]
 
     module = latent(registry, q_lora_rank=q_lora_rank, **SIZES)
     module.load_state_dict({key.replace("o_proj", "out_proj"): value for key, value in hf.state_dict().items()})
     positions = torch.arange(T)[None]
-    torch.testing.assert_close(module(x, AttentionContext(rope(registry), positions, positions)), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        module(x, AttentionContext(rope(registry), positions, positions)), expected, atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -58,7 +72,13 @@ def test_absorbed_decoding_equals_the_explicit_decompression(registry, padded):
         valid[1, :3] = False
     cache = module.new_cache(2, 9, x.device, x.dtype)
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    module(x[:, :8], AttentionContext(rope(registry), positions[:, :8], positions[:, :8], key_valid=valid[:, :8] if padded else None), cache)
+    module(
+        x[:, :8],
+        AttentionContext(
+            rope(registry), positions[:, :8], positions[:, :8], key_valid=valid[:, :8] if padded else None
+        ),
+        cache,
+    )
     ctx = AttentionContext(rope(registry), positions[:, 8:], positions, offset=8, key_valid=valid if padded else None)
     assert module.absorbing_is_cheaper(1, 9)  # so forward takes the absorbed path
     absorbed, explicit = module.absorbed, module.explicit
@@ -81,10 +101,18 @@ def test_absorbed_attention_equals_the_explicit_one_under_every_mask(registry, m
     bias, is_causal = {
         "causal": (None, True),
         "per_head_bias": (torch.randn(1, NH, T, Tk).masked_fill(~causal, float("-inf")), False),  # ALiBi-like
-        "padding": (causal & torch.tensor([[True] * Tk, [False] * 3 + [True] * (Tk - 3)])[:, None, None], False),  # (B, 1, T, Tk)
+        "padding": (
+            causal & torch.tensor([[True] * Tk, [False] * 3 + [True] * (Tk - 3)])[:, None, None],
+            False,
+        ),  # (B, 1, T, Tk)
         "chunk_after_cache": (causal, False),
     }[mask]
-    torch.testing.assert_close(module.absorbed(q_nope, q_rot, kv, bias, is_causal), module.explicit(q_nope, q_rot, kv, bias, is_causal), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        module.absorbed(q_nope, q_rot, kv, bias, is_causal),
+        module.explicit(q_nope, q_rot, kv, bias, is_causal),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_the_path_is_chosen_by_cost(registry):
@@ -95,7 +123,9 @@ def test_the_path_is_chosen_by_cost(registry):
 
 @torch.no_grad()
 def test_the_cache_holds_the_latent_and_the_rotary_key_only(registry):
-    model = build(tiny_config(registry, attention={"name": "latent", **SIZES}, positional="rope", context_length=32))  # head_dim 8
+    model = build(
+        tiny_config(registry, attention={"name": "latent", **SIZES}, positional="rope", context_length=32)
+    )  # head_dim 8
     assert model.kv_cache_bytes(32) == 2 * (R + 8) * 32 * 4  # layers × (r + dr) × tokens × fp32
     assert model.kv_cache_bytes(32, torch.bfloat16) == 2 * (R + 8) * 32 * 2
     cache = model.new_cache(1, 32)

@@ -38,11 +38,15 @@ def per_token_loop(layer, x):
             token = x[b, t].double()
             logits = layer.router.weight.double() @ token
             scores = logits.softmax(-1) if p.scoring == "softmax" else logits.sigmoid()
-            biased = [scores[e].item() + (layer.expert_bias[e].item() if p.expert_bias else 0.0) for e in range(p.n_experts)]
+            biased = [
+                scores[e].item() + (layer.expert_bias[e].item() if p.expert_bias else 0.0) for e in range(p.n_experts)
+            ]
             size = p.n_experts // p.n_groups
             groups = [list(range(g * size, (g + 1) * size)) for g in range(p.n_groups)]
             if p.n_groups > 1:  # a group's score: the sum of its two best biased scores
-                groups = sorted(groups, key=lambda g: -sum(sorted((biased[e] for e in g), reverse=True)[:2]))[: p.top_groups or p.n_groups]
+                groups = sorted(groups, key=lambda g: -sum(sorted((biased[e] for e in g), reverse=True)[:2]))[
+                    : p.top_groups or p.n_groups
+                ]
             allowed = [e for g in groups for e in g]
             ranked = sorted(allowed, key=lambda e: -biased[e])[: p.top_k]
             total = sum(scores[e] for e in ranked) if p.normalize_top_k else 1.0
@@ -63,7 +67,16 @@ def per_token_loop(layer, x):
         dict(n_experts=4, top_k=2, normalize_top_k=False),  # Qwen1.5-MoE
         dict(n_experts=6, top_k=3, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1),  # DeepSeek-V3
         dict(n_experts=3, top_k=1, hidden=8, n_shared_experts=2),
-        dict(n_experts=8, top_k=3, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1, expert_bias=True, n_groups=4, top_groups=2),
+        dict(
+            n_experts=8,
+            top_k=3,
+            scoring="sigmoid",
+            routed_scale=2.5,
+            n_shared_experts=1,
+            expert_bias=True,
+            n_groups=4,
+            top_groups=2,
+        ),
         dict(n_experts=6, top_k=2, expert_bias=True, n_groups=3, top_groups=1),  # softmax scores, groups of 2
     ],
     ids=["mixtral", "unnormalised", "deepseek_v3", "top1_shared2", "deepseek_v3_groups_bias", "softmax_groups_bias"],
@@ -77,7 +90,19 @@ def test_outputs_match_a_per_token_loop_over_experts(params):
 
 def test_bias_and_groups_choose_but_do_not_weigh_a_hand_worked_example():
     # Router = identity on 4 dims, so the logits are the token; sigmoid scores (.9, .1, .6, .55).
-    layer = MixtureOfExperts(MoEParams(n_experts=4, top_k=2, hidden=4, scoring="sigmoid", routed_scale=2.0, expert_bias=True, n_groups=2, top_groups=1), dims(d_model=4))
+    layer = MixtureOfExperts(
+        MoEParams(
+            n_experts=4,
+            top_k=2,
+            hidden=4,
+            scoring="sigmoid",
+            routed_scale=2.0,
+            expert_bias=True,
+            n_groups=2,
+            top_groups=1,
+        ),
+        dims(d_model=4),
+    )
     with torch.no_grad():
         layer.router.weight.copy_(torch.eye(4))
     scores = torch.tensor([[0.9, 0.1, 0.6, 0.55]])
@@ -93,7 +118,11 @@ def test_bias_and_groups_choose_but_do_not_weigh_a_hand_worked_example():
         layer.expert_bias.copy_(torch.tensor([0.0, 0.0, 0.0, -0.5]))
     assert sorted(layer._choose(scores)[0].tolist()) == [0, 1]
     with torch.no_grad():
-        expected = sum(w * F.linear(F.silu(F.linear(x, layer.expert_gate[e])) * F.linear(x, layer.expert_up[e]), layer.expert_out[e]) for e, w in ((0, 1.8), (1, 0.2)))
+        expected = sum(
+            w
+            * F.linear(F.silu(F.linear(x, layer.expert_gate[e])) * F.linear(x, layer.expert_up[e]), layer.expert_out[e])
+            for e, w in ((0, 1.8), (1, 0.2))
+        )
         torch.testing.assert_close(layer(x), expected)
 
 
@@ -139,7 +168,9 @@ def test_matches_transformers_mixtral_sparse_block_and_its_balance_loss():
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock, load_balancing_loss_func
 
     ours = moe(n_experts=4, top_k=2, hidden=12)
-    config = MixtralConfig(hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0)
+    config = MixtralConfig(
+        hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0
+    )
     theirs = MixtralSparseMoeBlock(config).eval()
     theirs.gate.weight.copy_(ours.router.weight)
     _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
@@ -157,7 +188,9 @@ def test_matches_transformers_qwen3_moe_block(norm_topk_prob):
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
     ours = moe(n_experts=6, top_k=2, hidden=12, normalize_top_k=norm_topk_prob)
-    config = Qwen3MoeConfig(hidden_size=16, moe_intermediate_size=12, num_experts=6, num_experts_per_tok=2, norm_topk_prob=norm_topk_prob)
+    config = Qwen3MoeConfig(
+        hidden_size=16, moe_intermediate_size=12, num_experts=6, num_experts_per_tok=2, norm_topk_prob=norm_topk_prob
+    )
     theirs = Qwen3MoeSparseMoeBlock(config).eval()
     theirs.gate.weight.copy_(ours.router.weight)
     _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
@@ -171,17 +204,36 @@ def test_matches_transformers_deepseek_v3_moe(n_groups, top_groups):
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-    ours = moe(n_experts=16, top_k=3, hidden=12, scoring="sigmoid", routed_scale=2.5, n_shared_experts=1, expert_bias=True, n_groups=n_groups, top_groups=top_groups)
+    ours = moe(
+        n_experts=16,
+        top_k=3,
+        hidden=12,
+        scoring="sigmoid",
+        routed_scale=2.5,
+        n_shared_experts=1,
+        expert_bias=True,
+        n_groups=n_groups,
+        top_groups=top_groups,
+    )
     config = DeepseekV3Config(
-        hidden_size=16, moe_intermediate_size=12, n_routed_experts=16, num_experts_per_tok=3, n_shared_experts=1,
-        n_group=n_groups, topk_group=top_groups, norm_topk_prob=True, routed_scaling_factor=2.5,
+        hidden_size=16,
+        moe_intermediate_size=12,
+        n_routed_experts=16,
+        num_experts_per_tok=3,
+        n_shared_experts=1,
+        n_group=n_groups,
+        topk_group=top_groups,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
     )
     theirs = DeepseekV3MoE(config).eval()
     theirs.gate.weight.copy_(ours.router.weight)
     theirs.gate.e_score_correction_bias.copy_(ours.expert_bias)
     _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
     for name in ("gate_proj", "up_proj", "down_proj"):
-        getattr(theirs.shared_experts, name).weight.copy_(getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight)
+        getattr(theirs.shared_experts, name).weight.copy_(
+            getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight
+        )
     x = torch.randn(2, 9, 16)
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
@@ -192,7 +244,9 @@ def test_matches_transformers_deepseek_v3_moe(n_groups, top_groups):
 def test_active_parameters_are_what_a_forward_pass_multiplies(registry):
     C, H, E, k, shared = 32, 48, 8, 2, 1
     spec = {"name": "moe", "n_experts": E, "top_k": k, "hidden": H, "n_shared_experts": shared}
-    config = tiny_config(registry, n_layers=2, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}})
+    config = tiny_config(
+        registry, n_layers=2, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}}
+    )
     model = build(config)
     dense_ffn = 2 * C * 4 * C + 4 * C + C  # the default gelu MLP: two matrices and their biases
     assert model.param_counts()["feed_forward"] == dense_ffn + C * E + 3 * E * H * C + 3 * shared * H * C
@@ -204,12 +258,16 @@ def test_active_parameters_are_what_a_forward_pass_multiplies(registry):
         layer(x)
     # Every multiply of the layer's forward: 2 FLOPs per active matrix weight per token.
     assert counter.get_total_flops() == 15 * (layer.flops_per_token(16) + layer.shared.flops_per_token(16))
-    assert layer.flops_per_token(16) + layer.shared.flops_per_token(16) == 2 * (C * E + k * 3 * H * C + 3 * shared * H * C)
+    assert layer.flops_per_token(16) + layer.shared.flops_per_token(16) == 2 * (
+        C * E + k * 3 * H * C + 3 * shared * H * C
+    )
 
 
 def test_gpt_averages_the_moe_losses_over_the_layers_that_have_experts(registry):
     spec = {"name": "moe", "n_experts": 4, "top_k": 2, "z_loss_weight": 0.001}
-    config = tiny_config(registry, n_layers=4, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}})
+    config = tiny_config(
+        registry, n_layers=4, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}}
+    )
     model = build(config)
     model(torch.randint(0, 50, (2, 8)))
     layers = [model.blocks[i].feed_forward.auxiliary_losses() for i in (1, 3)]
@@ -228,9 +286,15 @@ def test_top_k_above_the_experts_is_a_config_error(registry):
     "params, message",
     [
         (dict(n_experts=6, n_groups=4), "n_experts=6 is not divisible into n_groups=4"),
-        (dict(n_experts=4, n_groups=4, top_groups=2, top_k=1), "n_groups=4 leaves 1 expert per group; a group scores its two best experts"),
+        (
+            dict(n_experts=4, n_groups=4, top_groups=2, top_k=1),
+            "n_groups=4 leaves 1 expert per group; a group scores its two best experts",
+        ),
         (dict(n_experts=8, n_groups=4, top_groups=5), "top_groups=5 is more than n_groups=4"),
-        (dict(n_experts=8, n_groups=4, top_groups=1, top_k=3), "top_k=3 is more than the 2 experts in top_groups=1 groups of 2"),
+        (
+            dict(n_experts=8, n_groups=4, top_groups=1, top_k=3),
+            "top_k=3 is more than the 2 experts in top_groups=1 groups of 2",
+        ),
     ],
 )
 def test_impossible_groupings_are_config_errors(registry, params, message):
@@ -251,7 +315,9 @@ def test_init_schemes_draw_the_experts(registry):
     layer = model.blocks[0].feed_forward
     assert layer.expert_gate.std().item() == pytest.approx(0.02, rel=0.1)
     assert layer.expert_out.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)
-    torch_default = GPT(tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "hidden": 64}, init="torch_default"))
+    torch_default = GPT(
+        tiny_config(registry, feed_forward={"name": "moe", "n_experts": 4, "hidden": 64}, init="torch_default")
+    )
     bound = 1 / math.sqrt(32)  # nn.Linear(32, 64)'s uniform bound
     gate = torch_default.blocks[0].feed_forward.expert_gate
     assert gate.abs().max().item() <= bound and gate.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
@@ -264,7 +330,11 @@ def test_the_experts_operator_has_the_gradients_of_its_function():
     torch.manual_seed(0)
     E, H, C = 3, 5, 4
     grouped = torch.randn(7, C, dtype=torch.double, requires_grad=True)
-    weights = [torch.randn(E, H, C, dtype=torch.double, requires_grad=True), torch.randn(E, H, C, dtype=torch.double, requires_grad=True), torch.randn(E, C, H, dtype=torch.double, requires_grad=True)]
+    weights = [
+        torch.randn(E, H, C, dtype=torch.double, requires_grad=True),
+        torch.randn(E, H, C, dtype=torch.double, requires_grad=True),
+        torch.randn(E, C, H, dtype=torch.double, requires_grad=True),
+    ]
     ends = torch.tensor([3, 3, 7])  # an expert with no tokens among them
     # Finite differences, and PyTorch's own checks of the operator's registration (fake shapes, autograd).
     assert torch.autograd.gradcheck(lambda *a: torch.ops.gptzoo.moe_experts(*a, ends)[0], (grouped, *weights))
@@ -272,9 +342,24 @@ def test_the_experts_operator_has_the_gradients_of_its_function():
 
 
 def test_compiles_to_one_graph_with_the_gradients_of_eager(registry):
-    spec = {"name": "moe", "n_experts": 4, "top_k": 2, "n_shared_experts": 1, "expert_bias": True, "n_groups": 2, "top_groups": 1}
+    spec = {
+        "name": "moe",
+        "n_experts": 4,
+        "top_k": 2,
+        "n_shared_experts": 1,
+        "expert_bias": True,
+        "n_groups": 2,
+        "top_groups": 1,
+    }
     torch.manual_seed(0)
-    model = GPT(tiny_config(registry, n_layers=2, layer_pattern=["dense", "moe"], layer_kinds={"dense": {}, "moe": {"feed_forward": spec}}))
+    model = GPT(
+        tiny_config(
+            registry,
+            n_layers=2,
+            layer_pattern=["dense", "moe"],
+            layer_kinds={"dense": {}, "moe": {"feed_forward": spec}},
+        )
+    )
     idx = torch.randint(0, 50, (2, 10))
     explanation = torch._dynamo.explain(model)(idx)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1

@@ -22,7 +22,13 @@ def frequencies(hs=128, **params):
 
 def test_llama3_keeps_short_wavelengths_divides_long_ones_and_blends_between():
     # Llama 3.1: base 500000, factor 8, low/high_freq_factor 1/4, original context 8192.
-    scaling = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_context_length": 8192}
+    scaling = {
+        "type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_context_length": 8192,
+    }
     inv_freq, attention_factor = frequencies(128, base=500000.0, scaling=scaling)
     theta = [500000 ** (-2 * i / 128) for i in range(64)]
     wavelength = [2 * math.pi / t for t in theta]
@@ -41,7 +47,9 @@ def test_yarn_ramp_between_beta_slow_and_beta_fast_rotations_and_its_attention_f
     # context L; r < beta_slow: interpolated (θ/s), r > beta_fast: kept, a linear ramp between
     # whole dimensions floor(d(beta_fast)) .. ceil(d(beta_slow)), d(r) = D ln(L/(2π r)) / (2 ln base).
     D, base, s, L = 64, 10000.0, 4.0, 2048
-    inv_freq, attention_factor = frequencies(D, base=base, scaling={"type": "yarn", "factor": s, "original_context_length": L})
+    inv_freq, attention_factor = frequencies(
+        D, base=base, scaling={"type": "yarn", "factor": s, "original_context_length": L}
+    )
     theta = [base ** (-2 * i / D) for i in range(D // 2)]
     low = math.floor(D * math.log(L / (32 * 2 * math.pi)) / (2 * math.log(base)))  # 8
     high = math.ceil(D * math.log(L / (1 * 2 * math.pi)) / (2 * math.log(base)))  # 21
@@ -52,13 +60,17 @@ def test_yarn_ramp_between_beta_slow_and_beta_fast_rotations_and_its_attention_f
     assert inv_freq[14].item() == pytest.approx((1 - gamma) * theta[14] + gamma * theta[14] / s)
     assert attention_factor == pytest.approx(0.1 * math.log(s) + 1)
     # The attention factor scales cos and sin (so q·k by its square), as YaRN's reference code.
-    rope = RotaryPositions(RotaryParams(base=base, scaling={"type": "yarn", "factor": s, "original_context_length": L}), dims(D))
+    rope = RotaryPositions(
+        RotaryParams(base=base, scaling={"type": "yarn", "factor": s, "original_context_length": L}), dims(D)
+    )
     assert rope.cos[0, 0].item() == pytest.approx(attention_factor)
 
 
 def test_linear_scaling_divides_every_frequency():
     inv_freq, _ = frequencies(32, scaling={"type": "linear", "factor": 4.0})
-    torch.testing.assert_close(inv_freq, torch.tensor([10000 ** (-2 * i / 32) / 4 for i in range(16)], dtype=torch.float64))
+    torch.testing.assert_close(
+        inv_freq, torch.tensor([10000 ** (-2 * i / 32) / 4 for i in range(16)], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,14 +78,35 @@ def test_linear_scaling_divides_every_frequency():
     [
         ({"type": "linear", "factor": 2.0}, {"rope_type": "linear", "factor": 2.0}),
         (
-            {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_context_length": 8192},
-            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            {
+                "type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_context_length": 8192,
+            },
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
         ),
         (
             {"type": "yarn", "factor": 4.0, "original_context_length": 4096, "beta_fast": 16.0, "beta_slow": 2.0},
-            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096, "beta_fast": 16.0, "beta_slow": 2.0},
+            {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 4096,
+                "beta_fast": 16.0,
+                "beta_slow": 2.0,
+            },
         ),
-        ({"type": "yarn", "factor": 8.0, "original_context_length": 2048, "truncate": False}, {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048, "truncate": False}),
+        (
+            {"type": "yarn", "factor": 8.0, "original_context_length": 2048, "truncate": False},
+            {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048, "truncate": False},
+        ),
     ],
     ids=["linear", "llama3", "yarn", "yarn_untruncated"],
 )
@@ -84,7 +117,10 @@ def test_frequencies_match_transformers_rope_init_functions(ours, theirs, fracti
 
     base = 500000.0
     config = LlamaConfig(
-        hidden_size=256, num_attention_heads=2, head_dim=128, max_position_embeddings=4 * theirs.get("original_max_position_embeddings", 8192),
+        hidden_size=256,
+        num_attention_heads=2,
+        head_dim=128,
+        max_position_embeddings=4 * theirs.get("original_max_position_embeddings", 8192),
         rope_parameters={**theirs, "rope_theta": base, "partial_rotary_factor": fraction},
     )
     expected, expected_factor = ROPE_INIT_FUNCTIONS[theirs["rope_type"]](config, "cpu")
@@ -127,7 +163,9 @@ def test_gptneox_partial_rotary_matches_transformers(registry):
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding, apply_rotary_pos_emb
 
     hs, fraction = 16, 0.25
-    config = GPTNeoXConfig(hidden_size=2 * hs, num_attention_heads=2, rotary_pct=fraction, max_position_embeddings=64, rope_theta=10000.0)
+    config = GPTNeoXConfig(
+        hidden_size=2 * hs, num_attention_heads=2, rotary_pct=fraction, max_position_embeddings=64, rope_theta=10000.0
+    )
     theirs = GPTNeoXRotaryEmbedding(config)
     ours = RotaryPositions(RotaryParams(fraction=fraction), dims(hs))
     torch.manual_seed(0)
@@ -143,7 +181,10 @@ def test_gptneox_partial_rotary_matches_transformers(registry):
 def test_a_fraction_leaving_an_odd_count_is_refused(registry):
     from gptzoo.testing import tiny_config
 
-    with pytest.raises(ConfigError, match=r"positional 'rope': rotary needs an even number of rotated dimensions, but head size 8 \(d_model=32 / n_heads=4\) × fraction 0.375 gives 3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"positional 'rope': rotary needs an even number of rotated dimensions, but head size 8 \(d_model=32 / n_heads=4\) × fraction 0.375 gives 3",
+    ):
         tiny_config(registry, positional={"name": "rope", "fraction": 0.375})
     with pytest.raises(ConfigError, match=r"scaling.llama3.factor"):
         tiny_config(registry, positional={"name": "rope", "scaling": {"type": "llama3", "factor": -1.0}})

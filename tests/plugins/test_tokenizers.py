@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gptzoo.core import GptzooError, NoParams
-from gptzoo.plugins.tokenizers import BPEParams, BPETokenizer, CharTokenizer, TiktokenParams, TiktokenTokenizer, WordTokenizer
+from gptzoo.plugins.tokenizers import (
+    BPEParams,
+    BPETokenizer,
+    CharTokenizer,
+    TiktokenParams,
+    TiktokenTokenizer,
+    WordTokenizer,
+)
 from gptzoo.registry import make_registry
 from gptzoo.testing import build_tokenizer
 
@@ -143,7 +150,11 @@ def test_char_state_round_trip():
     tokenizer.fit(BOOK_SENTENCE)
     again = reloaded(tokenizer)
     text = f"you like toast?{EOT}Yes."
-    assert again.encode(text) == tokenizer.encode(text) == [13, 10, 12, 0, 9, 7, 8, 6, 0, 11, 10, 4, 15, 11, 2, 14, 15, 6, 15, 15]
+    assert (
+        again.encode(text)
+        == tokenizer.encode(text)
+        == [13, 10, 12, 0, 9, 7, 8, 6, 0, 11, 10, 4, 15, 11, 2, 14, 15, 6, 15, 15]
+    )
 
 
 # ---- word ---------------------------------------------------------------------------------------
@@ -151,7 +162,19 @@ def test_char_state_round_trip():
 
 def test_word_split_follows_the_book():
     tokenizer = WordTokenizer(NoParams())
-    assert tokenizer.split("well--no, 'yes'  (I said)") == ["well", "--", "no", ",", "'", "yes", "'", "(", "I", "said", ")"]
+    assert tokenizer.split("well--no, 'yes'  (I said)") == [
+        "well",
+        "--",
+        "no",
+        ",",
+        "'",
+        "yes",
+        "'",
+        "(",
+        "I",
+        "said",
+        ")",
+    ]
 
 
 def test_word_ids_by_hand():
@@ -168,7 +191,9 @@ def test_word_ids_by_hand():
 def test_word_state_round_trip():
     tokenizer = WordTokenizer(NoParams())
     tokenizer.fit(BOOK_SENTENCE)
-    assert reloaded(tokenizer).encode("do you like coffee?") == tokenizer.encode("do you like coffee?") == [3, 6, 4, 8, 1]
+    assert (
+        reloaded(tokenizer).encode("do you like coffee?") == tokenizer.encode("do you like coffee?") == [3, 6, 4, 8, 1]
+    )
 
 
 @pytest.mark.parametrize("impl", [CharTokenizer, WordTokenizer])

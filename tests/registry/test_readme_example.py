@@ -56,7 +56,9 @@ def test_plugin_example_works_in_code_and_installed(site):
     entry = make_registry().get("norm", "scalenorm")
     assert (entry.distribution, entry.version) == ("my-norms", "1.0")
     component = tomllib.loads(config_line)["norm"]
-    config = default_registry().model_config({"vocab_size": 50, "context_length": 8, "d_model": 16, "n_layers": 1, "n_heads": 2, "norm": component})
+    config = default_registry().model_config(
+        {"vocab_size": 50, "context_length": 8, "d_model": 16, "n_layers": 1, "n_heads": 2, "norm": component}
+    )
     assert config.norm.name == "scalenorm" and config.norm.params.eps == 1e-6
 
     # The conformance kit example, run as the plugin author's test would be.

@@ -70,7 +70,10 @@ def test_same_name_from_two_plugins_names_both_providers(install):
 
 def test_plugin_shadowing_a_builtin_is_refused(install):
     install("zoo_shadow", {"shadow": rms_plugin("rmsnorm")})
-    with pytest.raises(PluginError, match=r"norm 'rmsnorm' is provided twice: by gptzoo.plugins.norms \(gptzoo .*\) and by shadow \(zoo_shadow 1.0\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"norm 'rmsnorm' is provided twice: by gptzoo.plugins.norms \(gptzoo .*\) and by shadow \(zoo_shadow 1.0\)",
+    ):
         make_registry()
 
 
@@ -79,7 +82,14 @@ def test_plugin_that_fails_to_import_names_plugin_and_entry_point(install):
     with pytest.raises(PluginError) as err:
         make_registry()
     message = str(err.value)
-    for fragment in ("plugin 'broken'", "entry point 'broken = broken_", "zoo_broken", "ModuleNotFoundError", "a_module_that_does_not_exist", PLUGINS_ENV):
+    for fragment in (
+        "plugin 'broken'",
+        "entry point 'broken = broken_",
+        "zoo_broken",
+        "ModuleNotFoundError",
+        "a_module_that_does_not_exist",
+        PLUGINS_ENV,
+    ):
         assert fragment in message
 
 
@@ -165,7 +175,9 @@ def test_component_decorator_registers_in_code(registry):
     assert registry.resolve("norm", "scaled_rms") is ScaledRMS
     entry = registry.get("norm", "scaled_rms")
     assert entry.plugin == __name__ and entry.distribution == "<code>"
-    config = registry.model_config({"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "norm": {"name": "scaled_rms", "scale": 3.0}})
+    config = registry.model_config(
+        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "norm": {"name": "scaled_rms", "scale": 3.0}}
+    )
     assert config.norm.params.scale == 3.0
 
 
@@ -189,7 +201,9 @@ def test_register_plugin_with_a_module_object(registry):
 
 def test_lookups_suggest_the_closest_name(registry):
     available = ", ".join(registry.names("attention"))  # every registered name, from the registry itself
-    with pytest.raises(ValueError, match=rf"unknown attention 'spda' \(did you mean 'sdpa'\?\); available: {available}$"):
+    with pytest.raises(
+        ValueError, match=rf"unknown attention 'spda' \(did you mean 'sdpa'\?\); available: {available}$"
+    ):
         registry.resolve("attention", "spda")
     with pytest.raises(KeyError, match=f"unknown norm 'xyz'; available: {', '.join(registry.names('norm'))}"):
         registry.get("norm", "xyz")
@@ -232,7 +246,12 @@ def test_a_default_that_does_not_fit_its_type_is_refused_at_registration(registr
     with pytest.raises(PluginError) as err:
         registry.add("norm", "windowed", impl, plugin="my_plugin")
     message = str(err.value)
-    assert "my_plugin" in message and "norm 'windowed'" in message and "param 'window'" in message and repr(default) in message
+    assert (
+        "my_plugin" in message
+        and "norm 'windowed'" in message
+        and "param 'window'" in message
+        and repr(default) in message
+    )
 
 
 def test_defaults_that_fit_are_accepted(registry):

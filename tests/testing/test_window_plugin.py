@@ -64,7 +64,9 @@ def test_a_variant_that_sees_beyond_its_declared_window_fails(window_registry):
 
 def test_a_variant_declaring_an_equivalence_it_lacks_fails(window_registry):
     plugin = load_plugin()
-    window_registry.add("attention", "claims_sdpa", type("ClaimsSdpa", (plugin.WindowAttention,), {"equivalent_to": "sdpa"}))
+    window_registry.add(
+        "attention", "claims_sdpa", type("ClaimsSdpa", (plugin.WindowAttention,), {"equivalent_to": "sdpa"})
+    )
     with pytest.raises(AssertionError, match="attention 'claims_sdpa' with sdpa's weights"):
         check_component("attention", "claims_sdpa", registry=window_registry, window=2)
 

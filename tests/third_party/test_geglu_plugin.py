@@ -48,7 +48,9 @@ def test_a_toml_config_uses_it(installed):
     assert type(ffn).__name__ == "GEGLU" and ffn.gate_proj.out_features == 64
     assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 50)
     # its params are validated like a built-in's
-    with pytest.raises(ConfigError, match=r"feed_forward 'geglu_erf': hiden: unknown field \(did you mean 'hidden'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"feed_forward 'geglu_erf': hiden: unknown field \(did you mean 'hidden'\?\)"
+    ):
         load_run_config(HERE / "geglu.toml", ["model.feed_forward.hiden=8"], registry=installed)
 
 
@@ -64,7 +66,13 @@ def test_computes_geglu(installed):
 def test_cli_lists_it_with_its_distribution():
     env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    result = subprocess.run([sys.executable, "-m", "gptzoo.recipes", "plugins", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "gptzoo.recipes", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     (entry,) = [e for e in json.loads(result.stdout) if e["name"] == "geglu_erf"]
     assert entry["family"] == "feed_forward"

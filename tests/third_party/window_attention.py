@@ -69,7 +69,9 @@ class WindowAttention(Attention):
             ctx.record(weights)
             y = weights @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dims.dropout if self.training else 0.0, enable_gqa=True)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dims.dropout if self.training else 0.0, enable_gqa=True
+            )
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
     def new_cache(self, batch_size: int, max_len: int, device, dtype) -> WindowCache:

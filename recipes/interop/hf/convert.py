@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -25,9 +26,30 @@ from tqdm import tqdm
 from gptzoo.core import CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.interop.gpt2 import new_folder, open_safetensors, read_hf_config, refuse_existing, weight_shapes
-from gptzoo.recipes.interop.hf.families import FAMILIES, MISSING, Family, hf_shapes, lookup, to_ours, to_theirs, weight_plan
+from gptzoo.recipes.interop.hf.families import (
+    FAMILIES,
+    MISSING,
+    Family,
+    hf_shapes,
+    lookup,
+    to_ours,
+    to_theirs,
+    weight_plan,
+)
+from gptzoo.recipes.runs.folder import (
+    CONFIG,
+    TOKENIZER,
+    WEIGHTS,
+    atomic_path,
+    build_tokenizer,
+    describe_mismatch,
+    load_config,
+    open_run,
+    run_commit,
+    write_safetensors,
+    write_text_atomic,
+)
 from gptzoo.recipes.runs.manifest import check_file
-from gptzoo.recipes.runs.folder import CONFIG, TOKENIZER, WEIGHTS, atomic_path, build_tokenizer, describe_mismatch, load_config, open_run, run_commit, write_safetensors, write_text_atomic
 from gptzoo.registry import Registry, default_registry
 
 INDEX = "model.safetensors.index.json"
@@ -62,7 +84,9 @@ def normalise(hf: dict) -> dict:
 def family_of(hf: dict, source: str) -> Family:
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
-        raise ConfigError(f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(FAMILIES)}"
+        )
     return FAMILIES[model_type]
 
 
@@ -73,7 +97,9 @@ def _set(table: dict, dotted: str, value: Any) -> None:
     table[last] = value
 
 
-def model_table(family: Family, hf: dict, source: str, attention: str | None = None, tokenizer: dict | None = None) -> dict:
+def model_table(
+    family: Family, hf: dict, source: str, attention: str | None = None, tokenizer: dict | None = None
+) -> dict:
     """A normalised Hugging Face config.json -> the gptzoo [model] table of the same model.
 
     ``attention`` replaces the family's ``sdpa`` by a variant computing the same function
@@ -85,7 +111,9 @@ def model_table(family: Family, hf: dict, source: str, attention: str | None = N
         value = require.default if value is MISSING else value
         if value not in require.allowed:
             allowed = " or ".join(json.dumps(a) for a in require.allowed)
-            raise ConfigError(f"{source}: {require.hf} = {json.dumps(value)} is not supported for {family.model_type} ({require.why}; gptzoo reads {allowed})")
+            raise ConfigError(
+                f"{source}: {require.hf} = {json.dumps(value)} is not supported for {family.model_type} ({require.why}; gptzoo reads {allowed})"
+            )
     table = copy.deepcopy(family.assembly) | {"dropout": 0.0}
     table.setdefault("attention", {"name": "sdpa"})
     if tokenizer is not None:
@@ -109,7 +137,9 @@ def model_table(family: Family, hf: dict, source: str, attention: str | None = N
     name = table["attention"]["name"]
     if attention is not None and attention != name:
         if name != "sdpa":
-            raise ConfigError(f"--attention {attention}: this checkpoint's attention is '{name}' (from {source}), which gptzoo computes one way only")
+            raise ConfigError(
+                f"--attention {attention}: this checkpoint's attention is '{name}' (from {source}), which gptzoo computes one way only"
+            )
         table["attention"]["name"] = attention
     return table
 
@@ -161,7 +191,9 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
     if _same_attention(config.attention):
         ours["attention"]["name"] = "sdpa"
     try:
-        theirs = explicit(registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", None, ours["tokenizer"])))
+        theirs = explicit(
+            registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", None, ours["tokenizer"]))
+        )
     except (ConfigError, ValueError) as err:  # ValueError: a conversion that cannot write this assembly
         return [str(err).lstrip(": ")]
     ours, theirs = _flat(ours), _flat(theirs)
@@ -172,14 +204,22 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
             continue
         component = path.rsplit(".", 1)[0]
         if path.endswith(".name"):
-            problems.append(f"{component} '{ours.get(path)}' has no {family.model_type} counterpart ({family.model_type}: '{theirs.get(path)}')")
+            problems.append(
+                f"{component} '{ours.get(path)}' has no {family.model_type} counterpart ({family.model_type}: '{theirs.get(path)}')"
+            )
         elif component in names and ours.get(f"{component}.name") != theirs.get(f"{component}.name"):
             continue  # another plugin altogether: its params are not the point
         elif path not in ours:
             problems.append(f"{path} is unset; {family.model_type} has {json.dumps(theirs[path])}")
         else:
-            value = f"{component} '{ours[component + '.name']}' with {path.rsplit('.', 1)[1]}" if component in names else path
-            problems.append(f"{value} = {json.dumps(ours[path])} has no {family.model_type} counterpart ({family.model_type}: {json.dumps(theirs.get(path))})")
+            value = (
+                f"{component} '{ours[component + '.name']}' with {path.rsplit('.', 1)[1]}"
+                if component in names
+                else path
+            )
+            problems.append(
+                f"{value} = {json.dumps(ours[path])} has no {family.model_type} counterpart ({family.model_type}: {json.dumps(theirs.get(path))})"
+            )
     return problems
 
 
@@ -214,7 +254,9 @@ def open_checkpoint(folder: Path) -> Iterator[dict[str, Any]]:
     elif (folder / WEIGHTS).is_file():
         files = [WEIGHTS]
     else:
-        raise CheckpointError(f"{folder}: holds neither {WEIGHTS} nor {INDEX}; a Hugging Face checkpoint folder has one of them")
+        raise CheckpointError(
+            f"{folder}: holds neither {WEIGHTS} nor {INDEX}; a Hugging Face checkpoint folder has one of them"
+        )
     with ExitStack() as stack:
         stored = {}
         for file in files:
@@ -280,28 +322,48 @@ def tokenizer_files(folder: Path, config: RunConfig, manifest) -> tuple[dict[str
     files = {TOKENIZER: (folder / TOKENIZER).read_text(encoding="utf-8")}
     if manifest is not None:
         check_file(folder, manifest, TOKENIZER)
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": p.bos_token, "eos_token": p.eos_token, "pad_token": p.pad_token}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": p.bos_token,
+        "eos_token": p.eos_token,
+        "pad_token": p.pad_token,
+    }
     if p.chat_template is not None:
         tokenizer_config["chat_template"] = p.chat_template
     files[TOKENIZER_CONFIG] = json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n"
     tokenizer = build_tokenizer(config, folder, manifest)
-    generation = {"bos_token_id": tokenizer._id(p.bos_token), "eos_token_id": (p.eos_token_ids[0] if len(p.eos_token_ids) == 1 else p.eos_token_ids) or tokenizer._id(p.eos_token), "pad_token_id": tokenizer._id(p.pad_token)}
+    generation = {
+        "bos_token_id": tokenizer._id(p.bos_token),
+        "eos_token_id": (p.eos_token_ids[0] if len(p.eos_token_ids) == 1 else p.eos_token_ids)
+        or tokenizer._id(p.eos_token),
+        "pad_token_id": tokenizer._id(p.pad_token),
+    }
     return files, {k: v for k, v in generation.items() if v is not None}
 
 
 # ---- the two directions -------------------------------------------------------------------------
 
 
-def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dtype: str = "float32", registry: Registry | None = None) -> RunConfig:
+def import_hf(
+    src: str | Path,
+    out: str | Path,
+    attention: str | None = None,
+    dtype: str = "float32",
+    registry: Registry | None = None,
+) -> RunConfig:
     """Convert the Hugging Face checkpoint folder ``src`` into the run folder ``out``."""
     registry = registry or default_registry()
     src, out = Path(src), Path(out)
     refuse_existing(out)
     if not src.is_dir():
-        raise GptzooError(f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)")
+        raise GptzooError(
+            f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
+        )
     source = src / CONFIG
     if not source.is_file():
-        raise CheckpointError(f"{src}: missing {CONFIG}; a Hugging Face checkpoint folder has config.json beside its safetensors")
+        raise CheckpointError(
+            f"{src}: missing {CONFIG}; a Hugging Face checkpoint folder has config.json beside its safetensors"
+        )
     if dtype not in DTYPES:
         raise GptzooError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     hf = normalise(read_hf_config(source))
@@ -309,7 +371,9 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
     tokenizer, tokenizer_state = read_tokenizer_files(src, hf)
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}
-    config = RunConfig(model=registry.model_config(model_table(family, hf, str(source), attention, tokenizer), str(source)))
+    config = RunConfig(
+        model=registry.model_config(model_table(family, hf, str(source), attention, tokenizer), str(source))
+    )
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
     dims = config.model.dims()
@@ -317,11 +381,21 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
     with open_checkpoint(src) as stored:
         found = {hf: _source_name(stored, hf, family.prefix) for hf in to_read}
         # A tied head is the embedding: some checkpoints store it anyway.
-        tied = {t for w in family.weights if w.ours == "head.weight" for t in w.theirs} if config.model.tied_head else set()
+        tied = (
+            {t for w in family.weights if w.ours == "head.weight" for t in w.theirs}
+            if config.model.tied_head
+            else set()
+        )
         used = set(found.values())
         missing = sorted(hf for hf, key in found.items() if key is None)
-        unexpected = sorted(k for k in stored if k not in used and not re.fullmatch(family.ignored, k) and k not in tied)
-        wrong = [f"{key} {shape} vs {to_read[hf][2]} for this config" for hf, key in found.items() if key is not None and (shape := tuple(stored[key].get_slice(key).get_shape())) != to_read[hf][2]]
+        unexpected = sorted(
+            k for k in stored if k not in used and not re.fullmatch(family.ignored, k) and k not in tied
+        )
+        wrong = [
+            f"{key} {shape} vs {to_read[hf][2]} for this config"
+            for hf, key in found.items()
+            if key is not None and (shape := tuple(stored[key].get_slice(key).get_shape())) != to_read[hf][2]
+        ]
         if missing or unexpected or wrong:
             raise CheckpointError(f"{src} does not match its {CONFIG}: {describe_mismatch(missing, unexpected, wrong)}")
 
@@ -344,12 +418,16 @@ def import_hf(src: str | Path, out: str | Path, attention: str | None = None, dt
             with commit.stage(WEIGHTS) as f:
                 specs = {name: (DTYPES[dtype], shape) for name, shape in shapes.items()}
                 progress = lambda names: tqdm(names, desc=f"import {src.name}", unit="tensor")  # noqa: E731
-                write_safetensors(f, specs, read, {"format": "pt", "producer": "gptzoo", "source": family.model_type}, progress)
+                write_safetensors(
+                    f, specs, read, {"format": "pt", "producer": "gptzoo", "source": family.model_type}, progress
+                )
             commit.commit()
     return config
 
 
-def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> tuple[Family, dict]:
+def export_hf(
+    run_folder: str | Path, out: str | Path, registry: Registry | None = None, max_shard_bytes: int = MAX_SHARD_BYTES
+) -> tuple[Family, dict]:
     """Write the run in ``run_folder`` as the Hugging Face family its assembly matches; returns (family, config.json)."""
     registry = registry or default_registry()
     run_folder, out = Path(run_folder), Path(out)
@@ -357,7 +435,13 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
     manifest = open_run(run_folder)
     config = load_config(run_folder, registry, manifest)
     if config.model.vocab_size is None:  # a config written by hand: the tokenizer's size, as training resolves it
-        config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": build_tokenizer(config, run_folder, manifest).vocab_size})})
+        config = config.model_copy(
+            update={
+                "model": config.model.model_copy(
+                    update={"vocab_size": build_tokenizer(config, run_folder, manifest).vocab_size}
+                )
+            }
+        )
     weights = run_folder / WEIGHTS
     source_family = None  # the family import-hf read it from, kept in the weights' metadata
     if weights.is_file():
@@ -387,7 +471,9 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
 
         shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, shape) in specs.items()}, max_shard_bytes)
         extra, generation = tokenizer_files(run_folder, config, manifest)
-        data |= {"pad_token_id": None} | generation  # never a family's default pad id (Phi-3's 32000), which may lie outside this vocabulary
+        data |= {
+            "pad_token_id": None
+        } | generation  # never a family's default pad id (Phi-3's 32000), which may lie outside this vocabulary
         with new_folder(out) as tmp:
             write_text_atomic(tmp / CONFIG, json.dumps(data, indent=2) + "\n")
             weight_map = {}
@@ -398,8 +484,14 @@ def export_hf(run_folder: str | Path, out: str | Path, registry: Registry | None
                     write_safetensors(handle, shard, read, {"format": "pt"}, progress)
                 weight_map |= {hf: file for hf in shard}
             if len(shards) > 1:
-                total = sum(torch.empty((), dtype=d).element_size() * torch.Size(s).numel() for d, s in (v for shard in shards for v in shard.values()))
-                write_text_atomic(tmp / INDEX, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+                total = sum(
+                    torch.empty((), dtype=d).element_size() * torch.Size(s).numel()
+                    for d, s in (v for shard in shards for v in shard.values())
+                )
+                write_text_atomic(
+                    tmp / INDEX,
+                    json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n",
+                )
             if extra:
                 write_text_atomic(tmp / GENERATION_CONFIG, json.dumps(generation, indent=2) + "\n")
             for name, text in extra.items():

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -115,7 +116,10 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
         for pattern, weight in patterns:
             if m := pattern.match(name):
                 if weight.layout == "experts":
-                    plan[name] = (weight, [weight.theirs[0].format(**m.groupdict(), e=e) for e in range(shapes[name][0])])
+                    plan[name] = (
+                        weight,
+                        [weight.theirs[0].format(**m.groupdict(), e=e) for e in range(shapes[name][0])],
+                    )
                 else:
                     plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
                 break
@@ -124,7 +128,9 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return plan
 
 
-def hf_shapes(plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
+def hf_shapes(
+    plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims
+) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
     """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
     None for all, stacked row-wise; the layout it is stored in; its shape)."""
     out: dict = {}
@@ -153,7 +159,9 @@ def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
     if layout == "transposed":
         return tensor.T
     if layout == "per_head":
-        return tensor.unflatten(0, (dims.n_heads, 3, -1)).transpose(0, 1).flatten(0, 2)  # (nh, 3, hs, ...) -> (3, nh, hs, ...)
+        return (
+            tensor.unflatten(0, (dims.n_heads, 3, -1)).transpose(0, 1).flatten(0, 2)
+        )  # (nh, 3, hs, ...) -> (3, nh, hs, ...)
     return tensor
 
 
@@ -162,9 +170,10 @@ def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
     if layout == "transposed":
         return tensor.T
     if layout == "per_head":
-        return tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
+        return (
+            tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)
+        )  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
     return tensor
-
 
 
 def lookup(data: dict, dotted: str) -> Any:
@@ -223,20 +232,33 @@ def read_rope_scaling(rope: dict, hf: dict, where: str = "rope_parameters") -> d
     if kind == "default":
         return None
     if kind not in SCALINGS:
-        raise ValueError(f"{where}.rope_type = {json.dumps(kind)} is not supported for {hf.get('model_type')} (gptzoo's rope scales {', '.join(SCALINGS)})")
+        raise ValueError(
+            f"{where}.rope_type = {json.dumps(kind)} is not supported for {hf.get('model_type')} (gptzoo's rope scales {', '.join(SCALINGS)})"
+        )
     original = rope.get("original_max_position_embeddings")
     if kind == "linear":
         return {"type": "linear", "factor": rope["factor"]}
     if kind == "llama3":
-        return {"type": "llama3", "factor": rope["factor"], "low_freq_factor": rope["low_freq_factor"], "high_freq_factor": rope["high_freq_factor"], "original_context_length": original}
+        return {
+            "type": "llama3",
+            "factor": rope["factor"],
+            "low_freq_factor": rope["low_freq_factor"],
+            "high_freq_factor": rope["high_freq_factor"],
+            "original_context_length": original,
+        }
     factor = rope.get("factor") or hf["max_position_embeddings"] / original
     attention_factor = rope.get("attention_factor")
     if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):  # as transformers derives it
         mscale = lambda m: 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0  # noqa: E731
         attention_factor = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
     return {
-        "type": "yarn", "factor": factor, "original_context_length": original, "beta_fast": rope.get("beta_fast") or 32.0,
-        "beta_slow": rope.get("beta_slow") or 1.0, "attention_factor": attention_factor, "truncate": rope.get("truncate", True),
+        "type": "yarn",
+        "factor": factor,
+        "original_context_length": original,
+        "beta_fast": rope.get("beta_fast") or 32.0,
+        "beta_slow": rope.get("beta_slow") or 1.0,
+        "attention_factor": attention_factor,
+        "truncate": rope.get("truncate", True),
     }
 
 
@@ -258,12 +280,27 @@ def _write_rope(model: dict) -> dict[str, Any]:
 
 
 ROPE_SCALING = Conversion(_read_rope, _write_rope)  # rope_parameters.rope_type and its parameters
-DEFAULT_ROPE = Require("rope_parameters.rope_type", ("default",), "default", "rope scaling is read for the dense families and DeepSeek-V3 so far")
+DEFAULT_ROPE = Require(
+    "rope_parameters.rope_type",
+    ("default",),
+    "default",
+    "rope scaling is read for the dense families and DeepSeek-V3 so far",
+)
 LLAMA_WEIGHTS = (
     Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
     Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
-    Weight("blocks.{i}.attention.qkv.weight", tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"), "rows", qkv_rows),
-    Weight("blocks.{i}.attention.qkv.bias", tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"), "rows", qkv_rows),
+    Weight(
+        "blocks.{i}.attention.qkv.weight",
+        tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
+        "rows",
+        qkv_rows,
+    ),
+    Weight(
+        "blocks.{i}.attention.qkv.bias",
+        tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"),
+        "rows",
+        qkv_rows,
+    ),
     Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),
     Weight("blocks.{i}.attention.out_proj.bias", ("model.layers.{i}.self_attn.o_proj.bias",)),
     Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
@@ -280,15 +317,18 @@ LLAMA_WEIGHTS = (
 LLAMA = Family(
     model_type="llama",
     architecture="LlamaForCausalLM",
-    fields=LLAMA_FIELDS + (
+    fields=LLAMA_FIELDS
+    + (
         Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
         Field("mlp_bias", ("feed_forward.bias",), False),
     ),
-    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"feed_forward": {"name": "swiglu"}},  # biases from the fields
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
+    | {"feed_forward": {"name": "swiglu"}},  # biases from the fields
     requires=(SILU, Require("pretraining_tp", (1,), 1, "the projections are not split into tensor-parallel slices")),
     weights=LLAMA_WEIGHTS,
     conversions=(ROPE_SCALING,),
 )
+
 
 def _read_window(hf: dict) -> dict[str, Any]:
     window = hf.get("sliding_window")
@@ -315,9 +355,14 @@ MISTRAL = Family(
 QWEN2 = Family(
     model_type="qwen2",
     architecture="Qwen2ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "head_dim"),  # Qwen2's heads are hidden_size / num_attention_heads wide
+    fields=tuple(
+        f for f in LLAMA_FIELDS if f.hf != "head_dim"
+    ),  # Qwen2's heads are hidden_size / num_attention_heads wide
     assembly=LLAMA_ASSEMBLY | {"qkv_bias": True},  # biases on q, k and v; none on o_proj
-    requires=(SILU, Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet")),
+    requires=(
+        SILU,
+        Require("use_sliding_window", (False,), False, "gptzoo's sliding-window attention is not available yet"),
+    ),
     weights=LLAMA_WEIGHTS,
     conversions=(ROPE_SCALING,),
 )
@@ -325,16 +370,22 @@ QWEN2 = Family(
 QWEN3 = Family(
     model_type="qwen3",
     architecture="Qwen3ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps"))
+    + (
         Field("head_dim", ("head_dim",), 128),  # Qwen3's default, not hidden_size / heads
         Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-6),
         Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
     ),
     # RMSNorm over each head's queries and keys before rotary, one weight shared by the heads
-    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")} | {"attention": {"name": "sdpa", "qk_norm": "per_head"}},
-    requires=(SILU, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
+    | {"attention": {"name": "sdpa", "qk_norm": "per_head"}},
+    requires=(
+        SILU,
+        Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet"),
+    ),
     conversions=(ROPE_SCALING,),
-    weights=LLAMA_WEIGHTS + (
+    weights=LLAMA_WEIGHTS
+    + (
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
     ),
@@ -343,7 +394,8 @@ QWEN3 = Family(
 OLMO2 = Family(
     model_type="olmo2",
     architecture="Olmo2ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps"))
+    + (
         Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-5),
         Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
     ),
@@ -352,7 +404,8 @@ OLMO2 = Family(
     | {"block": {"name": "sublayer_output_norm"}, "attention": {"name": "sdpa", "qk_norm": "across_heads"}},
     requires=(SILU,),
     conversions=(ROPE_SCALING,),
-    weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attn_norm", "blocks.{i}.ffn_norm"))) + (
+    weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attn_norm", "blocks.{i}.ffn_norm")))
+    + (
         Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
         Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.post_feedforward_layernorm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
@@ -363,19 +416,39 @@ OLMO2 = Family(
 PHI3 = Family(
     model_type="phi3",
     architecture="Phi3ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps")) + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "rms_norm_eps"))
+    + (
         Field("rms_norm_eps", ("norm.eps",), 1e-5),
-        Field("rope_parameters.partial_rotary_factor", ("positional.fraction",), 1.0),  # the first dimensions of each head rotate (Phi-4-mini: 0.75)
+        Field(
+            "rope_parameters.partial_rotary_factor", ("positional.fraction",), 1.0
+        ),  # the first dimensions of each head rotate (Phi-4-mini: 0.75)
     ),
     assembly=LLAMA_ASSEMBLY,
     requires=(SILU,),
     conversions=(SLIDING_WINDOW, ROPE_SCALING),  # Phi-3-mini-4k: a window of 2047 keys on every layer
     # Phi-3 keeps q, k and v in one projection, in gptzoo's order, and the gate and up projections in another.
-    weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith(("blocks.{i}.attention.", "blocks.{i}.feed_forward.gate_proj", "blocks.{i}.feed_forward.up_proj"))) + (
+    weights=tuple(
+        w
+        for w in LLAMA_WEIGHTS
+        if not w.ours.startswith(
+            ("blocks.{i}.attention.", "blocks.{i}.feed_forward.gate_proj", "blocks.{i}.feed_forward.up_proj")
+        )
+    )
+    + (
         Weight("blocks.{i}.attention.qkv.weight", ("model.layers.{i}.self_attn.qkv_proj.weight",)),
         Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),
-        Weight("blocks.{i}.feed_forward.gate_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(0, 2)),
-        Weight("blocks.{i}.feed_forward.up_proj.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), "chunk", chunk=(1, 2)),
+        Weight(
+            "blocks.{i}.feed_forward.gate_proj.weight",
+            ("model.layers.{i}.mlp.gate_up_proj.weight",),
+            "chunk",
+            chunk=(0, 2),
+        ),
+        Weight(
+            "blocks.{i}.feed_forward.up_proj.weight",
+            ("model.layers.{i}.mlp.gate_up_proj.weight",),
+            "chunk",
+            chunk=(1, 2),
+        ),
     ),
 )
 
@@ -388,7 +461,11 @@ def _gemma_attention(hf: dict) -> dict[str, Any]:
     """Attention options every Gemma layer shares: scores scaled by query_pre_attn_scalar^-1/2
     (None where that is the head size, gptzoo's default), soft-capped by attn_logit_softcapping."""
     scalar = hf.get("query_pre_attn_scalar", 256)
-    attention = {"name": "sdpa", "scale": None if scalar == hf["head_dim"] else scalar**-0.5, "softcap": hf.get("attn_logit_softcapping")}
+    attention = {
+        "name": "sdpa",
+        "scale": None if scalar == hf["head_dim"] else scalar**-0.5,
+        "softcap": hf.get("attn_logit_softcapping"),
+    }
     if hf["model_type"] == "gemma3_text":  # RMSNorm of each head's queries and keys, Gemma's (1 + weight) scale
         attention |= {"qk_norm": "per_head", "qk_norm_unit_offset": True, "qk_norm_eps": hf.get("rms_norm_eps", 1e-6)}
     return attention
@@ -401,20 +478,39 @@ def _period(types: list[str]) -> list[str]:
 
 def _read_gemma_layers(hf: dict) -> dict[str, Any]:
     n = hf["num_hidden_layers"]
-    every = 2 if hf["model_type"] == "gemma2" else hf.get("sliding_window_pattern", 6)  # transformers' default schedules
+    every = (
+        2 if hf["model_type"] == "gemma2" else hf.get("sliding_window_pattern", 6)
+    )  # transformers' default schedules
     types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
     unknown = sorted(set(types) - set(LAYER_KINDS))
     if unknown or len(types) != n:
-        raise ValueError(f"layer_types = {json.dumps(types)} is not supported: gptzoo reads {n} entries of {' or '.join(LAYER_KINDS)}")
+        raise ValueError(
+            f"layer_types = {json.dumps(types)} is not supported: gptzoo reads {n} entries of {' or '.join(LAYER_KINDS)}"
+        )
     attention = _gemma_attention(hf)
     window = hf.get("sliding_window")
-    table: dict[str, Any] = {"attention": attention, "head.softcap": hf.get("final_logit_softcapping", 30.0 if hf["model_type"] == "gemma2" else None)}
+    table: dict[str, Any] = {
+        "attention": attention,
+        "head.softcap": hf.get("final_logit_softcapping", 30.0 if hf["model_type"] == "gemma2" else None),
+    }
     if window is not None and "sliding_attention" in types:
-        table |= {"layer_pattern": [LAYER_KINDS[t] for t in _period(types)], "layer_kinds": {"local": {"attention": attention | {"name": "sliding_window", "window": window}}, "global": {}}}
+        table |= {
+            "layer_pattern": [LAYER_KINDS[t] for t in _period(types)],
+            "layer_kinds": {
+                "local": {"attention": attention | {"name": "sliding_window", "window": window}},
+                "global": {},
+            },
+        }
     if hf["model_type"] == "gemma3_text":  # rotary bases per kind of layer
         rope = hf["rope_parameters"]
-        full, sliding = ({"name": "rope", "base": rope[t].get("rope_theta", base), "scaling": read_rope_scaling(rope[t], hf, f"rope_parameters.{t}")}
-                         for t, base in (("full_attention", 1e6), ("sliding_attention", 1e4)))
+        full, sliding = (
+            {
+                "name": "rope",
+                "base": rope[t].get("rope_theta", base),
+                "scaling": read_rope_scaling(rope[t], hf, f"rope_parameters.{t}"),
+            }
+            for t, base in (("full_attention", 1e6), ("sliding_attention", 1e4))
+        )
         table["positional"] = full
         if "layer_kinds" in table:
             table["layer_kinds"]["local"]["positional"] = sliding
@@ -442,13 +538,16 @@ def _write_gemma_layers(model: dict) -> dict[str, Any]:
     rotary = [(_kind(model, i).get("positional") or model["positional"]) for i in range(model["n_layers"])]
     local = next((r for r, a in zip(rotary, kinds) if a["name"] == "sliding_window"), model["positional"])
     hf["rope_parameters"] = {  # a positional without a base (not rope) keeps Gemma's; the mismatch names it
-        t: {"rope_theta": r.get("base", base)} | write_rope_scaling(r.get("scaling")) for t, r, base in (("full_attention", model["positional"], 1e6), ("sliding_attention", local, 1e4))
+        t: {"rope_theta": r.get("base", base)} | write_rope_scaling(r.get("scaling"))
+        for t, r, base in (("full_attention", model["positional"], 1e6), ("sliding_attention", local, 1e4))
     }
     return hf
 
 
 def _write_gemma2_layers(model: dict) -> dict[str, Any]:
-    return _write_gemma_layers(model) | {"rope_parameters": {"rope_theta": model["positional"].get("base", 1e4)}}  # one rotary for all layers; ROPE_SCALING adds its scaling
+    return _write_gemma_layers(model) | {
+        "rope_parameters": {"rope_theta": model["positional"].get("base", 1e4)}
+    }  # one rotary for all layers; ROPE_SCALING adds its scaling
 
 
 def _gemma3_legacy(hf: dict) -> dict:
@@ -460,10 +559,19 @@ def _gemma3_legacy(hf: dict) -> dict:
         full.setdefault("rope_type", full.pop("type"))
     full.setdefault("rope_type", "default")
     full["rope_theta"] = hf.get("rope_theta") or 1e6
-    return hf | {"rope_parameters": {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq") or 1e4}}}
+    return hf | {
+        "rope_parameters": {
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq") or 1e4},
+        }
+    }
 
 
-GEMMA_FIELDS = tuple(f for f in LLAMA_FIELDS if f.hf not in ("num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters.rope_theta")) + (
+GEMMA_FIELDS = tuple(
+    f
+    for f in LLAMA_FIELDS
+    if f.hf not in ("num_key_value_heads", "head_dim", "tie_word_embeddings", "rope_parameters.rope_theta")
+) + (
     Field("num_key_value_heads", ("n_kv_heads",)),
     Field("tie_word_embeddings", ("tied_head",), True),
     Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
@@ -476,7 +584,9 @@ GEMMA_ASSEMBLY = {
     "head": {"name": "lm"},
     "embedding_scale": "sqrt_d_model",
 }
-GELU_TANH = Require("hidden_activation", ("gelu_pytorch_tanh",), "gelu_pytorch_tanh", "the GeGLU feed-forward gates with the tanh GELU")
+GELU_TANH = Require(
+    "hidden_activation", ("gelu_pytorch_tanh",), "gelu_pytorch_tanh", "the GeGLU feed-forward gates with the tanh GELU"
+)
 GEMMA_WEIGHTS = tuple(w for w in LLAMA_WEIGHTS if "norm" not in w.ours or w.ours == "final_norm.weight") + (
     Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
     Weight("blocks.{i}.attn_out_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
@@ -487,7 +597,8 @@ GEMMA_WEIGHTS = tuple(w for w in LLAMA_WEIGHTS if "norm" not in w.ours or w.ours
 GEMMA2 = Family(
     model_type="gemma2",
     architecture="Gemma2ForCausalLM",
-    fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)), Field("rope_parameters.rope_theta", ("positional.base",), 10000.0)),
+    fields=GEMMA_FIELDS
+    + (Field("head_dim", ("head_dim",)), Field("rope_parameters.rope_theta", ("positional.base",), 10000.0)),
     assembly=GEMMA_ASSEMBLY,
     requires=(GELU_TANH, Require("use_bidirectional_attention", (None, False), None, "gptzoo's attention is causal")),
     weights=GEMMA_WEIGHTS,
@@ -500,7 +611,8 @@ GEMMA3_TEXT = Family(
     fields=GEMMA_FIELDS + (Field("head_dim", ("head_dim",)),),
     assembly=GEMMA_ASSEMBLY,
     requires=(GELU_TANH, Require("use_bidirectional_attention", (False, None), False, "gptzoo's attention is causal")),
-    weights=GEMMA_WEIGHTS + (
+    weights=GEMMA_WEIGHTS
+    + (
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
     ),
@@ -517,15 +629,24 @@ def _neox_legacy(hf: dict) -> dict:
     return hf | {new: hf[old] for old, new in renamed.items() if hf.get(old) is not None and new not in hf}
 
 
-GELU_APPROXIMATION = {"gelu": "none", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}  # hidden_act -> the gelu plugin's approximate
+GELU_APPROXIMATION = {
+    "gelu": "none",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_new": "tanh",
+}  # hidden_act -> the gelu plugin's approximate
 
 
 def _read_neox(hf: dict) -> dict[str, Any]:
     act = hf.get("hidden_act", "gelu")
     if act not in GELU_APPROXIMATION:
-        raise ValueError(f"hidden_act = {json.dumps(act)} is not supported for gpt_neox (gptzoo reads {' or '.join(GELU_APPROXIMATION)})")
+        raise ValueError(
+            f"hidden_act = {json.dumps(act)} is not supported for gpt_neox (gptzoo reads {' or '.join(GELU_APPROXIMATION)})"
+        )
     # use_parallel_residual: attention and the MLP read the same input, each through its own norm
-    return {"feed_forward.approximate": GELU_APPROXIMATION[act], "block": {"name": "parallel"} if hf.get("use_parallel_residual", True) else {"name": "pre_norm"}}
+    return {
+        "feed_forward.approximate": GELU_APPROXIMATION[act],
+        "block": {"name": "parallel"} if hf.get("use_parallel_residual", True) else {"name": "pre_norm"},
+    }
 
 
 def _write_neox(model: dict) -> dict[str, Any]:
@@ -564,7 +685,9 @@ GPT_NEOX = Family(
         Weight("blocks.{i}.attn_norm.bias", ("gpt_neox.layers.{i}.input_layernorm.bias",)),
         Weight("blocks.{i}.ffn_norm.weight", ("gpt_neox.layers.{i}.post_attention_layernorm.weight",)),
         Weight("blocks.{i}.ffn_norm.bias", ("gpt_neox.layers.{i}.post_attention_layernorm.bias",)),
-        Weight("blocks.{i}.attention.qkv.weight", ("gpt_neox.layers.{i}.attention.query_key_value.weight",), "per_head"),
+        Weight(
+            "blocks.{i}.attention.qkv.weight", ("gpt_neox.layers.{i}.attention.query_key_value.weight",), "per_head"
+        ),
         Weight("blocks.{i}.attention.qkv.bias", ("gpt_neox.layers.{i}.attention.query_key_value.bias",), "per_head"),
         Weight("blocks.{i}.attention.out_proj.weight", ("gpt_neox.layers.{i}.attention.dense.weight",)),
         Weight("blocks.{i}.attention.out_proj.bias", ("gpt_neox.layers.{i}.attention.dense.bias",)),
@@ -679,7 +802,8 @@ def _dense_layers(dense: Callable[[dict], list[int]], write: Callable[[list[int]
 MIXTRAL = Family(
     model_type="mixtral",
     architecture="MixtralForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "intermediate_size") + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "intermediate_size")
+    + (
         Field("intermediate_size", ("feed_forward.hidden",)),
         Field("num_local_experts", ("feed_forward.n_experts",)),
         Field("num_experts_per_tok", ("feed_forward.top_k",)),
@@ -688,7 +812,8 @@ MIXTRAL = Family(
     # softmax over the experts, the top k renormalised (Mixtral's softmax over the top-k logits)
     assembly=LLAMA_ASSEMBLY | {"feed_forward": {"name": "moe", "scoring": "softmax", "normalize_top_k": True}},
     requires=(SILU, DEFAULT_ROPE),
-    weights=tuple(w for w in LLAMA_WEIGHTS if ".feed_forward." not in w.ours) + _expert_weights("model.layers.{i}.block_sparse_moe", "w1", "w3", "w2"),
+    weights=tuple(w for w in LLAMA_WEIGHTS if ".feed_forward." not in w.ours)
+    + _expert_weights("model.layers.{i}.block_sparse_moe", "w1", "w3", "w2"),
     conversions=(SLIDING_WINDOW,),
 )
 
@@ -702,23 +827,34 @@ def _qwen3_moe_dense(hf: dict) -> list[int]:
 QWEN3_MOE = Family(
     model_type="qwen3_moe",
     architecture="Qwen3MoeForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("rms_norm_eps", "intermediate_size")) + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("rms_norm_eps", "intermediate_size"))
+    + (
         Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-6),
         Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
         Field("moe_intermediate_size", ("feed_forward.hidden",)),
-        Field("num_experts", ("feed_forward.n_experts",), lambda hf: hf.get("num_local_experts", MISSING)),  # transformers 5 writes num_local_experts
+        Field(
+            "num_experts", ("feed_forward.n_experts",), lambda hf: hf.get("num_local_experts", MISSING)
+        ),  # transformers 5 writes num_local_experts
         Field("num_experts_per_tok", ("feed_forward.top_k",)),
         Field("norm_topk_prob", ("feed_forward.normalize_top_k",), False),
         Field("router_aux_loss_coef", ("feed_forward.balance_loss_weight",), 0.001),
     ),
     assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
     | {"attention": {"name": "sdpa", "qk_norm": "per_head"}, "feed_forward": {"name": "moe", "scoring": "softmax"}},
-    requires=(SILU, DEFAULT_ROPE, Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet")),
-    weights=LLAMA_WEIGHTS + _expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj") + (
+    requires=(
+        SILU,
+        DEFAULT_ROPE,
+        Require("use_sliding_window", (False,), False, "Qwen3's windowed layers (max_window_layers) are not read yet"),
+    ),
+    weights=LLAMA_WEIGHTS
+    + _expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
+    + (
         Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
         Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
     ),
-    conversions=(_dense_layers(_qwen3_moe_dense, lambda layers, n: {"decoder_sparse_step": 1, "mlp_only_layers": layers}),),
+    conversions=(
+        _dense_layers(_qwen3_moe_dense, lambda layers, n: {"decoder_sparse_step": 1, "mlp_only_layers": layers}),
+    ),
 )
 
 
@@ -728,7 +864,9 @@ def _deepseek_dense(hf: dict) -> list[int]:
 
 def _deepseek_write_dense(layers: list[int], n: int) -> dict[str, Any]:
     if layers != list(range(len(layers))):
-        raise ValueError(f"deepseek_v3 keeps dense feed-forwards in its first layers only (first_k_dense_replace); these are {layers}")
+        raise ValueError(
+            f"deepseek_v3 keeps dense feed-forwards in its first layers only (first_k_dense_replace); these are {layers}"
+        )
     return {"first_k_dense_replace": len(layers)}
 
 
@@ -746,12 +884,18 @@ def _read_deepseek_rope(hf: dict) -> dict[str, Any]:
         return found
     factor, mscale, all_dim = rope["factor"], rope.get("mscale") or 0, rope.get("mscale_all_dim") or 0
     if mscale != all_dim or rope.get("attention_factor") is not None:
-        raise ValueError(f"rope_parameters: mscale = {mscale} with mscale_all_dim = {all_dim} is not supported for deepseek_v3 (gptzoo reads equal ones, DeepSeek-V3's 1.0 and 1.0, and no attention_factor)")
+        raise ValueError(
+            f"rope_parameters: mscale = {mscale} with mscale_all_dim = {all_dim} is not supported for deepseek_v3 (gptzoo reads equal ones, DeepSeek-V3's 1.0 and 1.0, and no attention_factor)"
+        )
     qk_head_dim = hf.get("qk_nope_head_dim", 128) + hf.get("qk_rope_head_dim", 64)
     return found | {
         "positional.scaling": {
-            "type": "yarn", "factor": factor, "original_context_length": rope["original_max_position_embeddings"],
-            "beta_fast": rope.get("beta_fast") or 32.0, "beta_slow": rope.get("beta_slow") or 1.0, "attention_factor": 1.0,
+            "type": "yarn",
+            "factor": factor,
+            "original_context_length": rope["original_max_position_embeddings"],
+            "beta_fast": rope.get("beta_fast") or 32.0,
+            "beta_slow": rope.get("beta_slow") or 1.0,
+            "attention_factor": 1.0,
             "truncate": rope.get("truncate", True),
         },
         "attention.scale": qk_head_dim**-0.5 * _yarn_mscale(factor, all_dim) ** 2,
@@ -762,20 +906,35 @@ def _write_deepseek_rope(model: dict) -> dict[str, Any]:
     positional, attention = model["positional"], model["attention"]
     written: dict[str, Any] = {"rope_interleave": positional.get("layout", "halves") == "interleaved"}
     scaling = positional.get("scaling")
-    if not scaling or scaling.get("type") != "yarn" or scaling.get("attention_factor") != 1.0 or attention.get("scale") is None:
+    if (
+        not scaling
+        or scaling.get("type") != "yarn"
+        or scaling.get("attention_factor") != 1.0
+        or attention.get("scale") is None
+    ):
         return written
     qk_head_dim = (attention.get("qk_nope_head_dim") or 2 * model["head_dim"]) + model["head_dim"]
     mscale = round((math.sqrt(attention["scale"] * qk_head_dim**0.5) - 1) / (0.1 * math.log(scaling["factor"])), 12)
-    return written | {"rope_parameters": {
-        "rope_type": "yarn", "rope_theta": positional["base"], "factor": scaling["factor"], "original_max_position_embeddings": scaling["original_context_length"],
-        "beta_fast": scaling["beta_fast"], "beta_slow": scaling["beta_slow"], "mscale": mscale, "mscale_all_dim": mscale, "truncate": scaling["truncate"],
-    }}
+    return written | {
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": positional["base"],
+            "factor": scaling["factor"],
+            "original_max_position_embeddings": scaling["original_context_length"],
+            "beta_fast": scaling["beta_fast"],
+            "beta_slow": scaling["beta_slow"],
+            "mscale": mscale,
+            "mscale_all_dim": mscale,
+            "truncate": scaling["truncate"],
+        }
+    }
 
 
 DEEPSEEK_V3 = Family(
     model_type="deepseek_v3",
     architecture="DeepseekV3ForCausalLM",
-    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "intermediate_size", "rms_norm_eps")) + (
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("head_dim", "intermediate_size", "rms_norm_eps"))
+    + (
         Field("qk_rope_head_dim", ("head_dim",), 64),  # the rotary part's width, which gptzoo's rope is built for
         Field("rms_norm_eps", ("norm.eps",), 1e-6),
         Field("q_lora_rank", ("attention.q_lora_rank",), None),
@@ -796,25 +955,73 @@ DEEPSEEK_V3 = Family(
     | {"attention": {"name": "latent"}, "feed_forward": {"name": "moe", "scoring": "sigmoid", "expert_bias": True}},
     requires=(
         SILU,
-        Require("rope_parameters.rope_type", ("default", "yarn"), "default", "gptzoo's rope reads no other frequency scaling for DeepSeek-V3 yet"),
-        Require("attention_bias", (False,), False, "gptzoo's latent attention puts q_proj's bias where DeepSeek has none"),
+        Require(
+            "rope_parameters.rope_type",
+            ("default", "yarn"),
+            "default",
+            "gptzoo's rope reads no other frequency scaling for DeepSeek-V3 yet",
+        ),
+        Require(
+            "attention_bias", (False,), False, "gptzoo's latent attention puts q_proj's bias where DeepSeek has none"
+        ),
         Require("scoring_func", ("sigmoid",), "sigmoid", "DeepSeek-V3 scores experts with sigmoids"),
-        Require("topk_method", ("noaux_tc",), "noaux_tc", "DeepSeek-V3 chooses experts with the bias and groups (noaux_tc)"),
+        Require(
+            "topk_method", ("noaux_tc",), "noaux_tc", "DeepSeek-V3 chooses experts with the bias and groups (noaux_tc)"
+        ),
         Require("moe_layer_freq", (1,), 1, "every layer after the first dense ones has experts"),
-        Require("quantization_config", (None,), None, "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first"),
+        Require(
+            "quantization_config",
+            (None,),
+            None,
+            "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first",
+        ),
     ),
     weights=tuple(w for w in LLAMA_WEIGHTS if ".attention." not in w.ours)
     + _expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
-    + tuple(Weight(f"blocks.{{i}}.feed_forward.shared.{ours}.weight", (f"model.layers.{{i}}.mlp.shared_experts.{theirs}.weight",)) for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj")))
+    + tuple(
+        Weight(
+            f"blocks.{{i}}.feed_forward.shared.{ours}.weight",
+            (f"model.layers.{{i}}.mlp.shared_experts.{theirs}.weight",),
+        )
+        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
+    )
     + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),)
-    + tuple(Weight(f"blocks.{{i}}.attention.{name}", (f"model.layers.{{i}}.self_attn.{name}",)) for name in (
-        "q_proj.weight", "q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight",
-        "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight",
-    ))
+    + tuple(
+        Weight(f"blocks.{{i}}.attention.{name}", (f"model.layers.{{i}}.self_attn.{name}",))
+        for name in (
+            "q_proj.weight",
+            "q_a_proj.weight",
+            "q_a_layernorm.weight",
+            "q_b_proj.weight",
+            "kv_a_proj_with_mqa.weight",
+            "kv_a_layernorm.weight",
+            "kv_b_proj.weight",
+        )
+    )
     + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),),
-    conversions=(_dense_layers(_deepseek_dense, _deepseek_write_dense), Conversion(_read_deepseek_rope, _write_deepseek_rope)),
+    conversions=(
+        _dense_layers(_deepseek_dense, _deepseek_write_dense),
+        Conversion(_read_deepseek_rope, _write_deepseek_rope),
+    ),
     # the multi-token-prediction module of the 61-layer checkpoints, which transformers skips too
     ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|61\..*)",
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, OLMO2, PHI3, GEMMA2, GEMMA3_TEXT, GPT_NEOX, MIXTRAL, QWEN3_MOE, DEEPSEEK_V3)}
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        GPT2,
+        LLAMA,
+        MISTRAL,
+        QWEN2,
+        QWEN3,
+        OLMO2,
+        PHI3,
+        GEMMA2,
+        GEMMA3_TEXT,
+        GPT_NEOX,
+        MIXTRAL,
+        QWEN3_MOE,
+        DEEPSEEK_V3,
+    )
+}

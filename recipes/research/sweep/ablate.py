@@ -31,10 +31,11 @@ import os
 import re
 import shutil
 import statistics
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,8 +44,8 @@ from tqdm import tqdm
 from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_error, read_toml
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
 from gptzoo.recipes.research.sweep.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference, paired_difference
-from gptzoo.recipes.runs.manifest import LOCK, OWNER
 from gptzoo.recipes.runs.folder import TRAIN_STATE, atomic_path, load_config, read_metrics, save_png, write_text_atomic
+from gptzoo.recipes.runs.manifest import LOCK, OWNER
 from gptzoo.registry import Registry
 
 SWEEP = "sweep.json"
@@ -70,9 +71,16 @@ class MatchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: str = Field(description='the dotted key to size, e.g. "model.d_model" or "model.feed_forward.hidden"')
-    target: int | Literal["base"] = Field("base", description="parameters to reach; base: the base config's own count (with [sizes]: at each variant's size)")
-    multiple_of: int = Field(1, gt=0, description="values tried are multiples of this (n_heads for d_model, 64 for hardware-friendly widths)")
-    tolerance: float = Field(0.02, gt=0, description="largest relative miss allowed; a variant further off stops the sweep")
+    target: int | Literal["base"] = Field(
+        "base",
+        description="parameters to reach; base: the base config's own count (with [sizes]: at each variant's size)",
+    )
+    multiple_of: int = Field(
+        1, gt=0, description="values tried are multiples of this (n_heads for d_model, 64 for hardware-friendly widths)"
+    )
+    tolerance: float = Field(
+        0.02, gt=0, description="largest relative miss allowed; a variant further off stops the sweep"
+    )
 
 
 class SweepFile(BaseModel):
@@ -84,8 +92,14 @@ class SweepFile(BaseModel):
     axes: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict, alias="set")
     match_params: MatchParams | None = None
-    extrapolate: list[float] = Field(default_factory=list, description="after training, score each run at these multiples of its context, e.g. [1, 2, 4]")
-    sizes: dict[str, dict[str, Any]] = Field(default_factory=dict, description='named model sizes, each a table of overrides, e.g. s = { "model.n_layers" = 2, "model.d_model" = 64 }')
+    extrapolate: list[float] = Field(
+        default_factory=list,
+        description="after training, score each run at these multiples of its context, e.g. [1, 2, 4]",
+    )
+    sizes: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='named model sizes, each a table of overrides, e.g. s = { "model.n_layers" = 2, "model.d_model" = 64 }',
+    )
 
 
 @dataclass(frozen=True)
@@ -159,7 +173,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
     return value.isoformat()  # TOML dates and times
 
 
@@ -208,7 +224,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     fixed = _flatten(spec.fixed, until_list=False)
     sizes = {name: _flatten(table, until_list=False) for name, table in spec.sizes.items()}
     if sizes and spec.mode != "product":
-        raise ConfigError(f"{path}: sizes need mode = \"product\" (every variant at every size)")
+        raise ConfigError(f'{path}: sizes need mode = "product" (every variant at every size)')
     if len(sizes) == 1:
         raise ConfigError(f"{path}: [sizes] names one size; a scaling curve needs two or more")
     if sizes:
@@ -240,13 +256,17 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
     bad = [m for m in spec.extrapolate if m <= 0]
     if bad:
-        raise ConfigError(f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}")
+        raise ConfigError(
+            f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}"
+        )
     return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate, sizes, registry)
 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
     with torch.device("meta"):  # shapes only
-        return GPT(config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size})).param_counts()["total"]
+        return GPT(
+            config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size})
+        ).param_counts()["total"]
 
 
 def _vocab_size(config: RunConfig) -> int:
@@ -261,7 +281,13 @@ def _vocab_size(config: RunConfig) -> int:
 
 
 def match_parameters(
-    path: Path, base_data: dict, base: RunConfig, variants: list[Variant], match: MatchParams, registry: Registry | None, sizes: dict[str, dict[str, Any]]
+    path: Path,
+    base_data: dict,
+    base: RunConfig,
+    variants: list[Variant],
+    match: MatchParams,
+    registry: Registry | None,
+    sizes: dict[str, dict[str, Any]],
 ) -> list[Variant]:
     """Each variant with ``match.by`` set to the multiple of ``match.multiple_of`` whose parameter
     count is nearest the target (the count rises with the size, so bisection finds it). With
@@ -273,7 +299,9 @@ def match_parameters(
         if match.target != "base":
             return match.target
         if size not in targets:
-            config = base if size is None else _variant_config(base_data, sizes[size], f"{path}: [sizes] {size}", registry)
+            config = (
+                base if size is None else _variant_config(base_data, sizes[size], f"{path}: [sizes] {size}", registry)
+            )
             targets[size] = parameter_count(config, vocab)
         return targets[size]
 
@@ -285,7 +313,12 @@ def match_parameters(
 
         def sized(k: int) -> tuple[RunConfig, int]:
             if k not in cache:
-                config = _variant_config(base_data, {**variant.overrides, match.by: k * match.multiple_of}, f"{where}, {match.by} = {k * match.multiple_of}", registry)
+                config = _variant_config(
+                    base_data,
+                    {**variant.overrides, match.by: k * match.multiple_of},
+                    f"{where}, {match.by} = {k * match.multiple_of}",
+                    registry,
+                )
                 cache[k] = config, parameter_count(config, vocab)
             return cache[k]
 
@@ -293,7 +326,9 @@ def match_parameters(
         while sized(high)[1] < target:
             low, high = high, 2 * high
             if high > 1 << 24:
-                raise ConfigError(f"{where}: {match.by} up to {high * match.multiple_of:,} does not reach {target:,} parameters")
+                raise ConfigError(
+                    f"{where}: {match.by} up to {high * match.multiple_of:,} does not reach {target:,} parameters"
+                )
         while high - low > 1:  # sized(low) < target ≤ sized(high), unless low = high = 1
             middle = (low + high) // 2
             low, high = (middle, high) if sized(middle)[1] < target else (low, middle)
@@ -319,7 +354,9 @@ def _find_base(sweep_path: Path, base: str) -> Path:
         if candidate.is_dir() and (candidate / "config.json").is_file():
             return candidate / "config.json"  # a run folder: the config it holds (an imported checkpoint's, say)
         if candidate.is_dir():
-            raise ConfigError(f"{sweep_path}: base = {base!r} is a folder ({candidate}) without a config.json; give a TOML config or a run folder")
+            raise ConfigError(
+                f"{sweep_path}: base = {base!r} is a folder ({candidate}) without a config.json; give a TOML config or a run folder"
+            )
     raise ConfigError(f"{sweep_path}: base = {base!r} not found (looked for {' and '.join(map(str, candidates))})")
 
 
@@ -336,7 +373,9 @@ def _read_axes(path: Path, raw: dict[str, Any]) -> dict[str, list]:
     axes = _flatten(raw, until_list=True)
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: [axes] {key} = {toml_value(values)}: list the values to try, e.g. {key} = [..., ...]")
+            raise ConfigError(
+                f"{path}: [axes] {key} = {toml_value(values)}: list the values to try, e.g. {key} = [..., ...]"
+            )
         written = [toml_value(v) for v in values]
         repeated = sorted({w for w in written if written.count(w) > 1})
         if repeated:
@@ -356,14 +395,18 @@ def _check_same_data_and_budget(config: RunConfig, base: RunConfig, where: str, 
     """Fairness: every variant sees the same data, in the same order, for the same budget
     (``budget`` False for a size: variants are compared within their size, which may set its own)."""
     if config.data != base.data:
-        raise ConfigError(f"{where}: changes [data]; every run in a sweep sees the same data in the same order (set data once, in the base or [set])")
+        raise ConfigError(
+            f"{where}: changes [data]; every run in a sweep sees the same data in the same order (set data once, in the base or [set])"
+        )
     if config.model.tokenizer != base.model.tokenizer:
         raise ConfigError(f"{where}: changes the tokenizer; losses per token are only comparable over the same tokens")
     if config.train.seed != base.train.seed:
         raise ConfigError(f"{where}: varies train.seed; list the seeds with seeds = [...] at the top of the sweep file")
     for key in BUDGET_KEYS if budget else ():
         if getattr(config.train, key) != getattr(base.train, key):
-            raise ConfigError(f"{where}: changes train.{key}; every variant gets the same training budget (set it in [set])")
+            raise ConfigError(
+                f"{where}: changes train.{key}; every variant gets the same training budget (set it in [set])"
+            )
 
 
 def _tokens_per_step(config: RunConfig) -> int:
@@ -382,7 +425,7 @@ def _check_same_tokens(path: Path, variants: list[Variant]) -> None:
                 f"{path}: variants '{first.label}' and '{variant.label}' train on {_tokens_per_step(first.config)} and "
                 f"{_tokens_per_step(variant.config)} tokens per step (batch_size × grad_accum × context_length), so "
                 f"train.max_steps = {first.config.train.max_steps} gives them different budgets; give a token budget "
-                f"instead: \"train.max_tokens\" = N in [set] (and drop max_steps)"
+                f'instead: "train.max_tokens" = N in [set] (and drop max_steps)'
             )
 
 
@@ -414,7 +457,15 @@ def _spell_out(overrides: dict[str, Any], sizes: dict[str, dict[str, Any]]) -> d
     return {**{k: v for k, v in overrides.items() if k != "size"}, **(sizes[size] if size is not None else {})}
 
 
-def _make_variants(path: Path, base_data: dict, base: RunConfig, axes: dict[str, list], mode: str, registry: Registry | None, sizes: dict[str, dict[str, Any]]) -> list[Variant]:
+def _make_variants(
+    path: Path,
+    base_data: dict,
+    base: RunConfig,
+    axes: dict[str, list],
+    mode: str,
+    registry: Registry | None,
+    sizes: dict[str, dict[str, Any]],
+) -> list[Variant]:
     short = _short_names(list(axes))
     base_dump = base.model_dump(mode="json")
     variants: list[Variant] = []
@@ -503,7 +554,9 @@ def run_sweep(
     if workers < 1:
         raise GptzooError(f"workers = {workers}: give 1 or more")
     if workers > 1 and registry is not None:
-        raise GptzooError("a registry built in code cannot reach worker processes: use workers = 1, or install the plugin with an entry point")
+        raise GptzooError(
+            "a registry built in code cannot reach worker processes: use workers = 1, or install the plugin with an entry point"
+        )
     _claim_folder(out, sweep)
 
     results: dict[tuple[str, int], RunResult] = {}
@@ -518,16 +571,38 @@ def run_sweep(
                 if not changed:
                     results[variant.slug, seed] = previous
                     if previous.components is None:
-                        log(f"[{folder.name}] reused without a record of its plugins' versions (trained before gptzoo kept one); delete {folder} to train it again")
+                        log(
+                            f"[{folder.name}] reused without a record of its plugins' versions (trained before gptzoo kept one); delete {folder} to train it again"
+                        )
                     continue
-                log(f"[{folder.name}] trained with other plugin code than is installed now ({'; '.join(changed)}): training it again")
+                log(
+                    f"[{folder.name}] trained with other plugin code than is installed now ({'; '.join(changed)}): training it again"
+                )
                 shutil.rmtree(folder)
             config = variant.config.model_copy(update={"train": variant.config.train.model_copy(update={"seed": seed})})
-            tasks.append(RunTask(variant.slug, seed, folder, config.model_dump(mode="json"), min(workers, len(sweep.variants) * len(sweep.seeds)), tuple(sweep.extrapolate)))
+            tasks.append(
+                RunTask(
+                    variant.slug,
+                    seed,
+                    folder,
+                    config.model_dump(mode="json"),
+                    min(workers, len(sweep.variants) * len(sweep.seeds)),
+                    tuple(sweep.extrapolate),
+                )
+            )
     if results:
-        log(f"{len(results)} of {len(results) + len(tasks)} runs already finished in {out}; running the other {len(tasks)}")
+        log(
+            f"{len(results)} of {len(results) + len(tasks)} runs already finished in {out}; running the other {len(tasks)}"
+        )
 
-    bar = tqdm(total=len(results) + len(tasks), initial=len(results), desc="sweep", unit="run", position=0, disable=not progress)
+    bar = tqdm(
+        total=len(results) + len(tasks),
+        initial=len(results),
+        desc="sweep",
+        unit="run",
+        position=0,
+        disable=not progress,
+    )
     with bar:
         if workers == 1:
             for task in tasks:
@@ -538,7 +613,9 @@ def run_sweep(
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)
+            ) as pool:
                 futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
                 for future in as_completed(futures):
                     result = future.result()
@@ -571,7 +648,9 @@ def _claim_folder(out: Path, sweep: Sweep) -> None:
                 f"Choose another --out, or delete {out} to start this sweep over"
             )
     elif out.exists() and (not out.is_dir() or any(p.name not in (LOCK, OWNER) for p in out.iterdir())):
-        raise GptzooError(f"{out} exists and is not an ablation folder (no {SWEEP}); choose a new or empty folder for --out")
+        raise GptzooError(
+            f"{out} exists and is not an ablation folder (no {SWEEP}); choose a new or empty folder for --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(file, json.dumps(spec, indent=2) + "\n")
 
@@ -600,7 +679,9 @@ def _read_result(folder: Path) -> RunResult | None:
         return None  # a damaged marker: run it again
 
 
-def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, progress: bool, log: Callable[[str], None]) -> RunResult:
+def _execute(
+    task: RunTask, trainer: Trainer | None, registry: Registry | None, progress: bool, log: Callable[[str], None]
+) -> RunResult:
     """Train one run (resuming from its checkpoint when it has one) and write its ablation.json.
 
     A failure or divergence becomes the run's result; only Ctrl-C stops the sweep.
@@ -615,13 +696,19 @@ def _execute(task: RunTask, trainer: Trainer | None, registry: Registry | None, 
         shutil.rmtree(task.folder)  # a start that left no checkpoint: nothing in it to keep
     try:
         config = validate_run_config(task.config, f"{task.folder} config", registry)
-        summary = trainer(config, task.folder, resume=resume, registry=registry, progress=progress, log=lambda m: log(f"[{name}] {m}"))
+        summary = trainer(
+            config, task.folder, resume=resume, registry=registry, progress=progress, log=lambda m: log(f"[{name}] {m}")
+        )
         if getattr(summary, "stopped", "done") == "interrupted":
             raise KeyboardInterrupt  # Ctrl-C: train saved a checkpoint; the sweep stops and resumes from it
-        values = {f.name: getattr(summary, f.name, None) for f in dataclasses.fields(RunResult) if f.name in _SUMMARY_FIELDS}
+        values = {
+            f.name: getattr(summary, f.name, None) for f in dataclasses.fields(RunResult) if f.name in _SUMMARY_FIELDS
+        }
         final = values["final_val_loss"]
         status = "done" if final is None or math.isfinite(final) else "diverged"
-        result = RunResult(task.variant, task.seed, status, "" if status == "done" else f"final validation loss {final}", **values)
+        result = RunResult(
+            task.variant, task.seed, status, "" if status == "done" else f"final validation loss {final}", **values
+        )
     except NonFiniteLossError as err:
         result = RunResult(task.variant, task.seed, "diverged", str(err))
     except Exception as err:  # noqa: BLE001 -- one failed run is reported, the sweep goes on
@@ -656,7 +743,13 @@ def provenance(config: RunConfig, registry: Registry | None) -> dict[str, dict[s
     for path, entry in found.items():
         spec: Any = config
         for part in path.split("."):
-            spec = spec[int(part)] if isinstance(spec, (list, tuple)) else spec[part] if isinstance(spec, dict) else getattr(spec, part)
+            spec = (
+                spec[int(part)]
+                if isinstance(spec, (list, tuple))
+                else spec[part]
+                if isinstance(spec, dict)
+                else getattr(spec, part)
+            )
         entry["code"] = _source_digest(spec.impl)
     return found
 
@@ -684,9 +777,13 @@ def _changed_components(recorded: dict | None, current: dict) -> list[str]:
         if old is None or new is None:
             changed.append(f"{path} {'added' if old is None else 'removed'}")
         elif (old["distribution"], old["version"]) != (new["distribution"], new["version"]):
-            changed.append(f"{path} '{new['name']}' from {old['distribution']} {old['version']} then, {new['distribution']} {new['version']} now")
+            changed.append(
+                f"{path} '{new['name']}' from {old['distribution']} {old['version']} then, {new['distribution']} {new['version']} now"
+            )
         else:
-            changed.append(f"{path} '{new['name']}': the code of {new['plugin']} changed (same version {new['version']})")
+            changed.append(
+                f"{path} '{new['name']}': the code of {new['plugin']} changed (same version {new['version']})"
+            )
     return changed
 
 
@@ -783,8 +880,12 @@ def aggregate(variants: list[Variant], results: list[RunResult]) -> list[Variant
                 seeds=len(runs),
                 seeds_ok=len(ok),
                 params=params[0] if params else None,
-                tokens=statistics.fmean([r.tokens for r in ok if r.tokens is not None]) if any(r.tokens is not None for r in ok) else None,
-                flops=statistics.fmean([r.flops for r in ok if r.flops is not None]) if any(r.flops is not None for r in ok) else None,
+                tokens=statistics.fmean([r.tokens for r in ok if r.tokens is not None])
+                if any(r.tokens is not None for r in ok)
+                else None,
+                flops=statistics.fmean([r.flops for r in ok if r.flops is not None])
+                if any(r.flops is not None for r in ok)
+                else None,
                 final_val_loss=Stat.of(final),
                 best_val_loss=Stat.of(best),
                 final_val_accuracy=Stat.of([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
@@ -801,13 +902,19 @@ def aggregate(variants: list[Variant], results: list[RunResult]) -> list[Variant
     reference = references(variants)
 
     def by_seed(slug: str, metric: str) -> dict[int, float]:
-        return {r.seed: getattr(r, metric) for r in results if r.variant == slug and r.status == "done" and getattr(r, metric) is not None}
+        return {
+            r.seed: getattr(r, metric)
+            for r in results
+            if r.variant == slug and r.status == "done" and getattr(r, metric) is not None
+        }
 
     for row in rows:
         ref = reference[row.variant.slug]
         row.is_reference = ref == row.variant.slug
         row.delta_loss = paired_difference(by_seed(row.variant.slug, "final_val_loss"), by_seed(ref, "final_val_loss"))
-        row.delta_accuracy = paired_difference(by_seed(row.variant.slug, "final_val_accuracy"), by_seed(ref, "final_val_accuracy"))
+        row.delta_accuracy = paired_difference(
+            by_seed(row.variant.slug, "final_val_accuracy"), by_seed(ref, "final_val_accuracy")
+        )
     return rows
 
 
@@ -841,7 +948,9 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def write_results(sweep: Sweep, out: Path, results: list[RunResult], log: Callable[[str], None] = print) -> list[VariantRow]:
+def write_results(
+    sweep: Sweep, out: Path, results: list[RunResult], log: Callable[[str], None] = print
+) -> list[VariantRow]:
     rows = aggregate(sweep.variants, results)
     with atomic_path(out / RESULTS_CSV) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -913,7 +1022,11 @@ def scaling_table(sweep: Sweep, rows: list[VariantRow]) -> str:
             if row is None or row.final_val_loss.mean is None:
                 cells.append("—")
             else:
-                cells.append(f"{row.final_val_loss.mean:.4f} ({row.params:,}, {row.flops:.2g})" if row.flops else f"{row.final_val_loss.mean:.4f}")
+                cells.append(
+                    f"{row.final_val_loss.mean:.4f} ({row.params:,}, {row.flops:.2g})"
+                    if row.flops
+                    else f"{row.final_val_loss.mean:.4f}"
+                )
         fit = fits.get(group)
         lines.append(f"| {group} | " + " | ".join(cells) + (f" | {fit.a:.4g} | {fit.b:.4f} |" if fit else " | — | — |"))
     return "\n".join(lines) + "\n"
@@ -927,7 +1040,9 @@ def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
         if fit is None:
             continue
         flops = [c for c, _ in fit.points]
-        (points,) = ax.plot(flops, [loss for _, loss in fit.points], "o", label=f"{group}: {fit.a:.3g}·C^(−{fit.b:.3f})")
+        (points,) = ax.plot(
+            flops, [loss for _, loss in fit.points], "o", label=f"{group}: {fit.a:.3g}·C^(−{fit.b:.3f})"
+        )
         line = [min(flops) * (max(flops) / min(flops)) ** (i / 20) for i in range(21)]
         ax.plot(line, [fit(c) for c in line], color=points.get_color(), linewidth=1)
     ax.set_xscale("log")
@@ -936,7 +1051,10 @@ def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
     ax.yaxis.set_minor_formatter("{x:.2f}")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("final validation loss")
-    ax.set_title(f"{sweep.source.stem}: sizes {', '.join(sweep.sizes)}, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.set_title(
+        f"{sweep.source.stem}: sizes {', '.join(sweep.sizes)}, mean over seeds {', '.join(map(str, sweep.seeds))}",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save_png(fig, path)
@@ -974,7 +1092,9 @@ def extrapolation_table(sweep: Sweep, results: list[RunResult]) -> str:
         lines.append(f"| {label} | " + " | ".join(shown) + " |")
         if "refused" in shown:
             positional = variant.config.model.positional
-            reasons.append(f"{label}: refused past {context} tokens: positional '{positional.name}' says {positional.impl.length_limit}.")
+            reasons.append(
+                f"{label}: refused past {context} tokens: positional '{positional.name}' says {positional.impl.length_limit}."
+            )
     lines += ["", *reasons] if reasons else []
     return "\n".join(lines) + "\n"
 
@@ -992,7 +1112,9 @@ def plot_extrapolation(sweep: Sweep, results: list[RunResult], path: Path) -> No
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation context (tokens)")
     ax.set_ylabel("answer accuracy" if sweep.variants[0].config.data.task is not None else "validation loss")
-    ax.set_title(f"{sweep.source.stem}: length extrapolation, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.set_title(
+        f"{sweep.source.stem}: length extrapolation, mean over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, path)
@@ -1097,7 +1219,11 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
         "",
         "tokens/s, peak memory (each run's own peak: the GPU allocator's, or the process's resident memory since the run began) and "
         "wall time were measured on a machine other processes may have shared"
-        + (f"; † = measured with up to {shared} runs training at once (--workers {shared}): not comparable between rows." if shared > 1 else "."),
+        + (
+            f"; † = measured with up to {shared} runs training at once (--workers {shared}): not comparable between rows."
+            if shared > 1
+            else "."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -1109,7 +1235,11 @@ def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list
         per_seed = []
         for seed in sweep.seeds:
             records = read_metrics(out / RUNS / variant.run_name(seed))
-            points = {r["tokens"]: r["val_loss"] for r in records if r.get("val_loss") is not None and math.isfinite(r["val_loss"])}
+            points = {
+                r["tokens"]: r["val_loss"]
+                for r in records
+                if r.get("val_loss") is not None and math.isfinite(r["val_loss"])
+            }
             if points:
                 per_seed.append(points)
         if per_seed:
@@ -1130,12 +1260,23 @@ def plot_loss_curves(sweep: Sweep, out: Path, path: Path) -> None:
         columns = list(zip(*losses))
         mean = [statistics.fmean(c) for c in columns]
         is_base = label == base_label
-        (line,) = ax.plot(tokens, mean, label=f"{label} (base)" if is_base else label, linewidth=2.2 if is_base else 1.3)
+        (line,) = ax.plot(
+            tokens, mean, label=f"{label} (base)" if is_base else label, linewidth=2.2 if is_base else 1.3
+        )
         if len(losses) > 1:
-            ax.fill_between(tokens, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                tokens,
+                [min(c) for c in columns],
+                [max(c) for c in columns],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss")
-    ax.set_title(f"{sweep.source.stem}: mean over seeds {', '.join(map(str, sweep.seeds))}, band = min–max", fontsize=10)
+    ax.set_title(
+        f"{sweep.source.stem}: mean over seeds {', '.join(map(str, sweep.seeds))}, band = min–max", fontsize=10
+    )
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)

@@ -19,7 +19,10 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -83,5 +86,9 @@ def paired_difference(variant: dict[int, float], base: dict[int, float], confide
     mean = statistics.fmean(differences)
     if len(differences) < MIN_SEEDS_FOR_INTERVAL:
         return PairedDifference(len(differences), mean)
-    half = t_quantile((1 + confidence) / 2, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    half = (
+        t_quantile((1 + confidence) / 2, len(differences) - 1)
+        * statistics.stdev(differences)
+        / math.sqrt(len(differences))
+    )
     return PairedDifference(len(differences), mean, mean - half, mean + half)

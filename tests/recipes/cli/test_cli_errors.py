@@ -77,41 +77,156 @@ BAD_VALUES = [
     ("describe", "not UTF-8", ["{latin1_toml}"], "{latin1_toml}: not UTF-8 text (byte 13); save the config as UTF-8"),
     ("describe", "malformed content", ["{bad_toml}"], "{bad_toml}: not valid TOML: Expected '=' after a key"),
     ("describe", "malformed content", ["{bad_json}"], "{bad_json}: not valid JSON: Expecting value"),
-    ("describe", "malformed --set", ["{config}", "--set", "model.d_model"], "override 'model.d_model': write it as key=value"),
-    ("describe", "unknown field", ["{config}", "--set", "model.widht=3"], "model.widht: unknown field; known fields: vocab_size"),
-    ("describe", "negative int", ["{config}", "--set", "model.d_model=-1"], "model.d_model: Input should be greater than 0"),
-    ("describe", "nan float", ["{config}", "--set", "model.dropout=nan"], "model.dropout: Input should be a finite number"),
+    (
+        "describe",
+        "malformed --set",
+        ["{config}", "--set", "model.d_model"],
+        "override 'model.d_model': write it as key=value",
+    ),
+    (
+        "describe",
+        "unknown field",
+        ["{config}", "--set", "model.widht=3"],
+        "model.widht: unknown field; known fields: vocab_size",
+    ),
+    (
+        "describe",
+        "negative int",
+        ["{config}", "--set", "model.d_model=-1"],
+        "model.d_model: Input should be greater than 0",
+    ),
+    (
+        "describe",
+        "nan float",
+        ["{config}", "--set", "model.dropout=nan"],
+        "model.dropout: Input should be a finite number",
+    ),
     ("describe", "unknown plugin name", ["{config}", "--set", "model.norm.name=scalenorm"], "unknown norm 'scalenorm'"),
     ("tokenize", "missing path", ["{tmp}/nope.toml", "--text", "hi"], "{tmp}/nope.toml: no such config file"),
     ("tokenize", "folder that is not a run", ["{empty}", "--text", "hi"], "{empty}: a folder without config.json"),
     ("tokenize", "not UTF-8", ["{latin1_toml}", "--text", "hi"], "{latin1_toml}: not UTF-8 text (byte 13)"),
     ("tokenize", "malformed content", ["{bad_toml}", "--text", "hi"], "{bad_toml}: not valid TOML"),
     ("tokenize", "malformed --set", ["{config}", "--text", "hi", "--set", "x"], "override 'x': write it as key=value"),
-    ("tokenize", "unknown plugin name", ["{config}", "--text", "hi", "--set", "model.tokenizer.name=nope"], "unknown tokenizer 'nope'"),
+    (
+        "tokenize",
+        "unknown plugin name",
+        ["{config}", "--text", "hi", "--set", "model.tokenizer.name=nope"],
+        "unknown tokenizer 'nope'",
+    ),
     ("gradients", "missing path", ["{tmp}/nope.toml", "--text", "hi"], "{tmp}/nope.toml: no such config file"),
     ("gradients", "folder that is not a run", ["{empty}", "--text", "hi"], "{empty}: a folder without config.json"),
     ("gradients", "not UTF-8", ["{latin1_toml}", "--text", "hi"], "{latin1_toml}: not UTF-8 text (byte 13)"),
     ("gradients", "text too short", ["{config}", "--text", "h"], "--text 'h' is 1 token(s); give at least two"),
-    ("gradients", "malformed --set", ["{config}", "--text", "hi", "--compare", "nonsense"], "override 'nonsense': write it as key=value"),
-    ("gradients", "unknown plugin name", ["{config}", "--text", "hi", "--compare", "model.norm.name=scalenorm"], "unknown norm 'scalenorm'"),
-    ("gradients", "folder for a file", ["{config}", "--text", "hello", "--plot", "{empty}"], "--plot {empty}: give a file name with its format's suffix"),
-    ("gradients", "path under a file", ["{config}", "--text", "hello", "--plot", "{file}/x.png"], "--plot {file}/x.png lies under {file}, which is a file"),
+    (
+        "gradients",
+        "malformed --set",
+        ["{config}", "--text", "hi", "--compare", "nonsense"],
+        "override 'nonsense': write it as key=value",
+    ),
+    (
+        "gradients",
+        "unknown plugin name",
+        ["{config}", "--text", "hi", "--compare", "model.norm.name=scalenorm"],
+        "unknown norm 'scalenorm'",
+    ),
+    (
+        "gradients",
+        "folder for a file",
+        ["{config}", "--text", "hello", "--plot", "{empty}"],
+        "--plot {empty}: give a file name with its format's suffix",
+    ),
+    (
+        "gradients",
+        "path under a file",
+        ["{config}", "--text", "hello", "--plot", "{file}/x.png"],
+        "--plot {file}/x.png lies under {file}, which is a file",
+    ),
     ("train", "missing path", ["{tmp}/nope.toml", "--out", "{tmp}/out"], "{tmp}/nope.toml: no such config file"),
-    ("train", "not UTF-8", ["{latin1_toml}", "--out", "{tmp}/out"], "{latin1_toml}: not UTF-8 text (byte 13); save the config as UTF-8"),
+    (
+        "train",
+        "not UTF-8",
+        ["{latin1_toml}", "--out", "{tmp}/out"],
+        "{latin1_toml}: not UTF-8 text (byte 13); save the config as UTF-8",
+    ),
     ("train", "malformed content", ["{bad_toml}", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),
-    ("train", "zero int", ["{config}", "--out", "{tmp}/out", "--nproc", "0"], "--nproc 0: give a number of processes of at least 1"),
-    ("train", "not a number", ["{config}", "--out", "{tmp}/out", "--nproc", "two"], "argument --nproc: invalid int value: 'two'"),
-    ("train", "zero int", ["{config}", "--out", "{tmp}/out", "--set", "train.max_steps=0"], "train.max_steps: Input should be greater than 0"),
-    ("train", "inf float", ["{config}", "--out", "{tmp}/out", "--set", "train.lr=inf"], "train.lr: Input should be a finite number"),
-    ("train", "negative float", ["{config}", "--out", "{tmp}/out", "--set", "train.lr=-1"], "train.lr: Input should be greater than 0"),
-    ("train", "malformed --set", ["{config}", "--out", "{tmp}/out", "--set", "nonsense"], "override 'nonsense': write it as key=value"),
-    ("train", "unknown plugin name", ["{config}", "--out", "{tmp}/out", "--set", "model.norm.name=scalenorm"], "unknown norm 'scalenorm'"),
-    ("train", "unknown device", ["{config}", "--out", "{tmp}/out", "--set", "train.device=bogus"], "train.device 'bogus':"),
-    ("train", "missing data", ["{config}", "--out", "{tmp}/out", "--set", "data.source='{tmp}/nope.txt'"], "{tmp}/nope.txt: no such file or folder"),
-    ("train", "data not UTF-8", ["{config}", "--out", "{tmp}/out", "--set", "data.source='{latin1}'"], "{latin1}: not UTF-8 text"),
-    ("train", "folder without data", ["{config}", "--out", "{tmp}/out", "--set", "data.source='{empty}'"], "{empty}: the folder holds no .txt, .jsonl or .parquet files"),
-    ("train", "run folder without a checkpoint", ["{config}", "--out", "{empty}", "--resume"], "{empty}: holds no committed checkpoint to resume"),
-    ("train", "missing path", ["{config}", "--out", "{tmp}/nowhere", "--resume"], "{tmp}/nowhere: no such run folder to resume"),
+    (
+        "train",
+        "zero int",
+        ["{config}", "--out", "{tmp}/out", "--nproc", "0"],
+        "--nproc 0: give a number of processes of at least 1",
+    ),
+    (
+        "train",
+        "not a number",
+        ["{config}", "--out", "{tmp}/out", "--nproc", "two"],
+        "argument --nproc: invalid int value: 'two'",
+    ),
+    (
+        "train",
+        "zero int",
+        ["{config}", "--out", "{tmp}/out", "--set", "train.max_steps=0"],
+        "train.max_steps: Input should be greater than 0",
+    ),
+    (
+        "train",
+        "inf float",
+        ["{config}", "--out", "{tmp}/out", "--set", "train.lr=inf"],
+        "train.lr: Input should be a finite number",
+    ),
+    (
+        "train",
+        "negative float",
+        ["{config}", "--out", "{tmp}/out", "--set", "train.lr=-1"],
+        "train.lr: Input should be greater than 0",
+    ),
+    (
+        "train",
+        "malformed --set",
+        ["{config}", "--out", "{tmp}/out", "--set", "nonsense"],
+        "override 'nonsense': write it as key=value",
+    ),
+    (
+        "train",
+        "unknown plugin name",
+        ["{config}", "--out", "{tmp}/out", "--set", "model.norm.name=scalenorm"],
+        "unknown norm 'scalenorm'",
+    ),
+    (
+        "train",
+        "unknown device",
+        ["{config}", "--out", "{tmp}/out", "--set", "train.device=bogus"],
+        "train.device 'bogus':",
+    ),
+    (
+        "train",
+        "missing data",
+        ["{config}", "--out", "{tmp}/out", "--set", "data.source='{tmp}/nope.txt'"],
+        "{tmp}/nope.txt: no such file or folder",
+    ),
+    (
+        "train",
+        "data not UTF-8",
+        ["{config}", "--out", "{tmp}/out", "--set", "data.source='{latin1}'"],
+        "{latin1}: not UTF-8 text",
+    ),
+    (
+        "train",
+        "folder without data",
+        ["{config}", "--out", "{tmp}/out", "--set", "data.source='{empty}'"],
+        "{empty}: the folder holds no .txt, .jsonl or .parquet files",
+    ),
+    (
+        "train",
+        "run folder without a checkpoint",
+        ["{config}", "--out", "{empty}", "--resume"],
+        "{empty}: holds no committed checkpoint to resume",
+    ),
+    (
+        "train",
+        "missing path",
+        ["{config}", "--out", "{tmp}/nowhere", "--resume"],
+        "{tmp}/nowhere: no such run folder to resume",
+    ),
     # -- a trained run: eval, generate, chat, classify
     ("eval", "zero int", ["{run}", "--batch-size", "0"], "--batch-size 0: give at least 1"),
     ("eval", "negative int", ["{run}", "--batch-size", "-1"], "--batch-size -1: give at least 1"),
@@ -119,111 +234,474 @@ BAD_VALUES = [
     ("eval", "unknown device", ["{run}", "--device", "bogus"], "--device 'bogus':"),
     ("eval", "missing data", ["{run}", "--data", "{tmp}/nope.txt"], "{tmp}/nope.txt: no such file or folder"),
     ("eval", "data not UTF-8", ["{run}", "--data", "{latin1}"], "{latin1}: not UTF-8 text"),
-    ("eval", "folder without data", ["{run}", "--data", "{empty}"], "{empty}: the folder holds no .txt, .jsonl or .parquet files"),
-    ("eval", "unknown built-in corpus", ["{run}", "--data", "builtin:nope"], "data.source 'builtin:nope': unknown built-in corpus"),
-    ("generate", "nan float", ["{run}", "--prompt", "I had", "--temperature", "nan"], "--temperature nan: must be 0 (greedy) or a positive number"),
-    ("generate", "inf float", ["{run}", "--prompt", "I had", "--temperature", "inf"], "--temperature inf: must be 0 (greedy) or a positive number"),
-    ("generate", "negative float", ["{run}", "--prompt", "I had", "--temperature", "-1"], "--temperature -1.0: must be 0 (greedy) or a positive number"),
-    ("generate", "zero int", ["{run}", "--prompt", "I had", "--max-new-tokens", "0"], "--max-new-tokens 0: give at least 1"),
+    (
+        "eval",
+        "folder without data",
+        ["{run}", "--data", "{empty}"],
+        "{empty}: the folder holds no .txt, .jsonl or .parquet files",
+    ),
+    (
+        "eval",
+        "unknown built-in corpus",
+        ["{run}", "--data", "builtin:nope"],
+        "data.source 'builtin:nope': unknown built-in corpus",
+    ),
+    (
+        "generate",
+        "nan float",
+        ["{run}", "--prompt", "I had", "--temperature", "nan"],
+        "--temperature nan: must be 0 (greedy) or a positive number",
+    ),
+    (
+        "generate",
+        "inf float",
+        ["{run}", "--prompt", "I had", "--temperature", "inf"],
+        "--temperature inf: must be 0 (greedy) or a positive number",
+    ),
+    (
+        "generate",
+        "negative float",
+        ["{run}", "--prompt", "I had", "--temperature", "-1"],
+        "--temperature -1.0: must be 0 (greedy) or a positive number",
+    ),
+    (
+        "generate",
+        "zero int",
+        ["{run}", "--prompt", "I had", "--max-new-tokens", "0"],
+        "--max-new-tokens 0: give at least 1",
+    ),
     ("generate", "zero int", ["{run}", "--prompt", "I had", "--top-k", "0"], "--top-k 0: must be at least 1"),
     ("generate", "nan float", ["{run}", "--prompt", "I had", "--top-p", "nan"], "--top-p nan: must be in (0, 1]"),
-    ("generate", "float out of range", ["{run}", "--prompt", "I had", "--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
-    ("generate", "not a number", ["{run}", "--prompt", "I had", "--top-p", "most"], "argument --top-p: invalid float value: 'most'"),
-    ("chat", "negative int", ["{run}", "--instruction", "Say hi.", "--max-new-tokens", "-1"], "--max-new-tokens -1: give at least 1"),
-    ("chat", "negative float", ["{run}", "--instruction", "Say hi.", "--temperature", "-0.5"], "--temperature -0.5: must be 0 (greedy) or a positive number"),
-    ("chat", "nan float", ["{run}", "--instruction", "Say hi.", "--temperature", "nan"], "--temperature nan: must be 0 (greedy) or a positive number"),
+    (
+        "generate",
+        "float out of range",
+        ["{run}", "--prompt", "I had", "--top-p", "1.5"],
+        "--top-p 1.5: must be in (0, 1]",
+    ),
+    (
+        "generate",
+        "not a number",
+        ["{run}", "--prompt", "I had", "--top-p", "most"],
+        "argument --top-p: invalid float value: 'most'",
+    ),
+    (
+        "chat",
+        "negative int",
+        ["{run}", "--instruction", "Say hi.", "--max-new-tokens", "-1"],
+        "--max-new-tokens -1: give at least 1",
+    ),
+    (
+        "chat",
+        "negative float",
+        ["{run}", "--instruction", "Say hi.", "--temperature", "-0.5"],
+        "--temperature -0.5: must be 0 (greedy) or a positive number",
+    ),
+    (
+        "chat",
+        "nan float",
+        ["{run}", "--instruction", "Say hi.", "--temperature", "nan"],
+        "--temperature nan: must be 0 (greedy) or a positive number",
+    ),
     ("chat", "option without its partner", ["{run}", "--input", "x"], "--input needs --instruction"),
-    ("classify", "run of another kind", ["{run}", "--text", "x"], "{run}: not a classifier run (no labels.json or no classifier head)"),
+    (
+        "classify",
+        "run of another kind",
+        ["{run}", "--text", "x"],
+        "{run}: not a classifier run (no labels.json or no classifier head)",
+    ),
     # -- fine-tuning
-    ("finetune-classifier", "missing data", ["{run}", "--data", "{tmp}/nope.tsv", "--out", "{tmp}/out"], "{tmp}/nope.tsv: no such data file"),
-    ("finetune-classifier", "folder for a file", ["{run}", "--data", "{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a data file"),
-    ("finetune-classifier", "data not UTF-8", ["{run}", "--data", "{latin1}", "--out", "{tmp}/out"], "{latin1}: not UTF-8 text (byte 3); convert it to UTF-8"),
-    ("finetune-classifier", "malformed data", ["{run}", "--data", "{bad_toml}", "--out", "{tmp}/out"], "{bad_toml}, line 1: expected 'label<TAB>text'"),
+    (
+        "finetune-classifier",
+        "missing data",
+        ["{run}", "--data", "{tmp}/nope.tsv", "--out", "{tmp}/out"],
+        "{tmp}/nope.tsv: no such data file",
+    ),
+    (
+        "finetune-classifier",
+        "folder for a file",
+        ["{run}", "--data", "{empty}", "--out", "{tmp}/out"],
+        "{empty}: a folder, not a data file",
+    ),
+    (
+        "finetune-classifier",
+        "data not UTF-8",
+        ["{run}", "--data", "{latin1}", "--out", "{tmp}/out"],
+        "{latin1}: not UTF-8 text (byte 3); convert it to UTF-8",
+    ),
+    (
+        "finetune-classifier",
+        "malformed data",
+        ["{run}", "--data", "{bad_toml}", "--out", "{tmp}/out"],
+        "{bad_toml}, line 1: expected 'label<TAB>text'",
+    ),
     ("finetune-classifier", "zero int", ["{run}", *SMS, "--epochs", "0"], "--epochs 0: give at least 1"),
     ("finetune-classifier", "negative int", ["{run}", *SMS, "--batch-size", "-1"], "--batch-size -1: give at least 1"),
     ("finetune-classifier", "zero int", ["{run}", *SMS, "--eval-batches", "0"], "--eval-batches 0: give at least 1"),
-    ("finetune-classifier", "zero int", ["{run}", *SMS, "--train", "last-n", "--last-n", "0"], "--last-n 0: give at least 1"),
+    (
+        "finetune-classifier",
+        "zero int",
+        ["{run}", *SMS, "--train", "last-n", "--last-n", "0"],
+        "--last-n 0: give at least 1",
+    ),
     ("finetune-classifier", "zero int", ["{run}", *SMS, "--max-length", "1"], "--max-length 1: give at least 2 tokens"),
     ("finetune-classifier", "zero int", ["{run}", *SMS, "--lora-rank", "0"], "--lora-rank 0: give at least 1"),
     ("finetune-classifier", "nan float", ["{run}", *SMS, "--lr", "nan"], "--lr nan: give a positive learning rate"),
     ("finetune-classifier", "inf float", ["{run}", *SMS, "--lr", "inf"], "--lr inf: give a positive learning rate"),
-    ("finetune-classifier", "negative float", ["{run}", *SMS, "--weight-decay", "-1"], "--weight-decay -1.0: give 0 or a positive number"),
-    ("finetune-classifier", "nan float", ["{run}", *SMS, "--grad-clip", "nan"], "--grad-clip nan: give 0 or a positive number"),
-    ("finetune-classifier", "nan float", ["{run}", *SMS, "--lora-rank", "2", "--lora-alpha", "nan"], "--lora-alpha nan: give a positive number"),
-    ("finetune-classifier", "negative float", ["{run}", *SMS, "--lora-rank", "2", "--lora-alpha", "-1"], "--lora-alpha -1.0: give a positive number"),
-    ("finetune-classifier", "malformed list", ["{run}", *SMS, "--betas", "0.9"], "--betas '0.9': give two numbers in [0, 1)"),
-    ("finetune-classifier", "nan float", ["{run}", *SMS, "--split", "0.5,nan,0.1"], "--split '0.5,nan,0.1': give three positive fractions"),
-    ("finetune-classifier", "unknown choice", ["{run}", *SMS, "--train", "bogus"], "argument --train: invalid choice: 'bogus'"),
-    ("finetune-classifier", "unknown choice", ["{run}", *SMS, "--lora-rank", "2", "--lora-targets", "bogus"], "--lora-targets: 'bogus' matches no linear layer"),
-    ("finetune-classifier", "option without its partner", ["{run}", *SMS, "--lora-alpha", "2"], "--lora-alpha needs --lora-rank"),
-    ("finetune-classifier", "option that does not apply", ["{run}", *SMS, "--text-column", "message"], "--text-column message: {sms} is read as label<TAB>text lines, which have no columns"),
-    ("finetune-classifier", "option that does not apply", ["{run}", "--data", "{csv}", "--out", "{tmp}/out", "--quoting", "csv"], "--quoting csv: applies to a label<TAB>text file; {csv} is read as CSV"),
+    (
+        "finetune-classifier",
+        "negative float",
+        ["{run}", *SMS, "--weight-decay", "-1"],
+        "--weight-decay -1.0: give 0 or a positive number",
+    ),
+    (
+        "finetune-classifier",
+        "nan float",
+        ["{run}", *SMS, "--grad-clip", "nan"],
+        "--grad-clip nan: give 0 or a positive number",
+    ),
+    (
+        "finetune-classifier",
+        "nan float",
+        ["{run}", *SMS, "--lora-rank", "2", "--lora-alpha", "nan"],
+        "--lora-alpha nan: give a positive number",
+    ),
+    (
+        "finetune-classifier",
+        "negative float",
+        ["{run}", *SMS, "--lora-rank", "2", "--lora-alpha", "-1"],
+        "--lora-alpha -1.0: give a positive number",
+    ),
+    (
+        "finetune-classifier",
+        "malformed list",
+        ["{run}", *SMS, "--betas", "0.9"],
+        "--betas '0.9': give two numbers in [0, 1)",
+    ),
+    (
+        "finetune-classifier",
+        "nan float",
+        ["{run}", *SMS, "--split", "0.5,nan,0.1"],
+        "--split '0.5,nan,0.1': give three positive fractions",
+    ),
+    (
+        "finetune-classifier",
+        "unknown choice",
+        ["{run}", *SMS, "--train", "bogus"],
+        "argument --train: invalid choice: 'bogus'",
+    ),
+    (
+        "finetune-classifier",
+        "unknown choice",
+        ["{run}", *SMS, "--lora-rank", "2", "--lora-targets", "bogus"],
+        "--lora-targets: 'bogus' matches no linear layer",
+    ),
+    (
+        "finetune-classifier",
+        "option without its partner",
+        ["{run}", *SMS, "--lora-alpha", "2"],
+        "--lora-alpha needs --lora-rank",
+    ),
+    (
+        "finetune-classifier",
+        "option that does not apply",
+        ["{run}", *SMS, "--text-column", "message"],
+        "--text-column message: {sms} is read as label<TAB>text lines, which have no columns",
+    ),
+    (
+        "finetune-classifier",
+        "option that does not apply",
+        ["{run}", "--data", "{csv}", "--out", "{tmp}/out", "--quoting", "csv"],
+        "--quoting csv: applies to a label<TAB>text file; {csv} is read as CSV",
+    ),
     ("finetune-classifier", "unknown device", ["{run}", *SMS, "--device", "bogus"], "--device 'bogus':"),
-    ("finetune-instruct", "missing data", ["{run}", "--data", "{tmp}/nope.json", "--out", "{tmp}/out"], "{tmp}/nope.json: no such data file"),
-    ("finetune-instruct", "folder for a file", ["{run}", "--data", "{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a data file"),
-    ("finetune-instruct", "data not UTF-8", ["{run}", "--data", "{latin1}", "--out", "{tmp}/out"], "{latin1}: not UTF-8 text (byte 3); convert it to UTF-8"),
-    ("finetune-instruct", "malformed data", ["{run}", "--data", "{bad_json}", "--out", "{tmp}/out"], "{bad_json}, line 2 column 1: not valid JSON"),
-    ("finetune-instruct", "malformed data", ["{run}", "--data", "{no_output_json}", "--out", "{tmp}/out"], "{no_output_json}, entry 0: missing field 'output'"),
-    ("finetune-instruct", "negative int", ["{run}", *INSTRUCTIONS, "--max-new-tokens", "-1"], "--max-new-tokens -1: give at least 1"),
-    ("finetune-instruct", "negative int", ["{run}", *INSTRUCTIONS, "--limit-test", "-1"], "--limit-test -1: give 0 or more test entries"),
+    (
+        "finetune-instruct",
+        "missing data",
+        ["{run}", "--data", "{tmp}/nope.json", "--out", "{tmp}/out"],
+        "{tmp}/nope.json: no such data file",
+    ),
+    (
+        "finetune-instruct",
+        "folder for a file",
+        ["{run}", "--data", "{empty}", "--out", "{tmp}/out"],
+        "{empty}: a folder, not a data file",
+    ),
+    (
+        "finetune-instruct",
+        "data not UTF-8",
+        ["{run}", "--data", "{latin1}", "--out", "{tmp}/out"],
+        "{latin1}: not UTF-8 text (byte 3); convert it to UTF-8",
+    ),
+    (
+        "finetune-instruct",
+        "malformed data",
+        ["{run}", "--data", "{bad_json}", "--out", "{tmp}/out"],
+        "{bad_json}, line 2 column 1: not valid JSON",
+    ),
+    (
+        "finetune-instruct",
+        "malformed data",
+        ["{run}", "--data", "{no_output_json}", "--out", "{tmp}/out"],
+        "{no_output_json}, entry 0: missing field 'output'",
+    ),
+    (
+        "finetune-instruct",
+        "negative int",
+        ["{run}", *INSTRUCTIONS, "--max-new-tokens", "-1"],
+        "--max-new-tokens -1: give at least 1",
+    ),
+    (
+        "finetune-instruct",
+        "negative int",
+        ["{run}", *INSTRUCTIONS, "--limit-test", "-1"],
+        "--limit-test -1: give 0 or more test entries",
+    ),
     ("finetune-instruct", "zero int", ["{run}", *INSTRUCTIONS, "--epochs", "0"], "--epochs 0: give at least 1"),
-    ("finetune-instruct", "inf float", ["{run}", *INSTRUCTIONS, "--lr", "inf"], "--lr inf: give a positive learning rate"),
-    ("finetune-instruct", "unknown device", ["{run}", *INSTRUCTIONS, "--limit-test", "1", "--epochs", "1", "--device", "bogus"], "--device 'bogus':"),
+    (
+        "finetune-instruct",
+        "inf float",
+        ["{run}", *INSTRUCTIONS, "--lr", "inf"],
+        "--lr inf: give a positive learning rate",
+    ),
+    (
+        "finetune-instruct",
+        "unknown device",
+        ["{run}", *INSTRUCTIONS, "--limit-test", "1", "--epochs", "1", "--device", "bogus"],
+        "--device 'bogus':",
+    ),
     # -- sweeps
     ("ablate", "missing path", ["{tmp}/nope.toml", "--out", "{tmp}/out"], "{tmp}/nope.toml: no such config file"),
     ("ablate", "folder for a file", ["{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a TOML file"),
     ("ablate", "not UTF-8", ["{latin1_toml}", "--out", "{tmp}/out"], "{latin1_toml}: not UTF-8 text (byte 13)"),
     ("ablate", "malformed content", ["{bad_toml}", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),
-    ("ablate", "unknown plugin name", ["{sweep_unknown}", "--out", "{tmp}/out"], "{sweep_unknown}: [axes] model.norm.name = \"scalenorm\": invalid config"),
-    ("ablate", "missing path", ["{sweep_no_base}", "--out", "{tmp}/out"], "{sweep_no_base}: base = 'nowhere.toml' not found"),
-    ("ablate", "folder without a config for a base", ["{sweep_folder_base}", "--out", "{tmp}/out"], "base = '{empty}' is a folder ({empty}) without a config.json; give a TOML config or a run folder"),
+    (
+        "ablate",
+        "unknown plugin name",
+        ["{sweep_unknown}", "--out", "{tmp}/out"],
+        '{sweep_unknown}: [axes] model.norm.name = "scalenorm": invalid config',
+    ),
+    (
+        "ablate",
+        "missing path",
+        ["{sweep_no_base}", "--out", "{tmp}/out"],
+        "{sweep_no_base}: base = 'nowhere.toml' not found",
+    ),
+    (
+        "ablate",
+        "folder without a config for a base",
+        ["{sweep_folder_base}", "--out", "{tmp}/out"],
+        "base = '{empty}' is a folder ({empty}) without a config.json; give a TOML config or a run folder",
+    ),
     ("ablate", "zero int", ["{sweep}", "--out", "{tmp}/out", "--workers", "0"], "--workers 0: give 1 or more"),
     # -- imports and exports
-    ("import-gpt2", "missing path", ["{tmp}/nope", "--out", "{tmp}/out"], "{tmp}/nope: no such folder, and not a GPT-2 size name"),
-    ("import-gpt2", "file for a folder", ["{file}", "--out", "{tmp}/out"], "{file}: a file, not a folder; give the folder holding config.json and model.safetensors"),
-    ("import-gpt2", "folder of another kind", ["{empty}", "--out", "{tmp}/out"], "{empty}: missing config.json and model.safetensors"),
-    ("import-gpt2", "checkpoint of another kind", ["{run}", "--out", "{tmp}/out"], "{run}/config.json: model_type is None, not 'gpt2'"),
-    ("import-gpt2", "unknown choice", ["{run}", "--out", "{tmp}/out", "--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
-    ("import-hf", "missing path", ["{tmp}/nope", "--out", "{tmp}/out"], "{tmp}/nope: no such folder; give a folder in the Hugging Face layout"),
-    ("import-hf", "file for a folder", ["{file}", "--out", "{tmp}/out"], "{file}: a file, not a folder; give a folder in the Hugging Face layout"),
+    (
+        "import-gpt2",
+        "missing path",
+        ["{tmp}/nope", "--out", "{tmp}/out"],
+        "{tmp}/nope: no such folder, and not a GPT-2 size name",
+    ),
+    (
+        "import-gpt2",
+        "file for a folder",
+        ["{file}", "--out", "{tmp}/out"],
+        "{file}: a file, not a folder; give the folder holding config.json and model.safetensors",
+    ),
+    (
+        "import-gpt2",
+        "folder of another kind",
+        ["{empty}", "--out", "{tmp}/out"],
+        "{empty}: missing config.json and model.safetensors",
+    ),
+    (
+        "import-gpt2",
+        "checkpoint of another kind",
+        ["{run}", "--out", "{tmp}/out"],
+        "{run}/config.json: model_type is None, not 'gpt2'",
+    ),
+    (
+        "import-gpt2",
+        "unknown choice",
+        ["{run}", "--out", "{tmp}/out", "--attention", "bogus"],
+        "argument --attention: invalid choice: 'bogus'",
+    ),
+    (
+        "import-hf",
+        "missing path",
+        ["{tmp}/nope", "--out", "{tmp}/out"],
+        "{tmp}/nope: no such folder; give a folder in the Hugging Face layout",
+    ),
+    (
+        "import-hf",
+        "file for a folder",
+        ["{file}", "--out", "{tmp}/out"],
+        "{file}: a file, not a folder; give a folder in the Hugging Face layout",
+    ),
     ("import-hf", "folder of another kind", ["{empty}", "--out", "{tmp}/out"], "{empty}: missing config.json"),
-    ("import-hf", "checkpoint of another kind", ["{run}", "--out", "{tmp}/out"], "{run}/config.json: model_type = null is not a family gptzoo imports"),
-    ("import-hf", "unknown choice", ["{run}", "--out", "{tmp}/out", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (
+        "import-hf",
+        "checkpoint of another kind",
+        ["{run}", "--out", "{tmp}/out"],
+        "{run}/config.json: model_type = null is not a family gptzoo imports",
+    ),
+    (
+        "import-hf",
+        "unknown choice",
+        ["{run}", "--out", "{tmp}/out", "--dtype", "float16"],
+        "argument --dtype: invalid choice: 'float16'",
+    ),
     ("import-book", "missing path", ["{tmp}/nope.pth", "--out", "{tmp}/out"], "{tmp}/nope.pth: no such file"),
     ("import-book", "folder for a file", ["{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a file"),
-    ("import-book", "malformed content", ["{file}", "--out", "{tmp}/out"], "{file}: not a torch checkpoint torch.load(weights_only=True) can read"),
-    ("import-book", "checkpoint of another kind", ["{run}/train_state.pt", "--out", "{tmp}/out"], "{run}/train_state.pt: not a state dict (a dict of tensors)"),
+    (
+        "import-book",
+        "malformed content",
+        ["{file}", "--out", "{tmp}/out"],
+        "{file}: not a torch checkpoint torch.load(weights_only=True) can read",
+    ),
+    (
+        "import-book",
+        "checkpoint of another kind",
+        ["{run}/train_state.pt", "--out", "{tmp}/out"],
+        "{run}/train_state.pt: not a state dict (a dict of tensors)",
+    ),
     ("import-book", "zero int", ["{book}", "--out", "{tmp}/out", "--n-heads", "0"], "--n-heads 0: give at least 1"),
-    ("import-book", "nan float", ["{book}", "--out", "{tmp}/out", "--dropout", "nan"], "--dropout nan: give a probability in [0, 1)"),
-    ("import-book", "float out of range", ["{book}", "--out", "{tmp}/out", "--dropout", "1.5"], "--dropout 1.5: give a probability in [0, 1)"),
-    ("import-book", "unknown choice", ["{book}", "--out", "{tmp}/out", "--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
-    ("export-hf", "zero float", ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "0"], "--max-shard-gb 0.0: give a positive size in GiB"),
-    ("export-hf", "nan float", ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "nan"], "--max-shard-gb nan: give a positive size in GiB"),
-    ("export-hf", "negative float", ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "-1"], "--max-shard-gb -1.0: give a positive size in GiB"),
-    ("export-hf", "run of another kind", ["{config_dir}", "--out", "{tmp}/out"], "{config_dir}/config.json: cannot export: no Hugging Face family has this assembly; as gpt2: qkv_bias = false"),
+    (
+        "import-book",
+        "nan float",
+        ["{book}", "--out", "{tmp}/out", "--dropout", "nan"],
+        "--dropout nan: give a probability in [0, 1)",
+    ),
+    (
+        "import-book",
+        "float out of range",
+        ["{book}", "--out", "{tmp}/out", "--dropout", "1.5"],
+        "--dropout 1.5: give a probability in [0, 1)",
+    ),
+    (
+        "import-book",
+        "unknown choice",
+        ["{book}", "--out", "{tmp}/out", "--attention", "bogus"],
+        "argument --attention: invalid choice: 'bogus'",
+    ),
+    (
+        "export-hf",
+        "zero float",
+        ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "0"],
+        "--max-shard-gb 0.0: give a positive size in GiB",
+    ),
+    (
+        "export-hf",
+        "nan float",
+        ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "nan"],
+        "--max-shard-gb nan: give a positive size in GiB",
+    ),
+    (
+        "export-hf",
+        "negative float",
+        ["{run}", "--out", "{tmp}/out", "--max-shard-gb", "-1"],
+        "--max-shard-gb -1.0: give a positive size in GiB",
+    ),
+    (
+        "export-hf",
+        "run of another kind",
+        ["{config_dir}", "--out", "{tmp}/out"],
+        "{config_dir}/config.json: cannot export: no Hugging Face family has this assembly; as gpt2: qkv_bias = false",
+    ),
     # -- inspect: a run or a config, a prompt, an --out folder
-    ("inspect", "missing path", ["{tmp}/nowhere", "--prompt", "x", "--out", "{tmp}/out"], "{tmp}/nowhere: no such run folder or config file"),
-    ("inspect", "folder that is not a run", ["{empty}", "--prompt", "x", "--out", "{tmp}/out"], "{empty}/config.json: missing; is {empty} a gptzoo run folder?"),
-    ("inspect", "malformed content", ["{bad_toml}", "--prompt", "x", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),
-    ("inspect", "malformed --set", ["{config}", "--prompt", "x", "--out", "{tmp}/out", "--set", "x"], "override 'x': write it as key=value"),
-    ("inspect", "--set on a run", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--set", "model.d_model=8"], "--set changes a config, not a trained run"),
+    (
+        "inspect",
+        "missing path",
+        ["{tmp}/nowhere", "--prompt", "x", "--out", "{tmp}/out"],
+        "{tmp}/nowhere: no such run folder or config file",
+    ),
+    (
+        "inspect",
+        "folder that is not a run",
+        ["{empty}", "--prompt", "x", "--out", "{tmp}/out"],
+        "{empty}/config.json: missing; is {empty} a gptzoo run folder?",
+    ),
+    (
+        "inspect",
+        "malformed content",
+        ["{bad_toml}", "--prompt", "x", "--out", "{tmp}/out"],
+        "{bad_toml}: not valid TOML",
+    ),
+    (
+        "inspect",
+        "malformed --set",
+        ["{config}", "--prompt", "x", "--out", "{tmp}/out", "--set", "x"],
+        "override 'x': write it as key=value",
+    ),
+    (
+        "inspect",
+        "--set on a run",
+        ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--set", "model.d_model=8"],
+        "--set changes a config, not a trained run",
+    ),
     ("inspect", "empty text", ["{run}", "--prompt", "", "--out", "{tmp}/out"], "--prompt is empty; give some text"),
-    ("inspect", "text too long", ["{run}", "--prompt", "x" * 17, "--out", "{tmp}/out"], "--prompt is 17 tokens but the model's context holds 16; shorten it"),
-    ("inspect", "zero int", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "0"], "--top-k 0: must be at least 1"),
-    ("inspect", "negative int", ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "-3"], "--top-k -3: must be at least 1"),
-    ("inspect", "--out that is a file", ["{run}", "--prompt", "x", "--out", "{file}"], "--out {file} is a file, not a folder; choose another --out"),
-    ("inspect", "--out under a file", ["{run}", "--prompt", "x", "--out", "{file}/seen"], "--out {file}/seen lies under {file}, which is a file, not a folder; choose another --out"),
-    ("new-plugin", "unknown choice", ["scalenorm", "--family", "bogus", "--out", "{tmp}/out"], "argument --family: invalid choice: 'bogus'"),
-    ("new-plugin", "malformed name", ["1x", "--family", "norm", "--out", "{tmp}/out"], "plugin name '1x': use lower-case letters, digits and underscores"),
-    ("new-plugin", "name taken", ["layernorm", "--family", "norm", "--out", "{tmp}/out"], "an installed plugin already provides the norm 'layernorm'"),
+    (
+        "inspect",
+        "text too long",
+        ["{run}", "--prompt", "x" * 17, "--out", "{tmp}/out"],
+        "--prompt is 17 tokens but the model's context holds 16; shorten it",
+    ),
+    (
+        "inspect",
+        "zero int",
+        ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "0"],
+        "--top-k 0: must be at least 1",
+    ),
+    (
+        "inspect",
+        "negative int",
+        ["{run}", "--prompt", "x", "--out", "{tmp}/out", "--top-k", "-3"],
+        "--top-k -3: must be at least 1",
+    ),
+    (
+        "inspect",
+        "--out that is a file",
+        ["{run}", "--prompt", "x", "--out", "{file}"],
+        "--out {file} is a file, not a folder; choose another --out",
+    ),
+    (
+        "inspect",
+        "--out under a file",
+        ["{run}", "--prompt", "x", "--out", "{file}/seen"],
+        "--out {file}/seen lies under {file}, which is a file, not a folder; choose another --out",
+    ),
+    (
+        "new-plugin",
+        "unknown choice",
+        ["scalenorm", "--family", "bogus", "--out", "{tmp}/out"],
+        "argument --family: invalid choice: 'bogus'",
+    ),
+    (
+        "new-plugin",
+        "malformed name",
+        ["1x", "--family", "norm", "--out", "{tmp}/out"],
+        "plugin name '1x': use lower-case letters, digits and underscores",
+    ),
+    (
+        "new-plugin",
+        "name taken",
+        ["layernorm", "--family", "norm", "--out", "{tmp}/out"],
+        "an installed plugin already provides the norm 'layernorm'",
+    ),
 ]
-BAD_VALUES += [(command, kind, [folder, *options], message) for command, options in READERS.items() for kind, folder, message in NOT_A_RUN]
+BAD_VALUES += [
+    (command, kind, [folder, *options], message)
+    for command, options in READERS.items()
+    for kind, folder, message in NOT_A_RUN
+]
 BAD_VALUES += [
     (command, kind, [*before, "--out", out], message)
     for command, (before, held) in WRITERS.items()
     for kind, out, message in [
         ("--out that is a file", "{file}", "--out {file} is a file, not a folder; choose another --out"),
-        ("--out under a file", "{file}/run", "--out {file}/run lies under {file}, which is a file, not a folder; choose another --out"),
+        (
+            "--out under a file",
+            "{file}/run",
+            "--out {file}/run lies under {file}, which is a file, not a folder; choose another --out",
+        ),
         ("--out that holds something", "{old_run}" if command == "train" else "{full}", held),
     ]
 ]
@@ -251,20 +729,36 @@ def places(tmp_path, shared_data):
     base = Path(__file__).resolve().parents[3] / "configs" / "tiny.toml"
     axes = '[axes]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n'
     (tmp_path / "sweep.toml").write_text(f'base = "{base}"\n{axes}')
-    (tmp_path / "sweep_unknown.toml").write_text(f'base = "{base}"\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n')
+    (tmp_path / "sweep_unknown.toml").write_text(
+        f'base = "{base}"\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n'
+    )
     (tmp_path / "sweep_no_base.toml").write_text(f'base = "nowhere.toml"\n{axes}')
     (tmp_path / "sweep_folder_base.toml").write_text(f'base = "{tmp_path / "empty"}"\n{axes}')
     import torch
 
     torch.save({"tok_emb.weight": torch.zeros(4, 8)}, tmp_path / "model.pth")
     return {
-        "tmp": tmp_path, "run": RUN, "config": tmp_path / "tiny.json", "config_dir": tmp_path / "config_dir",
-        "old_run": tmp_path / "old_run", "file": tmp_path / "file.txt", "empty": tmp_path / "empty", "full": tmp_path / "full",
-        "latin1": tmp_path / "latin1.txt", "latin1_toml": tmp_path / "latin1.toml", "bad_toml": tmp_path / "bad.toml",
-        "bad_json": tmp_path / "bad.json", "no_output_json": tmp_path / "no_output.json", "book": tmp_path / "model.pth", "csv": tmp_path / "sms.csv",
-        "sweep": tmp_path / "sweep.toml", "sweep_unknown": tmp_path / "sweep_unknown.toml",
-        "sweep_no_base": tmp_path / "sweep_no_base.toml", "sweep_folder_base": tmp_path / "sweep_folder_base.toml",
-        "sms": shared_data("SMSSpamCollection"), "instructions": shared_data("instruction-data.json"),
+        "tmp": tmp_path,
+        "run": RUN,
+        "config": tmp_path / "tiny.json",
+        "config_dir": tmp_path / "config_dir",
+        "old_run": tmp_path / "old_run",
+        "file": tmp_path / "file.txt",
+        "empty": tmp_path / "empty",
+        "full": tmp_path / "full",
+        "latin1": tmp_path / "latin1.txt",
+        "latin1_toml": tmp_path / "latin1.toml",
+        "bad_toml": tmp_path / "bad.toml",
+        "bad_json": tmp_path / "bad.json",
+        "no_output_json": tmp_path / "no_output.json",
+        "book": tmp_path / "model.pth",
+        "csv": tmp_path / "sms.csv",
+        "sweep": tmp_path / "sweep.toml",
+        "sweep_unknown": tmp_path / "sweep_unknown.toml",
+        "sweep_no_base": tmp_path / "sweep_no_base.toml",
+        "sweep_folder_base": tmp_path / "sweep_folder_base.toml",
+        "sms": shared_data("SMSSpamCollection"),
+        "instructions": shared_data("instruction-data.json"),
     }
 
 
@@ -278,7 +772,10 @@ def snapshot(*folders):
     }
 
 
-@pytest.mark.parametrize("command,kind,argv,message", [pytest.param(*row, id=f"{row[0]}: {row[1]}: {' '.join(row[2])}") for row in BAD_VALUES])
+@pytest.mark.parametrize(
+    "command,kind,argv,message",
+    [pytest.param(*row, id=f"{row[0]}: {row[1]}: {' '.join(row[2])}") for row in BAD_VALUES],
+)
 def test_every_command_names_its_bad_value(command, kind, argv, message, places, capsys):
     before = snapshot(places["tmp"], RUN)
     err = error_of(capsys, [command, *(arg.format(**places) for arg in argv)])
@@ -297,7 +794,10 @@ def test_an_ablation_base_may_be_a_run_folder_read_as_its_config(tmp_path):
     sweep.write_text(f'base = "{RUN}"\n[axes]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n')
     loaded = load_sweep(sweep)
     assert loaded.base_path == Path(RUN) / "config.json"
-    assert loaded.variants[0].config.model.d_model == json.loads((Path(RUN) / "config.json").read_text())["model"]["d_model"]
+    assert (
+        loaded.variants[0].config.model.d_model
+        == json.loads((Path(RUN) / "config.json").read_text())["model"]["d_model"]
+    )
 
 
 def test_a_damaged_metrics_line_on_resume_names_the_line(tmp_path, capsys):
@@ -316,7 +816,10 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_named(tmp_path, capsys):
     state["vocabulary"] = [chr(0x100 + i) for i in range(80)]  # 80 characters and the special ids: 82 for a model of 64
     (run / "tokenizer.json").write_text(json.dumps(state))
     err = error_of(capsys, ["generate", run, "--prompt", "\u0100", "--temperature", "1"])
-    assert f"{run / 'tokenizer.json'}: the 'char' tokenizer has 82 tokens but model.vocab_size in {run / 'config.json'} is 64" in err
+    assert (
+        f"{run / 'tokenizer.json'}: the 'char' tokenizer has 82 tokens but model.vocab_size in {run / 'config.json'} is 64"
+        in err
+    )
 
 
 def test_ctrl_c_while_starting_exits_130_quietly(monkeypatch, capsys):
@@ -334,4 +837,7 @@ def test_the_cli_module_imports_nothing_heavy():
     import sys
 
     code = "import sys, gptzoo.recipes.cli; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

@@ -64,7 +64,14 @@ def error_of(capsys, argv):
 def test_train_writes_the_run_folder_and_prints_progress(trained, capsys):
     _, run, _ = trained
     # the lock file stays (an OS lock, released when the process ends); no temporary or owner file is left
-    assert sorted(p.name for p in run.iterdir()) == [".gptzoo.lock", "config.json", "manifest.json", "metrics.jsonl", "model.safetensors", "train_state.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".gptzoo.lock",
+        "config.json",
+        "manifest.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "train_state.pt",
+    ]
     assert [line.count('"step"') for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 1]
 
 
@@ -94,8 +101,12 @@ def test_train_refuses_a_folder_that_holds_a_run(trained, tmp_path, capsys):
 def test_resume_needs_a_checkpoint(trained, tmp_path, capsys):
     config, _, _ = trained
     (tmp_path / "empty").mkdir()
-    assert "empty: holds no committed checkpoint to resume" in error_of(capsys, ["train", str(config), "--out", str(tmp_path / "empty"), "--resume"])
-    assert "no such run folder" in error_of(capsys, ["train", str(config), "--out", str(tmp_path / "nowhere"), "--resume"])
+    assert "empty: holds no committed checkpoint to resume" in error_of(
+        capsys, ["train", str(config), "--out", str(tmp_path / "empty"), "--resume"]
+    )
+    assert "no such run folder" in error_of(
+        capsys, ["train", str(config), "--out", str(tmp_path / "nowhere"), "--resume"]
+    )
 
 
 def test_resume_with_a_corrupt_training_state_says_so(trained, tmp_path, capsys):
@@ -107,14 +118,22 @@ def test_resume_with_a_corrupt_training_state_says_so(trained, tmp_path, capsys)
     assert "train_state.pt: 16 bytes, but manifest.json commits" in err
     (run / "manifest.json").unlink()  # as a folder saved before manifests: torch's own check, without its unsafe advice
     err = error_of(capsys, ["train", str(config), "--out", str(run), "--resume", "--set", "train.max_steps=20"])
-    assert "train_state.pt: cannot read the training state" in err and "truncated or corrupt" in err and "weights_only" not in err
+    assert (
+        "train_state.pt: cannot read the training state" in err
+        and "truncated or corrupt" in err
+        and "weights_only" not in err
+    )
     assert snapshot(run) == {name: data for name, data in before.items() if name != "manifest.json"}
 
 
 def test_missing_config_and_data_files_are_named(trained, tmp_path, capsys):
     _, run, _ = trained
-    assert "nope.toml: no such config file" in error_of(capsys, ["train", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "out")])
-    assert "missing.txt: no such file or folder" in error_of(capsys, ["eval", str(run), "--data", str(tmp_path / "missing.txt")])
+    assert "nope.toml: no such config file" in error_of(
+        capsys, ["train", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "out")]
+    )
+    assert "missing.txt: no such file or folder" in error_of(
+        capsys, ["eval", str(run), "--data", str(tmp_path / "missing.txt")]
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -124,7 +143,9 @@ def test_truncated_weights_are_reported_and_left_alone(trained, tmp_path, capsys
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     before = snapshot(run)
-    assert f"{weights}: 1,000 bytes, but manifest.json commits" in error_of(capsys, ["eval", str(run), "--data", str(verdict)])
+    assert f"{weights}: 1,000 bytes, but manifest.json commits" in error_of(
+        capsys, ["eval", str(run), "--data", str(verdict)]
+    )
     (run / "manifest.json").unlink()  # as a folder saved before manifests: safetensors' own check
     err = error_of(capsys, ["eval", str(run), "--data", str(verdict)])
     assert f"{weights}: cannot read the weights" in err and "truncated or corrupt" in err
@@ -136,7 +157,9 @@ def test_weights_that_do_not_match_the_config_name_the_tensors(trained, tmp_path
     run = copy_run(trained, tmp_path)
     config = run / "config.json"
     config.write_text(config.read_text().replace('"d_model": 32', '"d_model": 64'))
-    assert f"{config}: its sha256 differs from the one in manifest.json" in error_of(capsys, ["eval", str(run), "--data", str(verdict)])
+    assert f"{config}: its sha256 differs from the one in manifest.json" in error_of(
+        capsys, ["eval", str(run), "--data", str(verdict)]
+    )
     (run / "manifest.json").unlink()  # as a folder saved before manifests
     err = error_of(capsys, ["eval", str(run), "--data", str(verdict)])
     assert "does not match its config" in err and "blocks.0.attn_norm.weight (32,) vs config (64,)" in err

@@ -7,9 +7,16 @@ import pytest
 
 from gptzoo.core import GptzooError
 from gptzoo.plugins.tokenizers import ByteTokenizer
-from gptzoo.recipes.data import tokens as data_module
 from gptzoo.recipes.config.schema import DataConfig
-from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, load_tokens, spread_indices, split_windows, token_dtype
+from gptzoo.recipes.data import tokens as data_module
+from gptzoo.recipes.data.tokens import (
+    TokenWindows,
+    WindowSampler,
+    load_tokens,
+    split_windows,
+    spread_indices,
+    token_dtype,
+)
 
 
 class CountingBytes(ByteTokenizer):
@@ -158,7 +165,14 @@ def test_builtin_corpus_is_pythons_own_help_text(tmp_path):
     assert int((np.asarray(tokens) == 256).sum()) == len(topics) - 1
 
 
-@pytest.mark.parametrize("source, message", [("missing.txt", "missing.txt: no such file"), ("empty_dir", "holds no .txt, .jsonl or .parquet files"), ("builtin:nope", "unknown built-in corpus")])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("missing.txt", "missing.txt: no such file"),
+        ("empty_dir", "holds no .txt, .jsonl or .parquet files"),
+        ("builtin:nope", "unknown built-in corpus"),
+    ],
+)
 def test_bad_sources_name_what_is_wrong(tmp_path, monkeypatch, source, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty_dir").mkdir()
@@ -219,7 +233,9 @@ def test_a_failure_while_tokenizing_leaves_no_cache_file(tmp_path, monkeypatch):
         load_tokens(config(corpus, tmp_path), FailsOnSecondBatch())
     assert list((tmp_path / "cache").rglob("*")) == [tmp_path / "cache" / "tokens"]
     tokenizer = CountingBytes()
-    assert bytes(load_tokens(config(corpus, tmp_path), tokenizer).astype(np.uint8)) == b"line one\nline two\nline three\n"
+    assert (
+        bytes(load_tokens(config(corpus, tmp_path), tokenizer).astype(np.uint8)) == b"line one\nline two\nline three\n"
+    )
 
 
 # ---- JSON Lines and Parquet --------------------------------------------------------------
@@ -227,9 +243,20 @@ def test_a_failure_while_tokenizing_leaves_no_cache_file(tmp_path, monkeypatch):
 
 def test_json_lines_records_are_documents_read_from_the_text_field(tmp_path):
     shard = tmp_path / "shard.jsonl"
-    shard.write_text('{"id": 1, "text": "A"}\n\n{"id": 2, "text": "BB"}\n{"id": 3, "text": ""}\n{"id": 4, "text": "C"}\n', encoding="utf-8")
+    shard.write_text(
+        '{"id": 1, "text": "A"}\n\n{"id": 2, "text": "BB"}\n{"id": 3, "text": ""}\n{"id": 4, "text": "C"}\n',
+        encoding="utf-8",
+    )
     tokens = load_tokens(config(shard, tmp_path), CountingBytes())
-    assert tokens.tolist() == [65, 256, 66, 66, 256, 256, 67]  # one <|endoftext|> between records, an empty one included
+    assert tokens.tolist() == [
+        65,
+        256,
+        66,
+        66,
+        256,
+        256,
+        67,
+    ]  # one <|endoftext|> between records, an empty one included
     other = tmp_path / "other.jsonl"
     other.write_text('{"body": "Z"}\n', encoding="utf-8")
     assert load_tokens(config(other, tmp_path, text_field="body"), CountingBytes()).tolist() == [90]
@@ -271,7 +298,9 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
     shard = tmp_path / "a.parquet"
     shard.write_bytes(b"PAR1")
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
-    with pytest.raises(GptzooError, match=r"reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo\[parquet\]'"):
+    with pytest.raises(
+        GptzooError, match=r"reading Parquet needs pyarrow; install the parquet extra: pip install 'gptzoo\[parquet\]'"
+    ):
         load_tokens(config(shard, tmp_path), CountingBytes())
 
 
@@ -287,7 +316,15 @@ def test_metrics_also_stream_to_tensorboard(tmp_path):
         {
             "model": {"context_length": 8, "d_model": 16, "n_layers": 1, "n_heads": 2},
             "data": {"task": {"name": "induction", "vocab_size": 10, "val_examples": 4}},
-            "train": {"max_steps": 4, "eval_interval": 2, "eval_batches": 1, "batch_size": 2, "sample_tokens": 0, "device": "cpu", "tensorboard": True},
+            "train": {
+                "max_steps": 4,
+                "eval_interval": 2,
+                "eval_batches": 1,
+                "batch_size": 2,
+                "sample_tokens": 0,
+                "device": "cpu",
+                "tensorboard": True,
+            },
         },
         "t",
     )

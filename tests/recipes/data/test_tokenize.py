@@ -34,12 +34,16 @@ def test_word_tokenizer_fitted_from_a_config_gives_the_books_ids(tmp_path, share
     )
     assert main(["tokenize", str(config), "--text", BOOK_TEXT + " Hello"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("'word' tokenizer, 1,132 ids, fitted on")  # the book's vocabulary: 1,130 words + 2 special tokens
+    assert out.startswith(
+        "'word' tokenizer, 1,132 ids, fitted on"
+    )  # the book's vocabulary: 1,130 words + 2 special tokens
     table = rows(out)
     assert [token for _, token, _ in table] == BOOK_IDS + [1131]  # "Hello" is not in the-verdict: <|unk|>
     assert table[1] == (1, 56, "'It'") and table[-1] == (21, 1131, "'<|unk|>'")
     # The book's decode of the same ids.
-    assert out.endswith("decodes back to: '\" It\\' s the last he painted, you know,\" Mrs. Gisburn said with pardonable pride. <|unk|>'\n")
+    assert out.endswith(
+        "decodes back to: '\" It\\' s the last he painted, you know,\" Mrs. Gisburn said with pardonable pride. <|unk|>'\n"
+    )
 
 
 def test_tiktoken_gives_the_books_gpt2_ids_and_marks_split_characters(capsys):
@@ -50,7 +54,28 @@ def test_tiktoken_gives_the_books_gpt2_ids_and_marks_split_characters(capsys):
     out = capsys.readouterr().out
     table = rows(out)
     # The book's section 2.5, tiktoken's "gpt2" encoding:
-    book = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114, 286, 617, 34680, 27271, 13]
+    book = [
+        15496,
+        11,
+        466,
+        345,
+        588,
+        8887,
+        30,
+        220,
+        50256,
+        554,
+        262,
+        4252,
+        18250,
+        8812,
+        2114,
+        286,
+        617,
+        34680,
+        27271,
+        13,
+    ]
     assert [token for _, token, _ in table[:20]] == book
     assert table[2] == (2, 466, "' do'") and table[8] == (8, 50256, "'<|endoftext|>'")
     assert all(piece.endswith("(part of a character)") for _, _, piece in table[20:])  # the emoji's 4 bytes in 2 tokens
@@ -58,7 +83,10 @@ def test_tiktoken_gives_the_books_gpt2_ids_and_marks_split_characters(capsys):
 
 
 def test_a_run_folder_uses_its_saved_tokenizer(tmp_path, registry, capsys):
-    config = RunConfig.model_validate({"model": {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": "char"}}, context={"registry": registry})
+    config = RunConfig.model_validate(
+        {"model": {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": "char"}},
+        context={"registry": registry},
+    )
     tokenizer = config.model.tokenizer.build()
     tokenizer.fit("cab")  # vocabulary a, b, c, then <|endoftext|>, <|unk|>
     config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})

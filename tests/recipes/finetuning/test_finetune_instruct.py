@@ -12,7 +12,14 @@ from gptzoo.core import GPT
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.finetuning.common import split_data
-from gptzoo.recipes.finetuning.instruct import batch_loss, collate, encode_entries, extract_response, format_prompt, read_entries
+from gptzoo.recipes.finetuning.instruct import (
+    batch_loss,
+    collate,
+    encode_entries,
+    extract_response,
+    format_prompt,
+    read_entries,
+)
 from gptzoo.recipes.runs.folder import load_run, read_metrics, save_run
 from gptzoo.registry import make_registry
 
@@ -22,7 +29,15 @@ PAD = 50256  # gpt2's <|endoftext|>
 
 def tiny_base() -> GPT:
     torch.manual_seed(0)
-    spec = {"context_length": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "tokenizer": "byte", "vocab_size": 257, "tied_head": True}
+    spec = {
+        "context_length": 64,
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "tokenizer": "byte",
+        "vocab_size": 257,
+        "tied_head": True,
+    }
     return GPT(REGISTRY.model_config(spec))
 
 
@@ -47,10 +62,14 @@ def test_prompt_with_input():
 
 
 def test_prompt_without_input_has_no_input_section():
-    assert format_prompt("Name a primary color.") == format_prompt("Name a primary color.", "") == (
-        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-        "\n\n### Instruction:\nName a primary color."
-        "\n\n### Response:\n"
+    assert (
+        format_prompt("Name a primary color.")
+        == format_prompt("Name a primary color.", "")
+        == (
+            "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+            "\n\n### Instruction:\nName a primary color."
+            "\n\n### Response:\n"
+        )
     )
 
 
@@ -81,7 +100,9 @@ def test_collate_truncates_to_max_length_and_masks_the_prompt():
 
 
 def test_prompt_tokens_prefix_the_encoded_entry():
-    tokenizer = REGISTRY.model_config({"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1}).tokenizer.build()  # gpt2
+    tokenizer = REGISTRY.model_config(
+        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1}
+    ).tokenizer.build()  # gpt2
     entry = {"instruction": "Edit the sentence.", "input": "He go home.", "output": "He goes home."}
     [(ids, prompt_length)] = encode_entries([entry], tokenizer)
     assert tokenizer.decode(ids[:prompt_length]) == format_prompt("Edit the sentence.", "He go home.")
@@ -114,10 +135,16 @@ def test_split_of_the_instruction_data_matches_the_book(shared_data):
     "content, message",
     [
         ("", "data.json: the file is empty"),
-        ('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]', "data.json, line 2 column 22: not valid JSON"),
+        (
+            '[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]',
+            "data.json, line 2 column 22: not valid JSON",
+        ),
         ('{"instruction": "a", "output": "b"}', "data.json: expected a non-empty JSON list"),
         ('[{"instruction": "a", "output": "b"}, "just text"]', "data.json, entry 1: expected an object"),
-        ('[{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}]', "data.json, entry 1: missing field 'output'"),
+        (
+            '[{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": ""}]',
+            "data.json, entry 1: missing field 'output'",
+        ),
         ('[{"instruction": "a", "output": 3}]', "data.json, entry 0: field 'output' must be a string"),
     ],
 )
@@ -156,8 +183,28 @@ def test_finetune_instruct_and_chat_end_to_end(base_dir, shared_data, tmp_path, 
     data = tmp_path / "data.json"
     data.write_text(json.dumps(entries), encoding="utf-8")
     out = tmp_path / "tuned"
-    args = ["finetune-instruct", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-            "--eval-batches", "1", "--max-length", "32", "--max-new-tokens", "4", "--limit-test", "1", "--lr", "1e-3"]
+    args = [
+        "finetune-instruct",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--eval-batches",
+        "1",
+        "--max-length",
+        "32",
+        "--max-new-tokens",
+        "4",
+        "--limit-test",
+        "1",
+        "--lr",
+        "1e-3",
+    ]
     assert main(args) == 0
     assert "train 17, validation 1, test 2" in capsys.readouterr().out  # int(20 · 0.85), int(20 · 0.05), the rest
 
@@ -193,18 +240,45 @@ def test_the_books_split_in_file_order_and_drop_last(base_dir, shared_data, tmp_
     data = tmp_path / "data.json"
     data.write_text(json.dumps(entries), encoding="utf-8")
     out = tmp_path / "tuned"
-    args = ["finetune-instruct", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--eval-batches", "1",
-            "--max-length", "32", "--max-new-tokens", "1", "--split-order", "book", "--drop-last", "--betas", "0.9,0.999", "--grad-clip", "0"]
+    args = [
+        "finetune-instruct",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--eval-batches",
+        "1",
+        "--max-length",
+        "32",
+        "--max-new-tokens",
+        "1",
+        "--split-order",
+        "book",
+        "--drop-last",
+        "--betas",
+        "0.9,0.999",
+        "--grad-clip",
+        "0",
+    ]
     assert main(args) == 0
     assert "train 17, validation 1, test 2" in capsys.readouterr().out
     # The book's chapter 7: the first 17 train, the next int(20 · 0.1) = 2 are the test set, the last one validates.
-    assert [{k: v for k, v in r.items() if k != "model_response"} for r in json.loads((out / "responses.json").read_text())] == entries[17:19]
+    assert [
+        {k: v for k, v in r.items() if k != "model_response"} for r in json.loads((out / "responses.json").read_text())
+    ] == entries[17:19]
     assert read_metrics(out)[0]["step"] == 2  # 17 entries in batches of 8: the last one dropped
 
 
 def test_chat_refuses_a_classifier(tmp_path, capsys):
     base = tiny_base()
-    config = REGISTRY.model_config(base.config.model_dump(mode="json") | {"head": {"name": "classifier"}, "tied_head": False})
+    config = REGISTRY.model_config(
+        base.config.model_dump(mode="json") | {"head": {"name": "classifier"}, "tied_head": False}
+    )
     save_run(tmp_path / "cls", RunConfig(model=config), GPT(config), config.tokenizer.build())
     assert main(["chat", str(tmp_path / "cls"), "--instruction", "hi"]) == 2
     assert "cannot answer" in capsys.readouterr().err

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from gptzoo.core import GPT, GptzooError
-from gptzoo.recipes.finetuning.classifier import classifier_config, classifier_from
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
+from gptzoo.recipes.finetuning.classifier import classifier_config, classifier_from
 from gptzoo.recipes.finetuning.common import count_parameters, set_trainable
 from gptzoo.recipes.finetuning.instruct import train_instructions
 from gptzoo.recipes.finetuning.lora import LoRALinear, LoRASettings, apply_lora, lora_state, merge_lora
@@ -24,7 +24,15 @@ ALL = LoRASettings(rank=2, alpha=4.0, targets=["qkv", "out_proj", "ffn"])
 
 
 def tiny(**changes) -> GPT:
-    spec = {"vocab_size": 257, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "tokenizer": "byte", "tied_head": True} | changes
+    spec = {
+        "vocab_size": 257,
+        "context_length": 16,
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "tokenizer": "byte",
+        "tied_head": True,
+    } | changes
     torch.manual_seed(0)
     return GPT(REGISTRY.model_config(spec)).eval()
 
@@ -56,7 +64,9 @@ def test_the_wrapped_layer_adds_the_scaled_low_rank_update():
 
 
 def test_the_book_convention_is_the_books_linear_with_lora_at_rank_16_alpha_16():
-    appendix_e = pytest.importorskip("llms_from_scratch.appendix_e", reason="the book's package (pip install llms-from-scratch) is absent")
+    appendix_e = pytest.importorskip(
+        "llms_from_scratch.appendix_e", reason="the book's package (pip install llms-from-scratch) is absent"
+    )
     torch.manual_seed(0)
     linear = nn.Linear(768, 768)
     torch.manual_seed(7)
@@ -116,7 +126,9 @@ def test_targets_by_group_and_glob():
     assert apply_lora(model, LoRASettings(rank=1, alpha=1.0, targets=["ffn"])) == [
         f"blocks.{b}.feed_forward.{name}" for b in (0, 1) for name in ("gate_proj", "up_proj", "out_proj")
     ]
-    assert apply_lora(tiny(), LoRASettings(rank=1, alpha=1.0, targets=["blocks.1.attention.out_proj"])) == ["blocks.1.attention.out_proj"]
+    assert apply_lora(tiny(), LoRASettings(rank=1, alpha=1.0, targets=["blocks.1.attention.out_proj"])) == [
+        "blocks.1.attention.out_proj"
+    ]
     with pytest.raises(GptzooError, match="'attn' matches no linear layer"):
         apply_lora(tiny(), LoRASettings(rank=1, alpha=1.0, targets=["attn"]))
 
@@ -137,7 +149,15 @@ def test_training_changes_only_the_adapters():
     apply_lora(model, ALL)
     before = {name: t.clone() for name, t in model.state_dict().items()}
     data = [([1, 2, 3, 4, 5], 2), ([6, 7], 1)]
-    train_instructions(model, data, data, TrainConfig(epochs=2, batch_size=2, lr=1e-2), pad_id=256, max_length=16, device=torch.device("cpu"))
+    train_instructions(
+        model,
+        data,
+        data,
+        TrainConfig(epochs=2, batch_size=2, lr=1e-2),
+        pad_id=256,
+        max_length=16,
+        device=torch.device("cpu"),
+    )
     for name, tensor in model.state_dict().items():
         if name.endswith(".lora_A") or name.endswith(".lora_B"):
             assert not torch.equal(tensor, before[name]), f"{name} should have trained"
@@ -158,10 +178,35 @@ def base_dir(tmp_path_factory):
 
 def test_a_lora_classifier_run_saves_merged_weights_and_the_adapter(base_dir, tmp_path, capsys):
     data = tmp_path / "d.csv"
-    data.write_text("text,label\n" + "".join(f"{'win cash now' if i % 2 else 'see you soon'} {i},{'spam' if i % 2 else 'ham'}\n" for i in range(20)))
+    data.write_text(
+        "text,label\n"
+        + "".join(
+            f"{'win cash now' if i % 2 else 'see you soon'} {i},{'spam' if i % 2 else 'ham'}\n" for i in range(20)
+        )
+    )
     out = tmp_path / "lora"
-    args = ["finetune-classifier", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "4",
-            "--eval-batches", "1", "--lr", "1e-2", "--lora-rank", "2", "--lora-alpha", "4", "--lora-targets", "qkv,ffn"]
+    args = [
+        "finetune-classifier",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-batches",
+        "1",
+        "--lr",
+        "1e-2",
+        "--lora-rank",
+        "2",
+        "--lora-alpha",
+        "4",
+        "--lora-targets",
+        "qkv,ffn",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     # head: 32·2 + 2; adapters per block: 2·(32 + 96) + 2·(32 + 128) + 2·(128 + 32)
@@ -178,11 +223,15 @@ def test_a_lora_classifier_run_saves_merged_weights_and_the_adapter(base_dir, tm
     apply_lora(rebuilt, settings)
     adapter = load_file(str(out / "lora.safetensors"))
     assert set(adapter) == set(lora_state(rebuilt)) and len(adapter) == 2 * 2 * 3
-    rebuilt.load_state_dict(adapter | {n: t for n, t in tuned.state_dict().items() if n.startswith("head.")}, strict=False)
+    rebuilt.load_state_dict(
+        adapter | {n: t for n, t in tuned.state_dict().items() if n.startswith("head.")}, strict=False
+    )
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(IDS), tuned(IDS), atol=1e-5, rtol=1e-5)
     base_state = load_run(base_dir).model.state_dict()
-    assert torch.equal(tuned.state_dict()["blocks.0.attention.out_proj.weight"], base_state["blocks.0.attention.out_proj.weight"])  # not targeted
+    assert torch.equal(
+        tuned.state_dict()["blocks.0.attention.out_proj.weight"], base_state["blocks.0.attention.out_proj.weight"]
+    )  # not targeted
 
     assert main(["classify", str(out), "--text", "win cash now 99"]) == 0
     assert capsys.readouterr().out.split()[0] in ("ham", "spam")
@@ -190,10 +239,35 @@ def test_a_lora_classifier_run_saves_merged_weights_and_the_adapter(base_dir, tm
 
 def test_a_lora_instruction_run_loads_for_chat(base_dir, tmp_path, capsys):
     data = tmp_path / "d.json"
-    data.write_text(json.dumps([{"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(i)))} for i in range(1, 21)]))
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(i)))}
+                for i in range(1, 21)
+            ]
+        )
+    )
     out = tmp_path / "lora"
-    args = ["finetune-instruct", str(base_dir), "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-            "--eval-batches", "1", "--max-new-tokens", "2", "--limit-test", "1", "--lora-rank", "4"]
+    args = [
+        "finetune-instruct",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--eval-batches",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--limit-test",
+        "1",
+        "--lora-rank",
+        "4",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     base_total = count_parameters(load_run(base_dir).model)["total"]
@@ -208,6 +282,17 @@ def test_a_lora_instruction_run_loads_for_chat(base_dir, tmp_path, capsys):
 def test_unknown_lora_targets_fail_before_training(base_dir, tmp_path, capsys):
     data = tmp_path / "d.tsv"
     data.write_text("ham\ta\nspam\tb\n" * 10)
-    args = ["finetune-classifier", str(base_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--lora-rank", "2", "--lora-targets", "mlp"]
+    args = [
+        "finetune-classifier",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "mlp",
+    ]
     assert main(args) == 2
     assert "'mlp' matches no linear layer; use qkv, out_proj, ffn" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, ConfigError, Tokenizer
-from gptzoo.recipes.generation import generate
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
+from gptzoo.recipes.generation import generate
 from gptzoo.recipes.generation.generate import TextStream, complete, generate_ids, sample_next
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import make_registry
@@ -19,13 +19,22 @@ REGISTRY = make_registry(entry_points=False)
 
 
 def tiny_model(registry, **changes) -> GPT:
-    spec = {"vocab_size": 257, "context_length": 12, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte"} | changes
+    spec = {
+        "vocab_size": 257,
+        "context_length": 12,
+        "d_model": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "tokenizer": "byte",
+    } | changes
     torch.manual_seed(0)
     return GPT(registry.model_config(spec)).eval()
 
 
 def byte_tokenizer(registry) -> Tokenizer:
-    return registry.model_config({"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": "byte"}).tokenizer.build()
+    return registry.model_config(
+        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": "byte"}
+    ).tokenizer.build()
 
 
 def book_greedy(model: GPT, prompt: list[int], max_new_tokens: int) -> list[int]:
@@ -124,7 +133,9 @@ POSITIONALS = REGISTRY.names("positional")
 def test_cached_greedy_equals_the_book_loop_and_batches_match_single_prompts(registry, attention, positional):
     # Grouped key/value heads where the variant takes them, and a run past the 12-token context: prompts of 3 and 7 tokens + 14 new.
     try:
-        model = tiny_model(registry, attention={"name": attention}, positional={"name": positional}, n_kv_heads=2).double()
+        model = tiny_model(
+            registry, attention={"name": attention}, positional={"name": positional}, n_kv_heads=2
+        ).double()
     except ConfigError:  # the variant has no separate key/value heads
         model = tiny_model(registry, attention={"name": attention}, positional={"name": positional}).double()
     prompts = [[72, 105, 33], [1, 250, 7, 99, 3, 18, 64]]
@@ -218,11 +229,11 @@ def test_stream_flushes_an_incomplete_character_at_the_end(registry):
     tokenizer = byte_tokenizer(registry)
     pieces = []
     stream = TextStream(tokenizer, pieces.append)
-    for b in "a€".encode("utf-8")[:-1]:  # the euro sign cut after 2 of its 3 bytes
+    for b in "a€".encode()[:-1]:  # the euro sign cut after 2 of its 3 bytes
         stream.add(b)
     assert pieces == ["a"]
     stream.flush()
-    assert "".join(pieces) == tokenizer.decode(list("a€".encode("utf-8")[:-1]))
+    assert "".join(pieces) == tokenizer.decode(list("a€".encode()[:-1]))
 
 
 class SpacedWords(Tokenizer):
@@ -256,7 +267,9 @@ VERDICT_OPENING = (
 
 
 def fitted(registry, name: str, text: str, **params) -> Tokenizer:
-    config = registry.model_config({"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": {"name": name, **params}})
+    config = registry.model_config(
+        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 1, "tokenizer": {"name": name, **params}}
+    )
     tokenizer = config.tokenizer.build()
     tokenizer.fit(text)
     return tokenizer
@@ -264,7 +277,13 @@ def fitted(registry, name: str, text: str, **params) -> Tokenizer:
 
 def model_for(registry, tokenizer: Tokenizer, context_length: int = 64) -> GPT:
     torch.manual_seed(0)
-    spec = {"vocab_size": tokenizer.vocab_size, "context_length": context_length, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    spec = {
+        "vocab_size": tokenizer.vocab_size,
+        "context_length": context_length,
+        "d_model": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+    }
     return GPT(registry.model_config(spec)).eval()
 
 
@@ -283,7 +302,9 @@ def test_word_tokenizer_continuation_reads_as_the_whole_sequence_decoded(registr
 
 def test_byte_level_bpe_streams_multi_byte_characters_whole_after_the_prompt(registry, monkeypatch):
     corpus = "héllo wörld, €5 for 😀 and 日本語 text " * 3
-    tokenizer = fitted(registry, "bpe", corpus, vocab_size=270)  # few merges: most characters stay split over byte tokens
+    tokenizer = fitted(
+        registry, "bpe", corpus, vocab_size=270
+    )  # few merges: most characters stay split over byte tokens
     prompt, text = "héllo wö", "rld €5 😀 日本語"
     new_ids = tokenizer.encode(text)
     assert len(new_ids) > len(text)  # some characters do span several tokens
@@ -309,7 +330,19 @@ def test_the_training_sample_reads_as_the_whole_sequence_decoded(registry, monke
 
 @pytest.fixture
 def run_dir(tmp_path, registry):
-    config = RunConfig.model_validate({"model": {"vocab_size": 257, "context_length": 12, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte"}}, context={"registry": registry})
+    config = RunConfig.model_validate(
+        {
+            "model": {
+                "vocab_size": 257,
+                "context_length": 12,
+                "d_model": 32,
+                "n_layers": 2,
+                "n_heads": 4,
+                "tokenizer": "byte",
+            }
+        },
+        context={"registry": registry},
+    )
     torch.manual_seed(0)
     model = GPT(config.model).eval()
     save_run(tmp_path / "run", config, model, config.model.tokenizer.build())
@@ -332,7 +365,21 @@ def test_cli_generate_a_batch_prints_each_result(run_dir, capsys):
 
 def test_cli_sampling_with_a_seed_repeats(run_dir, capsys):
     folder, _ = run_dir
-    argv = ["generate", str(folder), "--prompt", "a", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "4", "--no-stream"]
+    argv = [
+        "generate",
+        str(folder),
+        "--prompt",
+        "a",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "4",
+        "--no-stream",
+    ]
     assert main(argv) == 0 and main(argv) == 0
     first, second = capsys.readouterr().out.split("\n")[:2]
     assert first == second and first.startswith("a")
@@ -360,7 +407,16 @@ def test_cli_rejects_bad_options(run_dir, capsys, extra, message):
 def test_cli_prints_the_prompt_and_continuation_as_the_word_tokenizer_decodes_them(tmp_path, registry, capsys, stream):
     tokenizer = fitted(registry, "word", VERDICT_OPENING)
     config = RunConfig.model_validate(
-        {"model": {"vocab_size": tokenizer.vocab_size, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "word"}},
+        {
+            "model": {
+                "vocab_size": tokenizer.vocab_size,
+                "context_length": 16,
+                "d_model": 32,
+                "n_layers": 2,
+                "n_heads": 4,
+                "tokenizer": "word",
+            }
+        },
         context={"registry": registry},
     )
     torch.manual_seed(0)
@@ -382,7 +438,17 @@ def test_cli_missing_run_folder(tmp_path, capsys):
 
 def test_cli_refuses_a_classifier(tmp_path, registry, capsys):
     config = RunConfig.model_validate(
-        {"model": {"vocab_size": 257, "context_length": 12, "d_model": 16, "n_layers": 1, "n_heads": 2, "tokenizer": "byte", "head": {"name": "classifier"}}},
+        {
+            "model": {
+                "vocab_size": 257,
+                "context_length": 12,
+                "d_model": 16,
+                "n_layers": 1,
+                "n_heads": 2,
+                "tokenizer": "byte",
+                "head": {"name": "classifier"},
+            }
+        },
         context={"registry": registry},
     )
     save_run(tmp_path / "clf", config, GPT(config.model), config.model.tokenizer.build())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptzoo.core import GPT
-from gptzoo.recipes.interop.book import from_book_state, import_book
+from gptzoo.recipes.cli import main
 from gptzoo.recipes.finetuning.classifier import (
     balance_like_the_book,
     batch_loss,
@@ -22,17 +22,28 @@ from gptzoo.recipes.finetuning.classifier import (
     read_examples,
     split_like_the_book,
 )
-from gptzoo.recipes.cli import main
 from gptzoo.recipes.finetuning.instruct import read_entries, split_in_file_order
+from gptzoo.recipes.interop.book import from_book_state, import_book
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)
-SMALL = {"vocab_size": 50257, "context_length": 64, "emb_dim": 48, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0, "qkv_bias": True}
+SMALL = {
+    "vocab_size": 50257,
+    "context_length": 64,
+    "emb_dim": 48,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
 
 
 def book(module: str):
-    return pytest.importorskip(f"llms_from_scratch.{module}", reason="the book's package (pip install llms-from-scratch, the reference extra) is absent")
+    return pytest.importorskip(
+        f"llms_from_scratch.{module}",
+        reason="the book's package (pip install llms-from-scratch, the reference extra) is absent",
+    )
 
 
 def book_model(config: dict = SMALL, seed: int = 123) -> nn.Module:
@@ -77,7 +88,9 @@ def test_book_balance_and_split_are_the_books(shared_data):
     path = shared_data("SMSSpamCollection")
     df = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"])
     books = ch06.random_split(ch06.create_balanced_dataset(df), 0.7, 0.1)
-    ours = split_like_the_book(balance_like_the_book(read_examples(path, quoting="csv"), seed=123), (0.7, 0.1, 0.2), seed=123)
+    ours = split_like_the_book(
+        balance_like_the_book(read_examples(path, quoting="csv"), seed=123), (0.7, 0.1, 0.2), seed=123
+    )
     for theirs, mine in zip(books, ours):
         assert [(e.label, e.text) for e in mine] == list(zip(theirs["Label"], theirs["Text"]))
     assert [len(part) for part in ours] == [1045, 149, 300]
@@ -90,7 +103,9 @@ def test_book_batches_and_last_position_pooling_are_the_books(tmp_path, shared_d
     ch06 = book("ch06")
     examples = read_examples(shared_data("SMSSpamCollection"), quoting="csv")[:24]
     labels = ["ham", "spam"]
-    pd.DataFrame({"Text": [e.text for e in examples], "Label": [labels.index(e.label) for e in examples]}).to_csv(tmp_path / "train.csv", index=None)
+    pd.DataFrame({"Text": [e.text for e in examples], "Label": [labels.index(e.label) for e in examples]}).to_csv(
+        tmp_path / "train.csv", index=None
+    )
     dataset = ch06.SpamDataset(tmp_path / "train.csv", tokenizer=tiktoken.get_encoding("gpt2"), max_length=None)
     book_inputs, book_labels = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=False)))
 
@@ -137,7 +152,21 @@ def test_book_split_of_the_instruction_data_is_the_books(shared_data):
 def test_import_book_gives_the_books_logits(tmp_path, capsys, attention):
     net = randomised(book_model())
     torch.save(net.state_dict(), tmp_path / "model.pth")
-    assert main(["import-book", str(tmp_path / "model.pth"), "--out", str(tmp_path / "run"), "--n-heads", "4", "--attention", attention]) == 0
+    assert (
+        main(
+            [
+                "import-book",
+                str(tmp_path / "model.pth"),
+                "--out",
+                str(tmp_path / "run"),
+                "--n-heads",
+                "4",
+                "--attention",
+                attention,
+            ]
+        )
+        == 0
+    )
     assert "2 layers, d_model 48, 4 heads, context 64" in capsys.readouterr().out
     run = load_run(tmp_path / "run")
     ids = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -147,10 +176,20 @@ def test_import_book_gives_the_books_logits(tmp_path, capsys, attention):
 
 
 def test_import_book_reads_model_and_optimizer_pth_and_defaults_heads_to_gpt2s(tmp_path):
-    config = SMALL | {"emb_dim": 768, "n_heads": 12, "n_layers": 1, "context_length": 8, "vocab_size": 50257, "qkv_bias": False}
+    config = SMALL | {
+        "emb_dim": 768,
+        "n_heads": 12,
+        "n_layers": 1,
+        "context_length": 8,
+        "vocab_size": 50257,
+        "qkv_bias": False,
+    }
     net = book_model(config)
     optimizer = torch.optim.AdamW(net.parameters())
-    torch.save({"model_state_dict": net.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, tmp_path / "model_and_optimizer.pth")
+    torch.save(
+        {"model_state_dict": net.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+        tmp_path / "model_and_optimizer.pth",
+    )
     imported = import_book(tmp_path / "model_and_optimizer.pth", tmp_path / "run")
     assert imported.model.n_heads == 12 and imported.model.qkv_bias is False
     state = load_run(tmp_path / "run").model.state_dict()
@@ -162,8 +201,14 @@ def test_import_book_reads_model_and_optimizer_pth_and_defaults_heads_to_gpt2s(t
     "content, message",
     [
         ("missing", "model.pth: no such file"),
-        ("garbage", "model.pth: not a torch checkpoint torch.load(weights_only=True) can read (RuntimeError); expected the book's model.pth, saved with torch.save(model.state_dict(), 'model.pth')"),
-        ("pickled-object", "model.pth: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); expected the book's model.pth"),
+        (
+            "garbage",
+            "model.pth: not a torch checkpoint torch.load(weights_only=True) can read (RuntimeError); expected the book's model.pth, saved with torch.save(model.state_dict(), 'model.pth')",
+        ),
+        (
+            "pickled-object",
+            "model.pth: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); expected the book's model.pth",
+        ),
         ("not-gptmodel", "model.pth: not a state dict of the book's GPTModel (no 'tok_emb.weight')"),
         ("odd-width", "emb_dim 48 is none of GPT-2's sizes, so the number of heads is unknown; give --n-heads"),
     ],
@@ -173,14 +218,21 @@ def test_import_book_errors_are_one_line_with_exit_code_2(tmp_path, capsys, cont
     if content == "garbage":
         path.write_bytes(b"not a checkpoint")
     elif content == "pickled-object":
-        torch.save({"tok_emb.weight": torch.zeros(2), "note": Path("anything")}, path)  # unpickling it would import and call code
+        torch.save(
+            {"tok_emb.weight": torch.zeros(2), "note": Path("anything")}, path
+        )  # unpickling it would import and call code
     elif content == "not-gptmodel":
         torch.save({"weight": torch.zeros(2)}, path)
     elif content == "odd-width":
         torch.save(book_model().state_dict(), path)
     assert main(["import-book", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and "weights_only=False" not in err and len(err.strip().splitlines()) == 1
+    assert (
+        message in err
+        and "Traceback" not in err
+        and "weights_only=False" not in err
+        and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -205,7 +257,9 @@ def test_torch_default_init_draws_the_books_initial_weights():
             assert torch.equal(tensor, reference), name  # ones and zeros
         elif tensor.numel() >= 2000:  # embeddings N(0, 1); linears uniform(±1/sqrt(fan_in))
             assert tensor.std().item() == pytest.approx(reference.std().item(), rel=0.05), name
-            assert tensor.abs().max().item() == pytest.approx(reference.abs().max().item(), rel=0.15 if "embedding" in name or "table" in name else 0.01), name
+            assert tensor.abs().max().item() == pytest.approx(
+                reference.abs().max().item(), rel=0.15 if "embedding" in name or "table" in name else 0.01
+            ), name
         else:  # a linear's bias: uniform(±1/sqrt(fan_in)), fan_in = its weight's columns
             fan_in = ours[name.removesuffix("bias") + "weight"].shape[1]
             assert tensor.abs().max().item() <= fan_in**-0.5 and reference.abs().max().item() <= fan_in**-0.5, name
@@ -225,10 +279,16 @@ def test_torch_default_starts_at_the_books_untrained_loss():
     ours, theirs = [], []
     with torch.no_grad():
         for seed in (1, 2, 3):
-            ours.append(F.cross_entropy(torch_default_twin(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item())
-            theirs.append(F.cross_entropy(book_model(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item())
+            ours.append(
+                F.cross_entropy(torch_default_twin(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item()
+            )
+            theirs.append(
+                F.cross_entropy(book_model(seed=seed)(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).item()
+            )
     assert sum(ours) / 3 == pytest.approx(sum(theirs) / 3, rel=0.02)
-    assert sum(ours) / 3 > math.log(50257) + 0.1  # about the book's 10.99, above uniform (10.82): N(0, 1) embeddings give confident random logits
+    assert (
+        sum(ours) / 3 > math.log(50257) + 0.1
+    )  # about the book's 10.99, above uniform (10.82): N(0, 1) embeddings give confident random logits
 
 
 # ---- chapter 3.3 and 4.4: the teaching variants -------------------------------------------
@@ -238,14 +298,38 @@ def test_no_weights_attention_is_the_books_simplified_self_attention_made_causal
     from gptzoo.core import AttentionContext
 
     # The book's section 3.3.1 inputs: "Your journey starts with one step", 3-d embeddings.
-    inputs = torch.tensor([[0.43, 0.15, 0.89], [0.55, 0.87, 0.66], [0.57, 0.85, 0.64], [0.22, 0.58, 0.33], [0.77, 0.25, 0.10], [0.05, 0.80, 0.55]])
+    inputs = torch.tensor(
+        [
+            [0.43, 0.15, 0.89],
+            [0.55, 0.87, 0.66],
+            [0.57, 0.85, 0.64],
+            [0.22, 0.58, 0.33],
+            [0.77, 0.25, 0.10],
+            [0.05, 0.80, 0.55],
+        ]
+    )
     attn_scores = inputs @ inputs.T  # the book's code, then chapter 3.5's causal mask
     attn_scores = attn_scores.masked_fill(torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1), -torch.inf)
     expected = torch.softmax(attn_scores, dim=-1) @ inputs
-    model = GPT(registry.model_config({"vocab_size": 8, "context_length": 8, "d_model": 3, "n_layers": 1, "n_heads": 1, "positional": "none", "attention": "no_weights", "tokenizer": "byte"}))
+    model = GPT(
+        registry.model_config(
+            {
+                "vocab_size": 8,
+                "context_length": 8,
+                "d_model": 3,
+                "n_layers": 1,
+                "n_heads": 1,
+                "positional": "none",
+                "attention": "no_weights",
+                "tokenizer": "byte",
+            }
+        )
+    )
     attention = model.blocks[0].attention
     positions = torch.arange(6)[None]
-    torch.testing.assert_close(attention(inputs[None], AttentionContext(model.positional, positions, positions))[0], expected)
+    torch.testing.assert_close(
+        attention(inputs[None], AttentionContext(model.positional, positions, positions))[0], expected
+    )
     assert sum(p.numel() for p in attention.parameters()) == 0
     # The last token sees every token: the book's own (non-causal) context vector for "step".
     book_all = torch.softmax(inputs @ inputs.T, dim=-1) @ inputs
@@ -261,7 +345,17 @@ def test_without_shortcuts_the_early_layers_gradients_vanish(registry, seed):
     ratios = {}
     for block in ("pre_norm", "no_shortcut"):
         torch.manual_seed(seed)
-        spec = {"vocab_size": 257, "context_length": 16, "d_model": 32, "n_layers": 6, "n_heads": 2, "tokenizer": "byte", "norm": "none", "init": "torch_default", "block": block}
+        spec = {
+            "vocab_size": 257,
+            "context_length": 16,
+            "d_model": 32,
+            "n_layers": 6,
+            "n_heads": 2,
+            "tokenizer": "byte",
+            "norm": "none",
+            "init": "torch_default",
+            "block": block,
+        }
         means = layer_gradients(GPT(registry.model_config(spec)), list(b"shortcut connections")[:17])
         ratios[block] = means[0] / means[-1]
     assert 0.5 < ratios["pre_norm"] < 2

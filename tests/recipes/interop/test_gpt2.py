@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptzoo.core import ConfigError
-from gptzoo.recipes.interop import gpt2
-from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.interop import gpt2
+from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.runs.folder import load_config, load_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,11 +39,27 @@ PUBLISHED = {
 def hf_config(**fields) -> dict:
     """A Hugging Face GPT-2 config.json as published (gpt2's values unless overridden)."""
     config = {
-        "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1, "bos_token_id": 50256,
-        "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02, "layer_norm_epsilon": 1e-05, "model_type": "gpt2",
-        "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024, "resid_pdrop": 0.1,
-        "summary_activation": None, "summary_first_dropout": 0.1, "summary_proj_to_labels": True, "summary_type": "cls_index",
-        "summary_use_proj": True, "vocab_size": 50257,
+        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"],
+        "attn_pdrop": 0.1,
+        "bos_token_id": 50256,
+        "embd_pdrop": 0.1,
+        "eos_token_id": 50256,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "gpt2",
+        "n_ctx": 1024,
+        "n_embd": 768,
+        "n_head": 12,
+        "n_layer": 12,
+        "n_positions": 1024,
+        "resid_pdrop": 0.1,
+        "summary_activation": None,
+        "summary_first_dropout": 0.1,
+        "summary_proj_to_labels": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "vocab_size": 50257,
     }
     return config | fields
 
@@ -54,23 +70,37 @@ def hf_shapes(n_layer: int, n_embd: int, vocab_size: int, n_positions: int) -> d
     shapes = {"wte.weight": (vocab_size, C), "wpe.weight": (n_positions, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
     for i in range(n_layer):
         shapes |= {
-            f"h.{i}.ln_1.weight": (C,), f"h.{i}.ln_1.bias": (C,),
-            f"h.{i}.attn.c_attn.weight": (C, 3 * C), f"h.{i}.attn.c_attn.bias": (3 * C,),
-            f"h.{i}.attn.c_proj.weight": (C, C), f"h.{i}.attn.c_proj.bias": (C,),
-            f"h.{i}.ln_2.weight": (C,), f"h.{i}.ln_2.bias": (C,),
-            f"h.{i}.mlp.c_fc.weight": (C, 4 * C), f"h.{i}.mlp.c_fc.bias": (4 * C,),
-            f"h.{i}.mlp.c_proj.weight": (4 * C, C), f"h.{i}.mlp.c_proj.bias": (C,),
+            f"h.{i}.ln_1.weight": (C,),
+            f"h.{i}.ln_1.bias": (C,),
+            f"h.{i}.attn.c_attn.weight": (C, 3 * C),
+            f"h.{i}.attn.c_attn.bias": (3 * C,),
+            f"h.{i}.attn.c_proj.weight": (C, C),
+            f"h.{i}.attn.c_proj.bias": (C,),
+            f"h.{i}.ln_2.weight": (C,),
+            f"h.{i}.ln_2.bias": (C,),
+            f"h.{i}.mlp.c_fc.weight": (C, 4 * C),
+            f"h.{i}.mlp.c_fc.bias": (4 * C,),
+            f"h.{i}.mlp.c_proj.weight": (4 * C, C),
+            f"h.{i}.mlp.c_proj.bias": (C,),
         }
     return shapes
 
 
-def write_random_gpt2(folder: Path, n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, prefix="transformer.") -> Path:
+def write_random_gpt2(
+    folder: Path, n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, prefix="transformer."
+) -> Path:
     """A GPT-2 folder in the Hugging Face layout with random weights, written without transformers."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     shapes = hf_shapes(n_layer, n_embd, vocab_size, n_positions)
-    save_file({prefix + k: torch.randn(s, generator=generator) * 0.1 for k, s in shapes.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=n_positions, n_ctx=n_positions)
+    save_file(
+        {prefix + k: torch.randn(s, generator=generator) * 0.1 for k, s in shapes.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    config = hf_config(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=n_positions, n_ctx=n_positions
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -92,13 +122,23 @@ def test_imported_config_equals_the_repo_config_of_that_size(size, attention, re
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     """A small random GPT2LMHeadModel saved in the Hugging Face layout: (model, folder)."""
-    transformers = pytest.importorskip("transformers", reason="the parity tests compare with transformers' GPT-2: pip install -e '.[reference]'")
+    transformers = pytest.importorskip(
+        "transformers", reason="the parity tests compare with transformers' GPT-2: pip install -e '.[reference]'"
+    )
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=50257, attn_implementation="eager")
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=50257, attn_implementation="eager"
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # Hugging Face initialises biases to 0 and norms to 1: randomise all, so every tensor's mapping shows
+    with (
+        torch.no_grad()
+    ):  # Hugging Face initialises biases to 0 and norms to 1: randomise all, so every tensor's mapping shows
         for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if ".ln_" in name and name.endswith("weight") else 0.3 * torch.randn_like(p))
+            p.copy_(
+                1 + 0.1 * torch.randn_like(p)
+                if ".ln_" in name and name.endswith("weight")
+                else 0.3 * torch.randn_like(p)
+            )
     folder = tmp_path_factory.mktemp("hf") / "gpt2-tiny"
     model.save_pretrained(folder, safe_serialization=True)
     return model, folder
@@ -110,7 +150,7 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +185,10 @@ def test_gptzoo_generate_command_continues_like_transformers(hf_model, tmp_path,
     tokenizer = load_run(tmp_path / "run").tokenizer  # tiktoken's gpt2, as every imported run
     assert tokenizer.vocab_size == 50257 and tokenizer.eot_id == 50256
     capsys.readouterr()
-    assert main(["generate", str(tmp_path / "run"), "--prompt", "Hello, I am", "--max-new-tokens", "12", "--no-stream"]) == 0
+    assert (
+        main(["generate", str(tmp_path / "run"), "--prompt", "Hello, I am", "--max-new-tokens", "12", "--no-stream"])
+        == 0
+    )
     expected = hf_greedy(model, tokenizer.encode("Hello, I am"), 12)
     if tokenizer.eot_id in expected:  # generation stops at end-of-text
         expected = expected[: expected.index(tokenizer.eot_id)]
@@ -176,7 +219,10 @@ def test_import_then_export_gives_back_the_same_tensors_and_logits(hf_model, tmp
     gpt2.import_gpt2(str(folder), tmp_path / "run", attention="fused")
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
 
-    original, exported = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "hf" / "model.safetensors")),
+    )
     assert sorted(exported) == sorted(original)
     for name in original:
         assert torch.equal(exported[name], original[name]), name
@@ -213,7 +259,9 @@ def test_peak_memory_of_an_import_stays_below_twice_the_weights(tmp_path, peak_r
     src = write_random_gpt2(tmp_path / "src", n_layer=8, n_embd=512, n_head=8, vocab_size=50257, n_positions=1024)
     size = (src / "model.safetensors").stat().st_size
     growth = peak_rss_growth("gptzoo.recipes.interop.gpt2:import_gpt2", src, tmp_path / "run")
-    assert growth < 2 * size + 64 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
+    assert growth < 2 * size + 64 * 2**20, (
+        f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
+    )
 
 
 # ---- export refusals -----------------------------------------------------------------------
@@ -227,10 +275,22 @@ def write_run_config(folder: Path, overrides: list[str], registry) -> None:
 
 def test_export_names_each_setting_the_nearest_family_lacks(tmp_path, registry, capsys):
     # Llama's assembly but for the output projection's bias, which Llama's attention_bias ties to the q/k/v biases.
-    write_run_config(tmp_path / "run", ["model.positional.name=rope", "model.norm.name=rmsnorm", "model.feed_forward.name=swiglu", "model.n_kv_heads=2"], registry)
+    write_run_config(
+        tmp_path / "run",
+        [
+            "model.positional.name=rope",
+            "model.norm.name=rmsnorm",
+            "model.feed_forward.name=swiglu",
+            "model.n_kv_heads=2",
+        ],
+        registry,
+    )
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
-    assert "no Hugging Face family has this assembly; as llama: attn_out_bias = true has no llama counterpart (llama: false)" in err
+    assert (
+        "no Hugging Face family has this assembly; as llama: attn_out_bias = true has no llama counterpart (llama: false)"
+        in err
+    )
     assert "Traceback" not in err and not (tmp_path / "hf").exists()
 
 
@@ -250,7 +310,9 @@ def test_export_refuses_each_non_gpt2_setting(override, named, tmp_path, registr
     write_run_config(tmp_path / "run", ["model.qkv_bias=true", override], registry)
     with pytest.raises(ConfigError, match="as gpt2: .* has no gpt2 counterpart") as err:
         hf.export_hf(tmp_path / "run", tmp_path / "hf", registry)
-    as_gpt2 = str(err.value).split("as gpt2: ")[1].split(" | ")[0]  # other families may be as near (GPT-NeoX, but for its rotary)
+    as_gpt2 = (
+        str(err.value).split("as gpt2: ")[1].split(" | ")[0]
+    )  # other families may be as near (GPT-NeoX, but for its rotary)
     assert named in as_gpt2 and "positional" not in as_gpt2
 
 
@@ -261,7 +323,9 @@ def test_export_refuses_a_non_empty_destination(tmp_path, capsys):
     (tmp_path / "hf" / "keep.txt").write_text("mine")
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["keep.txt"] and (tmp_path / "hf" / "keep.txt").read_text() == "mine"
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["keep.txt"] and (
+        tmp_path / "hf" / "keep.txt"
+    ).read_text() == "mine"
 
 
 # ---- import errors -------------------------------------------------------------------------
@@ -270,9 +334,14 @@ def test_export_refuses_a_non_empty_destination(tmp_path, capsys):
 def test_import_error_for_a_missing_folder_or_an_unknown_size(tmp_path, capsys):
     assert main(["import-gpt2", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'nowhere'}: no such folder, and not a GPT-2 size name" in err and "gpt2, gpt2-medium, gpt2-large, gpt2-xl" in err
+    assert (
+        f"{tmp_path / 'nowhere'}: no such folder, and not a GPT-2 size name" in err
+        and "gpt2, gpt2-medium, gpt2-large, gpt2-xl" in err
+    )
     assert main(["import-gpt2", "gpt2-larg", "--out", str(tmp_path / "run")]) == 2
-    assert "gpt2-larg: no such folder, and not a GPT-2 size name (did you mean 'gpt2-large'?)" in capsys.readouterr().err
+    assert (
+        "gpt2-larg: no such folder, and not a GPT-2 size name (did you mean 'gpt2-large'?)" in capsys.readouterr().err
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -341,7 +410,10 @@ def test_offline_import_says_which_files_to_place_where(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     cache = tmp_path / "cache" / "hf" / "gpt2-medium"
     assert "network is unreachable" in err
-    assert f"download config.json and model.safetensors from https://huggingface.co/gpt2-medium/tree/main into {cache}" in err
+    assert (
+        f"download config.json and model.safetensors from https://huggingface.co/gpt2-medium/tree/main into {cache}"
+        in err
+    )
     assert f"gptzoo import-gpt2 {cache} --out {tmp_path / 'run'}" in err
     assert not (tmp_path / "run").exists() and not (cache / "model.safetensors").exists()
 
@@ -425,10 +497,37 @@ def test_imported_gpt2_fine_tunes_and_exports_back(hf_model, tmp_path):
     entries = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"{2 * i + 1}"} for i in range(8)]
     (tmp_path / "data.json").write_text(json.dumps(entries))
     assert main(["import-gpt2", str(folder), "--out", str(tmp_path / "base")]) == 0
-    assert main([
-        "finetune-instruct", str(tmp_path / "base"), "--data", str(tmp_path / "data.json"), "--out", str(tmp_path / "tuned"),
-        "--epochs", "1", "--split", "0.75,0.125,0.125", "--batch-size", "6", "--eval-batches", "1", "--lr", "1e-3", "--max-length", "48", "--limit-test", "1", "--max-new-tokens", "2", "--device", "cpu",
-    ]) == 0
+    assert (
+        main(
+            [
+                "finetune-instruct",
+                str(tmp_path / "base"),
+                "--data",
+                str(tmp_path / "data.json"),
+                "--out",
+                str(tmp_path / "tuned"),
+                "--epochs",
+                "1",
+                "--split",
+                "0.75,0.125,0.125",
+                "--batch-size",
+                "6",
+                "--eval-batches",
+                "1",
+                "--lr",
+                "1e-3",
+                "--max-length",
+                "48",
+                "--limit-test",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert main(["export-hf", str(tmp_path / "tuned"), "--out", str(tmp_path / "hf")]) == 0
 
     tuned, base = load_run(tmp_path / "tuned").model, load_run(tmp_path / "base").model
@@ -436,4 +535,6 @@ def test_imported_gpt2_fine_tunes_and_exports_back(hf_model, tmp_path):
     idx = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert not torch.allclose(tuned(idx), base(idx), atol=1e-3)  # fine-tuning changed the model...
-        torch.testing.assert_close(exported(idx).logits, tuned(idx), atol=1e-4, rtol=1e-4)  # ...and the export carries it
+        torch.testing.assert_close(
+            exported(idx).logits, tuned(idx), atol=1e-4, rtol=1e-4
+        )  # ...and the export carries it

@@ -14,12 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.runs.folder import load_run
 
-transformers = pytest.importorskip("transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'")
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
 
 ATTENTION = ["sdpa", "fused", "per_head"]
 V = 320  # vocabulary of the tiny models
@@ -27,65 +29,284 @@ V = 320  # vocabulary of the tiny models
 # name -> (transformers config class, its settings, the attention variants the assembly can use)
 CASES = {
     # GQA (2 kv heads of 4), head_dim 24 != 64 / 4, untied head, biases on attention and MLP
-    "llama": ("LlamaConfig", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=False, attention_bias=True, mlp_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 5e4}), ATTENTION),
+    "llama": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=2,
+            head_dim=24,
+            tie_word_embeddings=False,
+            attention_bias=True,
+            mlp_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e4},
+        ),
+        ATTENTION,
+    ),
     # multi-query, tied head, no biases (SmolLM2's options), Llama 3.1/3.2's rope scaling (original context 16 of 64)
-    "llama-tied-mqa": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rope_parameters={
-        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), ATTENTION),
+    "llama-tied-mqa": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 5e5,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        ATTENTION,
+    ),
     # linear rope scaling (position interpolation)
-    "mistral": ("MistralConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=None, tie_word_embeddings=False, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}), ATTENTION),
+    "mistral": (
+        "MistralConfig",
+        dict(
+            num_key_value_heads=2,
+            head_dim=8,
+            sliding_window=None,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+        ),
+        ATTENTION,
+    ),
     # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
     "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
     # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), ATTENTION),
     # q/k/v biases without an o_proj bias, tied head, YaRN rope scaling (its attention factor on cos and sin)
-    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 16}), ATTENTION),
+    "qwen2": (
+        "Qwen2Config",
+        dict(
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e6,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        ATTENTION,
+    ),
     # norms on the sublayers' outputs, QK-norm across heads, GQA
-    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    "olmo2": (
+        "Olmo2Config",
+        dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        ATTENTION,
+    ),
     # q, k, v in one projection and gate, up in another; GQA; untied; rotary on the first half of each head
-    "phi3": ("Phi3Config", dict(num_key_value_heads=2, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    "phi3": (
+        "Phi3Config",
+        dict(
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # 4 experts, top 2 renormalised, GQA, a window of 6 keys
-    "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, tie_word_embeddings=False), ["sliding_window"]),
+    "mixtral": (
+        "MixtralConfig",
+        dict(
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=6,
+            tie_word_embeddings=False,
+        ),
+        ["sliding_window"],
+    ),
     # a dense first layer (mlp_only_layers) then experts (top 3 of 6, renormalised), QK-norm, head_dim 32
-    "qwen3_moe": ("Qwen3MoeConfig", dict(num_hidden_layers=3, num_key_value_heads=2, head_dim=32, num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, norm_topk_prob=True, mlp_only_layers=[0]), ATTENTION),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=32,
+            num_experts=6,
+            num_experts_per_tok=3,
+            moe_intermediate_size=40,
+            norm_topk_prob=True,
+            mlp_only_layers=[0],
+        ),
+        ATTENTION,
+    ),
     # experts every other layer (decoder_sparse_step 2), top 2 of 4 unnormalised, tied
-    "qwen3_moe-step": ("Qwen3MoeConfig", dict(num_hidden_layers=4, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, decoder_sparse_step=2, tie_word_embeddings=True), ATTENTION),
+    "qwen3_moe-step": (
+        "Qwen3MoeConfig",
+        dict(
+            num_hidden_layers=4,
+            num_key_value_heads=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            decoder_sparse_step=2,
+            tie_word_embeddings=True,
+        ),
+        ATTENTION,
+    ),
     # MLA with a query latent, interleaved rotary pairs; a dense first layer (first_k_dense_replace);
     # 8 experts in 4 groups, 2 groups kept, top 3, the bias for choosing, a shared expert, scale 2.5
-    "deepseek_v3": ("DeepseekV3Config", dict(
-        num_hidden_layers=3, num_key_value_heads=4, first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1,
-        moe_intermediate_size=24, n_group=4, topk_group=2, routed_scaling_factor=2.5, q_lora_rank=24, kv_lora_rank=16,
-        qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10, tie_word_embeddings=False,
-    ), ["latent"]),
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=24,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_nope_head_dim=12,
+            qk_rope_head_dim=8,
+            v_head_dim=10,
+            tie_word_embeddings=False,
+        ),
+        ["latent"],
+    ),
     # DeepSeek-V3's YaRN: frequencies interpolated ×4 beyond 16 positions, the scores scaled by mscale²
-    "deepseek_v3-yarn": ("DeepseekV3Config", dict(
-        num_hidden_layers=2, num_key_value_heads=4, first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
-        moe_intermediate_size=16, n_group=2, topk_group=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
-    ), ["latent"]),
+    "deepseek_v3-yarn": (
+        "DeepseekV3Config",
+        dict(
+            num_hidden_layers=2,
+            num_key_value_heads=4,
+            first_k_dense_replace=1,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            moe_intermediate_size=16,
+            n_group=2,
+            topk_group=1,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=16,
+            v_head_dim=8,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+            },
+        ),
+        ["latent"],
+    ),
     # MLA without a query latent (V2-Lite's shape), halves rotary layout, two shared experts, one group
-    "deepseek_v3-lite": ("DeepseekV3Config", dict(
-        num_key_value_heads=4, first_k_dense_replace=0, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
-        n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False, q_lora_rank=None, kv_lora_rank=16,
-        qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8, rope_interleave=False,
-    ), ["latent"]),
+    "deepseek_v3-lite": (
+        "DeepseekV3Config",
+        dict(
+            num_key_value_heads=4,
+            first_k_dense_replace=0,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=2,
+            moe_intermediate_size=16,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.0,
+            norm_topk_prob=False,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=16,
+            v_head_dim=8,
+            rope_interleave=False,
+        ),
+        ["latent"],
+    ),
     # sandwich blocks, GeGLU, √d_model embeddings, both soft-caps, query_pre_attn_scalar 16 != head_dim 24,
     # local (window 6) and global layers alternating, GQA, tied
-    "gemma2": ("Gemma2Config", dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=16, sliding_window=6, attn_logit_softcapping=20.0, final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            query_pre_attn_scalar=16,
+            sliding_window=6,
+            attn_logit_softcapping=20.0,
+            final_logit_softcapping=5.0,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # five local layers to one global (7 layers: the pattern wraps), QK-norm with Gemma's (1 + weight),
     # rotary bases 1e4 local and 1e6 global with linear scaling 8 (Gemma 3 4B-27B), multi-query, untied
-    "gemma3_text": ("Gemma3TextConfig", dict(num_hidden_layers=7, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=6, tie_word_embeddings=False,
-                                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4}, "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}},
-                                             pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        dict(
+            num_hidden_layers=7,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=6,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+            },
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # attention and MLP in parallel, each with its own LayerNorm; rotary on 1/4 of each head; q, k, v interleaved per head; exact GELU
-    "gpt_neox": ("GPTNeoXConfig", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ATTENTION),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        dict(
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25},
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # the same with the two sublayers one after the other (use_parallel_residual = false)
-    "gpt_neox-sequential": ("GPTNeoXConfig", dict(use_parallel_residual=False, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, pad_token_id=0, bos_token_id=1, eos_token_id=2), ["sdpa"]),
+    "gpt_neox-sequential": (
+        "GPTNeoXConfig",
+        dict(
+            use_parallel_residual=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ["sdpa"],
+    ),
     # a window on every layer (Phi-3-mini-4k: 2047 of 4096)
-    "phi3-window": ("Phi3Config", dict(num_key_value_heads=2, sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2), ["sliding_window"]),
+    "phi3-window": (
+        "Phi3Config",
+        dict(num_key_value_heads=2, sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        ["sliding_window"],
+    ),
     # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
-DECODER = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, rms_norm_eps=1e-5)
+DECODER = dict(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
 
 
 def build(case: str):
@@ -94,7 +315,9 @@ def build(case: str):
     config = getattr(transformers, config_class)(**fields | {"vocab_size": V}, attn_implementation="eager")
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
+    with (
+        torch.no_grad()
+    ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
         for name, p in model.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name or ".ln_" in name else 0.3 * torch.randn_like(p))
         for name, b in model.named_buffers():
@@ -132,7 +355,15 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
     prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
     left_padded = torch.tensor([prompts[0], [0] * 4 + prompts[1]])
     with torch.no_grad():
-        out = model.generate(left_padded, attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
+        out = model.generate(
+            left_padded,
+            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     hf_tokens = out[:, 7:].tolist()
     for attention in CASES[case][2]:
         run_dir = tmp_path / attention
@@ -141,10 +372,14 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
         assert run.config.model.attention.name == attention
         with torch.no_grad():
             ours = run.model(idx, pad_mask=mask)
-        torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}, {attention}: {m}")
+        torch.testing.assert_close(
+            ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}, {attention}: {m}"
+        )
         assert generate_ids(run.model, prompts, 20) == hf_tokens, f"{case}, {attention}"
     assert main(["export-hf", str(tmp_path / CASES[case][2][0]), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", attn_implementation="eager").eval()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "exported", attn_implementation="eager"
+    ).eval()
     torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
 
 
@@ -152,13 +387,18 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
     hf.import_hf(folder, tmp_path / "run")
     hf.export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = load_file(str(folder / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     assert sorted(exported) == sorted(set(original) - tied)
     for name in exported:
         assert torch.equal(exported[name], original[name]), name
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == model.config.model_type  # several may match (Mistral without a window is a Llama): the source's
+    assert (
+        config["model_type"] == model.config.model_type
+    )  # several may match (Mistral without a window is a Llama): the source's
 
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
@@ -170,7 +410,11 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     model = info["config"]["model"]
     # Total parameters as transformers counts them (its buffers aside); active: less the idle experts of each mixture layer.
     assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
-    idle = sum((m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2 for n, m in hf_model.named_modules() if n.endswith(".experts"))
+    idle = sum(
+        (m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2
+        for n, m in hf_model.named_modules()
+        if n.endswith(".experts")
+    )
     assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
     family = case.split("-")[0]
     feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3") else "swiglu"
@@ -182,19 +426,43 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "gpt_neox": ("rope", "gelu", "layernorm", "parallel"),
         "gpt_neox-sequential": ("rope", "gelu", "layernorm", "pre_norm"),
     }.get(case, ("rope", feed_forward, "rmsnorm", "pre_norm"))
-    assert (model["positional"]["name"], model["feed_forward"]["name"], model["norm"]["name"], model["block"]["name"]) == expected
-    assert model["attention"].get("qk_norm", "none") == {"qwen3": "per_head", "olmo2": "across_heads", "qwen3_moe": "per_head", "gemma3_text": "per_head"}.get(family, "none")
+    assert (
+        model["positional"]["name"],
+        model["feed_forward"]["name"],
+        model["norm"]["name"],
+        model["block"]["name"],
+    ) == expected
+    assert model["attention"].get("qk_norm", "none") == {
+        "qwen3": "per_head",
+        "olmo2": "across_heads",
+        "qwen3_moe": "per_head",
+        "gemma3_text": "per_head",
+    }.get(family, "none")
     if case.startswith("gemma"):  # local (windowed) and global layers
-        assert model["layer_pattern"] == {"gemma2": ["local", "global"], "gemma3_text": ["local"] * 5 + ["global"]}[case]
-        assert model["layer_kinds"]["local"]["attention"]["window"] == 6 and model["embedding_scale"] == "sqrt_d_model" and model["norm"]["unit_offset"]
+        assert (
+            model["layer_pattern"] == {"gemma2": ["local", "global"], "gemma3_text": ["local"] * 5 + ["global"]}[case]
+        )
+        assert (
+            model["layer_kinds"]["local"]["attention"]["window"] == 6
+            and model["embedding_scale"] == "sqrt_d_model"
+            and model["norm"]["unit_offset"]
+        )
     if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
         assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
-    scaling = {"llama-tied-mqa": "llama3", "mistral": "linear", "qwen2": "yarn", "gemma3_text": "linear", "deepseek_v3-yarn": "yarn"}.get(case)
+    scaling = {
+        "llama-tied-mqa": "llama3",
+        "mistral": "linear",
+        "qwen2": "yarn",
+        "gemma3_text": "linear",
+        "deepseek_v3-yarn": "yarn",
+    }.get(case)
     assert (model["positional"].get("scaling") or {}).get("type") == scaling
     if case == "phi3":
         assert model["positional"]["fraction"] == 0.5
     if case.startswith("gpt_neox"):
-        assert model["feed_forward"]["approximate"] == "none" and model["positional"]["fraction"] == {"gpt_neox": 0.25}.get(case, 0.5)
+        assert model["feed_forward"]["approximate"] == "none" and model["positional"]["fraction"] == {
+            "gpt_neox": 0.25
+        }.get(case, 0.5)
 
 
 # ---- the folder: shards, dtypes, refusals, memory -----------------------------------------------
@@ -207,10 +475,17 @@ def test_shards_and_bfloat16_import_as_they_are_or_as_float32(tmp_path):
     original = {k: v for f in (tmp_path / "src").glob("model-*.safetensors") for k, v in load_file(str(f)).items()}
     hf.import_hf(tmp_path / "src", tmp_path / "bf16", dtype="bfloat16")
     hf.import_hf(tmp_path / "src", tmp_path / "fp32", dtype="float32")
-    bf16, fp32 = load_file(str(tmp_path / "bf16" / "model.safetensors")), load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    bf16, fp32 = (
+        load_file(str(tmp_path / "bf16" / "model.safetensors")),
+        load_file(str(tmp_path / "fp32" / "model.safetensors")),
+    )
     q, k, v = (original[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
-    assert bf16["blocks.1.attention.qkv.weight"].dtype == torch.bfloat16 and torch.equal(bf16["blocks.1.attention.qkv.weight"], torch.cat([q, k, v]))
-    assert fp32["blocks.1.attention.qkv.weight"].dtype == torch.float32 and torch.equal(fp32["blocks.1.attention.qkv.weight"], torch.cat([q, k, v]).float())
+    assert bf16["blocks.1.attention.qkv.weight"].dtype == torch.bfloat16 and torch.equal(
+        bf16["blocks.1.attention.qkv.weight"], torch.cat([q, k, v])
+    )
+    assert fp32["blocks.1.attention.qkv.weight"].dtype == torch.float32 and torch.equal(
+        fp32["blocks.1.attention.qkv.weight"], torch.cat([q, k, v]).float()
+    )
     assert torch.equal(bf16["head.weight"], original["lm_head.weight"])
 
 
@@ -218,28 +493,47 @@ def test_export_shards_past_the_size_and_transformers_loads_them(tmp_path):
     model = build("qwen2")
     model.save_pretrained(tmp_path / "src")
     hf.import_hf(tmp_path / "src", tmp_path / "run")
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--max-shard-gb", str(50_000 / 2**30)]) == 0
+    assert (
+        main(
+            ["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--max-shard-gb", str(50_000 / 2**30)]
+        )
+        == 0
+    )
     index = json.loads((tmp_path / "out" / hf.INDEX).read_text())
     files = sorted(set(index["weight_map"].values()))
-    assert len(files) > 2 and all((tmp_path / "out" / f).stat().st_size < 50_000 + 4096 for f in files if len(load_file(str(tmp_path / "out" / f))) > 1)
+    assert len(files) > 2 and all(
+        (tmp_path / "out" / f).stat().st_size < 50_000 + 4096
+        for f in files
+        if len(load_file(str(tmp_path / "out" / f))) > 1
+    )
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     idx, mask, positions = padded_batch()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], hf_logits(model, idx, mask, positions)[mask], atol=0, rtol=0)
+    torch.testing.assert_close(
+        hf_logits(reloaded, idx, mask, positions)[mask], hf_logits(model, idx, mask, positions)[mask], atol=0, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
     "change, named",
     [
         ({"model_type": "bert"}, 'model_type = "bert" is not a family gptzoo imports; supported: gpt2, llama'),
-        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for llama (the SwiGLU feed-forward gates with SiLU'),
-        ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}, 'rope_parameters.rope_type = "dynamic" is not supported for llama'),
+        (
+            {"hidden_act": "gelu"},
+            'hidden_act = "gelu" is not supported for llama (the SwiGLU feed-forward gates with SiLU',
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for llama',
+        ),
         ({"num_hidden_layers": None}, "num_hidden_layers missing"),
     ],
 )
 def test_an_unsupported_model_or_option_is_refused_before_anything_is_written(change, named, tmp_path, capsys):
     build("llama-tied-mqa").save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps({k: v for k, v in (config | change).items() if v is not None}))
+    (tmp_path / "src" / "config.json").write_text(
+        json.dumps({k: v for k, v in (config | change).items() if v is not None})
+    )
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert named in err and "config.json" in err and "Traceback" not in err
@@ -261,25 +555,51 @@ def test_peak_memory_of_an_import_is_about_the_largest_tensor(tmp_path, peak_rss
     C, H, L, V_big = 512, 1536, 6, 32000
     shapes = {"model.embed_tokens.weight": (V_big, C), "model.norm.weight": (C,), "lm_head.weight": (V_big, C)}
     for i in range(L):
-        shapes |= {f"model.layers.{i}.{n}": s for n, s in {
-            "input_layernorm.weight": (C,), "post_attention_layernorm.weight": (C,),
-            "self_attn.q_proj.weight": (C, C), "self_attn.k_proj.weight": (C // 4, C), "self_attn.v_proj.weight": (C // 4, C), "self_attn.o_proj.weight": (C, C),
-            "mlp.gate_proj.weight": (H, C), "mlp.up_proj.weight": (H, C), "mlp.down_proj.weight": (C, H)}.items()}
+        shapes |= {
+            f"model.layers.{i}.{n}": s
+            for n, s in {
+                "input_layernorm.weight": (C,),
+                "post_attention_layernorm.weight": (C,),
+                "self_attn.q_proj.weight": (C, C),
+                "self_attn.k_proj.weight": (C // 4, C),
+                "self_attn.v_proj.weight": (C // 4, C),
+                "self_attn.o_proj.weight": (C, C),
+                "mlp.gate_proj.weight": (H, C),
+                "mlp.up_proj.weight": (H, C),
+                "mlp.down_proj.weight": (C, H),
+            }.items()
+        }
     src = tmp_path / "src"
     src.mkdir()
     g = torch.Generator().manual_seed(0)
     names = list(shapes)
-    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    halves = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     for file, part in halves.items():
         save_file({n: torch.randn(shapes[n], generator=g) for n in part}, str(src / file), metadata={"format": "pt"})
     (src / hf.INDEX).write_text(json.dumps({"weight_map": {n: f for f, part in halves.items() for n in part}}))
-    (src / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": V_big, "hidden_size": C, "intermediate_size": H, "num_hidden_layers": L,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+    (src / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "vocab_size": V_big,
+                "hidden_size": C,
+                "intermediate_size": H,
+                "num_hidden_layers": L,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 256,
+            }
+        )
+    )
     size = sum((src / f).stat().st_size for f in halves)
     growth = peak_rss_growth("gptzoo.recipes.interop.hf.convert:import_hf", src, tmp_path / "run")
     largest = V_big * C * 4
-    assert growth < size + 2 * largest, f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
+    assert growth < size + 2 * largest, (
+        f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
+    )
 
 
 # ---- the checkpoint's tokenizer and chat template -----------------------------------------------
@@ -299,13 +619,27 @@ def write_tokenizer(folder):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=V, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(["The quick brown fox jumps over the lazy dog. " * 20, "Hello world, how are you today?"], trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=V, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(
+        ["The quick brown fox jumps over the lazy dog. " * 20, "Hello world, how are you today?"], trainer
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+    )
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "chat_template": CHAT_TEMPLATE}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "chat_template": CHAT_TEMPLATE,
+            }
+        )
+    )
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [3, 1]}))
     return tokenizer
 
@@ -328,7 +662,9 @@ def test_the_hf_tokenizer_encodes_and_renders_chats_as_transformers(chat_checkpo
         assert tokenizer.encode(text) == reference(text).input_ids, text
         assert tokenizer.encode(text)[:1] == [0]  # BOS, from the post-processor
     messages = [{"role": "user", "content": "How are you?"}]
-    assert tokenizer.render_chat(messages) == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.render_chat(messages) == reference.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     expected = reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     assert tokenizer.encode_chat(messages) == list(getattr(expected, "input_ids", expected))
 
@@ -338,18 +674,27 @@ def test_generate_and_chat_work_on_an_imported_run_and_the_tokenizer_exports(cha
     reference = transformers.AutoTokenizer.from_pretrained(src)
     assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    assert main(["generate", str(tmp_path / "run"), "--prompt", "Hello world", "--max-new-tokens", "8", "--no-stream"]) == 0
+    assert (
+        main(["generate", str(tmp_path / "run"), "--prompt", "Hello world", "--max-new-tokens", "8", "--no-stream"])
+        == 0
+    )
     prompt = reference("Hello world").input_ids
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=[3, 1], pad_token_id=1)[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=[3, 1], pad_token_id=1
+        )[0, len(prompt) :].tolist()
     out = out[: out.index(3)] if 3 in out else out
     assert capsys.readouterr().out == reference.decode(prompt + out) + "\n"
 
     assert main(["chat", str(tmp_path / "run"), "--instruction", "How are you?", "--max-new-tokens", "6"]) == 0
-    ids = reference.apply_chat_template([{"role": "user", "content": "How are you?"}], tokenize=True, add_generation_prompt=True)
+    ids = reference.apply_chat_template(
+        [{"role": "user", "content": "How are you?"}], tokenize=True, add_generation_prompt=True
+    )
     ids = list(getattr(ids, "input_ids", ids))
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=3, pad_token_id=1)[0, len(ids):].tolist()
+        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=3, pad_token_id=1)[
+            0, len(ids) :
+        ].tolist()
     out = out[: out.index(3)] if 3 in out else out
     assert capsys.readouterr().out == reference.decode(out).strip() + "\n"
 
@@ -366,12 +711,20 @@ def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matche
     from gptzoo.recipes.config.schema import load_run_config
     from gptzoo.recipes.runs.folder import save_run
 
-    config = load_run_config(hf.Path(__file__).resolve().parents[3] / "configs" / "llama-style.toml", ["model.tokenizer.name=byte", "model.vocab_size=257"], registry)
+    config = load_run_config(
+        hf.Path(__file__).resolve().parents[3] / "configs" / "llama-style.toml",
+        ["model.tokenizer.name=byte", "model.vocab_size=257"],
+        registry,
+    )
     torch.manual_seed(0)
     model = GPT(config.model).eval()
     save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
     family, data = hf.export_hf(tmp_path / "run", tmp_path / "out", registry)
-    assert family.model_type == "llama" and data["num_key_value_heads"] == 2 and data["rope_parameters"]["rope_theta"] == 10000.0
+    assert (
+        family.model_type == "llama"
+        and data["num_key_value_heads"] == 2
+        and data["rope_parameters"]["rope_theta"] == 10000.0
+    )
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     idx = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -381,8 +734,23 @@ def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matche
 @pytest.mark.parametrize(
     "change, named",
     [
-        ({"quantization_config": {"quant_method": "fp8"}}, 'quantization_config = {"quant_method": "fp8"} is not supported for deepseek_v3 (the weights must be floating point; dequantize'),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.7, "mscale_all_dim": 1.0}}, "mscale = 0.7 with mscale_all_dim = 1.0 is not supported for deepseek_v3"),
+        (
+            {"quantization_config": {"quant_method": "fp8"}},
+            'quantization_config = {"quant_method": "fp8"} is not supported for deepseek_v3 (the weights must be floating point; dequantize',
+        ),
+        (
+            {
+                "rope_parameters": {
+                    "rope_type": "yarn",
+                    "rope_theta": 1e4,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                    "mscale": 0.7,
+                    "mscale_all_dim": 1.0,
+                }
+            },
+            "mscale = 0.7 with mscale_all_dim = 1.0 is not supported for deepseek_v3",
+        ),
     ],
 )
 def test_deepseek_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
@@ -405,13 +773,35 @@ def test_an_imported_run_starts_a_training_with_a_component_swapped(tmp_path, ca
     write_tokenizer(src)
     assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 0
     assert main(["describe", str(tmp_path / "run")]) == 0
-    train = ["train", str(tmp_path / "run"), "--set", f"train.init_from={tmp_path / 'run'}", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
-             "--set", "train.lr=1e-9", "--set", "train.eval_batches=1", "--set", "train.sample_tokens=0", "--set", "model.attention.qk_norm=none"]
+    train = [
+        "train",
+        str(tmp_path / "run"),
+        "--set",
+        f"train.init_from={tmp_path / 'run'}",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.lr=1e-9",
+        "--set",
+        "train.eval_batches=1",
+        "--set",
+        "train.sample_tokens=0",
+        "--set",
+        "model.attention.qk_norm=none",
+    ]
     capsys.readouterr()
     assert main(train + ["--out", str(tmp_path / "new")]) == 0
     said = capsys.readouterr()
-    assert "started from" in said.out + said.err and "left behind: blocks.0.attention.qk_norm.k_norm" in said.out + said.err
-    source, trained = load_file(str(tmp_path / "run" / "model.safetensors")), load_file(str(tmp_path / "new" / "model.safetensors"))
+    assert (
+        "started from" in said.out + said.err
+        and "left behind: blocks.0.attention.qk_norm.k_norm" in said.out + said.err
+    )
+    source, trained = (
+        load_file(str(tmp_path / "run" / "model.safetensors")),
+        load_file(str(tmp_path / "new" / "model.safetensors")),
+    )
     assert sorted(trained) == sorted(n for n in source if ".qk_norm." not in n)
     for name in trained:
         torch.testing.assert_close(trained[name], source[name], atol=1e-6, rtol=0, msg=name)
@@ -421,5 +811,8 @@ def test_an_imported_run_starts_a_training_with_a_component_swapped(tmp_path, ca
     assert main(train + ["--set", "model.n_kv_heads=4", "--out", str(tmp_path / "wrong")]) == 2
     err = capsys.readouterr().err
     # (4 query + 2 × 2 kv heads) × head_dim 32 rows in the checkpoint, (4 + 2 × 4) × 32 with 4 kv heads
-    assert "holds blocks.0.attention.qkv.weight as (256, 64) but this config makes it (384, 64)" in err and "Traceback" not in err
+    assert (
+        "holds blocks.0.attention.qkv.weight as (256, 64) but this config makes it (384, 64)" in err
+        and "Traceback" not in err
+    )
     assert not (tmp_path / "wrong" / "model.safetensors").exists()

@@ -12,7 +12,15 @@ from torch import Tensor, nn
 
 from gptzoo.core import ConfigError, GptzooError, Norm
 from gptzoo.recipes import cli
-from gptzoo.recipes.research.sweep.ablate import RunResult, Stat, aggregate, expand_grid, load_sweep, markdown_table, run_sweep
+from gptzoo.recipes.research.sweep.ablate import (
+    RunResult,
+    Stat,
+    aggregate,
+    expand_grid,
+    load_sweep,
+    markdown_table,
+    run_sweep,
+)
 from gptzoo.recipes.runs.folder import TRAIN_STATE, append_metrics
 from gptzoo.recipes.training.loop import NonFiniteLossError
 
@@ -74,7 +82,16 @@ class FakeTrainer:
         out.mkdir(parents=True, exist_ok=True)
         append_metrics(out, {"step": 3, "tokens": 192, "val_loss": final + 1.0})
         append_metrics(out, {"step": 6, "tokens": 384, "val_loss": final})
-        return SimpleNamespace(steps=6, tokens=384, final_val_loss=final, best_val_loss=final, tokens_per_s=1000.0, peak_memory_bytes=2**20, wall_s=2.0, stopped="done")
+        return SimpleNamespace(
+            steps=6,
+            tokens=384,
+            final_val_loss=final,
+            best_val_loss=final,
+            tokens_per_s=1000.0,
+            peak_memory_bytes=2**20,
+            wall_s=2.0,
+            stopped="done",
+        )
 
 
 # ---- grid expansion -----------------------------------------------------------------------
@@ -94,7 +111,12 @@ def test_one_at_a_time_grid_is_the_base_then_each_value_alone():
 
 
 def test_product_sweep_resolves_every_variant_and_marks_the_base(write, registry):
-    sweep = load_sweep(write('seeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n'), registry)
+    sweep = load_sweep(
+        write(
+            'seeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n'
+        ),
+        registry,
+    )
     assert [v.label for v in sweep.variants] == [
         "positional=learned, norm=layernorm",
         "positional=learned, norm=rmsnorm",
@@ -115,7 +137,12 @@ def test_product_sweep_resolves_every_variant_and_marks_the_base(write, registry
 
 
 def test_one_at_a_time_sweep_skips_values_equal_to_the_base(write, registry):
-    sweep = load_sweep(write('mode = "one_at_a_time"\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n"model.norm.name" = ["rmsnorm"]\n'), registry)
+    sweep = load_sweep(
+        write(
+            'mode = "one_at_a_time"\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n"model.norm.name" = ["rmsnorm"]\n'
+        ),
+        registry,
+    )
     assert [v.label for v in sweep.variants] == ["base", "positional=rope", "positional=alibi", "norm=rmsnorm"]
     assert [(v.config.model.positional.name, v.config.model.norm.name) for v in sweep.variants] == [
         ("learned", "layernorm"), ("rope", "layernorm"), ("alibi", "layernorm"), ("learned", "rmsnorm"),
@@ -125,20 +152,27 @@ def test_one_at_a_time_sweep_skips_values_equal_to_the_base(write, registry):
 
 def test_a_product_grid_without_the_base_runs_the_base_too(write, registry):
     sweep = load_sweep(write('[axes]\n"model.positional.name" = ["rope", "alibi"]\n'), registry)
-    assert [(v.label, v.is_base) for v in sweep.variants] == [("base", True), ("positional=rope", False), ("positional=alibi", False)]
+    assert [(v.label, v.is_base) for v in sweep.variants] == [
+        ("base", True),
+        ("positional=rope", False),
+        ("positional=alibi", False),
+    ]
 
 
 def test_axis_values_may_be_tables_booleans_and_numbers_and_set_applies_to_all(write, registry):
     sweep = load_sweep(
         write(
-            "[set]\ntrain.lr = 0.01\n\"model.positional\" = { name = \"rope\", base = 500.0 }\n"
+            '[set]\ntrain.lr = 0.01\n"model.positional" = { name = "rope", base = 500.0 }\n'
             "[axes]\n"
             'model.feed_forward = [{ name = "gelu" }, { name = "swiglu", hidden = 48 }]\n'
             '"model.tied_head" = [false, true]\n'
         ),
         registry,
     )
-    got = [(v.config.model.feed_forward.name, v.config.model.feed_forward.params.hidden, v.config.model.tied_head) for v in sweep.variants]
+    got = [
+        (v.config.model.feed_forward.name, v.config.model.feed_forward.params.hidden, v.config.model.tied_head)
+        for v in sweep.variants
+    ]
     assert got == [("gelu", None, False), ("gelu", None, True), ("swiglu", 48, False), ("swiglu", 48, True)]
     for variant in sweep.variants:  # [set]: an unquoted dotted key and a whole component spec
         assert variant.config.train.lr == 0.01
@@ -152,7 +186,10 @@ def test_axis_values_may_be_tables_booleans_and_numbers_and_set_applies_to_all(w
 @pytest.mark.parametrize(
     "axis, named",
     [
-        ('"model.positionl.name" = ["learned", "rope"]', ["model.positionl.name", "positionl", "did you mean 'positional'"]),
+        (
+            '"model.positionl.name" = ["learned", "rope"]',
+            ["model.positionl.name", "positionl", "did you mean 'positional'"],
+        ),
         ('"model.positional.name" = ["learned", "rop"]', ["model.positional.name", "'rop'", "did you mean 'rope'"]),
         ('"model.norm.eps" = [1e-5, "tiny"]', ["model.norm.eps", "tiny"]),
     ],
@@ -235,9 +272,16 @@ def test_rerunning_skips_finished_runs_and_resumes_unfinished_ones(write, tmp_pa
 
 
 def test_failed_and_diverged_runs_are_reported_and_the_others_complete(write, tmp_path, registry):
-    sweep = load_sweep(write('seeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n'), registry)
+    sweep = load_sweep(
+        write('seeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n'), registry
+    )
     out = tmp_path / "out"
-    trainer = FakeTrainer(fail={"positional-rope-seed1": NonFiniteLossError("loss became NaN"), "positional-alibi-seed0": RuntimeError("boom")})
+    trainer = FakeTrainer(
+        fail={
+            "positional-rope-seed1": NonFiniteLossError("loss became NaN"),
+            "positional-alibi-seed0": RuntimeError("boom"),
+        }
+    )
     results = run_sweep(sweep, out, trainer=trainer, registry=registry, progress=False, log=lambda m: None)
 
     assert len(trainer.calls) == 6
@@ -284,9 +328,25 @@ def test_aggregate_is_mean_and_sample_std_over_seeds(write, registry):
     learned, rope = (v.slug for v in sweep.variants)
 
     def run(slug, seed, final, best):
-        return RunResult(slug, seed, "done", params=100, final_val_loss=final, best_val_loss=best, tokens_per_s=10.0 * (seed + 1), peak_memory_bytes=seed + 1, wall_s=1.0 + seed)
+        return RunResult(
+            slug,
+            seed,
+            "done",
+            params=100,
+            final_val_loss=final,
+            best_val_loss=best,
+            tokens_per_s=10.0 * (seed + 1),
+            peak_memory_bytes=seed + 1,
+            wall_s=1.0 + seed,
+        )
 
-    results = [run(learned, 0, 2.0, 1.9), run(learned, 1, 2.4, 2.3), run(rope, 0, 2.0, 2.0), run(rope, 1, 2.2, 2.1), run(rope, 2, 2.6, 2.5)]
+    results = [
+        run(learned, 0, 2.0, 1.9),
+        run(learned, 1, 2.4, 2.3),
+        run(rope, 0, 2.0, 2.0),
+        run(rope, 1, 2.2, 2.1),
+        run(rope, 2, 2.6, 2.5),
+    ]
     base_row, rope_row = aggregate(sweep.variants, results)
 
     # By hand: rope final losses 2.0, 2.2, 2.6 -> mean 6.8/3; deviations -0.2667, -0.0667, 0.3333;
@@ -331,7 +391,9 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
     assert table["overrides"] == 'model.positional.name="rope"'
 
     markdown = (out / "results.md").read_text(encoding="utf-8").splitlines()
-    assert markdown[2].startswith("| variant | params | tokens | train FLOPs | final val loss | Δ final val loss | best val loss |")
+    assert markdown[2].startswith(
+        "| variant | params | tokens | train FLOPs | final val loss | Δ final val loss | best val loss |"
+    )
     assert markdown[4].startswith("| **positional=learned** (base) |")
     assert "| 3.5500 ± 0.0707 | +0.5000 |" in markdown[5]  # two seeds: no interval
     assert "no interval is given with fewer than 3 seeds" in markdown[0]
@@ -344,7 +406,9 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
 
 
 def test_table_gives_paired_intervals_from_three_seeds_and_flags_shared_throughput(write, registry):
-    sweep = load_sweep(write('seeds = [0, 1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n'), registry)
+    sweep = load_sweep(
+        write('seeds = [0, 1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope", "alibi"]\n'), registry
+    )
     learned, rope, alibi = (v.slug for v in sweep.variants)
     finals = {learned: [3.0, 3.1, 3.3], rope: [2.9, 3.0, 3.15], alibi: [3.1, 3.0, 3.4]}
     results = [
@@ -369,7 +433,9 @@ def test_a_tiny_sweep_through_the_cli(tmp_path, shared_data, capsys):
     verdict = shared_data("the-verdict.txt")
     (tmp_path / "base.toml").write_text(BASE.format(source=verdict, cache=tmp_path / "cache"), encoding="utf-8")
     sweep = tmp_path / "sweep.toml"
-    sweep.write_text('base = "base.toml"\nseeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n', encoding="utf-8")
+    sweep.write_text(
+        'base = "base.toml"\nseeds = [0, 1]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n', encoding="utf-8"
+    )
     out = tmp_path / "out"
 
     assert cli.main(["ablate", str(sweep), "--out", str(out), "--workers", "2", "--no-progress"]) == 0
@@ -385,7 +451,9 @@ def test_a_tiny_sweep_through_the_cli(tmp_path, shared_data, capsys):
             finals.append(metrics[-1]["val_loss"])
         assert row["status"] == "ok"
         assert float(row["final_val_loss_mean"]) == pytest.approx((finals[0] + finals[1]) / 2, rel=1e-5)
-        assert float(row["final_val_loss_std"]) == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2), rel=1e-4, abs=1e-9)
+        assert float(row["final_val_loss_std"]) == pytest.approx(
+            abs(finals[0] - finals[1]) / math.sqrt(2), rel=1e-4, abs=1e-9
+        )
     # A learned position table has context_length × d_model = 16 × 32 parameters; rope has none.
     assert int(rows["positional-learned"]["params"]) - int(rows["positional-rope"]["params"]) == 16 * 32
 
@@ -406,7 +474,9 @@ class ScaleNorm(Norm):
 
 
 def test_a_plugin_registered_in_code_can_be_a_variant(write, tmp_path, registry):
-    path = write('[set]\n"train.max_steps" = 2\n"train.eval_interval" = 2\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n')
+    path = write(
+        '[set]\n"train.max_steps" = 2\n"train.eval_interval" = 2\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n'
+    )
     with pytest.raises(ConfigError, match="unknown norm 'scalenorm'"):
         load_sweep(path, registry)
 
@@ -469,6 +539,9 @@ def test_runs_record_their_plugins_and_retrain_when_a_plugin_changed(write, tmp_
     logged.clear()
     run_sweep(sweep, out, trainer=trainer, registry=registry, progress=False, log=logged.append)
     assert sorted(name for name, _ in trainer.calls) == ["positional-learned-seed0", "positional-rope-seed0"]
-    assert any(f"model.positional 'rope' from {entry.distribution} 0.0.1 then, {entry.distribution} {entry.version} now" in m for m in logged)
+    assert any(
+        f"model.positional 'rope' from {entry.distribution} 0.0.1 then, {entry.distribution} {entry.version} now" in m
+        for m in logged
+    )
     assert any("model.feed_forward 'gelu': the code of" in m and "changed" in m for m in logged)
     assert json.loads(record_file.read_text())["components"]["model.positional"]["version"] == entry.version

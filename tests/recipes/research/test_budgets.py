@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from gptzoo.core import ConfigError
-from gptzoo.recipes.research.sweep.ablate import load_sweep, parameter_count
 from gptzoo.recipes.config.schema import validate_run_config
+from gptzoo.recipes.research.sweep.ablate import load_sweep, parameter_count
 from gptzoo.recipes.training.loop import train
 
 V, D, T = 12, 16, 16  # the task's 10 ids + eot + unk; d_model; context
@@ -23,7 +23,14 @@ def task_config(registry, n_layers, **train_fields):
         {
             "model": {"context_length": T, "d_model": D, "n_layers": n_layers, "n_heads": 2},
             "data": {"task": {"name": "induction", "vocab_size": 10, "val_examples": 8}},
-            "train": {"batch_size": 2, "eval_interval": 1000, "eval_batches": 1, "sample_tokens": 0, "device": "cpu", **train_fields},
+            "train": {
+                "batch_size": 2,
+                "eval_interval": 1000,
+                "eval_batches": 1,
+                "sample_tokens": 0,
+                "device": "cpu",
+                **train_fields,
+            },
         },
         "t",
         registry,
@@ -41,7 +48,9 @@ def test_a_flops_budget_buys_fewer_tokens_for_a_larger_model(tmp_path, registry)
 
 
 def test_one_budget_at_a_time(registry):
-    with pytest.raises(ConfigError, match="give one of max_steps, epochs, max_tokens, max_flops; got max_steps, max_flops"):
+    with pytest.raises(
+        ConfigError, match="give one of max_steps, epochs, max_tokens, max_flops; got max_steps, max_flops"
+    ):
         task_config(registry, 1, max_steps=3, max_flops=1e9)
 
 
@@ -53,8 +62,8 @@ def mlp_params(d, hidden, gated):
 def test_parameter_matching_sizes_the_feed_forward_to_the_base(tmp_path, registry):
     base = tmp_path / "base.toml"
     base.write_text(
-        "[model]\ncontext_length = 16\nd_model = 64\nn_layers = 2\nn_heads = 4\nfeed_forward = { name = \"gelu\" }\n"
-        "[data]\ntask = { name = \"induction\", vocab_size = 10 }\n[train]\nmax_steps = 2\n"
+        '[model]\ncontext_length = 16\nd_model = 64\nn_layers = 2\nn_heads = 4\nfeed_forward = { name = "gelu" }\n'
+        '[data]\ntask = { name = "induction", vocab_size = 10 }\n[train]\nmax_steps = 2\n'
     )
     sweep_file = tmp_path / "sweep.toml"
     sweep_file.write_text(
@@ -73,15 +82,18 @@ def test_parameter_matching_sizes_the_feed_forward_to_the_base(tmp_path, registr
     assert abs(swiglu.matched["error"]) <= 0.01
 
     sweep_file.write_text(sweep_file.read_text().replace("tolerance = 0.01", "multiple_of = 128\ntolerance = 0.001"))
-    with pytest.raises(ConfigError, match=r"match_params for variant 'feed_forward=swiglu': the nearest model.feed_forward.hidden = 128 gives"):
+    with pytest.raises(
+        ConfigError,
+        match=r"match_params for variant 'feed_forward=swiglu': the nearest model.feed_forward.hidden = 128 gives",
+    ):
         load_sweep(sweep_file, registry)
 
 
 def test_parameter_matching_with_sizes_matches_each_size_to_its_own_base(tmp_path, registry):
     base = tmp_path / "base.toml"
     base.write_text(
-        "[model]\ncontext_length = 16\nd_model = 32\nn_layers = 1\nn_heads = 4\nfeed_forward = { name = \"gelu\" }\n"
-        "[data]\ntask = { name = \"induction\", vocab_size = 10 }\n[train]\nmax_steps = 2\n"
+        '[model]\ncontext_length = 16\nd_model = 32\nn_layers = 1\nn_heads = 4\nfeed_forward = { name = "gelu" }\n'
+        '[data]\ntask = { name = "induction", vocab_size = 10 }\n[train]\nmax_steps = 2\n'
     )
     sweep_file = tmp_path / "sweep.toml"
     sweep_file.write_text(
@@ -92,7 +104,9 @@ def test_parameter_matching_with_sizes_matches_each_size_to_its_own_base(tmp_pat
     variants = {v.label: v for v in load_sweep(sweep_file, registry).variants}
     for size, d in (("s", 32), ("m", 64)):
         gelu, swiglu = variants[f"size={size}, feed_forward=gelu"], variants[f"size={size}, feed_forward=swiglu"]
-        assert gelu.matched["value"] == 4 * d and gelu.matched["params"] == gelu.matched["target"]  # each size's base is itself
+        assert (
+            gelu.matched["value"] == 4 * d and gelu.matched["params"] == gelu.matched["target"]
+        )  # each size's base is itself
         exact = mlp_params(d, 4 * d, gated=False) / (3 * d)  # SwiGLU's width with that size's GELU's MLP parameters
         assert swiglu.matched["target"] == gelu.matched["params"]
         assert swiglu.matched["value"] in (int(exact), int(exact) + 1)

@@ -21,9 +21,9 @@ def config(tmp_path):
     corpus.write_text(TEXT)
     path = tmp_path / "base.toml"
     path.write_text(
-        f"[model]\ncontext_length = {T}\nd_model = 16\nn_layers = 1\nn_heads = 2\ntokenizer = {{ name = \"byte\" }}\n"
-        f"[data]\nsource = \"{corpus}\"\ncache_dir = \"{tmp_path / 'cache'}\"\nval_fraction = 0.2\n"
-        "[train]\nmax_steps = 3\nbatch_size = 4\neval_interval = 3\neval_batches = 1\nsample_tokens = 0\ndevice = \"cpu\"\n"
+        f'[model]\ncontext_length = {T}\nd_model = 16\nn_layers = 1\nn_heads = 2\ntokenizer = {{ name = "byte" }}\n'
+        f'[data]\nsource = "{corpus}"\ncache_dir = "{tmp_path / "cache"}"\nval_fraction = 0.2\n'
+        '[train]\nmax_steps = 3\nbatch_size = 4\neval_interval = 3\neval_batches = 1\nsample_tokens = 0\ndevice = "cpu"\n'
     )
     return path
 
@@ -39,7 +39,10 @@ def test_learned_positions_refuse_past_their_context_and_say_why(config, tmp_pat
     capsys.readouterr()
     assert main(["eval", str(run), "--context", str(T), str(2 * T)]) == 2
     err = capsys.readouterr().err
-    assert f"positional 'learned' cannot score {2 * T} tokens, past the trained context of {T}: its table holds one trained vector per position" in err
+    assert (
+        f"positional 'learned' cannot score {2 * T} tokens, past the trained context of {T}: its table holds one trained vector per position"
+        in err
+    )
     assert not (run / "extrapolation.json").exists()
     assert main(["eval", str(run), "--context", str(T)]) == 0  # its own length is fine
 
@@ -75,9 +78,9 @@ def test_longer_contexts_score_per_position(config, tmp_path, positional):
 def test_a_task_run_extrapolates_on_longer_examples(tmp_path, capsys):
     config = tmp_path / "task.toml"
     config.write_text(
-        f"[model]\ncontext_length = {T}\nd_model = 16\nn_layers = 1\nn_heads = 2\npositional = {{ name = \"alibi\" }}\n"
-        "[data]\ntask = { name = \"induction\", vocab_size = 10, val_examples = 8 }\n"
-        "[train]\nmax_steps = 2\nbatch_size = 4\neval_interval = 2\neval_batches = 1\nsample_tokens = 0\ndevice = \"cpu\"\n"
+        f'[model]\ncontext_length = {T}\nd_model = 16\nn_layers = 1\nn_heads = 2\npositional = {{ name = "alibi" }}\n'
+        '[data]\ntask = { name = "induction", vocab_size = 10, val_examples = 8 }\n'
+        '[train]\nmax_steps = 2\nbatch_size = 4\neval_interval = 2\neval_batches = 1\nsample_tokens = 0\ndevice = "cpu"\n'
     )
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
     assert main(["eval", str(tmp_path / "run"), "--context", str(4 * T)]) == 0
@@ -91,7 +94,9 @@ def test_a_task_run_extrapolates_on_longer_examples(tmp_path, capsys):
 
 def test_a_sweep_tabulates_extrapolation_and_refuses_learned(config, tmp_path, capsys):
     sweep = tmp_path / "sweep.toml"
-    sweep.write_text('base = "base.toml"\nextrapolate = [1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n')
+    sweep.write_text(
+        'base = "base.toml"\nextrapolate = [1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n'
+    )
     assert main(["ablate", str(sweep), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     lines = (tmp_path / "out" / "results.md").read_text().splitlines()
     start = lines.index(f"| variant | 1× ({T}) | 2× ({2 * T}) |")

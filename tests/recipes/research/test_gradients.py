@@ -21,7 +21,11 @@ tokenizer = { name = "byte" }
 
 def test_layer_gradients_are_each_blocks_mean_absolute_matrix_gradient(registry):
     torch.manual_seed(0)
-    model = GPT(registry.model_config({"vocab_size": 257, "context_length": 16, "d_model": 16, "n_layers": 3, "n_heads": 2, "tokenizer": "byte"}))
+    model = GPT(
+        registry.model_config(
+            {"vocab_size": 257, "context_length": 16, "d_model": 16, "n_layers": 3, "n_heads": 2, "tokenizer": "byte"}
+        )
+    )
     ids = list(b"shortcut connections")[:17]
     means = layer_gradients(model, ids)
     # By hand: autograd for each block's 2-D weights, the mean over all their entries.
@@ -37,7 +41,16 @@ def test_layer_gradients_are_each_blocks_mean_absolute_matrix_gradient(registry)
 def test_the_command_prints_a_row_per_layer_and_plots(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(CONFIG, encoding="utf-8")
-    argv = ["gradients", str(config), "--text", "shortcut connections", "--compare", "model.norm.name=rmsnorm", "--plot", str(tmp_path / "g.png")]
+    argv = [
+        "gradients",
+        str(config),
+        "--text",
+        "shortcut connections",
+        "--compare",
+        "model.norm.name=rmsnorm",
+        "--plot",
+        str(tmp_path / "g.png"),
+    ]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["layer", "c", "model.norm.name=rmsnorm"]  # the config file's name, then each variant

@@ -76,7 +76,9 @@ def test_captured_weights_are_the_explicit_softmax(attention, n_kv_heads, positi
 
 
 def test_sliding_window_weights_beyond_the_window():
-    model = build(tiny_config(REGISTRY, attention={"name": "sliding_window", "window": 3}, positional="rope", context_length=T))
+    model = build(
+        tiny_config(REGISTRY, attention={"name": "sliding_window", "window": 3}, positional="rope", context_length=T)
+    )
     idx = torch.randint(0, 50, (1, T), generator=torch.Generator().manual_seed(1))
     recorder = Recorder()
     with torch.no_grad():
@@ -88,7 +90,9 @@ def test_sliding_window_weights_beyond_the_window():
 def test_capturing_keeps_sdpa_on_its_fast_path_otherwise(monkeypatch):
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
     model = build(tiny_config(REGISTRY, attention="sdpa"))
     idx = torch.zeros(1, 4, dtype=torch.long)
     with torch.no_grad():
@@ -104,7 +108,9 @@ def test_capturing_keeps_sdpa_on_its_fast_path_otherwise(monkeypatch):
 @pytest.fixture(scope="module")
 def byte_model():
     tokenizer = build_tokenizer(REGISTRY, "byte")
-    model = build(tiny_config(REGISTRY, vocab_size=tokenizer.vocab_size, tokenizer="byte", positional="rope", context_length=24))
+    model = build(
+        tiny_config(REGISTRY, vocab_size=tokenizer.vocab_size, tokenizer="byte", positional="rope", context_length=24)
+    )
     return model, tokenizer
 
 
@@ -135,14 +141,18 @@ def test_logit_lens_and_residuals_match_each_block_output(byte_model):
 
 
 def test_entropy_is_the_formula(byte_model):
-    assert_close(entropy_bits(torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25] * 4])), torch.tensor([0.0, 1.0, 2.0]))
+    assert_close(
+        entropy_bits(torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25] * 4])), torch.tensor([0.0, 1.0, 2.0])
+    )
     model, tokenizer = byte_model
     seen = inspect_model(model, tokenizer, "abcdef")
     for layer, weights in enumerate(seen.attentions):
         p = weights.double()
         expected = -(p * torch.log2(p.clamp_min(1e-300))).sum(-1)
         assert_close(seen.attention_entropy[layer].double(), expected, atol=1e-5, rtol=1e-5)
-        assert_close(seen.attention_entropy[layer][:, 0], torch.zeros(weights.size(0)))  # the first token sees itself only
+        assert_close(
+            seen.attention_entropy[layer][:, 0], torch.zeros(weights.size(0))
+        )  # the first token sees itself only
 
 
 def test_a_classifier_is_refused(byte_model):
@@ -161,7 +171,18 @@ def run_dir(tmp_path_factory):
     from gptzoo.recipes.config.schema import RunConfig
 
     config = RunConfig.model_validate(
-        {"model": {"vocab_size": 257, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte", "attention": "sdpa"}, "data": {"source": "x"}},
+        {
+            "model": {
+                "vocab_size": 257,
+                "context_length": 16,
+                "d_model": 32,
+                "n_layers": 2,
+                "n_heads": 4,
+                "tokenizer": "byte",
+                "attention": "sdpa",
+            },
+            "data": {"source": "x"},
+        },
         context={"registry": registry},
     )
     folder = tmp_path_factory.mktemp("run")
@@ -179,7 +200,16 @@ def test_inspect_writes_the_files_and_prints_the_view(run_dir, tmp_path, capsys)
     assert "5 tokens: 0:'H' 1:'e' 2:'l' 3:'l' 4:'o'" in printed
     assert "logit lens" in printed and "block 1" in printed and "embeddings" in printed
     summary = json.loads((out / "inspect.json").read_text())
-    expected = ["inspect.json", "attention.json", "attention-layer0.png", "attention-layer1.png", "logit-lens.png", "next-tokens.png", "residual-norms.png", "attention-entropy.png"]
+    expected = [
+        "inspect.json",
+        "attention.json",
+        "attention-layer0.png",
+        "attention-layer1.png",
+        "logit-lens.png",
+        "next-tokens.png",
+        "residual-norms.png",
+        "attention-entropy.png",
+    ]
     assert summary["files"] == expected
     assert all((out / name).stat().st_size > 0 for name in expected)
     assert summary["tokens"] == list("Hello") and len(summary["next_tokens"][-1]) == 3
@@ -200,8 +230,24 @@ def test_a_later_inspection_removes_the_earlier_files(run_dir, tmp_path):
 
 def test_inspect_a_config_with_random_weights(tmp_path, capsys):
     config = tmp_path / "model.toml"
-    config.write_text('[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\ntokenizer = "byte"\nattention = "latent"\npositional = "alibi"\n[data]\nsource = "x"\n')
-    assert main(["inspect", str(config), "--prompt", "abc", "--out", str(tmp_path / "o"), "--set", "model.block.name=parallel"]) == 0
+    config.write_text(
+        '[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\ntokenizer = "byte"\nattention = "latent"\npositional = "alibi"\n[data]\nsource = "x"\n'
+    )
+    assert (
+        main(
+            [
+                "inspect",
+                str(config),
+                "--prompt",
+                "abc",
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "model.block.name=parallel",
+            ]
+        )
+        == 0
+    )
     assert "untrained weights" in capsys.readouterr().out
     assert (tmp_path / "o" / "attention-layer0.png").is_file()
 

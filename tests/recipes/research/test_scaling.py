@@ -5,13 +5,13 @@ import math
 import pytest
 
 from gptzoo.core import ConfigError
-from gptzoo.recipes.research.sweep.ablate import PowerLaw, RunResult, aggregate, load_sweep, markdown_table
 from gptzoo.recipes.cli import main
+from gptzoo.recipes.research.sweep.ablate import PowerLaw, RunResult, aggregate, load_sweep, markdown_table
 
 BASE = (
     "[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\n"
-    "[data]\ntask = { name = \"induction\", vocab_size = 10, val_examples = 8 }\n"
-    "[train]\nmax_steps = 2\nbatch_size = 4\neval_interval = 2\neval_batches = 1\nsample_tokens = 0\ndevice = \"cpu\"\n"
+    '[data]\ntask = { name = "induction", vocab_size = 10, val_examples = 8 }\n'
+    '[train]\nmax_steps = 2\nbatch_size = 4\neval_interval = 2\neval_batches = 1\nsample_tokens = 0\ndevice = "cpu"\n'
 )
 
 
@@ -33,7 +33,12 @@ def test_sizes_are_the_slowest_axis_and_the_first_is_the_base(tmp_path, registry
         '[axes]\n"model.positional.name" = ["learned", "alibi"]\n'
     )
     sweep = load_sweep(sweep_file, registry)
-    assert [v.label for v in sweep.variants] == ["size=xs, positional=learned", "size=xs, positional=alibi", "size=s, positional=learned", "size=s, positional=alibi"]
+    assert [v.label for v in sweep.variants] == [
+        "size=xs, positional=learned",
+        "size=xs, positional=alibi",
+        "size=s, positional=learned",
+        "size=s, positional=alibi",
+    ]
     assert [v.is_base for v in sweep.variants] == [True, False, False, False]
     s_alibi = sweep.variants[3]
     assert (s_alibi.size, s_alibi.group) == ("s", "positional=alibi")
@@ -65,12 +70,17 @@ def test_with_sizes_each_delta_is_taken_at_its_own_size(tmp_path, registry):
     )
     sweep = load_sweep(sweep_file, registry)
     losses = {  # (size, positional) -> final loss per seed 0, 1
-        ("xs", "learned"): (4.0, 4.2), ("xs", "alibi"): (3.9, 4.0),
-        ("s", "learned"): (3.0, 3.1), ("s", "alibi"): (3.2, 3.4),
+        ("xs", "learned"): (4.0, 4.2),
+        ("xs", "alibi"): (3.9, 4.0),
+        ("s", "learned"): (3.0, 3.1),
+        ("s", "alibi"): (3.2, 3.4),
     }
     results = [
-        RunResult(v.slug, seed, "done", final_val_loss=losses[v.size, v.config.model.positional.name][seed], best_val_loss=0.0)
-        for v in sweep.variants for seed in (0, 1)
+        RunResult(
+            v.slug, seed, "done", final_val_loss=losses[v.size, v.config.model.positional.name][seed], best_val_loss=0.0
+        )
+        for v in sweep.variants
+        for seed in (0, 1)
     ]
     rows = {row.variant.label: row for row in aggregate(sweep.variants, results)}
     # against the learned table at the same size: xs (-0.1, -0.2) -> -0.15; s (+0.2, +0.3) -> +0.25
@@ -89,7 +99,9 @@ def test_each_size_may_set_its_own_budget_but_an_axis_may_not(tmp_path, registry
         's = { "model.d_model" = 16, "train.max_tokens" = 256, "train.lr" = 1e-3 }\n'
         '[axes]\n"model.positional.name" = ["learned", "alibi"]\n'
     )
-    budgets = {(v.size, v.config.train.max_tokens, v.config.train.lr) for v in load_sweep(sweep_file, registry).variants}
+    budgets = {
+        (v.size, v.config.train.max_tokens, v.config.train.lr) for v in load_sweep(sweep_file, registry).variants
+    }
     assert budgets == {("xs", 64, 3e-4), ("s", 256, 1e-3)}  # 3e-4: the default lr, from the base
     sweep_file.write_text(sweep_file.read_text() + '"train.max_tokens" = [64, 128]\n')
     with pytest.raises(ConfigError, match=r"\[axes\] train.max_tokens = 128: changes train.max_tokens"):

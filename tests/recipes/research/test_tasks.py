@@ -121,8 +121,12 @@ def test_accuracy_and_loss_on_answer_positions_only():
 
 
 def test_task_config_defaults_an_integer_tokenizer(registry):
-    config = validate_run_config({"model": MODEL, "data": {"task": {"name": "mqar", "vocab_size": 30, "n_pairs": 4}}}, "t", registry)
-    assert config.model.tokenizer.name == "integers" and config.model.tokenizer.build().vocab_size == 32  # 30 ids, eot, unk
+    config = validate_run_config(
+        {"model": MODEL, "data": {"task": {"name": "mqar", "vocab_size": 30, "n_pairs": 4}}}, "t", registry
+    )
+    assert (
+        config.model.tokenizer.name == "integers" and config.model.tokenizer.build().vocab_size == 32
+    )  # 30 ids, eot, unk
     again = validate_run_config(json.loads(config.model_dump_json()), "t", registry)  # config.json round trip
     assert again == config
 
@@ -134,7 +138,10 @@ def test_task_config_defaults_an_integer_tokenizer(registry):
         ({"task": {"name": "mqar", "n_pair": 2}}, "n_pair"),
         ({"task": {"name": "copying"}}, "'mqar', 'induction', 'selective_copy'"),
         ({"task": {"name": "induction"}, "source": "x.txt"}, "data.source = 'x.txt' and data.task: give one"),
-        ({"task": {"name": "selective_copy", "n_tokens": 17}}, "n_tokens = 17 needs context_length ≥ 2 × n_tokens = 34"),
+        (
+            {"task": {"name": "selective_copy", "n_tokens": 17}},
+            "n_tokens = 17 needs context_length ≥ 2 × n_tokens = 34",
+        ),
     ],
 )
 def test_task_config_errors_name_the_field(registry, data, message):
@@ -155,9 +162,9 @@ def test_task_with_a_too_small_tokenizer_is_refused(registry):
 def test_train_and_eval_a_task_through_the_cli(tmp_path, capsys):
     config = tmp_path / "task.toml"
     config.write_text(
-        "[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\npositional = { name = \"rope\" }\n"
-        "[data]\ntask = { name = \"induction\", vocab_size = 12, val_examples = 16 }\n"
-        "[train]\nmax_steps = 4\neval_interval = 2\neval_batches = 1\nbatch_size = 4\nsample_tokens = 4\nsample_prompt = \"3 5\"\n"
+        '[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\npositional = { name = "rope" }\n'
+        '[data]\ntask = { name = "induction", vocab_size = 12, val_examples = 16 }\n'
+        '[train]\nmax_steps = 4\neval_interval = 2\neval_batches = 1\nbatch_size = 4\nsample_tokens = 4\nsample_prompt = "3 5"\n'
     )
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--set", "train.device=cpu"]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -171,8 +178,8 @@ def test_train_and_eval_a_task_through_the_cli(tmp_path, capsys):
 def test_a_sweep_over_a_task_reports_answer_accuracy(tmp_path, capsys):
     (tmp_path / "base.toml").write_text(
         "[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\n"
-        "[data]\ntask = { name = \"mqar\", vocab_size = 16, n_pairs = 2, val_examples = 8 }\n"
-        "[train]\nmax_steps = 2\neval_interval = 2\neval_batches = 1\nbatch_size = 4\nsample_tokens = 0\ndevice = \"cpu\"\n"
+        '[data]\ntask = { name = "mqar", vocab_size = 16, n_pairs = 2, val_examples = 8 }\n'
+        '[train]\nmax_steps = 2\neval_interval = 2\neval_batches = 1\nbatch_size = 4\nsample_tokens = 0\ndevice = "cpu"\n'
     )
     (tmp_path / "sweep.toml").write_text('base = "base.toml"\n[axes]\n"model.positional.name" = ["learned", "alibi"]\n')
     assert main(["ablate", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0

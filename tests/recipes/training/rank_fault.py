@@ -11,6 +11,7 @@ import sys
 
 from gptzoo.recipes import cli
 from gptzoo.recipes.training import loop as train_module
+
 fault = sys.argv[1]
 real_step, steps = train_module.train_step, []
 

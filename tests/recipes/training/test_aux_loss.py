@@ -11,8 +11,8 @@ from gptzoo.core import AuxiliaryLoss
 from gptzoo.plugins.feed_forward import GELUFeedForward
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
-from gptzoo.recipes.training.loop import estimate_loss, train, train_step
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.training.loop import estimate_loss, train, train_step
 from gptzoo.testing import build, tiny_config
 
 WEIGHT = 0.5
@@ -68,7 +68,14 @@ def test_two_steps_minimise_lm_loss_plus_weighted_aux(aux_registry):
 
 def test_training_logs_each_aux_loss_and_evaluates_the_lm_loss_alone(aux_registry, tmp_path, shared_data):
     data = {
-        "model": {"context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "char", "feed_forward": "penalised"},
+        "model": {
+            "context_length": 16,
+            "d_model": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "tokenizer": "char",
+            "feed_forward": "penalised",
+        },
         "data": {"source": str(shared_data("the-verdict.txt")), "cache_dir": str(tmp_path / "cache")},
         "train": {"max_steps": 4, "batch_size": 4, "eval_interval": 2, "eval_batches": 2, "sample_tokens": 0},
     }

@@ -16,11 +16,14 @@ from gptzoo.core import ConfigError
 from gptzoo.recipes import cli
 from gptzoo.recipes.config.schema import TrainConfig, load_run_config
 from gptzoo.recipes.data.tokens import WindowSampler
-from gptzoo.recipes.training.distributed import TIMEOUT_ENV, RankSampler, World, eval_batches, shard, timeout
 from gptzoo.recipes.runs.folder import load_run, read_metrics
+from gptzoo.recipes.training.distributed import TIMEOUT_ENV, RankSampler, World, eval_batches, shard, timeout
 from gptzoo.recipes.training.loop import LOG_EVERY, total_steps, train
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="this torch has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch has no gloo backend",
+)
 
 RANK_FAULT = Path(__file__).with_name("rank_fault.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -60,8 +63,12 @@ def test_evaluation_windows_are_shared_out_in_as_many_batches_on_every_rank():
 
 def test_budgets_count_steps_of_the_global_batch():
     # 4 processes × batch 8 × grad_accum 2 = 64 windows of 32 tokens a step
-    assert total_steps(TrainConfig(epochs=2, batch_size=8, grad_accum=2), 1000, 32, world_size=4) == 32  # ceil(2000 / 64)
-    assert total_steps(TrainConfig(max_tokens=10_000, batch_size=8, grad_accum=2), 1000, 32, world_size=4) == 5  # ceil(10000 / 2048)
+    assert (
+        total_steps(TrainConfig(epochs=2, batch_size=8, grad_accum=2), 1000, 32, world_size=4) == 32
+    )  # ceil(2000 / 64)
+    assert (
+        total_steps(TrainConfig(max_tokens=10_000, batch_size=8, grad_accum=2), 1000, 32, world_size=4) == 5
+    )  # ceil(10000 / 2048)
     assert total_steps(TrainConfig(max_steps=7, batch_size=8), 1000, 32, world_size=4) == 7
 
 
@@ -131,15 +138,61 @@ def runs(tmp_path_factory):
     config = write_config(folder)
     quiet = dict(progress=False, log=lambda text: None)
     train(load_run_config(config), folder / "one", **quiet)
-    two = succeeded(launch([sys.executable, "-m", "gptzoo.recipes", "train", str(config), "--out", str(folder / "two"), "--set", "train.batch_size=2", "--nproc", "2"]))
-    fsdp = succeeded(launch([*TORCHRUN, "-m", "gptzoo.recipes", "train", str(config), "--out", str(folder / "fsdp"), "--set", "train.batch_size=2", "--set", "train.parallel=fsdp"]))
+    two = succeeded(
+        launch(
+            [
+                sys.executable,
+                "-m",
+                "gptzoo.recipes",
+                "train",
+                str(config),
+                "--out",
+                str(folder / "two"),
+                "--set",
+                "train.batch_size=2",
+                "--nproc",
+                "2",
+            ]
+        )
+    )
+    fsdp = succeeded(
+        launch(
+            [
+                *TORCHRUN,
+                "-m",
+                "gptzoo.recipes",
+                "train",
+                str(config),
+                "--out",
+                str(folder / "fsdp"),
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "train.parallel=fsdp",
+            ]
+        )
+    )
 
     for name in ("one", "two", "fsdp"):
         shutil.copytree(folder / name, folder / f"{name}-resumed")
     train(load_run_config(config, ["train.max_steps=9"]), folder / "one-resumed", resume=True, **quiet)
     for name, parallel in (("two", "ddp"), ("fsdp", "fsdp")):
         overrides = ["--set", "train.batch_size=2", "--set", "train.max_steps=9", "--set", f"train.parallel={parallel}"]
-        succeeded(launch([*TORCHRUN, "-m", "gptzoo.recipes", "train", str(config), "--out", str(folder / f"{name}-resumed"), "--resume", *overrides]))
+        succeeded(
+            launch(
+                [
+                    *TORCHRUN,
+                    "-m",
+                    "gptzoo.recipes",
+                    "train",
+                    str(config),
+                    "--out",
+                    str(folder / f"{name}-resumed"),
+                    "--resume",
+                    *overrides,
+                ]
+            )
+        )
     return folder, {"two": two.stdout, "fsdp": fsdp.stdout}
 
 
@@ -152,7 +205,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def assert_same_losses(a: Path, b: Path, steps: list[int]) -> None:
     first, second = read_metrics(a), read_metrics(b)
-    assert [r["step"] for r in first] == [r["step"] for r in second] == steps  # one line per evaluation: rank 0 writes alone
+    assert (
+        [r["step"] for r in first] == [r["step"] for r in second] == steps
+    )  # one line per evaluation: rank 0 writes alone
     for x, y in zip(first, second):
         assert x["tokens"] == y["tokens"] == x["step"] * 8 * 16  # 8 windows of 16 tokens a step
         assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5)
@@ -167,7 +222,12 @@ def test_two_ranks_reach_the_weights_of_one_process_on_the_same_global_batch(run
     assert (record["processes"], record["effective_batch_size"], record["tokens_per_step"]) == (2, 8, 128)
     assert read_metrics(folder / "one")[-1]["effective_batch_size"] == 8
     # rank 0 alone prints: the batch line, each evaluation and the summary once
-    assert stdout["two"].count("effective batch 2 per process × 2 accumulated × 2 processes = 8 windows, 128 tokens per step") == 1
+    assert (
+        stdout["two"].count(
+            "effective batch 2 per process × 2 accumulated × 2 processes = 8 windows, 128 tokens per step"
+        )
+        == 1
+    )
     assert stdout["two"].count("step 6: train loss") == 1
     assert stdout["two"].count("done after 6 steps") == 1
 
@@ -184,7 +244,9 @@ def test_fsdp_trains_like_one_process_and_saves_an_ordinary_run(runs):
     assert_same_weights(folder / "one", folder / "fsdp")
     assert_same_losses(folder / "one", folder / "fsdp", [3, 6])
     run = load_run(folder / "fsdp")  # the single-file weights, tied head stored once
-    assert set(load_file(str(folder / "fsdp" / "model.safetensors"))) == set(load_run(folder / "one").model.state_dict()) - {"head.weight"}
+    assert set(load_file(str(folder / "fsdp" / "model.safetensors"))) == set(
+        load_run(folder / "one").model.state_dict()
+    ) - {"head.weight"}
     assert run.model.token_embedding.weight.shape == (257, 32)
     # the gathered optimizer state resumes under FSDP as it does in one process
     assert_same_weights(folder / "one-resumed", folder / "fsdp-resumed")
@@ -193,7 +255,19 @@ def test_fsdp_trains_like_one_process_and_saves_an_ordinary_run(runs):
 
 def test_a_failing_rank_brings_the_job_down_with_its_message(tmp_path):
     config = write_config(tmp_path)
-    result = launch([*TORCHRUN, str(RANK_FAULT), "raise", "train", str(config), "--out", str(tmp_path / "run"), "--set", "train.batch_size=2"])
+    result = launch(
+        [
+            *TORCHRUN,
+            str(RANK_FAULT),
+            "raise",
+            "train",
+            str(config),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.batch_size=2",
+        ]
+    )
     assert result.returncode != 0
     assert "gptzoo: rank 1 of 2 failed: RuntimeError: injected failure on rank 1" in result.stderr
     assert not (tmp_path / "run" / "model.safetensors").exists()  # it failed before the first checkpoint
@@ -202,7 +276,9 @@ def test_a_failing_rank_brings_the_job_down_with_its_message(tmp_path):
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
     config = write_config(tmp_path)
     overrides = ["--set", "train.batch_size=2", "--set", "train.max_steps=40", "--set", "train.eval_interval=100"]
-    result = launch([*TORCHRUN, str(RANK_FAULT), "sigterm", "train", str(config), "--out", str(tmp_path / "run"), *overrides])
+    result = launch(
+        [*TORCHRUN, str(RANK_FAULT), "sigterm", "train", str(config), "--out", str(tmp_path / "run"), *overrides]
+    )
     assert result.returncode != 0  # the ranks exit with 130, which torchrun reports as a failure
     # rank 1 got SIGTERM during step 2; the ranks agree at the next progress update, when they sync anyway
     assert f"stopped by a signal to another process at step {LOG_EVERY}" in result.stdout
@@ -211,7 +287,10 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
 
 def test_nproc_checks_the_config_and_its_own_value_before_starting_processes(tmp_path, capsys):
     config = write_config(tmp_path)
-    assert cli.main(["train", str(config), "--out", str(tmp_path / "run"), "--nproc", "2", "--set", "train.batch_sise=2"]) == 2
+    assert (
+        cli.main(["train", str(config), "--out", str(tmp_path / "run"), "--nproc", "2", "--set", "train.batch_sise=2"])
+        == 2
+    )
     assert "batch_sise" in capsys.readouterr().err
     assert cli.main(["train", str(config), "--out", str(tmp_path / "run"), "--nproc", "0"]) == 2
     assert "--nproc 0" in capsys.readouterr().err

@@ -8,9 +8,9 @@ import torch
 from safetensors import safe_open
 
 from gptzoo.core import CheckpointError, ConfigError, Params, Tokenizer
-from gptzoo.recipes.training import loop as train_module
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.runs.folder import load_run, read_metrics
+from gptzoo.recipes.training import loop as train_module
 from gptzoo.recipes.training.loop import NonFiniteLossError, build_optimizer, lr_at, total_steps, train
 
 
@@ -18,7 +18,14 @@ def tiny(tmp_path, source, registry=None, model=None, **train_fields):
     """A 1-layer, d_model 32 byte-level GPT on ``source``; train fields override the defaults."""
     fields = dict(max_steps=20, batch_size=4, lr=3e-3, eval_interval=10, eval_batches=2, sample_tokens=0, device="cpu")
     data = {
-        "model": {"context_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "tokenizer": {"name": "byte"}, **(model or {})},
+        "model": {
+            "context_length": 16,
+            "d_model": 32,
+            "n_layers": 1,
+            "n_heads": 2,
+            "tokenizer": {"name": "byte"},
+            **(model or {}),
+        },
         "data": {"source": str(source), "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.1},
         "train": fields | train_fields,
     }
@@ -58,12 +65,30 @@ def test_weight_decay_applies_to_matrices_only(tmp_path, shared_data):
 def test_weight_decay_on_every_parameter_is_the_books_adamw(tmp_path, shared_data):
     from gptzoo.core import GPT
 
-    book_ch04 = pytest.importorskip("llms_from_scratch.ch04", reason="the book's package (pip install llms-from-scratch) is absent")
-    book_config = {"vocab_size": 257, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0, "qkv_bias": True}
+    book_ch04 = pytest.importorskip(
+        "llms_from_scratch.ch04", reason="the book's package (pip install llms-from-scratch) is absent"
+    )
+    book_config = {
+        "vocab_size": 257,
+        "context_length": 16,
+        "emb_dim": 32,
+        "n_heads": 2,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    }
     book_model = book_ch04.GPTModel(book_config)
-    book_groups = torch.optim.AdamW(book_model.parameters(), lr=0.0004, weight_decay=0.1).param_groups  # the book's chapter 5
+    book_groups = torch.optim.AdamW(
+        book_model.parameters(), lr=0.0004, weight_decay=0.1
+    ).param_groups  # the book's chapter 5
 
-    config = tiny(tmp_path, shared_data("the-verdict.txt"), model={"vocab_size": 257, "qkv_bias": True}, weight_decay_scope="all", lr=0.0004)
+    config = tiny(
+        tmp_path,
+        shared_data("the-verdict.txt"),
+        model={"vocab_size": 257, "qkv_bias": True},
+        weight_decay_scope="all",
+        lr=0.0004,
+    )
     model = GPT(config.model)
     groups = build_optimizer(model, config.train, torch.device("cpu")).param_groups
     assert [(g["weight_decay"], g["lr"], sum(p.numel() for p in g["params"])) for g in groups] == [
@@ -77,17 +102,37 @@ def test_grad_clip_zero_turns_clipping_off(tmp_path, shared_data, monkeypatch):
     assert TrainConfig(max_steps=1).grad_clip == 1.0
     clipped = []
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: clipped.append(max_norm))
-    train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0), tmp_path / "off", progress=False, log=lambda s: None)
+    train(
+        tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0),
+        tmp_path / "off",
+        progress=False,
+        log=lambda s: None,
+    )
     assert clipped == []
-    train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0.5), tmp_path / "on", progress=False, log=lambda s: None)
+    train(
+        tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=3, grad_clip=0.5),
+        tmp_path / "on",
+        progress=False,
+        log=lambda s: None,
+    )
     assert clipped == [0.5] * 3
 
 
-@pytest.mark.parametrize("interval, saved", [(None, [5, 10, 15, 20]), (0, [20]), (10, [10, 20]), (3, [3, 6, 9, 12, 15, 18, 20])])
-def test_checkpoints_follow_their_own_interval_and_evaluations_theirs(tmp_path, shared_data, monkeypatch, interval, saved):
+@pytest.mark.parametrize(
+    "interval, saved", [(None, [5, 10, 15, 20]), (0, [20]), (10, [10, 20]), (3, [3, 6, 9, 12, 15, 18, 20])]
+)
+def test_checkpoints_follow_their_own_interval_and_evaluations_theirs(
+    tmp_path, shared_data, monkeypatch, interval, saved
+):
     saves = []
     real_save = train_module.save_checkpoint
-    monkeypatch.setattr(train_module, "save_checkpoint", lambda out, config, model, tok, opt, at, sampler, *rest: saves.append(at.step) or real_save(out, config, model, tok, opt, at, sampler, *rest))
+    monkeypatch.setattr(
+        train_module,
+        "save_checkpoint",
+        lambda out, config, model, tok, opt, at, sampler, *rest: (
+            saves.append(at.step) or real_save(out, config, model, tok, opt, at, sampler, *rest)
+        ),
+    )
     config = tiny(tmp_path, shared_data("the-verdict.txt"), eval_interval=5, checkpoint_interval=interval)
     train(config, tmp_path / "run", progress=False, log=lambda s: None)
     assert saves == saved
@@ -115,7 +160,12 @@ def test_eval_at_start_logs_the_untrained_loss_as_step_0(tmp_path, shared_data):
 
 
 def test_loss_falls_on_a_tiny_model(tmp_path, shared_data):
-    summary = train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=40), tmp_path / "run", progress=False, log=lambda s: None)
+    summary = train(
+        tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=40),
+        tmp_path / "run",
+        progress=False,
+        log=lambda s: None,
+    )
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert [r["tokens"] for r in records] == [640, 1280, 1920, 2560]  # 4 windows of 16 tokens per step
@@ -133,7 +183,9 @@ def test_loss_falls_on_a_tiny_model(tmp_path, shared_data):
 
 def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path, shared_data, monkeypatch):
     # dropout makes the check cover the restored random state too
-    config = tiny(tmp_path, shared_data("the-verdict.txt"), model={"dropout": 0.1}, max_steps=20, eval_interval=5, warmup_steps=3)
+    config = tiny(
+        tmp_path, shared_data("the-verdict.txt"), model={"dropout": 0.1}, max_steps=20, eval_interval=5, warmup_steps=3
+    )
     train(config, tmp_path / "straight", progress=False, log=lambda s: None)
 
     real_step, calls = train_module.train_step, []
@@ -158,7 +210,12 @@ def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path,
     straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
     assert [r["step"] for r in split] == [5, 10, 15, 20]
     for a, b in zip(straight, split):
-        assert (a["train_loss"], a["val_loss"], a["lr"], a["tokens"]) == (b["train_loss"], b["val_loss"], b["lr"], b["tokens"])
+        assert (a["train_loss"], a["val_loss"], a["lr"], a["tokens"]) == (
+            b["train_loss"],
+            b["val_loss"],
+            b["lr"],
+            b["tokens"],
+        )
     final_straight, final_split = load_run(tmp_path / "straight"), load_run(tmp_path / "split")
     for (name, a), (_, b) in zip(final_straight.model.state_dict().items(), final_split.model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -175,7 +232,9 @@ def test_ctrl_c_saves_a_checkpoint_and_restores_the_handler(tmp_path, shared_dat
 
     monkeypatch.setattr(train_module, "train_step", step_then_ctrl_c)
     handler_before = signal.getsignal(signal.SIGINT)
-    summary = train(tiny(tmp_path, shared_data("the-verdict.txt")), tmp_path / "run", progress=False, log=lambda s: None)
+    summary = train(
+        tiny(tmp_path, shared_data("the-verdict.txt")), tmp_path / "run", progress=False, log=lambda s: None
+    )
     assert summary.stopped == "interrupted" and summary.steps == 3
     assert signal.getsignal(signal.SIGINT) is handler_before
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
@@ -196,7 +255,9 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, sh
 
     monkeypatch.setattr(train_module, "lm_loss", poisoned_after_step_12)
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"NaN or infinite between steps 10 and 20.*step 10\) is kept.*train.lr"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"NaN or infinite between steps 10 and 20.*step 10\) is kept.*train.lr"
+    ):
         train(tiny(tmp_path, shared_data("the-verdict.txt"), max_steps=30), run, progress=False, log=lambda s: None)
     assert [r["step"] for r in read_metrics(run)] == [10]
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 10
@@ -246,13 +307,21 @@ def test_a_fitted_tokenizer_is_fitted_on_the_corpus_and_saved(tmp_path, registry
     corpus = tmp_path / "corpus.txt"
     text = "the cat sat on the mat. " * 40
     corpus.write_text(text, encoding="utf-8")
-    config = tiny(tmp_path, corpus, registry, model={"tokenizer": {"name": "fitted_chars"}}, max_steps=2, eval_interval=2)
+    config = tiny(
+        tmp_path, corpus, registry, model={"tokenizer": {"name": "fitted_chars"}}, max_steps=2, eval_interval=2
+    )
     train(config, tmp_path / "run", registry=registry, progress=False, log=lambda s: None)
     run = load_run(tmp_path / "run", registry)
     assert run.config.model.vocab_size == len(set(text)) + 1 == 12  # " .acehmnost" + end-of-text
     assert run.tokenizer.chars == sorted(set(text))
     with pytest.raises(ConfigError, match="vocab_size = 5 is smaller than .* vocabulary of 12"):
-        train(config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": 5})}), tmp_path / "other", registry=registry, progress=False, log=lambda s: None)
+        train(
+            config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": 5})}),
+            tmp_path / "other",
+            registry=registry,
+            progress=False,
+            log=lambda s: None,
+        )
     assert not (tmp_path / "other").exists()
 
 
@@ -265,14 +334,27 @@ def test_resume_refuses_another_model_and_an_existing_run_needs_resume(tmp_path,
     with pytest.raises(CheckpointError, match="model.d_model: 32 in the run, 64 now"):
         train(wider, tmp_path / "run", resume=True, progress=False, log=lambda s: None)
     # [train] may change: more steps continue the run
-    longer = train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 4})}), tmp_path / "run", resume=True, progress=False, log=lambda s: None)
+    longer = train(
+        config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 4})}),
+        tmp_path / "run",
+        resume=True,
+        progress=False,
+        log=lambda s: None,
+    )
     assert longer.steps == 4 and [r["step"] for r in read_metrics(tmp_path / "run")] == [2, 4]
 
 
 def test_bfloat16_autocast_trains_on_the_cpu(tmp_path, shared_data):
-    summary = train(tiny(tmp_path, shared_data("the-verdict.txt"), dtype="bfloat16", max_steps=10), tmp_path / "run", progress=False, log=lambda s: None)
+    summary = train(
+        tiny(tmp_path, shared_data("the-verdict.txt"), dtype="bfloat16", max_steps=10),
+        tmp_path / "run",
+        progress=False,
+        log=lambda s: None,
+    )
     assert summary.stopped == "done" and summary.final_val_loss < math.log(257)
-    assert all(t.dtype == torch.float32 for t in load_run(tmp_path / "run").model.state_dict().values())  # autocast keeps fp32 weights
+    assert all(
+        t.dtype == torch.float32 for t in load_run(tmp_path / "run").model.state_dict().values()
+    )  # autocast keeps fp32 weights
 
 
 def test_steps_between_progress_updates_do_not_read_values_back(tmp_path, shared_data, monkeypatch):
