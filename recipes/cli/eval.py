@@ -8,7 +8,8 @@ from gptzoo.core import GptzooError
 from gptzoo.recipes.data.tokens import TokenWindows, load_splits, load_tokens
 from gptzoo.recipes.research.extrapolate import extrapolate, write_report
 from gptzoo.recipes.runs.folder import load_run
-from gptzoo.recipes.training.loop import estimate_metrics, resolve_device
+from gptzoo.recipes.training.devices import resolve_device
+from gptzoo.recipes.training.evaluation import estimate_metrics
 
 HELP = "print a run's loss and perplexity (a task's answer accuracy) on a text or its validation split, at its context or longer ones"
 

@@ -21,7 +21,7 @@ from gptzoo.recipes.finetuning.classifier import (
     train_classifier,
 )
 from gptzoo.recipes.runs.folder import Run, append_metrics, commit_files, load_run
-from gptzoo.recipes.training.loop import resolve_device
+from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.registry import default_registry
 
 HELP = "fine-tune a run as a text classifier (label<TAB>text lines, or a CSV with text and label columns)"

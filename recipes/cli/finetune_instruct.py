@@ -15,7 +15,7 @@ from gptzoo.recipes.finetuning.instruct import (
     train_instructions,
 )
 from gptzoo.recipes.runs.folder import Run, append_metrics, load_run
-from gptzoo.recipes.training.loop import resolve_device
+from gptzoo.recipes.training.devices import resolve_device
 
 HELP = "fine-tune a run on instructions (a JSON list of {instruction, input, output}); writes the test responses"
 

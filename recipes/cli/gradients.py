@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from gptzoo.core import GPT, GptzooError
 from gptzoo.recipes.config.schema import load_run_config
-from gptzoo.recipes.training.loop import untrained_model
+from gptzoo.recipes.training.models import untrained_model
 
 HELP = "print (and plot) the mean absolute gradient per layer of an untrained model, for a config and variants of it"
 

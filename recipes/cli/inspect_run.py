@@ -13,7 +13,8 @@ from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.recipes.research.inspection import Inspection, inspect_model, write_inspection
 from gptzoo.recipes.runs.folder import check_out_folder, load_run
-from gptzoo.recipes.training.loop import resolve_device, untrained_model
+from gptzoo.recipes.training.devices import resolve_device
+from gptzoo.recipes.training.models import untrained_model
 
 HELP = "see inside a model on a prompt: each head's attention, the logit lens, next-token choices, residual norms (PNGs, JSON)"
 LENS_COLUMNS = 8  # positions of the logit lens the text view shows (all are in the JSON and PNG)

@@ -21,7 +21,7 @@ from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.finetuning.common import batches, optimizer_step, read_data_file
 from gptzoo.recipes.generation.generate import complete, generate_ids
 from gptzoo.recipes.runs.folder import append_metrics
-from gptzoo.recipes.training.loop import build_optimizer
+from gptzoo.recipes.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index
 PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."

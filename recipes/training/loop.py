@@ -1,20 +1,16 @@
-"""Training a GPT on a corpus: AdamW, warmup + cosine decay, gradient accumulation, checkpoints.
+"""Training a GPT on a corpus: the loop that strings the training modules together.
 
-The loop is a handful of small functions (optimizer, schedule, one step, evaluation,
-checkpoint) that ``train`` strings together, so ablations and distributed training can
-reuse them. The step itself never waits on the device: losses are read back to the host
+Devices (devices.py), the optimizer and its schedule (optim.py), evaluation (evaluation.py) and
+checkpoints (checkpoint.py) each have their module; here are one step, the per-step schedule
+and ``train``. The step itself never waits on the device: losses are read back to the host
 only when the progress bar updates (every LOG_EVERY steps) and at evaluations.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import pickle
 import signal
-import sys
 import textwrap
 import threading
 import time
@@ -29,8 +25,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
-from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenizer, load_splits, spread_indices
-from gptzoo.recipes.research.tasks import IGNORE
+from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenizer, load_splits
 from gptzoo.recipes.runs.folder import (
     CONFIG,
     METRICS,
@@ -45,20 +40,29 @@ from gptzoo.recipes.runs.folder import (
     load_weights,
     open_run,
     read_metrics,
-    run_commit,
-    stage_run,
     unwrap,
     weights_step,
-    write_text_atomic,
 )
 from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest, run_writer
 from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training.checkpoint import (
+    RUN_FILES,
+    Progress,
+    check_resume_config,
+    committed,
+    keep_metrics_until,
+    load_train_state,
+    restore_rng,
+    save_checkpoint,
+)
+from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, reset_peak_memory, resolve_device, to_device
+from gptzoo.recipes.training.evaluation import metrics_record, sample_text
+from gptzoo.recipes.training.models import resolve_vocab
+from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
 from gptzoo.recipes.training.tensorboard import TensorBoardLog
 from gptzoo.registry import Registry
 
 LOG_EVERY = 10  # steps between progress-bar updates, the only host-device syncs between evaluations
-SAMPLE_TEMPERATURE = 0.8
-SAMPLE_TOP_K = 40
 
 
 class NonFiniteLossError(GptzooError):
@@ -76,141 +80,6 @@ class TrainSummary:
     peak_memory_bytes: int
     wall_s: float
     stopped: str  # "done" or "interrupted"
-
-
-# ---- setup ------------------------------------------------------------------------------
-
-
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """The device ``name`` stands for; ``option`` is what the user set it with, named in errors."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"{option} {name!r}: {err}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{option} {name!r}: this torch sees no CUDA device; use auto or cpu")
-    return device
-
-
-def untrained_model(config: RunConfig) -> tuple[GPT, Tokenizer]:
-    """The model ``config`` describes at train.seed's initialisation (the global random state
-    untouched), and its tokenizer, fitted on the config's data when it learns one."""
-    tokenizer = config.model.tokenizer.build()
-    fit_tokenizer(config.data, tokenizer)
-    config = resolve_vocab(config, tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)
-        return GPT(config.model), tokenizer
-
-
-def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
-    """The config with model.vocab_size filled from the tokenizer, checked to cover every id."""
-    size = config.model.vocab_size
-    if size is None:
-        return config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})})
-    if size < tokenizer.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size = {size} is smaller than the '{config.model.tokenizer.name}' tokenizer's vocabulary of "
-            f"{tokenizer.vocab_size}; raise it or leave it out to use the tokenizer's"
-        )
-    return config
-
-
-def total_steps(
-    train: TrainConfig,
-    n_train_windows: int,
-    context_length: int,
-    world_size: int = 1,
-    training_flops_per_token: int | None = None,
-) -> int:
-    """Optimizer steps for the budget the config gives: steps, epochs, tokens or FLOPs (a step is the global batch).
-
-    A FLOPs budget buys ⌊max_flops / (training FLOPs per token × tokens per step)⌋ steps (at least one),
-    so a model that costs more per token trains on fewer tokens.
-    """
-    windows_per_step = train.batch_size * train.grad_accum * world_size
-    if train.max_steps is not None:
-        return train.max_steps
-    if train.max_flops is not None:
-        if training_flops_per_token is None:
-            raise ValueError("a train.max_flops budget needs the model's training FLOPs per token")
-        return max(1, int(train.max_flops // (training_flops_per_token * windows_per_step * context_length)))
-    if train.epochs is not None:
-        return max(1, math.ceil(train.epochs * n_train_windows / windows_per_step))
-    return max(1, math.ceil(train.max_tokens / (windows_per_step * context_length)))
-
-
-def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, linear weights) only, not on biases and
-    norms; with ``weight_decay_scope = "all"`` on every parameter, as the book's AdamW."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if train.weight_decay_scope == "all":
-        groups = [{"params": params, "weight_decay": train.weight_decay}]
-    else:
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-    try:
-        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=True)
-    except (RuntimeError, TypeError):  # no fused kernel for this device in this torch
-        return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
-
-
-def lr_at(step: int, train: TrainConfig, n_steps: int) -> float:
-    """Learning rate for 0-based ``step``: linear warmup, then cosine decay to lr × min_lr_ratio."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / (train.warmup_steps + 1)
-    min_lr = train.lr * train.min_lr_ratio
-    progress = min(1.0, (step - train.warmup_steps) / max(1, n_steps - train.warmup_steps))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - min_lr)
-
-
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start measuring this run's own peak: CUDA's allocator statistics, or on Linux the process's
-    peak resident memory (writing 5 to /proc/self/clear_refs resets VmHWM)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not Linux: the peak is the process's since it started (the README says so)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))  # kB
-    except (OSError, StopIteration):
-        pass
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
-
-
-# ---- one step, one evaluation -----------------------------------------------------------
-
-
-def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Move a batch to the device; on CUDA through pinned memory, so the copy does not make the host wait."""
-    if device.type != "cuda":
-        return batch[0].to(device), batch[1].to(device)
-    return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
 
 
 def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
@@ -253,215 +122,6 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
-
-
-@torch.no_grad()
-def estimate_metrics(
-    model: nn.Module,
-    windows: TokenWindows,
-    n_batches: int,
-    batch_size: int,
-    device: torch.device,
-    dtype: str = "float32",
-    progress: bool = False,
-) -> tuple[float, float]:
-    """Mean loss and top-1 accuracy over the scored targets of a fixed set of windows spread across
-    ``windows``, the same at every evaluation. Every target of a corpus is scored; of a task, only
-    the answers (the others are IGNORE).
-
-    With several processes the set is n_batches global batches, shared out between the ranks.
-    """
-    world = distributed.world()
-    indices = spread_indices(len(windows), n_batches * batch_size * world.size)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, right answers, scored targets; read back once
-    for part in tqdm(
-        distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress
-    ):
-        # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
-        inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
-        with autocast(device, dtype):
-            logits = model(inputs).flatten(0, 1).float()  # (B·T, V)
-        if len(part):
-            targets = targets.flatten()  # (B·T,)
-            scored = targets != IGNORE
-            sums += torch.stack([
-                F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum"),
-                (logits.argmax(-1) == targets).sum(),  # IGNORE is never an argmax
-                scored.sum(),
-            ]).double()  # fmt: skip
-    loss_sum, correct, count = distributed.all_sum(sums.tolist(), device)
-    model.train(was_training)
-    return loss_sum / count, correct / count
-
-
-def estimate_loss(
-    model: nn.Module,
-    windows: TokenWindows,
-    n_batches: int,
-    batch_size: int,
-    device: torch.device,
-    dtype: str = "float32",
-    progress: bool = False,
-) -> float:
-    """The mean loss of ``estimate_metrics``."""
-    return estimate_metrics(model, windows, n_batches, batch_size, device, dtype, progress)[0]
-
-
-def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
-    """train.sample_prompt and a short continuation, as the tokenizer decodes them together;
-    uses its own random generator, so training is unaffected."""
-    from gptzoo.recipes.generation.generate import complete
-
-    plain = unwrap(model)
-    was_training = plain.training
-    plain.eval()
-    text = complete(
-        plain,
-        tokenizer,
-        train.sample_prompt,
-        train.sample_tokens,
-        temperature=SAMPLE_TEMPERATURE,
-        top_k=SAMPLE_TOP_K,
-        seed=train.seed,
-    )
-    plain.train(was_training)
-    return tokenizer.decode(tokenizer.encode(train.sample_prompt)) + text
-
-
-# ---- checkpoints --------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """Where training stands; everything a resumed run needs besides weights and optimizer."""
-
-    step: int = 0
-    tokens: int = 0
-    elapsed_s: float = 0.0
-    best_val_loss: float | None = None
-
-
-def save_checkpoint(
-    out: Path,
-    config: RunConfig,
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    optimizer: torch.optim.Optimizer,
-    progress: Progress,
-    sampler: WindowSampler,
-    registry: Registry | None = None,
-) -> None:
-    """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/manifest.py).
-
-    A failure while saving (a full disk, a crash) leaves the previous checkpoint whole. With
-    several processes only rank 0 writes (under FSDP after every rank helped gather the full
-    state) while the others wait.
-    """
-    world = distributed.world()
-    if not (world.is_main or distributed.is_sharded(model)):
-        distributed.barrier()
-        return
-    weights = distributed.full_model_state(model)
-    optimizer_state = distributed.optimizer_state(model, optimizer)
-    if not world.is_main:
-        distributed.barrier()
-        return
-    state = {
-        "step": progress.step,
-        "tokens": progress.tokens,
-        "elapsed_s": progress.elapsed_s,
-        "best_val_loss": progress.best_val_loss,
-        "data": sampler.state(),
-        "optimizer": optimizer_state,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-    }
-    with run_writer(out):
-        commit = run_commit(out, config, progress.step, registry)
-        try:
-            stage_run(commit, config, weights, tokenizer, {"step": str(progress.step)})
-            with commit.stage(TRAIN_STATE) as f:
-                torch.save(state, f)
-        except BaseException:
-            commit.discard()
-            raise
-        commit.commit()
-    distributed.barrier()
-
-
-def load_train_state(out: Path) -> dict:
-    file = out / TRAIN_STATE
-    if not file.is_file():
-        raise CheckpointError(
-            f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first"
-        )
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False is never passed on
-        if "Unsupported global" in str(err):
-            raise CheckpointError(
-                f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed"
-            ) from None
-        raise CheckpointError(
-            f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt"
-        ) from None
-    except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean an unreadable file
-        raise CheckpointError(
-            f"{file}: cannot read the training state ({type(err).__name__}); the file is truncated or corrupt"
-        ) from None
-
-
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS)  # what train writes into a run folder
-
-
-def committed(out: Path, manifest: Manifest | None) -> bool:
-    """Whether ``out`` holds a committed run (or one saved before manifests, which has weights or a training state)."""
-    return manifest is not None or any((out / name).exists() for name in (WEIGHTS, TRAIN_STATE))
-
-
-def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
-    """A resumed run may change [train] (e.g. more steps) but not the model or the data it was trained on."""
-    ignore = {"data": {"cache_dir"}}
-    differences = []
-    for section in ("model", "data"):
-        given = getattr(config, section).model_dump(mode="json", exclude=ignore.get(section))
-        before = getattr(saved, section).model_dump(mode="json", exclude=ignore.get(section))
-        if section == "model" and given["vocab_size"] is None:
-            given["vocab_size"] = before["vocab_size"]
-        differences += [
-            f"{section}.{key}: {before.get(key)!r} in the run, {given.get(key)!r} now"
-            for key in sorted(set(given) | set(before))
-            if given.get(key) != before.get(key)
-        ]
-    if differences:
-        raise CheckpointError(
-            f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  "
-            + "\n  ".join(differences)
-        )
-
-
-def keep_metrics_until(out: Path, step: int, manifest: Manifest | None) -> None:
-    """Drop evaluations logged after the checkpoint (a crash after them), so a resumed log has no repeats."""
-    file = out / METRICS
-    if manifest is not None:  # the manifest commits the log's first bytes: cut what came after
-        committed_size = manifest.files.get(METRICS, {}).get("size", 0)
-        if file.is_file() and file.stat().st_size > committed_size:
-            os.truncate(file, committed_size)
-        return
-    records = read_metrics(out)
-    kept = [r for r in records if r.get("step", 0) <= step]
-    if len(kept) < len(records):
-        write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class StopSignals:
@@ -649,7 +309,9 @@ def _train(
 
     def report(tokens_per_s: float) -> None:
         """Evaluate, log to metrics.jsonl, print the losses and a sample."""
-        record = evaluate(step_model, train_windows, val_windows, cfg, device, at, n_steps, tokens_per_s)
+        record = metrics_record(
+            step_model, train_windows, val_windows, cfg, device, at.step, at.tokens, n_steps, tokens_per_s
+        )
         if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
             raise _diverged(out, saved_step, checked_step, at.step)
         at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
@@ -738,35 +400,6 @@ def _train(
     summary.peak_memory_bytes = peak_memory_bytes(device)
     summary.wall_s = time.perf_counter() - started
     return summary
-
-
-def evaluate(
-    model: nn.Module,
-    train_windows: TokenWindows,
-    val_windows: TokenWindows,
-    cfg: TrainConfig,
-    device: torch.device,
-    at: Progress,
-    n_steps: int,
-    tokens_per_s: float,
-) -> dict:
-    """One metrics record: losses on fixed train and validation windows, plus where training stands."""
-    train_loss, train_accuracy = estimate_metrics(
-        model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype
-    )
-    val_loss, val_accuracy = estimate_metrics(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
-    return {
-        "step": at.step,
-        "tokens": at.tokens,
-        "train_loss": train_loss,
-        "val_loss": val_loss,
-        "train_accuracy": train_accuracy,
-        "val_accuracy": val_accuracy,
-        "perplexity": math.exp(min(val_loss, 700.0)),
-        "lr": lr_at(max(at.step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
-        "tokens_per_s": round(tokens_per_s, 1),
-        "peak_memory_bytes": peak_memory_bytes(device),
-    }
 
 
 def _diverged(out: Path, saved_step: int | None, good_step: int, step: int) -> NonFiniteLossError:

@@ -791,7 +791,7 @@ def _extrapolation(folder: Path, multiples: tuple[float, ...], registry: Registr
     """The run's loss and accuracy at each multiple of its context, or why its positions cannot go there."""
     from gptzoo.recipes.research.extrapolate import LengthLimitError, extrapolate
     from gptzoo.recipes.runs.folder import build_tokenizer
-    from gptzoo.recipes.training.loop import resolve_device
+    from gptzoo.recipes.training.devices import resolve_device
 
     config = load_config(folder, registry)
     tokenizer = build_tokenizer(config, folder)

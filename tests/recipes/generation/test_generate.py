@@ -317,7 +317,7 @@ def test_byte_level_bpe_streams_multi_byte_characters_whole_after_the_prompt(reg
 
 def test_the_training_sample_reads_as_the_whole_sequence_decoded(registry, monkeypatch):
     from gptzoo.recipes.config.schema import TrainConfig
-    from gptzoo.recipes.training.loop import sample_text
+    from gptzoo.recipes.training.evaluation import sample_text
 
     tokenizer = fitted(registry, "word", VERDICT_OPENING)
     scripted_sampler(monkeypatch, [[i] for i in tokenizer.encode("it was no")] + [[tokenizer.eot_id]])

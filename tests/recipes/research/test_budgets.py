@@ -116,7 +116,7 @@ def test_peak_memory_is_each_runs_own(tmp_path):
     import numpy as np
     import torch
 
-    from gptzoo.recipes.training.loop import peak_memory_bytes, reset_peak_memory
+    from gptzoo.recipes.training.devices import peak_memory_bytes, reset_peak_memory
 
     clear_refs = Path("/proc/self/clear_refs")
     if not clear_refs.exists():

@@ -12,7 +12,7 @@ from gptzoo.core import ConfigError
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import validate_run_config
 from gptzoo.recipes.research.tasks import IGNORE, MQAR, Induction, SelectiveCopy, TaskExamples, task_splits
-from gptzoo.recipes.training.loop import estimate_metrics
+from gptzoo.recipes.training.evaluation import estimate_metrics
 
 MODEL = {"context_length": 32, "d_model": 16, "n_layers": 1, "n_heads": 2}
 

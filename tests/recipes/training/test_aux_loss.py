@@ -12,7 +12,8 @@ from gptzoo.plugins.feed_forward import GELUFeedForward
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
 from gptzoo.recipes.runs.folder import load_run
-from gptzoo.recipes.training.loop import estimate_loss, train, train_step
+from gptzoo.recipes.training.evaluation import estimate_loss
+from gptzoo.recipes.training.loop import train, train_step
 from gptzoo.testing import build, tiny_config
 
 WEIGHT = 0.5

@@ -18,7 +18,8 @@ from gptzoo.recipes.config.schema import TrainConfig, load_run_config
 from gptzoo.recipes.data.tokens import WindowSampler
 from gptzoo.recipes.runs.folder import load_run, read_metrics
 from gptzoo.recipes.training.distributed import TIMEOUT_ENV, RankSampler, World, eval_batches, shard, timeout
-from gptzoo.recipes.training.loop import LOG_EVERY, total_steps, train
+from gptzoo.recipes.training.loop import LOG_EVERY, train
+from gptzoo.recipes.training.optim import total_steps
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -11,7 +11,8 @@ from gptzoo.core import CheckpointError, ConfigError, Params, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.runs.folder import load_run, read_metrics
 from gptzoo.recipes.training import loop as train_module
-from gptzoo.recipes.training.loop import NonFiniteLossError, build_optimizer, lr_at, total_steps, train
+from gptzoo.recipes.training.loop import NonFiniteLossError, train
+from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
 
 
 def tiny(tmp_path, source, registry=None, model=None, **train_fields):
@@ -143,7 +144,7 @@ def test_checkpoints_follow_their_own_interval_and_evaluations_theirs(
 def test_eval_at_start_logs_the_untrained_loss_as_step_0(tmp_path, shared_data):
     from gptzoo.core import GPT
     from gptzoo.recipes.data.tokens import load_tokens, split_windows
-    from gptzoo.recipes.training.loop import estimate_loss
+    from gptzoo.recipes.training.evaluation import estimate_loss
 
     config = tiny(tmp_path, shared_data("the-verdict.txt"), eval_at_start=True, seed=3)
     lines = []

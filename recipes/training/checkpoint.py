@@ -1,0 +1,161 @@
+"""Checkpoints of a training run: saving one, reading the training state back, checking a folder can resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptzoo.core import CheckpointError, Tokenizer
+from gptzoo.recipes.config.schema import RunConfig
+from gptzoo.recipes.data.tokens import WindowSampler
+from gptzoo.recipes.runs.folder import (
+    CONFIG,
+    METRICS,
+    TOKENIZER,
+    TRAIN_STATE,
+    WEIGHTS,
+    read_metrics,
+    run_commit,
+    stage_run,
+    write_text_atomic,
+)
+from gptzoo.recipes.runs.manifest import Manifest, run_writer
+from gptzoo.recipes.training import distributed
+from gptzoo.registry import Registry
+
+
+@dataclass
+class Progress:
+    """Where training stands; everything a resumed run needs besides weights and optimizer."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float | None = None
+
+
+def save_checkpoint(
+    out: Path,
+    config: RunConfig,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    sampler: WindowSampler,
+    registry: Registry | None = None,
+) -> None:
+    """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/manifest.py).
+
+    A failure while saving (a full disk, a crash) leaves the previous checkpoint whole. With
+    several processes only rank 0 writes (under FSDP after every rank helped gather the full
+    state) while the others wait.
+    """
+    world = distributed.world()
+    if not (world.is_main or distributed.is_sharded(model)):
+        distributed.barrier()
+        return
+    weights = distributed.full_model_state(model)
+    optimizer_state = distributed.optimizer_state(model, optimizer)
+    if not world.is_main:
+        distributed.barrier()
+        return
+    state = {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "elapsed_s": progress.elapsed_s,
+        "best_val_loss": progress.best_val_loss,
+        "data": sampler.state(),
+        "optimizer": optimizer_state,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+    with run_writer(out):
+        commit = run_commit(out, config, progress.step, registry)
+        try:
+            stage_run(commit, config, weights, tokenizer, {"step": str(progress.step)})
+            with commit.stage(TRAIN_STATE) as f:
+                torch.save(state, f)
+        except BaseException:
+            commit.discard()
+            raise
+        commit.commit()
+    distributed.barrier()
+
+
+def load_train_state(out: Path) -> dict:
+    file = out / TRAIN_STATE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first"
+        )
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False is never passed on
+        if "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed"
+            ) from None
+        raise CheckpointError(
+            f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt"
+        ) from None
+    except Exception as err:  # noqa: BLE001 -- zip and IO failures all mean an unreadable file
+        raise CheckpointError(
+            f"{file}: cannot read the training state ({type(err).__name__}); the file is truncated or corrupt"
+        ) from None
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS)  # what train writes into a run folder
+
+
+def committed(out: Path, manifest: Manifest | None) -> bool:
+    """Whether ``out`` holds a committed run (or one saved before manifests, which has weights or a training state)."""
+    return manifest is not None or any((out / name).exists() for name in (WEIGHTS, TRAIN_STATE))
+
+
+def check_resume_config(config: RunConfig, saved: RunConfig, out: Path) -> None:
+    """A resumed run may change [train] (e.g. more steps) but not the model or the data it was trained on."""
+    ignore = {"data": {"cache_dir"}}
+    differences = []
+    for section in ("model", "data"):
+        given = getattr(config, section).model_dump(mode="json", exclude=ignore.get(section))
+        before = getattr(saved, section).model_dump(mode="json", exclude=ignore.get(section))
+        if section == "model" and given["vocab_size"] is None:
+            given["vocab_size"] = before["vocab_size"]
+        differences += [
+            f"{section}.{key}: {before.get(key)!r} in the run, {given.get(key)!r} now"
+            for key in sorted(set(given) | set(before))
+            if given.get(key) != before.get(key)
+        ]
+    if differences:
+        raise CheckpointError(
+            f"{out / CONFIG}: the run was trained with another config; cannot resume it with this one:\n  "
+            + "\n  ".join(differences)
+        )
+
+
+def keep_metrics_until(out: Path, step: int, manifest: Manifest | None) -> None:
+    """Drop evaluations logged after the checkpoint (a crash after them), so a resumed log has no repeats."""
+    file = out / METRICS
+    if manifest is not None:  # the manifest commits the log's first bytes: cut what came after
+        committed_size = manifest.files.get(METRICS, {}).get("size", 0)
+        if file.is_file() and file.stat().st_size > committed_size:
+            os.truncate(file, committed_size)
+        return
+    records = read_metrics(out)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) < len(records):
+        write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,127 @@
+"""Scoring a model during training: loss and accuracy on fixed windows, the metrics record, a text sample."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from gptzoo.core import Tokenizer
+from gptzoo.recipes.config.schema import TrainConfig
+from gptzoo.recipes.data.tokens import TokenWindows, spread_indices
+from gptzoo.recipes.research.tasks import IGNORE
+from gptzoo.recipes.runs.folder import unwrap
+from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, to_device
+from gptzoo.recipes.training.optim import lr_at
+
+SAMPLE_TEMPERATURE = 0.8
+SAMPLE_TOP_K = 40
+
+
+@torch.no_grad()
+def estimate_metrics(
+    model: nn.Module,
+    windows: TokenWindows,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: str = "float32",
+    progress: bool = False,
+) -> tuple[float, float]:
+    """Mean loss and top-1 accuracy over the scored targets of a fixed set of windows spread across
+    ``windows``, the same at every evaluation. Every target of a corpus is scored; of a task, only
+    the answers (the others are IGNORE).
+
+    With several processes the set is n_batches global batches, shared out between the ranks.
+    """
+    world = distributed.world()
+    indices = spread_indices(len(windows), n_batches * batch_size * world.size)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, right answers, scored targets; read back once
+    for part in tqdm(
+        distributed.eval_batches(indices, batch_size, world), desc="evaluating", unit="batch", disable=not progress
+    ):
+        # a rank out of windows still runs a forward (FSDP's ranks gather weights together), counted zero times
+        inputs, targets = to_device(windows.batch(part if len(part) else indices[:1]), device)  # (B, T) each
+        with autocast(device, dtype):
+            logits = model(inputs).flatten(0, 1).float()  # (B·T, V)
+        if len(part):
+            targets = targets.flatten()  # (B·T,)
+            scored = targets != IGNORE
+            sums += torch.stack([
+                F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum"),
+                (logits.argmax(-1) == targets).sum(),  # IGNORE is never an argmax
+                scored.sum(),
+            ]).double()  # fmt: skip
+    loss_sum, correct, count = distributed.all_sum(sums.tolist(), device)
+    model.train(was_training)
+    return loss_sum / count, correct / count
+
+
+def estimate_loss(
+    model: nn.Module,
+    windows: TokenWindows,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: str = "float32",
+    progress: bool = False,
+) -> float:
+    """The mean loss of ``estimate_metrics``."""
+    return estimate_metrics(model, windows, n_batches, batch_size, device, dtype, progress)[0]
+
+
+def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
+    """train.sample_prompt and a short continuation, as the tokenizer decodes them together;
+    uses its own random generator, so training is unaffected."""
+    from gptzoo.recipes.generation.generate import complete
+
+    plain = unwrap(model)
+    was_training = plain.training
+    plain.eval()
+    text = complete(
+        plain,
+        tokenizer,
+        train.sample_prompt,
+        train.sample_tokens,
+        temperature=SAMPLE_TEMPERATURE,
+        top_k=SAMPLE_TOP_K,
+        seed=train.seed,
+    )
+    plain.train(was_training)
+    return tokenizer.decode(tokenizer.encode(train.sample_prompt)) + text
+
+
+def metrics_record(
+    model: nn.Module,
+    train_windows: TokenWindows,
+    val_windows: TokenWindows,
+    cfg: TrainConfig,
+    device: torch.device,
+    step: int,
+    tokens: int,
+    n_steps: int,
+    tokens_per_s: float,
+) -> dict:
+    """One metrics record: losses on fixed train and validation windows, plus where training stands."""
+    train_loss, train_accuracy = estimate_metrics(
+        model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype
+    )
+    val_loss, val_accuracy = estimate_metrics(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    return {
+        "step": step,
+        "tokens": tokens,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "train_accuracy": train_accuracy,
+        "val_accuracy": val_accuracy,
+        "perplexity": math.exp(min(val_loss, 700.0)),
+        "lr": lr_at(max(step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_memory_bytes": peak_memory_bytes(device),
+    }
