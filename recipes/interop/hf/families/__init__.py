@@ -1,0 +1,80 @@
+"""The Hugging Face model families gptzoo reads and writes, each as data.
+
+A family is four tables:
+
+- ``fields``: a Hugging Face config.json key <-> the gptzoo [model] path(s) holding the same
+  number (``hidden_size`` <-> ``d_model``), with the value transformers assumes when the key is
+  absent. Both directions read the same table.
+- ``assembly``: what the family always is in gptzoo terms (the plugins and their fixed
+  settings: ``positional.name = "rope"``, ``feed_forward.name = "swiglu"``, ...).
+- ``requires``: Hugging Face options gptzoo implements at some values only (``hidden_act``
+  must be ``silu``); another value is refused, naming the key, the value and why.
+- ``weights``: gptzoo tensor names <-> Hugging Face tensor names, ``{i}`` standing for the
+  layer; several Hugging Face tensors may be stacked into one of gptzoo's (query, key and
+  value rows into ``qkv``), and GPT-2 stores its Conv1D weights transposed.
+
+gptzoo.recipes.interop.hf.convert does the rest for every family alike: checks, streaming, run folders, export.
+
+One module per family group (a family and those built from its rows), the types and shared
+helpers in ``base``; this module assembles ``FAMILIES``. How to add one: ../README.md.
+"""
+
+from gptzoo.recipes.interop.hf.families.base import (
+    MISSING,
+    REQUIRED,
+    Conversion,
+    Family,
+    Field,
+    Require,
+    Weight,
+    hf_shapes,
+    lookup,
+    qkv_rows,
+    to_ours,
+    to_theirs,
+    weight_plan,
+)
+from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
+from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
+from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
+from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3
+from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
+from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
+from gptzoo.recipes.interop.hf.families.olmo import OLMO2
+
+__all__ = [
+    "FAMILIES",
+    "MISSING",
+    "REQUIRED",
+    "Conversion",
+    "Family",
+    "Field",
+    "Require",
+    "Weight",
+    "hf_shapes",
+    "lookup",
+    "qkv_rows",
+    "to_ours",
+    "to_theirs",
+    "weight_plan",
+]
+
+# model_type -> family; the order is the one export-hf tries a trained run's assembly against
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        GPT2,
+        LLAMA,
+        MISTRAL,
+        QWEN2,
+        QWEN3,
+        OLMO2,
+        PHI3,
+        GEMMA2,
+        GEMMA3_TEXT,
+        GPT_NEOX,
+        MIXTRAL,
+        QWEN3_MOE,
+        DEEPSEEK_V3,
+    )
+}

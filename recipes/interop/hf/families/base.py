@@ -1,0 +1,228 @@
+"""The types a family table is written in, and what every family shares: expanding a weight table
+for one model, moving tensors between layouts, reading dotted config.json keys, the attention rows,
+and Hugging Face's rope scaling.
+
+See the package's docstring (gptzoo.recipes.interop.hf.families) for what the four tables mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from gptzoo.core import CheckpointError, Dims
+
+REQUIRED = object()  # a key every config.json of the family carries
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config.json key (dotted into nested objects) and the gptzoo paths it sets."""
+
+    hf: str
+    ours: tuple[str, ...]
+    default: Any = REQUIRED  # the value when config.json leaves the key out; a callable reads the config
+
+    def value(self, hf: dict) -> Any:
+        found = lookup(hf, self.hf)
+        if found is not MISSING and found is not None:
+            return found
+        if self.default is REQUIRED:
+            return MISSING
+        return self.default(hf) if callable(self.default) else self.default
+
+
+@dataclass(frozen=True)
+class Require:
+    """A config.json option gptzoo implements at ``allowed`` values only (``default`` when absent)."""
+
+    hf: str
+    allowed: tuple
+    default: Any
+    why: str
+
+
+@dataclass(frozen=True)
+class Weight:
+    """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer).
+
+    ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
+    (in, out)), ``per_head`` (GPT-NeoX's fused projection holds each head's query, key and value
+    rows together, where gptzoo's holds all queries, then all keys, then all values), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
+    ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
+    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
+    ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name).
+    """
+
+    ours: str
+    theirs: tuple[str, ...]
+    layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts"] = "same"
+    rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
+    chunk: tuple[int, int] = (0, 1)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A part of the config that is more than one key for one field (a rope scaling, a window):
+    ``read(config.json)`` -> {gptzoo path: value}, raising ValueError for what gptzoo lacks;
+    ``write(gptzoo [model] table)`` -> {config.json key: value}."""
+
+    read: Callable[[dict], dict[str, Any]]
+    write: Callable[[dict], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    architecture: str
+    fields: tuple[Field, ...]
+    assembly: dict[str, Any]
+    requires: tuple[Require, ...]
+    weights: tuple[Weight, ...]
+    conversions: tuple[Conversion, ...] = ()
+    prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
+    legacy: Callable[[dict], dict] | None = None  # config.json as older transformers wrote it -> as transformers 5 does
+    ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
+
+
+MISSING = object()
+
+
+# ---- expanding a family's weight table for one model ---------------------------------------------
+
+
+def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[Weight, list[str]]]:
+    """gptzoo tensor name -> (its family entry, the Hugging Face names it is made of)."""
+    patterns = [(re.compile(re.escape(w.ours).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), w) for w in family.weights]
+    plan = {}
+    for name in shapes:
+        for pattern, weight in patterns:
+            if m := pattern.match(name):
+                if weight.layout == "experts":
+                    plan[name] = (
+                        weight,
+                        [weight.theirs[0].format(**m.groupdict(), e=e) for e in range(shapes[name][0])],
+                    )
+                else:
+                    plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
+                break
+        else:
+            raise CheckpointError(f"weight '{name}' has no {family.model_type} counterpart")
+    return plan
+
+
+def hf_shapes(
+    plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims
+) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
+    """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
+    None for all, stacked row-wise; the layout it is stored in; its shape)."""
+    out: dict = {}
+    for name, (weight, theirs) in plan.items():
+        shape = shapes[name]
+        if weight.layout == "rows":
+            start = 0
+            for hf, rows in zip(theirs, weight.rows(dims, shape), strict=True):
+                out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
+                start += rows
+        elif weight.layout == "experts":
+            for e, hf in enumerate(theirs):
+                out[hf] = ([(name, slice(e, e + 1))], "same", shape[1:])
+        elif weight.layout == "chunk":
+            k, n = weight.chunk
+            parts = out.setdefault(theirs[0], ([None] * n, "same", (shape[0] * n, *shape[1:])))[0]
+            parts[k] = (name, None)
+        else:
+            transposed = weight.layout == "transposed"
+            out[theirs[0]] = ([(name, None)], weight.layout, shape[::-1] if transposed else shape)
+    return out
+
+
+def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """A Hugging Face tensor stored in ``layout`` -> gptzoo's."""
+    if layout == "transposed":
+        return tensor.T
+    if layout == "per_head":
+        return (
+            tensor.unflatten(0, (dims.n_heads, 3, -1)).transpose(0, 1).flatten(0, 2)
+        )  # (nh, 3, hs, ...) -> (3, nh, hs, ...)
+    return tensor
+
+
+def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """A gptzoo tensor -> the Hugging Face one stored in ``layout``."""
+    if layout == "transposed":
+        return tensor.T
+    if layout == "per_head":
+        return (
+            tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)
+        )  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
+    return tensor
+
+
+def lookup(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
+
+
+def qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shared attention layout: query heads, then key heads, then value heads."""
+    return (dims.n_heads * dims.head_size, dims.n_kv_heads * dims.head_size, dims.n_kv_heads * dims.head_size)
+
+
+# ---- Hugging Face's rope scaling, which several families share ------------------------------------
+
+SCALINGS = ("linear", "llama3", "yarn")  # the rope plugin's scaling types, spelt as Hugging Face's rope_type
+
+
+def read_rope_scaling(rope: dict, hf: dict, where: str = "rope_parameters") -> dict | None:
+    """Hugging Face's rope parameters -> the rope plugin's ``scaling`` (None: unscaled)."""
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind not in SCALINGS:
+        raise ValueError(
+            f"{where}.rope_type = {json.dumps(kind)} is not supported for {hf.get('model_type')} (gptzoo's rope scales {', '.join(SCALINGS)})"
+        )
+    original = rope.get("original_max_position_embeddings")
+    if kind == "linear":
+        return {"type": "linear", "factor": rope["factor"]}
+    if kind == "llama3":
+        return {
+            "type": "llama3",
+            "factor": rope["factor"],
+            "low_freq_factor": rope["low_freq_factor"],
+            "high_freq_factor": rope["high_freq_factor"],
+            "original_context_length": original,
+        }
+    factor = rope.get("factor") or hf["max_position_embeddings"] / original
+    attention_factor = rope.get("attention_factor")
+    if attention_factor is None and rope.get("mscale") and rope.get("mscale_all_dim"):  # as transformers derives it
+        mscale = lambda m: 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0  # noqa: E731
+        attention_factor = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+    return {
+        "type": "yarn",
+        "factor": factor,
+        "original_context_length": original,
+        "beta_fast": rope.get("beta_fast") or 32.0,
+        "beta_slow": rope.get("beta_slow") or 1.0,
+        "attention_factor": attention_factor,
+        "truncate": rope.get("truncate", True),
+    }
+
+
+def write_rope_scaling(scaling: dict | None) -> dict[str, Any]:
+    """The rope plugin's ``scaling`` -> Hugging Face's rope parameters (beside rope_theta)."""
+    if not scaling:
+        return {"rope_type": "default"}
+    renamed = {"type": "rope_type", "original_context_length": "original_max_position_embeddings"}
+    return {renamed.get(k, k): v for k, v in scaling.items() if v is not None}
