@@ -29,7 +29,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Speed and memory against a hand-written GPT and transformers (see README, Performance).
+# Speed and memory against a hand-written GPT and transformers (see docs/design/performance.md).
 bench: setup
 	$(PY) benchmarks/bench.py --shape small --decode-shapes tiny,gpt2-124m --long-shape gpt2-124m --out bench.json
 

@@ -1,4 +1,4 @@
-"""The attention benchmark runs end to end on small sizes and reports what the README quotes."""
+"""The attention benchmark runs end to end on small sizes and reports what docs/design/performance.md quotes."""
 
 import json
 import subprocess

@@ -1,4 +1,5 @@
-"""The README's "Writing a plugin" and "Conformance kit" examples work exactly as written."""
+"""The docs' "Writing a plugin", "Writing an attention variant" and "Conformance kit" examples (docs/extending.md,
+once the README's) work exactly as written."""
 
 import re
 import sys
@@ -10,13 +11,13 @@ import pytest
 from gptzoo.core import GPT
 from gptzoo.registry import PLUGINS_ENV, default_registry, make_registry
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EXTENDING = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
 def section(title):
-    text = README.read_text(encoding="utf-8")
+    text = EXTENDING.read_text(encoding="utf-8")
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
-    assert match, f"README has no '## {title}' section"
+    assert match, f"docs/extending.md has no '## {title}' section"
     return match.group(1)
 
 
@@ -47,7 +48,7 @@ def test_plugin_example_works_in_code_and_installed(site):
     model = namespace["model"]
     assert isinstance(model, GPT) and type(model.blocks[0].attn_norm).__name__ == "ScaleNorm"
 
-    # Installed: the README's entry point, as pip would record it, makes it visible everywhere.
+    # Installed: the docs' entry point, as pip would record it, makes it visible everywhere.
     entry_points = tomllib.loads(pyproject)["project"]["entry-points"]["gptzoo"]
     info = site / "my_norms-1.0.dist-info"
     info.mkdir()

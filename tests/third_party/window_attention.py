@@ -1,4 +1,4 @@
-"""A sliding-window attention written as a third-party plugin would write it, from the README alone.
+"""A sliding-window attention written as a third-party plugin would write it, from docs/extending.md alone.
 
 Each query sees its latest ``window`` keys (itself included). Decoding keeps only the last
 ``window - 1`` keys and values, the most a later token can see, so the cache's memory stays
