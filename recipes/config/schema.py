@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.recipes.config.presets import find_config
 from gptzoo.recipes.research.tasks import TaskSpec
 from gptzoo.registry import Registry, default_registry
 
@@ -164,8 +165,8 @@ def validate_run_config(data: dict[str, Any], source: str, registry: Registry | 
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), registry: Registry | None = None) -> RunConfig:
-    """Read a TOML (or a run folder's config.json), apply ``key=value`` overrides, validate."""
-    path = Path(path)
+    """Read a TOML (or a run folder's config.json, or a preset by name), apply ``key=value`` overrides, validate."""
+    path = find_config(path)
     if path.suffix == ".json" or path.is_dir():
         import json
 

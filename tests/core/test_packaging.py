@@ -49,10 +49,15 @@ def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
         "gptzoo/recipes/cli/train.py",
         "gptzoo/recipes/interop/hf/families.py",
         "gptzoo/testing/__init__.py",
+        "gptzoo/configs/tiny.toml",  # the presets, subfolders too
+        "gptzoo/configs/hf/qwen3.toml",
+        "gptzoo/configs/book/ch05-verdict.toml",
+        "gptzoo/configs/book/ch06-spam.args",
+        "gptzoo/configs/ablations/attention.toml",
     ):
         assert required in names
     assert not any(
-        n.startswith(("core/", "plugins/", "registry/", "recipes/", "testing/", "tests/", "gptzoo/tests/"))
+        n.startswith(("configs/", "core/", "plugins/", "registry/", "recipes/", "testing/", "tests/", "gptzoo/tests/"))
         for n in names
     )
     assert "gptzoo/__init__.py" not in names  # gptzoo is a namespace package
@@ -78,3 +83,16 @@ def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
         timeout=120,
     )
     assert Path(out.stdout.strip()) == site / "gptzoo" / "core" / "__init__.py"
+
+    # ... and finds the presets by name there, not in this checkout.
+    probe = "from gptzoo.recipes.config.presets import find_config; print(find_config('qwen3'))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        timeout=120,
+    )
+    assert Path(out.stdout.strip()) == site / "gptzoo" / "configs" / "hf" / "qwen3.toml"

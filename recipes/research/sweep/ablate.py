@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from gptzoo.core import GPT, ConfigError, GptzooError, apply_overrides, config_error, read_toml
+from gptzoo.recipes.config.presets import find_config
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
 from gptzoo.recipes.research.sweep.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference, paired_difference
 from gptzoo.recipes.runs.folder import TRAIN_STATE, atomic_path, load_config, read_metrics, save_png, write_text_atomic
@@ -214,8 +215,9 @@ def expand_grid(axes: dict[str, list], mode: str = "product") -> list[dict[str, 
 
 
 def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
-    """Read and validate a sweep file: every variant's config is validated here, before any run."""
-    path = Path(path)
+    """Read and validate a sweep file (a path or a preset name such as ``ablations/attention``): every variant's
+    config is validated here, before any run."""
+    path = find_config(path)
     try:
         spec = SweepFile.model_validate(read_toml(path))
     except ValidationError as err:

@@ -73,6 +73,12 @@ BAD_VALUES = [
     ("plugins", "unknown option", ["--bogus"], "unrecognized arguments: --bogus"),
     # -- configs: describe, tokenize, gradients, train
     ("describe", "missing path", ["{tmp}/nope.toml"], "{tmp}/nope.toml: no such config file"),
+    (
+        "describe",
+        "unknown preset",
+        ["qwen"],
+        "qwen: no such config file, nor a shipped preset; closest presets: hf/qwen3",
+    ),
     ("describe", "folder that is not a run", ["{empty}"], "{empty}: a folder without config.json, so not a run folder"),
     ("describe", "not UTF-8", ["{latin1_toml}"], "{latin1_toml}: not UTF-8 text (byte 13); save the config as UTF-8"),
     ("describe", "malformed content", ["{bad_toml}"], "{bad_toml}: not valid TOML: Expected '=' after a key"),
@@ -142,6 +148,12 @@ BAD_VALUES = [
         "--plot {file}/x.png lies under {file}, which is a file",
     ),
     ("train", "missing path", ["{tmp}/nope.toml", "--out", "{tmp}/out"], "{tmp}/nope.toml: no such config file"),
+    (
+        "train",
+        "unknown preset",
+        ["tiny2", "--out", "{tmp}/out"],
+        "tiny2: no such config file, nor a shipped preset; closest presets: tiny;",
+    ),
     (
         "train",
         "not UTF-8",
@@ -471,6 +483,12 @@ BAD_VALUES = [
     ),
     # -- sweeps
     ("ablate", "missing path", ["{tmp}/nope.toml", "--out", "{tmp}/out"], "{tmp}/nope.toml: no such config file"),
+    (
+        "ablate",
+        "unknown preset",
+        ["ablations/rop", "--out", "{tmp}/out"],
+        "ablations/rop: no such config file, nor a shipped preset; closest presets: ablations/rope",
+    ),
     ("ablate", "folder for a file", ["{empty}", "--out", "{tmp}/out"], "{empty}: a folder, not a TOML file"),
     ("ablate", "not UTF-8", ["{latin1_toml}", "--out", "{tmp}/out"], "{latin1_toml}: not UTF-8 text (byte 13)"),
     ("ablate", "malformed content", ["{bad_toml}", "--out", "{tmp}/out"], "{bad_toml}: not valid TOML"),

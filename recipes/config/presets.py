@@ -1,0 +1,40 @@
+"""The shipped presets: configs/ is package data (gptzoo.configs), so ``gptzoo train tiny`` and
+``gptzoo describe hf/qwen3`` work from an installed wheel as from a checkout."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+
+from gptzoo.core import ConfigError
+
+
+def presets_folder() -> Path:
+    """configs/, wherever the package was installed from."""
+    try:
+        return Path(str(resources.files("gptzoo.configs")))
+    except ModuleNotFoundError:  # an editable install made before configs/ became a package does not map it
+        return Path(__file__).resolve().parents[2] / "configs"
+
+
+def preset_names() -> list[str]:
+    """Every shipped TOML config by name: ``tiny``, ``hf/qwen3``, ``ablations/attention``."""
+    root = presets_folder()
+    return sorted(path.relative_to(root).with_suffix("").as_posix() for path in root.rglob("*.toml"))
+
+
+def find_config(text: str | Path) -> Path:
+    """A path that exists is itself; anything else is a preset name, with or without .toml and, where only one
+    preset has that name, without its folder (``qwen3`` is ``hf/qwen3``)."""
+    path = Path(text)
+    if path.exists():
+        return path
+    name = str(text).removesuffix(".toml")
+    names = preset_names()
+    same_stem = [n for n in names if n.rpartition("/")[2] == name]
+    if name in names or len(same_stem) == 1:
+        return presets_folder() / f"{name if name in names else same_stem[0]}.toml"
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"closest presets: {', '.join(close)}; " if close else ""
+    raise ConfigError(f"{text}: no such config file, nor a shipped preset; {hint}`gptzoo presets` lists them")
