@@ -71,7 +71,7 @@ def window_cache(window: int) -> list[dict]:
         for n in (window, 2 * window, 4 * window):
             cache = m.new_cache(1, n)
             m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
-            for t in range(1, n):  # decode token by token up to n
+            for _ in range(1, n):  # decode token by token up to n
                 m(torch.zeros(1, 1, dtype=torch.long), cache=cache)
             rows.append(
                 {

@@ -103,7 +103,7 @@ class GPT(nn.Module):
         x = self.dropout(self.positional.embed(x, positions))
         if recorder is not None:
             recorder.stream(x)
-        for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional)):
+        for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional, strict=True)):
             x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
             if recorder is not None:
                 recorder.stream(x, block)
@@ -128,7 +128,7 @@ class GPT(nn.Module):
             for name, loss in module.auxiliary_losses().items():
                 reported.setdefault(name, []).append(loss)
         return {
-            name: AuxiliaryLoss(torch.stack([l.value for l in losses]).mean(), losses[0].weight)
+            name: AuxiliaryLoss(torch.stack([loss.value for loss in losses]).mean(), losses[0].weight)
             for name, losses in reported.items()
         }
 

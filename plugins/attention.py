@@ -366,7 +366,8 @@ def _split_heads(module: PerHeadAttention, state: dict, prefix: str, *args) -> N
     for suffix in ("weight", "bias"):
         fused = state.pop(f"{prefix}qkv.{suffix}", None)
         if fused is not None:
-            for key, part in zip(_per_head_keys(module, suffix), fused.split(module.dims.head_size)):
+            # not strict: a fused tensor of another size fails in load_state_dict, which names it
+            for key, part in zip(_per_head_keys(module, suffix), fused.split(module.dims.head_size), strict=False):
                 state[prefix + key] = part
 
 

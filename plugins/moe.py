@@ -244,7 +244,9 @@ def swiglu_per_expert(
     ys, gs, us = [], [], []
     # unbind, not [e]: its backward stacks the experts' gradients once, where indexing would
     # fill and add a whole (E, hidden, C) gradient per expert.
-    for x, w_gate, w_up, w_out in zip(grouped.split(sizes), gate.unbind(0), up.unbind(0), out.unbind(0)):  # x: (n_e, C)
+    for x, w_gate, w_up, w_out in zip(
+        grouped.split(sizes), gate.unbind(0), up.unbind(0), out.unbind(0), strict=True
+    ):  # x: (n_e, C)
         g, u = F.linear(x, w_gate), F.linear(x, w_up)  # (n_e, hidden) each
         ys.append(F.linear(F.silu(g) * u, w_out))  # (n_e, C)
         if keep:
@@ -278,7 +280,7 @@ def moe_experts_backward(
     sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
     d_gate, d_up, d_out = torch.zeros_like(gate), torch.zeros_like(up), torch.zeros_like(out)
     dxs = []
-    parts = zip(dy.split(sizes), grouped.split(sizes), g.split(sizes), u.split(sizes))
+    parts = zip(dy.split(sizes), grouped.split(sizes), g.split(sizes), u.split(sizes), strict=True)
     for e, (dy_e, x, g_e, u_e) in enumerate(parts):
         sig = torch.sigmoid(g_e)
         silu = g_e * sig

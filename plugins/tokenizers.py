@@ -2,6 +2,7 @@
 corpus (``char``, ``word``, ``bpe``), whose learned state is saved with the run."""
 
 import heapq
+import itertools
 import os
 import re
 from abc import abstractmethod
@@ -260,8 +261,8 @@ def train_bpe(text: str, n_merges: int) -> list[tuple[int, int]]:
     freqs = list(counts.values())
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
     words_with: dict[tuple[int, int], set[int]] = defaultdict(set)  # may hold words that lost the pair
-    for w, (ids, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(ids, ids[1:]):
+    for w, (ids, freq) in enumerate(zip(words, freqs, strict=True)):
+        for pair in itertools.pairwise(ids):
             pair_counts[pair] += freq
             words_with[pair].add(w)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
@@ -279,11 +280,11 @@ def train_bpe(text: str, n_merges: int) -> list[tuple[int, int]]:
             changed = set()
             for w in words_with.pop(pair):
                 ids, freq = words[w], freqs[w]
-                for old in zip(ids, ids[1:]):
+                for old in itertools.pairwise(ids):
                     pair_counts[old] -= freq
                     changed.add(old)
                 words[w] = ids = merge_pair(ids, pair, new_id)
-                for new in zip(ids, ids[1:]):
+                for new in itertools.pairwise(ids):
                     pair_counts[new] += freq
                     changed.add(new)
                     words_with[new].add(w)

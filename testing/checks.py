@@ -252,7 +252,7 @@ def check_attention_capture(model: GPT) -> None:
         f"[{_describe(model)}] capture: the last residual stream through the final norm and head",
     )
     query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions)):
+    for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions, strict=True)):
         what = f"[{_describe(model)}] capture: layer {i}'s attention weights"
         shape = (B, block.attention.dims.n_heads, T, T)
         assert weights.shape == shape, f"{what} are {tuple(weights.shape)}, expected {shape}"
@@ -380,7 +380,7 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
     )
     texts = [SAMPLE_TEXT, UNICODE_TEXT]
     encoded = [tokenizer.encode(t) for t in texts]
-    for text, ids in zip(texts, encoded):
+    for text, ids in zip(texts, encoded, strict=True):
         bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < V]
         assert ids and not bad, f"{name}: encode({text[:20]!r}...) gave ids outside [0, {V}): {bad[:5]}"
         if tokenizer.lossless:

@@ -58,7 +58,7 @@ def describe(config: RunConfig) -> dict:
                 "parameters": sum(p.numel() for p in block.parameters()),
                 "kv_cache_bytes_per_token": block.attention.cache_bytes(T, torch.float32) // T,
             }
-            for layer, block in zip(model_config.layers(), model.blocks)
+            for layer, block in zip(model_config.layers(), model.blocks, strict=True)
         ],
     }
 
@@ -109,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0

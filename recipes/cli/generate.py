@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         _write("\n")
         return 0
     outputs = generate_ids(model, prompts, args.max_new_tokens, **options)
-    for n, (text, context, ids) in enumerate(zip(shown, prompts, outputs)):
+    for n, (text, context, ids) in enumerate(zip(shown, prompts, outputs, strict=True)):
         if n:
             print()
         print(text + decode_after(tokenizer, context, ids))

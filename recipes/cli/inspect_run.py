@@ -83,7 +83,9 @@ def view(seen: Inspection) -> list[str]:
     """The tokens, the top next tokens after the last one, and the logit lens's last positions."""
     T = len(seen.ids)
     lines = [f"{T} tokens: " + " ".join(f"{p}:'{t}'" for p, t in enumerate(seen.tokens))]
-    choices = "  ".join(f"'{t}' {p:.3f}" for t, p in zip(seen.next_tokens[-1], seen.next_probs[-1].tolist()))
+    choices = "  ".join(
+        f"'{t}' {p:.3f}" for t, p in zip(seen.next_tokens[-1], seen.next_probs[-1].tolist(), strict=True)
+    )
     lines.append(f"next token after '{seen.tokens[-1]}': {choices}")
     first = max(0, T - LENS_COLUMNS)
     which = f"positions {first}-{T - 1} of {T}" if first else "every position"
@@ -91,7 +93,7 @@ def view(seen: Inspection) -> list[str]:
     cell = 10
     name_width = max(len(n) for n in seen.layer_names)
     lines.append(" " * name_width + "".join(f"  {_fit(t, cell)}" for t in seen.tokens[first:]))
-    for name, row in reversed(list(zip(seen.layer_names, seen.lens_tokens))):
+    for name, row in reversed(list(zip(seen.layer_names, seen.lens_tokens, strict=True))):
         lines.append(f"{name:<{name_width}}" + "".join(f"  {_fit(t, cell)}" for t in row[first:]))
     return lines
 

@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(r[i]) for r in rows + [("family", "name", "params", "provided by")]) for i in range(4)]
     for row in [("family", "name", "params", "provided by")] + rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0

@@ -222,7 +222,7 @@ def _write_tokens(data: DataConfig, tokenizer: Tokenizer, dtype: np.dtype, path:
 
         def flush() -> None:
             nonlocal pending_chars
-            for (_, separated), ids in zip(pending, tokenizer.encode_batch([text for text, _ in pending])):
+            for (_, separated), ids in zip(pending, tokenizer.encode_batch([text for text, _ in pending]), strict=True):
                 array = np.asarray(ids, dtype=np.int64)
                 if array.size and (array.min() < 0 or array.max() > limit):
                     raise GptzooError(

@@ -153,7 +153,7 @@ def encode_examples(
     """(token ids truncated to ``max_length``, class id) per example."""
     class_ids = {label: i for i, label in enumerate(labels)}
     encoded = tokenizer.encode_batch([e.text for e in examples])
-    return [(ids[:max_length], class_ids[e.label]) for ids, e in zip(encoded, examples)]
+    return [(ids[:max_length], class_ids[e.label]) for ids, e in zip(encoded, examples, strict=True)]
 
 
 def collate(

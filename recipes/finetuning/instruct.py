@@ -93,9 +93,9 @@ def split_in_file_order(
 def encode_entries(entries: list[dict], tokenizer: Tokenizer) -> list[tuple[list[int], int]]:
     """(ids of prompt + output, number of prompt tokens) per entry."""
     prompts = [entry_prompt(e) for e in entries]
-    full = tokenizer.encode_batch([p + e["output"] for p, e in zip(prompts, entries)])
+    full = tokenizer.encode_batch([p + e["output"] for p, e in zip(prompts, entries, strict=True)])
     prompt_lengths = [len(ids) for ids in tokenizer.encode_batch(prompts)]
-    return list(zip(full, prompt_lengths))
+    return list(zip(full, prompt_lengths, strict=True))
 
 
 def collate(
@@ -112,7 +112,7 @@ def collate(
     T = max(len(s) for s in sequences) - 1
     inputs = torch.full((len(batch), T), pad_id, dtype=torch.long)
     targets = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
-    for row, (sequence, (_, prompt_length)) in enumerate(zip(sequences, batch)):
+    for row, (sequence, (_, prompt_length)) in enumerate(zip(sequences, batch, strict=True)):
         n = len(sequence) - 1
         inputs[row, :n] = torch.tensor(sequence[:-1])
         targets[row, :n] = torch.tensor(sequence[1:])

@@ -81,7 +81,7 @@ class PositionScores:
     def summary(self) -> dict:
         scored = self.count > 0
         total = int(self.count.sum())
-        per_position = lambda values: [float(v) if ok else None for v, ok in zip(values, scored)]  # noqa: E731
+        per_position = lambda values: [float(v) if ok else None for v, ok in zip(values, scored, strict=True)]  # noqa: E731
         return {
             "context": self.context,
             "windows": self.windows,

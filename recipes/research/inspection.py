@@ -126,8 +126,10 @@ def summary(seen: Inspection, source: str) -> dict:
         "tokens": seen.tokens,
         "layers": seen.layer_names,
         "next_tokens": [
-            [{"id": i, "token": t, "prob": round(p, 5)} for i, t, p in zip(ids, tokens, probs)]
-            for ids, tokens, probs in zip(seen.next_ids.tolist(), seen.next_tokens, seen.next_probs.tolist())
+            [{"id": i, "token": t, "prob": round(p, 5)} for i, t, p in zip(ids, tokens, probs, strict=True)]
+            for ids, tokens, probs in zip(
+                seen.next_ids.tolist(), seen.next_tokens, seen.next_probs.tolist(), strict=True
+            )
         ],
         "logit_lens": {
             "top_ids": seen.lens_ids.tolist(),
@@ -204,7 +206,7 @@ def plot_all(seen: Inspection, out: Path) -> list[Path]:
     files.append(out / "next-tokens.png")
     _token_table(
         plt,
-        [list(row) for row in zip(*seen.next_tokens)],
+        [list(row) for row in zip(*seen.next_tokens, strict=True)],
         seen.next_probs.T,
         [f"#{r + 1}" for r in range(seen.next_ids.size(1))],
         seen.tokens,

@@ -42,7 +42,7 @@ def loop_attention(q, k, v, window=None, scale=None, softcap=None):
             if softcap is not None:
                 scores = [softcap * math.tanh(s / softcap) for s in scores]
             weights = torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=0)
-            out[h, t] = sum(w * v[kv, s].double() for w, s in zip(weights, range(first, t + 1)))
+            out[h, t] = sum(w * v[kv, s].double() for w, s in zip(weights, range(first, t + 1), strict=True))
     return out
 
 

@@ -226,6 +226,6 @@ def test_attention_variants_agree_with_the_reference(n_kv_heads, positional, qkv
         attention = impl(impl.Params(), d).eval()
         attention.load_state_dict(state)
         torch.testing.assert_close(
-            attention(x, ctx), expected, atol=1e-5, rtol=0, msg=lambda m: f"{impl.__name__}: {m}"
+            attention(x, ctx), expected, atol=1e-5, rtol=0, msg=lambda m, impl=impl: f"{impl.__name__}: {m}"
         )
         assert set(attention.state_dict()) == set(state), f"{impl.__name__} does not save the shared layout"

@@ -174,7 +174,7 @@ def test_gptneox_partial_rotary_matches_transformers(registry):
     cos, sin = theirs(q, positions)
     expected = apply_rotary_pos_emb(q, k, cos, sin)
     got = ours.rotate(q, k, positions)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
 
 

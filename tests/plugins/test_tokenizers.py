@@ -1,6 +1,7 @@
 """Tokenizers against hand-worked ids, a plain reference BPE merge loop and Unicode round trips."""
 
 import functools
+import itertools
 import json
 import os
 from pathlib import Path
@@ -47,7 +48,7 @@ def reference_bpe_encode(text: str, merges: list[list[int]]) -> list[int]:
     for piece in regex.findall(GPT2_RELEASED_PATTERN, text):
         ids = list(piece.encode("utf-8"))
         while True:
-            pairs = [p for p in zip(ids, ids[1:]) if p in rank]
+            pairs = [p for p in itertools.pairwise(ids) if p in rank]
             if not pairs:
                 break
             best = min(pairs, key=rank.get)

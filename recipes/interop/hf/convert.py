@@ -13,6 +13,7 @@ only when complete.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -480,7 +481,7 @@ def export_hf(
             for number, shard in enumerate(shards, start=1):
                 file = WEIGHTS if len(shards) == 1 else f"model-{number:05d}-of-{len(shards):05d}.safetensors"
                 with atomic_path(tmp / file) as path, open(path, "wb") as handle:
-                    progress = lambda names: tqdm(names, desc=f"export {file}", unit="tensor")  # noqa: E731
+                    progress = functools.partial(tqdm, desc=f"export {file}", unit="tensor")
                     write_safetensors(handle, shard, read, {"format": "pt"}, progress)
                 weight_map |= {hf: file for hf in shard}
             if len(shards) > 1:

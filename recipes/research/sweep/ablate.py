@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -211,7 +212,7 @@ def expand_grid(axes: dict[str, list], mode: str = "product") -> list[dict[str, 
     """
     if mode == "one_at_a_time":
         return [{}] + [{key: value} for key, values in axes.items() for value in values]
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
 def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
@@ -307,22 +308,25 @@ def match_parameters(
             targets[size] = parameter_count(config, vocab)
         return targets[size]
 
+    def sized_at(
+        variant: Variant, where: str, cache: dict[int, tuple[RunConfig, int]], k: int
+    ) -> tuple[RunConfig, int]:
+        """The variant's config with ``match.by`` = k multiples and its parameter count, each k built once."""
+        if k not in cache:
+            config = _variant_config(
+                base_data,
+                {**variant.overrides, match.by: k * match.multiple_of},
+                f"{where}, {match.by} = {k * match.multiple_of}",
+                registry,
+            )
+            cache[k] = config, parameter_count(config, vocab)
+        return cache[k]
+
     matched = []
     for variant in variants:
         where = f"{path}: match_params for variant '{variant.label}'"
         target = target_at(variant.size)
-        cache: dict[int, tuple[RunConfig, int]] = {}
-
-        def sized(k: int) -> tuple[RunConfig, int]:
-            if k not in cache:
-                config = _variant_config(
-                    base_data,
-                    {**variant.overrides, match.by: k * match.multiple_of},
-                    f"{where}, {match.by} = {k * match.multiple_of}",
-                    registry,
-                )
-                cache[k] = config, parameter_count(config, vocab)
-            return cache[k]
+        sized = functools.partial(sized_at, variant, where, {})
 
         low, high = 1, 1
         while sized(high)[1] < target:
@@ -990,7 +994,7 @@ class PowerLaw:
             return None
         xs, ys = [math.log(c) for c, _ in points], [math.log(loss) for _, loss in points]
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         return cls(math.exp(my - slope * mx), -slope, points)
 
     def __call__(self, flops: float) -> float:
@@ -1089,7 +1093,7 @@ def extrapolation_table(sweep: Sweep, results: list[RunResult]) -> str:
         "| --- | " + " | ".join("---:" for _ in multiples) + " |",
     ]
     reasons = []
-    for variant, (label, cells) in zip(sweep.variants, extrapolation_scores(sweep, results).items()):
+    for variant, (label, cells) in zip(sweep.variants, extrapolation_scores(sweep, results).items(), strict=True):
         shown = ["refused" if isinstance(c, str) else _pm(Stat.of(c), 4) for c in cells.values()]
         lines.append(f"| {label} | " + " | ".join(shown) + " |")
         if "refused" in shown:
@@ -1109,7 +1113,7 @@ def plot_extrapolation(sweep: Sweep, results: list[RunResult], path: Path) -> No
     for label, cells in extrapolation_scores(sweep, results).items():
         points = [(float(m) * context, statistics.fmean(c)) for m, c in cells.items() if not isinstance(c, str) and c]
         if points:
-            ax.plot(*zip(*points), marker="o", label=label)
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax.axvline(context, color="black", linestyle="--", linewidth=1, label="trained context")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation context (tokens)")
@@ -1259,7 +1263,7 @@ def plot_loss_curves(sweep: Sweep, out: Path, path: Path) -> None:
     for label, (tokens, losses) in curves.items():
         if not tokens:
             continue
-        columns = list(zip(*losses))
+        columns = list(zip(*losses, strict=True))
         mean = [statistics.fmean(c) for c in columns]
         is_base = label == base_label
         (line,) = ax.plot(

@@ -140,7 +140,7 @@ def test_cached_greedy_equals_the_book_loop_and_batches_match_single_prompts(reg
         model = tiny_model(registry, attention={"name": attention}, positional={"name": positional}).double()
     prompts = [[72, 105, 33], [1, 250, 7, 99, 3, 18, 64]]
     expected = [book_greedy(model, p, 14) for p in prompts]
-    for prompt, want in zip(prompts, expected):
+    for prompt, want in zip(prompts, expected, strict=True):
         assert generate_ids(model, [prompt], 14) == [want]
         assert generate_ids(model, [prompt], 14, use_cache=False) == [want]
     assert generate_ids(model, prompts, 14, eot_id=EOT) == [e[: e.index(EOT)] if EOT in e else e for e in expected]

@@ -78,7 +78,7 @@ def test_csv_quoting_reads_the_sms_collection_as_the_books_pandas_read(shared_da
     df = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"])  # the book's read
     examples = read_examples(path, quoting="csv")
     assert len(examples) == len(df) == 5572
-    assert [(e.label, e.text) for e in examples] == list(zip(df["Label"], df["Text"]))
+    assert [(e.label, e.text) for e in examples] == list(zip(df["Label"], df["Text"], strict=True))
     assert len(read_examples(path)) == 5574  # one example per line
 
 
@@ -91,8 +91,8 @@ def test_book_balance_and_split_are_the_books(shared_data):
     ours = split_like_the_book(
         balance_like_the_book(read_examples(path, quoting="csv"), seed=123), (0.7, 0.1, 0.2), seed=123
     )
-    for theirs, mine in zip(books, ours):
-        assert [(e.label, e.text) for e in mine] == list(zip(theirs["Label"], theirs["Text"]))
+    for theirs, mine in zip(books, ours, strict=True):
+        assert [(e.label, e.text) for e in mine] == list(zip(theirs["Label"], theirs["Text"], strict=True))
     assert [len(part) for part in ours] == [1045, 149, 300]
 
 

@@ -373,7 +373,11 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
         with torch.no_grad():
             ours = run.model(idx, pad_mask=mask)
         torch.testing.assert_close(
-            ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}, {attention}: {m}"
+            ours[mask],
+            expected[mask],
+            atol=1e-4,
+            rtol=0,
+            msg=lambda m, attention=attention: f"{case}, {attention}: {m}",
         )
         assert generate_ids(run.model, prompts, 20) == hf_tokens, f"{case}, {attention}"
     assert main(["export-hf", str(tmp_path / CASES[case][2][0]), "--out", str(tmp_path / "exported")]) == 0

@@ -383,7 +383,7 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
         "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
         "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
     ]  # fmt: skip
-    table = dict(zip(rows[0], rows[2]))
+    table = dict(zip(rows[0], rows[2], strict=True))
     # FakeTrainer: rope seeds 0 and 1 end at 3.5 and 3.6; learned at 3.0 and 3.1.
     assert float(table["final_val_loss_mean"]) == pytest.approx(3.55)
     assert float(table["final_val_loss_std"]) == pytest.approx(0.1 / math.sqrt(2), rel=1e-5)

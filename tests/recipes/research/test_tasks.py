@@ -26,7 +26,7 @@ def examples(task, length=32, n=50):
 
 
 def mqar_oracle(inputs, n_pairs):
-    pairs = dict(zip(inputs[0 : 2 * n_pairs : 2].tolist(), inputs[1 : 2 * n_pairs : 2].tolist()))
+    pairs = dict(zip(inputs[0 : 2 * n_pairs : 2].tolist(), inputs[1 : 2 * n_pairs : 2].tolist(), strict=True))
     answers = np.full(len(inputs), IGNORE)
     for p in range(2 * n_pairs, len(inputs)):
         if inputs[p] in pairs:

@@ -62,7 +62,7 @@ def test_two_steps_minimise_lm_loss_plus_weighted_aux(aux_registry):
         sgd.zero_grad()
         expected_aux += aux.item()
 
-    for (name, got), expected in zip(model.state_dict().items(), by_hand.state_dict().values()):
+    for (name, got), expected in zip(model.state_dict().items(), by_hand.state_dict().values(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
     assert set(sums) == {"activation_l2"} and sums["activation_l2"].item() == pytest.approx(expected_aux, rel=1e-5)
 

@@ -209,7 +209,7 @@ def assert_same_losses(a: Path, b: Path, steps: list[int]) -> None:
     assert (
         [r["step"] for r in first] == [r["step"] for r in second] == steps
     )  # one line per evaluation: rank 0 writes alone
-    for x, y in zip(first, second):
+    for x, y in zip(first, second, strict=True):
         assert x["tokens"] == y["tokens"] == x["step"] * 8 * 16  # 8 windows of 16 tokens a step
         assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5)
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-5)

@@ -210,7 +210,7 @@ def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path,
     assert resumed.stopped == "done" and resumed.steps == 20
     straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
     assert [r["step"] for r in split] == [5, 10, 15, 20]
-    for a, b in zip(straight, split):
+    for a, b in zip(straight, split, strict=True):
         assert (a["train_loss"], a["val_loss"], a["lr"], a["tokens"]) == (
             b["train_loss"],
             b["val_loss"],
@@ -218,7 +218,9 @@ def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path,
             b["tokens"],
         )
     final_straight, final_split = load_run(tmp_path / "straight"), load_run(tmp_path / "split")
-    for (name, a), (_, b) in zip(final_straight.model.state_dict().items(), final_split.model.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        final_straight.model.state_dict().items(), final_split.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
