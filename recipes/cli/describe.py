@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. model.attention.name=sdpa (repeatable)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON (see the README for its shape)")
+    parser.add_argument("--json", action="store_true", help="print JSON (its shape: docs/reference/commands.md)")
 
 
 def describe(config: RunConfig) -> dict:

@@ -11,7 +11,7 @@ HELP = "list every component family, name and the plugin (distribution and versi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a JSON list (see the README for its shape)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list (its shape: docs/reference/commands.md)")
 
 
 def _params(entry) -> dict:
