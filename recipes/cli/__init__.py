@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "plugins": "gptzoo.recipes.cli.plugins",
+    "presets": "gptzoo.recipes.cli.presets",
     "describe": "gptzoo.recipes.cli.describe",
     "tokenize": "gptzoo.recipes.cli.tokenize_corpus",
     "gradients": "gptzoo.recipes.cli.gradients",

@@ -71,6 +71,7 @@ WRITERS = {
 BAD_VALUES = [
     # (command, kind of bad value, argv after the command, message)
     ("plugins", "unknown option", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("presets", "no name matches", ["qwen9"], "no preset name contains 'qwen9'; `gptzoo presets` lists them all"),
     # -- configs: describe, tokenize, gradients, train
     ("describe", "missing path", ["{tmp}/nope.toml"], "{tmp}/nope.toml: no such config file"),
     (
