@@ -20,7 +20,7 @@ import torch
 
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.interop.gpt2 import new_folder, refuse_existing, weight_shapes, write_imported_run
+from gptzoo.recipes.interop.files import new_folder, refuse_existing, weight_shapes, write_imported_run
 from gptzoo.recipes.runs.folder import describe_mismatch
 from gptzoo.registry import Registry, default_registry
 

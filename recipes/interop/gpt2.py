@@ -15,35 +15,29 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
+from gptzoo.core import CheckpointError, ConfigError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.interop.hf.families import GPT2, weight_plan
-from gptzoo.recipes.runs.folder import (
-    CONFIG,
-    WEIGHTS,
-    atomic_path,
-    check_out_folder,
-    describe_mismatch,
-    run_commit,
-    write_safetensors,
+from gptzoo.recipes.interop.files import (
+    new_folder,
+    open_safetensors,
+    read_hf_config,
+    refuse_existing,
+    weight_shapes,
+    write_imported_run,
 )
+from gptzoo.recipes.interop.hf.convert import model_table, normalise
+from gptzoo.recipes.interop.hf.families import GPT2, weight_plan
+from gptzoo.recipes.runs.folder import CONFIG, WEIGHTS, atomic_path, describe_mismatch
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -53,7 +47,7 @@ HF_TREE = "https://huggingface.co/{name}/tree/main"
 CACHE_ENV = "GPTZOO_CACHE"  # the same cache root as the token cache
 TIMEOUT_S = 10
 ATTENTION = ("sdpa", "fused", "per_head")  # the built-in variants; all compute GPT-2's attention
-TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GPT-2's tanh-GELU
+GPT2_TOKENIZER = {"name": "tiktoken", "encoding": "gpt2"}  # the published checkpoints' BPE
 
 HF_PREFIX = GPT2.prefix  # GPT2LMHeadModel's prefix; the published files (GPT2Model) have none
 HF_SKIPPED = re.compile(rf"{GPT2.ignored}|lm_head\.weight")  # causal-mask buffers; the tied head
@@ -71,7 +65,8 @@ def hf_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, bool]]:
 
 
 def model_config_data(hf: dict, attention: str, source: str) -> dict:
-    """A Hugging Face GPT-2 config.json -> the gptzoo [model] table of the same model.
+    """A Hugging Face GPT-2 config.json -> the gptzoo [model] table of the same model, read through the
+    gpt2 family's table as import-hf reads it, with GPT-2's tiktoken tokenizer.
 
     Raises ConfigError naming the setting when the config describes something that is not
     GPT-2 (another model type, another activation, untied head, ...).
@@ -81,144 +76,7 @@ def model_config_data(hf: dict, attention: str, source: str) -> dict:
             f"{source}: model_type is {hf.get('model_type')!r}, not 'gpt2'; import-gpt2 reads GPT-2 checkpoints "
             "(GPT2LMHeadModel / GPT2Model) only"
         )
-    missing = [
-        k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if not isinstance(hf.get(k), int)
-    ]
-    if missing:
-        raise ConfigError(
-            f"{source}: {', '.join(missing)} missing or not an integer; a GPT-2 config.json has all of them"
-        )
-    C = hf["n_embd"]
-    unsupported = {
-        "activation_function": (
-            hf.get("activation_function", "gelu_new") in TANH_GELU,
-            "GPT-2 uses the tanh-GELU 'gelu_new'",
-        ),
-        "n_inner": (hf.get("n_inner") in (None, 4 * C), f"gptzoo's GPT-2 MLP is 4 × n_embd = {4 * C} wide"),
-        "scale_attn_weights": (
-            hf.get("scale_attn_weights", True) is True,
-            "attention scores are scaled by 1/sqrt(head size)",
-        ),
-        "scale_attn_by_inverse_layer_idx": (
-            hf.get("scale_attn_by_inverse_layer_idx", False) is False,
-            "no per-layer score scaling",
-        ),
-        "tie_word_embeddings": (
-            hf.get("tie_word_embeddings", True) is True,
-            "GPT-2 ties its LM head to the token embedding",
-        ),
-        "add_cross_attention": (hf.get("add_cross_attention", False) is False, "GPT-2 is decoder-only"),
-    }
-    for key, (ok, why) in unsupported.items():
-        if not ok:
-            raise ConfigError(f"{source}: {key} = {json.dumps(hf[key])} has no gptzoo counterpart ({why})")
-    return {
-        "vocab_size": hf["vocab_size"],
-        "context_length": hf["n_positions"],
-        "d_model": C,
-        "n_layers": hf["n_layer"],
-        "n_heads": hf["n_head"],
-        "dropout": 0.0,  # as configs/gpt2-*.toml; fine-tuning sets its own
-        "qkv_bias": True,
-        "tied_head": True,
-        "tokenizer": {"name": "tiktoken", "encoding": "gpt2"},
-        "positional": {"name": "learned"},
-        "attention": {"name": attention},
-        "feed_forward": {"name": "gelu"},
-        "norm": {"name": "layernorm", "eps": hf.get("layer_norm_epsilon", 1e-5)},
-        "head": {"name": "lm"},
-    }
-
-
-def read_hf_config(file: Path) -> dict:
-    """A JSON object from a Hugging Face folder (config.json, tokenizer_config.json, ...)."""
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{file}: not a readable JSON file ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    return data
-
-
-# ---- weights, one tensor at a time --------------------------------------------------------
-
-
-def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every weight a run folder stores for ``config`` (a tied weight once)."""
-    with torch.device("meta"):  # shapes only: allocates nothing
-        model = GPT(config)
-    seen: set[int] = set()
-    shapes = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:  # the tied head is the embedding's very Parameter
-            seen.add(id(tensor))
-            shapes[name] = tuple(tensor.shape)
-    return shapes
-
-
-def write_float32(
-    f: BinaryIO, shapes: dict[str, tuple[int, ...]], read: Callable[[str], torch.Tensor], desc: str
-) -> None:
-    """Stream float32 tensors, one at a time from ``read``, into a safetensors file ``f``."""
-    progress = lambda names: tqdm(names, desc=desc, unit="tensor")  # noqa: E731
-    write_safetensors(
-        f,
-        {name: (torch.float32, shape) for name, shape in shapes.items()},
-        read,
-        {"format": "pt", "producer": "gptzoo"},
-        progress,
-    )
-
-
-def write_imported_run(
-    folder: Path,
-    config: RunConfig,
-    shapes: dict[str, tuple[int, ...]],
-    read: Callable[[str], torch.Tensor],
-    desc: str,
-    registry: Registry | None,
-) -> None:
-    """Commit config.json and streamed float32 weights to the new run ``folder``, with its manifest."""
-    commit = run_commit(folder, config, registry=registry)
-    commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
-    with commit.stage(WEIGHTS) as weights_file:
-        write_float32(weights_file, shapes, read, desc)
-    commit.commit()
-
-
-@contextmanager
-def open_safetensors(path: Path) -> Iterator:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            yield f
-    except SafetensorError as err:
-        raise CheckpointError(f"{path}: cannot read the weights ({err}); the file is truncated or corrupt") from None
-
-
-def refuse_existing(out: Path) -> None:
-    check_out_folder(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise GptzooError(f"{out} already exists and is not empty; choose a new folder (nothing was written)")
-
-
-@contextmanager
-def new_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, renamed to ``out`` when the block succeeds.
-
-    Refuses an ``out`` that exists with something in it: nothing the user had is overwritten.
-    """
-    refuse_existing(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.replace(tmp, out)  # replaces an empty folder too
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    return model_table(GPT2, normalise(hf), source, attention, GPT2_TOKENIZER)
 
 
 # ---- finding the files: a local folder, the cache, or a download ---------------------------

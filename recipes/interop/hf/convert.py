@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gptzoo.core import CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.interop.gpt2 import new_folder, open_safetensors, read_hf_config, refuse_existing, weight_shapes
+from gptzoo.recipes.interop.files import new_folder, open_safetensors, read_hf_config, refuse_existing, weight_shapes
 from gptzoo.recipes.interop.hf.families import (
     FAMILIES,
     MISSING,

@@ -64,9 +64,11 @@ def hf_config(**fields) -> dict:
     return config | fields
 
 
-def hf_shapes(n_layer: int, n_embd: int, vocab_size: int, n_positions: int) -> dict[str, tuple[int, ...]]:
+def hf_shapes(
+    n_layer: int, n_embd: int, vocab_size: int, n_positions: int, n_inner: int | None = None
+) -> dict[str, tuple[int, ...]]:
     """GPT-2's tensor names and shapes; Conv1D weights are stored (in, out)."""
-    C = n_embd
+    C, H = n_embd, n_inner or 4 * n_embd
     shapes = {"wte.weight": (vocab_size, C), "wpe.weight": (n_positions, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
     for i in range(n_layer):
         shapes |= {
@@ -78,21 +80,21 @@ def hf_shapes(n_layer: int, n_embd: int, vocab_size: int, n_positions: int) -> d
             f"h.{i}.attn.c_proj.bias": (C,),
             f"h.{i}.ln_2.weight": (C,),
             f"h.{i}.ln_2.bias": (C,),
-            f"h.{i}.mlp.c_fc.weight": (C, 4 * C),
-            f"h.{i}.mlp.c_fc.bias": (4 * C,),
-            f"h.{i}.mlp.c_proj.weight": (4 * C, C),
+            f"h.{i}.mlp.c_fc.weight": (C, H),
+            f"h.{i}.mlp.c_fc.bias": (H,),
+            f"h.{i}.mlp.c_proj.weight": (H, C),
             f"h.{i}.mlp.c_proj.bias": (C,),
         }
     return shapes
 
 
 def write_random_gpt2(
-    folder: Path, n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, prefix="transformer."
+    folder: Path, n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, prefix="transformer.", n_inner=None
 ) -> Path:
     """A GPT-2 folder in the Hugging Face layout with random weights, written without transformers."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
-    shapes = hf_shapes(n_layer, n_embd, vocab_size, n_positions)
+    shapes = hf_shapes(n_layer, n_embd, vocab_size, n_positions, n_inner)
     save_file(
         {prefix + k: torch.randn(s, generator=generator) * 0.1 for k, s in shapes.items()},
         str(folder / "model.safetensors"),
@@ -114,6 +116,34 @@ def test_imported_config_equals_the_repo_config_of_that_size(size, attention, re
     expected = load_run_config(ROOT / "configs" / f"{size}.toml", [f"model.attention.name={attention}"], registry).model
     data = gpt2.model_config_data(hf_config(**PUBLISHED[size]), attention, "config.json")
     assert registry.model_config(data) == expected
+
+
+@pytest.mark.parametrize(
+    "fields, accepted",
+    [
+        ({}, True),
+        ({"n_inner": 80}, True),  # an MLP 80 wide, not 4 × 64: the gelu feed-forward's hidden
+        ({"n_inner": None}, True),  # transformers' default, 4 × n_embd
+        ({"activation_function": "gelu_pytorch_tanh"}, True),
+        ({"activation_function": "relu"}, False),
+        ({"tie_word_embeddings": False}, False),
+        ({"scale_attn_weights": False}, False),
+        ({"add_cross_attention": True}, False),
+        ({"n_head": None}, False),
+    ],
+)
+def test_import_gpt2_and_import_hf_accept_and_refuse_the_same_configs(fields, accepted, tmp_path, capsys):
+    """One GPT-2 mapping (the gpt2 family's table): both importers read a config.json alike."""
+    n_inner = fields.get("n_inner") or 4 * 64
+    src = write_random_gpt2(tmp_path / "src", n_embd=64, n_inner=n_inner)
+    config = json.loads((src / "config.json").read_text()) | fields
+    (src / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    codes = [main([command, str(src), "--out", str(tmp_path / command)]) for command in ("import-gpt2", "import-hf")]
+    assert codes == ([0, 0] if accepted else [2, 2]), capsys.readouterr().err
+    if accepted:
+        for command in ("import-gpt2", "import-hf"):
+            hidden = load_config(tmp_path / command).model.feed_forward.params.hidden
+            assert (hidden or 4 * 64) == n_inner  # None: the gelu plugin's 4 × d_model
 
 
 # ---- parity with transformers --------------------------------------------------------------
@@ -357,7 +387,7 @@ def test_import_error_for_missing_files(tmp_path, capsys):
     [
         ({"model_type": "llama"}, "model_type is 'llama', not 'gpt2'"),
         ({"activation_function": "relu"}, 'activation_function = "relu"'),
-        ({"n_inner": 1000}, "n_inner = 1000"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx = true"),
         ({"tie_word_embeddings": False}, "tie_word_embeddings = false"),
         ({"n_embd": None}, "n_embd missing"),
     ],

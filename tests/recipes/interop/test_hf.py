@@ -295,7 +295,7 @@ CASES = {
         dict(num_key_value_heads=2, sliding_window=6, pad_token_id=0, bos_token_id=1, eos_token_id=2),
         ["sliding_window"],
     ),
-    # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 refuses
+    # an MLP width other than 4 × n_embd (n_inner), which import-gpt2 reads through the same table
     "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, n_inner=80), ATTENTION),
 }
 DECODER = dict(
