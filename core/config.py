@@ -329,22 +329,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for key in keys[:-1]:
-            child = node.get(key)
-            if isinstance(child, str):  # a component written by name only
-                child = {"name": child}
-            if child is None:
-                child = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{key}' is a value, not a table")
-            node[key] = child
-            node = child
-        last = keys[-1]
-        if last == "name" and node.get("name") not in (None, value):
-            node.clear()
-        node[last] = value
+        set_override(data, keys, value, f"override {text!r}")
     return data
+
+
+def set_override(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    """Set ``value`` at the path ``keys`` of ``data`` in place, as ``--set`` does: missing tables
+    are made, a component written by name only becomes ``{"name": ...}``, and a new ``name``
+    replaces the component's spec. ``source`` names the override in errors."""
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if isinstance(child, str):  # a component written by name only
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: '{key}' is a value, not a table")
+        node[key] = child
+        node = child
+    last = keys[-1]
+    if last == "name" and node.get("name") not in (None, value):
+        node.clear()
+    node[last] = value
 
 
 def _describe_errors(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:

@@ -51,7 +51,7 @@ def test_run_config_validates_and_builds(path, registry):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_sweep_validates_and_every_variant_builds(path, registry):
-    from gptzoo.recipes.research.sweep.ablate import load_sweep
+    from gptzoo.recipes.research.sweep import load_sweep
 
     sweep = load_sweep(path, registry=registry)
     assert len(sweep.variants) >= 2, f"{path} compares nothing"

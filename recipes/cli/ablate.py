@@ -5,7 +5,7 @@ import contextlib
 from pathlib import Path
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.research.sweep.ablate import (
+from gptzoo.recipes.research.sweep import (
     CURVES_PNG,
     EXTRAPOLATION_PNG,
     RESULTS_CSV,

@@ -807,7 +807,7 @@ def test_the_table_covers_every_command():
 
 
 def test_an_ablation_base_may_be_a_run_folder_read_as_its_config(tmp_path):
-    from gptzoo.recipes.research.sweep.ablate import load_sweep
+    from gptzoo.recipes.research.sweep import load_sweep
 
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(f'base = "{RUN}"\n[axes]\n"model.norm.name" = ["layernorm", "rmsnorm"]\n')

@@ -12,15 +12,10 @@ from torch import Tensor, nn
 
 from gptzoo.core import ConfigError, GptzooError, Norm
 from gptzoo.recipes import cli
-from gptzoo.recipes.research.sweep.ablate import (
-    RunResult,
-    Stat,
-    aggregate,
-    expand_grid,
-    load_sweep,
-    markdown_table,
-    run_sweep,
-)
+from gptzoo.recipes.research.sweep import RunResult, aggregate, load_sweep, run_sweep
+from gptzoo.recipes.research.sweep.plan import expand_grid
+from gptzoo.recipes.research.sweep.report import markdown_table
+from gptzoo.recipes.research.sweep.results import Stat
 from gptzoo.recipes.runs.folder import TRAIN_STATE, append_metrics
 from gptzoo.recipes.training.loop import NonFiniteLossError
 

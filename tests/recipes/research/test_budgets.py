@@ -6,7 +6,8 @@ import pytest
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.config.schema import validate_run_config
-from gptzoo.recipes.research.sweep.ablate import load_sweep, parameter_count
+from gptzoo.recipes.research.sweep import load_sweep
+from gptzoo.recipes.research.sweep.match import parameter_count
 from gptzoo.recipes.training.loop import train
 
 V, D, T = 12, 16, 16  # the task's 10 ids + eot + unk; d_model; context

@@ -6,7 +6,9 @@ import pytest
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.research.sweep.ablate import PowerLaw, RunResult, aggregate, load_sweep, markdown_table
+from gptzoo.recipes.research.sweep import RunResult, aggregate, load_sweep
+from gptzoo.recipes.research.sweep.fits import PowerLaw
+from gptzoo.recipes.research.sweep.report import markdown_table
 
 BASE = (
     "[model]\ncontext_length = 16\nd_model = 16\nn_layers = 1\nn_heads = 2\n"
