@@ -1,8 +1,8 @@
 """Training a GPT on a corpus: the loop that strings the training modules together.
 
-Devices (devices.py), the optimizer and its schedule (optim.py), evaluation (evaluation.py) and
-checkpoints (checkpoint.py) each have their module; here are one step, the per-step schedule
-and ``train``. The step itself never waits on the device: losses are read back to the host
+Devices (devices.py), the optimizer and its schedule (optim.py), evaluation (evaluation.py),
+checkpoints (checkpoint.py) and how a session starts (start.py) each have their module; here
+are one step, which steps evaluate, checkpoint and log (``plan_step``), and the loop. The step itself never waits on the device: losses are read back to the host
 only when the progress bar updates (every LOG_EVERY steps) and at evaluations.
 """
 
@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,42 +23,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, Tokenizer
+from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
-from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenizer, load_splits
+from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
 from gptzoo.recipes.runs.folder import (
-    CONFIG,
-    METRICS,
-    TOKENIZER,
-    TRAIN_STATE,
-    WEIGHTS,
     append_metrics,
-    build_tokenizer,
     check_out_folder,
-    load_config,
-    load_matching_weights,
-    load_weights,
-    open_run,
     read_metrics,
     unwrap,
-    weights_step,
 )
-from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest, run_writer
+from gptzoo.recipes.runs.manifest import run_writer
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.checkpoint import (
-    RUN_FILES,
     Progress,
-    check_resume_config,
-    committed,
-    keep_metrics_until,
-    load_train_state,
-    restore_rng,
     save_checkpoint,
 )
-from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, reset_peak_memory, resolve_device, to_device
+from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, reset_peak_memory, to_device
 from gptzoo.recipes.training.evaluation import metrics_record, sample_text
-from gptzoo.recipes.training.models import resolve_vocab
-from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
+from gptzoo.recipes.training.optim import lr_at
+from gptzoo.recipes.training.start import Run, set_up, start_run
 from gptzoo.recipes.training.tensorboard import TensorBoardLog
 from gptzoo.registry import Registry
 
@@ -147,60 +130,74 @@ class StopSignals:
             signal.signal(signum, handler)
 
 
-# ---- the loop -----------------------------------------------------------------------------
+# ---- the schedule -----------------------------------------------------------------------
 
 
-def prepare_run(
-    config: RunConfig, out: Path, resume: bool, registry: Registry | None, say: Callable[[str], None]
-) -> tuple[RunConfig, Tokenizer, tuple[dict, Manifest | None] | None]:
-    """The config to train (vocab_size resolved), its tokenizer (fitted) and, when resuming, the saved training state and manifest."""
-    manifest = open_run(out) if out.is_dir() else None
-    if resume:
-        if not committed(out, manifest):
-            raise CheckpointError(
-                f"{out}: holds no committed checkpoint to resume (the run stopped before its first); train without --resume to start over"
-            )
-        if manifest is not None:
-            for name in (CONFIG, WEIGHTS, TRAIN_STATE, *(n for n in (TOKENIZER, METRICS) if n in manifest.files)):
-                check_file(out, manifest, name)
-        state = load_train_state(out)
-        if manifest is None and weights_step(out / WEIGHTS) not in (None, state["step"]):
-            raise CheckpointError(
-                f"{out}: {WEIGHTS} is from step {weights_step(out / WEIGHTS)} but {TRAIN_STATE} from step {state['step']} "
-                f"(a crash between saving the two); this folder cannot resume exactly"
-            )
-        saved = load_config(out, registry, manifest)
-        check_resume_config(config, saved, out)
-        config = saved.model_copy(update={"train": config.train})
-        return config, build_tokenizer(config, out, manifest), (state, manifest)
-    if committed(out, manifest):
-        raise CheckpointError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
-    leftovers = [name for name in RUN_FILES if (out / name).exists()]
-    if leftovers:
-        say(
-            f"{out} holds no committed checkpoint (a run stopped before its first); starting over (removing {', '.join(leftovers)})"
+@dataclass(frozen=True)
+class StepPlan:
+    """What follows an optimizer step besides the step itself."""
+
+    log: bool  # update the progress bar: read the loss and the divergence flag back (and agree to stop)
+    evaluate: bool  # score fixed train and validation windows into metrics.jsonl
+    sample: bool  # print a sample of generated text, at evaluations when train.sample_tokens asks for one
+    checkpoint: bool
+
+
+def plan_step(step: int, n_steps: int, train: TrainConfig) -> StepPlan:
+    """What follows step ``step`` of ``n_steps`` (counted once it is taken; step 0 is before the first).
+
+    Evaluations come every eval_interval steps, checkpoints with them or every checkpoint_interval
+    steps (0: none until the end); the last step always does both; the progress bar updates every
+    LOG_EVERY steps and whenever the step evaluates or checkpoints. Before the first step only
+    train.eval_at_start evaluates.
+    """
+    if step == 0:
+        return StepPlan(
+            log=False,
+            evaluate=train.eval_at_start,
+            sample=train.eval_at_start and train.sample_tokens > 0,
+            checkpoint=False,
         )
-        for name in leftovers:
-            (out / name).unlink()
-    if config.train.init_from is not None:  # the source's weights mean its tokenizer's ids
-        source = Path(config.train.init_from)
-        if not (source / CONFIG).is_file():
-            raise ConfigError(
-                f"train.init_from: {source} is not a run folder (no {CONFIG}); give the folder of an imported or trained run"
-            )
-        source_config = load_config(source, registry, source_manifest := open_run(source))
-        if source_config.model.tokenizer != config.model.tokenizer:
-            raise ConfigError(
-                f"train.init_from: {source} was trained with tokenizer {source_config.model.tokenizer.model_dump_json()}, this config has "
-                f"{config.model.tokenizer.model_dump_json()}; its weights mean its tokenizer's ids, so set model.tokenizer as the source's"
-            )
-        tokenizer = build_tokenizer(source_config, source, source_manifest)
-        return resolve_vocab(config, tokenizer), tokenizer, None
-    tokenizer = config.model.tokenizer.build()
-    if tokenizer.needs_fit and not tokenizer.is_fitted:
-        say(f"fitting the '{config.model.tokenizer.name}' tokenizer on {config.data.source}")
-        fit_tokenizer(config.data, tokenizer)
-    return resolve_vocab(config, tokenizer), tokenizer, None
+    last = step == n_steps
+    evaluate = step % train.eval_interval == 0 or last
+    interval = train.checkpoint_interval
+    checkpoint = last or (evaluate if interval is None else bool(interval) and step % interval == 0)
+    log = step % LOG_EVERY == 0 or evaluate or checkpoint
+    return StepPlan(log=log, evaluate=evaluate, sample=evaluate and train.sample_tokens > 0, checkpoint=checkpoint)
+
+
+# ---- the loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """What happened since the last evaluation."""
+
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    tokens: int = 0
+    aux_sums: dict[str, Tensor] = field(default_factory=dict)  # auxiliary losses summed over the steps
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step."""
+
+    at: Progress  # where training stands: what a checkpoint saves
+    saved_step: int | None  # the last checkpoint's step, kept if the loss diverges
+    checked_step: int  # the last step whose loss was read back finite
+    nonfinite: Tensor  # on the device: whether any loss since checked_step was NaN or infinite
+    last_val_loss: float | None = None
+    window: Window = field(default_factory=Window)
+    session_started: float = field(default_factory=time.perf_counter)
+    session_start_step: int = 0
+    elapsed_before_s: float = 0.0  # training time of earlier sessions of a resumed run
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before_s + time.perf_counter() - self.session_started
 
 
 def train(
@@ -240,175 +237,186 @@ def _train(
     started = time.perf_counter()
     progress = progress and world.is_main  # one progress bar and one voice: rank 0's
     say = (tqdm.write if progress and log is print else log) if world.is_main else (lambda text: None)
-    config, tokenizer, saved = prepare_run(config, out, resume, registry, say)
-    state, manifest = saved if saved is not None else (None, None)
-    cfg = config.train
-    device = distributed.rank_device(resolve_device(cfg.device), world)
-
-    with distributed.main_first():  # rank 0 tokenizes into the cache, the others then read it
-        train_windows, val_windows = load_splits(config.data, tokenizer, config.model.context_length, progress)
-    windows_per_step = cfg.batch_size * cfg.grad_accum * world.size  # the global batch
-    tokens_per_step = windows_per_step * config.model.context_length
-
-    torch.manual_seed(cfg.seed)
-    model = GPT(config.model)
-    n_steps = total_steps(
-        cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"]
-    )
-    if state is not None:
-        load_weights(model, out / WEIGHTS)
-    elif cfg.init_from is not None:
-        source = Path(cfg.init_from)  # prepare_run opened it (and noted a folder without a manifest)
-        say(load_matching_weights(model, source, read_manifest(source)))
-    model.train()
-    wrapped = distributed.wrap(
-        model, cfg.parallel, device, world
-    )  # onto the device; FSDP shards in place, so before the optimizer
-    optimizer = build_optimizer(model, cfg, device)
-    at = Progress()
-    sampler = WindowSampler(len(train_windows), config.data.seed)
-    if state is not None:
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        at = Progress(state["step"], state["tokens"], state["elapsed_s"], state["best_val_loss"])
-        sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
-        restore_rng(state["rng"])
-        if world.is_main:
-            keep_metrics_until(out, at.step, manifest)
-    if world.size > 1:
-        torch.manual_seed(distributed.rank_seed(cfg.seed, world, at.step))  # each rank its own dropout masks
-    rank_sampler = distributed.RankSampler(sampler, world) if world.size > 1 else sampler
-    step_model = torch.compile(wrapped) if cfg.compile else wrapped
-    reset_peak_memory(device)
-
-    n_params = unwrap(model).param_counts()["total"]
-    say(
-        f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {n_steps} steps of {tokens_per_step:,} tokens, "
-        f"{n_params:,} parameters on {device}; {train_windows.describe()} for training, {val_windows.describe()} for validation"
-    )
-    if world.size > 1:
-        say(
-            f"{world.size} processes ({cfg.parallel}): effective batch {cfg.batch_size} per process × {cfg.grad_accum} accumulated "
-            f"× {world.size} processes = {windows_per_step} windows, {tokens_per_step:,} tokens per step"
-        )
-    summary = TrainSummary(out, at.step, at.tokens, None, at.best_val_loss, 0.0, 0, 0.0, "done")
-    if at.step >= n_steps:
-        say(f"{out}: already trained for {at.step} of {n_steps} steps; raise train.max_steps to train longer")
+    run, at = set_up(start_run(config, out, resume, registry, say), out, registry, world, progress, say)
+    reset_peak_memory(run.device)
+    say_what_trains(run, at, resume)
+    if at.step >= run.n_steps:
+        say(f"{out}: already trained for {at.step} of {run.n_steps} steps; raise train.max_steps to train longer")
         last = read_metrics(out)[-1:] or [{}]
-        summary.final_val_loss = last[0].get("val_loss")
-        summary.wall_s = time.perf_counter() - started
-        return summary
-
-    session_start_step, elapsed_before = at.step, at.elapsed_s
-    saved_step = at.step if resume else None
-    loop_start = window_start = time.perf_counter()
-    window_tokens = 0
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
-    checked_step = at.step
-    bar = tqdm(total=n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
-    tensorboard = TensorBoardLog(out, at.step) if cfg.tensorboard and world.is_main else None
-
-    def report(tokens_per_s: float) -> None:
-        """Evaluate, log to metrics.jsonl, print the losses and a sample."""
-        record = metrics_record(
-            step_model, train_windows, val_windows, cfg, device, at.step, at.tokens, n_steps, tokens_per_s
+        return TrainSummary(
+            out,
+            at.step,
+            at.tokens,
+            last[0].get("val_loss"),
+            at.best_val_loss,
+            0.0,
+            0,
+            time.perf_counter() - started,
+            "done",
         )
-        if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
-            raise _diverged(out, saved_step, checked_step, at.step)
-        at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-        record["elapsed_s"] = round(at.elapsed_s, 3)
-        record |= {
-            "processes": world.size,
-            "effective_batch_size": windows_per_step,
-            "tokens_per_step": tokens_per_step,
-        }
-        record |= {
-            f"aux_{name}": distributed.mean_over_ranks(total).item() / max(window_steps, 1)
-            for name, total in aux_sums.items()
-        }
-        at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
-        summary.final_val_loss = record["val_loss"]
-        if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            append_metrics(out, record)
-            if tensorboard is not None:
-                tensorboard.log(record)
-        say(
-            f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-            f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
-        )
-        if cfg.sample_tokens:
-            say(textwrap.indent(sample_text(step_model, tokenizer, cfg), "  | "))
 
-    aux_sums: dict[str, Tensor] = {}  # auxiliary losses summed over the steps since the last evaluation
-    window_steps = 0
-    if cfg.eval_at_start and at.step == 0:
-        report(0.0)
-        window_start = time.perf_counter()
-    with StopSignals() as stop, bar:
-        while at.step < n_steps:
-            loss = train_step(
-                step_model, optimizer, train_windows, rank_sampler, cfg, lr_at(at.step, cfg, n_steps), device, aux_sums
-            )
-            nonfinite |= ~torch.isfinite(loss)
-            window_steps += 1
-            at.step += 1
-            at.tokens += tokens_per_step
-            window_tokens += tokens_per_step
-            evaluating = at.step % cfg.eval_interval == 0 or at.step == n_steps
-            interval = cfg.checkpoint_interval
-            checkpointing = at.step == n_steps or (
-                evaluating if interval is None else bool(interval) and at.step % interval == 0
-            )
-            reporting = at.step % LOG_EVERY == 0 or evaluating or checkpointing
-            if reporting:
-                if distributed.any_rank(nonfinite, device):  # the one sync between evaluations
-                    raise _diverged(out, saved_step, checked_step, at.step)
-                checked_step = at.step
-                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
-                aux_shown = {
-                    name: f"{distributed.mean_over_ranks(total).item() / window_steps:.4f}"
-                    for name, total in aux_sums.items()
-                }
-                bar.set_postfix(loss=f"{mean_loss.item():.4f}", **aux_shown, tok_s=f"{rate:,.0f}")
-                bar.update(at.step - bar.n)
-            if evaluating:
-                report(window_tokens / max(time.perf_counter() - window_start, 1e-9))
-            if checkpointing:
-                at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler, registry)
-                saved_step = at.step
-            if evaluating:
-                window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
-                aux_sums.clear()
-            stopping = stop.received is not None
-            if world.size > 1:  # every rank must stop after the same step: agree where they sync anyway
-                stopping = reporting and distributed.any_rank(stopping, device)
-            if stopping and at.step < n_steps:
-                at.elapsed_s = elapsed_before + time.perf_counter() - loop_start
-                save_checkpoint(out, config, model, tokenizer, optimizer, at, sampler, registry)
-                by = signal.Signals(stop.received).name if stop.received is not None else "a signal to another process"
-                say(f"stopped by {by} at step {at.step}; checkpoint saved in {out} (continue with --resume)")
-                summary.stopped = "interrupted"
-                break
-
-    wall = time.perf_counter() - loop_start
+    state = TrainState(
+        at,
+        saved_step=at.step if resume else None,
+        checked_step=at.step,
+        nonfinite=torch.zeros((), dtype=torch.bool, device=run.device),
+        session_start_step=at.step,
+        elapsed_before_s=at.elapsed_s,
+    )
+    bar = tqdm(
+        total=run.n_steps, initial=at.step, desc="training", unit="step", disable=not progress, dynamic_ncols=True
+    )
+    tensorboard = TensorBoardLog(out, at.step) if run.config.train.tensorboard and world.is_main else None
+    stopped = train_loop(run, state, bar, tensorboard)
+    wall = time.perf_counter() - state.session_started
     if tensorboard is not None:
         tensorboard.close()
-    summary.steps, summary.tokens, summary.best_val_loss = at.step, at.tokens, at.best_val_loss
-    summary.tokens_per_s = (at.step - session_start_step) * tokens_per_step / max(wall, 1e-9)
-    summary.peak_memory_bytes = peak_memory_bytes(device)
-    summary.wall_s = time.perf_counter() - started
-    return summary
+    return TrainSummary(
+        out,
+        at.step,
+        at.tokens,
+        state.last_val_loss,
+        at.best_val_loss,
+        tokens_per_s=(at.step - state.session_start_step) * run.tokens_per_step / max(wall, 1e-9),
+        peak_memory_bytes=peak_memory_bytes(run.device),
+        wall_s=time.perf_counter() - started,
+        stopped=stopped,
+    )
 
 
-def _diverged(out: Path, saved_step: int | None, good_step: int, step: int) -> NonFiniteLossError:
+def train_loop(run: Run, state: TrainState, bar: tqdm, tensorboard: TensorBoardLog | None) -> str:
+    """Train from ``state`` to run.n_steps, or until a signal stops it: returns "done" or "interrupted"."""
+    cfg, at = run.config.train, state.at
+    if at.step == 0 and (before := plan_step(0, run.n_steps, cfg)).evaluate:
+        report(run, state, 0.0, before.sample, tensorboard)
+        state.window = Window()
+    with StopSignals() as stop, bar:
+        while at.step < run.n_steps:
+            lr = lr_at(at.step, cfg, run.n_steps)
+            aux_sums = state.window.aux_sums
+            loss = train_step(
+                run.step_model, run.optimizer, run.train_windows, run.rank_sampler, cfg, lr, run.device, aux_sums
+            )
+            state.nonfinite |= ~torch.isfinite(loss)
+            at.step += 1
+            at.tokens += run.tokens_per_step
+            state.window.steps += 1
+            state.window.tokens += run.tokens_per_step
+            plan = plan_step(at.step, run.n_steps, cfg)
+            if plan.log:
+                check_finite(run, state)
+                show_progress(run, state, loss, bar)
+            if plan.evaluate:
+                report(run, state, state.window.tokens_per_s(), plan.sample, tensorboard)
+            if plan.checkpoint:
+                checkpoint(run, state)
+            if plan.evaluate:
+                state.window = Window()
+            if stop_requested(run, stop, plan) and at.step < run.n_steps:
+                checkpoint(run, state)
+                by = signal.Signals(stop.received).name if stop.received is not None else "a signal to another process"
+                run.say(f"stopped by {by} at step {at.step}; checkpoint saved in {run.out} (continue with --resume)")
+                return "interrupted"
+    return "done"
+
+
+def say_what_trains(run: Run, at: Progress, resume: bool) -> None:
+    cfg = run.config.train
+    n_params = run.model.param_counts()["total"]
+    run.say(
+        f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {run.n_steps} steps of {run.tokens_per_step:,} tokens, "
+        f"{n_params:,} parameters on {run.device}; {run.train_windows.describe()} for training, "
+        f"{run.val_windows.describe()} for validation"
+    )
+    if run.world.size > 1:
+        run.say(
+            f"{run.world.size} processes ({cfg.parallel}): effective batch {cfg.batch_size} per process × {cfg.grad_accum} accumulated "
+            f"× {run.world.size} processes = {run.windows_per_step} windows, {run.tokens_per_step:,} tokens per step"
+        )
+
+
+def check_finite(run: Run, state: TrainState) -> None:
+    """Raise NonFiniteLossError if any rank's loss went NaN or infinite since the last check: the one sync between evaluations."""
+    if distributed.any_rank(state.nonfinite, run.device):
+        raise diverged(run.out, state)
+    state.checked_step = state.at.step
+
+
+def show_progress(run: Run, state: TrainState, loss: Tensor, bar: tqdm) -> None:
+    rate = state.window.tokens_per_s()
+    mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
+    aux_shown = {
+        name: f"{distributed.mean_over_ranks(total).item() / state.window.steps:.4f}"
+        for name, total in state.window.aux_sums.items()
+    }
+    bar.set_postfix(loss=f"{mean_loss.item():.4f}", **aux_shown, tok_s=f"{rate:,.0f}")
+    bar.update(state.at.step - bar.n)
+
+
+def report(run: Run, state: TrainState, tokens_per_s: float, sample: bool, tensorboard: TensorBoardLog | None) -> None:
+    """Evaluate, log to metrics.jsonl (and TensorBoard), print the losses and, with ``sample``, a sample."""
+    cfg, at = run.config.train, state.at
+    record = metrics_record(
+        run.step_model,
+        run.train_windows,
+        run.val_windows,
+        cfg,
+        run.device,
+        at.step,
+        at.tokens,
+        run.n_steps,
+        tokens_per_s,
+    )
+    if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
+        raise diverged(run.out, state)
+    at.elapsed_s = state.elapsed_s()
+    record["elapsed_s"] = round(at.elapsed_s, 3)
+    record |= {
+        "processes": run.world.size,
+        "effective_batch_size": run.windows_per_step,
+        "tokens_per_step": run.tokens_per_step,
+    }
+    record |= {
+        f"aux_{name}": distributed.mean_over_ranks(total).item() / max(state.window.steps, 1)
+        for name, total in state.window.aux_sums.items()
+    }
+    at.best_val_loss = min(record["val_loss"], at.best_val_loss or math.inf)
+    state.last_val_loss = record["val_loss"]
+    if run.world.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        append_metrics(run.out, record)
+        if tensorboard is not None:
+            tensorboard.log(record)
+    run.say(
+        f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+        f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+    )
+    if sample:
+        run.say(textwrap.indent(sample_text(run.step_model, run.tokenizer, cfg), "  | "))
+
+
+def checkpoint(run: Run, state: TrainState) -> None:
+    state.at.elapsed_s = state.elapsed_s()
+    save_checkpoint(run.out, run.config, run.model, run.tokenizer, run.optimizer, state.at, run.sampler, run.registry)
+    state.saved_step = state.at.step
+
+
+def stop_requested(run: Run, stop: StopSignals, plan: StepPlan) -> bool:
+    """Whether a signal asks to stop after this step; with several processes, every rank must stop after
+    the same one, so they agree at the steps where they sync anyway."""
+    stopping = stop.received is not None
+    if run.world.size > 1:
+        stopping = plan.log and distributed.any_rank(stopping, run.device)
+    return stopping
+
+
+def diverged(out: Path, state: TrainState) -> NonFiniteLossError:
     kept = (
-        f"the last good checkpoint in {out} (step {saved_step}) is kept"
-        if saved_step is not None
+        f"the last good checkpoint in {out} (step {state.saved_step}) is kept"
+        if state.saved_step is not None
         else "no checkpoint was saved"
     )
     return NonFiniteLossError(
-        f"the loss became NaN or infinite between steps {good_step} and {step}: training diverged; {kept}. "
-        f"Lower train.lr, add train.warmup_steps or set train.grad_clip"
+        f"the loss became NaN or infinite between steps {state.checked_step} and {state.at.step}: training diverged; "
+        f"{kept}. Lower train.lr, add train.warmup_steps or set train.grad_clip"
     )
