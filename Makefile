@@ -9,14 +9,14 @@ export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken
 endif
 RUN ?= runs/tiny
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs clean
 setup: $(VENV)/.installed
 
 # constraints.txt pins torch to the CPU build on these machines (an unpinned torch pulls CUDA, several GB).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots,parquet,tensorboard,hf]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots,parquet,tensorboard,hf,docs]'
 	$(PY) -m pip install -q --no-deps llms-from-scratch==1.0.19
 	touch $@
 
@@ -33,5 +33,11 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench.py --shape small --decode-shapes tiny,gpt2-124m --long-shape gpt2-124m --out bench.json
 
+# The reference pages regenerated from the code, then the site built strictly into site/
+# (a broken link fails; tests/test_docs_build.py runs the same build).
+docs: setup
+	$(PY) docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site
