@@ -25,16 +25,19 @@ def preset_names() -> list[str]:
 
 
 def find_config(text: str | Path) -> Path:
-    """A path that exists is itself; anything else is a preset name, with or without .toml and, where only one
-    preset has that name, without its folder (``qwen3`` is ``hf/qwen3``)."""
+    """A path that exists is itself; anything else is a preset's name (see find_preset)."""
     path = Path(text)
-    if path.exists():
-        return path
-    name = str(text).removesuffix(".toml")
+    return path if path.exists() else find_preset(str(text))
+
+
+def find_preset(name: str) -> Path:
+    """A preset's file by name, with or without .toml and, where only one preset has that name, without its
+    folder (``qwen3`` is ``hf/qwen3``)."""
+    stem = name.removesuffix(".toml")
     names = preset_names()
-    same_stem = [n for n in names if n.rpartition("/")[2] == name]
-    if name in names or len(same_stem) == 1:
-        return presets_folder() / f"{name if name in names else same_stem[0]}.toml"
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    same_stem = [n for n in names if n.rpartition("/")[2] == stem]
+    if stem in names or len(same_stem) == 1:
+        return presets_folder() / f"{stem if stem in names else same_stem[0]}.toml"
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.5)
     hint = f"closest presets: {', '.join(close)}; " if close else ""
-    raise ConfigError(f"{text}: no such config file, nor a shipped preset; {hint}`gptzoo presets` lists them")
+    raise ConfigError(f"{name}: no such config file, nor a shipped preset; {hint}`gptzoo presets` lists them")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
-from gptzoo.recipes.config.presets import find_config
+from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.research.tasks import TaskSpec
 from gptzoo.registry import Registry, default_registry
 
@@ -165,7 +165,7 @@ def validate_run_config(data: dict[str, Any], source: str, registry: Registry | 
 
 
 def load_run_config(path: str | Path, overrides: list[str] = (), registry: Registry | None = None) -> RunConfig:
-    """Read a TOML (or a run folder's config.json, or a preset by name), apply ``key=value`` overrides, validate."""
+    """Read a TOML (or a run folder's config.json, or a preset by name; a TOML may extend another), apply ``key=value`` overrides, validate."""
     path = find_config(path)
     if path.suffix == ".json" or path.is_dir():
         import json
@@ -182,7 +182,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{file}: not valid JSON: {err}") from None
     else:
-        data = read_toml(path)
+        data = read_toml(path, find_base=find_preset)
     data = apply_overrides(data, list(overrides))
     if "model" not in data:
         raise ConfigError(f"{path}: has no [model] table")

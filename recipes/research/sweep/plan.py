@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from gptzoo.core import ConfigError, config_error, read_toml
 from gptzoo.recipes.config import keys
-from gptzoo.recipes.config.presets import find_config
+from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
 from gptzoo.recipes.research.sweep.match import match_parameters
 from gptzoo.recipes.research.sweep.schema import Sweep, SweepFile, Variant, toml_value
@@ -131,7 +131,7 @@ def _find_base(sweep_path: Path, base: str) -> Path:
 
 def _read_base(path: Path) -> dict[str, Any]:
     if path.suffix != ".json":
-        return read_toml(path)
+        return read_toml(path, find_base=find_preset)  # a base may extend a preset
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
