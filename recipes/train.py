@@ -3,7 +3,8 @@
 import warnings
 from importlib import import_module
 
-_moved = import_module("gptzoo.recipes.training.loop")
+# The loop first; the parts the 0.1 README named here (estimate_loss, ...) live beside it since.
+_homes = [import_module(f"gptzoo.recipes.training.{name}") for name in ("loop", "optim", "evaluation", "checkpoint")]
 warnings.warn(
     "gptzoo.recipes.train moved to gptzoo.recipes.training.loop; the old path goes in 0.3",
     DeprecationWarning,
@@ -12,4 +13,7 @@ warnings.warn(
 
 
 def __getattr__(name: str):
-    return getattr(_moved, name)
+    for home in _homes:
+        if hasattr(home, name):
+            return getattr(home, name)
+    raise AttributeError(f"module 'gptzoo.recipes.train' has no attribute {name!r}")

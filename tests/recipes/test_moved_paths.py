@@ -26,3 +26,16 @@ def test_config_path_is_the_package():
     from gptzoo.recipes.config.schema import load_run_config as in_module
 
     assert load_run_config is in_module
+
+
+def test_the_loops_parts_the_old_readme_named_stay_reachable():
+    from gptzoo.recipes.training import checkpoint, evaluation, loop, optim
+
+    sys.modules.pop("gptzoo.recipes.train", None)
+    with pytest.warns(DeprecationWarning):
+        old = importlib.import_module("gptzoo.recipes.train")
+    assert old.build_optimizer is optim.build_optimizer and old.lr_at is optim.lr_at
+    assert old.train_step is loop.train_step and old.save_checkpoint is checkpoint.save_checkpoint
+    assert old.estimate_loss is evaluation.estimate_loss
+    with pytest.raises(AttributeError, match="no attribute 'no_such_part'"):
+        old.no_such_part  # noqa: B018
