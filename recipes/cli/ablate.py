@@ -16,7 +16,7 @@ from gptzoo.recipes.research.sweep import (
     load_sweep,
     run_sweep,
 )
-from gptzoo.recipes.runs.folder import check_out_folder
+from gptzoo.recipes.runs.files import check_out_folder
 from gptzoo.recipes.runs.manifest import LOCK, OWNER, run_writer
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"

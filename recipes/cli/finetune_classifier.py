@@ -20,7 +20,8 @@ from gptzoo.recipes.finetuning.classifier import (
     split_like_the_book,
     train_classifier,
 )
-from gptzoo.recipes.runs.folder import Run, append_metrics, commit_files, load_run
+from gptzoo.recipes.runs.folder import Run, commit_files, load_run
+from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.registry import default_registry
 

@@ -14,7 +14,8 @@ from gptzoo.recipes.finetuning.instruct import (
     split_in_file_order,
     train_instructions,
 )
-from gptzoo.recipes.runs.folder import Run, append_metrics, load_run
+from gptzoo.recipes.runs.folder import Run, load_run
+from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.devices import resolve_device
 
 HELP = "fine-tune a run on instructions (a JSON list of {instruction, input, output}); writes the test responses"

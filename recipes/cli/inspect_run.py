@@ -12,7 +12,8 @@ import torch
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.recipes.research.inspection import Inspection, inspect_model, write_inspection
-from gptzoo.recipes.runs.folder import check_out_folder, load_run
+from gptzoo.recipes.runs.files import check_out_folder
+from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.recipes.training.models import untrained_model
 

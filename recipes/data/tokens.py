@@ -27,7 +27,7 @@ from tqdm import tqdm
 from gptzoo.core import ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import BUILTIN_CORPUS, DataConfig
 from gptzoo.recipes.research.tasks import TaskExamples, task_splits
-from gptzoo.recipes.runs.folder import atomic_path
+from gptzoo.recipes.runs.files import atomic_path
 
 CACHE_ENV = "GPTZOO_CACHE"
 CACHE_FORMAT = "tokens-v1"  # bump when the way text becomes tokens changes

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.runs.folder import check_out_folder
+from gptzoo.recipes.runs.files import check_out_folder
 from gptzoo.registry import default_registry
 
 PYPROJECT = """[build-system]

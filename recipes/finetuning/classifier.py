@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gptzoo.core import GPT, GptzooError, ModelConfig, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.finetuning.common import batches, cut, optimizer_step, read_data_file
-from gptzoo.recipes.runs.folder import append_metrics
+from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.optim import build_optimizer
 from gptzoo.registry import Registry
 

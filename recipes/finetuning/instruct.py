@@ -20,7 +20,7 @@ from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.finetuning.common import batches, optimizer_step, read_data_file
 from gptzoo.recipes.generation.generate import complete, generate_ids
-from gptzoo.recipes.runs.folder import append_metrics
+from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index

@@ -21,7 +21,7 @@ import torch
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.interop.files import new_folder, refuse_existing, weight_shapes, write_imported_run
-from gptzoo.recipes.runs.folder import describe_mismatch
+from gptzoo.recipes.runs.weights import describe_mismatch
 from gptzoo.registry import Registry, default_registry
 
 GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}  # emb_dim -> n_heads of GPT-2 small, medium, large, xl

@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.runs.folder import CONFIG, WEIGHTS, check_out_folder, run_commit, write_safetensors
+from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, check_out_folder
+from gptzoo.recipes.runs.folder import run_commit
+from gptzoo.recipes.runs.weights import write_safetensors
 from gptzoo.registry import Registry
 
 

@@ -37,7 +37,8 @@ from gptzoo.recipes.interop.files import (
 )
 from gptzoo.recipes.interop.hf.convert import model_table, normalise
 from gptzoo.recipes.interop.hf.families import GPT2, weight_plan
-from gptzoo.recipes.runs.folder import CONFIG, WEIGHTS, atomic_path, describe_mismatch
+from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, atomic_path
+from gptzoo.recipes.runs.weights import describe_mismatch
 from gptzoo.registry import Registry, default_registry
 
 SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")

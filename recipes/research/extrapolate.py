@@ -22,7 +22,8 @@ from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import TokenWindows, load_tokens, split_windows, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE, TaskExamples
-from gptzoo.recipes.runs.folder import WEIGHTS, load_weights, save_png, write_text_atomic
+from gptzoo.recipes.runs.files import WEIGHTS, save_png, write_text_atomic
+from gptzoo.recipes.runs.weights import load_weights
 
 EXTRAPOLATION_JSON = "extrapolation.json"
 EXTRAPOLATION_PNG = "extrapolation.png"

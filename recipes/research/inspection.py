@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, Recorder, Tokenizer
-from gptzoo.recipes.runs.folder import save_png, write_text_atomic
+from gptzoo.recipes.runs.files import save_png, write_text_atomic
 
 SUMMARY = "inspect.json"
 ATTENTION = "attention.json"

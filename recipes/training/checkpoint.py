@@ -14,18 +14,10 @@ from torch import nn
 from gptzoo.core import CheckpointError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import WindowSampler
-from gptzoo.recipes.runs.folder import (
-    CONFIG,
-    METRICS,
-    TOKENIZER,
-    TRAIN_STATE,
-    WEIGHTS,
-    read_metrics,
-    run_commit,
-    stage_run,
-    write_text_atomic,
-)
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, write_text_atomic
+from gptzoo.recipes.runs.folder import run_commit, stage_run
 from gptzoo.recipes.runs.manifest import Manifest, run_writer
+from gptzoo.recipes.runs.metrics import METRICS, read_metrics
 from gptzoo.recipes.training import distributed
 from gptzoo.registry import Registry
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.data.tokens import WindowSampler
-from gptzoo.recipes.runs.folder import model_state, unwrap
+from gptzoo.recipes.runs.weights import model_state, unwrap
 
 TIMEOUT_ENV = "GPTZOO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300  # how long a collective waits for a missing rank before the job fails

@@ -13,7 +13,7 @@ from gptzoo.core import Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE
-from gptzoo.recipes.runs.folder import unwrap
+from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, to_device
 from gptzoo.recipes.training.optim import lr_at

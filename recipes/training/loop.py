@@ -26,13 +26,10 @@ from tqdm import tqdm
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
-from gptzoo.recipes.runs.folder import (
-    append_metrics,
-    check_out_folder,
-    read_metrics,
-    unwrap,
-)
+from gptzoo.recipes.runs.files import check_out_folder
 from gptzoo.recipes.runs.manifest import run_writer
+from gptzoo.recipes.runs.metrics import append_metrics, read_metrics
+from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.checkpoint import (
     Progress,

@@ -17,20 +17,11 @@ from torch import nn
 from gptzoo.core import GPT, CheckpointError, ConfigError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenizer, load_splits
-from gptzoo.recipes.runs.folder import (
-    CONFIG,
-    METRICS,
-    TOKENIZER,
-    TRAIN_STATE,
-    WEIGHTS,
-    build_tokenizer,
-    load_config,
-    load_matching_weights,
-    load_weights,
-    open_run,
-    weights_step,
-)
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS
+from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest
+from gptzoo.recipes.runs.metrics import METRICS
+from gptzoo.recipes.runs.weights import load_matching_weights, load_weights, weights_step
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.checkpoint import (
     RUN_FILES,

@@ -32,7 +32,7 @@ def test_compiled_matches_eager(family, name):
 
 
 def test_inductor_compiled_training_step_matches_eager(tmp_path):
-    from gptzoo.recipes.runs.folder import load_weights, save_weights
+    from gptzoo.recipes.runs.weights import load_weights, save_weights
 
     registry = make_registry(entry_points=False)
     torch.manual_seed(0)

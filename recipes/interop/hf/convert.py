@@ -37,20 +37,10 @@ from gptzoo.recipes.interop.hf.families import (
     to_theirs,
     weight_plan,
 )
-from gptzoo.recipes.runs.folder import (
-    CONFIG,
-    TOKENIZER,
-    WEIGHTS,
-    atomic_path,
-    build_tokenizer,
-    describe_mismatch,
-    load_config,
-    open_run,
-    run_commit,
-    write_safetensors,
-    write_text_atomic,
-)
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
+from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run, run_commit
 from gptzoo.recipes.runs.manifest import check_file
+from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
 from gptzoo.registry import Registry, default_registry
 
 INDEX = "model.safetensors.index.json"

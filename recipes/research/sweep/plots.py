@@ -10,7 +10,8 @@ from gptzoo.core import GptzooError
 from gptzoo.recipes.research.sweep.fits import scaling_fits
 from gptzoo.recipes.research.sweep.results import RunResult, VariantRow, extrapolation_scores
 from gptzoo.recipes.research.sweep.schema import RUNS, Sweep
-from gptzoo.recipes.runs.folder import read_metrics, save_png
+from gptzoo.recipes.runs.files import save_png
+from gptzoo.recipes.runs.metrics import read_metrics
 
 CURVES_PNG = "loss_curves.png"
 EXTRAPOLATION_PNG = "extrapolation.png"

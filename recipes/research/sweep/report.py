@@ -21,7 +21,7 @@ from gptzoo.recipes.research.sweep.plots import (
 from gptzoo.recipes.research.sweep.results import RunResult, Stat, VariantRow, aggregate, extrapolation_scores
 from gptzoo.recipes.research.sweep.schema import Sweep, override_strings
 from gptzoo.recipes.research.sweep.stats import MIN_SEEDS_FOR_INTERVAL, PairedDifference
-from gptzoo.recipes.runs.folder import atomic_path, write_text_atomic
+from gptzoo.recipes.runs.files import atomic_path, write_text_atomic
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

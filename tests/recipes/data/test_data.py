@@ -309,7 +309,7 @@ def test_metrics_also_stream_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from gptzoo.recipes.config.schema import validate_run_config
-    from gptzoo.recipes.runs.folder import read_metrics
+    from gptzoo.recipes.runs.metrics import read_metrics
     from gptzoo.recipes.training.loop import train
 
     config = validate_run_config(

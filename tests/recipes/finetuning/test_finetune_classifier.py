@@ -25,7 +25,8 @@ from gptzoo.recipes.finetuning.classifier import (
     train_classifier,
 )
 from gptzoo.recipes.finetuning.common import set_trainable, split_data
-from gptzoo.recipes.runs.folder import load_run, read_metrics, save_run
+from gptzoo.recipes.runs.folder import load_run, save_run
+from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)

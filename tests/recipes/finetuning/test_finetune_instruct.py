@@ -20,7 +20,8 @@ from gptzoo.recipes.finetuning.instruct import (
     format_prompt,
     read_entries,
 )
-from gptzoo.recipes.runs.folder import load_run, read_metrics, save_run
+from gptzoo.recipes.runs.folder import load_run, save_run
+from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)

@@ -16,7 +16,8 @@ from gptzoo.recipes.research.sweep import RunResult, aggregate, load_sweep, run_
 from gptzoo.recipes.research.sweep.plan import expand_grid
 from gptzoo.recipes.research.sweep.report import markdown_table
 from gptzoo.recipes.research.sweep.results import Stat
-from gptzoo.recipes.runs.folder import TRAIN_STATE, append_metrics
+from gptzoo.recipes.runs.files import TRAIN_STATE
+from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.loop import NonFiniteLossError
 
 BASE = """

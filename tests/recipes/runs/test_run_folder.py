@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from gptzoo.core import GPT
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.runs.folder import load_run, save_run, write_state
+from gptzoo.recipes.runs.folder import load_run, save_run
+from gptzoo.recipes.runs.weights import write_state
 
 SPEC = {"vocab_size": 64, "context_length": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "tokenizer": "byte", "tied_head": True}
 

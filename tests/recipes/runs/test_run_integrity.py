@@ -18,11 +18,12 @@ import torch
 
 from gptzoo.core import FAMILIES, CheckpointError
 from gptzoo.recipes.runs import manifest as manifest_module
-from gptzoo.recipes.runs import folder as run_module
+from gptzoo.recipes.runs import metrics as run_module
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import validate_run_config
 from gptzoo.recipes.runs.manifest import DiskFullError, RunLock, RunLockedError
-from gptzoo.recipes.runs.folder import load_run, read_metrics
+from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training.loop import train
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "runs-v0.1"
@@ -272,7 +273,7 @@ def test_run_files_get_the_permissions_of_any_new_file(straight):
 
 def test_files_written_atomically_get_the_permissions_of_any_new_file(tmp_path):
     """Plots, JSON and text outputs (save_png, write_text_atomic) as well as checkpoints."""
-    from gptzoo.recipes.runs.folder import write_text_atomic
+    from gptzoo.recipes.runs.files import write_text_atomic
 
     umask = os.umask(0)
     os.umask(umask)

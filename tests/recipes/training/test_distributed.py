@@ -16,7 +16,8 @@ from gptzoo.core import ConfigError
 from gptzoo.recipes import cli
 from gptzoo.recipes.config.schema import TrainConfig, load_run_config
 from gptzoo.recipes.data.tokens import WindowSampler
-from gptzoo.recipes.runs.folder import load_run, read_metrics
+from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training.distributed import TIMEOUT_ENV, RankSampler, World, eval_batches, shard, timeout
 from gptzoo.recipes.training.loop import LOG_EVERY, train
 from gptzoo.recipes.training.optim import total_steps

@@ -9,7 +9,8 @@ from safetensors import safe_open
 
 from gptzoo.core import CheckpointError, ConfigError, Params, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
-from gptzoo.recipes.runs.folder import load_run, read_metrics
+from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training import loop as train_module
 from gptzoo.recipes.training.loop import NonFiniteLossError, plan_step, train
 from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
