@@ -2,6 +2,7 @@
 left out of mkdocs.yml's nav fails it (`make docs` runs the same build into site/)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,12 @@ def test_site_builds_strictly(tmp_path):
     assert (site / "index.html").is_file()
     assert (site / "reference" / "plugins" / "index.html").is_file()
     assert (site / "findings" / "scaling" / "index.html").is_file()
+
+
+def test_readme_links_point_at_files():
+    # mkdocs checks the links between docs pages; the README sits outside docs/, so its links are checked here.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = {link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", readme) if "://" not in link}
+    assert "docs/index.md" in targets
+    missing = sorted(t for t in targets if not (ROOT / t).exists())
+    assert not missing, f"README.md links to files that do not exist: {missing}"
