@@ -246,10 +246,10 @@ def _train(
             at.tokens,
             last[0].get("val_loss"),
             at.best_val_loss,
-            0.0,
-            0,
-            time.perf_counter() - started,
-            "done",
+            tokens_per_s=0.0,
+            peak_memory_bytes=0,
+            wall_s=time.perf_counter() - started,
+            stopped="done",
         )
 
     state = TrainState(
@@ -318,6 +318,7 @@ def train_loop(run: Run, state: TrainState, bar: tqdm, tensorboard: TensorBoardL
 
 
 def say_what_trains(run: Run, at: Progress, resume: bool) -> None:
+    """One line on what trains where (and one on how the processes share the batch)."""
     cfg = run.config.train
     n_params = run.model.param_counts()["total"]
     run.say(
@@ -340,6 +341,7 @@ def check_finite(run: Run, state: TrainState) -> None:
 
 
 def show_progress(run: Run, state: TrainState, loss: Tensor, bar: tqdm) -> None:
+    """The progress bar at this step: the loss (averaged over the ranks), auxiliary losses, tokens/s."""
     rate = state.window.tokens_per_s()
     mean_loss = distributed.mean_over_ranks(loss)  # every rank takes part, though only rank 0 shows it
     aux_shown = {
@@ -393,6 +395,7 @@ def report(run: Run, state: TrainState, tokens_per_s: float, sample: bool, tenso
 
 
 def checkpoint(run: Run, state: TrainState) -> None:
+    """Save a checkpoint of this step (through the module's save_checkpoint, which tests replace)."""
     state.at.elapsed_s = state.elapsed_s()
     save_checkpoint(run.out, run.config, run.model, run.tokenizer, run.optimizer, state.at, run.sampler, run.registry)
     state.saved_step = state.at.step
