@@ -24,7 +24,9 @@ HELP = "train the variants of a sweep file (base config × axes × seeds) fairly
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "sweep", metavar="SWEEP.toml", help="a sweep file: base config, axes to vary, seeds (see configs/ablations/)"
+        "sweep",
+        metavar="SWEEP.toml",
+        help="a sweep file: base config, axes to vary, seeds; or a shipped one by name (ablations/attention: gptzoo presets)",
     )
     parser.add_argument(
         "--out",

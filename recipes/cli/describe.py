@@ -13,7 +13,7 @@ HELP = "print a config resolved, its parameter count (total and by family) and c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a TOML config or a run folder")
+    parser.add_argument("config", help="a TOML config, a preset name (gptzoo presets) or a run folder")
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -18,7 +18,7 @@ HELP = "print (and plot) the mean absolute gradient per layer of an untrained mo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a TOML config (or a run folder's config)")
+    parser.add_argument("config", help="a TOML config or a preset name (gptzoo presets), or a run folder's config")
     parser.add_argument("--text", required=True, help="the text whose next-token loss is differentiated")
     parser.add_argument(
         "--set",

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
         metavar="RUN_OR_CONFIG",
-        help="a run folder (trained weights) or a TOML config (an untrained model from train.seed)",
+        help="a run folder (trained weights) or a TOML config or preset name (an untrained model from train.seed)",
     )
     parser.add_argument("--prompt", required=True, help="the text to look at; at most the model's context in tokens")
     parser.add_argument(

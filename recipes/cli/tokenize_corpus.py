@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
         metavar="RUN_OR_CONFIG",
-        help="a run folder (its saved tokenizer) or a TOML config (a tokenizer that learns its vocabulary is fitted on data.source)",
+        help="a run folder (its saved tokenizer) or a TOML config or preset name (a tokenizer that learns its vocabulary is fitted on data.source)",
     )
     parser.add_argument("--text", required=True, help="the text to tokenize")
     parser.add_argument(

@@ -11,7 +11,9 @@ HELP = "train a config into a run folder (checkpoints and metrics.jsonl there); 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a TOML config (or a run folder, to reuse its config.json)")
+    parser.add_argument(
+        "config", help="a TOML config or a preset name (gptzoo presets), or a run folder to reuse its config.json"
+    )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="the run folder; must not hold a run unless --resume is given"
     )

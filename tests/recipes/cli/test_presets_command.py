@@ -44,3 +44,9 @@ def test_the_table_lists_names_and_counts(capsys):
     assert main(["presets", "mixtral"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["hf/mixtral", "46,702,792,704", "12,879,925,248"]
+
+
+def test_describe_takes_a_preset_by_name(capsys):
+    capsys.readouterr()
+    assert main(["describe", "qwen3", "--json"]) == 0  # hf/qwen3, the only preset of that name
+    assert json.loads(capsys.readouterr().out)["parameters"]["total"] == 596_049_920

@@ -158,3 +158,12 @@ def test_an_unknown_base_names_the_file_and_the_closest_presets(tmp_path):
         load_run_config(mine)
     assert str(err.value).startswith(f"{mine}: extends = 'gpt2-125m': gpt2-125m: no such config file, nor a shipped")
     assert "gpt2-124m" in str(err.value)
+
+
+def test_a_sweep_base_may_extend_a_preset(tmp_path, registry):
+    from gptzoo.recipes.research.sweep.plan import load_sweep
+
+    write(tmp_path, "base.toml", 'extends = "gpt2-124m"\n[model]\nn_layers = 2\n')
+    sweep = write(tmp_path, "sweep.toml", 'base = "base.toml"\n[axes]\n"model.n_heads" = [4]\n')
+    configs = [variant.config.model for variant in load_sweep(sweep, registry).variants]
+    assert [(c.d_model, c.n_layers, c.n_heads) for c in configs] == [(768, 2, 12), (768, 2, 4)]
