@@ -9,7 +9,7 @@ export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken
 endif
 RUN ?= runs/tiny
 
-.PHONY: setup demo test bench docs clean
+.PHONY: setup demo test lint bench docs clean
 setup: $(VENV)/.installed
 
 # constraints.txt pins torch to the CPU build on these machines (an unpinned torch pulls CUDA, several GB).
@@ -28,6 +28,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (rules and formatting) over the tree; mypy over the plugin author's API ([tool.mypy]).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	mkdir -p build/mypy/gptzoo
+	for package in core registry testing; do ln -sfn ../../../$$package build/mypy/gptzoo/$$package; done
+	$(VENV)/bin/mypy
 
 # Speed and memory against a hand-written GPT and transformers (see docs/design/performance.md).
 bench: setup

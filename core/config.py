@@ -30,11 +30,11 @@ from pydantic import (
 )
 
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import Dims, InitScheme, Params
+from gptzoo.core.interfaces import Dims, Head, Implementation, InitScheme, Params, PositionalEncoding
 
 
 class ComponentLookup(Protocol):
-    def resolve(self, family: str, name: str) -> type:
+    def resolve(self, family: str, name: str) -> Implementation:
         """The implementation registered as ``name`` in ``family``; ValueError naming the options if none."""
 
 
@@ -45,7 +45,7 @@ class ComponentSpec(BaseModel):
 
     name: str
     params: SerializeAsAny[Params]
-    _impl: type = PrivateAttr()
+    _impl: Implementation = PrivateAttr()
 
     @classmethod
     def resolve(cls, family: str, raw: Any, lookup: ComponentLookup) -> ComponentSpec:
@@ -67,7 +67,7 @@ class ComponentSpec(BaseModel):
         return spec
 
     @property
-    def impl(self) -> type:
+    def impl(self) -> Implementation:
         return self._impl
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
@@ -96,13 +96,14 @@ def _spec(family: str) -> Any:
 
 def _resolve_spec(raw: Any, info: ValidationInfo) -> ComponentSpec | None:
     lookup = (info.context or {}).get("registry")
-    if raw is None:
-        return None
-    if lookup is None and not isinstance(raw, ComponentSpec):
+    if raw is None or isinstance(raw, ComponentSpec):
+        return raw
+    if lookup is None:
         raise ValueError(
             "component specs are resolved against a registry: validate with "
             "gptzoo.registry.default_registry().model_config(...) or pass context={'registry': ...}"
         )
+    assert info.field_name is not None, "a field validator's info names its field"
     return ComponentSpec.resolve(info.field_name, raw, lookup)
 
 
@@ -125,7 +126,7 @@ class LayerKind(BaseModel):
     @field_validator("positional")
     @classmethod
     def _layer_positional(cls, spec: ComponentSpec | None) -> ComponentSpec | None:
-        if spec is not None and spec.impl.adds_to_embeddings():
+        if spec is not None and issubclass(spec.impl, PositionalEncoding) and spec.impl.adds_to_embeddings():
             raise ValueError(
                 f"'{spec.name}' is added to the input embeddings, which every layer shares: "
                 "set it as model.positional; per layer choose a scheme that acts inside attention"
@@ -193,7 +194,7 @@ class ModelConfig(BaseModel):
 
     @field_validator(*_DEFAULTS, mode="before")
     @classmethod
-    def _resolve(cls, raw: Any, info: ValidationInfo) -> ComponentSpec:
+    def _resolve(cls, raw: Any, info: ValidationInfo) -> ComponentSpec | None:
         return _resolve_spec(raw, info)
 
     @model_validator(mode="before")
@@ -222,7 +223,7 @@ class ModelConfig(BaseModel):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} (or set head_dim)")
         if self.n_heads % n_kv:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={n_kv}")
-        if self.tied_head and not self.head.impl.can_tie:
+        if self.tied_head and not (issubclass(self.head.impl, Head) and self.head.impl.can_tie):
             raise ValueError(f"head '{self.head.name}' cannot share the token embedding: set tied_head = false")
         unknown = sorted(set(self.layer_pattern) - set(self.layer_kinds))
         if unknown:

@@ -37,6 +37,11 @@ class NoParams(Params):
     pass
 
 
+# Inside a family's class body the class attribute ``Params`` hides the base above; the
+# methods there annotate their ``params`` argument with this second name for it.
+_Params = Params
+
+
 @dataclass(frozen=True)
 class Dims:
     """Shared dimensions injected by the builder, so a plugin's params hold only what varies."""
@@ -69,13 +74,13 @@ class Component(nn.Module):
 
     Params: ClassVar[type[Params]] = NoParams
 
-    def __init__(self, params: Params, dims: Dims):
+    def __init__(self, params: _Params, dims: Dims):
         super().__init__()
         self.params = params
         self.dims = dims
 
     @classmethod
-    def check(cls, params: Params, dims: Dims) -> None:
+    def check(cls, params: _Params, dims: Dims) -> None:
         """Raise ValueError naming the conflicting values if these dims cannot work."""
 
     def flops_per_token(self, context_length: int) -> int:
@@ -293,7 +298,7 @@ class Tokenizer(ABC):
     needs_fit: ClassVar[bool] = False
     EOT: ClassVar[str] = "<|endoftext|>"
 
-    def __init__(self, params: Params):
+    def __init__(self, params: _Params):
         self.params = params
 
     @property
@@ -328,7 +333,10 @@ class Tokenizer(ABC):
         raise TypeError(f"{type(self).__name__} has no state to load")
 
 
-FAMILIES: dict[str, type] = {
+Implementation = type[Component] | type[Tokenizer]
+"""A registered component class: a subclass of its family's interface."""
+
+FAMILIES: dict[str, Implementation] = {
     "tokenizer": Tokenizer,
     "positional": PositionalEncoding,
     "attention": Attention,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,7 @@ from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import FAMILIES, AuxiliaryLoss, Component
+from gptzoo.core.interfaces import FAMILIES, AuxiliaryLoss, Block, Component, PositionalEncoding
 
 
 class GPT(nn.Module):
@@ -28,12 +29,19 @@ class GPT(nn.Module):
         self.positional = config.positional.build(dims)
         # Layer kinds with a position scheme of their own share one module per kind.
         layers = config.layers()
-        own = {layer.kind: layer.positional for layer in layers if layer.positional is not config.positional}
+        own = {
+            layer.kind: layer.positional
+            for layer in layers
+            if layer.kind is not None and layer.positional is not config.positional
+        }
         self.kind_positionals = nn.ModuleDict({kind: spec.build(dims) for kind, spec in own.items()})
-        self.layer_positional = [layer.kind if layer.kind in self.kind_positionals else None for layer in layers]
+        self.layer_positional = [layer.kind if layer.kind in own else None for layer in layers]
         self.dropout = nn.Dropout(dims.dropout)
         self.blocks = nn.ModuleList(layer.block.build(replace(dims, layer_idx=layer.index), layer) for layer in layers)
-        self.final_norm = nn.Identity() if layers[-1].block.impl.output_normalized else config.norm.build(dims)
+        last = layers[-1].block.impl
+        self.final_norm = (
+            nn.Identity() if issubclass(last, Block) and last.output_normalized else config.norm.build(dims)
+        )
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
         # Only components that report auxiliary losses are asked each step: none in a dense model.
         self._aux_sources = [
@@ -79,7 +87,7 @@ class GPT(nn.Module):
             positions = torch.arange(offset, offset + T, device=idx.device).unsqueeze(0)  # (1, T)
         else:
             valid = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
-            before = cache.valid[:, :offset].sum(-1, keepdim=True) if offset else 0  # (B, 1)
+            before = cache.valid[:, :offset].sum(-1, keepdim=True) if cache is not None and offset else 0  # (B, 1)
             positions = (before + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
         if cache is None:
             key_positions, key_valid = positions, (pad_mask if padded else None)
@@ -92,7 +100,7 @@ class GPT(nn.Module):
             key_valid = cache.valid[:, : offset + T] if padded else None
         ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder)
         kind_ctx = {
-            kind: AttentionContext(p, positions, key_positions, offset, key_valid, recorder)
+            kind: AttentionContext(cast(PositionalEncoding, p), positions, key_positions, offset, key_valid, recorder)
             for kind, p in self.kind_positionals.items()
         }
 
@@ -137,18 +145,17 @@ class GPT(nn.Module):
         weight = self.token_embedding.weight
         max_len = max_len or self.config.context_length
         layers = [
-            block.attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
+            cast(Block, block).attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
             for block in self.blocks
         ]
         return KVCache(layers, batch_size, max_len, weight.device)
 
     # ---- accounting ----------------------------------------------------------------------
 
-    def _by_family(self) -> dict[str, list[Component]]:
+    def _by_family(self) -> dict[str, list[nn.Module]]:
         """Every component by family, the positional ones under embeddings with the token embedding."""
-        groups: dict[str, list[nn.Module]] = {"embeddings": [self.token_embedding]} | {
-            f: [] for f in FAMILIES if f not in ("tokenizer", "positional")
-        }
+        embeddings: list[nn.Module] = [self.token_embedding]
+        groups = {"embeddings": embeddings} | {f: [] for f in FAMILIES if f not in ("tokenizer", "positional")}
         for module in self.modules():
             if isinstance(module, Component):
                 family = next(f for f, interface in FAMILIES.items() if isinstance(module, interface))
@@ -196,4 +203,4 @@ class GPT(nn.Module):
     def kv_cache_bytes(self, n_tokens: int | None = None, dtype: torch.dtype = torch.float32) -> int:
         """Bytes the decoding cache holds for one sequence of ``n_tokens`` (default: the context)."""
         n = n_tokens or self.config.context_length
-        return sum(block.attention.cache_bytes(n, dtype) for block in self.blocks)
+        return sum(cast(Block, block).attention.cache_bytes(n, dtype) for block in self.blocks)

@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gptzoo.core import FAMILIES, ConfigError, GptzooError, ModelConfig, Params, config_error
+from gptzoo.core import FAMILIES, ConfigError, GptzooError, Implementation, ModelConfig, Params, config_error
 from gptzoo.registry.hookspecs import GptzooSpec
 
 ENTRY_POINT_GROUP = "gptzoo"
@@ -47,7 +47,7 @@ class PluginError(GptzooError):
 class Entry:
     family: str
     name: str
-    impl: type
+    impl: Implementation
     plugin: str
     distribution: str
     version: str
@@ -64,7 +64,7 @@ class Entry:
 def _check_defaults(params: type[BaseModel], where: str) -> None:
     """Pydantic does not validate defaults; a wrong one would surface later as a raw TypeError."""
     for field_name, field in params.model_fields.items():
-        if field.is_required() or field.default_factory is not None:
+        if field.is_required() or field.default_factory is not None or field.annotation is None:
             continue
         try:
             TypeAdapter(field.annotation).validate_python(field.default, strict=True)
@@ -142,7 +142,7 @@ class Registry:
         self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = ""
     ) -> None:
         """Register a plugin object or module through the ``register_components`` hook."""
-        name = name or getattr(plugin, "__name__", repr(plugin))
+        name = name or str(getattr(plugin, "__name__", repr(plugin)))
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
@@ -195,7 +195,7 @@ class Registry:
             raise KeyError(self._unknown(family, name))
         return entry
 
-    def resolve(self, family: str, name: str) -> type:
+    def resolve(self, family: str, name: str) -> Implementation:
         entry = self._entries.get((family, name))
         if entry is None:
             raise ValueError(self._unknown(family, name))

@@ -8,13 +8,24 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor
 
-from gptzoo.core import GPT, ComponentSpec, ConfigError, GptzooError, ModelConfig, Recorder, Tokenizer
+from gptzoo.core import (
+    GPT,
+    Attention,
+    Block,
+    ComponentSpec,
+    ConfigError,
+    GptzooError,
+    Head,
+    ModelConfig,
+    Recorder,
+    Tokenizer,
+)
 from gptzoo.registry import Registry, default_registry
 
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
@@ -65,7 +76,8 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
         return
     spec = {"name": name, **params}
     impl = registry.resolve(family, name)
-    field = impl.receptive_field(impl.Params.model_validate(params)) if family == "attention" else None
+    attention = impl if issubclass(impl, Attention) else None
+    field = attention.receptive_field(attention.Params.model_validate(params)) if attention is not None else None
     length = max(TINY["context_length"], 2 * field + 8) if field else TINY["context_length"]
     model = build(tiny_config(registry, context_length=length, **{family: spec}))
     check_forward(model)
@@ -86,8 +98,8 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
             check_padded_batch(m)
     if field:
         check_receptive_field(registry, spec, field)
-    if family == "attention" and impl.equivalent_to not in (None, name):
-        check_loads_state_of(registry, name, impl.equivalent_to, **params)
+    if attention is not None and attention.equivalent_to not in (None, name):
+        check_loads_state_of(registry, name, attention.equivalent_to, **params)
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -100,7 +112,8 @@ def tiny_config(registry: Registry, **fields: Any) -> ModelConfig:
     reject it; a tied head whenever the head can be tied.
     """
     head = fields.get("head", "lm")
-    can_tie = registry.resolve("head", head if isinstance(head, str) else head["name"]).can_tie
+    head_impl = registry.resolve("head", head if isinstance(head, str) else head["name"])
+    can_tie = issubclass(head_impl, Head) and head_impl.can_tie
     data = {**TINY, "tied_head": can_tie, **fields}
     if "n_kv_heads" not in fields:
         try:
@@ -142,7 +155,12 @@ def _pairings(
 
 def _tokens(model: GPT, batch: int, length: int, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
+    return torch.randint(0, _vocab_size(model), (batch, length), generator=generator)
+
+
+def _vocab_size(model: GPT) -> int:
+    """The model's vocabulary size (a GPT is built only once its config has one)."""
+    return model.config.dims().vocab_size
 
 
 def _is_language_model(model: GPT) -> bool:
@@ -171,7 +189,7 @@ def _assert_close(got: Tensor, expected: Tensor, what: str, atol: float = ATOL) 
 @torch.no_grad()
 def check_forward(model: GPT) -> None:
     """Logits are (B, T, V) from an LM head or (B, n) from a pooled head, and finite."""
-    B, T, V = 2, model.config.context_length, model.config.vocab_size
+    B, T, V = 2, model.config.context_length, _vocab_size(model)
     logits = model(_tokens(model, B, T))
     if logits.dim() == 3:
         assert logits.shape == (B, T, V), f"[{_describe(model)}] LM logits {tuple(logits.shape)}, expected {(B, T, V)}"
@@ -209,7 +227,7 @@ def check_state_round_trip(model: GPT) -> None:
 @torch.no_grad()
 def check_causal(model: GPT) -> None:
     """Changing the tokens after position t never changes the logits at or before t."""
-    T, V = model.config.context_length, model.config.vocab_size
+    T, V = model.config.context_length, _vocab_size(model)
     idx = _tokens(model, 2, T)
     logits = model(idx)
     for t in (0, T // 2, T - 2):
@@ -254,11 +272,12 @@ def check_attention_capture(model: GPT) -> None:
     query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
     for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions, strict=True)):
         what = f"[{_describe(model)}] capture: layer {i}'s attention weights"
-        shape = (B, block.attention.dims.n_heads, T, T)
+        attention = cast(Block, block).attention
+        shape = (B, attention.dims.n_heads, T, T)
         assert weights.shape == shape, f"{what} are {tuple(weights.shape)}, expected {shape}"
         _assert_close(weights.sum(-1), torch.ones(shape[:-1]), f"{what}: rows' sums")
         hidden = key > query  # (T, T)
-        field = type(block.attention).receptive_field(block.attention.params)
+        field = type(attention).receptive_field(attention.params)
         if field is not None:
             hidden |= key <= query - field
         leak = weights[..., hidden].abs().max().item() if hidden.any() else 0.0
@@ -328,8 +347,8 @@ def check_receptive_field(registry: Registry, spec: dict, field: int) -> None:
     logits = model(idx)
     t = T - 1
     outside, inside = idx.clone(), idx.clone()
-    outside[:, : t - field + 1] = (idx[:, : t - field + 1] + 1) % model.config.vocab_size
-    inside[:, t - field + 1] = (idx[:, t - field + 1] + 1) % model.config.vocab_size
+    outside[:, : t - field + 1] = (idx[:, : t - field + 1] + 1) % _vocab_size(model)
+    inside[:, t - field + 1] = (idx[:, t - field + 1] + 1) % _vocab_size(model)
     _assert_close(
         model(outside)[:, t],
         logits[:, t],
