@@ -30,14 +30,15 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import socket
 import sys
-import secrets
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel
@@ -73,7 +74,9 @@ def note(text: str) -> None:
 class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"size", "sha256"}
     step: int | None = None  # the training step of the checkpoint; None for a run saved outside training
-    components: dict[str, dict[str, str]] = field(default_factory=dict)  # config path -> family, name, plugin, distribution, version
+    components: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # config path -> family, name, plugin, distribution, version
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "step": self.step, "files": self.files, "components": self.components}
@@ -87,7 +90,9 @@ class Manifest:
             step = data.get("step")
             return cls(files, None if step is None else int(step), dict(data.get("components") or {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CheckpointError(f"{file}: unreadable manifest ({type(err).__name__}: {err}); the file is damaged") from None
+            raise CheckpointError(
+                f"{file}: unreadable manifest ({type(err).__name__}: {err}); the file is damaged"
+            ) from None
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -128,16 +133,24 @@ def check_file(folder: Path, manifest: Manifest, name: str) -> None:
     step = f" (the checkpoint of step {manifest.step})" if manifest.step is not None else ""
     if entry is None:
         if path.exists():
-            raise CheckpointError(f"{path}: not part of the committed run{step} in {folder / MANIFEST}; it was written by an interrupted or foreign process")
+            raise CheckpointError(
+                f"{path}: not part of the committed run{step} in {folder / MANIFEST}; it was written by an interrupted or foreign process"
+            )
         raise CheckpointError(f"{path}: missing; {folder / MANIFEST} names no such file")
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing, but {folder / MANIFEST} commits it{step}; restore it from a copy of the run")
+        raise CheckpointError(
+            f"{path}: missing, but {folder / MANIFEST} commits it{step}; restore it from a copy of the run"
+        )
     size = path.stat().st_size
     prefix = name in APPEND_ONLY
     if size < entry["size"] or (size != entry["size"] and not prefix):
-        raise CheckpointError(f"{path}: {size:,} bytes, but {MANIFEST} commits {entry['size']:,}{step}; the file was cut short or changed, restore it from a copy")
+        raise CheckpointError(
+            f"{path}: {size:,} bytes, but {MANIFEST} commits {entry['size']:,}{step}; the file was cut short or changed, restore it from a copy"
+        )
     if sha256_of(path, entry["size"] if prefix else None) != entry["sha256"]:
-        raise CheckpointError(f"{path}: its sha256 differs from the one in {MANIFEST}{step}; the file is damaged (bit rot, a bad copy) or was changed, restore it from a copy")
+        raise CheckpointError(
+            f"{path}: its sha256 differs from the one in {MANIFEST}{step}; the file is damaged (bit rot, a bad copy) or was changed, restore it from a copy"
+        )
 
 
 def components_of(config: BaseModel, registry: Any) -> dict[str, dict[str, str]]:
@@ -152,9 +165,21 @@ def components_of(config: BaseModel, registry: Any) -> dict[str, dict[str, str]]
         if isinstance(value, ComponentSpec):
             entry = providers.get((value.impl, value.name))
             if entry is None:  # validated against another registry than the one given here
-                found[path] = {"family": "", "name": value.name, "plugin": value.impl.__module__, "distribution": "<code>", "version": ""}
+                found[path] = {
+                    "family": "",
+                    "name": value.name,
+                    "plugin": value.impl.__module__,
+                    "distribution": "<code>",
+                    "version": "",
+                }
             else:
-                found[path] = {"family": entry.family, "name": entry.name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version}
+                found[path] = {
+                    "family": entry.family,
+                    "name": entry.name,
+                    "plugin": entry.plugin,
+                    "distribution": entry.distribution,
+                    "version": entry.version,
+                }
         elif isinstance(value, BaseModel):
             for key in type(value).model_fields:
                 walk(getattr(value, key), f"{path}.{key}" if path else key)
@@ -181,10 +206,14 @@ def missing_components(manifest: Manifest | None, registry: Any, source: Path) -
         except KeyError:
             pass
         if c["distribution"] in ("<code>", ""):
-            lines.append(f"{path} = '{c['name']}' was registered in code by {c['plugin']}; register it on the registry you load with")
+            lines.append(
+                f"{path} = '{c['name']}' was registered in code by {c['plugin']}; register it on the registry you load with"
+            )
         else:
             pin = f"=={c['version']}" if c["version"] else ""
-            lines.append(f"{path} = '{c['name']}' comes from plugin '{c['plugin']}' of {c['distribution']} {c['version']}, not installed: pip install '{c['distribution']}{pin}'")
+            lines.append(
+                f"{path} = '{c['name']}' comes from plugin '{c['plugin']}' of {c['distribution']} {c['version']}, not installed: pip install '{c['distribution']}{pin}'"
+            )
     if not lines:
         return None
     return f"{source}: the run needs components no installed plugin provides:\n  " + "\n  ".join(lines)
@@ -211,15 +240,24 @@ class RunLock:
         try:
             self.lock.acquire()
         except Timeout:
-            raise RunLockedError(f"{self.folder}: being written by {holder(self.folder)}; wait for it to finish, or choose another folder") from None
+            raise RunLockedError(
+                f"{self.folder}: being written by {holder(self.folder)}; wait for it to finish, or choose another folder"
+            ) from None
         if self.lock.lock_counter == 1:
-            owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            owner = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": " ".join(sys.argv),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
             try:
                 (self.folder / OWNER).write_text(json.dumps(owner) + "\n", encoding="utf-8")
             except OSError as err:
                 self.__exit__()
                 if is_disk_full(err):
-                    raise DiskFullError(f"{self.folder}: no space left on the device, not even for {OWNER}; nothing was changed. Free some space and run again") from None
+                    raise DiskFullError(
+                        f"{self.folder}: no space left on the device, not even for {OWNER}; nothing was changed. Free some space and run again"
+                    ) from None
                 raise
         return self
 
@@ -230,7 +268,9 @@ class RunLock:
                 # A process that opened the lock file meanwhile and gets its flock after the release
                 # finds the file unlinked and is refused (filelock >= 4): never two holders.
                 (self.folder / LOCK).unlink()
-                with contextlib.suppress(OSError):  # a writer that came meanwhile made a new lock file, or NFS keeps a .nfs file until the close
+                with contextlib.suppress(
+                    OSError
+                ):  # a writer that came meanwhile made a new lock file, or NFS keeps a .nfs file until the close
                     self.folder.rmdir()
         self.lock.release()
 
@@ -252,8 +292,14 @@ def disk_full_error(folder: Path, writing: str) -> DiskFullError:
     if previous is None:
         kept = "no earlier checkpoint was committed"
     else:
-        kept = "the committed checkpoint" + (f" of step {previous.step}" if previous.step is not None else "") + " is intact"
-    return DiskFullError(f"{folder}: no space left on the device while writing {writing}; nothing was replaced and {kept}. Free some space and run again")
+        kept = (
+            "the committed checkpoint"
+            + (f" of step {previous.step}" if previous.step is not None else "")
+            + " is intact"
+        )
+    return DiskFullError(
+        f"{folder}: no space left on the device while writing {writing}; nothing was replaced and {kept}. Free some space and run again"
+    )
 
 
 class HashingFile:
@@ -336,7 +382,9 @@ class Commit:
     unchanged on disk); append-only files (metrics.jsonl) are committed as they stand.
     """
 
-    def __init__(self, folder: Path, step: int | None = None, components: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, folder: Path, step: int | None = None, components: dict[str, dict[str, str]] | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.step = step
         self.components = components
@@ -374,7 +422,11 @@ class Commit:
 
     def commit(self) -> Manifest:
         previous = read_manifest(self.folder) or Manifest()
-        files = {name: entry for name, entry in previous.files.items() if name not in self.staged and (self.folder / name).is_file()}
+        files = {
+            name: entry
+            for name, entry in previous.files.items()
+            if name not in self.staged and (self.folder / name).is_file()
+        }
         files |= {name: entry for name, (_, entry) in self.staged.items()}
         for name in APPEND_ONLY:
             path = self.folder / name
@@ -382,7 +434,10 @@ class Commit:
                 files[name] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
         step = self.step if self.step is not None else previous.step
         manifest = Manifest(files, step, self.components if self.components is not None else previous.components)
-        journal = {"manifest": json.loads(manifest.to_json()), "staged": {name: tmp.name for name, (tmp, _) in self.staged.items()}}
+        journal = {
+            "manifest": json.loads(manifest.to_json()),
+            "staged": {name: tmp.name for name, (tmp, _) in self.staged.items()},
+        }
         try:
             _write_small(self.folder / JOURNAL, json.dumps(journal, indent=2) + "\n")
         except OSError as err:

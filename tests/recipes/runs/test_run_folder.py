@@ -9,7 +9,16 @@ from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.runs.folder import load_run, save_run
 from gptzoo.recipes.runs.weights import write_state
 
-SPEC = {"vocab_size": 64, "context_length": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "tokenizer": "byte", "tied_head": True}
+SPEC = {
+    "vocab_size": 64,
+    "context_length": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "tokenizer": "byte",
+    "tied_head": True,
+}
 
 
 def test_load_run_restores_every_attention_layout(tmp_path, registry):
@@ -24,8 +33,13 @@ def test_load_run_restores_every_attention_layout(tmp_path, registry):
 
 def test_streamed_safetensors_read_back_with_safetensors_in_every_dtype(tmp_path):
     tensors = {
-        "a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.randn(2, 2, 2).half(),
-        "steps": torch.arange(4), "mask": torch.tensor([True, False]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).to(torch.bfloat16),
+        "c": torch.randn(2, 2, 2).half(),
+        "steps": torch.arange(4),
+        "mask": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
     }
     with open(tmp_path / "w.safetensors", "wb") as f:
         write_state(f, tensors, {"format": "pt", "step": "7"})

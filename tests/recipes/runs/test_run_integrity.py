@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from gptzoo.core import FAMILIES, CheckpointError
-from gptzoo.recipes.runs import manifest as manifest_module
-from gptzoo.recipes.runs import metrics as run_module
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import validate_run_config
-from gptzoo.recipes.runs.manifest import DiskFullError, RunLock, RunLockedError
+from gptzoo.recipes.runs import manifest as manifest_module
+from gptzoo.recipes.runs import metrics as run_module
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.runs.manifest import DiskFullError, RunLock, RunLockedError
 from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training.loop import train
 
@@ -35,7 +35,16 @@ def tiny(tmp_path, source, **train_fields):
     data = {
         "model": {"context_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "tokenizer": {"name": "char"}},
         "data": {"source": str(source), "cache_dir": str(tmp_path / "cache")},
-        "train": {"max_steps": 4, "batch_size": 4, "lr": 3e-3, "eval_interval": 2, "eval_batches": 2, "sample_tokens": 0, "device": "cpu"} | train_fields,
+        "train": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "eval_interval": 2,
+            "eval_batches": 2,
+            "sample_tokens": 0,
+            "device": "cpu",
+        }
+        | train_fields,
     }
     return validate_run_config(data, "test config")
 
@@ -82,17 +91,33 @@ def test_the_manifest_names_each_file_with_its_size_hash_step_and_providers(stra
     _, run = straight
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["step"] == 4
-    assert set(manifest["files"]) == {"config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl"}
+    assert set(manifest["files"]) == {
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "train_state.pt",
+        "metrics.jsonl",
+    }
     for name, entry in manifest["files"].items():
         data = (run / name).read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     version = md.version("gptzoo")
-    assert manifest["components"]["model.attention"] == {"family": "attention", "name": "sdpa", "plugin": "gptzoo.plugins.attention", "distribution": "gptzoo", "version": version}
+    assert manifest["components"]["model.attention"] == {
+        "family": "attention",
+        "name": "sdpa",
+        "plugin": "gptzoo.plugins.attention",
+        "distribution": "gptzoo",
+        "version": version,
+    }
     assert manifest["components"]["model.tokenizer"]["name"] == "char"
-    assert {c["family"] for c in manifest["components"].values()} == set(FAMILIES)  # every family the config holds, new ones included
+    assert {c["family"] for c in manifest["components"].values()} == set(
+        FAMILIES
+    )  # every family the config holds, new ones included
 
 
-@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "manifest.json"])
+@pytest.mark.parametrize(
+    "name", ["config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "manifest.json"]
+)
 def test_a_flipped_byte_in_any_run_file_is_detected(straight, tmp_path, name, capsys):
     config, reference = straight
     run = Path(shutil.copytree(reference, tmp_path / "run"))
@@ -101,9 +126,16 @@ def test_a_flipped_byte_in_any_run_file_is_detected(straight, tmp_path, name, ca
     (run / name).write_bytes(bytes(data))
     before = files(run)
     with pytest.raises(CheckpointError) as caught:
-        train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}), run, resume=True, **QUIET)
+        train(
+            config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}),
+            run,
+            resume=True,
+            **QUIET,
+        )
     message = str(caught.value)
-    assert name in message and ("sha256 differs" in message or "unreadable manifest" in message or "not valid JSON" in message)
+    assert name in message and (
+        "sha256 differs" in message or "unreadable manifest" in message or "not valid JSON" in message
+    )
     if name not in ("train_state.pt", "metrics.jsonl"):  # what generate and eval read
         with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
             load_run(run)
@@ -147,7 +179,7 @@ def test_a_kill_before_any_file_operation_of_training_resumes_exactly(straight, 
     killed = 0
     for k in range(1, 500):
         folder = tmp_path / f"killed-{k}"
-        if run_in_child(lambda: train(config, folder, **QUIET), kill_at=k) == 0:
+        if run_in_child(lambda folder=folder: train(config, folder, **QUIET), kill_at=k) == 0:
             break
         killed += 1
         finish(config, folder)
@@ -163,7 +195,7 @@ def test_a_failing_rename_leaves_a_run_that_resumes_exactly(straight, tmp_path, 
     for k in (1, 2, 6, 7, 9, 12):
         calls = [0]
 
-        def failing(*args, **kwargs):
+        def failing(*args, calls=calls, k=k, **kwargs):
             calls[0] += 1
             if calls[0] == k:
                 raise OSError(errno.EIO, "Input/output error")
@@ -179,17 +211,26 @@ def test_a_failing_rename_leaves_a_run_that_resumes_exactly(straight, tmp_path, 
 
 
 @pytest.mark.parametrize("full_at", ["model.safetensors", "train_state.pt"])
-def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(straight, tmp_path, monkeypatch, capsys, full_at):
+def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(
+    straight, tmp_path, monkeypatch, capsys, full_at
+):
     config, reference = straight
     run = tmp_path / "run"
-    real_stage, real_write, commits, writing = manifest_module.Commit.stage, manifest_module.HashingFile.write, [], [None]
+    real_stage, real_write, commits, writing = (
+        manifest_module.Commit.stage,
+        manifest_module.HashingFile.write,
+        [],
+        [None],
+    )
 
     def stage(self, name):
         writing[0] = name
         return real_stage(self, name)
 
     def write(self, data):
-        if writing[0] == full_at and len(commits) == 1 and self.size > 0:  # partway through the second checkpoint's file
+        if (
+            writing[0] == full_at and len(commits) == 1 and self.size > 0
+        ):  # partway through the second checkpoint's file
             self.error = OSError(errno.ENOSPC, "No space left on device")
             raise self.error
         return real_write(self, data)
@@ -204,7 +245,10 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(straight
     assert main(["train", str(config_file), "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len([line for line in err.splitlines() if "error" in line]) == 1
-    assert f"{run}: no space left on the device while writing {full_at} of step 4; nothing was replaced and the committed checkpoint of step 2 is intact" in err
+    assert (
+        f"{run}: no space left on the device while writing {full_at} of step 4; nothing was replaced and the committed checkpoint of step 2 is intact"
+        in err
+    )
     assert json.loads((run / "manifest.json").read_text())["step"] == 2
     assert not list(run.glob(".*.tmp"))
     monkeypatch.undo()
@@ -212,7 +256,9 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(straight
     assert_same_run(run, reference)
 
 
-def test_a_full_disk_while_logging_metrics_says_so_and_keeps_the_last_checkpoint(straight, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_logging_metrics_says_so_and_keeps_the_last_checkpoint(
+    straight, tmp_path, monkeypatch, capsys
+):
     config, reference = straight
     run, appended = tmp_path / "run", []
 
@@ -223,14 +269,19 @@ def test_a_full_disk_while_logging_metrics_says_so_and_keeps_the_last_checkpoint
                 raise OSError(errno.ENOSPC, "No space left on device")
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "open", full_on_the_second_log, raising=False)  # the module's open, before the builtin
+    monkeypatch.setattr(
+        run_module, "open", full_on_the_second_log, raising=False
+    )  # the module's open, before the builtin
     config_file = tmp_path / "tiny.json"
     config_file.write_text(config.model_dump_json())
     capsys.readouterr()
     assert main(["train", str(config_file), "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"{run}: no space left on the device while writing metrics.jsonl (step 4); nothing was replaced and the committed checkpoint of step 2 is intact" in err
+    assert (
+        f"{run}: no space left on the device while writing metrics.jsonl (step 4); nothing was replaced and the committed checkpoint of step 2 is intact"
+        in err
+    )
     monkeypatch.undo()
     finish(config, run)
     assert_same_run(run, reference)
@@ -245,7 +296,10 @@ def test_a_disk_too_full_for_the_lock_holder_refuses_before_writing(tmp_path, mo
         return real_write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(DiskFullError, match=rf"{tmp_path / 'new'}: no space left on the device, not even for .gptzoo.owner.json; nothing was changed"):
+    with pytest.raises(
+        DiskFullError,
+        match=rf"{tmp_path / 'new'}: no space left on the device, not even for .gptzoo.owner.json; nothing was changed",
+    ):
         with RunLock(tmp_path / "new"):
             pass
     assert not (tmp_path / "new").exists()  # the folder it had created is gone again
@@ -300,14 +354,24 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(straight, tmp_path
         before = files(reference)
         started = time.monotonic()
         with pytest.raises(RunLockedError, match=rf"{reference}: being written by PID {pid} on "):
-            train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}), reference, resume=True, **QUIET)
+            train(
+                config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}),
+                reference,
+                resume=True,
+                **QUIET,
+            )
         assert time.monotonic() - started < 5  # refused at once, not after waiting
         assert files(reference) == before
     finally:
         os.write(done_w, b"1")
         os.waitpid(pid, 0)
     # the holder has gone: the lock is free again
-    train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}), reference, resume=True, **QUIET)
+    train(
+        config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}),
+        reference,
+        resume=True,
+        **QUIET,
+    )
     assert [r["step"] for r in read_metrics(reference)] == [2, 4, 6]
 
 
@@ -319,7 +383,9 @@ def test_stale_temporary_files_are_removed_by_the_next_write(straight, tmp_path)
     (run / "notes.txt").write_text("mine")
     load_run(run)  # readers leave the folder alone
     assert (run / ".model.safetensors.abc123.tmp").exists()
-    train(config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}), run, resume=True, **QUIET)
+    train(
+        config.model_copy(update={"train": config.train.model_copy(update={"max_steps": 6})}), run, resume=True, **QUIET
+    )
     assert not list(run.glob(".*.tmp")) and (run / "notes.txt").read_text() == "mine"
 
 
@@ -346,7 +412,9 @@ def test_a_folder_without_a_committed_checkpoint_starts_over_and_a_committed_one
 def test_a_run_saved_by_gptzoo_0_1_loads_with_a_note(name, capsys):
     expected = json.loads((FIXTURES / name / "expected_logits.json").read_text())
     run = load_run(FIXTURES / name)
-    assert capsys.readouterr().err.count("has no manifest.json (saved before gptzoo checked its run folders)") == 1  # once, not per file read
+    assert (
+        capsys.readouterr().err.count("has no manifest.json (saved before gptzoo checked its run folders)") == 1
+    )  # once, not per file read
     with torch.no_grad():
         logits = run.model(torch.tensor(expected["ids"]))[0, -1]
     torch.testing.assert_close(logits, torch.tensor(expected["logits_last"]), rtol=1e-5, atol=1e-5)
@@ -370,12 +438,21 @@ def test_a_run_whose_plugin_is_gone_says_which_distribution_to_install(straight,
     manifest = json.loads((run / "manifest.json").read_text())
     config = json.loads((run / "config.json").read_text())
     config["model"]["norm"] = {"name": "scalenorm"}
-    manifest["components"]["model.norm"] = {"family": "norm", "name": "scalenorm", "plugin": "my_norms", "distribution": "my-norms", "version": "0.3"}
+    manifest["components"]["model.norm"] = {
+        "family": "norm",
+        "name": "scalenorm",
+        "plugin": "my_norms",
+        "distribution": "my-norms",
+        "version": "0.3",
+    }
     text = json.dumps(config)
     (run / "config.json").write_text(text)
     manifest["files"]["config.json"] = {"size": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()}
     (run / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"model.norm = 'scalenorm' comes from plugin 'my_norms' of my-norms 0.3, not installed: pip install 'my-norms==0.3'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.norm = 'scalenorm' comes from plugin 'my_norms' of my-norms 0.3, not installed: pip install 'my-norms==0.3'",
+    ):
         load_run(run)
 
 
@@ -388,7 +465,10 @@ def test_a_training_state_holding_python_objects_is_refused_without_unsafe_advic
     config.write_text((run / "config.json").read_text())
     assert main(["train", str(config), "--out", str(run), "--resume", "--set", "train.max_steps=10"]) == 2
     err = capsys.readouterr().err
-    assert "train_state.pt: holds Python objects other than tensors and plain values; gptzoo does not unpickle those" in err
+    assert (
+        "train_state.pt: holds Python objects other than tensors and plain values; gptzoo does not unpickle those"
+        in err
+    )
     assert "weights_only" not in err and "Traceback" not in err
 
 
@@ -411,11 +491,19 @@ def holding_lock(folder):
     return pid, release
 
 
-@pytest.mark.parametrize("argv", [
-    ["finetune-instruct", str(FIXTURES / "gpt2-pre"), "--data", "{instructions}", "--out", "{out}"],
-    ["finetune-classifier", str(FIXTURES / "gpt2-pre"), "--data", "{sms}", "--out", "{out}"],
-    ["ablate", str(Path(__file__).resolve().parents[3] / "configs" / "ablations" / "positions.toml"), "--out", "{out}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["finetune-instruct", str(FIXTURES / "gpt2-pre"), "--data", "{instructions}", "--out", "{out}"],
+        ["finetune-classifier", str(FIXTURES / "gpt2-pre"), "--data", "{sms}", "--out", "{out}"],
+        [
+            "ablate",
+            str(Path(__file__).resolve().parents[3] / "configs" / "ablations" / "positions.toml"),
+            "--out",
+            "{out}",
+        ],
+    ],
+)
 def test_other_writers_are_refused_while_a_folder_is_being_written(argv, tmp_path, capsys, shared_data):
     out = tmp_path / "out"
     pid, release = holding_lock(out)
