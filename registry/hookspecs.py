@@ -1,4 +1,5 @@
-"""The one hook through which every plugin, built-in or third-party, registers its components."""
+"""The hooks through which every plugin, built-in or third-party, registers what it adds: components,
+and Hugging Face model families."""
 
 import pluggy
 
@@ -14,4 +15,13 @@ class GptzooSpec:
         Call ``register(family, name, impl)`` once per component: ``family`` is one of
         gptzoo.core.FAMILIES, ``impl`` subclasses that family's interface and declares its
         params model as ``impl.Params`` (a subclass of gptzoo.core.Params).
+        """
+
+    @hookspec
+    def register_hf_families(self, register):
+        """Register the Hugging Face model families this plugin imports and exports.
+
+        Call ``register(family)`` once per family: a gptzoo.recipes.interop.hf.families.Family
+        (recipes/interop/hf/README.md says how to write one) whose ``model_type`` no built-in
+        family and no other plugin has. import-hf and export-hf read it beside the built-in table.
         """

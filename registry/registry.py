@@ -87,6 +87,7 @@ class Registry:
         self.pm = pluggy.PluginManager("gptzoo")
         self.pm.add_hookspecs(GptzooSpec)
         self._entries: dict[tuple[str, str], Entry] = {}
+        self._hf_families: dict[str, tuple[Any, str]] = {}  # model_type -> (family, the plugin that added it)
 
     # ---- registering -----------------------------------------------------------------------
 
@@ -129,6 +130,29 @@ class Registry:
             )
         self._entries[(family, name)] = Entry(family, name, impl, plugin, distribution, version)
 
+    def add_hf_family(
+        self, family: Any, plugin: str = "<code>", distribution: str = "<code>", version: str = ""
+    ) -> None:
+        """A Hugging Face family table (gptzoo.recipes.interop.hf.families.Family, which the recipes
+        check: the registry stores it without importing them), keyed by its model_type."""
+        where = f"plugin '{plugin}'" if distribution == "<code>" else f"plugin '{plugin}' ({distribution} {version})"
+        model_type = getattr(family, "model_type", None)
+        if not isinstance(model_type, str):
+            raise PluginError(
+                f"{where} registers a Hugging Face family without a model_type ({family!r}); "
+                "register a gptzoo.recipes.interop.hf.families.Family"
+            )
+        if model_type in self._hf_families:
+            raise PluginError(
+                f"Hugging Face family '{model_type}' is registered twice: by plugin '{self._hf_families[model_type][1]}' "
+                f"and by {where}; uninstall one, or choose plugins with {PLUGINS_ENV}"
+            )
+        self._hf_families[model_type] = (family, plugin)
+
+    def hf_families(self) -> dict[str, Any]:
+        """model_type -> the Hugging Face family a plugin added, in the order they were registered."""
+        return {model_type: family for model_type, (family, _) in self._hf_families.items()}
+
     def component(self, family: str, name: str) -> Callable[[type], type]:
         """Decorator registering a class in code (notebooks, tests): ``@registry.component("attention", "mine")``."""
 
@@ -141,7 +165,7 @@ class Registry:
     def register_plugin(
         self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = ""
     ) -> None:
-        """Register a plugin object or module through the ``register_components`` hook."""
+        """Register a plugin object or module through the ``register_components`` and ``register_hf_families`` hooks."""
         name = name or str(getattr(plugin, "__name__", repr(plugin)))
         try:
             self.pm.register(plugin, name=name)
@@ -150,8 +174,10 @@ class Registry:
             self.pm.unregister(name=name) if self.pm.has_plugin(name) else None
             raise PluginError(f"plugin '{name}' ({distribution}) is invalid: {err}") from None
         others = [p for p in self.pm.get_plugins() if p is not plugin]
-        caller = self.pm.subset_hook_caller("register_components", remove_plugins=others)
-        caller(register=lambda family, cname, impl: self.add(family, cname, impl, name, distribution, version))
+        components = self.pm.subset_hook_caller("register_components", remove_plugins=others)
+        components(register=lambda family, cname, impl: self.add(family, cname, impl, name, distribution, version))
+        hf_families = self.pm.subset_hook_caller("register_hf_families", remove_plugins=others)
+        hf_families(register=lambda family: self.add_hf_family(family, name, distribution, version))
 
     def load_entry_points(self) -> None:
         """Load third-party plugins from the ``gptzoo`` entry-point group, as GPTZOO_PLUGINS selects."""

@@ -31,6 +31,7 @@ from gptzoo.recipes.interop.hf.families import (
     FAMILIES,
     MISSING,
     Family,
+    all_families,
     hf_shapes,
     lookup,
     to_ours,
@@ -54,11 +55,11 @@ NEUTRAL = ("tokenizer", "dropout", "init")  # settings every family takes as the
 # ---- configs ------------------------------------------------------------------------------------
 
 
-def normalise(hf: dict) -> dict:
+def normalise(hf: dict, families: dict[str, Family] = FAMILIES) -> dict:
     """config.json as transformers 5 writes it: older files keep ``rope_theta`` and ``rope_scaling``
     at the top level, transformers 5 keeps both in ``rope_parameters``; a family may have older
     spellings of its own (``Family.legacy``)."""
-    family = FAMILIES.get(hf.get("model_type"))
+    family = families.get(hf.get("model_type"))
     hf = family.legacy(hf) if family is not None and family.legacy is not None else dict(hf)
     if not isinstance(hf.get("rope_parameters"), dict):
         rope = dict(hf.get("rope_scaling") or {})
@@ -72,13 +73,13 @@ def normalise(hf: dict) -> dict:
     return hf
 
 
-def family_of(hf: dict, source: str) -> Family:
+def family_of(hf: dict, source: str, families: dict[str, Family] = FAMILIES) -> Family:
     model_type = hf.get("model_type")
-    if model_type not in FAMILIES:
+    if model_type not in families:
         raise ConfigError(
-            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(FAMILIES)}"
+            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(families)}"
         )
-    return FAMILIES[model_type]
+    return families[model_type]
 
 
 def _set(table: dict, dotted: str, value: Any) -> None:
@@ -183,7 +184,11 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
         ours["attention"]["name"] = "sdpa"
     try:
         theirs = explicit(
-            registry.model_config(model_table(family, normalise(hf_config(family, ours)), "", None, ours["tokenizer"]))
+            registry.model_config(
+                model_table(
+                    family, normalise(hf_config(family, ours), {family.model_type: family}), "", None, ours["tokenizer"]
+                )
+            )
         )
     except (ConfigError, ValueError) as err:  # ValueError: a conversion that cannot write this assembly
         return [str(err).lstrip(": ")]
@@ -217,10 +222,11 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
 def match_family(config: ModelConfig, registry: Registry, source: str, prefer: str | None = None) -> Family:
     """The family whose assembly ``config`` is (``prefer`` among several: a Phi-3 with full
     rotary is also a Llama); else ConfigError naming what the nearest ones lack."""
-    found = {name: mismatches(family, config, registry) for name, family in FAMILIES.items()}
+    families = all_families(registry)
+    found = {name: mismatches(family, config, registry) for name, family in families.items()}
     matching = [name for name, problems in found.items() if not problems]
     if matching:
-        return FAMILIES[prefer if prefer in matching else matching[0]]
+        return families[prefer if prefer in matching else matching[0]]
     fewest = min(len(p) for p in found.values())
     nearest = [name for name, problems in found.items() if len(problems) == fewest]
     raise ConfigError(
@@ -357,8 +363,9 @@ def import_hf(
         )
     if dtype not in DTYPES:
         raise GptzooError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    hf = normalise(read_hf_config(source))
-    family = family_of(hf, str(source))
+    families = all_families(registry)
+    hf = normalise(read_hf_config(source), families)
+    family = family_of(hf, str(source), families)
     tokenizer, tokenizer_state = read_tokenizer_files(src, hf)
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}

@@ -41,11 +41,13 @@ from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import OLMO2
+from gptzoo.registry import PluginError, Registry
 
 __all__ = [
     "FAMILIES",
     "MISSING",
     "REQUIRED",
+    "all_families",
     "Conversion",
     "Family",
     "Field",
@@ -78,3 +80,20 @@ FAMILIES: dict[str, Family] = {
         DEEPSEEK_V3,
     )
 }
+
+
+def all_families(registry: Registry) -> dict[str, Family]:
+    """The built-in families, then those the registry's plugins add (the ``register_hf_families`` hook)."""
+    added = registry.hf_families()
+    for model_type, family in added.items():
+        if not isinstance(family, Family):
+            raise PluginError(
+                f"Hugging Face family '{model_type}' from a plugin is a {type(family).__name__}; "
+                "register a gptzoo.recipes.interop.hf.families.Family"
+            )
+        if model_type in FAMILIES:
+            raise PluginError(
+                f"Hugging Face family '{model_type}' from a plugin is built into gptzoo already; "
+                "give the plugin's family another model_type or leave it out"
+            )
+    return FAMILIES | added

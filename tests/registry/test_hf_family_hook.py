@@ -1,0 +1,104 @@
+"""register_hf_families: a plugin installed the way pip would leave it (a package beside its
+.dist-info) adds a Hugging Face family, which import-hf and export-hf read beside the built-in
+table; a family gptzoo builds in already is refused by name."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.core import GPT, ConfigError
+from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.interop.hf import convert as hf
+from gptzoo.recipes.interop.hf.families import FAMILIES, all_families
+from gptzoo.recipes.runs.folder import save_run
+from gptzoo.registry import PLUGINS_ENV, PluginError, make_registry
+
+PLUGIN = Path(__file__).resolve().parent / "hf_family_plugin"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Put the plugin and its dist-info on sys.path, as an installed distribution."""
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    return make_registry()
+
+
+@pytest.fixture
+def fork_checkpoint(tmp_path):
+    """A Llama-layout checkpoint folder whose config.json says model_type = "llama_fork", and its weights."""
+    registry = make_registry(entry_points=False)
+    config = load_run_config(
+        ROOT / "configs" / "llama-style.toml",
+        ["model.tokenizer.name=byte", "model.vocab_size=257", "model.d_model=64", "model.n_layers=2"],
+        registry,
+    )
+    torch.manual_seed(0)
+    save_run(tmp_path / "run", config, GPT(config.model), config.model.tokenizer.build(), registry)
+    hf.export_hf(tmp_path / "run", tmp_path / "fork", registry)
+    data = json.loads((tmp_path / "fork" / "config.json").read_text())
+    data |= {"model_type": "llama_fork", "architectures": ["LlamaForkForCausalLM"]}
+    (tmp_path / "fork" / "config.json").write_text(json.dumps(data))
+    return tmp_path / "fork", load_file(str(tmp_path / "run" / "model.safetensors"))
+
+
+def test_the_plugin_family_joins_the_built_in_table(installed):
+    families = all_families(installed)
+    assert list(families)[: len(FAMILIES)] == list(FAMILIES) and list(families)[len(FAMILIES) :] == ["llama_fork"]
+    assert families["llama_fork"].architecture == "LlamaForkForCausalLM"
+
+
+def test_import_and_export_read_the_plugin_family(installed, fork_checkpoint, tmp_path):
+    folder, weights = fork_checkpoint
+    hf.import_hf(folder, tmp_path / "imported", registry=installed)
+    imported = load_file(str(tmp_path / "imported" / "model.safetensors"))
+    assert sorted(imported) == sorted(weights) and all(torch.equal(imported[n], weights[n]) for n in weights)
+    family, data = hf.export_hf(tmp_path / "imported", tmp_path / "again", installed)
+    assert family.model_type == data["model_type"] == "llama_fork"  # the source's family, recorded on import
+    assert data["architectures"] == ["LlamaForkForCausalLM"]
+
+
+def test_without_the_plugin_the_model_type_is_refused(fork_checkpoint, tmp_path):
+    folder, _ = fork_checkpoint
+    assert "llama_fork" not in all_families(make_registry())
+    with pytest.raises(ConfigError, match='model_type = "llama_fork" is not a family gptzoo imports'):
+        hf.import_hf(folder, tmp_path / "imported", registry=make_registry())
+
+
+def test_a_plugin_family_with_a_built_in_model_type_is_refused(fork_checkpoint, tmp_path):
+    registry = make_registry(entry_points=False)
+    registry.add_hf_family(replace(FAMILIES["llama"], architecture="Mine"), plugin="mine")
+    with pytest.raises(PluginError, match="Hugging Face family 'llama' from a plugin is built into gptzoo already"):
+        hf.import_hf(fork_checkpoint[0], tmp_path / "imported", registry=registry)
+    with pytest.raises(PluginError, match="Hugging Face family 'llama' is registered twice"):
+        registry.add_hf_family(FAMILIES["llama"], plugin="another")
+
+
+def test_the_cli_imports_through_the_installed_plugin(fork_checkpoint, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptzoo.recipes",
+            "import-hf",
+            str(fork_checkpoint[0]),
+            "--out",
+            str(tmp_path / "imported"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "imported" / "config.json").read_text())["model"]["n_layers"] == 2
