@@ -1,10 +1,10 @@
 """gptzoo classify: the label a fine-tuned classifier gives a text, with its probability."""
 
 import argparse
-import json
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.finetuning.classifier import LABELS, predict
+from gptzoo.recipes.runs.files import read_json
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.runs.manifest import check_file
 
@@ -25,11 +25,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if loaded.manifest is not None:
         check_file(loaded.folder, loaded.manifest, LABELS)
+    saved = read_json(file, GptzooError)
     try:
-        saved = json.loads(file.read_text(encoding="utf-8"))
         labels, max_length = list(saved["labels"]), int(saved["max_length"])
         pad_to = None if saved.get("pad_to") is None else int(saved["pad_to"])  # absent in runs from before --pad-to
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise GptzooError(f'{file}: unreadable ({err}); it should hold {{"labels": [...], "max_length": N}}') from None
     if len(labels) != loaded.config.model.head.params.n_classes:
         raise GptzooError(

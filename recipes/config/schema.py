@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
 from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.research.tasks import TaskSpec
+from gptzoo.recipes.runs.files import read_json
 from gptzoo.registry import Registry, default_registry
 
 BUILTIN_CORPUS = "builtin:pydoc"
@@ -168,8 +169,6 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
     """Read a TOML (or a run folder's config.json, or a preset by name; a TOML may extend another), apply ``key=value`` overrides, validate."""
     path = find_config(path)
     if path.suffix == ".json" or path.is_dir():
-        import json
-
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise ConfigError(
@@ -177,10 +176,7 @@ def load_run_config(path: str | Path, overrides: list[str] = (), registry: Regis
                 if path.is_dir()
                 else f"{file}: no such config file"
             )
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{file}: not valid JSON: {err}") from None
+        data = read_json(file, ConfigError)
     else:
         data = read_toml(path, find_base=find_preset)
     data = apply_overrides(data, list(overrides))

@@ -5,7 +5,6 @@ destination beside its final name so that an error leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, check_out_folder
+from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, check_out_folder, read_json
 from gptzoo.recipes.runs.folder import run_commit
 from gptzoo.recipes.runs.weights import write_safetensors
 from gptzoo.registry import Registry
@@ -28,10 +27,7 @@ from gptzoo.registry import Registry
 
 def read_hf_config(file: Path) -> dict:
     """A JSON object from a Hugging Face folder (config.json, tokenizer_config.json, ...)."""
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{file}: not a readable JSON file ({err})") from None
+    data = read_json(file, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a JSON object")
     return data

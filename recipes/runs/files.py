@@ -1,20 +1,37 @@
 """Writing files so that a crash leaves the old file or the new one, never half of one; the run
-folder's file names; and the check every writer makes on its output path first."""
+folder's file names; the check every writer makes on its output path first; and the one reader of
+JSON files a user gives or a folder holds, with one error style."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from gptzoo.core import GptzooError
+from gptzoo.core import ConfigError, GptzooError
 from gptzoo.recipes.runs.manifest import new_temporary
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 TRAIN_STATE = "train_state.pt"
+
+
+def read_json(file: Path, error: type[GptzooError] = ConfigError) -> Any:
+    """The JSON value in ``file``; ``error`` with one line naming the file when it cannot be read or parsed."""
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{file}: not valid JSON: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise error(f"{file}: cannot be read ({err.strerror or err})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
 
 
 @contextmanager

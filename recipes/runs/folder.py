@@ -26,7 +26,7 @@ from torch import nn
 
 from gptzoo.core import GPT, CheckpointError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
-from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, check_out_folder
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, check_out_folder, read_json
 from gptzoo.recipes.runs.manifest import (
     MANIFEST,
     Commit,
@@ -53,9 +53,10 @@ def build_tokenizer(config: RunConfig, folder: Path | None = None, manifest: Man
             )
         if manifest is not None:
             check_file(folder, manifest, TOKENIZER)
+        state = read_json(file, CheckpointError)
         try:
-            tokenizer.load_state(json.loads(file.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            tokenizer.load_state(state)
+        except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{file}: unreadable tokenizer state ({err})") from None
         size = config.model.vocab_size
         if size is not None and tokenizer.vocab_size > size:
@@ -148,10 +149,7 @@ def load_config(folder: str | Path, registry: Registry | None = None, manifest: 
         raise CheckpointError(f"{file}: missing; is {folder} a gptzoo run folder?")
     if manifest is not None:
         check_file(folder, manifest, CONFIG)
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file}: not valid JSON ({err})") from None
+    data = read_json(file, CheckpointError)
     registry = registry or default_registry()
     missing = missing_components(manifest, registry, file)
     if missing:

@@ -38,7 +38,7 @@ from gptzoo.recipes.interop.hf.families import (
     to_theirs,
     weight_plan,
 )
-from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, read_json, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run, run_commit
 from gptzoo.recipes.runs.manifest import check_file
 from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
@@ -243,10 +243,10 @@ def open_checkpoint(folder: Path) -> Iterator[dict[str, Any]]:
     """Every tensor name in the folder's safetensors file(s) -> the open file holding it."""
     index = folder / INDEX
     if index.is_file():
+        index_data = read_json(index, CheckpointError)
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            files = sorted(set(index_data["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
     elif (folder / WEIGHTS).is_file():
         files = [WEIGHTS]

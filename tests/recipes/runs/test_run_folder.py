@@ -1,12 +1,14 @@
 """A run folder loads back into a model with the same outputs, whichever attention variant reads it."""
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from gptzoo.core import GPT
-from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.runs.folder import load_run, save_run
+from gptzoo.core import GPT, GptzooError
+from gptzoo.recipes.config.schema import RunConfig, load_run_config
+from gptzoo.recipes.interop.files import read_hf_config
+from gptzoo.recipes.runs.folder import load_config, load_run, save_run
 from gptzoo.recipes.runs.weights import write_state
 
 SPEC = {
@@ -49,3 +51,15 @@ def test_streamed_safetensors_read_back_with_safetensors_in_every_dtype(tmp_path
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
     with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
         assert f.metadata() == {"format": "pt", "step": "7"}  # transformers refuses files without "format"
+
+
+def test_every_reader_of_a_json_file_says_where_it_is_broken_in_one_line(tmp_path):
+    """One JSON reader (runs.files.read_json): a config given as JSON, a run folder's config.json and a
+    Hugging Face folder's config.json name the file, the line and the column alike."""
+    file = tmp_path / "config.json"
+    file.write_text('{"model": 1,\n "train": }')  # the value after "train" is missing: line 2, column 11
+    expected = f"{file}: not valid JSON: Expecting value at line 2 column 11"
+    for read in (load_run_config, load_config, read_hf_config):
+        with pytest.raises(GptzooError) as err:
+            read(file if read is not load_config else tmp_path)
+        assert str(err.value) == expected, read.__name__
