@@ -33,10 +33,12 @@ from gptzoo.core.interfaces import (
     Tokenizer,
 )
 from gptzoo.core.model import GPT
+from gptzoo.core.tasks import IGNORE, Task
 
 __all__ = [
     "FAMILIES",
     "GPT",
+    "IGNORE",
     "Attention",
     "AttentionContext",
     "AuxiliaryLoss",
@@ -62,6 +64,7 @@ __all__ = [
     "Params",
     "PositionalEncoding",
     "Recorder",
+    "Task",
     "Tokenizer",
     "apply_overrides",
     "config_error",

@@ -8,6 +8,7 @@ from gptzoo.registry.registry import (
     Entry,
     PluginError,
     Registry,
+    TaskEntry,
     default_registry,
     make_registry,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Entry",
     "PluginError",
     "Registry",
+    "TaskEntry",
     "default_registry",
     "hookimpl",
     "hookspec",

@@ -1,5 +1,5 @@
 """The hooks through which every plugin, built-in or third-party, registers what it adds: components,
-and Hugging Face model families."""
+diagnostic tasks and Hugging Face model families."""
 
 import pluggy
 
@@ -24,4 +24,13 @@ class GptzooSpec:
         Call ``register(family)`` once per family: a gptzoo.recipes.interop.hf.families.Family
         (recipes/interop/hf/README.md says how to write one) whose ``model_type`` no built-in
         family and no other plugin has. import-hf and export-hf read it beside the built-in table.
+        """
+
+    @hookspec
+    def register_tasks(self, register):
+        """Register the diagnostic tasks this plugin provides (``data.task = { name = ..., ... }``).
+
+        Call ``register(name, task_class)`` once per task: ``task_class`` subclasses
+        gptzoo.core.Task, declares ``name: Literal["<name>"]`` and its own fields (unknown keys
+        forbidden), and draws one example with ``example(rng, length)``.
         """

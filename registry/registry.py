@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gptzoo.core import FAMILIES, ConfigError, GptzooError, Implementation, ModelConfig, Params, config_error
+from gptzoo.core import FAMILIES, ConfigError, GptzooError, Implementation, ModelConfig, Params, Task, config_error
 from gptzoo.registry.hookspecs import GptzooSpec
 
 ENTRY_POINT_GROUP = "gptzoo"
@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.blocks",
     "gptzoo.plugins.heads",
     "gptzoo.plugins.hf_tokenizer",
+    "gptzoo.plugins.tasks",
 )
 
 
@@ -55,6 +56,19 @@ class Entry:
     @property
     def params_model(self) -> type[Params]:
         return self.impl.Params
+
+    @property
+    def provider(self) -> str:
+        return f"{self.plugin} ({self.distribution} {self.version})"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    task_class: type[Task]
+    plugin: str
+    distribution: str
+    version: str
 
     @property
     def provider(self) -> str:
@@ -88,6 +102,7 @@ class Registry:
         self.pm.add_hookspecs(GptzooSpec)
         self._entries: dict[tuple[str, str], Entry] = {}
         self._hf_families: dict[str, tuple[Any, str]] = {}  # model_type -> (family, the plugin that added it)
+        self._tasks: dict[str, TaskEntry] = {}  # in registration order: the built-ins first
 
     # ---- registering -----------------------------------------------------------------------
 
@@ -153,6 +168,23 @@ class Registry:
         """model_type -> the Hugging Face family a plugin added, in the order they were registered."""
         return {model_type: family for model_type, (family, _) in self._hf_families.items()}
 
+    def add_task(
+        self, name: str, task_class: type, plugin: str = "<code>", distribution: str = "<code>", version: str = ""
+    ) -> None:
+        where = f"plugin '{plugin}'"
+        if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+            raise PluginError(f"{where}: task '{name}' must subclass gptzoo.core.Task, got {task_class!r}")
+        if task_class.model_config.get("extra") != "forbid":
+            raise PluginError(f"{where}: task '{name}' must forbid unknown keys, as gptzoo.core.Task does")
+        _check_defaults(task_class, f"{where}: task '{name}'")
+        existing = self._tasks.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"task '{name}' is provided twice: by {existing.provider} and by {plugin} ({distribution} {version}); "
+                f"register one of them under another name, or choose plugins with {PLUGINS_ENV}"
+            )
+        self._tasks[name] = TaskEntry(name, task_class, plugin, distribution, version)
+
     def component(self, family: str, name: str) -> Callable[[type], type]:
         """Decorator registering a class in code (notebooks, tests): ``@registry.component("attention", "mine")``."""
 
@@ -165,7 +197,8 @@ class Registry:
     def register_plugin(
         self, plugin: Any, name: str | None = None, distribution: str = "<code>", version: str = ""
     ) -> None:
-        """Register a plugin object or module through the ``register_components`` and ``register_hf_families`` hooks."""
+        """Register a plugin object or module through the ``register_components``, ``register_tasks`` and
+        ``register_hf_families`` hooks."""
         name = name or str(getattr(plugin, "__name__", repr(plugin)))
         try:
             self.pm.register(plugin, name=name)
@@ -178,6 +211,8 @@ class Registry:
         components(register=lambda family, cname, impl: self.add(family, cname, impl, name, distribution, version))
         hf_families = self.pm.subset_hook_caller("register_hf_families", remove_plugins=others)
         hf_families(register=lambda family: self.add_hf_family(family, name, distribution, version))
+        tasks = self.pm.subset_hook_caller("register_tasks", remove_plugins=others)
+        tasks(register=lambda tname, task_class: self.add_task(tname, task_class, name, distribution, version))
 
     def load_entry_points(self) -> None:
         """Load third-party plugins from the ``gptzoo`` entry-point group, as GPTZOO_PLUGINS selects."""
@@ -227,6 +262,21 @@ class Registry:
             raise ValueError(self._unknown(family, name))
         return entry.impl
 
+    def tasks(self) -> list[TaskEntry]:
+        return list(self._tasks.values())
+
+    def task_names(self) -> list[str]:
+        return list(self._tasks)
+
+    def task(self, name: str) -> type[Task]:
+        entry = self._tasks.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(str(name), list(self._tasks), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(repr(n) for n in self._tasks) or "none"
+            raise ValueError(f"unknown task {name!r}{hint}; registered tasks: {known}")
+        return entry.task_class
+
     def _unknown(self, family: str, name: str) -> str:
         names = self.names(family)
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
@@ -261,4 +311,4 @@ def default_registry() -> Registry:
     return make_registry()
 
 
-__all__ = ["ConfigError", "Entry", "PluginError", "Registry", "default_registry", "make_registry"]
+__all__ = ["ConfigError", "Entry", "PluginError", "Registry", "TaskEntry", "default_registry", "make_registry"]

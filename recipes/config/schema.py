@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from gptzoo.core import ConfigError, ModelConfig, apply_overrides, config_error, read_toml
+from gptzoo.core import ConfigError, ModelConfig, Task, apply_overrides, config_error, read_toml
 from gptzoo.recipes.config.presets import find_config, find_preset
-from gptzoo.recipes.research.tasks import TaskSpec
 from gptzoo.recipes.runs.files import read_json
 from gptzoo.registry import Registry, default_registry
 
@@ -26,14 +34,33 @@ class DataConfig(BaseModel):
     text_field: str = Field(
         "text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text"
     )
-    task: TaskSpec | None = Field(
+    task: SerializeAsAny[Task] | None = Field(
         None,
-        description='a diagnostic task generated from data.seed instead of a corpus: { name = "mqar" | "induction" | "selective_copy", ... }',
+        description='a diagnostic task generated from data.seed instead of a corpus: { name = "mqar", ... }, a task the registry has (`gptzoo plugins`)',
     )
     stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = Field(0, description="split and shuffling order; the same for every run that shares it")
     cache_dir: str | None = Field(None, description="token cache; None: $GPTZOO_CACHE or ~/.cache/gptzoo")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _resolve_task(cls, raw: Any, info: ValidationInfo) -> Any:
+        """Validate ``{ name = ..., ... }`` by the registered task of that name (field errors keep their paths)."""
+        if raw is None or isinstance(raw, Task):
+            return raw
+        return _task_class(raw, info).model_validate(raw)
+
+
+def _task_class(raw: Any, info: ValidationInfo) -> type[Task]:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ValueError('give the task as a table with its name: { name = "mqar", ... }')
+    registry = (info.context or {}).get("registry")
+    if registry is None:
+        raise ValueError(
+            "tasks are resolved against a registry: validate with validate_run_config or pass context={'registry': ...}"
+        )
+    return registry.task(raw["name"])
 
 
 class TrainConfig(BaseModel):
@@ -122,15 +149,15 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _task_tokenizer(cls, data: Any) -> Any:
+    def _task_tokenizer(cls, data: Any, info: ValidationInfo) -> Any:
         """A task's ids are plain integers: the tokenizer, unless given, is ``integers`` sized to the task."""
         section = data.get("data") if isinstance(data, dict) else None
         task = section.get("task") if isinstance(section, dict) else None
         model = data.get("model") if isinstance(data, dict) else None
         if isinstance(task, dict) and isinstance(model, dict) and "tokenizer" not in model:
             try:
-                vocab = TypeAdapter(TaskSpec).validate_python(task).vocab_size
-            except ValidationError:
+                vocab = _task_class(task, info).model_validate(task).vocab_size
+            except (ValueError, ValidationError):
                 return data  # the field's own validation reports it
             data = {**data, "model": {**model, "tokenizer": {"name": "integers", "vocab_size": vocab}}}
         return data
