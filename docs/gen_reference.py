@@ -103,13 +103,13 @@ def plugins_page() -> str:
         "",
         GENERATED,
         "",
-        "Every built-in component, by family, with its params: what `gptzoo plugins --json` prints, with each "
+        "Every built-in component, by family, and every built-in diagnostic task (`data.task`), with its params: what `gptzoo plugins --json` prints, with each "
         'field\'s description. A component is written `{ name = "...", <params> }` in a config; how the '
         "variants behave is in [configs and components](../tutorials/configs.md). Installed third-party plugins "
         "are listed by `gptzoo plugins`.",
     ]
     family = None
-    for entry in registry.entries():
+    for entry in [*registry.entries(), *registry.tasks()]:
         if entry.family != family:
             family = entry.family
             out += ["", f"## {family}"]

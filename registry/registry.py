@@ -64,11 +64,22 @@ class Entry:
 
 @dataclass(frozen=True)
 class TaskEntry:
+    """A registered task; it reads like an Entry of family "task" (the task class is its params model)."""
+
     name: str
     task_class: type[Task]
     plugin: str
     distribution: str
     version: str
+    family: str = "task"
+
+    @property
+    def impl(self) -> type[Task]:
+        return self.task_class
+
+    @property
+    def params_model(self) -> type[Task]:
+        return self.task_class
 
     @property
     def provider(self) -> str:

@@ -1,4 +1,4 @@
-"""gptzoo plugins: every registered component, its params and the plugin that provides it."""
+"""gptzoo plugins: every registered component and task, its params and the plugin that provides it."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ from pydantic_core import PydanticUndefined
 
 from gptzoo.registry import default_registry
 
-HELP = "list every component family, name and the plugin (distribution and version) that provides it"
+HELP = "list every component family, name and task, and the plugin (distribution and version) that provides it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _params(entry) -> dict:
     out = {}
     for name, field in entry.params_model.model_fields.items():
+        if name == "name":  # a task's own name field (a component's params never have one: its spec holds the name)
+            continue
         default = None if field.default is PydanticUndefined else field.default
         annotation = field.annotation
         shown = (
@@ -27,7 +29,8 @@ def _params(entry) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    entries = default_registry().entries()
+    registry = default_registry()
+    entries = [*registry.entries(), *registry.tasks()]
     if args.json:
         print(
             json.dumps(

@@ -101,3 +101,16 @@ def test_a_config_trains_on_it_for_two_steps(installed, tmp_path):
         "train_examples": 100_000,
         "val_examples": 1_000,
     }
+
+
+def test_plugins_lists_the_tasks_with_their_providers(installed, capsys):
+    assert main(["plugins", "--json"]) == 0
+    tasks = {e["name"]: e for e in json.loads(capsys.readouterr().out) if e["family"] == "task"}
+    assert list(tasks) == ["mqar", "induction", "selective_copy", "copy"]
+    assert (tasks["mqar"]["plugin"], tasks["mqar"]["distribution"]) == ("gptzoo.plugins.tasks", "gptzoo")
+    assert tasks["mqar"]["params"]["n_pairs"] == {"type": "int", "default": 8, "required": False}
+    assert (tasks["copy"]["plugin"], tasks["copy"]["distribution"]) == ("copytask", "gptzoo_copytask")
+    assert set(tasks["copy"]["params"]) == {"vocab_size", "n_tokens", "train_examples", "val_examples"}
+    assert main(["plugins"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[:2] == ["task", "copy"]]
+    assert "n_tokens=4" in row and "copytask (gptzoo_copytask 0.1.0)" in row
