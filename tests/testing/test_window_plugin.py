@@ -11,7 +11,7 @@ from gptzoo.core import GPT
 from gptzoo.registry import make_registry
 from gptzoo.testing import build, check_component, check_receptive_field, tiny_config
 
-PLUGIN = Path(__file__).resolve().parents[1] / "third_party" / "window_attention.py"
+PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "window_attention.py"
 
 
 def load_plugin():

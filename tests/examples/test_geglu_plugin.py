@@ -1,11 +1,13 @@
-"""A third-party plugin, installed the way pip would leave it (a package beside its .dist-info),
-is found through its entry point and works everywhere a built-in does, with no change to gptzoo."""
+"""The example third-party plugin (examples/plugins/gptzoo-geglu), installed the way pip would
+leave it (its package on the path, a .dist-info with its pyproject's name, version and entry
+points), is found through its entry point and works everywhere a built-in does, with no change to gptzoo."""
 
 import json
 import math
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,26 @@ from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.registry import PLUGINS_ENV, make_registry
 from gptzoo.testing import check_component
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "examples" / "plugins" / "gptzoo-geglu"
 
 
 @pytest.fixture
-def installed(monkeypatch):
+def site(tmp_path):
+    """A site-packages folder holding the plugin's .dist-info, written from its pyproject.toml."""
+    project = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    info = tmp_path / f"{project['name']}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    entry_points = "".join(f"{name} = {value}\n" for name, value in project["entry-points"]["gptzoo"].items())
+    (info / "entry_points.txt").write_text(f"[gptzoo]\n{entry_points}")
+    return tmp_path
+
+
+@pytest.fixture
+def installed(monkeypatch, site):
     """Put the plugin and its dist-info on sys.path, as an installed distribution."""
     monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
     return make_registry()
 
@@ -63,9 +78,9 @@ def test_computes_geglu(installed):
     torch.testing.assert_close(ffn(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cli_lists_it_with_its_distribution():
+def test_cli_lists_it_with_its_distribution(site):
     env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     result = subprocess.run(
         [sys.executable, "-m", "gptzoo.recipes", "plugins", "--json"],
         capture_output=True,
