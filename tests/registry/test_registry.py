@@ -272,3 +272,57 @@ def test_registering_twice_in_code_says_what_to_do_in_code(registry):
     message = str(err.value)
     assert "provided twice" in message and "another name" in message and "make_registry()" in message
     assert PLUGINS_ENV not in message and "uninstall" not in message.lower()
+
+
+# ---- tasks ----------------------------------------------------------------------------------------
+
+
+def test_a_task_not_subclassing_task_is_refused(registry):
+    from pydantic import BaseModel, ConfigDict
+
+    class Loose(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    with pytest.raises(PluginError, match=r"plugin 'mine': task 'loose' must subclass gptzoo.core.Task"):
+        registry.add_task("loose", Loose, plugin="mine")
+
+
+def test_a_task_allowing_extra_keys_is_refused(registry):
+    from pydantic import ConfigDict
+
+    from gptzoo.core import Task
+
+    class Lenient(Task):
+        model_config = ConfigDict(extra="allow")
+
+    with pytest.raises(PluginError, match="task 'lenient' must forbid unknown keys"):
+        registry.add_task("lenient", Lenient, plugin="mine")
+
+
+def test_a_task_name_taken_by_a_builtin_names_both_providers(install):
+    install(
+        "shadow_tasks",
+        {
+            "shadow": """
+                from gptzoo.plugins.tasks import Induction
+                from gptzoo.registry import hookimpl
+
+                @hookimpl
+                def register_tasks(register):
+                    register("induction", Induction)
+            """
+        },
+    )
+    with pytest.raises(PluginError) as err:
+        make_registry()
+    assert str(err.value).startswith(
+        "task 'induction' is provided twice: by gptzoo.plugins.tasks (gptzoo "
+    ) and "by shadow (shadow_tasks 1.0)" in str(err.value)
+
+
+def test_unknown_task_suggests_the_closest_and_lists_the_registered(registry):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown task 'induktion' \(did you mean 'induction'\?\); registered tasks: 'mqar', 'induction', 'selective_copy'$",
+    ):
+        registry.task("induktion")
