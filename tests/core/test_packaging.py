@@ -47,7 +47,7 @@ def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
         "gptzoo/registry/registry.py",
         "gptzoo/recipes/cli/__init__.py",
         "gptzoo/recipes/cli/train.py",
-        "gptzoo/recipes/interop/hf/families.py",
+        "gptzoo/recipes/interop/hf/families/llama.py",
         "gptzoo/testing/__init__.py",
         "gptzoo/configs/tiny.toml",  # the presets, subfolders too
         "gptzoo/configs/hf/qwen3.toml",
