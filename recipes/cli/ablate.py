@@ -16,8 +16,8 @@ from gptzoo.recipes.research.sweep import (
     load_sweep,
     run_sweep,
 )
+from gptzoo.recipes.runs._lock import LOCK, OWNER, run_writer
 from gptzoo.recipes.runs.files import check_out_folder
-from gptzoo.recipes.runs.manifest import LOCK, OWNER, run_writer
 
 HELP = "train the variants of a sweep file (base config × axes × seeds) fairly and compare them"
 

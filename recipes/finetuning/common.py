@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from gptzoo.core import GPT, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.finetuning.lora import LoRASettings, apply_lora, lora_state, merge_lora
+from gptzoo.recipes.runs._journal import Commit
+from gptzoo.recipes.runs._lock import LOCK, OWNER, run_writer
 from gptzoo.recipes.runs.files import CONFIG, check_out_folder
 from gptzoo.recipes.runs.folder import Run, commit_files, save_run
-from gptzoo.recipes.runs.manifest import LOCK, OWNER, Commit, run_writer
 from gptzoo.recipes.runs.weights import write_state
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gptzoo.core import ConfigError, GptzooError
-from gptzoo.recipes.runs.manifest import new_temporary
+from gptzoo.recipes.runs._journal import new_temporary
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -26,17 +26,17 @@ from torch import nn
 
 from gptzoo.core import GPT, CheckpointError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
+from gptzoo.recipes.runs._journal import Commit
+from gptzoo.recipes.runs._lock import run_writer
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, check_out_folder, read_json
 from gptzoo.recipes.runs.manifest import (
     MANIFEST,
-    Commit,
     Manifest,
     check_file,
     components_of,
     missing_components,
     note,
     read_manifest,
-    run_writer,
 )
 from gptzoo.recipes.runs.weights import load_weights, model_state, write_state
 from gptzoo.registry import Registry, default_registry

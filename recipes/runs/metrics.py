@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from gptzoo.core import CheckpointError
-from gptzoo.recipes.runs.manifest import disk_full_error, is_disk_full
+from gptzoo.recipes.runs._journal import disk_full_error, is_disk_full
 
 METRICS = "metrics.jsonl"
 

@@ -14,9 +14,10 @@ from torch import nn
 from gptzoo.core import CheckpointError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import WindowSampler
+from gptzoo.recipes.runs._lock import run_writer
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, write_text_atomic
 from gptzoo.recipes.runs.folder import run_commit, stage_run
-from gptzoo.recipes.runs.manifest import Manifest, run_writer
+from gptzoo.recipes.runs.manifest import Manifest
 from gptzoo.recipes.runs.metrics import METRICS, read_metrics
 from gptzoo.recipes.training import distributed
 from gptzoo.registry import Registry
@@ -42,7 +43,7 @@ def save_checkpoint(
     sampler: WindowSampler,
     registry: Registry | None = None,
 ) -> None:
-    """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/manifest.py).
+    """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/_journal.py).
 
     A failure while saving (a full disk, a crash) leaves the previous checkpoint whole. With
     several processes only rank 0 writes (under FSDP after every rank helped gather the full

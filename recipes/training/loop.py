@@ -26,8 +26,8 @@ from tqdm import tqdm
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
+from gptzoo.recipes.runs._lock import run_writer
 from gptzoo.recipes.runs.files import check_out_folder
-from gptzoo.recipes.runs.manifest import run_writer
 from gptzoo.recipes.runs.metrics import append_metrics, read_metrics
 from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed

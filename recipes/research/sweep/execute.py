@@ -23,9 +23,9 @@ from gptzoo.recipes.research.sweep.provenance import changed_components, provena
 from gptzoo.recipes.research.sweep.report import write_results
 from gptzoo.recipes.research.sweep.results import RunResult, read_result
 from gptzoo.recipes.research.sweep.schema import RUN_RESULT, RUNS, SWEEP, Sweep
+from gptzoo.recipes.runs._lock import LOCK, OWNER
 from gptzoo.recipes.runs.files import TRAIN_STATE, write_text_atomic
 from gptzoo.recipes.runs.folder import load_config
-from gptzoo.recipes.runs.manifest import LOCK, OWNER
 from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.registry import Registry
 

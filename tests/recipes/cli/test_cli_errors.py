@@ -15,7 +15,7 @@ import pytest
 
 from gptzoo.recipes import cli
 from gptzoo.recipes.cli import COMMANDS, main
-from gptzoo.recipes.runs.manifest import LOCK
+from gptzoo.recipes.runs._lock import LOCK
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "runs-v0.1"
 RUN = FIXTURES / "gpt2-pre"  # a small language-model run folder (saved by gptzoo 0.1)

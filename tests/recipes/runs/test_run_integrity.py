@@ -19,10 +19,11 @@ import torch
 from gptzoo.core import FAMILIES, CheckpointError
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import validate_run_config
-from gptzoo.recipes.runs import manifest as manifest_module
+from gptzoo.recipes.runs import _journal as journal_module
 from gptzoo.recipes.runs import metrics as run_module
+from gptzoo.recipes.runs._journal import DiskFullError
+from gptzoo.recipes.runs._lock import RunLock, RunLockedError
 from gptzoo.recipes.runs.folder import load_run
-from gptzoo.recipes.runs.manifest import DiskFullError, RunLock, RunLockedError
 from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training.loop import train
 
@@ -217,8 +218,8 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(
     config, reference = straight
     run = tmp_path / "run"
     real_stage, real_write, commits, writing = (
-        manifest_module.Commit.stage,
-        manifest_module.HashingFile.write,
+        journal_module.Commit.stage,
+        journal_module.HashingFile.write,
         [],
         [None],
     )
@@ -235,10 +236,10 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(
             raise self.error
         return real_write(self, data)
 
-    real_commit = manifest_module.Commit.commit
-    monkeypatch.setattr(manifest_module.Commit, "stage", stage)
-    monkeypatch.setattr(manifest_module.HashingFile, "write", write)
-    monkeypatch.setattr(manifest_module.Commit, "commit", lambda self: commits.append(1) or real_commit(self))
+    real_commit = journal_module.Commit.commit
+    monkeypatch.setattr(journal_module.Commit, "stage", stage)
+    monkeypatch.setattr(journal_module.HashingFile, "write", write)
+    monkeypatch.setattr(journal_module.Commit, "commit", lambda self: commits.append(1) or real_commit(self))
     config_file = tmp_path / "tiny.json"
     config_file.write_text(config.model_dump_json())
     capsys.readouterr()
