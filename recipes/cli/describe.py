@@ -5,9 +5,10 @@ import json
 
 import torch
 
-from gptzoo.core import GPT, ComponentSpec, ConfigError
+from gptzoo.core import ComponentSpec, ConfigError
 from gptzoo.core.config import PER_LAYER
 from gptzoo.recipes.config.schema import RunConfig, load_run_config
+from gptzoo.recipes.training.models import meta_model, resolve_vocab
 
 HELP = "print a config resolved, its parameter count (total and by family) and cost estimates"
 
@@ -26,21 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(config: RunConfig) -> dict:
-    model_config = config.model
-    if model_config.vocab_size is None:
+    if config.model.vocab_size is None:
         tokenizer = config.model.tokenizer.build()
         if not tokenizer.is_fitted:
             raise ConfigError(
                 f"model.vocab_size is not set and the '{config.model.tokenizer.name}' tokenizer learns its vocabulary "
                 "from the corpus: set model.vocab_size, or describe a trained run folder"
             )
-        model_config = model_config.model_copy(update={"vocab_size": tokenizer.vocab_size})
-    with torch.device("meta"):  # shapes only: describing gpt2-1558m allocates nothing
-        model = GPT(model_config)
+        config = resolve_vocab(config, tokenizer)
+    model_config = config.model
+    model = meta_model(model_config)
     T = model_config.context_length
     per_sequence = model.kv_cache_bytes(T, torch.float32)
     return {
-        "config": config.model_dump(mode="json") | {"model": model_config.model_dump(mode="json")},
+        "config": config.model_dump(mode="json"),
         "parameters": model.param_counts(),
         "active_parameters_per_token": model.active_parameters_per_token(),
         "flops_per_token": model.flops_per_token(T),

@@ -17,11 +17,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from gptzoo.core import GPT, CheckpointError, ConfigError, GptzooError, ModelConfig
+from gptzoo.core import CheckpointError, ConfigError, GptzooError, ModelConfig
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, check_out_folder, read_json
 from gptzoo.recipes.runs.folder import run_commit
 from gptzoo.recipes.runs.weights import write_safetensors
+from gptzoo.recipes.training.models import meta_model
 from gptzoo.registry import Registry
 
 
@@ -35,8 +36,7 @@ def read_hf_config(file: Path) -> dict:
 
 def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every weight a run folder stores for ``config`` (a tied weight once)."""
-    with torch.device("meta"):  # shapes only: allocates nothing
-        model = GPT(config)
+    model = meta_model(config)
     seen: set[int] = set()
     shapes = {}
     for name, tensor in model.state_dict(keep_vars=True).items():

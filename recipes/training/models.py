@@ -1,10 +1,11 @@
-"""The model a config describes, before any training: its vocabulary filled from the tokenizer."""
+"""The model a config describes, before any training: its vocabulary filled from the tokenizer, and the
+same model on the meta device, where costs (parameters, FLOPs, cache bytes) are counted without memory."""
 
 from __future__ import annotations
 
 import torch
 
-from gptzoo.core import GPT, ConfigError, Tokenizer
+from gptzoo.core import GPT, ConfigError, ModelConfig, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import fit_tokenizer
 
@@ -18,6 +19,12 @@ def untrained_model(config: RunConfig) -> tuple[GPT, Tokenizer]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         return GPT(config.model), tokenizer
+
+
+def meta_model(config: ModelConfig) -> GPT:
+    """The model ``config`` describes, on the meta device: shapes only, so gpt2-1558m allocates nothing."""
+    with torch.device("meta"):
+        return GPT(config)
 
 
 def resolve_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:

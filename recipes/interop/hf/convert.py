@@ -42,6 +42,7 @@ from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, r
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run, run_commit
 from gptzoo.recipes.runs.manifest import check_file
 from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
+from gptzoo.recipes.training.models import resolve_vocab
 from gptzoo.registry import Registry, default_registry
 
 INDEX = "model.safetensors.index.json"
@@ -433,13 +434,7 @@ def export_hf(
     manifest = open_run(run_folder)
     config = load_config(run_folder, registry, manifest)
     if config.model.vocab_size is None:  # a config written by hand: the tokenizer's size, as training resolves it
-        config = config.model_copy(
-            update={
-                "model": config.model.model_copy(
-                    update={"vocab_size": build_tokenizer(config, run_folder, manifest).vocab_size}
-                )
-            }
-        )
+        config = resolve_vocab(config, build_tokenizer(config, run_folder, manifest))
     weights = run_folder / WEIGHTS
     source_family = None  # the family import-hf read it from, kept in the weights' metadata
     if weights.is_file():

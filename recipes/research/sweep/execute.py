@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from gptzoo.core import GPT, GptzooError
+from gptzoo.core import GptzooError
 from gptzoo.recipes.config.schema import validate_run_config
 from gptzoo.recipes.research.sweep.provenance import changed_components, provenance
 from gptzoo.recipes.research.sweep.report import write_results
@@ -27,6 +27,7 @@ from gptzoo.recipes.runs._lock import LOCK, OWNER
 from gptzoo.recipes.runs.files import TRAIN_STATE, write_text_atomic
 from gptzoo.recipes.runs.folder import load_config
 from gptzoo.recipes.runs.metrics import read_metrics
+from gptzoo.recipes.training.models import meta_model
 from gptzoo.registry import Registry
 
 if TYPE_CHECKING:
@@ -289,6 +290,5 @@ def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, i
         return None, None  # the run failed before saving its config
     if config.model.vocab_size is None:
         return None, None
-    with torch.device("meta"):  # shapes only
-        model = GPT(config.model)
-        return model.param_counts()["total"], model.flops_per_token()["training"]
+    model = meta_model(config.model)
+    return model.param_counts()["total"], model.flops_per_token()["training"]

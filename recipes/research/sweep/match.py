@@ -7,20 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gptzoo.core import GPT, ConfigError
+from gptzoo.core import ConfigError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.research.sweep.schema import MatchParams, Variant
+from gptzoo.recipes.training.models import meta_model, resolve_vocab
 
 ConfigOf = Callable[[dict[str, Any], str], RunConfig]  # a variant's overrides, where -> its validated config
 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
-    with torch.device("meta"):  # shapes only
-        return GPT(
-            config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size})
-        ).param_counts()["total"]
+    model = meta_model(config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size}))
+    return model.param_counts()["total"]
 
 
 def _vocab_size(config: RunConfig) -> int:
@@ -31,7 +28,7 @@ def _vocab_size(config: RunConfig) -> int:
 
     tokenizer = config.model.tokenizer.build()
     fit_tokenizer(config.data, tokenizer)
-    return tokenizer.vocab_size
+    return resolve_vocab(config, tokenizer).model.vocab_size
 
 
 def match_parameters(
