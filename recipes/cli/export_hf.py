@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.interop.hf.convert import MAX_SHARD_BYTES, export_hf
+from gptzoo.recipes.interop.hf.export import MAX_SHARD_BYTES, export_hf
 from gptzoo.recipes.interop.hf.families import FAMILIES
 
 HELP = f"write a run as a Hugging Face checkpoint folder of the family its assembly matches ({', '.join(FAMILIES)})"

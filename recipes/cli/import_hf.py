@@ -2,8 +2,8 @@
 
 import argparse
 
-from gptzoo.recipes.interop.hf.convert import DTYPES, import_hf
 from gptzoo.recipes.interop.hf.families import FAMILIES
+from gptzoo.recipes.interop.hf.import_ import DTYPES, import_hf
 
 HELP = f"convert a Hugging Face checkpoint folder ({', '.join(FAMILIES)}) into a run folder"
 

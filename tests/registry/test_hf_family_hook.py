@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from gptzoo.core import GPT, ConfigError
 from gptzoo.recipes.config.schema import load_run_config
-from gptzoo.recipes.interop.hf import convert as hf
+from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.families import FAMILIES, all_families
+from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import PLUGINS_ENV, PluginError, make_registry
 
@@ -43,7 +44,7 @@ def fork_checkpoint(tmp_path):
     )
     torch.manual_seed(0)
     save_run(tmp_path / "run", config, GPT(config.model), config.model.tokenizer.build(), registry)
-    hf.export_hf(tmp_path / "run", tmp_path / "fork", registry)
+    export_hf(tmp_path / "run", tmp_path / "fork", registry)
     data = json.loads((tmp_path / "fork" / "config.json").read_text())
     data |= {"model_type": "llama_fork", "architectures": ["LlamaForkForCausalLM"]}
     (tmp_path / "fork" / "config.json").write_text(json.dumps(data))
@@ -58,10 +59,10 @@ def test_the_plugin_family_joins_the_built_in_table(installed):
 
 def test_import_and_export_read_the_plugin_family(installed, fork_checkpoint, tmp_path):
     folder, weights = fork_checkpoint
-    hf.import_hf(folder, tmp_path / "imported", registry=installed)
+    import_hf(folder, tmp_path / "imported", registry=installed)
     imported = load_file(str(tmp_path / "imported" / "model.safetensors"))
     assert sorted(imported) == sorted(weights) and all(torch.equal(imported[n], weights[n]) for n in weights)
-    family, data = hf.export_hf(tmp_path / "imported", tmp_path / "again", installed)
+    family, data = export_hf(tmp_path / "imported", tmp_path / "again", installed)
     assert family.model_type == data["model_type"] == "llama_fork"  # the source's family, recorded on import
     assert data["architectures"] == ["LlamaForkForCausalLM"]
 
@@ -70,14 +71,14 @@ def test_without_the_plugin_the_model_type_is_refused(fork_checkpoint, tmp_path)
     folder, _ = fork_checkpoint
     assert "llama_fork" not in all_families(make_registry())
     with pytest.raises(ConfigError, match='model_type = "llama_fork" is not a family gptzoo imports'):
-        hf.import_hf(folder, tmp_path / "imported", registry=make_registry())
+        import_hf(folder, tmp_path / "imported", registry=make_registry())
 
 
 def test_a_plugin_family_with_a_built_in_model_type_is_refused(fork_checkpoint, tmp_path):
     registry = make_registry(entry_points=False)
     registry.add_hf_family(replace(FAMILIES["llama"], architecture="Mine"), plugin="mine")
     with pytest.raises(PluginError, match="Hugging Face family 'llama' from a plugin is built into gptzoo already"):
-        hf.import_hf(fork_checkpoint[0], tmp_path / "imported", registry=registry)
+        import_hf(fork_checkpoint[0], tmp_path / "imported", registry=registry)
     with pytest.raises(PluginError, match="Hugging Face family 'llama' is registered twice"):
         registry.add_hf_family(FAMILIES["llama"], plugin="another")
 

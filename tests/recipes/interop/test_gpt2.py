@@ -21,7 +21,7 @@ from gptzoo.core import ConfigError
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.recipes.interop import gpt2
-from gptzoo.recipes.interop.hf import convert as hf
+from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.runs.folder import load_config, load_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -339,7 +339,7 @@ def test_export_names_each_setting_the_nearest_family_lacks(tmp_path, registry, 
 def test_export_refuses_each_non_gpt2_setting(override, named, tmp_path, registry):
     write_run_config(tmp_path / "run", ["model.qkv_bias=true", override], registry)
     with pytest.raises(ConfigError, match="as gpt2: .* has no gpt2 counterpart") as err:
-        hf.export_hf(tmp_path / "run", tmp_path / "hf", registry)
+        export_hf(tmp_path / "run", tmp_path / "hf", registry)
     as_gpt2 = (
         str(err.value).split("as gpt2: ")[1].split(" | ")[0]
     )  # other families may be as near (GPT-NeoX, but for its rotary)

@@ -9,6 +9,7 @@ attention variant the family's assembly can use. transformers is the reference (
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf import convert as hf
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
@@ -367,7 +370,7 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
     hf_tokens = out[:, 7:].tolist()
     for attention in CASES[case][2]:
         run_dir = tmp_path / attention
-        hf.import_hf(folder, run_dir, attention=attention)
+        import_hf(folder, run_dir, attention=attention)
         run = load_run(run_dir)
         assert run.config.model.attention.name == attention
         with torch.no_grad():
@@ -389,8 +392,8 @@ def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    hf.import_hf(folder, tmp_path / "run")
-    hf.export_hf(tmp_path / "run", tmp_path / "out")
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
     original, exported = (
         load_file(str(folder / "model.safetensors")),
         load_file(str(tmp_path / "out" / "model.safetensors")),
@@ -407,7 +410,7 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    hf.import_hf(folder, tmp_path / "run")
+    import_hf(folder, tmp_path / "run")
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -477,8 +480,8 @@ def test_shards_and_bfloat16_import_as_they_are_or_as_float32(tmp_path):
     model.save_pretrained(tmp_path / "src", max_shard_size="40KB")
     assert (tmp_path / "src" / hf.INDEX).is_file() and len(list((tmp_path / "src").glob("model-*.safetensors"))) > 2
     original = {k: v for f in (tmp_path / "src").glob("model-*.safetensors") for k, v in load_file(str(f)).items()}
-    hf.import_hf(tmp_path / "src", tmp_path / "bf16", dtype="bfloat16")
-    hf.import_hf(tmp_path / "src", tmp_path / "fp32", dtype="float32")
+    import_hf(tmp_path / "src", tmp_path / "bf16", dtype="bfloat16")
+    import_hf(tmp_path / "src", tmp_path / "fp32", dtype="float32")
     bf16, fp32 = (
         load_file(str(tmp_path / "bf16" / "model.safetensors")),
         load_file(str(tmp_path / "fp32" / "model.safetensors")),
@@ -496,7 +499,7 @@ def test_shards_and_bfloat16_import_as_they_are_or_as_float32(tmp_path):
 def test_export_shards_past_the_size_and_transformers_loads_them(tmp_path):
     model = build("qwen2")
     model.save_pretrained(tmp_path / "src")
-    hf.import_hf(tmp_path / "src", tmp_path / "run")
+    import_hf(tmp_path / "src", tmp_path / "run")
     assert (
         main(
             ["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--max-shard-gb", str(50_000 / 2**30)]
@@ -599,7 +602,7 @@ def test_peak_memory_of_an_import_is_about_the_largest_tensor(tmp_path, peak_rss
         )
     )
     size = sum((src / f).stat().st_size for f in halves)
-    growth = peak_rss_growth("gptzoo.recipes.interop.hf.convert:import_hf", src, tmp_path / "run")
+    growth = peak_rss_growth("gptzoo.recipes.interop.hf.import_:import_hf", src, tmp_path / "run")
     largest = V_big * C * 4
     assert growth < size + 2 * largest, (
         f"peak RSS grew by {growth / 2**20:.0f} MiB for {size / 2**20:.0f} MiB of weights"
@@ -659,7 +662,7 @@ def chat_checkpoint(tmp_path):
 def test_the_hf_tokenizer_encodes_and_renders_chats_as_transformers(chat_checkpoint, tmp_path):
     _, src = chat_checkpoint
     reference = transformers.AutoTokenizer.from_pretrained(src)
-    hf.import_hf(src, tmp_path / "run")
+    import_hf(src, tmp_path / "run")
     tokenizer = load_run(tmp_path / "run").tokenizer
     assert tokenizer.params.eos_token_ids == [3, 1] and tokenizer.eot_id == 3
     for text in ["Hello world", "The lazy dog jumps. Über!", ""]:
@@ -702,7 +705,7 @@ def test_generate_and_chat_work_on_an_imported_run_and_the_tokenizer_exports(cha
     out = out[: out.index(3)] if 3 in out else out
     assert capsys.readouterr().out == reference.decode(out).strip() + "\n"
 
-    hf.export_hf(tmp_path / "run", tmp_path / "out")
+    export_hf(tmp_path / "run", tmp_path / "out")
     exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert (tmp_path / "out" / "tokenizer.json").read_text() == (tmp_path / "run" / "tokenizer.json").read_text()
     assert exported("Hello world").input_ids == prompt and exported.chat_template == CHAT_TEMPLATE
@@ -716,14 +719,14 @@ def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matche
     from gptzoo.recipes.runs.folder import save_run
 
     config = load_run_config(
-        hf.Path(__file__).resolve().parents[3] / "configs" / "llama-style.toml",
+        Path(__file__).resolve().parents[3] / "configs" / "llama-style.toml",
         ["model.tokenizer.name=byte", "model.vocab_size=257"],
         registry,
     )
     torch.manual_seed(0)
     model = GPT(config.model).eval()
     save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
-    family, data = hf.export_hf(tmp_path / "run", tmp_path / "out", registry)
+    family, data = export_hf(tmp_path / "run", tmp_path / "out", registry)
     assert (
         family.model_type == "llama"
         and data["num_key_value_heads"] == 2

@@ -13,7 +13,7 @@ A family is four tables:
   layer; several Hugging Face tensors may be stacked into one of gptzoo's (query, key and
   value rows into ``qkv``), and GPT-2 stores its Conv1D weights transposed.
 
-gptzoo.recipes.interop.hf.convert does the rest for every family alike: checks, streaming, run folders, export.
+gptzoo.recipes.interop.hf.convert, .import_ and .export do the rest for every family alike: checks, streaming, run folders, export.
 
 One module per family group (a family and those built from its rows), the types and shared
 helpers in ``base``; this module assembles ``FAMILIES``. How to add one: ../README.md.
