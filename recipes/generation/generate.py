@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from gptzoo.core import GPT, Tokenizer
+from gptzoo.core import GPT, KVCache, Tokenizer
 
 
 def sample_next(
@@ -94,20 +94,11 @@ def generate_ids(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must not be negative")
     context_length = model.config.context_length
-    device = model.token_embedding.weight.device
     B = len(prompts)
-    lengths = [len(p) for p in prompts]
-    P = max(lengths)
+    P = max(len(p) for p in prompts)
     total = P + max_new_tokens
-    max_pad = P - min(lengths)  # columns [0, max_pad) hold padding in some row
-
-    # Prompts left-padded into one buffer that the generated tokens fill in place.
-    tokens = torch.full((B, total), eot_id if eot_id is not None else 0, dtype=torch.long)
-    real = torch.ones(B, total, dtype=torch.bool)  # False at padding
-    for row, prompt in enumerate(prompts):
-        tokens[row, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
-        real[row, : P - len(prompt)] = False
-    tokens, real = tokens.to(device), real.to(device)
+    max_pad = P - min(len(p) for p in prompts)  # columns [0, max_pad) hold padding in some row
+    tokens, real = _padded_prompts(prompts, total, eot_id, model.token_embedding.weight.device)
 
     with _eval_mode(model):
         cache = model.new_cache(B, min(context_length, total)) if use_cache and P <= context_length else None
@@ -115,38 +106,66 @@ def generate_ids(
         produced = 0
         for step in range(max_new_tokens):
             end = P + step  # tokens so far, padding included
-            if cache is not None and end <= cache.max_len:
-                if step == 0:
-                    h = model.hidden_states(
-                        tokens[:, :P], cache=cache, pad_mask=real[:, :P] if max_pad else None
-                    )  # (B, P, C)
-                else:
-                    h = model.hidden_states(tokens[:, end - 1 : end], cache=cache)  # (B, 1, C)
-            else:
-                cache = None  # full: from here on, the last context_length tokens, recomputed
-                start = max(0, end - context_length)
-                pad_mask = real[:, start:end] if start < max_pad else None
-                h = model.hidden_states(tokens[:, start:end], pad_mask=pad_mask)  # (B, T, C)
+            h, cache = _hidden_states(model, tokens, real, cache, end, P, max_pad)
             logits = model.head(h[:, -1:]).squeeze(1)  # (B, V)
             next_ids = sample_next(logits.float(), temperature, top_k, top_p, generator)  # (B,)
             tokens[:, end] = next_ids
             produced = step + 1
             if eot_id is None and on_token is None:
                 continue  # nothing to decide on the host: no sync
-            for row, token in enumerate(next_ids.tolist()):
-                if finished[row]:
-                    continue
-                if token == eot_id:
-                    finished[row] = True
-                elif on_token is not None:
-                    on_token(row, token)
-            if all(finished):
+            if _note_tokens(next_ids, finished, eot_id, on_token):
                 break
 
     out = tokens[:, P : P + produced].tolist()
     if eot_id is not None:
         out = [ids[: ids.index(eot_id)] if eot_id in ids else ids for ids in out]
     return out
+
+
+def _padded_prompts(
+    prompts: list[list[int]], total: int, eot_id: int | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Prompts left-padded into one (B, total) buffer that the generated tokens fill in place, and
+    the mask of real tokens (False at padding); both on ``device``."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.full((B, total), eot_id if eot_id is not None else 0, dtype=torch.long)
+    real = torch.ones(B, total, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        tokens[row, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
+        real[row, : P - len(prompt)] = False
+    return tokens.to(device), real.to(device)
+
+
+def _hidden_states(
+    model: GPT, tokens: Tensor, real: Tensor, cache: KVCache | None, end: int, P: int, max_pad: int
+) -> tuple[Tensor, KVCache | None]:
+    """The hidden states whose last position predicts token ``end``, and the cache to use next (None once full).
+
+    The first step runs the whole prompt into the cache, later ones only the newest token; once the
+    cache is full, the last context_length tokens are recomputed without one.
+    """
+    if cache is not None and end <= cache.max_len:
+        if end == P:
+            pad_mask = real[:, :P] if max_pad else None
+            return model.hidden_states(tokens[:, :P], cache=cache, pad_mask=pad_mask), cache  # (B, P, C)
+        return model.hidden_states(tokens[:, end - 1 : end], cache=cache), cache  # (B, 1, C)
+    start = max(0, end - model.config.context_length)
+    pad_mask = real[:, start:end] if start < max_pad else None
+    return model.hidden_states(tokens[:, start:end], pad_mask=pad_mask), None  # (B, T, C)
+
+
+def _note_tokens(
+    next_ids: Tensor, finished: list[bool], eot_id: int | None, on_token: Callable[[int, int], None] | None
+) -> bool:
+    """Mark rows that produced ``eot_id`` finished and pass the others' tokens to ``on_token``; True when all are finished."""
+    for row, token in enumerate(next_ids.tolist()):
+        if finished[row]:
+            continue
+        if token == eot_id:
+            finished[row] = True
+        elif on_token is not None:
+            on_token(row, token)
+    return all(finished)
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
