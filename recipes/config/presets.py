@@ -12,10 +12,7 @@ from gptzoo.core import ConfigError
 
 def presets_folder() -> Path:
     """configs/, wherever the package was installed from."""
-    try:
-        return Path(str(resources.files("gptzoo.configs")))
-    except ModuleNotFoundError:  # an editable install made before configs/ became a package does not map it
-        return Path(__file__).resolve().parents[2] / "configs"
+    return Path(str(resources.files("gptzoo.configs")))
 
 
 def preset_names() -> list[str]:
