@@ -100,6 +100,9 @@ def process_group(device: str = "auto") -> Iterator[World]:
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout())
     try:
         yield world()
+        # Every rank reaches the teardown before any tears down: a rank whose peer had already
+        # closed its connections could abort at exit ("terminate called without an active exception").
+        dist.barrier()
     except Exception as err:
         print(
             f"gptzoo: rank {launched.rank} of {launched.size} failed: {type(err).__name__}: {err}",
