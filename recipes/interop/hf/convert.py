@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from gptzoo.core import ConfigError, ModelConfig
+from gptzoo.recipes.config import keys
 from gptzoo.recipes.interop.files import weight_shapes
 from gptzoo.recipes.interop.hf.families import FAMILIES, MISSING, Family, all_families, lookup
 from gptzoo.registry import Registry
@@ -136,16 +137,6 @@ def explicit(config: ModelConfig) -> dict:
     return table
 
 
-def _flat(table: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in table.items():
-        if isinstance(value, dict) and value:
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _same_attention(spec) -> bool:
     return spec.name == "sdpa" or getattr(spec.impl, "equivalent_to", None) == "sdpa"
 
@@ -165,7 +156,7 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
         )
     except (ConfigError, ValueError) as err:  # ValueError: a conversion that cannot write this assembly
         return [str(err).lstrip(": ")]
-    ours, theirs = _flat(ours), _flat(theirs)
+    ours, theirs = keys.flatten(ours), keys.flatten(theirs)
     problems = []
     names = {path.removesuffix(".name") for path in ours if path.endswith(".name")}
     for path in sorted(set(ours) | set(theirs)):
