@@ -29,6 +29,8 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.integers",
     "gptzoo.plugins.positional",
     "gptzoo.plugins.attention",
+    "gptzoo.plugins.sliding_window",
+    "gptzoo.plugins.teaching_attention",
     "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",

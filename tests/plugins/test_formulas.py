@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptzoo.core import AttentionContext, Dims, NoParams
-from gptzoo.plugins.attention import FusedAttention, PerHeadAttention, SDPAAttention
+from gptzoo.plugins.attention import FusedAttention, SDPAAttention
 from gptzoo.plugins.feed_forward import GeGLUFeedForward, GLUParams, SwiGLUFeedForward, gelu_tanh
 from gptzoo.plugins.norms import LayerNorm, LayerNormParams, RMSNorm, RMSNormParams
 from gptzoo.plugins.positional import (
@@ -18,6 +18,7 @@ from gptzoo.plugins.positional import (
     SinusoidalPositions,
     alibi_slopes,
 )
+from gptzoo.plugins.teaching_attention import PerHeadAttention
 
 
 def dims(**kw):
