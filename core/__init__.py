@@ -9,9 +9,7 @@ from gptzoo.core.config import (
     LayerKind,
     LayerSpec,
     ModelConfig,
-    apply_overrides,
     config_error,
-    read_toml,
 )
 from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import CheckpointError, ConfigError, GptzooError
@@ -66,7 +64,5 @@ __all__ = [
     "Recorder",
     "Task",
     "Tokenizer",
-    "apply_overrides",
     "config_error",
-    "read_toml",
 ]

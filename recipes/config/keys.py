@@ -1,6 +1,6 @@
 """Dotted keys (``model.positional.name``) into nested tables: read one, set one, list them all.
 
-``set`` is ``--set``'s own rule (gptzoo.core.set_override): a new component ``name`` replaces
+``set`` is ``--set``'s own rule (reading.set_override): a new component ``name`` replaces
 the component's spec, so a sweep's axis means what the same ``--set`` means.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gptzoo.core.config import set_override
+from gptzoo.recipes.config.reading import set_override
 
 MISSING: Any = object()  # what ``get`` returns for a key that is not there, unless told otherwise
 

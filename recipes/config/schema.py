@@ -16,8 +16,9 @@ from pydantic import (
     model_validator,
 )
 
-from gptzoo.core import ConfigError, ModelConfig, Task, apply_overrides, config_error, read_toml
+from gptzoo.core import ConfigError, ModelConfig, Task, config_error
 from gptzoo.recipes.config.presets import find_config, find_preset
+from gptzoo.recipes.config.reading import apply_overrides, read_toml
 from gptzoo.recipes.runs.files import read_json
 from gptzoo.registry import Registry, default_registry
 

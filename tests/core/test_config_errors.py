@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptzoo.core import ConfigError, ModelConfig, apply_overrides, read_toml
+from gptzoo.core import ConfigError, ModelConfig
 from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.registry import make_registry
 
@@ -161,20 +161,6 @@ def test_override_sets_a_component_name(tmp_path):
     assert config.model.d_model == 384 and config.train.lr == 0.01
 
 
-def test_setting_name_to_another_plugin_replaces_the_spec():
-    data = {"model": {"positional": {"name": "rope", "base": 500.0}}}
-    assert apply_overrides(data, ["model.positional.name=learned"])["model"]["positional"] == {"name": "learned"}
-    # the same name keeps its params; params given after the name apply to the new plugin
-    assert apply_overrides(data, ["model.positional.name=rope"])["model"]["positional"] == {
-        "name": "rope",
-        "base": 500.0,
-    }
-    assert apply_overrides(data, ["model.positional.name=sinusoidal", "model.positional.base=20.0"])["model"][
-        "positional"
-    ] == {"name": "sinusoidal", "base": 20.0}
-    assert data["model"]["positional"] == {"name": "rope", "base": 500.0}  # the input is not modified
-
-
 def test_override_on_a_component_given_by_name_only(tmp_path):
     path = write(tmp_path, 'd_model = 32\nn_heads = 4\nnorm = "layernorm"')
     config = load_run_config(path, ["model.norm.eps=0.001"])
@@ -186,10 +172,6 @@ def test_swapped_plugin_loses_the_old_params(tmp_path):
     config = load_run_config(path, ["model.feed_forward.name=relu"])
     assert config.model.feed_forward.name == "relu"
     assert config.model.feed_forward.params.hidden is None  # relu's own default, not swiglu's 64
-
-
-def test_read_toml_reads_a_shipped_config():
-    assert read_toml(CONFIGS / "gpt2-124m.toml")["model"]["d_model"] == 768
 
 
 def test_the_no_modules_guard_itself_works(registry, no_modules):

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from gptzoo.core import ConfigError, apply_overrides
+from gptzoo.core import ConfigError
+from gptzoo.recipes.config.reading import apply_overrides
 from gptzoo.testing import build, tiny_config
 
 GEMMA3_LIKE = {  # five local layers with RoPE base 10,000, then one global layer with base 1,000,000

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptzoo.core import GPT, read_toml
+from gptzoo.core import GPT
+from gptzoo.recipes.config.reading import read_toml
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

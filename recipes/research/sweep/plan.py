@@ -12,9 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gptzoo.core import ConfigError, config_error, read_toml
+from gptzoo.core import ConfigError, config_error
 from gptzoo.recipes.config import keys
 from gptzoo.recipes.config.presets import find_config, find_preset
+from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
 from gptzoo.recipes.research.sweep.match import match_parameters
 from gptzoo.recipes.research.sweep.schema import Sweep, SweepFile, Variant, toml_value

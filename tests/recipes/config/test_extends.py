@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gptzoo.core import ConfigError, read_toml
+from gptzoo.core import ConfigError
+from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import load_run_config, validate_run_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"

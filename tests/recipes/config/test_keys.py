@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from gptzoo.core import ConfigError, apply_overrides
+from gptzoo.core import ConfigError
 from gptzoo.recipes.config import keys
+from gptzoo.recipes.config.reading import apply_overrides
 from gptzoo.recipes.research.sweep.plan import with_overrides
 
 

@@ -1,8 +1,14 @@
-"""A TOML config may extend another: ``extends = "base.toml"`` at top level, the base read first."""
+"""Reading a TOML config: ``extends = "base.toml"`` at top level (the base read first, this file merged over
+it) and ``--set`` overrides, which replace a component's spec when they name another plugin."""
+
+from pathlib import Path
 
 import pytest
 
-from gptzoo.core import ConfigError, apply_overrides, read_toml
+from gptzoo.core import ConfigError
+from gptzoo.recipes.config.reading import apply_overrides, read_toml
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 BASE = """
 [model]
@@ -113,3 +119,21 @@ def test_a_base_found_by_name(tmp_path):
     base = write(tmp_path, "elsewhere/base.toml", BASE)
     child = write(tmp_path, "child.toml", 'extends = "base"\n')
     assert read_toml(child, find_base={"base": base}.__getitem__)["model"]["d_model"] == 64
+
+
+def test_read_toml_reads_a_shipped_config():
+    assert read_toml(CONFIGS / "gpt2-124m.toml")["model"]["d_model"] == 768
+
+
+def test_setting_name_to_another_plugin_replaces_the_spec():
+    data = {"model": {"positional": {"name": "rope", "base": 500.0}}}
+    assert apply_overrides(data, ["model.positional.name=learned"])["model"]["positional"] == {"name": "learned"}
+    # the same name keeps its params; params given after the name apply to the new plugin
+    assert apply_overrides(data, ["model.positional.name=rope"])["model"]["positional"] == {
+        "name": "rope",
+        "base": 500.0,
+    }
+    assert apply_overrides(data, ["model.positional.name=sinusoidal", "model.positional.base=20.0"])["model"][
+        "positional"
+    ] == {"name": "sinusoidal", "base": 20.0}
+    assert data["model"]["positional"] == {"name": "rope", "base": 500.0}  # the input is not modified
