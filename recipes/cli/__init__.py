@@ -1,6 +1,7 @@
 """The ``gptzoo`` command. Each subcommand lives in its own module with ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int``; errors a person can act on
-(GptzooError) print one message and exit with 2, never a traceback."""
+``add_arguments(parser)`` and ``run(args) -> int`` (and ``description_for(registry)`` where its
+description names what installed plugins add); errors a person can act on (GptzooError) print
+one message and exit with 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import errno
 import importlib
 import shlex
 import sys
+from collections.abc import Callable
+from typing import Any
 
 COMMANDS = {
     "plugins": "gptzoo.recipes.cli.plugins",
@@ -37,8 +40,19 @@ class Parser(argparse.ArgumentParser):
     """``@FILE`` anywhere on the command line stands for the options in FILE (configs/book/*.args):
     shell-quoted words, several per line allowed, ``#`` starts a comment."""
 
+    # A description naming what the installed plugins add (import-hf's families), written only when
+    # the help is printed: the registry loads plugins, which no other use of the parser needs.
+    description_for: Callable[[Any], str] | None = None
+
     def convert_arg_line_to_args(self, line: str) -> list[str]:
         return shlex.split(line, comments=True)
+
+    def format_help(self) -> str:
+        if self.description_for is not None:
+            from gptzoo.registry import default_registry
+
+            self.description = self.description_for(default_registry())
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.description_for = getattr(module, "description_for", None)
         module.add_arguments(p)
         p.set_defaults(handler=module.run)
     return parser
@@ -59,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
     except KeyboardInterrupt:
         return 130
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except GptzooError as err:  # --help reads the installed plugins, and one of them failed to load
+        print(f"gptzoo: error: {err}", file=sys.stderr)
+        return 2
     try:
         return args.handler(args) or 0
     except GptzooError as err:

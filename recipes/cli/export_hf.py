@@ -7,9 +7,15 @@ from pathlib import Path
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.interop.hf.export import MAX_SHARD_BYTES, export_hf
-from gptzoo.recipes.interop.hf.families import FAMILIES
+from gptzoo.recipes.interop.hf.families import all_families
+from gptzoo.registry import Registry
 
-HELP = f"write a run as a Hugging Face checkpoint folder of the family its assembly matches ({', '.join(FAMILIES)})"
+HELP = "write a run as a Hugging Face checkpoint folder of the family its assembly matches"
+
+
+def description_for(registry: Registry) -> str:
+    """What ``--help`` prints: HELP naming the families, the built-in ones and then those the registry's plugins add."""
+    return f"{HELP} ({', '.join(all_families(registry))})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,10 +2,16 @@
 
 import argparse
 
-from gptzoo.recipes.interop.hf.families import FAMILIES
+from gptzoo.recipes.interop.hf.families import all_families
 from gptzoo.recipes.interop.hf.import_ import DTYPES, import_hf
+from gptzoo.registry import Registry
 
-HELP = f"convert a Hugging Face checkpoint folder ({', '.join(FAMILIES)}) into a run folder"
+HELP = "convert a Hugging Face checkpoint folder of a supported family into a run folder"
+
+
+def description_for(registry: Registry) -> str:
+    """What ``--help`` prints: HELP naming the families, the built-in ones and then those the registry's plugins add."""
+    return f"convert a Hugging Face checkpoint folder ({', '.join(all_families(registry))}) into a run folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

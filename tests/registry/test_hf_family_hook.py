@@ -1,7 +1,9 @@
 """register_hf_families: a plugin installed the way pip would leave it (a package beside its
 .dist-info) adds a Hugging Face family, which import-hf and export-hf read beside the built-in
-table; a family gptzoo builds in already is refused by name."""
+table, and which their --help and the generated families page list; a family gptzoo builds in
+already is refused by name."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +25,15 @@ from gptzoo.registry import PLUGINS_ENV, PluginError, make_registry
 
 PLUGIN = Path(__file__).resolve().parent / "hf_family_plugin"
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def gptzoo(*args, **env_changes):
+    """Run the gptzoo CLI in a fresh process that has the plugin installed."""
+    env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV} | env_changes
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-m", "gptzoo.recipes", *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.fixture
@@ -84,22 +95,31 @@ def test_a_plugin_family_with_a_built_in_model_type_is_refused(fork_checkpoint, 
 
 
 def test_the_cli_imports_through_the_installed_plugin(fork_checkpoint, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != PLUGINS_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptzoo.recipes",
-            "import-hf",
-            str(fork_checkpoint[0]),
-            "--out",
-            str(tmp_path / "imported"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = gptzoo("import-hf", fork_checkpoint[0], "--out", tmp_path / "imported")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "imported" / "config.json").read_text())["model"]["n_layers"] == 2
+
+
+@pytest.mark.parametrize("command", ["import-hf", "export-hf"])
+def test_the_help_lists_the_plugin_family_after_the_built_in_ones(command):
+    result = gptzoo(command, "--help")
+    assert result.returncode == 0, result.stderr
+    listed = " ".join(result.stdout.split())  # argparse wraps the description
+    assert "gpt2, llama, mistral," in listed and "deepseek_v3, llama_fork)" in listed
+
+
+def test_the_help_names_a_plugin_that_fails_to_load():
+    result = gptzoo("import-hf", "--help", **{PLUGINS_ENV: "not_installed"})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"gptzoo: error: {PLUGINS_ENV} names not_installed, not installed")
+
+
+def test_the_reference_page_lists_the_plugin_family(installed):
+    spec = importlib.util.spec_from_file_location("gen_reference", ROOT / "docs" / "gen_reference.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    row = "| [`llama_fork`](#llama_fork) | `LlamaForkForCausalLM` |"
+    page = generator.hf_families_page(installed)
+    assert row in page and "\n## llama_fork\n" in page
+    assert page.index("## deepseek_v3") < page.index("## llama_fork")  # after the built-in table
+    assert row not in generator.hf_families_page(make_registry(entry_points=False))
