@@ -1,14 +1,15 @@
 """Dotted keys (``model.positional.name``) into nested tables: read one, set one, list them all.
 
-``set`` is ``--set``'s own rule (reading.set_override): a new component ``name`` replaces
-the component's spec, so a sweep's axis means what the same ``--set`` means.
+``set`` is ``--set``'s own rule: a new component ``name`` replaces the component's spec, so a
+sweep's axis, an ``extends`` and a ``--set`` of the same key mean the same. Hugging Face's
+config.json has no components: ``set(..., components=False)`` sets its plain tables.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gptzoo.recipes.config.reading import set_override
+from gptzoo.core import ConfigError
 
 MISSING: Any = object()  # what ``get`` returns for a key that is not there, unless told otherwise
 
@@ -31,9 +32,32 @@ def get(node: Any, dotted: str, default: Any = MISSING) -> Any:
     return node
 
 
-def set(data: dict[str, Any], dotted: str, value: Any, source: str | None = None) -> None:
-    """Set ``value`` at ``dotted`` in place, as ``--set dotted=value`` would; ``source`` names it in errors."""
-    set_override(data, dotted.split("."), value, source or f"key {dotted!r}")
+def set(data: dict[str, Any], dotted: str, value: Any, source: str | None = None, *, components: bool = True) -> None:
+    """Set ``value`` at ``dotted`` in place, making the missing tables; ``source`` names it in errors.
+
+    With ``components``, as ``--set dotted=value`` does: a component written by name only becomes
+    ``{"name": ...}``, and a new ``name`` replaces the component's spec.
+    """
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if components and isinstance(child, str):  # a component written by name only
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source or f'key {dotted!r}'}: '{key}' is a value, not a table")
+        node[key] = child
+        node = child
+    if components and last == "name" and names_another_plugin(node, value):
+        node.clear()
+    node[last] = value
+
+
+def names_another_plugin(spec: dict[str, Any], name: Any) -> bool:
+    """Naming another plugin drops the old one's params: they would mean nothing to the new one."""
+    return name is not None and spec.get("name") not in (None, name)
 
 
 def flatten(table: dict[str, Any], prefix: str = "", *, keep_empty: bool = True) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gptzoo.core import ConfigError
+from gptzoo.recipes.config import keys
 
 
 def read_toml(path: str | Path, find_base: Callable[[str], Path] | None = None) -> dict[str, Any]:
@@ -63,20 +64,15 @@ def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         old = merged.get(key)
         if isinstance(old, str) and isinstance(value, dict):
             old = {"name": old}  # a component written by name only
-        if isinstance(old, dict) and isinstance(value, dict) and not _names_another_plugin(old, value.get("name")):
+        if isinstance(old, dict) and isinstance(value, dict) and not keys.names_another_plugin(old, value.get("name")):
             merged[key] = merge_config(old, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
 
 
-def _names_another_plugin(spec: dict[str, Any], name: Any) -> bool:
-    """Naming another plugin drops the old one's params: they would mean nothing to the new one."""
-    return name is not None and spec.get("name") not in (None, name)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], value); the value is read as TOML, else as a string."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b.c=value`` -> ("a.b.c", value); the value is read as TOML, else as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: write it as key=value, for example model.attention.name=sdpa")
@@ -84,7 +80,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    return key.strip().split("."), parsed
+    return key.strip(), parsed
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -95,27 +91,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """
     data = copy.deepcopy(data)
     for text in overrides:
-        keys, value = parse_override(text)
-        set_override(data, keys, value, f"override {text!r}")
+        key, value = parse_override(text)
+        keys.set(data, key, value, f"override {text!r}")
     return data
-
-
-def set_override(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
-    """Set ``value`` at the path ``keys`` of ``data`` in place, as ``--set`` does: missing tables
-    are made, a component written by name only becomes ``{"name": ...}``, and a new ``name``
-    replaces the component's spec. ``source`` names the override in errors."""
-    node = data
-    for key in keys[:-1]:
-        child = node.get(key)
-        if isinstance(child, str):  # a component written by name only
-            child = {"name": child}
-        if child is None:
-            child = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: '{key}' is a value, not a table")
-        node[key] = child
-        node = child
-    last = keys[-1]
-    if last == "name" and _names_another_plugin(node, value):
-        node.clear()
-    node[last] = value

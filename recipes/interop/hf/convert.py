@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
 
 from gptzoo.core import ConfigError, ModelConfig
 from gptzoo.recipes.config import keys
 from gptzoo.recipes.interop.files import weight_shapes
-from gptzoo.recipes.interop.hf.families import FAMILIES, MISSING, Family, all_families, lookup
+from gptzoo.recipes.interop.hf.families import FAMILIES, MISSING, Family, all_families
 from gptzoo.registry import Registry
 
 INDEX = "model.safetensors.index.json"
@@ -56,13 +55,6 @@ def family_of(hf: dict, source: str, families: dict[str, Family] = FAMILIES) -> 
     return families[model_type]
 
 
-def _set(table: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for key in parents:
-        table = table.setdefault(key, {})
-    table[last] = value
-
-
 def model_table(
     family: Family, hf: dict, source: str, attention: str | None = None, tokenizer: dict | None = None
 ) -> dict:
@@ -73,7 +65,7 @@ def model_table(
     an option gptzoo does not implement.
     """
     for require in family.requires:
-        value = lookup(hf, require.hf)
+        value = keys.get(hf, require.hf)
         value = require.default if value is MISSING else value
         if value not in require.allowed:
             allowed = " or ".join(json.dumps(a) for a in require.allowed)
@@ -90,7 +82,7 @@ def model_table(
         if value is MISSING:
             missing.append(field.hf)
         for path in field.ours:
-            _set(table, path, value)
+            keys.set(table, path, value, components=False)
     if missing:
         raise ConfigError(f"{source}: {', '.join(missing)} missing; a {family.model_type} config.json has them")
     for conversion in family.conversions:
@@ -99,7 +91,7 @@ def model_table(
         except ValueError as err:
             raise ConfigError(f"{source}: {err}") from None
         for path, value in found.items():
-            _set(table, path, value)
+            keys.set(table, path, value, components=False)
     name = table["attention"]["name"]
     if attention is not None and attention != name:
         if name != "sdpa":
@@ -114,14 +106,14 @@ def hf_config(family: Family, model: dict) -> dict:
     """The config.json of ``family`` for an explicit gptzoo [model] table (see ``explicit``)."""
     hf: dict = {"architectures": [family.architecture], "model_type": family.model_type}
     for require in family.requires:
-        _set(hf, require.hf, require.allowed[0])
+        keys.set(hf, require.hf, require.allowed[0], components=False)
     for field in family.fields:
-        value = lookup(model, field.ours[0])
+        value = keys.get(model, field.ours[0])
         if value is not MISSING:
-            _set(hf, field.hf, value)
+            keys.set(hf, field.hf, value, components=False)
     for conversion in family.conversions:
         for key, value in conversion.write(model).items():
-            _set(hf, key, value)
+            keys.set(hf, key, value, components=False)
     return hf
 
 

@@ -29,6 +29,21 @@ def test_set_replaces_a_component_spec_when_its_name_changes():
     }
 
 
+def test_set_without_components_keeps_a_name_and_its_neighbours():
+    # a Hugging Face config.json: "name" is a key like any other, and a string is a value
+    data = {"attention": {"name": "sdpa", "window": 8}, "rope_parameters": {}}
+    keys.set(data, "attention.name", "sliding_window", components=False)
+    keys.set(data, "rope_parameters.rope_theta", 1e6, components=False)
+    keys.set(data, "quantization_config.bits", 4, components=False)
+    assert data == {
+        "attention": {"name": "sliding_window", "window": 8},
+        "rope_parameters": {"rope_theta": 1e6},
+        "quantization_config": {"bits": 4},
+    }
+    with pytest.raises(ConfigError, match="key 'act.x': 'act' is a value, not a table"):
+        keys.set({"act": "silu"}, "act.x", 1, components=False)
+
+
 def test_set_through_a_value_names_the_key():
     with pytest.raises(ConfigError, match="key 'model.d_model.x': 'd_model' is a value, not a table"):
         keys.set({"model": {"d_model": 64}}, "model.d_model.x", 1)

@@ -1,6 +1,6 @@
 """The types a family table is written in, and what every family shares: expanding a weight table
-for one model, moving tensors between layouts, reading dotted config.json keys, the attention rows,
-and Hugging Face's rope scaling.
+for one model, moving tensors between layouts, the attention rows, and Hugging Face's rope scaling.
+Dotted config.json keys are read and set with gptzoo.recipes.config.keys, as the run config's are.
 
 See the package's docstring (gptzoo.recipes.interop.hf.families) for what the four tables mean.
 """
@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 
 from gptzoo.core import CheckpointError, Dims
+from gptzoo.recipes.config import keys
+from gptzoo.recipes.config.keys import MISSING
 
 REQUIRED = object()  # a key every config.json of the family carries
 
@@ -30,7 +32,7 @@ class Field:
     default: Any = REQUIRED  # the value when config.json leaves the key out; a callable reads the config
 
     def value(self, hf: dict) -> Any:
-        found = lookup(hf, self.hf)
+        found = keys.get(hf, self.hf)
         if found is not MISSING and found is not None:
             return found
         if self.default is REQUIRED:
@@ -89,9 +91,6 @@ class Family:
     prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
     legacy: Callable[[dict], dict] | None = None  # config.json as older transformers wrote it -> as transformers 5 does
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
-
-
-MISSING = object()
 
 
 # ---- expanding a family's weight table for one model ---------------------------------------------
@@ -163,15 +162,6 @@ def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
             tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)
         )  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
     return tensor
-
-
-def lookup(data: dict, dotted: str) -> Any:
-    node: Any = data
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return MISSING
-        node = node[key]
-    return node
 
 
 def qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, ...]:
