@@ -1,9 +1,9 @@
 """Decoding caches: what each attention layer keeps between steps, and the model's bookkeeping.
 
-Each attention variant makes its own layer cache (``Attention.new_cache``), so a variant can
-keep all keys and values (the default below), a window of them, or compressed latents. The
-model-level ``KVCache`` holds those layer caches plus what every layer shares: how many tokens
-were fed, and each token's position and validity (False at left padding).
+Each token mixer makes its own layer cache (``Attention.new_cache``), so a mixer can keep all
+keys and values (the default below), a window of them, compressed latents or a recurrent state.
+The model-level ``KVCache`` holds those layer caches plus what every layer shares: how many
+tokens were fed, and the tokens' positions and validity (False at left padding).
 """
 
 from __future__ import annotations
@@ -45,20 +45,45 @@ class KVLayerCache(LayerCache):
 
 
 class KVCache:
-    """The whole model's cache; ``length`` tokens are filled. The model advances it after each forward."""
+    """The whole model's cache; ``length`` tokens are filled. The model advances it after each forward.
+
+    ``max_len`` None: no limit (every layer's cache is bounded). Besides the layers' caches it
+    keeps, per row, how many real tokens were fed (``seen``), and the position and validity of
+    the latest ``keep`` tokens (None: of every token), which is what masks and score biases read.
+    """
 
     def __init__(
-        self, layers: list[LayerCache], batch_size: int, max_len: int, device: torch.device | str | None = None
+        self,
+        layers: list[LayerCache],
+        batch_size: int,
+        max_len: int | None,
+        device: torch.device | str | None = None,
+        keep: int | None = None,
     ):
         self.layers = layers
         self.batch_size = batch_size
         self.max_len = max_len
+        self.keep = keep
         self.length = 0
-        # Absolute position and validity (False at padding) of every token fed so far.
-        self.positions = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
-        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
-        self.padded = False  # whether any cached token is padding
+        self.seen = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # (B, 1) real tokens so far
+        self.positions = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # (B, kept)
+        self.valid = torch.ones(batch_size, 0, dtype=torch.bool, device=device)  # (B, kept), False at padding
+        self.padded = False  # whether any kept token is padding
 
     @property
-    def free(self) -> int:
-        return self.max_len - self.length
+    def origin(self) -> int:
+        """The key slot of the first token whose position and validity are kept."""
+        return self.length - self.positions.size(1)
+
+    @property
+    def free(self) -> int | None:
+        """Tokens that still fit (None: no limit)."""
+        return None if self.max_len is None else self.max_len - self.length
+
+    def remember(self, positions: Tensor, valid: Tensor, n_new: int) -> None:
+        """Keep ``positions`` and ``valid`` (B, kept + n_new) of the keys so far, the latest ``keep`` of them."""
+        if self.keep is not None:
+            start = max(0, positions.size(1) - self.keep)
+            positions, valid = positions[:, start:], valid[:, start:]
+        self.positions, self.valid = positions, valid
+        self.length += n_new

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import Dims, Head, Implementation, InitScheme, Params, PositionalEncoding
+from gptzoo.core.interfaces import Attention, Dims, Head, Implementation, InitScheme, Params, PositionalEncoding
 
 
 class ComponentLookup(Protocol):
@@ -55,7 +55,7 @@ class ComponentSpec(BaseModel):
         name = fields.pop("name")
         impl = lookup.resolve(family, name)
         try:
-            params = impl.Params.model_validate(fields)
+            params = impl.Params.model_validate(fields, context={"registry": lookup})
         except ValidationError as err:
             raise ValueError(f"{family} '{name}': " + "; ".join(_describe_errors(err, impl.Params))) from None
         spec = cls(name=name, params=params)
@@ -128,6 +128,22 @@ class LayerKind(BaseModel):
                 "set it as model.positional; per layer choose a scheme that acts inside attention"
             )
         return spec
+
+
+def _check_position_hooks(layer: LayerSpec) -> None:
+    """Refuse a position scheme that acts through a hook the layer's token mixer never calls: it would have no effect."""
+    scheme, mixer = layer.positional, layer.attention
+    if not (issubclass(scheme.impl, PositionalEncoding) and issubclass(mixer.impl, Attention)):
+        return
+    unused = sorted(scheme.impl.hooks() - mixer.impl.position_hooks)
+    if unused:
+        where = f"layer {layer.index} ({layer.kind})" if layer.kind else f"layer {layer.index}"
+        uses = ", ".join(sorted(mixer.impl.position_hooks)) or "no position hook"
+        raise ValueError(
+            f"{where}: positional '{scheme.name}' acts through {', '.join(unused)}, which attention '{mixer.name}' "
+            f"does not use ({uses}), so it would have no effect there: choose another scheme for this layer "
+            f'(a layer kind may set positional = "none")'
+        )
 
 
 @dataclass(frozen=True)
@@ -228,6 +244,8 @@ class ModelConfig(BaseModel):
             )
         if len(self.layer_pattern) > self.n_layers:
             raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
+        for layer in self.layers():
+            _check_position_hooks(layer)
         checked = set()
         # Kinds the pattern leaves out are still checked: a sweep may bring them in.
         for kind, chosen in self.layer_kinds.items():

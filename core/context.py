@@ -5,19 +5,25 @@ choose their own), so attention variants stay free of position and mask logic. W
 may read:
 
 - ``positions`` (B|1, T): absolute positions of the new tokens (per row only when padded);
-- ``key_positions`` (B|1, Tk) and ``key_valid`` (B, Tk) or None: every key fed so far, cached
-  ones first; ``key_valid`` is False at left padding;
+- ``valid`` (B, T) or None: False at the new tokens that are left padding (None: none are);
+- ``key_positions`` (B|1, Tk - key_origin) and ``key_valid`` (B, Tk - key_origin) or None: the
+  keys fed so far from key slot ``key_origin`` on, cached ones first; ``key_valid`` is False at
+  left padding. ``key_origin`` is 0 unless every layer's cache is bounded (windows, recurrent
+  states): the model then keeps only the latest keys' bookkeeping, so it does not grow with
+  the text;
 - ``offset``: tokens already in the cache before this forward, so new token t sits in key
   slot ``offset + t``;
 - ``is_causal``: plain causal masking suffices (no cache, no padding, no score bias): SDPA's
   ``is_causal=True`` may be used instead of a mask;
 - ``rotate(q, k)``: the position scheme's rotation of new queries and keys (identity for most);
-- ``bias(dtype, window=None, first_key=0)``: the additive mask, -inf where a query may not
+- ``bias(dtype, window=None, first_key=None)``: the additive mask, -inf where a query may not
   look, plus the scheme's score bias; ``window`` limits each query to its latest ``window``
   keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window);
-- ``capturing`` and ``record(weights)``: while a ``Recorder`` inspects the forward, each layer
-  reports its attention probabilities once, (B, nh, T, Tk) after the softmax and before dropout;
-  a variant that uses SDPA computes them explicitly only then, so its fast path stays as it is.
+- ``capturing`` and ``record(what)``: while a ``Recorder`` inspects the forward, each layer
+  reports once what its mixer declares it offers (``Attention.inspection``): attention
+  probabilities (B, h, T, Tk) after the softmax and before dropout, an implicit attention
+  matrix, or state norms (B, h, T); a mixer whose fast path never forms them computes them
+  explicitly only then, so its fast path stays as it is.
 """
 
 from __future__ import annotations
@@ -31,21 +37,31 @@ from gptzoo.core.interfaces import PositionalEncoding
 
 class Recorder:
     """What one forward records for inspection (``GPT(idx, recorder=Recorder())``): the residual
-    stream entering the first block and leaving each block, (B, T, C) each, and every layer's
-    attention probabilities (B, nh, T, Tk) as its attention variant reports them."""
+    stream entering the first block and leaving each block, (B, T, C) each, and per layer what
+    its token mixer offers (``offers[i]``, an ``Inspection``) with what it reported
+    (``attentions[i]``; None where it offers nothing)."""
 
     def __init__(self) -> None:
         self.residuals: list[Tensor] = []
-        self.attentions: list[Tensor] = []
+        self.attentions: list[Tensor | None] = []
+        self.offers: list[str] = []
+        self._reported: list[Tensor] = []
 
     def stream(self, x: Tensor, block: nn.Module | None = None) -> None:
         """The residual stream after ``block`` (None: the embeddings, before the first block)."""
         self.residuals.append(x)
-        if block is not None and len(self.attentions) != len(self.residuals) - 1:
+        if block is None:
+            return
+        mixer = block.attention
+        offers, reported, self._reported = mixer.inspection, self._reported, []
+        expected = 0 if offers == "nothing" else 1
+        if len(reported) != expected:
             raise GptzooError(
-                f"{type(block.attention).__name__} reported its attention weights {len(self.attentions) - len(self.residuals) + 2} "
-                f"times in layer {len(self.residuals) - 2}: while ctx.capturing, an attention variant calls ctx.record(weights) once per forward"
+                f"{type(mixer).__name__} in layer {len(self.residuals) - 2} declares inspection = '{offers}' and "
+                f"called ctx.record {len(reported)} times: while ctx.capturing, a mixer records {expected} time(s) per forward"
             )
+        self.offers.append(offers)
+        self.attentions.append(reported[0] if reported else None)
 
 
 class AttentionContext:
@@ -57,6 +73,7 @@ class AttentionContext:
         offset: int = 0,
         key_valid: Tensor | None = None,
         recorder: Recorder | None = None,
+        key_origin: int = 0,
     ):
         self.positional = positional
         self.recorder = recorder
@@ -64,7 +81,9 @@ class AttentionContext:
         self.key_positions = key_positions
         self.offset = offset
         self.key_valid = key_valid
-        self.score_bias = positional.score_bias(positions, key_positions)  # (B|1, nh|1, T, Tk) or None
+        self.key_origin = key_origin
+        self.valid = key_valid[:, -positions.size(-1) :] if key_valid is not None else None  # (B, T)
+        self.score_bias = positional.score_bias(positions, key_positions)  # (B|1, nh|1, T, Tk - key_origin) or None
         self.is_causal = offset == 0 and key_valid is None and self.score_bias is None
         self._bias: dict[tuple, Tensor | None] = {}
 
@@ -75,20 +94,24 @@ class AttentionContext:
     def capturing(self) -> bool:
         return self.recorder is not None
 
-    def record(self, weights: Tensor) -> None:
-        """Report this layer's attention probabilities (B, nh, T, Tk); nothing happens unless capturing."""
+    def record(self, what: Tensor) -> None:
+        """Report what this layer's mixer offers to inspection; nothing happens unless capturing."""
         if self.recorder is not None:
-            self.recorder.attentions.append(weights)
+            self.recorder._reported.append(what)
 
-    def bias(self, dtype: torch.dtype, window: int | None = None, first_key: int = 0) -> Tensor | None:
-        """Additive mask (B|1, nh|1, T, Tk - first_key), or None when every query may see every key."""
+    def bias(self, dtype: torch.dtype, window: int | None = None, first_key: int | None = None) -> Tensor | None:
+        """Additive mask (B|1, nh|1, T, Tk - first_key), or None when every query may see every key;
+        ``first_key`` defaults to the first key kept (``key_origin``)."""
+        first_key = self.key_origin if first_key is None else first_key
         key = (dtype, window, first_key)
         if key not in self._bias:
             self._bias[key] = self._build_bias(dtype, window, first_key)
         return self._bias[key]
 
     def _build_bias(self, dtype: torch.dtype, window: int | None, first_key: int) -> Tensor | None:
-        T, Tk = self.positions.size(-1), self.key_positions.size(-1)
+        T, Tk = self.positions.size(-1), self.key_origin + self.key_positions.size(-1)
+        assert first_key >= self.key_origin, f"key slots from {self.key_origin} on are kept, not from {first_key}"
+        kept = first_key - self.key_origin  # where key slot first_key lies in key_positions and key_valid
         if (
             T == 1
             and self.key_valid is None
@@ -104,13 +127,11 @@ class AttentionContext:
             allowed &= k_slot[None, :] > q_slot[:, None] - window
         if self.key_valid is not None:
             # A padding query attends to itself only, so its softmax stays finite.
-            allowed = (allowed & self.key_valid[:, None, first_key:]) | (
-                k_slot[None, :] == q_slot[:, None]
-            )  # (B, T, Tk')
+            allowed = (allowed & self.key_valid[:, None, kept:]) | (k_slot[None, :] == q_slot[:, None])  # (B, T, Tk')
         else:
             allowed = allowed.unsqueeze(0)
         bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
         bias = bias.unsqueeze(1)  # (B|1, 1, T, Tk')
         if self.score_bias is not None:
-            bias = bias + self.score_bias[..., first_key:].to(dtype)
+            bias = bias + self.score_bias[..., kept:].to(dtype)
         return bias

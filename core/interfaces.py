@@ -26,6 +26,24 @@ if TYPE_CHECKING:
 
 InitScheme = Literal["gpt2", "torch_default"]
 
+Inspection = Literal["probabilities", "partial_probabilities", "implicit_attention", "state_norms", "nothing"]
+"""What a token mixer reports to inspection (``ctx.record``), as it computes it:
+
+- ``probabilities``: softmax attention probabilities (B, h, T, Tk), each row summing to 1;
+- ``partial_probabilities``: softmax probabilities whose rows may sum to less than 1, the rest
+  going to something that carries no value (attention sinks);
+- ``implicit_attention``: the masked (B, h, T, T) matrix the mixer's output is a product with
+  (y = A·v: linear attention, gated and delta-rule mixers, Mamba-2; Ali et al., 2024), not a
+  distribution;
+- ``state_norms``: the norm of its recurrent state per head after each token, (B, h, T);
+- ``nothing``: it reports nothing (a layer without a mixer)."""
+
+CacheKind = Literal["keys_values", "window", "state"]
+"""What a token mixer keeps while decoding: every key and value (grows with the text), the latest
+``receptive_field`` of them (bounded), or a recurrent state whose size does not depend on the length."""
+
+POSITION_HOOKS = ("rotate", "score_bias")
+
 
 class Params(BaseModel):
     """Base of every plugin's params model: unknown keys are errors, never ignored."""
@@ -73,6 +91,8 @@ class Component(nn.Module):
     """Common base of the model families (everything but the tokenizer)."""
 
     Params: ClassVar[type[Params]] = NoParams
+    absent: ClassVar[bool] = False
+    """True for a family's ``none`` (no token mixer, no feed-forward): blocks build no sublayer for it."""
 
     def __init__(self, params: _Params, dims: Dims):
         super().__init__()
@@ -169,6 +189,16 @@ class PositionalEncoding(Component):
         cannot be chosen per layer)."""
         return cls.embed is not PositionalEncoding.embed
 
+    @classmethod
+    def hooks(cls) -> frozenset[str]:
+        """The hooks inside the token mixer this scheme acts through (``rotate``, ``score_bias``): a
+        config pairing it with a mixer that does not call them is refused."""
+        return frozenset(h for h in POSITION_HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h))
+
+    def reach(self, n_positions: int) -> None:
+        """Get ready for positions below ``n_positions``, past the context (a precomputed table
+        grows here); the model calls it before such a forward. Default: nothing to do."""
+
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """q: (B, nh, T, hs), k: (B, nkv, T, hs) of the new tokens -> same shapes."""
         return q, k
@@ -179,27 +209,39 @@ class PositionalEncoding(Component):
 
 
 class Attention(Component):
-    """Causal self-attention: x (B, T, C) -> (B, T, C).
+    """A token mixer (softmax attention or any other): x (B, T, C) -> (B, T, C), causal.
 
     ``forward(x, ctx, cache)`` receives an ``AttentionContext`` shared by the layers of one
     forward pass (positions, padding, the position scheme's hooks; see gptzoo.core.context)
-    and, while decoding, this layer's cache as made by ``new_cache``. A variant must support:
-    causal masking and left padding (``ctx.bias`` or its own mask from ``ctx``'s fields),
-    positions (``ctx.rotate`` on new queries and keys; ``ctx.bias`` carries score biases),
-    dropout on the attention weights (``dims.dropout``, training only), ``dims.n_kv_heads``
-    key/value heads shared by groups of query heads (GQA/MQA), ``dims.head_size`` per head
-    (not necessarily d_model / n_heads), the biases ``dims.qkv_bias`` / ``dims.attn_out_bias``,
-    and inspection: while ``ctx.capturing``, ``ctx.record(weights)`` once with its attention
-    probabilities (B, nh, T, Tk), computed explicitly if its fast path never forms them.
+    and, while decoding, this layer's cache as made by ``new_cache``. A mixer must support
+    causal masking and left padding (``ctx.bias``, or ``ctx.valid`` for a recurrent mixer: a
+    padding token must not change the state), dropout (``dims.dropout``, training only), and
+    decoding in pieces of any size through its cache, with the same outputs as one forward.
 
-    The standard variants share one state-dict layout so checkpoints move between them:
-    ``qkv.weight`` ((nh + 2·nkv)·hs, C) with rows [query heads | key heads | value heads],
-    ``qkv.bias`` when ``qkv_bias``, and ``out_proj.weight`` (C, nh·hs) / ``out_proj.bias``.
-    A variant that computes the same function from those weights says so with
-    ``equivalent_to = "sdpa"`` and the conformance kit checks it; one that does not (another
-    function, other weights) leaves it None. ``out_proj`` writes into the residual stream.
+    A mixer **declares** what it is, and the conformance kit, ``inspect`` and ``describe``
+    follow the declaration:
+
+    - ``inspection``: what it reports while ``ctx.capturing``, through ``ctx.record`` once per
+      forward (see ``Inspection``); computed explicitly then if its fast path never forms it;
+    - ``position_hooks``: which of the position scheme's hooks it calls (``ctx.rotate``, score
+      biases through ``ctx.bias``); a config pairing it with a scheme acting through another
+      hook is refused, naming both;
+    - ``cache_kind``: what ``new_cache`` keeps (see ``CacheKind``), and ``cache_bytes`` its size;
+    - ``kit_lengths``: the sequence lengths the kit must also test (a chunked mixer: several chunks).
+
+    Softmax attention also supports ``dims.n_kv_heads`` key/value heads shared by groups of
+    query heads (GQA/MQA), ``dims.head_size`` per head and the biases ``dims.qkv_bias`` /
+    ``dims.attn_out_bias``. The standard variants share one state-dict layout so checkpoints
+    move between them: ``qkv.weight`` ((nh + 2·nkv)·hs, C) with rows [query heads | key heads |
+    value heads], ``qkv.bias`` when ``qkv_bias``, and ``out_proj.weight`` (C, nh·hs) /
+    ``out_proj.bias``. A variant that computes the same function from those weights says so
+    with ``equivalent_to = "sdpa"`` and the kit checks it. ``out_proj`` writes into the
+    residual stream.
     """
 
+    inspection: ClassVar[Inspection] = "probabilities"
+    position_hooks: ClassVar[frozenset[str]] = frozenset(POSITION_HOOKS)
+    cache_kind: ClassVar[CacheKind] = "keys_values"
     out_proj: nn.Module
     equivalent_to: ClassVar[str | None] = None
 
@@ -215,14 +257,23 @@ class Attention(Component):
         """
         return None
 
-    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
-        """This layer's decoding cache for up to ``max_len`` tokens; default: every key and value."""
+    @classmethod
+    def kit_lengths(cls, params: Params) -> tuple[int, ...]:
+        """Sequence lengths the conformance kit tests besides its default (a chunked mixer gives
+        lengths spanning several chunk boundaries); default: none."""
+        return ()
+
+    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """This layer's decoding cache for up to ``max_len`` tokens (None: no limit, asked only of
+        mixers whose ``cache_kind`` is bounded); default: every key and value."""
         from gptzoo.core.cache import KVLayerCache
 
+        assert max_len is not None, "a cache of every key and value needs a length"
         return KVLayerCache(batch_size, self.dims.n_kv_heads, max_len, self.dims.head_size, device, dtype)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes ``new_cache`` holds for one sequence of ``n_tokens`` (keys and values by default)."""
+        """Bytes ``new_cache`` holds for one sequence of ``n_tokens`` (keys and values by default;
+        a recurrent state's bytes do not depend on ``n_tokens``)."""
         return 2 * self.dims.n_kv_heads * self.dims.head_size * n_tokens * torch.empty((), dtype=dtype).element_size()
 
     def flops_per_token(self, context_length: int) -> int:
@@ -247,14 +298,16 @@ class Norm(Component):
 
 
 class Block(Component):
-    """One layer: how norms, attention and feed-forward are wired around the residual stream.
+    """One layer: how norms, the token mixer and the feed-forward are wired around the residual stream.
 
     Built as ``Impl(params, dims, layer)``: ``layer`` holds this layer's component specs
     (``layer.norm``, ``layer.attention``, ``layer.feed_forward``), each built with
-    ``spec.build(dims)``. x (B, T, C) -> (B, T, C). A block keeps its attention as
-    ``self.attention`` (the model asks it for the layer's decoding cache) and passes ``ctx``
-    and ``cache`` to it unchanged. ``output_normalized`` blocks end in a norm, so the model
-    adds no final norm after them.
+    ``spec.build(dims)``. x (B, T, C) -> (B, T, C). A block keeps its token mixer as
+    ``self.attention`` (the model asks it for the layer's decoding cache, inspection for its
+    declaration) and passes ``ctx`` and ``cache`` to it unchanged. Either sublayer may be a
+    family's ``none`` (``spec.impl.absent``): the block then builds neither it nor its norms,
+    so a layer holds only a mixer (Mamba-2) or only a feed-forward. ``output_normalized``
+    blocks end in a norm, so the model adds no final norm after them.
     """
 
     attention: Attention

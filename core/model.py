@@ -80,27 +80,35 @@ class GPT(nn.Module):
         if recorder is not None and cache is not None:
             raise ValueError("a recorder inspects one whole forward: run it without a cache")
         offset = cache.length if cache is not None else 0
-        if cache is not None and offset + T > cache.max_len:
+        if cache is not None and cache.max_len is not None and offset + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {offset} cached + {T} new do not fit")
         padded = pad_mask is not None or (cache is not None and cache.padded)
+        valid = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
         if not padded:
             positions = torch.arange(offset, offset + T, device=idx.device).unsqueeze(0)  # (1, T)
         else:
-            valid = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
-            before = cache.valid[:, :offset].sum(-1, keepdim=True) if cache is not None and offset else 0  # (B, 1)
+            before = cache.seen if cache is not None else 0  # (B, 1) real tokens already cached
             positions = (before + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        origin = 0
         if cache is None:
             key_positions, key_valid = positions, (pad_mask if padded else None)
         else:
-            cache.positions[:, offset : offset + T] = positions
-            if pad_mask is not None:
-                cache.valid[:, offset : offset + T] = pad_mask
-                cache.padded = True
-            key_positions = cache.positions[:, : offset + T]
-            key_valid = cache.valid[:, : offset + T] if padded else None
-        ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder)
+            origin = cache.origin
+            cache.padded |= pad_mask is not None
+            all_positions = torch.cat([cache.positions, positions.expand(B, T)], dim=1)  # (B, kept + T)
+            all_valid = torch.cat([cache.valid, valid], dim=1)  # (B, kept + T)
+            cache.remember(all_positions, all_valid, T)
+            cache.seen = cache.seen + valid.sum(-1, keepdim=True)
+            key_positions = all_positions if padded else all_positions[:1]
+            key_valid = all_valid if padded else None
+        if offset + T > self.config.context_length:
+            for scheme in (self.positional, *self.kind_positionals.values()):
+                cast(PositionalEncoding, scheme).reach(offset + T)
+        ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder, origin)
         kind_ctx = {
-            kind: AttentionContext(cast(PositionalEncoding, p), positions, key_positions, offset, key_valid, recorder)
+            kind: AttentionContext(
+                cast(PositionalEncoding, p), positions, key_positions, offset, key_valid, recorder, origin
+            )
             for kind, p in self.kind_positionals.items()
         }
 
@@ -115,8 +123,6 @@ class GPT(nn.Module):
             x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
             if recorder is not None:
                 recorder.stream(x, block)
-        if cache is not None:
-            cache.length += T
         return self.final_norm(x)
 
     def forward(
@@ -141,14 +147,37 @@ class GPT(nn.Module):
         }
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """A decoding cache for ``max_len`` tokens (default: the context): each layer's attention makes its own part."""
+        """A decoding cache for ``max_len`` tokens; each layer's mixer makes its own part.
+
+        Default: no limit where every layer's cache is bounded and every position scheme extends
+        (``extension_refusal`` is None), else the context. Bounded models keep only the latest
+        tokens' bookkeeping, so memory stays flat however long the text grows.
+        """
         weight = self.token_embedding.weight
-        max_len = max_len or self.config.context_length
-        layers = [
-            cast(Block, block).attention.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
-            for block in self.blocks
-        ]
-        return KVCache(layers, batch_size, max_len, weight.device)
+        if max_len is None and self.extension_refusal() is not None:
+            max_len = self.config.context_length
+        mixers = [cast(Block, block).attention for block in self.blocks]
+        keep = None
+        if all(type(m).cache_kind != "keys_values" for m in mixers):
+            keep = max(
+                [type(m).receptive_field(m.params) or 0 for m in mixers if type(m).cache_kind == "window"] or [0]
+            )
+        layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in mixers]
+        return KVCache(layers, batch_size, max_len, weight.device, keep)
+
+    def extension_refusal(self) -> str | None:
+        """Why this model cannot decode past its context with bounded memory (naming the layer), or
+        None when every layer's cache is bounded and every position scheme extends."""
+        for i, block in enumerate(self.blocks):
+            mixer = cast(Block, block).attention
+            if type(mixer).cache_kind == "keys_values":
+                return f"layer {i}'s token mixer {type(mixer).__name__} keeps every key and value, so its cache grows with the text"
+        schemes = [self.positional, *self.kind_positionals.values()]
+        for scheme in schemes:
+            limit = type(scheme).length_limit
+            if limit is not None:
+                return f"its position scheme {type(scheme).__name__} cannot run past the context: {limit}"
+        return None
 
     # ---- accounting ----------------------------------------------------------------------
 

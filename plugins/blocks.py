@@ -1,66 +1,109 @@
-"""Block layouts: where the norms sit around attention and feed-forward on the residual stream.
+"""Block layouts: where the norms sit around the token mixer and the feed-forward on the residual stream.
 
-Written out for one layer, with a = attention, f = feed-forward, n = norms, d = dropout:
+Written out for one sublayer f (the mixer a, then the feed-forward), with n = norms, d = dropout,
+α = ``stream_scale`` and β = ``branch_scale`` (both 1 unless set):
 
-- ``pre_norm``             x += d(a(n1(x)));  x += d(f(n2(x)))          GPT-2, Llama
-- ``post_norm``            x = n1(x + d(a(x)));  x = n2(x + d(f(x)))    the original Transformer
-- ``sandwich``             x += d(n1'(a(n1(x))));  x += d(n2'(f(n2(x))))  Gemma 2 and 3
-- ``sublayer_output_norm`` x += d(n1(a(x)));  x += d(n2(f(x)))          OLMo 2
-- ``parallel``             x += d(a(n1(x))) + d(f(n2(x)))  (n2 = n1 with shared_norm)  GPT-J, GPT-NeoX, Phi
-- ``no_shortcut``          x = d(a(n1(x)));  x = d(f(n2(x)))            the book's 4.4 lesson: no residual stream
+- ``pre_norm``             x = α·x + β·d(f(n(x)))          GPT-2, Llama
+- ``post_norm``            x = n(α·x + β·d(f(x)))          the original Transformer, MiniMax-01 (α, β)
+- ``sandwich``             x = α·x + β·d(n'(f(n(x))))      Gemma 2 and 3
+- ``sublayer_output_norm`` x = α·x + β·d(n(f(x)))          OLMo 2
+- ``parallel``             x = α·x + β·(d(a(n1(x))) + d(f(n2(x))))  (n2 = n1 with shared_norm)  GPT-J, GPT-NeoX, Phi
+- ``no_shortcut``          x = d(f(n(x)))                  the book's 4.4 lesson: no residual stream
+
+Either sublayer may be ``none`` (a mixer-only layer as Mamba-2's, a feed-forward-only layer as
+Nemotron-H's): the block then builds neither it nor its norms. β is Granite's
+``residual_multiplier``.
 """
 
+from collections.abc import Callable
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import AttentionContext, Block, Dims, LayerCache, LayerSpec, Params
 from gptzoo.registry import hookimpl
 
+Sublayer = Callable[[Tensor], Tensor]
+
+
+class ResidualParams(Params):
+    branch_scale: float = Field(
+        1.0, description="multiplies each sublayer's output before it joins the stream (Granite's residual_multiplier)"
+    )
+    stream_scale: float = Field(1.0, description="multiplies the stream each sublayer's output joins (MiniMax-01's α)")
+
+
+def _join(params: ResidualParams, x: Tensor, branch: Tensor) -> Tensor:
+    """α·x + β·branch, skipping the multiplications by 1."""
+    if params.stream_scale != 1.0:
+        x = x * params.stream_scale
+    if params.branch_scale != 1.0:
+        branch = branch * params.branch_scale
+    return x + branch
+
 
 class _Sublayers(Block):
-    """Attention and feed-forward with one norm each (named after what they normalise)."""
+    """The mixer, then the feed-forward, each wrapped by ``step``; one norm each (two for ``sandwich``)."""
 
-    def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
+    Params = ResidualParams
+    out_norms = False  # a second norm on each sublayer's output
+
+    def __init__(self, params: ResidualParams, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims, layer)
-        self.attn_norm = layer.norm.build(dims)
+        self.mixes, self.feeds = not layer.attention.impl.absent, not layer.feed_forward.impl.absent
+        # A 'none' mixer is still built: the model asks every layer's mixer for its (empty) cache.
         self.attention = layer.attention.build(dims)
-        self.ffn_norm = layer.norm.build(dims)
         self.feed_forward = layer.feed_forward.build(dims)
+        self.attn_norm = layer.norm.build(dims) if self.mixes else None
+        self.ffn_norm = layer.norm.build(dims) if self.feeds else None
+        if self.out_norms:
+            self.attn_out_norm = layer.norm.build(dims) if self.mixes else None
+            self.ffn_out_norm = layer.norm.build(dims) if self.feeds else None
         self.dropout = nn.Dropout(dims.dropout)
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
+        if self.mixes:
+            x = self.step(
+                x, lambda h: self.attention(h, ctx, cache), self.attn_norm, getattr(self, "attn_out_norm", None)
+            )
+        if self.feeds:
+            x = self.step(x, self.feed_forward, self.ffn_norm, getattr(self, "ffn_out_norm", None))
+        return x
+
+    def join(self, x: Tensor, branch: Tensor) -> Tensor:
+        return _join(self.params, x, branch)
+
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        raise NotImplementedError
 
 
 class PreNormBlock(_Sublayers):
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
-        x = x + self.dropout(self.attention(self.attn_norm(x), ctx, cache))
-        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        return self.join(x, self.dropout(sublayer(norm(x))))
 
 
 class PostNormBlock(_Sublayers):
     output_normalized = True
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
-        x = self.attn_norm(x + self.dropout(self.attention(x, ctx, cache)))
-        return self.ffn_norm(x + self.dropout(self.feed_forward(x)))
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        return norm(self.join(x, self.dropout(sublayer(x))))
 
 
 class SublayerOutputNormBlock(_Sublayers):
     """The norms act on each sublayer's output before it joins the residual stream (OLMo 2's reordered norm)."""
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.dropout(self.attn_norm(self.attention(x, ctx, cache)))
-        return x + self.dropout(self.ffn_norm(self.feed_forward(x)))
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        return self.join(x, self.dropout(norm(sublayer(x))))
 
 
 class SandwichBlock(_Sublayers):
     """A norm before and after each sublayer."""
 
-    def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
-        super().__init__(params, dims, layer)
-        self.attn_out_norm = layer.norm.build(dims)
-        self.ffn_out_norm = layer.norm.build(dims)
+    out_norms = True
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
-        x = x + self.dropout(self.attn_out_norm(self.attention(self.attn_norm(x), ctx, cache)))
-        return x + self.dropout(self.ffn_out_norm(self.feed_forward(self.ffn_norm(x))))
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        assert out_norm is not None
+        return self.join(x, self.dropout(out_norm(sublayer(norm(x)))))
 
 
 class NoShortcutBlock(_Sublayers):
@@ -70,17 +113,18 @@ class NoShortcutBlock(_Sublayers):
     reaching the early layers shrinks layer by layer (``gptzoo gradients`` shows it).
     """
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
-        x = self.dropout(self.attention(self.attn_norm(x), ctx, cache))
-        return self.dropout(self.feed_forward(self.ffn_norm(x)))
+    Params = Params  # no stream to scale
+
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        return self.dropout(sublayer(norm(x)))
 
 
-class ParallelParams(Params):
+class ParallelParams(ResidualParams):
     shared_norm: bool = False  # True: one norm feeds both sublayers (GPT-J, Phi); False: one each (GPT-NeoX)
 
 
 class ParallelBlock(Block):
-    """Attention and feed-forward read the same input and both add to the residual stream."""
+    """The mixer and the feed-forward read the same input and both add to the residual stream."""
 
     Params = ParallelParams
 
@@ -95,7 +139,8 @@ class ParallelBlock(Block):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         h = self.attn_norm(x)
         f = h if self.ffn_norm is None else self.ffn_norm(x)
-        return x + self.dropout(self.attention(h, ctx, cache)) + self.dropout(self.feed_forward(f))
+        branch = self.dropout(self.attention(h, ctx, cache)) + self.dropout(self.feed_forward(f))
+        return _join(self.params, x, branch)
 
 
 @hookimpl

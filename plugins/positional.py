@@ -55,11 +55,17 @@ class SinusoidalPositions(PositionalEncoding):
 
     def __init__(self, params: SinusoidalParams, dims: Dims):
         super().__init__(params, dims)
-        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * _inverse_frequencies(
-            dims.d_model, params.base
-        )
-        table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (context, C): sin, cos interleaved
-        self.register_buffer("table", table.float(), persistent=False)
+        self.register_buffer("table", self._table(dims.context_length), persistent=False)
+
+    def _table(self, n_positions: int, device: torch.device | None = None) -> Tensor:
+        angles = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None] * _inverse_frequencies(
+            self.dims.d_model, self.params.base
+        ).to(device)
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()  # (n, C): sin, cos interleaved
+
+    def reach(self, n_positions: int) -> None:
+        if n_positions > self.table.size(0):
+            self.table = self._table(max(n_positions, 2 * self.table.size(0)), self.table.device)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         return x + self.params.scale * self.table[positions].to(x.dtype)  # (B, T, C) + (B|1, T, C)
@@ -185,12 +191,18 @@ class RotaryPositions(PositionalEncoding):
     def __init__(self, params: RotaryParams, dims: Dims):
         super().__init__(params, dims)
         self.rotary_dim = rotary_dim(params, dims.head_size)
-        inv_freq, attention_factor = rope_frequencies(params, dims.head_size)
-        angles = torch.arange(dims.context_length, dtype=torch.float64)[:, None] * inv_freq
-        self.register_buffer(
-            "cos", (angles.cos() * attention_factor).float(), persistent=False
-        )  # (context, rotary_dim/2)
-        self.register_buffer("sin", (angles.sin() * attention_factor).float(), persistent=False)
+        cos, sin = self._tables(dims.context_length)
+        self.register_buffer("cos", cos, persistent=False)  # (context, rotary_dim/2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, n_positions: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        inv_freq, attention_factor = rope_frequencies(self.params, self.dims.head_size)
+        angles = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None] * inv_freq.to(device)
+        return (angles.cos() * attention_factor).float(), (angles.sin() * attention_factor).float()
+
+    def reach(self, n_positions: int) -> None:
+        if n_positions > self.cos.size(0):
+            self.cos, self.sin = self._tables(max(n_positions, 2 * self.cos.size(0)), self.cos.device)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         cos = self.cos[positions].unsqueeze(1)  # (B|1, 1, T, rotary_dim/2)

@@ -62,13 +62,15 @@ class SlidingWindowAttention(SDPAAttention):
 
     Params = SlidingWindowParams
     equivalent_to = None
+    cache_kind = "window"
 
     @classmethod
     def receptive_field(cls, params: SlidingWindowParams) -> int:
         return params.window
 
-    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> WindowCache:
-        return WindowCache(batch_size, self.n_kv_heads, min(self.params.window, max_len), self.head_size, device, dtype)
+    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
+        size = self.params.window if max_len is None else min(self.params.window, max_len)
+        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return (

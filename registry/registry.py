@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.attention",
     "gptzoo.plugins.sliding_window",
     "gptzoo.plugins.teaching_attention",
+    "gptzoo.plugins.absent",
     "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",

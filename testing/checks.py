@@ -29,6 +29,7 @@ from gptzoo.core import (
 from gptzoo.registry import Registry, default_registry
 
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
+PIECES = (1, 3, 7)  # tokens fed at a time through the cache after the prefill
 MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "block", "head")
 ATOL = 1e-5
 
@@ -76,30 +77,41 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
         return
     spec = {"name": name, **params}
     impl = registry.resolve(family, name)
-    attention = impl if issubclass(impl, Attention) else None
-    field = attention.receptive_field(attention.Params.model_validate(params)) if attention is not None else None
+    mixer = impl if issubclass(impl, Attention) else None
+    mixer_params = mixer.Params.model_validate(params, context={"registry": registry}) if mixer is not None else None
+    field = mixer.receptive_field(mixer_params) if mixer is not None else None
     length = max(TINY["context_length"], 2 * field + 8) if field else TINY["context_length"]
-    model = build(tiny_config(registry, context_length=length, **{family: spec}))
-    check_forward(model)
-    check_gradients(model)
-    check_state_round_trip(model)
-    # Attention and positions meet inside attention: check this variant beside every partner.
-    partner = {"attention": "positional", "positional": "attention"}.get(family)
-    if partner is None:
-        models = [model]
-    else:
-        kv_heads = (TINY["n_heads"], 2, 1) if family == "attention" else (2,)
-        models = [build(c) for c in _pairings(registry, family, spec, partner, kv_heads, context_length=length)]
-    for m in models:
-        check_attention_capture(m)
-        if _is_language_model(m):
-            check_causal(m)
-            check_kv_cache(m)
-            check_padded_batch(m)
+    lengths = sorted({length, *(mixer.kit_lengths(mixer_params) if mixer is not None else ())})
+    check_builds_on_meta(tiny_config(registry, context_length=length, **{family: spec}))
+    for context_length in lengths:
+        model = build(tiny_config(registry, context_length=context_length, **{family: spec}))
+        check_forward(model)
+        check_gradients(model)
+        check_state_round_trip(model)
+        # Mixers and positions meet inside the mixer: check this variant beside every partner.
+        partner = {"attention": "positional", "positional": "attention"}.get(family)
+        if partner is None:
+            models = [model]
+        else:
+            kv_heads = (TINY["n_heads"], 2, 1) if family == "attention" else (2,)
+            models = [
+                build(c) for c in _pairings(registry, family, spec, partner, kv_heads, context_length=context_length)
+            ]
+        for m in models:
+            check_attention_capture(m)
+            if _is_language_model(m):
+                check_causal(m)
+                check_kv_cache(m)
+                check_padded_batch(m)
+                check_separate_caches(m)
+                check_bounded_cache(m)
     if field:
         check_receptive_field(registry, spec, field)
-    if attention is not None and attention.equivalent_to not in (None, name):
-        check_loads_state_of(registry, name, attention.equivalent_to, **params)
+    if mixer is not None and mixer.equivalent_to not in (None, name):
+        check_loads_state_of(registry, name, mixer.equivalent_to, **params)
+    print(
+        f"{family} '{name}': checked at lengths {', '.join(map(str, lengths))}, cache pieces {', '.join(map(str, PIECES))}"
+    )
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -243,9 +255,11 @@ def check_causal(model: GPT) -> None:
 @single_threaded
 @torch.no_grad()
 def check_attention_capture(model: GPT) -> None:
-    """A ``Recorder`` gets every layer's attention probabilities, (B, nh, T, T) with rows summing
-    to 1 and zeros where a query may not look (later keys, keys beyond its receptive field), and
-    the residual stream before the first block and after each; capturing changes no output."""
+    """A ``Recorder`` gets from each layer what its mixer declares (``Attention.inspection``):
+    attention matrices (B, h, T, T) with zeros where a query may not look (later keys, keys
+    beyond its receptive field), probability rows summing to 1 (at most 1 for partial ones),
+    state norms (B, h, T) >= 0, or nothing; and the residual stream before the first block and
+    after each. Capturing changes no output."""
     B, T = 2, model.config.context_length
     idx = _tokens(model, B, T)
     recorder = Recorder()
@@ -269,31 +283,52 @@ def check_attention_capture(model: GPT) -> None:
         logits,
         f"[{_describe(model)}] capture: the last residual stream through the final norm and head",
     )
-    query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    for i, (block, weights) in enumerate(zip(model.blocks, recorder.attentions, strict=True)):
-        what = f"[{_describe(model)}] capture: layer {i}'s attention weights"
-        attention = cast(Block, block).attention
-        shape = (B, attention.dims.n_heads, T, T)
-        assert weights.shape == shape, f"{what} are {tuple(weights.shape)}, expected {shape}"
-        _assert_close(weights.sum(-1), torch.ones(shape[:-1]), f"{what}: rows' sums")
-        hidden = key > query  # (T, T)
-        field = type(attention).receptive_field(attention.params)
-        if field is not None:
-            hidden |= key <= query - field
-        leak = weights[..., hidden].abs().max().item() if hidden.any() else 0.0
-        assert leak == 0, (
-            f"{what} reach {leak:.3g} where a query may not look (later keys{' or beyond its receptive field' if field else ''})"
+    for i, (block, offers, reported) in enumerate(zip(model.blocks, recorder.offers, recorder.attentions, strict=True)):
+        mixer = cast(Block, block).attention
+        what = f"[{_describe(model)}] capture: layer {i}'s {offers}"
+        if offers == "nothing":
+            assert reported is None, f"{what}: it declares it reports nothing, yet reported something"
+            continue
+        assert reported is not None, f"{what} are missing"
+        if offers == "state_norms":
+            assert reported.dim() == 3 and reported.shape[::2] == (B, T), (
+                f"{what} are {tuple(reported.shape)}, expected (B={B}, heads, T={T})"
+            )
+            assert (reported >= 0).all() and torch.isfinite(reported).all(), f"{what}: norms must be finite and >= 0"
+            continue
+        _check_attention_matrix(reported, mixer, offers, B, T, what)
+
+
+def _check_attention_matrix(weights: Tensor, mixer: Attention, offers: str, B: int, T: int, what: str) -> None:
+    """(B, h, T, T), zero where a query may not look; probability rows sum to 1 (sinks: at most 1)."""
+    assert weights.dim() == 4 and weights.shape[0] == B and weights.shape[2:] == (T, T), (
+        f"{what} are {tuple(weights.shape)}, expected (B={B}, heads, T={T}, T={T})"
+    )
+    if offers == "probabilities":
+        _assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), f"{what}: rows' sums")
+    elif offers == "partial_probabilities":
+        assert (weights >= 0).all() and (weights.sum(-1) <= 1 + ATOL).all(), (
+            f"{what}: probabilities must be >= 0 with rows summing to at most 1"
         )
+    query, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    hidden = key > query  # (T, T)
+    field = type(mixer).receptive_field(mixer.params)
+    if field is not None:
+        hidden |= key <= query - field
+    leak = weights[..., hidden].abs().max().item() if hidden.any() else 0.0
+    assert leak == 0, (
+        f"{what} reach {leak:.3g} where a query may not look (later keys{' or beyond its receptive field' if field else ''})"
+    )
 
 
 @single_threaded
 @torch.no_grad()
 def check_kv_cache(model: GPT, prefix: int = 5) -> None:
-    """Prefill ``prefix`` tokens into model.new_cache, feed the rest 1 and 3 at a time: the logits match one full forward."""
+    """Prefill ``prefix`` tokens into model.new_cache, feed the rest 1, 3 and 7 at a time: the logits match one full forward."""
     T = model.config.context_length
     idx = _tokens(model, 2, T)
     expected = model(idx)
-    for chunk in (1, 3):
+    for chunk in PIECES:
         cache = model.new_cache(2)
         parts = [model(idx[:, :prefix], cache=cache)]
         parts += [model(idx[:, s : s + chunk], cache=cache) for s in range(prefix, T, chunk)]
@@ -383,6 +418,80 @@ def check_loads_state_of(registry: Registry, name: str, reference: str, **params
         _assert_close(
             model(idx), expected(idx), f"attention '{name}' with {reference}'s weights (n_kv_heads={n_kv_heads})"
         )
+
+
+@single_threaded
+@torch.no_grad()
+def check_separate_caches(model: GPT) -> None:
+    """Two sequences decoded through two caches, their steps interleaved, give what each gives
+    alone: no state leaks between caches."""
+    T = model.config.context_length
+    a, b = _tokens(model, 1, T, seed=3), _tokens(model, 1, T, seed=4)
+    cache_a, cache_b = model.new_cache(1), model.new_cache(1)
+    steps_a, steps_b = [model(a[:, :2], cache=cache_a)], [model(b[:, :2], cache=cache_b)]
+    for t in range(2, T):
+        steps_a.append(model(a[:, t : t + 1], cache=cache_a))
+        steps_b.append(model(b[:, t : t + 1], cache=cache_b))
+    _assert_close(torch.cat(steps_a, 1), model(a), f"[{_describe(model)}] two caches interleaved: sequence a")
+    _assert_close(torch.cat(steps_b, 1), model(b), f"[{_describe(model)}] two caches interleaved: sequence b")
+
+
+@single_threaded
+@torch.no_grad()
+def check_bounded_cache(model: GPT) -> None:
+    """Where every layer's cache is bounded (``model.extension_refusal()`` is None), decoding
+    goes past the context with the same logits as one forward over the whole text, and the
+    cache's tensors hold as many bytes after it as the mixers declare, whatever the length."""
+    if model.extension_refusal() is not None:
+        return
+    T = model.config.context_length
+    idx = _tokens(model, 2, 2 * T + 3)
+    cache = model.new_cache(2)
+    assert cache.max_len is None, f"[{_describe(model)}] bounded caches, yet new_cache has a limit of {cache.max_len}"
+    steps = [model(idx[:, :5], cache=cache)]
+    sizes = []
+    for t in range(5, idx.size(1)):
+        steps.append(model(idx[:, t : t + 1], cache=cache))
+        sizes.append(_cache_tensor_bytes(cache))
+    _assert_close(
+        torch.cat(steps, 1), model(idx), f"[{_describe(model)}] decoding past the context ({idx.size(1)} tokens)"
+    )
+    declared = 2 * sum(
+        cast(Block, b).attention.cache_bytes(idx.size(1), model.token_embedding.weight.dtype) for b in model.blocks
+    )
+    assert sizes[T] == sizes[-1] == declared, (
+        f"[{_describe(model)}] bounded cache: its tensors hold {sizes[T]:,} bytes at {T + 6} tokens and {sizes[-1]:,} "
+        f"at {idx.size(1)}; the mixers' cache_bytes declare {declared:,} for two sequences"
+    )
+    kept = cache.positions.size(1)
+    assert cache.keep is not None and kept <= cache.keep, (
+        f"[{_describe(model)}] bounded cache: the model's bookkeeping keeps {kept} tokens (at most {cache.keep} expected)"
+    )
+
+
+def _cache_tensor_bytes(cache: Any) -> int:
+    """Bytes of every tensor the layers' caches hold (their attributes, one level deep)."""
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            tensors = value if isinstance(value, (list, tuple)) else [value]
+            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+    return total
+
+
+def check_builds_on_meta(config: ModelConfig) -> None:
+    """The model builds on the meta device (as ``describe`` builds it: shapes only, no memory) and
+    its costs are countable there: a plugin must not read tensor values in ``__init__``."""
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+        model.flops_per_token()
+        model.kv_cache_bytes()
+    except Exception as err:  # the kit reports any failure as the plugin's
+        raise AssertionError(
+            f"[{', '.join(f'{f}={getattr(config, f).name}' for f in MODEL_FAMILIES)}] building on the meta device "
+            f"(as describe does) fails: {type(err).__name__}: {err}. Do not read tensor values (.item(), .tolist()) in __init__"
+        ) from None
 
 
 # ---- tokenizer check -----------------------------------------------------------------------------

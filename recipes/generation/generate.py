@@ -5,11 +5,13 @@ feeds only the newest token and computes logits for the last position only. Prom
 different lengths are left-padded with the end-of-text id and masked, so each row gets its
 own positions and the batch gives every prompt the tokens it would get alone.
 
-When prompt + generated text outgrows the context, the model sees only the last
-``context_length`` tokens, as in the book. Cropping renumbers the window's positions and
-changes what each token could attend to, so cached keys go stale: once the cache is full,
-each step falls back to a full forward over that window. The cache and no-cache paths give
-the same tokens, and the extra cost begins only where the context ends.
+A model whose every layer keeps a bounded cache (recurrent states, windows) and whose position
+schemes extend (``GPT.extension_refusal`` is None) decodes past its context with the cache, its
+memory flat however long the text grows. Any other model, when prompt + generated text outgrows
+the context, sees only the last ``context_length`` tokens, as in the book. Cropping renumbers the
+window's positions and changes what each token could attend to, so cached keys go stale: once
+the cache is full, each step falls back to a full forward over that window. The cache and
+no-cache paths give the same tokens, and the extra cost begins only where the context ends.
 """
 
 from __future__ import annotations
@@ -100,13 +102,18 @@ def generate_ids(
     max_pad = P - min(len(p) for p in prompts)  # columns [0, max_pad) hold padding in some row
     tokens, real = _padded_prompts(prompts, total, eot_id, model.token_embedding.weight.device)
 
+    window = None if model.extension_refusal() is None else context_length  # None: the model sees everything
     with _eval_mode(model):
-        cache = model.new_cache(B, min(context_length, total)) if use_cache and P <= context_length else None
+        cache = None
+        if use_cache and window is None:
+            cache = model.new_cache(B)
+        elif use_cache and P <= context_length:
+            cache = model.new_cache(B, min(context_length, total))
         finished = [False] * B
         produced = 0
         for step in range(max_new_tokens):
             end = P + step  # tokens so far, padding included
-            h, cache = _hidden_states(model, tokens, real, cache, end, P, max_pad)
+            h, cache = _hidden_states(model, tokens, real, cache, end, P, max_pad, window)
             logits = model.head(h[:, -1:]).squeeze(1)  # (B, V)
             next_ids = sample_next(logits.float(), temperature, top_k, top_p, generator)  # (B,)
             tokens[:, end] = next_ids
@@ -137,19 +144,26 @@ def _padded_prompts(
 
 
 def _hidden_states(
-    model: GPT, tokens: Tensor, real: Tensor, cache: KVCache | None, end: int, P: int, max_pad: int
+    model: GPT,
+    tokens: Tensor,
+    real: Tensor,
+    cache: KVCache | None,
+    end: int,
+    P: int,
+    max_pad: int,
+    window: int | None,
 ) -> tuple[Tensor, KVCache | None]:
     """The hidden states whose last position predicts token ``end``, and the cache to use next (None once full).
 
     The first step runs the whole prompt into the cache, later ones only the newest token; once the
-    cache is full, the last context_length tokens are recomputed without one.
+    cache is full, the last ``window`` tokens (None: all) are recomputed without one.
     """
-    if cache is not None and end <= cache.max_len:
+    if cache is not None and (cache.max_len is None or end <= cache.max_len):
         if end == P:
             pad_mask = real[:, :P] if max_pad else None
             return model.hidden_states(tokens[:, :P], cache=cache, pad_mask=pad_mask), cache  # (B, P, C)
         return model.hidden_states(tokens[:, end - 1 : end], cache=cache), cache  # (B, 1, C)
-    start = max(0, end - model.config.context_length)
+    start = 0 if window is None else max(0, end - window)
     pad_mask = real[:, start:end] if start < max_pad else None
     return model.hidden_states(tokens[:, start:end], pad_mask=pad_mask), None  # (B, T, C)
 

@@ -133,7 +133,7 @@ class UnmaskedReport(FusedAttention):
 
 
 def test_kit_catches_attention_that_does_not_report_its_weights(registry):
-    with pytest.raises(AssertionError, match="reported its attention weights 0 times in layer 0"):
+    with pytest.raises(AssertionError, match="declares inspection = 'probabilities' and called ctx.record 0 times"):
         check_attention_capture(_model_with(registry, "attention", SilentAttention))
 
 
