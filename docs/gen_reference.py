@@ -154,7 +154,45 @@ def config_page(registry: Registry) -> str:
         out += [row for row in fields_table(RunConfig, "")[2:] if row.split("`")[1] in others]
     for section, model in sections.items():
         out += ["", f"## [{section}]", "", f"`{model.__module__}.{model.__qualname__}`", "", *fields_table(model, "")]
+    return "\n".join(out) + "\n" + finetune_configs_section()
+
+
+def finetune_configs_section() -> str:
+    """The fine-tuning configs: each kind's top level, then its tables."""
+    from gptzoo.recipes.config.finetune import ClassifierConfig, InstructConfig
+
+    out = [
+        "",
+        "# Fine-tuning config fields",
+        "",
+        "A fine-tuning config (`gptzoo finetune-classifier BASE --config FILE`, `finetune-instruct`) is one TOML file "
+        "with the tables below; `--set key=value` overrides any field, and each command's shorthand flags set one field "
+        "each. The fine-tuned run's config.json keeps the whole config under `finetune.config`.",
+    ]
+    for kind in (ClassifierConfig, InstructConfig):
+        command = "finetune-" + kind.model_fields["kind"].default
+        tables = {name: _table(f.annotation) for name, f in kind.model_fields.items() if _table(f.annotation)}
+        top = fields_table(kind, "")
+        out += [
+            "",
+            f"## `gptzoo {command}`",
+            "",
+            f"`{kind.__module__}.{kind.__qualname__}`: {first_line(kind.__doc__)}",
+        ]
+        out += ["", *top[:2], *(row for row in top[2:] if row.split("`")[1] not in tables)]
+        for name, model in tables.items():
+            out += ["", f"### [{name}]", "", first_line(model.__doc__), "", *fields_table(model, "")]
     return "\n".join(out) + "\n"
+
+
+def _table(annotation) -> type | None:
+    """The model a field holds as a table (``X`` or ``X | None``), else None."""
+    from pydantic import BaseModel
+
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def option_name(action: argparse.Action) -> str:

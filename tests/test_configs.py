@@ -62,15 +62,18 @@ def test_sweep_validates_and_every_variant_builds(path, registry):
 @pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: p.name)
 def test_option_file_parses_for_the_command_it_names(path):
     """An @FILE of options reads as the command its "Use as" line names, and passes its checks."""
+    import importlib
     import re
 
-    from gptzoo.recipes.cli import build_parser
-    from gptzoo.recipes.finetuning import common as finetune
+    from gptzoo.recipes.cli import COMMANDS, build_parser, finetune_options
 
     command = re.search(r"gptzoo (\S+) BASE", path.read_text(encoding="utf-8")).group(1)
     args = build_parser().parse_args([command, "BASE", "--data", "data", "--out", "out", f"@{path}"])
-    finetune.check_arguments(args)
-    assert args.seed == 123 and args.grad_clip == 0 and args.betas == (0.9, 0.999) and args.split_order == "book"
+    module = importlib.import_module(COMMANDS[command])
+    kind = module.ClassifierConfig if command == "finetune-classifier" else module.InstructConfig
+    config = finetune_options.config_from_arguments(kind, args, module.SHORTHANDS)
+    assert config.train.seed == 123 and config.train.grad_clip is None and config.train.betas == (0.9, 0.999)
+    assert config.data.split_order == "book"
 
 
 def test_the_books_gpt_config_124m_has_the_books_parameter_count(registry):

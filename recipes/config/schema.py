@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from gptzoo.core import ConfigError, ModelConfig, Task, config_error
+from gptzoo.recipes.config.finetune import FineTuning
 from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.config.reading import apply_overrides, read_toml
 from gptzoo.recipes.runs.files import read_json
@@ -147,6 +148,9 @@ class RunConfig(BaseModel):
     model: ModelConfig
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(max_steps=100)
+    finetune: FineTuning | None = Field(
+        None, description="a fine-tuned run's base and fine-tuning config, which reproduce it; absent in other runs"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,5 @@
-"""What classification and instruction fine-tuning share: the command-line options, which
-weights train, the seeded split, the optimizer, LoRA set-up and saving the result as a run.
+"""What classification and instruction fine-tuning share: the out folder, which weights train,
+the seeded split, the optimizer, LoRA set-up and saving the result as a run.
 
 The fine-tuning loops themselves are the book's simple ones (recipes/finetuning/classifier.py,
 recipes/finetuning/instruct.py): a fixed learning rate, an evaluation at the end of every epoch.
@@ -7,12 +7,10 @@ recipes/finetuning/instruct.py): a fixed learning rate, an evaluation at the end
 
 from __future__ import annotations
 
-import argparse
-import functools
+import contextlib
 import json
-import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from gptzoo.core import GPT, GptzooError, ModelConfig
+from gptzoo.recipes.config.finetune import (
+    ClassifierConfig,
+    FinetuneTraining,
+    FineTuning,
+    InstructConfig,
+    LoRAConfig,
+)
 from gptzoo.recipes.config.schema import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.finetuning.lora import LoRASettings, apply_lora, lora_state, merge_lora
 from gptzoo.recipes.runs._journal import Commit
@@ -30,178 +35,22 @@ from gptzoo.recipes.runs.weights import write_state
 
 T = TypeVar("T")
 
-TRAIN_CHOICES = ("none", "head", "last-block", "last-n", "all")
-SPLIT_ORDERS = ("shuffled", "book")
 LORA_JSON = "lora.json"
 LORA_WEIGHTS = "lora.safetensors"
 
 
-# ---- command-line options ------------------------------------------------------------------
+# ---- the run folders ----------------------------------------------------------------------
 
 
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    data_help: str,
-    epochs: int,
-    split: str,
-    split_order_help: str,
-    train_choices: Sequence[str],
-    train_help: str,
-) -> None:
-    """The options both fine-tuning commands take; defaults differ where the book's do."""
-    parser.add_argument(
-        "base_dir",
-        metavar="BASE_DIR",
-        help="the run folder to start from (an imported GPT-2 or a model trained with gptzoo)",
-    )
-    parser.add_argument("--data", required=True, metavar="PATH", help=data_help)
-    parser.add_argument("--out", required=True, metavar="DIR", help="the new run folder (new, or an empty folder)")
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
-    parser.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, constant (default 5e-5)")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
-    parser.add_argument(
-        "--weight-decay-scope",
-        choices=("matrices", "all"),
-        default="matrices",
-        help="what decays: matrices (embeddings and linear weights, not biases and norms; the default) or all (every parameter, the book's AdamW)",
-    )
-    parser.add_argument(
-        "--betas",
-        default="0.9,0.95",
-        metavar="B1,B2",
-        help="AdamW's betas (default 0.9,0.95; the book's fine-tuning uses AdamW's own 0.9,0.999)",
-    )
-    parser.add_argument(
-        "--grad-clip",
-        type=float,
-        default=1.0,
-        metavar="NORM",
-        help="clip the gradient norm to NORM; 0 turns clipping off, as in the book (default 1.0)",
-    )
-    parser.add_argument(
-        "--drop-last",
-        action="store_true",
-        help="skip each epoch's last, smaller training batch, as the book's DataLoader(drop_last=True)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=123, help="the split, shuffling and LoRA initialisation (default 123)"
-    )
-    parser.add_argument(
-        "--split",
-        default=split,
-        metavar="TRAIN,VAL,TEST",
-        help=f"fractions of the data for training, validation and test (default {split})",
-    )
-    parser.add_argument("--split-order", choices=SPLIT_ORDERS, default="shuffled", help=split_order_help)
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        metavar="N",
-        help="truncate every example to N tokens (default: the model's context length)",
-    )
-    parser.add_argument(
-        "--eval-batches",
-        type=int,
-        default=5,
-        metavar="N",
-        help="batches of the train and validation splits evaluated after each epoch (default 5)",
-    )
-    parser.add_argument("--train", choices=train_choices, default=None, help=train_help)
-    parser.add_argument(
-        "--last-n",
-        type=int,
-        default=2,
-        metavar="N",
-        help="with --train last-n: how many of the last transformer blocks train (default 2)",
-    )
-    parser.add_argument(
-        "--lora-rank",
-        type=int,
-        default=None,
-        metavar="R",
-        help="train a LoRA adapter of rank R instead of the weights themselves",
-    )
-    parser.add_argument(
-        "--lora-alpha",
-        type=float,
-        default=None,
-        metavar="A",
-        help="LoRA alpha: the low-rank update is scaled by A / R, or by A with --lora-convention book (default: R)",
-    )
-    parser.add_argument(
-        "--lora-convention",
-        choices=("gptzoo", "book"),
-        default="gptzoo",
-        help="gptzoo (default): scale alpha / rank, A initialised with fan-in = in_features, as the LoRA paper and peft; "
-        "book: scale alpha, A of shape (in, rank) initialised with fan-in = rank, as the book's appendix E",
-    )
-    parser.add_argument(
-        "--lora-targets",
-        default="qkv,out_proj,ffn",
-        metavar="LIST",
-        help="comma-separated linear layers LoRA adapts: qkv (attention projections), out_proj (attention output), "
-        "ffn (feed-forward linears), or a glob over module names such as 'blocks.3.*' (default qkv,out_proj,ffn)",
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: cuda, then mps, then cpu)")
-
-
-def check_arguments(args: argparse.Namespace) -> tuple[float, float, float]:
-    """Validate the shared options; returns the split fractions."""
-    for name in ("epochs", "batch_size", "eval_batches", "last_n"):
-        if getattr(args, name) < 1:
-            raise GptzooError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    if not args.lr > 0 or math.isinf(args.lr):  # also nan
-        raise GptzooError(f"--lr {args.lr}: give a positive learning rate")
-    for name in ("weight_decay", "grad_clip"):
-        value = getattr(args, name)
-        if not value >= 0 or math.isinf(value):
-            raise GptzooError(f"--{name.replace('_', '-')} {value}: give 0 or a positive number")
-    try:
-        betas = tuple(float(b) for b in args.betas.split(","))
-    except ValueError:
-        betas = ()
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise GptzooError(f"--betas {args.betas!r}: give two numbers in [0, 1), e.g. 0.9,0.999")
-    args.betas = betas
-    if args.max_length is not None and args.max_length < 2:
-        raise GptzooError(f"--max-length {args.max_length}: give at least 2 tokens")
-    if args.lora_rank is not None and args.lora_rank < 1:
-        raise GptzooError(f"--lora-rank {args.lora_rank}: give at least 1")
-    if args.lora_rank is None and args.lora_alpha is not None:
-        raise GptzooError("--lora-alpha needs --lora-rank")
-    if args.lora_alpha is not None and (not args.lora_alpha > 0 or math.isinf(args.lora_alpha)):  # also nan
-        raise GptzooError(
-            f"--lora-alpha {args.lora_alpha}: give a positive number (the update is scaled by alpha / rank)"
-        )
-    if args.train == "none" and args.lora_rank is None:
-        raise GptzooError("--train none trains nothing without --lora-rank; choose what trains")
-    try:
-        fractions = tuple(float(f) for f in args.split.split(","))
-    except ValueError:
-        fractions = ()
-    if len(fractions) != 3 or not all(f > 0 for f in fractions) or not sum(fractions) <= 1 + 1e-9:  # also nan
-        raise GptzooError(
-            f"--split {args.split!r}: give three positive fractions that sum to at most 1, e.g. 0.7,0.1,0.2"
-        )
-    return fractions  # type: ignore[return-value]
-
-
-def holding_out_lock(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a fine-tuning command holding its --out folder's writer lock, so a second writer is refused at once."""
-
-    @functools.wraps(run)
-    def locked(args: argparse.Namespace) -> int:
-        out = Path(args.out)
-        check_out_folder(out)
-        if out.is_dir() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
-            return run(args)  # refused there before anything is written; no lock file is left in the user's folder
-        with run_writer(out):
-            return run(args)
-
-    return locked
+@contextlib.contextmanager
+def writing_to(out: Path) -> Iterator[None]:
+    """Hold ``out``'s writer lock while fine-tuning writes it, so a second writer is refused at once."""
+    check_out_folder(out)
+    if out.is_dir() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
+        yield  # refused by check_out_dir before anything is written; no lock file is left in the user's folder
+        return
+    with run_writer(out):
+        yield
 
 
 def check_out_dir(out: Path, base: Path) -> None:
@@ -218,7 +67,7 @@ def max_length(requested: int | None, context_length: int, base: Path) -> int:
         return context_length
     if requested > context_length:
         raise GptzooError(
-            f"--max-length {requested} exceeds the base model's context length {context_length} ({base / CONFIG})"
+            f"data.max_length = {requested} exceeds the base model's context length {context_length} ({base / CONFIG})"
         )
     return requested
 
@@ -267,7 +116,7 @@ def check_splits(path: Path, splits: dict[str, list]) -> None:
     if empty:
         sizes = ", ".join(f"{name} {len(items)}" for name, items in splits.items())
         raise GptzooError(
-            f"{path}: the split ({sizes}) leaves {' and '.join(empty)} empty; give more examples or change --split"
+            f"{path}: the split ({sizes}) leaves {' and '.join(empty)} empty; give more examples or change data.split"
         )
 
 
@@ -291,7 +140,9 @@ def set_trainable(model: GPT, train: str, last_n: int = 1) -> None:
     norm and the head (last-block), the last N blocks with them (last-n), everything (all).
     A head tied to the token embedding trains the embedding with it."""
     if train == "last-n" and not 1 <= last_n <= len(model.blocks):
-        raise GptzooError(f"--last-n {last_n}: the model has {len(model.blocks)} blocks; give 1 to {len(model.blocks)}")
+        raise GptzooError(
+            f"train.last_n = {last_n}: the model has {len(model.blocks)} blocks; give 1 to {len(model.blocks)}"
+        )
     model.requires_grad_(train == "all")
     if train in ("none", "all"):
         return
@@ -308,25 +159,21 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
 
-def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASettings | None:
-    """Freeze the model as ``train`` says and, with --lora-rank, wrap the targeted linears in
+def choose_trainable(model: GPT, train: FinetuneTraining, lora: LoRAConfig | None) -> LoRASettings | None:
+    """Freeze the model as ``train.trainable`` says and, with ``lora``, wrap the targeted linears in
     LoRA adapters. Prints the parameter counts before and after; returns the LoRA settings."""
     before = count_parameters(model)
-    set_trainable(model, train, args.last_n)
+    set_trainable(model, train.trainable, train.last_n)
     settings = None
-    if args.lora_rank is not None:
-        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if lora is not None:
         settings = LoRASettings(
-            rank=args.lora_rank,
-            alpha=args.lora_alpha or float(args.lora_rank),
-            convention=args.lora_convention,
-            targets=targets,
+            rank=lora.rank, alpha=lora.alpha or lora.rank, convention=lora.convention, targets=lora.targets
         )
-        torch.manual_seed(args.seed)
+        torch.manual_seed(train.seed)
         wrapped = apply_lora(model, settings)
         print(
             f"LoRA rank {settings.rank}, alpha {settings.alpha:g} ({settings.convention} convention: scale {settings.scale:g}) "
-            f"on {len(wrapped)} linear layers ({', '.join(targets)}); --train {train}"
+            f"on {len(wrapped)} linear layers ({', '.join(lora.targets)}); trainable {train.trainable}"
         )
     after = count_parameters(model)
     print(f"parameters before: {before['total']:,} total, {before['trainable']:,} trainable")
@@ -338,19 +185,19 @@ def choose_trainable(model: GPT, train: str, args: argparse.Namespace) -> LoRASe
     return settings
 
 
-def train_config(args: argparse.Namespace, device: torch.device) -> TrainConfig:
-    """The settings this fine-tuning ran with, recorded in the new run's config.json."""
+def train_config(train: FinetuneTraining, device: torch.device) -> TrainConfig:
+    """The settings this fine-tuning ran with, as the run config's [train] records them."""
     return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        lr=train.lr,
         min_lr_ratio=1.0,
-        betas=args.betas,
-        weight_decay=args.weight_decay,
-        weight_decay_scope=args.weight_decay_scope,
-        grad_clip=args.grad_clip,
-        eval_batches=args.eval_batches,
-        seed=args.seed,
+        betas=train.betas,
+        weight_decay=train.weight_decay,
+        weight_decay_scope=train.weight_decay_scope,
+        grad_clip=train.grad_clip,
+        eval_batches=train.eval_batches,
+        seed=train.seed,
         device=str(device),
     )
 
@@ -383,11 +230,16 @@ def merge_and_save(out: Path, run: Run, lora: LoRASettings | None) -> None:
 
 
 def fine_tuned_config(
-    model_config: ModelConfig, data: Path, fractions: tuple[float, float, float], train: TrainConfig
+    model_config: ModelConfig, finetune: ClassifierConfig | InstructConfig, base: str | Path, device: torch.device
 ) -> RunConfig:
-    """The new run's config: the fine-tuned model, where its data came from, how it trained."""
-    data_config = DataConfig(source=str(data), val_fraction=fractions[1], seed=train.seed)
-    return RunConfig(model=model_config, data=data_config, train=train)
+    """The new run's config: the fine-tuned model, where its data came from, how it trained, and the whole
+    fine-tuning config with its base, from which the run can be made again."""
+    data = finetune.data
+    data_config = DataConfig(source=data.path, val_fraction=data.split[1], seed=finetune.train.seed)
+    train = train_config(finetune.train, device)
+    return RunConfig(
+        model=model_config, data=data_config, train=train, finetune=FineTuning(base=str(base), config=finetune)
+    )
 
 
 def write_json(path: Path, value) -> None:

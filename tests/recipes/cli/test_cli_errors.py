@@ -428,6 +428,48 @@ BAD_VALUES = [
     ),
     ("finetune-classifier", "unknown device", ["{run}", *SMS, "--device", "bogus"], "--device 'bogus':"),
     (
+        "finetune-classifier",
+        "unknown field",
+        ["{run}", *SMS, "--set", "train.lrr=1e-4"],
+        "train.lrr: unknown field (did you mean 'lr'?)",
+    ),
+    (
+        "finetune-classifier",
+        "negative float",
+        ["{run}", *SMS, "--set", "train.lr=-1"],
+        "train.lr: give a positive learning rate",
+    ),
+    (
+        "finetune-classifier",
+        "unknown choice",
+        ["{run}", *SMS, "--set", "data.split_order=random"],
+        "data.split_order: Input should be 'shuffled' or 'book'",
+    ),
+    (
+        "finetune-classifier",
+        "missing config",
+        ["{run}", *SMS, "--config", "{tmp}/nope.toml"],
+        "{tmp}/nope.toml: no such config file",
+    ),
+    (
+        "finetune-classifier",
+        "malformed config",
+        ["{run}", *SMS, "--config", "{bad_toml}"],
+        "{bad_toml}: not valid TOML",
+    ),
+    (
+        "finetune-classifier",
+        "config that is not a fine-tuning's",
+        ["{run}", *SMS, "--config", "{run}"],
+        "config.json: not a fine-tuned run's config (it has no 'finetune' table)",
+    ),
+    (
+        "finetune-classifier",
+        "no data",
+        ["{run}", "--out", "{tmp}/out"],
+        "give the data file: --data PATH, or data.path",
+    ),
+    (
         "finetune-instruct",
         "missing data",
         ["{run}", "--data", "{tmp}/nope.json", "--out", "{tmp}/out"],
@@ -475,6 +517,24 @@ BAD_VALUES = [
         "inf float",
         ["{run}", *INSTRUCTIONS, "--lr", "inf"],
         "--lr inf: give a positive learning rate",
+    ),
+    (
+        "finetune-instruct",
+        "unknown field",
+        ["{run}", *INSTRUCTIONS, "--set", "test.limt=1"],
+        "test.limt: unknown field (did you mean 'limit'?)",
+    ),
+    (
+        "finetune-instruct",
+        "zero int",
+        ["{run}", *INSTRUCTIONS, "--set", "lora.rank=0"],
+        "lora.rank: give at least 1",
+    ),
+    (
+        "finetune-instruct",
+        "option without its partner",
+        ["{run}", *INSTRUCTIONS, "--set", "lora.alpha=2"],
+        "lora.alpha needs --lora-rank",
     ),
     (
         "finetune-instruct",
