@@ -2,8 +2,9 @@
 
 Devices (devices.py), the optimizer and its schedule (optim.py), evaluation (evaluation.py),
 checkpoints (checkpoint.py) and how a session starts (start.py) each have their module; here
-are one step, which steps evaluate, checkpoint and log (``plan_step``), and the loop. The step itself never waits on the device: losses are read back to the host
-only when the progress bar updates (every LOG_EVERY steps) and at evaluations.
+are one step and the loop, which follows ``plan_step`` (step_plan.py) for what comes after each
+step. The step itself never waits on the device: losses are read back to the host only when the
+progress bar updates (every LOG_EVERY steps) and at evaluations.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, reset_p
 from gptzoo.recipes.training.evaluation import metrics_record, sample_text
 from gptzoo.recipes.training.optim import lr_at
 from gptzoo.recipes.training.start import Run, set_up, start_run
+from gptzoo.recipes.training.step_plan import StepPlan, plan_step
 from gptzoo.recipes.training.tensorboard import TensorBoardLog
 from gptzoo.registry import Registry
-
-LOG_EVERY = 10  # steps between progress-bar updates, the only host-device syncs between evaluations
 
 
 class NonFiniteLossError(GptzooError):
@@ -125,42 +125,6 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-# ---- the schedule -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What follows an optimizer step besides the step itself."""
-
-    log: bool  # update the progress bar: read the loss and the divergence flag back (and agree to stop)
-    evaluate: bool  # score fixed train and validation windows into metrics.jsonl
-    sample: bool  # print a sample of generated text, at evaluations when train.sample_tokens asks for one
-    checkpoint: bool
-
-
-def plan_step(step: int, n_steps: int, train: TrainConfig) -> StepPlan:
-    """What follows step ``step`` of ``n_steps`` (counted once it is taken; step 0 is before the first).
-
-    Evaluations come every eval_interval steps, checkpoints with them or every checkpoint_interval
-    steps (0: none until the end); the last step always does both; the progress bar updates every
-    LOG_EVERY steps and whenever the step evaluates or checkpoints. Before the first step only
-    train.eval_at_start evaluates.
-    """
-    if step == 0:
-        return StepPlan(
-            log=False,
-            evaluate=train.eval_at_start,
-            sample=train.eval_at_start and train.sample_tokens > 0,
-            checkpoint=False,
-        )
-    last = step == n_steps
-    evaluate = step % train.eval_interval == 0 or last
-    interval = train.checkpoint_interval
-    checkpoint = last or (evaluate if interval is None else bool(interval) and step % interval == 0)
-    log = step % LOG_EVERY == 0 or evaluate or checkpoint
-    return StepPlan(log=log, evaluate=evaluate, sample=evaluate and train.sample_tokens > 0, checkpoint=checkpoint)
 
 
 # ---- the loop ---------------------------------------------------------------------------

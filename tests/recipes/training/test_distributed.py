@@ -19,8 +19,9 @@ from gptzoo.recipes.data.tokens import WindowSampler
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training.distributed import TIMEOUT_ENV, RankSampler, World, eval_batches, shard, timeout
-from gptzoo.recipes.training.loop import LOG_EVERY, train
+from gptzoo.recipes.training.loop import train
 from gptzoo.recipes.training.optim import total_steps
+from gptzoo.recipes.training.step_plan import LOG_EVERY
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -1,4 +1,4 @@
-"""The training loop: schedule, optimizer groups, learning, resume, checkpoints, divergence, signals."""
+"""The training loop: optimizer groups, learning, resume, checkpoints, divergence, signals."""
 
 import math
 import signal
@@ -12,8 +12,9 @@ from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.runs.metrics import read_metrics
 from gptzoo.recipes.training import loop as train_module
-from gptzoo.recipes.training.loop import NonFiniteLossError, plan_step, train
+from gptzoo.recipes.training.loop import NonFiniteLossError, train
 from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
+from gptzoo.recipes.training.step_plan import LOG_EVERY
 
 
 def tiny(tmp_path, source, registry=None, model=None, **train_fields):
@@ -47,32 +48,6 @@ def test_budgets_become_step_counts():
     assert total_steps(TrainConfig(max_steps=7), 100, 32) == 7
     assert total_steps(TrainConfig(epochs=2, batch_size=8, grad_accum=2), 100, 32) == 13  # ceil(200 / 16)
     assert total_steps(TrainConfig(max_tokens=1000, batch_size=8, grad_accum=2), 100, 32) == 2  # ceil(1000 / 512)
-
-
-def steps_that(what, n_steps, **train_fields):
-    """The steps 1..n_steps whose plan says ``what`` (log, evaluate, sample or checkpoint)."""
-    cfg = TrainConfig(max_steps=n_steps, **train_fields)
-    return [step for step in range(1, n_steps + 1) if getattr(plan_step(step, n_steps, cfg), what)]
-
-
-def test_the_schedule_evaluates_checkpoints_and_logs_at_hand_worked_steps():
-    # eval_interval 5 over 12 steps: 5, 10, and the last step always
-    assert steps_that("evaluate", 12, eval_interval=5) == [5, 10, 12]
-    assert steps_that("checkpoint", 12, eval_interval=5) == [5, 10, 12]  # checkpoints follow evaluations
-    assert steps_that("checkpoint", 12, eval_interval=5, checkpoint_interval=0) == [12]
-    assert steps_that("checkpoint", 12, eval_interval=5, checkpoint_interval=3) == [3, 6, 9, 12]
-    # the progress bar every 10 steps, and at every evaluation and checkpoint
-    assert steps_that("log", 12, eval_interval=5, checkpoint_interval=3) == [3, 5, 6, 9, 10, 12]
-    assert steps_that("log", 30, eval_interval=1000) == [10, 20, 30]
-    assert steps_that("sample", 12, eval_interval=5, sample_tokens=8) == [5, 10, 12]
-    assert steps_that("sample", 12, eval_interval=5, sample_tokens=0) == []
-
-
-def test_before_the_first_step_only_eval_at_start_evaluates():
-    quiet = plan_step(0, 12, TrainConfig(max_steps=12, eval_interval=5, sample_tokens=8))
-    assert not (quiet.evaluate or quiet.sample or quiet.log or quiet.checkpoint)
-    first = plan_step(0, 12, TrainConfig(max_steps=12, eval_interval=5, sample_tokens=8, eval_at_start=True))
-    assert first.evaluate and first.sample and not (first.log or first.checkpoint)
 
 
 def test_weight_decay_applies_to_matrices_only(tmp_path, shared_data):
@@ -399,4 +374,4 @@ def test_steps_between_progress_updates_do_not_read_values_back(tmp_path, shared
     train(config, tmp_path / "run", progress=False, log=lambda s: None)
     # 30 steps: the progress updates every LOG_EVERY steps read the divergence flag and the loss;
     # the final evaluation reads its sums back once per split, without .item().
-    assert len(calls) == 2 * (30 // train_module.LOG_EVERY)
+    assert len(calls) == 2 * (30 // LOG_EVERY)
