@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from gptzoo.core import GPT
+from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RUN_CONFIGS = sorted(CONFIGS.glob("*.toml")) + sorted((CONFIGS / "book").glob("*.toml"))
+FINETUNE_CONFIGS = sorted(p for p in (CONFIGS / "book").glob("*.toml") if "kind" in read_toml(p))  # a fine-tuning's
+RUN_CONFIGS = sorted(CONFIGS.glob("*.toml")) + sorted(set((CONFIGS / "book").glob("*.toml")) - set(FINETUNE_CONFIGS))
 SWEEPS = sorted((CONFIGS / "ablations").glob("*.toml"))
-OPTION_FILES = sorted((CONFIGS / "book").glob("*.args"))
 SMALL = 10_000_000  # parameters; smaller models are also built for real and run
 
 
@@ -59,21 +60,24 @@ def test_sweep_validates_and_every_variant_builds(path, registry):
         build_and_run(variant.config.model)
 
 
-@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: p.name)
-def test_option_file_parses_for_the_command_it_names(path):
-    """An @FILE of options reads as the command its "Use as" line names, and passes its checks."""
-    import importlib
+def test_the_books_fine_tunings_are_configs():
+    assert {p.name for p in FINETUNE_CONFIGS} == {"ch06-spam.toml", "ch07-instruct.toml", "appendix-e-lora.toml"}
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIGS, ids=lambda p: p.name)
+def test_finetune_config_validates_for_the_command_it_names(path):
+    """A fine-tuning config reads as the command its "Use as" line names, with the book's settings."""
     import re
 
-    from gptzoo.recipes.cli import COMMANDS, build_parser, finetune_options
+    from gptzoo.recipes.cli import build_parser, finetune_classifier, finetune_instruct, finetune_options
 
-    command = re.search(r"gptzoo (\S+) BASE", path.read_text(encoding="utf-8")).group(1)
-    args = build_parser().parse_args([command, "BASE", "--data", "data", "--out", "out", f"@{path}"])
-    module = importlib.import_module(COMMANDS[command])
+    command = re.search(r"gptzoo (\S+) BASE --config", path.read_text(encoding="utf-8")).group(1)
+    module = {"finetune-classifier": finetune_classifier, "finetune-instruct": finetune_instruct}[command]
+    args = build_parser().parse_args([command, "BASE", "--data", "data", "--out", "out", "--config", str(path)])
     kind = module.ClassifierConfig if command == "finetune-classifier" else module.InstructConfig
     config = finetune_options.config_from_arguments(kind, args, module.SHORTHANDS)
     assert config.train.seed == 123 and config.train.grad_clip is None and config.train.betas == (0.9, 0.999)
-    assert config.data.split_order == "book"
+    assert config.data.split_order == "book" and config.train.drop_last and config.train.weight_decay_scope == "all"
 
 
 def test_the_books_gpt_config_124m_has_the_books_parameter_count(registry):

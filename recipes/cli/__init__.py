@@ -37,8 +37,8 @@ COMMANDS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """``@FILE`` anywhere on the command line stands for the options in FILE (configs/book/*.args):
-    shell-quoted words, several per line allowed, ``#`` starts a comment."""
+    """``@FILE`` anywhere on the command line stands for the options in FILE: shell-quoted words,
+    several per line allowed, ``#`` starts a comment."""
 
     # A description naming what the installed plugins add (import-hf's families), written only when
     # the help is printed: the registry loads plugins, which no other use of the parser needs.

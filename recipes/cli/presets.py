@@ -5,7 +5,8 @@ import json
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.cli.describe import describe
-from gptzoo.recipes.config.presets import preset_names
+from gptzoo.recipes.config.presets import find_preset, preset_names
+from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import load_run_config
 
 HELP = "list the shipped configs (presets) that train, describe and the other commands take by name"
@@ -19,14 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def finetune_kind(name: str) -> str | None:
+    """``finetune-classifier`` or ``finetune-instruct`` for a fine-tuning config (its ``kind``), else None."""
+    kind = read_toml(find_preset(name), find_base=find_preset).get("kind")
+    return f"finetune-{kind}" if kind in ("classifier", "instruct") else None
+
+
 def preset_rows(text: str = "") -> list[dict]:
-    """One row per preset: a run config with its parameters (as describe counts them), or a sweep."""
+    """One row per preset: a run config with its parameters (as describe counts them), a sweep, or a fine-tuning."""
     rows = []
     for name in preset_names():
         if text not in name:
             continue
-        if name.startswith(SWEEPS):
-            rows.append({"name": name, "kind": "sweep", "parameters": None, "active_parameters_per_token": None})
+        kind = "sweep" if name.startswith(SWEEPS) else finetune_kind(name)
+        if kind is not None:
+            rows.append({"name": name, "kind": kind, "parameters": None, "active_parameters_per_token": None})
             continue
         config = load_run_config(name)
         try:
@@ -50,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if row["kind"] == "sweep":
             counts = f"a sweep: gptzoo ablate {row['name']}"
+        elif row["kind"].startswith("finetune-"):
+            counts = f"a fine-tuning: gptzoo {row['kind']} BASE --config {row['name']}"
         elif row["parameters"] is None:
             counts = "counted once the tokenizer has learned its vocabulary from the corpus"
         else:

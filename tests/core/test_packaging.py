@@ -52,7 +52,7 @@ def test_wheel_holds_the_gptzoo_packages_only(tmp_path):
         "gptzoo/configs/tiny.toml",  # the presets, subfolders too
         "gptzoo/configs/hf/qwen3.toml",
         "gptzoo/configs/book/ch05-verdict.toml",
-        "gptzoo/configs/book/ch06-spam.args",
+        "gptzoo/configs/book/ch06-spam.toml",
         "gptzoo/configs/ablations/attention.toml",
     ):
         assert required in names

@@ -309,6 +309,24 @@ def test_the_books_settings_by_name_end_to_end(base_dir, tmp_path, capsys):
     assert main(["classify", str(out), "--text", "WIN xx"]) == 0
 
 
+@pytest.mark.parametrize("preset, trainable", [("book/ch06-spam", "last-block"), ("book/appendix-e-lora", "none")])
+def test_the_books_configs_by_name_end_to_end(base_dir, tmp_path, capsys, preset, trainable):
+    """configs/book/ch06-spam.toml and appendix-e-lora.toml (which extends it), shortened with --set."""
+    lines = ['ham\t"Hi there', "ham\tjoined", 'ham\tup to here"'] + [f"ham\tham number {i}" for i in range(8)]
+    data = tmp_path / "sms.tsv"
+    data.write_text("\n".join(lines + [f"spam\tWIN {'x' * i}" for i in range(10)]) + "\n", encoding="utf-8")
+    out = tmp_path / "spam"
+    shorter = ["--set", "train.epochs=1", "--set", "train.batch_size=5", "--set", "train.eval_batches=1"]
+    argv = ["finetune-classifier", base_dir, "--config", preset, "--data", data, "--out", out, *shorter]
+    assert main([str(a) for a in argv]) == 0
+    # the stray quote joins three lines under the book's CSV quoting: 18 examples, 9 + 9 balanced
+    assert "18 examples, 2 classes (ham, spam): train 12, validation 1, test 5" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())["finetune"]["config"]
+    assert saved["pooling"] == "last_position" and saved["train"]["trainable"] == trainable
+    assert read_metrics(out)[0]["step"] == 2  # 12 examples in batches of 5: the last 2 dropped
+    assert (out / "lora.json").exists() == (trainable == "none")
+
+
 def test_classify_refuses_a_language_model(base_dir, capsys):
     assert main(["classify", str(base_dir), "--text", "hello"]) == 2
     assert "not a classifier run" in capsys.readouterr().err

@@ -283,3 +283,18 @@ def test_chat_refuses_a_classifier(tmp_path, capsys):
     save_run(tmp_path / "cls", RunConfig(model=config), GPT(config), config.tokenizer.build())
     assert main(["chat", str(tmp_path / "cls"), "--instruction", "hi"]) == 2
     assert "cannot answer" in capsys.readouterr().err
+
+
+def test_the_books_chapter_7_config_by_name(base_dir, shared_data, tmp_path, capsys):
+    """configs/book/ch07-instruct.toml, shortened with --set: the book's file-order split and drop_last."""
+    entries = json.loads(shared_data("instruction-data.json").read_text(encoding="utf-8"))[:20]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(entries), encoding="utf-8")
+    out = tmp_path / "tuned"
+    shorter = ["train.epochs=1", "train.eval_batches=1", "data.max_length=32", "test.max_new_tokens=1"]
+    argv = ["finetune-instruct", base_dir, "--config", "book/ch07-instruct", "--data", data, "--out", out]
+    assert main([str(a) for a in argv] + [arg for s in shorter for arg in ("--set", s)]) == 0
+    assert "train 17, validation 1, test 2" in capsys.readouterr().out  # as the test above, by the book's rule
+    assert read_metrics(out)[0]["step"] == 2  # 17 entries in batches of 8: the last one dropped
+    saved = json.loads((out / "config.json").read_text())["finetune"]["config"]
+    assert saved["train"]["betas"] == [0.9, 0.999] and saved["train"]["weight_decay_scope"] == "all"
