@@ -1,0 +1,208 @@
+"""Speed and memory of the token mixers: training tokens/s against sdpa and against transformers'
+own PyTorch path for the same layer, and decoding time per token and cache bytes as the text grows.
+
+    python benchmarks/mixers.py [--mixers gated_deltanet,mamba2] [--lengths 1024,4096]
+                                [--decode-lengths 1024,4096,16384] [--reps 3] [--out mixers-bench.json]
+
+- train: forward, backward and AdamW step of a 4-layer × 256 model (4 heads, SwiGLU, RMSNorm;
+  rope for mixers that rotate, no positions for the others) on one sequence at each length;
+  tokens/s, and each mixer's time per token at the longest length over the shortest (1.0:
+  cost linear in the length; softmax attention grows with it);
+- layer: one mixer layer's forward and backward at each length against transformers' own
+  PyTorch layer holding the same weights (REFERENCES; ratio above 1: gptzoo is faster);
+- decode: after a prompt of each decode length, the median time of one greedy step and the
+  bytes the cache's tensors hold; for bounded caches both stay flat as the prompt grows.
+
+Cases of one length are timed in turns (one repetition of each, the order reversed every other
+repetition) so a change in the machine's load falls on all alike; figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from gptzoo.core import GPT, Attention, AttentionContext
+from gptzoo.registry import make_registry
+
+REGISTRY = make_registry(entry_points=False)
+SHAPE = dict(vocab_size=512, d_model=256, n_layers=4, n_heads=4, feed_forward="swiglu", norm="rmsnorm")
+SKIPPED = {"none", "per_head", "no_weights", "fused"}  # nothing to mix, or teaching forms of sdpa
+
+# name -> function(our mixer module) -> transformers' layer with its weights, called as f(x) -> y.
+# Filled by the mixers' modules that have a transformers twin (see tests/plugins for the copies).
+REFERENCES: dict[str, Callable[[Attention], Callable[[torch.Tensor], torch.Tensor]]] = {}
+
+
+def model(name: str, context_length: int) -> GPT:
+    impl = REGISTRY.resolve("attention", name)
+    positional = "rope" if "rotate" in impl.position_hooks else "none"
+    torch.manual_seed(0)
+    config = REGISTRY.model_config(
+        {**SHAPE, "context_length": context_length, "attention": name, "positional": positional}
+    )
+    return GPT(config)
+
+
+def in_turns(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
+    """Median seconds of each fn, one repetition of each at a time, alternating the order."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rep in range(reps):
+        for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(list(fns.items())):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step(m: GPT, T: int) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    idx = torch.randint(0, SHAPE["vocab_size"], (1, T))
+    m.train()
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(m(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def layer_pass(fn: Callable[[torch.Tensor], torch.Tensor], T: int) -> Callable[[], None]:
+    x = torch.randn(1, T, SHAPE["d_model"], requires_grad=True)
+
+    def run() -> None:
+        fn(x).square().mean().backward()
+
+    return run
+
+
+def train_rows(names: list[str], lengths: list[int], reps: int) -> list[dict]:
+    rows = []
+    per_token: dict[str, dict[int, float]] = {name: {} for name in names}
+    for T in lengths:
+        seconds = in_turns({name: train_step(model(name, T), T) for name in names}, reps)
+        for name, s in seconds.items():
+            per_token[name][T] = s / T
+            rows.append({"case": "train", "mixer": name, "length": T, "tokens_per_s": T / s})
+    for name in names:
+        first, last = per_token[name][lengths[0]], per_token[name][lengths[-1]]
+        rows.append(
+            {
+                "case": "train_growth",
+                "mixer": name,
+                "lengths": [lengths[0], lengths[-1]],
+                "per_token_ratio": last / first,
+            }
+        )
+    return rows
+
+
+def layer_rows(names: list[str], lengths: list[int], reps: int) -> list[dict]:
+    rows = []
+    for name in (n for n in names if n in REFERENCES):
+        for T in lengths:
+            m = model(name, T)
+            mixer = m.blocks[0].attention
+            positions = torch.arange(T)[None]
+            ctx = AttentionContext(m.positional, positions, positions)
+            ours = functools.partial(mixer, ctx=ctx)
+            twin = REFERENCES[name](mixer)
+            seconds = in_turns({"gptzoo": layer_pass(ours, T), "transformers": layer_pass(twin, T)}, reps)
+            rows.append(
+                {
+                    "case": "layer",
+                    "mixer": name,
+                    "length": T,
+                    "seconds": seconds,
+                    "speedup": seconds["transformers"] / seconds["gptzoo"],
+                }
+            )
+    return rows
+
+
+def decode_rows(names: list[str], lengths: list[int], reps: int, steps: int = 16) -> list[dict]:
+    rows = []
+    for name in names:
+        m = model(name, max(lengths)).eval()
+        for T in lengths:
+            with torch.inference_mode():
+                cache = m.new_cache(1, None if m.extension_refusal() is None else T + steps * (reps + 1) + 1)
+                prompt = torch.randint(0, SHAPE["vocab_size"], (1, T))
+                for start in range(0, T, 1024):  # prefill in pieces: softmax attention's scores stay small
+                    m(prompt[:, start : start + 1024], cache=cache)
+                token = torch.zeros(1, 1, dtype=torch.long)
+                times = []
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        token = m(token, cache=cache)[:, -1:].argmax(-1)
+                    times.append((time.perf_counter() - start) / steps)
+            rows.append(
+                {
+                    "case": "decode",
+                    "mixer": name,
+                    "prompt": T,
+                    "ms_per_token": 1e3 * statistics.median(times),
+                    "cache_bytes": _cache_bytes(cache),
+                }
+            )
+    return rows
+
+
+def _cache_bytes(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            tensors = value if isinstance(value, (list, tuple)) else [value]
+            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--mixers", default=None, help="comma-separated mixer names (default: every registered one, and sdpa)"
+    )
+    parser.add_argument("--lengths", default="1024,4096")
+    parser.add_argument("--decode-lengths", default="1024,4096,16384")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="mixers-bench.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.mixers.split(",") if args.mixers else [n for n in REGISTRY.names("attention") if n not in SKIPPED]
+    lengths = [int(n) for n in args.lengths.split(",")]
+    decode_lengths = [int(n) for n in args.decode_lengths.split(",")]
+    rows = []
+    for part in (
+        train_rows(names, lengths, args.reps),
+        layer_rows(names, lengths, args.reps),
+        decode_rows(names, decode_lengths, args.reps),
+    ):
+        for row in part:
+            print(json.dumps(row))
+        rows += part
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
