@@ -12,7 +12,7 @@ from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import FAMILIES, AuxiliaryLoss, Block, Component, PositionalEncoding
+from gptzoo.core.interfaces import FAMILIES, Attention, AuxiliaryLoss, Block, Component, PositionalEncoding
 
 
 class GPT(nn.Module):
@@ -149,34 +149,41 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """A decoding cache for ``max_len`` tokens; each layer's mixer makes its own part.
 
-        Default: no limit where every layer's cache is bounded and every position scheme extends
-        (``extension_refusal`` is None), else the context. Bounded models keep only the latest
-        tokens' bookkeeping, so memory stays flat however long the text grows.
+        Default: no limit where every layer's cache is bounded (``bounded_cache``) and every
+        position scheme extends, else the context. Bounded models keep only the latest tokens'
+        bookkeeping, so memory stays flat however long the text grows.
         """
         weight = self.token_embedding.weight
-        if max_len is None and self.extension_refusal() is not None:
+        if max_len is None and not (self.bounded_cache() and self.extension_refusal() is None):
             max_len = self.config.context_length
-        mixers = [cast(Block, block).attention for block in self.blocks]
+        mixers = self.mixers()
         keep = None
-        if all(type(m).cache_kind != "keys_values" for m in mixers):
+        if self.bounded_cache():
             keep = max(
                 [type(m).receptive_field(m.params) or 0 for m in mixers if type(m).cache_kind == "window"] or [0]
             )
         layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in mixers]
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 
+    def mixers(self) -> list[Attention]:
+        """Each layer's token mixer, in order."""
+        return [cast(Block, block).attention for block in self.blocks]
+
+    def bounded_cache(self) -> bool:
+        """Whether every layer's cache is bounded (a window or a recurrent state), so decoding memory stays flat."""
+        return all(type(m).cache_kind != "keys_values" for m in self.mixers())
+
     def extension_refusal(self) -> str | None:
-        """Why this model cannot decode past its context with bounded memory (naming the layer), or
-        None when every layer's cache is bounded and every position scheme extends."""
-        for i, block in enumerate(self.blocks):
-            mixer = cast(Block, block).attention
-            if type(mixer).cache_kind == "keys_values":
-                return f"layer {i}'s token mixer {type(mixer).__name__} keeps every key and value, so its cache grows with the text"
-        schemes = [self.positional, *self.kind_positionals.values()]
-        for scheme in schemes:
+        """Why generation crops to the context instead of decoding past it (naming the layer or
+        scheme), or None: every position scheme extends and some layer keeps a bounded cache (a
+        recurrent state or a window, which cropping would throw away); layers that keep every key
+        and value then grow their caches past the context."""
+        for scheme in [self.positional, *self.kind_positionals.values()]:
             limit = type(scheme).length_limit
             if limit is not None:
                 return f"its position scheme {type(scheme).__name__} cannot run past the context: {limit}"
+        if all(type(m).cache_kind == "keys_values" for m in self.mixers()):
+            return "every layer's token mixer keeps every key and value and no state, so it crops to the context as the book does"
         return None
 
     # ---- accounting ----------------------------------------------------------------------
@@ -232,4 +239,4 @@ class GPT(nn.Module):
     def kv_cache_bytes(self, n_tokens: int | None = None, dtype: torch.dtype = torch.float32) -> int:
         """Bytes the decoding cache holds for one sequence of ``n_tokens`` (default: the context)."""
         n = n_tokens or self.config.context_length
-        return sum(cast(Block, block).attention.cache_bytes(n, dtype) for block in self.blocks)
+        return sum(m.cache_bytes(n, dtype) for m in self.mixers())

@@ -439,15 +439,19 @@ def check_separate_caches(model: GPT) -> None:
 @single_threaded
 @torch.no_grad()
 def check_bounded_cache(model: GPT) -> None:
-    """Where every layer's cache is bounded (``model.extension_refusal()`` is None), decoding
-    goes past the context with the same logits as one forward over the whole text, and the
-    cache's tensors hold as many bytes after it as the mixers declare, whatever the length."""
+    """Where the model decodes past its context (``model.extension_refusal()`` is None), decoding
+    goes there with the same logits as one forward over the whole text; where every layer's
+    cache is also bounded, the cache's tensors hold as many bytes as the mixers declare,
+    whatever the length, and the model's bookkeeping stays within the widest window."""
     if model.extension_refusal() is not None:
         return
     T = model.config.context_length
     idx = _tokens(model, 2, 2 * T + 3)
-    cache = model.new_cache(2)
-    assert cache.max_len is None, f"[{_describe(model)}] bounded caches, yet new_cache has a limit of {cache.max_len}"
+    bounded = model.bounded_cache()
+    cache = model.new_cache(2, None if bounded else idx.size(1))
+    assert not bounded or cache.max_len is None, (
+        f"[{_describe(model)}] bounded caches, yet new_cache has a limit of {cache.max_len}"
+    )
     steps = [model(idx[:, :5], cache=cache)]
     sizes = []
     for t in range(5, idx.size(1)):
@@ -456,6 +460,8 @@ def check_bounded_cache(model: GPT) -> None:
     _assert_close(
         torch.cat(steps, 1), model(idx), f"[{_describe(model)}] decoding past the context ({idx.size(1)} tokens)"
     )
+    if not bounded:
+        return
     declared = 2 * sum(
         cast(Block, b).attention.cache_bytes(idx.size(1), model.token_embedding.weight.dtype) for b in model.blocks
     )

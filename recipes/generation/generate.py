@@ -5,9 +5,10 @@ feeds only the newest token and computes logits for the last position only. Prom
 different lengths are left-padded with the end-of-text id and masked, so each row gets its
 own positions and the batch gives every prompt the tokens it would get alone.
 
-A model whose every layer keeps a bounded cache (recurrent states, windows) and whose position
-schemes extend (``GPT.extension_refusal`` is None) decodes past its context with the cache, its
-memory flat however long the text grows. Any other model, when prompt + generated text outgrows
+A model with recurrent or windowed layers whose position schemes extend (``GPT.extension_refusal``
+is None) decodes past its context with the cache, keeping its state: its memory stays flat when
+every layer's cache is bounded, and grows only by its softmax layers' keys and values otherwise.
+Any other model, when prompt + generated text outgrows
 the context, sees only the last ``context_length`` tokens, as in the book. Cropping renumbers the
 window's positions and changes what each token could attend to, so cached keys go stale: once
 the cache is full, each step falls back to a full forward over that window. The cache and
@@ -106,7 +107,7 @@ def generate_ids(
     with _eval_mode(model):
         cache = None
         if use_cache and window is None:
-            cache = model.new_cache(B)
+            cache = model.new_cache(B, None if model.bounded_cache() else total)
         elif use_cache and P <= context_length:
             cache = model.new_cache(B, min(context_length, total))
         finished = [False] * B

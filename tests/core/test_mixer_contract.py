@@ -90,7 +90,25 @@ def test_a_windowed_model_decodes_past_its_context_with_flat_bookkeeping():
 
 
 def test_a_model_that_cannot_extend_says_which_layer_and_why():
-    assert "layer 0's token mixer SDPAAttention keeps every key and value" in model().extension_refusal()
+    assert "every layer's token mixer keeps every key and value" in model(positional="rope").extension_refusal()
     windowed = model(attention={"name": "sliding_window", "window": 4}, positional="learned")
     assert "LearnedPositions cannot run past the context" in windowed.extension_refusal()
     assert windowed.new_cache(1).max_len == TINY["context_length"]
+
+
+def test_a_hybrid_decodes_past_its_context_its_softmax_layers_growing_alone():
+    m = model(
+        positional="rope",
+        layer_kinds={"local": {"attention": {"name": "sliding_window", "window": 4}}, "global": {}},
+        layer_pattern=["local", "global"],
+    )
+    assert m.extension_refusal() is None and not m.bounded_cache()
+    assert m.new_cache(1).max_len == TINY["context_length"]  # a length is needed for the growing layer
+    n = 3 * TINY["context_length"]
+    cache = m.new_cache(1, n)
+    idx = torch.randint(0, 50, (1, n))
+    with torch.no_grad():
+        steps = [m(idx[:, t : t + 1], cache=cache) for t in range(n)]
+        torch.testing.assert_close(torch.cat(steps, 1), m(idx))
+    window_bytes, kv_bytes = (2 * cache.layers[i].k.numel() * 4 for i in (0, 1))  # keys and values, float32
+    assert (window_bytes, kv_bytes) == (2 * 4 * 4 * 8 * 4, 2 * 4 * n * 8 * 4)  # 4 heads of 8: window 4, every token
