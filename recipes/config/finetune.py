@@ -363,6 +363,10 @@ class InstructConfig(FinetuneConfig):
 
 AnyFinetuneConfig = Annotated[ClassifierConfig | InstructConfig, Field(discriminator="kind")]
 C = TypeVar("C", ClassifierConfig, InstructConfig)
+FINETUNE_KINDS: dict[str, type[ClassifierConfig] | type[InstructConfig]] = {
+    "classifier": ClassifierConfig,
+    "instruct": InstructConfig,
+}
 
 
 class FineTuning(_Section):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.config.schema import validate_run_config
+from gptzoo.recipes.research.sweep.finetune import finetuned_result
 from gptzoo.recipes.research.sweep.provenance import changed_components, provenance
 from gptzoo.recipes.research.sweep.report import write_results
 from gptzoo.recipes.research.sweep.results import RunResult, read_result
@@ -44,6 +45,7 @@ class RunTask:
     config: dict  # the RunConfig as JSON (validated again where it runs)
     workers: int = 1
     extrapolate: tuple[float, ...] = ()
+    finetune_from: str | None = None  # a fine-tuning sweep's: config is then the fine-tuning config
 
 
 def run_sweep(
@@ -99,7 +101,7 @@ def _reuse_finished(
     results: dict[tuple[str, int], RunResult] = {}
     tasks: list[RunTask] = []
     for variant in sweep.variants:
-        current = provenance(variant.config, registry)
+        current = sweep.components(variant, registry)
         for seed in sweep.seeds:
             folder = out / RUNS / variant.run_name(seed)
             previous = read_result(folder)
@@ -125,6 +127,7 @@ def _reuse_finished(
                     config.model_dump(mode="json"),
                     min(workers, len(sweep.variants) * len(sweep.seeds)),
                     tuple(sweep.extrapolate),
+                    sweep.finetune_from,
                 )
             )
     return results, tasks
@@ -236,6 +239,8 @@ def _train(
         from gptzoo.recipes.training.loop import train as trainer
     name = task.folder.name
     try:
+        if task.finetune_from is not None:
+            return finetuned_result(task)
         config = validate_run_config(task.config, f"{task.folder} config", registry)
         summary = trainer(
             config, task.folder, resume=resume, registry=registry, progress=progress, log=lambda m: log(f"[{name}] {m}")
@@ -252,12 +257,13 @@ def _train(
 
 def _add_measurements(result: RunResult, task: RunTask, registry: Registry | None) -> None:
     """What the trainer does not report: the plugins, the model's costs, the accuracy, the extrapolation."""
-    result.components = provenance(validate_run_config(task.config, f"{task.folder} config", registry), registry)
+    if task.finetune_from is None:
+        result.components = provenance(validate_run_config(task.config, f"{task.folder} config", registry), registry)
     result.params, flops_per_token = _model_costs(task.folder, registry)
     if result.tokens is not None and flops_per_token is not None:
         result.flops = float(result.tokens * flops_per_token)
     result.workers = task.workers
-    if result.status == "done":
+    if result.status == "done" and task.finetune_from is None:
         result.final_val_accuracy = (read_metrics(task.folder)[-1:] or [{}])[0].get("val_accuracy")
         if task.extrapolate:
             result.extrapolation = _extrapolation(task.folder, task.extrapolate, registry)

@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from pydantic import ValidationError
 
 from gptzoo.core import ConfigError, config_error
 from gptzoo.recipes.config import keys
+from gptzoo.recipes.config.finetune import FINETUNE_KINDS, FinetuneConfig
+from gptzoo.recipes.config.finetune_files import validate_finetune_config
 from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import RunConfig, validate_run_config
@@ -57,6 +60,8 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     except ValidationError as err:
         raise config_error(err, str(path), SweepFile) from None
     base_path = _find_base(path, spec.base)
+    if spec.finetune_from is not None:
+        return load_finetune_sweep(path, spec, base_path)
     fixed = keys.flatten(spec.fixed)
     sizes = {name: keys.flatten(table) for name, table in spec.sizes.items()}
     if sizes and spec.mode != "product":
@@ -77,7 +82,14 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         axes = {"size": list(sizes), **axes}  # the slowest-varying axis
 
     _check_each_value(path, base_data, base, axes, sizes, registry)
-    variants = _make_variants(path, base_data, base, axes, spec.mode, registry, sizes)
+    variants = _make_variants(
+        path,
+        base,
+        axes,
+        spec.mode,
+        lambda overrides, where: _variant_config(base_data, overrides, where, registry),
+        sizes,
+    )
     if spec.match_params is not None:
         variants = match_parameters(
             path,
@@ -229,13 +241,13 @@ def _spell_out(overrides: dict[str, Any], sizes: dict[str, dict[str, Any]]) -> d
 
 def _make_variants(
     path: Path,
-    base_data: dict,
-    base: RunConfig,
+    base: RunConfig | FinetuneConfig,
     axes: dict[str, list],
     mode: str,
-    registry: Registry | None,
+    config_of: Callable[[dict[str, Any], str], RunConfig | FinetuneConfig],
     sizes: dict[str, dict[str, Any]],
 ) -> list[Variant]:
+    """Every variant of the grid, each config validated by ``config_of(overrides, where)``."""
     short = short_names(list(axes))
     base_dump = base.model_dump(mode="json")
     variants: list[Variant] = []
@@ -246,7 +258,7 @@ def _make_variants(
         size = overrides.get("size")
         slug = _slug(overrides, short)
         overrides = _spell_out(overrides, sizes)
-        config = _variant_config(base_data, overrides, f"{path}: variant {label}", registry) if overrides else base
+        config = config_of(overrides, f"{path}: variant {label}") if overrides else base
         dump = config.model_dump(mode="json")
         is_base = dump == base_dump
         if mode == "one_at_a_time" and is_base and overrides:
@@ -262,3 +274,48 @@ def _make_variants(
         # The base's own values are not in the grid: run it too, so every row has its Δ.
         variants.insert(0, Variant("base", "base", {}, base, True))
     return variants
+
+
+# ---- sweeps of a fine-tuning ------------------------------------------------------------------
+
+
+def load_finetune_sweep(path: Path, spec: SweepFile, base_path: Path) -> Sweep:
+    """A sweep whose base is a fine-tuning config: every variant fine-tunes ``spec.finetune_from`` with
+    the base config, [set] and its axis values (no sizes, parameter matching or extrapolation)."""
+    for name, given in (("sizes", spec.sizes), ("match_params", spec.match_params), ("extrapolate", spec.extrapolate)):
+        if given:
+            raise ConfigError(f"{path}: {name} applies to pretraining sweeps; a fine-tuning sweep varies its config")
+    fixed = keys.flatten(spec.fixed)
+    try:
+        base_data = with_overrides(read_toml(base_path, find_base=find_preset), fixed)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: [set]: {err}") from None
+    kind = FINETUNE_KINDS.get(base_data.get("kind"))
+    if kind is None:
+        raise ConfigError(
+            f"{path}: finetune_from needs a fine-tuning config as base; {base_path} has no kind = "
+            '"classifier" or "instruct"'
+        )
+
+    def config_of(overrides: dict[str, Any], where: str) -> FinetuneConfig:
+        try:
+            return validate_finetune_config(kind, with_overrides(base_data, overrides), where)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
+
+    base = config_of({}, f"{path}: base {base_path} with [set]")
+    axes = _read_axes(path, spec.axes)
+    for key, values in axes.items():
+        for value in values:
+            where = f"{path}: [axes] {key} = {toml_value(value)}"
+            config = config_of({key: value}, where)
+            for field in ("data", "train.seed", "train.epochs"):
+                if keys.get(config, field) != keys.get(base, field):
+                    raise ConfigError(
+                        f"{where}: changes {field}; every fine-tuning in a sweep has the same (set it in [set])"
+                    )
+    variants = _make_variants(path, base, axes, spec.mode, config_of, {})
+    finetune_from = path.parent / spec.finetune_from
+    finetune_from = str(finetune_from) if finetune_from.exists() else spec.finetune_from  # else a preset or cwd's
+    seeds = spec.seeds or [base.train.seed]
+    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, finetune_from=finetune_from)

@@ -28,7 +28,7 @@ def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list
             points = {
                 r["tokens"]: r["val_loss"]
                 for r in records
-                if r.get("val_loss") is not None and math.isfinite(r["val_loss"])
+                if r.get("val_loss") is not None and math.isfinite(r["val_loss"]) and "tokens" in r  # not fine-tunings
             }
             if points:
                 per_seed.append(points)

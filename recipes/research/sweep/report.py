@@ -127,7 +127,7 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
 
 def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Callable[[VariantRow], str]]]:
     """The table's columns: header, alignment, cell."""
-    is_task = sweep.variants[0].config.data.task is not None  # every variant sees the same data
+    is_task = sweep.reports_accuracy
     matched = sweep.variants[0].matched["key"] if sweep.variants[0].matched else None
 
     def speed(row: VariantRow) -> str:
@@ -155,7 +155,7 @@ def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Calla
 def _caption(sweep: Sweep, rows: list[VariantRow]) -> str:
     """What the table shows: the sweep, its seeds, what Δ and its interval mean, the noise floor."""
     seeds = ", ".join(map(str, sweep.seeds))
-    is_task = sweep.variants[0].config.data.task is not None
+    is_task = sweep.reports_accuracy
     base = next(row for row in rows if row.variant.is_base)
     paired = max((row.delta_loss.n for row in rows if not row.variant.is_base), default=0)
     interval = (

@@ -5,6 +5,7 @@ A sweep file names the base config and the axes to vary::
     base = "../tiny.toml"          # relative to this file's folder, else to the current one
     seeds = [0, 1]                 # train.seed of each run: initialisation and dropout
     mode = "product"               # or "one_at_a_time": each axis alone around the base
+    finetune_from = "runs/gpt2"    # only with a fine-tuning config as base: the run every variant fine-tunes
     [set]                          # fixed overrides applied to every run
     "train.max_steps" = 150
     [axes]
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gptzoo.recipes.config.finetune import FinetuneConfig
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.research.sweep.provenance import provenance
 from gptzoo.registry import Registry
@@ -72,6 +74,11 @@ class SweepFile(BaseModel):
         default_factory=dict,
         description='named model sizes, each a table of overrides, e.g. s = { "model.n_layers" = 2, "model.d_model" = 64 }',
     )
+    finetune_from: str | None = Field(
+        None,
+        description="with a fine-tuning config as base: the run folder (or preset) every variant fine-tunes, "
+        "relative to the sweep file's folder or the current one",
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class Variant:
     slug: str  # folder-safe name: runs/<slug>-seed<k>
     label: str  # what the table shows: "positional=rope, norm=rmsnorm"
     overrides: dict[str, Any]  # axis key -> value for this variant (a size's keys spelled out)
-    config: RunConfig  # base + [set] + overrides (+ the matched size), at the base's train.seed
+    config: RunConfig | FinetuneConfig  # base + [set] + overrides (+ the matched size), at the base's train.seed
     is_base: bool = False
     size: str | None = None  # with sizes: the named size; the rest of the label names its group in the scaling fit
     group: str = ""
@@ -101,6 +108,17 @@ class Sweep:
     extrapolate: list[float] = dataclasses.field(default_factory=list)
     sizes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     registry: Registry | None = None  # what the variants were validated against
+    finetune_from: str | None = None  # a fine-tuning sweep: the run every variant fine-tunes
+
+    @property
+    def reports_accuracy(self) -> bool:
+        """Whether the runs measure a validation accuracy: a diagnostic task's, or a classifier fine-tuning's."""
+        config = self.variants[0].config  # every variant sees the same data
+        return config.kind == "classifier" if isinstance(config, FinetuneConfig) else config.data.task is not None
+
+    def components(self, variant: Variant, registry: Registry | None) -> dict:
+        """The plugins a variant's model uses (a fine-tuning's model is its base's, read when it runs: none here)."""
+        return {} if isinstance(variant.config, FinetuneConfig) else provenance(variant.config, registry)
 
     def spec(self) -> dict:
         """The resolved sweep, as sweep.json records it."""
@@ -113,6 +131,7 @@ class Sweep:
             "axes": self.axes,
             "extrapolate": self.extrapolate,
             "sizes": self.sizes,
+            **({"finetune_from": self.finetune_from} if self.finetune_from is not None else {}),
             "variants": [
                 {
                     "slug": v.slug,
@@ -121,7 +140,7 @@ class Sweep:
                     "overrides": override_strings(v.overrides),
                     "size": v.size,
                     "matched": v.matched,
-                    "components": provenance(v.config, self.registry),
+                    "components": self.components(v, self.registry),
                     "config": v.config.model_dump(mode="json"),
                 }
                 for v in self.variants
