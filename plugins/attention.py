@@ -4,7 +4,8 @@
 - ``sdpa``: the same with torch's scaled_dot_product_attention (flash/memory-efficient kernels)
 
 Both share one state-dict layout (see gptzoo.core.Attention), and the options here: QK-norm
-(``qk_norm``), the score scale (``scale``) and soft-capping (``softcap``). The other attentions
+(``qk_norm``), the score scale (``scale``), soft-capping (``softcap``) and a sigmoid gate on the
+output (``output_gate``). The other attentions
 build on these pieces: the sliding window (plugins/sliding_window.py), the teaching forms
 (plugins/teaching_attention.py) and multi-head latent attention (plugins/latent_attention.py).
 """
@@ -46,6 +47,13 @@ class AttentionParams(Params):
         description="cap·tanh(scores/cap) on the scaled scores before the mask (Gemma 2: 50); SDPA cannot cap, so "
         "sdpa and sliding_window then take the explicit path, which holds every (T, Tk) score in memory",
     )
+    output_gate: Literal["none", "elementwise", "per_head"] = Field(
+        "none",
+        description="a sigmoid gate between attention and out_proj, read from the layer's input x: y · σ(x·Wg + bg). "
+        "elementwise: one gate per output feature, nh·hs (Qwen3-Next); per_head: one per head, nh (Qiu et al., 2025's "
+        "head-wise gate). Its weight is gate_proj.weight (nh·hs or nh, C), with gate_proj.bias when qkv_bias; "
+        "Qwen3-Next stores it inside q_proj, each head's query rows followed by its gate rows",
+    )
 
 
 def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float, softcap: float | None) -> Tensor:
@@ -84,6 +92,25 @@ class QKNorm(nn.Module):
         return self._norm(q, self.q_norm), self._norm(k, self.k_norm)
 
 
+def output_gate(params: AttentionParams, dims: Dims) -> nn.Linear | None:
+    """The projection of the output gate (``gate_proj``), or None without one."""
+    if params.output_gate == "none":
+        return None
+    n_gates = dims.n_heads * dims.head_size if params.output_gate == "elementwise" else dims.n_heads
+    return nn.Linear(dims.d_model, n_gates, bias=dims.qkv_bias)
+
+
+def gated(y: Tensor, gate_proj: nn.Linear | None, x: Tensor | None) -> Tensor:
+    """y (B, T, nh·hs), the heads' outputs side by side, times σ(gate_proj(x)) per feature or per head."""
+    if gate_proj is None:
+        return y
+    assert x is not None, "the output gate reads the layer's input: pass x"
+    gate = torch.sigmoid(gate_proj(x))  # (B, T, nh·hs) or (B, T, nh)
+    if gate.size(-1) == y.size(-1):
+        return y * gate
+    return (y.unflatten(-1, (gate.size(-1), -1)) * gate.unsqueeze(-1)).flatten(-2)
+
+
 class FusedAttention(Attention):
     Params = AttentionParams
     equivalent_to = "sdpa"
@@ -94,6 +121,7 @@ class FusedAttention(Attention):
         self.scale = params.scale or 1 / math.sqrt(dims.head_size)
         self.qkv = nn.Linear(dims.d_model, (dims.n_heads + 2 * dims.n_kv_heads) * dims.head_size, bias=dims.qkv_bias)
         self.qk_norm = QKNorm(params, dims) if params.qk_norm != "none" else None
+        self.gate_proj = output_gate(params, dims)
         self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
 
@@ -113,9 +141,10 @@ class FusedAttention(Attention):
             k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         return q, k, v
 
-    def merge(self, y: Tensor) -> Tensor:
+    def merge(self, y: Tensor, x: Tensor | None = None) -> Tensor:
+        """y (B, nh, T, hs) -> (B, T, C): the heads side by side, gated (reading the layer's input x) and projected."""
         B, _, T, _ = y.shape
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        return self.out_proj(gated(y.transpose(1, 2).reshape(B, T, -1), self.gate_proj, x))  # (B, T, C)
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, ctx: AttentionContext) -> Tensor:
         """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs): every score in memory."""
@@ -127,7 +156,7 @@ class FusedAttention(Attention):
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
-        return self.merge(self.explicit(q, k, v, ctx.bias(q.dtype), ctx))
+        return self.merge(self.explicit(q, k, v, ctx.bias(q.dtype), ctx), x)
 
 
 class SDPAAttention(FusedAttention):
@@ -155,7 +184,7 @@ class SDPAAttention(FusedAttention):
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
-        return self.merge(self.attend(q, k, v, None if ctx.is_causal else ctx.bias(q.dtype), ctx, ctx.is_causal))
+        return self.merge(self.attend(q, k, v, None if ctx.is_causal else ctx.bias(q.dtype), ctx, ctx.is_causal), x)
 
 
 @hookimpl

@@ -88,7 +88,7 @@ class SlidingWindowAttention(SDPAAttention):
         q, k, v = self.project(x, ctx, None)  # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only
         W, T = self.params.window, q.size(2)
         if cache is not None and T == 1:
-            return self.merge(self._step(q, k, v, ctx, cache))
+            return self.merge(self._step(q, k, v, ctx, cache), x)
         if ctx.is_causal and T >= BLOCKED_FROM * W and T >= BLOCKED_FROM_LENGTH and not ctx.capturing:
             y = self._blocks(q, k, v, ctx)
         elif ctx.is_causal and T <= W:
@@ -106,7 +106,7 @@ class SlidingWindowAttention(SDPAAttention):
             slots = cache.slots(ctx.offset + T - n, ctx.offset + T)
             cache.k[:, :, slots] = k[:, :, -n:].to(cache.k.dtype)
             cache.v[:, :, slots] = v[:, :, -n:].to(cache.v.dtype)
-        return self.merge(y)
+        return self.merge(y, x)
 
     def _step(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, cache: WindowCache) -> Tensor:
         """One new token: write it into the ring, attend to the ring's filled slots."""

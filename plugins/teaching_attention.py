@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
-from gptzoo.plugins.attention import AttentionParams, QKNorm, attention_weights
+from gptzoo.plugins.attention import AttentionParams, QKNorm, attention_weights, gated, output_gate
 from gptzoo.registry import hookimpl
 
 
@@ -47,6 +47,7 @@ class PerHeadAttention(Attention):
             SingleHead(dims.d_model, dims.head_size, dims.qkv_bias, ("key", "value")) for _ in range(dims.n_kv_heads)
         )
         self.qk_norm = QKNorm(params, dims) if params.qk_norm != "none" else None
+        self.gate_proj = output_gate(params, dims)
         self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
         self._register_state_dict_hook(_stack_heads)
@@ -75,7 +76,7 @@ class PerHeadAttention(Attention):
         if ctx.capturing:
             ctx.record(torch.cat(weights, dim=1))  # (B, nh, T, Tk)
         y = torch.cat(outputs, dim=1).transpose(1, 2).flatten(2)  # (B, T, nh*hs)
-        return self.out_proj(y)
+        return self.out_proj(gated(y, self.gate_proj, x))
 
 
 def _per_head_keys(module: PerHeadAttention, suffix: str) -> list[str]:
