@@ -12,6 +12,7 @@ import csv
 import io
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from gptzoo.core import GPT, GptzooError, ModelConfig, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
-from gptzoo.recipes.finetuning.common import batches, cut, optimizer_step, read_data_file
-from gptzoo.recipes.runs.metrics import append_metrics
-from gptzoo.recipes.training.optim import build_optimizer
+from gptzoo.recipes.finetuning.common import batches, cut, read_data_file
+from gptzoo.recipes.finetuning.loop import epoch_records
 from gptzoo.registry import Registry
 
 LABELS = "labels.json"
@@ -211,7 +210,7 @@ def batch_loss(
 
 
 @torch.no_grad()
-def evaluate(
+def loss_and_accuracy(
     model: GPT,
     data: list,
     batch_size: int,
@@ -245,42 +244,25 @@ def train_classifier(
     pad_to: int | None = None,
     drop_last: bool = False,
 ) -> list[dict]:
-    """The book's loop: a step per batch at a constant learning rate, then loss and accuracy on
-    the first ``cfg.eval_batches`` batches of train and validation at the end of each epoch
-    (appended to ``out``'s metrics). ``pad_to`` pads every batch to that length; ``drop_last``
-    skips each epoch's last, smaller batch."""
-    optimizer = build_optimizer(model, cfg, device)
-    order = random.Random(cfg.seed)
-    batch_size = cfg.batch_size
-    steps_per_epoch = len(batches(train, batch_size, drop_last=drop_last))
-    records = []
-    step = 0
-    model.train()
-    with tqdm(total=int(cfg.epochs) * steps_per_epoch, desc="fine-tuning", unit="step") as progress:
-        for epoch in range(1, int(cfg.epochs) + 1):
-            for batch in batches(train, batch_size, order, drop_last):
-                loss, _ = batch_loss(model, batch, pad_id, device, pad_to)
-                optimizer_step(model, optimizer, loss, cfg.grad_clip)
-                step += 1
-                progress.update()
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-            train_loss, train_acc = evaluate(model, train, batch_size, pad_id, device, cfg.eval_batches, pad_to)
-            val_loss, val_acc = evaluate(model, val, batch_size, pad_id, device, cfg.eval_batches, pad_to)
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-            }
-            records.append(record)
-            progress.write(
-                f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.1%} | val loss {val_loss:.3f} acc {val_acc:.1%}"
-            )
-            if out is not None:
-                append_metrics(out, record)
-    return records
+    """The book's loop (recipes/finetuning/loop.py) with loss and accuracy on the first ``cfg.eval_batches``
+    batches of train and validation after each epoch (appended to ``out``'s metrics); returns the epochs'
+    records. ``pad_to`` pads every batch to that length; ``drop_last`` skips each epoch's last, smaller batch."""
+
+    def scores_of(data: Sequence, max_batches: int | None) -> dict[str, float]:
+        loss, accuracy = loss_and_accuracy(model, data, cfg.batch_size, pad_id, device, max_batches, pad_to)
+        return {"loss": loss, "acc": accuracy}
+
+    return epoch_records(
+        model,
+        train,
+        val,
+        cfg,
+        loss_of=lambda batch: batch_loss(model, batch, pad_id, device, pad_to)[0],
+        scores_of=scores_of,
+        device=device,
+        out=out,
+        drop_last=drop_last,
+    )
 
 
 @torch.no_grad()

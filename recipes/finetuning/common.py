@@ -1,8 +1,8 @@
 """What classification and instruction fine-tuning share: the out folder, which weights train,
 the seeded split, the optimizer, LoRA set-up and saving the result as a run.
 
-The fine-tuning loops themselves are the book's simple ones (recipes/finetuning/classifier.py,
-recipes/finetuning/instruct.py): a fixed learning rate, an evaluation at the end of every epoch.
+The fine-tuning loop is the book's simple one (recipes/finetuning/loop.py): a fixed learning rate,
+an evaluation at the end of every epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from gptzoo.core import GPT, GptzooError, ModelConfig
 from gptzoo.recipes.config.finetune import (
@@ -200,15 +200,6 @@ def train_config(train: FinetuneTraining, device: torch.device) -> TrainConfig:
         seed=train.seed,
         device=str(device),
     )
-
-
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float | None) -> None:
-    """One plain step: no schedule, no accumulation (the book's fine-tuning loops)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    optimizer.step()
 
 
 # ---- saving --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ predict every next token, padding ignored (and, with ``mask_prompt``, the prompt
 from __future__ import annotations
 
 import json
-import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
-from gptzoo.recipes.finetuning.common import batches, optimizer_step, read_data_file
+from gptzoo.recipes.finetuning.common import batches, read_data_file
+from gptzoo.recipes.finetuning.loop import epoch_records
 from gptzoo.recipes.generation.generate import complete, generate_ids
-from gptzoo.recipes.runs.metrics import append_metrics
-from gptzoo.recipes.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index
 PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -133,7 +132,7 @@ def batch_loss(
 
 
 @torch.no_grad()
-def evaluate(
+def mean_loss(
     model: GPT,
     data: list,
     batch_size: int,
@@ -167,36 +166,24 @@ def train_instructions(
     out: Path | None = None,
     drop_last: bool = False,
 ) -> list[dict]:
-    """The book's loop: a step per batch at a constant learning rate; train and validation loss
-    on the first ``cfg.eval_batches`` batches at the end of each epoch (appended to ``out``'s
-    metrics). ``drop_last`` skips each epoch's last, smaller batch."""
-    optimizer = build_optimizer(model, cfg, device)
-    order = random.Random(cfg.seed)
-    batch_size, eval_batches = cfg.batch_size, cfg.eval_batches
-    records = []
-    step = 0
-    model.train()
-    with tqdm(
-        total=int(cfg.epochs) * len(batches(train, batch_size, drop_last=drop_last)), desc="fine-tuning", unit="step"
-    ) as progress:
-        for epoch in range(1, int(cfg.epochs) + 1):
-            for batch in batches(train, batch_size, order, drop_last):
-                loss = batch_loss(model, batch, pad_id, max_length, mask_prompt, device)
-                optimizer_step(model, optimizer, loss, cfg.grad_clip)
-                step += 1
-                progress.update()
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": evaluate(model, train, batch_size, pad_id, max_length, mask_prompt, device, eval_batches),
-                "val_loss": evaluate(model, val, batch_size, pad_id, max_length, mask_prompt, device, eval_batches),
-            }
-            records.append(record)
-            progress.write(f"epoch {epoch}: train loss {record['train_loss']:.3f} | val loss {record['val_loss']:.3f}")
-            if out is not None:
-                append_metrics(out, record)
-    return records
+    """The book's loop (recipes/finetuning/loop.py) with the loss on the first ``cfg.eval_batches`` batches
+    of train and validation after each epoch (appended to ``out``'s metrics); returns the epochs' records.
+    ``drop_last`` skips each epoch's last, smaller batch."""
+
+    def scores_of(data: Sequence, max_batches: int | None) -> dict[str, float]:
+        return {"loss": mean_loss(model, data, cfg.batch_size, pad_id, max_length, mask_prompt, device, max_batches)}
+
+    return epoch_records(
+        model,
+        train,
+        val,
+        cfg,
+        loss_of=lambda batch: batch_loss(model, batch, pad_id, max_length, mask_prompt, device),
+        scores_of=scores_of,
+        device=device,
+        out=out,
+        drop_last=drop_last,
+    )
 
 
 def respond(

@@ -24,7 +24,7 @@ from gptzoo.recipes.finetuning.classifier import (
     classifier_config,
     classifier_from,
     encode_examples,
-    evaluate,
+    loss_and_accuracy,
     read_examples,
     split_like_the_book,
     train_classifier,
@@ -33,11 +33,11 @@ from gptzoo.recipes.finetuning.instruct import (
     RESPONSES,
     encode_entries,
     generate_responses,
+    mean_loss,
     read_entries,
     split_in_file_order,
     train_instructions,
 )
-from gptzoo.recipes.finetuning.instruct import evaluate as evaluate_instructions
 from gptzoo.recipes.runs.folder import Run, commit_files, load_run
 from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.devices import resolve_device
@@ -115,7 +115,7 @@ def finetune_classifier(config: ClassifierConfig, base: str | Path, out: str | P
         )
         common.write_json(out / LABELS, {"labels": labels, "max_length": pad_to or max_length, "pad_to": pad_to})
         common.merge_and_save(out, Run(out, run_config, model, tokenizer), lora)
-        test_loss, test_acc = evaluate(model, test, config.train.batch_size, pad_id, device, pad_to=pad_to)
+        test_loss, test_acc = loss_and_accuracy(model, test, config.train.batch_size, pad_id, device, pad_to=pad_to)
         record = {"test_loss": test_loss, "test_acc": test_acc}
         append_metrics(out, record)
         commit_files(out, {})  # the manifest now covers the test record too
@@ -182,9 +182,7 @@ def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path)
         )
         common.merge_and_save(out, Run(out, run_config, model, tokenizer), lora)
         batch_size = config.train.batch_size
-        record = {
-            "test_loss": evaluate_instructions(model, test_ids, batch_size, pad_id, max_length, mask_prompt, device)
-        }
+        record = {"test_loss": mean_loss(model, test_ids, batch_size, pad_id, max_length, mask_prompt, device)}
         append_metrics(out, record)
         print(f"test loss {record['test_loss']:.3f} on {len(test)} entries; saved the model to {out}")
 

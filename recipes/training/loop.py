@@ -38,7 +38,7 @@ from gptzoo.recipes.training.checkpoint import (
 )
 from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, reset_peak_memory, to_device
 from gptzoo.recipes.training.evaluation import metrics_record, sample_text
-from gptzoo.recipes.training.optim import lr_at
+from gptzoo.recipes.training.optim import clip_and_step, lr_at
 from gptzoo.recipes.training.start import Run, set_up, start_run
 from gptzoo.recipes.training.step_plan import StepPlan, plan_step
 from gptzoo.recipes.training.tensorboard import TensorBoardLog
@@ -97,10 +97,7 @@ def train_step(
         for name, a in aux.items():
             if aux_sums is not None:
                 aux_sums[name] = aux_sums.get(name, 0.0) + a.value.detach().float() / train.grad_accum
-    if train.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    clip_and_step(model, optimizer, train.grad_clip)
     return total
 
 

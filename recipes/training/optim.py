@@ -58,3 +58,12 @@ def lr_at(step: int, train: TrainConfig, n_steps: int) -> float:
     min_lr = train.lr * train.min_lr_ratio
     progress = min(1.0, (step - train.warmup_steps) / max(1, n_steps - train.warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (train.lr - min_lr)
+
+
+def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
+    """After the backward passes: clip the gradient norm to ``grad_clip`` (None: no clipping), step the
+    optimizer, clear the gradients. Pretraining's step and fine-tuning's both end so."""
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ from gptzoo.recipes.finetuning.classifier import (
     classifier_from,
     collate,
     encode_examples,
-    evaluate,
+    loss_and_accuracy,
     read_examples,
     split_like_the_book,
     train_classifier,
@@ -161,14 +161,14 @@ def test_accuracy_rises_above_chance_on_a_separable_task():
     train, val = (encode_examples(split, tokenizer, ["high", "low"], 32) for split in (train, val))
     model = classifier_from(tiny_base(), classifier_config(tiny_base().config, 2, REGISTRY))
     set_trainable(model, "all")
-    loss_before, accuracy_before = evaluate(model, val, 8, EOT, torch.device("cpu"))
+    loss_before, accuracy_before = loss_and_accuracy(model, val, 8, EOT, torch.device("cpu"))
     # lr 3e-3 reaches full validation accuracy within two epochs from every seed tried (0-4);
     # 1e-2 overshoots from some initialisations and stalls near chance.
     records = train_classifier(
         model, train, val, TrainConfig(epochs=3, batch_size=8, lr=3e-3), pad_id=EOT, device=torch.device("cpu")
     )
     assert [r["step"] for r in records] == [5, 10, 15]  # 36 training examples in batches of 8
-    loss, accuracy = evaluate(model, val, 8, EOT, torch.device("cpu"))
+    loss, accuracy = loss_and_accuracy(model, val, 8, EOT, torch.device("cpu"))
     assert accuracy_before <= 0.6 and accuracy >= 0.9, records
     assert loss < loss_before
 
