@@ -13,6 +13,12 @@ from gptzoo.registry import hookimpl
 
 
 class LMParams(Params):
+    logit_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplies the logits, before any softcap: Cohere's logit_scale is this value (Command R: 0.0625), "
+        "Granite's logits_scaling s divides, so it is logit_scale = 1/s",
+    )
     softcap: float | None = Field(
         None, gt=0, description="cap · tanh(logits / cap) bounds the logits to (-cap, cap) (Gemma 2: 30); None: no cap"
     )
@@ -23,7 +29,8 @@ class LMHead(Head):
 
     With a padded vocabulary (``vocab_multiple``) V is the padded size and the padding ids get
     -inf: softmax, sampling and the loss are exactly those of the real vocabulary. With
-    ``softcap`` the logits are soft-capped (Gemma 2's final-logit soft-capping).
+    ``softcap`` the logits are soft-capped (Gemma 2's final-logit soft-capping); ``logit_scale``
+    multiplies them first (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``).
     """
 
     Params = LMParams
@@ -45,6 +52,8 @@ class LMHead(Head):
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         logits = F.linear(x, self.weight)  # (B, T, V)
+        if self.params.logit_scale != 1.0:
+            logits = logits * self.params.logit_scale
         if self.params.softcap is not None:
             logits = self.params.softcap * torch.tanh(logits / self.params.softcap)
         if self.dims.padded_vocab_size > self.dims.vocab_size:
