@@ -310,7 +310,7 @@ class InstructTest(_Section):
 class FinetuneConfig(_Section):
     """What both fine-tunings share; ``train.trainable`` unset becomes the kind's default."""
 
-    DEFAULT_TRAINABLE: ClassVar[dict[bool, str]] = {False: "all", True: "all"}  # by whether LoRA is on
+    DEFAULT_TRAINABLE: ClassVar[dict[bool, str]]  # train.trainable unset, by whether LoRA is on: each kind's
 
     lora: LoRAConfig | None = Field(None, description="train a LoRA adapter instead of the weights; absent: no LoRA")
 

@@ -73,15 +73,18 @@ def validate_finetune_config(
 def finetune_config_error(
     err: ValidationError, source: str, kind: type[BaseModel], flags: dict[str, tuple[str, Any]]
 ) -> ConfigError:
-    """core's config_error, except that a field a flag set is named by the flag and its value (``--lr nan: ...``),
-    and a check across fields says what it says (its message names the fields as they were written)."""
-    lines = []
+    """core's config_error, unless a flag is at fault: then a field a flag set is named by the flag and its value
+    (``--lr nan: ...``), a check across fields says what it says (its message names the fields as they were
+    written), and the flag's problems come first."""
+    by_flag, others = [], []
     for e in err.errors():
         dotted = ".".join(str(p) for p in e["loc"])
         message = e["msg"].removeprefix("Value error, ")
         if dotted in flags:
             flag, value = flags[dotted]
-            lines.append(f"{flag} {value!r}: {message}")
-        elif flags and e["type"] == "value_error" and any(f in message for f, _ in flags.values()):
-            lines.append(message)
-    return ConfigError("\n  ".join(lines)) if lines else config_error(err, source, kind)
+            by_flag.append(f"{flag} {value!r}: {message}")
+        elif e["type"] == "value_error" and any(flag in message for flag, _ in flags.values()):
+            by_flag.append(message)
+        else:
+            others.append(f"{dotted}: {message}")
+    return ConfigError("\n  ".join(by_flag + others)) if by_flag else config_error(err, source, kind)

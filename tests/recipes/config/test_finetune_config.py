@@ -73,3 +73,10 @@ def test_the_kind_must_match(tmp_path):
     path = write(tmp_path, "i.toml", 'kind = "instruct"\n[data]\npath = "d.json"\n')
     with pytest.raises(ConfigError, match="kind: Input should be 'classifier'"):
         load_finetune_config(ClassifierConfig, path)
+
+
+def test_a_flag_at_fault_comes_first_and_the_other_problems_follow(tmp_path):
+    flags = {"data.path": ("--data", "sms.tsv"), "train.epochs": ("--epochs", 0)}
+    with pytest.raises(ConfigError) as err:
+        load_finetune_config(ClassifierConfig, None, ["train.lr=-1"], flags)
+    assert str(err.value).splitlines() == ["--epochs 0: give at least 1", "  train.lr: give a positive learning rate"]
