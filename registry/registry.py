@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.teaching_attention",
     "gptzoo.plugins.absent",
     "gptzoo.plugins.latent_attention",
+    "gptzoo.plugins.short_conv",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",
