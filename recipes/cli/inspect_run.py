@@ -1,4 +1,5 @@
-"""gptzoo inspect: see inside a model on one prompt (attention of every head, the logit lens, the
+"""gptzoo inspect: see inside a model on one prompt (what each layer's token mixer offers: attention
+of every head, a recurrent mixer's implicit attention or state norms; the logit lens, the
 next-token choices, the residual stream's norm, attention entropy), as PNGs and JSON and a short
 text view."""
 
@@ -11,13 +12,13 @@ import torch
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import load_run_config
-from gptzoo.recipes.research.inspection import Inspection, inspect_model, write_inspection
+from gptzoo.recipes.research.inspection import MEANING, Inspection, inspect_model, write_inspection
 from gptzoo.recipes.runs.files import check_out_folder
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.recipes.training.models import untrained_model
 
-HELP = "see inside a model on a prompt: each head's attention, the logit lens, next-token choices, residual norms (PNGs, JSON)"
+HELP = "see inside a model on a prompt: each head's attention (or a recurrent layer's implicit attention or state norms), the logit lens, next-token choices, residual norms (PNGs, JSON)"
 LENS_COLUMNS = 8  # positions of the logit lens the text view shows (all are in the JSON and PNG)
 
 
@@ -68,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     seen = inspect_model(model, tokenizer, args.prompt, args.top_k)
     files, drawn = write_inspection(seen, args.out, f"{source} ({weights})")
     c = model.config
+    mixers = ", ".join(f"'{name}'" for name in dict.fromkeys(layer.attention.name for layer in c.layers()))
     print(
-        f"{source}: {weights}; '{c.attention.name}' attention, '{c.positional.name}' positions, '{c.block.name}' blocks, {c.n_layers} layers × {c.n_heads} heads"
+        f"{source}: {weights}; {mixers} token mixing, '{c.positional.name}' positions, '{c.block.name}' blocks, {c.n_layers} layers × {c.n_heads} heads"
     )
     print("\n".join(view(seen)))
     shown = ", ".join(f.name for f in files[:3]) + (f", … ({len(files)} files)" if len(files) > 3 else "")
@@ -84,6 +86,9 @@ def view(seen: Inspection) -> list[str]:
     """The tokens, the top next tokens after the last one, and the logit lens's last positions."""
     T = len(seen.ids)
     lines = [f"{T} tokens: " + " ".join(f"{p}:'{t}'" for p, t in enumerate(seen.tokens))]
+    if any(offers != "probabilities" for offers in seen.offers):
+        lines.append("what each layer's token mixer shows:")
+        lines += [f"  block {i}: {MEANING[offers]}" for i, offers in enumerate(seen.offers)]
     choices = "  ".join(
         f"'{t}' {p:.3f}" for t, p in zip(seen.next_tokens[-1], seen.next_probs[-1].tolist(), strict=True)
     )

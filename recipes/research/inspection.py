@@ -8,8 +8,13 @@ For notebooks::
     seen.attentions[0][3]   # layer 0, head 3: (T, T), query rows, key columns
     seen.lens_tokens[-1]    # the top token at each position after the last block
 
-Everything comes from one forward with a ``gptzoo.core.Recorder``, which every attention plugin
-reports to, so it works for any combination of components.
+Everything comes from one forward with a ``gptzoo.core.Recorder``, which every token mixer
+reports to, so it works for any combination of components. Each layer shows what its mixer
+declares it offers (``Attention.inspection``), as the mixer computed it: softmax attention its
+probabilities (an entropy per query), attention with sinks its probabilities whose rows sum to
+less than 1, a recurrent mixer its implicit attention matrix (y = A·v; Ali et al., 2024: not a
+distribution, so never renormalised and given no entropy) or the norms of its state per head
+after each token, and a layer without a mixer nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ from gptzoo.recipes.runs.files import save_png, write_text_atomic
 SUMMARY = "inspect.json"
 ATTENTION = "attention.json"
 
+MATRICES = ("probabilities", "partial_probabilities", "implicit_attention")
+"""What a layer may offer as a (heads, T, T) matrix; ``state_norms`` are (heads, T), ``nothing`` nothing."""
+
+MEANING = {
+    "probabilities": "attention probabilities (each row sums to 1)",
+    "partial_probabilities": "attention probabilities whose rows sum to less than 1 (the rest goes to a sink)",
+    "implicit_attention": "implicit attention matrix (y = A·v): not a distribution, shown as computed, no entropy",
+    "state_norms": "the norm of its recurrent state per head after each token",
+    "nothing": "nothing: the layer has no token mixer",
+}
+"""What each ``Inspection`` literal of gptzoo.core.interfaces shows, in words."""
+
 
 @dataclass
 class Inspection:
@@ -39,8 +56,14 @@ class Inspection:
 
     ids: list[int]
     tokens: list[str]  # each token decoded alone
-    attentions: list[Tensor]  # L of (nh, T, T): row = query position, column = key position
-    attention_entropy: Tensor  # (L, nh, T): entropy of each query's attention
+    offers: list[str]  # L: what each layer's token mixer offers (an Inspection literal of gptzoo.core.interfaces)
+    attentions: list[
+        Tensor | None
+    ]  # L of (h, T, T) where the layer offers a matrix (row = query, column = key), else None
+    attention_entropy: list[
+        Tensor | None
+    ]  # L of (h, T): entropy of each query's probabilities, None unless it offers them
+    state_norms: list[Tensor | None]  # L of (h, T): the state's norm per head after each token, where it offers them
     residual_norms: Tensor  # (L + 1, T): L2 norm of the residual stream
     lens_ids: Tensor  # (L + 1, T): top token of each layer's stream through the final norm and head
     lens_probs: Tensor  # (L + 1, T): its probability
@@ -51,7 +74,7 @@ class Inspection:
 
     @property
     def layer_names(self) -> list[str]:
-        return ["embeddings"] + [f"block {i}" for i in range(len(self.attentions))]
+        return ["embeddings"] + [f"block {i}" for i in range(len(self.offers))]
 
 
 def token_label(tokenizer: Tokenizer, token: int) -> str:
@@ -95,12 +118,19 @@ def inspect_model(model: GPT, tokenizer: Tokenizer, prompt: str, top_k: int = 5)
     for stream in recorder.residuals:  # one layer at a time: (T, V) each, not (L + 1, T, V)
         lens.append(model.head(model.final_norm(stream))[0, :, :vocab].float().softmax(-1).max(-1))
     lens_probs, lens_ids = torch.stack([p for p, _ in lens]), torch.stack([i for _, i in lens])  # (L + 1, T) each
-    attentions = [weights[0].float().cpu() for weights in recorder.attentions]  # L of (nh, T, T)
+    reported = [None if r is None else r[0].float().cpu() for r in recorder.attentions]  # L of (h, T, T), (h, T)
+    offers = recorder.offers
+    attentions = [r if offer in MATRICES else None for r, offer in zip(reported, offers, strict=True)]
     return Inspection(
         ids=ids,
         tokens=[token_label(tokenizer, i) for i in ids],
+        offers=offers,
         attentions=attentions,
-        attention_entropy=torch.stack([entropy_bits(a) for a in attentions]),
+        attention_entropy=[
+            entropy_bits(a) if a is not None and offer == "probabilities" else None
+            for a, offer in zip(attentions, offers, strict=True)
+        ],
+        state_norms=[r if offer == "state_norms" else None for r, offer in zip(reported, offers, strict=True)],
         residual_norms=torch.stack([r[0].float().norm(dim=-1) for r in recorder.residuals]).cpu(),
         lens_ids=lens_ids.cpu(),
         lens_probs=lens_probs.cpu(),
@@ -118,13 +148,24 @@ def _rounded(t: Tensor, digits: int = 5) -> list:
     return torch.round(t, decimals=digits).tolist()
 
 
+def _mixer(seen: Inspection, layer: int) -> dict:
+    """What layer ``layer``'s mixer offers, in words; probabilities short of 1 also say how far short."""
+    offers = seen.offers[layer]
+    shown = {"layer": layer, "offers": offers, "meaning": MEANING[offers]}
+    weights = seen.attentions[layer]
+    if offers == "partial_probabilities" and weights is not None:
+        shown["row_sum_per_head"] = _rounded(weights.sum(-1).mean(-1), 4)  # (h,): mean over queries
+    return shown
+
+
 def summary(seen: Inspection, source: str) -> dict:
-    """Everything but the attention weights, as JSON-ready data."""
+    """Everything but the attention weights and state norms, as JSON-ready data."""
     return {
         "source": source,
         "ids": seen.ids,
         "tokens": seen.tokens,
         "layers": seen.layer_names,
+        "mixers": [_mixer(seen, layer) for layer in range(len(seen.offers))],
         "next_tokens": [
             [{"id": i, "token": t, "prob": round(p, 5)} for i, t, p in zip(ids, tokens, probs, strict=True)]
             for ids, tokens, probs in zip(
@@ -137,9 +178,9 @@ def summary(seen: Inspection, source: str) -> dict:
             "top_probs": _rounded(seen.lens_probs),
         },
         "residual_norms": _rounded(seen.residual_norms, 3),
-        "attention_entropy_bits": {
-            "per_head": _rounded(seen.attention_entropy.mean(-1), 4),
-            "per_head_and_position": _rounded(seen.attention_entropy, 4),
+        "attention_entropy_bits": {  # null for a layer that offers no probabilities
+            "per_head": [None if e is None else _rounded(e.mean(-1), 4) for e in seen.attention_entropy],
+            "per_head_and_position": [None if e is None else _rounded(e, 4) for e in seen.attention_entropy],
         },
     }
 
@@ -161,7 +202,12 @@ def write_inspection(seen: Inspection, out: Path, source: str) -> tuple[list[Pat
     except ImportError:
         drawn = False
     data["files"] = [f.name for f in files]
-    attention = {"tokens": seen.tokens, "layers": [_rounded(a) for a in seen.attentions]}
+    reported = [a if a is not None else n for a, n in zip(seen.attentions, seen.state_norms, strict=True)]
+    attention = {
+        "tokens": seen.tokens,
+        "offers": seen.offers,  # how to read each layer's entry: a (h, T, T) matrix, (h, T) state norms or null
+        "layers": [None if r is None else _rounded(r) for r in reported],
+    }
     write_text_atomic(out / ATTENTION, json.dumps(attention) + "\n")
     write_text_atomic(out / SUMMARY, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return files, drawn
@@ -188,9 +234,13 @@ def plot_all(seen: Inspection, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
-    for layer, weights in enumerate(seen.attentions):
-        files.append(out / f"attention-layer{layer}.png")
-        _attention_grid(plt, seen.tokens, weights, layer, files[-1])
+    for layer, (offers, weights, norms) in enumerate(zip(seen.offers, seen.attentions, seen.state_norms, strict=True)):
+        if weights is not None:
+            files.append(out / f"attention-layer{layer}.png")
+            _attention_grid(plt, seen.tokens, weights, layer, offers, files[-1])
+        elif norms is not None:
+            files.append(out / f"state-norms-layer{layer}.png")
+            _state_norms(plt, seen.tokens, norms, layer, files[-1])
     files.append(out / "logit-lens.png")
     _token_table(
         plt,
@@ -217,8 +267,9 @@ def plot_all(seen: Inspection, out: Path) -> list[Path]:
     )
     files.append(out / "residual-norms.png")
     _residual_norms(plt, seen, files[-1])
-    files.append(out / "attention-entropy.png")
-    _entropy(plt, seen, files[-1])
+    if any(e is not None for e in seen.attention_entropy):
+        files.append(out / "attention-entropy.png")
+        _entropy(plt, seen, files[-1])
     return files
 
 
@@ -226,9 +277,18 @@ def _short(text: str, n: int = 8) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, path: Path) -> None:
-    """One (T, T) heatmap per head, four heads a row; token labels on both axes."""
+def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, offers: str, path: Path) -> None:
+    """One (T, T) heatmap per head, four heads a row; token labels on both axes. Probabilities on
+    a 0..1 scale; an implicit attention matrix, which may be negative and exceed 1, as computed on
+    a scale symmetric about 0."""
     nh, T = weights.size(0), weights.size(-1)
+    if offers == "implicit_attention":
+        bound = max(weights.abs().max().item(), 1e-12)
+        scale = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+        what = "implicit attention"
+    else:
+        scale = {"cmap": "viridis", "vmin": 0, "vmax": 1}
+        what = "rows sum to < 1" if offers == "partial_probabilities" else ""
     cols = min(nh, 4)
     rows = -(-nh // cols)
     side = min(max(2.8, 0.18 * T + 1.6), 8)
@@ -239,13 +299,28 @@ def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, path: P
         if h >= nh:
             ax.axis("off")
             continue
-        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"layer {layer}, head {h}", fontsize=9)
+        image = ax.imshow(weights[h].numpy(), **scale)
+        ax.set_title(f"layer {layer}, head {h}" + (f" ({what})" if what else ""), fontsize=9)
         ax.set_xticks(range(T), labels, rotation=90, fontsize=size)
         ax.set_yticks(range(T), labels, fontsize=size)
         ax.set_xlabel("key (attended to)", fontsize=7)
         ax.set_ylabel("query", fontsize=7)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+    save_png(fig, path)
+
+
+def _state_norms(plt, tokens: list[str], norms: Tensor, layer: int, path: Path) -> None:
+    """A (heads, T) heatmap: the norm of each head's state after each token."""
+    nh, T = norms.shape
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.3 * T, 24), min(1.5 + 0.4 * nh, 16)))
+    image = ax.imshow(norms.numpy(), cmap="magma", aspect="auto", origin="lower")
+    size = max(3, min(8, 200 / T))
+    ax.set_xticks(range(T), [_short(t) for t in tokens], rotation=90, fontsize=size)
+    ax.set_yticks(range(nh), [str(h) for h in range(nh)], fontsize=8)
+    ax.set_xlabel("after the token", fontsize=8)
+    ax.set_ylabel("head", fontsize=8)
+    ax.set_title(f"layer {layer}: {MEANING['state_norms']}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="‖state‖")
     save_png(fig, path)
 
 
@@ -296,24 +371,29 @@ def _residual_norms(plt, seen: Inspection, path: Path) -> None:
 
 
 def _entropy(plt, seen: Inspection, path: Path) -> None:
-    """Mean attention entropy per layer and head, in bits (0: one key; log2(t + 1): uniform over t + 1 keys)."""
-    mean = seen.attention_entropy.mean(-1)  # (L, nh)
-    L, nh = mean.shape
+    """Mean attention entropy per head of the layers that offer probabilities, in bits (0: one key;
+    log2(t + 1): uniform over t + 1 keys); a head a layer lacks stays blank."""
+    layers = [layer for layer, e in enumerate(seen.attention_entropy) if e is not None]
+    means = [e.mean(-1) for e in seen.attention_entropy if e is not None]  # (h,) each
+    L, nh = len(means), max(m.numel() for m in means)
+    mean = torch.full((L, nh), float("nan"))
+    for row, m in enumerate(means):
+        mean[row, : m.numel()] = m
     fig, ax = plt.subplots(figsize=(min(2 + 0.6 * nh, 16), min(1.4 + 0.45 * L, 16)))
     image = ax.imshow(mean.numpy(), cmap="magma", aspect="auto", origin="lower")
-    for layer in range(L):
-        for h in range(nh):
+    for row in range(L):
+        for h in range(means[row].numel()):
             ax.text(
                 h,
-                layer,
-                f"{mean[layer, h]:.2f}",
+                row,
+                f"{mean[row, h]:.2f}",
                 ha="center",
                 va="center",
                 fontsize=7,
-                color="white" if mean[layer, h] < mean.max() * 0.6 else "black",
+                color="white" if mean[row, h] < mean.nan_to_num(0).max() * 0.6 else "black",
             )
     ax.set_xticks(range(nh), [str(h) for h in range(nh)], fontsize=8)
-    ax.set_yticks(range(L), [str(layer) for layer in range(L)], fontsize=8)
+    ax.set_yticks(range(L), [str(layer) for layer in layers], fontsize=8)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title("attention entropy per head (bits, mean over positions)", fontsize=9)

@@ -1,6 +1,8 @@
 """Inspection: the captured attention weights against softmax(QKᵀ/√d + mask) computed here from
 each layer's own projection weights, the logit lens and residual stream against forward hooks,
-entropy against its formula, and the ``gptzoo inspect`` command with its bad input."""
+entropy against its formula, a hybrid whose layers offer different things (sinks, an implicit
+attention matrix, state norms, nothing) against those computed here, and the ``gptzoo inspect``
+command with its bad input."""
 
 import json
 import math
@@ -9,9 +11,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from gptzoo.core import GptzooError, Recorder
+from gptzoo.core import Attention, GptzooError, Recorder
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.research.inspection import entropy_bits, inspect_model
+from gptzoo.recipes.research.inspection import entropy_bits, inspect_model, write_inspection
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import make_registry
 from gptzoo.testing import build, build_tokenizer, tiny_config
@@ -160,6 +162,198 @@ def test_a_classifier_is_refused(byte_model):
     model = build(tiny_config(REGISTRY, vocab_size=tokenizer.vocab_size, head={"name": "classifier", "n_classes": 2}))
     with pytest.raises(GptzooError, match="'classifier' head does not predict tokens"):
         inspect_model(model, tokenizer, "ab")
+
+
+# ---- a hybrid: each layer shows what its mixer offers ----------------------------------------
+
+
+class _Projected(Attention):
+    """Queries, keys and values of every head from one linear map; out_proj back to the stream.
+    Test mixers for inspection only: they keep no cache."""
+
+    position_hooks = frozenset()
+    cache_kind = "state"
+
+    def __init__(self, params, dims):
+        super().__init__(params, dims)
+        nh, hs = dims.n_heads, dims.head_size
+        self.qkv = torch.nn.Linear(dims.d_model, 3 * nh * hs, bias=False)
+        self.out_proj = torch.nn.Linear(nh * hs, dims.d_model, bias=False)
+
+    def heads(self, x):
+        """x (B, T, C) -> q, k, v (B, nh, T, hs) each."""
+        B, T, _ = x.shape
+        return (t.view(B, T, self.dims.n_heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+
+    def merge(self, y):
+        B, _, T, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class DecayedLinearAttention(_Projected):
+    """y_t = Σ_{s<=t} 0.5^(t-s) (q_t·k_s) v_s: the masked matrix A it multiplies v with is its implicit attention."""
+
+    inspection = "implicit_attention"
+
+    def forward(self, x, ctx, cache=None):
+        q, k, v = self.heads(x)
+        T = x.size(1)
+        distance = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+        decay = torch.where(distance >= 0, 0.5 ** distance.clamp(min=0).float(), 0.0)  # (T, T)
+        A = (q @ k.transpose(-2, -1)) * decay  # (B, nh, T, T)
+        ctx.record(A)
+        return self.merge(A @ v)
+
+
+class RunningOuterProducts(_Projected):
+    """S_t = Σ_{s<=t} k_s v_sᵀ per head, y_t = q_t S_t; it offers ‖S_t‖ per head after each token."""
+
+    inspection = "state_norms"
+
+    def forward(self, x, ctx, cache=None):
+        q, k, v = self.heads(x)
+        states = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)  # (B, nh, T, hs, hs)
+        if ctx.capturing:
+            ctx.record(states.flatten(-2).norm(dim=-1))  # (B, nh, T)
+        return self.merge((q.unsqueeze(-2) @ states).squeeze(-2))
+
+
+class SinkAttention(_Projected):
+    """Softmax attention with a sink: one more logit, 0, that carries no value, so rows sum to < 1."""
+
+    inspection = "partial_probabilities"
+
+    def forward(self, x, ctx, cache=None):
+        q, k, v = self.heads(x)
+        T = x.size(1)
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(
+            torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")
+        )
+        sink = torch.zeros(*scores.shape[:-1], 1)
+        weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :T]  # (B, nh, T, T)
+        ctx.record(weights)
+        return self.merge(weights @ v)
+
+
+HYBRID_LAYERS = ["soft", "sink", "ffn_only", "implicit", "norms"]
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    """A byte-level hybrid: softmax attention, sink attention, a layer without a mixer and two recurrent-style mixers."""
+    registry = make_registry(entry_points=False)
+    registry.add("attention", "sink_test", SinkAttention)
+    registry.add("attention", "decayed_test", DecayedLinearAttention)
+    registry.add("attention", "outer_test", RunningOuterProducts)
+    tokenizer = build_tokenizer(registry, "byte")
+    config = tiny_config(
+        registry,
+        vocab_size=tokenizer.vocab_size,
+        tokenizer="byte",
+        positional="learned",
+        n_layers=len(HYBRID_LAYERS),
+        n_kv_heads=4,
+        layer_kinds={
+            "soft": {},
+            "sink": {"attention": "sink_test"},
+            "ffn_only": {"attention": "none"},
+            "implicit": {"attention": "decayed_test"},
+            "norms": {"attention": "outer_test"},
+        },
+        layer_pattern=HYBRID_LAYERS,
+    )
+    return build(config), tokenizer
+
+
+def test_each_layer_of_a_hybrid_shows_what_its_mixer_offers(hybrid):
+    model, tokenizer = hybrid
+    prompt = "abcdefg"
+    seen = inspect_model(model, tokenizer, prompt)
+    T = len(prompt)
+    mixing = [0, 1, 3, 4]  # the layer without a mixer never calls it
+    inputs = dict(zip(mixing, attention_inputs(model, torch.tensor([tokenizer.encode(prompt)])), strict=True))
+    assert seen.offers == ["probabilities", "partial_probabilities", "nothing", "implicit_attention", "state_norms"]
+    # softmax attention: its probabilities, with an entropy per query
+    assert_close(seen.attentions[0], expected_weights(model.blocks[0].attention, inputs[0], "learned")[0])
+    assert seen.attention_entropy[0].shape == (4, T)
+    # sinks: the probabilities as computed, exp(s) / (1 + Σ exp(s)), rows short of 1; no entropy
+    q, k, _ = model.blocks[1].attention.heads(inputs[1])
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)))[0].double()  # (nh, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    sink = scores.exp() * causal / (1 + (scores.exp() * causal).sum(-1, keepdim=True))
+    assert_close(seen.attentions[1].double(), sink, atol=1e-6, rtol=1e-5)
+    assert (seen.attentions[1].sum(-1) < 1).all() and seen.attention_entropy[1] is None
+    # no mixer: nothing at all
+    assert seen.attentions[2] is None and seen.state_norms[2] is None and seen.attention_entropy[2] is None
+    # the implicit attention matrix exactly as the mixer multiplies v with, not renormalised
+    q, k, _ = model.blocks[3].attention.heads(inputs[3])
+    qk = (q @ k.transpose(-2, -1))[0]  # (nh, T, T)
+    implicit = torch.zeros(4, T, T)
+    for t in range(T):
+        for s in range(t + 1):
+            implicit[:, t, s] = 0.5 ** (t - s) * qk[:, t, s]
+    assert_close(seen.attentions[3], implicit)
+    assert not torch.allclose(seen.attentions[3].sum(-1), torch.ones(4, T)) and seen.attention_entropy[3] is None
+    # state norms: ‖Σ_{s<=t} k_s v_sᵀ‖ per head, by a loop
+    _, k, v = model.blocks[4].attention.heads(inputs[4])
+    state, norms = torch.zeros(4, 8, 8), []
+    for t in range(T):
+        state = state + k[0, :, t, :, None] * v[0, :, t, None, :]
+        norms.append(state.flatten(1).norm(dim=-1))
+    assert_close(seen.state_norms[4], torch.stack(norms, dim=1))
+    assert seen.attentions[4] is None and seen.attention_entropy[4] is None
+
+
+def test_a_hybrid_writes_what_each_layer_offers(hybrid, tmp_path):
+    model, tokenizer = hybrid
+    seen = inspect_model(model, tokenizer, "abcde")
+    files, drawn = write_inspection(seen, tmp_path, "hybrid")
+    summary = json.loads((tmp_path / "inspect.json").read_text())
+    expected = [
+        "inspect.json",
+        "attention.json",
+        "attention-layer0.png",
+        "attention-layer1.png",
+        "attention-layer3.png",
+        "state-norms-layer4.png",
+        "logit-lens.png",
+        "next-tokens.png",
+        "residual-norms.png",
+        "attention-entropy.png",
+    ]
+    assert summary["files"] == (expected if drawn else expected[:2])
+    assert [m["offers"] for m in summary["mixers"]] == seen.offers
+    assert (
+        "sum to less than 1" in summary["mixers"][1]["meaning"]
+        and "not a distribution" in summary["mixers"][3]["meaning"]
+    )
+    assert summary["mixers"][1]["row_sum_per_head"] == pytest.approx(
+        seen.attentions[1].sum(-1).mean(-1).tolist(), abs=1e-4
+    )
+    entropy = summary["attention_entropy_bits"]["per_head"]
+    assert [e is None for e in entropy] == [False, True, True, True, True]
+    attention = json.loads((tmp_path / "attention.json").read_text())
+    assert attention["offers"] == seen.offers
+    layers = attention["layers"]
+    assert layers[2] is None
+    assert torch.tensor(layers[3]).shape == (4, 5, 5) and torch.tensor(layers[4]).shape == (4, 5)
+    assert_close(torch.tensor(layers[4]), seen.state_norms[4], atol=1e-5, rtol=0)
+
+
+def test_inspect_a_hybrid_config_names_what_each_layer_shows(tmp_path, capsys):
+    config = tmp_path / "hybrid.toml"
+    config.write_text(
+        '[model]\ncontext_length = 16\nd_model = 16\nn_layers = 2\nn_heads = 2\ntokenizer = "byte"\n'
+        'positional = "learned"\nlayer_pattern = ["mix", "feed"]\n'
+        '[model.layer_kinds]\nmix = {}\nfeed = { attention = "none" }\n[data]\nsource = "x"\n'
+    )
+    out = tmp_path / "o"
+    assert main(["inspect", str(config), "--prompt", "abc", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "'sdpa', 'none' token mixing" in printed
+    assert "block 0: attention probabilities" in printed and "block 1: nothing: the layer has no token mixer" in printed
+    assert json.loads((out / "attention.json").read_text())["offers"] == ["probabilities", "nothing"]
+    assert not (out / "attention-layer1.png").exists()
 
 
 # ---- the command -----------------------------------------------------------------------------
