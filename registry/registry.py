@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.absent",
     "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.short_conv",
+    "gptzoo.plugins.linear_attention",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",
