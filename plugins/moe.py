@@ -2,21 +2,28 @@
 
 The routing conventions of the open families are params:
 
-==================  =========  ===============  ============  ================  =====================
-model               scoring    normalize_top_k  routed_scale  n_shared_experts  choosing
-==================  =========  ===============  ============  ================  =====================
-Mixtral             softmax    true             1             0                 top k
-Qwen1.5/2-MoE       softmax    false            1             (theirs is gated) top k
-Qwen3-MoE           softmax    true             1             0                 top k
-DeepSeek-V3         sigmoid    true             2.5           1                 expert_bias, 4 of 8 groups
-==================  =========  ===============  ============  ================  =====================
+==================  =========  ===============  ============  ==================  =========================
+model               scoring    normalize_top_k  routed_scale  n_shared_experts    besides
+==================  =========  ===============  ============  ==================  =========================
+Mixtral             softmax    true             1             0
+Qwen1.5/2-MoE       softmax    false            1             1, gated            shared_expert_gate
+Qwen3-MoE           softmax    true             1             0
+Qwen3-Next, 3.5     softmax    true             1             1, gated            shared_expert_gate
+DeepSeek-V3         sigmoid    true             2.5           1                   expert_bias, 4 of 8 groups
+gpt-oss             softmax    true             1             0                   router_bias, expert
+                                                                                  biases, clamped_swiglu
+Llama 4             sigmoid    false            1             1                   weights_at = "input"
+==================  =========  ===============  ============  ==================  =========================
 
 Softmax, then the top k, then renormalising the k weights is the same as a softmax over the
-top k logits (Mixtral's two spellings). DeepSeek-V3 chooses differently from how it weighs: a
-per-expert bias (``e_score_correction_bias``, which its training nudges to balance the load
-instead of an auxiliary loss) is added to the scores for choosing only, and a token may only
-choose experts from its ``top_groups`` best of ``n_groups`` groups, a group scoring the sum of
-its two best biased scores (node-limited routing: each group lives on one node).
+top k logits (Mixtral's two spellings, and gpt-oss's). DeepSeek-V3 chooses differently from how
+it weighs: a per-expert bias (``e_score_correction_bias``, which its training nudges to balance
+the load instead of an auxiliary loss) is added to the scores for choosing only, and a token may
+only choose experts from its ``top_groups`` best of ``n_groups`` groups, a group scoring the sum
+of its two best biased scores (node-limited routing: each group lives on one node). Llama 4
+multiplies each chosen expert's *input* by its sigmoid score (a SwiGLU is not linear, so this is
+not the same as weighing the output). gpt-oss's experts compute a clamped SwiGLU with a shifted
+up projection and have biases; Qwen's shared expert is gated by a sigmoid of the token.
 
 Dispatch is dropless: every (token, choice) pair is sorted by expert and each expert
 multiplies its contiguous slice once; no token is dropped and no capacity is set. Two
@@ -74,6 +81,29 @@ class MoEParams(Params):
         ge=1,
         description="each token chooses its experts within its best this many groups (DeepSeek-V3's topk_group: 4); None: all n_groups",
     )
+    router_bias: bool = Field(False, description="a bias in the router's linear map, so in its logits (gpt-oss)")
+    expert_biases: bool = Field(
+        False,
+        description="biases in each routed expert's three projections (gpt-oss's gate_up_proj_bias, down_proj_bias)",
+    )
+    activation: Literal["swiglu", "clamped_swiglu"] = Field(
+        "swiglu",
+        description="the routed experts' gated unit: swiglu = silu(gate) · up; clamped_swiglu = gpt-oss's "
+        "(up + 1) · gate · σ(swiglu_alpha · gate), with gate clamped at swiglu_limit from above and up to "
+        "[-swiglu_limit, swiglu_limit]",
+    )
+    swiglu_alpha: float = Field(1.702, gt=0, description="clamped_swiglu: the sigmoid's slope (gpt-oss: 1.702)")
+    swiglu_limit: float = Field(7.0, gt=0, description="clamped_swiglu: where gate and up are clamped (gpt-oss: 7)")
+    weights_at: Literal["output", "input"] = Field(
+        "output",
+        description="where a chosen expert's weight multiplies: its output (Mixtral, Qwen, DeepSeek, gpt-oss) or its "
+        "input (Llama 4: the expert computes SwiGLU(weight · x))",
+    )
+    shared_expert_gate: bool = Field(
+        False,
+        description="the shared experts' output times σ(x · w), a learned w (d_model,) per layer "
+        "(Qwen1.5/2-MoE, Qwen3-Next, Qwen3.5); needs n_shared_experts",
+    )
     balance_loss_weight: float = Field(
         0.01,
         ge=0,
@@ -91,7 +121,9 @@ class MixtureOfExperts(FeedForward):
 
     Expert weights are stacked Parameters: ``expert_gate`` and ``expert_up`` (E, hidden, C),
     ``expert_out`` (E, C, hidden), so expert e computes
-    ``(silu(x @ expert_gate[e].T) * (x @ expert_up[e].T)) @ expert_out[e].T``.
+    ``(silu(x @ expert_gate[e].T) * (x @ expert_up[e].T)) @ expert_out[e].T``; with
+    ``expert_biases`` the biases ``expert_gate_bias``, ``expert_up_bias`` (E, hidden) and
+    ``expert_out_bias`` (E, C) are added after each product.
     """
 
     Params = MoEParams
@@ -114,20 +146,29 @@ class MixtureOfExperts(FeedForward):
             raise ValueError(
                 f"top_k={params.top_k} is more than the {top_groups * per_group} experts in top_groups={top_groups} groups of {per_group}"
             )
+        if params.shared_expert_gate and not params.n_shared_experts:
+            raise ValueError(
+                "shared_expert_gate=true gates the shared experts, but n_shared_experts=0: set it to 1 or more"
+            )
 
     def __init__(self, params: MoEParams, dims: Dims):
         super().__init__(params, dims)
         C, E = dims.d_model, params.n_experts
         self.hidden = params.hidden or glu_hidden(C)
-        self.router = nn.Linear(C, E, bias=False)
+        self.router = nn.Linear(C, E, bias=params.router_bias)
         self.expert_gate = nn.Parameter(torch.empty(E, self.hidden, C))
         self.expert_up = nn.Parameter(torch.empty(E, self.hidden, C))
         self.expert_out = nn.Parameter(torch.empty(E, C, self.hidden))
+        biases = params.expert_biases
+        self.expert_gate_bias = nn.Parameter(torch.empty(E, self.hidden)) if biases else None
+        self.expert_up_bias = nn.Parameter(torch.empty(E, self.hidden)) if biases else None
+        self.expert_out_bias = nn.Parameter(torch.empty(E, C)) if biases else None
         self.shared = (
             SwiGLUFeedForward(GLUParams(hidden=params.n_shared_experts * self.hidden), dims)
             if params.n_shared_experts
             else None
         )
+        self.shared_gate = nn.Linear(C, 1, bias=False) if params.shared_expert_gate else None
         self.register_buffer("expert_bias", torch.zeros(E) if params.expert_bias else None)
         self.init_weights("torch_default")
         self._routing: tuple[Tensor, Tensor, Tensor] | None = None
@@ -135,7 +176,7 @@ class MixtureOfExperts(FeedForward):
     def init_weights(self, scheme: InitScheme) -> None:
         """gpt2: N(0, 0.02), each expert's output matrix N(0, 0.02/√(2·n_layers)) as a residual
         projection; torch_default: each expert matrix drawn as nn.Linear would draw it."""
-        super().init_weights(scheme)  # the router, an nn.Linear
+        super().init_weights(scheme)  # the router and the shared experts' gate, nn.Linears
         for weight in (self.expert_gate, self.expert_up, self.expert_out):
             if scheme == "gpt2":
                 std = 0.02 / math.sqrt(2 * self.dims.n_layers) if weight is self.expert_out else 0.02
@@ -143,6 +184,17 @@ class MixtureOfExperts(FeedForward):
             else:
                 for matrix in weight:
                     nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
+        for bias, fan_in in (
+            (self.expert_gate_bias, self.dims.d_model),
+            (self.expert_up_bias, self.dims.d_model),
+            (self.expert_out_bias, self.hidden),
+        ):
+            if bias is None:
+                continue
+            if scheme == "gpt2":
+                nn.init.zeros_(bias)
+            else:  # nn.Linear's bias bound
+                nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
@@ -157,7 +209,10 @@ class MixtureOfExperts(FeedForward):
         self._routing = (logits, scores, chosen)
         out = self._dispatch(tokens, weights.to(x.dtype), chosen)  # (N, C)
         if self.shared is not None:
-            out = out + self.shared(tokens)
+            shared = self.shared(tokens)  # (N, C)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(tokens)) * shared  # one gate per token
+            out = out + shared
         return out.view(B, T, C)
 
     def _choose(self, scores: Tensor) -> Tensor:
@@ -184,18 +239,29 @@ class MixtureOfExperts(FeedForward):
             sorted_experts, torch.arange(self.params.n_experts, device=chosen.device), right=True
         )  # (E,)
         grouped = tokens[token_of_pair]  # (N·k, C)
+        pair_weights = weights.flatten()[order, None]  # (N·k, 1)
+        if self.params.weights_at == "input":
+            grouped = grouped * pair_weights
         experts = (self.expert_gate, self.expert_up, self.expert_out)
+        biases = (self.expert_gate_bias, self.expert_up_bias, self.expert_out_bias)
         if torch.is_autocast_enabled(
             tokens.device.type
         ):  # an op of its own: autocast does not reach inside, so cast here
             dtype = torch.get_autocast_dtype(tokens.device.type)
             grouped, experts = grouped.to(dtype), tuple(w.to(dtype) for w in experts)
+            biases = tuple(b if b is None else b.to(dtype) for b in biases)
+        p = self.params
+        clamped = p.activation == "clamped_swiglu"
+        form = dict(
+            alpha=p.swiglu_alpha if clamped else 1.0, limit=p.swiglu_limit if clamped else None, shift=float(clamped)
+        )
         if torch.compiler.is_compiling():  # one opaque operator: no graph break
-            outputs = torch.ops.gptzoo.moe_experts(grouped, *experts, ends)[0]  # (N·k, C)
+            outputs = torch.ops.gptzoo.moe_experts(grouped, *experts, ends, *biases, **form)[0]  # (N·k, C)
         else:  # autograd through the loop, the faster path in eager mode (no written-out backward to dispatch)
-            outputs = swiglu_per_expert(grouped, *experts, ends)[0]
-        weighted = outputs * weights.flatten()[order, None].to(outputs.dtype)  # (N·k, C)
-        return torch.zeros_like(tokens, dtype=weighted.dtype).index_add_(0, token_of_pair, weighted)  # (N, C)
+            outputs = glu_per_expert(grouped, *experts, ends, *biases, **form)[0]
+        if self.params.weights_at == "output":
+            outputs = outputs * pair_weights.to(outputs.dtype)
+        return torch.zeros_like(tokens, dtype=outputs.dtype).index_add_(0, token_of_pair, outputs)  # (N, C)
 
     def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
         """From the last forward: ``moe_balance`` = E · Σ_e f_e · P_e, with f_e the fraction of
@@ -219,50 +285,99 @@ class MixtureOfExperts(FeedForward):
         }
 
     def active_parameters(self) -> int:
-        """The router and the k chosen experts (the shared ones count themselves)."""
-        return self.router.weight.numel() + self.params.top_k * 3 * self.hidden * self.dims.d_model
+        """The router, the k chosen experts and the shared experts' gate (the shared experts count themselves)."""
+        C, H = self.dims.d_model, self.hidden
+        expert = 3 * H * C + (2 * H + C if self.params.expert_biases else 0)
+        router = sum(p.numel() for p in self.router.parameters())
+        gate = C if self.shared_gate is not None else 0
+        return router + self.params.top_k * expert + gate
 
     def flops_per_token(self, context_length: int) -> int:
-        return 2 * self.active_parameters()
+        """2 per matrix weight a token multiplies: the router's, the k experts' and the shared gate's."""
+        C = self.dims.d_model
+        gate = C if self.shared_gate is not None else 0
+        return 2 * (self.router.weight.numel() + self.params.top_k * 3 * self.hidden * C + gate)
 
 
 # ---- the experts as one operator, for torch.compile -----------------------------------------------
 # Each expert's batch size comes from the routing, so the loop over experts needs the sizes on
 # the host. Inside an operator of its own that is invisible to torch.compile, which sees one
 # call with static output shapes: the model compiles to one graph (fullgraph=True) instead of
-# breaking at every mixture layer. Its backward is written out (SwiGLU's derivatives), so
+# breaking at every mixture layer. Its backward is written out (the gated unit's derivatives), so
 # nothing is recomputed and the host reads the sizes once forward and once backward. Eager mode
 # runs the same loop under autograd, which measured faster than the operator's dispatch.
+#
+# One form covers both gated units: with g = x·W_g + b_g and u = x·W_u + b_u,
+#   h = min(g, limit) · σ(alpha · min(g, limit)) · (clamp(u, -limit, limit) + shift),  y = h·W_o + b_o.
+# SwiGLU is alpha = 1, shift = 0, no limit and no biases; gpt-oss's is alpha = 1.702, shift = 1, limit = 7.
 
 
-def swiglu_per_expert(
-    grouped: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor, keep: bool = False
+def glu_per_expert(
+    grouped: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    out: Tensor,
+    ends: Tensor,
+    gate_bias: Tensor | None = None,
+    up_bias: Tensor | None = None,
+    out_bias: Tensor | None = None,
+    alpha: float = 1.0,
+    limit: float | None = None,
+    shift: float = 0.0,
+    keep: bool = False,
 ) -> tuple[Tensor, ...]:
-    """Rows ``ends[e-1]:ends[e]`` of grouped (n, C) through expert e's SwiGLU -> (y (n, C),) and,
-    with ``keep``, the gate and up activations g, u (n, hidden) for a backward; weights (E, ·, ·)."""
+    """Rows ``ends[e-1]:ends[e]`` of grouped (n, C) through expert e's gated unit -> (y (n, C),) and,
+    with ``keep``, the gate and up pre-activations g, u (n, hidden) for a backward; weights (E, ·, ·),
+    biases (E, ·) or None."""
     sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()  # tokens per expert (one host sync)
+    E = gate.size(0)
     ys, gs, us = [], [], []
     # unbind, not [e]: its backward stacks the experts' gradients once, where indexing would
     # fill and add a whole (E, hidden, C) gradient per expert.
-    for x, w_gate, w_up, w_out in zip(
-        grouped.split(sizes), gate.unbind(0), up.unbind(0), out.unbind(0), strict=True
-    ):  # x: (n_e, C)
-        g, u = F.linear(x, w_gate), F.linear(x, w_up)  # (n_e, hidden) each
-        ys.append(F.linear(F.silu(g) * u, w_out))  # (n_e, C)
+    per_expert = zip(
+        grouped.split(sizes),
+        gate.unbind(0),
+        up.unbind(0),
+        out.unbind(0),
+        *((b.unbind(0) if b is not None else [None] * E) for b in (gate_bias, up_bias, out_bias)),
+        strict=True,
+    )
+    for x, w_gate, w_up, w_out, b_gate, b_up, b_out in per_expert:  # x: (n_e, C)
+        g, u = F.linear(x, w_gate, b_gate), F.linear(x, w_up, b_up)  # (n_e, hidden) each
+        ys.append(F.linear(gated_unit(g, u, alpha, limit, shift), w_out, b_out))  # (n_e, C)
         if keep:
             gs.append(g)
             us.append(u)
     return (torch.cat(ys), torch.cat(gs), torch.cat(us)) if keep else (torch.cat(ys),)
 
 
+def gated_unit(g: Tensor, u: Tensor, alpha: float, limit: float | None, shift: float) -> Tensor:
+    """min(g, limit) · σ(alpha · min(g, limit)) · (clamp(u, -limit, limit) + shift); silu(g) · u by default."""
+    if limit is not None:
+        g, u = g.clamp(max=limit), u.clamp(min=-limit, max=limit)
+    return g * torch.sigmoid(alpha * g) * (u + shift)
+
+
 @torch.library.custom_op("gptzoo::moe_experts", mutates_args=())
-def moe_experts(grouped: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``swiglu_per_expert`` as one operator, for torch.compile: (y, g, u)."""
-    return swiglu_per_expert(grouped, gate, up, out, ends, keep=True)
+def moe_experts(
+    grouped: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    out: Tensor,
+    ends: Tensor,
+    gate_bias: Tensor | None = None,
+    up_bias: Tensor | None = None,
+    out_bias: Tensor | None = None,
+    alpha: float = 1.0,
+    limit: float | None = None,
+    shift: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``glu_per_expert`` as one operator, for torch.compile: (y, g, u)."""
+    return glu_per_expert(grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift, keep=True)
 
 
 @moe_experts.register_fake
-def _(grouped, gate, up, out, ends):
+def _(grouped, gate, up, out, ends, gate_bias=None, up_bias=None, out_bias=None, alpha=1.0, limit=None, shift=0.0):
     n, hidden = grouped.size(0), gate.size(1)
     dtype = torch.result_type(grouped, gate)
     return (
@@ -274,28 +389,57 @@ def _(grouped, gate, up, out, ends):
 
 @torch.library.custom_op("gptzoo::moe_experts_backward", mutates_args=())
 def moe_experts_backward(
-    dy: Tensor, grouped: Tensor, g: Tensor, u: Tensor, gate: Tensor, up: Tensor, out: Tensor, ends: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``moe_experts``' y for grouped and the three weight stacks, from dy (n, C)."""
+    dy: Tensor,
+    grouped: Tensor,
+    g: Tensor,
+    u: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    out: Tensor,
+    ends: Tensor,
+    alpha: float = 1.0,
+    limit: float | None = None,
+    shift: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``moe_experts``' y from dy (n, C): for grouped, the three weight stacks and the
+    three bias stacks (whether or not the experts have biases)."""
     sizes = ends.diff(prepend=ends.new_zeros(1)).tolist()
     d_gate, d_up, d_out = torch.zeros_like(gate), torch.zeros_like(up), torch.zeros_like(out)
+    d_gate_bias, d_up_bias, d_out_bias = (
+        gate.new_zeros(gate.shape[:2]),
+        up.new_zeros(up.shape[:2]),
+        out.new_zeros(out.shape[:2]),
+    )
     dxs = []
     parts = zip(dy.split(sizes), grouped.split(sizes), g.split(sizes), u.split(sizes), strict=True)
     for e, (dy_e, x, g_e, u_e) in enumerate(parts):
-        sig = torch.sigmoid(g_e)
-        silu = g_e * sig
+        g_c, u_c = (g_e, u_e) if limit is None else (g_e.clamp(max=limit), u_e.clamp(min=-limit, max=limit))
+        sig = torch.sigmoid(alpha * g_c)
+        act = g_c * sig
         dh = dy_e @ out[e]  # (n_e, hidden)
-        d_out[e] = dy_e.T @ (silu * u_e)  # (C, hidden)
-        du = dh * silu
-        dg = dh * u_e * sig * (1 + g_e * (1 - sig))  # silu'(g) = σ(g)(1 + g(1 - σ(g)))
+        d_out[e] = dy_e.T @ (act * (u_c + shift))  # (C, hidden)
+        du = dh * act
+        dg = dh * (u_c + shift) * sig * (1 + alpha * g_c * (1 - sig))  # d/dg g·σ(αg) = σ(αg)(1 + αg(1 - σ(αg)))
+        if limit is not None:  # no gradient where a clamp held the value
+            du = du * ((u_e >= -limit) & (u_e <= limit))
+            dg = dg * (g_e <= limit)
         d_gate[e], d_up[e] = dg.T @ x, du.T @ x  # (hidden, C) each
+        d_gate_bias[e], d_up_bias[e], d_out_bias[e] = dg.sum(0), du.sum(0), dy_e.sum(0)
         dxs.append(dg @ gate[e] + du @ up[e])  # (n_e, C)
-    return torch.cat(dxs), d_gate, d_up, d_out
+    return torch.cat(dxs), d_gate, d_up, d_out, d_gate_bias, d_up_bias, d_out_bias
 
 
 @moe_experts_backward.register_fake
-def _(dy, grouped, g, u, gate, up, out, ends):
-    return torch.empty_like(grouped), torch.empty_like(gate), torch.empty_like(up), torch.empty_like(out)
+def _(dy, grouped, g, u, gate, up, out, ends, alpha=1.0, limit=None, shift=0.0):
+    return (
+        torch.empty_like(grouped),
+        torch.empty_like(gate),
+        torch.empty_like(up),
+        torch.empty_like(out),
+        gate.new_empty(gate.shape[:2]),
+        up.new_empty(up.shape[:2]),
+        out.new_empty(out.shape[:2]),
+    )
 
 
 @register_flop_formula(torch.ops.gptzoo.moe_experts)
@@ -311,12 +455,18 @@ def _experts_backward_flops(dy_shape, grouped_shape, g_shape, *args, **kwargs) -
 
 
 def _save_for_backward(ctx, inputs, output):
-    grouped, gate, up, out, ends = inputs
+    grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift = inputs
     ctx.save_for_backward(grouped, output[1], output[2], gate, up, out, ends)
+    ctx.form = (alpha, limit, shift)
+    ctx.has_bias = (gate_bias is not None, up_bias is not None, out_bias is not None)
 
 
 def _backward(ctx, dy, _dg, _du):
-    return (*torch.ops.gptzoo.moe_experts_backward(dy.contiguous(), *ctx.saved_tensors), None)
+    dx, d_gate, d_up, d_out, *d_biases = torch.ops.gptzoo.moe_experts_backward(
+        dy.contiguous(), *ctx.saved_tensors, *ctx.form
+    )
+    d_biases = [d if has else None for d, has in zip(d_biases, ctx.has_bias, strict=True)]
+    return dx, d_gate, d_up, d_out, None, *d_biases, None, None, None
 
 
 moe_experts.register_autograd(_backward, setup_context=_save_for_backward)

@@ -11,11 +11,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptzoo.core import GPT, ConfigError, Dims
 from gptzoo.plugins.moe import MixtureOfExperts, MoEParams
-from gptzoo.testing import build, tiny_config
+from gptzoo.registry import make_registry
+from gptzoo.testing import build, check_component, tiny_config
 
 
 def dims(d_model=16, **kw):
     return Dims(**(dict(vocab_size=50, context_length=16, d_model=d_model, n_heads=4, n_kv_heads=4, n_layers=2) | kw))
+
+
+# The families' conventions, as params (see the table in gptzoo.plugins.moe).
+GPT_OSS = dict(
+    n_experts=4, top_k=2, router_bias=True, expert_biases=True, activation="clamped_swiglu"
+)  # softmax over the kept top-k logits
+QWEN3_NEXT = dict(n_experts=6, top_k=2, n_shared_experts=1, shared_expert_gate=True)
+LLAMA4 = dict(n_experts=4, top_k=1, scoring="sigmoid", normalize_top_k=False, n_shared_experts=1, weights_at="input")
 
 
 def moe(seed=0, d_model=16, **params):
@@ -26,17 +35,24 @@ def moe(seed=0, d_model=16, **params):
         layer.router.weight.normal_(0, 1.0)
         if layer.expert_bias is not None:
             layer.expert_bias.normal_(0, 0.3)
+        for bias in (layer.router.bias, layer.expert_gate_bias, layer.expert_up_bias, layer.expert_out_bias):
+            if bias is not None:  # drawn, not zero, so a bias left out would show
+                bias.normal_(0, 0.5)
+        if layer.shared_gate is not None:
+            layer.shared_gate.weight.normal_(0, 0.5)
     return layer
 
 
 def per_token_loop(layer, x):
-    """Each token alone: its scores, its top k by sorting, each chosen expert's SwiGLU."""
+    """Each token alone: its scores, its top k by sorting, each chosen expert's gated unit."""
     p = layer.params
     out = torch.zeros_like(x)
     for b in range(x.size(0)):
         for t in range(x.size(1)):
             token = x[b, t].double()
             logits = layer.router.weight.double() @ token
+            if p.router_bias:
+                logits = logits + layer.router.bias.double()
             scores = logits.softmax(-1) if p.scoring == "softmax" else logits.sigmoid()
             biased = [
                 scores[e].item() + (layer.expert_bias[e].item() if p.expert_bias else 0.0) for e in range(p.n_experts)
@@ -51,12 +67,26 @@ def per_token_loop(layer, x):
             ranked = sorted(allowed, key=lambda e: -biased[e])[: p.top_k]
             total = sum(scores[e] for e in ranked) if p.normalize_top_k else 1.0
             for e in ranked:
-                gate = layer.expert_gate[e].double() @ token
-                up = layer.expert_up[e].double() @ token
-                expert = layer.expert_out[e].double() @ (gate * torch.sigmoid(gate) * up)
-                out[b, t] += (p.routed_scale * scores[e] / total * expert).to(x.dtype)
+                weight = p.routed_scale * scores[e] / total
+                expert_in = weight * token if p.weights_at == "input" else token
+                gate = layer.expert_gate[e].double() @ expert_in
+                up = layer.expert_up[e].double() @ expert_in
+                if p.expert_biases:
+                    gate, up = gate + layer.expert_gate_bias[e].double(), up + layer.expert_up_bias[e].double()
+                if p.activation == "clamped_swiglu":  # gpt-oss: (up + 1) · gate · σ(1.702 · gate), clamped at 7
+                    gate, up = gate.clamp(max=p.swiglu_limit), up.clamp(-p.swiglu_limit, p.swiglu_limit)
+                    hidden = (up + 1) * gate * torch.sigmoid(p.swiglu_alpha * gate)
+                else:
+                    hidden = gate * torch.sigmoid(gate) * up
+                expert = layer.expert_out[e].double() @ hidden
+                if p.expert_biases:
+                    expert = expert + layer.expert_out_bias[e].double()
+                out[b, t] += (expert if p.weights_at == "input" else weight * expert).to(x.dtype)
             if layer.shared is not None:
-                out[b, t] += layer.shared(x[b, t])
+                shared = layer.shared(x[b, t])
+                if p.shared_expert_gate:
+                    shared = shared * torch.sigmoid(layer.shared_gate.weight[0] @ x[b, t])
+                out[b, t] += shared
     return out
 
 
@@ -78,8 +108,23 @@ def per_token_loop(layer, x):
             top_groups=2,
         ),
         dict(n_experts=6, top_k=2, expert_bias=True, n_groups=3, top_groups=1),  # softmax scores, groups of 2
+        GPT_OSS,
+        QWEN3_NEXT,
+        LLAMA4,
+        dict(n_experts=4, top_k=2, weights_at="input", expert_biases=True, router_bias=True),
     ],
-    ids=["mixtral", "unnormalised", "deepseek_v3", "top1_shared2", "deepseek_v3_groups_bias", "softmax_groups_bias"],
+    ids=[
+        "mixtral",
+        "unnormalised",
+        "deepseek_v3",
+        "top1_shared2",
+        "deepseek_v3_groups_bias",
+        "softmax_groups_bias",
+        "gpt_oss",
+        "qwen3_next",
+        "llama4",
+        "input_weights_with_biases",
+    ],
 )
 @torch.no_grad()
 def test_outputs_match_a_per_token_loop_over_experts(params):
@@ -238,6 +283,84 @@ def test_matches_transformers_deepseek_v3_moe(n_groups, top_groups):
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_matches_transformers_gpt_oss_mlp_with_its_clamps_at_work():
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+
+    ours = moe(**GPT_OSS, hidden=12)
+    ours.expert_gate.normal_(0, 1.0)  # large gates and ups, so both clamps at 7 bite
+    ours.expert_up.normal_(0, 1.0)
+    config = GptOssConfig(hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=2)
+    assert (config.swiglu_limit, config.swiglu_alpha) == (7.0, 1.702)
+    theirs = GptOssMLP(config).eval()
+    theirs.router.weight.copy_(ours.router.weight)
+    theirs.router.bias.copy_(ours.router.bias)
+    # Their gate_up_proj is (E, C, 2·hidden) with gate and up interleaved: columns 0, 2, ... gate.
+    theirs.experts.gate_up_proj[..., 0::2] = ours.expert_gate.transpose(1, 2)
+    theirs.experts.gate_up_proj[..., 1::2] = ours.expert_up.transpose(1, 2)
+    theirs.experts.gate_up_proj_bias[..., 0::2] = ours.expert_gate_bias
+    theirs.experts.gate_up_proj_bias[..., 1::2] = ours.expert_up_bias
+    theirs.experts.down_proj.copy_(ours.expert_out.transpose(1, 2))
+    theirs.experts.down_proj_bias.copy_(ours.expert_out_bias)
+    x = 3 * torch.randn(2, 9, 16)
+    gates = torch.einsum("ntc,ehc->nteh", x, ours.expert_gate)
+    assert (gates > 7).any() and (gates.abs() < 7).any()  # clamped and unclamped values both occur
+    torch.testing.assert_close(ours(x), theirs(x)[0], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+@torch.no_grad()
+def test_matches_transformers_qwen3_next_block_and_its_gated_shared_expert(norm_topk_prob):
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
+
+    ours = moe(**(QWEN3_NEXT | dict(normalize_top_k=norm_topk_prob)), hidden=12)
+    config = Qwen3NextConfig(
+        hidden_size=16,
+        moe_intermediate_size=12,
+        shared_expert_intermediate_size=12,
+        num_experts=6,
+        num_experts_per_tok=2,
+        norm_topk_prob=norm_topk_prob,
+    )
+    theirs = Qwen3NextSparseMoeBlock(config).eval()
+    theirs.gate.weight.copy_(ours.router.weight)
+    _copy_experts(ours, theirs.experts.gate_up_proj, theirs.experts.down_proj)
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        getattr(theirs.shared_expert, name).weight.copy_(
+            getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight
+        )
+    theirs.shared_expert_gate.weight.copy_(ours.shared_gate.weight)
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_matches_transformers_llama4_moe_whose_scores_scale_the_experts_input():
+    from transformers import Llama4TextConfig
+    from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
+
+    ours = moe(**LLAMA4, hidden=12)
+    ours.expert_gate.normal_(0, 0.5)  # large enough that SwiGLU(s · x) and s · SwiGLU(x) differ
+    ours.expert_up.normal_(0, 0.5)
+    config = Llama4TextConfig(hidden_size=16, intermediate_size=12, num_local_experts=4, num_experts_per_tok=1)
+    theirs = Llama4TextMoe(config).eval()
+    theirs.router.weight.copy_(ours.router.weight)
+    # Their gate_up_proj is (E, C, 2·hidden): the gate's columns, then the up's.
+    theirs.experts.gate_up_proj.copy_(torch.cat([ours.expert_gate, ours.expert_up], dim=1).transpose(1, 2))
+    theirs.experts.down_proj.copy_(ours.expert_out.transpose(1, 2))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        getattr(theirs.shared_expert, name).weight.copy_(
+            getattr(ours.shared, "out_proj" if name == "down_proj" else name).weight
+        )
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(ours(x), theirs(x)[0].view(2, 9, 16), atol=1e-5, rtol=1e-5)  # theirs: (B·T, C)
+    output_weighted = moe(**(LLAMA4 | dict(weights_at="output")), hidden=12)
+    output_weighted.load_state_dict(ours.state_dict())
+    assert not torch.allclose(output_weighted(x), ours(x), atol=1e-3)  # where the weight goes matters
+
+
 # ---- counts, per-layer use, config errors ------------------------------------------------------
 
 
@@ -261,6 +384,37 @@ def test_active_parameters_are_what_a_forward_pass_multiplies(registry):
     assert layer.flops_per_token(16) + layer.shared.flops_per_token(16) == 2 * (
         C * E + k * 3 * H * C + 3 * shared * H * C
     )
+
+
+@pytest.mark.parametrize("family", [GPT_OSS, QWEN3_NEXT, LLAMA4], ids=["gpt_oss", "qwen3_next", "llama4"])
+def test_families_active_parameters_and_flops_are_what_a_forward_pass_multiplies(registry, family):
+    C, H = 32, 48
+    spec = {"name": "moe", "hidden": H, **family}
+    model = build(tiny_config(registry, n_layers=1, feed_forward=spec))
+    layer = model.blocks[0].feed_forward
+    E, k, p = layer.params.n_experts, layer.params.top_k, layer.params
+    router = C * E + (E if p.router_bias else 0)
+    expert = 3 * H * C + (2 * H + C if p.expert_biases else 0)
+    shared = 3 * p.n_shared_experts * H * C
+    gate = C if p.shared_expert_gate else 0
+    assert model.param_counts()["feed_forward"] == router + E * expert + shared + gate
+    assert model.active_parameters_per_token() == model.param_counts()["total"] - (E - k) * expert
+    x = torch.randn(3, 5, C)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        layer(x)
+    shared_flops = layer.shared.flops_per_token(16) if layer.shared is not None else 0
+    assert counter.get_total_flops() == 15 * (layer.flops_per_token(16) + shared_flops)
+    assert layer.flops_per_token(16) + shared_flops == 2 * (C * E + k * 3 * H * C + shared + gate)
+
+
+@pytest.mark.parametrize("family", [GPT_OSS, QWEN3_NEXT, LLAMA4], ids=["gpt_oss", "qwen3_next", "llama4"])
+def test_the_kit_passes_for_each_familys_routing(registry, family):
+    check_component("feed_forward", "moe", registry=registry, **family)
+
+
+def test_a_gate_on_no_shared_experts_is_a_config_error(registry):
+    with pytest.raises(ConfigError, match=r"feed_forward 'moe': shared_expert_gate=true .* n_shared_experts=0"):
+        tiny_config(registry, feed_forward={"name": "moe", "shared_expert_gate": True})
 
 
 def test_gpt_averages_the_moe_losses_over_the_layers_that_have_experts(registry):
@@ -339,6 +493,46 @@ def test_the_experts_operator_has_the_gradients_of_its_function():
     # Finite differences, and PyTorch's own checks of the operator's registration (fake shapes, autograd).
     assert torch.autograd.gradcheck(lambda *a: torch.ops.gptzoo.moe_experts(*a, ends)[0], (grouped, *weights))
     torch.library.opcheck(torch.ops.gptzoo.moe_experts, (grouped, *weights, ends))
+
+
+def test_the_experts_operator_with_biases_and_clamps_has_the_gradients_of_its_function():
+    torch.manual_seed(0)
+    E, H, C = 3, 5, 4
+    grouped = torch.randn(7, C, dtype=torch.double, requires_grad=True)
+    weights = [
+        torch.randn(*shape, dtype=torch.double, requires_grad=True) for shape in ((E, H, C), (E, H, C), (E, C, H))
+    ]
+    biases = [torch.randn(*shape, dtype=torch.double, requires_grad=True) for shape in ((E, H), (E, H), (E, C))]
+    ends = torch.tensor([3, 3, 7])
+    form = dict(alpha=1.702, limit=1.5, shift=1.0)  # a limit the values cross: both clamps act
+    g, u = torch.ops.gptzoo.moe_experts(grouped, *weights, ends, *biases, **form)[1:]
+    assert (g > 1.5).any() and (u.abs() > 1.5).any() and (g.abs() < 1.5).any()
+
+    def y(x, *tensors):
+        return torch.ops.gptzoo.moe_experts(x, *tensors[:3], ends, *tensors[3:], **form)[0]
+
+    assert torch.autograd.gradcheck(y, (grouped, *weights, *biases))
+    torch.library.opcheck(torch.ops.gptzoo.moe_experts, (grouped, *weights, ends, *biases), form)
+
+
+@pytest.mark.parametrize("family", [GPT_OSS, QWEN3_NEXT, LLAMA4], ids=["gpt_oss", "qwen3_next", "llama4"])
+def test_families_compile_to_one_graph_with_the_gradients_of_eager(family):
+    registry = make_registry(entry_points=False)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(registry, n_layers=1, feed_forward={"name": "moe", **family}))
+    with torch.no_grad():  # gates past the clamp, so the compiled backward's clamps are tested (gpt-oss)
+        model.blocks[0].feed_forward.expert_gate.normal_(0, 1.0)
+    idx = torch.randint(0, 50, (2, 10))
+    explanation = torch._dynamo.explain(model)(idx)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(idx).square().mean().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model(idx).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    torch._dynamo.reset()
 
 
 def test_compiles_to_one_graph_with_the_gradients_of_eager(registry):
