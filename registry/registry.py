@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.latent_attention",
     "gptzoo.plugins.short_conv",
     "gptzoo.plugins.linear_attention",
+    "gptzoo.plugins.mamba",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",

@@ -1,0 +1,173 @@
+"""Mamba-2 against transformers' Mamba2Mixer (its PyTorch path) on a tiny random layer, and
+against the SSD recurrence written out token by token; its implicit attention matrix and its
+published initialisation against the formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptzoo.core import AttentionContext, ComponentSpec, Dims, Recorder
+from gptzoo.testing import check_component
+
+C, NH = 32, 4
+DIMS = Dims(vocab_size=50, context_length=64, d_model=C, n_heads=NH, n_kv_heads=NH, n_layers=1)
+MAMBA2 = {"d_state": 6, "head_dim": 8, "n_groups": 2, "chunk_size": 5}  # 8 heads in 2 groups
+
+
+def mixer(registry, name, **params):
+    torch.manual_seed(0)
+    return ComponentSpec.resolve("attention", {"name": name, **params}, registry).build(DIMS).eval()
+
+
+def context(registry, T, offset=0, capture=False):
+    positional = ComponentSpec.resolve("positional", "none", registry).build(DIMS)
+    positions = torch.arange(offset, offset + T)[None]
+    return AttentionContext(
+        positional, positions, torch.arange(offset + T)[None], offset, None, Recorder() if capture else None
+    )
+
+
+def randomize(module, scale=0.3):
+    """Every parameter from N(0, scale²), so no initialisation hides a wrong formula."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+
+
+def in_pieces(layer, registry, x, sizes):
+    """The layer fed x through its cache in pieces of the given sizes."""
+    cache = layer.new_cache(x.size(0), None, x.device, x.dtype)
+    outputs, start = [], 0
+    for size in sizes:
+        outputs.append(layer(x[:, start : start + size], context(registry, size, start), cache))
+        start += size
+    return torch.cat(outputs, dim=1)
+
+
+# ---- Mamba-2 ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_mamba2_matches_transformers_mamba2_mixer_training_and_cached_decoding(registry):
+    transformers = pytest.importorskip("transformers")
+    from transformers.cache_utils import DynamicCache
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    config = transformers.Mamba2Config(
+        hidden_size=C,
+        num_heads=8,
+        head_dim=8,
+        state_size=6,
+        n_groups=2,
+        expand=2,
+        chunk_size=4,  # a different chunking: the result must not depend on it
+        conv_kernel=4,
+        num_hidden_layers=1,
+        vocab_size=50,
+    )
+    reference = Mamba2Mixer(config, layer_idx=0).eval()
+    randomize(reference)
+    layer = mixer(registry, "mamba2", **MAMBA2)
+    state = dict(reference.state_dict())
+    state["conv1d.conv.weight"], state["conv1d.conv.bias"] = state.pop("conv1d.weight"), state.pop("conv1d.bias")
+    layer.load_state_dict(state)
+
+    x = torch.randn(2, 23, C)
+    expected = reference(x)
+    torch.testing.assert_close(layer(x, context(registry, 23)), expected)
+
+    cache = DynamicCache(config=config)
+    steps = [reference(x[:, :11], cache=cache)] + [reference(x[:, t : t + 1], cache=cache) for t in range(11, 23)]
+    torch.testing.assert_close(torch.cat(steps, 1), expected)  # the reference decodes as it trains
+    torch.testing.assert_close(in_pieces(layer, registry, x, [11] + [1] * 12), torch.cat(steps, 1))
+    torch.testing.assert_close(in_pieces(layer, registry, x, [7, 1, 3, 5, 7]), expected)
+
+
+def mamba2_by_the_equations(layer, u):
+    """The SSD recurrence token by token from the layer's weights, written out from the paper:
+    S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t, out = W_o RMSNorm_g(y ⊙ SiLU(z))."""
+    b, T, _ = u.shape
+    inner, h, p = 64, 8, 8
+    n, g = 6, 2
+    z, xBC, dt = (u @ layer.in_proj.weight.T).split([inner, inner + 2 * g * n, h], dim=-1)
+    w, bias = layer.conv1d.conv.weight[:, 0], layer.conv1d.conv.bias  # (D, 4), (D,)
+    K = w.size(1)
+    conv = torch.stack(
+        [sum(xBC[:, s] * w[:, K - 1 - (t - s)] for s in range(max(0, t - K + 1), t + 1)) + bias for t in range(T)], 1
+    )
+    xs, B, C_ = F.silu(conv).split([inner, g * n, g * n], dim=-1)
+    delta = F.softplus(dt + layer.dt_bias)  # (b, T, h)
+    A = -torch.exp(layer.A_log)
+    S = torch.zeros(b, h, p, n)
+    ys = []
+    for t in range(T):
+        x_t = xs[:, t].view(b, h, p)
+        B_t = B[:, t].view(b, g, n).repeat_interleave(h // g, dim=1)  # head k reads group k // (h / g)
+        C_t = C_[:, t].view(b, g, n).repeat_interleave(h // g, dim=1)
+        S = (
+            torch.exp(delta[:, t] * A)[..., None, None] * S
+            + delta[:, t, :, None, None] * x_t[..., None] * B_t[:, :, None]
+        )
+        ys.append(torch.einsum("bhpn,bhn->bhp", S, C_t) + layer.D[:, None] * x_t)
+    y = torch.stack(ys, 1).reshape(b, T, inner) * F.silu(z)
+    y = y.view(b, T, g, inner // g)
+    y = (y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(b, T, inner) * layer.norm.weight
+    return y @ layer.out_proj.weight.T
+
+
+@torch.no_grad()
+def test_mamba2_is_the_ssd_recurrence_written_out(registry):
+    layer = mixer(registry, "mamba2", **MAMBA2)
+    randomize(layer)
+    u = torch.randn(2, 17, C)
+    torch.testing.assert_close(layer(u, context(registry, 17)), mamba2_by_the_equations(layer, u))
+
+
+@torch.no_grad()
+def test_mamba2_implicit_attention_is_its_ssm_matrix(registry):
+    """M_ij = C_iᵀB_j · exp(Σ_{j<k≤i} Δ_k A) · Δ_j per head (Ali et al., 2024), zero above the diagonal."""
+    layer = mixer(registry, "mamba2", **MAMBA2)
+    randomize(layer)
+    T = 9
+    u = torch.randn(1, T, C)
+    ctx = context(registry, T, capture=True)
+    layer(u, ctx)
+    (reported,) = ctx.recorder._reported
+    _, xBC, dt = (u @ layer.in_proj.weight.T).split([64, 64 + 24, 8], dim=-1)
+    _, B, C_ = F.silu(layer.conv1d(xBC)).split([64, 12, 12], dim=-1)
+    delta, A = F.softplus(dt + layer.dt_bias)[0], -torch.exp(layer.A_log)  # (T, h), (h,)
+    expected = torch.zeros(1, 8, T, T)
+    for head in range(8):
+        group = head // 4
+        for i in range(T):
+            for j in range(i + 1):
+                decay = math.exp(sum(delta[k, head] * A[head] for k in range(j + 1, i + 1)))
+                bc = C_[0, i, group * 6 : group * 6 + 6] @ B[0, j, group * 6 : group * 6 + 6]
+                expected[0, head, i, j] = bc * decay * delta[j, head]
+    torch.testing.assert_close(reported, expected)
+
+
+def test_mamba2_published_initialisation(registry):
+    layer = mixer(registry, "mamba2", d_state=4, chunk_size=4)  # defaults: A in [1, 16], Δ in [0.001, 0.1]
+    A = torch.exp(layer.A_log)
+    assert layer.A_log.shape == (4,) and ((A >= 1) & (A <= 16)).all()
+    delta = F.softplus(layer.dt_bias)
+    assert ((delta >= 0.001 - 1e-7) & (delta <= 0.1 + 1e-7)).all()
+    assert torch.equal(layer.D, torch.ones(4))
+
+
+def test_mamba2_cache_is_its_window_and_float32_state(registry):
+    layer = mixer(registry, "mamba2", **MAMBA2)
+    conv_dim = 64 + 2 * 2 * 6
+    assert (
+        layer.cache_bytes(1, torch.bfloat16)
+        == layer.cache_bytes(10_000, torch.bfloat16)
+        == conv_dim * 3 * 2 + 8 * 8 * 6 * 4
+    )
+
+
+def test_mamba2_passes_the_kit_with_groups_and_short_chunks(registry):
+    check_component("attention", "mamba2", registry, d_state=8, n_groups=2, chunk_size=4)
