@@ -5,13 +5,14 @@ destination beside its final name so that an error leaves nothing half-written.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,6 +25,43 @@ from gptzoo.recipes.runs.folder import run_commit
 from gptzoo.recipes.runs.weights import write_safetensors
 from gptzoo.recipes.training.models import meta_model
 from gptzoo.registry import Registry
+
+HUB_SNAPSHOTS = "snapshots"  # huggingface_hub's cache: snapshots/<revision>/<file> links to ../../blobs/<hash>
+HUB_BLOBS = "blobs"
+
+
+def checkpoint_file(folder: Path, name: Any, what: str = "file") -> Path:
+    """``folder / name``, once ``name`` is a plain file name and the file, links followed, lies inside
+    ``folder``: a checkpoint from a stranger must not make an importer read another file of this
+    machine. The one place outside it is huggingface_hub's cache, whose snapshot folders link each
+    file to the cache's ``blobs`` folder of the same model. CheckpointError otherwise; the file
+    may be absent (the caller checks)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise CheckpointError(
+            f"{folder}: {what} {json.dumps(name)} is not a plain file name; a checkpoint names only files inside its folder"
+        )
+    path = folder / name
+    try:
+        home, target = folder.resolve(), path.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a loop of links
+        raise CheckpointError(f"{path}: cannot follow its links ({err})") from None
+    inside = target.is_relative_to(home) or (
+        home.parent.name == HUB_SNAPSHOTS and target.is_relative_to(home.parent.parent / HUB_BLOBS)
+    )
+    if not inside:
+        raise CheckpointError(
+            f"{path}: a link to a file outside {folder}; a checkpoint's files are read only from inside its folder (copy the file in)"
+        )
+    return path
+
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names; every weight of a family's table is one of them
+
+
+def not_floating_point(handle: Any, keys: Iterable[str]) -> list[str]:
+    """Each of ``keys`` whose safetensors header declares a dtype other than a float, as "name (dtype)":
+    converting it would read integer bits as numbers."""
+    return [f"{key} ({dtype})" for key in keys if (dtype := handle.get_slice(key).get_dtype()) not in FLOAT_DTYPES]
 
 
 def read_hf_config(file: Path) -> dict:

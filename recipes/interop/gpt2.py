@@ -28,7 +28,9 @@ from tqdm import tqdm
 from gptzoo.core import CheckpointError, ConfigError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.interop.files import (
+    checkpoint_file,
     new_folder,
+    not_floating_point,
     open_safetensors,
     read_hf_config,
     refuse_existing,
@@ -94,7 +96,7 @@ def resolve_source(src: str, out: Path) -> Path:
     """
     path = Path(src)
     if path.is_dir():
-        missing = [f for f in HF_FILES if not (path / f).is_file()]
+        missing = [f for f in HF_FILES if not checkpoint_file(path, f).is_file()]
         if missing:
             raise CheckpointError(
                 f"{path}: missing {' and '.join(missing)}; a GPT-2 folder in the Hugging Face layout holds "
@@ -202,6 +204,11 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
                 wrong.append(f"{stored[hf]} {shape} vs {expected} for this config")
         if missing or unexpected or wrong:
             raise CheckpointError(f"{weights} does not match {source}: {describe_mismatch(missing, unexpected, wrong)}")
+        integers = not_floating_point(f, [stored[hf] for hf in wanted])
+        if integers:
+            raise CheckpointError(
+                f"{weights}: {', '.join(integers[:3])} not floating point; every GPT-2 weight is (F16, BF16, F32 or F64), so the file's header is wrong"
+            )
 
         def read(name: str) -> torch.Tensor:
             hf, conv1d = names[name]

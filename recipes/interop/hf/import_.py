@@ -14,7 +14,15 @@ from tqdm import tqdm
 
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
-from gptzoo.recipes.interop.files import new_folder, open_safetensors, read_hf_config, refuse_existing, weight_shapes
+from gptzoo.recipes.interop.files import (
+    checkpoint_file,
+    new_folder,
+    not_floating_point,
+    open_safetensors,
+    read_hf_config,
+    refuse_existing,
+    weight_shapes,
+)
 from gptzoo.recipes.interop.hf.convert import (
     GENERATION_CONFIG,
     INDEX,
@@ -30,30 +38,73 @@ from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
 from gptzoo.registry import Registry, default_registry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHAT_TEMPLATE = "chat_template.jinja"  # transformers 5 saves the template beside tokenizer_config.json
 
 
 @contextmanager
 def open_checkpoint(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every tensor name in the folder's safetensors file(s) -> the open file holding it."""
-    index = folder / INDEX
+    """Every tensor name in the folder's safetensors file(s) -> the open file holding it.
+
+    With an index, each tensor must be in exactly the shard the index names: a name stored twice,
+    or where the index does not say, is refused rather than one copy chosen silently.
+    """
+    index = checkpoint_file(folder, INDEX)
     if index.is_file():
-        index_data = read_json(index, CheckpointError)
-        try:
-            files = sorted(set(index_data["weight_map"].values()))
-        except (KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
-    elif (folder / WEIGHTS).is_file():
-        files = [WEIGHTS]
+        weight_map = _weight_map(index)
+        files = sorted(set(weight_map.values()))
+    elif checkpoint_file(folder, WEIGHTS).is_file():
+        weight_map, files = None, [WEIGHTS]
     else:
         raise CheckpointError(
             f"{folder}: holds neither {WEIGHTS} nor {INDEX}; a Hugging Face checkpoint folder has one of them"
         )
     with ExitStack() as stack:
-        stored = {}
+        stored: dict[str, Any] = {}
+        shard_of: dict[str, str] = {}
         for file in files:
             handle = stack.enter_context(open_safetensors(folder / file))
-            stored |= {key: handle for key in handle.keys()}
+            for key in handle.keys():
+                if key in shard_of:
+                    raise CheckpointError(
+                        f"{folder}: tensor {key} is stored twice, in {shard_of[key]} and in {file}; keep one copy (the index names {weight_map and weight_map.get(key)})"
+                    )
+                stored[key], shard_of[key] = handle, file
+        if weight_map is not None:
+            _check_index(index, weight_map, shard_of)
         yield stored
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """The index's tensor name -> shard file, each shard a plain file name inside the index's folder."""
+    data = read_json(index, CheckpointError)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f'{index}: not a safetensors index (no "weight_map" object naming each tensor\'s shard)')
+    for key, file in weight_map.items():
+        if not isinstance(file, str):
+            raise CheckpointError(
+                f"{index}: weight_map[{json.dumps(key)}] = {json.dumps(file)} is not a shard file name (a string)"
+            )
+        checkpoint_file(index.parent, file, f"{INDEX} names the shard")
+    return weight_map
+
+
+def _check_index(index: Path, weight_map: dict[str, str], shard_of: dict[str, str]) -> None:
+    """CheckpointError unless every tensor is in the shard the index names, and every stored one is named."""
+    wrong = [
+        f"{key} in {weight_map[key]} (found {shard_of.get(key, 'in no shard')})"
+        for key in weight_map
+        if shard_of.get(key) != weight_map[key]
+    ]
+    unlisted = sorted(set(shard_of) - set(weight_map))
+    if wrong or unlisted:
+        problems = ([f"it places {', '.join(wrong[:3])}"] if wrong else []) + (
+            [f"it does not list {', '.join(unlisted[:3])} (in {shard_of[unlisted[0]]})"] if unlisted else []
+        )
+        more = len(wrong) + len(unlisted) - len(wrong[:3]) - len(unlisted[:3])
+        raise CheckpointError(
+            f"{index} does not match the shards: {'; '.join(problems)}{f' (and {more} more)' if more else ''}"
+        )
 
 
 def _source_name(stored: dict, name: str, prefix: str) -> str | None:
@@ -79,17 +130,20 @@ def _token(value: Any) -> str | None:
 
 def read_tokenizer_files(folder: Path, hf: dict) -> tuple[dict | None, str | None]:
     """The ``hf`` tokenizer spec and its state (tokenizer.json's text) from a checkpoint folder; (None, None) without tokenizer.json."""
-    file = folder / TOKENIZER
+    file = checkpoint_file(folder, TOKENIZER)
     if not file.is_file():
         return None, None
     state = _read_json(file)
-    config = _read_json(folder / TOKENIZER_CONFIG)
-    generation = _read_json(folder / GENERATION_CONFIG)
+    config = _read_json(checkpoint_file(folder, TOKENIZER_CONFIG))
+    generation = _read_json(checkpoint_file(folder, GENERATION_CONFIG))
     eos = generation.get("eos_token_id", hf.get("eos_token_id"))
     template = config.get("chat_template")
-    chat_file = folder / "chat_template.jinja"  # transformers 5 saves the template beside tokenizer_config.json
+    chat_file = checkpoint_file(folder, CHAT_TEMPLATE)
     if template is None and chat_file.is_file():
-        template = chat_file.read_text(encoding="utf-8")
+        try:
+            template = chat_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{chat_file}: cannot be read as UTF-8 text ({err})") from None
     if isinstance(template, list):  # several named templates: the default one
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     spec = {
@@ -144,7 +198,7 @@ def _checked_source(src: Path, dtype: str) -> Path:
         raise GptzooError(
             f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
         )
-    source = src / CONFIG
+    source = checkpoint_file(src, CONFIG)
     if not source.is_file():
         raise CheckpointError(
             f"{src}: missing {CONFIG}; a Hugging Face checkpoint folder has config.json beside its safetensors"
@@ -185,6 +239,12 @@ def _find_weights(src: Path, stored: dict, family: Family, config: RunConfig, to
     ]
     if missing or unexpected or wrong:
         raise CheckpointError(f"{src} does not match its {CONFIG}: {describe_mismatch(missing, unexpected, wrong)}")
+    integers = [bad for key in found.values() if key is not None for bad in not_floating_point(stored[key], [key])]
+    if integers:
+        raise CheckpointError(
+            f"{src}: {', '.join(integers[:3])}{f' and {len(integers) - 3} more' if len(integers) > 3 else ''} not floating point; "
+            f"every {family.model_type} weight is (F16, BF16, F32 or F64), so the file's header is wrong or the checkpoint is quantized"
+        )
     return found
 
 

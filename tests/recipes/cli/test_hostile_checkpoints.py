@@ -1,0 +1,295 @@
+"""Checkpoints from a stranger (issue 28): a tiny random transformers model saved to tmp_path and
+then tampered with (a safetensors header rewritten, the index edited, files replaced by links).
+Each is refused with one line naming the file, exit 2, before anything is written, and without
+opening any file outside the checkpoint's folder: an audit hook sees every file Python opens, and
+a guard on safetensors' ``safe_open`` (which opens files in Rust, out of the hook's sight) sees
+every weights file.
+"""
+
+import json
+import os
+import shutil
+import struct
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.interop import files as interop_files
+from gptzoo.recipes.interop.hf.import_ import import_hf
+
+transformers = pytest.importorskip(
+    "transformers", reason="the hostile checkpoints are made from transformers' models: pip install -e '.[reference]'"
+)
+
+_OPENED: list[list[Path]] = []  # the open recordings, innermost last; the hook records while one is open
+
+
+def _audit(event, args):
+    if event == "open" and _OPENED and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED[-1].append(Path(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)  # a hook cannot be removed: it records only inside ``opened``
+
+
+@contextmanager
+def opened(monkeypatch):
+    """The paths of every file opened inside the block (Python's opens and safetensors')."""
+    paths: list[Path] = []
+    real_safe_open = interop_files.safe_open
+
+    def watched_safe_open(path, *args, **kwargs):
+        paths.append(Path(path))
+        return real_safe_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(interop_files, "safe_open", watched_safe_open)
+    _OPENED.append(paths)
+    try:
+        yield paths
+    finally:
+        _OPENED.pop()
+
+
+def tiny_llama(folder: Path, **save) -> Path:
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder, **save)
+    return folder
+
+
+def tokenizer_files(folder: Path) -> None:
+    """A word-level tokenizer.json and the small JSON files beside it, as a checkpoint ships them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<s>", "</s>", *[f"w{i}" for i in range(62)]])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def read_header(file: Path) -> tuple[dict, bytes]:
+    data = file.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+def write_header(file: Path, header: dict, body: bytes) -> None:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    file.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+@pytest.fixture
+def places(tmp_path):
+    """``src``: a checkpoint to tamper with; ``elsewhere``: another intact one beside it, which no import may open."""
+    src = tiny_llama(tmp_path / "src")
+    tokenizer_files(src)
+    elsewhere = tiny_llama(tmp_path / "elsewhere")
+    tokenizer_files(elsewhere)
+    (elsewhere / "secret.txt").write_text("a file of this machine the checkpoint must not copy")
+    return tmp_path, src, elsewhere
+
+
+def refused(capsys, monkeypatch, tmp_path, src, elsewhere, command="import-hf"):
+    """The one error line of importing ``src``, once nothing was written and nothing in ``elsewhere`` was opened."""
+    capsys.readouterr()
+    with opened(monkeypatch) as paths:
+        code = main([command, str(src), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+    outside = [p for p in paths if p.resolve().is_relative_to(elsewhere.resolve())]
+    assert outside == [], outside
+    return err
+
+
+def shard(src: Path) -> dict:
+    """The checkpoint saved again in shards, its index returned."""
+    shutil.rmtree(src)
+    tiny_llama(src, max_shard_size="4KB")
+    tokenizer_files(src)
+    return json.loads((src / "model.safetensors.index.json").read_text())
+
+
+def write_index(src: Path, index: dict) -> None:
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_the_guard_sees_the_files_an_import_opens(places, monkeypatch):
+    tmp_path, src, _ = places
+    with opened(monkeypatch) as paths:
+        import_hf(src, tmp_path / "run")
+    seen = {p.resolve() for p in paths}
+    assert {src.resolve() / name for name in ("config.json", "model.safetensors", "tokenizer.json")} <= seen
+
+
+# ---- reads outside the folder ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where, named",
+    [
+        ("../elsewhere/model.safetensors", '"../elsewhere/model.safetensors" is not a plain file name'),
+        ("{elsewhere}/model.safetensors", '/elsewhere/model.safetensors" is not a plain file name'),
+    ],
+)
+def test_an_index_naming_a_shard_outside_the_folder_is_refused(where, named, places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    moved = next(iter(index["weight_map"]))
+    index["weight_map"][moved] = where.format(elsewhere=elsewhere)
+    write_index(src, index)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src}: model.safetensors.index.json names the shard" in err and named in err
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ],
+)
+def test_a_file_of_the_checkpoint_linking_outside_it_is_refused(name, places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    (src / name).unlink()
+    target = elsewhere / ("secret.txt" if name == "chat_template.jinja" else name)
+    (src / name).symlink_to(target)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / name}: a link to a file outside {src}" in err
+
+
+def test_a_shard_linking_outside_the_folder_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    first = sorted(set(index["weight_map"].values()))[0]
+    shutil.copy(src / first, elsewhere / first)
+    (src / first).unlink()
+    (src / first).symlink_to(elsewhere / first)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / first}: a link to a file outside {src}" in err
+
+
+def test_import_gpt2_refuses_weights_linking_outside_the_folder(tmp_path, capsys, monkeypatch):
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=50257)
+    for name in ("src", "elsewhere"):
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / name)
+    (tmp_path / "src" / "model.safetensors").unlink()
+    (tmp_path / "src" / "model.safetensors").symlink_to(tmp_path / "elsewhere" / "model.safetensors")
+    err = refused(capsys, monkeypatch, tmp_path, tmp_path / "src", tmp_path / "elsewhere", command="import-gpt2")
+    assert f"{tmp_path / 'src' / 'model.safetensors'}: a link to a file outside" in err
+
+
+def test_links_inside_the_folder_and_huggingface_hub_cache_blobs_are_read(tmp_path):
+    """huggingface_hub's cache keeps each file once in blobs/ and links snapshots/<revision>/<file> to it."""
+    repo = tmp_path / "models--tiny--llama"
+    snapshot = tiny_llama(repo / "snapshots" / "abc123")
+    tokenizer_files(snapshot)
+    (repo / "blobs").mkdir()
+    for file in sorted(snapshot.iterdir()):
+        blob = repo / "blobs" / f"blob-{file.name}"
+        file.rename(blob)
+        file.symlink_to(os.path.relpath(blob, snapshot))
+    (snapshot / "generation_config.json").unlink()  # and a link to a file inside the folder itself
+    (snapshot / "generation_config.json").symlink_to("tokenizer_config.json")
+    config = import_hf(snapshot, tmp_path / "run")
+    assert config.model.n_layers == 2 and (tmp_path / "run" / "tokenizer.json").is_file()
+
+
+# ---- silent wrong imports -------------------------------------------------------------------------
+
+
+def test_a_weight_whose_header_declares_integers_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    header, body = read_header(src / "model.safetensors")
+    assert header["model.norm.weight"]["dtype"] == "F32"
+    header["model.norm.weight"]["dtype"] = "I32"  # the same 4 bytes a number, read as the integer 1065353216 for 1.0
+    write_header(src / "model.safetensors", header, body)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src}: model.norm.weight (I32) not floating point; every llama weight is (F16, BF16, F32 or F64)" in err
+
+
+def test_a_tensor_stored_in_two_shards_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    name = "model.norm.weight"
+    home = index["weight_map"][name]
+    other = next(f for f in sorted(set(index["weight_map"].values())) if f != home)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src / other))
+    tensors[name] = torch.full_like(load_file(str(src / home))[name], 7.0)
+    save_file(tensors, str(src / other), metadata={"format": "pt"})
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    first, second = sorted([home, other])
+    assert (
+        f"{src}: tensor {name} is stored twice, in {first} and in {second}; keep one copy (the index names {home})"
+        in err
+    )
+
+
+def test_an_index_placing_a_tensor_in_the_wrong_shard_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    name = "model.norm.weight"
+    home = index["weight_map"][name]
+    other = next(f for f in sorted(set(index["weight_map"].values())) if f != home)
+    index["weight_map"][name] = other
+    write_index(src, index)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"does not match the shards: it places {name} in {other} (found {home})" in err
+
+
+def test_an_index_leaving_a_stored_tensor_out_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    home = index["weight_map"].pop("model.norm.weight")
+    write_index(src, index)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"does not match the shards: it does not list model.norm.weight (in {home})" in err
+
+
+@pytest.mark.parametrize("value", [7, None, ["model-00001-of-00002.safetensors"]])
+def test_an_index_whose_shard_is_not_a_string_is_refused(value, places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    index["weight_map"]["model.norm.weight"] = value
+    write_index(src, index)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f'weight_map["model.norm.weight"] = {json.dumps(value)} is not a shard file name (a string)' in err
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        lambda h: h["model.norm.weight"].__setitem__("data_offsets", [0, 10**9]),  # past the file's end
+        lambda h: h["model.norm.weight"].__setitem__("shape", [17]),  # 17 floats in 16 floats' bytes
+    ],
+    ids=["offsets", "shape"],
+)
+def test_a_header_lying_about_offsets_or_shape_is_refused(lie, places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    header, body = read_header(src / "model.safetensors")
+    lie(header)
+    write_header(src / "model.safetensors", header, body)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / 'model.safetensors'}: cannot read the weights" in err
