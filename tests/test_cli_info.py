@@ -39,6 +39,7 @@ def test_plugins_json_shape():
     sdpa = by_name["attention", "sdpa"]
     assert (sdpa["plugin"], sdpa["distribution"]) == ("gptzoo.plugins.attention", "gptzoo")
     assert {name: field["default"] for name, field in sdpa["params"].items()} == {
+        "output_gate": "none",
         "qk_norm": "none",
         "qk_norm_eps": 1e-6,
         "qk_norm_unit_offset": False,
@@ -71,7 +72,7 @@ def test_describe_json_gpt2_124m(capsys):
     assert code == 0
     info = json.loads(out)
     assert set(info) == {"config", "parameters", "active_parameters_per_token", "flops_per_token", "kv_cache", "layers"}
-    assert set(info["config"]) == {"model", "data", "train"}
+    assert set(info["config"]) == {"model", "data", "train", "finetune"}
     assert info["config"]["model"]["attention"]["name"] == "sdpa"
     assert info["parameters"]["total"] == info["active_parameters_per_token"] == 124_439_808
     assert info["parameters"]["embeddings"] == 50257 * 768 + 1024 * 768
@@ -93,9 +94,14 @@ def test_describe_json_gpt2_124m(capsys):
     assert info["kv_cache"] == {
         "bytes_per_token": per_token,
         "bytes_per_sequence": per_token * T,
+        "state_bytes": 0,
+        "window_bytes": 0,
         "dtype": "float32",
         "context_length": T,
+        "decodes_past_context": False,
+        "extension_refusal": info["kv_cache"]["extension_refusal"],
     }
+    assert "LearnedPositions cannot run past the context" in info["kv_cache"]["extension_refusal"]
     per_layer = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * 2 * C
     assert info["layers"][11] == {
         "layer": 11,
@@ -107,6 +113,11 @@ def test_describe_json_gpt2_124m(capsys):
         "block": "pre_norm",
         "parameters": per_layer,
         "kv_cache_bytes_per_token": 2 * C * 4,
+        "cache_kind": "keys_values",
+        "cache_bytes": 2 * C * 4 * T,
+        "state_bytes": None,
+        "window": None,
+        "max_cache_bytes": None,
     }
 
 
@@ -127,6 +138,106 @@ def test_describe_text(capsys):
     code, out, _ = run_main(capsys, "describe", str(GPT2))
     assert code == 0
     assert "124,439,808" in out and "attention" in out and "name='sdpa'" in out
+    assert "73,728 bytes per token in 12 layers" in out  # 12 layers × keys and values of 768 × 4 bytes
+    assert f"{73_728 * 1024:,} bytes (72.0 MiB) at 1,024 tokens" in out and "generation crops to the context" in out
+
+
+# ---- what each layer keeps while decoding: the exact bytes from the formulas ----------------
+
+LFM2 = ROOT / "configs" / "lfm2-style.toml"
+
+
+def test_describe_a_hybrid_counts_states_and_growing_caches_apart(capsys):
+    code, out, _ = run_main(capsys, "describe", str(LFM2), "--set", "model.vocab_size=512", "--json")
+    assert code == 0
+    info = json.loads(out)
+    C, K, T = 128, 3, 64
+    state = C * (K - 1) * 4  # a short convolution keeps the last K - 1 inputs of its C channels, fp32
+    kv = 2 * 2 * 32 * 4  # keys and values of 2 key/value heads of 128 / 4 = 32
+    conv, attention = [0, 1, 3, 4], [2, 5]
+    for i in conv:
+        row = info["layers"][i]
+        assert (row["cache_kind"], row["state_bytes"], row["cache_bytes"], row["max_cache_bytes"]) == (
+            "state",
+            state,
+            state,
+            state,
+        )
+        assert row["kv_cache_bytes_per_token"] is None  # a state does not grow, and is not 0 bytes
+    for i in attention:
+        row = info["layers"][i]
+        assert (row["cache_kind"], row["kv_cache_bytes_per_token"], row["cache_bytes"]) == ("keys_values", kv, kv * T)
+        assert row["state_bytes"] is None and row["max_cache_bytes"] is None
+    cache = info["kv_cache"]
+    assert cache["bytes_per_token"] == len(attention) * kv
+    assert cache["state_bytes"] == len(conv) * state == 4096
+    assert cache["bytes_per_sequence"] == len(attention) * kv * T + len(conv) * state
+    assert cache["decodes_past_context"] and cache["extension_refusal"] is None
+
+
+def test_describe_text_never_floors_a_state(capsys):
+    code, out, _ = run_main(capsys, "describe", str(LFM2), "--set", "model.vocab_size=512")
+    assert code == 0
+    assert "4,096 bytes (4.0 KiB), the same at any length, in 4 layers" in out
+    assert "1,024 bytes per token in 2 layers" in out  # the attention layers' keys and values
+    assert "69,632 bytes (68.0 KiB) at 64 tokens" in out and "0.0 MiB" not in out
+    assert "decodes past the context: keys and values grow by 1,024 bytes per token" in out
+    assert out.count("state 1,024 bytes (1.0 KiB)") == 4
+
+
+def test_describe_a_model_of_states_alone(capsys):
+    code, out, _ = run_main(
+        capsys,
+        "describe",
+        str(LFM2),
+        "--set",
+        "model.vocab_size=512",
+        "--set",
+        "model.layer_pattern=['conv']",
+        "--set",
+        "model.positional.name=none",
+        "--json",
+    )
+    assert code == 0
+    cache = json.loads(out)["kv_cache"]
+    state = 6 * 128 * 2 * 4  # 6 layers, each the last 2 inputs of 128 channels, fp32
+    assert (cache["bytes_per_token"], cache["state_bytes"], cache["bytes_per_sequence"]) == (0, state, state)
+    assert cache["decodes_past_context"]
+
+
+def test_describe_windows_and_layers_without_a_mixer(capsys):
+    code, out, _ = run_main(
+        capsys,
+        "describe",
+        str(GPT2),
+        "--set",
+        "model.positional.name=rope",
+        "--set",
+        "model.attention={name='sliding_window', window=128}",
+        "--set",
+        "model.layer_kinds={local={}, mlp={attention='none', positional='none'}}",
+        "--set",
+        "model.layer_pattern=['local', 'mlp']",
+        "--json",
+    )
+    assert code == 0
+    info = json.loads(out)
+    C, W = 768, 128
+    local, mlp = info["layers"][0], info["layers"][1]
+    assert local["cache_kind"] == "window" and local["window"] == W
+    assert (local["kv_cache_bytes_per_token"], local["cache_bytes"], local["max_cache_bytes"]) == (
+        2 * C * 4,
+        2 * C * 4 * W,
+        2 * C * 4 * W,
+    )
+    assert (mlp["cache_bytes"], mlp["state_bytes"]) == (0, 0)
+    cache = info["kv_cache"]
+    assert (cache["bytes_per_token"], cache["window_bytes"], cache["bytes_per_sequence"]) == (
+        0,
+        6 * 2 * C * 4 * W,
+        6 * 2 * C * 4 * W,
+    )
+    assert cache["decodes_past_context"]
 
 
 @pytest.mark.parametrize(

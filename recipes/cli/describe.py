@@ -1,11 +1,16 @@
-"""gptzoo describe: the resolved config, parameter counts by family and per-plugin cost estimates."""
+"""gptzoo describe: the resolved config, parameter counts by family and per-plugin cost estimates,
+and what each layer keeps while decoding.
+
+The model is built on the meta device (shapes only, nothing allocated), so a plugin's
+``__init__``, ``flops_per_token`` and ``cache_bytes`` must not read tensor values; the
+conformance kit checks that a plugin builds there."""
 
 import argparse
 import json
 
 import torch
 
-from gptzoo.core import ComponentSpec, ConfigError
+from gptzoo.core import GPT, Attention, ComponentSpec, ConfigError
 from gptzoo.core.config import PER_LAYER
 from gptzoo.recipes.config.schema import RunConfig, load_run_config
 from gptzoo.recipes.training.models import meta_model, resolve_vocab
@@ -38,28 +43,70 @@ def describe(config: RunConfig) -> dict:
     model_config = config.model
     model = meta_model(model_config)
     T = model_config.context_length
-    per_sequence = model.kv_cache_bytes(T, torch.float32)
+    caches = [layer_cache(mixer, T) for mixer in model.mixers()]
     return {
         "config": config.model_dump(mode="json"),
         "parameters": model.param_counts(),
         "active_parameters_per_token": model.active_parameters_per_token(),
         "flops_per_token": model.flops_per_token(T),
-        "kv_cache": {
-            "bytes_per_token": per_sequence // T,
-            "bytes_per_sequence": per_sequence,
-            "dtype": "float32",
-            "context_length": T,
-        },
+        "kv_cache": model_cache(model, caches, T),
         "layers": [
             {
                 "layer": layer.index,
                 "kind": layer.kind,
                 **{family: _short(getattr(layer, family)) for family in PER_LAYER},
                 "parameters": sum(p.numel() for p in block.parameters()),
-                "kv_cache_bytes_per_token": block.attention.cache_bytes(T, torch.float32) // T,
+                **cache,
             }
-            for layer, block in zip(model_config.layers(), model.blocks, strict=True)
+            for layer, block, cache in zip(model_config.layers(), model.blocks, caches, strict=True)
         ],
+    }
+
+
+def layer_cache(mixer: Attention, T: int, dtype: torch.dtype = torch.float32) -> dict:
+    """What one layer's mixer keeps while decoding (its ``cache_kind``), exactly, in bytes for one sequence.
+
+    ``cache_bytes`` is the cache at the context; ``kv_cache_bytes_per_token`` what each token adds
+    to a cache of keys and values (a window's while it fills; None for a state, which does not
+    grow); ``state_bytes`` a state's size, the same at any length; ``window`` the tokens a window
+    keeps; ``max_cache_bytes`` the most the cache ever holds (None: it grows with the text)."""
+    kind = type(mixer).cache_kind
+    at_context = mixer.cache_bytes(T, dtype)
+    row: dict = {
+        "cache_kind": kind,
+        "cache_bytes": at_context,
+        "kv_cache_bytes_per_token": None,
+        "state_bytes": None,
+        "window": None,
+        "max_cache_bytes": None,
+    }
+    if kind == "state":
+        row["state_bytes"] = row["max_cache_bytes"] = at_context
+    elif kind == "window":
+        window = type(mixer).receptive_field(mixer.params)
+        row["window"] = window
+        row["kv_cache_bytes_per_token"] = mixer.cache_bytes(1, dtype) - mixer.cache_bytes(0, dtype)
+        row["max_cache_bytes"] = at_context if window is None else mixer.cache_bytes(window, dtype)
+    else:
+        row["kv_cache_bytes_per_token"] = mixer.cache_bytes(T + 1, dtype) - at_context
+    return row
+
+
+def model_cache(model: GPT, caches: list[dict], T: int) -> dict:
+    """The whole decoding cache of one sequence: ``bytes_per_token`` is what each further token adds
+    (the layers that keep every key and value), ``state_bytes`` and ``window_bytes`` what the
+    bounded layers hold at most, ``bytes_per_sequence`` all of it at the context; and whether
+    generation decodes past the context (else ``extension_refusal`` says why, naming the layer)."""
+    refusal = model.extension_refusal()
+    return {
+        "bytes_per_token": sum(c["kv_cache_bytes_per_token"] for c in caches if c["cache_kind"] == "keys_values"),
+        "bytes_per_sequence": sum(c["cache_bytes"] for c in caches),
+        "state_bytes": sum(c["state_bytes"] for c in caches if c["cache_kind"] == "state"),
+        "window_bytes": sum(c["max_cache_bytes"] for c in caches if c["cache_kind"] == "window"),
+        "dtype": "float32",
+        "context_length": T,
+        "decodes_past_context": refusal is None,
+        "extension_refusal": refusal,
     }
 
 
@@ -91,19 +138,16 @@ def run(args: argparse.Namespace) -> int:
     flops = info["flops_per_token"]
     print(f"  {'forward FLOPs':<15} {flops['forward']:>15,}")
     print(f"  {'training FLOPs':<15} {flops['training']:>15,}")
-    kv = info["kv_cache"]
-    print(
-        f"  {'KV cache':<15} {kv['bytes_per_token']:>15,} bytes/token (fp32), {kv['bytes_per_sequence'] / 2**20:,.1f} MiB per full sequence"
-    )
+    print("\n".join(cache_lines(info["kv_cache"], info["layers"])))
     print("layers")
-    header = ["layer", "kind", *PER_LAYER, "parameters", "KV bytes/token"]
+    header = ["layer", "kind", *PER_LAYER, "parameters", "cache (fp32)"]
     rows = [
         [
             str(r["layer"]),
             r["kind"] or "-",
             *(r[f] for f in PER_LAYER),
             f"{r['parameters']:,}",
-            f"{r['kv_cache_bytes_per_token']:,}",
+            _layer_cache_text(r),
         ]
         for r in info["layers"]
     ]
@@ -111,3 +155,48 @@ def run(args: argparse.Namespace) -> int:
     for row in [header, *rows]:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def byte_size(n: int) -> str:
+    """'18,432 bytes (18.0 KiB)': exact, with a readable size beside it from 1 KiB on."""
+    exact = f"{n:,} bytes"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{exact} ({n / size:,.1f} {unit})"
+    return exact
+
+
+def cache_lines(kv: dict, layers: list[dict]) -> list[str]:
+    """The decoding cache of one sequence by what the layers keep, at the context and past it."""
+    keeping = [r for r in layers if r["cache_bytes"] or r["cache_kind"] != "state"]  # not the layers without a mixer
+    count = {kind: sum(r["cache_kind"] == kind for r in keeping) for kind in ("keys_values", "window", "state")}
+    lines = [f"decoding cache of one sequence ({kv['dtype']})"]
+    if count["keys_values"]:
+        lines.append(
+            f"  {'keys, values':<15} {kv['bytes_per_token']:,} bytes per token in {count['keys_values']} layers"
+        )
+    if count["window"]:
+        lines.append(f"  {'windows':<15} at most {byte_size(kv['window_bytes'])} in {count['window']} layers")
+    if count["state"]:
+        lines.append(
+            f"  {'states':<15} {byte_size(kv['state_bytes'])}, the same at any length, in {count['state']} layers"
+        )
+    lines.append(f"  {'at context':<15} {byte_size(kv['bytes_per_sequence'])} at {kv['context_length']:,} tokens")
+    if kv["decodes_past_context"]:
+        grows = (
+            f"keys and values grow by {kv['bytes_per_token']:,} bytes per token"
+            if kv["bytes_per_token"]
+            else "the cache stays as it is"
+        )
+        lines.append(f"  {'past context':<15} generation decodes past the context: {grows}")
+    else:
+        lines.append(f"  {'past context':<15} generation crops to the context: {kv['extension_refusal']}")
+    return lines
+
+
+def _layer_cache_text(r: dict) -> str:
+    if r["cache_kind"] == "state":
+        return f"state {byte_size(r['state_bytes'])}" if r["state_bytes"] else "nothing"
+    if r["cache_kind"] == "window":
+        return f"window {r['window']}: {r['kv_cache_bytes_per_token']:,} bytes/token, at most {r['max_cache_bytes']:,}"
+    return f"{r['kv_cache_bytes_per_token']:,} bytes/token"
