@@ -41,6 +41,30 @@ SKIPPED = {"none", "per_head", "no_weights", "fused"}  # nothing to mix, or teac
 REFERENCES: dict[str, Callable[[Attention], Callable[[torch.Tensor], torch.Tensor]]] = {}
 
 
+def _minimax_lightning(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' MiniMaxLightningAttention (its own block size, 256) holding the weights of ``lightning``
+    (the same names; out_proj's bias, which MiniMax's layer has not, is left out)."""
+    from transformers import MiniMaxConfig
+    from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
+
+    dims = mixer.dims
+    config = MiniMaxConfig(
+        hidden_size=dims.d_model,
+        num_attention_heads=dims.n_heads,
+        num_key_value_heads=dims.n_heads,
+        head_dim=dims.head_size,
+        num_hidden_layers=dims.n_layers,
+        layer_types=["linear_attention"] * dims.n_layers,
+    )
+    twin = MiniMaxLightningAttention(config, dims.layer_idx)
+    ours = mixer.state_dict()
+    twin.load_state_dict({name: ours.get(name, tensor) for name, tensor in twin.state_dict().items()})
+    return lambda x: twin(x, position_embeddings=None, attention_mask=None)[0]
+
+
+REFERENCES["lightning"] = _minimax_lightning
+
+
 def model(name: str, context_length: int) -> GPT:
     impl = REGISTRY.resolve("attention", name)
     positional = "rope" if "rotate" in impl.position_hooks else "none"

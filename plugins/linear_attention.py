@@ -8,7 +8,13 @@ head, or one per key dimension):
     y_t = φ(q_t)ᵀ S_t                          (dv)
 
 - ``linear`` (Katharopoulos et al., 2020, "Transformers are RNNs"): λ = 1, φ = elu + 1 (or relu,
-  identity), optionally divided by φ(q_t)ᵀ z_t with z_t = Σ φ(k_s), the paper's normaliser.
+  identity), optionally divided by φ(q_t)ᵀ z_t with z_t = Σ φ(k_s), the paper's normaliser;
+- ``lightning`` (MiniMax-01's lightning attention, as transformers' MiniMaxLightningAttention):
+  a fixed decay λ_h = exp(-s_h) per head (s_h = 2^(-8(h+1)/nh), scaled down in later layers),
+  silu on q, k and v, an RMSNorm over the heads' outputs and a sigmoid output gate;
+- ``gla`` (Gated Linear Attention, Yang et al., 2024): λ_t = exp(logsigmoid(x_t W1 W2 + b) / τ),
+  one decay per key dimension from a low-rank projection of the token, then a per-head RMSNorm
+  and a swish output gate.
 
 Training runs the chunked form: within a chunk of C tokens the outputs are a masked C×C product
 (the decays between two tokens written out), across chunks the state carries the rest, so the
@@ -17,7 +23,7 @@ token; both start from the cache's state. The same masked product over the whole
 implicit attention matrix A (y = A v) that ``gptzoo inspect`` shows.
 
 Key/value heads may be fewer than query heads (``n_kv_heads``) where the state depends on keys,
-values and decays alone (``linear``): the query heads of a group read one state.
+values and decays alone (``linear``, ``gla``): the query heads of a group read one state.
 Left padding: keys and values are zeroed there (and gates set to 1), so the state stays zero.
 """
 
@@ -242,6 +248,134 @@ class LinearAttention(DecayedLinearAttention):
         return scores / (scores.sum(-1, keepdim=True) + self.params.eps)
 
 
+# ---- lightning attention (MiniMax-01) ---------------------------------------------------------------
+
+
+class LightningParams(Params):
+    eps: float = Field(1e-6, gt=0, description="eps of the RMSNorm over the heads' outputs (MiniMax's: 1e-6)")
+    chunk_size: int = Field(
+        64,
+        gt=0,
+        description="tokens per chunk of the training form (MiniMax's block_size, 256; the outputs do not depend on it)",
+    )
+
+
+class LightningAttention(DecayedLinearAttention):
+    """MiniMax-01's lightning attention: (q, k, v) = silu(x W_qkv), S_t = λ_h S_{t-1} + k_t v_tᵀ,
+    y_t = q_tᵀ S_t (unscaled, unnormalised), out = (σ(x W_g) ⊙ RMSNorm(y)) W_o, with the decay
+    λ_h = exp(-s_h), s_h = 2^(-8(h+1)/nh) · (1 - l / (L - 1 + 1e-5) + 1e-5) in layer l of L: the
+    last layer barely decays. Weights are named as MiniMax's checkpoints name them; ``qkv_proj``
+    keeps each head's query, key and value rows together ([q_0 k_0 v_0 q_1 ...])."""
+
+    Params = LightningParams
+
+    @classmethod
+    def check(cls, params: LightningParams, dims: Dims) -> None:
+        if dims.n_kv_heads != dims.n_heads:
+            raise ValueError(
+                f"each head decays its own state, so lightning attention has no key/value head groups: "
+                f"leave n_kv_heads unset (got {dims.n_kv_heads} for n_heads={dims.n_heads})"
+            )
+
+    def __init__(self, params: LightningParams, dims: Dims):
+        super().__init__(params, dims)
+        nh, hs = dims.n_heads, dims.head_size
+        self.qkv_proj = nn.Linear(dims.d_model, 3 * nh * hs, bias=dims.qkv_bias)
+        self.output_gate = nn.Linear(dims.d_model, nh * hs, bias=False)
+        self.norm = nn.RMSNorm(nh * hs, eps=params.eps)
+        self.out_proj = nn.Linear(nh * hs, dims.d_model, bias=dims.attn_out_bias)
+        self.chunk_size = params.chunk_size
+        self.state_heads, self.key_width, self.value_width = nh, hs, hs
+
+    def slopes(self, device: torch.device) -> Tensor:
+        """s_h per head, (nh,): ALiBi's slopes, shrunk linearly with the depth (MiniMax's get_slope_rate)."""
+        nh, n_layers = self.dims.n_heads, self.dims.n_layers
+        depth = 1 - self.dims.layer_idx / (n_layers - 1 + 1e-5) + 1e-5
+        return (2 ** (-8 / nh)) ** torch.arange(1, nh + 1, device=device, dtype=torch.float32) * depth
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
+        B, T, _ = x.shape
+        nh, hs = self.dims.n_heads, self.dims.head_size
+        qkv = zero_padding(F.silu(self.qkv_proj(x)), ctx.valid)  # silu(0) = 0: nothing enters the state there
+        q, k, v = heads(qkv, nh, 3 * hs).split(hs, dim=-1)  # (B, nh, 1, T, hs) each
+        log_decay = -self.slopes(x.device).to(x.dtype).view(1, nh, 1, 1, 1).expand(1, nh, 1, T, 1)
+        y = self.mix(q, k, v, log_decay, ctx, cache)  # (B, nh, 1, T, hs)
+        y = self.norm(y.permute(0, 3, 1, 2, 4).reshape(B, T, nh * hs))
+        y = F.dropout(torch.sigmoid(self.output_gate(x)) * y, self.dims.dropout, self.training)
+        return self.out_proj(y)  # (B, T, C)
+
+
+# ---- gated linear attention ---------------------------------------------------------------------------
+
+
+class GLAParams(Params):
+    expand_k: float = Field(
+        0.5, gt=0, description="key width per head as a multiple of head_dim (GLA: 0.5, queries and keys half as wide)"
+    )
+    expand_v: float = Field(1.0, gt=0, description="value width per head as a multiple of head_dim (GLA: 1)")
+    gate_low_rank_dim: int = Field(
+        16, gt=0, description="width of the low-rank projection the decays come from (GLA: 16)"
+    )
+    gate_logit_normalizer: float = Field(
+        16.0, gt=0, description="τ in log λ = logsigmoid(·) / τ: larger keeps decays nearer 1 (GLA: 16)"
+    )
+    eps: float = Field(1e-5, gt=0, description="eps of the per-head RMSNorm on the output (GLA's norm_eps: 1e-5)")
+    chunk_size: int = Field(
+        16,
+        gt=0,
+        description="tokens per chunk of the training form (the outputs do not depend on it); the in-chunk part "
+        "holds C × C × key width decays per head, so it stays small (GLA's exact in-chunk blocks are 16)",
+    )
+
+
+class GatedLinearAttention(DecayedLinearAttention):
+    """GLA (Yang et al., 2024; the layer as flash-linear-attention's GatedLinearAttention):
+    S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t / √dk, with α_t = exp(logsigmoid(x_t W1 W2 + b) / τ)
+    per key dimension, then out = (RMSNorm(y) ⊙ swish(x W_g)) W_o per head. Keys, values and decays
+    have ``n_kv_heads`` heads, each read by a group of query heads."""
+
+    Params = GLAParams
+
+    @classmethod
+    def check(cls, params: GLAParams, dims: Dims) -> None:
+        for name in ("expand_k", "expand_v"):
+            width = getattr(params, name) * dims.head_size
+            if width != int(width) or width < 1:
+                raise ValueError(f"{name} = {getattr(params, name)} × head_dim {dims.head_size} is not a whole width")
+
+    def __init__(self, params: GLAParams, dims: Dims):
+        super().__init__(params, dims)
+        nh, nkv, C = dims.n_heads, dims.n_kv_heads, dims.d_model
+        dk, dv = int(params.expand_k * dims.head_size), int(params.expand_v * dims.head_size)
+        self.q_proj = nn.Linear(C, nh * dk, bias=dims.qkv_bias)
+        self.k_proj = nn.Linear(C, nkv * dk, bias=dims.qkv_bias)
+        self.v_proj = nn.Linear(C, nkv * dv, bias=dims.qkv_bias)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(C, params.gate_low_rank_dim, bias=False), nn.Linear(params.gate_low_rank_dim, nkv * dk)
+        )
+        self.g_proj = nn.Linear(C, nh * dv, bias=False)
+        self.g_norm = nn.RMSNorm(dv, eps=params.eps)
+        self.out_proj = nn.Linear(nh * dv, C, bias=dims.attn_out_bias)
+        self.chunk_size = params.chunk_size
+        self.state_heads, self.key_width, self.value_width = nkv, dk, dv
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
+        B, T, _ = x.shape
+        nh, nkv, dk, dv = self.dims.n_heads, self.dims.n_kv_heads, self.key_width, self.value_width
+        q = heads(self.q_proj(x), nkv, dk) / math.sqrt(dk)  # (B, nkv, G, T, dk)
+        k = heads(zero_padding(self.k_proj(x), ctx.valid), nkv, dk)  # (B, nkv, 1, T, dk)
+        v = heads(zero_padding(self.v_proj(x), ctx.valid), nkv, dv)  # (B, nkv, 1, T, dv)
+        log_decay = F.logsigmoid(self.gk_proj(x)) / self.params.gate_logit_normalizer
+        log_decay = heads(zero_padding(log_decay, ctx.valid), nkv, dk)  # λ = 1 at padding: (B, nkv, 1, T, dk)
+        y = self.mix(q, k, v, log_decay, ctx, cache)  # (B, nkv, G, T, dv)
+        y = self.g_norm(y.permute(0, 3, 1, 2, 4).reshape(B, T, nh, dv))
+        y = y * F.silu(self.g_proj(x).view(B, T, nh, dv))
+        y = F.dropout(y, self.dims.dropout, self.training)
+        return self.out_proj(y.reshape(B, T, nh * dv))  # (B, T, C)
+
+
 @hookimpl
 def register_components(register):
     register("attention", "linear", LinearAttention)
+    register("attention", "lightning", LightningAttention)
+    register("attention", "gla", GatedLinearAttention)

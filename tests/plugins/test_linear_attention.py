@@ -120,3 +120,146 @@ def test_inspection_reports_the_normalised_matrix_the_layer_multiplies_values_by
     phi_q, phi_k = (F.elu(t.view(1, 10, 4, 8).transpose(1, 2)) + 1 for t in (q, k))  # (1, 4, 10, 8)
     scores = (phi_q @ phi_k.transpose(-1, -2)).tril()  # φ(q_i)·φ(k_j), j ≤ i
     torch.testing.assert_close(A, scores / (scores.sum(-1, keepdim=True) + 1e-6))
+
+
+# ---- lightning (MiniMax-01) ----------------------------------------------------------------------
+
+
+def minimax_lightning(n_layers: int, layer_idx: int, block_size: int):
+    from transformers import MiniMaxConfig
+    from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
+
+    config = MiniMaxConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
+        num_hidden_layers=n_layers,
+        block_size=block_size,
+        layer_types=["linear_attention"] * n_layers,
+    )
+    torch.manual_seed(1)
+    return MiniMaxLightningAttention(config, layer_idx).eval()
+
+
+def lightning_mixer(n_layers: int, layer_idx: int, chunk_size: int):
+    config = REGISTRY.model_config(
+        {
+            "vocab_size": 50,
+            "context_length": 64,
+            "d_model": 32,
+            "n_layers": n_layers,
+            "n_heads": 4,
+            "positional": "none",
+            "attn_out_bias": False,
+            "attention": {"name": "lightning", "chunk_size": chunk_size},
+        }
+    )
+    return config.attention.build(config.dims(layer_idx)).eval()
+
+
+@pytest.mark.parametrize("layer_idx", [0, 2, 3])
+def test_lightning_attention_matches_transformers_minimax_layer(layer_idx):
+    reference = minimax_lightning(n_layers=4, layer_idx=layer_idx, block_size=8)
+    ours = lightning_mixer(n_layers=4, layer_idx=layer_idx, chunk_size=5)  # other chunks than the reference's blocks
+    weights = {k: v for k, v in reference.state_dict().items() if k.split(".")[0] != "slope_rate" and "decay" not in k}
+    ours.load_state_dict(weights)  # the same names: qkv_proj, output_gate, norm, out_proj
+    x = torch.randn(2, 27, 32)  # three blocks of 8 and a ragged one
+    with torch.no_grad():
+        expected, _ = reference(x, position_embeddings=None, attention_mask=None)
+    torch.testing.assert_close(run(ours, x), expected)
+
+
+def test_lightning_attention_follows_the_decayed_recurrence():
+    """S_t = exp(-s_h) S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t, with MiniMax-01's slopes s_h = 2^(-8(h+1)/nh)
+    scaled by 1 - l/(L-1) (+1e-5 terms) in layer l of L, then RMSNorm, the sigmoid gate, out_proj."""
+    layer = lightning_mixer(n_layers=3, layer_idx=1, chunk_size=4).double()
+    nh, hs = 4, 8
+    x = torch.randn(1, 11, 32, dtype=torch.float64)
+    qkv = F.silu(x @ layer.qkv_proj.weight.T).view(1, 11, nh, 3, hs)  # each head's q, k, v side by side
+    slopes = [2 ** (-8 * (h + 1) / nh) * (1 - 1 / (2 + 1e-5) + 1e-5) for h in range(nh)]
+    y = torch.zeros(1, 11, nh, hs, dtype=x.dtype)
+    for h in range(nh):
+        S = torch.zeros(hs, hs, dtype=x.dtype)
+        for t in range(11):
+            q, k, v = qkv[0, t, h]
+            S = math.exp(-slopes[h]) * S + torch.outer(k, v)
+            y[0, t, h] = q @ S
+    y = y.reshape(1, 11, nh * hs)
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.norm.weight
+    expected = (torch.sigmoid(x @ layer.output_gate.weight.T) * y) @ layer.out_proj.weight.T
+    torch.testing.assert_close(run(layer, x), expected)
+
+
+def test_lightning_attention_has_no_key_value_groups():
+    with pytest.raises(ConfigError, match="no key/value head groups"):
+        mixer("lightning", n_kv_heads=2)
+
+
+# ---- gated linear attention ----------------------------------------------------------------------
+
+
+def gla_by_the_equations(layer, x):
+    """Yang et al. (2024), eq. 3 as a recurrence: S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t / √dk,
+    α_t = exp(logsigmoid(x_t W1 W2 + b) / 16); then o = (RMSNorm(o) ⊙ swish(x W_g)) W_o per head."""
+    nh, nkv, dk, dv = layer.dims.n_heads, layer.dims.n_kv_heads, layer.key_width, layer.value_width
+    B, T, _ = x.shape
+    q = (x @ layer.q_proj.weight.T).view(B, T, nh, dk)
+    k = (x @ layer.k_proj.weight.T).view(B, T, nkv, dk)
+    v = (x @ layer.v_proj.weight.T).view(B, T, nkv, dv)
+    low, full = layer.gk_proj
+    alpha = torch.exp(F.logsigmoid(x @ low.weight.T @ full.weight.T + full.bias) / 16).view(B, T, nkv, dk)
+    o = torch.zeros(B, T, nh, dv, dtype=x.dtype)
+    for b in range(B):
+        for h in range(nh):
+            g = h // (nh // nkv)
+            S = torch.zeros(dk, dv, dtype=x.dtype)
+            for t in range(T):
+                S = alpha[b, t, g][:, None] * S + torch.outer(k[b, t, g], v[b, t, g])
+                o[b, t, h] = q[b, t, h] @ S / math.sqrt(dk)
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.g_norm.weight
+    o = o * F.silu(x @ layer.g_proj.weight.T).view(B, T, nh, dv)
+    return o.reshape(B, T, nh * dv) @ layer.out_proj.weight.T + layer.out_proj.bias
+
+
+def test_gla_follows_the_gated_recurrence_across_chunks():
+    layer = mixer("gla", n_kv_heads=2, head_dim=8, chunk_size=4)  # keys 4 wide (expand_k 0.5), values 8
+    x = torch.randn(2, 19, 32, dtype=torch.float64)
+    torch.testing.assert_close(run(layer, x), gla_by_the_equations(layer, x))
+
+
+def test_gla_stays_finite_and_exact_where_gates_close_within_a_chunk():
+    # A gate bias of -60 makes α ≈ exp(-60/16) per step: across a chunk of 64 the decays reach e^-240,
+    # whose reciprocal overflows float32. The in-chunk decays are formed pairwise, never inverted.
+    layer = mixer("gla", chunk_size=64).float()
+    with torch.no_grad():
+        layer.gk_proj[1].bias.fill_(-60.0)
+    x = torch.randn(1, 70, 32)
+    got = run(layer, x)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), gla_by_the_equations(layer.double(), x.double()), rtol=1e-4, atol=1e-4)
+
+
+def test_gla_inspection_is_the_decayed_score_matrix():
+    torch.manual_seed(0)
+    model = GPT(
+        REGISTRY.model_config(
+            {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 4, "positional": "none"}
+            | {"attention": {"name": "gla"}}
+        )
+    ).eval()
+    idx = torch.randint(0, 50, (1, 9))
+    (A,) = implicit_attention(model, idx)
+    layer = model.blocks[0].attention
+    x = model.blocks[0].attn_norm(model.token_embedding(idx))
+    q = (x @ layer.q_proj.weight.T).view(1, 9, 4, 4) / 2  # keys 4 wide, scaled by 1/√4
+    k = (x @ layer.k_proj.weight.T).view(1, 9, 4, 4)
+    low, full = layer.gk_proj
+    log_alpha = (F.logsigmoid(x @ low.weight.T @ full.weight.T + full.bias) / 16).view(1, 9, 4, 4)
+    expected = torch.zeros(1, 4, 9, 9)
+    for h in range(4):
+        for i in range(9):
+            for j in range(i + 1):
+                decay = log_alpha[0, j + 1 : i + 1, h].sum(0).exp()  # Π_{j<s≤i} α_s
+                expected[0, h, i, j] = (q[0, i, h] * decay * k[0, j, h]).sum()
+    torch.testing.assert_close(A, expected)
