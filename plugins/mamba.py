@@ -37,6 +37,7 @@ Both zero their inputs at left padding and its Δ (decay 1), so padding leaves t
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -280,6 +281,125 @@ class Mamba2(Attention):
         return scores * decays * dt.transpose(1, 2)[:, :, None, :]
 
 
+class MambaParams(Params):
+    d_state: int = Field(16, gt=0, description="state entries n per channel (reference: 16)")
+    d_conv: int = Field(4, gt=0, description="width of the short causal convolution over x (reference: 4)")
+    expand: int = Field(2, gt=0, description="inner width = expand · d_model (reference: 2)")
+    dt_rank: int | None = Field(
+        None, gt=0, description="width of Δ's low-rank projection; None: ceil(d_model / 16) (reference: 'auto')"
+    )
+    conv_bias: bool = Field(True, description="a bias in the convolution (reference: true)")
+    bias: bool = Field(False, description="biases in in_proj and out_proj (reference: false)")
+    dt_min: float = Field(
+        0.001, gt=0, description="Δ is initialised log-uniform in [dt_min, dt_max] (reference: 0.001)"
+    )
+    dt_max: float = Field(0.1, gt=0, description="see dt_min (reference: 0.1)")
+    dt_init_floor: float = Field(1e-4, ge=0, description="initial Δ is at least this (reference: 1e-4)")
+    dt_init: Literal["random", "constant"] = Field(
+        "random", description="dt_proj's weight uniform in ±dt_scale/√dt_rank, or that constant (reference: random)"
+    )
+    dt_scale: float = Field(1.0, gt=0, description="see dt_init (reference: 1)")
+    bcdt_norm: Literal["none", "learned", "plain"] = Field(
+        "none",
+        description="an RMSNorm on Δ's low-rank input, on B and on C: with a learned scale (Jamba), without (Falcon Mamba), or none (Mamba)",
+    )
+    norm_eps: float = Field(1e-6, gt=0, description="epsilon of those norms (Jamba, Falcon Mamba: 1e-6)")
+
+
+class Mamba(Attention):
+    Params = MambaParams
+    inspection = "state_norms"
+    position_hooks = frozenset()
+    cache_kind = "state"
+
+    @classmethod
+    def check(cls, params: MambaParams, dims: Dims) -> None:
+        if params.dt_min > params.dt_max:
+            raise ValueError(f"dt_min ({params.dt_min}) must not exceed dt_max ({params.dt_max})")
+
+    def __init__(self, params: MambaParams, dims: Dims):
+        super().__init__(params, dims)
+        C, n = dims.d_model, params.d_state
+        self.inner = params.expand * C
+        self.dt_rank = params.dt_rank or math.ceil(C / 16)
+        # in_proj's rows: [x | z], as the reference's checkpoints.
+        self.in_proj = nn.Linear(C, 2 * self.inner, bias=params.bias)
+        self.conv1d = ShortConv(self.inner, params.d_conv, bias=params.conv_bias)
+        self.x_proj = nn.Linear(self.inner, self.dt_rank + 2 * n, bias=False)  # [Δ's input | B | C]
+        self.dt_proj = nn.Linear(self.dt_rank, self.inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.inner, n))
+        self.D = nn.Parameter(torch.empty(self.inner))
+        if params.bcdt_norm != "none":
+            learned = params.bcdt_norm == "learned"
+            self.dt_layernorm = nn.RMSNorm(self.dt_rank, eps=params.norm_eps, elementwise_affine=learned)
+            self.b_layernorm = nn.RMSNorm(n, eps=params.norm_eps, elementwise_affine=learned)
+            self.c_layernorm = nn.RMSNorm(n, eps=params.norm_eps, elementwise_affine=learned)
+        self.out_proj = nn.Linear(self.inner, C, bias=params.bias)
+        self.init_state_space()
+
+    @torch.no_grad()
+    def init_state_space(self) -> None:
+        """A = 1..d_state in every channel (S4D-real), D = 1, dt_proj from the Δ range (Mamba's reference)."""
+        p = self.params
+        self.A_log.copy_(
+            torch.log(torch.arange(1, p.d_state + 1, device=self.A_log.device).float()).expand_as(self.A_log)
+        )
+        self.D.fill_(1.0)
+        std = p.dt_scale * self.dt_rank**-0.5
+        if p.dt_init == "constant":
+            self.dt_proj.weight.fill_(std)
+        else:
+            self.dt_proj.weight.uniform_(-std, std)
+        _draw_dt_bias(self.dt_proj.bias, p.dt_min, p.dt_max, p.dt_init_floor)
+
+    def init_weights(self, scheme: InitScheme) -> None:
+        super().init_weights(scheme)
+        self.init_state_space()
+
+    def new_cache(
+        self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype
+    ) -> RecurrentCache:
+        state = torch.zeros(batch_size, self.inner, self.params.d_state, device=device)
+        return RecurrentCache(window=self.conv1d.new_window(batch_size, device, dtype), state=state)
+
+    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        window = self.inner * (self.params.d_conv - 1) * torch.empty((), dtype=dtype).element_size()
+        return window + self.inner * self.params.d_state * 4  # the state in float32
+
+    def flops_per_token(self, context_length: int) -> int:
+        # Projections, the convolution, then per channel and state entry: the input Δ·x·B (2),
+        # the decay and the sum (2), the read against C (2).
+        projections = sum(2 * m.weight.numel() for m in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj))
+        return projections + 2 * self.inner * self.params.d_conv + 6 * self.inner * self.params.d_state
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
+        b, T, _ = x.shape
+        n = self.params.d_state
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs = zero_padding(xs, ctx.valid)  # padding feeds zeros to the convolution window
+        xs = zero_padding(F.silu(self.conv1d(xs, None if cache is None else cache.window)), ctx.valid)
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, n, n], dim=-1)
+        if self.params.bcdt_norm != "none":
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
+        dt = zero_padding(F.softplus(self.dt_proj(dt).float()), ctx.valid)  # (b, T, d); Δ = 0 at padding: decay 1
+        A = -torch.exp(self.A_log.float())  # (d, n)
+        decays = torch.exp(dt[..., None] * A)  # (b, T, d, n)
+        inputs = (dt * xs.float())[..., None] * B.float()[:, :, None, :]  # (b, T, d, n)
+        state = torch.zeros(b, self.inner, n, device=x.device) if cache is None else cache.state
+        states = []
+        for t in range(T):
+            state = decays[:, t] * state + inputs[:, t]
+            states.append(state)
+        every = torch.stack(states, dim=1)  # (b, T, d, n)
+        if cache is not None:
+            cache.state.copy_(state)
+        if ctx.capturing:
+            ctx.record(every.flatten(2).norm(dim=-1)[:, None])  # (b, 1, T): the whole state's norm
+        y = torch.einsum("btdn,btn->btd", every, C.float()) + self.D.float() * xs.float()
+        return self.out_proj((y * F.silu(z.float())).to(x.dtype))
+
+
 @hookimpl
 def register_components(register):
     register("attention", "mamba2", Mamba2)
+    register("attention", "mamba", Mamba)

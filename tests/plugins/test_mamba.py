@@ -171,3 +171,104 @@ def test_mamba2_cache_is_its_window_and_float32_state(registry):
 
 def test_mamba2_passes_the_kit_with_groups_and_short_chunks(registry):
     check_component("attention", "mamba2", registry, d_state=8, n_groups=2, chunk_size=4)
+
+
+# ---- Mamba -------------------------------------------------------------------------------------------
+
+MAMBA = {"d_state": 6, "dt_rank": 5}  # inner width 64
+
+
+def mamba_reference(family):
+    """transformers' mixer for Mamba, Jamba's or Falcon Mamba's layer, tiny, with random weights."""
+    transformers = pytest.importorskip("transformers")
+    if family == "jamba":
+        from transformers.models.jamba.modeling_jamba import JambaMambaMixer
+
+        config = transformers.JambaConfig(
+            hidden_size=C,
+            mamba_d_state=6,
+            mamba_dt_rank=5,
+            mamba_expand=2,
+            use_mamba_kernels=False,
+            num_hidden_layers=1,
+        )
+        return JambaMambaMixer(config, layer_idx=0).eval(), config
+    common = dict(
+        hidden_size=C, state_size=6, time_step_rank=5, expand=2, num_hidden_layers=1, use_associative_scan=False
+    )
+    if family == "falcon_mamba":
+        from transformers.models.falcon_mamba.modeling_falcon_mamba import FalconMambaMixer
+
+        config = transformers.FalconMambaConfig(**common)
+        # Its own initialisation reads the norms before building them; the test draws every weight anyway.
+        return FalconMambaMixer(config, layer_idx=0, initialize_mixer_weights=False).eval(), config
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    config = transformers.MambaConfig(**common)
+    return MambaMixer(config, layer_idx=0).eval(), config
+
+
+@pytest.mark.parametrize("family,norm", [("mamba", "none"), ("jamba", "learned"), ("falcon_mamba", "plain")])
+@torch.no_grad()
+def test_mamba_matches_transformers_mixers_training_and_cached_decoding(registry, family, norm):
+    from transformers.cache_utils import DynamicCache
+
+    reference, config = mamba_reference(family)
+    randomize(reference)
+    layer = mixer(registry, "mamba", bcdt_norm=norm, **MAMBA)
+    state = {k: v for k, v in reference.state_dict().items() if not (norm == "plain" and "layernorm" in k)}
+    state["conv1d.conv.weight"], state["conv1d.conv.bias"] = state.pop("conv1d.weight"), state.pop("conv1d.bias")
+    layer.load_state_dict(state)
+
+    x = torch.randn(2, 13, C)
+    expected = reference(x)
+    close = dict(rtol=1e-5, atol=1e-4)  # float32 sums in another order, on outputs of order 1
+    torch.testing.assert_close(layer(x, context(registry, 13)), expected, **close)
+
+    # The reference decodes a prefill from an empty state, then one token at a time.
+    cache = DynamicCache(config=config)
+    steps = [reference(x[:, :6], cache=cache)] + [reference(x[:, t : t + 1], cache=cache) for t in range(6, 13)]
+    torch.testing.assert_close(torch.cat(steps, 1), expected, **close)
+    torch.testing.assert_close(in_pieces(layer, registry, x, [6] + [1] * 7), expected, **close)
+    torch.testing.assert_close(in_pieces(layer, registry, x, [4, 1, 3, 5]), expected, **close)
+
+
+@torch.no_grad()
+def test_mamba_is_the_selective_scan_written_out_and_reports_its_state_norm(registry):
+    """S_t = exp(Δ_t A) ⊙ S_{t-1} + Δ_t x_t B_tᵀ per channel, y_t = S_t C_t + D x_t, out = W_o (y ⊙ SiLU(z))."""
+    layer = mixer(registry, "mamba", **MAMBA)
+    randomize(layer)
+    b, T, inner = 2, 9, 64
+    u = torch.randn(b, T, C)
+    ctx = context(registry, T, capture=True)
+    got = layer(u, ctx)
+
+    xs, z = (u @ layer.in_proj.weight.T).split([inner, inner], dim=-1)
+    xs = F.silu(layer.conv1d(xs))  # the convolution itself is tested against its sum in test_recurrent_pieces
+    dt_in, B, C_ = (xs @ layer.x_proj.weight.T).split([5, 6, 6], dim=-1)
+    delta = F.softplus(dt_in @ layer.dt_proj.weight.T + layer.dt_proj.bias)  # (b, T, inner)
+    A = -torch.exp(layer.A_log)  # (inner, n)
+    S = torch.zeros(b, inner, 6)
+    ys, norms = [], []
+    for t in range(T):
+        S = torch.exp(delta[:, t, :, None] * A) * S + (delta[:, t] * xs[:, t])[..., None] * B[:, t, None, :]
+        ys.append((S * C_[:, t, None, :]).sum(-1) + layer.D * xs[:, t])
+        norms.append(S.pow(2).sum((1, 2)).sqrt())
+    expected = (torch.stack(ys, 1) * F.silu(z)) @ layer.out_proj.weight.T
+    torch.testing.assert_close(got, expected)
+    (reported,) = ctx.recorder._reported
+    torch.testing.assert_close(reported, torch.stack(norms, 1)[:, None])  # (b, 1, T)
+
+
+def test_mamba_published_initialisation(registry):
+    layer = mixer(registry, "mamba", **MAMBA)
+    assert torch.allclose(torch.exp(layer.A_log), torch.arange(1.0, 7.0).expand(64, 6))
+    assert torch.equal(layer.D, torch.ones(64))
+    assert layer.dt_proj.weight.abs().max() <= 5**-0.5
+    delta = F.softplus(layer.dt_proj.bias)
+    assert ((delta >= 0.001 - 1e-7) & (delta <= 0.1 + 1e-7)).all()
+    assert layer.cache_bytes(1) == layer.cache_bytes(5_000) == 64 * 3 * 4 + 64 * 6 * 4
+
+
+def test_mamba_passes_the_kit_with_jambas_norms(registry):
+    check_component("attention", "mamba", registry, d_state=4, bcdt_norm="learned")
