@@ -18,7 +18,8 @@ Llama 4             sigmoid    false            1             1                 
 Softmax, then the top k, then renormalising the k weights is the same as a softmax over the
 top k logits (Mixtral's two spellings, and gpt-oss's). DeepSeek-V3 chooses differently from how
 it weighs: a per-expert bias (``e_score_correction_bias``, which its training nudges to balance
-the load instead of an auxiliary loss) is added to the scores for choosing only, and a token may
+the load instead of an auxiliary loss: ``bias_update_rate``) is added to the scores for choosing
+only, and a token may
 only choose experts from its ``top_groups`` best of ``n_groups`` groups, a group scoring the sum
 of its two best biased scores (node-limited routing: each group lives on one node). Llama 4
 multiplies each chosen expert's *input* by its sigmoid score (a SwiGLU is not linear, so this is
@@ -28,7 +29,7 @@ up projection and have biases; Qwen's shared expert is gated by a sigmoid of the
 Dispatch is dropless: every (token, choice) pair is sorted by expert and each expert
 multiplies its contiguous slice once; no token is dropped and no capacity is set. Two
 auxiliary losses are reported for training: the load-balancing loss of Switch Transformer /
-Mixtral and ST-MoE's router z-loss.
+Mixtral and ST-MoE's router z-loss; with ``bias_update_rate`` the load's imbalance is logged too.
 """
 
 import math
@@ -69,7 +70,15 @@ class MoEParams(Params):
     )
     expert_bias: bool = Field(
         False,
-        description="a per-expert bias added to the scores for choosing the experts, not to their weights (DeepSeek-V3's e_score_correction_bias): a buffer, zero at initialisation, read from checkpoints; training keeps it fixed (DeepSeek's bias updates are not implemented)",
+        description="a per-expert bias added to the scores for choosing the experts, not to their weights (DeepSeek-V3's e_score_correction_bias): a buffer, zero at initialisation, read from checkpoints, saved with the weights; no gradient reaches it, only bias_update_rate moves it",
+    )
+    bias_update_rate: float = Field(
+        0.0,
+        ge=0,
+        description="auxiliary-loss-free balancing (DeepSeek-V3's bias update speed γ: 0.001): after each optimizer step "
+        "each expert's expert_bias moves by this much, down if the expert took more than the mean load over "
+        "the step's tokens (every micro-batch and process), up if less; logs aux_moe_imbalance "
+        "(max load / mean load - 1); 0: the bias stays fixed. Needs expert_bias",
     )
     n_groups: int = Field(
         1,
@@ -146,6 +155,10 @@ class MixtureOfExperts(FeedForward):
             raise ValueError(
                 f"top_k={params.top_k} is more than the {top_groups * per_group} experts in top_groups={top_groups} groups of {per_group}"
             )
+        if params.bias_update_rate and not params.expert_bias:
+            raise ValueError(
+                f"bias_update_rate={params.bias_update_rate} updates the routing bias, but expert_bias=false: set expert_bias = true"
+            )
         if params.shared_expert_gate and not params.n_shared_experts:
             raise ValueError(
                 "shared_expert_gate=true gates the shared experts, but n_shared_experts=0: set it to 1 or more"
@@ -172,6 +185,9 @@ class MixtureOfExperts(FeedForward):
         self.register_buffer("expert_bias", torch.zeros(E) if params.expert_bias else None)
         self.init_weights("torch_default")
         self._routing: tuple[Tensor, Tensor, Tensor] | None = None
+        # Tokens each expert took since the last optimizer step (training with bias_update_rate).
+        # Not a buffer: DDP would overwrite each process's count with rank 0's before every forward.
+        self._load: Tensor | None = None
 
     def init_weights(self, scheme: InitScheme) -> None:
         """gpt2: N(0, 0.02), each expert's output matrix N(0, 0.02/√(2·n_layers)) as a residual
@@ -207,6 +223,9 @@ class MixtureOfExperts(FeedForward):
             weights = weights / weights.sum(-1, keepdim=True)
         weights = weights * self.params.routed_scale
         self._routing = (logits, scores, chosen)
+        if self.training and self.params.bias_update_rate:
+            load = expert_load(chosen, self.params.n_experts)
+            self._load = load if self._load is None else self._load + load
         out = self._dispatch(tokens, weights.to(x.dtype), chosen)  # (N, C)
         if self.shared is not None:
             shared = self.shared(tokens)  # (N, C)
@@ -273,16 +292,31 @@ class MixtureOfExperts(FeedForward):
             return {}
         logits, scores, chosen = self._routing
         E = self.params.n_experts
-        fraction = torch.zeros(E, device=scores.device).index_add_(
-            0, chosen.flatten(), torch.ones(chosen.numel(), device=scores.device)
-        ) / chosen.size(0)  # (E,)
+        load = expert_load(chosen, E)  # (E,)
+        fraction = load / chosen.size(0)
         probs = scores if self.params.scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
         balance = E * (fraction * probs.mean(0)).sum()
         z = logits.logsumexp(-1).square().mean()
-        return {
+        losses = {
             "moe_balance": AuxiliaryLoss(balance, self.params.balance_loss_weight),
             "moe_z": AuxiliaryLoss(z, self.params.z_loss_weight),
         }
+        if self.params.bias_update_rate:  # logged, never trained on: MaxVio (Wang et al., 2024)
+            losses["moe_imbalance"] = AuxiliaryLoss(load.max() / load.mean() - 1, 0.0)
+        return losses
+
+    def after_optimizer_step(self) -> None:
+        """Auxiliary-loss-free balancing (Wang et al., 2024; DeepSeek-V3): each expert's routing bias
+        moves by ``bias_update_rate`` toward the mean load: b_e += γ · sign(mean load - load_e), the
+        load counted over every forward in training since the last step, summed over the processes.
+        Training calls it after each optimizer step."""
+        if self._load is None or self.expert_bias is None:
+            return
+        load, self._load = self._load, None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)  # every process moves its copy of the bias alike
+        with torch.no_grad():
+            self.expert_bias += self.params.bias_update_rate * torch.sign(load.mean() - load).to(self.expert_bias.dtype)
 
     def active_parameters(self) -> int:
         """The router, the k chosen experts and the shared experts' gate (the shared experts count themselves)."""
@@ -297,6 +331,13 @@ class MixtureOfExperts(FeedForward):
         C = self.dims.d_model
         gate = C if self.shared_gate is not None else 0
         return 2 * (self.router.weight.numel() + self.params.top_k * 3 * self.hidden * C + gate)
+
+
+def expert_load(chosen: Tensor, n_experts: int) -> Tensor:
+    """(N, k) chosen experts -> (E,) how many of the N tokens each expert took, as floats."""
+    return torch.zeros(n_experts, device=chosen.device).index_add_(
+        0, chosen.flatten(), torch.ones(chosen.numel(), device=chosen.device)
+    )
 
 
 # ---- the experts as one operator, for torch.compile -----------------------------------------------

@@ -62,8 +62,14 @@ def lr_at(step: int, train: TrainConfig, n_steps: int) -> float:
 
 def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None) -> None:
     """After the backward passes: clip the gradient norm to ``grad_clip`` (None: no clipping), step the
-    optimizer, clear the gradients. Pretraining's step and fine-tuning's both end so."""
+    optimizer, clear the gradients, and let the components that adjust themselves between steps do
+    so (``after_optimizer_step``: a mixture of experts' balancing bias). Pretraining's step and
+    fine-tuning's both end so."""
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    for module in model.modules():
+        adjust = getattr(module, "after_optimizer_step", None)
+        if callable(adjust):
+            adjust()

@@ -575,3 +575,111 @@ def test_runs_under_bfloat16_autocast(registry):
     y.float().square().sum().backward()
     assert y.dtype == torch.bfloat16 and layer.expert_gate.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
+
+
+# ---- auxiliary-loss-free balancing (DeepSeek-V3) ------------------------------------------------
+
+
+def _one_hot_router(E=4, rate=0.1, **params):
+    """Router = identity: a token 5·e_i goes to expert i (sigmoid scores, top 1)."""
+    layer = MixtureOfExperts(
+        MoEParams(n_experts=E, top_k=1, hidden=4, scoring="sigmoid", expert_bias=True, bias_update_rate=rate, **params),
+        dims(d_model=E),
+    )
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(E))
+    return layer.train()
+
+
+def _tokens_to(*experts, E=4):
+    return (5 * F.one_hot(torch.tensor(experts), E).float()).view(1, len(experts), E)
+
+
+def test_the_bias_moves_by_the_rate_against_the_load_of_every_forward_since_the_step():
+    layer = _one_hot_router()
+    layer(_tokens_to(0, 0))  # two micro-batches: experts 0, 0, then 0, 1
+    layer(_tokens_to(0, 1))
+    # The last forward's imbalance: loads (1, 1, 0, 0), mean 1/2: max / mean - 1 = 1.
+    assert layer.auxiliary_losses()["moe_imbalance"].value.item() == pytest.approx(1.0)
+    assert layer.auxiliary_losses()["moe_imbalance"].weight == 0.0  # logged, never trained on
+    with torch.no_grad():
+        layer.eval()(_tokens_to(3, 3, 3))  # evaluation's tokens do not count
+    layer.after_optimizer_step()
+    # Loads (3, 1, 0, 0), mean 1: expert 0 overloaded (down), 1 at the mean (still), 2 and 3 under (up).
+    torch.testing.assert_close(layer.expert_bias, torch.tensor([-0.1, 0.0, 0.1, 0.1]))
+    layer.after_optimizer_step()  # no forward since: nothing to move
+    torch.testing.assert_close(layer.expert_bias, torch.tensor([-0.1, 0.0, 0.1, 0.1]))
+
+
+def test_without_a_rate_the_bias_stays_and_no_imbalance_is_logged():
+    layer = _one_hot_router(rate=0.0)
+    layer(_tokens_to(0, 0, 1))
+    layer.after_optimizer_step()
+    assert layer.expert_bias.abs().sum() == 0 and "moe_imbalance" not in layer.auxiliary_losses()
+
+
+def test_an_imbalanced_router_drifts_toward_balance_over_steps():
+    from gptzoo.recipes.training.optim import clip_and_step
+
+    torch.manual_seed(0)
+    layer = _one_hot_router(rate=0.02)
+    for p in layer.parameters():
+        p.requires_grad_(False)  # the router stays as it is: only the bias can balance it
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    generator = torch.Generator().manual_seed(1)
+
+    def batch():  # every token leans toward expert 0
+        return torch.randn(4, 32, 4, generator=generator) + torch.tensor([1.5, 0.0, 0.0, 0.0])
+
+    probe = batch()
+
+    def imbalance():
+        with torch.no_grad():
+            layer.eval()(probe)  # in eval mode: the probe's tokens do not count as load
+        layer.train()
+        return layer.auxiliary_losses()["moe_imbalance"].value.item()
+
+    before = imbalance()
+    assert before > 1.0  # expert 0 takes more than twice its share
+    biases = [layer.expert_bias.clone()]
+    for _ in range(60):
+        layer(batch())
+        clip_and_step(layer, optimizer, None)  # the training step's end calls after_optimizer_step
+        biases.append(layer.expert_bias.clone())
+    steps = torch.stack(biases).diff(dim=0).abs()  # each step moves each bias by 0 or the rate
+    assert torch.all((steps < 1e-7) | ((steps - 0.02).abs() < 1e-7))
+    assert layer.expert_bias.argmin().item() == 0
+    after = imbalance()
+    assert after < before / 4
+
+
+def test_balancing_needs_the_expert_bias(registry):
+    with pytest.raises(ConfigError, match=r"feed_forward 'moe': bias_update_rate=0.001 .* expert_bias=false"):
+        tiny_config(registry, feed_forward={"name": "moe", "bias_update_rate": 0.001})
+
+
+def test_the_kit_passes_with_balancing(registry):
+    check_component("feed_forward", "moe", registry=registry, expert_bias=True, bias_update_rate=0.001)
+
+
+def test_balancing_counts_the_load_under_compile_as_in_eager():
+    registry = make_registry(entry_points=False)
+    spec = {"name": "moe", "n_experts": 4, "top_k": 2, "expert_bias": True, "bias_update_rate": 0.01}
+    torch.manual_seed(0)
+    eager = GPT(tiny_config(registry, n_layers=1, feed_forward=spec)).train()
+    model = GPT(tiny_config(registry, n_layers=1, feed_forward=spec)).train()
+    model.load_state_dict(eager.state_dict())
+    idx = torch.randint(0, 50, (2, 10))
+    explanation = torch._dynamo.explain(model)(idx)  # a training forward: its load counts, as eager's
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    eager(idx)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        for batch in (idx, idx.flip(0)[:, :7]):  # two micro-batches a step
+            compiled(batch)
+            eager(batch)
+        model.blocks[0].feed_forward.after_optimizer_step()
+        eager.blocks[0].feed_forward.after_optimizer_step()
+    torch.testing.assert_close(model.blocks[0].feed_forward.expert_bias, eager.blocks[0].feed_forward.expert_bias)
+    assert eager.blocks[0].feed_forward.expert_bias.abs().sum() > 0
+    torch._dynamo.reset()
