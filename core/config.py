@@ -135,10 +135,11 @@ def _check_position_hooks(layer: LayerSpec) -> None:
     scheme, mixer = layer.positional, layer.attention
     if not (issubclass(scheme.impl, PositionalEncoding) and issubclass(mixer.impl, Attention)):
         return
-    unused = sorted(scheme.impl.hooks() - mixer.impl.position_hooks)
+    hooks = mixer.impl.declared_position_hooks(mixer.params)
+    unused = sorted(scheme.impl.hooks() - hooks)
     if unused:
         where = f"layer {layer.index} ({layer.kind})" if layer.kind else f"layer {layer.index}"
-        uses = ", ".join(sorted(mixer.impl.position_hooks)) or "no position hook"
+        uses = ", ".join(sorted(hooks)) or "no position hook"
         raise ValueError(
             f"{where}: positional '{scheme.name}' acts through {', '.join(unused)}, which attention '{mixer.name}' "
             f"does not use ({uses}), so it would have no effect there: choose another scheme for this layer "

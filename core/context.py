@@ -28,11 +28,13 @@ may read:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from gptzoo.core.errors import GptzooError
-from gptzoo.core.interfaces import PositionalEncoding
+from gptzoo.core.interfaces import Attention, PositionalEncoding
 
 
 class Recorder:
@@ -52,8 +54,8 @@ class Recorder:
         self.residuals.append(x)
         if block is None:
             return
-        mixer = block.attention
-        offers, reported, self._reported = mixer.inspection, self._reported, []
+        mixer = cast(Attention, block.attention)
+        offers, reported, self._reported = type(mixer).declared_inspection(mixer.params), self._reported, []
         expected = 0 if offers == "nothing" else 1
         if len(reported) != expected:
             raise GptzooError(

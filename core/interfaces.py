@@ -229,6 +229,10 @@ class Attention(Component):
     - ``cache_kind``: what ``new_cache`` keeps (see ``CacheKind``), and ``cache_bytes`` its size;
     - ``kit_lengths``: the sequence lengths the kit must also test (a chunked mixer: several chunks).
 
+    The first three are class attributes; readers ask for them through ``declared_inspection``,
+    ``declared_position_hooks`` and ``declared_cache_kind`` with the mixer's params, which a mixer
+    whose declarations follow its params (a composite of other mixers) overrides.
+
     Softmax attention also supports ``dims.n_kv_heads`` key/value heads shared by groups of
     query heads (GQA/MQA), ``dims.head_size`` per head and the biases ``dims.qkv_bias`` /
     ``dims.attn_out_bias``. The standard variants share one state-dict layout so checkpoints
@@ -247,6 +251,21 @@ class Attention(Component):
 
     @abstractmethod
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...
+
+    @classmethod
+    def declared_inspection(cls, params: Params) -> Inspection:
+        """What this mixer, built with ``params``, reports to inspection; default: ``inspection``."""
+        return cls.inspection
+
+    @classmethod
+    def declared_position_hooks(cls, params: Params) -> frozenset[str]:
+        """The position hooks this mixer, built with ``params``, calls; default: ``position_hooks``."""
+        return cls.position_hooks
+
+    @classmethod
+    def declared_cache_kind(cls, params: Params) -> CacheKind:
+        """What this mixer, built with ``params``, keeps while decoding; default: ``cache_kind``."""
+        return cls.cache_kind
 
     @classmethod
     def receptive_field(cls, params: Params) -> int | None:

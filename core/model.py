@@ -156,13 +156,12 @@ class GPT(nn.Module):
         weight = self.token_embedding.weight
         if max_len is None and not (self.bounded_cache() and self.extension_refusal() is None):
             max_len = self.config.context_length
-        mixers = self.mixers()
         keep = None
         if self.bounded_cache():
-            keep = max(
-                [type(m).receptive_field(m.params) or 0 for m in mixers if type(m).cache_kind == "window"] or [0]
-            )
-        layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in mixers]
+            # Every windowed mixer, those inside a composite mixer too, reads its window's bookkeeping.
+            windows = [m for m in self.modules() if isinstance(m, Attention) and _cache_kind(m) == "window"]
+            keep = max([type(m).receptive_field(m.params) or 0 for m in windows] or [0])
+        layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in self.mixers()]
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 
     def mixers(self) -> list[Attention]:
@@ -171,7 +170,7 @@ class GPT(nn.Module):
 
     def bounded_cache(self) -> bool:
         """Whether every layer's cache is bounded (a window or a recurrent state), so decoding memory stays flat."""
-        return all(type(m).cache_kind != "keys_values" for m in self.mixers())
+        return all(_cache_kind(m) != "keys_values" for m in self.mixers())
 
     def extension_refusal(self) -> str | None:
         """Why generation crops to the context instead of decoding past it (naming the layer or
@@ -182,7 +181,7 @@ class GPT(nn.Module):
             limit = type(scheme).length_limit
             if limit is not None:
                 return f"its position scheme {type(scheme).__name__} cannot run past the context: {limit}"
-        if all(type(m).cache_kind == "keys_values" for m in self.mixers()):
+        if all(_cache_kind(m) == "keys_values" for m in self.mixers()):
             return "every layer's token mixer keeps every key and value and no state, so it crops to the context as the book does"
         return None
 
@@ -240,3 +239,7 @@ class GPT(nn.Module):
         """Bytes the decoding cache holds for one sequence of ``n_tokens`` (default: the context)."""
         n = n_tokens or self.config.context_length
         return sum(m.cache_bytes(n, dtype) for m in self.mixers())
+
+
+def _cache_kind(mixer: Attention) -> str:
+    return type(mixer).declared_cache_kind(mixer.params)

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.short_conv",
     "gptzoo.plugins.linear_attention",
     "gptzoo.plugins.mamba",
+    "gptzoo.plugins.parallel_mixers",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",

@@ -22,6 +22,7 @@ from gptzoo.core import (
     ConfigError,
     GptzooError,
     Head,
+    LayerCache,
     ModelConfig,
     Recorder,
     Tokenizer,
@@ -476,12 +477,17 @@ def check_bounded_cache(model: GPT) -> None:
 
 
 def _cache_tensor_bytes(cache: Any) -> int:
-    """Bytes of every tensor the layers' caches hold (their attributes, one level deep)."""
+    """Bytes of every tensor the layers' caches hold (their attributes, one level deep, and the
+    same within a layer cache made of other layer caches, as a composite mixer's)."""
+    return sum(_layer_cache_bytes(layer) for layer in cache.layers)
+
+
+def _layer_cache_bytes(layer: LayerCache) -> int:
     total = 0
-    for layer in cache.layers:
-        for value in vars(layer).values():
-            tensors = value if isinstance(value, (list, tuple)) else [value]
-            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+    for value in vars(layer).values():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        total += sum(t.numel() * t.element_size() for t in values if isinstance(t, Tensor))
+        total += sum(_layer_cache_bytes(part) for part in values if isinstance(part, LayerCache))
     return total
 
 
