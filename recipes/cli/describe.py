@@ -70,7 +70,7 @@ def layer_cache(mixer: Attention, T: int, dtype: torch.dtype = torch.float32) ->
     to a cache of keys and values (a window's while it fills; None for a state, which does not
     grow); ``state_bytes`` a state's size, the same at any length; ``window`` the tokens a window
     keeps; ``max_cache_bytes`` the most the cache ever holds (None: it grows with the text)."""
-    kind = type(mixer).cache_kind
+    kind = type(mixer).declared_cache_kind(mixer.params)
     at_context = mixer.cache_bytes(T, dtype)
     row: dict = {
         "cache_kind": kind,

@@ -115,3 +115,12 @@ def test_the_kit_passes_attention_beside_a_short_convolution(registry):
 def test_the_kit_passes_a_window_beside_a_short_convolution(registry):
     mixers = [{"name": "sliding_window", "window": 3}, {"name": "short_conv"}]
     check_component("attention", "parallel_mixers", registry=registry, mixers=mixers)
+
+
+def test_describe_reports_what_the_parts_keep_together(registry):
+    from gptzoo.recipes.cli.describe import layer_cache
+
+    mixers = [{"name": "sliding_window", "window": 3}, {"name": "short_conv", "kernel_size": 4}]
+    row = layer_cache(spec(registry, "parallel_mixers", mixers=mixers).build(DIMS), 16)
+    window_bytes, conv_bytes = 2 * 2 * 8 * 3 * 4, DIMS.d_model * 3 * 4  # 3 keys and values of 2 heads of 8; 3 inputs
+    assert (row["cache_kind"], row["window"], row["max_cache_bytes"]) == ("window", 4, window_bytes + conv_bytes)
