@@ -12,6 +12,9 @@ head, or one per key dimension):
 - ``lightning`` (MiniMax-01's lightning attention, as transformers' MiniMaxLightningAttention):
   a fixed decay λ_h = exp(-s_h) per head (s_h = 2^(-8(h+1)/nh), scaled down in later layers),
   silu on q, k and v, an RMSNorm over the heads' outputs and a sigmoid output gate;
+- ``retention`` (RetNet's multi-scale retention, Sun et al., 2023): a fixed decay
+  γ_h = 1 - 2^(-5-h) per head, queries and keys rotated by the position scheme (RetNet rotates
+  them as rope does), a per-head RMSNorm and a swish output gate;
 - ``gla`` (Gated Linear Attention, Yang et al., 2024): λ_t = exp(logsigmoid(x_t W1 W2 + b) / τ),
   one decay per key dimension from a low-rank projection of the token, then a per-head RMSNorm
   and a swish output gate.
@@ -305,6 +308,74 @@ class LightningAttention(DecayedLinearAttention):
         return self.out_proj(y)  # (B, T, C)
 
 
+# ---- retention (RetNet) -----------------------------------------------------------------------------------
+
+
+class RetentionParams(Params):
+    expand_v: float = Field(
+        2.0, gt=0, description="value width per head as a multiple of head_dim (RetNet's value_factor: 2)"
+    )
+    eps: float = Field(
+        1e-6, gt=0, description="eps of the per-head RMSNorm on the output (RetNet's layernorm_eps: 1e-6)"
+    )
+    chunk_size: int = Field(
+        64, gt=0, description="tokens per chunk of the training form (the outputs do not depend on it)"
+    )
+
+
+class Retention(DecayedLinearAttention):
+    """RetNet's multi-scale retention (Sun et al., 2023; torchscale's MultiScaleRetention):
+    S_t = γ_h S_{t-1} + k̃_t v_tᵀ, y_t = q̃_tᵀ S_t with γ_h = 1 - 2^(-5-h), then
+    out = (swish(x W_g) ⊙ RMSNorm(y)) W_o per head. q̃ and k̃ are the queries and keys rotated by the
+    position scheme, k̃ scaled by 1/√head_dim. RetNet's own rotation turns side-by-side pairs by
+    θ_n = 10000^(-n/(hs/2 - 1)); ``rope`` with ``layout = "interleaved"`` turns them by 10000^(-2n/hs).
+    RetNet's parallel form also rescales each query's row (by the decays' sum and the scores'
+    absolute sum): a positive factor per query and head, which the RMSNorm divides out (up to its
+    eps), so it is left out."""
+
+    Params = RetentionParams
+    position_hooks = frozenset({"rotate"})
+
+    @classmethod
+    def check(cls, params: RetentionParams, dims: Dims) -> None:
+        if dims.n_kv_heads != dims.n_heads:
+            raise ValueError(
+                f"each head decays its own state, so retention has no key/value head groups: "
+                f"leave n_kv_heads unset (got {dims.n_kv_heads} for n_heads={dims.n_heads})"
+            )
+        width = params.expand_v * dims.head_size
+        if width != int(width) or width < 1:
+            raise ValueError(f"expand_v = {params.expand_v} × head_dim {dims.head_size} is not a whole width")
+
+    def __init__(self, params: RetentionParams, dims: Dims):
+        super().__init__(params, dims)
+        nh, hs, C = dims.n_heads, dims.head_size, dims.d_model
+        dv = int(params.expand_v * hs)
+        self.q_proj = nn.Linear(C, nh * hs, bias=dims.qkv_bias)
+        self.k_proj = nn.Linear(C, nh * hs, bias=dims.qkv_bias)
+        self.v_proj = nn.Linear(C, nh * dv, bias=dims.qkv_bias)
+        self.g_proj = nn.Linear(C, nh * dv, bias=False)
+        self.group_norm = nn.RMSNorm(dv, eps=params.eps, elementwise_affine=False)
+        self.out_proj = nn.Linear(nh * dv, C, bias=dims.attn_out_bias)
+        self.chunk_size = params.chunk_size
+        self.state_heads, self.key_width, self.value_width = nh, hs, dv
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
+        B, T, _ = x.shape
+        nh, hs, dv = self.dims.n_heads, self.dims.head_size, self.value_width
+        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = zero_padding(self.k_proj(x), ctx.valid).view(B, T, nh, hs).transpose(1, 2)
+        q, k = ctx.rotate(q, k)
+        q, k = q.unsqueeze(2), k.unsqueeze(2) / math.sqrt(hs)  # (B, nh, 1, T, hs)
+        v = heads(zero_padding(self.v_proj(x), ctx.valid), nh, dv)  # (B, nh, 1, T, dv)
+        gamma = 1 - 2 ** (-5 - torch.arange(nh, device=x.device, dtype=torch.float32))
+        log_decay = gamma.log().to(x.dtype).view(1, nh, 1, 1, 1).expand(1, nh, 1, T, 1)
+        y = self.mix(q, k, v, log_decay, ctx, cache)  # (B, nh, 1, T, dv)
+        y = self.group_norm(y.squeeze(2).transpose(1, 2)) * F.silu(self.g_proj(x).view(B, T, nh, dv))
+        y = F.dropout(y, self.dims.dropout, self.training)
+        return self.out_proj(y.reshape(B, T, nh * dv))  # (B, T, C)
+
+
 # ---- gated linear attention ---------------------------------------------------------------------------
 
 
@@ -378,4 +449,5 @@ class GatedLinearAttention(DecayedLinearAttention):
 def register_components(register):
     register("attention", "linear", LinearAttention)
     register("attention", "lightning", LightningAttention)
+    register("attention", "retention", Retention)
     register("attention", "gla", GatedLinearAttention)

@@ -263,3 +263,49 @@ def test_gla_inspection_is_the_decayed_score_matrix():
                 decay = log_alpha[0, j + 1 : i + 1, h].sum(0).exp()  # Π_{j<s≤i} α_s
                 expected[0, h, i, j] = (q[0, i, h] * decay * k[0, j, h]).sum()
     torch.testing.assert_close(A, expected)
+
+
+# ---- retention (RetNet) --------------------------------------------------------------------------
+
+
+def test_retention_follows_the_recurrence_with_rotated_queries_and_keys():
+    """Sun et al. (2023), eq. 1 per head: S_t = γ_h S_{t-1} + k̃_t v_tᵀ, o_t = q̃_tᵀ S_t with
+    γ_h = 1 - 2^(-5-h), q̃, k̃ rotated by the position scheme (here rope), k̃ / √hs; then
+    RMSNorm per head (no weight), times swish(x W_g), out_proj."""
+    config = REGISTRY.model_config(
+        {"vocab_size": 50, "context_length": 64, "d_model": 32, "n_layers": 1, "n_heads": 4}
+        | {"positional": {"name": "rope", "layout": "interleaved"}, "attention": {"name": "retention", "chunk_size": 4}}
+    )
+    torch.manual_seed(0)
+    model = GPT(config).eval().double()
+    layer = model.blocks[0].attention
+    B, T, nh, hs, dv = 1, 13, 4, 8, 16  # values twice as wide (expand_v = 2)
+    x = torch.randn(B, T, 32, dtype=torch.float64)
+    positions = torch.arange(T)[None]
+    q = (x @ layer.q_proj.weight.T).view(B, T, nh, hs).transpose(1, 2)
+    k = (x @ layer.k_proj.weight.T).view(B, T, nh, hs).transpose(1, 2)
+    q, k = model.positional.rotate(q, k, positions)  # (B, nh, T, hs)
+    v = (x @ layer.v_proj.weight.T).view(B, T, nh, dv)
+    o = torch.zeros(B, T, nh, dv, dtype=x.dtype)
+    for h in range(nh):
+        gamma = 1 - 2 ** (-5 - h)
+        S = torch.zeros(hs, dv, dtype=x.dtype)
+        for t in range(T):
+            S = gamma * S + torch.outer(k[0, h, t] / math.sqrt(hs), v[0, t, h])
+            o[0, t, h] = q[0, h, t] @ S
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)
+    o = o * F.silu(x @ layer.g_proj.weight.T).view(B, T, nh, dv)
+    expected = o.reshape(B, T, nh * dv) @ layer.out_proj.weight.T + layer.out_proj.bias
+    ctx = AttentionContext(model.positional, positions, positions)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, ctx), expected)
+
+
+def test_retention_refuses_key_value_groups_and_alibi():
+    with pytest.raises(ConfigError, match="no key/value head groups"):
+        mixer("retention", n_kv_heads=2)
+    with pytest.raises(ConfigError, match="alibi"):
+        REGISTRY.model_config(
+            {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 4}
+            | {"positional": "alibi", "attention": "retention"}
+        )
