@@ -8,7 +8,7 @@ its state S (head_dim × d_state):
     Δ_t = clamp(softplus(dt_t + dt_bias), dt limits)
     S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t B_tᵀ
     y_t = S_t C_t + D x_t
-    out = out_proj(RMSNorm(y ⊙ SiLU(z)))          the norm over each group's channels
+    out = out_proj(RMSNorm(y ⊙ SiLU(z)))          the norm over each group's channels (Falcon-H1: none)
 
 B and C are shared by the heads of a group (n_groups), as key/value heads are in GQA. Unrolled,
 y = M x + D x with M_ij = C_iᵀB_j · exp(Σ_{j<k≤i} Δ_k A) · Δ_j: a masked T×T matrix per head,
@@ -118,6 +118,9 @@ class Mamba2Params(Params):
     d_state: int = Field(128, gt=0, description="state size n per head (reference: 128)")
     d_conv: int = Field(4, gt=0, description="width of the short causal convolution over x, B and C (reference: 4)")
     expand: int = Field(2, gt=0, description="inner width = expand · d_model (reference: 2)")
+    d_inner: int | None = Field(
+        None, gt=0, description="the inner width itself, instead of expand · d_model (Falcon-H1's mamba_d_ssm)"
+    )
     head_dim: int | None = Field(
         None,
         gt=0,
@@ -133,6 +136,10 @@ class Mamba2Params(Params):
     )
     conv_bias: bool = Field(True, description="a bias in the convolution (reference: true)")
     bias: bool = Field(False, description="biases in in_proj and out_proj (reference: false)")
+    gated_norm: bool = Field(
+        True,
+        description="out_proj reads RMSNorm(y ⊙ SiLU(z)); false: y ⊙ SiLU(z) without the norm (Falcon-H1's mamba_rms_norm = false)",
+    )
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of the gated RMSNorm (reference: 1e-5)")
     dt_min: float = Field(
         0.001, gt=0, description="Δ is initialised log-uniform in [dt_min, dt_max] (reference: 0.001)"
@@ -165,7 +172,7 @@ class Mamba2(Attention):
     @classmethod
     def shape(cls, params: Mamba2Params, dims: Dims) -> tuple[int, int, int]:
         """(inner width, heads, channels per head)."""
-        inner = params.expand * dims.d_model
+        inner = params.d_inner or params.expand * dims.d_model
         head_dim = params.head_dim or inner // dims.n_heads
         return inner, inner // max(head_dim, 1), head_dim
 
@@ -174,7 +181,7 @@ class Mamba2(Attention):
         inner, heads, head_dim = cls.shape(params, dims)
         if head_dim == 0 or inner % head_dim:
             raise ValueError(
-                f"the inner width expand · d_model = {inner} must split into heads of head_dim = "
+                f"the inner width {inner} must split into heads of head_dim = "
                 f"{params.head_dim or 'inner / n_heads'} channels: set head_dim to a divisor of {inner}"
             )
         if heads % params.n_groups:
@@ -202,7 +209,7 @@ class Mamba2(Attention):
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
         self.D = nn.Parameter(torch.empty(self.n_heads))
-        self.norm = GatedRMSNorm(self.inner, self.inner // g, params.norm_eps)
+        self.norm = GatedRMSNorm(self.inner, self.inner // g, params.norm_eps) if params.gated_norm else None
         self.out_proj = nn.Linear(self.inner, dims.d_model, bias=params.bias)
         self.init_state_space()
 
@@ -262,8 +269,9 @@ class Mamba2(Attention):
             y, final = ssd_scan(xs, dt, A, B, C, self.params.chunk_size, None if cache is None else cache.state)
             if cache is not None:
                 cache.state.copy_(final)
-        y = y + self.D.float()[:, None] * xs.float()  # the D skip
-        return self.out_proj(self.norm(y.reshape(b, T, self.inner), z))
+        y = (y + self.D.float()[:, None] * xs.float()).reshape(b, T, self.inner)  # with the D skip
+        y = self.norm(y, z) if self.norm is not None else (y * F.silu(z.float())).to(z.dtype)
+        return self.out_proj(y)
 
     def step(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor) -> Tensor:
         """One token: x (b, h, p), dt (b, h), B and C (b, g, n); state (b, h, p, n) updated in place -> y (b, h, p)."""

@@ -272,3 +272,38 @@ def test_mamba_published_initialisation(registry):
 
 def test_mamba_passes_the_kit_with_jambas_norms(registry):
     check_component("attention", "mamba", registry, d_state=4, bcdt_norm="learned")
+
+
+@torch.no_grad()
+def test_mamba2_without_the_norm_matches_transformers_falcon_h1_mixer(registry):
+    """Falcon-H1's Mamba-2: its own inner width (mamba_d_ssm) and y ⊙ SiLU(z) without the norm."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.cache_utils import DynamicCache
+    from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
+
+    config = transformers.FalconH1Config(
+        hidden_size=C,
+        num_attention_heads=NH,
+        num_key_value_heads=NH,
+        mamba_d_ssm=48,
+        mamba_n_heads=6,
+        mamba_n_groups=2,
+        mamba_d_state=6,
+        mamba_chunk_size=4,
+        mamba_rms_norm=False,
+        num_hidden_layers=1,
+    )
+    reference = FalconH1Mixer(config, layer_idx=0).eval()
+    reference.mup_vector = torch.ones(48 + 48 + 2 * 2 * 6 + 6)  # µP multipliers all 1: none here
+    randomize(reference)
+    layer = mixer(registry, "mamba2", d_inner=48, head_dim=8, n_groups=2, d_state=6, chunk_size=5, gated_norm=False)
+    state = dict(reference.state_dict())
+    state["conv1d.conv.weight"], state["conv1d.conv.bias"] = state.pop("conv1d.weight"), state.pop("conv1d.bias")
+    layer.load_state_dict(state)
+
+    x = torch.randn(2, 15, C)
+    expected = reference(x)
+    torch.testing.assert_close(layer(x, context(registry, 15)), expected)
+    cache = DynamicCache(config=config)
+    steps = [reference(x[:, :9], cache=cache)] + [reference(x[:, t : t + 1], cache=cache) for t in range(9, 15)]
+    torch.testing.assert_close(in_pieces(layer, registry, x, [9] + [1] * 6), torch.cat(steps, 1))
