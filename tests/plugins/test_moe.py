@@ -577,6 +577,18 @@ def test_runs_under_bfloat16_autocast(registry):
     torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
 
 
+@pytest.mark.parametrize("family", [GPT_OSS, QWEN3_NEXT, LLAMA4], ids=["gpt_oss", "qwen3_next", "llama4"])
+def test_families_run_under_bfloat16_autocast(family):
+    layer = moe(**family, hidden=12)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().sum().backward()
+    grads = [p.grad for p in (layer.expert_gate, layer.expert_gate_bias, layer.router.bias) if p is not None]
+    assert y.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in grads)
+    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
+
+
 # ---- auxiliary-loss-free balancing (DeepSeek-V3) ------------------------------------------------
 
 
