@@ -32,6 +32,7 @@ from gptzoo.recipes.runs.files import save_png, write_text_atomic
 
 SUMMARY = "inspect.json"
 ATTENTION = "attention.json"
+HEADS_DRAWN = 16  # heads a layer's PNG draws (a short convolution offers one per channel); the JSON has all
 
 MATRICES = ("probabilities", "partial_probabilities", "implicit_attention")
 """What a layer may offer as a (heads, T, T) matrix; ``state_norms`` are (heads, T), ``nothing`` nothing."""
@@ -281,7 +282,9 @@ def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, offers:
     """One (T, T) heatmap per head, four heads a row; token labels on both axes. Probabilities on
     a 0..1 scale; an implicit attention matrix, which may be negative and exceed 1, as computed on
     a scale symmetric about 0."""
-    nh, T = weights.size(0), weights.size(-1)
+    heads, T = weights.size(0), weights.size(-1)
+    weights = weights[:HEADS_DRAWN]
+    nh = weights.size(0)
     if offers == "implicit_attention":
         bound = max(weights.abs().max().item(), 1e-12)
         scale = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
@@ -306,6 +309,8 @@ def _attention_grid(plt, tokens: list[str], weights: Tensor, layer: int, offers:
         ax.set_xlabel("key (attended to)", fontsize=7)
         ax.set_ylabel("query", fontsize=7)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+    if heads > nh:
+        fig.suptitle(f"layer {layer}: heads 0-{nh - 1} of {heads} (all of them in {ATTENTION})", fontsize=10)
     save_png(fig, path)
 
 

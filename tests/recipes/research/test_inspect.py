@@ -340,6 +340,24 @@ def test_a_hybrid_writes_what_each_layer_offers(hybrid, tmp_path):
     assert_close(torch.tensor(layers[4]), seen.state_norms[4], atol=1e-5, rtol=0)
 
 
+def test_a_layer_with_many_heads_draws_the_first_16(hybrid, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import gptzoo.recipes.research.inspection as inspection
+
+    model, tokenizer = hybrid
+    seen = inspect_model(model, tokenizer, "abc")
+    seen.attentions[3] = torch.randn(40, 3, 3).tril()  # a short convolution offers one matrix per channel
+    drawn = {}
+    monkeypatch.setattr(
+        inspection,
+        "save_png",
+        lambda fig, path: drawn.setdefault(path.name, [a for a in fig.axes if a.images and a.get_title()]),
+    )
+    inspection.plot_all(seen, tmp_path)
+    assert len(drawn["attention-layer3.png"]) == 16 and len(drawn["attention-layer0.png"]) == 4
+    assert drawn["attention-layer3.png"][0].get_title() == "layer 3, head 0 (implicit attention)"
+
+
 def test_inspect_a_hybrid_config_names_what_each_layer_shows(tmp_path, capsys):
     config = tmp_path / "hybrid.toml"
     config.write_text(
