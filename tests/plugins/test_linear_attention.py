@@ -309,3 +309,32 @@ def test_retention_refuses_key_value_groups_and_alibi():
             {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 4}
             | {"positional": "alibi", "attention": "retention"}
         )
+
+
+# ---- costs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,n_kv_heads", [("linear", 2), ("lightning", 4), ("retention", 4)])
+def test_flops_per_token_count_the_matrix_products_of_the_chunked_form(name, n_kv_heads):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = mixer(name, n_kv_heads=n_kv_heads, chunk_size=16).float()
+    T = 64  # whole chunks: every chunk costs the same
+    x = torch.randn(1, T, 32)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        layer(x, context(T))
+    assert layer.flops_per_token(T) * T == counter.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    "name,params,numbers",
+    [
+        ("linear", {}, 2 * 8 * (8 + 1)),  # S and z per key/value head
+        ("lightning", {}, 4 * 8 * 8),
+        ("retention", {}, 4 * 8 * 16),  # values twice as wide
+        ("gla", {}, 2 * 4 * 8),  # keys half as wide, per key/value head
+    ],
+)
+def test_the_state_is_float32_numbers_of_a_fixed_count(name, params, numbers):
+    layer = mixer(name, n_kv_heads=2 if name in ("linear", "gla") else 4, **params)
+    assert layer.cache_bytes(1) == layer.cache_bytes(100_000) == 4 * numbers
