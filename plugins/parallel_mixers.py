@@ -1,7 +1,7 @@
 """Token mixers side by side on the same input, their outputs summed: Falcon-H1's parallel hybrid
 layer (Falcon-LLM team, 2025), where attention and Mamba-2 read the same normed input.
 
-    y = Σ_i m_i · mixer_i(x)
+    y = Σ_i m_i · mixer_i(n_i · x)
 
 Each part is any registered token mixer, written as in a config (``{ name = "sdpa" }``), with its
 own params, weights (``mixers.<i>.``), cache and position hooks; the block around it norms the
@@ -29,6 +29,11 @@ class ParallelMixersParams(Params):
         description="the token mixers that read the same input, each written as a layer's attention is "
         '({ name = "...", <params> }); their outputs are summed (Falcon-H1: attention and Mamba-2)',
     )
+    in_multipliers: tuple[float, ...] | None = Field(
+        None,
+        description="one per mixer: its input is multiplied by this (Falcon-H1's attention_in_multiplier and "
+        "ssm_in_multiplier); None: 1 each",
+    )
     out_multipliers: tuple[float, ...] | None = Field(
         None,
         description="one per mixer: its output is multiplied by this before the sum (Falcon-H1's "
@@ -51,10 +56,12 @@ class ParallelMixersParams(Params):
 
     @model_validator(mode="after")
     def _one_multiplier_per_mixer(self) -> ParallelMixersParams:
-        if self.out_multipliers is not None and len(self.out_multipliers) != len(self.mixers):
-            raise ValueError(
-                f"out_multipliers has {len(self.out_multipliers)} entries for {len(self.mixers)} mixers: give one per mixer"
-            )
+        for field in ("in_multipliers", "out_multipliers"):
+            multipliers = getattr(self, field)
+            if multipliers is not None and len(multipliers) != len(self.mixers):
+                raise ValueError(
+                    f"{field} has {len(multipliers)} entries for {len(self.mixers)} mixers: give one per mixer"
+                )
         return self
 
 
@@ -66,7 +73,7 @@ class PartsCache(LayerCache):
 
 
 class ParallelMixers(Attention):
-    """Several token mixers on the same input, summed with a multiplier each.
+    """Several token mixers on the same input, summed, with a multiplier on each one's input and output.
 
     Its declarations follow its parts: it calls the union of their position hooks (each part
     gets the layer's context unchanged and uses the hooks it calls); its cache holds each
@@ -83,6 +90,7 @@ class ParallelMixers(Attention):
     def __init__(self, params: ParallelMixersParams, dims: Dims):
         super().__init__(params, dims)
         self.mixers = nn.ModuleList(spec.build(dims) for spec in params.mixers)
+        self.in_multipliers = params.in_multipliers or (1.0,) * len(params.mixers)
         self.out_multipliers = params.out_multipliers or (1.0,) * len(params.mixers)
         offers = [spec.impl.declared_inspection(spec.params) for spec in params.mixers]
         self.reporter = next((i for i, o in enumerate(offers) if o != "nothing"), None)
@@ -122,9 +130,10 @@ class ParallelMixers(Attention):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: PartsCache | None = None) -> Tensor:
         quiet = _without_recorder(ctx) if ctx.capturing else ctx
         y = torch.zeros_like(x)
-        for i, (mixer, multiplier) in enumerate(zip(self.mixers, self.out_multipliers, strict=True)):
-            part = mixer(x, ctx if i == self.reporter else quiet, cache.parts[i] if cache is not None else None)
-            y = y + multiplier * part
+        for i, mixer in enumerate(self.mixers):
+            scaled = x if self.in_multipliers[i] == 1.0 else self.in_multipliers[i] * x
+            part = mixer(scaled, ctx if i == self.reporter else quiet, cache.parts[i] if cache is not None else None)
+            y = y + self.out_multipliers[i] * part
         return y
 
     def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> PartsCache:
