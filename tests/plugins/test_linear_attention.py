@@ -170,6 +170,25 @@ def test_lightning_attention_matches_transformers_minimax_layer(layer_idx):
     torch.testing.assert_close(run(ours, x), expected)
 
 
+def test_lightning_attention_decodes_as_transformers_minimax_layer_decodes():
+    from transformers.models.minimax.modeling_minimax import MiniMaxCache
+
+    reference = minimax_lightning(n_layers=4, layer_idx=1, block_size=8)
+    ours = lightning_mixer(n_layers=4, layer_idx=1, chunk_size=8)
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if k in ours.state_dict()})
+    x = torch.randn(2, 14, 32)
+    hf_cache, cache = MiniMaxCache(), ours.new_cache(2, None, torch.device("cpu"), torch.float32)
+    expected, got = [], []
+    with torch.no_grad():
+        for start, end in ((0, 10), (10, 13), (13, 14)):  # a prefill of whole and ragged blocks, then steps
+            piece = x[:, start:end]
+            expected.append(reference(piece, position_embeddings=None, attention_mask=None, cache=hf_cache)[0])
+            positions = torch.arange(start, end)[None]
+            ctx = AttentionContext(context(1).positional, positions, torch.arange(end)[None], offset=start)
+            got.append(ours(piece, ctx, cache))
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(expected, 1))
+
+
 def test_lightning_attention_follows_the_decayed_recurrence():
     """S_t = exp(-s_h) S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t, with MiniMax-01's slopes s_h = 2^(-8(h+1)/nh)
     scaled by 1 - l/(L-1) (+1e-5 terms) in layer l of L, then RMSNorm, the sigmoid gate, out_proj."""
@@ -338,3 +357,21 @@ def test_flops_per_token_count_the_matrix_products_of_the_chunked_form(name, n_k
 def test_the_state_is_float32_numbers_of_a_fixed_count(name, params, numbers):
     layer = mixer(name, n_kv_heads=2 if name in ("linear", "gla") else 4, **params)
     assert layer.cache_bytes(1) == layer.cache_bytes(100_000) == 4 * numbers
+
+
+def test_the_minimax_style_hybrid_inspects_each_layer_as_it_computes():
+    from pathlib import Path
+
+    from gptzoo.recipes.config.schema import load_run_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "minimax-01-style.toml"
+    config = load_run_config(path, ["model.vocab_size=512"]).model
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    recorder = Recorder()
+    with torch.no_grad():
+        model(torch.randint(0, 512, (1, 12)), recorder=recorder)
+    assert recorder.offers == ["implicit_attention"] * 7 + ["probabilities"]
+    assert model.blocks[0].params.stream_scale == (2 * config.n_layers) ** 0.25  # DeepNet's α, as MiniMax-01's
+    softmax_rows = recorder.attentions[7].sum(-1)
+    torch.testing.assert_close(softmax_rows, torch.ones_like(softmax_rows))
