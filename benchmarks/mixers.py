@@ -65,6 +65,55 @@ def _minimax_lightning(mixer: Attention) -> Callable[[torch.Tensor], torch.Tenso
 REFERENCES["lightning"] = _minimax_lightning
 
 
+def _with_conv_weights(mixer: Attention) -> dict[str, torch.Tensor]:
+    """The state dict of a mixer holding a ShortConv as ``conv1d``, in transformers' names (``conv1d.weight``)."""
+    return {name.replace("conv1d.conv.", "conv1d."): tensor for name, tensor in mixer.state_dict().items()}
+
+
+def _mamba2_mixer(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' Mamba2Mixer (its own chunk size, 256) holding the weights of ``mamba2``."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    p, dims = mixer.params, mixer.dims
+    config = Mamba2Config(
+        hidden_size=dims.d_model,
+        num_heads=mixer.n_heads,
+        head_dim=mixer.head_dim,
+        state_size=p.d_state,
+        n_groups=p.n_groups,
+        expand=p.expand,
+        conv_kernel=p.d_conv,
+        num_hidden_layers=dims.n_layers,
+    )
+    twin = Mamba2Mixer(config, dims.layer_idx)
+    twin.load_state_dict(_with_conv_weights(mixer))
+    return lambda x: twin(x)
+
+
+def _mamba_mixer(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' MambaMixer (its scan token by token, as outside torch.compile) holding the weights of ``mamba``."""
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    p, dims = mixer.params, mixer.dims
+    config = MambaConfig(
+        hidden_size=dims.d_model,
+        state_size=p.d_state,
+        expand=p.expand,
+        conv_kernel=p.d_conv,
+        time_step_rank=mixer.dt_rank,
+        num_hidden_layers=dims.n_layers,
+    )
+    twin = MambaMixer(config, dims.layer_idx)
+    twin.load_state_dict(_with_conv_weights(mixer))
+    return lambda x: twin(x)
+
+
+REFERENCES["mamba2"] = _mamba2_mixer
+REFERENCES["mamba"] = _mamba_mixer
+
+
 def model(name: str, context_length: int) -> GPT:
     impl = REGISTRY.resolve("attention", name)
     positional = "rope" if "rotate" in impl.position_hooks else "none"

@@ -24,12 +24,11 @@ decays A_d = -exp(A_log_d) (a d_state-vector, no heads):
     S_t = exp(Δ_t A) ⊙ S_{t-1} + Δ_t x_t B_tᵀ     B_t, C_t = x_t W_B, x_t W_C (d_state each)
     y_t = S_t C_t + D x_t,    out = out_proj(y ⊙ SiLU(z))
 
-Its decay differs per channel and per state entry, so there is no per-head matrix to show
-without inventing heads: inspection reports the norm of the layer's whole state (every channel
-together) after each token, as one "head" (``state_norms``). Training runs the scan token by token
-as the reference's PyTorch path does (its CUDA kernel fuses it; a chunked form here would hold
-d_state times more numbers per token than the states themselves). Jamba and Falcon Mamba add an
-RMSNorm on Δ's input, B and C (``bcdt_norm``).
+Its decay differs per channel and per state entry, so there is no per-head matrix to show without
+inventing heads: inspection reports the norm of the layer's whole state (every channel together)
+after each token, as one "head" (``state_norms``). Training runs the scan in about 2√T sequential
+steps (``selective_scan``), holding every state as the reference's PyTorch path does. Jamba and
+Falcon Mamba add an RMSNorm on Δ's input, B and C (``bcdt_norm``).
 
 Both zero their inputs at left padding and its Δ (decay 1), so padding leaves the state as it was.
 """
@@ -289,6 +288,31 @@ class Mamba2(Attention):
         return scores * decays * dt.transpose(1, 2)[:, :, None, :]
 
 
+def selective_scan(log_decays: Tensor, inputs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """S_t = exp(log_decays_t) ⊙ S_{t-1} + inputs_t for every t: (b, T, d, n) each, state (b, d, n)
+    before the first token or None (zeros) -> every S_t (b, T, d, n) and the last, float32.
+
+    In two sequential passes of about √T steps instead of one of T: the recurrence runs within
+    chunks of Q tokens, all chunks at once from a zero state, then from chunk to chunk, and each
+    token adds its chunk's entering state decayed to it (exp of the decays' sum, at most 1)."""
+    b, T, d, n = inputs.shape
+    Q = math.isqrt(T - 1) + 1 if T > 1 else 1  # ⌈√T⌉
+    pad = -T % Q
+    # Padding steps at the end: decay 1, no input.
+    log_decays, inputs = (F.pad(t, (0, 0, 0, 0, 0, pad)).view(b, -1, Q, d, n) for t in (log_decays, inputs))
+    decays = torch.exp(log_decays)
+    local = [torch.zeros_like(inputs[:, :, 0])]  # (b, c, d, n) per step within the chunks
+    for i in range(Q):
+        local.append(decays[:, :, i] * local[-1] + inputs[:, :, i])
+    within = torch.stack(local[1:], dim=2)  # (b, c, Q, d, n): each chunk's recurrence from zero
+    decayed = torch.exp(log_decays.cumsum(2))  # (b, c, Q, d, n): from the chunk's start to each token
+    entering = [torch.zeros_like(inputs[:, 0, 0]) if state is None else state.float()]
+    for j in range(within.size(1)):
+        entering.append(decayed[:, j, -1] * entering[-1] + within[:, j, -1])
+    every = within + decayed * torch.stack(entering[:-1], dim=1)[:, :, None]
+    return every.view(b, -1, d, n)[:, :T], entering[-1]
+
+
 class MambaParams(Params):
     d_state: int = Field(16, gt=0, description="state entries n per channel (reference: 16)")
     d_conv: int = Field(4, gt=0, description="width of the short causal convolution over x (reference: 4)")
@@ -391,16 +415,11 @@ class Mamba(Attention):
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = zero_padding(F.softplus(self.dt_proj(dt).float()), ctx.valid)  # (b, T, d); Δ = 0 at padding: decay 1
         A = -torch.exp(self.A_log.float())  # (d, n)
-        decays = torch.exp(dt[..., None] * A)  # (b, T, d, n)
+        log_decays = dt[..., None] * A  # (b, T, d, n)
         inputs = (dt * xs.float())[..., None] * B.float()[:, :, None, :]  # (b, T, d, n)
-        state = torch.zeros(b, self.inner, n, device=x.device) if cache is None else cache.state
-        states = []
-        for t in range(T):
-            state = decays[:, t] * state + inputs[:, t]
-            states.append(state)
-        every = torch.stack(states, dim=1)  # (b, T, d, n)
+        every, final = selective_scan(log_decays, inputs, None if cache is None else cache.state)
         if cache is not None:
-            cache.state.copy_(state)
+            cache.state.copy_(final)
         if ctx.capturing:
             ctx.record(every.flatten(2).norm(dim=-1)[:, None])  # (b, 1, T): the whole state's norm
         y = torch.einsum("btdn,btn->btd", every, C.float()) + self.D.float() * xs.float()

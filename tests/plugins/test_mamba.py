@@ -260,6 +260,21 @@ def test_mamba_is_the_selective_scan_written_out_and_reports_its_state_norm(regi
     torch.testing.assert_close(reported, torch.stack(norms, 1)[:, None])  # (b, 1, T)
 
 
+@pytest.mark.parametrize("T", [1, 2, 17, 50])
+def test_selective_scan_in_chunks_is_the_recurrence(T):
+    from gptzoo.plugins.mamba import selective_scan
+
+    torch.manual_seed(0)
+    log_decays, inputs, state = -torch.rand(2, T, 3, 4) * 2, torch.randn(2, T, 3, 4), torch.randn(2, 3, 4)
+    expected, S = [], state
+    for t in range(T):
+        S = torch.exp(log_decays[:, t]) * S + inputs[:, t]
+        expected.append(S)
+    every, last = selective_scan(log_decays, inputs, state)
+    torch.testing.assert_close(every, torch.stack(expected, 1))
+    torch.testing.assert_close(last, S)
+
+
 def test_mamba_published_initialisation(registry):
     layer = mixer(registry, "mamba", **MAMBA)
     assert torch.allclose(torch.exp(layer.A_log), torch.arange(1.0, 7.0).expand(64, 6))
