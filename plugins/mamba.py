@@ -135,6 +135,10 @@ class Mamba2Params(Params):
     )
     conv_bias: bool = Field(True, description="a bias in the convolution (reference: true)")
     bias: bool = Field(False, description="biases in in_proj and out_proj (reference: false)")
+    in_proj_multipliers: tuple[float, float, float, float, float] | None = Field(
+        None,
+        description="factors on in_proj's z, x, B, C and dt outputs (Falcon-H1's µP ssm_multipliers); None: 1 each",
+    )
     gated_norm: bool = Field(
         True,
         description="out_proj reads RMSNorm(y ⊙ SiLU(z)); false: y ⊙ SiLU(z) without the norm (Falcon-H1's mamba_rms_norm = false)",
@@ -204,6 +208,10 @@ class Mamba2(Attention):
         self.conv_dim = self.inner + 2 * g * n  # x, B, C
         # in_proj's rows: [z | x | B | C | dt], as the reference's checkpoints.
         self.in_proj = nn.Linear(dims.d_model, self.inner + self.conv_dim + self.n_heads, bias=params.bias)
+        if params.in_proj_multipliers is not None:
+            widths = (self.inner, self.inner, g * n, g * n, self.n_heads)
+            scale = torch.cat([torch.full((w,), m) for w, m in zip(widths, params.in_proj_multipliers, strict=True)])
+            self.register_buffer("in_proj_scale", scale, persistent=False)
         self.conv1d = ShortConv(self.conv_dim, params.d_conv, bias=params.conv_bias)
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
@@ -253,7 +261,10 @@ class Mamba2(Attention):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
         b, T, _ = x.shape
         h, p, n, g = self.n_heads, self.head_dim, self.params.d_state, self.params.n_groups
-        z, xBC, dt = self.in_proj(x).split([self.inner, self.conv_dim, h], dim=-1)
+        projected = self.in_proj(x)
+        if self.params.in_proj_multipliers is not None:
+            projected = projected * self.in_proj_scale
+        z, xBC, dt = projected.split([self.inner, self.conv_dim, h], dim=-1)
         xBC = zero_padding(xBC, ctx.valid)  # padding feeds zeros to the convolution window
         xBC = zero_padding(F.silu(self.conv1d(xBC, None if cache is None else cache.window)), ctx.valid)
         xs, B, C = xBC.split([self.inner, g * n, g * n], dim=-1)

@@ -289,12 +289,14 @@ def test_mamba_passes_the_kit_with_jambas_norms(registry):
     check_component("attention", "mamba", registry, d_state=4, bcdt_norm="learned")
 
 
+@pytest.mark.parametrize("multipliers", [None, (0.5, 1.5, 0.8, 1.25, 2.0)])
 @torch.no_grad()
-def test_mamba2_without_the_norm_matches_transformers_falcon_h1_mixer(registry):
-    """Falcon-H1's Mamba-2: its own inner width (mamba_d_ssm) and y ⊙ SiLU(z) without the norm."""
+def test_mamba2_without_the_norm_matches_transformers_falcon_h1_mixer(registry, multipliers):
+    """Falcon-H1's Mamba-2: its own inner width (mamba_d_ssm), y ⊙ SiLU(z) without the norm, and
+    its µP multipliers on the parts of in_proj's output (ssm_multipliers)."""
     transformers = pytest.importorskip("transformers")
     from transformers.cache_utils import DynamicCache
-    from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
+    from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer, compute_mup_vector
 
     config = transformers.FalconH1Config(
         hidden_size=C,
@@ -306,12 +308,14 @@ def test_mamba2_without_the_norm_matches_transformers_falcon_h1_mixer(registry):
         mamba_d_state=6,
         mamba_chunk_size=4,
         mamba_rms_norm=False,
+        ssm_multipliers=list(multipliers or [1.0] * 5),
         num_hidden_layers=1,
     )
     reference = FalconH1Mixer(config, layer_idx=0).eval()
-    reference.mup_vector = torch.ones(48 + 48 + 2 * 2 * 6 + 6)  # µP multipliers all 1: none here
     randomize(reference)
-    layer = mixer(registry, "mamba2", d_inner=48, head_dim=8, n_groups=2, d_state=6, chunk_size=5, gated_norm=False)
+    reference.mup_vector = compute_mup_vector(config)  # the decoder layer sets it at initialisation
+    sizes = dict(d_inner=48, head_dim=8, n_groups=2, d_state=6, chunk_size=5, gated_norm=False)
+    layer = mixer(registry, "mamba2", in_proj_multipliers=multipliers, **sizes)
     state = dict(reference.state_dict())
     state["conv1d.conv.weight"], state["conv1d.conv.bias"] = state.pop("conv1d.weight"), state.pop("conv1d.bias")
     layer.load_state_dict(state)
