@@ -79,10 +79,13 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
     spec = {"name": name, **params}
     impl = registry.resolve(family, name)
     mixer = impl if issubclass(impl, Attention) else None
-    mixer_params = mixer.Params.model_validate(params, context={"registry": registry}) if mixer is not None else None
-    field = mixer.receptive_field(mixer_params) if mixer is not None else None
+    field: int | None = None
+    declared_lengths: tuple[int, ...] = ()
+    if mixer is not None:
+        mixer_params = mixer.Params.model_validate(params, context={"registry": registry})
+        field, declared_lengths = mixer.receptive_field(mixer_params), mixer.kit_lengths(mixer_params)
     length = max(TINY["context_length"], 2 * field + 8) if field else TINY["context_length"]
-    lengths = sorted({length, *(mixer.kit_lengths(mixer_params) if mixer is not None else ())})
+    lengths = sorted({length, *declared_lengths})
     check_builds_on_meta(tiny_config(registry, context_length=length, **{family: spec}))
     for context_length in lengths:
         model = build(tiny_config(registry, context_length=context_length, **{family: spec}))
