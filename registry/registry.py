@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.linear_attention",
     "gptzoo.plugins.mamba",
     "gptzoo.plugins.parallel_mixers",
+    "gptzoo.plugins.delta_rule",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",
