@@ -114,6 +114,34 @@ REFERENCES["mamba2"] = _mamba2_mixer
 REFERENCES["mamba"] = _mamba_mixer
 
 
+def _olmo_hybrid_gated_deltanet(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' OlmoHybridGatedDeltaNet (torch_chunk_gated_delta_rule, chunks of 64; the same
+    names but o_proj) holding the weights of ``gated_deltanet``."""
+    from transformers import OlmoHybridConfig
+    from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
+
+    p, dims = mixer.params, mixer.dims
+    config = OlmoHybridConfig(
+        hidden_size=dims.d_model,
+        num_attention_heads=dims.n_heads,
+        linear_num_key_heads=mixer.n_k_heads,
+        linear_num_value_heads=mixer.n_v_heads,
+        linear_key_head_dim=mixer.head_k_dim,
+        linear_value_head_dim=mixer.head_v_dim,
+        linear_conv_kernel_dim=p.conv_size,
+        linear_allow_neg_eigval=p.allow_neg_eigval,
+        num_hidden_layers=max(2, dims.n_layers),
+    )
+    twin = OlmoHybridGatedDeltaNet(config, 0)
+    twin.o_norm.variance_epsilon = p.norm_eps  # OLMo Hybrid's is FLA's 1e-5
+    state = {name.replace("out_proj.", "o_proj."): t for name, t in _with_conv_weights(mixer).items()}
+    twin.load_state_dict(state)
+    return lambda x: twin(x)
+
+
+REFERENCES["gated_deltanet"] = _olmo_hybrid_gated_deltanet
+
+
 def model(name: str, context_length: int) -> GPT:
     impl = REGISTRY.resolve("attention", name)
     positional = "rope" if "rotate" in impl.position_hooks else "none"

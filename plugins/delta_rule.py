@@ -169,7 +169,7 @@ class DeltaRuleMixer(Attention):
     q_proj: nn.Linear
     k_proj: nn.Linear
     v_proj: nn.Linear
-    conv: ShortConv
+    conv1d: ShortConv
     o_norm: GatedRMSNorm
     out_proj: nn.Linear
 
@@ -190,11 +190,13 @@ class DeltaRuleMixer(Attention):
         self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype
     ) -> RecurrentCache:
         state = torch.zeros(batch_size, self.n_v_heads, self.head_k_dim, self.head_v_dim, device=device)
-        return RecurrentCache(window=self.conv.new_window(batch_size, device, dtype), state=state)
+        return RecurrentCache(window=self.conv1d.new_window(batch_size, device, dtype), state=state)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         state = self.n_v_heads * self.head_k_dim * self.head_v_dim * 4  # float32 whatever the model's dtype
-        window = self.conv.conv.in_channels * (self.conv.kernel_size - 1) * torch.empty((), dtype=dtype).element_size()
+        window = (
+            self.conv1d.conv.in_channels * (self.conv1d.kernel_size - 1) * torch.empty((), dtype=dtype).element_size()
+        )
         return state + window
 
     def flops_per_token(self, context_length: int) -> int:
@@ -203,7 +205,7 @@ class DeltaRuleMixer(Attention):
         # (C·(dv + dk)), the scores times the corrected values (2·C·dv), and reading, correcting
         # and writing the state (6·dk·dv). Gates and norms are elementwise and left out.
         C, dk, dv = self.chunk_size, self.head_k_dim, self.head_v_dim
-        conv = 2 * self.conv.conv.weight.numel()
+        conv = 2 * self.conv1d.conv.weight.numel()
         rule = C * (5 * dk + 3 * dv) + 6 * dk * dv
         projections = sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
         return projections + conv + self.n_v_heads * rule
@@ -220,7 +222,7 @@ class DeltaRuleMixer(Attention):
         h, dk, dv = self.n_v_heads, self.head_k_dim, self.head_v_dim
         x = zero_padding(x, ctx.valid)
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        qkv = F.silu(self.conv(qkv, None if cache is None else cache.window))
+        qkv = F.silu(self.conv1d(qkv, None if cache is None else cache.window))
         q, k, v = qkv.float().split([self.n_k_heads * dk, self.n_k_heads * dk, h * dv], dim=-1)
         q = self.share(l2_normalize(q.view(B, T, -1, dk)) / math.sqrt(dk))
         k = self.share(l2_normalize(k.view(B, T, -1, dk)))  # (B, h, T, dk)
@@ -292,7 +294,7 @@ def _delta_net_heads(params: DeltaNetParams, dims: Dims) -> tuple[int, int]:
 class DeltaNet(DeltaRuleMixer):
     """DeltaNet (Yang et al., 2024): the delta rule without decay. Weights are named as OLMo Hybrid's
     checkpoints name them: q_proj, k_proj, v_proj, b_proj (β), g_proj (output gate), o_norm;
-    ``conv.conv.weight`` is their conv1d.weight over the channels [q | k | v]."""
+    ``conv1d.conv.weight`` is their conv1d.weight over the channels [q | k | v]."""
 
     Params = DeltaNetParams
 
@@ -315,7 +317,7 @@ class DeltaNet(DeltaRuleMixer):
         self.q_proj = nn.Linear(dims.d_model, key_width, bias=False)
         self.k_proj = nn.Linear(dims.d_model, key_width, bias=False)
         self.v_proj = nn.Linear(dims.d_model, value_width, bias=False)
-        self.conv = ShortConv(2 * key_width + value_width, params.conv_size)
+        self.conv1d = ShortConv(2 * key_width + value_width, params.conv_size)
         self.b_proj = nn.Linear(dims.d_model, self.n_v_heads, bias=False)
         if params.output_gate:
             self.g_proj = nn.Linear(dims.d_model, value_width, bias=False)

@@ -151,7 +151,7 @@ def qwen3_next_twin(mixer, eps):
         linear_num_value_heads=nv,
         linear_key_head_dim=dk,
         linear_value_head_dim=dv,
-        linear_conv_kernel_dim=mixer.conv.kernel_size,
+        linear_conv_kernel_dim=mixer.conv1d.kernel_size,
         rms_norm_eps=eps,
         num_hidden_layers=1,
         layer_types=["linear_attention"],
@@ -172,7 +172,7 @@ def qwen3_next_twin(mixer, eps):
     with torch.no_grad():
         twin.in_proj_qkvz.weight.copy_(qkvz.reshape(-1, D_MODEL))
         twin.in_proj_ba.weight.copy_(ba.reshape(-1, D_MODEL))
-        twin.conv1d.weight.copy_(mixer.conv.conv.weight)
+        twin.conv1d.weight.copy_(mixer.conv1d.conv.weight)
         twin.A_log.copy_(mixer.A_log)
         twin.dt_bias.copy_(mixer.dt_bias)
         twin.norm.weight.copy_(mixer.o_norm.weight)
@@ -211,7 +211,7 @@ def test_gated_deltanet_with_negative_eigenvalues_is_olmo_hybrid_layer():
         num_hidden_layers=2,
     )
     twin = OlmoHybridGatedDeltaNet(config, 0).eval()
-    names = {"o_proj": "out_proj", "conv1d": "conv.conv"}
+    names = {"o_proj": "out_proj", "conv1d": "conv1d.conv"}
     with torch.no_grad():
         for name, p in twin.named_parameters():
             ours = name.rsplit(".", 1)
