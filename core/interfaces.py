@@ -146,6 +146,10 @@ class Component(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    def after_optimizer_step(self) -> None:
+        """Adjust what is not trained by gradients once the optimizer has stepped (a mixture of
+        experts' balancing bias); training calls it on every component. Default: nothing."""
+
     def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
         """Extra training losses from this component's last forward (mixture-of-experts balance, ...).
 

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from gptzoo.core import Component
 from gptzoo.recipes.config.schema import TrainConfig
 
 
@@ -70,6 +71,5 @@ def clip_and_step(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     for module in model.modules():
-        adjust = getattr(module, "after_optimizer_step", None)
-        if callable(adjust):
-            adjust()
+        if isinstance(module, Component):
+            module.after_optimizer_step()
