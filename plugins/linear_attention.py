@@ -54,6 +54,13 @@ FEATURE_MAPS = {
 # Shapes: B batch, H key/value heads, G query heads per key/value head, T tokens, dk / dv the key
 # and value widths. Queries are (B, H, G, T, dk), keys (B, H, 1, T, dk), values (B, H, 1, T, dv);
 # log decays log λ_t ≤ 0 are None (λ = 1) or (B|1, H, 1, T, 1|dk); the state is (B, H, 1, dk, dv).
+# Decays are summed and exponentiated in float32 (or wider), and the state is carried so (bfloat16
+# would lose what a long text adds to it); products with queries, keys and values run in their dtype.
+
+
+def wide(t: Tensor) -> Tensor:
+    """t in float32, or wider if it is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def decayed_scores(q: Tensor, k: Tensor, cum_log_decay: Tensor | None) -> Tensor:
@@ -67,16 +74,16 @@ def decayed_scores(q: Tensor, k: Tensor, cum_log_decay: Tensor | None) -> Tensor
     if cum_log_decay.size(-1) == 1:  # one decay per head: a (C, C) factor
         b = cum_log_decay
         decay = (b - b.transpose(-1, -2)).masked_fill(later, float("-inf")).exp()  # (..., 1, C, C)
-        return (q @ k.transpose(-1, -2)) * decay
+        return (q @ k.transpose(-1, -2)) * decay.to(q.dtype)
     b = cum_log_decay
-    decay = (b.unsqueeze(-2) - b.unsqueeze(-3)).masked_fill(later[..., None], float("-inf")).exp()  # (..., 1, C, C, dk)
+    decay = (b.unsqueeze(-2) - b.unsqueeze(-3)).masked_fill(later[..., None], float("-inf")).exp().to(q.dtype)
     return (q.unsqueeze(-2) * (k.unsqueeze(-3) * decay)).sum(-1)
 
 
 def chunked(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: Tensor, chunk_size: int
 ) -> tuple[Tensor, Tensor]:
-    """The chunked form: -> outputs (B, H, G, T, dv) and the state after the last token."""
+    """The chunked form: -> outputs (B, H, G, T, dv) and the float32 state after the last token."""
     T = q.size(-2)
     C = min(chunk_size, T)
     pad = -T % C
@@ -85,22 +92,22 @@ def chunked(
         log_decay = None if log_decay is None else F.pad(log_decay, (0, 0, 0, pad))
     n = (T + pad) // C
     q, k, v = (t.unflatten(-2, (n, C)) for t in (q, k, v))  # (B, H, G|1, n, C, d)
-    b = None if log_decay is None else log_decay.unflatten(-2, (n, C)).cumsum(-2)  # (B|1, H, 1, n, C, 1|dk)
+    b = None if log_decay is None else wide(log_decay).unflatten(-2, (n, C)).cumsum(-2)  # (B|1, H, 1, n, C, 1|dk)
     y = decayed_scores(q, k, b) @ v  # within each chunk: (B, H, G, n, C, dv)
     if b is None:
         k_to_end, chunk_decay = k, None
     else:
-        k_to_end = k * (b[..., -1:, :] - b).exp()  # each key decayed to its chunk's end
+        k_to_end = k * (b[..., -1:, :] - b).exp().to(k.dtype)  # each key decayed to its chunk's end
         chunk_decay = b[..., -1, :].exp().unsqueeze(-1)  # (B|1, H, 1, n, 1|dk, 1)
-    chunk_states = k_to_end.transpose(-1, -2) @ v  # what each chunk adds: (B, H, 1, n, dk, dv)
+    chunk_states = wide(k_to_end.transpose(-1, -2) @ v)  # what each chunk adds: (B, H, 1, n, dk, dv)
     states = []  # the state before each chunk
     for i in range(n):
         states.append(state)
         if chunk_decay is not None:
             state = chunk_decay[:, :, :, i] * state
         state = state + chunk_states[:, :, :, i]
-    before = torch.stack(states, dim=3)  # (B, H, 1, n, dk, dv)
-    q_from_start = q if b is None else q * b.exp()
+    before = torch.stack(states, dim=3).to(q.dtype)  # (B, H, 1, n, dk, dv)
+    q_from_start = q if b is None else q * b.exp().to(q.dtype)
     y = y + q_from_start @ before  # from the chunks before: (B, H, G, n, C, dv)
     return y.flatten(-3, -2)[..., :T, :], state
 
@@ -110,9 +117,9 @@ def recurrent(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None, state: 
     ys = []
     for t in range(q.size(-2)):
         if log_decay is not None:
-            state = log_decay[..., t, :].exp().unsqueeze(-1) * state  # λ_t ⊙ S
-        state = state + k[..., t, :].unsqueeze(-1) * v[..., t, :].unsqueeze(-2)  # + k_t v_tᵀ
-        ys.append(q[..., t : t + 1, :] @ state)  # (B, H, G, 1, dv)
+            state = wide(log_decay[..., t, :]).exp().unsqueeze(-1) * state  # λ_t ⊙ S
+        state = state + wide(k[..., t, :].unsqueeze(-1) * v[..., t, :].unsqueeze(-2))  # + k_t v_tᵀ
+        ys.append(q[..., t : t + 1, :] @ state.to(q.dtype))  # (B, H, G, 1, dv)
     return torch.cat(ys, dim=-2), state
 
 
@@ -168,11 +175,9 @@ class DecayedLinearAttention(Attention):
         or None -> the heads' outputs (B, H, G, T, dv), reporting the implicit attention matrix."""
         B, H, G, T, _ = q.shape
         if ctx.capturing:
-            b = None if log_decay is None else log_decay.cumsum(-2)
+            b = None if log_decay is None else wide(log_decay).cumsum(-2)
             ctx.record(self.implicit_attention(decayed_scores(q, k, b)).reshape(B, H * G, T, T))
-        state = torch.zeros(B, H, 1, k.size(-1), v.size(-1), device=q.device, dtype=q.dtype)
-        if cache is not None:
-            state = cache.state.to(q.dtype)
+        state = cache.state if cache is not None else wide(q.new_zeros(B, H, 1, k.size(-1), v.size(-1)))
         if cache is not None and T < self.chunk_size:
             y, state = recurrent(q, k, v, log_decay, state)
         else:

@@ -375,3 +375,46 @@ def test_the_minimax_style_hybrid_inspects_each_layer_as_it_computes():
     assert model.blocks[0].params.stream_scale == (2 * config.n_layers) ** 0.25  # DeepNet's α, as MiniMax-01's
     softmax_rows = recorder.attentions[7].sum(-1)
     torch.testing.assert_close(softmax_rows, torch.ones_like(softmax_rows))
+
+
+@pytest.mark.parametrize("name", ["linear", "lightning", "retention", "gla"])
+def test_bfloat16_under_autocast_and_cast_whole_stays_near_float32(name):
+    config = REGISTRY.model_config(
+        {"vocab_size": 50, "context_length": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "positional": "none"}
+        | {"attention": {"name": name, "chunk_size": 8}}
+    )
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    idx = torch.randint(0, 50, (2, 40))
+    with torch.no_grad():
+        expected = model(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(idx)
+        model.to(torch.bfloat16)
+        cache = model.new_cache(2)
+        decoded = torch.cat(
+            [model(idx[:, :20], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(20, 40)], 1
+        )
+    for got in (autocast, decoded):
+        torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=0)
+
+
+def test_a_bfloat16_layer_decoding_a_long_text_keeps_its_state_in_float32():
+    # Summed in bfloat16 (8 significant bits), a state of 500 positive outer products would stop
+    # taking in new ones: each is below half a unit of its last place.
+    layer = mixer("linear", feature_map="relu", normalize=False)
+    with torch.no_grad():
+        layer.qkv.weight.abs_()  # positive queries, keys and values for positive inputs: the state only grows
+    T = 500
+    x = torch.rand(1, T, 32, dtype=torch.float64)
+    expected = run(layer, x)
+    layer.to(torch.bfloat16)
+    cache = layer.new_cache(1, None, torch.device("cpu"), torch.bfloat16)
+    steps = []
+    with torch.no_grad():
+        for t in range(T):
+            ctx = AttentionContext(context(1).positional, torch.tensor([[t]]), torch.arange(t + 1)[None], offset=t)
+            steps.append(layer(x[:, t : t + 1].bfloat16(), ctx, cache))
+    assert cache.state.dtype == torch.float32
+    got = torch.cat(steps, 1).double()
+    assert ((got - expected).norm() / expected.norm()).item() < 0.02
