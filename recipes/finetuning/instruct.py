@@ -8,6 +8,7 @@ predict every next token, padding ignored (and, with ``mask_prompt``, the prompt
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,6 +119,35 @@ def collate(
         if mask_prompt:
             targets[row, : prompt_length - 1] = IGNORE_INDEX  # target j is token j + 1
     return inputs, targets
+
+
+def responses_lost(encoded: list[tuple[list[int], int]], max_length: int) -> int:
+    """How many encoded entries lose their whole response when cut to ``max_length`` tokens:
+    ``collate`` keeps the first ``max_length`` + 1 tokens (inputs and targets shifted by one),
+    so the response, which starts after the prompt, keeps a target only when the prompt has at
+    most ``max_length`` tokens."""
+    return sum(prompt_length > max_length for _, prompt_length in encoded)
+
+
+def check_responses_fit(splits: dict[str, list[tuple[list[int], int]]], max_length: int, limit: str) -> None:
+    """Refuse when every training entry would lose its response to the ``max_length`` cut (``limit``
+    says where that length comes from): training would see only prompts, every one cut the same way.
+    When only some lose it, a warning line says how many, split by split."""
+    lost = {name: responses_lost(encoded, max_length) for name, encoded in splits.items()}
+    if lost["train"] == len(splits["train"]):
+        shortest = min(prompt_length for _, prompt_length in splits["train"])
+        raise GptzooError(
+            f"every training prompt is longer than the {max_length} tokens a sequence may hold ({limit}): the "
+            f"shortest is {shortest} tokens, so no response would be trained on; fine-tune a base with a longer context"
+        )
+    if any(lost.values()):
+        total = sum(len(encoded) for encoded in splits.values())
+        where = ", ".join(f"{name} {n}" for name, n in lost.items() if n)
+        print(
+            f"warning: {sum(lost.values())} of {total} entries ({where}) have a prompt longer than the {max_length} "
+            f"tokens a sequence may hold ({limit}), so they lose their response",
+            file=sys.stderr,
+        )
 
 
 # ---- training -----------------------------------------------------------------------------

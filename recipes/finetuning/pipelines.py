@@ -31,6 +31,7 @@ from gptzoo.recipes.finetuning.classifier import (
 )
 from gptzoo.recipes.finetuning.instruct import (
     RESPONSES,
+    check_responses_fit,
     encode_entries,
     generate_responses,
     mean_loss,
@@ -165,6 +166,8 @@ def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path)
         model.to(device)
 
         train_ids, val_ids, test_ids = (encode_entries(split, tokenizer) for split in (train, val, test))
+        limit = f"the context of {base}" if config.data.max_length is None else f"data.max_length = {max_length}"
+        check_responses_fit({"train": train_ids, "validation": val_ids, "test": test_ids}, max_length, limit)
         run_config = common.fine_tuned_config(model.config, config, base, device)
         mask_prompt = config.data.mask_prompt
         out.mkdir(parents=True, exist_ok=True)

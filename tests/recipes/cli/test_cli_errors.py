@@ -514,6 +514,12 @@ BAD_VALUES = [
     ("finetune-instruct", "zero int", ["{run}", *INSTRUCTIONS, "--epochs", "0"], "--epochs 0: give at least 1"),
     (
         "finetune-instruct",
+        "context shorter than every prompt",
+        ["{run}", *INSTRUCTIONS],
+        "every training prompt is longer than the 16 tokens a sequence may hold (the context of {run}): the shortest is",
+    ),
+    (
+        "finetune-instruct",
         "inf float",
         ["{run}", *INSTRUCTIONS, "--lr", "inf"],
         "--lr inf: give a positive learning rate",

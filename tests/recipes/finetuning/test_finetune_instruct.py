@@ -31,7 +31,7 @@ PAD = 50256  # gpt2's <|endoftext|>
 def tiny_base() -> GPT:
     torch.manual_seed(0)
     spec = {
-        "context_length": 64,
+        "context_length": 256,  # the Alpaca prompt alone is about 150 bytes
         "d_model": 32,
         "n_layers": 2,
         "n_heads": 2,
@@ -198,7 +198,7 @@ def test_finetune_instruct_and_chat_end_to_end(base_dir, shared_data, tmp_path, 
         "--eval-batches",
         "1",
         "--max-length",
-        "32",
+        "200",
         "--max-new-tokens",
         "4",
         "--limit-test",
@@ -255,7 +255,7 @@ def test_the_books_split_in_file_order_and_drop_last(base_dir, shared_data, tmp_
         "--eval-batches",
         "1",
         "--max-length",
-        "32",
+        "200",
         "--max-new-tokens",
         "1",
         "--split-order",
@@ -275,6 +275,52 @@ def test_the_books_split_in_file_order_and_drop_last(base_dir, shared_data, tmp_
     assert read_metrics(out)[0]["step"] == 2  # 17 entries in batches of 8: the last one dropped
 
 
+def count_entries(long: set[int]) -> list[dict]:
+    """20 entries whose Alpaca prompts are about 150 bytes, but well over 200 at the indices in ``long``."""
+    padding = " Please count slowly, one number after another, and say each number clearly." * 2
+    return [
+        {"instruction": f"Count to {i}." + (padding if i in long else ""), "output": " ".join(map(str, range(i)))}
+        for i in range(20)
+    ]
+
+
+def test_a_context_too_short_for_every_prompt_is_refused_naming_the_lengths(base_dir, tmp_path, capsys):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(count_entries(long=set())), encoding="utf-8")
+    shortest = min(len(format_prompt(e["instruction"]).encode()) for e in count_entries(long=set()))  # bytes
+    argv = [
+        "finetune-instruct",
+        str(base_dir),
+        "--data",
+        str(data),
+        "--max-length",
+        "100",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "every training prompt is longer than the 100 tokens a sequence may hold (data.max_length = 100): "
+        f"the shortest is {shortest} tokens, so no response would be trained on" in err
+    )
+    assert not (tmp_path / "o" / "config.json").exists()
+
+
+def test_entries_that_lose_their_response_are_counted_in_a_warning(base_dir, tmp_path, capsys):
+    """Split in file order (the book's): entries 0-16 train, 17-18 test, 19 validates."""
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(count_entries(long={0, 5, 17, 19})), encoding="utf-8")
+    argv = ["finetune-instruct", str(base_dir), "--data", str(data), "--max-length", "200", "--split-order", "book"]
+    argv += ["--epochs", "1", "--eval-batches", "1", "--limit-test", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 4 of 20 entries (train 2, validation 1, test 1) have a prompt longer than the 200 tokens a "
+        "sequence may hold (data.max_length = 200), so they lose their response"
+    ]
+
+
 def test_chat_refuses_a_classifier(tmp_path, capsys):
     base = tiny_base()
     config = REGISTRY.model_config(
@@ -291,7 +337,7 @@ def test_the_books_chapter_7_config_by_name(base_dir, shared_data, tmp_path, cap
     data = tmp_path / "data.json"
     data.write_text(json.dumps(entries), encoding="utf-8")
     out = tmp_path / "tuned"
-    shorter = ["train.epochs=1", "train.eval_batches=1", "data.max_length=32", "test.max_new_tokens=1"]
+    shorter = ["train.epochs=1", "train.eval_batches=1", "data.max_length=200", "test.max_new_tokens=1"]
     argv = ["finetune-instruct", base_dir, "--config", "book/ch07-instruct", "--data", data, "--out", out]
     assert main([str(a) for a in argv] + [arg for s in shorter for arg in ("--set", s)]) == 0
     assert "train 17, validation 1, test 2" in capsys.readouterr().out  # as the test above, by the book's rule

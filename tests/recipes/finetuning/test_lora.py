@@ -171,7 +171,7 @@ def test_training_changes_only_the_adapters():
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("base")
-    model = tiny(context_length=32)
+    model = tiny(context_length=192)  # room for an Alpaca prompt of bytes
     save_run(folder, RunConfig(model=model.config), model, model.config.tokenizer.build())
     return folder
 

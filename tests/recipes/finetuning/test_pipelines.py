@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from gptzoo.core import GPT
+from gptzoo.core import GPT, GptzooError
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.finetune import ClassifierConfig, InstructConfig
 from gptzoo.recipes.config.finetune_files import load_finetune_config
@@ -71,16 +71,22 @@ def test_the_run_folder_repeats_itself(base_dir, sms, tmp_path, capsys):
     assert all(torch.equal(t, state[name]) for name, t in first.model.state_dict().items())
 
 
-def test_finetune_instruct_from_a_preset_as_initialised(tmp_path):
-    entries = [{"instruction": f"Count to {i}.", "output": " ".join(map(str, range(i)))} for i in range(1, 21)]
-    (tmp_path / "d.json").write_text(json.dumps(entries), encoding="utf-8")
-    overrides = [f'data.path="{tmp_path / "d.json"}"', "train.epochs=1", "train.eval_batches=1", "test.limit=1"]
-    config = load_finetune_config(InstructConfig, None, [*overrides, "test.max_new_tokens=2", "data.max_length=48"])
-    record = finetune_instruct(config, "tiny", tmp_path / "tuned")
-    assert set(record) == {"test_loss"}
+def test_finetune_classifier_from_a_preset_as_initialised(sms, tmp_path):
+    config = load_finetune_config(ClassifierConfig, None, [f'data.path="{sms}"', "train.epochs=1"])
+    record = finetune_classifier(config, "tiny", tmp_path / "tuned")
+    assert set(record) == {"test_loss", "test_acc"}
     run = load_run(tmp_path / "tuned")
     assert run.config.finetune.base == "tiny" and run.config.model.d_model == 128  # configs/tiny.toml's
-    assert len(json.loads((tmp_path / "tuned" / "responses.json").read_text())) == 1
+
+
+def test_finetune_instruct_refuses_a_preset_whose_context_cannot_hold_a_prompt(tmp_path):
+    """configs/tiny.toml's 64 tokens hold no Alpaca prompt (the shortest here is 82 of its BPE's tokens)."""
+    entries = [{"instruction": f"Count to {i}.", "output": " ".join(map(str, range(i)))} for i in range(1, 21)]
+    (tmp_path / "d.json").write_text(json.dumps(entries), encoding="utf-8")
+    config = load_finetune_config(InstructConfig, None, [f'data.path="{tmp_path / "d.json"}"'])
+    with pytest.raises(GptzooError, match=r"longer than the 64 tokens a sequence may hold \(the context of tiny\)"):
+        finetune_instruct(config, "tiny", tmp_path / "tuned")
+    assert not (tmp_path / "tuned").exists()  # nothing written
 
 
 def test_a_classifier_saved_without_its_finetune_config_still_loads(base_dir, tmp_path, capsys):

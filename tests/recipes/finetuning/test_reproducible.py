@@ -20,7 +20,7 @@ def base_dir(tmp_path_factory):
     """A base with dropout, so training draws dropout masks besides the initialisations."""
     folder = tmp_path_factory.mktemp("base")
     torch.manual_seed(0)
-    spec = {"vocab_size": 257, "context_length": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "tokenizer": "byte"}
+    spec = {"vocab_size": 257, "context_length": 192, "d_model": 32, "n_layers": 2, "n_heads": 2, "tokenizer": "byte"}
     model = GPT(REGISTRY.model_config(spec | {"dropout": 0.1}))
     save_run(folder, RunConfig(model=model.config), model, model.config.tokenizer.build())
     return folder
