@@ -31,6 +31,7 @@ steps (``selective_scan``), holding every state as the reference's PyTorch path 
 Falcon Mamba add an RMSNorm on Δ's input, B and C (``bcdt_norm``).
 
 Both zero their inputs at left padding and its Δ (decay 1), so padding leaves the state as it was.
+The model's dropout applies to what out_proj reads (the references have none; 0 by default).
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class Mamba2(Attention):
                 cache.state.copy_(final)
         y = (y + self.D.float()[:, None] * xs.float()).reshape(b, T, self.inner)  # with the D skip
         y = self.norm(y, z) if self.norm is not None else (y * F.silu(z.float())).to(z.dtype)
-        return self.out_proj(y)
+        return self.out_proj(F.dropout(y, self.dims.dropout, self.training))
 
     def step(self, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor) -> Tensor:
         """One token: x (b, h, p), dt (b, h), B and C (b, g, n); state (b, h, p, n) updated in place -> y (b, h, p)."""
@@ -434,7 +435,7 @@ class Mamba(Attention):
         if ctx.capturing:
             ctx.record(every.flatten(2).norm(dim=-1)[:, None])  # (b, 1, T): the whole state's norm
         y = torch.einsum("btdn,btn->btd", every, C.float()) + self.D.float() * xs.float()
-        return self.out_proj((y * F.silu(z.float())).to(x.dtype))
+        return self.out_proj(F.dropout((y * F.silu(z.float())).to(x.dtype), self.dims.dropout, self.training))
 
 
 @hookimpl

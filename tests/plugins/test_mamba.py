@@ -326,3 +326,14 @@ def test_mamba2_without_the_norm_matches_transformers_falcon_h1_mixer(registry, 
     cache = DynamicCache(config=config)
     steps = [reference(x[:, :9], cache=cache)] + [reference(x[:, t : t + 1], cache=cache) for t in range(9, 15)]
     torch.testing.assert_close(in_pieces(layer, registry, x, [9] + [1] * 6), torch.cat(steps, 1))
+
+
+@pytest.mark.parametrize("name", ["mamba2", "mamba"])
+def test_dropout_acts_in_training_only(registry, name):
+    dims = Dims(vocab_size=50, context_length=64, d_model=C, n_heads=NH, n_kv_heads=NH, n_layers=1, dropout=0.5)
+    layer = ComponentSpec.resolve("attention", {"name": name, "d_state": 4}, registry).build(dims)
+    x = torch.randn(1, 6, C)
+    layer.train()
+    assert not torch.equal(layer(x, context(registry, 6)), layer(x, context(registry, 6)))
+    layer.eval()
+    assert torch.equal(layer(x, context(registry, 6)), layer(x, context(registry, 6)))
