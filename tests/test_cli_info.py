@@ -175,6 +175,24 @@ def test_describe_a_hybrid_counts_states_and_growing_caches_apart(capsys):
     assert cache["decodes_past_context"] and cache["extension_refusal"] is None
 
 
+def test_describe_a_composite_counts_its_state_beside_its_keys_and_values(capsys):
+    config = ROOT / "configs" / "falcon-h1-style.toml"  # sdpa and Mamba-2 side by side in each of 4 layers
+    code, out, _ = run_main(capsys, "describe", str(config), "--set", "model.vocab_size=512", "--json")
+    assert code == 0
+    info = json.loads(out)
+    kv = 2 * 2 * 32 * 4  # keys and values of 2 key/value heads of 128 / 4 = 32, fp32
+    d_inner, d_state, d_conv = 192, 32, 4
+    # Mamba-2's state: (heads × head_dim = d_inner) × d_state, and its convolution's window: the last
+    # d_conv - 1 inputs of x, B and C (d_inner + 2 · n_groups · d_state channels)
+    state = (d_inner * d_state + (d_inner + 2 * d_state) * (d_conv - 1)) * 4
+    for row in info["layers"]:
+        assert (row["cache_kind"], row["kv_cache_bytes_per_token"], row["state_bytes"]) == ("keys_values", kv, state)
+        assert row["cache_bytes"] == kv * 64 + state
+    cache = info["kv_cache"]
+    assert (cache["bytes_per_token"], cache["state_bytes"]) == (4 * kv, 4 * state)
+    assert cache["bytes_per_sequence"] == 4 * (kv * 64 + state)
+
+
 def test_describe_text_never_floors_a_state(capsys):
     code, out, _ = run_main(capsys, "describe", str(LFM2), "--set", "model.vocab_size=512")
     assert code == 0

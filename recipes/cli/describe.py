@@ -68,8 +68,9 @@ def layer_cache(mixer: Attention, T: int, dtype: torch.dtype = torch.float32) ->
 
     ``cache_bytes`` is the cache at the context; ``kv_cache_bytes_per_token`` what each token adds
     to a cache of keys and values (a window's while it fills; None for a state, which does not
-    grow); ``state_bytes`` a state's size, the same at any length; ``window`` the tokens a window
-    keeps; ``max_cache_bytes`` the most the cache ever holds (None: it grows with the text)."""
+    grow); ``state_bytes`` a state's size, the same at any length (also the states a composite
+    mixer keeps beside its keys and values); ``window`` the tokens a window keeps;
+    ``max_cache_bytes`` the most the cache ever holds (None: it grows with the text)."""
     kind = type(mixer).declared_cache_kind(mixer.params)
     at_context = mixer.cache_bytes(T, dtype)
     row: dict = {
@@ -88,7 +89,9 @@ def layer_cache(mixer: Attention, T: int, dtype: torch.dtype = torch.float32) ->
         row["kv_cache_bytes_per_token"] = mixer.cache_bytes(1, dtype) - mixer.cache_bytes(0, dtype)
         row["max_cache_bytes"] = at_context if window is None else mixer.cache_bytes(window, dtype)
     else:
-        row["kv_cache_bytes_per_token"] = mixer.cache_bytes(T + 1, dtype) - at_context
+        per_token = mixer.cache_bytes(T + 1, dtype) - at_context
+        row["kv_cache_bytes_per_token"] = per_token
+        row["state_bytes"] = at_context - per_token * T or None  # a composite's states beside its keys and values
     return row
 
 
@@ -101,7 +104,7 @@ def model_cache(model: GPT, caches: list[dict], T: int) -> dict:
     return {
         "bytes_per_token": sum(c["kv_cache_bytes_per_token"] for c in caches if c["cache_kind"] == "keys_values"),
         "bytes_per_sequence": sum(c["cache_bytes"] for c in caches),
-        "state_bytes": sum(c["state_bytes"] for c in caches if c["cache_kind"] == "state"),
+        "state_bytes": sum(c["state_bytes"] or 0 for c in caches),
         "window_bytes": sum(c["max_cache_bytes"] for c in caches if c["cache_kind"] == "window"),
         "dtype": "float32",
         "context_length": T,
@@ -168,18 +171,18 @@ def byte_size(n: int) -> str:
 
 def cache_lines(kv: dict, layers: list[dict]) -> list[str]:
     """The decoding cache of one sequence by what the layers keep, at the context and past it."""
-    keeping = [r for r in layers if r["cache_bytes"] or r["cache_kind"] != "state"]  # not the layers without a mixer
-    count = {kind: sum(r["cache_kind"] == kind for r in keeping) for kind in ("keys_values", "window", "state")}
+    count = {kind: sum(r["cache_kind"] == kind for r in layers) for kind in ("keys_values", "window")}
+    count["state"] = sum(bool(r["state_bytes"]) for r in layers)  # not the layers without a mixer (0 bytes)
     lines = [f"decoding cache of one sequence ({kv['dtype']})"]
     if count["keys_values"]:
         lines.append(
-            f"  {'keys, values':<15} {kv['bytes_per_token']:,} bytes per token in {count['keys_values']} layers"
+            f"  {'keys, values':<15} {kv['bytes_per_token']:,} bytes per token in {_layers(count['keys_values'])}"
         )
     if count["window"]:
-        lines.append(f"  {'windows':<15} at most {byte_size(kv['window_bytes'])} in {count['window']} layers")
+        lines.append(f"  {'windows':<15} at most {byte_size(kv['window_bytes'])} in {_layers(count['window'])}")
     if count["state"]:
         lines.append(
-            f"  {'states':<15} {byte_size(kv['state_bytes'])}, the same at any length, in {count['state']} layers"
+            f"  {'states':<15} {byte_size(kv['state_bytes'])}, the same at any length, in {_layers(count['state'])}"
         )
     lines.append(f"  {'at context':<15} {byte_size(kv['bytes_per_sequence'])} at {kv['context_length']:,} tokens")
     if kv["decodes_past_context"]:
@@ -194,9 +197,14 @@ def cache_lines(kv: dict, layers: list[dict]) -> list[str]:
     return lines
 
 
+def _layers(n: int) -> str:
+    return f"{n} layer" if n == 1 else f"{n} layers"
+
+
 def _layer_cache_text(r: dict) -> str:
     if r["cache_kind"] == "state":
         return f"state {byte_size(r['state_bytes'])}" if r["state_bytes"] else "nothing"
     if r["cache_kind"] == "window":
         return f"window {r['window']}: {r['kv_cache_bytes_per_token']:,} bytes/token, at most {r['max_cache_bytes']:,}"
-    return f"{r['kv_cache_bytes_per_token']:,} bytes/token"
+    states = f" + state {byte_size(r['state_bytes'])}" if r["state_bytes"] else ""
+    return f"{r['kv_cache_bytes_per_token']:,} bytes/token{states}"
