@@ -100,12 +100,14 @@ def chunked(
         k_to_end = k * (b[..., -1:, :] - b).exp().to(k.dtype)  # each key decayed to its chunk's end
         chunk_decay = b[..., -1, :].exp().unsqueeze(-1)  # (B|1, H, 1, n, 1|dk, 1)
     chunk_states = wide(k_to_end.transpose(-1, -2) @ v)  # what each chunk adds: (B, H, 1, n, dk, dv)
+    # Unbound once: indexing chunk i in the loop would cost a full-size zero gradient per chunk.
+    adds, decays = chunk_states.unbind(3), None if chunk_decay is None else chunk_decay.unbind(3)
     states = []  # the state before each chunk
     for i in range(n):
         states.append(state)
-        if chunk_decay is not None:
-            state = chunk_decay[:, :, :, i] * state
-        state = state + chunk_states[:, :, :, i]
+        if decays is not None:
+            state = decays[i] * state
+        state = state + adds[i]
     before = torch.stack(states, dim=3).to(q.dtype)  # (B, H, 1, n, dk, dv)
     q_from_start = q if b is None else q * b.exp().to(q.dtype)
     y = y + q_from_start @ before  # from the chunks before: (B, H, G, n, C, dv)

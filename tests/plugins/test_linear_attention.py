@@ -418,3 +418,13 @@ def test_a_bfloat16_layer_decoding_a_long_text_keeps_its_state_in_float32():
     assert cache.state.dtype == torch.float32
     got = torch.cat(steps, 1).double()
     assert ((got - expected).norm() / expected.norm()).item() < 0.02
+
+
+def test_gla_gradients_are_those_of_the_recurrence():
+    layer = mixer("gla", n_kv_heads=2, chunk_size=4)
+    x = torch.randn(1, 11, 32, dtype=torch.float64, requires_grad=True)
+    weights = [x, *layer.parameters()]
+    got = torch.autograd.grad(layer(x, context(11)).square().sum(), weights)
+    expected = torch.autograd.grad(gla_by_the_equations(layer, x).square().sum(), weights)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
