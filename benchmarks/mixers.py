@@ -142,6 +142,35 @@ def _olmo_hybrid_gated_deltanet(mixer: Attention) -> Callable[[torch.Tensor], to
 REFERENCES["gated_deltanet"] = _olmo_hybrid_gated_deltanet
 
 
+def _kimi_linear_delta_attention(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' KimiLinearDeltaAttention (chunk_kimi_delta_attention, chunks of 64) holding the
+    weights of ``kimi_delta`` (the same names but o_proj, and the forget gate's under forget_gate.)."""
+    from transformers import KimiLinearConfig
+    from transformers.models.kimi_linear.modeling_kimi_linear import KimiLinearDeltaAttention
+
+    p, dims = mixer.params, mixer.dims
+    config = KimiLinearConfig(
+        hidden_size=dims.d_model,
+        linear_num_heads=mixer.n_v_heads,
+        linear_head_dim=mixer.head_k_dim,
+        linear_conv_kernel_dim=p.conv_size,
+        rms_norm_eps=p.norm_eps,
+        num_hidden_layers=dims.n_layers,
+    )
+    twin = KimiLinearDeltaAttention(config, 0)
+    forget_gate = ("f_a_proj.", "f_b_proj.", "dt_bias", "A_log")
+    state = {
+        ("forget_gate." if name.startswith(forget_gate) else "") + name.replace("out_proj.", "o_proj."): t
+        for name, t in _with_conv_weights(mixer).items()
+    }
+    state["forget_gate.A_log"] = state["forget_gate.A_log"].view(1, 1, -1, 1)
+    twin.load_state_dict(state)
+    return lambda x: twin(x)
+
+
+REFERENCES["kimi_delta"] = _kimi_linear_delta_attention
+
+
 def model(name: str, context_length: int) -> GPT:
     impl = REGISTRY.resolve("attention", name)
     positional = "rope" if "rotate" in impl.position_hooks else "none"

@@ -31,6 +31,8 @@ Written out over one forward from an empty state, the output is y = A v per head
 D_ij = α_{j+1} ⋯ α_i (channel-wise: inside the dot products) and M the causal mask: a lower-
 triangular T × T matrix that these mixers report to inspection (Ali et al., 2024), formed only
 while inspecting. It is not a distribution: rows need not sum to 1 and entries may be negative.
+Kimi Delta Attention's channel-wise decays make it exact all the same (the decays enter each
+pair's dot product), at the cost of a T × T × head_dim tensor per head while inspecting.
 """
 
 from __future__ import annotations
@@ -373,7 +375,82 @@ def inverse_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+# ---- Kimi Delta Attention --------------------------------------------------------------------
+
+
+class KimiDeltaParams(Params):
+    num_heads: int | None = Field(
+        None, gt=0, description="heads, each with a head_dim × head_dim state; None: the model's n_heads"
+    )
+    head_dim: int | None = Field(None, gt=0, description="query, key and value width per head; None: the model's")
+    conv_size: int = Field(4, ge=2, description="tokens the short causal convolution on q, k and v spans")
+    chunk_size: int = Field(
+        16,
+        gt=0,
+        description="tokens per chunk of the training form; the result does not depend on it (FLA and transformers: 64)",
+    )
+    norm_eps: float = Field(1e-5, gt=0, description="epsilon of the RMSNorm on each head's output")
+
+
+class KimiDeltaAttention(DeltaRuleMixer):
+    """Kimi Delta Attention (Kimi Linear): Gated DeltaNet with one decay per key channel, log α_t =
+    -exp(A_log_h) · softplus(x W_fa W_fb + dt_bias), and a sigmoid output gate σ(x W_ga W_gb), both
+    through rank-head_dim projections. Weights named as Kimi Linear's checkpoints (its forget_gate's
+    f_a_proj, f_b_proj, dt_bias and A_log sit on the layer itself; o_proj is out_proj). Initialised
+    as Kimi Linear (after FLA): A ~ U(1, 16), dt log-uniform in [0.001, 0.1] per channel."""
+
+    Params = KimiDeltaParams
+
+    @classmethod
+    def check(cls, params: KimiDeltaParams, dims: Dims) -> None:
+        if params.num_heads is None and dims.n_kv_heads != dims.n_heads:
+            raise ValueError(
+                f"every head has its own query, key and value, so there are no key/value head groups: leave "
+                f"n_kv_heads unset or give the layer its own num_heads (got n_kv_heads={dims.n_kv_heads} for "
+                f"n_heads={dims.n_heads})"
+            )
+
+    def __init__(self, params: KimiDeltaParams, dims: Dims):
+        super().__init__(params, dims)
+        h = self.n_v_heads = self.n_k_heads = params.num_heads or dims.n_heads
+        d = self.head_k_dim = self.head_v_dim = params.head_dim or dims.head_size
+        self.chunk_size = params.chunk_size
+        self.q_proj = nn.Linear(dims.d_model, h * d, bias=False)
+        self.k_proj = nn.Linear(dims.d_model, h * d, bias=False)
+        self.v_proj = nn.Linear(dims.d_model, h * d, bias=False)
+        self.conv1d = ShortConv(3 * h * d, params.conv_size)
+        self.f_a_proj = nn.Linear(dims.d_model, d, bias=False)
+        self.f_b_proj = nn.Linear(d, h * d, bias=False)
+        self.A_log = nn.Parameter(torch.empty(h))
+        self.dt_bias = nn.Parameter(torch.empty(h * d))
+        self.b_proj = nn.Linear(dims.d_model, h, bias=False)
+        self.g_a_proj = nn.Linear(dims.d_model, d, bias=False)
+        self.g_b_proj = nn.Linear(d, h * d, bias=False)
+        self.o_norm = GatedRMSNorm(d, params.norm_eps, "sigmoid")
+        self.out_proj = nn.Linear(h * d, dims.d_model, bias=False)
+        self.reset_decay()
+
+    def reset_decay(self) -> None:
+        with torch.no_grad():
+            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1, 16).log())
+            self.dt_bias.copy_(inverse_softplus(log_uniform_like(self.dt_bias, 1e-3, 1e-1).clamp(min=1e-4)))
+
+    def init_weights(self, scheme) -> None:
+        super().init_weights(scheme)
+        self.reset_decay()
+
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        B, T, _ = x.shape
+        rate = self.f_b_proj(self.f_a_proj(x)).float() + self.dt_bias  # (B, T, h·d)
+        log_decay = -self.A_log.float().exp()[:, None] * F.softplus(rate.view(B, T, self.n_v_heads, -1))
+        return self.b_proj(x).float().sigmoid(), log_decay  # (B, T, h), (B, T, h, d)
+
+    def output_gate(self, x: Tensor) -> Tensor | None:
+        return self.g_b_proj(self.g_a_proj(x)).view(*x.shape[:2], self.n_v_heads, self.head_v_dim)
+
+
 @hookimpl
 def register_components(register):
     register("attention", "deltanet", DeltaNet)
     register("attention", "gated_deltanet", GatedDeltaNet)
+    register("attention", "kimi_delta", KimiDeltaAttention)

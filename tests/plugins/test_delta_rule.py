@@ -1,9 +1,15 @@
-"""Delta-rule mixers against the paper's recurrence written out token by token, and against
-transformers' own PyTorch layers (Qwen3-Next's and OLMo Hybrid's Gated DeltaNet) holding the same weights."""
+"""Delta-rule mixers against the papers' recurrence written out token by token, and against
+transformers' own PyTorch layers (Qwen3-Next's and OLMo Hybrid's Gated DeltaNet, Kimi Linear's KDA)
+holding the same weights."""
 
 import pytest
 import torch
-from transformers import OlmoHybridConfig, Qwen3NextConfig
+from transformers import KimiLinearConfig, OlmoHybridConfig, Qwen3NextConfig
+from transformers.models.kimi_linear.modeling_kimi_linear import (
+    KimiLinearDeltaAttention,
+    chunk_kimi_delta_attention,
+    recurrent_kimi_delta_attention,
+)
 from transformers.models.olmo_hybrid.modeling_olmo_hybrid import OlmoHybridGatedDeltaNet
 from transformers.models.qwen3_next.modeling_qwen3_next import (
     Qwen3NextGatedDeltaNet,
@@ -111,7 +117,7 @@ def test_chunked_and_recurrent_forms_match_transformers_functions():
 # ---- whole layers against transformers' ------------------------------------------------------
 
 
-def model(name, positional="none", **params):
+def model(name, positional="none", n_kv_heads=None, **params):
     torch.manual_seed(0)
     config = REGISTRY.model_config(
         dict(
@@ -120,6 +126,7 @@ def model(name, positional="none", **params):
             d_model=D_MODEL,
             n_layers=1,
             n_heads=4,
+            n_kv_heads=n_kv_heads,
             positional=positional,
             attention={"name": name, **params},
         )
@@ -269,3 +276,92 @@ def test_kit_with_shared_key_heads_unequal_widths_and_negative_eigenvalues():
     check_component(
         "attention", "gated_deltanet", num_k_heads=2, head_k_dim=4, head_v_dim=6, allow_neg_eigval=True, chunk_size=8
     )
+
+
+# ---- Kimi Delta Attention ------------------------------------------------------------------------
+
+
+def test_chunked_and_recurrent_forms_match_kimi_linear_functions():
+    """Kimi Linear's chunk/recurrent_kimi_delta_attention: a decay per key channel, from a given state."""
+    torch.manual_seed(0)
+    B, T, h, d = 2, 45, 3, 6
+    q, k, v = torch.randn(B, T, h, d), torch.randn(B, T, h, d), torch.randn(B, T, h, d)
+    beta, g = torch.rand(B, T, h), -torch.rand(B, T, h, d)
+    start = torch.randn(B, h, d, d)
+    expected, expected_state = chunk_kimi_delta_attention(
+        q, k, v, g, beta, initial_state=start, output_final_state=True, use_qk_l2norm_in_kernel=True
+    )
+    stepped, _ = recurrent_kimi_delta_attention(
+        q, k, v, g, beta, initial_state=start, output_final_state=True, use_qk_l2norm_in_kernel=True
+    )
+    qn = torch.nn.functional.normalize(q, dim=-1, eps=0).transpose(1, 2) / d**0.5
+    kn = torch.nn.functional.normalize(k, dim=-1, eps=0).transpose(1, 2)
+    y, state = chunked_delta_rule(qn, kn, v.transpose(1, 2), beta.transpose(1, 2), g.transpose(1, 2), start, 16)
+    torch.testing.assert_close(y.transpose(1, 2), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(state, expected_state, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(y.transpose(1, 2), stepped, atol=1e-5, rtol=1e-4)
+
+
+def kimi_linear_twin(mixer):
+    """KimiLinearDeltaAttention with ``mixer``'s weights (the same names, its forget gate's apart)."""
+    config = KimiLinearConfig(
+        hidden_size=D_MODEL,
+        linear_num_heads=mixer.n_v_heads,
+        linear_head_dim=mixer.head_k_dim,
+        linear_conv_kernel_dim=mixer.conv1d.kernel_size,
+        rms_norm_eps=mixer.params.norm_eps,
+        num_hidden_layers=1,
+    )
+    twin = KimiLinearDeltaAttention(config, 0).eval()
+    names = {"o_proj": "out_proj", "conv1d": "conv1d.conv"}
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            module, _, leaf = name.removeprefix("forget_gate.").rpartition(".")
+            ours = mixer.get_parameter(f"{names.get(module, module)}.{leaf}" if module else leaf)
+            p.copy_(ours.view_as(p))
+    return twin
+
+
+def test_kimi_delta_is_kimi_linear_layer():
+    m = model("kimi_delta", head_dim=6)
+    mixer = m.blocks[0].attention
+    randomize(mixer)
+    twin = kimi_linear_twin(mixer)
+    x = torch.randn(2, 53, D_MODEL)
+    with torch.no_grad():
+        torch.testing.assert_close(run(mixer, m.positional, x), twin(x), atol=1e-5, rtol=1e-4)
+        valid = torch.ones(2, 53, dtype=torch.bool)
+        valid[0, :9] = False
+        ours, theirs = run(mixer, m.positional, x, valid), twin(x, attention_mask=valid.long())
+        # Kimi Linear decays its (empty) state over the padding too: the same outputs, with the
+        # within-chunk decays accumulated over more tokens, so rounded a little differently.
+        torch.testing.assert_close(ours[valid], theirs[valid], atol=1e-4, rtol=1e-3)
+
+
+def test_kimi_delta_decodes_in_pieces_as_one_forward():
+    m = model("kimi_delta")
+    mixer = m.blocks[0].attention
+    randomize(mixer)
+    x = torch.randn(2, 40, D_MODEL)
+    cache = mixer.new_cache(2, None, x.device, x.dtype)
+    with torch.no_grad():
+        expected = run(mixer, m.positional, x)
+        pieces, start = [], 0
+        for n in (21, 1, 3, 7, 1, 7):
+            pieces.append(run(mixer, m.positional, x[:, start : start + n], cache=cache, offset=start))
+            start += n
+    torch.testing.assert_close(torch.cat(pieces, 1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_kimi_delta_has_no_key_value_head_groups():
+    with pytest.raises(ConfigError, match="no key/value head groups"):
+        model("kimi_delta", n_kv_heads=2)
+    assert model("kimi_delta", num_heads=2, n_kv_heads=2).blocks[0].attention.n_v_heads == 2
+
+
+def test_kimi_delta_published_initialisation():
+    mixer = model("kimi_delta", num_heads=64, head_dim=4).blocks[0].attention
+    A = mixer.A_log.exp()
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert (A >= 1).all() and (A <= 16).all()
+    assert (dt >= 1e-4 - 1e-9).all() and (dt <= 0.1 + 1e-6).all() and dt.min() < 0.01
