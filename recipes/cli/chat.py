@@ -1,12 +1,13 @@
 """gptzoo chat: answer instructions with an instruction-tuned run, in the prompt format it was tuned on."""
 
 import argparse
+import itertools
 import math
 import sys
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.finetuning.instruct import respond, respond_in_template
-from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.finetuning.instruct import instruction_ids, respond, respond_in_template
+from gptzoo.recipes.runs.folder import Run, load_run
 
 HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"
 
@@ -37,16 +38,38 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify"
         )
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    answer = respond_in_template if getattr(loaded.tokenizer.params, "chat_template", None) is not None else respond
+    templated = getattr(loaded.tokenizer.params, "chat_template", None) is not None
+    answer = respond_in_template if templated else respond
     if args.instruction is not None:
+        check_fits(loaded, args.instruction, args.input, templated, "the instruction")
         print(answer(loaded.model, loaded.tokenizer, args.instruction, args.input, **options))
         return 0
     interactive = sys.stdin.isatty()
-    while True:
+    refused = 0
+    for number in itertools.count(1):
         if interactive:
             print("> ", end="", flush=True)
         line = sys.stdin.readline()
         if not line:  # end of input
-            return 0
-        if line.strip():
-            print(answer(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)
+            return 2 if refused else 0
+        if not line.strip():
+            continue
+        try:
+            check_fits(loaded, line.strip(), "", templated, f"the instruction on line {number}")
+        except GptzooError as err:  # that line is refused; the next ones are answered
+            print(f"gptzoo chat: error: {err}", file=sys.stderr, flush=True)
+            refused += 1
+            continue
+        print(answer(loaded.model, loaded.tokenizer, line.strip(), **options), flush=True)
+
+
+def check_fits(loaded: Run, instruction: str, input: str, templated: bool, which: str) -> None:
+    """Refuse an instruction whose prompt the model's context cannot hold, as generate refuses such a prompt:
+    the model would see only its end."""
+    n_tokens = len(instruction_ids(loaded.tokenizer, instruction, input, templated))
+    context_length = loaded.config.model.context_length
+    if n_tokens > context_length:
+        raise GptzooError(
+            f"the prompt of {which} is {n_tokens} tokens but the model's context holds {context_length} "
+            f"(context_length in {loaded.folder / 'config.json'}); shorten it"
+        )

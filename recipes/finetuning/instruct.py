@@ -21,7 +21,7 @@ from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.finetuning.common import batches, read_data_file
 from gptzoo.recipes.finetuning.loop import epoch_records
-from gptzoo.recipes.generation.generate import complete, generate_ids
+from gptzoo.recipes.generation.generate import complete, generate_ids, prompt_ids
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index
 PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -216,6 +216,14 @@ def train_instructions(
     )
 
 
+def instruction_ids(tokenizer: Tokenizer, instruction: str, input: str = "", templated: bool = False) -> list[int]:
+    """The ids a model answers an instruction from: its chat template's (``templated``), else the Alpaca prompt's."""
+    if templated:
+        content = f"{instruction}\n\n{input}" if input else instruction
+        return tokenizer.encode_chat([{"role": "user", "content": content}])
+    return prompt_ids(tokenizer, format_prompt(instruction, input))
+
+
 def respond(
     model: GPT, tokenizer: Tokenizer, instruction: str, input: str = "", max_new_tokens: int = 256, **sampling
 ) -> str:
@@ -234,8 +242,7 @@ def respond_in_template(
     seed: int | None = None,
 ) -> str:
     """The response of a checkpoint with a chat template (the ``hf`` tokenizer's) to one user message."""
-    content = f"{instruction}\n\n{input}" if input else instruction
-    ids = tokenizer.encode_chat([{"role": "user", "content": content}])
+    ids = instruction_ids(tokenizer, instruction, input, templated=True)
     generator = (
         torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
     )

@@ -317,6 +317,12 @@ BAD_VALUES = [
     ),
     ("chat", "option without its partner", ["{run}", "--input", "x"], "--input needs --instruction"),
     (
+        "chat",
+        "instruction longer than the context",
+        ["{run}", "--instruction", "Say hi."],
+        "tokens but the model's context holds 16 (context_length in {run}/config.json); shorten it",
+    ),
+    (
         "classify",
         "run of another kind",
         ["{run}", "--text", "x"],

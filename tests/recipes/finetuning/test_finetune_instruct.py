@@ -321,6 +321,27 @@ def test_entries_that_lose_their_response_are_counted_in_a_warning(base_dir, tmp
     ]
 
 
+def test_chat_refuses_an_instruction_longer_than_the_context_as_generate_refuses_a_prompt(
+    base_dir, tmp_path, capsys, monkeypatch
+):
+    long = ("Repeat this. " * 20).strip()  # with the Alpaca format, over the base's 256 bytes
+    n_bytes = len(format_prompt(long).encode())
+    assert main(["chat", str(base_dir), "--instruction", long]) == 2
+    message = f"tokens but the model's context holds 256 (context_length in {base_dir / 'config.json'}); shorten it"
+    assert f"the prompt of the instruction is {n_bytes} {message}" in capsys.readouterr().err
+    assert main(["generate", str(base_dir), "--prompt", format_prompt(long)]) == 2
+    assert f"the prompt is {n_bytes} {message}" in capsys.readouterr().err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{long}\nSay hi.\n"))
+    assert main(["chat", str(base_dir), "--max-new-tokens", "2"]) == 2  # the long line refused, the next answered
+    out, err = capsys.readouterr()
+    assert f"the prompt of the instruction on line 1 is {n_bytes} {message}" in err
+    model, tokenizer = load_run(base_dir).model, load_run(base_dir).tokenizer
+    assert (
+        out == tokenizer.decode(naive_greedy(model, tokenizer.encode(format_prompt("Say hi.")), 2, 256)).strip() + "\n"
+    )
+
+
 def test_chat_refuses_a_classifier(tmp_path, capsys):
     base = tiny_base()
     config = REGISTRY.model_config(
