@@ -4,8 +4,8 @@
 - ``sdpa``: the same with torch's scaled_dot_product_attention (flash/memory-efficient kernels)
 
 Both share one state-dict layout (see gptzoo.core.Attention), and the options here: QK-norm
-(``qk_norm``), the score scale (``scale``), soft-capping (``softcap``) and a sigmoid gate on the
-output (``output_gate``). The other attentions
+(``qk_norm``), the score scale (``scale``), soft-capping (``softcap``), a sigmoid gate on the
+output (``output_gate``) and attention sinks (``sinks``). The other attentions
 build on these pieces: the sliding window (plugins/sliding_window.py), the teaching forms
 (plugins/teaching_attention.py) and multi-head latent attention (plugins/latent_attention.py).
 """
@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
+from gptzoo.core.interfaces import Inspection
 from gptzoo.registry import hookimpl
 
 
@@ -54,16 +55,68 @@ class AttentionParams(Params):
         "head-wise gate). Its weight is gate_proj.weight (nh·hs or nh, C), with gate_proj.bias when qkv_bias; "
         "Qwen3-Next stores it inside q_proj, each head's query rows followed by its gate rows",
     )
+    sinks: bool = Field(
+        False,
+        description="a learned logit per head added to the softmax's denominator, carrying no value, so a query may "
+        "attend to nothing (gpt-oss, MiMo-V2-Flash): its weight is sinks (nh,), starting at 0, and the probabilities "
+        "inspection reports then sum to less than 1. sdpa stays on SDPA's kernels (see sdpa_with_sinks)",
+    )
 
 
-def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float, softcap: float | None) -> Tensor:
-    """q (..., h, T, hs), k (..., h, Tk, hs) -> the attention probabilities (..., h, T, Tk), written out step by step."""
+def attention_weights(
+    q: Tensor, k: Tensor, bias: Tensor | None, scale: float, softcap: float | None, sinks: Tensor | None = None
+) -> Tensor:
+    """q (..., h, T, hs), k (..., h, Tk, hs) -> the attention probabilities (..., h, T, Tk), written out step by step.
+
+    With ``sinks`` (h,), each head's sink logit joins the softmax as one more score with no value:
+    the probabilities of the keys then sum to less than 1."""
     scores = q @ k.transpose(-2, -1) * scale  # (..., h, T, Tk)
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     if bias is not None:
         scores = scores + bias
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if sinks is None:
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    sink = sinks.float().view(-1, 1, 1).expand(*scores.shape[:-1], 1)  # (..., h, T, 1)
+    return torch.softmax(torch.cat([scores.float(), sink], dim=-1), dim=-1)[..., :-1].to(q.dtype)
+
+
+def sdpa_with_sinks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    sinks: Tensor,
+    scale: float,
+    dropout_p: float,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> Tensor:
+    """SDPA whose softmax also counts each head's sink logit, exactly, on SDPA's own kernels.
+
+    SDPA has no hook for a sink, so it becomes one more key, first, that every query sees, with a
+    zero value and the score sinks[h] against every query of head h. That score comes from one more
+    feature: the queries carry sinks[h] / scale there, the sink key 1 and the other keys 0 (so it
+    works for grouped keys too); the values get a zero feature as well, since fused kernels want
+    q, k and v equally wide. A causal call also gets one query first that sees only the sink, so
+    SDPA's top-left causal mask still lets query t see keys 0..t.
+    q (..., nh, T, hs), k and v (..., nkv, Tk, hs), bias (..., T, Tk) or None -> (..., nh, T, hs).
+    """
+    hs = q.size(-1)
+    sink_feature = (sinks / scale).to(q.dtype).view(-1, 1, 1).expand(*q.shape[:-1], 1)  # (..., nh, T, 1)
+    q = torch.cat([q, sink_feature], dim=-1)  # (..., nh, T, hs + 1)
+    if is_causal:
+        q = F.pad(q, (0, 0, 1, 0))  # (..., nh, 1 + T, hs + 1)
+    sink_key = torch.zeros(*k.shape[:-2], 1, hs + 1, dtype=k.dtype, device=k.device)
+    sink_key[..., -1] = 1.0
+    k = torch.cat([sink_key, F.pad(k, (0, 1))], dim=-2)  # (..., nkv, 1 + Tk, hs + 1)
+    v = F.pad(v, (0, 1, 1, 0))  # (..., nkv, 1 + Tk, hs + 1), the sink's value zero
+    if bias is not None:
+        bias = F.pad(bias, (1, 0))  # every query sees the sink
+    y = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+    return y[..., 1:, :hs] if is_causal else y[..., :hs]
 
 
 class QKNorm(nn.Module):
@@ -124,6 +177,11 @@ class FusedAttention(Attention):
         self.gate_proj = output_gate(params, dims)
         self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
+        self.sinks = nn.Parameter(torch.zeros(dims.n_heads)) if params.sinks else None
+
+    @classmethod
+    def declared_inspection(cls, params: AttentionParams) -> Inspection:
+        return "partial_probabilities" if params.sinks else cls.inspection
 
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, C) -> q (B, nh, T, hs), k and v (B, nkv, Tk, hs), normalised, rotated and cached."""
@@ -150,7 +208,7 @@ class FusedAttention(Attention):
         """q (..., nh, T, hs), k and v (..., nkv, Tk, hs) -> (..., nh, T, hs): every score in memory."""
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)  # (..., nh, Tk, hs)
-        weights = attention_weights(q, k, bias, self.scale, self.params.softcap)  # (..., nh, T, Tk)
+        weights = attention_weights(q, k, bias, self.scale, self.params.softcap, self.sinks)  # (..., nh, T, Tk)
         ctx.record(weights)
         return self.attn_dropout(weights) @ v
 
@@ -171,15 +229,11 @@ class SDPAAttention(FusedAttention):
                 T, Tk = q.size(-2), k.size(-2)
                 bias = torch.full((T, Tk), float("-inf"), dtype=q.dtype, device=q.device).triu(Tk - T + 1)
             return self.explicit(q, k, v, bias, ctx)
+        dropout_p, enable_gqa = self.dims.dropout if self.training else 0.0, self.n_kv_heads != self.n_heads
+        if self.sinks is not None:
+            return sdpa_with_sinks(q, k, v, bias, self.sinks, self.scale, dropout_p, is_causal, enable_gqa)
         return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias,
-            dropout_p=self.dims.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.scale,
-            enable_gqa=self.n_kv_heads != self.n_heads,
+            q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale, enable_gqa=enable_gqa
         )  # (..., nh, T, hs)
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
+from gptzoo.core.interfaces import Inspection
 from gptzoo.plugins.attention import AttentionParams, QKNorm, attention_weights, gated, output_gate
 from gptzoo.registry import hookimpl
 
@@ -50,8 +51,13 @@ class PerHeadAttention(Attention):
         self.gate_proj = output_gate(params, dims)
         self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
+        self.sinks = nn.Parameter(torch.zeros(dims.n_heads)) if params.sinks else None
         self._register_state_dict_hook(_stack_heads)
         self._register_load_state_dict_pre_hook(_split_heads, with_module=True)
+
+    @classmethod
+    def declared_inspection(cls, params: AttentionParams) -> Inspection:
+        return "partial_probabilities" if params.sinks else cls.inspection
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q = torch.stack([h.query(x) for h in self.queries], dim=1)  # (B, nh, T, hs)
@@ -69,8 +75,9 @@ class PerHeadAttention(Attention):
         for h in range(q.size(1)):
             kv = h // self.group
             head_bias = None if bias is None else bias[:, h : h + 1] if bias.size(1) > 1 else bias
+            sink = None if self.sinks is None else self.sinks[h : h + 1]
             weights.append(
-                attention_weights(q[:, h : h + 1], k[:, kv : kv + 1], head_bias, self.scale, self.params.softcap)
+                attention_weights(q[:, h : h + 1], k[:, kv : kv + 1], head_bias, self.scale, self.params.softcap, sink)
             )  # (B, 1, T, Tk)
             outputs.append(self.attn_dropout(weights[-1]) @ v[:, kv : kv + 1])  # (B, 1, T, hs)
         if ctx.capturing:
