@@ -150,7 +150,7 @@ class GatedRMSNorm(nn.Module):
         self.activation = F.silu if activation == "silu" else torch.sigmoid
 
     def forward(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        y = F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
         return y if gate is None else y * self.activation(gate.float())
 
 
@@ -236,13 +236,16 @@ class DeltaRuleMixer(Attention):
             log_decay = None if log_decay is None else log_decay * valid[..., None, None]
         beta = beta.transpose(1, 2)  # (B, h, T)
         log_decay = None if log_decay is None else log_decay.transpose(1, 2)  # (B, h, T, 1 | dk)
-        if ctx.capturing:
-            ctx.record(implicit_attention(q, k, beta, log_decay))
         state = cache.state if cache is not None else torch.zeros(B, h, dk, dv, device=x.device)
-        if cache is not None and T == 1:
-            y, state = delta_rule_step(q, k, v, beta, log_decay, state)
-        else:
-            y, state = chunked_delta_rule(q, k, v, beta, log_decay, state, self.chunk_size)
+        # The rule runs in float32 under autocast as well: the triangular solve has no bfloat16 form,
+        # and the corrections subtract nearly equal numbers.
+        with torch.autocast(x.device.type, enabled=False):
+            if ctx.capturing:
+                ctx.record(implicit_attention(q, k, beta, log_decay))
+            if cache is not None and T == 1:
+                y, state = delta_rule_step(q, k, v, beta, log_decay, state)
+            else:
+                y, state = chunked_delta_rule(q, k, v, beta, log_decay, state, self.chunk_size)
         if cache is not None:
             cache.state.copy_(state)
         y = self.o_norm(y.transpose(1, 2), self.output_gate(x))  # (B, T, h, dv)

@@ -17,7 +17,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import (
     torch_recurrent_gated_delta_rule,
 )
 
-from gptzoo.core import GPT, AttentionContext, ConfigError
+from gptzoo.core import GPT, AttentionContext, ConfigError, Recorder
 from gptzoo.plugins.delta_rule import chunked_delta_rule, delta_rule_step, implicit_attention
 from gptzoo.registry import make_registry
 from gptzoo.testing import check_component
@@ -365,3 +365,51 @@ def test_kimi_delta_published_initialisation():
     dt = torch.nn.functional.softplus(mixer.dt_bias)
     assert (A >= 1).all() and (A <= 16).all()
     assert (dt >= 1e-4 - 1e-9).all() and (dt <= 0.1 + 1e-6).all() and dt.min() < 0.01
+
+
+# ---- precision and the hybrids -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kimi_delta"])
+def test_bfloat16_under_autocast_and_cast_whole_stays_near_float32(name):
+    m = model(name, chunk_size=8)
+    idx = torch.randint(0, 50, (2, 40))
+    with torch.no_grad():
+        expected = m(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = m(idx)
+        m.to(torch.bfloat16)
+        cache = m.new_cache(2)
+        decoded = torch.cat(
+            [m(idx[:, :20], cache=cache)] + [m(idx[:, t : t + 1], cache=cache) for t in range(20, 40)], 1
+        )
+    assert cache.layers[0].state.dtype == torch.float32
+    for got in (autocast, decoded):
+        torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "style, offers",
+    [
+        ("qwen3-next-style", ["implicit_attention"] * 3 + ["probabilities"]),
+        ("kimi-linear-style", ["implicit_attention"] * 3 + ["probabilities"]),
+    ],
+)
+def test_the_hybrid_styles_inspect_each_layer_as_it_computes_and_decode_past_their_context(style, offers):
+    from pathlib import Path
+
+    from gptzoo.recipes.config.schema import load_run_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{style}.toml"
+    config = load_run_config(path, ["model.vocab_size=512"]).model
+    torch.manual_seed(0)
+    m = GPT(config).eval()
+    recorder = Recorder()
+    idx = torch.randint(0, 512, (1, config.context_length + 6))
+    with torch.no_grad():
+        m(idx[:, :12], recorder=recorder)
+        assert m.extension_refusal() is None  # the softmax layer's keys grow past the context; the states stay
+        cache = m.new_cache(1, idx.size(1))
+        steps = [m(idx[:, :5], cache=cache)] + [m(idx[:, t : t + 1], cache=cache) for t in range(5, idx.size(1))]
+        torch.testing.assert_close(torch.cat(steps, 1), m(idx), atol=1e-4, rtol=1e-4)
+    assert recorder.offers == offers
