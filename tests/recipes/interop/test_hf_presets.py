@@ -380,6 +380,38 @@ PUBLISHED = {
         },
         162_322_944,
     ),
+    "mamba2": (
+        {  # mistralai/Mamba-Codestral-7B-v0.1, not read from the Hub here (no network): transformers' Mamba2Config
+            # defaults, which its docs give as that checkpoint's, with its eos and pad ids. Its count is the one
+            # transformers' Mamba2ForCausalLM gives for this config, and the model card's 7.29 B.
+            "model_type": "mamba2",
+            "architectures": ["Mamba2ForCausalLM"],
+            "vocab_size": 32768,
+            "hidden_size": 4096,
+            "num_hidden_layers": 64,
+            "num_heads": 128,
+            "head_dim": 64,
+            "state_size": 128,
+            "expand": 2,
+            "n_groups": 8,
+            "conv_kernel": 4,
+            "chunk_size": 256,
+            "hidden_act": "silu",
+            "layer_norm_epsilon": 1e-05,
+            "residual_in_fp32": True,
+            "time_step_limit": [0.0, float("inf")],
+            "time_step_min": 0.001,
+            "time_step_max": 0.1,
+            "time_step_floor": 0.0001,
+            "use_bias": False,
+            "use_conv_bias": True,
+            "tie_word_embeddings": False,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+            "pad_token_id": 0,
+        },
+        7_285_403_648,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",

@@ -1,0 +1,267 @@
+"""import-hf / export-hf for the recurrent families: parity with transformers' own models.
+
+As tests/recipes/interop/test_hf.py does for the attention families, each case builds
+transformers' model from a tiny random config covering the family's options, saves it, imports
+it and checks: logits within 1e-4 on a left-padded batch of more tokens than a chunk of the
+scan; 20 greedy tokens through gptzoo's cache equal to transformers' generate from a left-padded
+batch; export -> from_pretrained -> the same logits and the same tensors. Where every layer is
+recurrent, generation runs past the trained context with a cache that does not grow.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+CONTEXT = 32  # max_position_embeddings of the tiny models: generation goes past it
+
+# name -> (transformers config class, its settings, whether every layer is recurrent)
+CASES = {
+    # 8 heads of 16 channels in 2 groups sharing B and C, state 12, chunks of 5 tokens (the prompts
+    # and the 24-token batch cross several), a 3-wide convolution, untied head
+    "mamba2": (
+        "Mamba2Config",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_heads=8,
+            head_dim=16,
+            expand=2,
+            n_groups=2,
+            state_size=12,
+            conv_kernel=3,
+            chunk_size=5,
+            tie_word_embeddings=False,
+        ),
+        True,
+    ),
+    # one group, a tied head, no convolution bias, layer norm epsilon 1e-6
+    "mamba2-tied": (
+        "Mamba2Config",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_heads=4,
+            head_dim=24,
+            expand=2,
+            n_groups=1,
+            state_size=8,
+            conv_kernel=4,
+            chunk_size=4,
+            use_conv_bias=False,
+            layer_norm_epsilon=1e-6,
+            tie_word_embeddings=True,
+        ),
+        True,
+    ),
+    # biases in in_proj and out_proj (transformers zeroes padding before in_proj, so its bias reaches the
+    # real tokens through the convolution: the reference is each row without its padding)
+    "mamba2-bias": (
+        "Mamba2Config",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_heads=4,
+            head_dim=16,
+            n_groups=2,
+            state_size=8,
+            chunk_size=6,
+            use_bias=True,
+        ),
+        True,
+    ),
+}
+
+
+def build(case: str):
+    config_class, settings, _ = CASES[case]
+    config = getattr(transformers, config_class)(
+        **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with (
+        torch.no_grad()
+    ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
+                p.copy_(torch.rand_like(p) * 2 - 1)
+            else:
+                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows, two of them left-padded: (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, V, (3, 24), generator=g)
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[1, :5], mask[2, :11] = False, False
+    return idx, mask
+
+
+def hf_logits(model, idx, mask):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long()).logits
+
+
+def unpadded(model, idx, mask):
+    """transformers' logits at the real tokens of a left-padded batch: as a batch, or row by row
+    where its padding reaches the real tokens (in_proj's bias)."""
+    if not getattr(model.config, "use_bias", False):
+        return hf_logits(model, idx, mask)
+    rows = [
+        hf_logits(model, row[m][None], torch.ones(1, int(m.sum()), dtype=torch.bool))[0]
+        for row, m in zip(idx, mask, strict=True)
+    ]
+    out = torch.zeros(*idx.shape, rows[0].size(-1))
+    out[mask] = torch.cat(rows)
+    return out
+
+
+def greedy(model, prompts, n):
+    """transformers' 20 greedy tokens after each prompt, from a left-padded batch (row by row where
+    its padding reaches the real tokens)."""
+    batches = [prompts] if not getattr(model.config, "use_bias", False) else [[p] for p in prompts]
+    tokens = []
+    for batch in batches:
+        width = max(len(p) for p in batch)
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([[0] * (width - len(p)) + p for p in batch]),
+                attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch]),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        tokens += out[:, width:].tolist()
+    return tokens
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask = padded_batch()
+    expected = unpadded(model, idx, mask)
+    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(unpadded(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    assert sorted(exported) == sorted(set(original) - tied)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == model.config.model_type
+
+
+def test_generation_goes_past_the_trained_context_with_a_cache_that_does_not_grow(checkpoint, tmp_path):
+    """Every layer recurrent: 3 × CONTEXT tokens decoded through the cache, as transformers decodes
+    them, and the cache holds as many bytes for one token as for the whole text."""
+    case, model, folder = checkpoint
+    if not CASES[case][2]:
+        pytest.skip("some layers keep keys and values")
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.context_length == CONTEXT
+    assert run.model.extension_refusal() is None and run.model.bounded_cache()
+    prompt = padded_batch()[0][0, :5].tolist()
+    assert generate_ids(run.model, [prompt], 3 * CONTEXT) == greedy(model, [prompt], 3 * CONTEXT)
+    assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10_000)
+
+
+def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    assert info["parameters"]["total"] == info["active_parameters_per_token"] == hf_model.num_parameters()
+    assert (model["attention"]["name"], model["feed_forward"]["name"], model["positional"]["name"]) == (
+        "mamba2",
+        "none",
+        "none",
+    )
+    assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for mamba2 (the convolution'),
+        (
+            {"time_step_limit": [0.05, 0.5]},
+            "time_step_limit = [0.05, 0.5] is not supported for mamba2 (transformers clamps",
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
+    build("mamba2").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mamba2_run_trained_in_gptzoo_exports_as_mamba2(tmp_path, registry):
+    """configs/mamba2-style.toml is Mamba-2's assembly: it exports as mamba2 and transformers computes the same logits."""
+    from pathlib import Path
+
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config.schema import load_run_config
+    from gptzoo.recipes.runs.folder import save_run
+
+    config = load_run_config(
+        Path(__file__).resolve().parents[3] / "configs" / "mamba2-style.toml",
+        ["model.tokenizer.name=byte", "model.vocab_size=257"],
+        registry,
+    )
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
+    family, data = export_hf(tmp_path / "run", tmp_path / "out", registry)
+    assert family.model_type == "mamba2" and (data["num_heads"], data["head_dim"], data["chunk_size"]) == (4, 64, 16)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    idx = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, model(idx), atol=1e-4, rtol=0)
