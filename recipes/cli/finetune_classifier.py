@@ -23,5 +23,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = finetune_options.config_from_arguments(ClassifierConfig, args, SHORTHANDS)
-    finetune_classifier(config, args.base_dir, args.out)
+    finetune_classifier(config, args.base_dir, args.out, resume=args.resume)
     return 0

@@ -20,5 +20,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = finetune_options.config_from_arguments(InstructConfig, args, SHORTHANDS)
-    finetune_instruct(config, args.base_dir, args.out)
+    finetune_instruct(config, args.base_dir, args.out, resume=args.resume)
     return 0

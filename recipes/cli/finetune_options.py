@@ -91,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser, kind: type[BaseModel], shorth
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="the new run folder (new, or an empty folder)")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the fine-tuning stopped in --out from its last finished epoch (give the command that started it)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",

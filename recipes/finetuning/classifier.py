@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, ModelConfig, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
-from gptzoo.recipes.finetuning.common import batches, cut, read_data_file
+from gptzoo.recipes.finetuning.common import EpochStates, batches, cut, read_data_file
 from gptzoo.recipes.finetuning.loop import epoch_records
 from gptzoo.registry import Registry
 
@@ -243,10 +243,11 @@ def train_classifier(
     out: Path | None = None,
     pad_to: int | None = None,
     drop_last: bool = False,
+    epoch_states: EpochStates | None = None,
 ) -> list[dict]:
     """The book's loop (recipes/finetuning/loop.py) with loss and accuracy on the first ``cfg.eval_batches``
     batches of train and validation after each epoch (appended to ``out``'s metrics); returns the epochs'
-    records. ``pad_to`` pads every batch to that length; ``drop_last`` skips each epoch's last, smaller batch."""
+    records. ``pad_to`` pads every batch to that length; ``drop_last`` skips each epoch's last, smaller batch; ``epoch_states``: see ``epoch_records``."""
 
     def scores_of(data: Sequence, max_batches: int | None) -> dict[str, float]:
         loss, accuracy = loss_and_accuracy(model, data, cfg.batch_size, pad_id, device, max_batches, pad_to)
@@ -262,6 +263,7 @@ def train_classifier(
         device=device,
         out=out,
         drop_last=drop_last,
+        epoch_states=epoch_states,
     )
 
 

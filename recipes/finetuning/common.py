@@ -29,9 +29,11 @@ from gptzoo.recipes.config.schema import DataConfig, RunConfig, TrainConfig
 from gptzoo.recipes.finetuning.lora import LoRASettings, apply_lora, lora_state, merge_lora
 from gptzoo.recipes.runs._journal import Commit
 from gptzoo.recipes.runs._lock import LOCK, OWNER, run_writer
-from gptzoo.recipes.runs.files import CONFIG, check_out_folder
+from gptzoo.recipes.runs.files import CONFIG, atomic_path, check_out_folder, write_text_atomic
 from gptzoo.recipes.runs.folder import Run, commit_files, save_run
+from gptzoo.recipes.runs.metrics import METRICS, read_metrics
 from gptzoo.recipes.runs.weights import write_state
+from gptzoo.recipes.training.checkpoint import load_train_state, restore_rng
 
 T = TypeVar("T")
 
@@ -43,23 +45,114 @@ LORA_WEIGHTS = "lora.safetensors"
 
 
 @contextlib.contextmanager
-def writing_to(out: Path) -> Iterator[None]:
+def writing_to(out: Path, resume: bool = False) -> Iterator[None]:
     """Hold ``out``'s writer lock while fine-tuning writes it, so a second writer is refused at once."""
     check_out_folder(out)
-    if out.is_dir() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
+    if not resume and out.is_dir() and any(p.name not in (LOCK, OWNER) for p in out.iterdir()):
         yield  # refused by check_out_dir before anything is written; no lock file is left in the user's folder
         return
     with run_writer(out):
         yield
 
 
-def check_out_dir(out: Path, base: Path) -> None:
-    """Refuse the base itself and any folder with files in it: nothing the user has is replaced."""
+def check_out_dir(out: Path, base: Path, resume: bool = False) -> None:
+    """Refuse the base itself and, unless resuming, any folder with files in it: nothing the user has is replaced."""
     if out.resolve() == base.resolve():
         raise GptzooError(f"--out {out} is the base run itself; choose a new folder")
     check_out_folder(out)
+    if resume:
+        return
+    if (out / FINETUNE_STATE).is_file():
+        raise GptzooError(
+            f"--out {out} holds an unfinished fine-tuning ({FINETUNE_STATE}); pass --resume to continue it, "
+            "or choose a new folder"
+        )
     if out.exists() and (not out.is_dir() or any(p.name not in (LOCK, OWNER) for p in out.iterdir())):
         raise GptzooError(f"--out {out} exists and is not an empty folder; choose a new folder or remove it")
+
+
+# ---- resuming ------------------------------------------------------------------------------
+
+FINETUNE_STATE = "finetune_state.pt"  # the training state after the last finished epoch, while fine-tuning runs
+
+
+class EpochStates:
+    """The training state a fine-tuning saves into its run folder after every epoch, and the one it resumes from.
+
+    It holds all that the rest of an uninterrupted run depends on: every weight (the new head and the LoRA
+    adapters included), the optimizer's state, the shuffling generator's and torch's random states (dropout),
+    and how the run was made (``made``: its base and fine-tuning config), which a resumed run must repeat.
+    ``finish`` removes the file once the run is saved, so a finished run folder is what an uninterrupted run
+    leaves, byte for byte."""
+
+    def __init__(self, out: Path, made: str, resumed: dict | None = None):
+        self.file = out / FINETUNE_STATE
+        self.made = made
+        self.resumed = resumed
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, order: random.Random, epoch: int, step: int):
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "made": self.made,
+            "model": {name: t.detach().cpu().clone() for name, t in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "order": order.getstate(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+        with atomic_path(self.file) as tmp:
+            torch.save(state, tmp)
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, order: random.Random) -> tuple[int, int]:
+        """Put the saved state back; returns (epochs done, steps done)."""
+        state = self.resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        order.setstate(state["order"])
+        restore_rng(state["rng"])
+        return state["epoch"], state["step"]
+
+    def finish(self) -> None:
+        self.file.unlink(missing_ok=True)
+
+
+def made_by(config: ClassifierConfig | InstructConfig, base: str | Path) -> str:
+    """How a fine-tuning is made, as its state records it: the base and the whole config."""
+    return FineTuning(base=str(base), config=config).model_dump_json()
+
+
+def resumed_state(out: Path, made: str) -> dict:
+    """The state the fine-tuning stopped in ``out`` saved after its last finished epoch, with the metrics
+    cut back to that epoch; refused when it was made another way than ``made``."""
+    if not (out / FINETUNE_STATE).is_file():
+        raise GptzooError(
+            f"--out {out}: holds no unfinished fine-tuning to resume (no {FINETUNE_STATE}); fine-tune without --resume"
+        )
+    state = load_train_state(out, FINETUNE_STATE)
+    before, now = json.loads(state["made"]), json.loads(made)
+    changed = [key for key in sorted(set(flat(before)) | set(flat(now))) if flat(before).get(key) != flat(now).get(key)]
+    if changed:
+        raise GptzooError(
+            f"--out {out}: the fine-tuning there was made with other settings ({', '.join(changed)}); "
+            "resume it with the command that started it"
+        )
+    kept = [r for r in read_metrics(out) if "epoch" in r and r["epoch"] <= state["epoch"]]
+    write_text_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+    return state
+
+
+def flat(value: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict as {dotted key: value}."""
+    items: dict[str, object] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            items |= flat(item, f"{prefix}{key}.")
+        else:
+            items[f"{prefix}{key}"] = item
+    return items
 
 
 def max_length(requested: int | None, context_length: int, base: Path) -> int:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
-from gptzoo.recipes.finetuning.common import batches, read_data_file
+from gptzoo.recipes.finetuning.common import EpochStates, batches, read_data_file
 from gptzoo.recipes.finetuning.loop import epoch_records
 from gptzoo.recipes.generation.generate import complete, generate_ids, prompt_ids
 
@@ -195,10 +195,11 @@ def train_instructions(
     device: torch.device,
     out: Path | None = None,
     drop_last: bool = False,
+    epoch_states: EpochStates | None = None,
 ) -> list[dict]:
     """The book's loop (recipes/finetuning/loop.py) with the loss on the first ``cfg.eval_batches`` batches
     of train and validation after each epoch (appended to ``out``'s metrics); returns the epochs' records.
-    ``drop_last`` skips each epoch's last, smaller batch."""
+    ``drop_last`` skips each epoch's last, smaller batch; ``epoch_states``: see ``epoch_records``."""
 
     def scores_of(data: Sequence, max_batches: int | None) -> dict[str, float]:
         return {"loss": mean_loss(model, data, cfg.batch_size, pad_id, max_length, mask_prompt, device, max_batches)}
@@ -213,6 +214,7 @@ def train_instructions(
         device=device,
         out=out,
         drop_last=drop_last,
+        epoch_states=epoch_states,
     )
 
 

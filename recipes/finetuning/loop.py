@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gptzoo.recipes.config.schema import TrainConfig
-from gptzoo.recipes.finetuning.common import batches
+from gptzoo.recipes.finetuning.common import EpochStates, batches
 from gptzoo.recipes.runs.metrics import append_metrics
 from gptzoo.recipes.training.optim import build_optimizer, clip_and_step
 
@@ -35,18 +35,23 @@ def epoch_records(
     device: torch.device,
     out: Path | None = None,
     drop_last: bool = False,
+    epoch_states: EpochStates | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``cfg.epochs`` epochs; returns one record per epoch (``epoch``, ``step``, then each
     score of the train and validation splits as ``train_<name>`` and ``val_<name>``), each appended to
-    ``out``'s metrics as it is made. ``drop_last`` skips each epoch's last, smaller batch."""
+    ``out``'s metrics as it is made. ``drop_last`` skips each epoch's last, smaller batch. With
+    ``epoch_states`` the training state is saved after every epoch, and training continues from the
+    state it was given (the records of a resumed run's earlier epochs are in its metrics, not returned)."""
     optimizer = build_optimizer(model, cfg, device)
     order = random.Random(cfg.seed)
     steps_per_epoch = len(batches(train, cfg.batch_size, drop_last=drop_last))
     records: list[dict] = []
-    step = 0
+    done, step = 0, 0
+    if epoch_states is not None and epoch_states.resumed is not None:
+        done, step = epoch_states.restore(model, optimizer, order)
     model.train()
-    with tqdm(total=int(cfg.epochs) * steps_per_epoch, desc="fine-tuning", unit="step") as progress:
-        for epoch in range(1, int(cfg.epochs) + 1):
+    with tqdm(total=int(cfg.epochs) * steps_per_epoch, initial=step, desc="fine-tuning", unit="step") as progress:
+        for epoch in range(done + 1, int(cfg.epochs) + 1):
             for batch in batches(train, cfg.batch_size, order, drop_last):
                 loss = loss_of(batch)
                 loss.backward()
@@ -61,6 +66,8 @@ def epoch_records(
             progress.write(f"epoch {epoch}: {' | '.join(f'{split} {shown(named)}' for split, named in scores.items())}")
             if out is not None:
                 append_metrics(out, record)
+            if epoch_states is not None:
+                epoch_states.save(model, optimizer, order, epoch, step)
     return records
 
 

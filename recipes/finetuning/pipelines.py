@@ -76,16 +76,21 @@ def classifier_splits(config: ClassifierConfig) -> tuple[list, list, list]:
     return splits
 
 
-def finetune_classifier(config: ClassifierConfig, base: str | Path, out: str | Path) -> dict[str, float]:
+def finetune_classifier(
+    config: ClassifierConfig, base: str | Path, out: str | Path, resume: bool = False
+) -> dict[str, float]:
     """Fine-tune ``base`` (a run folder, or a preset) as a text classifier into the new run folder ``out``.
 
     The LM head is replaced by a classifier over the data's labels (sorted: ham 0, spam 1), saved with the
     truncation length in labels.json; metrics.jsonl gets a record per epoch, then the test split's.
     Returns the test record: ``{"test_loss", "test_acc"}``. Raises GptzooError for bad data or an ``out``
-    that holds anything; nothing is written then."""
+    that holds anything; nothing is written then. ``resume`` continues the same fine-tuning stopped in
+    ``out`` from its last finished epoch, to the run an uninterrupted one would have saved."""
     base, out = Path(base), Path(out)
-    with common.writing_to(out):
-        common.check_out_dir(out, base)
+    with common.writing_to(out, resume):
+        common.check_out_dir(out, base, resume)
+        made = common.made_by(config, base)
+        resumed = common.resumed_state(out, made) if resume else None
         train, val, test = classifier_splits(config)
         labels = sorted({e.label for e in train + val + test})
         start = base_run(base)
@@ -103,6 +108,7 @@ def finetune_classifier(config: ClassifierConfig, base: str | Path, out: str | P
         val, test = (encode_examples(split, tokenizer, labels, pad_to or max_length) for split in (val, test))
         run_config = common.fine_tuned_config(model.config, config, base, device)
         out.mkdir(parents=True, exist_ok=True)
+        epoch_states = common.EpochStates(out, made, resumed)
         train_classifier(
             model,
             train,
@@ -113,6 +119,7 @@ def finetune_classifier(config: ClassifierConfig, base: str | Path, out: str | P
             out=out,
             pad_to=pad_to,
             drop_last=config.train.drop_last,
+            epoch_states=epoch_states,
         )
         common.write_json(out / LABELS, {"labels": labels, "max_length": pad_to or max_length, "pad_to": pad_to})
         common.merge_and_save(out, Run(out, run_config, model, tokenizer), lora)
@@ -120,6 +127,7 @@ def finetune_classifier(config: ClassifierConfig, base: str | Path, out: str | P
         record = {"test_loss": test_loss, "test_acc": test_acc}
         append_metrics(out, record)
         commit_files(out, {})  # the manifest now covers the test record too
+        epoch_states.finish()
     print(f"test loss {test_loss:.3f}, accuracy {test_acc:.1%} on {len(test)} examples; saved the classifier to {out}")
     return record
 
@@ -147,15 +155,20 @@ def language_model_run(base: Path) -> Run:
     return start
 
 
-def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path) -> dict[str, float]:
+def finetune_instruct(
+    config: InstructConfig, base: str | Path, out: str | Path, resume: bool = False
+) -> dict[str, float]:
     """Fine-tune ``base`` (a run folder, or a preset; a language model) on instructions into the new run folder ``out``.
 
     metrics.jsonl gets a record per epoch, then the test loss; responses.json holds the model's greedy
     response to each test entry (the first ``config.test.limit``). Returns the test record: ``{"test_loss"}``.
-    Raises GptzooError for bad data or an ``out`` that holds anything; nothing is written then."""
+    Raises GptzooError for bad data or an ``out`` that holds anything; nothing is written then. ``resume``
+    continues the same fine-tuning stopped in ``out``, as ``finetune_classifier`` does."""
     base, out = Path(base), Path(out)
-    with common.writing_to(out):
-        common.check_out_dir(out, base)
+    with common.writing_to(out, resume):
+        common.check_out_dir(out, base, resume)
+        made = common.made_by(config, base)
+        resumed = common.resumed_state(out, made) if resume else None
         train, val, test = instruct_splits(config)
         start = language_model_run(base)
         max_length = common.max_length(config.data.max_length, start.config.model.context_length, base)
@@ -171,6 +184,7 @@ def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path)
         run_config = common.fine_tuned_config(model.config, config, base, device)
         mask_prompt = config.data.mask_prompt
         out.mkdir(parents=True, exist_ok=True)
+        epoch_states = common.EpochStates(out, made, resumed)
         train_instructions(
             model,
             train_ids,
@@ -182,6 +196,7 @@ def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path)
             device=device,
             out=out,
             drop_last=config.train.drop_last,
+            epoch_states=epoch_states,
         )
         common.merge_and_save(out, Run(out, run_config, model, tokenizer), lora)
         batch_size = config.train.batch_size
@@ -192,5 +207,6 @@ def finetune_instruct(config: InstructConfig, base: str | Path, out: str | Path)
         answered = test[: config.test.limit] if config.test.limit is not None else test
         responses = generate_responses(model.eval(), tokenizer, answered, config.test.max_new_tokens)
         common.write_json(out / RESPONSES, responses)
+        epoch_states.finish()
     print(f"wrote {len(answered)} test responses to {out / RESPONSES}")
     return record

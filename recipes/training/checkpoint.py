@@ -83,8 +83,9 @@ def save_checkpoint(
     distributed.barrier()
 
 
-def load_train_state(out: Path) -> dict:
-    file = out / TRAIN_STATE
+def load_train_state(out: Path, name: str = TRAIN_STATE) -> dict:
+    """The training state saved in ``out`` (pretraining's train_state.pt, or the file ``name``)."""
+    file = out / name
     if not file.is_file():
         raise CheckpointError(
             f"{file}: missing, so there is nothing to resume; train without --resume (into a new --out) first"

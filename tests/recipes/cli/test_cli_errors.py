@@ -520,6 +520,18 @@ BAD_VALUES = [
     ("finetune-instruct", "zero int", ["{run}", *INSTRUCTIONS, "--epochs", "0"], "--epochs 0: give at least 1"),
     (
         "finetune-instruct",
+        "nothing to resume",
+        ["{run}", *INSTRUCTIONS, "--resume"],
+        "--out {tmp}/out: holds no unfinished fine-tuning to resume (no finetune_state.pt); fine-tune without --resume",
+    ),
+    (
+        "finetune-classifier",
+        "nothing to resume",
+        ["{run}", *SMS, "--resume"],
+        "--out {tmp}/out: holds no unfinished fine-tuning to resume (no finetune_state.pt); fine-tune without --resume",
+    ),
+    (
+        "finetune-instruct",
         "context shorter than every prompt",
         ["{run}", *INSTRUCTIONS],
         "every training prompt is longer than the 16 tokens a sequence may hold (the context of {run}): the shortest is",

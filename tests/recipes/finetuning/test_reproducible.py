@@ -77,3 +77,66 @@ def test_the_new_head_is_drawn_from_the_seed(base_dir, data, tmp_path, capsys):
     heads = [load_run(folder).model.head.state_dict() for folder in sorted(tmp_path.iterdir())]
     assert all(torch.equal(t, heads[1][name]) for name, t in heads[0].items())
     assert not all(torch.equal(t, heads[2][name]) for name, t in heads[0].items())
+
+
+# ---- resuming -----------------------------------------------------------------------------
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """Stop fine-tuning as a Ctrl-C would, just before optimizer step ``step`` (counted from 1)."""
+    from gptzoo.recipes.finetuning import loop
+
+    steps = iter(range(1, 10**6))
+
+    def step_or_stop(*args, **kwargs):
+        if next(steps) == step:
+            raise KeyboardInterrupt
+        return clip_and_step(*args, **kwargs)
+
+    clip_and_step = loop.clip_and_step
+    monkeypatch.setattr(loop, "clip_and_step", step_or_stop)
+
+
+@pytest.mark.parametrize("name", ["classifier", "classifier-lora", "instruct"])
+def test_a_stopped_fine_tuning_resumed_equals_the_uninterrupted_one(
+    name, base_dir, data, tmp_path, capsys, monkeypatch
+):
+    command, *options = COMMANDS[name]
+    argv = [command, str(base_dir), *(str(data / o) if o.endswith((".tsv", ".json")) else o for o in options)]
+    argv += ["--epochs", "3"] + (["--set", "test.max_new_tokens=3"] if command == "finetune-instruct" else [])
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    steps_per_epoch = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[0])["step"]
+    assert steps_per_epoch >= 2
+
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, steps_per_epoch + 2)  # in the second epoch
+        assert main([*argv, "--out", str(tmp_path / "stopped")]) == 130
+    assert (tmp_path / "stopped" / "finetune_state.pt").is_file()
+    assert not (tmp_path / "stopped" / "model.safetensors").exists()
+    assert "pass --resume to continue it" in error_line(capsys, main([*argv, "--out", str(tmp_path / "stopped")]))
+
+    torch.rand(1000)  # the resumed process draws from the state it saved, not from its own
+    assert main([*argv, "--out", str(tmp_path / "stopped"), "--resume"]) == 0
+    assert folder_bytes(tmp_path / "stopped") == folder_bytes(tmp_path / "whole")  # finetune_state.pt gone too
+
+
+def error_line(capsys, code: int) -> str:
+    assert code == 2
+    return capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings_and_a_folder_with_nothing_to_resume(
+    base_dir, data, tmp_path, capsys, monkeypatch
+):
+    argv = ["finetune-classifier", str(base_dir), "--data", str(data / "sms.tsv"), "--epochs", "2"]
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, 4)
+        assert main([*argv, "--out", str(out)]) == 130
+    err = error_line(capsys, main([*argv, "--lr", "1e-3", "--seed", "5", "--out", str(out), "--resume"]))
+    assert (
+        f"--out {out}: the fine-tuning there was made with other settings (config.train.lr, config.train.seed)" in err
+    )
+    err = error_line(capsys, main([*argv, "--out", str(tmp_path / "new"), "--resume"]))
+    assert f"--out {tmp_path / 'new'}: holds no unfinished fine-tuning to resume (no finetune_state.pt)" in err
+    assert not (tmp_path / "new").exists()
