@@ -11,6 +11,9 @@ token as transformers would build it.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
 
@@ -128,13 +131,73 @@ class HFTokenizer(Tokenizer):
             "eos_token": self.params.eos_token or "",
             "pad_token": self.params.pad_token or "",
         }
-        return _template(self.params.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **special
-        )
+        template = _template(self.params.chat_template)
+        deadline = time.monotonic() + TEMPLATE_SECONDS
+        pieces, size = [], 0
+        try:
+            with _render_deadline(deadline):
+                for piece in template.generate(
+                    messages=messages, add_generation_prompt=add_generation_prompt, **special
+                ):
+                    size += len(piece)
+                    if size > TEMPLATE_CHARS:
+                        raise GptzooError(
+                            f"the checkpoint's chat template wrote more than {TEMPLATE_CHARS} characters for one conversation; it cannot be a prompt"
+                        )
+                    _check_deadline()
+                    pieces.append(piece)
+        except GptzooError:
+            raise
+        except (
+            Exception
+        ) as err:  # the template is a stranger's program: whatever it raises is its failure, not gptzoo's
+            raise GptzooError(
+                f"the checkpoint's chat template failed on this conversation ({_template_error(err)})"
+            ) from None
+        return "".join(pieces)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Ids of the rendered conversation; the template writes BOS itself, so none is added."""
         return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+
+
+TEMPLATE_SECONDS = 10.0  # no chat template needs longer for one conversation
+TEMPLATE_CHARS = 1 << 24  # characters one rendering may write
+TEMPLATE_POWER = 4096  # the largest integer exponent a template may use
+
+_deadline: list[float] = []  # the rendering in progress's deadline, innermost last
+
+
+@contextmanager
+def _render_deadline(deadline: float) -> Iterator[None]:
+    _deadline.append(deadline)
+    try:
+        yield
+    finally:
+        _deadline.pop()
+
+
+def _check_deadline() -> None:
+    if _deadline and time.monotonic() > _deadline[-1]:
+        raise GptzooError(f"the checkpoint's chat template ran longer than {TEMPLATE_SECONDS:g} s on one conversation")
+
+
+def _template_error(err: Exception) -> str:
+    """A template's failure in words: its own message (raise_exception's), else the exception's kind and text."""
+    import jinja2
+
+    if type(err) is jinja2.exceptions.TemplateError:  # raise_exception: the template's author speaking
+        return f"it says: {err}"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _bounded_range(*args: int) -> Iterator[int]:
+    """The sandbox's range, checking the deadline at every item: nested loops that write nothing still end."""
+    from jinja2.sandbox import safe_range
+
+    for i in safe_range(*args):
+        _check_deadline()
+        yield i
 
 
 def _template(source: str):
@@ -152,7 +215,26 @@ def _template(source: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox with the size of ``*`` and ``**`` results bounded: a stranger's template must not fill the memory."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if (
+                        isinstance(seq, (str, list, tuple))
+                        and isinstance(times, int)
+                        and len(seq) * times > TEMPLATE_CHARS
+                    ):
+                        raise jinja2.exceptions.SecurityError(f"a sequence repeated {times} times is too long")
+            if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > TEMPLATE_POWER:
+                raise jinja2.exceptions.SecurityError(f"the power {right} is too large")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["range"] = _bounded_range
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -7,7 +7,13 @@ import sys
 import torch
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.generation.generate import TextStream, decode_after, generate_ids, prompt_ids
+from gptzoo.recipes.generation.generate import (
+    TextStream,
+    decode_after,
+    encode_within,
+    generate_ids,
+    too_long,
+)
 from gptzoo.recipes.runs.folder import load_run
 
 HELP = "continue one or more prompts with a trained run (greedy, temperature, top-k, top-p)"
@@ -65,14 +71,13 @@ def run(args: argparse.Namespace) -> int:
         )
 
     context_length = model.config.context_length
-    prompts = [prompt_ids(tokenizer, text) for text in args.prompt]
-    for n, ids in enumerate(prompts, start=1):
+    prompts = []
+    for n, text in enumerate(args.prompt, start=1):
+        ids, whole = encode_within(tokenizer, text, context_length)
         if len(ids) > context_length:
-            which = f"prompt {n}" if len(prompts) > 1 else "the prompt"
-            raise GptzooError(
-                f"{which} is {len(ids)} tokens but the model's context holds {context_length} "
-                f"(context_length in {loaded.folder / 'config.json'}); shorten it"
-            )
+            which = f"prompt {n}" if len(args.prompt) > 1 else "the prompt"
+            raise too_long(which, ids, whole, context_length, loaded.folder / "config.json")
+        prompts.append(ids or [tokenizer.eot_id])  # an empty prompt starts from end-of-text, as prompt_ids does
 
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(

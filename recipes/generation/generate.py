@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from gptzoo.core import GPT, KVCache, Tokenizer
+from gptzoo.core import GPT, GptzooError, KVCache, Tokenizer
+from gptzoo.recipes.runs.memory import available_memory, gib
 
 
 def sample_next(
@@ -100,6 +101,7 @@ def generate_ids(
     B = len(prompts)
     P = max(len(p) for p in prompts)
     total = P + max_new_tokens
+    check_memory(model, B, P, max_new_tokens, use_cache)
     max_pad = P - min(len(p) for p in prompts)  # columns [0, max_pad) hold padding in some row
     tokens, real = _padded_prompts(prompts, total, eot_id, model.token_embedding.weight.device)
 
@@ -128,6 +130,38 @@ def generate_ids(
     if eot_id is not None:
         out = [ids[: ids.index(eot_id)] if eot_id in ids else ids for ids in out]
     return out
+
+
+def check_memory(model: GPT, batch: int, prompt: int, max_new_tokens: int, use_cache: bool = True) -> None:
+    """GptzooError up front when generating ``max_new_tokens`` cannot fit in the memory the model's device has
+    left: the token buffer holds the whole text (a long and a mask byte per token), and so does the cache
+    of a model that decodes past its context while some layer keeps every key and value."""
+    total = prompt + max_new_tokens
+    need = batch * total * (8 + 1)
+    if use_cache and model.extension_refusal() is None and not model.bounded_cache():
+        need += batch * total * _cache_bytes_per_token(model)
+    device = model.token_embedding.weight.device
+    available = available_memory(device)
+    if need > available:
+        raise GptzooError(
+            f"--max-new-tokens {max_new_tokens}: {batch} text(s) of {total} tokens need about {gib(need)} "
+            f"but {device} has {gib(available)} available; ask for fewer tokens"
+        )
+
+
+def _cache_bytes_per_token(model: GPT) -> int:
+    """Bytes one more token adds to a one-row cache (the layers that keep every key and value)."""
+
+    def size(length: int) -> int:
+        cache = model.new_cache(1, length)
+        return sum(
+            t.numel() * t.element_size()
+            for layer in cache.layers
+            for t in vars(layer).values()
+            if isinstance(t, Tensor)
+        )
+
+    return size(2) - size(1)
 
 
 def _padded_prompts(
@@ -187,6 +221,27 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The ids a prompt starts generation from; an empty prompt starts from end-of-text, as
     GPT-2 does when it generates unconditionally."""
     return tokenizer.encode(prompt) or [tokenizer.eot_id]
+
+
+def encode_within(tokenizer: Tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    """The ids of ``text`` and True; or, once a prefix of it already has more than ``limit`` ids, the
+    prefix's and False. A prompt of megabytes is refused after tokenizing a few times the context,
+    not all of it: the prefixes grow fourfold, so the work stays within about twice the last one."""
+    size = 4 * (limit + 1)
+    while size < len(text):
+        ids = tokenizer.encode(text[:size])
+        if len(ids) > limit + 1:  # the cut may split one token of the whole text in two
+            return ids, False
+        size *= 4
+    return tokenizer.encode(text), True
+
+
+def too_long(what: str, ids: list[int], whole: bool, context_length: int, config: object) -> GptzooError:
+    """The refusal of a prompt longer than the context, the same for generate and chat."""
+    count = f"{len(ids)}" if whole else f"more than {context_length}"
+    return GptzooError(
+        f"{what} is {count} tokens but the model's context holds {context_length} (context_length in {config}); shorten it"
+    )
 
 
 def decode_after(tokenizer: Tokenizer, context: list[int], ids: list[int]) -> str:

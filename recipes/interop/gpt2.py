@@ -39,6 +39,7 @@ from gptzoo.recipes.interop.files import (
 )
 from gptzoo.recipes.interop.hf.convert import model_table, normalise
 from gptzoo.recipes.interop.hf.families import GPT2, weight_plan
+from gptzoo.recipes.interop.hf.import_ import check_layers
 from gptzoo.recipes.runs.files import CONFIG, WEIGHTS, atomic_path
 from gptzoo.recipes.runs.weights import describe_mismatch
 from gptzoo.registry import Registry, default_registry
@@ -187,10 +188,12 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
     folder = resolve_source(src, out)
     source = folder / CONFIG
     model_data = model_config_data(read_hf_config(source), attention, str(source))
-    config = RunConfig(model=(registry or default_registry()).model_config(model_data, str(source)))
-    shapes = weight_shapes(config.model)
     weights = folder / WEIGHTS
     with open_safetensors(weights) as f:
+        # before validating every layer; named as GPT2Model names them, as the messages below do
+        check_layers(dict.fromkeys(k.removeprefix(HF_PREFIX) for k in f.keys()), GPT2, model_data["n_layers"], source)
+        config = RunConfig(model=(registry or default_registry()).model_config(model_data, str(source)))
+        shapes = weight_shapes(config.model)
         # Accept GPT2LMHeadModel's "transformer." names and GPT2Model's bare ones.
         stored = {key.removeprefix(HF_PREFIX): key for key in f.keys()}
         names = hf_names(shapes)

@@ -38,6 +38,7 @@ from gptzoo.recipes.runs.manifest import (
     note,
     read_manifest,
 )
+from gptzoo.recipes.runs.memory import check_fits
 from gptzoo.recipes.runs.weights import load_weights, model_state, write_state
 from gptzoo.registry import Registry, default_registry
 
@@ -169,6 +170,7 @@ def load_run(folder: str | Path, registry: Registry | None = None, device: str |
             if manifest is not None and (folder / WEIGHTS).is_file()
             else None
         )
+        check_fits(config.model, str(folder / CONFIG), device)
         model = GPT(config.model)
         if checked is not None:
             checked.result()

@@ -34,7 +34,8 @@ from gptzoo.recipes.interop.hf.convert import (
 from gptzoo.recipes.interop.hf.families import Family, all_families, hf_shapes, to_ours, weight_plan
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
 from gptzoo.recipes.runs.folder import run_commit
-from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
+from gptzoo.recipes.runs.memory import check_fits
+from gptzoo.recipes.runs.weights import describe_mismatch, few, write_safetensors
 from gptzoo.registry import Registry, default_registry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -107,6 +108,34 @@ def _check_index(index: Path, weight_map: dict[str, str], shard_of: dict[str, st
         )
 
 
+def check_layers(stored: dict, family: Family, declared: Any, source: Path) -> None:
+    """CheckpointError when the config declares more layers than the stored tensors hold."""
+    patterns = [
+        re.compile(re.escape(name).replace(r"\{i\}", r"(\d+)").replace(r"\{e\}", r"\d+"))
+        for weight in family.weights
+        for name in weight.theirs
+        if "{i}" in name
+    ]
+    layers = {
+        int(m.group(1))
+        for key in stored
+        for pattern in patterns
+        if (m := pattern.fullmatch(key) or pattern.fullmatch(family.prefix + key))
+    }
+    if isinstance(declared, int) and declared > len(layers):
+        key = next((f.hf for f in family.fields if "n_layers" in f.ours), "n_layers")
+        bare = not any(name.startswith(family.prefix) for name in stored)  # a bare base model's names
+        first = sorted(
+            (name.removeprefix(family.prefix) if bare else name).format(i=len(layers), e=0)
+            for weight in family.weights
+            for name in weight.theirs
+            if "{i}" in name
+        )
+        raise CheckpointError(
+            f"{source}: {key} = {declared} but the weights hold {len(layers)} layer(s) (missing {few(first)}); the config does not describe these weights"
+        )
+
+
 def _source_name(stored: dict, name: str, prefix: str) -> str | None:
     """``name`` as stored: checkpoints of the bare base model (LlamaModel, GPT2Model) lack its prefix."""
     if name in stored:
@@ -128,12 +157,26 @@ def _token(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
+def _check_tokenizer(file: Path, state: dict) -> None:
+    """CheckpointError unless the tokenizers library reads ``state``: a run must not keep a tokenizer every later command fails on."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return  # the hf extra is absent: the run's first use says what to install
+    try:
+        Tokenizer.from_str(json.dumps(state))
+    except Exception as err:  # the library's own error type is a bare Exception
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{file}: not a tokenizer the tokenizers library reads ({reason})") from None
+
+
 def read_tokenizer_files(folder: Path, hf: dict) -> tuple[dict | None, str | None]:
     """The ``hf`` tokenizer spec and its state (tokenizer.json's text) from a checkpoint folder; (None, None) without tokenizer.json."""
     file = checkpoint_file(folder, TOKENIZER)
     if not file.is_file():
         return None, None
     state = _read_json(file)
+    _check_tokenizer(file, state)
     config = _read_json(checkpoint_file(folder, TOKENIZER_CONFIG))
     generation = _read_json(checkpoint_file(folder, GENERATION_CONFIG))
     eos = generation.get("eos_token_id", hf.get("eos_token_id"))
@@ -169,12 +212,13 @@ def import_hf(
     src, out = Path(src), Path(out)
     refuse_existing(out)
     source = _checked_source(src, dtype)
-    family, config, tokenizer_state = _read_config(src, source, attention, registry)
-    shapes = weight_shapes(config.model)
-    plan = weight_plan(family, shapes)
-    dims = config.model.dims()
-    to_read = hf_shapes(plan, shapes, dims)
     with open_checkpoint(src) as stored:
+        family, config, tokenizer_state = _read_config(src, source, attention, registry, stored)
+        check_fits(config.model, str(source), weights=False)  # weights stream; tables (rope's) would be built whole
+        shapes = weight_shapes(config.model)
+        plan = weight_plan(family, shapes)
+        dims = config.model.dims()
+        to_read = hf_shapes(plan, shapes, dims)
         found = _find_weights(src, stored, family, config, to_read)
 
         def read(name: str) -> torch.Tensor:
@@ -209,18 +253,21 @@ def _checked_source(src: Path, dtype: str) -> Path:
 
 
 def _read_config(
-    src: Path, source: Path, attention: str | None, registry: Registry
+    src: Path, source: Path, attention: str | None, registry: Registry, stored: dict
 ) -> tuple[Family, RunConfig, str | None]:
-    """The checkpoint's family, its gptzoo config, and its tokenizer.json's text (None without one)."""
+    """The checkpoint's family, its gptzoo config, and its tokenizer.json's text (None without one).
+
+    The layers the config declares are counted against the ``stored`` tensors before the config is
+    validated or the model built: both take time for every layer, hours for 10^6 of them."""
     families = all_families(registry)
     hf = normalise(read_hf_config(source), families)
     family = family_of(hf, str(source), families)
     tokenizer, tokenizer_state = read_tokenizer_files(src, hf)
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}
-    config = RunConfig(
-        model=registry.model_config(model_table(family, hf, str(source), attention, tokenizer), str(source))
-    )
+    table = model_table(family, hf, str(source), attention, tokenizer)
+    check_layers(stored, family, table["n_layers"], source)
+    config = RunConfig(model=registry.model_config(table, str(source)))
     return family, config, tokenizer_state
 
 

@@ -298,6 +298,24 @@ BAD_VALUES = [
         "argument --top-p: invalid float value: 'most'",
     ),
     (
+        "generate",
+        "absurd int",
+        ["{run}", "--prompt", "I had", "--max-new-tokens", str(10**12)],
+        f"--max-new-tokens {10**12}: 1 text(s) of",
+    ),
+    (
+        "generate",
+        "int beyond 64 bits",
+        ["{run}", "--prompt", "I had", "--max-new-tokens", str(10**19)],
+        f"--max-new-tokens {10**19}: 1 text(s) of",
+    ),
+    (
+        "generate",
+        "text too long",
+        ["{run}", "--prompt", "x" * 1000],
+        "the prompt is more than 16 tokens but the model's context holds 16 (context_length in {run}/config.json)",
+    ),
+    (
         "chat",
         "negative int",
         ["{run}", "--instruction", "Say hi.", "--max-new-tokens", "-1"],

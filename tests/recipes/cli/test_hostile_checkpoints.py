@@ -293,3 +293,130 @@ def test_a_header_lying_about_offsets_or_shape_is_refused(lie, places, capsys, m
     write_header(src / "model.safetensors", header, body)
     err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
     assert f"{src / 'model.safetensors'}: cannot read the weights" in err
+
+
+def test_a_tokenizer_json_that_is_not_a_tokenizer_is_refused_at_import(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    (src / "tokenizer.json").write_text(json.dumps({"model": {"type": "nonsense"}}))
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / 'tokenizer.json'}: not a tokenizer the tokenizers library reads" in err
+
+
+# ---- unbounded resources --------------------------------------------------------------------------
+
+
+def test_more_layers_declared_than_stored_are_refused_before_the_model_is_built(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 10**6}))
+    built = []
+    monkeypatch.setattr("gptzoo.recipes.interop.hf.import_.weight_shapes", lambda *a: built.append(a))
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / 'config.json'}: num_hidden_layers = 1000000 but the weights hold 2 layer(s)" in err
+    assert built == []
+
+
+def test_a_context_whose_tables_exceed_the_machine_is_refused_at_import(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    config = json.loads((src / "config.json").read_text())
+    # rope's cos and sin tables: 10^13 positions x 4 frequencies x 2 x 4 bytes, far beyond any machine
+    (src / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 10**13}))
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert (
+        f"{src / 'config.json'}: this model needs about 298023.2 GiB (298023.2 GiB of tables for context_length" in err
+    )
+
+
+def test_a_run_too_large_for_the_machine_is_refused_before_it_is_built(tmp_path, capsys):
+    from gptzoo.recipes.runs.memory import check_fits
+
+    config = import_hf(tiny_llama(tmp_path / "src"), tmp_path / "run")
+    big = config.model.model_copy(update={"context_length": 10**13})
+    with pytest.raises(
+        Exception, match=r"x: this model needs about 298023\.\d GiB \(\d+\.\d GiB of weights, 298023\.2 GiB"
+    ):
+        check_fits(big, "x")
+    check_fits(config.model, "x")  # the real one fits
+
+
+@pytest.mark.parametrize("max_new", [10**12, 10**18])
+def test_generate_refuses_more_new_tokens_than_memory_holds_up_front(max_new, tmp_path, capsys):
+    import_hf(tiny_llama(tmp_path / "src"), tmp_path / "run")
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "run"), "--prompt", "x", "--max-new-tokens", str(max_new)]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-new-tokens {max_new}: 1 text(s) of {max_new + 1} tokens need about" in err and "Traceback" not in err
+
+
+def test_a_long_prompt_is_refused_after_tokenizing_a_few_times_the_context():
+    from gptzoo.recipes.generation.generate import encode_within
+
+    encoded = []
+
+    class Characters:
+        def encode(self, text):
+            encoded.append(len(text))
+            return [ord(c) for c in text]
+
+    ids, whole = encode_within(Characters(), "x" * 10_000_000, 16)
+    assert not whole and len(ids) > 16 and max(encoded) <= 4 * 4 * 17
+    assert encode_within(Characters(), "x" * 100, 16) == ([120] * 68, False)  # 4 x 17 characters already tell
+    assert encode_within(Characters(), "y" * 10, 16) == ([ord("y")] * 10, True)
+
+
+# ---- chat templates -------------------------------------------------------------------------------
+
+
+def render(template: str, **content):
+    from gptzoo.plugins.hf_tokenizer import HFTokenizer, HFTokenizerParams
+
+    tokenizer = HFTokenizer(HFTokenizerParams(chat_template=template))
+    return tokenizer.render_chat([{"role": "user", "content": content.get("content", "hi")}])
+
+
+@pytest.mark.parametrize(
+    "template, named",
+    [
+        ("{{ raise_exception('only user and assistant roles') }}", "it says: only user and assistant roles"),
+        ("{{ nothing.here }}", "UndefinedError: 'nothing' is undefined"),
+        ("{{ messages.append(1) }}", "SecurityError: access to attribute 'append' of 'list' object is unsafe"),
+        ("{{ 'x' * 10**9 }}", "SecurityError: a sequence repeated 1000000000 times is too long"),
+        ("{{ 2 ** 100000000 }}", "SecurityError: the power 100000000 is too large"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_chat_template_that_fails_names_why(template, named):
+    from gptzoo.core import GptzooError
+
+    with pytest.raises(GptzooError) as refused:
+        render(template)
+    assert f"the checkpoint's chat template failed on this conversation ({named}" in str(refused.value)
+
+
+def test_a_chat_template_writing_without_end_is_cut_at_its_output_limit(monkeypatch):
+    from gptzoo.core import GptzooError
+    from gptzoo.plugins import hf_tokenizer
+
+    monkeypatch.setattr(hf_tokenizer, "TEMPLATE_CHARS", 10_000)
+    with pytest.raises(GptzooError, match="wrote more than 10000 characters for one conversation"):
+        render("{% for i in range(100000) %}{% for j in range(100000) %}xy{% endfor %}{% endfor %}")
+    assert render("{% for i in range(1000) %}xy{% endfor %}") == "xy" * 1000  # under the limit: whole
+
+
+def test_a_chat_template_looping_without_output_is_stopped_at_its_time_limit(monkeypatch):
+    from gptzoo.core import GptzooError
+    from gptzoo.plugins import hf_tokenizer
+
+    monkeypatch.setattr(hf_tokenizer, "TEMPLATE_SECONDS", 0.2)
+    with pytest.raises(GptzooError, match=r"ran longer than 0\.2 s on one conversation"):
+        render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+
+
+def test_import_gpt2_refuses_more_layers_declared_than_stored(tmp_path, capsys, monkeypatch):
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=50257)
+    for name in ("src", "elsewhere"):
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / name)
+    hf = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(hf | {"n_layer": 10**6}))
+    err = refused(capsys, monkeypatch, tmp_path, tmp_path / "src", tmp_path / "elsewhere", command="import-gpt2")
+    assert f"{tmp_path / 'src' / 'config.json'}: n_layer = 1000000 but the weights hold 1 layer(s)" in err
