@@ -181,7 +181,11 @@ class GPT(nn.Module):
             limit = type(scheme).length_limit
             if limit is not None:
                 return f"its position scheme {type(scheme).__name__} cannot run past the context: {limit}"
-        if all(_cache_kind(m) == "keys_values" for m in self.mixers()):
+        # Mixers nested in a composite count: Falcon-H1's Mamba-2 beside attention keeps a state.
+        bounded = [
+            m for m in self.modules() if isinstance(m, Attention) and not m.absent and _cache_kind(m) != "keys_values"
+        ]
+        if not bounded:
             return "every layer's token mixer keeps every key and value and no state, so it crops to the context as the book does"
         return None
 

@@ -39,6 +39,7 @@ class WindowCache(LayerCache):
 
 class WindowAttention(Attention):
     Params = WindowParams
+    cache_kind = "window"  # the cache keeps window - 1 keys and values, however long the text
 
     @classmethod
     def receptive_field(cls, params: WindowParams) -> int:
@@ -74,7 +75,7 @@ class WindowAttention(Attention):
             )
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
 
-    def new_cache(self, batch_size: int, max_len: int, device, dtype) -> WindowCache:
+    def new_cache(self, batch_size: int, max_len: int | None, device, dtype) -> WindowCache:
         return WindowCache(batch_size, self.dims.n_kv_heads, self.params.window, self.dims.head_size, device, dtype)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:

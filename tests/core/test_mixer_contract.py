@@ -112,3 +112,20 @@ def test_a_hybrid_decodes_past_its_context_its_softmax_layers_growing_alone():
         torch.testing.assert_close(torch.cat(steps, 1), m(idx))
     window_bytes, kv_bytes = (2 * cache.layers[i].k.numel() * 4 for i in (0, 1))  # keys and values, float32
     assert (window_bytes, kv_bytes) == (2 * 4 * 4 * 8 * 4, 2 * 4 * n * 8 * 4)  # 4 heads of 8: window 4, every token
+
+
+def test_a_composite_holding_a_state_decodes_past_the_context():
+    # sdpa beside a short convolution in every layer (Falcon-H1's shape): cropping would drop the convolution's window.
+    m = model(
+        positional="rope", attention={"name": "parallel_mixers", "mixers": [{"name": "sdpa"}, {"name": "short_conv"}]}
+    )
+    assert m.extension_refusal() is None and not m.bounded_cache()
+
+
+def test_layers_without_a_mixer_hold_no_state_to_keep():
+    m = model(
+        positional="rope",
+        layer_kinds={"a": {}, "f": {"attention": "none", "positional": "none"}},
+        layer_pattern=["a", "f"],
+    )
+    assert "keeps every key and value" in m.extension_refusal()
