@@ -230,6 +230,7 @@ class DeltaRuleMixer(Attention):
         k = self.share(l2_normalize(k.view(B, T, -1, dk)))  # (B, h, T, dk)
         v = v.view(B, T, h, dv).transpose(1, 2)  # (B, h, T, dv)
         beta, log_decay = self.gates(x)
+        beta, log_decay = beta.float(), None if log_decay is None else log_decay.float()  # as q, k, v
         if ctx.valid is not None:  # padding neither writes (β = 0) nor decays (α = 1) the state
             valid = ctx.valid.to(beta.dtype)
             beta = beta * valid[..., None]
