@@ -1,10 +1,13 @@
-"""Memory and speed of the sliding window and of multi-head latent attention against standard attention.
+"""Memory and speed of the sliding window, attention sinks and multi-head latent attention against standard attention.
 
     python benchmarks/attention_bench.py [--reps 5] [--threads N] [--out attention-bench.json] [--quick]
 
 - window cache: bytes the decoding cache holds after 1, 2 and 4 windows of tokens, sliding
   window against sdpa (each cache's tensors, counted, and ``kv_cache_bytes``);
 - window training: training tokens/s at context 1024 with a window of 128, against full sdpa;
+- sinks training: training tokens/s with attention sinks, ``sdpa`` (SDPA with the sink as one
+  more key) against ``fused`` (the explicit softmax with the sink as one more score) and against
+  plain ``sdpa`` without sinks;
 - latent KV: cache bytes per token against the formula (kv_lora_rank + head_dim) · 4 bytes per layer;
 - latent decode: greedy decoding tokens/s at the GPT-2 124M shape, latent (absorbed and, for
   comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a
@@ -110,6 +113,33 @@ def window_training(window: int, context: int, batch: int, reps: int) -> list[di
     ]
 
 
+def sinks_training(context: int, batch: int, reps: int) -> list[dict]:
+    models = {
+        name: model(WINDOW_SHAPE, attention, context_length=context).train()
+        for name, attention in [
+            ("sdpa", {"name": "sdpa"}),
+            ("sdpa_sinks", {"name": "sdpa", "sinks": True}),
+            ("fused_sinks", {"name": "fused", "sinks": True}),
+        ]
+    }
+    idx = torch.randint(0, 512, (batch, context))
+
+    def step(m):
+        return lambda: m(idx).logsumexp(-1).mean().backward()
+
+    seconds = in_turns({name: step(m) for name, m in models.items()}, reps)
+    return [
+        {
+            "case": f"train with sinks, context {context}, batch {batch}, 4 × 256",
+            "impl": name,
+            "tokens_per_s": batch * context / s,
+            "ratio_to_sdpa": seconds["sdpa"] / s,
+            "ratio_to_fused_sinks": seconds["fused_sinks"] / s,
+        }
+        for name, s in seconds.items()
+    ]
+
+
 class ExplicitLatent(LatentAttention):
     """Latent attention that decompresses every cached latent at every step (for comparison only)."""
 
@@ -184,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        cases = [lambda: window_cache(8), lambda: window_training(8, 64, 2, args.reps), latent_kv]
+        cases = [
+            lambda: window_cache(8),
+            lambda: window_training(8, 64, 2, args.reps),
+            lambda: sinks_training(64, 2, args.reps),
+            latent_kv,
+        ]
     else:
         cases = [
             lambda: window_cache(128),
             lambda: window_training(128, 1024, 4, args.reps),
+            lambda: sinks_training(1024, 4, args.reps),
             latent_kv,
             lambda: latent_decode(16, 64, args.reps),
             lambda: latent_decode(960, 32, args.reps),
