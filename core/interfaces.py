@@ -40,7 +40,7 @@ Inspection = Literal["probabilities", "partial_probabilities", "implicit_attenti
 
 CacheKind = Literal["keys_values", "window", "state"]
 """What a token mixer keeps while decoding: every key and value (grows with the text), the latest
-``receptive_field`` of them (bounded), or a recurrent state whose size does not depend on the length."""
+``cache_window`` of them (bounded), or a recurrent state whose size does not depend on the length."""
 
 POSITION_HOOKS = ("rotate", "score_bias")
 
@@ -279,6 +279,13 @@ class Attention(Component):
         tokens further back have no influence.
         """
         return None
+
+    @classmethod
+    def cache_window(cls, params: Params) -> int | None:
+        """For a ``window`` cache: how many of the latest keys it keeps, which the model then keeps
+        the positions and validity of for the masks; default: ``receptive_field``. A mixer whose
+        queries see fewer keys than it keeps (a chunk, which is no sliding window) says so here."""
+        return cls.receptive_field(params)
 
     @classmethod
     def kit_lengths(cls, params: Params) -> tuple[int, ...]:

@@ -160,7 +160,7 @@ class GPT(nn.Module):
         if self.bounded_cache():
             # Every windowed mixer, those inside a composite mixer too, reads its window's bookkeeping.
             windows = [m for m in self.modules() if isinstance(m, Attention) and _cache_kind(m) == "window"]
-            keep = max([type(m).receptive_field(m.params) or 0 for m in windows] or [0])
+            keep = max([type(m).cache_window(m.params) or 0 for m in windows] or [0])
         layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in self.mixers()]
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 

@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.positional",
     "gptzoo.plugins.attention",
     "gptzoo.plugins.sliding_window",
+    "gptzoo.plugins.chunked_attention",
     "gptzoo.plugins.teaching_attention",
     "gptzoo.plugins.absent",
     "gptzoo.plugins.latent_attention",

@@ -84,7 +84,7 @@ def layer_cache(mixer: Attention, T: int, dtype: torch.dtype = torch.float32) ->
     if kind == "state":
         row["state_bytes"] = row["max_cache_bytes"] = at_context
     elif kind == "window":
-        window = type(mixer).receptive_field(mixer.params)
+        window = type(mixer).cache_window(mixer.params)
         row["window"] = window
         row["kv_cache_bytes_per_token"] = mixer.cache_bytes(1, dtype) - mixer.cache_bytes(0, dtype)
         row["max_cache_bytes"] = at_context if window is None else mixer.cache_bytes(window, dtype)
