@@ -45,6 +45,7 @@ def test_plugins_json_shape():
         "qk_norm_unit_offset": False,
         "scale": None,
         "softcap": None,
+        "sinks": False,
     }
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
