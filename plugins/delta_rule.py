@@ -22,7 +22,8 @@ groups of them, as Qwen3-Next does (``num_k_heads``).
 Training runs the chunked form (WY representation, Yang et al., 2024): within a chunk of C tokens
 the corrections form a unit lower-triangular system (I + L) U = β V, solved for all tokens at
 once (the UT transform); the state passes between chunks, so the cost is linear in the length.
-Decoding one token at a time runs the recurrence above. The state is kept in float32.
+Decoding one token at a time runs the recurrence above. The state is kept in float32. The model's
+dropout applies to what out_proj reads (the references have none; 0 by default).
 
 Written out over one forward from an empty state, the output is y = A v per head with
 
@@ -250,7 +251,7 @@ class DeltaRuleMixer(Attention):
         if cache is not None:
             cache.state.copy_(state)
         y = self.o_norm(y.transpose(1, 2), self.output_gate(x))  # (B, T, h, dv)
-        return self.out_proj(y.reshape(B, T, h * dv).to(x.dtype))
+        return self.out_proj(F.dropout(y.reshape(B, T, h * dv).to(x.dtype), self.dims.dropout, self.training))
 
 
 # ---- DeltaNet and Gated DeltaNet -------------------------------------------------------------

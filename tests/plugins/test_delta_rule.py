@@ -413,3 +413,18 @@ def test_the_hybrid_styles_inspect_each_layer_as_it_computes_and_decode_past_the
         steps = [m(idx[:, :5], cache=cache)] + [m(idx[:, t : t + 1], cache=cache) for t in range(5, idx.size(1))]
         torch.testing.assert_close(torch.cat(steps, 1), m(idx), atol=1e-4, rtol=1e-4)
     assert recorder.offers == offers
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "kimi_delta"])
+def test_dropout_acts_in_training_only(name):
+    config = REGISTRY.model_config(
+        dict(vocab_size=50, context_length=16, d_model=D_MODEL, n_layers=1, n_heads=4, positional="none")
+        | {"attention": name, "dropout": 0.5}
+    )
+    mixer = GPT(config).blocks[0].attention
+    x = torch.randn(1, 6, D_MODEL)
+    positional = GPT(config).positional
+    mixer.train()
+    assert not torch.equal(run(mixer, positional, x), run(mixer, positional, x))
+    mixer.eval()
+    assert torch.equal(run(mixer, positional, x), run(mixer, positional, x))
