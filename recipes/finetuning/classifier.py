@@ -247,7 +247,8 @@ def train_classifier(
 ) -> list[dict]:
     """The book's loop (recipes/finetuning/loop.py) with loss and accuracy on the first ``cfg.eval_batches``
     batches of train and validation after each epoch (appended to ``out``'s metrics); returns the epochs'
-    records. ``pad_to`` pads every batch to that length; ``drop_last`` skips each epoch's last, smaller batch; ``epoch_states``: see ``epoch_records``."""
+    records. ``pad_to`` pads every batch to that length; ``drop_last`` skips each epoch's last, smaller batch;
+    ``epoch_states``: see ``epoch_records``."""
 
     def scores_of(data: Sequence, max_batches: int | None) -> dict[str, float]:
         loss, accuracy = loss_and_accuracy(model, data, cfg.batch_size, pad_id, device, max_batches, pad_to)
