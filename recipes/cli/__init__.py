@@ -45,7 +45,14 @@ class Parser(argparse.ArgumentParser):
     description_for: Callable[[Any], str] | None = None
 
     def convert_arg_line_to_args(self, line: str) -> list[str]:
-        return shlex.split(line, comments=True)
+        try:
+            return shlex.split(line, comments=True)
+        except ValueError as err:  # an unclosed quote: a quoted value must end on its own line
+            from gptzoo.core import GptzooError
+
+            raise GptzooError(
+                f"@FILE line {line.strip()[:60]!r}: {str(err).lower()}; a quoted value ends on the line it starts on"
+            ) from None
 
     def format_help(self) -> str:
         if self.description_for is not None:

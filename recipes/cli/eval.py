@@ -4,6 +4,8 @@ task); with --context, per token position at other lengths (length extrapolation
 import argparse
 import math
 
+import torch
+
 from gptzoo.core import GptzooError
 from gptzoo.recipes.data.tokens import TokenWindows, load_splits, load_tokens
 from gptzoo.recipes.research.extrapolate import extrapolate, write_report
@@ -37,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, "--device")
     trained = load_run(args.run, device=device)
     config = trained.config
+    with torch.inference_mode():
+        probe = trained.model.head(torch.zeros(1, 1, config.model.d_model, device=device))
+    if probe.dim() != 3:  # a classifier's head gives one score per label, not a next token per position
+        raise GptzooError(
+            f"{args.run}: its '{config.model.head.name}' head does not predict tokens, so it has no language-model loss to evaluate; gptzoo classify runs it"
+        )
     if args.data is not None and config.data.task is not None:
         raise GptzooError(
             f"--data {args.data}: {args.run} was trained on the '{config.data.task.name}' task, whose ids are no text; leave --data out to score its validation split"

@@ -108,7 +108,7 @@ class TrainConfig(BaseModel):
         description="steps between checkpoints; None: at every evaluation; 0: only at the end (and when stopped)",
     )
     eval_batches: int = Field(10, gt=0)
-    seed: int = Field(0, description="initialisation and dropout")
+    seed: int = Field(0, ge=-(2**63), lt=2**64, description="initialisation and dropout (torch takes 64 bits)")
     device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False

@@ -81,6 +81,11 @@ def book_config_of(state: dict[str, torch.Tensor], n_heads: int | None, dropout:
         raise CheckpointError(
             f"{source}: its out_head has a bias, as the book's chapter 6 classifier; import-book reads the language model (chapter 5's model.pth)"
         )
+    for name in ("tok_emb.weight", "pos_emb.weight", "out_head.weight"):
+        if state[name].dim() != 2:
+            raise CheckpointError(
+                f"{source}: '{name}' has shape {tuple(state[name].shape)}, not (rows, emb_dim); not the book's GPTModel"
+            )
     vocab_size, emb_dim = state["tok_emb.weight"].shape
     blocks = {int(m.group(1)) for name in state if (m := BOOK_BLOCK.fullmatch(name))}
     if n_heads is None:

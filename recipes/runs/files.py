@@ -32,6 +32,8 @@ def read_json(file: Path, error: type[GptzooError] = ConfigError) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise error(f"{file}: its objects or arrays nest too deeply to read") from None
 
 
 @contextmanager

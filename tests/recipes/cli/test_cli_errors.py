@@ -316,6 +316,43 @@ BAD_VALUES = [
         "the prompt is more than 16 tokens but the model's context holds 16 (context_length in {run}/config.json)",
     ),
     (
+        "generate",
+        "int beyond 64 bits",
+        ["{run}", "--prompt", "I had", "--seed", str(2**64)],
+        f"--seed {2**64}: give a seed of at most 64 bits (0 to {2**64 - 1})",
+    ),
+    (
+        "eval",
+        "run of another kind",
+        ["{classifier}", "--data", "builtin:pydoc"],
+        "{classifier}: its 'classifier' head does not predict tokens, so it has no language-model loss to evaluate",
+    ),
+    (
+        "describe",
+        "nested too deeply",
+        ["{deep_toml}"],
+        "{deep_toml}: not a config: its tables or arrays nest too deeply to read",
+    ),
+    ("describe", "nested too deeply", ["{deep_json}"], "{deep_json}: its objects or arrays nest too deeply to read"),
+    (
+        "describe",
+        "@FILE with a quote across lines",
+        ["@{args_file}"],
+        "@FILE line '--set \"model.d_model=': no closing quotation; a quoted value ends on the line it starts on",
+    ),
+    (
+        "train",
+        "int beyond 64 bits",
+        ["{config}", "--out", "{tmp}/out", "--set", f"train.seed={2**64}"],
+        f"train.seed: Input should be less than {2**64}",
+    ),
+    (
+        "import-book",
+        "checkpoint of another kind",
+        ["{flat_book}", "--out", "{tmp}/out"],
+        "{flat_book}: 'tok_emb.weight' has shape (4,), not (rows, emb_dim); not the book's GPTModel",
+    ),
+    (
         "chat",
         "negative int",
         ["{run}", "--instruction", "Say hi.", "--max-new-tokens", "-1"],
@@ -858,6 +895,20 @@ def places(tmp_path, shared_data):
     import torch
 
     torch.save({"tok_emb.weight": torch.zeros(4, 8)}, tmp_path / "model.pth")
+    flat = {"tok_emb.weight": torch.zeros(4), "pos_emb.weight": torch.zeros(4, 8), "out_head.weight": torch.zeros(4, 8)}
+    torch.save(flat, tmp_path / "flat.pth")
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "args.txt").write_text(f'{tmp_path / "tiny.json"}\n--set "model.d_model=\n8"\n')
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config.schema import RunConfig
+    from gptzoo.recipes.runs.folder import save_run
+    from gptzoo.registry import default_registry
+
+    classifier = json.loads((RUN / "config.json").read_text())["model"]
+    classifier |= {"head": {"name": "classifier"}, "tied_head": False, "tokenizer": {"name": "byte"}, "vocab_size": 257}
+    classifier = default_registry().model_config(classifier)
+    save_run(tmp_path / "classifier", RunConfig(model=classifier), GPT(classifier), classifier.tokenizer.build())
     return {
         "tmp": tmp_path,
         "run": RUN,
@@ -873,6 +924,11 @@ def places(tmp_path, shared_data):
         "bad_json": tmp_path / "bad.json",
         "no_output_json": tmp_path / "no_output.json",
         "book": tmp_path / "model.pth",
+        "flat_book": tmp_path / "flat.pth",
+        "deep_toml": tmp_path / "deep.toml",
+        "deep_json": tmp_path / "deep.json",
+        "args_file": tmp_path / "args.txt",
+        "classifier": tmp_path / "classifier",
         "csv": tmp_path / "sms.csv",
         "sweep": tmp_path / "sweep.toml",
         "sweep_unknown": tmp_path / "sweep_unknown.toml",
