@@ -5,7 +5,8 @@
 
 Both share one state-dict layout (see gptzoo.core.Attention), and the options here: QK-norm
 (``qk_norm``), the score scale (``scale``), soft-capping (``softcap``), a sigmoid gate on the
-output (``output_gate``) and attention sinks (``sinks``). The other attentions
+output (``output_gate``), attention sinks (``sinks``), a value norm (``v_norm``) and Llama 4's query
+temperature (``query_temperature_floor_scale``). The other attentions
 build on these pieces: the sliding window (plugins/sliding_window.py), the teaching forms
 (plugins/teaching_attention.py) and multi-head latent attention (plugins/latent_attention.py).
 """
@@ -17,7 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
@@ -32,11 +33,28 @@ class AttentionParams(Params):
         "head_size features, one weight shared by the heads (Qwen3, Gemma 3); across_heads over all heads' features "
         "together, nh·hs query and nkv·hs key weights (OLMo 2)",
     )
-    qk_norm_eps: float = Field(1e-6, gt=0)
+    qk_norm_eps: float = Field(1e-6, gt=0, description="eps of the QK-norm and of the value norm")
     qk_norm_unit_offset: bool = Field(
         False,
         description="QK-norm scales by (1 + weight), the weight starting at 0, in float32 (Gemma 3's q_norm and k_norm)",
     )
+    qk_norm_weight: bool = Field(
+        True,
+        description="false: the QK-norm has no weight and normalises in float32 (Llama 4's L2 norm, which is an "
+        "RMSNorm of each head; nanochat's per-head RMSNorm)",
+    )
+    v_norm: bool = Field(
+        False,
+        description="RMSNorm without a weight on each head's values, in float32, before the cache (Gemma 3n, Gemma 4)",
+    )
+    query_temperature_floor_scale: float | None = Field(
+        None,
+        gt=0,
+        description="Llama 4's query temperature on its NoPE layers (attn_temperature_tuning): queries scaled by "
+        "log1p(floor((p + 1) / floor_scale)) · query_temperature_scale + 1 at position p, after the QK-norm; "
+        "None: off. Llama 4: 8192",
+    )
+    query_temperature_scale: float = Field(0.1, description="Llama 4's attn_scale (see query_temperature_floor_scale)")
     scale: float | None = Field(
         None,
         gt=0,
@@ -61,6 +79,12 @@ class AttentionParams(Params):
         "attend to nothing (gpt-oss, MiMo-V2-Flash): its weight is sinks (nh,), starting at 0, and the probabilities "
         "inspection reports then sum to less than 1. sdpa stays on SDPA's kernels (see sdpa_with_sinks)",
     )
+
+    @model_validator(mode="after")
+    def _norm_options_need_a_norm(self) -> AttentionParams:
+        if not self.qk_norm_weight and self.qk_norm_unit_offset:
+            raise ValueError("qk_norm_unit_offset scales by 1 + weight: it needs qk_norm_weight = true")
+        return self
 
 
 def attention_weights(
@@ -126,23 +150,42 @@ class QKNorm(nn.Module):
         super().__init__()
         self.per_head = params.qk_norm == "per_head"
         self.head_size, self.eps, self.unit_offset = dims.head_size, params.qk_norm_eps, params.qk_norm_unit_offset
-        q_size, k_size = (1, 1) if self.per_head else (dims.n_heads, dims.n_kv_heads)
-        start = torch.zeros if self.unit_offset else torch.ones
-        self.q_norm = nn.Parameter(start(q_size * dims.head_size))
-        self.k_norm = nn.Parameter(start(k_size * dims.head_size))
+        self.q_norm: nn.Parameter | None = None
+        self.k_norm: nn.Parameter | None = None
+        if params.qk_norm_weight:
+            q_size, k_size = (1, 1) if self.per_head else (dims.n_heads, dims.n_kv_heads)
+            start = torch.zeros if self.unit_offset else torch.ones
+            self.q_norm = nn.Parameter(start(q_size * dims.head_size))
+            self.k_norm = nn.Parameter(start(k_size * dims.head_size))
 
-    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _norm(self, x: Tensor, weight: Tensor | None) -> Tensor:
+        if weight is None:
+            return self._rms(x.float(), None).to(x.dtype)
         if self.unit_offset:
             return self._rms(x.float(), 1.0 + weight.float()).to(x.dtype)
         return self._rms(x, weight)
 
-    def _rms(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _rms(self, x: Tensor, weight: Tensor | None) -> Tensor:
         if self.per_head:
             return F.rms_norm(x.unflatten(-1, (-1, self.head_size)), (self.head_size,), weight, self.eps).flatten(-2)
         return F.rms_norm(x, (x.size(-1),), weight, self.eps)
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self._norm(q, self.q_norm), self._norm(k, self.k_norm)
+
+
+def value_norm(v: Tensor, eps: float) -> Tensor:
+    """v (..., hs) -> each head's values over their RMS, in float32, with no weight (Gemma 3n's v_norm)."""
+    return F.rms_norm(v.float(), (v.size(-1),), None, eps).to(v.dtype)
+
+
+def query_temperature(q: Tensor, positions: Tensor, params: AttentionParams) -> Tensor:
+    """q (B, nh, T, hs) times Llama 4's temperature at each token's position (B|1, T), or q as it is."""
+    if params.query_temperature_floor_scale is None:
+        return q
+    floors = torch.floor((positions.float() + 1.0) / params.query_temperature_floor_scale)
+    scales = torch.log1p(floors) * params.query_temperature_scale + 1.0  # (B|1, T)
+    return (q * scales[:, None, :, None]).to(q.dtype)
 
 
 def output_gate(params: AttentionParams, dims: Dims) -> nn.Linear | None:
@@ -194,7 +237,10 @@ class FusedAttention(Attention):
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.params.v_norm:
+            v = value_norm(v, self.params.qk_norm_eps)
         q, k = ctx.rotate(q, k)
+        q = query_temperature(q, ctx.positions, self.params)
         if cache is not None:
             k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         return q, k, v

@@ -15,7 +15,15 @@ from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
 from gptzoo.core.interfaces import Inspection
-from gptzoo.plugins.attention import AttentionParams, QKNorm, attention_weights, gated, output_gate
+from gptzoo.plugins.attention import (
+    AttentionParams,
+    QKNorm,
+    attention_weights,
+    gated,
+    output_gate,
+    query_temperature,
+    value_norm,
+)
 from gptzoo.registry import hookimpl
 
 
@@ -67,7 +75,10 @@ class PerHeadAttention(Attention):
             q, k = (t.transpose(1, 2).flatten(2) for t in (q, k))  # (B, T, h·hs): the layout the norm reads
             q, k = self.qk_norm(q, k)
             q, k = (t.unflatten(-1, (-1, self.dims.head_size)).transpose(1, 2) for t in (q, k))  # (B, h, T, hs)
+        if self.params.v_norm:
+            v = value_norm(v, self.params.qk_norm_eps)
         q, k = ctx.rotate(q, k)
+        q = query_temperature(q, ctx.positions, self.params)
         if cache is not None:
             k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         bias = ctx.bias(q.dtype)

@@ -46,6 +46,10 @@ def test_plugins_json_shape():
         "scale": None,
         "softcap": None,
         "sinks": False,
+        "qk_norm_weight": True,
+        "v_norm": False,
+        "query_temperature_floor_scale": None,
+        "query_temperature_scale": 0.1,
     }
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
