@@ -412,6 +412,34 @@ PUBLISHED = {
         },
         7_285_403_648,
     ),
+    "lfm2": (
+        {  # LiquidAI/LFM2-350M, not read from the Hub here (no network): its config.json as transformers' Lfm2Config
+            # docs describe it, in its first spelling (block_ff_dim, tie_embedding, full_attn_idxs). The count is the
+            # model card's, and what transformers' Lfm2ForCausalLM gives for this config.
+            "model_type": "lfm2",
+            "architectures": ["Lfm2ForCausalLM"],
+            "vocab_size": 65536,
+            "hidden_size": 1024,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 128000,
+            "norm_eps": 1e-05,
+            "rope_theta": 1000000.0,
+            "block_ff_dim": 6656,
+            "block_auto_adjust_ff_dim": True,
+            "block_ffn_dim_multiplier": 1.0,
+            "block_multiple_of": 256,
+            "conv_L_cache": 3,
+            "conv_bias": False,
+            "full_attn_idxs": [2, 5, 8, 10, 12, 14],
+            "tie_embedding": True,
+            "bos_token_id": 1,
+            "eos_token_id": 7,
+            "pad_token_id": 0,
+        },
+        354_483_968,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",

@@ -82,6 +82,44 @@ CASES = {
         ),
         True,
     ),
+    # convolution, convolution, attention, convolution, attention (LFM2's own irregular schedule, 5 layers
+    # in the pattern), GQA, QK-norm per head, the SwiGLU sized by 2/3 × 1.5 rounded up to 16, tied head
+    "lfm2": (
+        "Lfm2Config",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            block_auto_adjust_ff_dim=True,
+            block_ffn_dim_multiplier=1.5,
+            block_multiple_of=16,
+            layer_types=["conv", "conv", "full_attention", "conv", "full_attention"],
+            conv_L_cache=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
+    # (conv, attention) twice: a periodic pattern; multi-query, a 4-wide convolution, the width as given,
+    # untied head, linear rope scaling
+    "lfm2-periodic": (
+        "Lfm2Config",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=80,
+            block_auto_adjust_ff_dim=False,
+            layer_types=["conv", "full_attention"] * 2,
+            conv_L_cache=4,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
 }
 
 
@@ -215,26 +253,43 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     info = json.loads(capsys.readouterr().out)
     model = info["config"]["model"]
     assert info["parameters"]["total"] == info["active_parameters_per_token"] == hf_model.num_parameters()
-    assert (model["attention"]["name"], model["feed_forward"]["name"], model["positional"]["name"]) == (
-        "mamba2",
-        "none",
-        "none",
-    )
-    assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
+    family = hf_model.config.model_type
+    assert (model["attention"]["name"], model["feed_forward"]["name"], model["positional"]["name"]) == {
+        "mamba2": ("mamba2", "none", "none"),
+        "lfm2": ("sdpa", "swiglu", "rope"),
+    }[family]
+    if family == "mamba2":
+        assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
+    else:  # the convolution layers' kind, and the attention layers' QK-norm
+        types = hf_model.config.layer_types
+        pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(len(types))]
+        assert pattern == ["conv" if t == "conv" else "attention" for t in types]
+        assert model["layer_kinds"]["conv"]["attention"] == {
+            "name": "short_conv",
+            "kernel_size": hf_model.config.conv_L_cache,
+        }
+        assert model["attention"]["qk_norm"] == "per_head"
 
 
 @pytest.mark.parametrize(
-    "change, named",
+    "case, change, named",
     [
-        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for mamba2 (the convolution'),
+        ("mamba2", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for mamba2 (the convolution'),
         (
+            "mamba2",
             {"time_step_limit": [0.05, 0.5]},
             "time_step_limit = [0.05, 0.5] is not supported for mamba2 (transformers clamps",
         ),
+        ("lfm2", {"conv_bias": True}, "conv_bias = true is not supported for lfm2 (gptzoo's short_conv has no biases"),
+        (
+            "lfm2",
+            {"layer_types": ["conv", "sliding_attention", "conv", "conv", "full_attention"]},
+            'layer_types = ["conv", "sliding_attention", "conv", "conv", "full_attention"] is not supported',
+        ),
     ],
 )
-def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
-    build("mamba2").save_pretrained(tmp_path / "src")
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
+    build(case).save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
@@ -243,8 +298,10 @@ def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, nam
     assert not (tmp_path / "run").exists()
 
 
-def test_a_mamba2_run_trained_in_gptzoo_exports_as_mamba2(tmp_path, registry):
-    """configs/mamba2-style.toml is Mamba-2's assembly: it exports as mamba2 and transformers computes the same logits."""
+@pytest.mark.parametrize("preset, family", [("mamba2-style", "mamba2"), ("lfm2-style", "lfm2")])
+def test_a_run_trained_in_gptzoo_exports_as_its_family(preset, family, tmp_path, registry):
+    """configs/mamba2-style.toml and lfm2-style.toml are those families' assemblies: each exports as its
+    family and transformers computes the same logits."""
     from pathlib import Path
 
     from gptzoo.core import GPT
@@ -252,15 +309,15 @@ def test_a_mamba2_run_trained_in_gptzoo_exports_as_mamba2(tmp_path, registry):
     from gptzoo.recipes.runs.folder import save_run
 
     config = load_run_config(
-        Path(__file__).resolve().parents[3] / "configs" / "mamba2-style.toml",
+        Path(__file__).resolve().parents[3] / "configs" / f"{preset}.toml",
         ["model.tokenizer.name=byte", "model.vocab_size=257"],
         registry,
     )
     torch.manual_seed(0)
     model = GPT(config.model).eval()
     save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
-    family, data = export_hf(tmp_path / "run", tmp_path / "out", registry)
-    assert family.model_type == "mamba2" and (data["num_heads"], data["head_dim"], data["chunk_size"]) == (4, 64, 16)
+    exported, data = export_hf(tmp_path / "run", tmp_path / "out", registry)
+    assert exported.model_type == family and data["num_hidden_layers"] == config.model.n_layers
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     idx = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

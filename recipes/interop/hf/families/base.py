@@ -60,6 +60,9 @@ class Weight:
     ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
     parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
     ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name).
+    ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
+    layer), where two kinds of layer name a tensor alike (LFM2's attention and convolution layers
+    both have ``attention.out_proj``).
     """
 
     ours: str
@@ -67,6 +70,7 @@ class Weight:
     layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts"] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
+    when: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     for name in shapes:
         for pattern, weight in patterns:
             if m := pattern.match(name):
+                if weight.when is not None and weight.when.format(**m.groupdict()) not in shapes:
+                    continue
                 if weight.layout == "experts":
                     plan[name] = (
                         weight,
@@ -162,6 +168,11 @@ def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
             tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)
         )  # (3, nh, hs, ...) -> (nh, 3, hs, ...)
     return tensor
+
+
+def period(types: list[str]) -> list[str]:
+    """The shortest prefix that, repeated, gives a config.json's ``layer_types`` (gptzoo's layer_pattern)."""
+    return next(types[:p] for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types)))
 
 
 def qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, ...]:

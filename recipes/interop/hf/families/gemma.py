@@ -11,6 +11,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     Field,
     Require,
     Weight,
+    period,
     read_rope_scaling,
     write_rope_scaling,
 )
@@ -33,11 +34,6 @@ def _gemma_attention(hf: dict) -> dict[str, Any]:
     return attention
 
 
-def _period(types: list[str]) -> list[str]:
-    """The shortest prefix that, repeated, gives ``types`` (gptzoo's layer_pattern)."""
-    return next(types[:p] for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types)))
-
-
 def _read_gemma_layers(hf: dict) -> dict[str, Any]:
     n = hf["num_hidden_layers"]
     every = (
@@ -57,7 +53,7 @@ def _read_gemma_layers(hf: dict) -> dict[str, Any]:
     }
     if window is not None and "sliding_attention" in types:
         table |= {
-            "layer_pattern": [LAYER_KINDS[t] for t in _period(types)],
+            "layer_pattern": [LAYER_KINDS[t] for t in period(types)],
             "layer_kinds": {
                 "local": {"attention": attention | {"name": "sliding_window", "window": window}},
                 "global": {},
