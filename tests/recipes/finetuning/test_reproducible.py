@@ -2,6 +2,10 @@
 order): the same command twice gives byte-identical run folders, whatever the process drew before."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -140,3 +144,20 @@ def test_resume_refuses_other_settings_and_a_folder_with_nothing_to_resume(
     err = error_line(capsys, main([*argv, "--out", str(tmp_path / "new"), "--resume"]))
     assert f"--out {tmp_path / 'new'}: holds no unfinished fine-tuning to resume (no finetune_state.pt)" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_killed_fine_tuning_resumed_equals_the_uninterrupted_one(base_dir, tmp_path, capsys):
+    """SIGKILL: no cleanup runs, the writer lock is left to a dead process, the state file may be mid-write."""
+    sms = "".join(f"ham\thello number {i} how are you\nspam\tWIN {i} cash now call\n" for i in range(100))
+    (tmp_path / "sms.tsv").write_text(sms, encoding="utf-8")
+    argv = ["finetune-classifier", str(base_dir), "--data", str(tmp_path / "sms.tsv"), "--epochs", "30"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    gptzoo = [sys.executable, "-c", "import sys; from gptzoo.recipes.cli import main; sys.exit(main())"]
+    process = subprocess.Popen([*gptzoo, *argv, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "finetune_state.pt"
+    while not state.exists() and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL  # killed while it trained, not after it finished
+    assert main([*argv, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    assert folder_bytes(tmp_path / "killed") == folder_bytes(tmp_path / "whole")
