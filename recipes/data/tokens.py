@@ -92,6 +92,10 @@ def _jsonl_texts(file: Path, text_field: str) -> Iterator[str]:
                 except json.JSONDecodeError as err:
                     raise GptzooError(f"{file}:{number}: not a JSON object ({err.msg})") from None
                 text = record.get(text_field) if isinstance(record, dict) else None
+                if isinstance(record, dict) and text_field in record and not isinstance(text, str):
+                    raise GptzooError(
+                        f"{file}:{number}: field {text_field!r} holds {json.dumps(text)[:40]}, not text; write it as a JSON string"
+                    )
                 if not isinstance(text, str):
                     known = ", ".join(record) if isinstance(record, dict) else "none (not an object)"
                     raise GptzooError(

@@ -21,6 +21,7 @@ import torch
 from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.interop.files import new_folder, refuse_existing, weight_shapes, write_imported_run
+from gptzoo.recipes.runs.files import refused_global
 from gptzoo.recipes.runs.weights import describe_mismatch
 from gptzoo.registry import Registry, default_registry
 
@@ -141,9 +142,10 @@ def read_book_state(path: Path) -> dict[str, torch.Tensor]:
     except (
         pickle.UnpicklingError
     ) as err:  # torch's text advises weights_only=False, unsafe for a file from elsewhere: never shown
-        if "Unsupported global" in str(err):
+        if (name := refused_global(err)) is not None:
             raise CheckpointError(
-                f"{path}: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); {expected}"
+                f"{path}: holds Python objects other than tensors; gptzoo does not unpickle those (it may run code); {expected} "
+                f"(this one holds {name}, which unpickling would import and call)"
             ) from None
         raise CheckpointError(
             f"{path}: not a torch checkpoint torch.load(weights_only=True) can read (UnpicklingError); {expected}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,14 @@ def read_json(file: Path, error: type[GptzooError] = ConfigError) -> Any:
         raise error(f"{file}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:
         raise error(f"{file}: its objects or arrays nest too deeply to read") from None
+
+
+def refused_global(err: Exception) -> str | None:
+    """The Python object (module.name) torch.load(weights_only=True) refused to unpickle, or None when
+    ``err`` is another failure. torch 2.13 words it "unsupported GLOBAL posix.system whose module posix
+    is blocked" or "Unsupported global: GLOBAL __main__.Evil was not an allowed global"."""
+    found = re.search(r"unsupported global(?::\s*GLOBAL)?\s+([\w.]+)", str(err), re.IGNORECASE)
+    return found.group(1) if found else None
 
 
 @contextmanager

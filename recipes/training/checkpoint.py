@@ -15,7 +15,7 @@ from gptzoo.core import CheckpointError, Tokenizer
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.data.tokens import WindowSampler
 from gptzoo.recipes.runs._lock import run_writer
-from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, write_text_atomic
+from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, refused_global, write_text_atomic
 from gptzoo.recipes.runs.folder import run_commit, stage_run
 from gptzoo.recipes.runs.manifest import Manifest
 from gptzoo.recipes.runs.metrics import METRICS, read_metrics
@@ -93,9 +93,10 @@ def load_train_state(out: Path, name: str = TRAIN_STATE) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's advice to retry with weights_only=False is never passed on
-        if "Unsupported global" in str(err):
+        if (name := refused_global(err)) is not None:
             raise CheckpointError(
-                f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), so this file cannot be resumed"
+                f"{file}: holds Python objects other than tensors and plain values; gptzoo does not unpickle those (it may run code), "
+                f"so this file cannot be resumed (it holds {name}, which unpickling would import and call)"
             ) from None
         raise CheckpointError(
             f"{file}: cannot read the training state (UnpicklingError); the file is truncated or corrupt"

@@ -262,6 +262,9 @@ def test_json_lines_records_are_documents_read_from_the_text_field(tmp_path):
     assert load_tokens(config(other, tmp_path, text_field="body"), CountingBytes()).tolist() == [90]
     with pytest.raises(GptzooError, match=r"other.jsonl:1: no text field 'text' \(fields: body\); set data.text_field"):
         load_tokens(config(other, tmp_path), CountingBytes())
+    other.write_text('{"text": 42}\n', encoding="utf-8")
+    with pytest.raises(GptzooError, match=r"other.jsonl:1: field 'text' holds 42, not text; write it as a JSON string"):
+        load_tokens(config(other, tmp_path), CountingBytes())
     other.write_text('{"body": "Z"}\nnot json\n', encoding="utf-8")
     with pytest.raises(GptzooError, match=r"other.jsonl:2: not a JSON object"):
         load_tokens(config(other, tmp_path, text_field="body"), CountingBytes())
