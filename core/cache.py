@@ -17,7 +17,8 @@ class LayerCache:
 
 
 class KVLayerCache(LayerCache):
-    """Every key and value, preallocated for ``max_len`` tokens: (B, nkv, max_len, hs) each.
+    """Every key and value, preallocated for ``max_len`` tokens: (B, nkv, max_len, hs) each, the
+    values ``value_size`` wide where that differs (None: hs).
 
     A step writes in place and attention reads a view of the filled part, so a step costs the
     same Python work however long the sequence already is.
@@ -31,10 +32,10 @@ class KVLayerCache(LayerCache):
         head_size: int,
         device: torch.device | str | None,
         dtype: torch.dtype,
+        value_size: int | None = None,
     ):
-        shape = (batch_size, n_kv_heads, max_len, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros(batch_size, n_kv_heads, max_len, value_size or head_size, device=device, dtype=dtype)
 
     def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
         """Write k, v (B, nkv, T, hs) at slots start.. -> all keys, values so far (B, nkv, start + T, hs)."""

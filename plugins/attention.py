@@ -6,7 +6,8 @@
 Both share one state-dict layout (see gptzoo.core.Attention), and the options here: QK-norm
 (``qk_norm``), the score scale (``scale``), soft-capping (``softcap``), a sigmoid gate on the
 output (``output_gate``), attention sinks (``sinks``), a value norm (``v_norm``) and Llama 4's query
-temperature (``query_temperature_floor_scale``). The other attentions
+temperature (``query_temperature_floor_scale``), one projection for keys and values
+(``shared_key_value``) and a value head size of its own (``v_head_size``). The other attentions
 build on these pieces: the sliding window (plugins/sliding_window.py), the teaching forms
 (plugins/teaching_attention.py) and multi-head latent attention (plugins/latent_attention.py).
 """
@@ -22,6 +23,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, Dims, LayerCache, Params
+from gptzoo.core.cache import KVLayerCache
 from gptzoo.core.interfaces import Inspection
 from gptzoo.registry import hookimpl
 
@@ -55,6 +57,19 @@ class AttentionParams(Params):
         "None: off. Llama 4: 8192",
     )
     query_temperature_scale: float = Field(0.1, description="Llama 4's attn_scale (see query_temperature_floor_scale)")
+    shared_key_value: bool = Field(
+        False,
+        description="one projection gives the keys and the values (Gemma 4's global layers, attention_k_eq_v): the "
+        "values are the key projection as it leaves qkv, before the QK-norm and rotary (then v_norm, if on); "
+        "qkv.weight holds (nh + nkv)·hs rows [query heads | key heads]. Both are still cached",
+    )
+    v_head_size: int | None = Field(
+        None,
+        ge=1,
+        description="each value head's size where it differs from the query and key heads' (MiMo-V2-Flash's "
+        "v_head_dim): qkv.weight holds nh·hs + nkv·hs + nkv·v_head_size rows and out_proj reads nh·v_head_size; "
+        "None: the head size",
+    )
     scale: float | None = Field(
         None,
         gt=0,
@@ -84,6 +99,8 @@ class AttentionParams(Params):
     def _norm_options_need_a_norm(self) -> AttentionParams:
         if not self.qk_norm_weight and self.qk_norm_unit_offset:
             raise ValueError("qk_norm_unit_offset scales by 1 + weight: it needs qk_norm_weight = true")
+        if self.shared_key_value and self.v_head_size is not None:
+            raise ValueError("shared_key_value makes the values the keys, as wide as they are: leave v_head_size unset")
         return self
 
 
@@ -121,26 +138,27 @@ def sdpa_with_sinks(
     SDPA has no hook for a sink, so it becomes one more key, first, that every query sees, with a
     zero value and the score sinks[h] against every query of head h. That score comes from one more
     feature: the queries carry sinks[h] / scale there, the sink key 1 and the other keys 0 (so it
-    works for grouped keys too); the values get a zero feature as well, since fused kernels want
-    q, k and v equally wide. A causal call also gets one query first that sees only the sink, so
+    works for grouped keys too); q, k and v get zero features up to one width, since fused kernels
+    want them equally wide. A causal call also gets one query first that sees only the sink, so
     SDPA's top-left causal mask still lets query t see keys 0..t.
-    q (..., nh, T, hs), k and v (..., nkv, Tk, hs), bias (..., T, Tk) or None -> (..., nh, T, hs).
+    q and k (..., nh|nkv, T|Tk, hs), v (..., nkv, Tk, vs), bias (..., T, Tk) or None -> (..., nh, T, vs).
     """
-    hs = q.size(-1)
+    hs, vs = q.size(-1), v.size(-1)
+    width = max(hs + 1, vs)  # one width for q, k and v
     sink_feature = (sinks / scale).to(q.dtype).view(-1, 1, 1).expand(*q.shape[:-1], 1)  # (..., nh, T, 1)
-    q = torch.cat([q, sink_feature], dim=-1)  # (..., nh, T, hs + 1)
+    q = F.pad(torch.cat([q, sink_feature], dim=-1), (0, width - hs - 1))  # (..., nh, T, width)
     if is_causal:
-        q = F.pad(q, (0, 0, 1, 0))  # (..., nh, 1 + T, hs + 1)
-    sink_key = torch.zeros(*k.shape[:-2], 1, hs + 1, dtype=k.dtype, device=k.device)
-    sink_key[..., -1] = 1.0
-    k = torch.cat([sink_key, F.pad(k, (0, 1))], dim=-2)  # (..., nkv, 1 + Tk, hs + 1)
-    v = F.pad(v, (0, 1, 1, 0))  # (..., nkv, 1 + Tk, hs + 1), the sink's value zero
+        q = F.pad(q, (0, 0, 1, 0))  # (..., nh, 1 + T, width)
+    sink_key = torch.zeros(*k.shape[:-2], 1, width, dtype=k.dtype, device=k.device)
+    sink_key[..., hs] = 1.0
+    k = torch.cat([sink_key, F.pad(k, (0, width - hs))], dim=-2)  # (..., nkv, 1 + Tk, width)
+    v = F.pad(v, (0, width - vs, 1, 0))  # (..., nkv, 1 + Tk, width), the sink's value zero
     if bias is not None:
         bias = F.pad(bias, (1, 0))  # every query sees the sink
     y = F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
     )
-    return y[..., 1:, :hs] if is_causal else y[..., :hs]
+    return y[..., 1:, :vs] if is_causal else y[..., :vs]
 
 
 class QKNorm(nn.Module):
@@ -192,7 +210,9 @@ def output_gate(params: AttentionParams, dims: Dims) -> nn.Linear | None:
     """The projection of the output gate (``gate_proj``), or None without one."""
     if params.output_gate == "none":
         return None
-    n_gates = dims.n_heads * dims.head_size if params.output_gate == "elementwise" else dims.n_heads
+    n_gates = (
+        dims.n_heads * (params.v_head_size or dims.head_size) if params.output_gate == "elementwise" else dims.n_heads
+    )
     return nn.Linear(dims.d_model, n_gates, bias=dims.qkv_bias)
 
 
@@ -214,11 +234,15 @@ class FusedAttention(Attention):
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__(params, dims)
         self.n_heads, self.n_kv_heads, self.head_size = dims.n_heads, dims.n_kv_heads, dims.head_size
+        self.v_size = params.v_head_size or dims.head_size
         self.scale = params.scale or 1 / math.sqrt(dims.head_size)
-        self.qkv = nn.Linear(dims.d_model, (dims.n_heads + 2 * dims.n_kv_heads) * dims.head_size, bias=dims.qkv_bias)
+        self.qkv_sizes = [dims.n_heads * dims.head_size, dims.n_kv_heads * dims.head_size]
+        if not params.shared_key_value:
+            self.qkv_sizes.append(dims.n_kv_heads * self.v_size)
+        self.qkv = nn.Linear(dims.d_model, sum(self.qkv_sizes), bias=dims.qkv_bias)
         self.qk_norm = QKNorm(params, dims) if params.qk_norm != "none" else None
         self.gate_proj = output_gate(params, dims)
-        self.out_proj = nn.Linear(dims.n_heads * dims.head_size, dims.d_model, bias=dims.attn_out_bias)
+        self.out_proj = nn.Linear(dims.n_heads * self.v_size, dims.d_model, bias=dims.attn_out_bias)
         self.attn_dropout = nn.Dropout(dims.dropout)
         self.sinks = nn.Parameter(torch.zeros(dims.n_heads)) if params.sinks else None
 
@@ -226,17 +250,32 @@ class FusedAttention(Attention):
     def declared_inspection(cls, params: AttentionParams) -> Inspection:
         return "partial_probabilities" if params.sinks else cls.inspection
 
+    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        assert max_len is not None, "a cache of every key and value needs a length"
+        return KVLayerCache(batch_size, self.n_kv_heads, max_len, self.head_size, device, dtype, self.v_size)
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes one token's keys and values take in the cache."""
+        return self.n_kv_heads * (self.head_size + self.v_size) * torch.empty((), dtype=dtype).element_size()
+
+    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        return self.kv_bytes_per_token(dtype) * n_tokens
+
+    def flops_per_token(self, context_length: int) -> int:
+        # Projections plus q·k (head_size wide) and the weighted values (v_size wide) against each key.
+        projections = sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
+        return projections + 2 * self.n_heads * (self.head_size + self.v_size) * context_length
+
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, C) -> q (B, nh, T, hs), k and v (B, nkv, Tk, hs), normalised, rotated and cached."""
+        """x (B, T, C) -> q (B, nh, T, hs), k (B, nkv, Tk, hs) and v (B, nkv, Tk, vs), normalised, rotated and cached."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_size, self.n_kv_heads * self.head_size, self.n_kv_heads * self.head_size], dim=-1
-        )
+        q, k, *rest = self.qkv(x).split(self.qkv_sizes, dim=-1)
+        v = rest[0] if rest else k  # shared_key_value: the keys as projected, before their norm and rotation
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
         q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_heads, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.reshape(B, T, self.n_kv_heads, self.v_size).transpose(1, 2)  # (B, nkv, T, vs)
         if self.params.v_norm:
             v = value_norm(v, self.params.qk_norm_eps)
         q, k = ctx.rotate(q, k)

@@ -53,11 +53,10 @@ class ChunkedAttention(SDPAAttention):
 
     def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
         size = self.params.chunk_size if max_len is None else min(self.params.chunk_size, max_len)
-        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype)
+        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        kept = min(n_tokens, self.params.chunk_size)
-        return 2 * self.n_kv_heads * self.head_size * kept * torch.empty((), dtype=dtype).element_size()
+        return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.chunk_size)
 
     def flops_per_token(self, context_length: int) -> int:
         # A query sees (chunk_size + 1) / 2 keys on average over a chunk; counted at the chunk, as windows are.
@@ -99,14 +98,14 @@ class ChunkedAttention(SDPAAttention):
         return chunk_bias if bias is None else bias + chunk_bias
 
     def _chunks(self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
-        """Causal attention within each chunk of C positions, the chunks batched: (B, nh, T, hs)."""
-        B, nh, T, hs = q.shape
+        """Causal attention within each chunk of C positions, the chunks batched: (B, nh, T, vs)."""
+        B, nh, T, _ = q.shape
         C = self.params.chunk_size
         n_chunks = -(-T // C)
         pad = n_chunks * C - T  # padded positions come last and are dropped; causality keeps them unseen
         q, k, v = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (n_chunks, C)).transpose(1, 2) for t in (q, k, v))
         y = self.attend(q, k, v, None, ctx, is_causal=True)  # (B, n_chunks, nh, C, hs)
-        return y.transpose(1, 2).reshape(B, nh, n_chunks * C, hs)[:, :, :T]
+        return y.transpose(1, 2).reshape(B, nh, n_chunks * C, -1)[:, :, :T]
 
 
 @hookimpl

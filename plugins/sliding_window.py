@@ -27,13 +27,21 @@ class SlidingWindowParams(AttentionParams):
 
 
 class WindowCache(LayerCache):
-    """A ring of the latest ``size`` keys and values, (B, nkv, size, hs) each: position p sits in slot p % size."""
+    """A ring of the latest ``size`` keys and values, (B, nkv, size, hs) and (B, nkv, size, vs): position p sits
+    in slot p % size."""
 
     def __init__(
-        self, batch_size: int, n_kv_heads: int, size: int, head_size: int, device: torch.device, dtype: torch.dtype
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        size: int,
+        head_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        value_size: int | None = None,
     ):
         self.k = torch.zeros(batch_size, n_kv_heads, size, head_size, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        self.v = torch.zeros(batch_size, n_kv_heads, size, value_size or head_size, device=device, dtype=dtype)
 
     def slots(self, start: int, end: int) -> Tensor:
         """Ring slots of key slots start..end-1, in order."""
@@ -70,16 +78,10 @@ class SlidingWindowAttention(SDPAAttention):
 
     def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
         size = self.params.window if max_len is None else min(self.params.window, max_len)
-        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype)
+        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        return (
-            2
-            * self.n_kv_heads
-            * self.head_size
-            * min(n_tokens, self.params.window)
-            * torch.empty((), dtype=dtype).element_size()
-        )
+        return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.window)
 
     def flops_per_token(self, context_length: int) -> int:
         return super().flops_per_token(min(context_length, self.params.window))
@@ -142,7 +144,7 @@ class SlidingWindowAttention(SDPAAttention):
             ~allowed, float("-inf")
         )  # (nb, 1, W, 2W)
         y = self.attend(q, k, v, bias, ctx)  # (B, nb, nh, W, hs)
-        return y.transpose(1, 2).reshape(B, nh, n_blocks * W, hs)[:, :, :T]  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, nh, n_blocks * W, -1)[:, :, :T]  # (B, nh, T, vs)
 
 
 @hookimpl

@@ -67,6 +67,14 @@ class PerHeadAttention(Attention):
     def declared_inspection(cls, params: AttentionParams) -> Inspection:
         return "partial_probabilities" if params.sinks else cls.inspection
 
+    @classmethod
+    def check(cls, params: AttentionParams, dims: Dims) -> None:
+        if params.shared_key_value or params.v_head_size is not None:
+            raise ValueError(
+                "per_head gives each key/value head a key and a value of the head size: shared_key_value and "
+                "v_head_size need sdpa, fused, sliding_window or chunked"
+            )
+
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q = torch.stack([h.query(x) for h in self.queries], dim=1)  # (B, nh, T, hs)
         k = torch.stack([h.key(x) for h in self.kv_heads], dim=1)  # (B, nkv, T, hs)

@@ -50,6 +50,8 @@ def test_plugins_json_shape():
         "v_norm": False,
         "query_temperature_floor_scale": None,
         "query_temperature_scale": 0.1,
+        "shared_key_value": False,
+        "v_head_size": None,
     }
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},
