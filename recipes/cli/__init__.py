@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # the file system refused (permissions, a full disk): say what and where, no traceback
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            err = (
-                f"{err.filename}: " * bool(err.filename) + "no space left on the device; free some space and run again"
-            )
+            # A failed write names no file: the command's output folder is where it was writing.
+            where = err.filename or getattr(args, "out", None)
+            err = f"{where}: " * bool(where) + "no space left on the device; free some space and run again"
         print(f"gptzoo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,8 @@ destination beside its final name so that an error leaves nothing half-written.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import shutil
@@ -139,10 +141,34 @@ def new_folder(out: Path) -> Iterator[Path]:
     """
     refuse_existing(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    held = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # while held, this folder is being written; a killed writer's lock goes with it
     try:
         yield tmp
         os.replace(tmp, out)  # replaces an empty folder too
     finally:
+        os.close(held)
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary folders of writers of ``out`` that were killed (whose lock nobody holds)."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        if not stale.is_dir() or stale.is_symlink():
+            continue
+        try:
+            held = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a writer is at work in it
+            os.close(held)
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            os.close(held)

@@ -45,9 +45,10 @@ def check_extrapolates(config: RunConfig, context: int) -> None:
 
 
 def model_at(config: RunConfig, folder: Path, context: int, device: torch.device) -> GPT:
-    """The run's trained model rebuilt for ``context`` tokens."""
+    """The run's trained model rebuilt for ``context`` tokens; for a shorter one, as trained (its windows
+    are simply shorter: a learned position table keeps the rows it was trained with)."""
     check_extrapolates(config, context)
-    model = GPT(config.model.model_copy(update={"context_length": context}))
+    model = GPT(config.model.model_copy(update={"context_length": max(context, config.model.context_length)}))
     load_weights(model, folder / WEIGHTS)
     return model.to(device).eval()
 

@@ -1018,3 +1018,21 @@ def test_the_cli_module_imports_nothing_heavy():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+@pytest.mark.parametrize(
+    "command, target, argv",
+    [
+        ("export-hf", "gptzoo.recipes.cli.export_hf.export_hf", [RUN, "--out", "{tmp}/out"]),
+        ("inspect", "gptzoo.recipes.cli.inspect_run.write_inspection", [RUN, "--prompt", "x", "--out", "{tmp}/out"]),
+    ],
+)
+def test_a_full_disk_names_the_folder_being_written(command, target, argv, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() reports it: no file name
+
+    monkeypatch.setattr(target, full)
+    err = error_of(capsys, [command, *(str(a).format(tmp=tmp_path) for a in argv)])
+    assert f"{tmp_path}/out: no space left on the device; free some space and run again" in err

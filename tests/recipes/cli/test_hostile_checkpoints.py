@@ -420,3 +420,25 @@ def test_import_gpt2_refuses_more_layers_declared_than_stored(tmp_path, capsys, 
     (tmp_path / "src" / "config.json").write_text(json.dumps(hf | {"n_layer": 10**6}))
     err = refused(capsys, monkeypatch, tmp_path, tmp_path / "src", tmp_path / "elsewhere", command="import-gpt2")
     assert f"{tmp_path / 'src' / 'config.json'}: n_layer = 1000000 but the weights hold 1 layer(s)" in err
+
+
+# ---- what a killed import leaves ------------------------------------------------------------------
+
+
+def test_the_next_import_removes_what_a_killed_one_left_but_not_a_live_ones(tmp_path):
+    import fcntl
+
+    src = tiny_llama(tmp_path / "src")
+    killed = tmp_path / ".run.k1ll3d.tmp"  # as new_folder names them
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    live = tmp_path / ".run.l1v3.tmp"
+    live.mkdir()
+    held = os.open(live, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another importer at work
+    try:
+        import_hf(src, tmp_path / "run")
+    finally:
+        os.close(held)
+    assert not killed.exists() and live.is_dir() and (tmp_path / "run" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.l1v3.tmp", "run", "src"]

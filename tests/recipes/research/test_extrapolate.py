@@ -105,3 +105,20 @@ def test_a_sweep_tabulates_extrapolation_and_refuses_learned(config, tmp_path, c
     assert rope.startswith("| positional=rope |") and "refused" not in rope
     assert any("positional 'learned' says its table holds one trained vector per position" in line for line in lines)
     assert (tmp_path / "out" / "extrapolation.png").is_file()
+
+
+def test_a_shorter_context_is_scored_by_the_model_as_trained(config, tmp_path):
+    """A learned table has T trained rows: a shorter window uses its first ones, not a smaller table."""
+    run = trained(config, tmp_path, "learned")
+    half = T // 2
+    assert main(["eval", str(run), "--context", str(half)]) == 0
+    [scored] = json.loads((run / "extrapolation.json").read_text())["contexts"]
+    loaded = load_run(run)
+    tokens = torch.from_numpy(load_tokens(loaded.config.data, loaded.tokenizer).astype("int64"))
+    val = tokens[int(len(tokens) * 0.8) :]
+    windows = torch.stack([val[s : s + half + 1] for s in range(0, len(val) - half, half)])  # (W, T/2+1)
+    with torch.no_grad():
+        logits = loaded.model(windows[:, :-1])
+    per_position = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").mean(0)
+    assert scored["windows"] == len(windows)
+    torch.testing.assert_close(torch.tensor(scored["per_position"]["loss"]), per_position, rtol=1e-5, atol=1e-5)
