@@ -120,6 +120,48 @@ CASES = {
         ),
         False,
     ),
+    # Mamba-2, MLP, attention, MLP, Mamba-2 (Nemotron-H's pattern "M-*-M"): GQA with odd 24-wide heads, no
+    # positions; 8 Mamba heads of 16 in 2 groups, chunks of 5; squared-ReLU MLP; untied head
+    "nemotron_h": (
+        "NemotronHConfig",
+        dict(
+            hidden_size=64,
+            layers_block_type=["linear_attention", "mlp", "full_attention", "mlp", "linear_attention"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            intermediate_size=96,
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=12,
+            conv_kernel=3,
+            chunk_size=5,
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # ("M*-") twice: a periodic pattern, multi-query, MLP biases, Mamba heads wider than 2 × d_model / heads;
+    # tie_word_embeddings, which transformers' NemotronH ignores (its lm_head is its own)
+    "nemotron_h-periodic": (
+        "NemotronHConfig",
+        dict(
+            hidden_size=48,
+            layers_block_type=["linear_attention", "full_attention", "mlp"] * 2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=12,
+            intermediate_size=80,
+            mlp_bias=True,
+            mamba_num_heads=6,
+            mamba_head_dim=24,
+            n_groups=3,
+            ssm_state_size=8,
+            chunk_size=4,
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
 }
 
 
@@ -222,7 +264,7 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
         load_file(str(folder / "model.safetensors")),
         load_file(str(tmp_path / "out" / "model.safetensors")),
     )
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
     assert sorted(exported) == sorted(set(original) - tied)
     for name in exported:
         assert torch.equal(exported[name], original[name]), name
@@ -257,9 +299,15 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     assert (model["attention"]["name"], model["feed_forward"]["name"], model["positional"]["name"]) == {
         "mamba2": ("mamba2", "none", "none"),
         "lfm2": ("sdpa", "swiglu", "rope"),
+        "nemotron_h": ("sdpa", "squared_relu", "none"),
     }[family]
     if family == "mamba2":
         assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
+    elif family == "nemotron_h":  # one sublayer per layer, as layers_block_type has them
+        pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
+        kinds = {"linear_attention": "M", "mlp": "-", "full_attention": "*"}
+        assert pattern == [kinds[t] for t in hf_model.config.layers_block_type]
+        assert model["layer_kinds"]["M"]["attention"]["name"] == "mamba2"
     else:  # the convolution layers' kind, and the attention layers' QK-norm
         types = hf_model.config.layer_types
         pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(len(types))]
@@ -286,6 +334,12 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
             {"layer_types": ["conv", "sliding_attention", "conv", "conv", "full_attention"]},
             'layer_types = ["conv", "sliding_attention", "conv", "conv", "full_attention"] is not supported',
         ),
+        (
+            "nemotron_h",
+            {"layers_block_type": ["linear_attention", "moe", "full_attention", "mlp", "linear_attention"]},
+            "is not supported for nemotron_h (its moe layers are not read yet",
+        ),
+        ("nemotron_h", {"mlp_hidden_act": "silu"}, 'mlp_hidden_act = "silu" is not supported for nemotron_h'),
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
