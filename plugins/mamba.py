@@ -106,8 +106,9 @@ def ssd_scan(
     # linear in T, where the reference's matrix over chunk pairs grows with its square).
     chunk_decay = torch.exp(a_cum[..., -1]).permute(0, 3, 1, 2)[..., None, None]  # (b, c, g, r, 1, 1)
     entering = [torch.zeros_like(chunk_states[:, 0]) if state is None else state.float().view(b, g, r, p, n)]
-    for i in range(c):
-        entering.append(entering[-1] * chunk_decay[:, i] + chunk_states[:, i])
+    # Each chunk's slices unbound once: indexing in the loop would make backward zero-fill whole tensors.
+    for decay_i, states_i in zip(chunk_decay.unbind(1), chunk_states.unbind(1), strict=True):
+        entering.append(entering[-1] * decay_i + states_i)
     states = torch.stack(entering[:-1], dim=1)  # (b, c, g, r, p, n)
     # What the state entering each chunk gives its tokens.
     y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", C, states, torch.exp(a_cum))
@@ -314,13 +315,13 @@ def selective_scan(log_decays: Tensor, inputs: Tensor, state: Tensor | None = No
     log_decays, inputs = (F.pad(t, (0, 0, 0, 0, 0, pad)).view(b, -1, Q, d, n) for t in (log_decays, inputs))
     decays = torch.exp(log_decays)
     local = [torch.zeros_like(inputs[:, :, 0])]  # (b, c, d, n) per step within the chunks
-    for i in range(Q):
-        local.append(decays[:, :, i] * local[-1] + inputs[:, :, i])
+    for decay_i, input_i in zip(decays.unbind(2), inputs.unbind(2), strict=True):  # unbound once, as above
+        local.append(decay_i * local[-1] + input_i)
     within = torch.stack(local[1:], dim=2)  # (b, c, Q, d, n): each chunk's recurrence from zero
     decayed = torch.exp(log_decays.cumsum(2))  # (b, c, Q, d, n): from the chunk's start to each token
     entering = [torch.zeros_like(inputs[:, 0, 0]) if state is None else state.float()]
-    for j in range(within.size(1)):
-        entering.append(decayed[:, j, -1] * entering[-1] + within[:, j, -1])
+    for decay_j, within_j in zip(decayed[:, :, -1].unbind(1), within[:, :, -1].unbind(1), strict=True):
+        entering.append(decay_j * entering[-1] + within_j)
     every = within + decayed * torch.stack(entering[:-1], dim=1)[:, :, None]
     return every.view(b, -1, d, n)[:, :T], entering[-1]
 
