@@ -354,6 +354,12 @@ BAD_VALUES = [
     ),
     (
         "chat",
+        "chat template that fails",
+        ["{chat_run}", "--instruction", "Say hi."],
+        "the checkpoint's chat template failed on this conversation (it says: roles must alternate)",
+    ),
+    (
+        "chat",
         "negative int",
         ["{run}", "--instruction", "Say hi.", "--max-new-tokens", "-1"],
         "--max-new-tokens -1: give at least 1",
@@ -939,6 +945,30 @@ def places(tmp_path, shared_data):
     }
 
 
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """A run whose tokenizer (the hf one, fitted here) carries a chat template that raises, as a checkpoint's may."""
+    pytest.importorskip("tokenizers")
+    from gptzoo.core import GPT
+    from gptzoo.plugins.hf_tokenizer import HFTokenizer, HFTokenizerParams
+    from gptzoo.recipes.config.schema import RunConfig
+    from gptzoo.recipes.runs.folder import save_run
+    from gptzoo.registry import default_registry
+
+    registry = default_registry()
+    spec = {"name": "hf", "vocab_size": 300, "chat_template": "{{ raise_exception('roles must alternate') }}"}
+    tokenizer = HFTokenizer(HFTokenizerParams(vocab_size=300, chat_template=spec["chat_template"]))
+    tokenizer.fit("Say hi. The quick brown fox jumps over the lazy dog. " * 20)
+    model = json.loads((RUN / "config.json").read_text())["model"] | {
+        "tokenizer": spec,
+        "vocab_size": tokenizer.vocab_size,
+    }
+    config = registry.model_config(model)
+    folder = tmp_path_factory.mktemp("chat") / "run"
+    save_run(folder, RunConfig(model=config), GPT(config), tokenizer)
+    return folder
+
+
 def snapshot(*folders):
     """Every path under ``folders`` with its bytes; an empty writer's lock file (.gptzoo.lock, which stays) left out."""
     return {
@@ -953,7 +983,9 @@ def snapshot(*folders):
     "command,kind,argv,message",
     [pytest.param(*row, id=f"{row[0]}: {row[1]}: {' '.join(row[2])}") for row in BAD_VALUES],
 )
-def test_every_command_names_its_bad_value(command, kind, argv, message, places, capsys):
+def test_every_command_names_its_bad_value(command, kind, argv, message, places, capsys, request):
+    if any("{chat_run}" in arg for arg in argv):
+        places = places | {"chat_run": request.getfixturevalue("chat_run")}
     before = snapshot(places["tmp"], RUN)
     err = error_of(capsys, [command, *(arg.format(**places) for arg in argv)])
     assert message.format(**places) in err
