@@ -26,5 +26,7 @@ def test_attention_bench_reports_cache_bytes_and_speeds(tmp_path):
     assert len(set(window)) == 1 and window[0] == full[0]  # after 1, 2, 4 windows: one window's worth
     assert full == [full[0], 2 * full[0], 4 * full[0]]  # sdpa's grows with the tokens
     assert all(r["tokens_per_s"] > 0 for r in rows if "tokens_per_s" in r)
+    sinks = {r["impl"] for r in rows if r["case"].startswith("train with sinks")}
+    assert sinks == {"sdpa", "sdpa_sinks", "fused_sinks"}  # SDPA's sink form against the explicit one, in turns
     (latent,) = [r for r in rows if r["impl"] == "latent" and "bytes_per_token" in r]
     assert latent["bytes_per_token"] == (latent["kv_lora_rank"] + latent["rope_dim"]) * 4 * 12  # fp32, 12 layers
