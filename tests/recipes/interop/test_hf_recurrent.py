@@ -162,6 +162,48 @@ CASES = {
         ),
         False,
     ),
+    # Mamba-2 layers and attention at layers 1 and 3 (attn_layer_indices), each with a SwiGLU: GQA, rotary on
+    # half of each head, attention and MLP biases; 8 Mamba heads of 16 in 2 groups, chunks of 5; untied
+    "bamba": (
+        "BambaConfig",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            attn_layer_indices=[1, 3],
+            attention_bias=True,
+            mlp_bias=True,
+            mamba_n_heads=8,
+            mamba_d_head=16,
+            mamba_n_groups=2,
+            mamba_d_state=12,
+            mamba_d_conv=3,
+            mamba_chunk_size=5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # one attention layer of three, multi-query, head size "auto", tied head
+    "bamba-tied": (
+        "BambaConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=80,
+            attn_layer_indices=[2],
+            mamba_n_heads=4,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=4,
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
 }
 
 
@@ -300,6 +342,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         "mamba2": ("mamba2", "none", "none"),
         "lfm2": ("sdpa", "swiglu", "rope"),
         "nemotron_h": ("sdpa", "squared_relu", "none"),
+        "bamba": ("sdpa", "swiglu", "rope"),
     }[family]
     if family == "mamba2":
         assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
@@ -308,6 +351,10 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         kinds = {"linear_attention": "M", "mlp": "-", "full_attention": "*"}
         assert pattern == [kinds[t] for t in hf_model.config.layers_block_type]
         assert model["layer_kinds"]["M"]["attention"]["name"] == "mamba2"
+    elif family == "bamba":  # attention at attn_layer_indices, Mamba-2 elsewhere
+        pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
+        assert [i for i, k in enumerate(pattern) if k == "attention"] == hf_model.config.attn_layer_indices
+        assert model["layer_kinds"]["mamba"]["attention"]["name"] == "mamba2" and model["positional"]["fraction"] == 0.5
     else:  # the convolution layers' kind, and the attention layers' QK-norm
         types = hf_model.config.layer_types
         pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(len(types))]
@@ -340,6 +387,8 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
             "is not supported for nemotron_h (its moe layers are not read yet",
         ),
         ("nemotron_h", {"mlp_hidden_act": "silu"}, 'mlp_hidden_act = "silu" is not supported for nemotron_h'),
+        ("bamba", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for bamba'),
+        ("bamba", {"time_step_limit": [0.0, 0.5]}, "time_step_limit = [0.0, 0.5] is not supported for bamba"),
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):

@@ -40,7 +40,7 @@ from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import OLMO2
-from gptzoo.recipes.interop.hf.families.recurrent import LFM2, MAMBA2, NEMOTRON_H
+from gptzoo.recipes.interop.hf.families.recurrent import BAMBA, LFM2, MAMBA2, NEMOTRON_H
 from gptzoo.registry import PluginError, Registry
 
 __all__ = [
@@ -80,6 +80,7 @@ FAMILIES: dict[str, Family] = {
         MAMBA2,
         LFM2,
         NEMOTRON_H,
+        BAMBA,
     )
 }
 
