@@ -7,6 +7,7 @@ import sys
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.finetuning.instruct import instruction_ids, respond, respond_in_template
+from gptzoo.recipes.generation.generate import encode_within
 from gptzoo.recipes.runs.folder import Run, load_run
 
 HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"
@@ -66,8 +67,15 @@ def run(args: argparse.Namespace) -> int:
 def check_fits(loaded: Run, instruction: str, input: str, templated: bool, which: str) -> None:
     """Refuse an instruction whose prompt the model's context cannot hold, as generate refuses such a prompt:
     the model would see only its end."""
-    n_tokens = len(instruction_ids(loaded.tokenizer, instruction, input, templated))
     context_length = loaded.config.model.context_length
+    # The instruction alone first, in growing prefixes: one of megabytes is refused without tokenizing it all.
+    _, whole = encode_within(loaded.tokenizer, f"{instruction}\n\n{input}", context_length)
+    if not whole:
+        raise GptzooError(
+            f"the prompt of {which} is more than {context_length} tokens but the model's context holds {context_length} "
+            f"(context_length in {loaded.folder / 'config.json'}); shorten it"
+        )
+    n_tokens = len(instruction_ids(loaded.tokenizer, instruction, input, templated))
     if n_tokens > context_length:
         raise GptzooError(
             f"the prompt of {which} is {n_tokens} tokens but the model's context holds {context_length} "

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, Recorder, Tokenizer
+from gptzoo.recipes.generation.generate import encode_within
 from gptzoo.recipes.runs.files import save_png, write_text_atomic
 
 SUMMARY = "inspect.json"
@@ -94,12 +95,13 @@ def inspect_model(model: GPT, tokenizer: Tokenizer, prompt: str, top_k: int = 5)
     """Run ``prompt`` through ``model`` once, recording every layer (the model is in eval mode meanwhile)."""
     if top_k < 1:
         raise GptzooError(f"--top-k {top_k}: must be at least 1")
-    ids = tokenizer.encode(prompt)
+    context = model.config.context_length
+    ids, whole = encode_within(tokenizer, prompt, context)  # megabytes are refused without tokenizing them all
     if not ids:
         raise GptzooError("--prompt is empty (it encodes to no tokens); give some text")
-    context = model.config.context_length
     if len(ids) > context:
-        raise GptzooError(f"--prompt is {len(ids)} tokens but the model's context holds {context}; shorten it")
+        count = len(ids) if whole else f"more than {context}"
+        raise GptzooError(f"--prompt is {count} tokens but the model's context holds {context}; shorten it")
     device = model.token_embedding.weight.device
     recorder = Recorder()
     training = model.training

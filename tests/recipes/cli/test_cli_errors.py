@@ -354,6 +354,18 @@ BAD_VALUES = [
     ),
     (
         "chat",
+        "text too long",
+        ["{run}", "--instruction", "x" * 1000],
+        "the prompt of the instruction is more than 16 tokens but the model's context holds 16",
+    ),
+    (
+        "inspect",
+        "text too long",
+        ["{run}", "--prompt", "x" * 1000, "--out", "{tmp}/out"],
+        "--prompt is more than 16 tokens but the model's context holds 16; shorten it",
+    ),
+    (
+        "chat",
         "chat template that fails",
         ["{chat_run}", "--instruction", "Say hi."],
         "the checkpoint's chat template failed on this conversation (it says: roles must alternate)",
