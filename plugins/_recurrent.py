@@ -33,6 +33,11 @@ def zero_padding(x: Tensor, valid: Tensor | None) -> Tensor:
     return x * valid.view(*valid.shape, *([1] * (x.dim() - 2))).to(x.dtype)
 
 
+# Decoding feeds a token or a few at a time: for so few, F.conv1d's fixed cost outweighs the
+# arithmetic, and summing the kernel's taps by hand is cheaper.
+TAP_SUM_MAX_TOKENS = 16
+
+
 class ShortConv(nn.Module):
     """A depthwise causal convolution over the last ``kernel_size`` tokens, channel by channel:
     x (B, T, D) -> (B, T, D). While decoding, ``window`` (B, D, kernel_size - 1) holds the inputs
@@ -51,7 +56,17 @@ class ShortConv(nn.Module):
         else:
             xt = torch.cat([window.to(xt.dtype), xt], dim=-1)  # (B, D, K - 1 + T)
             window.copy_(xt[..., xt.size(-1) - (self.kernel_size - 1) :])
+            if x.size(1) <= TAP_SUM_MAX_TOKENS:
+                return self._tap_sum(xt).transpose(1, 2)
         return F.conv1d(xt, self.conv.weight, self.conv.bias, groups=self.conv.groups).transpose(1, 2)  # (B, T, D)
+
+    def _tap_sum(self, xt: Tensor) -> Tensor:
+        """The convolution of xt (B, D, K - 1 + T) as K shifted products summed, tap 0 (the oldest) first."""
+        T, w = xt.size(-1) - (self.kernel_size - 1), self.conv.weight[:, 0]  # w (D, K)
+        y = xt[..., :T] * w[:, :1]
+        for j in range(1, self.kernel_size):
+            y = y + xt[..., j : j + T] * w[:, j : j + 1]
+        return y if self.conv.bias is None else y + self.conv.bias[:, None]
 
     def new_window(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return torch.zeros(batch_size, self.conv.in_channels, self.kernel_size - 1, device=device, dtype=dtype)
