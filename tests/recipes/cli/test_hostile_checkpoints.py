@@ -442,3 +442,12 @@ def test_the_next_import_removes_what_a_killed_one_left_but_not_a_live_ones(tmp_
         os.close(held)
     assert not killed.exists() and live.is_dir() and (tmp_path / "run" / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.l1v3.tmp", "run", "src"]
+
+
+def test_importing_twice_gives_byte_identical_run_folders(places):
+    tmp_path, src, _ = places
+    for name in ("one", "two"):
+        import_hf(src, tmp_path / name)
+    one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
+    assert {Path("config.json"), Path("model.safetensors"), Path("tokenizer.json")} <= set(one) and one == two
