@@ -6,19 +6,19 @@ from gptzoo.recipes.interop.hf.families import all_families
 from gptzoo.recipes.interop.hf.import_ import DTYPES, import_hf
 from gptzoo.registry import Registry
 
-HELP = "convert a Hugging Face checkpoint folder of a supported family into a run folder"
+HELP = "convert a Hugging Face checkpoint folder, or a model's Hub id (ORG/NAME[@REVISION]), of a supported family into a run folder"
 
 
 def description_for(registry: Registry) -> str:
     """What ``--help`` prints: HELP naming the families, the built-in ones and then those the registry's plugins add."""
-    return f"convert a Hugging Face checkpoint folder ({', '.join(all_families(registry))}) into a run folder"
+    return f"convert a Hugging Face checkpoint folder or Hub id ({', '.join(all_families(registry))}) into a run folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "src",
         metavar="SRC",
-        help="a folder holding config.json, model.safetensors (or shards with model.safetensors.index.json) and tokenizer.json",
+        help="a folder holding config.json, model.safetensors (or shards with model.safetensors.index.json) and tokenizer.json; or a model's Hub id ORG/NAME[@REVISION], downloaded (only those files) into the Hugging Face cache, which honours HF_HOME, HF_HUB_OFFLINE and HF_TOKEN",
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="the run folder to create (must not exist, or be empty)"

@@ -32,6 +32,7 @@ from gptzoo.recipes.interop.hf.convert import (
     normalise,
 )
 from gptzoo.recipes.interop.hf.families import Family, all_families, hf_shapes, to_ours, weight_plan
+from gptzoo.recipes.interop.hf.hub import FOLDER_HINT, checkpoint_folder
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
 from gptzoo.recipes.runs.folder import run_commit
 from gptzoo.recipes.runs.memory import check_fits
@@ -207,10 +208,11 @@ def import_hf(
     dtype: str = "float32",
     registry: Registry | None = None,
 ) -> RunConfig:
-    """Convert the Hugging Face checkpoint folder ``src`` into the run folder ``out``."""
+    """Convert the Hugging Face checkpoint folder ``src``, or the Hub id ``src`` (ORG/NAME[@REVISION]), into the run folder ``out``."""
     registry = registry or default_registry()
-    src, out = Path(src), Path(out)
+    out = Path(out)
     refuse_existing(out)
+    src = checkpoint_folder(src)
     source = _checked_source(src, dtype)
     with open_checkpoint(src) as stored:
         family, config, tokenizer_state = _read_config(src, source, attention, registry, stored)
@@ -238,10 +240,8 @@ def import_hf(
 
 def _checked_source(src: Path, dtype: str) -> Path:
     """``src``'s config.json, once ``src`` is a folder that has one and ``dtype`` is one gptzoo writes."""
-    if not src.is_dir():
-        raise GptzooError(
-            f"{src}: {'a file, not a folder' if src.exists() else 'no such folder'}; give a folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
-        )
+    if not src.is_dir():  # checkpoint_folder has refused what does not exist
+        raise GptzooError(f"{src}: a file, not a folder; {FOLDER_HINT}")
     source = checkpoint_file(src, CONFIG)
     if not source.is_file():
         raise CheckpointError(

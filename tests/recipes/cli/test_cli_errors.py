@@ -704,13 +704,19 @@ BAD_VALUES = [
         "import-hf",
         "missing path",
         ["{tmp}/nope", "--out", "{tmp}/out"],
-        "{tmp}/nope: no such folder; give a folder in the Hugging Face layout",
+        "{tmp}/nope: no such folder, and not a Hub id (ORG/NAME[@REVISION]); give a folder in the Hugging Face layout",
     ),
     (
         "import-hf",
         "file for a folder",
         ["{file}", "--out", "{tmp}/out"],
         "{file}: a file, not a folder; give a folder in the Hugging Face layout",
+    ),
+    (
+        "import-hf",
+        "neither a folder nor a Hub id",
+        ["no-org/bad..name", "--out", "{tmp}/out"],
+        "no-org/bad..name: no such folder, and not a Hub id (ORG/NAME[@REVISION])",
     ),
     ("import-hf", "folder of another kind", ["{empty}", "--out", "{tmp}/out"], "{empty}: missing config.json"),
     (
