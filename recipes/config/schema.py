@@ -31,10 +31,12 @@ class DataConfig(BaseModel):
 
     source: str = Field(
         BUILTIN_CORPUS,
-        description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r} (ships with Python)",
+        description=f"a text, JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, a Hub dataset (hf://datasets/ORG/NAME[@REVISION][?config=..&split=..]), or {BUILTIN_CORPUS!r} (ships with Python)",
     )
     text_field: str = Field(
-        "text", min_length=1, description="the field (JSON Lines) or column (Parquet) holding each record's text"
+        "text",
+        min_length=1,
+        description="the field (JSON Lines) or column (Parquet, Hub dataset) holding each record's text",
     )
     task: SerializeAsAny[Task] | None = Field(
         None,

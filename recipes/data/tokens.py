@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from gptzoo.core import ConfigError, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import BUILTIN_CORPUS, DataConfig
+from gptzoo.recipes.data.hub import HUB_FORM, hub_commit, hub_texts, is_hub_source, parse_hub_source
 from gptzoo.recipes.research.tasks import TaskExamples, task_splits
 from gptzoo.recipes.runs.files import atomic_path
 
@@ -39,7 +40,10 @@ RECORDS_PER_BATCH = 4096  # at most this many (short) documents per encode_batch
 # ---- reading a corpus -------------------------------------------------------------------
 
 
-CORPUS_KINDS = f"a text file, a JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, or {BUILTIN_CORPUS!r}"
+CORPUS_KINDS = (
+    f"a text file, a JSON Lines (.jsonl) or Parquet (.parquet) file, a folder of them, a Hub dataset "
+    f"({HUB_FORM}), or {BUILTIN_CORPUS!r}"
+)
 RECORD_SUFFIXES = (".jsonl", ".parquet")  # one document per record, its text in data.text_field
 
 
@@ -67,10 +71,14 @@ def _builtin_documents(source: str) -> list[str]:
 
 def iter_documents(source: str, text_field: str = "text") -> Iterator[Iterator[str]]:
     """Each document of the corpus as an iterator of text chunks: a text file in chunks of about
-    CHUNK_CHARS cut after a newline, each record of a .jsonl or .parquet file (its ``text_field``) whole."""
+    CHUNK_CHARS cut after a newline, each record of a .jsonl or .parquet file or a Hub dataset (its
+    ``text_field``) whole."""
     if source.startswith("builtin:"):
         for text in _builtin_documents(source):
             yield iter([text])
+        return
+    if is_hub_source(source):
+        yield from (iter([text]) for text in hub_texts(source, text_field))
         return
     for file in _corpus_files(source):
         if file.suffix == ".jsonl":
@@ -140,8 +148,12 @@ def corpus_text(source: str, text_field: str = "text") -> str:
 
 
 def corpus_digest(source: str) -> str:
-    """A hash of the corpus content, so an edited file is tokenized again."""
+    """A hash of the corpus content, so an edited file is tokenized again (a Hub dataset's: its commit)."""
     digest = hashlib.sha256()
+    if is_hub_source(source):
+        hub = parse_hub_source(source)
+        digest.update(f"{hub.repo_id}|{hub_commit(source)}|{hub.config}|{hub.split}".encode())
+        return digest.hexdigest()
     if source.startswith("builtin:"):
         for text in _builtin_documents(source):
             digest.update(text.encode("utf-8") + b"\0")
@@ -186,10 +198,9 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 
 def cache_path(data: DataConfig, tokenizer: Tokenizer) -> Path:
-    files = [] if data.source.startswith("builtin:") else _corpus_files(data.source)
-    field = (
-        f"|{data.text_field}" if any(f.suffix in RECORD_SUFFIXES for f in files) else ""
-    )  # which field of the records was read
+    files = [] if data.source.startswith(("builtin:", "hf://")) else _corpus_files(data.source)
+    records = is_hub_source(data.source) or any(f.suffix in RECORD_SUFFIXES for f in files)
+    field = f"|{data.text_field}" if records else ""  # which field of the records was read
     key = hashlib.sha256(
         f"{CACHE_FORMAT}|{corpus_digest(data.source)}{field}|{tokenizer_digest(tokenizer)}".encode()
     ).hexdigest()
