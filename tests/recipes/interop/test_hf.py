@@ -73,6 +73,22 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # SmolLM3's NoPE: every 4th layer without rotary (transformers' default no_rope_layers), GQA, tied head
+    "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, num_key_value_heads=2, pad_token_id=None), ATTENTION),
+    # NoPE on the first of two layers (no_rope_layers given), MQA, biases, untied head, linear rope scaling
+    "smollm3-biases": (
+        "SmolLM3Config",
+        dict(
+            no_rope_layers=[0, 1],
+            num_key_value_heads=1,
+            pad_token_id=None,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+        ),
+        ATTENTION,
+    ),
     # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
     "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
     # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
@@ -456,9 +472,13 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         )
     if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
         assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
+    if family == "smollm3":  # NoPE layers: no rotary on every 4th layer (the first of two when given so)
+        assert model["layer_pattern"] == {"smollm3": ["rope"] * 3 + ["nope"], "smollm3-biases": ["nope", "rope"]}[case]
+        assert model["layer_kinds"]["nope"]["positional"]["name"] == "none"
     scaling = {
         "llama-tied-mqa": "llama3",
         "mistral": "linear",
+        "smollm3-biases": "linear",
         "qwen2": "yarn",
         "gemma3_text": "linear",
         "deepseek_v3-yarn": "yarn",
@@ -541,6 +561,27 @@ def test_an_unsupported_model_or_option_is_refused_before_anything_is_written(ch
     (tmp_path / "src" / "config.json").write_text(
         json.dumps({k: v for k, v in (config | change).items() if v is not None})
     )
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"use_sliding_window": True, "sliding_window": 6},
+            "use_sliding_window = true is not supported for smollm3 (SmolLM3's windowed NoPE layers are not read yet",
+        ),
+        ({"no_rope_layers": [1, 2, 1, 0]}, "no_rope_layers = [1, 2, 1, 0] is not supported: gptzoo reads 4 entries"),
+        ({"no_rope_layers": [1, 0]}, "no_rope_layers = [1, 0] is not supported: gptzoo reads 4 entries"),
+    ],
+)
+def test_smollm3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
+    build("smollm3").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert named in err and "config.json" in err and "Traceback" not in err

@@ -279,6 +279,36 @@ PUBLISHED = {
         },
         3_821_079_552,
     ),
+    "smollm3": (
+        {  # HuggingFaceTB/SmolLM3-3B, its config.json as recalled (the Hub is out of reach here): the sizes are
+            # SmolLM3Config's defaults in transformers; the count is 36 layers of (attention 10,485,760 + SwiGLU
+            # 67,633,152 + norms 4,096) + the tied embedding 262,668,288 + the final norm 2,048 (3.08 B on the Hub page)
+            "model_type": "smollm3",
+            "architectures": ["SmolLM3ForCausalLM"],
+            "vocab_size": 128256,
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 65536,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 5000000.0,
+            "rope_scaling": None,
+            "tie_word_embeddings": True,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "no_rope_layer_interval": 4,
+            "no_rope_layers": [int((i + 1) % 4 != 0) for i in range(36)],
+            "bos_token_id": 128000,
+            "eos_token_id": 128012,
+            "pad_token_id": 128004,
+        },
+        3_075_098_624,
+    ),
     "olmo2": (
         {  # allenai/OLMo-2-0425-1B
             "model_type": "olmo2",

@@ -36,7 +36,7 @@ from gptzoo.recipes.interop.hf.families.base import (
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
-from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3
+from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SMOLLM3
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import OLMO2
@@ -71,6 +71,7 @@ FAMILIES: dict[str, Family] = {
         QWEN3,
         OLMO2,
         PHI3,
+        SMOLLM3,
         GEMMA2,
         GEMMA3_TEXT,
         GPT_NEOX,

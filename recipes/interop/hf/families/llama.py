@@ -1,4 +1,4 @@
-"""Llama and the dense families that reuse its decoder layer: Mistral, Qwen2, Qwen3, Phi-3.
+"""Llama and the dense families that reuse its decoder layer: Mistral, Qwen2, Qwen3, Phi-3, SmolLM3.
 
 The other family modules take Llama's rows (fields, assembly, weights) and change what differs,
 as transformers' modular files do.
@@ -14,6 +14,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     Field,
     Require,
     Weight,
+    period,
     qkv_rows,
     read_rope_scaling,
     write_rope_scaling,
@@ -213,4 +214,51 @@ PHI3 = Family(
             chunk=(1, 2),
         ),
     ),
+)
+
+
+NOPE_KINDS = {1: "rope", 0: "nope"}  # SmolLM3's no_rope_layers entries (1: the layer rotates) -> gptzoo's kinds
+
+
+def _read_no_rope_layers(hf: dict) -> dict[str, Any]:
+    n = hf["num_hidden_layers"]
+    every = hf.get("no_rope_layer_interval", 4)
+    layers = hf.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(n)]  # transformers' default
+    if len(layers) != n or not set(layers) <= set(NOPE_KINDS):
+        raise ValueError(f"no_rope_layers = {layers} is not supported: gptzoo reads {n} entries of 0 or 1")
+    if all(layers):
+        return {}
+    return {
+        "layer_pattern": [NOPE_KINDS[r] for r in period(layers)],
+        "layer_kinds": {"rope": {}, "nope": {"positional": {"name": "none"}}},
+    }
+
+
+def _write_no_rope_layers(model: dict) -> dict[str, Any]:
+    pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
+    positional = [
+        (kinds[pattern[i % len(pattern)]].get("positional") if pattern else None) or model["positional"]
+        for i in range(model["n_layers"])
+    ]
+    return {"no_rope_layers": [int(p["name"] != "none") for p in positional]}
+
+
+SMOLLM3 = Family(
+    model_type="smollm3",
+    architecture="SmolLM3ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("rope_parameters.rope_theta", "tie_word_embeddings"))
+    + (
+        Field("rope_parameters.rope_theta", ("positional.base",), 2e6),  # SmolLM3Config.default_theta
+        Field("tie_word_embeddings", ("tied_head",), True),
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+        Field("mlp_bias", ("feed_forward.bias",), False),
+    ),
+    assembly=LLAMA.assembly,
+    requires=(
+        SILU,
+        Require("use_sliding_window", (False,), False, "SmolLM3's windowed NoPE layers are not read yet"),
+    ),
+    weights=LLAMA_WEIGHTS,
+    # every no_rope_layer_interval-th layer has no rotary (NoPE): layer kinds "rope" and "nope"
+    conversions=(Conversion(_read_no_rope_layers, _write_no_rope_layers), ROPE_SCALING),
 )
