@@ -21,6 +21,7 @@ COMMANDS = {
     "gradients": "gptzoo.recipes.cli.gradients",
     "train": "gptzoo.recipes.cli.train",
     "eval": "gptzoo.recipes.cli.eval",
+    "evaluate": "gptzoo.recipes.cli.evaluate",
     "finetune-classifier": "gptzoo.recipes.cli.finetune_classifier",
     "classify": "gptzoo.recipes.cli.classify",
     "finetune-instruct": "gptzoo.recipes.cli.finetune_instruct",

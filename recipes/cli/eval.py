@@ -13,7 +13,7 @@ from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.recipes.training.evaluation import estimate_metrics
 
-HELP = "print a run's loss and perplexity (a task's answer accuracy) on a text or its validation split, at its context or longer ones"
+HELP = "print a run's loss and perplexity (a task's answer accuracy) on a text or its validation split, at its context or longer ones; gptzoo evaluate runs lm-evaluation-harness benchmarks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ SMS = ["--data", "{sms}", "--out", "{tmp}/out"]
 INSTRUCTIONS = ["--data", "{instructions}", "--out", "{tmp}/out"]
 READERS = {
     "eval": ["--data", "builtin:pydoc"],
+    "evaluate": ["--tasks", "x"],
     "generate": ["--prompt", "x"],
     "classify": ["--text", "x"],
     "chat": ["--instruction", "x"],
@@ -240,7 +241,11 @@ BAD_VALUES = [
         ["{config}", "--out", "{tmp}/nowhere", "--resume"],
         "{tmp}/nowhere: no such run folder to resume",
     ),
-    # -- a trained run: eval, generate, chat, classify
+    # -- a trained run: eval, evaluate, generate, chat, classify
+    ("evaluate", "no tasks", ["{run}", "--tasks", ","], "--tasks ',': name at least one task"),
+    ("evaluate", "zero int", ["{run}", "--tasks", "x", "--limit", "0"], "--limit 0: give at least 1"),
+    ("evaluate", "negative int", ["{run}", "--tasks", "x", "--num-fewshot", "-1"], "--num-fewshot -1: give 0 or more"),
+    ("evaluate", "zero int", ["{run}", "--tasks", "x", "--batch-size", "0"], "--batch-size 0: give at least 1"),
     ("eval", "zero int", ["{run}", "--batch-size", "0"], "--batch-size 0: give at least 1"),
     ("eval", "negative int", ["{run}", "--batch-size", "-1"], "--batch-size -1: give at least 1"),
     ("eval", "zero int", ["{run}", "--context", "0"], "--context 0: give lengths of 1 token or more"),
@@ -1012,6 +1017,21 @@ def test_every_command_names_its_bad_value(command, kind, argv, message, places,
 
 def test_the_table_covers_every_command():
     assert {row[0] for row in BAD_VALUES} == set(COMMANDS)
+
+
+def test_evaluate_without_the_eval_extra_says_how_to_install_it(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_harness(name, *args, **kwargs):
+        if name.split(".")[0] == "lm_eval":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_harness)
+    err = error_of(capsys, ["evaluate", RUN, "--tasks", "hellaswag"])
+    assert "gptzoo evaluate needs lm-evaluation-harness: pip install 'gptzoo[eval]'" in err
 
 
 def test_an_ablation_base_may_be_a_run_folder_read_as_its_config(tmp_path):
