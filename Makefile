@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots,parquet,datasets,eval,tensorboard,hf,docs,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,reference,plots,parquet,datasets,eval,tensorboard,hf,docs,dev,ray]'
 	$(PY) -m pip install -q --no-deps llms-from-scratch==1.0.19
 	touch $@
 

@@ -7,7 +7,7 @@ compare them in one table and one plot::
     results = run_sweep(sweep, "out/positions")             # resumes what an earlier call left
 
 One module per job: ``schema`` (the sweep file), ``plan`` (grid, variants, sizes, fairness),
-``match`` (parameter matching), ``execute`` (running, reuse), ``provenance`` (plugin hashing),
+``match`` (parameter matching), ``execute`` (running, reuse; ``ray_executor`` runs on a Ray cluster), ``provenance`` (plugin hashing),
 ``results`` (reading back, aggregation), ``report`` (CSV and Markdown), ``plots``, ``fits``
 (power laws) and ``stats`` (paired differences).
 """

@@ -1,5 +1,6 @@
-"""Running a sweep: every (variant, seed) not finished yet, in this process or in a pool of spawned
-workers; a finished run is reused unless the plugin code it trained with has changed."""
+"""Running a sweep: every (variant, seed) not finished yet, in this process, in a pool of spawned
+workers or as Ray tasks (ray_executor); a finished run is reused unless the plugin code it trained
+with has changed. Every executor runs the same _execute, so planning, results and reports are shared."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from tqdm import tqdm
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from gptzoo.recipes.training.loop import TrainSummary
 
 Trainer = Callable[..., "TrainSummary"]  # gptzoo.recipes.training.loop.train's signature
+Finished = Callable[["RunResult", str], None]  # a run's result and where it ran, as each run finishes
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,35 @@ class RunTask:
     finetune_from: str | None = None  # a fine-tuning sweep's: config is then the fine-tuning config
 
 
+class Executor(Protocol):
+    """What runs a sweep's tasks: each task's result goes to ``finished`` as it comes."""
+
+    def check_out(self, out: Path) -> None:
+        """Refuse an --out the runs could not write to."""
+
+    def run(self, tasks: list[RunTask], trainer: Trainer | None, finished: Finished) -> None: ...
+
+
+@dataclass
+class ProcessPool:
+    """The runs in ``workers`` spawned processes on this machine, each with its share of the cores."""
+
+    workers: int
+
+    def check_out(self, out: Path) -> None:
+        pass  # this machine's own folder: the CLI checked it
+
+    def run(self, tasks: list[RunTask], trainer: Trainer | None, finished: Finished) -> None:
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)
+        ) as pool:
+            futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
+            for future in as_completed(futures):
+                finished(future.result(), "")
+
+
 def run_sweep(
     sweep: Sweep,
     out: str | Path,
@@ -57,20 +88,26 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    executor: Executor | None = None,
 ) -> list[RunResult]:
     """Train every (variant, seed) not finished yet in ``out``, then write the results.
 
-    ``trainer`` defaults to gptzoo.recipes.training.loop.train; with ``workers`` > 1 it must be
-    importable by name (the workers are spawned) and the runs use the default registry.
+    ``trainer`` defaults to gptzoo.recipes.training.loop.train; with ``workers`` > 1 or an
+    ``executor`` it must be importable by name (the runs happen in other processes) and the runs use
+    the default registry. ``executor`` (e.g. ray_executor.RayExecutor) replaces the process pool.
     """
     out = Path(out)
     if workers < 1:
         raise GptzooError(f"workers = {workers}: give 1 or more")
-    if workers > 1 and registry is not None:
+    if executor is None and workers > 1:
+        executor = ProcessPool(workers)
+    if executor is not None and registry is not None:
         raise GptzooError(
             "a registry built in code cannot reach worker processes: use workers = 1, or install the plugin with an entry point"
         )
     _claim_folder(out, sweep)
+    if executor is not None:
+        executor.check_out(out)
     results, tasks = _reuse_finished(sweep, out, registry, workers, log)
     if results:
         log(
@@ -85,10 +122,18 @@ def run_sweep(
         disable=not progress,
     )
     with bar:
-        if workers == 1:
+        if executor is None:
             _run_here(tasks, results, bar, trainer, registry, progress, log)
         else:
-            _run_in_pool(tasks, results, bar, trainer, workers)
+
+            def finished(result: RunResult, where: str) -> None:
+                results[result.variant, result.seed] = result
+                bar.set_postfix_str(f"{result.variant}-seed{result.seed} {result.status}")
+                bar.update()
+                if where:
+                    log(f"[{result.variant}-seed{result.seed}] {result.status} on {where}")
+
+            executor.run(tasks, trainer, finished)
     ordered = [results[v.slug, s] for v in sweep.variants for s in sweep.seeds]
     write_results(sweep, out, ordered, log)
     return ordered
@@ -147,21 +192,6 @@ def _run_here(
         bar.set_postfix_str(task.folder.name)
         results[task.variant, task.seed] = _execute(task, trainer, registry, progress, log)
         bar.update()
-
-
-def _run_in_pool(
-    tasks: list[RunTask], results: dict[tuple[str, int], RunResult], bar: tqdm, trainer: Trainer | None, workers: int
-) -> None:
-    """Train the tasks in ``workers`` spawned processes, each with its share of the cores."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
-        for future in as_completed(futures):
-            result = future.result()
-            results[result.variant, result.seed] = result
-            bar.set_postfix_str(f"{result.variant}-seed{result.seed} {result.status}")
-            bar.update()
 
 
 def _pin_threads(threads: int) -> None:

@@ -108,7 +108,21 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         raise ConfigError(
             f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}"
         )
-    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, spec.extrapolate, sizes, registry)
+    _check_resources(path, spec, variants)
+    return Sweep(
+        path,
+        base_path,
+        spec.mode,
+        seeds,
+        axes,
+        fixed,
+        variants,
+        spec.extrapolate,
+        sizes,
+        registry,
+        None,
+        spec.resources,
+    )
 
 
 def _check_each_value(
@@ -318,4 +332,15 @@ def load_finetune_sweep(path: Path, spec: SweepFile, base_path: Path) -> Sweep:
     finetune_from = path.parent / spec.finetune_from
     finetune_from = str(finetune_from) if finetune_from.exists() else spec.finetune_from  # else a preset or cwd's
     seeds = spec.seeds or [base.train.seed]
-    return Sweep(path, base_path, spec.mode, seeds, axes, fixed, variants, finetune_from=finetune_from)
+    _check_resources(path, spec, variants)
+    return Sweep(
+        path, base_path, spec.mode, seeds, axes, fixed, variants, finetune_from=finetune_from, resources=spec.resources
+    )
+
+
+def _check_resources(path: Path, spec: SweepFile, variants: list[Variant]) -> None:
+    """A [resources.variants] table names variants of this sweep."""
+    slugs = [v.slug for v in variants]
+    unknown = [slug for slug in spec.resources.variants if slug not in slugs]
+    if unknown:
+        raise ConfigError(f"{path}: [resources.variants] {unknown[0]}: no such variant; the variants are {slugs}")

@@ -57,6 +57,19 @@ class MatchParams(BaseModel):
     )
 
 
+class RunResources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float = Field(1.0, ge=0, description="CPUs each run asks a Ray cluster for (--executor ray)")
+    gpus: float = Field(0.0, ge=0, description="GPUs each run asks a Ray cluster for (--executor ray)")
+
+
+class SweepResources(RunResources):
+    variants: dict[str, RunResources] = Field(
+        default_factory=dict, description="a variant's own request, by its slug (runs/<slug>-seed<k>)"
+    )
+
+
 class SweepFile(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -78,6 +91,9 @@ class SweepFile(BaseModel):
         None,
         description="with a fine-tuning config as base: the run folder (or preset) every variant fine-tunes, "
         "relative to the sweep file's folder or the current one",
+    )
+    resources: SweepResources = Field(
+        default_factory=SweepResources, description="what each run asks a Ray cluster for; not part of the results"
     )
 
 
@@ -109,6 +125,7 @@ class Sweep:
     sizes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     registry: Registry | None = None  # what the variants were validated against
     finetune_from: str | None = None  # a fine-tuning sweep: the run every variant fine-tunes
+    resources: SweepResources = dataclasses.field(default_factory=SweepResources)  # with --executor ray
 
     @property
     def reports_accuracy(self) -> bool:

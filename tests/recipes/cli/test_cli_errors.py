@@ -9,6 +9,7 @@ folder that is not a run). Rows are written with placeholders filled in per test
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -674,6 +675,24 @@ BAD_VALUES = [
         "base = '{empty}' is a folder ({empty}) without a config.json; give a TOML config or a run folder",
     ),
     ("ablate", "zero int", ["{sweep}", "--out", "{tmp}/out", "--workers", "0"], "--workers 0: give 1 or more"),
+    (
+        "ablate",
+        "option without its partner",
+        ["{sweep}", "--out", "{tmp}/out", "--address", "127.0.0.1:6379"],
+        "--address 127.0.0.1:6379: only with --executor ray",
+    ),
+    (
+        "ablate",
+        "negative int",
+        ["{sweep}", "--out", "{tmp}/out", "--executor", "ray", "--retries", "-1"],
+        "--retries -1: give 0 or more",
+    ),
+    (
+        "ablate",
+        "optional extra not installed",
+        ["{sweep}", "--out", "{tmp}/out", "--executor", "ray"],
+        "--executor ray needs Ray: pip install 'gptzoo[ray]'",
+    ),
     # -- imports and exports
     (
         "import-gpt2",
@@ -1006,7 +1025,9 @@ def snapshot(*folders):
     "command,kind,argv,message",
     [pytest.param(*row, id=f"{row[0]}: {row[1]}: {' '.join(row[2])}") for row in BAD_VALUES],
 )
-def test_every_command_names_its_bad_value(command, kind, argv, message, places, capsys, request):
+def test_every_command_names_its_bad_value(command, kind, argv, message, places, capsys, request, monkeypatch):
+    if kind == "optional extra not installed":
+        monkeypatch.setitem(sys.modules, "ray", None)  # import ray then fails, as without the extra
     if any("{chat_run}" in arg for arg in argv):
         places = places | {"chat_run": request.getfixturevalue("chat_run")}
     before = snapshot(places["tmp"], RUN)
