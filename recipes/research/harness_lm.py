@@ -7,7 +7,8 @@ the model with the harness. Three kinds of request, each from gptzoo's own forwa
 - ``loglikelihood_rolling``: a whole text's log-probability, scored in disjoint windows of the
   context, the first token predicted from end-of-text (perplexity tasks);
 - ``generate_until``: greedy continuation with the KV cache (``generate_ids``), cut at the first stop string.
-Log-likelihoods are scored in batches, longest first, so one batch holds sequences of similar length.
+Log-likelihoods are scored in batches, longest first, so one batch holds sequences of similar length;
+generations are batched among the requests that ask for as many new tokens.
 """
 
 from __future__ import annotations
@@ -84,16 +85,24 @@ class GptzooLM(TemplateLM):
         return totals
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        outputs = []
+        """Greedy continuations, up to ``batch_size`` prompts at once among those asking for as many tokens."""
+        prompts, limits, stops = [], [], []
         for context, options in (request.args for request in requests):
             until = options.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
             max_new = int(options.get("max_gen_toks", 256))
             ids = self.tok_encode(context) or [self.eot_token_id]
-            ids = ids[-max(1, self.context - max_new) :]  # room for the new tokens within the context
-            new = generate_ids(self.model, [ids], max_new, eot_id=self.eot_token_id)[0]
-            text = decode_after(self.run.tokenizer, ids, new)
-            for stop in until:
-                text = text.split(stop, 1)[0]
-            outputs.append(text)
+            prompts.append(ids[-max(1, self.context - max_new) :])  # room for the new tokens within the context
+            limits.append(max_new)
+            stops.append([until] if isinstance(until, str) else list(until))
+        outputs = [""] * len(prompts)
+        for max_new in sorted(set(limits)):
+            rows = [i for i, limit in enumerate(limits) if limit == max_new]
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                new = generate_ids(self.model, [prompts[i] for i in batch], max_new, eot_id=self.eot_token_id)
+                for i, ids in zip(batch, new, strict=True):
+                    text = decode_after(self.run.tokenizer, prompts[i], ids)
+                    for stop in stops[i]:
+                        text = text.split(stop, 1)[0]
+                    outputs[i] = text
         return outputs

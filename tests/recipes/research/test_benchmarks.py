@@ -133,12 +133,21 @@ def test_greedy_generation_is_gptzoo_generates(run, capsys):
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "8", "--no-stream"]) == 0
     generated = capsys.readouterr().out.rstrip("\n").removeprefix("the cat")
-    harness = harness_model(trained)
+    harness = harness_model(trained, batch_size=1)
     (free,) = harness.generate_until([request("generate_until", "the cat", {"until": [], "max_gen_toks": 8})])
     assert free == generated
     stop = generated[3]
     (cut,) = harness.generate_until([request("generate_until", "the cat", {"until": [stop], "max_gen_toks": 8})])
     assert cut == generated.split(stop, 1)[0]
+    # prompts of other lengths batched together (left-padded) get what each gets alone
+    prompts = ["a", "the cat", "the dog and the"]
+    alone = [
+        harness.generate_until([request("generate_until", p, {"until": [], "max_gen_toks": 8})])[0] for p in prompts
+    ]
+    together = harness_model(trained, batch_size=3).generate_until(
+        [request("generate_until", p, {"until": [], "max_gen_toks": 8}) for p in prompts]
+    )
+    assert together == alone
 
 
 @pytest.mark.slow
