@@ -109,6 +109,29 @@ CASES = {
         ATTENTION,
     ),
     # norms on the sublayers' outputs, QK-norm across heads, GQA
+    # three windowed layers (6 keys) to one full, each kind with its own rotary (YaRN on the full ones), GQA
+    "olmo3": (
+        "Olmo3Config",
+        dict(
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            sliding_window=6,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                "full_attention": {
+                    "rope_type": "yarn",
+                    "rope_theta": 5e5,
+                    "factor": 2.0,
+                    "original_max_position_embeddings": 32,
+                },
+            },
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     "olmo2": (
         "Olmo2Config",
         dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2),
@@ -444,6 +467,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     expected = {
         "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
         "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
+        "olmo3": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
         "gemma2": ("rope", "geglu", "rmsnorm", "sandwich"),
         "gemma3_text": ("rope", "geglu", "rmsnorm", "sandwich"),
         "gpt_neox": ("rope", "gelu", "layernorm", "parallel"),
@@ -458,6 +482,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert model["attention"].get("qk_norm", "none") == {
         "qwen3": "per_head",
         "olmo2": "across_heads",
+        "olmo3": "across_heads",
         "qwen3_moe": "per_head",
         "gemma3_text": "per_head",
     }.get(family, "none")
@@ -472,6 +497,21 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         )
     if case == "gemma3_text":  # rotary base 1e4 on local layers, 1e6 on global ones
         assert (model["layer_kinds"]["local"]["positional"]["base"], model["positional"]["base"]) == (1e4, 1e6)
+    if (
+        case == "olmo3"
+    ):  # three windowed layers to one full; rotary base 1e4 on the windowed ones, 5e5 with YaRN on the full
+        assert model["layer_pattern"] == ["local"] * 3 + ["global"]
+        local = model["layer_kinds"]["local"]
+        assert (local["attention"]["name"], local["attention"]["window"], local["attention"]["qk_norm"]) == (
+            "sliding_window",
+            6,
+            "across_heads",
+        )
+        assert (local["positional"]["base"], local["positional"]["scaling"], model["positional"]["base"]) == (
+            1e4,
+            None,
+            5e5,
+        )
     if family == "smollm3":  # NoPE layers: no rotary on every 4th layer (the first of two when given so)
         assert model["layer_pattern"] == {"smollm3": ["rope"] * 3 + ["nope"], "smollm3-biases": ["nope", "rope"]}[case]
         assert model["layer_kinds"]["nope"]["positional"]["name"] == "none"
@@ -479,6 +519,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "llama-tied-mqa": "llama3",
         "mistral": "linear",
         "smollm3-biases": "linear",
+        "olmo3": "yarn",
         "qwen2": "yarn",
         "gemma3_text": "linear",
         "deepseek_v3-yarn": "yarn",
@@ -580,6 +621,29 @@ def test_an_unsupported_model_or_option_is_refused_before_anything_is_written(ch
 )
 def test_smollm3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
     build("smollm3").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"layer_types": ["sliding_attention", "chunked_attention"] * 2},
+            'layer_types = ["sliding_attention", "chunked_attention", "sliding_attention", "chunked_attention"] is not supported',
+        ),
+        (
+            {"rope_parameters": {"full_attention": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}}},
+            'rope_parameters.full_attention.rope_type = "dynamic" is not supported for olmo3',
+        ),
+    ],
+)
+def test_olmo3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
+    build("olmo3").save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2

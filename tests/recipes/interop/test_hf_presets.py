@@ -331,6 +331,39 @@ PUBLISHED = {
         },
         1_484_916_736,
     ),
+    "olmo3": (
+        {  # allenai/Olmo-3-1025-7B, its config.json as recalled (the Hub is out of reach here); the count is
+            # 32 layers of (attention 67,108,864 + SwiGLU 135,266,304 + 4 norms 16,384) + two 410,738,688 embeddings
+            # + the final norm 4,096 (7.3 B on the Hub page)
+            "model_type": "olmo3",
+            "architectures": ["Olmo3ForCausalLM"],
+            "vocab_size": 100278,
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "max_position_embeddings": 65536,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 500000,
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 8.0,
+                "original_max_position_embeddings": 8192,
+                "attention_factor": 1.2079441541679836,
+                "beta_fast": 32,
+                "beta_slow": 1,
+            },
+            "sliding_window": 4096,
+            "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"] * 8,
+            "tie_word_embeddings": False,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "eos_token_id": 100257,
+            "pad_token_id": 100277,
+        },
+        7_298_011_136,
+    ),
     "gemma2": (
         {  # google/gemma-2-2b
             "model_type": "gemma2",

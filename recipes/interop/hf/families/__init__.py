@@ -39,7 +39,7 @@ from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SMOLLM3
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
-from gptzoo.recipes.interop.hf.families.olmo import OLMO2
+from gptzoo.recipes.interop.hf.families.olmo import OLMO2, OLMO3
 from gptzoo.recipes.interop.hf.families.recurrent import BAMBA, LFM2, MAMBA2, NEMOTRON_H
 from gptzoo.registry import PluginError, Registry
 
@@ -70,6 +70,7 @@ FAMILIES: dict[str, Family] = {
         QWEN2,
         QWEN3,
         OLMO2,
+        OLMO3,
         PHI3,
         SMOLLM3,
         GEMMA2,
