@@ -235,3 +235,12 @@ def test_a_run_that_keeps_failing_is_reported_while_the_others_finish(cluster, s
     assert rows["positional-learned"]["status"] == "ok"
     assert rows["positional-rope"]["status"].startswith("failed: WorkerCrashedError")
     assert rows["positional-rope"]["status"] in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_the_writability_probe_names_why_a_folder_cannot_be_written(tmp_path):
+    from gptzoo.recipes.research.sweep.ray_executor import _probe_writable
+
+    assert _probe_writable(str(tmp_path / "shared")) == ""
+    assert list((tmp_path / "shared").iterdir()) == []  # the probe file is gone again
+    (tmp_path / "file").write_text("not a folder")
+    assert "Not a directory" in _probe_writable(str(tmp_path / "file" / "out"))
