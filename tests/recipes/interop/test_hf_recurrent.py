@@ -314,12 +314,11 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     assert config["model_type"] == model.config.model_type
 
 
+@pytest.mark.parametrize("checkpoint", [case for case in CASES if CASES[case][2]], indirect=True)
 def test_generation_goes_past_the_trained_context_with_a_cache_that_does_not_grow(checkpoint, tmp_path):
     """Every layer recurrent: 3 × CONTEXT tokens decoded through the cache, as transformers decodes
     them, and the cache holds as many bytes for one token as for the whole text."""
     case, model, folder = checkpoint
-    if not CASES[case][2]:
-        pytest.skip("some layers keep keys and values")
     import_hf(folder, tmp_path / "run")
     run = load_run(tmp_path / "run")
     assert run.config.model.context_length == CONTEXT

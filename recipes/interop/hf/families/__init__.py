@@ -36,11 +36,13 @@ from gptzoo.recipes.interop.hf.families.base import (
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
+from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SMOLLM3
+from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
+from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import OLMO2, OLMO3
-from gptzoo.recipes.interop.hf.families.recurrent import BAMBA, LFM2, MAMBA2, NEMOTRON_H
 from gptzoo.registry import PluginError, Registry
 
 __all__ = [
