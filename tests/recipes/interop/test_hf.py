@@ -132,6 +132,35 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # three windowed rotary layers (6 keys) to one full NoPE layer, QK-norm per head, GQA, llama3 rope scaling
+    "exaone4": (
+        "Exaone4Config",
+        dict(
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            sliding_window=6,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 1e6,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        ATTENTION,
+    ),
+    # layer_types given (one windowed, one full), MQA, tied head
+    "exaone4-tied": (
+        "Exaone4Config",
+        dict(
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention"],
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        ),
+        ATTENTION,
+    ),
     "olmo2": (
         "Olmo2Config",
         dict(num_key_value_heads=2, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2),
@@ -468,6 +497,8 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
         "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
         "olmo3": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
+        "exaone4": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
+        "exaone4-tied": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
         "gemma2": ("rope", "geglu", "rmsnorm", "sandwich"),
         "gemma3_text": ("rope", "geglu", "rmsnorm", "sandwich"),
         "gpt_neox": ("rope", "gelu", "layernorm", "parallel"),
@@ -483,6 +514,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "qwen3": "per_head",
         "olmo2": "across_heads",
         "olmo3": "across_heads",
+        "exaone4": "per_head",
         "qwen3_moe": "per_head",
         "gemma3_text": "per_head",
     }.get(family, "none")
@@ -512,6 +544,10 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
             None,
             5e5,
         )
+    if case == "exaone4":  # windowed layers rotate, the full ones have no positions
+        assert model["layer_pattern"] == ["local"] * 3 + ["global"]
+        assert model["layer_kinds"]["global"]["positional"]["name"] == "none"
+        assert model["layer_kinds"]["local"]["attention"]["window"] == 6
     if family == "smollm3":  # NoPE layers: no rotary on every 4th layer (the first of two when given so)
         assert model["layer_pattern"] == {"smollm3": ["rope"] * 3 + ["nope"], "smollm3-biases": ["nope", "rope"]}[case]
         assert model["layer_kinds"]["nope"]["positional"]["name"] == "none"
@@ -520,6 +556,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "mistral": "linear",
         "smollm3-biases": "linear",
         "olmo3": "yarn",
+        "exaone4": "llama3",
         "qwen2": "yarn",
         "gemma3_text": "linear",
         "deepseek_v3-yarn": "yarn",
@@ -644,6 +681,26 @@ def test_smollm3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsy
 )
 def test_olmo3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
     build("olmo3").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"sliding_window": None}, "sliding_window = null is not supported for exaone4"),
+        (
+            {"sliding_window_pattern": "LLLG", "layer_types": None},
+            'sliding_window_pattern = "LLLG" without layer_types is not supported',
+        ),
+    ],
+)
+def test_exaone4_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
+    build("exaone4").save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2

@@ -364,6 +364,40 @@ PUBLISHED = {
         },
         7_298_011_136,
     ),
+    "exaone4": (
+        {  # LGAI-EXAONE/EXAONE-4.0-32B, its config.json as recalled (the Hub is out of reach here); the count is
+            # 64 layers of (attention 62,914,560 + QK-norms 256 + SwiGLU 420,741,120 + norms 10,240) + two 524,288,000
+            # embeddings + the final norm 5,120 (32.0 B on the Hub page)
+            "model_type": "exaone4",
+            "architectures": ["Exaone4ForCausalLM"],
+            "vocab_size": 102400,
+            "hidden_size": 5120,
+            "intermediate_size": 27392,
+            "num_hidden_layers": 64,
+            "num_attention_heads": 40,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 16.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            "sliding_window": 4096,
+            "sliding_window_pattern": "LLLG",
+            "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"] * 16,
+            "tie_word_embeddings": False,
+            "hidden_act": "silu",
+            "bos_token_id": 1,
+            "eos_token_id": 361,
+            "pad_token_id": 0,
+        },
+        32_003_216_384,
+    ),
     "gemma2": (
         {  # google/gemma-2-2b
             "model_type": "gemma2",

@@ -42,7 +42,7 @@ from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
-from gptzoo.recipes.interop.hf.families.olmo import OLMO2, OLMO3
+from gptzoo.recipes.interop.hf.families.olmo import EXAONE4, OLMO2, OLMO3
 from gptzoo.registry import PluginError, Registry
 
 __all__ = [
@@ -73,6 +73,7 @@ FAMILIES: dict[str, Family] = {
         QWEN3,
         OLMO2,
         OLMO3,
+        EXAONE4,
         PHI3,
         SMOLLM3,
         GEMMA2,

@@ -117,3 +117,54 @@ OLMO3 = Family(
     weights=OLMO2.weights,
     legacy=_olmo3_legacy,
 )
+
+
+# ---- EXAONE 4: OLMo 2's block with QK-norm per head; windowed layers rotate, full ones have none (NoPE) -------
+
+
+def _read_exaone4_layers(hf: dict) -> dict[str, Any]:
+    n, window = hf["num_hidden_layers"], hf.get("sliding_window", 4096)
+    if window is None:
+        raise ValueError(
+            "sliding_window = null is not supported for exaone4 (transformers' Exaone4Config fails on it too)"
+        )
+    every = hf.get("sliding_window_pattern", 4)
+    types = hf.get("layer_types")
+    if types is None and not isinstance(every, int):
+        raise ValueError(f"sliding_window_pattern = {json.dumps(every)} without layer_types is not supported")
+    types = types or ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    if len(types) != n or not set(types) <= set(OLMO3_KINDS):
+        raise ValueError(
+            f"layer_types = {json.dumps(types)} is not supported: gptzoo reads {n} entries of {' or '.join(OLMO3_KINDS)}"
+        )
+    attention = {"qk_norm": "per_head", "qk_norm_eps": hf.get("rms_norm_eps", 1e-5)}
+    return {
+        "layer_pattern": [OLMO3_KINDS[t] for t in period(types)],
+        "layer_kinds": {
+            "local": {"attention": attention | {"name": "sliding_window", "window": window}},
+            "global": {"positional": {"name": "none"}},
+        },
+    }
+
+
+def _write_exaone4_layers(model: dict) -> dict[str, Any]:
+    pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
+    chosen = [kinds[pattern[i % len(pattern)]] if pattern else {} for i in range(model["n_layers"])]
+    attention = [c.get("attention") or model["attention"] for c in chosen]
+    return {
+        "layer_types": ["sliding_attention" if a["name"] == "sliding_window" else "full_attention" for a in attention],
+        "sliding_window": next((a["window"] for a in attention if a["name"] == "sliding_window"), None),
+    }
+
+
+EXAONE4 = Family(
+    model_type="exaone4",
+    architecture="Exaone4ForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "rms_norm_eps")
+    + (Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-5),),
+    assembly=OLMO2.assembly
+    | {"qkv_bias": False, "attn_out_bias": False, "attention": {"name": "sdpa", "qk_norm": "per_head"}},
+    requires=(SILU,),
+    conversions=(Conversion(_read_exaone4_layers, _write_exaone4_layers), ROPE_SCALING),
+    weights=OLMO2.weights,
+)
