@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries",
         type=int,
-        default=3,
+        default=None,
         metavar="N",
         help="with --executor ray: times a run lost with its worker or node is run again, resuming from its checkpoint (default 3)",
     )
@@ -68,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(f"--workers {args.workers}: give 1 or more")
     if args.executor != "ray" and args.address is not None:
         raise GptzooError(f"--address {args.address}: only with --executor ray")
+    if args.executor != "ray" and args.retries is not None:
+        raise GptzooError(f"--retries {args.retries}: only with --executor ray (the process pool does not retry)")
+    retries = 3 if args.retries is None else args.retries
     executor = None
     if args.executor == "ray":
-        if args.retries < 0:
-            raise GptzooError(f"--retries {args.retries}: give 0 or more")
+        if retries < 0:
+            raise GptzooError(f"--retries {retries}: give 0 or more")
         from gptzoo.recipes.research.sweep.ray_executor import import_ray
 
         import_ray()  # before any work: says how to install Ray
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             args.address,
             Resources(asked.cpus, asked.gpus),
             {slug: Resources(r.cpus, r.gpus) for slug, r in asked.variants.items()},
-            args.retries,
+            retries,
         )
     foreign = out.is_dir() and not (out / SWEEP).exists() and any(p.name not in (LOCK, OWNER) for p in out.iterdir())
     with (

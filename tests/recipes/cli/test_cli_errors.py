@@ -683,6 +683,12 @@ BAD_VALUES = [
     ),
     (
         "ablate",
+        "option without its partner",
+        ["{sweep}", "--out", "{tmp}/out", "--retries", "2"],
+        "--retries 2: only with --executor ray",
+    ),
+    (
+        "ablate",
         "negative int",
         ["{sweep}", "--out", "{tmp}/out", "--executor", "ray", "--retries", "-1"],
         "--retries -1: give 0 or more",
