@@ -4,6 +4,7 @@ the comparison fair. Every variant is validated here, before anything trains."""
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import re
@@ -63,11 +64,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     if spec.finetune_from is not None:
         return load_finetune_sweep(path, spec, base_path)
     fixed = keys.flatten(spec.fixed)
-    sizes = {name: keys.flatten(table) for name, table in spec.sizes.items()}
-    if sizes and spec.mode != "product":
-        raise ConfigError(f'{path}: sizes need mode = "product" (every variant at every size)')
-    if len(sizes) == 1:
-        raise ConfigError(f"{path}: [sizes] names one size; a scaling curve needs two or more")
+    sizes = _read_sizes(path, spec)
     if sizes:
         fixed = {**fixed, **next(iter(sizes.values()))}  # the base is the first size
     try:
@@ -82,32 +79,13 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         axes = {"size": list(sizes), **axes}  # the slowest-varying axis
 
     _check_each_value(path, base_data, base, axes, sizes, registry)
-    variants = _make_variants(
-        path,
-        base,
-        axes,
-        spec.mode,
-        lambda overrides, where: _variant_config(base_data, overrides, where, registry),
-        sizes,
-    )
+    variant_config = functools.partial(_variant_config, base_data, registry=registry)
+    variants = _make_variants(path, base, axes, spec.mode, variant_config, sizes)
     if spec.match_params is not None:
-        variants = match_parameters(
-            path,
-            base,
-            variants,
-            spec.match_params,
-            sizes,
-            lambda overrides, where: _variant_config(base_data, overrides, where, registry),
-        )
+        variants = match_parameters(path, base, variants, spec.match_params, sizes, variant_config)
     _check_same_tokens(path, variants)
     seeds = spec.seeds or [base.train.seed]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
-    bad = [m for m in spec.extrapolate if m <= 0]
-    if bad:
-        raise ConfigError(
-            f"{path}: extrapolate = {spec.extrapolate}: multiples of the context must be positive, got {bad[0]}"
-        )
+    _check_seeds_and_multiples(path, seeds, spec.extrapolate)
     _check_resources(path, spec, variants)
     return Sweep(
         path,
@@ -123,6 +101,26 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
         None,
         spec.resources,
     )
+
+
+def _read_sizes(path: Path, spec: SweepFile) -> dict[str, dict[str, Any]]:
+    """[sizes] as flat dotted overrides per size name (empty without a scaling curve)."""
+    sizes = {name: keys.flatten(table) for name, table in spec.sizes.items()}
+    if sizes and spec.mode != "product":
+        raise ConfigError(f'{path}: sizes need mode = "product" (every variant at every size)')
+    if len(sizes) == 1:
+        raise ConfigError(f"{path}: [sizes] names one size; a scaling curve needs two or more")
+    return sizes
+
+
+def _check_seeds_and_multiples(path: Path, seeds: list[int], extrapolate: list[float]) -> None:
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds {seeds} repeat a seed; each variant runs once per seed")
+    bad = [m for m in extrapolate if m <= 0]
+    if bad:
+        raise ConfigError(
+            f"{path}: extrapolate = {extrapolate}: multiples of the context must be positive, got {bad[0]}"
+        )
 
 
 def _check_each_value(
