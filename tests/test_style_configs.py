@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptzoo.recipes.cli import main
 
@@ -39,3 +40,59 @@ def test_style_config_trains_and_generates(config, tmp_path, token_cache, capsys
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "The", "--max-new-tokens", "4", "--no-stream"]) == 0
     assert capsys.readouterr().out.startswith("The")
+
+
+# Bytes one more token adds to the decoding cache, counted by hand from each config (float32 keys
+# and values of the layers that keep every token; a recurrent layer's state adds nothing).
+GROWING_BYTES_PER_TOKEN = {
+    "qwen3-next-style": 1 * 2 * 2 * 32 * 4,  # 1 gated sdpa layer: keys and values, 2 kv heads of 32
+    "kimi-linear-style": 1 * (32 + 16) * 4,  # 1 MLA layer: the latent (rank 32) and the rope key (16)
+    "minimax-01-style": 1 * 2 * 4 * 32 * 4,  # 1 sdpa layer: 4 kv heads of 32
+    "falcon-h1-style": 4 * 2 * 2 * 32 * 4,  # sdpa beside Mamba-2 in each of 4 layers: 2 kv heads of 32
+    "nemotron-h-style": 1 * 2 * 2 * 32 * 4,  # one attention layer ("*")
+    "lfm2-style": 2 * 2 * 2 * 32 * 4,  # 2 attention layers of 6
+    "mamba2-style": 0,  # Mamba-2 layers only
+}
+
+
+def _layer_bytes(layer) -> int:
+    """Bytes of the tensors a layer's cache holds, the parts of a composite's cache included."""
+    total = 0
+    for value in vars(layer).values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, torch.Tensor):
+                total += item.numel() * item.element_size()
+            elif hasattr(item, "__dict__") and not callable(item):
+                total += _layer_bytes(item)
+    return total
+
+
+@pytest.mark.parametrize("style", sorted(GROWING_BYTES_PER_TOKEN))
+def test_recurrent_style_generates_past_its_context_keeping_its_state_with_bounded_memory(style):
+    """Issue 23: the hybrids generate past their context (no cropping, the states kept: the greedy
+    tokens are those of one forward over the whole text) and their cache grows by the attention
+    layers' keys and values alone; the recurrent layers' states are the same size at any length."""
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config.schema import load_run_config
+    from gptzoo.recipes.generation.generate import generate_ids
+
+    config = load_run_config(
+        Path(__file__).resolve().parents[1] / "configs" / f"{style}.toml", ["model.vocab_size=512"]
+    )
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    n = config.model.context_length
+    assert model.extension_refusal() is None
+    prompt = torch.randint(0, 512, (5,)).tolist()
+    new = generate_ids(model, [prompt], 2 * n)[0]
+    assert len(new) == 2 * n  # past the context: 5 + 2n tokens in all
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + new]))
+    assert logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() == new
+
+    short, long = model.new_cache(1, n), model.new_cache(1, 3 * n)
+    growth = [_layer_bytes(b) - _layer_bytes(a) for a, b in zip(short.layers, long.layers, strict=True)]
+    assert sum(growth) == 2 * n * GROWING_BYTES_PER_TOKEN[style]
+    states = sum(map(_layer_bytes, short.layers)) - n * GROWING_BYTES_PER_TOKEN[style]
+    assert states > 0  # the recurrent layers' states (and convolution windows), the same at n and 3n tokens
+    assert model.bounded_cache() == (GROWING_BYTES_PER_TOKEN[style] == 0)
