@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptzoo.recipes.cli import main
+from gptzoo.recipes.config.schema import load_run_config
 
 STYLES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*-style.toml"))
 SHORT = [
@@ -96,3 +97,27 @@ def test_recurrent_style_generates_past_its_context_keeping_its_state_with_bound
     states = sum(map(_layer_bytes, short.layers)) - n * GROWING_BYTES_PER_TOKEN[style]
     assert states > 0  # the recurrent layers' states (and convolution windows), the same at n and 3n tokens
     assert model.bounded_cache() == (GROWING_BYTES_PER_TOKEN[style] == 0)
+
+
+def _layers(name):
+    return load_run_config(STYLES[0].parent / f"{name}.toml").model.layers()
+
+
+def test_gpt_oss_style_alternates_windows_with_sinks_everywhere_and_gpt_oss_experts():
+    layers = _layers("gpt-oss-style")
+    assert [layer.attention.name for layer in layers] == ["sliding_window", "sdpa"] * 2
+    assert all(layer.attention.params.sinks for layer in layers)
+    experts = layers[0].feed_forward.params
+    assert (experts.router_bias, experts.expert_biases, experts.activation) == (True, True, "clamped_swiglu")
+    assert layers[0].positional.params.scaling.type == "yarn"
+
+
+def test_llama4_style_chunks_its_rope_layers_and_routes_every_other_layer():
+    layers = _layers("llama4-style")
+    assert [layer.positional.name for layer in layers] == ["rope", "rope", "rope", "none"]
+    assert [layer.attention.name for layer in layers] == ["chunked"] * 3 + ["sdpa"]
+    assert all(not layer.attention.params.qk_norm_weight for layer in layers[:3])
+    assert layers[3].attention.params.qk_norm == "none" and layers[3].attention.params.query_temperature_floor_scale
+    assert [layer.feed_forward.name for layer in layers] == ["swiglu", "moe", "swiglu", "moe"]
+    routing = layers[1].feed_forward.params
+    assert (routing.top_k, routing.weights_at, routing.n_shared_experts) == (1, "input", 1)
