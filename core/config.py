@@ -9,7 +9,7 @@ and every message about names comes from what is registered, never from a hand-k
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 from pydantic import (
@@ -104,10 +104,12 @@ def _resolve_spec(raw: Any, info: ValidationInfo) -> ComponentSpec | None:
 
 
 class LayerKind(BaseModel):
-    """The components one kind of layer uses instead of the model-level ones (unset: the model's)."""
+    """The components and head shapes one kind of layer uses instead of the model-level ones (unset: the model's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    head_dim: int | None = Field(None, gt=0, description="this kind's head size (Gemma 4's wider global layers)")
+    n_kv_heads: int | None = Field(None, gt=0, description="this kind's key/value heads")
     positional: ComponentSpec | None = None
     attention: ComponentSpec | None = None
     feed_forward: ComponentSpec | None = None
@@ -198,7 +200,7 @@ class ModelConfig(BaseModel):
 
     layer_kinds: dict[str, LayerKind] = Field(
         default_factory=dict,
-        description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block",
+        description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block, head_dim, n_kv_heads",
     )
     layer_pattern: list[str] = Field(
         default_factory=list,
@@ -236,6 +238,11 @@ class ModelConfig(BaseModel):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} (or set head_dim)")
         if self.n_heads % n_kv:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={n_kv}")
+        for kind, chosen in self.layer_kinds.items():
+            if chosen.n_kv_heads is not None and self.n_heads % chosen.n_kv_heads:
+                raise ValueError(
+                    f"layer_kinds.{kind}.n_kv_heads={chosen.n_kv_heads}: n_heads={self.n_heads} must be divisible by it"
+                )
         if self.tied_head and not (issubclass(self.head.impl, Head) and self.head.impl.can_tie):
             raise ValueError(f"head '{self.head.name}' cannot share the token embedding: set tied_head = false")
         unknown = sorted(set(self.layer_pattern) - set(self.layer_kinds))
@@ -254,7 +261,7 @@ class ModelConfig(BaseModel):
                 spec = getattr(chosen, family)
                 if spec is not None and hasattr(spec.impl, "check"):
                     try:
-                        spec.impl.check(spec.params, self.dims())
+                        spec.impl.check(spec.params, self.kind_dims(kind))
                     except ValueError as err:
                         raise ValueError(f"layer_kinds.{kind}.{family} '{spec.name}': {err}") from None
         for family, spec, where, dims in [
@@ -270,8 +277,9 @@ class ModelConfig(BaseModel):
             for layer in self.layers()
             for family in PER_LAYER
         ]:
-            if hasattr(spec.impl, "check") and (family, id(spec)) not in checked:
-                checked.add((family, id(spec)))
+            once = (family, id(spec), replace(dims, layer_idx=0))  # a spec is checked once per head shape
+            if hasattr(spec.impl, "check") and once not in checked:
+                checked.add(once)
                 try:
                     spec.impl.check(spec.params, dims)
                 except ValueError as err:
@@ -292,19 +300,27 @@ class ModelConfig(BaseModel):
     def layers(self) -> list[LayerSpec]:
         return [self.layer(i) for i in range(self.n_layers)]
 
-    def dims(self, layer_idx: int = 0) -> Dims:
+    def dims(self, layer_idx: int | None = None) -> Dims:
+        """The dimensions layer ``layer_idx`` is built with: the model's, with its kind's head shape
+        (None: the model-level dimensions, which the embeddings and the head use)."""
+        if layer_idx is None:
+            return self.kind_dims(None)
+        return replace(self.kind_dims(self.layer(layer_idx).kind), layer_idx=layer_idx)
+
+    def kind_dims(self, kind: str | None) -> Dims:
+        """The dimensions of a layer of ``kind`` (None: the model-level ones)."""
+        chosen = self.layer_kinds[kind] if kind is not None else LayerKind()
         return Dims(
             vocab_size=self.vocab_size or 0,
             vocab_multiple=self.vocab_multiple,
             context_length=self.context_length,
             d_model=self.d_model,
             n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads or self.n_heads,
+            n_kv_heads=chosen.n_kv_heads or self.n_kv_heads or self.n_heads,
             n_layers=self.n_layers,
             dropout=self.dropout,
             qkv_bias=self.qkv_bias,
-            layer_idx=layer_idx,
-            head_dim=self.head_dim,
+            head_dim=chosen.head_dim or self.head_dim,
             attn_out_bias=self.attn_out_bias,
         )
 

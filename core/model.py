@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import cast
 
 import torch
@@ -27,17 +26,24 @@ class GPT(nn.Module):
         self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
         self.embedding_multiplier = config.embedding_multiplier()
         self.positional = config.positional.build(dims)
-        # Layer kinds with a position scheme of their own share one module per kind.
+        # Layer kinds with a position scheme or a head size of their own share one module per kind.
         layers = config.layers()
         own = {
             layer.kind: layer.positional
             for layer in layers
-            if layer.kind is not None and layer.positional is not config.positional
+            if layer.kind is not None
+            and (
+                layer.positional is not config.positional
+                or (
+                    config.kind_dims(layer.kind).head_size != dims.head_size
+                    and not cast(PositionalEncoding, self.positional).adds_to_embeddings()
+                )
+            )
         }
-        self.kind_positionals = nn.ModuleDict({kind: spec.build(dims) for kind, spec in own.items()})
+        self.kind_positionals = nn.ModuleDict({kind: spec.build(config.kind_dims(kind)) for kind, spec in own.items()})
         self.layer_positional = [layer.kind if layer.kind in own else None for layer in layers]
         self.dropout = nn.Dropout(dims.dropout)
-        self.blocks = nn.ModuleList(layer.block.build(replace(dims, layer_idx=layer.index), layer) for layer in layers)
+        self.blocks = nn.ModuleList(layer.block.build(config.dims(layer.index), layer) for layer in layers)
         last = layers[-1].block.impl
         self.final_norm = (
             nn.Identity() if issubclass(last, Block) and last.output_normalized else config.norm.build(dims)

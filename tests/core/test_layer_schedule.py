@@ -184,3 +184,59 @@ positional = { name = "rope", base = 1000000.0 }
     assert main(["describe", str(config)]) == 0
     out = capsys.readouterr().out
     assert "global  rope(base=1000000.0)" in out and out.count("  local  ") == 6
+
+
+GEMMA4_LIKE = {  # local layers: 2 key/value heads of 8; global layers wider: 1 key/value head of 16
+    "n_layers": 3,
+    "head_dim": 8,
+    "n_kv_heads": 2,
+    "attn_out_bias": False,
+    "positional": "rope",
+    "layer_kinds": {"local": {}, "global": {"head_dim": 16, "n_kv_heads": 1}},
+    "layer_pattern": ["local", "global", "local"],
+}
+
+
+def test_a_kind_sets_its_own_head_size_and_key_value_heads(registry):
+    config = tiny_config(registry, **GEMMA4_LIKE)
+    assert [(config.dims(i).head_size, config.dims(i).n_kv_heads) for i in range(3)] == [(8, 2), (16, 1), (8, 2)]
+    assert (config.dims().head_size, config.dims().n_kv_heads) == (8, 2)  # the model-level ones
+    model = build(config)
+    assert model.blocks[1].attention.qkv.weight.shape == ((4 + 2 * 1) * 16, 32)
+    assert model.blocks[1].attention.out_proj.weight.shape == (32, 4 * 16)
+    local, wide = 32 * (4 + 2 * 2) * 8 + 4 * 8 * 32, 32 * (4 + 2 * 1) * 16 + 4 * 16 * 32
+    assert model.param_counts()["attention"] == 2 * local + wide
+    assert model.kv_cache_bytes(10) == 4 * 10 * (2 * (2 * 2 * 8) + 2 * 1 * 16)  # float32, keys and values
+    # The global layers rotate their 16-wide heads with a position module built for them.
+    assert list(model.kind_positionals) == ["global"]
+    assert model.kind_positionals["global"].rotary_dim == 16 and model.positional.rotary_dim == 8
+
+
+@torch.no_grad()
+def test_kinds_with_their_own_head_sizes_cache_and_pad(registry):
+    from gptzoo.testing import check_kv_cache, check_padded_batch
+
+    model = build(tiny_config(registry, **GEMMA4_LIKE))
+    check_kv_cache(model)
+    check_padded_batch(model)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ({"n_kv_heads": 3}, "layer_kinds.global.n_kv_heads=3: n_heads=4 must be divisible by it"),
+        ({"head_dim": 7}, "layer 1 (global): positional 'rope': rotary needs an even number"),
+        ({"head_dim": 0}, "layer_kinds.global.head_dim"),
+    ],
+)
+def test_a_kinds_head_shape_is_checked_at_load(registry, kind, message):
+    fields = {**GEMMA4_LIKE, "layer_kinds": {"local": {}, "global": kind}}
+    with pytest.raises(ConfigError) as err:
+        tiny_config(registry, **fields)
+    assert message in str(err.value)
+
+
+def test_a_kinds_head_size_is_settable_from_the_command_line(registry):
+    data = {"model": {**tiny_config(registry, **GEMMA4_LIKE).model_dump(mode="json")}}
+    data = apply_overrides(data, ["model.layer_kinds.global.head_dim=32"])
+    assert registry.model_config(data["model"]).dims(1).head_size == 32
