@@ -309,18 +309,18 @@ class ModelConfig(BaseModel):
 
     def kind_dims(self, kind: str | None) -> Dims:
         """The dimensions of a layer of ``kind`` (None: the model-level ones)."""
-        chosen = self.layer_kinds[kind] if kind is not None else LayerKind()
+        chosen = self.layer_kinds[kind] if kind is not None else None
         return Dims(
             vocab_size=self.vocab_size or 0,
             vocab_multiple=self.vocab_multiple,
             context_length=self.context_length,
             d_model=self.d_model,
             n_heads=self.n_heads,
-            n_kv_heads=chosen.n_kv_heads or self.n_kv_heads or self.n_heads,
+            n_kv_heads=(chosen and chosen.n_kv_heads) or self.n_kv_heads or self.n_heads,
             n_layers=self.n_layers,
             dropout=self.dropout,
             qkv_bias=self.qkv_bias,
-            head_dim=chosen.head_dim or self.head_dim,
+            head_dim=(chosen and chosen.head_dim) or self.head_dim,
             attn_out_bias=self.attn_out_bias,
         )
 
