@@ -89,6 +89,36 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # q/k/v biases and (separately) an o_proj bias, MLP biases, GQA, head_dim 24 != 64 / 4, untied head
+    "seed_oss": (
+        "SeedOssConfig",
+        dict(
+            num_key_value_heads=2,
+            head_dim=24,
+            attention_bias=True,
+            attention_out_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
+    # Seed-OSS's published options: q/k/v biases only, multi-query, tied head, linear rope scaling
+    "seed_oss-tied": (
+        "SeedOssConfig",
+        dict(
+            num_key_value_heads=1,
+            head_dim=16,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
     "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
     # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
@@ -555,6 +585,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "llama-tied-mqa": "llama3",
         "mistral": "linear",
         "smollm3-biases": "linear",
+        "seed_oss-tied": "linear",
         "olmo3": "yarn",
         "exaone4": "llama3",
         "qwen2": "yarn",
@@ -564,6 +595,8 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert (model["positional"].get("scaling") or {}).get("type") == scaling
     if case == "phi3":
         assert model["positional"]["fraction"] == 0.5
+    if family == "seed_oss":  # q/k/v biases always here; the o_proj bias only where attention_out_bias is set
+        assert (model["qkv_bias"], model["attn_out_bias"]) == (True, case == "seed_oss")
     if case.startswith("gpt_neox"):
         assert model["feed_forward"]["approximate"] == "none" and model["positional"]["fraction"] == {
             "gpt_neox": 0.25
@@ -701,6 +734,32 @@ def test_olmo3_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys)
 )
 def test_exaone4_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
     build("exaone4").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+# case -> its options gptzoo does not implement, each refused naming the key and the value
+REFUSED = {
+    "seed_oss": [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for seed_oss (the SwiGLU feed-forward gates'),
+        ({"pretraining_tp": 2}, "pretraining_tp = 2 is not supported for seed_oss"),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for seed_oss',
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "case, change, named", [(case, change, named) for case, rows in REFUSED.items() for change, named in rows]
+)
+def test_family_options_gptzoo_lacks_are_refused(case, change, named, tmp_path, capsys):
+    build(case).save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2

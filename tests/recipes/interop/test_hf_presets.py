@@ -309,6 +309,37 @@ PUBLISHED = {
         },
         3_075_098_624,
     ),
+    "seed_oss": (
+        {  # ByteDance-Seed/Seed-OSS-36B-Base, its config.json as recalled (the Hub is out of reach here); the count is
+            # 64 layers of (attention 115,343,360 + q/k/v biases 12,288 + SwiGLU 424,673,280 + norms 10,240) + two
+            # 794,296,320 embeddings + the final norm 5,120 (36 B on the Hub page)
+            "model_type": "seed_oss",
+            "architectures": ["SeedOssForCausalLM"],
+            "vocab_size": 155136,
+            "hidden_size": 5120,
+            "intermediate_size": 27648,
+            "num_hidden_layers": 64,
+            "num_attention_heads": 80,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 524288,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 10000000.0,
+            "rope_scaling": {"rope_type": "default"},
+            "tie_word_embeddings": False,
+            "hidden_act": "silu",
+            "attention_bias": True,
+            "attention_out_bias": False,
+            "mlp_bias": False,
+            "attention_dropout": 0.1,
+            "residual_dropout": 0.1,
+            "pretraining_tp": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
+        },
+        36_151_104_512,
+    ),
     "olmo2": (
         {  # allenai/OLMo-2-0425-1B
             "model_type": "olmo2",

@@ -1,4 +1,4 @@
-"""Llama and the dense families that reuse its decoder layer: Mistral, Qwen2, Qwen3, Phi-3, SmolLM3.
+"""Llama and the dense families that reuse its decoder layer: Mistral, Qwen2, Qwen3, Phi-3, SmolLM3, Seed-OSS.
 
 The other family modules take Llama's rows (fields, assembly, weights) and change what differs,
 as transformers' modular files do.
@@ -261,4 +261,21 @@ SMOLLM3 = Family(
     weights=LLAMA_WEIGHTS,
     # every no_rope_layer_interval-th layer has no rotary (NoPE): layer kinds "rope" and "nope"
     conversions=(Conversion(_read_no_rope_layers, _write_no_rope_layers), ROPE_SCALING),
+)
+
+
+SEED_OSS = Family(
+    model_type="seed_oss",
+    architecture="SeedOssForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf != "head_dim")
+    + (
+        Field("head_dim", ("head_dim",), 128),  # SeedOssConfig's default, not hidden_size / heads
+        Field("attention_bias", ("qkv_bias",), True),  # biases on q, k and v ...
+        Field("attention_out_bias", ("attn_out_bias",), False),  # ... and, separately, on o_proj
+        Field("mlp_bias", ("feed_forward.bias",), False),
+    ),
+    assembly=LLAMA.assembly,  # attention_dropout and residual_dropout act in training only, as gptzoo's dropout
+    requires=LLAMA.requires,
+    weights=LLAMA_WEIGHTS,
+    conversions=(ROPE_SCALING,),
 )
