@@ -6,8 +6,10 @@ import math
 import sys
 
 from gptzoo.core import GptzooError
+from gptzoo.recipes.cli.generate import add_weight_storage_argument
 from gptzoo.recipes.finetuning.instruct import instruction_ids, respond, respond_in_template
 from gptzoo.recipes.generation.generate import encode_within
+from gptzoo.recipes.generation.stored_weights import store_weights
 from gptzoo.recipes.runs.folder import Run, load_run
 
 HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest response, in tokens (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; higher is more random")
     parser.add_argument("--seed", type=int, default=None, help="the same seed gives the same sampled response")
+    add_weight_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(
             f"{args.run_dir}: its '{loaded.config.model.head.name}' head does not predict tokens, so it cannot answer; use gptzoo classify"
         )
+    store_weights(loaded.model, args.weight_storage)
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     templated = getattr(loaded.tokenizer.params, "chat_template", None) is not None
     answer = respond_in_template if templated else respond

@@ -7,7 +7,9 @@ import math
 import torch
 
 from gptzoo.core import GptzooError
+from gptzoo.recipes.cli.generate import add_weight_storage_argument
 from gptzoo.recipes.data.tokens import TokenWindows, load_splits, load_tokens
+from gptzoo.recipes.generation.stored_weights import store_weights
 from gptzoo.recipes.research.extrapolate import extrapolate, write_report
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training.devices import resolve_device
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ... (default auto)"
     )
+    add_weight_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(f"--batch-size {args.batch_size}: give at least 1")
     device = resolve_device(args.device, "--device")
     trained = load_run(args.run, device=device)
+    store_weights(trained.model, args.weight_storage)
     config = trained.config
     with torch.inference_mode():
         probe = trained.model.head(torch.zeros(1, 1, config.model.d_model, device=device))
@@ -50,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
             f"--data {args.data}: {args.run} was trained on the '{config.data.task.name}' task, whose ids are no text; leave --data out to score its validation split"
         )
     if args.context:
+        if args.weight_storage != "fp32":
+            raise GptzooError(
+                f"--weight-storage {args.weight_storage} scores the run's own context; leave it out with --context"
+            )
         bad = [n for n in args.context if n < 1]
         if bad:
             raise GptzooError(f"--context {bad[0]}: give lengths of 1 token or more")

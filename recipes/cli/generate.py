@@ -14,6 +14,7 @@ from gptzoo.recipes.generation.generate import (
     generate_ids,
     too_long,
 )
+from gptzoo.recipes.generation.stored_weights import STORAGES, store_weights
 from gptzoo.recipes.runs.folder import load_run
 
 HELP = "continue one or more prompts with a trained run (greedy, temperature, top-k, top-p)"
@@ -45,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-stream", action="store_true", help="print the text when it is complete instead of as it is produced"
     )
+    add_weight_storage_argument(parser)
+
+
+def add_weight_storage_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weight-storage",
+        choices=STORAGES,
+        default="fp32",
+        help="keep the linear layers' and the head's weights as fp32 (default), bf16, or int8 with a scale per row "
+        "(weight-only): fewer bytes read per token; docs/design/performance.md gives the speed and quality cost",
+    )
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -64,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     check_options(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded = load_run(args.run_dir, device=device)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = store_weights(loaded.model, args.weight_storage), loaded.tokenizer
     with torch.inference_mode():
         probe = model.head(torch.zeros(1, 1, model.config.d_model, device=device))
     if probe.dim() != 3:

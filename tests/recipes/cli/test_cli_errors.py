@@ -251,6 +251,12 @@ BAD_VALUES = [
     ("eval", "negative int", ["{run}", "--batch-size", "-1"], "--batch-size -1: give at least 1"),
     ("eval", "zero int", ["{run}", "--context", "0"], "--context 0: give lengths of 1 token or more"),
     ("eval", "unknown device", ["{run}", "--device", "bogus"], "--device 'bogus':"),
+    (
+        "eval",
+        "flags that do not combine",
+        ["{run}", "--context", "8", "--weight-storage", "int8"],
+        "--weight-storage int8 scores the run's own context; leave it out with --context",
+    ),
     ("eval", "missing data", ["{run}", "--data", "{tmp}/nope.txt"], "{tmp}/nope.txt: no such file or folder"),
     ("eval", "data not UTF-8", ["{run}", "--data", "{latin1}"], "{latin1}: not UTF-8 text"),
     (

@@ -1,0 +1,113 @@
+"""Weights stored as int8 rows with scales, or as bf16, for decoding: the products against the
+formula worked in the test, the padding the int8 kernel needs, a tied head and embedding, and the
+commands' --weight-storage option."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptzoo.core import GPT
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.config.schema import RunConfig
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.generation.stored_weights import DECODE_ROWS, StoredMatrix, store_weights
+from gptzoo.recipes.runs.folder import save_run
+from gptzoo.registry import make_registry
+
+REGISTRY = make_registry(entry_points=False)
+
+
+def int8_by_hand(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-row int8: scale = max |w| / 127 (kept in bf16, as the kernel takes it), q = round(w / scale)."""
+    scale = w.abs().amax(dim=1) / 127
+    q = (w / scale[:, None]).round().clamp(-127, 127)
+    return q * scale.to(torch.bfloat16).float()[:, None]
+
+
+@pytest.mark.parametrize("k", [64, 52, 13])  # 52 and 13: rows the kernel cannot take unpadded
+def test_int8_products_equal_bf16_activations_times_the_dequantized_rows(k):
+    torch.manual_seed(0)
+    w, x = torch.randn(40, k), torch.randn(3, 5, k)
+    stored = StoredMatrix(w, "int8")
+    expected = x.to(torch.bfloat16).float() @ int8_by_hand(w).T  # (3, 5, 40)
+    torch.testing.assert_close(F.linear(x, stored), expected, rtol=1e-2, atol=1e-2)
+    assert (F.linear(x, stored) - x @ w.T).abs().max() < 0.1 * (x @ w.T).abs().max()
+
+
+def test_a_prefill_multiplies_fp32_activations_by_the_dequantized_rows():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(1, DECODE_ROWS + 1, 16)
+    torch.testing.assert_close(F.linear(x, StoredMatrix(w, "int8"), b), x @ int8_by_hand(w).T + b)
+
+
+def test_bf16_storage_multiplies_in_bf16():
+    torch.manual_seed(0)
+    w, x = torch.randn(8, 16), torch.randn(2, 16)
+    expected = (x.to(torch.bfloat16) @ w.to(torch.bfloat16).T).float()
+    torch.testing.assert_close(F.linear(x, StoredMatrix(w, "bf16")), expected)
+
+
+def tiny_model(**changes) -> GPT:
+    spec = {"vocab_size": 300, "context_length": 32, "d_model": 48, "n_layers": 2, "n_heads": 4} | changes
+    torch.manual_seed(0)
+    return GPT(REGISTRY.model_config(spec)).eval()
+
+
+def test_a_tied_head_and_its_embedding_share_one_stored_matrix():
+    model = store_weights(tiny_model(tied_head=True), "int8")
+    assert isinstance(model.head.weight, StoredMatrix) and model.head.weight is model.token_embedding.weight
+    ids = torch.tensor([[3, 299, 0]])
+    rows = int8_by_hand(tiny_model(tied_head=True).token_embedding.weight.detach())[ids]
+    torch.testing.assert_close(model.token_embedding(ids), rows)
+
+
+@pytest.mark.parametrize("storage", ["bf16", "int8"])
+def test_stored_models_decode_close_to_fp32(storage):
+    reference, stored = tiny_model(), store_weights(tiny_model(), storage)
+    x = torch.randint(0, 300, (2, 9))
+    with torch.inference_mode():
+        expected, got = reference(x), stored(x[:, :1])
+    scale = expected.abs().max()
+    assert (got - expected[:, :1]).abs().max() < 0.05 * scale
+    assert len(generate_ids(stored, [[1, 2, 3]], 5)[0]) == 5
+
+
+def test_fp32_leaves_the_model_as_it_is():
+    model = tiny_model()
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    assert store_weights(model, "fp32") is model
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_generate_and_eval_take_the_option(tmp_path, capsys):
+    config = RunConfig.model_validate(
+        {
+            "model": {
+                "vocab_size": 257,
+                "context_length": 16,
+                "d_model": 32,
+                "n_layers": 2,
+                "n_heads": 4,
+                "tokenizer": "byte",
+            }
+        },
+        context={"registry": REGISTRY},
+    )
+    torch.manual_seed(0)
+    save_run(tmp_path / "run", config, GPT(config.model), config.model.tokenizer.build())
+    (tmp_path / "text.txt").write_text("Hello there, how are you? " * 4)
+    for storage in ("bf16", "int8"):
+        argv = [
+            "generate",
+            str(tmp_path / "run"),
+            "--prompt",
+            "Hello",
+            "--max-new-tokens",
+            "4",
+            "--weight-storage",
+            storage,
+        ]
+        assert main(argv) == 0
+        assert capsys.readouterr().out.startswith("Hello")
+    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt"), "--weight-storage", "int8"]) == 0
+    assert "perplexity" in capsys.readouterr().out
