@@ -12,6 +12,7 @@ from gptzoo.recipes.generation.generate import (
     decode_after,
     encode_within,
     generate_ids,
+    stream_ids,
     too_long,
 )
 from gptzoo.recipes.generation.stored_weights import STORAGES, store_weights
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if len(prompts) == 1 and not args.no_stream:
         streamer = TextStream(tokenizer, _write, context=prompts[0])
         _write(shown[0])
-        generate_ids(model, prompts, args.max_new_tokens, on_token=lambda row, token: streamer.add(token), **options)
+        stream_ids(model, prompts, args.max_new_tokens, lambda row, token: streamer.add(token), **options)
         streamer.flush()
         _write("\n")
         return 0

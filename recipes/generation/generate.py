@@ -13,6 +13,10 @@ the context, sees only the last ``context_length`` tokens, as in the book. Cropp
 window's positions and changes what each token could attend to, so cached keys go stale: once
 the cache is full, each step falls back to a full forward over that window. The cache and
 no-cache paths give the same tokens, and the extra cost begins only where the context ends.
+
+``stream_ids`` hands each token on and keeps the text only as far back as a step reads (the
+window it crops to, or the newest token beside a cache), so streaming from a model that crops or
+whose caches are bounded takes memory that does not grow with the number of tokens asked for.
 """
 
 from __future__ import annotations
@@ -93,51 +97,101 @@ def generate_ids(
     ``use_cache=False`` re-runs the whole (cropped) sequence every step: slower, same tokens
     under greedy decoding.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must not be negative")
-    context_length = model.config.context_length
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    total = P + max_new_tokens
-    check_memory(model, B, P, max_new_tokens, use_cache)
-    max_pad = P - min(len(p) for p in prompts)  # columns [0, max_pad) hold padding in some row
-    tokens, real = _padded_prompts(prompts, total, eot_id, model.token_embedding.weight.device)
-
-    window = None if model.extension_refusal() is None else context_length  # None: the model sees everything
+    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=True)
+    finished = [False] * len(prompts)
+    produced = 0
     with _eval_mode(model):
-        cache = None
-        if use_cache and window is None:
-            cache = model.new_cache(B, None if model.bounded_cache() else total)
-        elif use_cache and P <= context_length:
-            cache = model.new_cache(B, min(context_length, total))
-        finished = [False] * B
-        produced = 0
-        for step in range(max_new_tokens):
-            end = P + step  # tokens so far, padding included
-            h, cache = _hidden_states(model, tokens, real, cache, end, P, max_pad, window)
-            logits = model.head(h[:, -1:]).squeeze(1)  # (B, V)
-            next_ids = sample_next(logits.float(), temperature, top_k, top_p, generator)  # (B,)
-            tokens[:, end] = next_ids
-            produced = step + 1
+        for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
+            produced += 1
             if eot_id is None and on_token is None:
                 continue  # nothing to decide on the host: no sync
             if _note_tokens(next_ids, finished, eot_id, on_token):
                 break
 
-    out = tokens[:, P : P + produced].tolist()
+    out = text.tokens[:, text.P : text.P + produced].tolist()
     if eot_id is not None:
         out = [ids[: ids.index(eot_id)] if eot_id in ids else ids for ids in out]
     return out
 
 
-def check_memory(model: GPT, batch: int, prompt: int, max_new_tokens: int, use_cache: bool = True) -> None:
+@torch.inference_mode()
+def stream_ids(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    on_token: Callable[[int, int], None],
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+    use_cache: bool = True,
+) -> None:
+    """``generate_ids`` that keeps none of its output: each token goes only to ``on_token(row, id)``.
+
+    The text is kept only as far back as a step looks, so a model that crops to its context, or
+    whose every layer's cache is bounded, streams any number of tokens in memory that does not grow
+    with ``max_new_tokens``; a model whose cache grows past its context is refused up front
+    (``check_memory``) when the machine cannot hold that cache.
+    """
+    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=False)
+    finished = [False] * len(prompts)
+    with _eval_mode(model):
+        for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
+            if _note_tokens(next_ids, finished, eot_id, on_token):
+                break
+
+
+def _start(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, eot_id: int | None, use_cache: bool, keep_all: bool
+) -> _Text:
+    """The checked prompts in a text buffer that keeps what the decoding steps will look at (``keep_all``: everything)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must not be negative")
+    P = max(len(p) for p in prompts)
+    look = None if keep_all else _look_back(model, use_cache)
+    check_memory(model, len(prompts), P, max_new_tokens, use_cache, keep_text=look is None)
+    return _Text(prompts, P + max_new_tokens, look, eot_id, model.token_embedding.weight.device)
+
+
+def _look_back(model: GPT, use_cache: bool) -> int | None:
+    """How many of the latest tokens a decoding step after the first reads, or None: all of them."""
+    if model.extension_refusal() is not None:
+        return model.config.context_length  # the window it crops to
+    return 1 if use_cache else None  # the cache holds the rest, or every step re-reads the whole text
+
+
+def _decode(model: GPT, text: _Text, max_new_tokens: int, use_cache: bool, sampling: tuple) -> Iterator[Tensor]:
+    """Each step's next ids (B,), up to ``max_new_tokens`` steps, written into ``text`` as they are drawn."""
+    context_length = model.config.context_length
+    B, P, total = text.tokens.size(0), text.P, text.total
+    window = None if model.extension_refusal() is None else context_length  # None: the model sees everything
+    cache = None
+    if use_cache and window is None:
+        cache = model.new_cache(B, None if model.bounded_cache() else total)
+    elif use_cache and P <= context_length:
+        cache = model.new_cache(B, min(context_length, total))
+    for step in range(max_new_tokens):
+        end = P + step  # tokens so far, padding included
+        h, cache = _hidden_states(model, text, cache, end, window)
+        logits = model.head(h[:, -1:]).squeeze(1)  # (B, V)
+        next_ids = sample_next(logits.float(), *sampling)  # (B,)
+        text.append(end, next_ids)
+        yield next_ids
+
+
+def check_memory(
+    model: GPT, batch: int, prompt: int, max_new_tokens: int, use_cache: bool = True, keep_text: bool = True
+) -> None:
     """GptzooError up front when generating ``max_new_tokens`` cannot fit in the memory the model's device has
-    left: the token buffer holds the whole text (a long and a mask byte per token), and so does the cache
-    of a model that decodes past its context while some layer keeps every key and value."""
+    left: a text kept whole (``keep_text``; streaming keeps only what the model looks at) holds a long and a
+    mask byte per token, and the cache of a model that decodes past its context grows with the text while
+    some layer keeps every key and value."""
     total = prompt + max_new_tokens
-    need = batch * total * (8 + 1)
+    need = batch * total * (8 + 1) if keep_text else 0
     if use_cache and model.extension_refusal() is None and not model.bounded_cache():
         need += batch * total * _cache_bytes_per_token(model)
     device = model.token_embedding.weight.device
@@ -164,29 +218,56 @@ def _cache_bytes_per_token(model: GPT) -> int:
     return size(2) - size(1)
 
 
-def _padded_prompts(
-    prompts: list[list[int]], total: int, eot_id: int | None, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Prompts left-padded into one (B, total) buffer that the generated tokens fill in place, and
-    the mask of real tokens (False at padding); both on ``device``."""
-    B, P = len(prompts), max(len(p) for p in prompts)
-    tokens = torch.full((B, total), eot_id if eot_id is not None else 0, dtype=torch.long)
-    real = torch.ones(B, total, dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        tokens[row, P - len(prompt) : P] = torch.tensor(prompt, dtype=torch.long)
-        real[row, : P - len(prompt)] = False
-    return tokens.to(device), real.to(device)
+# The least a text buffer holds, so a short text is never moved.
+_FEW_COLUMNS = 1024
+
+
+class _Text:
+    """The prompts left-padded into one (B, width) buffer on the model's device that the generated tokens
+    fill in place, and the mask of real tokens (False at padding). Column ``i`` holds the token at position
+    ``offset + i``. A full buffer keeps only its last ``look`` columns when a step reads no further back
+    than that, so its memory does not grow with the text; else (``look`` None) it doubles, up to ``total``."""
+
+    def __init__(
+        self, prompts: list[list[int]], total: int, look: int | None, eot_id: int | None, device: torch.device
+    ):
+        B, self.P = len(prompts), max(len(p) for p in prompts)
+        self.total, self.look, self.offset = total, look, 0
+        self.max_pad = self.P - min(len(p) for p in prompts)  # columns [0, max_pad) hold padding in some row
+        width = min(total, 2 * max(self.P, look or 0, _FEW_COLUMNS))
+        tokens = torch.full((B, width), eot_id if eot_id is not None else 0, dtype=torch.long)
+        real = torch.ones(B, width, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            tokens[row, self.P - len(prompt) : self.P] = torch.tensor(prompt, dtype=torch.long)
+            real[row, : self.P - len(prompt)] = False
+        self.tokens, self.real = tokens.to(device), real.to(device)
+
+    def columns(self, start: int, end: int) -> tuple[Tensor, Tensor | None]:
+        """The tokens at positions ``start`` to ``end`` (B, end - start), and their mask (None: no padding there)."""
+        first, last = start - self.offset, end - self.offset
+        return self.tokens[:, first:last], self.real[:, first:last] if start < self.max_pad else None
+
+    def append(self, position: int, ids: Tensor) -> None:
+        """Write ``ids`` (B,) at ``position``, the one after the last written, making room when the buffer is full."""
+        width = self.tokens.size(1)
+        if position - self.offset == width:
+            if self.look is None:
+                self._move(width, min(self.total - self.offset, 2 * width))
+            else:
+                self._move(self.look, width)
+        self.tokens[:, position - self.offset] = ids
+
+    def _move(self, kept: int, width: int) -> None:
+        """Keep the last ``kept`` columns, at the start of a new buffer ``width`` wide."""
+        dropped = self.tokens.size(1) - kept
+        tokens = self.tokens.new_zeros(self.tokens.size(0), width)
+        real = self.real.new_ones(self.real.size(0), width)
+        tokens[:, :kept], real[:, :kept] = self.tokens[:, dropped:], self.real[:, dropped:]
+        self.tokens, self.real, self.offset = tokens, real, self.offset + dropped
 
 
 def _hidden_states(
-    model: GPT,
-    tokens: Tensor,
-    real: Tensor,
-    cache: KVCache | None,
-    end: int,
-    P: int,
-    max_pad: int,
-    window: int | None,
+    model: GPT, text: _Text, cache: KVCache | None, end: int, window: int | None
 ) -> tuple[Tensor, KVCache | None]:
     """The hidden states whose last position predicts token ``end``, and the cache to use next (None once full).
 
@@ -194,13 +275,12 @@ def _hidden_states(
     cache is full, the last ``window`` tokens (None: all) are recomputed without one.
     """
     if cache is not None and (cache.max_len is None or end <= cache.max_len):
-        if end == P:
-            pad_mask = real[:, :P] if max_pad else None
-            return model.hidden_states(tokens[:, :P], cache=cache, pad_mask=pad_mask), cache  # (B, P, C)
-        return model.hidden_states(tokens[:, end - 1 : end], cache=cache), cache  # (B, 1, C)
-    start = 0 if window is None else max(0, end - window)
-    pad_mask = real[:, start:end] if start < max_pad else None
-    return model.hidden_states(tokens[:, start:end], pad_mask=pad_mask), None  # (B, T, C)
+        if end == text.P:
+            tokens, pad_mask = text.columns(0, end)
+            return model.hidden_states(tokens, cache=cache, pad_mask=pad_mask), cache  # (B, P, C)
+        return model.hidden_states(text.columns(end - 1, end)[0], cache=cache), cache  # (B, 1, C)
+    tokens, pad_mask = text.columns(0 if window is None else max(0, end - window), end)
+    return model.hidden_states(tokens, pad_mask=pad_mask), None  # (B, T, C)
 
 
 def _note_tokens(
@@ -271,8 +351,13 @@ class TextStream:
     boundary. Text is held back while it ends in an incomplete character ('\\ufffd'), so a
     multi-byte character split across byte tokens prints whole. Each piece decodes only the
     recent ids (the pending ones after the last printed segment), so the work per token does
-    not grow with the text.
+    not grow with the text. Bytes that never form a character (a model emitting invalid UTF-8)
+    are held back for at most ``HELD_BACK`` tokens, then printed as replacement characters.
     """
+
+    # A UTF-8 character has at most 4 bytes and each token brings at least one: twice that is
+    # long enough for any character to complete.
+    HELD_BACK = 8
 
     def __init__(self, tokenizer: Tokenizer, write: Callable[[str], None], context: list[int] = ()):
         self.tokenizer = tokenizer
@@ -283,7 +368,7 @@ class TextStream:
     def add(self, token: int) -> None:
         self.pending.append(token)
         text = decode_after(self.tokenizer, self.printed, self.pending)
-        if not text.endswith("\ufffd"):
+        if not text.endswith("\ufffd") or len(self.pending) >= self.HELD_BACK:
             self._emit(text)
 
     def flush(self) -> None:

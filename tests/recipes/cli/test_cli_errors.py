@@ -312,13 +312,13 @@ BAD_VALUES = [
     (
         "generate",
         "absurd int",
-        ["{run}", "--prompt", "I had", "--max-new-tokens", str(10**12)],
+        ["{run}", "--prompt", "I had", "--no-stream", "--max-new-tokens", str(10**12)],
         f"--max-new-tokens {10**12}: 1 text(s) of",
     ),
     (
         "generate",
         "int beyond 64 bits",
-        ["{run}", "--prompt", "I had", "--max-new-tokens", str(10**19)],
+        ["{run}", "--prompt", "I had", "--no-stream", "--max-new-tokens", str(10**19)],
         f"--max-new-tokens {10**19}: 1 text(s) of",
     ),
     (

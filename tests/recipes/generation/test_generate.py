@@ -2,6 +2,7 @@
 streaming, and the ``gptzoo generate`` command."""
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from gptzoo.core import GPT, ConfigError, Tokenizer
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.generation import generate
-from gptzoo.recipes.generation.generate import TextStream, complete, generate_ids, sample_next
+from gptzoo.recipes.generation.generate import TextStream, complete, generate_ids, sample_next, stream_ids
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import make_registry
 
@@ -222,6 +223,122 @@ def test_without_end_of_text_generation_runs_to_max_new_tokens(registry, monkeyp
 def test_complete_stops_at_end_of_text(registry, monkeypatch):
     scripted_sampler(monkeypatch, [[ord("o")], [ord("k")], [EOT]])
     assert complete(tiny_model(registry), byte_tokenizer(registry), "x", 100) == "ok"
+
+
+# ---- streaming without keeping the text -------------------------------------------------------
+
+# A model whose caches are bounded and which decodes past its context.
+WINDOWED = {"attention": {"name": "sliding_window", "window": 4}, "positional": "alibi"}
+
+
+class Enough(Exception):
+    """Raised by a listener that has heard enough tokens."""
+
+
+def streamed(model, prompts, max_new_tokens, stop_after=None, at_stop=lambda: None, **options) -> list[list[int]]:
+    """What stream_ids hands on, per row; ``stop_after`` tokens in all end it early, calling ``at_stop`` first."""
+    heard = [[] for _ in prompts]
+
+    def listen(row, token):
+        heard[row].append(token)
+        if stop_after is not None and sum(map(len, heard)) >= stop_after:
+            at_stop()
+            raise Enough
+
+    try:
+        stream_ids(model, prompts, max_new_tokens, listen, **options)
+    except Enough:
+        pass
+    return heard
+
+
+@pytest.mark.parametrize("changes", [{}, WINDOWED], ids=["crops", "bounded"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_text_far_past_the_first_buffer_gives_the_book_tokens(registry, monkeypatch, changes, use_cache):
+    # A buffer of 2 x 12 columns (the context) is moved many times over 60 tokens.
+    monkeypatch.setattr(generate, "_FEW_COLUMNS", 1)
+    model = tiny_model(registry, **changes).double()
+    crop = model.extension_refusal() is not None
+    prompts = [[72, 105, 33], [1, 250, 7, 99, 3, 18, 64]]
+    expected = [book_greedy(model, p, 60, crop) for p in prompts]
+    assert streamed(model, prompts, 60, use_cache=use_cache) == expected
+    assert generate_ids(model, prompts, 60, use_cache=use_cache) == expected  # its buffer grows instead
+
+
+class LiveTensors(torch.utils._python_dispatch.TorchDispatchMode):
+    """Watches every tensor an operation makes (factories included); ``live_bytes()``: the bytes of
+    those still alive, each storage counted once."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.made += [weakref.ref(t) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+    def live_bytes(self) -> int:
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for r in self.made if (t := r()) is not None
+        }
+        return sum(storages.values())
+
+
+@pytest.mark.parametrize("changes", [{}, WINDOWED], ids=["crops", "bounded"])
+def test_streaming_an_absurd_number_of_tokens_keeps_flat_memory(registry, monkeypatch, changes):
+    monkeypatch.setattr(generate, "_FEW_COLUMNS", 4)
+    model = tiny_model(registry, **changes)
+    live = []
+    for heard in (40, 400):
+        with LiveTensors() as mode:
+            out = streamed(
+                model, [[72, 105, 33]], 10**18, stop_after=heard, at_stop=lambda: live.append(mode.live_bytes())
+            )
+        assert len(out[0]) == heard
+    # What generation holds (its text buffer, cache, last logits) is as large after 400 tokens as after 40,
+    # though 10^18 were asked for: nothing grows with the tokens asked for or produced.
+    print("LIVE", live, model.positional.__dict__.get("_buffers", {}).keys())
+    assert live[0] == live[1] > 0
+
+
+def test_a_cache_that_grows_past_what_memory_holds_is_refused_before_streaming(registry):
+    from gptzoo.core import GptzooError
+
+    hybrid = tiny_model(
+        registry,
+        positional="rope",
+        layer_kinds={"local": {"attention": {"name": "sliding_window", "window": 4}}, "global": {}},
+        layer_pattern=["local", "global"],
+    )
+    assert hybrid.extension_refusal() is None and not hybrid.bounded_cache()
+    with pytest.raises(GptzooError, match=rf"--max-new-tokens {10**15}: 1 text\(s\) of {10**15 + 3} tokens need about"):
+        streamed(hybrid, [[72, 105, 33]], 10**15)
+
+
+def test_cli_streams_an_absurd_number_of_tokens_until_interrupted(run_dir, capsys, monkeypatch):
+    folder, model = run_dir
+    written = []
+
+    def write(text):
+        written.append(text)
+        if len(written) > 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("gptzoo.recipes.cli.generate._write", write)
+    assert main(["generate", str(folder), "--prompt", "Hey", "--max-new-tokens", str(10**18)]) == 130
+    assert "".join(written).startswith("Hey" + book_text(model, "Hey", 15))
+
+
+def test_bytes_that_never_form_a_character_are_not_held_back_for_ever(registry):
+    tokenizer = byte_tokenizer(registry)
+    pieces = []
+    stream = TextStream(tokenizer, pieces.append)
+    for _ in range(100):
+        stream.add(0xFF)  # never valid in UTF-8
+        assert len(stream.pending) < 8
+    stream.flush()
+    assert "".join(pieces) == "\ufffd" * 100
 
 
 # ---- streaming ------------------------------------------------------------------------------
