@@ -309,7 +309,7 @@ def selective_scan(log_decays: Tensor, inputs: Tensor, state: Tensor | None = No
     chunks of Q tokens, all chunks at once from a zero state, then from chunk to chunk, and each
     token adds its chunk's entering state decayed to it (exp of the decays' sum, at most 1)."""
     b, T, d, n = inputs.shape
-    Q = math.isqrt(T - 1) + 1 if T > 1 else 1  # ⌈√T⌉
+    Q = math.ceil(math.sqrt(T))  # ⌈√T⌉ (math.sqrt, not math.isqrt, which torch.compile cannot trace)
     pad = -T % Q
     # Padding steps at the end: decay 1, no input.
     log_decays, inputs = (F.pad(t, (0, 0, 0, 0, 0, pad)).view(b, -1, Q, d, n) for t in (log_decays, inputs))
