@@ -328,6 +328,51 @@ CASES = {
         ),
         ["latent"],
     ),
+    # GLM-4.5: q/k/v biases, rotary on half of each head, QK-norm per head, GQA; a dense first layer, then
+    # 8 experts in 4 groups (2 kept), top 3 renormalised, the bias for choosing, a shared expert, scale 2.5
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            attention_bias=True,
+            use_qk_norm=True,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=24,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            tie_word_embeddings=False,
+        ),
+        ATTENTION,
+    ),
+    # no QK-norm nor biases, rotary on a quarter of 24-wide heads with YaRN, multi-query, no dense layer,
+    # two shared experts, top 2 of 4 unnormalised, tied head
+    "glm4_moe-yarn": (
+        "Glm4MoeConfig",
+        dict(
+            num_key_value_heads=1,
+            head_dim=24,
+            first_k_dense_replace=0,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=2,
+            moe_intermediate_size=16,
+            norm_topk_prob=False,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "partial_rotary_factor": 0.25,
+            },
+        ),
+        ATTENTION,
+    ),
     # sandwich blocks, GeGLU, √d_model embeddings, both soft-caps, query_pre_attn_scalar 16 != head_dim 24,
     # local (window 6) and global layers alternating, GQA, tied
     "gemma2": (
@@ -522,7 +567,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     )
     assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
     family = case.split("-")[0]
-    feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3") else "swiglu"
+    feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe") else "swiglu"
     expected = {
         "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
         "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
@@ -540,14 +585,20 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         model["norm"]["name"],
         model["block"]["name"],
     ) == expected
-    assert model["attention"].get("qk_norm", "none") == {
-        "qwen3": "per_head",
-        "olmo2": "across_heads",
-        "olmo3": "across_heads",
-        "exaone4": "per_head",
-        "qwen3_moe": "per_head",
-        "gemma3_text": "per_head",
-    }.get(family, "none")
+    assert (
+        model["attention"].get("qk_norm", "none")
+        == {
+            "qwen3": "per_head",
+            "olmo2": "across_heads",
+            "olmo3": "across_heads",
+            "exaone4": "per_head",
+            "qwen3_moe": "per_head",
+            "gemma3_text": "per_head",
+            "glm4_moe": "per_head",
+        }.get(family, "none")
+        if case != "glm4_moe-yarn"
+        else "none"
+    )  # glm4_moe-yarn: use_qk_norm false
     if case.startswith("gemma"):  # local (windowed) and global layers
         assert (
             model["layer_pattern"] == {"gemma2": ["local", "global"], "gemma3_text": ["local"] * 5 + ["global"]}[case]
@@ -586,6 +637,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "mistral": "linear",
         "smollm3-biases": "linear",
         "seed_oss-tied": "linear",
+        "glm4_moe-yarn": "yarn",
         "olmo3": "yarn",
         "exaone4": "llama3",
         "qwen2": "yarn",
@@ -595,6 +647,9 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert (model["positional"].get("scaling") or {}).get("type") == scaling
     if case == "phi3":
         assert model["positional"]["fraction"] == 0.5
+    if family == "glm4_moe":  # rotary on the first half (a quarter) of each head; the first layer dense or none
+        assert model["positional"]["fraction"] == {"glm4_moe": 0.5, "glm4_moe-yarn": 0.25}[case]
+        assert model.get("layer_pattern") == {"glm4_moe": ["dense", "moe", "moe"], "glm4_moe-yarn": []}[case]
     if family == "seed_oss":  # q/k/v biases always here; the o_proj bias only where attention_out_bias is set
         assert (model["qkv_bias"], model["attn_out_bias"]) == (True, case == "seed_oss")
     if case.startswith("gpt_neox"):
@@ -752,6 +807,17 @@ REFUSED = {
             'rope_parameters.rope_type = "dynamic" is not supported for seed_oss',
         ),
     ],
+    "glm4_moe": [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for glm4_moe (the SwiGLU feed-forward gates'),
+        (
+            {"quantization_config": {"quant_method": "fp8"}},
+            'quantization_config = {"quant_method": "fp8"} is not supported for glm4_moe',
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for glm4_moe',
+        ),
+    ],
 }
 
 
@@ -766,6 +832,20 @@ def test_family_options_gptzoo_lacks_are_refused(case, change, named, tmp_path, 
     err = capsys.readouterr().err
     assert named in err and "config.json" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_glm4_moe_skips_the_multi_token_prediction_layer(tmp_path):
+    """GLM-4.5-Air keeps its MTP layer as layer 46 after its 46 (GLM-4.5: 92); gptzoo, as transformers, leaves it out."""
+    model = build("glm4_moe")
+    model.save_pretrained(tmp_path / "src")
+    tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
+    mtp = {"model.layers.46.eh_proj.weight": torch.ones(64, 128), "model.layers.46.enorm.weight": torch.ones(64)}
+    save_file(tensors | mtp, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    import_hf(tmp_path / "src", tmp_path / "run")
+    idx, mask, positions = padded_batch()
+    with torch.no_grad():
+        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask, positions)[mask], atol=1e-4, rtol=0)
 
 
 def test_weights_that_do_not_match_the_config_are_named(tmp_path, capsys):

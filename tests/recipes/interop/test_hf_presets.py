@@ -429,6 +429,45 @@ PUBLISHED = {
         },
         32_003_216_384,
     ),
+    "glm4_moe": (
+        {  # zai-org/GLM-4.5-Air, its config.json as recalled (the Hub is out of reach here; the sizes are also
+            # Glm4MoeConfig's defaults). The count is 46 layers of (attention 109,051,904 + q/k/v biases 14,336 +
+            # norms 8,192) + a dense SwiGLU 134,479,872 + 45 mixtures of (128 experts 2,214,592,512 + the shared
+            # 17,301,504 + the router 524,288) + two 620,756,992 embeddings + the final norm 4,096: 106.85 B, the
+            # Hub page's 106 B (its 12 B active leaves the embeddings out). The MTP layer 46 is not counted.
+            "model_type": "glm4_moe",
+            "architectures": ["Glm4MoeForCausalLM"],
+            "vocab_size": 151552,
+            "hidden_size": 4096,
+            "intermediate_size": 10944,
+            "moe_intermediate_size": 1408,
+            "num_hidden_layers": 46,
+            "num_attention_heads": 96,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "partial_rotary_factor": 0.5,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000,
+            "rope_scaling": None,
+            "attention_bias": True,
+            "use_qk_norm": False,
+            "n_routed_experts": 128,
+            "num_experts_per_tok": 8,
+            "n_shared_experts": 1,
+            "routed_scaling_factor": 1.0,
+            "n_group": 1,
+            "topk_group": 1,
+            "norm_topk_prob": True,
+            "first_k_dense_replace": 1,
+            "num_nextn_predict_layers": 1,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "pad_token_id": 151329,
+            "eos_token_id": [151329, 151336, 151338],
+        },
+        106_852_245_504,
+    ),
     "gemma2": (
         {  # google/gemma-2-2b
             "model_type": "gemma2",
@@ -685,7 +724,13 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
 
 
 @pytest.mark.parametrize(
-    "family, active", [("mixtral", 12_879_925_248), ("qwen3_moe", 3_353_032_704), ("deepseek_v3", 37_552_282_624)]
+    "family, active",
+    [
+        ("mixtral", 12_879_925_248),
+        ("qwen3_moe", 3_353_032_704),
+        ("deepseek_v3", 37_552_282_624),
+        ("glm4_moe", 13_424_123_904),
+    ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):
     """Active per token: the total less each mixture layer's idle experts, (E - k) · 3 · hidden · d_model."""

@@ -35,6 +35,7 @@ from gptzoo.recipes.interop.hf.families.base import (
 )
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
+from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
@@ -83,6 +84,7 @@ FAMILIES: dict[str, Family] = {
         MIXTRAL,
         QWEN3_MOE,
         DEEPSEEK_V3,
+        GLM4_MOE,
         MAMBA2,
         LFM2,
         NEMOTRON_H,

@@ -10,14 +10,15 @@ from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELD
 from gptzoo.recipes.interop.hf.families.moe import dense_layers, expert_weights
 
 
-def _deepseek_dense(hf: dict) -> list[int]:
+def first_dense_layers(hf: dict) -> list[int]:
+    """The first ``first_k_dense_replace`` layers, which keep a dense feed-forward (DeepSeek-V3, GLM-4.5)."""
     return list(range(min(hf.get("first_k_dense_replace") or 0, hf["num_hidden_layers"])))
 
 
-def _deepseek_write_dense(layers: list[int], n: int) -> dict[str, Any]:
+def write_first_dense(layers: list[int], n: int) -> dict[str, Any]:
     if layers != list(range(len(layers))):
         raise ValueError(
-            f"deepseek_v3 keeps dense feed-forwards in its first layers only (first_k_dense_replace); these are {layers}"
+            f"first_k_dense_replace keeps dense feed-forwards in the first layers only; these are {layers}"
         )
     return {"first_k_dense_replace": len(layers)}
 
@@ -152,7 +153,7 @@ DEEPSEEK_V3 = Family(
     )
     + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),),
     conversions=(
-        dense_layers(_deepseek_dense, _deepseek_write_dense),
+        dense_layers(first_dense_layers, write_first_dense),
         Conversion(_read_deepseek_rope, _write_deepseek_rope),
     ),
     # the multi-token-prediction module of the 61-layer checkpoints, which transformers skips too
