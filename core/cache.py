@@ -47,6 +47,7 @@ class KVLayerCache(LayerCache):
 
 class KVCache:
     """The whole model's cache; ``length`` tokens are filled. The model advances it after each forward.
+    A layer that attends with an earlier layer's keys and values keeps none: its entry is None.
 
     ``max_len`` None: no limit (every layer's cache is bounded). Besides the layers' caches it
     keeps, per row, how many real tokens were fed (``seen``), and the position and validity of
@@ -55,7 +56,7 @@ class KVCache:
 
     def __init__(
         self,
-        layers: list[LayerCache],
+        layers: list[LayerCache | None],
         batch_size: int,
         max_len: int | None,
         device: torch.device | str | None = None,

@@ -202,6 +202,12 @@ class ModelConfig(BaseModel):
         default_factory=dict,
         description="named kinds of layer, each overriding some of positional, attention, feed_forward, norm, block, head_dim, n_kv_heads",
     )
+    kv_shared_layers: int = Field(
+        0,
+        ge=0,
+        description="the last this many layers attend with the keys and values of the last earlier layer of their kind "
+        "and keep no cache (Gemma 3n, Gemma 4's num_kv_shared_layers); their mixers compute queries only",
+    )
     layer_pattern: list[str] = Field(
         default_factory=list,
         description="kinds of the layers in order, repeated to n_layers (layer i is pattern[i % len]); empty: every layer uses the model-level components",
@@ -254,6 +260,7 @@ class ModelConfig(BaseModel):
             raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
         for layer in self.layers():
             _check_position_hooks(layer)
+        self._check_kv_sharing()
         checked = set()
         # Kinds the pattern leaves out are still checked: a sweep may bring them in.
         for kind, chosen in self.layer_kinds.items():
@@ -286,6 +293,35 @@ class ModelConfig(BaseModel):
                     raise ValueError(f"{where}{family} '{spec.name}': {err}") from None
         return self
 
+    def _check_kv_sharing(self) -> None:
+        if self.kv_shared_layers >= self.n_layers:
+            raise ValueError(
+                f"kv_shared_layers={self.kv_shared_layers}: at least one of the n_layers={self.n_layers} layers must "
+                "compute the keys and values the others share"
+            )
+        for layer in self.layers()[self.n_layers - self.kv_shared_layers :]:
+            source = self.kv_source(layer.index)
+            if source is None:
+                raise ValueError(
+                    f"kv_shared_layers={self.kv_shared_layers}: layer {layer.index} ({layer.kind}) has no earlier layer of "
+                    "its kind to share the keys and values of: share fewer layers or put one of its kind before them"
+                )
+            mixer = layer.attention
+            if not (issubclass(mixer.impl, Attention) and mixer.impl.kv_sharing):
+                raise ValueError(
+                    f"kv_shared_layers={self.kv_shared_layers}: layer {layer.index}'s attention '{mixer.name}' cannot "
+                    "attend with another layer's keys and values: share fewer layers or choose a mixer that can "
+                    "(Attention.kv_sharing)"
+                )
+
+    def kv_source(self, index: int) -> int | None:
+        """The layer whose keys and values layer ``index`` attends with (``kv_shared_layers``), or None: its own."""
+        first_shared = self.n_layers - self.kv_shared_layers
+        if index < first_shared:
+            return None
+        kind = self.layer(index).kind
+        return next((i for i in reversed(range(first_shared)) if self.layer(i).kind == kind), None)
+
     def embedding_multiplier(self) -> float:
         """The number ``embedding_scale`` stands for."""
         return self.d_model**0.5 if self.embedding_scale == "sqrt_d_model" else self.embedding_scale
@@ -305,7 +341,8 @@ class ModelConfig(BaseModel):
         (None: the model-level dimensions, which the embeddings and the head use)."""
         if layer_idx is None:
             return self.kind_dims(None)
-        return replace(self.kind_dims(self.layer(layer_idx).kind), layer_idx=layer_idx)
+        kind_dims = self.kind_dims(self.layer(layer_idx).kind)
+        return replace(kind_dims, layer_idx=layer_idx, kv_from=self.kv_source(layer_idx))
 
     def kind_dims(self, kind: str | None) -> Dims:
         """The dimensions of a layer of ``kind`` (None: the model-level ones)."""

@@ -19,6 +19,10 @@ may read:
 - ``bias(dtype, window=None, first_key=None)``: the additive mask, -inf where a query may not
   look, plus the scheme's score bias; ``window`` limits each query to its latest ``window``
   keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window);
+- ``share_kv(layer, k, v)`` and ``shared_kv(layer)``: a layer whose keys and values later layers
+  attend with (``kv_shared_layers``) hands over those it attends with, (B, nkv, Tk', hs|vs): the
+  latest Tk' keys, of key slots ``offset + T - Tk'`` on, in order; the later layers read them,
+  in training as while decoding, and keep no cache of their own;
 - ``capturing`` and ``record(what)``: while a ``Recorder`` inspects the forward, each layer
   reports once what its mixer declares it offers (``Attention.inspection``): attention
   probabilities (B, h, T, Tk) after the softmax and before dropout, an implicit attention
@@ -76,8 +80,10 @@ class AttentionContext:
         key_valid: Tensor | None = None,
         recorder: Recorder | None = None,
         key_origin: int = 0,
+        kv_store: dict[int, tuple[Tensor, Tensor] | None] | None = None,
     ):
         self.positional = positional
+        self.kv_store = kv_store  # one per forward, shared by its contexts: the layers read, None until they share
         self.recorder = recorder
         self.positions = positions
         self.key_positions = key_positions
@@ -91,6 +97,17 @@ class AttentionContext:
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self.positional.rotate(q, k, self.positions)
+
+    def share_kv(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Hand over the keys and values layer ``layer`` attends with, where a later layer reads them."""
+        if self.kv_store is not None and layer in self.kv_store:
+            self.kv_store[layer] = (k, v)
+
+    def shared_kv(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The keys and values layer ``layer`` attended with in this forward."""
+        shared = self.kv_store.get(layer) if self.kv_store is not None else None
+        assert shared is not None, f"layer {layer} handed over no keys and values in this forward"
+        return shared
 
     @property
     def capturing(self) -> bool:

@@ -76,6 +76,7 @@ class Dims:
     vocab_multiple: int = 1
     head_dim: int | None = None  # None: d_model // n_heads
     attn_out_bias: bool = True
+    kv_from: int | None = None  # the earlier layer whose keys and values this one attends with (None: its own)
 
     @property
     def head_size(self) -> int:
@@ -231,7 +232,11 @@ class Attention(Component):
       biases through ``ctx.bias``); a config pairing it with a scheme acting through another
       hook is refused, naming both;
     - ``cache_kind``: what ``new_cache`` keeps (see ``CacheKind``), and ``cache_bytes`` its size;
-    - ``kit_lengths``: the sequence lengths the kit must also test (a chunked mixer: several chunks).
+    - ``kit_lengths``: the sequence lengths the kit must also test (a chunked mixer: several chunks);
+    - ``kv_sharing``: it can attend with an earlier layer's keys and values (``kv_shared_layers``).
+      Each such mixer hands the keys and values it attends with to ``ctx.share_kv``; built with
+      ``dims.kv_from`` set, it computes queries only, reads ``ctx.shared_kv(dims.kv_from)``
+      instead, and is given no cache (the model makes it none).
 
     The first three are class attributes; readers ask for them through ``declared_inspection``,
     ``declared_position_hooks`` and ``declared_cache_kind`` with the mixer's params, which a mixer
@@ -252,6 +257,7 @@ class Attention(Component):
     cache_kind: ClassVar[CacheKind] = "keys_values"
     out_proj: nn.Module
     equivalent_to: ClassVar[str | None] = None
+    kv_sharing: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...

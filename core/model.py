@@ -44,6 +44,9 @@ class GPT(nn.Module):
         self.layer_positional = [layer.kind if layer.kind in own else None for layer in layers]
         self.dropout = nn.Dropout(dims.dropout)
         self.blocks = nn.ModuleList(layer.block.build(config.dims(layer.index), layer) for layer in layers)
+        # The layers whose keys and values later layers attend with (kv_shared_layers), and those later layers.
+        self.kv_readers = [config.kv_source(layer.index) is not None for layer in layers]
+        self.kv_sources = sorted({i for i in map(config.kv_source, range(config.n_layers)) if i is not None})
         last = layers[-1].block.impl
         self.final_norm = (
             nn.Identity() if issubclass(last, Block) and last.output_normalized else config.norm.build(dims)
@@ -110,12 +113,11 @@ class GPT(nn.Module):
         if offset + T > self.config.context_length:
             for scheme in (self.positional, *self.kind_positionals.values()):
                 cast(PositionalEncoding, scheme).reach(offset + T)
-        ctx = AttentionContext(self.positional, positions, key_positions, offset, key_valid, recorder, origin)
+        kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
+        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store)
+        ctx = AttentionContext(self.positional, *shared)
         kind_ctx = {
-            kind: AttentionContext(
-                cast(PositionalEncoding, p), positions, key_positions, offset, key_valid, recorder, origin
-            )
-            for kind, p in self.kind_positionals.items()
+            kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in self.kind_positionals.items()
         }
 
         x = self.token_embedding(idx)  # (B, T, C)
@@ -167,7 +169,10 @@ class GPT(nn.Module):
             # Every windowed mixer, those inside a composite mixer too, reads its window's bookkeeping.
             windows = [m for m in self.modules() if isinstance(m, Attention) and _cache_kind(m) == "window"]
             keep = max([type(m).cache_window(m.params) or 0 for m in windows] or [0])
-        layers = [m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype) for m in self.mixers()]
+        layers = [
+            None if reads else m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
+            for m, reads in zip(self.mixers(), self.kv_readers, strict=True)
+        ]
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 
     def mixers(self) -> list[Attention]:

@@ -162,7 +162,8 @@ def sdpa_with_sinks(
 
 
 class QKNorm(nn.Module):
-    """RMSNorm of the queries and keys as they leave the projection: (B, T, h·hs) each."""
+    """RMSNorm of the queries and keys as they leave the projection: (B, T, h·hs) each (queries only
+    in a layer that attends with an earlier layer's keys)."""
 
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__()
@@ -174,7 +175,8 @@ class QKNorm(nn.Module):
             q_size, k_size = (1, 1) if self.per_head else (dims.n_heads, dims.n_kv_heads)
             start = torch.zeros if self.unit_offset else torch.ones
             self.q_norm = nn.Parameter(start(q_size * dims.head_size))
-            self.k_norm = nn.Parameter(start(k_size * dims.head_size))
+            if dims.kv_from is None:
+                self.k_norm = nn.Parameter(start(k_size * dims.head_size))
 
     def _norm(self, x: Tensor, weight: Tensor | None) -> Tensor:
         if weight is None:
@@ -190,6 +192,9 @@ class QKNorm(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self._norm(q, self.q_norm), self._norm(k, self.k_norm)
+
+    def queries(self, q: Tensor) -> Tensor:
+        return self._norm(q, self.q_norm)
 
 
 def value_norm(v: Tensor, eps: float) -> Tensor:
@@ -228,16 +233,24 @@ def gated(y: Tensor, gate_proj: nn.Linear | None, x: Tensor | None) -> Tensor:
 
 
 class FusedAttention(Attention):
+    """Softmax attention through one fused QKV projection, with the options of ``AttentionParams``.
+
+    In a layer that attends with an earlier layer's keys and values (``kv_shared_layers``), ``qkv``
+    holds the query rows alone and the layer keeps no cache."""
+
     Params = AttentionParams
     equivalent_to = "sdpa"
+    kv_sharing = True
 
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__(params, dims)
         self.n_heads, self.n_kv_heads, self.head_size = dims.n_heads, dims.n_kv_heads, dims.head_size
         self.v_size = params.v_head_size or dims.head_size
         self.scale = params.scale or 1 / math.sqrt(dims.head_size)
-        self.qkv_sizes = [dims.n_heads * dims.head_size, dims.n_kv_heads * dims.head_size]
-        if not params.shared_key_value:
+        self.qkv_sizes = [dims.n_heads * dims.head_size]
+        if dims.kv_from is None:
+            self.qkv_sizes.append(dims.n_kv_heads * dims.head_size)
+        if dims.kv_from is None and not params.shared_key_value:
             self.qkv_sizes.append(dims.n_kv_heads * self.v_size)
         self.qkv = nn.Linear(dims.d_model, sum(self.qkv_sizes), bias=dims.qkv_bias)
         self.qk_norm = QKNorm(params, dims) if params.qk_norm != "none" else None
@@ -254,12 +267,14 @@ class FusedAttention(Attention):
         assert max_len is not None, "a cache of every key and value needs a length"
         return KVLayerCache(batch_size, self.n_kv_heads, max_len, self.head_size, device, dtype, self.v_size)
 
-    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        """Bytes one token's keys and values take in the cache."""
-        return self.n_kv_heads * (self.head_size + self.v_size) * torch.empty((), dtype=dtype).element_size()
-
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * n_tokens
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes one token's keys and values take in this layer's cache (none where it reads another's)."""
+        if self.dims.kv_from is not None:
+            return 0
+        return self.n_kv_heads * (self.head_size + self.v_size) * torch.empty((), dtype=dtype).element_size()
 
     def flops_per_token(self, context_length: int) -> int:
         # Projections plus q·k (head_size wide) and the weighted values (v_size wide) against each key.
@@ -267,8 +282,11 @@ class FusedAttention(Attention):
         return projections + 2 * self.n_heads * (self.head_size + self.v_size) * context_length
 
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, C) -> q (B, nh, T, hs), k (B, nkv, Tk, hs) and v (B, nkv, Tk, vs), normalised, rotated and cached."""
+        """x (B, T, C) -> q (B, nh, T, hs), k (B, nkv, Tk, hs) and v (B, nkv, Tk, vs), normalised, rotated and cached
+        (k and v: the earlier layer's, in a layer that reads them)."""
         B, T, _ = x.shape
+        if self.dims.kv_from is not None:
+            return self._queries(x, ctx), *ctx.shared_kv(self.dims.kv_from)
         q, k, *rest = self.qkv(x).split(self.qkv_sizes, dim=-1)
         v = rest[0] if rest else k  # shared_key_value: the keys as projected, before their norm and rotation
         if self.qk_norm is not None:
@@ -283,6 +301,16 @@ class FusedAttention(Attention):
         if cache is not None:
             k, v = cache.update(k, v, ctx.offset)  # (B, nkv, Tk, hs)
         return q, k, v
+
+    def _queries(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """x (B, T, C) -> q (B, nh, T, hs) alone, normalised and rotated (the keys are another layer's)."""
+        B, T, _ = x.shape
+        q = self.qkv(x)
+        if self.qk_norm is not None:
+            q = self.qk_norm.queries(q)
+        q = q.view(B, T, self.n_heads, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        q, _ = ctx.rotate(q, q[:, :0])  # no key heads to rotate
+        return query_temperature(q, ctx.positions, self.params)
 
     def merge(self, y: Tensor, x: Tensor | None = None) -> Tensor:
         """y (B, nh, T, hs) -> (B, T, C): the heads side by side, gated (reading the layer's input x) and projected."""
@@ -299,6 +327,7 @@ class FusedAttention(Attention):
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
+        ctx.share_kv(self.dims.layer_idx, k, v)
         return self.merge(self.explicit(q, k, v, ctx.bias(q.dtype), ctx), x)
 
 
@@ -323,6 +352,7 @@ class SDPAAttention(FusedAttention):
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         q, k, v = self.project(x, ctx, cache)
+        ctx.share_kv(self.dims.layer_idx, k, v)
         return self.merge(self.attend(q, k, v, None if ctx.is_causal else ctx.bias(q.dtype), ctx, ctx.is_causal), x)
 
 

@@ -63,22 +63,18 @@ class ChunkedAttention(SDPAAttention):
         return super().flops_per_token(min(context_length, self.params.chunk_size))
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: WindowCache | None = None) -> Tensor:
-        q, k, v = self.project(x, ctx, None)  # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only
+        # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only (or the keys and values an earlier layer shares)
+        q, k, v = self.project(x, ctx, None)
         C, T = self.params.chunk_size, q.size(2)
-        if ctx.is_causal and cache is None and not ctx.capturing:
-            return self.merge(self._chunks(q, k, v, ctx), x)
-        first = ctx.offset
         if cache is not None and ctx.offset:
             first = ctx.offset - min(ctx.offset, C - 1)  # earlier keys the new ones may still share a chunk with
             kept = cache.slots(first, ctx.offset)
-            cached_k, cached_v = cache.k[:, :, kept].to(k.dtype), cache.v[:, :, kept].to(v.dtype)
-        y = self.attend(
-            q,
-            k if first == ctx.offset else torch.cat([cached_k, k], dim=2),  # (B, nkv, kept + T, hs)
-            v if first == ctx.offset else torch.cat([cached_v, v], dim=2),
-            self._chunk_bias(ctx, q.dtype, first),
-            ctx,
-        )
+            k = torch.cat([cache.k[:, :, kept].to(k.dtype), k], dim=2)  # (B, nkv, kept + T, hs)
+            v = torch.cat([cache.v[:, :, kept].to(v.dtype), v], dim=2)
+        ctx.share_kv(self.dims.layer_idx, k, v)
+        if ctx.is_causal and cache is None and not ctx.capturing:
+            return self.merge(self._chunks(q, k, v, ctx), x)
+        y = self.attend(q, k, v, self._chunk_bias(ctx, q.dtype, ctx.offset + T - k.size(2)), ctx)
         if cache is not None:
             n = min(T, cache.k.size(2))
             slots = cache.slots(ctx.offset + T - n, ctx.offset + T)

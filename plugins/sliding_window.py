@@ -87,21 +87,23 @@ class SlidingWindowAttention(SDPAAttention):
         return super().flops_per_token(min(context_length, self.params.window))
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: WindowCache | None = None) -> Tensor:
-        q, k, v = self.project(x, ctx, None)  # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only
+        # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only (or the keys and values an earlier layer shares)
+        q, k, v = self.project(x, ctx, None)
         W, T = self.params.window, q.size(2)
         if cache is not None and T == 1:
             return self.merge(self._step(q, k, v, ctx, cache), x)
+        if cache is not None and ctx.offset:
+            first = ctx.offset - min(ctx.offset, W - 1)  # earlier keys the new ones may still see
+            kept = cache.slots(first, ctx.offset)
+            k = torch.cat([cache.k[:, :, kept].to(k.dtype), k], dim=2)  # (B, nkv, kept + T, hs)
+            v = torch.cat([cache.v[:, :, kept].to(v.dtype), v], dim=2)
+        ctx.share_kv(self.dims.layer_idx, k, v)
         if ctx.is_causal and T >= BLOCKED_FROM * W and T >= BLOCKED_FROM_LENGTH and not ctx.capturing:
             y = self._blocks(q, k, v, ctx)
         elif ctx.is_causal and T <= W:
             y = self.attend(q, k, v, None, ctx, is_causal=True)
         else:  # a padded batch, a score bias, new tokens after cached ones, or inspection: the full windowed mask
-            first = 0
-            if cache is not None and ctx.offset:
-                first = ctx.offset - min(ctx.offset, W - 1)  # earlier keys the new ones may still see
-                kept = cache.slots(first, ctx.offset)
-                k = torch.cat([cache.k[:, :, kept].to(k.dtype), k], dim=2)  # (B, nkv, kept + T, hs)
-                v = torch.cat([cache.v[:, :, kept].to(v.dtype), v], dim=2)
+            first = ctx.offset + T - k.size(2)  # the key slot of the first key at hand
             y = self.attend(q, k, v, ctx.bias(q.dtype, window=W, first_key=first), ctx)
         if cache is not None:
             n = min(T, cache.k.size(2))
@@ -117,6 +119,9 @@ class SlidingWindowAttention(SDPAAttention):
         cache.v[:, :, ctx.offset % size] = v[:, :, 0]
         n = min(ctx.offset + 1, size)
         first = ctx.offset + 1 - n
+        if ctx.kv_store is not None and self.dims.layer_idx in ctx.kv_store:  # later layers read them in order
+            ordered = cache.slots(first, ctx.offset + 1)
+            ctx.share_kv(self.dims.layer_idx, cache.k[:, :, ordered].to(q.dtype), cache.v[:, :, ordered].to(q.dtype))
         bias = ctx.bias(
             q.dtype, window=self.params.window, first_key=first
         )  # (B|1, nh|1, 1, n), keys in position order

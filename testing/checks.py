@@ -109,6 +109,8 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
                 check_padded_batch(m)
                 check_separate_caches(m)
                 check_bounded_cache(m)
+    if mixer is not None and mixer.kv_sharing:
+        check_kv_sharing(registry, spec, lengths[-1])
     if field:
         check_receptive_field(registry, spec, field)
     if mixer is not None and mixer.equivalent_to not in (None, name):
@@ -482,7 +484,7 @@ def check_bounded_cache(model: GPT) -> None:
 def _cache_tensor_bytes(cache: Any) -> int:
     """Bytes of every tensor the layers' caches hold (their attributes, one level deep, and the
     same within a layer cache made of other layer caches, as a composite mixer's)."""
-    return sum(_layer_cache_bytes(layer) for layer in cache.layers)
+    return sum(_layer_cache_bytes(layer) for layer in cache.layers if layer is not None)
 
 
 def _layer_cache_bytes(layer: LayerCache) -> int:
@@ -492,6 +494,34 @@ def _layer_cache_bytes(layer: LayerCache) -> int:
         total += sum(t.numel() * t.element_size() for t in values if isinstance(t, Tensor))
         total += sum(_layer_cache_bytes(part) for part in values if isinstance(part, LayerCache))
     return total
+
+
+def check_kv_sharing(registry: Registry, spec: dict, context_length: int) -> None:
+    """A mixer declaring ``kv_sharing``, in a model whose last two layers attend with the first one's
+    keys and values: the model checks pass (the cache, padding, decoding past the context), and
+    the readers have no key or value weights and keep no cache."""
+    fields = {"n_layers": 3, "kv_shared_layers": 2, "context_length": context_length, "attention": spec}
+    for positional in ("rope", "alibi"):
+        model = build(tiny_config(registry, positional=positional, **fields))
+        unshared = build(tiny_config(registry, positional=positional, **{**fields, "kv_shared_layers": 0}))
+        reader, own = cast(Block, model.blocks[1]).attention, cast(Block, unshared.blocks[1]).attention
+        n_params = sum(p.numel() for p in reader.parameters())
+        assert n_params < sum(p.numel() for p in own.parameters()), (
+            f"[{_describe(model)}] a layer reading layer 0's keys and values has {n_params} parameters, as many as one "
+            "computing its own"
+        )
+        assert reader.cache_bytes(context_length) == 0 and model.new_cache(1).layers[1:] == [None, None], (
+            f"[{_describe(model)}] the layers reading layer 0's keys and values keep a cache"
+        )
+        check_forward(model)
+        check_gradients(model)
+        check_state_round_trip(model)
+        check_attention_capture(model)
+        check_causal(model)
+        check_kv_cache(model)
+        check_padded_batch(model)
+        check_separate_caches(model)
+        check_bounded_cache(model)
 
 
 def check_builds_on_meta(config: ModelConfig) -> None:

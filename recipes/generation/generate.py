@@ -211,6 +211,7 @@ def _cache_bytes_per_token(model: GPT) -> int:
         return sum(
             t.numel() * t.element_size()
             for layer in cache.layers
+            if layer is not None  # a layer reading another's keys and values keeps none
             for t in vars(layer).values()
             if isinstance(t, Tensor)
         )

@@ -1,0 +1,191 @@
+"""Gemma 4's text model against transformers' own, built tiny here with the same weights: local
+layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are their values, and
+the last layers attending with the keys and values of the last earlier layer of their kind
+(``kv_shared_layers``, transformers' num_kv_shared_layers)."""
+
+import pytest
+import torch
+
+from gptzoo.testing import build, check_kv_cache, check_padded_batch
+
+transformers = pytest.importorskip("transformers")
+
+LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+SHARED = 3  # layers 3 and 4 (local) read layer 1, layer 5 (global) reads layer 2
+
+
+def their_model(shared: int = SHARED):
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4ForCausalLM
+
+    config = Gemma4TextConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        sliding_window=4,
+        layer_types=LAYER_TYPES,
+        num_kv_shared_layers=shared,
+        hidden_size_per_layer_input=0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        },
+        max_position_embeddings=64,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = Gemma4ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # norms away from 1, so a misplaced one shows
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def our_config(registry, shared: int = SHARED):
+    attention = {"qk_norm": "per_head", "v_norm": True, "scale": 1.0}
+    return registry.model_config(
+        {
+            "vocab_size": 50,
+            "context_length": 32,
+            "d_model": 32,
+            "n_layers": 6,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "head_dim": 8,
+            "attn_out_bias": False,
+            "tied_head": True,
+            "embedding_scale": "sqrt_d_model",
+            "positional": {"name": "rope", "base": 10000.0},
+            "attention": {"name": "sdpa", **attention},
+            "feed_forward": {"name": "geglu", "hidden": 64},
+            "norm": {"name": "rmsnorm", "eps": 1e-6},
+            "block": "sandwich",
+            "kv_shared_layers": shared,
+            "layer_kinds": {
+                "local": {"attention": {"name": "sliding_window", "window": 4, **attention}},
+                "global": {
+                    "head_dim": 16,
+                    "n_kv_heads": 1,
+                    "positional": {"name": "rope", "base": 1e6},
+                    "attention": {"name": "sdpa", "shared_key_value": True, **attention},
+                },
+            },
+            "layer_pattern": ["local", "local", "global"],
+        }
+    )
+
+
+def their_weights(theirs, n_layers: int = 6) -> dict:
+    """transformers' Gemma 4 weights under gptzoo's names."""
+    hf = {k.removeprefix("model."): v for k, v in theirs.state_dict().items()}
+    ours = {"token_embedding.weight": hf["embed_tokens.weight"], "final_norm.weight": hf["norm.weight"]}
+    for i in range(n_layers):
+        a, b = f"layers.{i}.self_attn.", f"blocks.{i}."
+        projections = [hf[a + p + ".weight"] for p in ("q_proj", "k_proj", "v_proj") if a + p + ".weight" in hf]
+        ours[b + "attention.qkv.weight"] = torch.cat(projections)
+        ours[b + "attention.out_proj.weight"] = hf[a + "o_proj.weight"]
+        ours[b + "attention.qk_norm.q_norm"] = hf[a + "q_norm.weight"]
+        if a + "k_norm.weight" in hf:
+            ours[b + "attention.qk_norm.k_norm"] = hf[a + "k_norm.weight"]
+        for mine, their in [("attn_norm", "input_layernorm"), ("attn_out_norm", "post_attention_layernorm")]:
+            ours[b + mine + ".weight"] = hf[f"layers.{i}.{their}.weight"]
+        for mine, their in [("ffn_norm", "pre_feedforward_layernorm"), ("ffn_out_norm", "post_feedforward_layernorm")]:
+            ours[b + mine + ".weight"] = hf[f"layers.{i}.{their}.weight"]
+        for mine, their in [("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj")]:
+            ours[b + f"feed_forward.{mine}.weight"] = hf[f"layers.{i}.mlp.{their}.weight"]
+    return ours
+
+
+def load_theirs(registry, theirs, shared: int = SHARED):
+    ours = build(our_config(registry, shared))
+    weights = their_weights(theirs)
+    weights["head.weight"] = weights["token_embedding.weight"]  # tied
+    ours.load_state_dict(weights, strict=True)
+    return ours
+
+
+@pytest.mark.parametrize("shared", [0, SHARED])
+@torch.no_grad()
+def test_gemma4_text_model_matches_transformers(registry, shared):
+    theirs = their_model(shared)
+    ours = load_theirs(registry, theirs, shared)
+    idx = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(1))
+    # output_hidden_states keeps their forward from slicing the prompt before the sharing layers, which
+    # fails without per-layer inputs in transformers 5.24 (and changes nothing in the logits).
+    expected = theirs(idx, output_hidden_states=True).logits
+    torch.testing.assert_close(ours(idx), expected, rtol=1e-4, atol=1e-4)
+    cache = ours.new_cache(2)  # decoding in pieces, past the window, gives the same logits
+    steps = [ours(idx[:, :5], cache=cache)] + [ours(idx[:, t : t + 1], cache=cache) for t in range(5, 11)]
+    torch.testing.assert_close(torch.cat(steps, 1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_layers_have_no_key_value_weights_and_no_cache(registry):
+    ours, alone = build(our_config(registry)), build(our_config(registry, shared=0))
+    local_kv = 32 * 2 * 8 * 2  # keys and values of a local layer
+    global_k = 32 * 1 * 16  # a global layer's keys, which are its values
+    norms = 2 * 8 + 16  # the readers' k_norm weights
+    assert alone.param_counts()["attention"] - ours.param_counts()["attention"] == 2 * local_kv + global_k + norms
+    # Cache per token, float32: layers 0-2 keep their own (a local window of 4, a global layer's every token).
+    local, wide = 4 * 2 * 2 * 8, 4 * 2 * 1 * 16  # bytes per token: keys and values
+    assert ours.kv_cache_bytes(20) == 2 * local * 4 + wide * 20
+    assert alone.kv_cache_bytes(20) == 4 * local * 4 + 2 * wide * 20
+    assert [layer is None for layer in ours.new_cache(1).layers] == [False] * 3 + [True] * 3
+
+
+@torch.no_grad()
+def test_shared_layers_cache_and_pad(registry):
+    model = build(our_config(registry))
+    check_kv_cache(model)
+    check_padded_batch(model)
+
+
+def test_shared_layers_train_the_layer_they_read(registry):
+    """Without a cache (training), layer 3 attends with layer 1's keys and values: its output alone,
+    its input cut from the graph, sends a gradient to layer 1's key and value weights."""
+    model = build(our_config(registry)).train()
+    reader = model.blocks[3].attention
+    reader.register_forward_pre_hook(lambda m, args: (args[0].detach(), *args[1:]))
+    outputs = []
+    reader.register_forward_hook(lambda m, args, out: outputs.append(out))
+    model(torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(2)))
+    outputs[0].square().sum().backward()
+    key_values = model.blocks[1].attention.qkv.weight.grad[32:]  # rows after the 4 query heads of 8
+    assert key_values.abs().sum() > 0
+    assert model.blocks[2].attention.qkv.weight.grad is None  # a global layer: nothing of it reaches layer 3
+
+
+def test_shared_layers_compile_with_fullgraph(registry):
+    model = build(our_config(registry))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(compiled(idx), model(idx))
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.kv_shared_layers=6", "kv_shared_layers=6: at least one of the n_layers=6 layers must compute"),
+        ("model.kv_shared_layers=5", "layer 2 (global) has no earlier layer of its kind"),
+        (
+            "model.layer_kinds.local.attention.name=per_head",
+            "layer 3's attention 'per_head' cannot attend with another layer's keys and values",
+        ),
+    ],
+)
+def test_sharing_is_checked_at_load(registry, override, message):
+    from gptzoo.core import ConfigError
+    from gptzoo.recipes.config.reading import apply_overrides
+
+    data = apply_overrides({"model": our_config(registry).model_dump(mode="json")}, [override])
+    with pytest.raises(ConfigError) as err:
+        registry.model_config(data["model"])
+    assert message in str(err.value)
