@@ -6,6 +6,7 @@
     DIR/metrics.jsonl      one JSON object per evaluation
     DIR/train_state.pt     optimizer, scheduler, step and RNG states (tensors only) for --resume
     DIR/manifest.json      every committed file's size and sha256, the step, each component's plugin
+    DIR/sharded/           an FSDP run's checkpoint, in shards from every process (see runs/sharded.py)
 
 Files are committed together through the manifest (gptzoo.recipes.runs.manifest): a crash or a full
 disk leaves the previous checkpoint whole, and every reader checks what it reads against it.
@@ -39,6 +40,7 @@ from gptzoo.recipes.runs.manifest import (
     read_manifest,
 )
 from gptzoo.recipes.runs.memory import check_fits
+from gptzoo.recipes.runs.sharded import consolidated
 from gptzoo.recipes.runs.weights import load_weights, model_state, write_state
 from gptzoo.registry import Registry, default_registry
 
@@ -73,6 +75,14 @@ def run_commit(folder: Path, config: RunConfig, step: int | None = None, registr
     return Commit(folder, step, components_of(config, registry or default_registry()))
 
 
+def stage_config(commit: Commit, config: RunConfig, tokenizer: Tokenizer) -> None:
+    """Stage config and tokenizer state into ``commit``."""
+    commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
+    state = tokenizer.state()
+    if state is not None:
+        commit.stage_text(TOKENIZER, json.dumps(state, ensure_ascii=False))
+
+
 def stage_run(
     commit: Commit,
     config: RunConfig,
@@ -81,10 +91,7 @@ def stage_run(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Stage config, tokenizer state and weights into ``commit``."""
-    commit.stage_text(CONFIG, config.model_dump_json(indent=2) + "\n")
-    state = tokenizer.state()
-    if state is not None:
-        commit.stage_text(TOKENIZER, json.dumps(state, ensure_ascii=False))
+    stage_config(commit, config, tokenizer)
     with commit.stage(WEIGHTS) as f:
         write_state(f, weights, {"format": "pt", "producer": "gptzoo"} | (metadata or {}))
 
@@ -159,9 +166,11 @@ def load_config(folder: str | Path, registry: Registry | None = None, manifest: 
 
 
 def load_run(folder: str | Path, registry: Registry | None = None, device: str | torch.device = "cpu") -> Run:
-    """Read a run folder back: config, tokenizer and model with its weights (in eval mode), each file checked."""
+    """Read a run folder back: config, tokenizer and model with its weights (in eval mode), each file checked.
+
+    A run holding only a sharded checkpoint is consolidated into its weights file first."""
     folder = Path(folder)
-    manifest = open_run(folder)
+    manifest = consolidated(folder, open_run(folder))
     config = load_config(folder, registry, manifest)
     tokenizer = build_tokenizer(config, folder, manifest)
     with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (both release the GIL)

@@ -19,7 +19,9 @@ from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, r
 from gptzoo.recipes.runs.folder import run_commit, stage_run
 from gptzoo.recipes.runs.manifest import Manifest
 from gptzoo.recipes.runs.metrics import METRICS, read_metrics
+from gptzoo.recipes.runs.sharded import SHARDED
 from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training.sharded import save_sharded_checkpoint
 from gptzoo.registry import Registry
 
 
@@ -46,41 +48,45 @@ def save_checkpoint(
     """Commit config, tokenizer, weights and training state as one checkpoint (see recipes/runs/_journal.py).
 
     A failure while saving (a full disk, a crash) leaves the previous checkpoint whole. With
-    several processes only rank 0 writes (under FSDP after every rank helped gather the full
-    state) while the others wait.
+    several processes only rank 0 writes while the others wait; under FSDP every rank writes
+    its shards instead (training/sharded.py).
     """
     world = distributed.world()
-    if not (world.is_main or distributed.is_sharded(model)):
-        distributed.barrier()
+    if distributed.is_sharded(model):
+        save_sharded_checkpoint(out, config, model, tokenizer, optimizer, training_state(progress, sampler), registry)
         return
-    weights = distributed.full_model_state(model)
-    optimizer_state = distributed.optimizer_state(model, optimizer)
     if not world.is_main:
         distributed.barrier()
         return
-    state = {
-        "step": progress.step,
-        "tokens": progress.tokens,
-        "elapsed_s": progress.elapsed_s,
-        "best_val_loss": progress.best_val_loss,
-        "data": sampler.state(),
-        "optimizer": optimizer_state,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-    }
+    state = training_state(progress, sampler) | {"optimizer": distributed.optimizer_state(model, optimizer)}
     with run_writer(out):
         commit = run_commit(out, config, progress.step, registry)
         try:
-            stage_run(commit, config, weights, tokenizer, {"step": str(progress.step)})
+            stage_run(commit, config, distributed.full_model_state(model), tokenizer, {"step": str(progress.step)})
             with commit.stage(TRAIN_STATE) as f:
                 torch.save(state, f)
+            commit.drop(SHARDED)  # a run resumed without FSDP: its weights are whole again
         except BaseException:
             commit.discard()
             raise
         commit.commit()
     distributed.barrier()
+
+
+def training_state(progress: Progress, sampler: WindowSampler) -> dict:
+    """Where training stands, the data's position and the RNG's state (a checkpoint's train_state.pt, with
+    the optimizer's state when it is not sharded)."""
+    return {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "elapsed_s": progress.elapsed_s,
+        "best_val_loss": progress.best_val_loss,
+        "data": sampler.state(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
 
 
 def load_train_state(out: Path, name: str = TRAIN_STATE) -> dict:

@@ -13,8 +13,9 @@ windows one process with that batch would see.
 
 Models: ``ddp`` keeps a whole copy per rank and averages gradients (DistributedDataParallel);
 ``fsdp`` shards every block's parameters, gradients and optimizer state across ranks
-(FSDP2's ``fully_shard``) for models that do not fit on one device. Checkpoints gather the
-full weights and optimizer state on rank 0, so they are the same files as any other run.
+(FSDP2's ``fully_shard``) for models that do not fit on one device. DDP checkpoints gather
+the optimizer state on rank 0 and are the same files as any other run; FSDP checkpoints are
+written in shards by every rank (training/sharded.py) and consolidated at the end.
 """
 
 from __future__ import annotations
@@ -212,6 +213,24 @@ def any_rank(flag: bool | Tensor, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank (any picklable value)."""
+    if not _running():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_on_main(value: object) -> list[object] | None:
+    """Every rank's ``value``, in rank order, on rank 0; None on the others."""
+    if not _running():
+        return [value]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def barrier() -> None:
     if _running():
         dist.barrier()
@@ -273,7 +292,7 @@ def grad_sync(model: nn.Module, last_micro_step: bool) -> AbstractContextManager
     return nullcontext()
 
 
-def _tied_names(model: nn.Module) -> set[str]:
+def tied_names(model: nn.Module) -> set[str]:
     """State-dict names that repeat an earlier name's tensor (a tied head's weight)."""
     seen, tied = set(), set()
     for name, tensor in model.state_dict(keep_vars=True).items():
@@ -293,7 +312,7 @@ def full_model_state(model: nn.Module) -> dict[str, Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    tied = _tied_names(unwrap(model))
+    tied = tied_names(unwrap(model))
     return {name: t.contiguous() for name, t in state.items() if name not in tied}
 
 

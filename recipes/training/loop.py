@@ -28,8 +28,9 @@ from gptzoo.core import CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
 from gptzoo.recipes.runs._lock import run_writer
-from gptzoo.recipes.runs.files import check_out_folder
+from gptzoo.recipes.runs.files import WEIGHTS, check_out_folder
 from gptzoo.recipes.runs.metrics import append_metrics, read_metrics
+from gptzoo.recipes.runs.sharded import consolidate
 from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.checkpoint import (
@@ -227,6 +228,7 @@ def _train(
     tensorboard = TensorBoardLog(out, at.step) if run.config.train.tensorboard and world.is_main else None
     stopped = train_loop(run, state, bar, tensorboard)
     wall = time.perf_counter() - state.session_started
+    consolidate_sharded(run)
     if tensorboard is not None:
         tensorboard.close()
     return TrainSummary(
@@ -360,6 +362,16 @@ def checkpoint(run: Run, state: TrainState) -> None:
     state.at.elapsed_s = state.elapsed_s()
     save_checkpoint(run.out, run.config, run.model, run.tokenizer, run.optimizer, state.at, run.sampler, run.registry)
     state.saved_step = state.at.step
+
+
+def consolidate_sharded(run: Run) -> None:
+    """Under FSDP, rank 0 writes the last (sharded) checkpoint's model.safetensors, which every other command
+    reads, while the other ranks wait."""
+    if not distributed.is_sharded(run.model):
+        return
+    if run.world.is_main and (step := consolidate(run.out)) is not None:
+        run.say(f"consolidated the sharded checkpoint of step {step} into {run.out / WEIGHTS}")
+    distributed.barrier()
 
 
 def stop_requested(run: Run, stop: StopSignals, plan: StepPlan) -> bool:

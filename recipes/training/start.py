@@ -21,6 +21,7 @@ from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest
 from gptzoo.recipes.runs.metrics import METRICS
+from gptzoo.recipes.runs.sharded import SHARDED, consolidated, has_sharded_checkpoint, sharded_files
 from gptzoo.recipes.runs.weights import load_matching_weights, load_weights, weights_step
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.checkpoint import (
@@ -35,6 +36,7 @@ from gptzoo.recipes.training.checkpoint import (
 from gptzoo.recipes.training.devices import resolve_device
 from gptzoo.recipes.training.models import resolve_vocab
 from gptzoo.recipes.training.optim import build_optimizer, total_steps
+from gptzoo.recipes.training.sharded import load_sharded_checkpoint
 from gptzoo.registry import Registry
 
 
@@ -69,7 +71,8 @@ def resumed_run(config: RunConfig, out: Path, manifest: Manifest | None, registr
             f"{out}: holds no committed checkpoint to resume (the run stopped before its first); train without --resume to start over"
         )
     if manifest is not None:
-        for name in (CONFIG, WEIGHTS, TRAIN_STATE, *(n for n in (TOKENIZER, METRICS) if n in manifest.files)):
+        weights = sharded_files(manifest) if has_sharded_checkpoint(manifest) else [WEIGHTS]
+        for name in (CONFIG, *weights, TRAIN_STATE, *(n for n in (TOKENIZER, METRICS) if n in manifest.files)):
             check_file(out, manifest, name)
     state = load_train_state(out)
     if manifest is None and weights_step(out / WEIGHTS) not in (None, state["step"]):
@@ -100,7 +103,9 @@ def run_from_weights(config: RunConfig, source: Path, registry: Registry | None)
         raise ConfigError(
             f"train.init_from: {source} is not a run folder (no {CONFIG}); give the folder of an imported or trained run"
         )
-    source_config = load_config(source, registry, source_manifest := open_run(source))
+    with distributed.main_first():  # an FSDP run stopped early gets its weights file, written by rank 0 alone
+        source_manifest = consolidated(source, open_run(source))
+    source_config = load_config(source, registry, source_manifest)
     if source_config.model.tokenizer != config.model.tokenizer:
         raise ConfigError(
             f"train.init_from: {source} was trained with tokenizer {source_config.model.tokenizer.model_dump_json()}, this config has "
@@ -161,7 +166,8 @@ def set_up(
     n_steps = total_steps(
         cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"]
     )
-    if start.train_state is not None:
+    sharded = has_sharded_checkpoint(start.manifest) and start.train_state is not None
+    if start.train_state is not None and not sharded:
         load_weights(model, out / WEIGHTS)
     elif start.init_from is not None:  # start_run opened it (and noted a folder without a manifest)
         say(load_matching_weights(model, start.init_from, read_manifest(start.init_from)))
@@ -172,7 +178,10 @@ def set_up(
     at = Progress()
     sampler = WindowSampler(len(train_windows), config.data.seed)
     if (state := start.train_state) is not None:
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+        if sharded:  # into this session's sharding, after the model is wrapped
+            load_sharded_checkpoint(wrapped, optimizer, out / SHARDED)
+        else:
+            distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         at = Progress(state["step"], state["tokens"], state["elapsed_s"], state["best_val_loss"])
         sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
         restore_rng(state["rng"])

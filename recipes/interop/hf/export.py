@@ -26,6 +26,7 @@ from gptzoo.recipes.interop.hf.families import Family, hf_shapes, to_theirs, wei
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import check_file
+from gptzoo.recipes.runs.sharded import consolidated
 from gptzoo.recipes.runs.weights import describe_mismatch, write_safetensors
 from gptzoo.recipes.training.models import resolve_vocab
 from gptzoo.registry import Registry, default_registry
@@ -69,7 +70,7 @@ def export_hf(
     registry = registry or default_registry()
     run_folder, out = Path(run_folder), Path(out)
     refuse_existing(out)
-    manifest = open_run(run_folder)
+    manifest = consolidated(run_folder, open_run(run_folder))  # an FSDP run stopped early: its weights file first
     config = load_config(run_folder, registry, manifest)
     if config.model.vocab_size is None:  # a config written by hand: the tokenizer's size, as training resolves it
         config = resolve_vocab(config, build_tokenizer(config, run_folder, manifest))
