@@ -283,6 +283,10 @@ def hf_families_page(registry: Registry) -> str:
         for weight in family.weights:
             theirs = ", ".join(f"`{t}`" for t in weight.theirs)
             out.append(f"| `{weight.ours}` | {theirs} | {cell(weight.layout)} |")
+        if family.fused:
+            out += ["", "| Hugging Face tensor | holds, group by group |", "| --- | --- |"]
+            for fused in family.fused:
+                out.append(f"| `{fused.name}` | {', '.join(f'`{p}`' for p in fused.parts)} |")
     return "\n".join(out) + "\n"
 
 

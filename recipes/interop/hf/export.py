@@ -22,7 +22,7 @@ from gptzoo.recipes.interop.hf.convert import (
     hf_config,
     match_family,
 )
-from gptzoo.recipes.interop.hf.families import Family, hf_shapes, to_theirs, weight_plan
+from gptzoo.recipes.interop.hf.families import Family, fuse_shapes, fusions, hf_shapes, to_theirs, weight_plan
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import check_file
@@ -84,6 +84,7 @@ def export_hf(
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
     specs = hf_shapes(plan, shapes, config.model.dims())
+    fused = fusions(family, specs, config.model)
     if manifest is not None and weights.is_file():
         check_file(run_folder, manifest, WEIGHTS)
     with open_safetensors(weights) as f:
@@ -96,12 +97,16 @@ def export_hf(
         tensor_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
 
         def read(hf: str) -> torch.Tensor:
+            if hf in fused:
+                return fused[hf].join([read(part) for part in fused[hf].parts])
             parts, layout, shape = specs[hf]
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
             tensor = torch.cat(tensors) if len(tensors) > 1 else to_theirs(layout, tensors[0], config.model.dims())
             return tensor.reshape(shape)  # one expert of a stack: (1, ...) -> (...)
 
-        shards = _shards({hf: (tensor_dtype, shape) for hf, (_, _, shape) in specs.items()}, max_shard_bytes)
+        shards = _shards(
+            {hf: (tensor_dtype, shape) for hf, (_, _, shape) in fuse_shapes(specs, fused).items()}, max_shard_bytes
+        )
         extra, generation = tokenizer_files(run_folder, config, manifest)
         data |= {
             "pad_token_id": None

@@ -31,7 +31,15 @@ from gptzoo.recipes.interop.hf.convert import (
     model_table,
     normalise,
 )
-from gptzoo.recipes.interop.hf.families import Family, all_families, hf_shapes, to_ours, weight_plan
+from gptzoo.recipes.interop.hf.families import (
+    Family,
+    all_families,
+    fuse_shapes,
+    fusions,
+    hf_shapes,
+    to_ours,
+    weight_plan,
+)
 from gptzoo.recipes.interop.hf.hub import FOLDER_HINT, checkpoint_folder
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
 from gptzoo.recipes.runs.folder import run_commit
@@ -221,7 +229,14 @@ def import_hf(
         plan = weight_plan(family, shapes)
         dims = config.model.dims()
         to_read = hf_shapes(plan, shapes, dims)
-        found = _find_weights(src, stored, family, config, to_read)
+        fused = fusions(family, to_read, config.model)
+        found = _find_weights(src, stored, family, config, fuse_shapes(to_read, fused))
+        part_of = {part: (whole, k) for whole, fusion in fused.items() for k, part in enumerate(fusion.parts)}
+
+        def load(hf: str) -> torch.Tensor:
+            whole, k = part_of.get(hf, (hf, None))
+            tensor = stored[found[whole]].get_tensor(found[whole])
+            return tensor if k is None else fused[whole].split(tensor, k)
 
         def read(name: str) -> torch.Tensor:
             weight, theirs = plan[name]
@@ -229,7 +244,7 @@ def import_hf(
                 k, key = weight.chunk[0], found[theirs[0]]
                 rows = shapes[name][0]
                 return stored[key].get_slice(key)[k * rows : (k + 1) * rows]
-            parts = [stored[found[hf]].get_tensor(found[hf]) for hf in theirs]
+            parts = [load(hf) for hf in theirs]
             if weight.layout == "experts":
                 return torch.stack(parts)
             return torch.cat(parts) if len(parts) > 1 else to_ours(weight.layout, parts[0], dims)

@@ -25,8 +25,11 @@ from gptzoo.recipes.interop.hf.families.base import (
     Conversion,
     Family,
     Field,
+    Fused,
     Require,
     Weight,
+    fuse_shapes,
+    fusions,
     hf_shapes,
     qkv_rows,
     to_ours,
@@ -44,6 +47,7 @@ from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import EXAONE4, OLMO2, OLMO3
+from gptzoo.recipes.interop.hf.families.qwen3_next import QWEN3_NEXT
 from gptzoo.registry import PluginError, Registry
 
 __all__ = [
@@ -54,8 +58,11 @@ __all__ = [
     "Conversion",
     "Family",
     "Field",
+    "Fused",
     "Require",
     "Weight",
+    "fuse_shapes",
+    "fusions",
     "hf_shapes",
     "qkv_rows",
     "to_ours",
@@ -89,6 +96,7 @@ FAMILIES: dict[str, Family] = {
         LFM2,
         NEMOTRON_H,
         BAMBA,
+        QWEN3_NEXT,
     )
 }
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from gptzoo.core import CheckpointError, Dims
+from gptzoo.core import CheckpointError, Dims, ModelConfig
 from gptzoo.recipes.config import keys
 from gptzoo.recipes.config.keys import MISSING
 
@@ -74,6 +74,36 @@ class Weight:
 
 
 @dataclass(frozen=True)
+class Fused:
+    """A Hugging Face tensor ``name`` (``{i}``: the layer) holding the rows of several, group by group:
+    each of its ``groups(model, i)`` groups holds some rows of ``parts[0]``, then of ``parts[1]``, ...
+    (Qwen3-Next's ``in_proj_qkvz``: per key head, its query, its key, its values, its gates). The
+    weight table names the parts as if they were stored (``in_proj_qkvz.weight[q]``); import cuts
+    the stored tensor into them and export interleaves them back."""
+
+    name: str
+    parts: tuple[str, ...]
+    groups: Callable[[ModelConfig, int], int]
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One fused tensor of one model: its parts' Hugging Face names, rows per group of each, groups."""
+
+    parts: tuple[str, ...]
+    sizes: tuple[int, ...]
+    groups: int
+
+    def split(self, tensor: torch.Tensor, part: int) -> torch.Tensor:
+        """The fused tensor -> the rows of part ``part``."""
+        return tensor.unflatten(0, (self.groups, -1)).split(self.sizes, dim=1)[part].flatten(0, 1)
+
+    def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The parts, in order -> the fused tensor."""
+        return torch.cat([t.unflatten(0, (self.groups, -1)) for t in tensors], dim=1).flatten(0, 1)
+
+
+@dataclass(frozen=True)
 class Conversion:
     """A part of the config that is more than one key for one field (a rope scaling, a window):
     ``read(config.json)`` -> {gptzoo path: value}, raising ValueError for what gptzoo lacks;
@@ -95,6 +125,7 @@ class Family:
     prefix: str = "model."  # the base model's prefix, which checkpoints of the bare base model omit
     legacy: Callable[[dict], dict] | None = None  # config.json as older transformers wrote it -> as transformers 5 does
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
+    fused: tuple[Fused, ...] = ()  # tensors holding several of the weight table's, interleaved by groups
 
 
 # ---- expanding a family's weight table for one model ---------------------------------------------
@@ -145,6 +176,36 @@ def hf_shapes(
         else:
             transposed = weight.layout == "transposed"
             out[theirs[0]] = ([(name, None)], weight.layout, shape[::-1] if transposed else shape)
+    return out
+
+
+def fusions(family: Family, specs: dict, model: ModelConfig) -> dict[str, Fusion]:
+    """Each fused Hugging Face tensor of this model -> how its parts (in ``specs``, as ``hf_shapes`` gives
+    them) are laid out in it."""
+    found = {}
+    for fused in family.fused:
+        first = re.compile(re.escape(fused.parts[0]).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+        for name in specs:
+            if m := first.match(name):
+                i = m.group("i")
+                parts = tuple(p.format(i=i) for p in fused.parts)
+                groups = fused.groups(model, int(i))
+                sizes = tuple(specs[p][2][0] // groups for p in parts)
+                found[fused.name.format(i=i)] = Fusion(parts, sizes, groups)
+    return found
+
+
+def fuse_shapes(specs: dict, fused: dict[str, Fusion]) -> dict:
+    """``hf_shapes``' answer with each fused tensor in place of its parts (layout ``fused``)."""
+    parts = {p: name for name, fusion in fused.items() for p in fusion.parts}
+    out: dict = {}
+    for name, spec in specs.items():
+        if name not in parts:
+            out[name] = spec
+        elif (whole := parts[name]) not in out:
+            fusion = fused[whole]
+            rest = spec[2][1:]
+            out[whole] = ([], "fused", (fusion.groups * sum(fusion.sizes), *rest))
     return out
 
 

@@ -1,0 +1,303 @@
+"""import-hf / export-hf for the delta-rule families (Qwen3-Next): parity with transformers' own models.
+
+As tests/recipes/interop/test_hf_recurrent.py does for the Mamba-2 families, each case builds
+transformers' model from a tiny random config covering the family's options, saves it, imports
+it and checks: logits within 1e-4 on a left-padded batch longer than transformers' chunk of 64
+tokens; 20 greedy tokens through gptzoo's cache equal to transformers' generate from a left-padded
+batch whose longest prompt crosses that chunk boundary; export -> from_pretrained -> the same logits
+and the same tensors; generation past the trained context as transformers generates it, with a
+cache that does not grow where every layer is recurrent.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+CONTEXT = 80  # max_position_embeddings of the tiny models: past transformers' chunk of 64; generation goes past it
+CHUNK = 64  # the chunk transformers' delta rule runs in
+
+# name -> (transformers config class, its settings, whether every layer is recurrent)
+CASES = {
+    # Gated DeltaNet, Gated DeltaNet (a dense SwiGLU: mlp_only_layers), Gated DeltaNet, gated attention:
+    # 2 key heads shared by 4 value heads, keys 8 wide and values 6; attention GQA with 24-wide heads,
+    # rotary on 6 of them; 6 experts, 2 chosen, renormalised, a shared expert of 2 experts' width; untied
+    "qwen3_next": (
+        "Qwen3NextConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=6,
+            linear_conv_kernel_dim=4,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            intermediate_size=40,
+            mlp_only_layers=[1],
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25},
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # (Gated DeltaNet, attention) twice with experts on every second layer (decoder_sparse_step 2), multi-query
+    # attention with biases (its gate's too), rotary on half of each head with linear scaling, as many key heads
+    # as value heads, a 3-wide convolution, top-k weights not renormalised, tied head
+    "qwen3_next-periodic": (
+        "Qwen3NextConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            attention_bias=True,
+            linear_num_key_heads=4,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=3,
+            num_experts=4,
+            num_experts_per_tok=3,
+            moe_intermediate_size=8,
+            shared_expert_intermediate_size=8,
+            norm_topk_prob=False,
+            decoder_sparse_step=2,
+            intermediate_size=24,
+            rope_parameters={
+                "rope_type": "linear",
+                "factor": 2.0,
+                "rope_theta": 1e4,
+                "partial_rotary_factor": 0.5,
+            },
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
+    # every layer Gated DeltaNet, no experts (a SwiGLU everywhere): decodes past the context with a fixed cache
+    "qwen3_next-linear": (
+        "Qwen3NextConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            layer_types=["linear_attention"] * 2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            linear_num_key_heads=1,
+            linear_num_value_heads=2,
+            linear_key_head_dim=12,
+            linear_value_head_dim=10,
+            num_experts=0,
+            intermediate_size=24,
+            tie_word_embeddings=False,
+        ),
+        True,
+    ),
+}
+
+
+def build(case: str):
+    config_class, settings, _ = CASES[case]
+    config = getattr(transformers, config_class)(
+        **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers starts biases and unit-offset norms at 0: randomise all
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
+                p.copy_(torch.rand_like(p) * 2 - 1)
+            else:
+                p.copy_(0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows of CHUNK + 8 tokens, two of them left-padded (one past the chunk still): (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, V, (3, CHUNK + 8), generator=g)
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[1, :5], mask[2, :40] = False, False
+    return idx, mask
+
+
+def hf_logits(model, idx, mask):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
+
+
+def greedy(model, prompts, n):
+    """transformers' n greedy tokens after each prompt, from a left-padded batch (recomputing the whole text at
+    each step where no layer is attention: transformers' cache then cannot tell its length)."""
+    width = max(len(p) for p in prompts)
+    use_cache = "full_attention" in model.config.layer_types
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            use_cache=use_cache,
+        )
+    return out[:, width:].tolist()
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask = padded_batch()
+    expected = hf_logits(model, idx, mask)
+    prompts = [idx[0, : CHUNK + 3].tolist(), idx[1, :3].tolist()]
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
+    assert sorted(exported) == sorted(set(original) - tied)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == model.config.model_type
+    assert config["layer_types"] == model.config.layer_types
+
+
+def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoint, tmp_path):
+    """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; where every layer is
+    recurrent, the cache holds as many bytes for one token as for the whole text."""
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
+    prompt = padded_batch()[0][0, :5].tolist()
+    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    if CASES[case][2]:
+        assert run.model.bounded_cache()
+        assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10**4)
+    else:
+        assert not run.model.bounded_cache()
+
+
+def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    assert info["parameters"]["total"] == hf_model.num_parameters()
+    pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
+    kinds = [model["layer_kinds"][k] for k in pattern]
+    mixers = [(k.get("attention") or model["attention"])["name"] for k in kinds]
+    assert mixers == [
+        {"linear_attention": "gated_deltanet", "full_attention": "sdpa"}[t] for t in hf_model.config.layer_types
+    ]
+    feed_forwards = [(k.get("feed_forward") or model["feed_forward"])["name"] for k in kinds]
+    assert feed_forwards == [
+        "moe" if type(layer.mlp).__name__.endswith("SparseMoeBlock") else "swiglu" for layer in hf_model.model.layers
+    ]
+    if "moe" in feed_forwards:
+        moe = model["feed_forward"]
+        assert (moe["scoring"], moe["shared_expert_gate"], moe["top_k"]) == (
+            "softmax",
+            True,
+            hf_model.config.num_experts_per_tok,
+        )
+        active = info["active_parameters_per_token"]
+        idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
+        assert active == hf_model.num_parameters() - feed_forwards.count("moe") * idle
+    assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
+
+
+@pytest.mark.parametrize(
+    "case, change, named",
+    [
+        ("qwen3_next", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for qwen3_next'),
+        (
+            "qwen3_next",
+            {"layer_types": ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]},
+            'layer_types = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"] is not '
+            "supported for qwen3_next (its sliding_attention layers are not read",
+        ),
+        (
+            "qwen3_next",
+            {"shared_expert_intermediate_size": 24},
+            "shared_expert_intermediate_size = 24 is not supported for qwen3_next (gptzoo's shared expert is a "
+            "whole number of experts",
+        ),
+        (
+            "qwen3_next",
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+            'rope_parameters.rope_type = "dynamic" is not supported for qwen3_next',
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
+    build(case).save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
+    """Qwen3-Next's published checkpoints carry an mtp.* module transformers does not load: import leaves it
+    out (until gptzoo has that component) and computes the same logits."""
+    model = build("qwen3_next-linear")
+    model.save_pretrained(tmp_path / "src")
+    weights = load_file(str(tmp_path / "src" / "model.safetensors"))
+    weights["mtp.fc.weight"] = torch.randn(32, 64)
+    from safetensors.torch import save_file
+
+    save_file(weights, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    import_hf(tmp_path / "src", tmp_path / "run")
+    idx, mask = padded_batch()
+    with torch.no_grad():
+        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
