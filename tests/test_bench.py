@@ -48,3 +48,27 @@ def test_bench_runs_on_a_tiny_shape(tmp_path):
     )
     long = cases[("decode tiny 8 tokens", "gptzoo-cache", "gptzoo-nocache")]
     assert long["ratio"] > 0 and long["peak_rss_bytes"] > 0
+
+
+DECODE = BENCH.parent / "decode.py"
+
+
+@pytest.mark.slow
+def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
+    out = tmp_path / "decode.json"
+    args = ["--shapes", "tiny", "--reps", "1", "--new-tokens", "4", "--threads", "1", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(DECODE), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["impl"]: row for row in report["rows"]}
+    assert set(rows) == {"gptzoo-fp32", "gptzoo-bf16", "gptzoo-int8", "transformers"}
+    bandwidth = sum(report["meta"]["bandwidth_gb_per_s"]) / 2 * 1e9
+    # tiny: 2 layers x 64, vocab 512, tied head; the cache read at the mean length 16 + 4/2 = 18 tokens
+    d, v, layers = 64, 512, 2
+    block = 3 * d * d + 3 * d + d * d + d + 4 * d * d + 4 * d + 4 * d * d + d + 4 * d  # qkv, proj, fc, fc_out, 2 norms
+    fp32 = 4 * (layers * block + v * d + 2 * d + d) + 2 * layers * d * 18 * 4  # + head (tied), final norm, one pos row
+    assert rows["gptzoo-fp32"]["bytes_per_token"] == fp32
+    for row in rows.values():
+        assert row["bound_ms"] == pytest.approx(1e3 * row["bytes_per_token"] / bandwidth)
+        assert row["of_bound"] == pytest.approx(row["ms_per_token"] / row["bound_ms"])
+    assert rows["gptzoo-int8"]["bytes_per_token"] < rows["gptzoo-bf16"]["bytes_per_token"] < fp32

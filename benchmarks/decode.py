@@ -1,0 +1,168 @@
+"""Greedy decoding on a CPU against the memory-bandwidth bound, in one process.
+
+    python benchmarks/decode.py [--shapes small,gpt2-124m] [--storages fp32,bf16,int8]
+                                [--new-tokens 64] [--reps 5] [--threads N] [--out decode-bench.json]
+
+Batch 1, a 16-token prompt, ``--new-tokens`` greedy tokens; the time per token is the whole
+call (prefill included) over the new tokens, as the measurements in docs/design/performance.md
+take it. Cases of one shape are timed in turns (the order reversed every other repetition) so a
+change in the machine's load falls on all alike; figures are medians.
+
+- ``gptzoo-<storage>``: gptzoo's GPT-2 assembly (``generate_ids``, KV cache) with its weights
+  stored as fp32, bf16 or int8 (``--weight-storage``);
+- ``transformers``: GPT2LMHeadModel's ``generate`` on the same shape (sdpa).
+
+The book's KV-cache GPT-2 is not a row: the book package's ``llms_from_scratch.kv_cache.gpt2``
+(1.0.19) cannot decode after its prompt (its causal mask is sliced by columns where rows are
+meant, so the first cached step raises a shape error); the project's own book-parity tests
+use the chapter's plain loop instead.
+
+The bound: this machine's memory bandwidth is measured in the same run (a stream-like copy of
+two arrays far larger than the caches: bytes read plus bytes written over the time), and each
+row's bytes per token (every weight a decoding step multiplies, in its stored form, plus the
+KV cache read at the mean length) divided by it gives the fastest a step could be. ``of_bound``
+is the measured time over that: 1.0 is at the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import SHAPES, build  # noqa: E402
+
+from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
+from gptzoo.recipes.generation.stored_weights import StoredMatrix, store_weights  # noqa: E402
+
+PROMPT = 16
+
+
+def bandwidth(megabytes: int = 512, reps: int = 5) -> float:
+    """Bytes per second of a copy between two arrays of ``megabytes`` each (read + write)."""
+    a = torch.ones(megabytes * 2**20 // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - start)
+    return 2 * a.numel() * 4 / min(times)
+
+
+def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int) -> int:
+    """What one greedy step of gptzoo's GPT reads: every matrix it multiplies, in its stored form, the other
+    weights used whole (norms, biases), one row of each lookup table, and the KV cache at the mean length."""
+    head = getattr(model.head, "weight", None)
+    total, seen = 0, set()
+    for module in model.modules():
+        own = [t for _, t in module.named_parameters(recurse=False)]
+        own += [t for t in vars(module).values() if isinstance(t, StoredMatrix)]
+        for tensor in own:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            parts = [tensor.stored, tensor.scale] if isinstance(tensor, StoredMatrix) else [tensor]
+            n_bytes = sum(t.numel() * t.element_size() for t in parts if t is not None)
+            looked_up = isinstance(module, nn.Embedding) and tensor is not head
+            total += n_bytes // parts[0].shape[0] if looked_up else n_bytes  # a lookup reads one row
+    mean_length = PROMPT + new_tokens / 2
+    return total + 2 * shape["n_layers"] * shape["d_model"] * int(mean_length) * 4
+
+
+def cases(shape: dict, storages: list[str], new_tokens: int) -> dict[str, tuple[Callable[[], None], int]]:
+    """name -> (one greedy call, bytes per token)."""
+    torch.manual_seed(0)
+    prompt = torch.randint(0, shape["vocab_size"], (1, PROMPT))
+    out: dict[str, tuple[Callable[[], None], int]] = {}
+    for storage in storages:
+        torch.manual_seed(0)
+        model = store_weights(build("gptzoo-sdpa", shape).eval(), storage)  # type: ignore[arg-type]
+        out[f"gptzoo-{storage}"] = (
+            lambda m=model: generate_ids(m, [prompt[0].tolist()], new_tokens),
+            bytes_per_token(model, shape, new_tokens),
+        )
+    fp32_bytes = out["gptzoo-fp32"][1] if "gptzoo-fp32" in out else 0
+    hf = build("transformers", shape).eval()
+    out["transformers"] = (
+        lambda: hf.generate(
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        ),
+        fp32_bytes,
+    )
+    return out
+
+
+def in_turns(calls: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
+    """Median seconds of each call, one repetition of each in turn, the order reversed every other repetition."""
+    with torch.inference_mode():
+        for call in calls.values():
+            call()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for rep in range(reps):
+            for name in list(calls)[:: 1 if rep % 2 == 0 else -1]:
+                start = time.perf_counter()
+                calls[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="small,gpt2-124m", help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--storages", default="fp32,bf16,int8")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="decode-bench.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bandwidths = [bandwidth()]
+    rows = []
+    for shape_name in args.shapes.split(","):
+        shape = dict(
+            SHAPES[shape_name], context_length=max(SHAPES[shape_name]["context_length"], PROMPT + args.new_tokens)
+        )
+        made = cases(shape, args.storages.split(","), args.new_tokens)
+        seconds = in_turns({name: call for name, (call, _) in made.items()}, args.reps)
+        for name, (_, n_bytes) in made.items():
+            rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,
+                         "bytes_per_token": n_bytes})  # fmt: skip
+    bandwidths.append(bandwidth())
+    bytes_per_s = statistics.mean(bandwidths)
+    for row in rows:
+        bound_ms = 1e3 * row["bytes_per_token"] / bytes_per_s
+        reference = next(r for r in rows if r["shape"] == row["shape"] and r["impl"] == "transformers")
+        row |= {
+            "bound_ms": bound_ms,
+            "of_bound": row["ms_per_token"] / bound_ms if bound_ms else None,
+            "vs_transformers": reference["ms_per_token"] / row["ms_per_token"],
+        }
+        print(json.dumps(row))
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "bandwidth_gb_per_s": [b / 1e9 for b in bandwidths],
+        "new_tokens": args.new_tokens,
+        "reps": args.reps,
+    }
+    print(json.dumps(meta))
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
