@@ -76,10 +76,17 @@ def decayed_products(x: Tensor, y: Tensor, cum_decay: Tensor | None, strict: boo
     return (x.unsqueeze(-2) * y.unsqueeze(-3) * decay).sum(-1)
 
 
+SEGMENT_TOKENS = 128  # chunks are worked through this many tokens at a time (see chunked_delta_rule)
+
+
 def chunked_delta_rule(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor | None, state: Tensor, chunk_size: int
 ) -> tuple[Tensor, Tensor]:
-    """The delta rule over T tokens from ``state``, chunk by chunk -> outputs (B, h, T, dv), final state."""
+    """The delta rule over T tokens from ``state``, chunk by chunk -> outputs (B, h, T, dv), final state.
+
+    The chunks go through ``chunks`` a segment of SEGMENT_TOKENS at a time: a channel-wise decay
+    forms C × C × dk numbers per chunk, and formed for the whole text at once they outgrow the
+    processor's caches, so the time per token would grow with the length."""
     B, h, T, dk = k.shape
     dv = v.size(-1)
     C = chunk_size
@@ -91,7 +98,25 @@ def chunked_delta_rule(
     n = (T + pad) // C
     q, k, v = (t.reshape(B, h, n, C, -1) for t in (q, k, v))  # (B, h, n, C, ·)
     beta = beta.reshape(B, h, n, C, 1)
-    cum = None if log_decay is None else log_decay.reshape(B, h, n, C, -1).cumsum(3)  # (B, h, n, C, 1 | dk)
+    per_segment = max(1, SEGMENT_TOKENS // C)
+    # Split once (indexing in the loop would make backward zero-fill whole tensors).
+    segments = [t.split(per_segment, dim=2) for t in (q, k, v, beta)]
+    decays = log_decay.reshape(B, h, n, C, -1).split(per_segment, dim=2) if log_decay is not None else None
+    outputs = []
+    for i, (q_s, k_s, v_s, beta_s) in enumerate(zip(*segments, strict=True)):
+        y, state = chunks(q_s, k_s, v_s, beta_s, None if decays is None else decays[i], state)
+        outputs.append(y)
+    return torch.cat(outputs, 2).reshape(B, h, n * C, dv)[:, :, :T], state
+
+
+def chunks(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_decay: Tensor | None, state: Tensor
+) -> tuple[Tensor, Tensor]:
+    """n chunks of C tokens from ``state``: q, k (B, h, n, C, dk), v (B, h, n, C, dv), beta (B, h, n, C, 1),
+    log_decay (B, h, n, C, 1 | dk) or None -> outputs (B, h, n, C, dv), the state after the last chunk."""
+    B, h, n, C, dk = k.shape
+    dv = v.size(-1)
+    cum = None if log_decay is None else log_decay.cumsum(3)  # (B, h, n, C, 1 | dk)
     k_beta = k * beta
     # U = (I + L)⁻¹ β V and W = (I + L)⁻¹ β K decayed to the chunk start: the chunk's corrected values
     # are U - W S for the state S it starts from.
@@ -115,7 +140,7 @@ def chunked_delta_rule(
         corrected = u_i - w_i @ state  # (B, h, C, dv)
         outputs.append(q_i @ state + scores_i @ corrected)
         state = state * decay_i + k_i.transpose(-1, -2) @ corrected  # (B, h, dk, dv)
-    return torch.stack(outputs, 2).reshape(B, h, n * C, dv)[:, :, :T], state
+    return torch.stack(outputs, 2), state
 
 
 def delta_rule_step(

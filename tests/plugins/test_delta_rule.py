@@ -67,6 +67,19 @@ def test_chunked_form_is_the_recurrence_written_out(decay, chunk_size):
     torch.testing.assert_close(state, expected_state.transpose(-1, -2))
 
 
+@pytest.mark.parametrize("decay", ["none", "per_head", "per_channel"])
+def test_a_long_text_worked_through_in_segments_of_chunks_is_the_recurrence_written_out(decay):
+    # 300 tokens in chunks of 16: 19 chunks, the last ragged, in segments of SEGMENT_TOKENS // 16 chunks.
+    q, k, v, beta, log_decay = random_inputs(B=1, h=2, T=300, channelwise=decay == "per_channel", max_beta=2.0)
+    log_decay = None if decay == "none" else log_decay / 8  # decays that let early tokens still count
+    alpha = torch.ones_like(k) if log_decay is None else log_decay.exp().expand_as(k)
+    start = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    expected, expected_state = naive_delta_rule(q, k, v, beta, alpha, start.transpose(-1, -2))
+    y, state = chunked_delta_rule(q, k, v, beta, log_decay, start, 16)
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(state, expected_state.transpose(-1, -2))
+
+
 @pytest.mark.parametrize("channelwise", [False, True])
 def test_one_step_at_a_time_is_the_recurrence(channelwise):
     q, k, v, beta, log_decay = random_inputs(T=9, channelwise=channelwise)
