@@ -1,4 +1,4 @@
-"""What every attention layer of one forward pass shares: positions, masking and score bias.
+"""What every layer of one forward pass shares: positions, masking, score bias and the inputs.
 
 The model builds one context per forward (one per distinct position scheme when layer kinds
 choose their own), so attention variants stay free of position and mask logic. What a variant
@@ -23,6 +23,8 @@ may read:
   attend with (``kv_shared_layers``) hands over those it attends with, (B, nkv, Tk', hs|vs): the
   latest Tk' keys, of key slots ``offset + T - Tk'`` on, in order; the later layers read them,
   in training as while decoding, and keep no cache of their own;
+- ``token_ids`` (B, T) and ``embeddings`` (B, T, C): the new tokens' ids and the residual stream
+  entering the first block (a block's per-layer input reads them: Gemma 3n, Gemma 4);
 - ``capturing`` and ``record(what)``: while a ``Recorder`` inspects the forward, each layer
   reports once what its mixer declares it offers (``Attention.inspection``): attention
   probabilities (B, h, T, Tk) after the softmax and before dropout, an implicit attention
@@ -81,7 +83,10 @@ class AttentionContext:
         recorder: Recorder | None = None,
         key_origin: int = 0,
         kv_store: dict[int, tuple[Tensor, Tensor] | None] | None = None,
+        token_ids: Tensor | None = None,
+        embeddings: Tensor | None = None,
     ):
+        self.token_ids, self.embeddings = token_ids, embeddings
         self.positional = positional
         self.kv_store = kv_store  # one per forward, shared by its contexts: the layers read, None until they share
         self.recorder = recorder

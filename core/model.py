@@ -113,18 +113,18 @@ class GPT(nn.Module):
         if offset + T > self.config.context_length:
             for scheme in (self.positional, *self.kind_positionals.values()):
                 cast(PositionalEncoding, scheme).reach(offset + T)
-        kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
-        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store)
-        ctx = AttentionContext(self.positional, *shared)
-        kind_ctx = {
-            kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in self.kind_positionals.items()
-        }
-
         x = self.token_embedding(idx)  # (B, T, C)
         if self.embedding_multiplier != 1.0:
             # A tensor in the activations' dtype, as Gemma's normaliser: √3072 rounds in bf16.
             x = x * torch.tensor(self.embedding_multiplier, dtype=x.dtype)
         x = self.dropout(self.positional.embed(x, positions))
+
+        kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
+        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x)
+        ctx = AttentionContext(self.positional, *shared)
+        kind_ctx = {
+            kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in self.kind_positionals.items()
+        }
         if recorder is not None:
             recorder.stream(x)
         for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional, strict=True)):

@@ -12,7 +12,8 @@ Written out for one sublayer f (the mixer a, then the feed-forward), with n = no
 
 Either sublayer may be ``none`` (a mixer-only layer as Mamba-2's, a feed-forward-only layer as
 Nemotron-H's): the block then builds neither it nor its norms. β is Granite's
-``residual_multiplier``.
+``residual_multiplier``. All but ``parallel`` and ``no_shortcut`` may end in a per-layer input
+(``per_layer_input``: Gemma 3n and Gemma 4's per-layer embeddings, plugins/per_layer_input.py).
 """
 
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gptzoo.core import AttentionContext, Block, Dims, LayerCache, LayerSpec, Params
+from gptzoo.plugins.per_layer_input import PerLayerInput
 from gptzoo.registry import hookimpl
 
 Sublayer = Callable[[Tensor], Tensor]
@@ -31,6 +33,16 @@ class ResidualParams(Params):
         1.0, description="multiplies each sublayer's output before it joins the stream (Granite's residual_multiplier)"
     )
     stream_scale: float = Field(1.0, description="multiplies the stream each sublayer's output joins (MiniMax-01's α)")
+
+
+class SublayerParams(ResidualParams):
+    per_layer_input: int | None = Field(
+        None,
+        gt=0,
+        description="the size of each layer's own input, from a second embedding table by token id, added after "
+        "the sublayers through a gated branch (Gemma 3n and Gemma 4's per-layer embeddings, "
+        "hidden_size_per_layer_input); None: none",
+    )
 
 
 def _join(params: ResidualParams, x: Tensor, branch: Tensor) -> Tensor:
@@ -45,10 +57,10 @@ def _join(params: ResidualParams, x: Tensor, branch: Tensor) -> Tensor:
 class _Sublayers(Block):
     """The mixer, then the feed-forward, each wrapped by ``step``; one norm each (two for ``sandwich``)."""
 
-    Params = ResidualParams
+    Params = SublayerParams
     out_norms = False  # a second norm on each sublayer's output
 
-    def __init__(self, params: ResidualParams, dims: Dims, layer: LayerSpec):
+    def __init__(self, params: SublayerParams, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims, layer)
         self.mixes, self.feeds = not layer.attention.impl.absent, not layer.feed_forward.impl.absent
         # A 'none' mixer is still built: the model asks every layer's mixer for its (empty) cache.
@@ -60,6 +72,8 @@ class _Sublayers(Block):
             self.attn_out_norm = layer.norm.build(dims) if self.mixes else None
             self.ffn_out_norm = layer.norm.build(dims) if self.feeds else None
         self.dropout = nn.Dropout(dims.dropout)
+        size = getattr(params, "per_layer_input", None)
+        self.per_layer_input = PerLayerInput(size, dims, layer) if size is not None else None
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
         if self.mixes:
@@ -68,6 +82,8 @@ class _Sublayers(Block):
             )
         if self.feeds:
             x = self.step(x, self.feed_forward, self.ffn_norm, getattr(self, "ffn_out_norm", None))
+        if self.per_layer_input is not None:
+            x = self.per_layer_input(x, ctx)
         return x
 
     def join(self, x: Tensor, branch: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """Gemma 4's text model against transformers' own, built tiny here with the same weights: local
-layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are their values, and
-the last layers attending with the keys and values of the last earlier layer of their kind
-(``kv_shared_layers``, transformers' num_kv_shared_layers)."""
+layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are their values, the
+last layers attending with the keys and values of the last earlier layer of their kind
+(``kv_shared_layers``, transformers' num_kv_shared_layers), and per-layer embeddings (the
+blocks' ``per_layer_input``, transformers' hidden_size_per_layer_input)."""
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention"] * 2
 SHARED = 3  # layers 3 and 4 (local) read layer 1, layer 5 (global) reads layer 2
 
 
-def their_model(shared: int = SHARED):
+def their_model(shared: int = SHARED, per_layer: int = 0):
     from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig
     from transformers.models.gemma4.modeling_gemma4 import Gemma4ForCausalLM
 
@@ -32,7 +33,8 @@ def their_model(shared: int = SHARED):
         sliding_window=4,
         layer_types=LAYER_TYPES,
         num_kv_shared_layers=shared,
-        hidden_size_per_layer_input=0,
+        hidden_size_per_layer_input=per_layer,
+        vocab_size_per_layer_input=50,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "default", "rope_theta": 1e6},
@@ -49,7 +51,7 @@ def their_model(shared: int = SHARED):
     return model
 
 
-def our_config(registry, shared: int = SHARED):
+def our_config(registry, shared: int = SHARED, per_layer: int | None = None):
     attention = {"qk_norm": "per_head", "v_norm": True, "scale": 1.0}
     return registry.model_config(
         {
@@ -67,7 +69,7 @@ def our_config(registry, shared: int = SHARED):
             "attention": {"name": "sdpa", **attention},
             "feed_forward": {"name": "geglu", "hidden": 64},
             "norm": {"name": "rmsnorm", "eps": 1e-6},
-            "block": "sandwich",
+            "block": {"name": "sandwich", "per_layer_input": per_layer},
             "kv_shared_layers": shared,
             "layer_kinds": {
                 "local": {"attention": {"name": "sliding_window", "window": 4, **attention}},
@@ -101,22 +103,30 @@ def their_weights(theirs, n_layers: int = 6) -> dict:
             ours[b + mine + ".weight"] = hf[f"layers.{i}.{their}.weight"]
         for mine, their in [("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj")]:
             ours[b + f"feed_forward.{mine}.weight"] = hf[f"layers.{i}.mlp.{their}.weight"]
+        if "embed_tokens_per_layer.weight" in hf:  # their packed table and projection, sliced per layer
+            P = hf[f"layers.{i}.per_layer_input_gate.weight"].size(0)
+            ours[b + "per_layer_input.embedding.weight"] = hf["embed_tokens_per_layer.weight"][:, i * P : (i + 1) * P]
+            ours[b + "per_layer_input.projection.weight"] = hf["per_layer_model_projection.weight"][i * P : (i + 1) * P]
+            ours[b + "per_layer_input.projection_norm.weight"] = hf["per_layer_projection_norm.weight"]
+            ours[b + "per_layer_input.gate.weight"] = hf[f"layers.{i}.per_layer_input_gate.weight"]
+            ours[b + "per_layer_input.up.weight"] = hf[f"layers.{i}.per_layer_projection.weight"]
+            ours[b + "per_layer_input.out_norm.weight"] = hf[f"layers.{i}.post_per_layer_input_norm.weight"]
     return ours
 
 
-def load_theirs(registry, theirs, shared: int = SHARED):
-    ours = build(our_config(registry, shared))
+def load_theirs(registry, theirs, shared: int = SHARED, per_layer: int | None = None):
+    ours = build(our_config(registry, shared, per_layer))
     weights = their_weights(theirs)
     weights["head.weight"] = weights["token_embedding.weight"]  # tied
     ours.load_state_dict(weights, strict=True)
     return ours
 
 
-@pytest.mark.parametrize("shared", [0, SHARED])
+@pytest.mark.parametrize("shared, per_layer", [(0, None), (SHARED, None), (SHARED, 8)])
 @torch.no_grad()
-def test_gemma4_text_model_matches_transformers(registry, shared):
-    theirs = their_model(shared)
-    ours = load_theirs(registry, theirs, shared)
+def test_gemma4_text_model_matches_transformers(registry, shared, per_layer):
+    theirs = their_model(shared, per_layer or 0)
+    ours = load_theirs(registry, theirs, shared, per_layer)
     idx = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(1))
     # output_hidden_states keeps their forward from slicing the prompt before the sharing layers, which
     # fails without per-layer inputs in transformers 5.24 (and changes nothing in the logits).
@@ -189,3 +199,48 @@ def test_sharing_is_checked_at_load(registry, override, message):
     with pytest.raises(ConfigError) as err:
         registry.model_config(data["model"])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("block", ["pre_norm", "sandwich", "post_norm"])
+def test_per_layer_inputs_pass_the_kit(registry, block):
+    from gptzoo.testing import check_causal, check_gradients, check_separate_caches, check_state_round_trip, tiny_config
+
+    model = build(tiny_config(registry, positional="rope", norm="rmsnorm", block={"name": block, "per_layer_input": 4}))
+    check_gradients(model)
+    check_state_round_trip(model)
+    check_causal(model)
+    with torch.no_grad():
+        check_kv_cache(model)
+        check_padded_batch(model)
+        check_separate_caches(model)
+
+
+def test_per_layer_inputs_count_their_parameters_and_compile(registry):
+    from gptzoo.testing import tiny_config
+
+    plain = build(tiny_config(registry, norm="rmsnorm"))
+    model = build(tiny_config(registry, norm="rmsnorm", block={"name": "pre_norm", "per_layer_input": 4}))
+    # Per layer: the table (50, 4), projection (32 -> 4), gate (32 -> 4) and up (4 -> 32); its two norms (4, 32)
+    # count under norm.
+    assert model.param_counts()["block"] - plain.param_counts()["block"] == 2 * (50 * 4 + 32 * 4 + 32 * 4 + 4 * 32)
+    assert model.param_counts()["norm"] - plain.param_counts()["norm"] == 2 * (4 + 32)
+    assert model.flops_per_token()["block"] - plain.flops_per_token()["block"] == 2 * 2 * (3 * 32 * 4)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(compiled(idx), model(idx))
+    torch._dynamo.reset()
+
+
+def test_per_layer_input_is_settable_and_checked(registry):
+    from gptzoo.core import ConfigError
+    from gptzoo.recipes.config.reading import apply_overrides
+
+    data = {"model": our_config(registry).model_dump(mode="json")}
+    assert (
+        registry.model_config(
+            apply_overrides(data, ["model.block.per_layer_input=8"])["model"]
+        ).block.params.per_layer_input
+        == 8
+    )
+    with pytest.raises(ConfigError, match="block 'sandwich': per_layer_input"):
+        registry.model_config(apply_overrides(data, ["model.block.per_layer_input=0"])["model"])
