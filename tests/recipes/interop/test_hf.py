@@ -373,6 +373,39 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # MiniMax-M2: QK-norm across heads (GQA: the keys' norm is narrower), rotary on half of each head (rotary_dim,
+    # as the published configs give it), 6 experts, top 3 by sigmoid scores with the bias for choosing, untied
+    "minimax_m2": (
+        "MiniMaxM2Config",
+        dict(
+            num_key_value_heads=2,
+            head_dim=24,
+            rotary_dim=12,
+            intermediate_size=40,
+            num_local_experts=6,
+            num_experts_per_tok=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
+    # multi-query, full rotary with linear scaling, top 2 of 4, tied head
+    "minimax_m2-tied": (
+        "MiniMaxM2Config",
+        dict(
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=24,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # sandwich blocks, GeGLU, √d_model embeddings, both soft-caps, query_pre_attn_scalar 16 != head_dim 24,
     # local (window 6) and global layers alternating, GQA, tied
     "gemma2": (
@@ -567,7 +600,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     )
     assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
     family = case.split("-")[0]
-    feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe") else "swiglu"
+    feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "minimax_m2") else "swiglu"
     expected = {
         "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
         "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
@@ -595,6 +628,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
             "qwen3_moe": "per_head",
             "gemma3_text": "per_head",
             "glm4_moe": "per_head",
+            "minimax_m2": "across_heads",
         }.get(family, "none")
         if case != "glm4_moe-yarn"
         else "none"
@@ -638,6 +672,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "smollm3-biases": "linear",
         "seed_oss-tied": "linear",
         "glm4_moe-yarn": "yarn",
+        "minimax_m2-tied": "linear",
         "olmo3": "yarn",
         "exaone4": "llama3",
         "qwen2": "yarn",
@@ -650,6 +685,8 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     if family == "glm4_moe":  # rotary on the first half (a quarter) of each head; the first layer dense or none
         assert model["positional"]["fraction"] == {"glm4_moe": 0.5, "glm4_moe-yarn": 0.25}[case]
         assert model.get("layer_pattern") == {"glm4_moe": ["dense", "moe", "moe"], "glm4_moe-yarn": []}[case]
+    if family == "minimax_m2":  # rotary_dim 12 of 24 read as half of each head; all of it when absent
+        assert model["positional"].get("fraction", 1.0) == {"minimax_m2": 0.5, "minimax_m2-tied": 1.0}[case]
     if family == "seed_oss":  # q/k/v biases always here; the o_proj bias only where attention_out_bias is set
         assert (model["qkv_bias"], model["attn_out_bias"]) == (True, case == "seed_oss")
     if case.startswith("gpt_neox"):
@@ -817,6 +854,12 @@ REFUSED = {
             {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
             'rope_parameters.rope_type = "dynamic" is not supported for glm4_moe',
         ),
+    ],
+    "minimax_m2": [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for minimax_m2 (the SwiGLU feed-forward gates'),
+        ({"qk_norm_type": "per_head"}, 'qk_norm_type = "per_head" is not supported for minimax_m2'),
+        ({"scoring_func": "softmax"}, 'scoring_func = "softmax" is not supported for minimax_m2'),
+        ({"use_routing_bias": False}, "use_routing_bias = false is not supported for minimax_m2"),
     ],
 }
 

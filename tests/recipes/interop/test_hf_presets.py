@@ -468,6 +468,38 @@ PUBLISHED = {
         },
         106_852_245_504,
     ),
+    "minimax_m2": (
+        {  # MiniMaxAI/MiniMax-M2, its config.json as recalled (the Hub is out of reach here; the sizes are also
+            # MiniMaxM2Config's defaults). The count is 62 layers of (attention 44,040,192 + QK-norms 7,168 + norms
+            # 6,144 + 256 experts 3,623,878,656 + the router 786,432) + two 614,596,608 embeddings + the final norm
+            # 3,072: 228.7 B, the Hub page's 230 B (its 10 B active leaves the embeddings out)
+            "model_type": "minimax_m2",
+            "architectures": ["MiniMaxM2ForCausalLM"],
+            "vocab_size": 200064,
+            "hidden_size": 3072,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 62,
+            "num_attention_heads": 48,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "rotary_dim": 64,
+            "max_position_embeddings": 196608,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 5000000,
+            "num_local_experts": 256,
+            "num_experts_per_tok": 8,
+            "scoring_func": "sigmoid",
+            "use_routing_bias": True,
+            "use_qk_norm": True,
+            "qk_norm_type": "per_layer",
+            "router_aux_loss_coef": 0.001,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "bos_token_id": 200019,
+            "eos_token_id": 200020,
+        },
+        228_689_748_992,
+    ),
     "gemma2": (
         {  # google/gemma-2-2b
             "model_type": "gemma2",
@@ -772,6 +804,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("deepseek_v3", 37_552_282_624),
         ("glm4_moe", 13_424_123_904),
         ("qwen3_next", 3_874_929_408),
+        ("minimax_m2", 11_030_537_216),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):
