@@ -197,6 +197,11 @@ class ModelConfig(BaseModel):
     norm: ComponentSpec = _spec("norm")
     block: ComponentSpec = _spec("block")
     head: ComponentSpec = _spec("head")
+    mtp: ComponentSpec | None = Field(
+        None,
+        description='multi-token prediction modules trained beside the head, e.g. { name = "sequential", depth = 1, '
+        "loss_weight = 0.3 } (DeepSeek-V3); None: none",
+    )
 
     layer_kinds: dict[str, LayerKind] = Field(
         default_factory=dict,
@@ -213,7 +218,7 @@ class ModelConfig(BaseModel):
         description="kinds of the layers in order, repeated to n_layers (layer i is pattern[i % len]); empty: every layer uses the model-level components",
     )
 
-    @field_validator(*_DEFAULTS, mode="before")
+    @field_validator(*_DEFAULTS, "mtp", mode="before")
     @classmethod
     def _resolve(cls, raw: Any, info: ValidationInfo) -> ComponentSpec | None:
         return _resolve_spec(raw, info)
@@ -274,6 +279,7 @@ class ModelConfig(BaseModel):
         for family, spec, where, dims in [
             ("tokenizer", self.tokenizer, "", self.dims()),
             ("head", self.head, "", self.dims()),
+            *([("mtp", self.mtp, "", self.dims())] if self.mtp is not None else []),
         ] + [
             (
                 family,

@@ -374,6 +374,35 @@ class Head(Component):
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor: ...
 
 
+class MultiTokenPrediction(Component):
+    """Predictions of the tokens after the next one, trained beside it (DeepSeek-V3's MTP modules).
+
+    Built as ``Impl(params, dims, layer)``, ``layer`` holding the specs of the model's last layer,
+    which its ``blocks`` (one per depth) copy. ``forward(hidden, ahead, ctx, caches)``:
+    ``hidden`` (B, T, C) the main model's final hidden states, ``ahead[k - 1]`` (B, T, C) the
+    embeddings of the tokens k after each position (the model's own embedding) for depths
+    k = 1..len(ahead) -> each depth's normalised hidden states (B, T, C), from which the model's
+    head predicts the token k + 1 after each position. ``ctx`` and ``caches`` (one per block) are
+    those of the blocks' positions. Training adds ``loss_weight / depth`` times each depth's loss.
+    """
+
+    depth: int
+    loss_weight: float
+
+    def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
+        super().__init__(params, dims)
+
+    @property
+    @abstractmethod
+    def blocks(self) -> list[Block]:
+        """Its transformer blocks, one per depth (whose mixers make its decoding cache)."""
+
+    @abstractmethod
+    def forward(
+        self, hidden: Tensor, ahead: list[Tensor], ctx: AttentionContext, caches: list[LayerCache] | None = None
+    ) -> list[Tensor]: ...
+
+
 class Tokenizer(ABC):
     """Text <-> token ids. The text ``<|endoftext|>`` always encodes to ``eot_id``.
 
@@ -433,4 +462,5 @@ FAMILIES: dict[str, Implementation] = {
     "norm": Norm,
     "block": Block,
     "head": Head,
+    "mtp": MultiTokenPrediction,
 }

@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext, Recorder
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import FAMILIES, Attention, AuxiliaryLoss, Block, Component, PositionalEncoding
+from gptzoo.core.interfaces import (
+    FAMILIES,
+    Attention,
+    AuxiliaryLoss,
+    Block,
+    Component,
+    MultiTokenPrediction,
+    PositionalEncoding,
+)
 
 
 class GPT(nn.Module):
@@ -52,6 +61,8 @@ class GPT(nn.Module):
             nn.Identity() if issubclass(last, Block) and last.output_normalized else config.norm.build(dims)
         )
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
+        self.mtp = config.mtp.build(config.dims(config.n_layers - 1), layers[-1]) if config.mtp is not None else None
+        self._mtp_hidden: list[Tensor] = []  # the MTP modules' outputs from the last training forward
         # Only components that report auxiliary losses are asked each step: none in a dense model.
         self._aux_sources = [
             m
@@ -71,20 +82,16 @@ class GPT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
 
-    def hidden_states(
+    def attention_contexts(
         self,
         idx: Tensor,
         cache: KVCache | None = None,
         pad_mask: Tensor | None = None,
         recorder: Recorder | None = None,
-    ) -> Tensor:
-        """idx (B, T) token ids -> final hidden states (B, T, C).
-
-        With ``cache``, idx holds only the new tokens and the cache advances by T. ``pad_mask``
-        (B, T) is True at real tokens; padded batches (left padding for generation) get
-        per-row positions that count real tokens only. A ``recorder`` receives the residual
-        stream and every layer's attention weights (a whole sequence at once: no cache).
-        """
+    ) -> dict[str | None, AttentionContext]:
+        """The contexts of one forward over idx (B, T) through blocks whose caches ``cache`` holds
+        (advancing its bookkeeping by T): the model-level one under None, one per layer kind with a
+        position scheme of its own under its kind. They carry idx and its embeddings, the first block's input."""
         B, T = idx.shape
         if recorder is not None and cache is not None:
             raise ValueError("a recorder inspects one whole forward: run it without a cache")
@@ -113,22 +120,40 @@ class GPT(nn.Module):
         if offset + T > self.config.context_length:
             for scheme in (self.positional, *self.kind_positionals.values()):
                 cast(PositionalEncoding, scheme).reach(offset + T)
-        x = self.token_embedding(idx)  # (B, T, C)
+        kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
+        x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
+        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x)
+        schemes: dict[str | None, nn.Module] = {None: self.positional, **dict(self.kind_positionals.items())}
+        return {kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in schemes.items()}
+
+    def embed(self, idx: Tensor) -> Tensor:
+        """Token ids (B, T) -> their embeddings (B, T, C), times ``embedding_scale``."""
+        x = self.token_embedding(idx)
         if self.embedding_multiplier != 1.0:
             # A tensor in the activations' dtype, as Gemma's normaliser: √3072 rounds in bf16.
             x = x * torch.tensor(self.embedding_multiplier, dtype=x.dtype)
-        x = self.dropout(self.positional.embed(x, positions))
+        return x
 
-        kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
-        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x)
-        ctx = AttentionContext(self.positional, *shared)
-        kind_ctx = {
-            kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in self.kind_positionals.items()
-        }
+    def hidden_states(
+        self,
+        idx: Tensor,
+        cache: KVCache | None = None,
+        pad_mask: Tensor | None = None,
+        recorder: Recorder | None = None,
+    ) -> Tensor:
+        """idx (B, T) token ids -> final hidden states (B, T, C).
+
+        With ``cache``, idx holds only the new tokens and the cache advances by T. ``pad_mask``
+        (B, T) is True at real tokens; padded batches (left padding for generation) get
+        per-row positions that count real tokens only. A ``recorder`` receives the residual
+        stream and every layer's attention weights (a whole sequence at once: no cache).
+        """
+        contexts = self.attention_contexts(idx, cache, pad_mask, recorder)
+        x = cast(Tensor, contexts[None].embeddings)  # (B, T, C)
         if recorder is not None:
             recorder.stream(x)
         for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional, strict=True)):
-            x = block(x, ctx if kind is None else kind_ctx[kind], cache.layers[i] if cache is not None else None)
+            x = block(x, contexts[kind], cache.layers[i] if cache is not None else None)
             if recorder is not None:
                 recorder.stream(x, block)
         return self.final_norm(x)
@@ -140,22 +165,53 @@ class GPT(nn.Module):
         pad_mask: Tensor | None = None,
         recorder: Recorder | None = None,
     ) -> Tensor:
-        """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier."""
-        return self.head(self.hidden_states(idx, cache, pad_mask, recorder), pad_mask)
+        """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier.
 
-    def auxiliary_losses(self) -> dict[str, AuxiliaryLoss]:
-        """The components' auxiliary losses from the last forward, each averaged over the layers reporting it."""
+        While training, the multi-token prediction modules (``config.mtp``) run too, on the tokens
+        after each position within idx; ``auxiliary_losses(targets)`` turns them into their losses."""
+        hidden = self.hidden_states(idx, cache, pad_mask, recorder)
+        if self.mtp is not None and self.training and cache is None:
+            # Depth k reads the token k ahead; the last k positions read tokens from the start, and their losses are not counted.
+            ahead = torch.stack([idx.roll(-k, dims=1) for k in range(1, self.mtp.depth + 1)], dim=-1)
+            self._mtp_hidden = self.predict_ahead(hidden, ahead, pad_mask=pad_mask)
+        return self.head(hidden, pad_mask)
+
+    def predict_ahead(
+        self, hidden: Tensor, ahead: Tensor, cache: KVCache | None = None, pad_mask: Tensor | None = None
+    ) -> list[Tensor]:
+        """The multi-token prediction modules' normalised hidden states (B, T, C) per depth, from the main
+        model's ``hidden`` (B, T, C) and ``ahead`` (B, T, D) the ids k tokens after each position for
+        depths k = 1..D; their blocks' caches in ``cache`` (made by ``new_cache(..., mtp=True)``)."""
+        mtp = cast(MultiTokenPrediction, self.mtp)
+        contexts = self.attention_contexts(ahead[..., 0], cache, pad_mask)
+        embedded = [self.embed(ahead[..., k]) for k in range(ahead.size(-1))]
+        return mtp(hidden, embedded, contexts[self.layer_positional[-1]], cache.layers if cache is not None else None)
+
+    def auxiliary_losses(self, targets: Tensor | None = None) -> dict[str, AuxiliaryLoss]:
+        """The components' auxiliary losses from the last forward, each averaged over the layers reporting it;
+        with the forward's ``targets`` (B, T), also each multi-token prediction depth's (``mtp_k``)."""
         reported: dict[str, list[AuxiliaryLoss]] = {}
         for module in self._aux_sources:
             for name, loss in module.auxiliary_losses().items():
                 reported.setdefault(name, []).append(loss)
-        return {
+        losses = {
             name: AuxiliaryLoss(torch.stack([loss.value for loss in losses]).mean(), losses[0].weight)
             for name, losses in reported.items()
         }
+        hidden, self._mtp_hidden = self._mtp_hidden, []
+        if targets is not None and self.mtp is not None:
+            mtp, T = cast(MultiTokenPrediction, self.mtp), targets.size(1)
+            for k, h in enumerate(hidden[: T - 1], start=1):
+                logits = self.head(h[:, : T - k])  # position i predicts the target k after its own
+                value = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten())
+                losses[f"mtp_{k}"] = AuxiliaryLoss(value, mtp.loss_weight / mtp.depth)
+        return losses
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """A decoding cache for ``max_len`` tokens; each layer's mixer makes its own part.
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None, mtp: bool = False
+    ) -> KVCache:
+        """A decoding cache for ``max_len`` tokens; each layer's mixer makes its own part (``mtp``:
+        those of the multi-token prediction modules' blocks, for ``predict_ahead``).
 
         Default: no limit where every layer's cache is bounded (``bounded_cache``) and every
         position scheme extends, else the context. Bounded models keep only the latest tokens'
@@ -169,9 +225,11 @@ class GPT(nn.Module):
             # Every windowed mixer, those inside a composite mixer too, reads its window's bookkeeping.
             windows = [m for m in self.modules() if isinstance(m, Attention) and _cache_kind(m) == "window"]
             keep = max([type(m).cache_window(m.params) or 0 for m in windows] or [0])
+        mixers = [b.attention for b in cast(MultiTokenPrediction, self.mtp).blocks] if mtp else self.mixers()
+        readers = [False] * len(mixers) if mtp else self.kv_readers
         layers = [
             None if reads else m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
-            for m, reads in zip(self.mixers(), self.kv_readers, strict=True)
+            for m, reads in zip(mixers, readers, strict=True)
         ]
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 
@@ -203,12 +261,15 @@ class GPT(nn.Module):
     # ---- accounting ----------------------------------------------------------------------
 
     def _by_family(self) -> dict[str, list[nn.Module]]:
-        """Every component by family, the positional ones under embeddings with the token embedding."""
+        """Every component by family, the positional ones under embeddings with the token embedding, those
+        of the multi-token prediction modules under mtp."""
         embeddings: list[nn.Module] = [self.token_embedding]
-        groups = {"embeddings": embeddings} | {f: [] for f in FAMILIES if f not in ("tokenizer", "positional")}
-        for module in self.modules():
+        elsewhere = {"tokenizer", "positional", *(() if self.mtp is not None else ("mtp",))}
+        groups = {"embeddings": embeddings} | {f: [] for f in FAMILIES if f not in elsewhere}
+        for name, module in self.named_modules():
             if isinstance(module, Component):
                 family = next(f for f, interface in FAMILIES.items() if isinstance(module, interface))
+                family = "mtp" if name.split(".")[0] == "mtp" else family
                 groups["embeddings" if family == "positional" else family].append(module)
         return groups
 

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
     "gptzoo.plugins.heads",
+    "gptzoo.plugins.mtp",
     "gptzoo.plugins.hf_tokenizer",
     "gptzoo.plugins.tasks",
 )

@@ -91,7 +91,7 @@ def train_step(
         with distributed.grad_sync(model, last_micro_step=micro_step == train.grad_accum - 1):
             with autocast(device, train.dtype):
                 loss = lm_loss(model, inputs, targets)
-                aux = unwrap(model).auxiliary_losses()
+                aux = unwrap(model).auxiliary_losses(targets)
                 objective = loss + sum(a.weight * a.value for a in aux.values()) if aux else loss
             (objective / train.grad_accum).backward()
         total += loss.detach() / train.grad_accum

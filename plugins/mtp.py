@@ -1,0 +1,84 @@
+"""Multi-token prediction as DeepSeek-V3 trains it (DeepSeek-AI, 2024, arXiv 2412.19437 §2.2).
+
+D sequential modules after the main model. Module k, at position i, combines the previous depth's
+hidden state with the embedding of the token k ahead and runs one transformer block:
+
+    h'_i^k = M_k [RMSNorm(Emb(t_{i+k})); RMSNorm(h_i^{k-1})]        M_k: (C, 2C), eh_proj
+    h_i^k  = TRM_k(h'_i^k)                                          one block, as the last layer's
+    P_{i+k+1}^k = OutHead(RMSNorm_k(h_i^k))                          the model's own head
+
+h^0 is the main model's final hidden state (after its final norm, as vLLM and SGLang feed
+DeepSeek-V3's MTP layer); the embedding and the output head are the model's, shared. The paper
+writes the concatenation [h; Emb]; its checkpoints' eh_proj reads [Emb; h] (``enorm`` first), the
+same map with M_k's column blocks swapped, and this follows the checkpoints. Training adds
+λ/D · Σ_k L_k, L_k the cross-entropy of depth k's predictions (``aux_mtp_k`` in metrics.jsonl);
+the modules change nothing the main model computes, so inference may drop them or use them to
+draft tokens (gptzoo.recipes.generation.speculative).
+"""
+
+from dataclasses import replace
+from typing import cast
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from gptzoo.core import AttentionContext, Block, Dims, LayerCache, LayerSpec, MultiTokenPrediction, Params
+from gptzoo.registry import hookimpl
+
+
+class SequentialParams(Params):
+    depth: int = Field(
+        1, ge=1, description="D: modules in sequence, module k predicting the token k + 1 ahead (DeepSeek-V3: 1)"
+    )
+    loss_weight: float = Field(
+        0.3,
+        ge=0,
+        description="λ: training adds λ/D times the sum of the depths' losses (DeepSeek-V3: 0.3, then 0.1 for its last 4.8T tokens)",
+    )
+
+
+class MTPModule(nn.Module):
+    """One depth: the two input norms, the projection M_k, a block and the norm before the shared head."""
+
+    block: Block
+
+    def __init__(self, dims: Dims, layer: LayerSpec):
+        super().__init__()
+        self.enorm = layer.norm.build(dims)
+        self.hnorm = layer.norm.build(dims)
+        self.eh_proj = nn.Linear(2 * dims.d_model, dims.d_model, bias=False)
+        self.block = layer.block.build(dims, layer)
+        self.norm = layer.norm.build(dims)
+
+
+class SequentialMTP(MultiTokenPrediction):
+    Params = SequentialParams
+
+    def __init__(self, params: SequentialParams, dims: Dims, layer: LayerSpec):
+        super().__init__(params, dims, layer)
+        self.depth, self.loss_weight = params.depth, params.loss_weight
+        # Module k's block is layer n_layers + k - 1 (DeepSeek's index), with keys and values of its own.
+        self.layers = nn.ModuleList(
+            MTPModule(replace(dims, layer_idx=dims.n_layers + k, kv_from=None), replace(layer, index=dims.n_layers + k))
+            for k in range(params.depth)
+        )
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [cast(MTPModule, module).block for module in self.layers]
+
+    def forward(
+        self, hidden: Tensor, ahead: list[Tensor], ctx: AttentionContext, caches: list[LayerCache] | None = None
+    ) -> list[Tensor]:
+        out, h = [], hidden
+        for k, (module, embedded) in enumerate(zip(cast(list[MTPModule], self.layers), ahead, strict=False)):
+            x = module.eh_proj(torch.cat([module.enorm(embedded), module.hnorm(h)], dim=-1))  # (B, T, C)
+            h = module.block(x, ctx, caches[k] if caches is not None else None)
+            out.append(module.norm(h))
+        return out
+
+
+@hookimpl
+def register_components(register):
+    register("mtp", "sequential", SequentialMTP)
