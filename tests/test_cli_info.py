@@ -61,7 +61,8 @@ def test_plugins_json_shape():
     assert by_name["head", "classifier"]["params"]["pooling"]["default"] == "last"
     families = [e["family"] for e in entries]
     assert families == sorted(
-        families, key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head", "mtp", "task"].index
+        families,
+        key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head", "mtp", "task"].index,
     )
 
 
