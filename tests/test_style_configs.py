@@ -121,3 +121,21 @@ def test_llama4_style_chunks_its_rope_layers_and_routes_every_other_layer():
     assert [layer.feed_forward.name for layer in layers] == ["swiglu", "moe", "swiglu", "moe"]
     routing = layers[1].feed_forward.params
     assert (routing.top_k, routing.weights_at, routing.n_shared_experts) == (1, "input", 1)
+
+
+def test_gemma4_style_widens_its_global_layers_shares_keys_and_values_and_feeds_each_layer():
+    from gptzoo.recipes.cli.describe import describe
+
+    config = load_run_config(STYLES[0].parent / "gemma4-style.toml", ["model.vocab_size=512"])
+    model_config = config.model
+    assert [(model_config.dims(i).head_size, model_config.dims(i).n_kv_heads) for i in range(8)] == (
+        [(32, 2)] * 3 + [(64, 1)]
+    ) * 2
+    assert [model_config.kv_source(i) for i in range(8)] == [None] * 4 + [2, 2, 2, 3]
+    assert model_config.block.params.per_layer_input == 16
+    info = describe(config)
+    # Float32 bytes per token: layer 3 keeps every key (its values are its keys, yet both are cached:
+    # 2 · 1 head · 64); layers 0-2 a window of 16 keys and values (2 · 2 heads · 32 each); layers 4-7 none.
+    assert info["kv_cache"]["bytes_per_token"] == 2 * 1 * 64 * 4
+    assert info["kv_cache"]["window_bytes"] == 3 * 16 * 2 * 2 * 32 * 4
+    assert [row["cache_bytes"] == 0 for row in info["layers"]] == [False] * 4 + [True] * 4
