@@ -139,3 +139,14 @@ def test_gemma4_style_widens_its_global_layers_shares_keys_and_values_and_feeds_
     assert info["kv_cache"]["bytes_per_token"] == 2 * 1 * 64 * 4
     assert info["kv_cache"]["window_bytes"] == 3 * 16 * 2 * 2 * 32 * 4
     assert [row["cache_bytes"] == 0 for row in info["layers"]] == [False] * 4 + [True] * 4
+
+
+def test_deepseek_v3_mtp_style_trains_its_mtp_module_and_logs_its_loss(tmp_path, token_cache):
+    config = STYLES[0].parent / "deepseek-v3-mtp-style.toml"
+    layers = load_run_config(config).model
+    assert layers.mtp.params.depth == 1 and layers.layers()[-1].attention.name == "latent"
+    run = tmp_path / "run"
+    overrides = [*SHORT, f"data.cache_dir={token_cache}"]
+    assert main(["train", str(config), "--out", str(run), *(a for o in overrides for a in ("--set", o))]) == 0
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()][-1]
+    assert math.isfinite(last["aux_mtp_1"]) and last["aux_mtp_1"] > 0
