@@ -26,8 +26,9 @@ decays A_d = -exp(A_log_d) (a d_state-vector, no heads):
 
 Its decay differs per channel and per state entry, so there is no per-head matrix to show without
 inventing heads: inspection reports the norm of the layer's whole state (every channel together)
-after each token, as one "head" (``state_norms``). Training runs the scan in about 2√T sequential
-steps (``selective_scan``), holding every state as the reference's PyTorch path does. Jamba and
+after each token, as one "head" (``state_norms``). Training runs the scan on segments of 256
+tokens, each in about 2·16 sequential steps (``selective_scan``), holding every state as the
+reference's PyTorch path does. Jamba and
 Falcon Mamba add an RMSNorm on Δ's input, B and C (``bcdt_norm``).
 
 Both zero their inputs at left padding and its Δ (decay 1), so padding leaves the state as it was.
@@ -301,6 +302,9 @@ class Mamba2(Attention):
         return scores * decays * dt.transpose(1, 2)[:, :, None, :]
 
 
+SEGMENT_TOKENS = 256  # Mamba's scan runs this many tokens at a time (see Mamba.forward)
+
+
 def selective_scan(log_decays: Tensor, inputs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """S_t = exp(log_decays_t) ⊙ S_{t-1} + inputs_t for every t: (b, T, d, n) each, state (b, d, n)
     before the first token or None (zeros) -> every S_t (b, T, d, n) and the last, float32.
@@ -428,14 +432,23 @@ class Mamba(Attention):
             dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = zero_padding(F.softplus(self.dt_proj(dt).float()), ctx.valid)  # (b, T, d); Δ = 0 at padding: decay 1
         A = -torch.exp(self.A_log.float())  # (d, n)
-        log_decays = dt[..., None] * A  # (b, T, d, n)
-        inputs = (dt * xs.float())[..., None] * B.float()[:, :, None, :]  # (b, T, d, n)
-        every, final = selective_scan(log_decays, inputs, None if cache is None else cache.state)
+        # A state per token, (b, T, d, n), is d·n numbers a token: formed for the whole text at once
+        # it outgrows the processor's caches and the time per token grows with the length, so the
+        # scan runs SEGMENT_TOKENS at a time (split once: slicing in the loop zero-fills in backward).
+        state, outputs, norms = None if cache is None else cache.state, [], []
+        for dt_s, x_s, B_s, C_s in zip(
+            *(t.split(SEGMENT_TOKENS, dim=1) for t in (dt, xs.float(), B.float(), C)), strict=True
+        ):
+            inputs = (dt_s * x_s)[..., None] * B_s[:, :, None, :]  # (b, segment, d, n)
+            every, state = selective_scan(dt_s[..., None] * A, inputs, state)
+            outputs.append(torch.einsum("btdn,btn->btd", every, C_s.float()))
+            if ctx.capturing:
+                norms.append(every.flatten(2).norm(dim=-1))
         if cache is not None:
-            cache.state.copy_(final)
+            cache.state.copy_(state)
         if ctx.capturing:
-            ctx.record(every.flatten(2).norm(dim=-1)[:, None])  # (b, 1, T): the whole state's norm
-        y = torch.einsum("btdn,btn->btd", every, C.float()) + self.D.float() * xs.float()
+            ctx.record(torch.cat(norms, 1)[:, None])  # (b, 1, T): the whole state's norm
+        y = torch.cat(outputs, 1) + self.D.float() * xs.float()
         return self.out_proj(F.dropout((y * F.silu(z.float())).to(x.dtype), self.dims.dropout, self.training))
 
 

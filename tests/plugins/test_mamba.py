@@ -233,12 +233,13 @@ def test_mamba_matches_transformers_mixers_training_and_cached_decoding(registry
     torch.testing.assert_close(in_pieces(layer, registry, x, [4, 1, 3, 5]), expected, **close)
 
 
+@pytest.mark.parametrize("T", [9, 600])  # 600: segments of 256 tokens, the last ragged
 @torch.no_grad()
-def test_mamba_is_the_selective_scan_written_out_and_reports_its_state_norm(registry):
+def test_mamba_is_the_selective_scan_written_out_and_reports_its_state_norm(registry, T):
     """S_t = exp(Δ_t A) ⊙ S_{t-1} + Δ_t x_t B_tᵀ per channel, y_t = S_t C_t + D x_t, out = W_o (y ⊙ SiLU(z))."""
     layer = mixer(registry, "mamba", **MAMBA)
     randomize(layer)
-    b, T, inner = 2, 9, 64
+    b, inner = 2, 64
     u = torch.randn(b, T, C)
     ctx = context(registry, T, capture=True)
     got = layer(u, ctx)
@@ -255,9 +256,10 @@ def test_mamba_is_the_selective_scan_written_out_and_reports_its_state_norm(regi
         ys.append((S * C_[:, t, None, :]).sum(-1) + layer.D * xs[:, t])
         norms.append(S.pow(2).sum((1, 2)).sqrt())
     expected = (torch.stack(ys, 1) * F.silu(z)) @ layer.out_proj.weight.T
-    torch.testing.assert_close(got, expected)
+    close = dict(rtol=1e-5, atol=1e-4)  # float32 sums in another order over hundreds of tokens
+    torch.testing.assert_close(got, expected, **close)
     (reported,) = ctx.recorder._reported
-    torch.testing.assert_close(reported, torch.stack(norms, 1)[:, None])  # (b, 1, T)
+    torch.testing.assert_close(reported, torch.stack(norms, 1)[:, None], **close)  # (b, 1, T)
 
 
 @pytest.mark.parametrize("T", [1, 2, 17, 50])
