@@ -247,6 +247,8 @@ def import_hf(
             parts = [load(hf) for hf in theirs]
             if weight.layout == "experts":
                 return torch.stack(parts)
+            if weight.layout == "reshaped":
+                return parts[0].reshape(shapes[name])
             return torch.cat(parts) if len(parts) > 1 else to_ours(weight.layout, parts[0], dims)
 
         _write_run(src, out, family, config, registry, tokenizer_state, shapes, dtype, read)

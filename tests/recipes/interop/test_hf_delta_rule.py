@@ -1,4 +1,4 @@
-"""import-hf / export-hf for the delta-rule families (Qwen3-Next): parity with transformers' own models.
+"""import-hf / export-hf for the delta-rule families (Qwen3-Next, Kimi Linear): parity with transformers' own models.
 
 As tests/recipes/interop/test_hf_recurrent.py does for the Mamba-2 families, each case builds
 transformers' model from a tiny random config covering the family's options, saves it, imports
@@ -113,6 +113,94 @@ CASES = {
         ),
         True,
     ),
+    # Kimi Delta Attention, KDA, KDA, latent attention: a dense SwiGLU on the first layer (mlp_layer_types), then
+    # 6 experts in 2 groups, 2 chosen from the best group, sigmoid scores with the choosing bias, renormalised
+    # and scaled by 2; one shared expert; 2 KDA heads of 8 (not the attention's sizes); latent of 16, the
+    # shared key part 8 wide, 12 + 8 query/key and 10 value features per head; untied
+    "kimi_linear": (
+        "KimiLinearConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"],
+            mlp_layer_types=["dense"] + ["sparse"] * 3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=12,
+            v_head_dim=10,
+            linear_num_heads=2,
+            linear_head_dim=8,
+            linear_conv_kernel_dim=4,
+            num_local_experts=6,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=2.0,
+            n_shared_experts=1,
+            moe_intermediate_size=16,
+            intermediate_size=40,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        False,
+    ),
+    # (KDA, latent attention) twice, experts everywhere, the queries through a latent of 12, a 3-wide convolution,
+    # top-k weights not renormalised, two shared experts
+    "kimi_linear-periodic": (
+        "KimiLinearConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            mlp_layer_types=["sparse"] * 4,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            kv_lora_rank=12,
+            q_lora_rank=12,
+            qk_rope_head_dim=6,
+            qk_nope_head_dim=10,
+            v_head_dim=8,
+            linear_num_heads=4,
+            linear_head_dim=6,
+            linear_conv_kernel_dim=3,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=False,
+            n_shared_experts=2,
+            moe_intermediate_size=8,
+            intermediate_size=24,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        False,
+    ),
+    # every layer KDA with a SwiGLU: decodes past the context with a fixed cache
+    "kimi_linear-linear": (
+        "KimiLinearConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            layer_types=["linear_attention"] * 2,
+            mlp_layer_types=["dense"] * 2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            linear_num_heads=2,
+            linear_head_dim=12,
+            intermediate_size=24,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        True,
+    ),
+}
+MIXERS = {  # family -> its layer_types' token mixers in gptzoo
+    "qwen3_next": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
+    "kimi_linear": {"linear_attention": "kimi_delta", "full_attention": "latent"},
 }
 
 
@@ -124,6 +212,9 @@ def build(case: str):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # transformers starts biases and unit-offset norms at 0: randomise all
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # the experts' choosing bias: saved, so randomised too
+                b.copy_(0.3 * torch.randn_like(b))
         for name, p in model.named_parameters():
             if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
                 p.copy_(torch.rand_like(p) * 2 - 1)
@@ -233,24 +324,24 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
     kinds = [model["layer_kinds"][k] for k in pattern]
     mixers = [(k.get("attention") or model["attention"])["name"] for k in kinds]
-    assert mixers == [
-        {"linear_attention": "gated_deltanet", "full_attention": "sdpa"}[t] for t in hf_model.config.layer_types
-    ]
+    family = hf_model.config.model_type
+    assert mixers == [MIXERS[family][t] for t in hf_model.config.layer_types]
     feed_forwards = [(k.get("feed_forward") or model["feed_forward"])["name"] for k in kinds]
-    assert feed_forwards == [
-        "moe" if type(layer.mlp).__name__.endswith("SparseMoeBlock") else "swiglu" for layer in hf_model.model.layers
-    ]
+    assert feed_forwards == ["moe" if hasattr(layer.mlp, "experts") else "swiglu" for layer in hf_model.model.layers]
     if "moe" in feed_forwards:
         moe = model["feed_forward"]
-        assert (moe["scoring"], moe["shared_expert_gate"], moe["top_k"]) == (
-            "softmax",
-            True,
+        assert (moe["scoring"], moe["shared_expert_gate"], moe["expert_bias"], moe["top_k"]) == (
+            *{"qwen3_next": ("softmax", True, False), "kimi_linear": ("sigmoid", False, True)}[family],
             hf_model.config.num_experts_per_tok,
         )
         active = info["active_parameters_per_token"]
         idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
         assert active == hf_model.num_parameters() - feed_forwards.count("moe") * idle
-    assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
+    if family == "qwen3_next":  # gated attention, norms scaling by 1 + weight, rotary on part of each head
+        assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
+        assert model["positional"]["fraction"] == hf_model.config.rope_parameters["partial_rotary_factor"]
+    else:  # no positions anywhere
+        assert model["positional"]["name"] == "none" and not model["tied_head"]
 
 
 @pytest.mark.parametrize(
@@ -274,6 +365,22 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
             {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
             'rope_parameters.rope_type = "dynamic" is not supported for qwen3_next',
         ),
+        ("kimi_linear", {"mla_use_nope": False}, "mla_use_nope = false is not supported for kimi_linear"),
+        (
+            "kimi_linear",
+            {"moe_router_activation_func": "softmax"},
+            'moe_router_activation_func = "softmax" is not supported for kimi_linear',
+        ),
+        (
+            "kimi_linear",
+            {"mlp_layer_types": ["dense", "sparse", "shared", "sparse"]},
+            'mlp_layer_types = ["dense", "sparse", "shared", "sparse"] is not supported for kimi_linear',
+        ),
+        (
+            "kimi_linear",
+            {"num_nextn_predict_layers": 1},
+            "num_nextn_predict_layers = 1 is not supported for kimi_linear",
+        ),
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
@@ -296,6 +403,39 @@ def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
     from safetensors.torch import save_file
 
     save_file(weights, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    import_hf(tmp_path / "src", tmp_path / "run")
+    idx, mask = padded_batch()
+    with torch.no_grad():
+        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
+
+
+def test_kimi_linear_reads_moonshots_own_config_json(tmp_path):
+    """The published config.json is Moonshot's: 1-indexed kda_layers and full_attn_layers inside
+    linear_attn_config, first_k_dense_replace, and the attribute map's other names. Rewritten so, the
+    tiny checkpoint imports to the same logits (and transformers reads it as the same model)."""
+    model = build("kimi_linear")
+    model.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    types = config.pop("layer_types")
+    moonshots = {k: v for k, v in config.items() if not k.startswith("linear_") and k != "mlp_layer_types"} | {
+        "linear_attn_config": {
+            "full_attn_layers": [i + 1 for i, t in enumerate(types) if t == "full_attention"],
+            "kda_layers": [i + 1 for i, t in enumerate(types) if t == "linear_attention"],
+            "head_dim": config["linear_head_dim"],
+            "num_heads": config["linear_num_heads"],
+            "short_conv_kernel_size": config["linear_conv_kernel_dim"],
+        },
+        "first_k_dense_replace": 1,
+        "mla_use_nope": True,
+        "moe_router_activation_func": "sigmoid",
+        "moe_layer_freq": 1,
+        "num_nextn_predict_layers": 0,
+    }
+    moonshots["n_group"] = moonshots.pop("num_expert_group")
+    (tmp_path / "src" / "config.json").write_text(json.dumps(moonshots))
+    reread = transformers.AutoConfig.from_pretrained(tmp_path / "src")
+    assert (reread.layer_types, reread.mlp_layer_types) == (model.config.layer_types, model.config.mlp_layer_types)
     import_hf(tmp_path / "src", tmp_path / "run")
     idx, mask = padded_batch()
     with torch.no_grad():

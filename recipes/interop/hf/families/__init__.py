@@ -40,6 +40,7 @@ from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
+from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
@@ -99,6 +100,7 @@ FAMILIES: dict[str, Family] = {
         NEMOTRON_H,
         BAMBA,
         QWEN3_NEXT,
+        KIMI_LINEAR,
     )
 }
 

@@ -59,7 +59,8 @@ class Weight:
     rows together, where gptzoo's holds all queries, then all keys, then all values), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
     ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
     parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
-    ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name).
+    ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name),
+    ``reshaped`` (the same numbers in the shape ``rows(dims, shape)``: Kimi Linear's A_log (1, 1, h, 1)).
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
     layer), where two kinds of layer name a tensor alike (LFM2's attention and convolution layers
     both have ``attention.out_proj``).
@@ -67,7 +68,7 @@ class Weight:
 
     ours: str
     theirs: tuple[str, ...]
-    layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts"] = "same"
+    layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts", "reshaped"] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
     when: str | None = None
@@ -166,6 +167,8 @@ def hf_shapes(
             for hf, rows in zip(theirs, weight.rows(dims, shape), strict=True):
                 out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
                 start += rows
+        elif weight.layout == "reshaped":
+            out[theirs[0]] = ([(name, None)], "same", weight.rows(dims, shape))
         elif weight.layout == "experts":
             for e, hf in enumerate(theirs):
                 out[hf] = ([(name, slice(e, e + 1))], "same", shape[1:])

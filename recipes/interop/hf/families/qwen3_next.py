@@ -74,13 +74,35 @@ def _mixture(hf: dict) -> dict[str, Any]:
     }
 
 
+def hybrid_kinds(types: list[str], dense: set[int], linear: dict, swiglu: dict) -> dict[str, Any]:
+    """The layer kinds of a hybrid with layer_types (linear_attention, full_attention): ``linear``, the
+    linear-attention layers' components, and ``full``; where some layers have a SwiGLU (``dense``) and the
+    others experts, those are kinds of their own (``linear_dense``, ``full_dense``)."""
+    mixed = len(dense) not in (0, len(types))
+    names = [KINDS[t] + ("_dense" if mixed and i in dense else "") for i, t in enumerate(types)]
+    kinds = {
+        "linear": linear,
+        "full": {},
+        "linear_dense": linear | {"feed_forward": swiglu},
+        "full_dense": {"feed_forward": swiglu},
+    }
+    return {"layer_pattern": period(names), "layer_kinds": {k: v for k, v in kinds.items() if k in names}}
+
+
+def layer_components(model: dict) -> tuple[list[dict], list[dict]]:
+    """Each layer's token mixer and feed-forward of a [model] table."""
+    pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
+    layers = [kinds.get(pattern[i % len(pattern)], {}) if pattern else {} for i in range(model["n_layers"])]
+    return (
+        [k.get("attention") or model["attention"] for k in layers],
+        [k.get("feed_forward") or model["feed_forward"] for k in layers],
+    )
+
+
 def _read_layers(hf: dict) -> dict[str, Any]:
     """Gated DeltaNet or gated attention per layer_types; a mixture of experts, or a SwiGLU on the dense layers."""
     types, dense = _layer_types(hf), _dense_layers(hf)
-    n = hf["num_hidden_layers"]
     swiglu = {"name": "swiglu", "hidden": hf.get("intermediate_size", 5632), "bias": False}
-    mixed = len(dense) not in (0, n)  # both kinds of feed-forward: the dense layers are kinds of their own
-    names = [KINDS[t] + ("_dense" if mixed and i in dense else "") for i, t in enumerate(types)]
     deltanet = {
         "name": "gated_deltanet",
         "num_heads": hf.get("linear_num_value_heads", 32),
@@ -90,24 +112,14 @@ def _read_layers(hf: dict) -> dict[str, Any]:
         "conv_size": hf.get("linear_conv_kernel_dim", 4),
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
     }
-    kinds = {
-        "linear": {"positional": {"name": "none"}, "attention": deltanet},
-        "full": {},
-        "linear_dense": {"positional": {"name": "none"}, "attention": deltanet, "feed_forward": swiglu},
-        "full_dense": {"feed_forward": swiglu},
-    }
-    return {
-        "feed_forward": swiglu if len(dense) == n else _mixture(hf),
-        "layer_pattern": period(names),
-        "layer_kinds": {k: v for k, v in kinds.items() if k in names},
+    linear = {"positional": {"name": "none"}, "attention": deltanet}
+    return hybrid_kinds(types, dense, linear, swiglu) | {
+        "feed_forward": swiglu if len(dense) == len(types) else _mixture(hf)
     }
 
 
 def _write_layers(model: dict) -> dict[str, Any]:
-    pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
-    layers = [kinds.get(pattern[i % len(pattern)], {}) if pattern else {} for i in range(model["n_layers"])]
-    mixers = [k.get("attention") or model["attention"] for k in layers]
-    feed_forwards = [k.get("feed_forward") or model["feed_forward"] for k in layers]
+    mixers, feed_forwards = layer_components(model)
     types = []
     for mixer in mixers:
         if mixer["name"] not in ("gated_deltanet", "sdpa"):
