@@ -6,7 +6,7 @@ import math
 import sys
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.cli.generate import add_weight_storage_argument
+from gptzoo.recipes.cli.generate import add_weight_storage_argument, check_seed
 from gptzoo.recipes.finetuning.instruct import instruction_ids, respond, respond_in_template
 from gptzoo.recipes.generation.generate import encode_within
 from gptzoo.recipes.generation.stored_weights import store_weights
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise GptzooError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
     if not args.temperature >= 0 or math.isinf(args.temperature):  # also nan
         raise GptzooError(f"--temperature {args.temperature}: must be 0 (greedy) or a positive number")
+    check_seed(args.seed)
     if args.input and args.instruction is None:
         raise GptzooError("--input needs --instruction")
     loaded = load_run(args.run_dir)

@@ -69,8 +69,13 @@ def check_options(args: argparse.Namespace) -> None:
         raise GptzooError(f"--top-k {args.top_k}: must be at least 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise GptzooError(f"--top-p {args.top_p}: must be in (0, 1]")
-    if args.seed is not None and not -(2**63) <= args.seed < 2**64:
-        raise GptzooError(f"--seed {args.seed}: give a seed of at most 64 bits (0 to {2**64 - 1})")
+    check_seed(args.seed)
+
+
+def check_seed(seed: int | None) -> None:
+    """--seed within the 64 bits torch's generators take."""
+    if seed is not None and not -(2**63) <= seed < 2**64:
+        raise GptzooError(f"--seed {seed}: give a seed of at most 64 bits (0 to {2**64 - 1})")
 
 
 def run(args: argparse.Namespace) -> int:

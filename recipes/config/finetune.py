@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from gptzoo.plugins.heads import ClassifierParams
 
+# A seed torch's generators take: 64 bits, signed or not.
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
+
 TRAINABLE = ("none", "head", "last-block", "last-n", "all")
 Trainable = Literal["none", "head", "last-block", "last-n", "all"]
 Pooling = ClassifierParams.model_fields["pooling"].annotation
@@ -79,7 +82,7 @@ class FinetuneTraining(_Section):
         False, description="skip each epoch's last, smaller batch, as the book's DataLoader(drop_last=True)"
     )
     eval_batches: int = Field(5, description="batches of the train and validation splits evaluated after each epoch")
-    seed: int = Field(123, description="the split, shuffling, dropout, and the new head's and LoRA's initialisation")
+    seed: Seed = Field(123, description="the split, shuffling, dropout, and the new head's and LoRA's initialisation")
     trainable: Trainable | None = Field(
         None,
         description="what trains: none (the LoRA adapters only), head, last-block (with the final norm and the head), "
@@ -348,6 +351,15 @@ class ClassifierConfig(FinetuneConfig):
     )
     data: ClassifierData
     train: ClassifierTraining = ClassifierTraining()
+
+    @model_validator(mode="after")
+    def _book_order_takes_32_bits(self, info: ValidationInfo) -> ClassifierConfig:
+        if self.data.split_order == "book" and not 0 <= self.train.seed < 2**32:
+            raise ValueError(
+                f"{said(info, 'train.seed', self.train.seed)}: data.split_order = 'book' draws with numpy's "
+                f"RandomState, which takes a seed from 0 to {2**32 - 1}"
+            )
+        return self
 
 
 class InstructConfig(FinetuneConfig):

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from gptzoo.core import ConfigError, ModelConfig, Task, config_error
-from gptzoo.recipes.config.finetune import FineTuning
+from gptzoo.recipes.config.finetune import FineTuning, Seed
 from gptzoo.recipes.config.presets import find_config, find_preset
 from gptzoo.recipes.config.reading import apply_overrides, read_toml
 from gptzoo.recipes.runs.files import read_json
@@ -44,7 +44,9 @@ class DataConfig(BaseModel):
     )
     stride: int | None = Field(None, gt=0, description="None: context_length (windows do not overlap)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    seed: int = Field(0, description="split and shuffling order; the same for every run that shares it")
+    seed: int = Field(
+        0, ge=0, lt=2**64, description="split and shuffling order; the same for every run that shares it (64 bits)"
+    )
     cache_dir: str | None = Field(None, description="token cache; None: $GPTZOO_CACHE or ~/.cache/gptzoo")
 
     @field_validator("task", mode="before")
@@ -110,7 +112,7 @@ class TrainConfig(BaseModel):
         description="steps between checkpoints; None: at every evaluation; 0: only at the end (and when stopped)",
     )
     eval_batches: int = Field(10, gt=0)
-    seed: int = Field(0, ge=-(2**63), lt=2**64, description="initialisation and dropout (torch takes 64 bits)")
+    seed: Seed = Field(0, description="initialisation and dropout (torch takes 64 bits)")
     device: str = Field("auto", description="auto picks cuda, then mps, then cpu")
     dtype: Literal["float32", "bfloat16"] = "float32"
     compile: bool = False

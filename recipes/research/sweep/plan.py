@@ -330,6 +330,8 @@ def load_finetune_sweep(path: Path, spec: SweepFile, base_path: Path) -> Sweep:
     finetune_from = path.parent / spec.finetune_from
     finetune_from = str(finetune_from) if finetune_from.exists() else spec.finetune_from  # else a preset or cwd's
     seeds = spec.seeds or [base.train.seed]
+    for seed in seeds:  # a seed the base's split cannot take (the book's order takes 32 bits) fails here, not mid-sweep
+        config_of({"train.seed": seed}, f"{path}: seeds: {seed}")
     _check_resources(path, spec, variants)
     return Sweep(
         path, base_path, spec.mode, seeds, axes, fixed, variants, finetune_from=finetune_from, resources=spec.resources

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptzoo.recipes.config.finetune import FinetuneConfig
+from gptzoo.recipes.config.finetune import FinetuneConfig, Seed
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.research.sweep.provenance import provenance
 from gptzoo.registry import Registry
@@ -74,7 +74,7 @@ class SweepFile(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     base: str = Field(description="the base run config, relative to the sweep file's folder or the current one")
-    seeds: list[int] | None = Field(None, min_length=1, description="None: the base's train.seed")
+    seeds: list[Seed] | None = Field(None, min_length=1, description="None: the base's train.seed")
     mode: Literal["product", "one_at_a_time"] = "product"
     axes: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict, alias="set")

@@ -359,6 +359,42 @@ BAD_VALUES = [
         f"train.seed: Input should be less than {2**64}",
     ),
     (
+        "train",
+        "negative int",
+        ["{config}", "--out", "{tmp}/out", "--set", "data.seed=-1"],
+        "data.seed: Input should be greater than or equal to 0",
+    ),
+    (
+        "train",
+        "int beyond 64 bits",
+        ["{config}", "--out", "{tmp}/out", "--set", f"data.seed={2**64}"],
+        f"data.seed: Input should be less than {2**64}",
+    ),
+    (
+        "finetune-classifier",
+        "int beyond 64 bits",
+        ["{run}", *SMS, "--seed", str(2**64)],
+        f"--seed {2**64}: Input should be less than {2**64}",
+    ),
+    (
+        "finetune-classifier",
+        "int beyond 32 bits",
+        ["{run}", *SMS, "--split-order", "book", "--seed", str(2**32)],
+        f"--seed {2**32}: data.split_order = 'book' draws with numpy's RandomState, which takes a seed from 0 to {2**32 - 1}",
+    ),
+    (
+        "chat",
+        "int beyond 64 bits",
+        ["{run}", "--instruction", "Say hi.", "--seed", str(2**64)],
+        f"--seed {2**64}: give a seed of at most 64 bits (0 to {2**64 - 1})",
+    ),
+    (
+        "ablate",
+        "int beyond 64 bits",
+        ["{sweep_big_seed}", "--out", "{tmp}/out"],
+        f"seeds.0: Input should be less than {2**64}",
+    ),
+    (
         "import-book",
         "checkpoint of another kind",
         ["{flat_book}", "--out", "{tmp}/out"],
@@ -951,6 +987,7 @@ def places(tmp_path, shared_data):
         f'base = "{base}"\n[axes]\n"model.norm.name" = ["layernorm", "scalenorm"]\n'
     )
     (tmp_path / "sweep_no_base.toml").write_text(f'base = "nowhere.toml"\n{axes}')
+    (tmp_path / "sweep_big_seed.toml").write_text(f'base = "{base}"\nseeds = [{2**64}]\n{axes}')
     (tmp_path / "sweep_folder_base.toml").write_text(f'base = "{tmp_path / "empty"}"\n{axes}')
     import torch
 
@@ -993,6 +1030,7 @@ def places(tmp_path, shared_data):
         "sweep": tmp_path / "sweep.toml",
         "sweep_unknown": tmp_path / "sweep_unknown.toml",
         "sweep_no_base": tmp_path / "sweep_no_base.toml",
+        "sweep_big_seed": tmp_path / "sweep_big_seed.toml",
         "sweep_folder_base": tmp_path / "sweep_folder_base.toml",
         "sms": shared_data("SMSSpamCollection"),
         "instructions": shared_data("instruction-data.json"),
