@@ -201,8 +201,8 @@ class PositionalEncoding(Component):
         return frozenset(h for h in POSITION_HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h))
 
     def reach(self, n_positions: int) -> None:
-        """Get ready for positions below ``n_positions``, past the context (a precomputed table
-        grows here); the model calls it before such a forward. Default: nothing to do."""
+        """Get ready for positions below ``n_positions`` (past the context, a precomputed table cannot
+        serve them); the model calls it before every forward. Default: nothing to do."""
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """q: (B, nh, T, hs), k: (B, nkv, T, hs) of the new tokens -> same shapes."""

@@ -117,9 +117,8 @@ class GPT(nn.Module):
             cache.seen = cache.seen + valid.sum(-1, keepdim=True)
             key_positions = all_positions if padded else all_positions[:1]
             key_valid = all_valid if padded else None
-        if offset + T > self.config.context_length:
-            for scheme in (self.positional, *self.kind_positionals.values()):
-                cast(PositionalEncoding, scheme).reach(offset + T)
+        for scheme in (self.positional, *self.kind_positionals.values()):
+            cast(PositionalEncoding, scheme).reach(offset + T)
         kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
         x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
         shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x)

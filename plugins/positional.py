@@ -55,20 +55,23 @@ class SinusoidalPositions(PositionalEncoding):
 
     def __init__(self, params: SinusoidalParams, dims: Dims):
         super().__init__(params, dims)
-        self.register_buffer("table", self._table(dims.context_length), persistent=False)
+        self.register_buffer("table", self._rows(torch.arange(dims.context_length)), persistent=False)
+        self.past_table = False
 
-    def _table(self, n_positions: int, device: torch.device | None = None) -> Tensor:
-        angles = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None] * _inverse_frequencies(
-            self.dims.d_model, self.params.base
-        ).to(device)
-        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()  # (n, C): sin, cos interleaved
+    def _rows(self, positions: Tensor) -> Tensor:
+        """The encodings (..., C) of ``positions`` (...): sin, cos interleaved."""
+        inv_freq = _inverse_frequencies(self.dims.d_model, self.params.base).to(positions.device)
+        angles = positions.to(torch.float64)[..., None] * inv_freq
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2).float()
 
     def reach(self, n_positions: int) -> None:
-        if n_positions > self.table.size(0):
-            self.table = self._table(max(n_positions, 2 * self.table.size(0)), self.table.device)
+        # Past the table, rows are computed for the positions at hand rather than the table grown:
+        # decoding far past the context keeps flat memory.
+        self.past_table = n_positions > self.table.size(0)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        return x + self.params.scale * self.table[positions].to(x.dtype)  # (B, T, C) + (B|1, T, C)
+        rows = self._rows(positions) if self.past_table else self.table[positions]
+        return x + self.params.scale * rows.to(x.dtype)  # (B, T, C) + (B|1, T, C)
 
 
 class LinearScaling(Params):
@@ -191,22 +194,25 @@ class RotaryPositions(PositionalEncoding):
     def __init__(self, params: RotaryParams, dims: Dims):
         super().__init__(params, dims)
         self.rotary_dim = rotary_dim(params, dims.head_size)
-        cos, sin = self._tables(dims.context_length)
+        cos, sin = self._rows(torch.arange(dims.context_length))
         self.register_buffer("cos", cos, persistent=False)  # (context, rotary_dim/2)
         self.register_buffer("sin", sin, persistent=False)
+        self.past_table = False
 
-    def _tables(self, n_positions: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    def _rows(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (..., rotary_dim/2) of ``positions`` (...) times each frequency."""
         inv_freq, attention_factor = rope_frequencies(self.params, self.dims.head_size)
-        angles = torch.arange(n_positions, dtype=torch.float64, device=device)[:, None] * inv_freq.to(device)
+        angles = positions.to(torch.float64)[..., None] * inv_freq.to(positions.device)
         return (angles.cos() * attention_factor).float(), (angles.sin() * attention_factor).float()
 
     def reach(self, n_positions: int) -> None:
-        if n_positions > self.cos.size(0):
-            self.cos, self.sin = self._tables(max(n_positions, 2 * self.cos.size(0)), self.cos.device)
+        # Past the tables, rows are computed for the positions at hand rather than the tables grown:
+        # decoding far past the context keeps flat memory.
+        self.past_table = n_positions > self.cos.size(0)
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # (B|1, 1, T, rotary_dim/2)
-        sin = self.sin[positions].unsqueeze(1)
+        cos, sin = self._rows(positions) if self.past_table else (self.cos[positions], self.sin[positions])
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B|1, 1, T, rotary_dim/2)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from gptzoo.core import GptzooError
 from gptzoo.recipes.generation.generate import (
     TextStream,
+    check_memory,
     decode_after,
     encode_within,
     generate_ids,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     # spaces the words and drops what it cannot encode; lossless tokenizers give the prompt back).
     shown = [tokenizer.decode(tokenizer.encode(text)) for text in args.prompt]
     if len(prompts) == 1 and not args.no_stream:
+        check_memory(model, 1, len(prompts[0]), args.max_new_tokens, keep_text=False)  # before the prompt prints
         streamer = TextStream(tokenizer, _write, context=prompts[0])
         _write(shown[0])
         stream_ids(model, prompts, args.max_new_tokens, lambda row, token: streamer.add(token), **options)

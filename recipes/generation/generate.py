@@ -166,14 +166,10 @@ def _look_back(model: GPT, use_cache: bool) -> int | None:
 
 def _decode(model: GPT, text: _Text, max_new_tokens: int, use_cache: bool, sampling: tuple) -> Iterator[Tensor]:
     """Each step's next ids (B,), up to ``max_new_tokens`` steps, written into ``text`` as they are drawn."""
-    context_length = model.config.context_length
-    B, P, total = text.tokens.size(0), text.P, text.total
-    window = None if model.extension_refusal() is None else context_length  # None: the model sees everything
-    cache = None
-    if use_cache and window is None:
-        cache = model.new_cache(B, None if model.bounded_cache() else total)
-    elif use_cache and P <= context_length:
-        cache = model.new_cache(B, min(context_length, total))
+    B, P = text.tokens.size(0), text.P
+    window = None if model.extension_refusal() is None else model.config.context_length  # None: sees everything
+    length = _cache_length(model, P, text.total) if use_cache else None
+    cache = model.new_cache(B, length) if length is not None else None
     for step in range(max_new_tokens):
         end = P + step  # tokens so far, padding included
         h, cache = _hidden_states(model, text, cache, end, window)
@@ -183,17 +179,28 @@ def _decode(model: GPT, text: _Text, max_new_tokens: int, use_cache: bool, sampl
         yield next_ids
 
 
+def _cache_length(model: GPT, prompt: int, total: int) -> int | None:
+    """How many tokens the decoding cache is made for: the whole text for a model that decodes past its
+    context (a bounded layer keeps fewer), else the context; None: no cache, the prompt being cropped already."""
+    if model.extension_refusal() is None:
+        return total
+    return min(model.config.context_length, total) if prompt <= model.config.context_length else None
+
+
 def check_memory(
     model: GPT, batch: int, prompt: int, max_new_tokens: int, use_cache: bool = True, keep_text: bool = True
 ) -> None:
     """GptzooError up front when generating ``max_new_tokens`` cannot fit in the memory the model's device has
     left: a text kept whole (``keep_text``; streaming keeps only what the model looks at) holds a long and a
-    mask byte per token, and the cache of a model that decodes past its context grows with the text while
-    some layer keeps every key and value."""
+    mask byte per token, and the cache holds what each layer declares for the text (``cache_bytes``): every
+    key and value of a model that decodes past its context, its windows whole where they are shorter."""
     total = prompt + max_new_tokens
     need = batch * total * (8 + 1) if keep_text else 0
-    if use_cache and model.extension_refusal() is None and not model.bounded_cache():
-        need += batch * total * _cache_bytes_per_token(model)
+    length = _cache_length(model, prompt, total) if use_cache else None
+    if length is not None:
+        dtype = model.token_embedding.weight.dtype
+        kept = [mixer for mixer, reads in zip(model.mixers(), model.kv_readers, strict=True) if not reads]
+        need += batch * sum(mixer.cache_bytes(length, dtype) for mixer in kept)  # a reader keeps no keys of its own
     device = model.token_embedding.weight.device
     available = available_memory(device)
     if need > available:
@@ -201,22 +208,6 @@ def check_memory(
             f"--max-new-tokens {max_new_tokens}: {batch} text(s) of {total} tokens need about {gib(need)} "
             f"but {device} has {gib(available)} available; ask for fewer tokens"
         )
-
-
-def _cache_bytes_per_token(model: GPT) -> int:
-    """Bytes one more token adds to a one-row cache (the layers that keep every key and value)."""
-
-    def size(length: int) -> int:
-        cache = model.new_cache(1, length)
-        return sum(
-            t.numel() * t.element_size()
-            for layer in cache.layers
-            if layer is not None  # a layer reading another's keys and values keeps none
-            for t in vars(layer).values()
-            if isinstance(t, Tensor)
-        )
-
-    return size(2) - size(1)
 
 
 # The least a text buffer holds, so a short text is never moved.

@@ -285,7 +285,11 @@ class LiveTensors(torch.utils._python_dispatch.TorchDispatchMode):
         return sum(storages.values())
 
 
-@pytest.mark.parametrize("changes", [{}, WINDOWED], ids=["crops", "bounded"])
+@pytest.mark.parametrize(
+    "changes",
+    [{}, WINDOWED, WINDOWED | {"positional": "rope"}, WINDOWED | {"positional": "sinusoidal"}],
+    ids=["crops", "bounded", "bounded rope", "bounded sinusoidal"],  # rope and sinusoidal: no table grows
+)
 def test_streaming_an_absurd_number_of_tokens_keeps_flat_memory(registry, monkeypatch, changes):
     monkeypatch.setattr(generate, "_FEW_COLUMNS", 4)
     model = tiny_model(registry, **changes)
@@ -314,6 +318,16 @@ def test_a_cache_that_grows_past_what_memory_holds_is_refused_before_streaming(r
     assert hybrid.extension_refusal() is None and not hybrid.bounded_cache()
     with pytest.raises(GptzooError, match=rf"--max-new-tokens {10**15}: 1 text\(s\) of {10**15 + 3} tokens need about"):
         streamed(hybrid, [[72, 105, 33]], 10**15)
+
+
+def test_a_window_is_sized_to_the_text_and_refused_up_front_when_the_text_would_fill_more_than_memory(registry):
+    from gptzoo.core import GptzooError
+
+    model = tiny_model(registry, attention={"name": "sliding_window", "window": 10**12}, positional="alibi").double()
+    prompt = [72, 105, 33]
+    assert streamed(model, [prompt], 20) == [book_greedy(model, prompt, 20, crop=False)]  # a ring of 23 tokens
+    with pytest.raises(GptzooError, match=rf"--max-new-tokens {10**15}: 1 text\(s\) of {10**15 + 3} tokens need about"):
+        streamed(model, [prompt], 10**15)  # its ring would hold every one of them
 
 
 def test_cli_streams_an_absurd_number_of_tokens_until_interrupted(run_dir, capsys, monkeypatch):
