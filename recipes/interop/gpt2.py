@@ -191,7 +191,7 @@ def import_gpt2(src: str, out: str | Path, attention: str = "sdpa", registry: Re
     weights = folder / WEIGHTS
     with open_safetensors(weights) as f:
         # before validating every layer; named as GPT2Model names them, as the messages below do
-        check_layers(dict.fromkeys(k.removeprefix(HF_PREFIX) for k in f.keys()), GPT2, model_data["n_layers"], source)
+        check_layers(dict.fromkeys(k.removeprefix(HF_PREFIX) for k in f.keys()), GPT2, model_data, source)
         config = RunConfig(model=(registry or default_registry()).model_config(model_data, str(source)))
         shapes = weight_shapes(config.model)
         # Accept GPT2LMHeadModel's "transformer." names and GPT2Model's bare ones.

@@ -39,19 +39,23 @@ def gib(n: int) -> str:
 def check_fits(config: ModelConfig, source: str, device: str | torch.device = "cpu", weights: bool = True) -> None:
     """ConfigError naming the sizes when the model ``config`` describes needs more memory than ``device`` has left
     (``weights`` False: its tables only, for an importer that streams the weights without building the model)."""
+    sizes = f"context_length {config.context_length}, d_model {config.d_model}, n_layers {config.n_layers}"
     try:
         with torch.device("meta"):
             weight_bytes, table_bytes = model_bytes(GPT(config))
-    except (
-        NotImplementedError,
-        RuntimeError,
-    ):  # a component that reads tensor values as it is built has no meta estimate
+    except NotImplementedError:  # a component that reads tensor values as it is built has no meta estimate
+        return
+    except RuntimeError as err:
+        if "overflow" in str(err):  # torch's "Storage size calculation overflowed": a tensor past 2^63 bytes
+            raise ConfigError(
+                f"{source}: this model has a tensor too large for any machine ({sizes}); check those sizes"
+            ) from None
         return
     need = table_bytes + weight_bytes * weights
     available = available_memory(device)
     if need > available:
         raise ConfigError(
             f"{source}: this model needs about {gib(need)} ({f'{gib(weight_bytes)} of weights, ' if weights else ''}{gib(table_bytes)} "
-            f"of tables for context_length {config.context_length}, d_model {config.d_model}, n_layers {config.n_layers}) "
+            f"of tables for {sizes}) "
             f"but {device} has {gib(available)} available; check those sizes"
         )

@@ -117,32 +117,56 @@ def _check_index(index: Path, weight_map: dict[str, str], shard_of: dict[str, st
         )
 
 
-def check_layers(stored: dict, family: Family, declared: Any, source: Path) -> None:
-    """CheckpointError when the config declares more layers than the stored tensors hold."""
-    patterns = [
-        re.compile(re.escape(name).replace(r"\{i\}", r"(\d+)").replace(r"\{e\}", r"\d+"))
-        for weight in family.weights
-        for name in weight.theirs
-        if "{i}" in name
-    ]
-    layers = {
-        int(m.group(1))
-        for key in stored
-        for pattern in patterns
-        if (m := pattern.fullmatch(key) or pattern.fullmatch(family.prefix + key))
-    }
-    if isinstance(declared, int) and declared > len(layers):
-        key = next((f.hf for f in family.fields if "n_layers" in f.ours), "n_layers")
-        bare = not any(name.startswith(family.prefix) for name in stored)  # a bare base model's names
-        first = sorted(
-            (name.removeprefix(family.prefix) if bare else name).format(i=len(layers), e=0)
-            for weight in family.weights
-            for name in weight.theirs
-            if "{i}" in name
-        )
-        raise CheckpointError(
-            f"{source}: {key} = {declared} but the weights hold {len(layers)} layer(s) (missing {few(first)}); the config does not describe these weights"
-        )
+# What each index in a family's tensor names counts, and the gptzoo field that declares how many.
+COUNTED = {"i": ("n_layers", "layer(s)"), "e": ("n_experts", "expert(s)")}
+
+
+def check_layers(stored: dict, family: Family, table: dict, source: Path) -> None:
+    """CheckpointError when the config declares more layers, or experts, than the stored tensors hold:
+    the model built from it would make a module for each before any shape could be compared."""
+    for index, (field, what) in COUNTED.items():
+        names = [name for weight in family.weights for name in weight.theirs if f"{{{index}}}" in name]
+        if not names:
+            continue
+        patterns = [re.compile(_pattern(name, index)) for name in names]
+        held = {
+            int(m.group(1))
+            for key in stored
+            for pattern in patterns
+            if (m := pattern.fullmatch(key) or pattern.fullmatch(family.prefix + key))
+        }
+        declared = max((n for n in _values(table, field) if isinstance(n, int)), default=0)
+        if declared > len(held):
+            key = next((f.hf for f in family.fields if any(o.endswith(field) for o in f.ours)), field)
+            bare = not any(name.startswith(family.prefix) for name in stored)  # a bare base model's names
+            first = sorted(
+                (name.removeprefix(family.prefix) if bare else name).format(
+                    **dict.fromkeys(COUNTED, 0) | {index: len(held)}
+                )
+                for name in names
+            )
+            raise CheckpointError(
+                f"{source}: {key} = {declared} but the weights hold {len(held)} {what} (missing {few(first)}); "
+                "the config does not describe these weights"
+            )
+
+
+def _pattern(name: str, index: str) -> str:
+    """A regular expression for ``name`` capturing its ``{index}``, any number for its other indices."""
+    pattern = re.escape(name)
+    for other in COUNTED:
+        pattern = pattern.replace(rf"\{{{other}\}}", r"(\d+)" if other == index else r"\d+")
+    return pattern
+
+
+def _values(table: Any, field: str) -> Iterator[Any]:
+    """Every value of ``field`` in a nested model table (the top level's and each layer kind's)."""
+    if isinstance(table, dict):
+        for key, value in table.items():
+            if key == field:
+                yield value
+            else:
+                yield from _values(value, field)
 
 
 def _source_name(stored: dict, name: str, prefix: str) -> str | None:
@@ -283,7 +307,7 @@ def _read_config(
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}
     table = model_table(family, hf, str(source), attention, tokenizer)
-    check_layers(stored, family, table["n_layers"], source)
+    check_layers(stored, family, table, source)
     config = RunConfig(model=registry.model_config(table, str(source)))
     return family, config, tokenizer_state
 

@@ -316,6 +316,49 @@ def test_more_layers_declared_than_stored_are_refused_before_the_model_is_built(
     assert built == []
 
 
+def test_more_experts_declared_than_stored_are_refused_before_the_model_is_built(places, capsys, monkeypatch):
+    tmp_path, _, elsewhere = places
+    src = tmp_path / "moe"
+    config = transformers.MixtralConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(src)
+    (src / "config.json").write_text(
+        json.dumps(json.loads((src / "config.json").read_text()) | {"num_local_experts": 10**6})
+    )
+    built = []  # a million experts in each layer: building even on the meta device would take hours
+    monkeypatch.setattr("gptzoo.recipes.interop.hf.import_.check_fits", lambda *a, **k: built.append(a))
+    monkeypatch.setattr("gptzoo.recipes.interop.hf.import_.weight_shapes", lambda *a: built.append(a))
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    missing = ", ".join(f"model.layers.0.block_sparse_moe.experts.4.w{n}.weight" for n in (1, 2, 3))
+    assert (
+        f"{src / 'config.json'}: num_local_experts = 1000000 but the weights hold 4 expert(s) (missing {missing})"
+        in err
+    )
+    assert built == []
+
+
+def test_a_size_making_a_tensor_past_any_machine_is_refused_at_import(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    config = json.loads((src / "config.json").read_text())
+    # a feed-forward weight of 10^10 by 10^10 elements: more than a tensor can count
+    (src / "config.json").write_text(json.dumps(config | {"hidden_size": 10**10, "intermediate_size": 10**10}))
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert (
+        f"{src / 'config.json'}: this model has a tensor too large for any machine (context_length 32, d_model 10000000000"
+        in err
+    )
+
+
 def test_a_context_whose_tables_exceed_the_machine_is_refused_at_import(places, capsys, monkeypatch):
     tmp_path, src, elsewhere = places
     config = json.loads((src / "config.json").read_text())
