@@ -82,6 +82,14 @@ class KVCache:
         """Tokens that still fit (None: no limit)."""
         return None if self.max_len is None else self.max_len - self.length
 
+    def rewind(self, n_tokens: int) -> None:
+        """Forget the latest ``n_tokens`` (a rejected draft): caches of every key and value, which write
+        at slot ``length``, overwrite theirs next. Needs every token's bookkeeping kept (``keep`` None)."""
+        assert self.keep is None and 0 < n_tokens <= self.length, "only a cache keeping every token rewinds"
+        self.length -= n_tokens
+        self.seen = self.seen - self.valid[:, -n_tokens:].sum(-1, keepdim=True)
+        self.positions, self.valid = self.positions[:, :-n_tokens], self.valid[:, :-n_tokens]
+
     def remember(self, positions: Tensor, valid: Tensor, n_new: int) -> None:
         """Keep ``positions`` and ``valid`` (B, kept + n_new) of the keys so far, the latest ``keep`` of them."""
         if self.keep is not None:

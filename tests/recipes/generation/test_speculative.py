@@ -1,0 +1,79 @@
+"""Self-speculative decoding with the MTP module as the draft gives plain greedy decoding's tokens,
+token for token, whether drafts are accepted or not, in batches with left padding and past the context."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptzoo.core import GptzooError
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.generation.speculative import Speculation, speculative_ids
+from gptzoo.testing import build, tiny_config
+
+LLAMA = dict(positional="rope", norm="rmsnorm", feed_forward="swiglu", attn_out_bias=False, n_layers=2)
+CYCLE = [3, 17, 8, 25, 11, 40, 2]
+
+
+def trained_on_a_cycle(registry, steps=150, **fields):
+    """A model (and its MTP module) trained on a repeating sequence, so that most drafts are right."""
+    model = build(
+        tiny_config(registry, mtp={"name": "sequential", "depth": 1, "loss_weight": 1.0}, **LLAMA, **fields)
+    ).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    stream = torch.tensor(CYCLE * 20)
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - 17, (8,), generator=generator)
+        batch = torch.stack([stream[s : s + 17] for s in starts])
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        loss = loss + sum(a.weight * a.value for a in model.auxiliary_losses(targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cycle_model(request):
+    from gptzoo.registry import default_registry
+
+    return trained_on_a_cycle(default_registry())
+
+
+def test_accepted_drafts_give_the_greedy_tokens(cycle_model):
+    prompts = [CYCLE[:3], CYCLE[2:4] + CYCLE[:4]]  # left padding: 3 and 6 tokens
+    stats = Speculation()
+    got = speculative_ids(cycle_model, prompts, 9, stats=stats)
+    assert got == generate_ids(cycle_model, prompts, 9)
+    assert stats.drafted > 0 and stats.acceptance_rate > 0.5  # the cycle is learnt: most drafts are right
+    assert stats.drafted + stats.accepted <= 9  # an accepted draft gives two tokens for one forward
+
+
+def test_rejected_drafts_give_the_greedy_tokens_too(registry):
+    model = build(tiny_config(registry, mtp={"name": "sequential"}, **LLAMA))  # untrained: drafts mostly wrong
+    prompts = [[5, 9, 14, 2], [7]]
+    stats = Speculation()
+    got = speculative_ids(model, prompts, 10, stats=stats)
+    assert got == generate_ids(model, prompts, 10)
+    assert stats.drafted > 0 and stats.accepted < stats.drafted
+
+
+def test_past_the_context_and_at_the_end_of_text(cycle_model):
+    n = cycle_model.config.context_length
+    prompt = (CYCLE * 3)[: n - 4]
+    assert speculative_ids(cycle_model, [prompt], 12) == generate_ids(cycle_model, [prompt], 12)
+    eot = generate_ids(cycle_model, [CYCLE[:3]], 4)[0][2]  # the third token to come ends the text
+    assert speculative_ids(cycle_model, [CYCLE[:3]], 8, eot_id=eot) == generate_ids(
+        cycle_model, [CYCLE[:3]], 8, eot_id=eot
+    )
+
+
+def test_refuses_a_model_without_mtp_or_with_windowed_caches(registry):
+    with pytest.raises(GptzooError, match="no multi-token prediction"):
+        speculative_ids(build(tiny_config(registry, **LLAMA)), [[1, 2]], 3)
+    windowed = build(
+        tiny_config(registry, mtp="sequential", **{**LLAMA, "attention": {"name": "sliding_window", "window": 4}})
+    )
+    with pytest.raises(GptzooError, match="SlidingWindowAttention"):
+        speculative_ids(windowed, [[1, 2]], 3)
