@@ -4,7 +4,8 @@ Written out for one sublayer f (the mixer a, then the feed-forward), with n = no
 α = ``stream_scale`` and β = ``branch_scale`` (both 1 unless set):
 
 - ``pre_norm``             x = α·x + β·d(f(n(x)))          GPT-2, Llama
-- ``post_norm``            x = n(α·x + β·d(f(x)))          the original Transformer, MiniMax-01 (α, β)
+- ``post_norm``            x = n(α·x + β·d(f(x)))          the original Transformer
+- ``normed_residual``      x = α·n(x) + β·d(f(n(x)))       MiniMax-01 (α, β): the stream goes on from the norm's output
 - ``sandwich``             x = α·x + β·d(n'(f(n(x))))      Gemma 2 and 3
 - ``sublayer_output_norm`` x = α·x + β·d(n(f(x)))          OLMo 2
 - ``parallel``             x = α·x + β·(d(a(n1(x))) + d(f(n2(x))))  (n2 = n1 with shared_norm)  GPT-J, GPT-NeoX, Phi
@@ -105,6 +106,14 @@ class PostNormBlock(_Sublayers):
         return norm(self.join(x, self.dropout(sublayer(x))))
 
 
+class NormedResidualBlock(_Sublayers):
+    """Pre-norm whose residual is the normalised input, not the input (MiniMax-01's decoder layer)."""
+
+    def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
+        h = norm(x)
+        return self.join(h, self.dropout(sublayer(h)))
+
+
 class SublayerOutputNormBlock(_Sublayers):
     """The norms act on each sublayer's output before it joins the residual stream (OLMo 2's reordered norm)."""
 
@@ -163,6 +172,7 @@ class ParallelBlock(Block):
 def register_components(register):
     register("block", "pre_norm", PreNormBlock)
     register("block", "post_norm", PostNormBlock)
+    register("block", "normed_residual", NormedResidualBlock)
     register("block", "sandwich", SandwichBlock)
     register("block", "sublayer_output_norm", SublayerOutputNormBlock)
     register("block", "parallel", ParallelBlock)

@@ -19,6 +19,11 @@ def hand_written(layout, block, x, ctx):
     if layout == "post_norm":  # Vaswani et al.
         x = block.attn_norm(x + attn(x))
         return block.ffn_norm(x + ffn(x))
+    if layout == "normed_residual":  # MiniMax-01: the stream goes on from each norm's output
+        h = block.attn_norm(x)
+        x = h + attn(h)
+        h = block.ffn_norm(x)
+        return h + ffn(h)
     if layout == "sandwich":  # Gemma 2/3: input, post-attention, pre-feed-forward and post-feed-forward norms
         x = x + block.attn_out_norm(attn(block.attn_norm(x)))
         return x + block.ffn_out_norm(ffn(block.ffn_norm(x)))
@@ -36,6 +41,7 @@ def hand_written(layout, block, x, ctx):
 LAYOUTS = {
     "pre_norm": {"name": "pre_norm"},
     "post_norm": {"name": "post_norm"},
+    "normed_residual": {"name": "normed_residual"},
     "sandwich": {"name": "sandwich"},
     "sublayer_output_norm": {"name": "sublayer_output_norm"},
     "parallel": {"name": "parallel"},
@@ -66,6 +72,7 @@ def test_layout_matches_the_hand_written_layer(registry, layout):
     [
         ("pre_norm", 2),
         ("post_norm", 2),
+        ("normed_residual", 2),
         ("sandwich", 4),
         ("sublayer_output_norm", 2),
         ("parallel", 2),

@@ -49,7 +49,9 @@ def test_a_layer_without_a_feed_forward_holds_only_its_mixer():
     assert m.blocks[0].ffn_norm is None and m.param_counts()["feed_forward"] == 0
 
 
-@pytest.mark.parametrize("block", ["pre_norm", "post_norm", "sublayer_output_norm", "sandwich", "parallel"])
+@pytest.mark.parametrize(
+    "block", ["pre_norm", "post_norm", "normed_residual", "sublayer_output_norm", "sandwich", "parallel"]
+)
 def test_branch_and_stream_scales_follow_the_formula(block):
     alpha, beta = 0.5, 0.25
     plain = model(block=block, n_layers=1, positional="none")
@@ -66,6 +68,11 @@ def test_branch_and_stream_scales_follow_the_formula(block):
     elif block == "post_norm":
         h = b.attn_norm(alpha * x + beta * attn(x))
         expected = b.ffn_norm(alpha * h + beta * b.feed_forward(h))
+    elif block == "normed_residual":
+        n = b.attn_norm(x)
+        h = alpha * n + beta * attn(n)
+        n = b.ffn_norm(h)
+        expected = alpha * n + beta * b.feed_forward(n)
     elif block == "sublayer_output_norm":
         h = alpha * x + beta * b.attn_norm(attn(x))
         expected = alpha * h + beta * b.ffn_norm(b.feed_forward(h))

@@ -500,6 +500,45 @@ PUBLISHED = {
         },
         228_689_748_992,
     ),
+    "minimax": (
+        {  # MiniMaxAI/MiniMax-Text-01-hf, its config.json as recalled (the Hub is out of reach here): the original's
+            # attn_type_list [0] * 7 + [1] as layer_types, α = (2 · 80)^(1/4) for every sublayer. The count is 10
+            # softmax attention layers of 113,246,208 + 70 lightning layers of (qkv_proj 150,994,944 + output_gate
+            # and out_proj 100,663,296 + its norm 8,192) + 80 × (32 experts 5,435,817,984 + the router 196,608 +
+            # norms 12,288) + two 1,229,193,216 embeddings + the final norm 6,144: the Hub page's 456 B (its 45.9 B
+            # active leaves the embeddings out)
+            "model_type": "minimax",
+            "architectures": ["MiniMaxForCausalLM"],
+            "vocab_size": 200064,
+            "hidden_size": 6144,
+            "intermediate_size": 9216,
+            "num_hidden_layers": 80,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "rotary_dim": 64,
+            "max_position_embeddings": 10240000,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 10000000,
+            "num_local_experts": 32,
+            "num_experts_per_tok": 2,
+            "router_aux_loss_coef": 0.001,
+            "layer_types": (["linear_attention"] * 7 + ["full_attention"]) * 10,
+            "block_size": 256,
+            "full_attn_alpha_factor": 3.5565588200778455,
+            "linear_attn_alpha_factor": 3.5565588200778455,
+            "mlp_alpha_factor": 3.5565588200778455,
+            "full_attn_beta_factor": 1.0,
+            "linear_attn_beta_factor": 1.0,
+            "mlp_beta_factor": 1.0,
+            "sliding_window": None,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "bos_token_id": 200034,
+            "eos_token_id": 200020,
+        },
+        456_089_655_296,
+    ),
     "gemma2": (
         {  # google/gemma-2-2b
             "model_type": "gemma2",
@@ -857,6 +896,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("qwen3_next", 3_874_929_408),
         ("minimax_m2", 11_030_537_216),
         ("kimi_linear", 3_484_453_248),
+        ("minimax", 48_403_306_496),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):

@@ -44,7 +44,7 @@ from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
-from gptzoo.recipes.interop.hf.families.minimax import MINIMAX_M2
+from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
@@ -95,6 +95,7 @@ FAMILIES: dict[str, Family] = {
         DEEPSEEK_V3,
         GLM4_MOE,
         MINIMAX_M2,
+        MINIMAX,
         MAMBA2,
         LFM2,
         NEMOTRON_H,

@@ -1,0 +1,237 @@
+"""import-hf / export-hf for MiniMax-01 (minimax): parity with transformers' own models.
+
+As tests/recipes/interop/test_hf_recurrent.py does for the Mamba-2 families, each case builds
+transformers' model from a tiny random config covering the family's options, saves it, imports it
+and checks: logits within 1e-4 on a left-padded batch longer than several of transformers' lightning
+blocks; 20 greedy tokens through gptzoo's cache from a left-padded batch equal to transformers' generate
+(row by row: see ``greedy``); export -> from_pretrained -> the same logits and the same tensors (less the decays
+transformers saves and recomputes); generation past the trained context as transformers generates it,
+the lightning layers' cache not growing.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+CONTEXT = 32  # max_position_embeddings of the tiny models: generation goes past it
+DECAYS = ("slope_rate", "query_decay", "key_decay", "diagonal_decay")  # buffers transformers saves
+
+# name -> (transformers config class, its settings)
+CASES = {
+    # three lightning layers to one softmax layer (MiniMax-01's 7 : 1, shorter), blocks of 5 tokens (the
+    # prompts and the 24-token batch cross several), softmax GQA with 24-wide heads, 4 experts top 2,
+    # residual α = 2 and β = 0.5 (DeepNet's, as MiniMax-01's α = (2 · 80)^(1/4)), untied head
+    "minimax": (
+        "MiniMaxConfig",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            intermediate_size=40,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            layer_types=["linear_attention"] * 3 + ["full_attention"],
+            block_size=5,
+            full_attn_alpha_factor=2.0,
+            linear_attn_alpha_factor=2.0,
+            mlp_alpha_factor=2.0,
+            full_attn_beta_factor=0.5,
+            linear_attn_beta_factor=0.5,
+            mlp_beta_factor=0.5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            tie_word_embeddings=False,
+        ),
+    ),
+    # transformers' default schedule (softmax, lightning in turn), multi-query, blocks of 7, 6 experts top 3, tied head
+    "minimax-tied": (
+        "MiniMaxConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=24,
+            num_local_experts=6,
+            num_experts_per_tok=3,
+            block_size=7,
+            tie_word_embeddings=True,
+        ),
+    ),
+}
+
+
+def build(case: str):
+    config_class, settings = CASES[case]
+    config = getattr(transformers, config_class)(
+        **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers starts norms at 1: randomise all, so every tensor's mapping shows
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows, two of them left-padded: (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, V, (3, 24), generator=g)
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[1, :5], mask[2, :11] = False, False
+    return idx, mask
+
+
+def hf_logits(model, idx, mask):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long()).logits
+
+
+def greedy(model, prompts, n):
+    """transformers' n greedy tokens after each prompt, row by row: decoding a left-padded batch, its MiniMax
+    strays from the padded rows' own tokens after the first (which its row alone, and recomputing the whole
+    text without a cache, agree on), so each row alone is the reference for gptzoo's left-padded batch."""
+    tokens = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        tokens += out[:, len(prompt) :].tolist()
+    return tokens
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask = padded_batch()
+    expected = hf_logits(model, idx, mask)
+    prompts = [idx[0, :12].tolist(), idx[1, :3].tolist()]
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    decays = {name for name in original if name.endswith(DECAYS)}
+    assert decays and sorted(exported) == sorted(set(original) - tied - decays)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "minimax" and config["layer_types"] == model.config.layer_types
+    assert (
+        config["block_size"] == model.config.block_size and config["mlp_alpha_factor"] == model.config.mlp_alpha_factor
+    )
+
+
+def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoint, tmp_path):
+    """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; the lightning layers keep
+    a state of the same bytes at every length, so the cache grows by the softmax layers' keys and values alone."""
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
+    prompt = padded_batch()[0][0, :5].tolist()
+    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    softmax_layers = model.config.layer_types.count("full_attention")
+    config = model.config
+    per_token = softmax_layers * 2 * config.num_key_value_heads * (config.head_dim or 12) * 4  # keys and values, fp32
+    assert run.model.kv_cache_bytes(1000) - run.model.kv_cache_bytes(100) == 900 * per_token
+
+
+def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    assert info["parameters"]["total"] == hf_model.num_parameters()
+    pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
+    mixers = [(model["layer_kinds"][k].get("attention") or model["attention"])["name"] for k in pattern]
+    assert mixers == [
+        {"linear_attention": "lightning", "full_attention": "sdpa"}[t] for t in hf_model.config.layer_types
+    ]
+    assert model["block"] == {
+        "name": "normed_residual",
+        "stream_scale": hf_model.config.mlp_alpha_factor,
+        "branch_scale": hf_model.config.mlp_beta_factor,
+        "per_layer_input": None,
+    }
+    moe = model["feed_forward"]
+    idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
+    assert info["active_parameters_per_token"] == hf_model.num_parameters() - model["n_layers"] * idle
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for minimax'),
+        (
+            {"full_attn_alpha_factor": 3.0},
+            "full_attn_alpha_factor = 3.0 is not supported for minimax (gptzoo's block scales the attention and the "
+            "feed-forward alike: mlp_alpha_factor = 2.0)",
+        ),
+        ({"linear_attn_beta_factor": 1}, "linear_attn_beta_factor = 1 is not supported for minimax"),
+        (
+            {"layer_types": ["linear_attention", "sliding_attention", "linear_attention", "full_attention"]},
+            'layer_types = ["linear_attention", "sliding_attention", "linear_attention", "full_attention"] is not '
+            "supported: gptzoo reads 4 entries of linear_attention or full_attention",
+        ),
+        ({"sliding_window": 8}, "sliding_window = 8 is not supported for minimax"),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+            'rope_parameters.rope_type = "dynamic" is not supported for minimax',
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
+    build("minimax").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
