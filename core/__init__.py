@@ -11,7 +11,7 @@ from gptzoo.core.config import (
     ModelConfig,
     config_error,
 )
-from gptzoo.core.context import AttentionContext, Recorder
+from gptzoo.core.context import AttentionContext, Meter, Recorder
 from gptzoo.core.errors import CheckpointError, ConfigError, GptzooError
 from gptzoo.core.interfaces import (
     FAMILIES,
@@ -57,6 +57,7 @@ __all__ = [
     "LayerCache",
     "LayerKind",
     "LayerSpec",
+    "Meter",
     "ModelConfig",
     "MultiTokenPrediction",
     "NoParams",

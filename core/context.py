@@ -29,7 +29,10 @@ may read:
   reports once what its mixer declares it offers (``Attention.inspection``): attention
   probabilities (B, h, T, Tk) after the softmax and before dropout, an implicit attention
   matrix, or state norms (B, h, T); a mixer whose fast path never forms them computes them
-  explicitly only then, so its fast path stays as it is.
+  explicitly only then, so its fast path stays as it is;
+- ``measuring`` and ``measure(name, value)``: while a ``Meter`` measures the forward, each layer
+  reports the per-layer numbers its mixer declares (``Attention.measurements``), each a maximum
+  (a composite's parts may each report theirs: the layer keeps the largest).
 """
 
 from __future__ import annotations
@@ -72,6 +75,31 @@ class Recorder:
         self.attentions.append(reported[0] if reported else None)
 
 
+class Meter:
+    """Per-layer numbers one forward measures (``GPT(idx, meter=Meter())``): ``layers[i]`` maps each
+    ``Measurement`` layer i's mixer declares to its value over the batch (empty where it declares none)."""
+
+    def __init__(self) -> None:
+        self.layers: list[dict[str, float]] = []
+        self._reported: dict[str, list[Tensor]] = {}
+
+    def layer_done(self, block: nn.Module) -> None:
+        """Close ``block``'s layer: its mixer must have reported each declared measurement, and only those;
+        several reports of one (a composite's parts each report theirs) give their maximum."""
+        mixer = cast(Attention, block.attention)
+        declared, reported, self._reported = type(mixer).declared_measurements(mixer.params), self._reported, {}
+        if set(reported) != declared:
+            raise GptzooError(
+                f"{type(mixer).__name__} in layer {len(self.layers)} declares measurements {sorted(declared)} and "
+                f"reported {sorted(reported)}: while ctx.measuring, a mixer reports each declared one per forward"
+            )
+        self.layers.append({name: max(float(v) for v in values) for name, values in reported.items()})
+
+    def values(self, name: str) -> list[float | None]:
+        """``name`` per layer, None where the layer's mixer does not report it."""
+        return [layer.get(name) for layer in self.layers]
+
+
 class AttentionContext:
     def __init__(
         self,
@@ -85,11 +113,13 @@ class AttentionContext:
         kv_store: dict[int, tuple[Tensor, Tensor] | None] | None = None,
         token_ids: Tensor | None = None,
         embeddings: Tensor | None = None,
+        meter: Meter | None = None,
     ):
         self.token_ids, self.embeddings = token_ids, embeddings
         self.positional = positional
         self.kv_store = kv_store  # one per forward, shared by its contexts: the layers read, None until they share
         self.recorder = recorder
+        self.meter = meter
         self.positions = positions
         self.key_positions = key_positions
         self.offset = offset
@@ -122,6 +152,15 @@ class AttentionContext:
         """Report what this layer's mixer offers to inspection; nothing happens unless capturing."""
         if self.recorder is not None:
             self.recorder._reported.append(what)
+
+    @property
+    def measuring(self) -> bool:
+        return self.meter is not None
+
+    def measure(self, name: str, value: Tensor) -> None:
+        """Report a declared per-layer measurement (a scalar tensor); nothing happens unless measuring."""
+        if self.meter is not None:
+            self.meter._reported.setdefault(name, []).append(value.detach())
 
     def bias(self, dtype: torch.dtype, window: int | None = None, first_key: int | None = None) -> Tensor | None:
         """Additive mask (B|1, nh|1, T, Tk - first_key), or None when every query may see every key;

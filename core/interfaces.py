@@ -38,6 +38,15 @@ Inspection = Literal["probabilities", "partial_probabilities", "implicit_attenti
 - ``state_norms``: the norm of its recurrent state per head after each token, (B, h, T);
 - ``nothing``: it reports nothing (a layer without a mixer)."""
 
+Measurement = Literal["max_logit"]
+"""A per-layer number a token mixer may report while ``ctx.measuring`` (``ctx.measure``) in each
+forward, for training to log at each evaluation; each is a maximum, so a composite mixer whose parts
+each report one keeps the largest:
+
+- ``max_logit``: the largest attention logit q·k·scale over the pairs a query may attend to,
+  before any position bias or soft-capping (the quantity whose growth Wortsman et al., 2023 and
+  Dehghani et al., 2023 tie to divergence at high learning rates)."""
+
 CacheKind = Literal["keys_values", "window", "state"]
 """What a token mixer keeps while decoding: every key and value (grows with the text), the latest
 ``cache_window`` of them (bounded), or a recurrent state whose size does not depend on the length."""
@@ -236,7 +245,10 @@ class Attention(Component):
     - ``kv_sharing``: it can attend with an earlier layer's keys and values (``kv_shared_layers``).
       Each such mixer hands the keys and values it attends with to ``ctx.share_kv``; built with
       ``dims.kv_from`` set, it computes queries only, reads ``ctx.shared_kv(dims.kv_from)``
-      instead, and is given no cache (the model makes it none).
+      instead, and is given no cache (the model makes it none);
+    - ``measurements``: the per-layer numbers it reports while ``ctx.measuring``, through
+      ``ctx.measure(name, value)`` in each forward (see ``Measurement``); optional, none by
+      default; read through ``declared_measurements``.
 
     The first three are class attributes; readers ask for them through ``declared_inspection``,
     ``declared_position_hooks`` and ``declared_cache_kind`` with the mixer's params, which a mixer
@@ -255,6 +267,7 @@ class Attention(Component):
     inspection: ClassVar[Inspection] = "probabilities"
     position_hooks: ClassVar[frozenset[str]] = frozenset(POSITION_HOOKS)
     cache_kind: ClassVar[CacheKind] = "keys_values"
+    measurements: ClassVar[frozenset[Measurement]] = frozenset()
     out_proj: nn.Module
     equivalent_to: ClassVar[str | None] = None
     kv_sharing: ClassVar[bool] = False
@@ -276,6 +289,11 @@ class Attention(Component):
     def declared_cache_kind(cls, params: Params) -> CacheKind:
         """What this mixer, built with ``params``, keeps while decoding; default: ``cache_kind``."""
         return cls.cache_kind
+
+    @classmethod
+    def declared_measurements(cls, params: Params) -> frozenset[Measurement]:
+        """The per-layer numbers this mixer, built with ``params``, reports while measuring; default: ``measurements``."""
+        return cls.measurements
 
     @classmethod
     def receptive_field(cls, params: Params) -> int | None:

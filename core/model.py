@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from gptzoo.core.cache import KVCache
 from gptzoo.core.config import ModelConfig
-from gptzoo.core.context import AttentionContext, Recorder
+from gptzoo.core.context import AttentionContext, Meter, Recorder
 from gptzoo.core.errors import ConfigError
 from gptzoo.core.interfaces import (
     FAMILIES,
@@ -88,6 +88,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         pad_mask: Tensor | None = None,
         recorder: Recorder | None = None,
+        meter: Meter | None = None,
     ) -> dict[str | None, AttentionContext]:
         """The contexts of one forward over idx (B, T) through blocks whose caches ``cache`` holds
         (advancing its bookkeeping by T): the model-level one under None, one per layer kind with a
@@ -95,6 +96,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         if recorder is not None and cache is not None:
             raise ValueError("a recorder inspects one whole forward: run it without a cache")
+        if meter is not None and cache is not None:
+            raise ValueError("a meter measures one whole forward: run it without a cache")
         offset = cache.length if cache is not None else 0
         if cache is not None and cache.max_len is not None and offset + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {offset} cached + {T} new do not fit")
@@ -121,7 +124,7 @@ class GPT(nn.Module):
             cast(PositionalEncoding, scheme).reach(offset + T)
         kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
         x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
-        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x)
+        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x, meter)
         schemes: dict[str | None, nn.Module] = {None: self.positional, **dict(self.kind_positionals.items())}
         return {kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in schemes.items()}
 
@@ -139,15 +142,17 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         pad_mask: Tensor | None = None,
         recorder: Recorder | None = None,
+        meter: Meter | None = None,
     ) -> Tensor:
         """idx (B, T) token ids -> final hidden states (B, T, C).
 
         With ``cache``, idx holds only the new tokens and the cache advances by T. ``pad_mask``
         (B, T) is True at real tokens; padded batches (left padding for generation) get
         per-row positions that count real tokens only. A ``recorder`` receives the residual
-        stream and every layer's attention weights (a whole sequence at once: no cache).
+        stream and every layer's attention weights (a whole sequence at once: no cache); a
+        ``meter`` every layer's declared measurements (``Attention.measurements``).
         """
-        contexts = self.attention_contexts(idx, cache, pad_mask, recorder)
+        contexts = self.attention_contexts(idx, cache, pad_mask, recorder, meter)
         x = cast(Tensor, contexts[None].embeddings)  # (B, T, C)
         if recorder is not None:
             recorder.stream(x)
@@ -155,6 +160,8 @@ class GPT(nn.Module):
             x = block(x, contexts[kind], cache.layers[i] if cache is not None else None)
             if recorder is not None:
                 recorder.stream(x, block)
+            if meter is not None:
+                meter.layer_done(block)
         return self.final_norm(x)
 
     def forward(
@@ -163,12 +170,13 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         pad_mask: Tensor | None = None,
         recorder: Recorder | None = None,
+        meter: Meter | None = None,
     ) -> Tensor:
         """idx (B, T) -> logits: (B, T, V) from an LM head, (B, n_classes) from a classifier.
 
         While training, the multi-token prediction modules (``config.mtp``) run too, on the tokens
         after each position within idx; ``auxiliary_losses(targets)`` turns them into their losses."""
-        hidden = self.hidden_states(idx, cache, pad_mask, recorder)
+        hidden = self.hidden_states(idx, cache, pad_mask, recorder, meter)
         if self.mtp is not None and self.training and cache is None:
             # Depth k reads the token k ahead; the last k positions read tokens from the start, and their losses are not counted.
             ahead = torch.stack([idx.roll(-k, dims=1) for k in range(1, self.mtp.depth + 1)], dim=-1)

@@ -122,6 +122,16 @@ def attention_weights(
     return torch.softmax(torch.cat([scores.float(), sink], dim=-1), dim=-1)[..., :-1].to(q.dtype)
 
 
+def max_logit(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """The largest logit q·k·scale over the (query, key) pairs ``bias`` allows (finite there), before the
+    bias and any soft-capping: q (..., nh, T, hs), k (..., nkv, Tk, hs) with nkv dividing nh."""
+    k = k.repeat_interleave(q.size(-3) // k.size(-3), dim=-3)  # (..., nh, Tk, hs)
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (..., nh, T, Tk)
+    if bias is not None:
+        scores = scores.masked_fill(~torch.isfinite(bias), float("-inf"))
+    return scores.amax()
+
+
 def sdpa_with_sinks(
     q: Tensor,
     k: Tensor,
@@ -241,6 +251,7 @@ class FusedAttention(Attention):
     Params = AttentionParams
     equivalent_to = "sdpa"
     kv_sharing = True
+    measurements = frozenset({"max_logit"})
 
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__(params, dims)
@@ -284,9 +295,18 @@ class FusedAttention(Attention):
     def project(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, C) -> q (B, nh, T, hs), k (B, nkv, Tk, hs) and v (B, nkv, Tk, vs), normalised, rotated and cached
         (k and v: the earlier layer's, in a layer that reads them)."""
-        B, T, _ = x.shape
         if self.dims.kv_from is not None:
-            return self._queries(x, ctx), *ctx.shared_kv(self.dims.kv_from)
+            q, (k, v) = self._queries(x, ctx), ctx.shared_kv(self.dims.kv_from)
+        else:
+            q, k, v = self._own_keys(x, ctx, cache)
+        if ctx.measuring:
+            window = type(self).receptive_field(self.params)
+            ctx.measure("max_logit", max_logit(q, k, ctx.bias(q.dtype, window), self.scale))
+        return q, k, v
+
+    def _own_keys(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``project`` in a layer with its own keys and values."""
+        B, T, _ = x.shape
         q, k, *rest = self.qkv(x).split(self.qkv_sizes, dim=-1)
         v = rest[0] if rest else k  # shared_key_value: the keys as projected, before their norm and rotation
         if self.qk_norm is not None:

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 from gptzoo.core import Attention, AttentionContext, ComponentSpec, Dims, LayerCache, Params
-from gptzoo.core.interfaces import CacheKind, Inspection
+from gptzoo.core.interfaces import CacheKind, Inspection, Measurement
 from gptzoo.registry import hookimpl
 
 
@@ -107,6 +107,11 @@ class ParallelMixers(Attention):
     def declared_inspection(cls, params: ParallelMixersParams) -> Inspection:
         offers = (spec.impl.declared_inspection(spec.params) for spec in params.mixers)
         return next((o for o in offers if o != "nothing"), "nothing")
+
+    @classmethod
+    def declared_measurements(cls, params: ParallelMixersParams) -> frozenset[Measurement]:
+        """What its parts measure together: each part reports its own, the layer's value is their maximum."""
+        return frozenset().union(*(spec.impl.declared_measurements(spec.params) for spec in params.mixers))
 
     @classmethod
     def declared_position_hooks(cls, params: ParallelMixersParams) -> frozenset[str]:

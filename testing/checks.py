@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from gptzoo.core import (
     GptzooError,
     Head,
     LayerCache,
+    Meter,
     ModelConfig,
     Recorder,
     Tokenizer,
@@ -103,6 +105,7 @@ def check_component(family: str, name: str, registry: Registry | None = None, **
             ]
         for m in models:
             check_attention_capture(m)
+            check_measurements(m)
             if _is_language_model(m):
                 check_causal(m)
                 check_kv_cache(m)
@@ -309,6 +312,23 @@ def check_attention_capture(model: GPT) -> None:
             assert (reported >= 0).all() and torch.isfinite(reported).all(), f"{what}: norms must be finite and >= 0"
             continue
         _check_attention_matrix(reported, mixer, offers, B, T, what)
+
+
+def check_measurements(model: GPT) -> None:
+    """A ``Meter`` gets from each layer the measurements its mixer declares (``Attention.measurements``),
+    each finite, and measuring changes no output."""
+    idx = _tokens(model, 2, model.config.context_length)
+    meter = Meter()
+    try:
+        logits = model(idx, meter=meter)
+    except GptzooError as err:
+        raise AssertionError(f"[{_describe(model)}] measure: {err}") from None
+    _assert_close(
+        logits, model(idx), f"[{_describe(model)}] measure: the outputs of a measured forward differ from a plain one"
+    )
+    for i, layer in enumerate(meter.layers):
+        for name, value in layer.items():
+            assert math.isfinite(value), f"[{_describe(model)}] measure: layer {i}'s {name} is {value}"
 
 
 def _check_attention_matrix(weights: Tensor, mixer: Attention, offers: str, B: int, T: int, what: str) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from gptzoo.core import Tokenizer
+from gptzoo.core import GPT, Meter, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE
@@ -76,6 +76,27 @@ def estimate_loss(
     return estimate_metrics(model, windows, n_batches, batch_size, device, dtype, progress)[0]
 
 
+@torch.no_grad()
+def max_attention_logits(
+    model: nn.Module, windows: TokenWindows, batch_size: int, device: torch.device, dtype: str = "float32"
+) -> list[float | None] | None:
+    """Per layer, the largest attention logit over the first ``batch_size`` of the windows evaluation scores
+    (None at a layer whose mixer does not report it); None when no layer reports it or with several
+    processes (a sharded model runs whole only as its wrapper)."""
+    plain = unwrap(model)
+    mixers = plain.mixers() if isinstance(plain, GPT) else []
+    if distributed.world().size > 1 or not any("max_logit" in type(m).declared_measurements(m.params) for m in mixers):
+        return None
+    was_training = plain.training
+    plain.eval()
+    inputs, _ = to_device(windows.batch(spread_indices(len(windows), batch_size)), device)
+    meter = Meter()
+    with autocast(device, dtype):
+        plain(inputs, meter=meter)
+    plain.train(was_training)
+    return meter.values("max_logit")
+
+
 def sample_text(model: nn.Module, tokenizer: Tokenizer, train: TrainConfig) -> str:
     """train.sample_prompt and a short continuation, as the tokenizer decodes them together;
     uses its own random generator, so training is unaffected."""
@@ -108,11 +129,13 @@ def metrics_record(
     n_steps: int,
     tokens_per_s: float,
 ) -> dict:
-    """One metrics record: losses on fixed train and validation windows, plus where training stands."""
+    """One metrics record: losses on fixed train and validation windows, where training stands, and each layer's
+    largest attention logit (max_attention_logit, where a mixer reports it)."""
     train_loss, train_accuracy = estimate_metrics(
         model, train_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype
     )
     val_loss, val_accuracy = estimate_metrics(model, val_windows, cfg.eval_batches, cfg.batch_size, device, cfg.dtype)
+    logits = max_attention_logits(model, val_windows, cfg.batch_size, device, cfg.dtype)
     return {
         "step": step,
         "tokens": tokens,
@@ -124,4 +147,5 @@ def metrics_record(
         "lr": lr_at(max(step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
         "tokens_per_s": round(tokens_per_s, 1),
         "peak_memory_bytes": peak_memory_bytes(device),
+        **({"max_attention_logit": logits} if logits is not None else {}),
     }
