@@ -245,7 +245,9 @@ def _execute(
     resume = (task.folder / TRAIN_STATE).is_file()
     if task.folder.exists() and not resume:
         shutil.rmtree(task.folder)  # a start that left no checkpoint: nothing in it to keep
+    load_at_start = _load_per_core()
     result = _train(task, trainer, registry, resume, progress, log)
+    result.load_per_core = max(load_at_start, _load_per_core())
     _add_measurements(result, task, registry)
     if result.status != "done":
         log(f"[{task.folder.name}] {result.status}: {result.message}")
@@ -289,10 +291,19 @@ def _add_measurements(result: RunResult, task: RunTask, registry: Registry | Non
     """What the trainer does not report: the plugins, the model's costs, the accuracy, the extrapolation."""
     if task.finetune_from is None:
         result.components = provenance(validate_run_config(task.config, f"{task.folder} config", registry), registry)
-    result.params, flops_per_token = _model_costs(task.folder, registry)
+    result.params, flops_per_token, result.state_bytes = _model_costs(task.folder, registry)
     if result.tokens is not None and flops_per_token is not None:
         result.flops = float(result.tokens * flops_per_token)
     result.workers = task.workers
+    if task.finetune_from is None:
+        records = read_metrics(task.folder)
+        result.initial_val_loss = next((r["val_loss"] for r in records if r.get("step") == 0), None)
+        logits = [
+            max(v for v in r["max_attention_logit"] if v is not None)
+            for r in records
+            if any(r.get("max_attention_logit") or [])
+        ]
+        result.max_attention_logit = logits[-1] if logits else None
     if result.status == "done" and task.finetune_from is None:
         result.final_val_accuracy = (read_metrics(task.folder)[-1:] or [{}])[0].get("val_accuracy")
         if task.extrapolate:
@@ -318,13 +329,23 @@ def _extrapolation(folder: Path, multiples: tuple[float, ...], registry: Registr
     return scores
 
 
-def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, int | None]:
-    """Parameters and training FLOPs per token of the model the run saved (its config.json has the vocabulary size filled in)."""
+def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, int | None, int | None]:
+    """Parameters, training FLOPs per token and the decoding cache of one sequence at the context in bytes
+    (float32, as describe counts it) of the model the run saved (its config.json has the vocabulary size filled in)."""
+    from gptzoo.recipes.cli.describe import layer_cache, model_cache
+
     try:
         config = load_config(folder, registry)
     except GptzooError:
-        return None, None  # the run failed before saving its config
+        return None, None, None  # the run failed before saving its config
     if config.model.vocab_size is None:
-        return None, None
+        return None, None, None
     model = meta_model(config.model)
-    return model.param_counts()["total"], model.flops_per_token()["training"]
+    T = config.model.context_length
+    cache = model_cache(model, [layer_cache(mixer, T) for mixer in model.mixers()], T)
+    return model.param_counts()["total"], model.flops_per_token()["training"], cache["bytes_per_sequence"]
+
+
+def _load_per_core() -> float:
+    """The 1-minute load average per core: above 1, more work was waiting to run than there were cores."""
+    return os.getloadavg()[0] / (os.cpu_count() or 1)

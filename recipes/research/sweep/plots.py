@@ -16,6 +16,7 @@ from gptzoo.recipes.runs.metrics import read_metrics
 CURVES_PNG = "loss_curves.png"
 EXTRAPOLATION_PNG = "extrapolation.png"
 SCALING_PNG = "scaling.png"
+STATE_BYTES_PNG = "state_bytes.png"
 
 
 def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list[float]]]]:
@@ -119,6 +120,27 @@ def plot_scaling(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    save_png(fig, path)
+
+
+def plot_state_bytes(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
+    """The final metric (a task's answer accuracy, else the validation loss) against each variant's decoding
+    cache in bytes (log x), mean ± std over seeds, each point named: recall against state size."""
+    plt = _pyplot()
+    accuracy = sweep.reports_accuracy
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in rows:
+        stat = row.final_val_accuracy if accuracy else row.final_val_loss
+        if row.state_bytes is None or stat.mean is None:
+            continue
+        ax.errorbar(row.state_bytes, stat.mean, yerr=stat.std or 0.0, marker="o", capsize=3, label=row.variant.label)
+    ax.set_xscale("log")
+    ax.set_xlabel("decoding cache of one sequence at the context (bytes, float32)")
+    ax.set_ylabel("final answer accuracy" if accuracy else "final validation loss")
+    ax.set_title(f"{sweep.source.stem}: mean ± std over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     save_png(fig, path)
 
 

@@ -9,14 +9,17 @@ from typing import Any
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.research.sweep.fits import scaling_fits
+from gptzoo.recipes.research.sweep.lr_sensitivity import LR_KEY, LR_PNG, lr_table, plot_lr_curves
 from gptzoo.recipes.research.sweep.plan import short_names
 from gptzoo.recipes.research.sweep.plots import (
     CURVES_PNG,
     EXTRAPOLATION_PNG,
     SCALING_PNG,
+    STATE_BYTES_PNG,
     plot_extrapolation,
     plot_loss_curves,
     plot_scaling,
+    plot_state_bytes,
 )
 from gptzoo.recipes.research.sweep.results import RunResult, Stat, VariantRow, aggregate, extrapolation_scores
 from gptzoo.recipes.research.sweep.schema import Sweep, override_strings
@@ -34,6 +37,7 @@ CSV_COLUMNS = [
     "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
     "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
     "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
+    "flops_per_token", "state_bytes", "speed_shared",
 ]  # fmt: skip
 
 
@@ -51,6 +55,8 @@ def write_results(
         table += "\n" + extrapolation_table(sweep, results)
     if sweep.sizes:
         table += "\n" + scaling_table(sweep, rows)
+    if LR_KEY in sweep.axes:
+        table += "\n" + lr_table(sweep, results)
     write_text_atomic(out / RESULTS_MD, table)
     try:
         plot_loss_curves(sweep, out, out / CURVES_PNG)
@@ -58,6 +64,10 @@ def write_results(
             plot_extrapolation(sweep, results, out / EXTRAPOLATION_PNG)
         if sweep.sizes:
             plot_scaling(sweep, rows, out / SCALING_PNG)
+        if LR_KEY in sweep.axes:
+            plot_lr_curves(sweep, results, out / LR_PNG)
+        if len({row.state_bytes for row in rows if row.state_bytes is not None}) > 1:
+            plot_state_bytes(sweep, rows, out / STATE_BYTES_PNG)
     except GptzooError as err:
         log(f"plots skipped: {err}")
     return rows
@@ -72,6 +82,7 @@ def _csv_values(row: VariantRow) -> list:
         row.delta_accuracy.mean, row.delta_accuracy.low, row.delta_accuracy.high, row.delta_loss.n,
         row.tokens_per_s, row.peak_memory_bytes, row.wall_s, row.workers,
         " ".join(override_strings(row.variant.overrides)),
+        row.flops_per_token, row.state_bytes, row.shared,
     ]  # fmt: skip
 
 
@@ -114,12 +125,20 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
     shared = max((row.workers for row in rows), default=1)
     lines += [
         "",
+        "state bytes: the decoding cache of one sequence at the trained context, float32 (what `gptzoo describe` "
+        "counts: keys and values, windows and recurrent states). FLOPs/token: training FLOPs per token. "
         "tokens/s, peak memory (each run's own peak: the GPU allocator's, or the process's resident memory since the run began) and "
         "wall time were measured on a machine other processes may have shared"
         + (
             f"; † = measured with up to {shared} runs training at once (--workers {shared}): not comparable between rows."
             if shared > 1
             else "."
+        )
+        + (
+            " ‡ = measured while the machine had more work than cores (its 1-minute load average per core above 1 "
+            "at a run's start or end): not comparable between rows."
+            if any(row.loaded for row in rows)
+            else ""
         ),
     ]
     return "\n".join(lines) + "\n"
@@ -131,7 +150,8 @@ def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Calla
     matched = sweep.variants[0].matched["key"] if sweep.variants[0].matched else None
 
     def speed(row: VariantRow) -> str:
-        return "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}" + (" †" if row.workers > 1 else "")
+        marks = " †" * (row.workers > 1) + " ‡" * row.loaded
+        return "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}{marks}"
 
     return [
         ("variant", "---", lambda row: f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label),
@@ -145,6 +165,8 @@ def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Calla
            ("Δ final val accuracy", "---:", lambda row: _delta(row, row.delta_accuracy, 4))] if is_task else []),
         ("best val loss", "---:", lambda row: _pm(row.best_val_loss, 4)),
         ("final ppl", "---:", lambda row: _pm(row.final_perplexity, 2)),
+        ("state bytes", "---:", lambda row: "—" if row.state_bytes is None else f"{row.state_bytes:,}"),
+        ("FLOPs/token", "---:", lambda row: "—" if row.flops_per_token is None else f"{row.flops_per_token:.3g}"),
         ("tokens/s", "---:", speed),
         ("peak memory", "---:", lambda row: "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB"),
         ("wall", "---:", lambda row: "—" if row.wall_s is None else f"{row.wall_s:.1f} s"),

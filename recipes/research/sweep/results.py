@@ -35,6 +35,12 @@ class RunResult:
     peak_memory_bytes: int | None = None
     wall_s: float | None = None
     workers: int = 1  # runs training at once when this one ran: its speed is comparable only at 1
+    load_per_core: float | None = None  # the machine's 1-minute load average per core, the larger of start and end
+    state_bytes: int | None = (
+        None  # decoding cache of one sequence at the context, float32 (describe's bytes_per_sequence)
+    )
+    initial_val_loss: float | None = None  # step 0's validation loss (train.eval_at_start), before any update
+    max_attention_logit: float | None = None  # the largest over layers at the last evaluation, where a mixer reports it
     extrapolation: dict | None = None  # multiple -> {"context", "loss", "accuracy"} or {"context", "refused"}
     components: dict | None = None  # config path -> the plugin, distribution, version and code digest that provided it
 
@@ -105,11 +111,23 @@ class VariantRow:
     peak_memory_bytes: int | None
     wall_s: float | None
     workers: int  # the most runs that trained at once beside one of this variant's
+    state_bytes: int | None = None  # decoding cache of one sequence at the context (the same for every seed)
+    loaded: bool = False  # a seed ran while the machine had more work than cores (load average per core above 1)
     is_reference: bool = False  # the row the others' Δ is taken against (the base, or its size's)
 
     @property
     def delta_final_val_loss(self) -> float | None:
         return self.delta_loss.mean
+
+    @property
+    def flops_per_token(self) -> float | None:
+        """Training FLOPs per token (forward and backward, at the context)."""
+        return self.flops / self.tokens if self.flops is not None and self.tokens else None
+
+    @property
+    def shared(self) -> bool:
+        """Its speed was measured beside other work: other sweep runs (--workers), or a loaded machine."""
+        return self.workers > 1 or self.loaded
 
 
 def aggregate(variants: list[Variant], results: list[RunResult]) -> list[VariantRow]:
@@ -160,6 +178,8 @@ def _row(variant: Variant, runs: list[RunResult]) -> VariantRow:
         peak_memory_bytes=max(memory) if memory else None,
         wall_s=statistics.fmean(wall) if wall else None,
         workers=max((r.workers for r in ok), default=1),
+        state_bytes=next((r.state_bytes for r in runs if r.state_bytes is not None), None),
+        loaded=any((r.load_per_core or 0.0) > 1.0 for r in ok),
     )
 
 

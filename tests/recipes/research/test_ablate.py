@@ -378,6 +378,7 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
         "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
         "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
         "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
+        "flops_per_token", "state_bytes", "speed_shared",
     ]  # fmt: skip
     table = dict(zip(rows[0], rows[2], strict=True))
     # FakeTrainer: rope seeds 0 and 1 end at 3.5 and 3.6; learned at 3.0 and 3.1.
@@ -452,6 +453,10 @@ def test_a_tiny_sweep_through_the_cli(tmp_path, shared_data, capsys):
         )
     # A learned position table has context_length × d_model = 16 × 32 parameters; rope has none.
     assert int(rows["positional-learned"]["params"]) - int(rows["positional-rope"]["params"]) == 16 * 32
+    # One layer's keys and values at the context: 2 × 16 tokens × 32 (2 heads of 16) × 4 bytes; each run ran
+    # beside another (--workers 2), so its speed is marked shared.
+    for row in rows.values():
+        assert int(row["state_bytes"]) == 2 * 16 * 32 * 4 and row["speed_shared"] == "true"
 
     capsys.readouterr()
     assert cli.main(["ablate", str(sweep), "--out", str(out), "--no-progress"]) == 0
