@@ -229,12 +229,13 @@ class DeltaRuleMixer(Attention):
 
     def flops_per_token(self, context_length: int) -> int:
         # Projections, the convolution, then the chunked rule per value head and token (multiply-
-        # adds × 2): q·k and k·k within the chunk (4·C·dk), the triangular solve for U and W
-        # (C·(dv + dk)), the scores times the corrected values (2·C·dv), and reading, correcting
-        # and writing the state (6·dk·dv). Gates and norms are elementwise and left out.
+        # adds × 2): q·k and k·k within the chunk (4·C·dk), (I + L)⁻¹ times β·[V K] for U and W
+        # (2·C·(dv + dk)), the scores times the corrected values (2·C·dv), and reading, correcting
+        # and writing the state (6·dk·dv). Inverting the unit triangular I + L (about C²/3 per
+        # token), the gates and the norms are left out.
         C, dk, dv = self.chunk_size, self.head_k_dim, self.head_v_dim
         conv = 2 * self.conv1d.conv.weight.numel()
-        rule = C * (5 * dk + 3 * dv) + 6 * dk * dv
+        rule = C * (6 * dk + 4 * dv) + 6 * dk * dv
         projections = sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
         return projections + conv + self.n_v_heads * rule
 
