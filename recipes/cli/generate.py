@@ -16,6 +16,7 @@ from gptzoo.recipes.generation.generate import (
     stream_ids,
     too_long,
 )
+from gptzoo.recipes.generation.speculative import Speculation, speculation_refusal, speculative_ids
 from gptzoo.recipes.generation.stored_weights import STORAGES, store_weights
 from gptzoo.recipes.runs.folder import load_run
 
@@ -48,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-stream", action="store_true", help="print the text when it is complete instead of as it is produced"
     )
+    parser.add_argument(
+        "--speculative",
+        action="store_true",
+        help="greedy decoding drafted by the run's multi-token prediction module (model.mtp) and verified by the "
+        "model: the same tokens, fewer forwards; the drafts' acceptance rate goes to stderr",
+    )
     add_weight_storage_argument(parser)
 
 
@@ -71,6 +78,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise GptzooError(f"--top-p {args.top_p}: must be in (0, 1]")
     check_seed(args.seed)
+    if args.speculative and (args.temperature > 0 or args.top_k or args.top_p):
+        raise GptzooError("--speculative decodes greedily: drop --temperature, --top-k and --top-p")
 
 
 def check_seed(seed: int | None) -> None:
@@ -91,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run_dir}: its '{model.config.head.name}' head does not predict tokens, so it cannot generate text"
         )
 
+    if args.speculative and (refusal := speculation_refusal(model)) is not None:
+        raise GptzooError(f"--speculative: {args.run_dir}: {refusal}")
+
     context_length = model.config.context_length
     prompts = []
     for n, text in enumerate(args.prompt, start=1):
@@ -108,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer
     # spaces the words and drops what it cannot encode; lossless tokenizers give the prompt back).
     shown = [tokenizer.decode(tokenizer.encode(text)) for text in args.prompt]
+    if args.speculative:
+        return _speculate(model, tokenizer, prompts, shown, args)
     if len(prompts) == 1 and not args.no_stream:
         check_memory(model, 1, len(prompts[0]), args.max_new_tokens, keep_text=False)  # before the prompt prints
         streamer = TextStream(tokenizer, _write, context=prompts[0])
@@ -121,6 +135,29 @@ def run(args: argparse.Namespace) -> int:
         if n:
             print()
         print(text + decode_after(tokenizer, context, ids))
+    return 0
+
+
+def _speculate(model, tokenizer, prompts: list[list[int]], shown: list[str], args: argparse.Namespace) -> int:
+    """Greedy text drafted by the MTP module, streamed when there is one prompt; the acceptance rate on stderr."""
+    stats = Speculation()
+    streamer = TextStream(tokenizer, _write, context=prompts[0]) if len(prompts) == 1 and not args.no_stream else None
+    on_token = (lambda row, token: streamer.add(token)) if streamer is not None else None
+    if streamer is not None:
+        _write(shown[0])
+    outputs = speculative_ids(
+        model, prompts, args.max_new_tokens, eot_id=tokenizer.eot_id, on_token=on_token, stats=stats
+    )
+    if streamer is not None:
+        streamer.flush()
+        _write("\n")
+    else:
+        for n, (text, context, ids) in enumerate(zip(shown, prompts, outputs, strict=True)):
+            print(("\n" if n else "") + text + decode_after(tokenizer, context, ids))
+    print(
+        f"speculative: {stats.accepted} of {stats.drafted} drafts accepted ({stats.acceptance_rate:.0%})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -82,7 +82,8 @@ def speculative_ids(
     def emit(ids: Tensor) -> bool:
         """Keep ids (B, 1); True when generation is over."""
         out.append(ids)
-        return len(out) == max_new_tokens or _note_tokens(ids[:, 0], finished, eot_id, on_token)
+        all_finished = _note_tokens(ids[:, 0], finished, eot_id, on_token)
+        return all_finished or len(out) == max_new_tokens
 
     with _eval_mode(model):
         cache, drafts = model.new_cache(B, room), model.new_cache(B, room, mtp=True)

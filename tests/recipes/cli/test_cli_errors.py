@@ -329,6 +329,18 @@ BAD_VALUES = [
     ),
     (
         "generate",
+        "option that does not apply",
+        ["{run}", "--prompt", "I had", "--speculative"],
+        "--speculative: {run}: it has no multi-token prediction module (model.mtp) to draft with",
+    ),
+    (
+        "generate",
+        "options that conflict",
+        ["{run}", "--prompt", "I had", "--speculative", "--temperature", "0.7"],
+        "--speculative decodes greedily: drop --temperature, --top-k and --top-p",
+    ),
+    (
+        "generate",
         "int beyond 64 bits",
         ["{run}", "--prompt", "I had", "--seed", str(2**64)],
         f"--seed {2**64}: give a seed of at most 64 bits (0 to {2**64 - 1})",

@@ -77,3 +77,34 @@ def test_refuses_a_model_without_mtp_or_with_windowed_caches(registry):
     )
     with pytest.raises(GptzooError, match="SlidingWindowAttention"):
         speculative_ids(windowed, [[1, 2]], 3)
+
+
+def test_generate_speculative_prints_the_greedy_text(tmp_path, shared_data, capsys):
+    from gptzoo.recipes.cli import main
+
+    run = tmp_path / "run"
+    sets = [
+        "model.context_length=32",
+        "model.d_model=32",
+        "model.n_layers=2",
+        "model.n_heads=4",
+        "model.tokenizer=char",
+        "model.mtp.name=sequential",
+        f"data.source={shared_data('the-verdict.txt')}",
+        f"data.cache_dir={tmp_path}/cache",
+        "train.max_steps=2",
+        "train.eval_interval=2",
+        "train.eval_batches=1",
+        "train.batch_size=2",
+        "train.sample_tokens=0",
+    ]
+    assert main(["train", "tiny", "--out", str(run), *(a for s in sets for a in ("--set", s))]) == 0
+    capsys.readouterr()
+    for stream in ([], ["--no-stream"]):
+        assert main(["generate", str(run), "--prompt", "I had", "--max-new-tokens", "12", "--no-stream"]) == 0
+        plain = capsys.readouterr().out
+        assert (
+            main(["generate", str(run), "--prompt", "I had", "--max-new-tokens", "12", "--speculative", *stream]) == 0
+        )
+        speculative = capsys.readouterr()
+        assert speculative.out == plain and "drafts accepted" in speculative.err
