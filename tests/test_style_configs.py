@@ -139,6 +139,22 @@ def test_gemma4_style_widens_its_global_layers_shares_keys_and_values_and_feeds_
     assert info["kv_cache"]["bytes_per_token"] == 2 * 1 * 64 * 4
     assert info["kv_cache"]["window_bytes"] == 3 * 16 * 2 * 2 * 32 * 4
     assert [row["cache_bytes"] == 0 for row in info["layers"]] == [False] * 4 + [True] * 4
+    assert [(r["head_size"], r["n_kv_heads"], r["kv_from"]) for r in info["layers"][2:]] == [
+        (32, 2, None),
+        (64, 1, None),
+        (32, 2, 2),
+        (32, 2, 2),
+        (32, 2, 2),
+        (64, 1, 3),
+    ]
+
+
+def test_gemma4_style_describe_says_which_layers_read_others_keys_and_values(capsys):
+    assert main(["describe", str(STYLES[0].parent / "gemma4-style.toml"), "--set", "model.vocab_size=512"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("none: layer 2's keys and values") == 3 and out.count("none: layer 3's keys and values") == 1
+    assert f"{2 * 64 * 4:,} bytes per token in 1 layer" in out  # layer 3 alone keeps every key and value
+    assert "in 3 layers" in out  # the windows of layers 0-2
 
 
 def test_deepseek_v3_mtp_style_trains_its_mtp_module_and_logs_its_loss(tmp_path, token_cache):

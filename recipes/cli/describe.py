@@ -55,6 +55,9 @@ def describe(config: RunConfig) -> dict:
                 "layer": layer.index,
                 "kind": layer.kind,
                 **{family: _short(getattr(layer, family)) for family in PER_LAYER},
+                "head_size": model_config.dims(layer.index).head_size,
+                "n_kv_heads": model_config.dims(layer.index).n_kv_heads,
+                "kv_from": model_config.kv_source(layer.index),
                 "parameters": sum(p.numel() for p in block.parameters()),
                 **cache,
             }
@@ -171,7 +174,8 @@ def byte_size(n: int) -> str:
 
 def cache_lines(kv: dict, layers: list[dict]) -> list[str]:
     """The decoding cache of one sequence by what the layers keep, at the context and past it."""
-    count = {kind: sum(r["cache_kind"] == kind for r in layers) for kind in ("keys_values", "window")}
+    own = [r for r in layers if r["kv_from"] is None]  # the others keep no cache: they read an earlier layer's
+    count = {kind: sum(r["cache_kind"] == kind for r in own) for kind in ("keys_values", "window")}
     count["state"] = sum(bool(r["state_bytes"]) for r in layers)  # not the layers without a mixer (0 bytes)
     lines = [f"decoding cache of one sequence ({kv['dtype']})"]
     if count["keys_values"]:
@@ -202,6 +206,8 @@ def _layers(n: int) -> str:
 
 
 def _layer_cache_text(r: dict) -> str:
+    if r["kv_from"] is not None:
+        return f"none: layer {r['kv_from']}'s keys and values"
     if r["cache_kind"] == "state":
         return f"state {byte_size(r['state_bytes'])}" if r["state_bytes"] else "nothing"
     if r["cache_kind"] == "window":
