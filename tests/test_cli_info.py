@@ -119,6 +119,9 @@ def test_describe_json_gpt2_124m(capsys):
         "feed_forward": "gelu",
         "norm": "layernorm",
         "block": "pre_norm",
+        "head_size": 64,  # 12 heads of 64, each with its own keys and values
+        "n_kv_heads": 12,
+        "kv_from": None,
         "parameters": per_layer,
         "kv_cache_bytes_per_token": 2 * C * 4,
         "cache_kind": "keys_values",
