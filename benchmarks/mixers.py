@@ -10,8 +10,9 @@ own PyTorch path for the same layer, and decoding time per token and cache bytes
   cost linear in the length; softmax attention grows with it);
 - layer: one mixer layer's forward and backward at each length against transformers' own
   PyTorch layer holding the same weights (REFERENCES; ratio above 1: gptzoo is faster);
-- decode: after a prompt of each decode length, the median time of one greedy step and the
-  bytes the cache's tensors hold; for bounded caches both stay flat as the prompt grows.
+- decode: after a prompt of each decode length, the median time of one greedy step (16 steps on
+  each prompt's cache in turns) and the bytes the cache's tensors hold; for bounded caches both
+  stay flat as the prompt grows.
 
 Cases of one length are timed in turns (one repetition of each, the order reversed every other
 repetition) so a change in the machine's load falls on all alike; figures are medians.
@@ -261,30 +262,37 @@ def layer_rows(names: list[str], lengths: list[int], reps: int) -> list[dict]:
     return rows
 
 
+def greedy_steps(m: GPT, cache, steps: int) -> Callable[[], None]:
+    """A function that decodes ``steps`` greedy tokens through ``cache`` each time it is called."""
+    token = [torch.zeros(1, 1, dtype=torch.long)]
+
+    def run() -> None:
+        for _ in range(steps):
+            token[0] = m(token[0], cache=cache)[:, -1:].argmax(-1)
+
+    return run
+
+
 def decode_rows(names: list[str], lengths: list[int], reps: int, steps: int = 16) -> list[dict]:
     rows = []
     for name in names:
         m = model(name, max(lengths)).eval()
-        for T in lengths:
-            with torch.inference_mode():
-                cache = m.new_cache(1, None if m.extension_refusal() is None else T + steps * (reps + 1) + 1)
+        caches = {}
+        with torch.inference_mode():
+            for T in lengths:  # a cache per prompt length, prefilled before any timing
+                caches[T] = m.new_cache(1, None if m.extension_refusal() is None else T + steps * (reps + 2) + 1)
                 prompt = torch.randint(0, SHAPE["vocab_size"], (1, T))
                 for start in range(0, T, 1024):  # prefill in pieces: softmax attention's scores stay small
-                    m(prompt[:, start : start + 1024], cache=cache)
-                token = torch.zeros(1, 1, dtype=torch.long)
-                times = []
-                for _ in range(reps):
-                    start = time.perf_counter()
-                    for _ in range(steps):
-                        token = m(token, cache=cache)[:, -1:].argmax(-1)
-                    times.append((time.perf_counter() - start) / steps)
+                    m(prompt[:, start : start + 1024], cache=caches[T])
+            seconds = in_turns({T: greedy_steps(m, caches[T], steps) for T in lengths}, reps)
+        for T in lengths:
             rows.append(
                 {
                     "case": "decode",
                     "mixer": name,
                     "prompt": T,
-                    "ms_per_token": 1e3 * statistics.median(times),
-                    "cache_bytes": _cache_bytes(cache),
+                    "ms_per_token": 1e3 * seconds[T] / steps,
+                    "cache_bytes": _cache_bytes(caches[T]),
                 }
             )
     return rows
