@@ -127,6 +127,13 @@ class XIELUFeedForward(_TwoLayerMLP):
 class GLUParams(Params):
     hidden: int | None = None  # None: 8/3 × d_model rounded up to a multiple of 64 (about 4 × d_model's parameters)
     bias: bool = False
+    gate_multiplier: float = Field(
+        1.0,
+        description="multiplies the gate projection's output before the activation (Falcon-H1's µP mlp_multipliers[0])",
+    )
+    out_multiplier: float = Field(
+        1.0, description="multiplies the output projection's output (Falcon-H1's µP mlp_multipliers[1])"
+    )
 
 
 def glu_hidden(d_model: int) -> int:
@@ -148,7 +155,10 @@ class _GatedLinearUnit(FeedForward):
         self.out_proj = nn.Linear(hidden, dims.d_model, bias=params.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))  # (B, T, hidden) -> (B, T, C)
+        p = self.params
+        gate = self.gate_proj(x) if p.gate_multiplier == 1.0 else self.gate_proj(x) * p.gate_multiplier
+        y = self.out_proj(self.activation(gate) * self.up_proj(x))  # (B, T, hidden) -> (B, T, C)
+        return y if p.out_multiplier == 1.0 else y * p.out_multiplier
 
 
 class SwiGLUFeedForward(_GatedLinearUnit):

@@ -145,3 +145,17 @@ def test_parameter_and_flop_counts_are_the_two_matrices(registry, name):
     layer = model.blocks[0].feed_forward
     assert model.param_counts()["feed_forward"] == 2 * C * H + scalars
     assert layer.flops_per_token(16) == 2 * 2 * C * H
+
+
+@torch.no_grad()
+def test_swiglu_gate_and_out_multipliers_on_worked_values():
+    """Falcon-H1's µP mlp_multipliers: down(silu(gate(x) · g) ⊙ up(x)) · d, with identity projections."""
+    from gptzoo.plugins.feed_forward import GLUParams, SwiGLUFeedForward
+
+    mlp = SwiGLUFeedForward(GLUParams(hidden=4, gate_multiplier=2.0, out_multiplier=0.5), dims(4))
+    for proj in (mlp.gate_proj, mlp.up_proj, mlp.out_proj):
+        proj.weight.copy_(torch.eye(4))
+    x = torch.tensor([[[-1.0, 0.0, 0.5, 2.0]]])
+    silu = lambda v: v / (1 + math.exp(-v))  # noqa: E731
+    expected = torch.tensor([[[0.5 * silu(2.0 * v) * v for v in (-1.0, 0.0, 0.5, 2.0)]]])
+    torch.testing.assert_close(mlp(x), expected)

@@ -204,6 +204,63 @@ CASES = {
         ),
         False,
     ),
+    # attention (GQA, 24-wide heads, biases) beside Mamba-2 (8 heads of 16 in 2 groups, state 12, chunks of 5,
+    # its grouped gated norm) in every layer, then a SwiGLU with biases; every µP multiplier away from 1; untied
+    "falcon_h1": (
+        "FalconH1Config",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            intermediate_size=96,
+            attention_bias=True,
+            mlp_bias=True,
+            mamba_d_ssm=128,
+            mamba_n_heads=8,
+            mamba_d_head=16,
+            mamba_n_groups=2,
+            mamba_d_state=12,
+            mamba_d_conv=3,
+            mamba_chunk_size=5,
+            mamba_rms_norm=True,
+            mamba_norm_before_gate=False,
+            embedding_multiplier=1.5,
+            lm_head_multiplier=0.5,
+            key_multiplier=0.7,
+            attention_in_multiplier=0.9,
+            attention_out_multiplier=1.1,
+            ssm_in_multiplier=1.2,
+            ssm_out_multiplier=0.8,
+            ssm_multipliers=[1.1, 0.9, 1.2, 0.8, 1.05],
+            mlp_multipliers=[0.8, 1.3],
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # Falcon-H1's published Mamba-2 (no norm before out_proj), multipliers at 1, multi-query, the inner width
+    # from mamba_expand, a tied head
+    "falcon_h1-tied": (
+        "FalconH1Config",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=80,
+            mamba_d_ssm=None,
+            mamba_expand=2,
+            mamba_n_heads=6,
+            mamba_d_head=16,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=4,
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
 }
 
 
@@ -328,6 +385,24 @@ def test_generation_goes_past_the_trained_context_with_a_cache_that_does_not_gro
     assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10_000)
 
 
+@pytest.mark.parametrize("checkpoint", [case for case in CASES if case.startswith("falcon_h1")], indirect=True)
+def test_falcon_h1_generates_past_the_trained_context_as_transformers_does(checkpoint, tmp_path):
+    """3 × CONTEXT tokens through the cache, as transformers decodes them: Mamba-2's state stays the same
+    size, so the cache grows by the attention part's keys and values alone."""
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.model.extension_refusal() is None
+    prompt = padded_batch()[0][0, :5].tolist()
+    assert generate_ids(run.model, [prompt], 3 * CONTEXT) == greedy(model, [prompt], 3 * CONTEXT)
+    config = model.config
+    head_dim = (
+        config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // config.num_attention_heads
+    )
+    per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 4  # keys and values, fp32
+    assert run.model.kv_cache_bytes(1000) - run.model.kv_cache_bytes(100) == 900 * per_token
+
+
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
     import_hf(folder, tmp_path / "run")
@@ -342,6 +417,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         "lfm2": ("sdpa", "swiglu", "rope"),
         "nemotron_h": ("sdpa", "squared_relu", "none"),
         "bamba": ("sdpa", "swiglu", "rope"),
+        "falcon_h1": ("parallel_mixers", "swiglu", "rope"),
     }[family]
     if family == "mamba2":
         assert model["attention"]["chunk_size"] == hf_model.config.chunk_size
@@ -350,6 +426,18 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         kinds = {"linear_attention": "M", "mlp": "-", "full_attention": "*"}
         assert pattern == [kinds[t] for t in hf_model.config.layers_block_type]
         assert model["layer_kinds"]["M"]["attention"]["name"] == "mamba2"
+    elif family == "falcon_h1":  # attention beside Mamba-2 in every layer, the µP multipliers where they act
+        config = hf_model.config
+        attention, mamba = model["attention"]["mixers"]
+        assert (attention["name"], mamba["name"], mamba["head_dim"]) == ("sdpa", "mamba2", config.mamba_d_head)
+        assert model["embedding_scale"] == config.embedding_multiplier
+        assert model["head"]["logit_scale"] == config.lm_head_multiplier
+        ffn = model["feed_forward"]
+        assert [ffn["gate_multiplier"], ffn["out_multiplier"]] == list(config.mlp_multipliers)
+        assert (model["attention"]["out_multipliers"] or [1.0, 1.0]) == [
+            config.attention_out_multiplier,
+            config.ssm_out_multiplier,
+        ]
     elif family == "bamba":  # attention at attn_layer_indices, Mamba-2 elsewhere
         pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
         assert [i for i, k in enumerate(pattern) if k == "attention"] == hf_model.config.attn_layer_indices
@@ -387,6 +475,19 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         ),
         ("nemotron_h", {"mlp_hidden_act": "silu"}, 'mlp_hidden_act = "silu" is not supported for nemotron_h'),
         ("bamba", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for bamba'),
+        ("falcon_h1", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for falcon_h1'),
+        (
+            "falcon_h1",
+            {"mamba_norm_before_gate": True},
+            "mamba_norm_before_gate = true with mamba_rms_norm = true is not supported for falcon_h1",
+        ),
+        (
+            "falcon_h1",
+            {"projectors_bias": True},
+            "projectors_bias = true with mamba_proj_bias = false is not supported for falcon_h1",
+        ),
+        ("falcon_h1", {"ssm_multipliers": [1.0] * 4}, "ssm_multipliers = [1.0, 1.0, 1.0, 1.0] is not supported"),
+        ("falcon_h1", {"time_step_limit": [0.0, 0.5]}, "time_step_limit = [0.0, 0.5] is not supported for falcon_h1"),
         ("bamba", {"time_step_limit": [0.0, 0.5]}, "time_step_limit = [0.0, 0.5] is not supported for bamba"),
     ],
 )

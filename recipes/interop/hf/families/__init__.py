@@ -37,6 +37,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     weight_plan,
 )
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
+from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
@@ -100,6 +101,7 @@ FAMILIES: dict[str, Family] = {
         LFM2,
         NEMOTRON_H,
         BAMBA,
+        FALCON_H1,
         QWEN3_NEXT,
         KIMI_LINEAR,
     )
