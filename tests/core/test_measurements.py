@@ -91,3 +91,20 @@ def test_training_logs_each_layers_max_logit_at_every_evaluation(tmp_path, share
     for record in records:
         logits = record["max_attention_logit"]
         assert len(logits) == 2 and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in logits)
+
+
+def test_a_layer_reading_an_earlier_layers_keys_measures_its_queries_against_them():
+    m = model(n_layers=2, positional="none", kv_shared_layers=1)  # layer 1 attends with layer 0's keys
+    idx = torch.randint(0, 50, (2, 9))
+    recorder, meter = Recorder(), Meter()
+    with torch.no_grad():
+        m(idx, recorder=recorder)
+        m(idx, meter=meter)
+        x0, x1 = recorder.residuals[0], recorder.residuals[1]
+        hs = 8
+        k = (m.blocks[0].attn_norm(x0) @ m.blocks[0].attention.qkv.weight.T)[..., 4 * hs : 8 * hs]  # layer 0's keys
+        q = m.blocks[1].attn_norm(x1) @ m.blocks[1].attention.qkv.weight.T  # layer 1's queries alone
+        q, k = q.view(2, 9, 4, hs).transpose(1, 2), k.view(2, 9, 4, hs).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+        expected = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), -math.inf).amax()
+    assert meter.values("max_logit")[1] == pytest.approx(float(expected), rel=1e-5)
