@@ -101,13 +101,15 @@ def test_implicit_attention_times_the_values_is_the_output(channelwise):
     assert (A.triu(1) == 0).all()
 
 
-def test_chunked_and_recurrent_forms_match_transformers_functions():
+@pytest.mark.parametrize("gated", [True, False])
+def test_chunked_and_recurrent_forms_match_transformers_functions(gated):
     """Qwen3-Next's torch_chunk/recurrent_gated_delta_rule: (B, T, heads, ·) layout, q/k normalised
-    inside, 2 query/key heads shared by 4 value heads, from a given state."""
+    inside, 2 query/key heads shared by 4 value heads, from a given state. Without the gate
+    (g = 0: no decay) they are DeltaNet's rule, which ``deltanet`` runs with no decay at all."""
     torch.manual_seed(0)
     B, T, hk, h, dk, dv = 2, 45, 2, 4, 6, 5
     q, k = torch.randn(B, T, hk, dk), torch.randn(B, T, hk, dk)
-    v, beta, g = torch.randn(B, T, h, dv), torch.rand(B, T, h), -torch.rand(B, T, h)
+    v, beta, g = torch.randn(B, T, h, dv), torch.rand(B, T, h), -torch.rand(B, T, h) if gated else torch.zeros(B, T, h)
     start = torch.randn(B, h, dk, dv)
     expected, expected_state = torch_chunk_gated_delta_rule(
         q, k, v, g, beta, initial_state=start, output_final_state=True, use_qk_l2norm_in_kernel=True
@@ -121,7 +123,8 @@ def test_chunked_and_recurrent_forms_match_transformers_functions():
 
     qn = ours(torch.nn.functional.normalize(q, dim=-1, eps=0)) / dk**0.5
     kn = ours(torch.nn.functional.normalize(k, dim=-1, eps=0))
-    y, state = chunked_delta_rule(qn, kn, ours(v), beta.transpose(1, 2), g.transpose(1, 2)[..., None], start, 16)
+    log_decay = g.transpose(1, 2)[..., None] if gated else None
+    y, state = chunked_delta_rule(qn, kn, ours(v), beta.transpose(1, 2), log_decay, start, 16)
     torch.testing.assert_close(y.transpose(1, 2), expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(state, expected_state, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(y.transpose(1, 2), stepped, atol=1e-5, rtol=1e-4)
