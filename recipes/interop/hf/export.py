@@ -22,7 +22,15 @@ from gptzoo.recipes.interop.hf.convert import (
     hf_config,
     match_family,
 )
-from gptzoo.recipes.interop.hf.families import Family, fuse_shapes, fusions, hf_shapes, to_theirs, weight_plan
+from gptzoo.recipes.interop.hf.families import (
+    Family,
+    fuse_shapes,
+    fusions,
+    hf_shapes,
+    row_axis,
+    to_theirs,
+    weight_plan,
+)
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import check_file
@@ -101,7 +109,10 @@ def export_hf(
                 return fused[hf].join([read(part) for part in fused[hf].parts])
             parts, layout, shape = specs[hf]
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
-            tensor = torch.cat(tensors) if len(tensors) > 1 else to_theirs(layout, tensors[0], config.model.dims())
+            if len(tensors) > 1:  # a chunked tensor's parts
+                tensor = torch.cat(tensors, dim=row_axis(tensors[0].shape))
+            else:
+                tensor = to_theirs(layout, tensors[0], config.model.dims())
             return tensor.reshape(shape)  # one expert of a stack: (1, ...) -> (...)
 
         shards = _shards(

@@ -37,6 +37,7 @@ from gptzoo.recipes.interop.hf.families import (
     fuse_shapes,
     fusions,
     hf_shapes,
+    row_axis,
     to_ours,
     weight_plan,
 )
@@ -266,8 +267,9 @@ def import_hf(
             weight, theirs = plan[name]
             if weight.layout == "chunk":
                 k, key = weight.chunk[0], found[theirs[0]]
-                rows = shapes[name][0]
-                return stored[key].get_slice(key)[k * rows : (k + 1) * rows]
+                axis = row_axis(shapes[name])
+                rows = shapes[name][axis]
+                return stored[key].get_slice(key)[(slice(None),) * axis + (slice(k * rows, (k + 1) * rows),)]
             parts = [load(hf) for hf in theirs]
             if weight.layout == "experts":
                 return torch.stack(parts)

@@ -32,6 +32,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     fusions,
     hf_shapes,
     qkv_rows,
+    row_axis,
     to_ours,
     to_theirs,
     weight_plan,
@@ -41,6 +42,7 @@ from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
+from gptzoo.recipes.interop.hf.families.granite import GRANITEMOEHYBRID
 from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
 from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
@@ -68,6 +70,7 @@ __all__ = [
     "fusions",
     "hf_shapes",
     "qkv_rows",
+    "row_axis",
     "to_ours",
     "to_theirs",
     "weight_plan",
@@ -104,6 +107,7 @@ FAMILIES: dict[str, Family] = {
         FALCON_H1,
         QWEN3_NEXT,
         KIMI_LINEAR,
+        GRANITEMOEHYBRID,
     )
 }
 

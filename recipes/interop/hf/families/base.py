@@ -58,7 +58,8 @@ class Weight:
     (in, out)), ``per_head`` (GPT-NeoX's fused projection holds each head's query, key and value
     rows together, where gptzoo's holds all queries, then all keys, then all values), ``rows`` (the Hugging Face tensors stacked row-wise, sizes from ``rows(dims, shape)``),
     ``chunk`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's rows cut into n equal
-    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's),
+    parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's; in a stack of
+    experts' matrices, each matrix's rows: Granite's ``input_linear`` (E, 2 × hidden, C)),
     ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name),
     ``reshaped`` (the same numbers in the shape ``rows(dims, shape)``: Kimi Linear's A_log (1, 1, h, 1)).
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
@@ -174,7 +175,9 @@ def hf_shapes(
                 out[hf] = ([(name, slice(e, e + 1))], "same", shape[1:])
         elif weight.layout == "chunk":
             k, n = weight.chunk
-            parts = out.setdefault(theirs[0], ([None] * n, "same", (shape[0] * n, *shape[1:])))[0]
+            axis = row_axis(shape)
+            whole = (*shape[:axis], shape[axis] * n, *shape[axis + 1 :])
+            parts = out.setdefault(theirs[0], ([None] * n, "same", whole))[0]
             parts[k] = (name, None)
         else:
             transposed = weight.layout == "transposed"
@@ -210,6 +213,12 @@ def fuse_shapes(specs: dict, fused: dict[str, Fusion]) -> dict:
             rest = spec[2][1:]
             out[whole] = ([], "fused", (fusion.groups * sum(fusion.sizes), *rest))
     return out
+
+
+def row_axis(shape: tuple[int, ...] | torch.Size) -> int:
+    """The axis of a tensor's rows, which ``chunk`` cuts: 0 for a matrix or a vector, 1 for a stack of
+    experts' matrices (E, rows, columns)."""
+    return max(len(shape) - 2, 0)
 
 
 def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:

@@ -106,14 +106,12 @@ MAMBA2 = Family(
 # ---- Bamba -----------------------------------------------------------------------------------------
 
 
-def _read_bamba_layers(hf: dict) -> dict[str, Any]:
-    """Mamba-2 layers, and attention at attn_layer_indices; every layer then has its SwiGLU."""
-    n = hf["num_hidden_layers"]
-    attention = set(hf.get("attn_layer_indices") or ())
+def bamba_mixer(hf: dict) -> dict[str, Any]:
+    """The Mamba-2 mixer of Bamba's mamba_* keys (Granite 4.0's too)."""
     heads = hf.get("mamba_n_heads", 128)
     head_dim = hf.get("mamba_d_head", "auto")
     inner = hf.get("mamba_expand", 2) * hf["hidden_size"]
-    mamba = {
+    return {
         "name": "mamba2",
         "expand": hf.get("mamba_expand", 2),
         "head_dim": inner // heads if head_dim in ("auto", None) else head_dim,
@@ -125,6 +123,30 @@ def _read_bamba_layers(hf: dict) -> dict[str, Any]:
         "conv_bias": hf.get("mamba_conv_bias", True),
         "norm_eps": hf.get("rms_norm_eps", 1e-5),
     }
+
+
+def write_bamba_mixer(mamba: dict, model: dict) -> dict[str, Any]:
+    """Bamba's mamba_* keys of a Mamba-2 mixer."""
+    inner = mamba.get("d_inner") or mamba["expand"] * model["d_model"]
+    head_dim = mamba.get("head_dim") or inner // model["n_heads"]
+    return {
+        "mamba_n_heads": inner // head_dim,
+        "mamba_d_head": head_dim,
+        "mamba_expand": mamba["expand"],
+        "mamba_d_state": mamba["d_state"],
+        "mamba_d_conv": mamba["d_conv"],
+        "mamba_n_groups": mamba["n_groups"],
+        "mamba_chunk_size": mamba["chunk_size"],
+        "mamba_proj_bias": mamba["bias"],
+        "mamba_conv_bias": mamba["conv_bias"],
+    }
+
+
+def _read_bamba_layers(hf: dict) -> dict[str, Any]:
+    """Mamba-2 layers, and attention at attn_layer_indices; every layer then has its SwiGLU."""
+    n = hf["num_hidden_layers"]
+    attention = set(hf.get("attn_layer_indices") or ())
+    mamba = bamba_mixer(hf)
     types = ["attention" if i in attention else "mamba" for i in range(n)]
     kinds = {"mamba": {"positional": {"name": "none"}, "attention": mamba}, "attention": {}}
     return {
@@ -141,26 +163,15 @@ def _write_bamba_layers(model: dict) -> dict[str, Any]:
     ]
     hf: dict[str, Any] = {"attn_layer_indices": [i for i, m in enumerate(mixers) if m["name"] != "mamba2"]}
     mamba = next((m for m in mixers if m["name"] == "mamba2"), None)
-    if mamba is not None:
-        inner = mamba.get("d_inner") or mamba["expand"] * model["d_model"]
-        head_dim = mamba.get("head_dim") or inner // model["n_heads"]
-        hf |= {
-            "mamba_n_heads": inner // head_dim,
-            "mamba_d_head": head_dim,
-            "mamba_expand": mamba["expand"],
-            "mamba_d_state": mamba["d_state"],
-            "mamba_d_conv": mamba["d_conv"],
-            "mamba_n_groups": mamba["n_groups"],
-            "mamba_chunk_size": mamba["chunk_size"],
-            "mamba_proj_bias": mamba["bias"],
-            "mamba_conv_bias": mamba["conv_bias"],
-        }
-    return hf
+    return hf if mamba is None else hf | write_bamba_mixer(mamba, model)
 
 
-def _bamba_dt_limit(model: dict) -> dict[str, Any]:
+def bamba_dt_limit(model: dict) -> dict[str, Any]:
     mamba = next((k["attention"] for k in (model.get("layer_kinds") or {}).values() if "attention" in k), None)
     return _write_dt_limit({"attention": mamba or model["attention"]})
+
+
+BAMBA_DT_LIMIT = Conversion(_read_dt_limit, bamba_dt_limit)  # Δ unclamped, in the Mamba-2 layer kind
 
 
 def _layer(i: str, name: str) -> str:
@@ -241,7 +252,7 @@ BAMBA = Family(
     ),
     conversions=(
         Conversion(_read_bamba_layers, _write_bamba_layers),
-        Conversion(_read_dt_limit, _bamba_dt_limit),
+        BAMBA_DT_LIMIT,
         ROPE_SCALING,
     ),
 )

@@ -90,13 +90,15 @@ def hybrid_kinds(types: list[str], dense: set[int], linear: dict, swiglu: dict) 
 
 
 def layer_components(model: dict) -> tuple[list[dict], list[dict]]:
-    """Each layer's token mixer and feed-forward of a [model] table."""
+    """Each layer's token mixer and feed-forward of a [model] table; ValueError for a feed-forward other than
+    the mixtures' and SwiGLU's (the hybrids' families have no other)."""
     pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
     layers = [kinds.get(pattern[i % len(pattern)], {}) if pattern else {} for i in range(model["n_layers"])]
-    return (
-        [k.get("attention") or model["attention"] for k in layers],
-        [k.get("feed_forward") or model["feed_forward"] for k in layers],
-    )
+    feed_forwards = [k.get("feed_forward") or model["feed_forward"] for k in layers]
+    other = next((f["name"] for f in feed_forwards if f["name"] not in ("moe", "swiglu")), None)
+    if other is not None:
+        raise ValueError(f"feed_forward '{other}' has no counterpart in this family (moe or swiglu)")
+    return [k.get("attention") or model["attention"] for k in layers], feed_forwards
 
 
 def _read_layers(hf: dict) -> dict[str, Any]:

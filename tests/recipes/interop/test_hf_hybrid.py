@@ -1,9 +1,10 @@
-"""import-hf / export-hf for the delta-rule families (Qwen3-Next, Kimi Linear): parity with transformers' own models.
+"""import-hf / export-hf for the hybrid families of recurrent and attention layers with mixtures of experts
+(Qwen3-Next, Kimi Linear, Granite 4.0): parity with transformers' own models.
 
 As tests/recipes/interop/test_hf_recurrent.py does for the Mamba-2 families, each case builds
 transformers' model from a tiny random config covering the family's options, saves it, imports
 it and checks: logits within 1e-4 on a left-padded batch longer than transformers' chunk of 64
-tokens; 20 greedy tokens through gptzoo's cache equal to transformers' generate from a left-padded
+tokens (the delta rule's; Granite's Mamba-2 chunks are set smaller); 20 greedy tokens through gptzoo's cache equal to transformers' generate from a left-padded
 batch whose longest prompt crosses that chunk boundary; export -> from_pretrained -> the same logits
 and the same tensors; generation past the trained context as transformers generates it, with a
 cache that does not grow where every layer is recurrent.
@@ -197,10 +198,89 @@ CASES = {
         ),
         True,
     ),
+    # Mamba-2, attention, Mamba-2, Mamba-2 without positions (Granite 4.0's "nope"): GQA with 12-wide heads;
+    # 6 Mamba heads of 16 in 2 groups, chunks of 5; 4 experts, 2 chosen, beside a shared SwiGLU two experts
+    # wide; every multiplier away from 1; untied
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            position_embedding_type="nope",
+            mamba_n_heads=6,
+            mamba_d_head=16,
+            mamba_n_groups=2,
+            mamba_d_state=8,
+            mamba_d_conv=3,
+            mamba_chunk_size=5,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            intermediate_size=16,
+            shared_intermediate_size=32,
+            embedding_multiplier=2.5,
+            residual_multiplier=0.5,
+            attention_multiplier=0.1,
+            logits_scaling=4.0,
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # (Mamba-2, attention) twice, rotary with linear scaling on the attention layers, multi-query attention with
+    # biases, no experts (the shared SwiGLU alone), logits_scaling 3 (1/3 is not exact), tied head
+    "granitemoehybrid-rope": (
+        "GraniteMoeHybridConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            attention_bias=True,
+            position_embedding_type="rope",
+            rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+            mamba_n_heads=4,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=6,
+            num_local_experts=0,
+            shared_intermediate_size=40,
+            embedding_multiplier=3.0,
+            residual_multiplier=0.7,
+            attention_multiplier=0.2,
+            logits_scaling=3.0,
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
+    # every layer Mamba-2 with experts: decodes past the context with a fixed cache
+    "granitemoehybrid-mamba": (
+        "GraniteMoeHybridConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            layer_types=["linear_attention"] * 2,
+            num_attention_heads=2,
+            mamba_n_heads=4,
+            mamba_d_state=8,
+            mamba_chunk_size=7,
+            num_local_experts=3,
+            num_experts_per_tok=2,
+            intermediate_size=8,
+            shared_intermediate_size=8,
+            embedding_multiplier=2.0,
+            residual_multiplier=0.5,
+            logits_scaling=2.0,
+        ),
+        True,
+    ),
 }
 MIXERS = {  # family -> its layer_types' token mixers in gptzoo
     "qwen3_next": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
     "kimi_linear": {"linear_attention": "kimi_delta", "full_attention": "latent"},
+    "granitemoehybrid": {"linear_attention": "mamba2", "full_attention": "sdpa"},
 }
 
 
@@ -321,17 +401,25 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     info = json.loads(capsys.readouterr().out)
     model = info["config"]["model"]
     assert info["parameters"]["total"] == hf_model.num_parameters()
-    pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
-    kinds = [model["layer_kinds"][k] for k in pattern]
+    pattern, n = model["layer_pattern"], model["n_layers"]
+    kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)] if pattern else [{}] * n
     mixers = [(k.get("attention") or model["attention"])["name"] for k in kinds]
     family = hf_model.config.model_type
     assert mixers == [MIXERS[family][t] for t in hf_model.config.layer_types]
     feed_forwards = [(k.get("feed_forward") or model["feed_forward"])["name"] for k in kinds]
-    assert feed_forwards == ["moe" if hasattr(layer.mlp, "experts") else "swiglu" for layer in hf_model.model.layers]
+    has_experts = [
+        hasattr(getattr(layer, "mlp", None), "experts") or getattr(layer, "block_sparse_moe", None) is not None
+        for layer in hf_model.model.layers
+    ]
+    assert feed_forwards == ["moe" if experts else "swiglu" for experts in has_experts]
     if "moe" in feed_forwards:
         moe = model["feed_forward"]
         assert (moe["scoring"], moe["shared_expert_gate"], moe["expert_bias"], moe["top_k"]) == (
-            *{"qwen3_next": ("softmax", True, False), "kimi_linear": ("sigmoid", False, True)}[family],
+            *{
+                "qwen3_next": ("softmax", True, False),
+                "kimi_linear": ("sigmoid", False, True),
+                "granitemoehybrid": ("softmax", False, False),
+            }[family],
             hf_model.config.num_experts_per_tok,
         )
         active = info["active_parameters_per_token"]
@@ -340,8 +428,15 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     if family == "qwen3_next":  # gated attention, norms scaling by 1 + weight, rotary on part of each head
         assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
         assert model["positional"]["fraction"] == hf_model.config.rope_parameters["partial_rotary_factor"]
-    else:  # no positions anywhere
+    elif family == "kimi_linear":  # no positions anywhere
         assert model["positional"]["name"] == "none" and not model["tied_head"]
+    else:  # Granite's multipliers
+        config = hf_model.config
+        assert (model["embedding_scale"], model["block"]["branch_scale"], model["head"]["logit_scale"]) == (
+            config.embedding_multiplier,
+            config.residual_multiplier,
+            1 / config.logits_scaling,
+        )
 
 
 @pytest.mark.parametrize(
@@ -380,6 +475,23 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
             "kimi_linear",
             {"num_nextn_predict_layers": 1},
             "num_nextn_predict_layers = 1 is not supported for kimi_linear",
+        ),
+        ("granitemoehybrid", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for granitemoehybrid'),
+        (
+            "granitemoehybrid",
+            {"shared_intermediate_size": 24},
+            "shared_intermediate_size = 24 is not supported for granitemoehybrid (gptzoo's shared expert is a whole",
+        ),
+        (
+            "granitemoehybrid",
+            {"layer_types": ["linear_attention", "sliding_attention", "linear_attention", "linear_attention"]},
+            'layer_types = ["linear_attention", "sliding_attention", "linear_attention", "linear_attention"] is not '
+            "supported for granitemoehybrid",
+        ),
+        (
+            "granitemoehybrid",
+            {"time_step_limit": [0.0, 0.5]},
+            "time_step_limit = [0.0, 0.5] is not supported for granitemoehybrid",
         ),
     ],
 )
@@ -436,6 +548,22 @@ def test_kimi_linear_reads_moonshots_own_config_json(tmp_path):
     (tmp_path / "src" / "config.json").write_text(json.dumps(moonshots))
     reread = transformers.AutoConfig.from_pretrained(tmp_path / "src")
     assert (reread.layer_types, reread.mlp_layer_types) == (model.config.layer_types, model.config.mlp_layer_types)
+    import_hf(tmp_path / "src", tmp_path / "run")
+    idx, mask = padded_batch()
+    with torch.no_grad():
+        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
+
+
+def test_granite_reads_the_older_layers_block_type(tmp_path):
+    """Granite 4.0's published config.json names its layers "mamba" and "attention" (in layers_block_type before
+    transformers 5): rewritten so, the tiny checkpoint imports to the same logits."""
+    model = build("granitemoehybrid")
+    model.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    older = {"linear_attention": "mamba", "full_attention": "attention"}
+    config["layers_block_type"] = [older[t] for t in config.pop("layer_types")]
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
     import_hf(tmp_path / "src", tmp_path / "run")
     idx, mask = padded_batch()
     with torch.no_grad():
