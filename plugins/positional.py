@@ -121,6 +121,12 @@ class RotaryParams(BaseParams):
         le=1,
         description="the fraction of each head's dimensions rotated, the first ones (GPT-NeoX 0.25, Phi); the rest pass unchanged",
     )
+    proportional: bool = Field(
+        False,
+        description="with fraction < 1, rotate every pair of dimensions yet give all but the first fraction of "
+        "them frequency 0 (they pass unchanged), the others keeping the frequencies of full rotary over the whole "
+        "head: Gemma 4's proportional RoPE on its global layers (0.25)",
+    )
     layout: Literal["halves", "interleaved"] = Field(
         "halves",
         description="halves: dimension j pairs with j + d/2 (Llama, GPT-NeoX); interleaved: 2j with 2j + 1 (GPT-J, the RoFormer paper)",
@@ -128,13 +134,20 @@ class RotaryParams(BaseParams):
 
 
 def rotary_dim(params: RotaryParams, head_size: int) -> int:
-    return int(head_size * params.fraction)
+    return head_size if params.proportional else int(head_size * params.fraction)
 
 
 def rope_frequencies(params: RotaryParams, head_size: int) -> tuple[Tensor, float]:
     """The rotary dimension pairs' angular frequencies (rotary_dim/2,) in float64, and the factor
-    on cos and sin (1 but for YaRN)."""
-    dim = rotary_dim(params, head_size)
+    on cos and sin (1 but for YaRN); ``proportional``: 0 past the first fraction of the pairs."""
+    inv_freq, attention_factor = _scaled_frequencies(params, rotary_dim(params, head_size))
+    if params.proportional:
+        inv_freq[int(params.fraction * head_size // 2) :] = 0.0  # as transformers' proportional RoPE rounds
+    return inv_freq, attention_factor
+
+
+def _scaled_frequencies(params: RotaryParams, dim: int) -> tuple[Tensor, float]:
+    """The frequencies of ``dim`` rotated dimensions under ``params.scaling``, and the factor on cos and sin."""
     inv_freq = _inverse_frequencies(dim, params.base)
     scaling = params.scaling
     if scaling is None:

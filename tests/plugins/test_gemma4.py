@@ -1,5 +1,6 @@
 """Gemma 4's text model against transformers' own, built tiny here with the same weights: local
-layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are their values, the
+layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are their values and
+which rotate with proportional RoPE (a quarter of the pairs turning), the
 last layers attending with the keys and values of the last earlier layer of their kind
 (``kv_shared_layers``, transformers' num_kv_shared_layers), and per-layer embeddings (the
 blocks' ``per_layer_input``, transformers' hidden_size_per_layer_input)."""
@@ -37,7 +38,7 @@ def their_model(shared: int = SHARED, per_layer: int = 0):
         vocab_size_per_layer_input=50,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "full_attention": {"rope_type": "proportional", "rope_theta": 1e6, "partial_rotary_factor": 0.25},
         },
         max_position_embeddings=64,
         pad_token_id=0,
@@ -76,7 +77,7 @@ def our_config(registry, shared: int = SHARED, per_layer: int | None = None):
                 "global": {
                     "head_dim": 16,
                     "n_kv_heads": 1,
-                    "positional": {"name": "rope", "base": 1e6},
+                    "positional": {"name": "rope", "base": 1e6, "fraction": 0.25, "proportional": True},
                     "attention": {"name": "sdpa", "shared_key_value": True, **attention},
                 },
             },

@@ -188,3 +188,21 @@ def test_a_fraction_leaving_an_odd_count_is_refused(registry):
         tiny_config(registry, positional={"name": "rope", "fraction": 0.375})
     with pytest.raises(ConfigError, match=r"scaling.llama3.factor"):
         tiny_config(registry, positional={"name": "rope", "scaling": {"type": "llama3", "factor": -1.0}})
+
+
+def test_proportional_rope_turns_the_first_pairs_at_full_rotary_frequencies_and_keeps_the_rest():
+    # Gemma 4's global layers: heads of 16, a quarter of the 8 pairs turning, at base^(-2j/16).
+    inv_freq, _ = frequencies(hs=16, base=1e6, fraction=0.25, proportional=True)
+    torch.testing.assert_close(inv_freq, torch.tensor([1.0, 1e6 ** (-2 / 16)] + [0.0] * 6, dtype=torch.float64))
+    rope = RotaryPositions(RotaryParams(base=1e6, fraction=0.25, proportional=True), dims(16))
+    x = torch.randn(1, 1, 3, 16)
+    turned, _ = rope.rotate(x, x, torch.arange(3)[None])
+    kept = [j for j in range(16) if j % 8 >= 2]  # the pairs (j, j + 8) of frequency 0
+    torch.testing.assert_close(turned[..., kept], x[..., kept])
+    assert not torch.allclose(turned[:, :, 1:, [0, 8]], x[:, :, 1:, [0, 8]])
+
+
+def test_proportional_rope_passes_the_kit(registry):
+    from gptzoo.testing import check_component
+
+    check_component("positional", "rope", registry, fraction=0.25, proportional=True)
