@@ -20,6 +20,7 @@ from gptzoo.recipes.training.optim import lr_at
 
 SAMPLE_TEMPERATURE = 0.8
 SAMPLE_TOP_K = 40
+MAX_LOGIT_WINDOWS = 4
 
 
 @torch.no_grad()
@@ -80,16 +81,17 @@ def estimate_loss(
 def max_attention_logits(
     model: nn.Module, windows: TokenWindows, batch_size: int, device: torch.device, dtype: str = "float32"
 ) -> list[float | None] | None:
-    """Per layer, the largest attention logit over the first ``batch_size`` of the windows evaluation scores
+    """Per layer, the largest attention logit over up to MAX_LOGIT_WINDOWS of the windows evaluation scores
     (None at a layer whose mixer does not report it); None when no layer reports it or with several
-    processes (a sharded model runs whole only as its wrapper)."""
+    processes (a sharded model runs whole only as its wrapper). A few windows, not a batch: the measurement
+    forms every (query, key) score of a layer at once."""
     plain = unwrap(model)
     mixers = plain.mixers() if isinstance(plain, GPT) else []
     if distributed.world().size > 1 or not any("max_logit" in type(m).declared_measurements(m.params) for m in mixers):
         return None
     was_training = plain.training
     plain.eval()
-    inputs, _ = to_device(windows.batch(spread_indices(len(windows), batch_size)), device)
+    inputs, _ = to_device(windows.batch(spread_indices(len(windows), min(batch_size, MAX_LOGIT_WINDOWS))), device)
     meter = Meter()
     with autocast(device, dtype):
         plain(inputs, meter=meter)
