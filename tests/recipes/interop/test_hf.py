@@ -406,6 +406,26 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # Command R7B's layer: attention and SwiGLU in parallel after one bias-free LayerNorm, three windowed layers
+    # (6 keys) with interleaved rotary to one full layer without positions, GQA, logits × 0.25, tied head
+    "cohere2": (
+        "Cohere2Config",
+        dict(num_hidden_layers=4, num_key_value_heads=2, sliding_window=6, logit_scale=0.25, layer_norm_eps=1e-5),
+        ATTENTION,
+    ),
+    # layer_types given (full, then windowed), attention biases, multi-query, linear rope scaling, untied head
+    "cohere2-untied": (
+        "Cohere2Config",
+        dict(
+            layer_types=["full_attention", "sliding_attention"],
+            sliding_window=6,
+            num_key_value_heads=1,
+            attention_bias=True,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+        ),
+        ATTENTION,
+    ),
     # sandwich blocks, GeGLU, √d_model embeddings, both soft-caps, query_pre_attn_scalar 16 != head_dim 24,
     # local (window 6) and global layers alternating, GQA, tied
     "gemma2": (
@@ -611,6 +631,8 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "gemma3_text": ("rope", "geglu", "rmsnorm", "sandwich"),
         "gpt_neox": ("rope", "gelu", "layernorm", "parallel"),
         "gpt_neox-sequential": ("rope", "gelu", "layernorm", "pre_norm"),
+        "cohere2": ("rope", "swiglu", "layernorm", "parallel"),
+        "cohere2-untied": ("rope", "swiglu", "layernorm", "parallel"),
     }.get(case, ("rope", feed_forward, "rmsnorm", "pre_norm"))
     assert (
         model["positional"]["name"],
@@ -672,6 +694,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "smollm3-biases": "linear",
         "seed_oss-tied": "linear",
         "glm4_moe-yarn": "yarn",
+        "cohere2-untied": "linear",
         "minimax_m2-tied": "linear",
         "olmo3": "yarn",
         "exaone4": "llama3",
@@ -687,6 +710,14 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         assert model.get("layer_pattern") == {"glm4_moe": ["dense", "moe", "moe"], "glm4_moe-yarn": []}[case]
     if family == "minimax_m2":  # rotary_dim 12 of 24 read as half of each head; all of it when absent
         assert model["positional"].get("fraction", 1.0) == {"minimax_m2": 0.5, "minimax_m2-tied": 1.0}[case]
+    if family == "cohere2":  # windowed layers rotate (interleaved pairs), the full ones have no positions
+        assert (
+            model["layer_pattern"]
+            == {"cohere2": ["local"] * 3 + ["global"], "cohere2-untied": ["global", "local"]}[case]
+        )
+        assert model["layer_kinds"]["global"]["positional"]["name"] == "none"
+        assert model["positional"]["layout"] == "interleaved" and model["block"]["shared_norm"]
+        assert model["head"]["logit_scale"] == {"cohere2": 0.25, "cohere2-untied": 0.0625}[case]
     if family == "seed_oss":  # q/k/v biases always here; the o_proj bias only where attention_out_bias is set
         assert (model["qkv_bias"], model["attn_out_bias"]) == (True, case == "seed_oss")
     if case.startswith("gpt_neox"):
@@ -860,6 +891,19 @@ REFUSED = {
         ({"qk_norm_type": "per_head"}, 'qk_norm_type = "per_head" is not supported for minimax_m2'),
         ({"scoring_func": "softmax"}, 'scoring_func = "softmax" is not supported for minimax_m2'),
         ({"use_routing_bias": False}, "use_routing_bias = false is not supported for minimax_m2"),
+    ],
+    "cohere2": [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for cohere2 (the SwiGLU feed-forward gates'),
+        ({"sliding_window": None}, "sliding_window = null is not supported for cohere2"),
+        (
+            {"layer_types": ["sliding_attention", "chunked_attention", "sliding_attention", "full_attention"]},
+            'layer_types = ["sliding_attention", "chunked_attention", "sliding_attention", "full_attention"] is not '
+            "supported: gptzoo reads 4 entries of sliding_attention or full_attention",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for cohere2',
+        ),
     ],
 }
 

@@ -943,6 +943,34 @@ PUBLISHED = {
         },
         6_939_037_248,
     ),
+    "cohere2": (
+        {  # CohereLabs/c4ai-command-r7b-12-2024, its config.json as recalled (the Hub is out of reach here; its
+            # max_position_embeddings especially is not certain). The count is 32 layers of (attention 41,943,040 +
+            # SwiGLU 176,160,768 + the norm 4,096) + the tied 1,048,576,000 embedding + the final norm 4,096 (8.03 B
+            # on the Hub page)
+            "model_type": "cohere2",
+            "architectures": ["Cohere2ForCausalLM"],
+            "vocab_size": 256000,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 8192,
+            "layer_norm_eps": 1e-05,
+            "rope_theta": 50000.0,
+            "logit_scale": 0.25,
+            "sliding_window": 4096,
+            "sliding_window_pattern": 4,
+            "attention_bias": False,
+            "hidden_act": "silu",
+            "tie_word_embeddings": True,
+            "bos_token_id": 5,
+            "eos_token_id": 255001,
+            "pad_token_id": 0,
+        },
+        8_028_033_024,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",

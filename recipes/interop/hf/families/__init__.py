@@ -37,6 +37,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     to_theirs,
     weight_plan,
 )
+from gptzoo.recipes.interop.hf.families.cohere import COHERE2
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
@@ -94,6 +95,7 @@ FAMILIES: dict[str, Family] = {
         GEMMA2,
         GEMMA3_TEXT,
         GPT_NEOX,
+        COHERE2,
         MIXTRAL,
         QWEN3_MOE,
         DEEPSEEK_V3,
