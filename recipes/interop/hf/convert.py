@@ -25,7 +25,7 @@ from gptzoo.registry import Registry
 INDEX = "model.safetensors.index.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
-NEUTRAL = ("tokenizer", "dropout", "init")  # settings every family takes as they are
+NEUTRAL = ("tokenizer", "dropout", "init", "mtp")  # settings every family takes as they are (mtp: as its weights)
 
 
 def normalise(hf: dict, families: dict[str, Family] = FAMILIES) -> dict:

@@ -31,6 +31,7 @@ from gptzoo.recipes.interop.hf.families import (
     to_theirs,
     weight_plan,
 )
+from gptzoo.recipes.interop.hf.families.mtp import shared_copies
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import check_file
@@ -92,6 +93,9 @@ def export_hf(
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
     specs = hf_shapes(plan, shapes, config.model.dims())
+    if config.model.mtp is not None:  # each MTP layer stores copies of the embedding and head
+        depth = config.model.mtp.params.depth  # type: ignore[attr-defined]
+        specs |= shared_copies(specs, depth, config.model.n_layers, config.model.tied_head)
     fused = fusions(family, specs, config.model)
     if manifest is not None and weights.is_file():
         check_file(run_folder, manifest, WEIGHTS)

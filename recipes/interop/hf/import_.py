@@ -41,6 +41,7 @@ from gptzoo.recipes.interop.hf.families import (
     to_ours,
     weight_plan,
 )
+from gptzoo.recipes.interop.hf.families.mtp import add_held_mtp
 from gptzoo.recipes.interop.hf.hub import FOLDER_HINT, checkpoint_folder
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
 from gptzoo.recipes.runs.folder import run_commit
@@ -309,6 +310,8 @@ def _read_config(
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}
     table = model_table(family, hf, str(source), attention, tokenizer)
+    if any(w.ours.startswith("mtp.") for w in family.weights):
+        add_held_mtp(table, hf, stored, family.prefix)
     check_layers(stored, family, table, source)
     config = RunConfig(model=registry.model_config(table, str(source)))
     return family, config, tokenizer_state

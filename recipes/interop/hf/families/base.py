@@ -52,7 +52,8 @@ class Require:
 
 @dataclass(frozen=True)
 class Weight:
-    """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer).
+    """gptzoo tensor ``ours`` <-> Hugging Face tensor(s) ``theirs`` (``{i}``: the layer; ``{m}`` in theirs:
+    n_layers + i, where checkpoints keep multi-token prediction module i).
 
     ``layout``: ``same`` (one tensor, same shape), ``transposed`` (GPT-2's Conv1D stores
     (in, out)), ``per_head`` (GPT-NeoX's fused projection holds each head's query, key and value
@@ -136,19 +137,22 @@ class Family:
 def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[Weight, list[str]]]:
     """gptzoo tensor name -> (its family entry, the Hugging Face names it is made of)."""
     patterns = [(re.compile(re.escape(w.ours).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), w) for w in family.weights]
+    n_layers = len({name.split(".")[1] for name in shapes if name.startswith("blocks.")})
     plan = {}
     for name in shapes:
         for pattern, weight in patterns:
             if m := pattern.match(name):
-                if weight.when is not None and weight.when.format(**m.groupdict()) not in shapes:
+                # {m}: the checkpoint's layer index n_layers + i (a multi-token prediction layer after the model's)
+                index = m.groupdict() | ({"m": int(m["i"]) + n_layers} if "i" in m.groupdict() else {})
+                if weight.when is not None and weight.when.format(**index) not in shapes:
                     continue
                 if weight.layout == "experts":
                     plan[name] = (
                         weight,
-                        [weight.theirs[0].format(**m.groupdict(), e=e) for e in range(shapes[name][0])],
+                        [weight.theirs[0].format(**index, e=e) for e in range(shapes[name][0])],
                     )
                 else:
-                    plan[name] = (weight, [t.format(**m.groupdict()) for t in weight.theirs])
+                    plan[name] = (weight, [t.format(**index) for t in weight.theirs])
                 break
         else:
             raise CheckpointError(f"weight '{name}' has no {family.model_type} counterpart")

@@ -8,6 +8,7 @@ from typing import Any
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELDS, LLAMA_WEIGHTS, SILU
 from gptzoo.recipes.interop.hf.families.moe import dense_layers, expert_weights
+from gptzoo.recipes.interop.hf.families.mtp import MTP_CONVERSION, SHARED_COPIES, mtp_weights
 
 
 def first_dense_layers(hf: dict) -> list[int]:
@@ -83,6 +84,33 @@ def _write_deepseek_rope(model: dict) -> dict[str, Any]:
     }
 
 
+DEEPSEEK_WEIGHTS = (
+    tuple(w for w in LLAMA_WEIGHTS if ".attention." not in w.ours)
+    + expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
+    + tuple(
+        Weight(
+            f"blocks.{{i}}.feed_forward.shared.{ours}.weight",
+            (f"model.layers.{{i}}.mlp.shared_experts.{theirs}.weight",),
+        )
+        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
+    )
+    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),)
+    + tuple(
+        Weight(f"blocks.{{i}}.attention.{name}", (f"model.layers.{{i}}.self_attn.{name}",))
+        for name in (
+            "q_proj.weight",
+            "q_a_proj.weight",
+            "q_a_layernorm.weight",
+            "q_b_proj.weight",
+            "kv_a_proj_with_mqa.weight",
+            "kv_a_layernorm.weight",
+            "kv_b_proj.weight",
+        )
+    )
+    + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),)
+)
+
+
 DEEPSEEK_V3 = Family(
     model_type="deepseek_v3",
     architecture="DeepseekV3ForCausalLM",
@@ -129,33 +157,12 @@ DEEPSEEK_V3 = Family(
             "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first",
         ),
     ),
-    weights=tuple(w for w in LLAMA_WEIGHTS if ".attention." not in w.ours)
-    + expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
-    + tuple(
-        Weight(
-            f"blocks.{{i}}.feed_forward.shared.{ours}.weight",
-            (f"model.layers.{{i}}.mlp.shared_experts.{theirs}.weight",),
-        )
-        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
-    )
-    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),)
-    + tuple(
-        Weight(f"blocks.{{i}}.attention.{name}", (f"model.layers.{{i}}.self_attn.{name}",))
-        for name in (
-            "q_proj.weight",
-            "q_a_proj.weight",
-            "q_a_layernorm.weight",
-            "q_b_proj.weight",
-            "kv_a_proj_with_mqa.weight",
-            "kv_a_layernorm.weight",
-            "kv_b_proj.weight",
-        )
-    )
-    + (Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),),
+    weights=DEEPSEEK_WEIGHTS + mtp_weights(DEEPSEEK_WEIGHTS),
     conversions=(
         dense_layers(first_dense_layers, write_first_dense),
         Conversion(_read_deepseek_rope, _write_deepseek_rope),
+        MTP_CONVERSION,
     ),
-    # the multi-token-prediction module of the 61-layer checkpoints, which transformers skips too
-    ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|61\..*)",
+    # the MTP layers' copies of the embedding and head, which gptzoo shares with the model (families/mtp.py)
+    ignored=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|" + SHARED_COPIES,
 )
