@@ -268,6 +268,28 @@ def test_an_index_leaving_a_stored_tensor_out_is_refused(places, capsys, monkeyp
     assert f"does not match the shards: it does not list model.norm.weight (in {home})" in err
 
 
+def test_a_shard_the_index_names_that_is_absent_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    index["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors"
+    write_index(src, index)
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"{src / 'model-00009-of-00009.safetensors'}: no such weights file" in err
+
+
+def test_a_tensor_the_index_lists_but_no_shard_holds_is_refused(places, capsys, monkeypatch):
+    tmp_path, src, elsewhere = places
+    index = shard(src)
+    home = index["weight_map"]["model.norm.weight"]
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src / home))
+    del tensors["model.norm.weight"]
+    save_file(tensors, str(src / home), metadata={"format": "pt"})
+    err = refused(capsys, monkeypatch, tmp_path, src, elsewhere)
+    assert f"does not match the shards: it places model.norm.weight in {home} (found in no shard)" in err
+
+
 @pytest.mark.parametrize("value", [7, None, ["model-00001-of-00002.safetensors"]])
 def test_an_index_whose_shard_is_not_a_string_is_refused(value, places, capsys, monkeypatch):
     tmp_path, src, elsewhere = places

@@ -78,11 +78,10 @@ d_model = 32
 n_layers = 1
 n_heads = 2
 dropout = 0.1
-tokenizer = {{ name = "byte" }}
+tokenizer = {{ name = "bpe", vocab_size = 300 }}
 
 [data]
 source = "{source}"
-cache_dir = "{cache}"
 
 [train]
 max_steps = 4
@@ -94,15 +93,24 @@ device = "cpu"
 """
 
 
-def test_train_twice_with_the_same_seed_gives_the_same_run_folder(tmp_path, shared_data, capsys):
+def test_train_twice_with_the_same_seed_gives_the_same_run_folder(tmp_path, shared_data, capsys, monkeypatch):
     config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.format(source=shared_data("the-verdict.txt"), cache=tmp_path / "cache"))
+    config.write_text(CONFIG.format(source=shared_data("the-verdict.txt")))
+    monkeypatch.setenv("GPTZOO_CACHE", str(tmp_path / "cache1"))  # each run fits its tokenizer and cuts its windows
     torch.manual_seed(1)
     assert main(["train", str(config), "--out", str(tmp_path / "first")]) == 0
     torch.rand(1000)  # whatever the process drew before does not matter
+    monkeypatch.setenv("GPTZOO_CACHE", str(tmp_path / "cache2"))
     assert main(["train", str(config), "--out", str(tmp_path / "second")]) == 0
     first, second = folder_contents(tmp_path / "first"), folder_contents(tmp_path / "second")
-    assert {"model.safetensors", "config.json", "metrics.jsonl", "manifest.json", "train_state.pt"} <= set(first)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "manifest.json",
+        "train_state.pt",
+    } <= set(first)
     assert first == second
     metrics = (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [2, 4]  # the comparison saw both evaluations
@@ -116,9 +124,10 @@ def test_train_twice_with_the_same_seed_gives_the_same_run_folder(tmp_path, shar
 SWEEP = 'base = "tiny.toml"\nseeds = [0]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n'
 
 
-def test_ablate_twice_gives_the_same_results_and_run_folders(tmp_path, shared_data, capsys):
+def test_ablate_twice_gives_the_same_results_and_run_folders(tmp_path, shared_data, capsys, monkeypatch):
     config = CONFIG.replace("max_steps = 4", "max_steps = 2").replace("sample_tokens = 4", "sample_tokens = 0")
-    (tmp_path / "tiny.toml").write_text(config.format(source=shared_data("the-verdict.txt"), cache=tmp_path / "cache"))
+    (tmp_path / "tiny.toml").write_text(config.format(source=shared_data("the-verdict.txt")))
+    monkeypatch.setenv("GPTZOO_CACHE", str(tmp_path / "cache"))
     (tmp_path / "sweep.toml").write_text(SWEEP)
     for out in ("first", "second"):
         assert main(["ablate", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / out), "--no-progress"]) == 0
