@@ -24,9 +24,17 @@ class TensorBoardLog:
 
     def log(self, record: dict) -> None:
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key != "step" and _is_number(value):
                 self.writer.add_scalar(key, value, record["step"])
+            elif isinstance(value, list):  # per layer (max_attention_logit): key/layer<i> where a layer has one
+                for i, v in enumerate(value):
+                    if _is_number(v):
+                        self.writer.add_scalar(f"{key}/layer{i}", v, record["step"])
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

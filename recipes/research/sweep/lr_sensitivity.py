@@ -21,7 +21,7 @@ LR_PNG = "lr_sensitivity.png"
 
 def lr_sensitivity(final_losses: dict[float, float], initial_loss: float) -> float:
     """Wortsman et al. (2023, "Small-scale proxies for large-scale Transformer training instabilities",
-    arXiv:2309.14322, section 2.2) summarise a learning-rate sweep by its LR sensitivity
+    arXiv:2309.14322, with its Fig. 1) summarise a learning-rate sweep by its LR sensitivity
 
         E_{η ∈ [a, b]} [ min(ℓ(A(η)), ℓ₀) − ℓ* ],   ℓ* = min_{η ∈ [a, b]} ℓ(A(η)),
 

@@ -338,3 +338,6 @@ def test_metrics_also_stream_to_tensorboard(tmp_path):
     expected = [(r["step"], r["val_loss"]) for r in read_metrics(tmp_path / "run")]
     assert [s for s, _ in logged] == [2, 4] and logged == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected]
     assert "val_accuracy" in events.Tags()["scalars"]
+    logits = [(e.step, e.value) for e in events.Scalars("max_attention_logit/layer0")]  # one per layer, as logged
+    expected = [(r["step"], r["max_attention_logit"][0]) for r in read_metrics(tmp_path / "run")]
+    assert logits == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected]
