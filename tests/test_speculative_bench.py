@@ -1,0 +1,29 @@
+"""The speculative-decoding benchmark runs end to end on small sizes and reports what docs/design/performance.md quotes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "speculative.py"
+
+
+@pytest.mark.slow
+def test_speculative_bench_reports_acceptance_and_speeds(tmp_path):
+    out = tmp_path / "speculative.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--reps", "1", "--threads", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {(r["case"], r["impl"]): r for r in json.loads(out.read_text())["cases"]}
+    assert set(rows) == {(c, i) for c in ("untrained", "cyclic") for i in ("plain", "speculative")}
+    assert rows["cyclic", "speculative"]["acceptance_rate"] > 0.9  # the cycle is learnt: drafts are right
+    assert rows["untrained", "speculative"]["acceptance_rate"] < 0.5
+    # Accepted drafts give two tokens a forward: about half plain decoding's forwards after the prompt.
+    assert rows["cyclic", "speculative"]["model_forwards"] <= rows["cyclic", "plain"]["model_forwards"] // 2 + 1
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
