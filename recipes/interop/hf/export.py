@@ -24,6 +24,7 @@ from gptzoo.recipes.interop.hf.convert import (
 )
 from gptzoo.recipes.interop.hf.families import (
     Family,
+    constant_values,
     fuse_shapes,
     fusions,
     hf_shapes,
@@ -108,7 +109,11 @@ def export_hf(
         data["dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(dtype, "float32")
         tensor_dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(dtype, torch.float32)
 
+        constants = constant_values(family, shapes, explicit(config.model))
+
         def read(hf: str) -> torch.Tensor:
+            if hf in constants:
+                return torch.tensor(constants[hf], dtype=tensor_dtype)
             if hf in fused:
                 return fused[hf].join([read(part) for part in fused[hf].parts])
             parts, layout, shape = specs[hf]
@@ -120,7 +125,9 @@ def export_hf(
             return tensor.reshape(shape)  # one expert of a stack: (1, ...) -> (...)
 
         shards = _shards(
-            {hf: (tensor_dtype, shape) for hf, (_, _, shape) in fuse_shapes(specs, fused).items()}, max_shard_bytes
+            {hf: (tensor_dtype, shape) for hf, (_, _, shape) in fuse_shapes(specs, fused).items()}
+            | {hf: (tensor_dtype, ()) for hf in constants},
+            max_shard_bytes,
         )
         extra, generation = tokenizer_files(run_folder, config, manifest)
         data |= {

@@ -27,6 +27,7 @@ from gptzoo.recipes.interop.hf.convert import (
     GENERATION_CONFIG,
     INDEX,
     TOKENIZER_CONFIG,
+    explicit,
     family_of,
     model_table,
     normalise,
@@ -34,6 +35,7 @@ from gptzoo.recipes.interop.hf.convert import (
 from gptzoo.recipes.interop.hf.families import (
     Family,
     all_families,
+    constant_values,
     fuse_shapes,
     fusions,
     hf_shapes,
@@ -257,6 +259,7 @@ def import_hf(
         to_read = hf_shapes(plan, shapes, dims)
         fused = fusions(family, to_read, config.model)
         found = _find_weights(src, stored, family, config, fuse_shapes(to_read, fused))
+        _check_constants(src, stored, family, constant_values(family, shapes, explicit(config.model)))
         part_of = {part: (whole, k) for whole, fusion in fused.items() for k, part in enumerate(fusion.parts)}
 
         def load(hf: str) -> torch.Tensor:
@@ -339,6 +342,20 @@ def _find_weights(src: Path, stored: dict, family: Family, config: RunConfig, to
             f"every {family.model_type} weight is (F16, BF16, F32 or F64), so the file's header is wrong or the checkpoint is quantized"
         )
     return found
+
+
+def _check_constants(src: Path, stored: dict, family: Family, expected: dict[str, float]) -> None:
+    """CheckpointError naming a one-number tensor whose stored value is not the one gptzoo's setting gives."""
+    for hf, value in expected.items():
+        key = _source_name(stored, hf, family.prefix)
+        if key is None:
+            continue
+        tensor = stored[key].get_tensor(key)
+        if not torch.equal(tensor, torch.tensor(value, dtype=tensor.dtype).reshape(tensor.shape)):
+            raise CheckpointError(
+                f"{src}: {key} = {tensor.flatten()[0].item()} is not supported for {family.model_type} "
+                f"(gptzoo reads {value}, transformers' default)"
+            )
 
 
 def _write_run(

@@ -119,6 +119,41 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # Apertus: xIELU MLP (up, activation, down), QK-norm per head, GQA, llama3 rope scaling (its default), untied
+    "apertus": (
+        "ApertusConfig",
+        dict(
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 12e6,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
+    # attention biases, multi-query, 24-wide heads, no rope scaling, tied head
+    "apertus-tied": (
+        "ApertusConfig",
+        dict(
+            num_key_value_heads=1,
+            head_dim=24,
+            attention_bias=True,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        ATTENTION,
+    ),
     # a window of 6 keys, shorter than the test's 24 tokens and 27 generated
     "mistral-window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=6), ["sliding_window"]),
     # QK-norm per head, head_dim 32 != 64 / 4, GQA, untied
@@ -621,6 +656,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
     family = case.split("-")[0]
     feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "minimax_m2") else "swiglu"
+    feed_forward = "xielu" if family == "apertus" else feed_forward
     expected = {
         "gpt2": ("learned", "gelu", "layernorm", "pre_norm"),
         "olmo2": ("rope", "swiglu", "rmsnorm", "sublayer_output_norm"),
@@ -651,6 +687,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
             "gemma3_text": "per_head",
             "glm4_moe": "per_head",
             "minimax_m2": "across_heads",
+            "apertus": "per_head",
         }.get(family, "none")
         if case != "glm4_moe-yarn"
         else "none"
@@ -695,6 +732,7 @@ def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
         "seed_oss-tied": "linear",
         "glm4_moe-yarn": "yarn",
         "cohere2-untied": "linear",
+        "apertus": "llama3",
         "minimax_m2-tied": "linear",
         "olmo3": "yarn",
         "exaone4": "llama3",
@@ -905,6 +943,16 @@ REFUSED = {
             'rope_parameters.rope_type = "dynamic" is not supported for cohere2',
         ),
     ],
+    "apertus": [
+        (
+            {"hidden_act": "silu"},
+            'hidden_act = "silu" is not supported for apertus (the feed-forward is gptzoo\'s xielu',
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for apertus',
+        ),
+    ],
 }
 
 
@@ -933,6 +981,18 @@ def test_glm4_moe_skips_the_multi_token_prediction_layer(tmp_path):
     with torch.no_grad():
         ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
     torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask, positions)[mask], atol=1e-4, rtol=0)
+
+
+def test_apertus_xielu_constants_other_than_gptzoos_are_refused(tmp_path, capsys):
+    """xIELU's beta is a one-number tensor in Apertus's checkpoints: another value than the xielu setting's is named."""
+    build("apertus").save_pretrained(tmp_path / "src")
+    tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
+    tensors["model.layers.1.mlp.act_fn.beta"] = torch.tensor(0.25)
+    save_file(tensors, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.layers.1.mlp.act_fn.beta = 0.25 is not supported for apertus (gptzoo reads 0.5" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_weights_that_do_not_match_the_config_are_named(tmp_path, capsys):

@@ -971,6 +971,37 @@ PUBLISHED = {
         },
         8_028_033_024,
     ),
+    "apertus": (
+        {  # swiss-ai/Apertus-8B-2509, its config.json as recalled (the Hub is out of reach here). The count is 32 layers
+            # of (attention 41,943,040 + QK-norms 256 + the xIELU MLP 176,160,768 + its 2 scalars + norms 8,192) + two
+            # 536,870,912 embeddings + the final norm 4,096 (8 B on the Hub page)
+            "model_type": "apertus",
+            "architectures": ["ApertusForCausalLM"],
+            "vocab_size": 131072,
+            "hidden_size": 4096,
+            "intermediate_size": 21504,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 65536,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 12000000,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            "hidden_act": "xielu",
+            "attention_bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": 1,
+            "eos_token_id": 68,
+            "pad_token_id": 3,
+        },
+        8_053_338_176,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",

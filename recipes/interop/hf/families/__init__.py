@@ -22,12 +22,14 @@ helpers in ``base``; this module assembles ``FAMILIES``. How to add one: ../READ
 from gptzoo.recipes.interop.hf.families.base import (
     MISSING,
     REQUIRED,
+    Constant,
     Conversion,
     Family,
     Field,
     Fused,
     Require,
     Weight,
+    constant_values,
     fuse_shapes,
     fusions,
     hf_shapes,
@@ -46,7 +48,7 @@ from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
 from gptzoo.recipes.interop.hf.families.granite import GRANITEMOEHYBRID
 from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
-from gptzoo.recipes.interop.hf.families.llama import LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
+from gptzoo.recipes.interop.hf.families.llama import APERTUS, LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
@@ -75,6 +77,8 @@ __all__ = [
     "to_ours",
     "to_theirs",
     "weight_plan",
+    "Constant",
+    "constant_values",
 ]
 
 # model_type -> family; the order is the one export-hf tries a trained run's assembly against
@@ -92,6 +96,7 @@ FAMILIES: dict[str, Family] = {
         PHI3,
         SMOLLM3,
         SEED_OSS,
+        APERTUS,
         GEMMA2,
         GEMMA3_TEXT,
         GPT_NEOX,

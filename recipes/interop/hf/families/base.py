@@ -117,6 +117,28 @@ class Conversion:
 
 
 @dataclass(frozen=True)
+class Constant:
+    """A Hugging Face tensor holding one number that gptzoo keeps as a setting, not a weight (xIELU's beta):
+    ``theirs`` ({i}: the layer) in each layer that has the gptzoo tensor ``when``, its value ``value([model] table)``.
+    Import refuses a stored value other than the setting's; export writes it."""
+
+    theirs: str
+    when: str
+    value: Callable[[dict], float]
+
+
+def constant_values(family: Family, shapes: dict[str, tuple[int, ...]], model: dict) -> dict[str, float]:
+    """Each constant Hugging Face tensor of this model -> its value."""
+    found = {}
+    for constant in family.constants:
+        pattern = re.compile(re.escape(constant.when).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+        for name in shapes:
+            if m := pattern.match(name):
+                found[constant.theirs.format(**m.groupdict())] = constant.value(model)
+    return found
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str
     architecture: str
@@ -129,6 +151,7 @@ class Family:
     legacy: Callable[[dict], dict] | None = None  # config.json as older transformers wrote it -> as transformers 5 does
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
     fused: tuple[Fused, ...] = ()  # tensors holding several of the weight table's, interleaved by groups
+    constants: tuple[Constant, ...] = ()  # one-number tensors gptzoo keeps as settings (see Constant)
 
 
 # ---- expanding a family's weight table for one model ---------------------------------------------

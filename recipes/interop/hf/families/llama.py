@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import (
+    Constant,
     Conversion,
     Family,
     Field,
@@ -278,4 +279,64 @@ SEED_OSS = Family(
     requires=LLAMA.requires,
     weights=LLAMA_WEIGHTS,
     conversions=(ROPE_SCALING,),
+)
+
+
+def _apertus_legacy(hf: dict) -> dict:
+    """A config.json without rope settings: ApertusConfig's default, llama3 scaling of theta 12e6 from 8192 positions."""
+    if any(hf.get(k) is not None for k in ("rope_parameters", "rope_scaling", "rope_theta")):
+        return dict(hf)
+    return hf | {
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 12e6,
+            "factor": 8.0,
+            "original_max_position_embeddings": 8192,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+        }
+    }
+
+
+APERTUS = Family(
+    model_type="apertus",
+    architecture="ApertusForCausalLM",
+    fields=tuple(f for f in LLAMA_FIELDS if f.hf not in ("rms_norm_eps", "rope_parameters.rope_theta"))
+    + (
+        Field("rms_norm_eps", ("norm.eps", "attention.qk_norm_eps"), 1e-5),
+        Field("rope_parameters.rope_theta", ("positional.base",), 12e6),  # ApertusConfig.default_theta
+        Field("attention_bias", ("qkv_bias", "attn_out_bias"), False),
+    ),
+    # QK-norm per head; an up projection, xIELU, a down projection (no gate). xIELU's fixed beta and eps are
+    # one-number buffers in transformers' checkpoints, settings of gptzoo's xielu.
+    assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k not in ("qkv_bias", "attn_out_bias")}
+    | {"attention": {"name": "sdpa", "qk_norm": "per_head"}, "feed_forward": {"name": "xielu", "bias": False}},
+    requires=(Require("hidden_act", ("xielu",), "xielu", "the feed-forward is gptzoo's xielu"),),
+    weights=tuple(
+        w
+        for w in LLAMA_WEIGHTS
+        if ".feed_forward." not in w.ours
+        and w.ours not in ("blocks.{i}.attn_norm.weight", "blocks.{i}.ffn_norm.weight")
+    )
+    + (
+        Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.attention_layernorm.weight",)),
+        Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.feedforward_layernorm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
+        Weight("blocks.{i}.feed_forward.in_proj.weight", ("model.layers.{i}.mlp.up_proj.weight",)),
+        Weight("blocks.{i}.feed_forward.out_proj.weight", ("model.layers.{i}.mlp.down_proj.weight",)),
+        Weight("blocks.{i}.feed_forward.alpha_p", ("model.layers.{i}.mlp.act_fn.alpha_p",)),
+        Weight("blocks.{i}.feed_forward.alpha_n", ("model.layers.{i}.mlp.act_fn.alpha_n",)),
+    ),
+    conversions=(ROPE_SCALING,),
+    legacy=_apertus_legacy,
+    ignored=r"model\.layers\.\d+\.(self_attn\.rotary_emb\.inv_freq|mlp\.act_fn\.(beta|eps))",
+    constants=tuple(
+        Constant(
+            f"model.layers.{{i}}.mlp.act_fn.{name}",
+            "blocks.{i}.feed_forward.alpha_p",
+            lambda m, n=name: m["feed_forward"][n],
+        )
+        for name in ("beta", "eps")
+    ),
 )
