@@ -518,3 +518,42 @@ def test_importing_twice_gives_byte_identical_run_folders(places):
     one = {p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     two = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").rglob("*") if p.is_file()}
     assert {Path("config.json"), Path("model.safetensors"), Path("tokenizer.json")} <= set(one) and one == two
+
+
+def folder_bytes(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_exporting_twice_gives_byte_identical_folders(places):
+    from gptzoo.recipes.interop.hf.export import export_hf
+
+    tmp_path, src, _ = places
+    import_hf(src, tmp_path / "run")
+    for name in ("one", "two"):
+        export_hf(tmp_path / "run", tmp_path / name)
+    one, two = folder_bytes(tmp_path / "one"), folder_bytes(tmp_path / "two")
+    assert {Path("config.json"), Path("model.safetensors")} <= set(one) and one == two
+
+
+def test_import_gpt2_and_import_book_twice_give_byte_identical_run_folders(tmp_path):
+    from gptzoo.recipes.interop.book import import_book
+    from gptzoo.recipes.interop.gpt2 import import_gpt2
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    shapes = {"tok_emb.weight": (50257, 16), "pos_emb.weight": (8, 16), "out_head.weight": (50257, 16)}
+    shapes |= {"final_norm.scale": (16,), "final_norm.shift": (16,)}
+    shapes |= {f"trf_blocks.0.att.{w}.weight": (16, 16) for w in ("W_query", "W_key", "W_value", "out_proj")}
+    shapes |= {"trf_blocks.0.att.out_proj.bias": (16,), "trf_blocks.0.ff.layers.0.weight": (64, 16)}
+    shapes |= {"trf_blocks.0.ff.layers.0.bias": (64,), "trf_blocks.0.ff.layers.2.weight": (16, 64)}
+    shapes |= {"trf_blocks.0.ff.layers.2.bias": (16,)}
+    shapes |= {f"trf_blocks.0.norm{n}.{p}": (16,) for n in (1, 2) for p in ("scale", "shift")}
+    book = {name: torch.randn(shape) for name, shape in shapes.items()}  # the book's GPTModel, one block
+    torch.save(book, tmp_path / "book.pth")
+    for name in ("one", "two"):
+        import_gpt2(tmp_path / "gpt2", tmp_path / f"gpt2-{name}")
+        import_book(tmp_path / "book.pth", tmp_path / f"book-{name}", n_heads=2)
+    for kind in ("gpt2", "book"):
+        one, two = folder_bytes(tmp_path / f"{kind}-one"), folder_bytes(tmp_path / f"{kind}-two")
+        assert Path("model.safetensors") in one and one == two, kind
