@@ -1,5 +1,5 @@
 """import-hf / export-hf for the hybrid families of recurrent and attention layers with mixtures of experts
-(Qwen3-Next, Kimi Linear, Granite 4.0): parity with transformers' own models.
+(Qwen3-Next and Qwen3.5's language model, Kimi Linear, Granite 4.0): parity with transformers' own models.
 
 As tests/recipes/interop/test_hf_recurrent.py does for the Mamba-2 families, each case builds
 transformers' model from a tiny random config covering the family's options, saves it, imports
@@ -276,11 +276,53 @@ CASES = {
         ),
         True,
     ),
+    # Qwen3.5's language model: Qwen3-Next's layers with a SwiGLU everywhere and the Gated DeltaNet's projections
+    # apart; 3 : 1 with 2 key heads shared by 4 value heads, GQA attention with 24-wide heads, untied
+    "qwen3_5_text": (
+        "Qwen3_5TextConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=6,
+            intermediate_size=40,
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # (Gated DeltaNet, attention) twice, multi-query attention with biases, rotary on half of each head, tied
+    "qwen3_5_text-periodic": (
+        "Qwen3_5TextConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            attention_bias=True,
+            linear_num_key_heads=4,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=3,
+            intermediate_size=24,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
 }
 MIXERS = {  # family -> its layer_types' token mixers in gptzoo
     "qwen3_next": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
     "kimi_linear": {"linear_attention": "kimi_delta", "full_attention": "latent"},
     "granitemoehybrid": {"linear_attention": "mamba2", "full_attention": "sdpa"},
+    "qwen3_5_text": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
 }
 
 
@@ -425,7 +467,10 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         active = info["active_parameters_per_token"]
         idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
         assert active == hf_model.num_parameters() - feed_forwards.count("moe") * idle
-    if family == "qwen3_next":  # gated attention, norms scaling by 1 + weight, rotary on part of each head
+    if family in (
+        "qwen3_next",
+        "qwen3_5_text",
+    ):  # gated attention, norms scaling by 1 + weight, rotary on part of each head
         assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
         assert model["positional"]["fraction"] == hf_model.config.rope_parameters["partial_rotary_factor"]
     elif family == "kimi_linear":  # no positions anywhere

@@ -1002,6 +1002,34 @@ PUBLISHED = {
         },
         8_053_338_176,
     ),
+    "qwen3_5_text": (
+        {  # Qwen3.5's language model at the 9B size, not read from the Hub (no network, and its files are the
+            # multimodal qwen3_5): the values of transformers' Qwen3_5TextConfig defaults, which its docs call the
+            # "Qwen3.5-9B style configuration". The count is what transformers' Qwen3_5ForCausalLM gives for them.
+            "model_type": "qwen3_5_text",
+            "architectures": ["Qwen3_5ForCausalLM"],
+            "vocab_size": 248320,
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-06,
+            "attention_bias": False,
+            "hidden_act": "silu",
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 128,
+            "linear_num_key_heads": 16,
+            "linear_num_value_heads": 32,
+            "linear_value_head_dim": 128,
+            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 8,
+            "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+            "tie_word_embeddings": False,
+        },
+        8_953_803_264,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",

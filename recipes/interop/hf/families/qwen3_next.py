@@ -32,7 +32,7 @@ from gptzoo.recipes.interop.hf.families.moe import expert_weights
 KINDS = {"linear_attention": "linear", "full_attention": "full"}
 
 
-def _layer_types(hf: dict) -> list[str]:
+def layer_types(hf: dict) -> list[str]:
     """config.json's layer_types, or as transformers derives them: full attention every full_attention_interval-th layer."""
     n, interval = hf["num_hidden_layers"], hf.get("full_attention_interval", 4)
     types = hf.get("layer_types") or ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(n)]
@@ -101,10 +101,8 @@ def layer_components(model: dict) -> tuple[list[dict], list[dict]]:
     return [k.get("attention") or model["attention"] for k in layers], feed_forwards
 
 
-def _read_layers(hf: dict) -> dict[str, Any]:
-    """Gated DeltaNet or gated attention per layer_types; a mixture of experts, or a SwiGLU on the dense layers."""
-    types, dense = _layer_types(hf), _dense_layers(hf)
-    swiglu = {"name": "swiglu", "hidden": hf.get("intermediate_size", 5632), "bias": False}
+def linear_kind(hf: dict) -> dict[str, Any]:
+    """The linear-attention layers' kind: Gated DeltaNet of the linear_* keys, without positions."""
     deltanet = {
         "name": "gated_deltanet",
         "num_heads": hf.get("linear_num_value_heads", 32),
@@ -114,20 +112,18 @@ def _read_layers(hf: dict) -> dict[str, Any]:
         "conv_size": hf.get("linear_conv_kernel_dim", 4),
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
     }
-    linear = {"positional": {"name": "none"}, "attention": deltanet}
-    return hybrid_kinds(types, dense, linear, swiglu) | {
-        "feed_forward": swiglu if len(dense) == len(types) else _mixture(hf)
-    }
+    return {"positional": {"name": "none"}, "attention": deltanet}
 
 
-def _write_layers(model: dict) -> dict[str, Any]:
-    mixers, feed_forwards = layer_components(model)
+def write_linear_layers(model: dict, family: str) -> dict[str, Any]:
+    """layer_types and the linear_* keys of a [model] table's Gated DeltaNet and attention layers."""
+    mixers, _ = layer_components(model)
     types = []
     for mixer in mixers:
         if mixer["name"] not in ("gated_deltanet", "sdpa"):
-            raise ValueError(f"attention '{mixer['name']}' has no qwen3_next counterpart (gated_deltanet or sdpa)")
+            raise ValueError(f"attention '{mixer['name']}' has no {family} counterpart (gated_deltanet or sdpa)")
         types.append("linear_attention" if mixer["name"] == "gated_deltanet" else "full_attention")
-    hf: dict[str, Any] = {"layer_types": types, "decoder_sparse_step": 1}
+    hf: dict[str, Any] = {"layer_types": types}
     deltanet = next((m for m in mixers if m["name"] == "gated_deltanet"), None)
     if deltanet is not None:
         key_dim = deltanet.get("head_k_dim") or model["head_dim"]
@@ -138,6 +134,21 @@ def _write_layers(model: dict) -> dict[str, Any]:
             "linear_value_head_dim": deltanet.get("head_v_dim") or key_dim,
             "linear_conv_kernel_dim": deltanet["conv_size"],
         }
+    return hf
+
+
+def _read_layers(hf: dict) -> dict[str, Any]:
+    """Gated DeltaNet or gated attention per layer_types; a mixture of experts, or a SwiGLU on the dense layers."""
+    types, dense = layer_types(hf), _dense_layers(hf)
+    swiglu = {"name": "swiglu", "hidden": hf.get("intermediate_size", 5632), "bias": False}
+    return hybrid_kinds(types, dense, linear_kind(hf), swiglu) | {
+        "feed_forward": swiglu if len(dense) == len(types) else _mixture(hf)
+    }
+
+
+def _write_layers(model: dict) -> dict[str, Any]:
+    _, feed_forwards = layer_components(model)
+    hf = write_linear_layers(model, "qwen3_next") | {"decoder_sparse_step": 1}
     moe = next((f for f in feed_forwards if f["name"] == "moe"), None)
     dense = [i for i, f in enumerate(feed_forwards) if f["name"] != "moe"]
     swiglu = next((f for f in feed_forwards if f["name"] != "moe"), None)
@@ -156,7 +167,7 @@ def _write_layers(model: dict) -> dict[str, Any]:
     }
 
 
-def _key_heads(model: ModelConfig, i: int) -> int:
+def key_heads(model: ModelConfig, i: int) -> int:
     """The query/key heads of layer i's Gated DeltaNet: the groups of its fused projections."""
     return model.layer(i).attention.params.num_k_heads or model.dims().n_kv_heads
 
@@ -167,6 +178,57 @@ def _layer(name: str) -> str:
 
 LINEAR = "model.layers.{i}.linear_attn"
 ATTENTION = "model.layers.{i}.self_attn"
+
+# What Qwen3-Next and Qwen3.5 share: the gated attention layers (q_proj holding each head's query rows, then
+# its gate's), the Gated DeltaNet's convolution, decay and output, the dense SwiGLU, norms, embedding and head.
+GATED_ATTENTION_WEIGHTS = (
+    Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
+    Weight("blocks.{i}.attn_norm.weight", (_layer("input_layernorm.weight"),)),
+    Weight("blocks.{i}.ffn_norm.weight", (_layer("post_attention_layernorm.weight"),)),
+    *(
+        Weight(
+            f"blocks.{{i}}.attention.qkv.{p}",
+            (f"{ATTENTION}.q_proj.{p}[query]", f"{ATTENTION}.k_proj.{p}", f"{ATTENTION}.v_proj.{p}"),
+            "rows",
+            qkv_rows,
+        )
+        for p in ("weight", "bias")
+    ),
+    *(Weight(f"blocks.{{i}}.attention.gate_proj.{p}", (f"{ATTENTION}.q_proj.{p}[gate]",)) for p in ("weight", "bias")),
+    *(
+        Weight(
+            f"blocks.{{i}}.attention.out_proj.{p}", (f"{ATTENTION}.o_proj.{p}",), when="blocks.{i}.attention.qkv.weight"
+        )
+        for p in ("weight", "bias")
+    ),
+    Weight("blocks.{i}.attention.qk_norm.q_norm", (f"{ATTENTION}.q_norm.weight",)),
+    Weight("blocks.{i}.attention.qk_norm.k_norm", (f"{ATTENTION}.k_norm.weight",)),
+    Weight("blocks.{i}.attention.conv1d.conv.weight", (f"{LINEAR}.conv1d.weight",)),
+    Weight("blocks.{i}.attention.A_log", (f"{LINEAR}.A_log",)),
+    Weight("blocks.{i}.attention.dt_bias", (f"{LINEAR}.dt_bias",)),
+    Weight("blocks.{i}.attention.o_norm.weight", (f"{LINEAR}.norm.weight",)),
+    Weight(
+        "blocks.{i}.attention.out_proj.weight",
+        (f"{LINEAR}.out_proj.weight",),
+        when="blocks.{i}.attention.q_proj.weight",
+    ),
+    *(
+        Weight(f"blocks.{{i}}.feed_forward.{ours}.weight", (f"model.layers.{{i}}.mlp.{theirs}.weight",))
+        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
+    ),
+    Weight("final_norm.weight", ("model.norm.weight",)),
+    Weight("head.weight", ("lm_head.weight",)),
+)
+GATED_QUERIES = tuple(
+    Fused(
+        f"{ATTENTION}.q_proj.{p}",
+        (f"{ATTENTION}.q_proj.{p}[query]", f"{ATTENTION}.q_proj.{p}[gate]"),
+        lambda model, i: model.n_heads,
+    )
+    for p in ("weight", "bias")
+)
+# the multi-token-prediction module, left out until gptzoo has that component (see the docstring)
+MTP_IGNORED = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|mtp\..*"
 
 QWEN3_NEXT = Family(
     model_type="qwen3_next",
@@ -201,48 +263,14 @@ QWEN3_NEXT = Family(
         "head": {"name": "lm"},
     },
     requires=(SILU,),
-    weights=(
-        Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
-        Weight("blocks.{i}.attn_norm.weight", (_layer("input_layernorm.weight"),)),
-        Weight("blocks.{i}.ffn_norm.weight", (_layer("post_attention_layernorm.weight"),)),
-        *(
-            Weight(
-                f"blocks.{{i}}.attention.qkv.{p}",
-                (f"{ATTENTION}.q_proj.{p}[query]", f"{ATTENTION}.k_proj.{p}", f"{ATTENTION}.v_proj.{p}"),
-                "rows",
-                qkv_rows,
-            )
-            for p in ("weight", "bias")
-        ),
-        *(
-            Weight(f"blocks.{{i}}.attention.gate_proj.{p}", (f"{ATTENTION}.q_proj.{p}[gate]",))
-            for p in ("weight", "bias")
-        ),
-        *(
-            Weight(
-                f"blocks.{{i}}.attention.out_proj.{p}",
-                (f"{ATTENTION}.o_proj.{p}",),
-                when="blocks.{i}.attention.qkv.weight",
-            )
-            for p in ("weight", "bias")
-        ),
-        Weight("blocks.{i}.attention.qk_norm.q_norm", (f"{ATTENTION}.q_norm.weight",)),
-        Weight("blocks.{i}.attention.qk_norm.k_norm", (f"{ATTENTION}.k_norm.weight",)),
+    weights=GATED_ATTENTION_WEIGHTS
+    + (
         *(
             Weight(f"blocks.{{i}}.attention.{ours}.weight", (f"{LINEAR}.in_proj_qkvz.weight[{part}]",))
             for ours, part in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("g_proj", "z"))
         ),
         Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_ba.weight[b]",)),
         Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_ba.weight[a]",)),
-        Weight("blocks.{i}.attention.conv1d.conv.weight", (f"{LINEAR}.conv1d.weight",)),
-        Weight("blocks.{i}.attention.A_log", (f"{LINEAR}.A_log",)),
-        Weight("blocks.{i}.attention.dt_bias", (f"{LINEAR}.dt_bias",)),
-        Weight("blocks.{i}.attention.o_norm.weight", (f"{LINEAR}.norm.weight",)),
-        Weight(
-            "blocks.{i}.attention.out_proj.weight",
-            (f"{LINEAR}.out_proj.weight",),
-            when="blocks.{i}.attention.q_proj.weight",
-        ),
         *expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj"),
         *(
             Weight(
@@ -252,26 +280,12 @@ QWEN3_NEXT = Family(
             for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
         ),
         Weight("blocks.{i}.feed_forward.shared_gate.weight", ("model.layers.{i}.mlp.shared_expert_gate.weight",)),
-        *(
-            Weight(f"blocks.{{i}}.feed_forward.{ours}.weight", (f"model.layers.{{i}}.mlp.{theirs}.weight",))
-            for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
-        ),
-        Weight("final_norm.weight", ("model.norm.weight",)),
-        Weight("head.weight", ("lm_head.weight",)),
     ),
     conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
-    # the multi-token-prediction module, left out until gptzoo has that component (see the docstring)
-    ignored=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|mtp\..*",
+    ignored=MTP_IGNORED,
     fused=(
-        Fused(f"{LINEAR}.in_proj_qkvz.weight", tuple(f"{LINEAR}.in_proj_qkvz.weight[{p}]" for p in "qkvz"), _key_heads),
-        Fused(f"{LINEAR}.in_proj_ba.weight", tuple(f"{LINEAR}.in_proj_ba.weight[{p}]" for p in "ba"), _key_heads),
-        *(
-            Fused(
-                f"{ATTENTION}.q_proj.{p}",
-                (f"{ATTENTION}.q_proj.{p}[query]", f"{ATTENTION}.q_proj.{p}[gate]"),
-                lambda model, i: model.n_heads,
-            )
-            for p in ("weight", "bias")
-        ),
+        Fused(f"{LINEAR}.in_proj_qkvz.weight", tuple(f"{LINEAR}.in_proj_qkvz.weight[{p}]" for p in "qkvz"), key_heads),
+        Fused(f"{LINEAR}.in_proj_ba.weight", tuple(f"{LINEAR}.in_proj_ba.weight[{p}]" for p in "ba"), key_heads),
+        *GATED_QUERIES,
     ),
 )
