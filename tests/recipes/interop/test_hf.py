@@ -969,30 +969,52 @@ def test_family_options_gptzoo_lacks_are_refused(case, change, named, tmp_path, 
     assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
 
 
-def test_glm4_moe_skips_the_multi_token_prediction_layer(tmp_path):
-    """GLM-4.5-Air keeps its MTP layer as layer 46 after its 46 (GLM-4.5: 92); gptzoo, as transformers, leaves it out."""
+def test_glm4_moe_keeps_its_multi_token_prediction_layer_as_transformers_computes_it(tmp_path):
+    """GLM-4.5 stores its MTP layer as DeepSeek-V3 does (layer num_hidden_layers: eh_proj, enorm, hnorm,
+    shared_head, copies of the embedding and head): it imports into model.mtp, computes what transformers'
+    MtpModel computes on those weights, and exports back to the same tensors."""
+    from transformers.modeling_layers import MtpModel
+
     model = build("glm4_moe")
-    model.save_pretrained(tmp_path / "src")
-    tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
-    mtp = {"model.layers.46.eh_proj.weight": torch.ones(64, 128), "model.layers.46.enorm.weight": torch.ones(64)}
-    save_file(tensors | mtp, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
-    import_hf(tmp_path / "src", tmp_path / "run")
-    idx, mask, positions = padded_batch()
+    model.config.num_nextn_predict_layers = 1
+    torch.manual_seed(1)
+    mtp = MtpModel(model, 1).eval()
     with torch.no_grad():
-        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask, positions)[mask], atol=1e-4, rtol=0)
-
-
-def test_apertus_xielu_constants_other_than_gptzoos_are_refused(tmp_path, capsys):
-    """xIELU's beta is a one-number tensor in Apertus's checkpoints: another value than the xielu setting's is named."""
-    build("apertus").save_pretrained(tmp_path / "src")
+        for name, p in mtp.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    mtp.tie_with_main_model(model)
+    model.save_pretrained(tmp_path / "src")
+    prefix, added = "model.layers.3.", {}
+    for name, tensor in [*mtp.layers[0].named_parameters(), *mtp.layers[0].named_buffers()]:
+        name = name.replace("post_norm.", "shared_head.norm.", 1).replace("mtp_block.", "", 1)
+        if name.endswith("experts.gate_up_proj"):  # fused in memory, one tensor per expert in files
+            gate, up = tensor.detach().chunk(2, dim=1)
+            for e in range(tensor.size(0)):
+                added[f"{prefix}{name[: -len('gate_up_proj')]}{e}.gate_proj.weight"] = gate[e].clone()
+                added[f"{prefix}{name[: -len('gate_up_proj')]}{e}.up_proj.weight"] = up[e].clone()
+        elif name.endswith("experts.down_proj"):
+            for e in range(tensor.size(0)):
+                added[f"{prefix}{name[: -len('down_proj')]}{e}.down_proj.weight"] = tensor[e].detach().clone()
+        elif not name.endswith("inv_freq"):
+            added[prefix + name] = tensor.detach().clone()
+    added[prefix + "embed_tokens.weight"] = model.model.embed_tokens.weight.detach().clone()
+    added[prefix + "shared_head.head.weight"] = model.lm_head.weight.detach().clone()
     tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
-    tensors["model.layers.1.mlp.act_fn.beta"] = torch.tensor(0.25)
-    save_file(tensors, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "model.layers.1.mlp.act_fn.beta = 0.25 is not supported for apertus (gptzoo reads 0.5" in err
-    assert not (tmp_path / "run").exists()
+    save_file(tensors | added, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    import_hf(tmp_path / "src", tmp_path / "run")
+    ours = load_run(tmp_path / "run").model
+    assert ours.config.mtp.params.depth == 1
+    idx = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = model(idx, output_hidden_states=True).hidden_states[-1]
+        theirs = mtp.forward_layer(0, hidden, torch.arange(1, 13).expand(2, 12), None, input_ids=idx.roll(-1, 1))
+        ahead = ours.predict_ahead(ours.hidden_states(idx), idx.roll(-1, 1).unsqueeze(-1))[0]
+    torch.testing.assert_close(ahead[:, :-1], theirs[:, :-1], rtol=1e-4, atol=1e-4)  # the last reads a wrapped token
+    export_hf(tmp_path / "run", tmp_path / "out")
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert {name for name in exported if name.startswith(prefix)} == set(added)
+    for name, tensor in added.items():
+        torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_weights_that_do_not_match_the_config_are_named(tmp_path, capsys):

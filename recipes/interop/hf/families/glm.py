@@ -6,9 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Weight
-from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3, first_dense_layers, write_first_dense
+from gptzoo.recipes.interop.hf.families.deepseek import (
+    DEEPSEEK_V3,
+    DEEPSEEK_WEIGHTS,
+    first_dense_layers,
+    write_first_dense,
+)
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELDS, LLAMA_WEIGHTS, ROPE_SCALING
 from gptzoo.recipes.interop.hf.families.moe import dense_layers
+from gptzoo.recipes.interop.hf.families.mtp import MTP_CONVERSION, SHARED_COPIES, mtp_weights
 
 
 def _read_qk_norm(hf: dict) -> dict[str, Any]:
@@ -18,6 +24,19 @@ def _read_qk_norm(hf: dict) -> dict[str, Any]:
 def _write_qk_norm(model: dict) -> dict[str, Any]:
     return {"use_qk_norm": model["attention"].get("qk_norm", "none") == "per_head"}
 
+
+GLM4_MOE_WEIGHTS = (
+    LLAMA_WEIGHTS
+    + tuple(
+        w
+        for w in DEEPSEEK_WEIGHTS
+        if w.ours.startswith("blocks.{i}.feed_forward.") and w.ours not in {x.ours for x in LLAMA_WEIGHTS}
+    )
+    + (
+        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
+        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
+    )
+)
 
 GLM4_MOE = Family(
     model_type="glm4_moe",
@@ -39,20 +58,14 @@ GLM4_MOE = Family(
     assembly={k: v for k, v in LLAMA_ASSEMBLY.items() if k != "qkv_bias"}
     | {"feed_forward": {"name": "moe", "scoring": "sigmoid", "expert_bias": True}},
     requires=tuple(r for r in DEEPSEEK_V3.requires if r.hf in ("hidden_act", "quantization_config")),
-    weights=LLAMA_WEIGHTS
-    + tuple(
-        w for w in DEEPSEEK_V3.weights if ".feed_forward." in w.ours and w.ours not in {x.ours for x in LLAMA_WEIGHTS}
-    )
-    + (
-        Weight("blocks.{i}.attention.qk_norm.q_norm", ("model.layers.{i}.self_attn.q_norm.weight",)),
-        Weight("blocks.{i}.attention.qk_norm.k_norm", ("model.layers.{i}.self_attn.k_norm.weight",)),
-    ),
+    weights=GLM4_MOE_WEIGHTS + mtp_weights(GLM4_MOE_WEIGHTS),
     conversions=(
         dense_layers(first_dense_layers, write_first_dense),
         Conversion(_read_qk_norm, _write_qk_norm),
         ROPE_SCALING,
+        MTP_CONVERSION,
     ),
-    # The multi-token-prediction layer after the last (layer 46 of GLM-4.5-Air, 92 of GLM-4.5), which
-    # transformers skips too: gptzoo has no MTP component to take it yet.
-    ignored=r"model\.layers\.(\d+\.self_attn\.rotary_emb\.inv_freq|(46|92)\..*)",
+    # its multi-token-prediction layer (layer num_hidden_layers: 46 of GLM-4.5-Air) is DeepSeek-V3's: model.mtp
+    # when the checkpoint holds it, its copies of the embedding and head read as the model's (families/mtp.py)
+    ignored=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|" + SHARED_COPIES,
 )
