@@ -176,3 +176,30 @@ def test_training_logs_each_depth_and_set_reaches_the_section(registry, tmp_path
     path.write_text('[model]\ncontext_length = 16\nd_model = 32\nn_layers = 2\nn_heads = 4\ntokenizer = "char"\n')
     sweep_like = load_run_config(path, ["model.mtp.name=sequential", "model.mtp.depth=2", "model.mtp.loss_weight=0.1"])
     assert (sweep_like.model.mtp.params.depth, sweep_like.model.mtp.params.loss_weight) == (2, 0.1)
+
+
+def test_compiles_whole_with_its_training_forward(registry):
+    model = build(tiny_config(registry, mtp=MTP, **LLAMA)).train()
+    idx = torch.randint(0, 50, (2, 12))
+    compiled_logits = torch.compile(model, fullgraph=True)(idx)
+    got = {k: a.value for k, a in model.auxiliary_losses(idx).items()}
+    torch.testing.assert_close(compiled_logits, model(idx), rtol=1e-5, atol=1e-5)
+    expected = {k: a.value for k, a in model.auxiliary_losses(idx).items()}
+    assert set(got) == {"mtp_1", "mtp_2"}
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_an_ablation_sweeps_the_depth_and_the_weight(tmp_path):
+    from pathlib import Path
+
+    from gptzoo.recipes.research.sweep.plan import load_sweep
+
+    base = Path(__file__).resolve().parents[2] / "configs" / "deepseek-v3-mtp-style.toml"
+    sweep = tmp_path / "mtp.toml"
+    sweep.write_text(
+        f'base = "{base}"\nseeds = [0]\n[set]\n"model.vocab_size" = 512\n'
+        '[axes]\n"model.mtp.depth" = [1, 2]\n"model.mtp.loss_weight" = [0.1, 0.3]\n'
+    )
+    configs = [v.config.model.mtp.params for v in load_sweep(sweep).variants]
+    assert {(p.depth, p.loss_weight) for p in configs} == {(1, 0.1), (1, 0.3), (2, 0.1), (2, 0.3)}
