@@ -317,12 +317,60 @@ CASES = {
         ),
         False,
     ),
+    # Qwen3.5-MoE's language model: 3 : 1 with 2 key heads shared by 4 value heads, 6 experts, 2 chosen, and a shared
+    # expert of 2 experts' width gated by a sigmoid, GQA attention with 24-wide heads, untied
+    "qwen3_5_moe_text": (
+        "Qwen3_5MoeTextConfig",
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=6,
+            num_experts=6,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # (Gated DeltaNet, attention) twice, multi-query attention with biases, 4 experts, 3 chosen, tied
+    "qwen3_5_moe_text-periodic": (
+        "Qwen3_5MoeTextConfig",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            attention_bias=True,
+            linear_num_key_heads=4,
+            linear_num_value_heads=4,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_conv_kernel_dim=3,
+            num_experts=4,
+            num_experts_per_tok=3,
+            moe_intermediate_size=8,
+            shared_expert_intermediate_size=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
 }
 MIXERS = {  # family -> its layer_types' token mixers in gptzoo
     "qwen3_next": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
     "kimi_linear": {"linear_attention": "kimi_delta", "full_attention": "latent"},
     "granitemoehybrid": {"linear_attention": "mamba2", "full_attention": "sdpa"},
     "qwen3_5_text": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
+    "qwen3_5_moe_text": {"linear_attention": "gated_deltanet", "full_attention": "sdpa"},
 }
 
 
@@ -459,6 +507,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         assert (moe["scoring"], moe["shared_expert_gate"], moe["expert_bias"], moe["top_k"]) == (
             *{
                 "qwen3_next": ("softmax", True, False),
+                "qwen3_5_moe_text": ("softmax", True, False),
                 "kimi_linear": ("sigmoid", False, True),
                 "granitemoehybrid": ("softmax", False, False),
             }[family],
@@ -467,10 +516,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         active = info["active_parameters_per_token"]
         idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
         assert active == hf_model.num_parameters() - feed_forwards.count("moe") * idle
-    if family in (
-        "qwen3_next",
-        "qwen3_5_text",
-    ):  # gated attention, norms scaling by 1 + weight, rotary on part of each head
+    if family.startswith("qwen3"):  # gated attention, norms scaling by 1 + weight, rotary on part of each head
         assert model["attention"]["output_gate"] == "elementwise" and model["norm"]["unit_offset"]
         assert model["positional"]["fraction"] == hf_model.config.rope_parameters["partial_rotary_factor"]
     elif family == "kimi_linear":  # no positions anywhere

@@ -1030,6 +1030,39 @@ PUBLISHED = {
         },
         8_953_803_264,
     ),
+    "qwen3_5_moe_text": (
+        {  # Qwen3.5-MoE's language model at the 35B-A3B size, not read from the Hub (no network, and its files are
+            # the multimodal qwen3_5_moe): the values of transformers' Qwen3_5MoeTextConfig defaults, which its docs
+            # call the "Qwen3.5-35B-A3B style configuration". The count is what transformers' Qwen3_5MoeForCausalLM
+            # gives for them.
+            "model_type": "qwen3_5_moe_text",
+            "architectures": ["Qwen3_5MoeForCausalLM"],
+            "vocab_size": 248320,
+            "hidden_size": 2048,
+            "num_hidden_layers": 40,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "head_dim": 256,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-06,
+            "attention_bias": False,
+            "hidden_act": "silu",
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 128,
+            "linear_num_key_heads": 16,
+            "linear_num_value_heads": 32,
+            "linear_value_head_dim": 128,
+            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 10,
+            "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+            "num_experts": 256,
+            "num_experts_per_tok": 8,
+            "moe_intermediate_size": 512,
+            "shared_expert_intermediate_size": 512,
+            "router_aux_loss_coef": 0.001,
+            "tie_word_embeddings": False,
+        },
+        34_660_610_688,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",
@@ -1081,6 +1114,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("kimi_linear", 3_484_453_248),
         ("minimax", 48_403_306_496),
         ("granitemoehybrid", 1_465_470_528),
+        ("qwen3_5_moe_text", 3_454_988_928),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):

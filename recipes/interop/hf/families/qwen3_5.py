@@ -1,11 +1,12 @@
-"""Qwen3.5's language model (qwen3_5_text): Qwen3-Next's layers (Gated DeltaNet : gated attention) with a
-dense SwiGLU in every layer and the Gated DeltaNet's projections apart (in_proj_qkv, in_proj_z,
-in_proj_b, in_proj_a) instead of fused per key head.
+"""Qwen3.5's language models: Qwen3-Next's layers (Gated DeltaNet : gated attention) with the Gated
+DeltaNet's projections apart (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a) instead of fused per key
+head; a dense SwiGLU in every layer (qwen3_5_text) or Qwen3-Next's experts with the sigmoid-gated
+shared expert, top k always renormalised (qwen3_5_moe_text).
 
 Its rotary is Qwen3-VL's multimodal one (``mrope_section``): for text, whose three position streams are
 one, it is the plain rotary on the first ``partial_rotary_factor`` of each head. The published
-checkpoints wrap this model in the multimodal ``qwen3_5`` (``text_config``, tensors under
-``model.language_model.``), which import does not read yet; a ``qwen3_5_text`` folder imports.
+checkpoints wrap this model in the multimodal ``qwen3_5`` / ``qwen3_5_moe`` (``text_config``, tensors under ``model.language_model.``), which
+import does not read yet; a ``qwen3_5_text`` or ``qwen3_5_moe_text`` folder imports.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
 from gptzoo.recipes.interop.hf.families.qwen3_next import (
     GATED_ATTENTION_WEIGHTS,
     GATED_QUERIES,
+    GATED_SHARED_EXPERT_WEIGHTS,
     LINEAR,
     MTP_IGNORED,
     QWEN3_NEXT,
@@ -24,6 +26,7 @@ from gptzoo.recipes.interop.hf.families.qwen3_next import (
     layer_components,
     layer_types,
     linear_kind,
+    mixture,
     write_linear_layers,
 )
 
@@ -41,6 +44,42 @@ def _write_layers(model: dict) -> dict[str, Any]:
     return write_linear_layers(model, "qwen3_5_text")
 
 
+def _read_moe_layers(hf: dict) -> dict[str, Any]:
+    """Gated DeltaNet or gated attention per layer_types, each layer with the experts (top k renormalised:
+    Qwen3.5-MoE's router always does)."""
+    return hybrid_kinds(layer_types(hf), set(), linear_kind(hf), {}) | {
+        "feed_forward": mixture(hf) | {"normalize_top_k": True}
+    }
+
+
+def _write_moe_layers(model: dict) -> dict[str, Any]:
+    _, feed_forwards = layer_components(model)
+    moe = feed_forwards[0]
+    if any(f["name"] != "moe" or f != moe for f in feed_forwards) or not moe["normalize_top_k"]:
+        raise ValueError("qwen3_5_moe_text has one mixture of experts, top k renormalised, for every layer")
+    return write_linear_layers(model, "qwen3_5_moe_text") | {
+        "num_experts": moe["n_experts"],
+        "num_experts_per_tok": moe["top_k"],
+        "moe_intermediate_size": moe["hidden"],
+        "shared_expert_intermediate_size": moe["n_shared_experts"] * moe["hidden"],
+        "router_aux_loss_coef": moe["balance_loss_weight"],
+    }
+
+
+# the Gated DeltaNet's projections apart; in_proj_qkv holds all queries, then all keys, then all values
+UNFUSED_LINEAR_WEIGHTS = (
+    *(
+        Weight(f"blocks.{{i}}.attention.{ours}.weight", (f"{LINEAR}.in_proj_qkv.weight[{part}]",))
+        for ours, part in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"))
+    ),
+    Weight("blocks.{i}.attention.g_proj.weight", (f"{LINEAR}.in_proj_z.weight",)),
+    Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_b.weight",)),
+    Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_a.weight",)),
+)
+UNFUSED_QKV = Fused(
+    f"{LINEAR}.in_proj_qkv.weight", tuple(f"{LINEAR}.in_proj_qkv.weight[{p}]" for p in "qkv"), lambda m, i: 1
+)
+
 QWEN3_5_TEXT = Family(
     model_type="qwen3_5_text",
     architecture="Qwen3_5ForCausalLM",
@@ -53,23 +92,21 @@ QWEN3_5_TEXT = Family(
     ),
     assembly=QWEN3_NEXT.assembly | {"feed_forward": {"name": "swiglu", "bias": False}},
     requires=(SILU,),
-    weights=GATED_ATTENTION_WEIGHTS
-    + (
-        *(
-            Weight(f"blocks.{{i}}.attention.{ours}.weight", (f"{LINEAR}.in_proj_qkv.weight[{part}]",))
-            for ours, part in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"))
-        ),
-        Weight("blocks.{i}.attention.g_proj.weight", (f"{LINEAR}.in_proj_z.weight",)),
-        Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_b.weight",)),
-        Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_a.weight",)),
-    ),
+    weights=GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS,
     conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
     ignored=MTP_IGNORED,
-    fused=(
-        # all queries, then all keys, then all values: one group
-        Fused(
-            f"{LINEAR}.in_proj_qkv.weight", tuple(f"{LINEAR}.in_proj_qkv.weight[{p}]" for p in "qkv"), lambda m, i: 1
-        ),
-        *GATED_QUERIES,
-    ),
+    fused=(UNFUSED_QKV, *GATED_QUERIES),
+)
+
+QWEN3_5_MOE_TEXT = Family(
+    model_type="qwen3_5_moe_text",
+    architecture="Qwen3_5MoeForCausalLM",
+    fields=tuple(f for f in QWEN3_NEXT.fields if f.hf not in ("vocab_size", "num_hidden_layers"))
+    + (Field("vocab_size", ("vocab_size",), 248320), Field("num_hidden_layers", ("n_layers",), 40)),
+    assembly=QWEN3_NEXT.assembly,
+    requires=(SILU,),
+    weights=GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS + GATED_SHARED_EXPERT_WEIGHTS,
+    conversions=(Conversion(_read_moe_layers, _write_moe_layers), ROPE_SCALING),
+    ignored=MTP_IGNORED,
+    fused=(UNFUSED_QKV, *GATED_QUERIES),
 )

@@ -54,7 +54,7 @@ def _dense_layers(hf: dict) -> set[int]:
     return {i for i in range(n) if i in only or (i + 1) % step}
 
 
-def _mixture(hf: dict) -> dict[str, Any]:
+def mixture(hf: dict) -> dict[str, Any]:
     hidden, shared = hf.get("moe_intermediate_size", 512), hf.get("shared_expert_intermediate_size", 512)
     if shared <= 0 or shared % hidden:
         raise ValueError(
@@ -142,7 +142,7 @@ def _read_layers(hf: dict) -> dict[str, Any]:
     types, dense = layer_types(hf), _dense_layers(hf)
     swiglu = {"name": "swiglu", "hidden": hf.get("intermediate_size", 5632), "bias": False}
     return hybrid_kinds(types, dense, linear_kind(hf), swiglu) | {
-        "feed_forward": swiglu if len(dense) == len(types) else _mixture(hf)
+        "feed_forward": swiglu if len(dense) == len(types) else mixture(hf)
     }
 
 
@@ -219,6 +219,18 @@ GATED_ATTENTION_WEIGHTS = (
     Weight("final_norm.weight", ("model.norm.weight",)),
     Weight("head.weight", ("lm_head.weight",)),
 )
+# the experts, and the shared expert with its sigmoid gate
+GATED_SHARED_EXPERT_WEIGHTS = (
+    *expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj"),
+    *(
+        Weight(
+            f"blocks.{{i}}.feed_forward.shared.{ours}.weight",
+            (f"model.layers.{{i}}.mlp.shared_expert.{theirs}.weight",),
+        )
+        for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
+    ),
+    Weight("blocks.{i}.feed_forward.shared_gate.weight", ("model.layers.{i}.mlp.shared_expert_gate.weight",)),
+)
 GATED_QUERIES = tuple(
     Fused(
         f"{ATTENTION}.q_proj.{p}",
@@ -271,16 +283,8 @@ QWEN3_NEXT = Family(
         ),
         Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_ba.weight[b]",)),
         Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_ba.weight[a]",)),
-        *expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj"),
-        *(
-            Weight(
-                f"blocks.{{i}}.feed_forward.shared.{ours}.weight",
-                (f"model.layers.{{i}}.mlp.shared_expert.{theirs}.weight",),
-            )
-            for ours, theirs in (("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj"))
-        ),
-        Weight("blocks.{i}.feed_forward.shared_gate.weight", ("model.layers.{i}.mlp.shared_expert_gate.weight",)),
-    ),
+    )
+    + GATED_SHARED_EXPERT_WEIGHTS,
     conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
     ignored=MTP_IGNORED,
     fused=(
