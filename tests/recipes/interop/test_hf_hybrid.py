@@ -598,7 +598,7 @@ def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, chang
 
 def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
     """Qwen3-Next's published checkpoints carry an mtp.* module transformers does not load: import leaves it
-    out (until gptzoo has that component) and computes the same logits."""
+    out (gptzoo's MTP import reads DeepSeek-V3's layout only) and computes the same logits."""
     model = build("qwen3_next-linear")
     model.save_pretrained(tmp_path / "src")
     weights = load_file(str(tmp_path / "src" / "model.safetensors"))

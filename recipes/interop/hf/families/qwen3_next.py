@@ -6,9 +6,10 @@ Its checkpoints fuse what gptzoo keeps apart, group by group (``Fused``): a line
 value heads sharing it, and ``in_proj_ba`` their β and decay inputs; an attention layer's ``q_proj``
 holds, per head, its query rows and then its output gate's rows.
 
-The published checkpoints also carry a multi-token-prediction module (``mtp.*``), which transformers
-does not load either: import leaves those tensors out until gptzoo has that component, and export
-writes none.
+The published checkpoints also carry a multi-token-prediction module (``mtp.*``: fc, the two
+pre_fc norms, one decoder layer, norm), which transformers does not load either. gptzoo's MTP
+component reads DeepSeek-V3's layout only (families/mtp.py), so import leaves these tensors out
+and export writes none.
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ GATED_QUERIES = tuple(
     )
     for p in ("weight", "bias")
 )
-# the multi-token-prediction module, left out until gptzoo has that component (see the docstring)
+# the multi-token-prediction module, left out: its layout is not DeepSeek-V3's, which the MTP import reads
 MTP_IGNORED = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|mtp\..*"
 
 QWEN3_NEXT = Family(
