@@ -140,6 +140,7 @@ def test_model_config_json_round_trip(registry):
         "scaling": None,
         "fraction": 1.0,
         "layout": "halves",
+        "proportional": False,
     }
 
 

@@ -304,7 +304,8 @@ def write_run_config(folder: Path, overrides: list[str], registry) -> None:
 
 
 def test_export_names_each_setting_the_nearest_family_lacks(tmp_path, registry, capsys):
-    # Llama's assembly but for the output projection's bias, which Llama's attention_bias ties to the q/k/v biases.
+    # Llama's assembly but for a soft-capped head (the output projection's bias, this test's first
+    # choice, now exports as seed_oss, which reads it apart from the q/k/v biases).
     write_run_config(
         tmp_path / "run",
         [
@@ -312,14 +313,16 @@ def test_export_names_each_setting_the_nearest_family_lacks(tmp_path, registry, 
             "model.norm.name=rmsnorm",
             "model.feed_forward.name=swiglu",
             "model.n_kv_heads=2",
+            "model.attn_out_bias=false",
+            "model.head.softcap=30",
         ],
         registry,
     )
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert (
-        "no Hugging Face family has this assembly; as llama: attn_out_bias = true has no llama counterpart (llama: false)"
-        in err
+        "no Hugging Face family has this assembly; as llama: head 'lm' with softcap = 30.0 has no llama counterpart "
+        "(llama: null)" in err
     )
     assert "Traceback" not in err and not (tmp_path / "hf").exists()
 
