@@ -143,6 +143,31 @@ def _olmo_hybrid_gated_deltanet(mixer: Attention) -> Callable[[torch.Tensor], to
 REFERENCES["gated_deltanet"] = _olmo_hybrid_gated_deltanet
 
 
+def _lfm2_short_conv(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' Lfm2ShortConv (its PyTorch path: causal_conv1d is not installed) holding the weights of
+    ``short_conv`` (in_proj, the depthwise convolution, out_proj)."""
+    from transformers import Lfm2Config
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    dims = mixer.dims
+    config = Lfm2Config(
+        hidden_size=dims.d_model,
+        num_hidden_layers=1,
+        layer_types=["conv"],
+        num_attention_heads=dims.n_heads,
+        conv_L_cache=mixer.params.kernel_size,
+    )
+    twin = Lfm2ShortConv(config, layer_idx=0)
+    with torch.no_grad():
+        twin.in_proj.weight.copy_(mixer.in_proj.weight)
+        twin.conv.weight.copy_(mixer.conv.conv.weight)
+        twin.out_proj.weight.copy_(mixer.out_proj.weight)
+    return lambda x: twin(x)
+
+
+REFERENCES["short_conv"] = _lfm2_short_conv
+
+
 def _kimi_linear_delta_attention(mixer: Attention) -> Callable[[torch.Tensor], torch.Tensor]:
     """transformers' KimiLinearDeltaAttention (chunk_kimi_delta_attention, chunks of 64) holding the
     weights of ``kimi_delta`` (the same names but o_proj, and the forget gate's under forget_gate.)."""

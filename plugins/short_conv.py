@@ -11,6 +11,7 @@ Its reference is transformers' ``Lfm2ShortConv`` (models/lfm2/modeling_lfm2.py).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -56,12 +57,25 @@ class GatedShortConv(Attention):
         return params.kernel_size
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: RecurrentCache | None = None) -> Tensor:
+        if cache is None and not ctx.capturing:
+            return self._channels_first(x, ctx)
         b, c, v = self.in_proj(x).chunk(3, dim=-1)  # (B, T, C) each
         bv = zero_padding(b * v, ctx.valid)  # left padding leaves the convolution's window as it was
         y = c * self.conv(bv, cache.window if cache is not None else None)  # (B, T, C)
         if ctx.capturing:
             ctx.record(self.implicit_attention(zero_padding(b, ctx.valid), c))
         return self.out_proj(y)
+
+    def _channels_first(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """The same layer over a whole text, laid out as the convolution reads it: splitting the projection
+        along its outer dimension keeps the gates and their gradients contiguous (the backward's concatenation
+        along the last dimension cost more than the convolution)."""
+        T, K = x.size(1), self.params.kernel_size
+        b, c, v = self.in_proj(x).transpose(1, 2).chunk(3, dim=1)  # (B, C, T) each
+        bv = b * v if ctx.valid is None else b * v * ctx.valid[:, None, :].to(x.dtype)  # left padding zeroed
+        conv = self.conv.conv
+        y = c * F.conv1d(bv, conv.weight, conv.bias, padding=K - 1, groups=conv.groups)[..., :T]  # (B, C, T)
+        return self.out_proj(y.transpose(1, 2))  # (B, T, C)
 
     def implicit_attention(self, b: Tensor, c: Tensor) -> Tensor:
         """(B, C, T, T): A[:, ch, t, s] = c[t, ch] · w[ch, t - s] · b[s, ch] within the kernel, else 0."""
