@@ -10,7 +10,7 @@ from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight, qkv_rows
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_FIELDS, ROPE_SCALING
-from gptzoo.recipes.interop.hf.families.mamba import DT_LIMIT
+from gptzoo.recipes.interop.hf.families.mamba import DT_LIMIT, MAMBA2_MIXER
 
 SSM_MULTIPLIERS = 5  # z, x, B, C and dt of in_proj's output
 
@@ -146,18 +146,7 @@ FALCON_H1 = Family(
         ),
         *(
             Weight(f"blocks.{{i}}.attention.mixers.1.{name}", (_layer(f"mamba.{theirs}"),))
-            for name, theirs in (
-                ("in_proj.weight", "in_proj.weight"),
-                ("in_proj.bias", "in_proj.bias"),
-                ("conv1d.conv.weight", "conv1d.weight"),
-                ("conv1d.conv.bias", "conv1d.bias"),
-                ("dt_bias", "dt_bias"),
-                ("A_log", "A_log"),
-                ("D", "D"),
-                ("norm.weight", "norm.weight"),
-                ("out_proj.weight", "out_proj.weight"),
-                ("out_proj.bias", "out_proj.bias"),
-            )
+            for name, theirs in MAMBA2_MIXER
         ),
         *(
             Weight(f"blocks.{{i}}.feed_forward.{ours}.{p}", (_layer(f"feed_forward.{theirs}.{p}"),))

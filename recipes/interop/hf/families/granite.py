@@ -15,6 +15,7 @@ from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, W
 from gptzoo.recipes.interop.hf.families.llama import SILU, read_rope_scaling, write_rope_scaling
 from gptzoo.recipes.interop.hf.families.mamba import (
     BAMBA_DT_LIMIT,
+    MAMBA2_MIXER,
     bamba_mixer,
     write_bamba_mixer,
 )
@@ -191,21 +192,7 @@ GRANITEMOEHYBRID = Family(
             )
             for p in ("weight", "bias")
         ),
-        *(
-            Weight(f"blocks.{{i}}.attention.{name}", (_layer(f"mamba.{theirs}"),))
-            for name, theirs in (
-                ("in_proj.weight", "in_proj.weight"),
-                ("in_proj.bias", "in_proj.bias"),
-                ("conv1d.conv.weight", "conv1d.weight"),
-                ("conv1d.conv.bias", "conv1d.bias"),
-                ("dt_bias", "dt_bias"),
-                ("A_log", "A_log"),
-                ("D", "D"),
-                ("norm.weight", "norm.weight"),
-                ("out_proj.weight", "out_proj.weight"),
-                ("out_proj.bias", "out_proj.bias"),
-            )
-        ),
+        *(Weight(f"blocks.{{i}}.attention.{name}", (_layer(f"mamba.{theirs}"),)) for name, theirs in MAMBA2_MIXER),
         Weight("blocks.{i}.feed_forward.router.weight", (_layer("block_sparse_moe.router.layer.weight"),)),
         *(
             Weight(

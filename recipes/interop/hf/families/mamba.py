@@ -39,6 +39,21 @@ def _write_dt_limit(model: dict) -> dict[str, Any]:
 
 DT_LIMIT = Conversion(_read_dt_limit, _write_dt_limit)  # Δ is not clamped (time_step_limit [0, inf])
 
+# A Mamba-2 mixer's tensors: (name under gptzoo's mixer, name under transformers' Mamba2Mixer), for every
+# family that holds one (Mamba-2, Bamba, Nemotron-H, Granite 4.0-H, Falcon-H1).
+MAMBA2_MIXER = (
+    ("in_proj.weight", "in_proj.weight"),
+    ("in_proj.bias", "in_proj.bias"),
+    ("conv1d.conv.weight", "conv1d.weight"),
+    ("conv1d.conv.bias", "conv1d.bias"),
+    ("dt_bias", "dt_bias"),
+    ("A_log", "A_log"),
+    ("D", "D"),
+    ("norm.weight", "norm.weight"),
+    ("out_proj.weight", "out_proj.weight"),
+    ("out_proj.bias", "out_proj.bias"),
+)
+
 # Mamba-2's config.json names no trained context (the state does not grow): gptzoo's context is
 # then Mamba-2's pretraining length, 2048 tokens (Dao & Gu, 2024); decoding goes past it.
 MAMBA2_CONTEXT = 2048
@@ -82,18 +97,7 @@ MAMBA2 = Family(
         Weight("blocks.{i}.attn_norm.weight", ("backbone.layers.{i}.norm.weight",)),
         *(
             Weight(f"blocks.{{i}}.attention.{name}", (f"backbone.layers.{{i}}.mixer.{theirs}",))
-            for name, theirs in (
-                ("in_proj.weight", "in_proj.weight"),
-                ("in_proj.bias", "in_proj.bias"),
-                ("conv1d.conv.weight", "conv1d.weight"),
-                ("conv1d.conv.bias", "conv1d.bias"),
-                ("dt_bias", "dt_bias"),
-                ("A_log", "A_log"),
-                ("D", "D"),
-                ("norm.weight", "norm.weight"),
-                ("out_proj.weight", "out_proj.weight"),
-                ("out_proj.bias", "out_proj.bias"),
-            )
+            for name, theirs in MAMBA2_MIXER
         ),
         Weight("final_norm.weight", ("backbone.norm_f.weight",)),
         Weight("head.weight", ("lm_head.weight",)),
@@ -229,18 +233,7 @@ BAMBA = Family(
         ),
         *(
             Weight(f"blocks.{{i}}.attention.{name}", (_layer("{i}", f"mamba.{theirs}"),))
-            for name, theirs in (
-                ("in_proj.weight", "in_proj.weight"),
-                ("in_proj.bias", "in_proj.bias"),
-                ("conv1d.conv.weight", "conv1d.weight"),
-                ("conv1d.conv.bias", "conv1d.bias"),
-                ("dt_bias", "dt_bias"),
-                ("A_log", "A_log"),
-                ("D", "D"),
-                ("norm.weight", "norm.weight"),
-                ("out_proj.weight", "out_proj.weight"),
-                ("out_proj.bias", "out_proj.bias"),
-            )
+            for name, theirs in MAMBA2_MIXER
         ),
         *(
             Weight(f"blocks.{{i}}.feed_forward.{ours}.{p}", (_layer("{i}", f"feed_forward.{theirs}.{p}"),))

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight, period, qkv_rows
+from gptzoo.recipes.interop.hf.families.mamba import MAMBA2_MIXER
 
 # ---- Nemotron-H ------------------------------------------------------------------------------------
 
@@ -157,21 +158,7 @@ NEMOTRON_H = Family(
             (_mixer("{i}", "o_proj.weight"),),
             when="blocks.{i}.attention.qkv.weight",
         ),
-        *(
-            Weight(f"blocks.{{i}}.attention.{name}", (_mixer("{i}", theirs),))
-            for name, theirs in (
-                ("in_proj.weight", "in_proj.weight"),
-                ("in_proj.bias", "in_proj.bias"),
-                ("conv1d.conv.weight", "conv1d.weight"),
-                ("conv1d.conv.bias", "conv1d.bias"),
-                ("dt_bias", "dt_bias"),
-                ("A_log", "A_log"),
-                ("D", "D"),
-                ("norm.weight", "norm.weight"),
-                ("out_proj.weight", "out_proj.weight"),
-                ("out_proj.bias", "out_proj.bias"),
-            )
-        ),
+        *(Weight(f"blocks.{{i}}.attention.{name}", (_mixer("{i}", theirs),)) for name, theirs in MAMBA2_MIXER),
         Weight("blocks.{i}.feed_forward.in_proj.weight", (_mixer("{i}", "up_proj.weight"),)),
         Weight("blocks.{i}.feed_forward.in_proj.bias", (_mixer("{i}", "up_proj.bias"),)),
         Weight("blocks.{i}.feed_forward.out_proj.weight", (_mixer("{i}", "down_proj.weight"),)),
