@@ -445,6 +445,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def eot_id(self) -> int: ...
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids generation ends at: ``eot_id``, and any other end-of-turn ids the tokenizer's checkpoint names."""
+        return (self.eot_id,)
+
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 

@@ -3,7 +3,7 @@
 gptzoo import-hf writes the checkpoint's tokenizer.json into the run folder as this tokenizer's
 state (training a config from scratch fits a byte-level BPE with the same library instead), and its special tokens (tokenizer_config.json, generation_config.json) and chat template
 into the params. Encoding adds BOS where the checkpoint's tokenizer.json says (its post-processor, as transformers); generation stops at
-the first of the checkpoint's EOS ids. Chat templates are rendered with jinja2 in the sandbox
+any of the checkpoint's EOS ids (the first is its end-of-text id). Chat templates are rendered with jinja2 in the sandbox
 and with the options transformers' ``apply_chat_template`` uses, so a prompt reads token for
 token as transformers would build it.
 """
@@ -109,6 +109,12 @@ class HFTokenizer(Tokenizer):
         if eos is None:
             raise GptzooError("this 'hf' tokenizer has no end-of-sequence token (eos_token or eos_token_ids)")
         return eos
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        # Every id of generation_config.json's eos_token_id ends a turn, as in transformers' generate
+        # (Llama 3's chat turns end at <|eot_id|>, its second).
+        return tuple(self.params.eos_token_ids) or (self.eot_id,)
 
     def encode(self, text: str) -> list[int]:
         # tokenizer.json's post-processor adds BOS where the checkpoint expects it (Llama, Gemma), as in transformers.

@@ -114,7 +114,12 @@ def run(args: argparse.Namespace) -> int:
 
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator, eot_id=tokenizer.eot_id
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
     )
     # Each prompt prints as the tokenizer decodes it, the continuation as its ids decode after
     # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer
@@ -146,7 +151,13 @@ def _speculate(model, tokenizer, prompts: list[list[int]], shown: list[str], arg
     if streamer is not None:
         _write(shown[0])
     outputs = speculative_ids(
-        model, prompts, args.max_new_tokens, eot_id=tokenizer.eot_id, on_token=on_token, stats=stats
+        model,
+        prompts,
+        args.max_new_tokens,
+        eot_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
+        on_token=on_token,
+        stats=stats,
     )
     if streamer is not None:
         streamer.flush()

@@ -249,7 +249,13 @@ def respond_in_template(
         torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
     )
     [out] = generate_ids(
-        model, [ids], max_new_tokens, temperature=temperature, generator=generator, eot_id=tokenizer.eot_id
+        model,
+        [ids],
+        max_new_tokens,
+        temperature=temperature,
+        generator=generator,
+        eot_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
     )
     return tokenizer.decode(out).strip()
 

@@ -21,7 +21,7 @@ whose caches are bounded takes memory that does not grow with the number of toke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -87,31 +87,42 @@ def generate_ids(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
+    stop_ids: Collection[int] | None = None,
     use_cache: bool = True,
     on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new ids.
 
-    A row stops at ``eot_id`` (not included in its output); generation ends when every row
+    A row stops at ``eot_id``, or at any of ``stop_ids`` where given (``tokenizer.stop_ids``: a chat
+    checkpoint may end turns at several ids), which is not included in its output; generation ends when every row
     has stopped. ``on_token(row, id)`` is called as each output token is produced.
     ``use_cache=False`` re-runs the whole (cropped) sequence every step: slower, same tokens
     under greedy decoding.
     """
+    stops = stopping_ids(eot_id, stop_ids)
     text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=True)
     finished = [False] * len(prompts)
     produced = 0
     with _eval_mode(model):
         for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
             produced += 1
-            if eot_id is None and on_token is None:
+            if not stops and on_token is None:
                 continue  # nothing to decide on the host: no sync
-            if _note_tokens(next_ids, finished, eot_id, on_token):
+            if _note_tokens(next_ids, finished, stops, on_token):
                 break
+    return [until_stop(ids, stops) for ids in text.tokens[:, text.P : text.P + produced].tolist()]
 
-    out = text.tokens[:, text.P : text.P + produced].tolist()
-    if eot_id is not None:
-        out = [ids[: ids.index(eot_id)] if eot_id in ids else ids for ids in out]
-    return out
+
+def stopping_ids(eot_id: int | None, stop_ids: Collection[int] | None) -> frozenset[int]:
+    """The ids a row stops at: ``stop_ids`` where given, else ``eot_id`` (none: no stop)."""
+    if stop_ids is not None:
+        return frozenset(stop_ids)
+    return frozenset() if eot_id is None else frozenset({eot_id})
+
+
+def until_stop(ids: list[int], stops: frozenset[int]) -> list[int]:
+    """``ids`` up to the first of ``stops`` (not included)."""
+    return next((ids[:i] for i, token in enumerate(ids) if token in stops), ids)
 
 
 @torch.inference_mode()
@@ -126,6 +137,7 @@ def stream_ids(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eot_id: int | None = None,
+    stop_ids: Collection[int] | None = None,
     use_cache: bool = True,
 ) -> None:
     """``generate_ids`` that keeps none of its output: each token goes only to ``on_token(row, id)``.
@@ -135,11 +147,12 @@ def stream_ids(
     with ``max_new_tokens``; a model whose cache grows past its context is refused up front
     (``check_memory``) when the machine cannot hold that cache.
     """
+    stops = stopping_ids(eot_id, stop_ids)
     text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=False)
     finished = [False] * len(prompts)
     with _eval_mode(model):
         for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
-            if _note_tokens(next_ids, finished, eot_id, on_token):
+            if _note_tokens(next_ids, finished, stops, on_token):
                 break
 
 
@@ -276,13 +289,13 @@ def _hidden_states(
 
 
 def _note_tokens(
-    next_ids: Tensor, finished: list[bool], eot_id: int | None, on_token: Callable[[int, int], None] | None
+    next_ids: Tensor, finished: list[bool], stops: frozenset[int], on_token: Callable[[int, int], None] | None
 ) -> bool:
-    """Mark rows that produced ``eot_id`` finished and pass the others' tokens to ``on_token``; True when all are finished."""
+    """Mark rows that produced one of ``stops`` finished and pass the others' tokens to ``on_token``; True when all are finished."""
     for row, token in enumerate(next_ids.tolist()):
         if finished[row]:
             continue
-        if token == eot_id:
+        if token in stops:
             finished[row] = True
         elif on_token is not None:
             on_token(row, token)
@@ -406,6 +419,7 @@ def complete(
         top_p=top_p,
         generator=generator,
         eot_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
         on_token=(lambda row, token: streamer.add(token)) if streamer is not None else None,
     )
     if streamer is not None:

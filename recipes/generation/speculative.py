@@ -16,14 +16,14 @@ decoding (``generate_ids``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, Attention, GptzooError, KVCache
-from gptzoo.recipes.generation.generate import _eval_mode, _note_tokens, generate_ids
+from gptzoo.recipes.generation.generate import _eval_mode, _note_tokens, generate_ids, stopping_ids, until_stop
 
 
 @dataclass
@@ -56,6 +56,7 @@ def speculative_ids(
     max_new_tokens: int,
     *,
     eot_id: int | None = None,
+    stop_ids: Collection[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     stats: Speculation | None = None,
 ) -> list[list[int]]:
@@ -74,15 +75,16 @@ def speculative_ids(
         tokens[row, P - len(prompt) :], real[row, : P - len(prompt)] = torch.tensor(prompt), False
     tokens, real = tokens.to(device), real.to(device)
     if P >= room or max_new_tokens == 0:
-        return generate_ids(model, prompts, max_new_tokens, eot_id=eot_id, on_token=on_token)
+        return generate_ids(model, prompts, max_new_tokens, eot_id=eot_id, stop_ids=stop_ids, on_token=on_token)
 
     out: list[Tensor] = []
     finished = [False] * B
+    stops = stopping_ids(eot_id, stop_ids)
 
     def emit(ids: Tensor) -> bool:
         """Keep ids (B, 1); True when generation is over."""
         out.append(ids)
-        all_finished = _note_tokens(ids[:, 0], finished, eot_id, on_token)
+        all_finished = _note_tokens(ids[:, 0], finished, stops, on_token)
         return all_finished or len(out) == max_new_tokens
 
     with _eval_mode(model):
@@ -113,12 +115,11 @@ def speculative_ids(
             [p + o for p, o in zip(prompts, ids, strict=True)],
             max_new_tokens - len(ids[0]),
             eot_id=eot_id,
+            stop_ids=stop_ids,
             on_token=on_token,
         )
         ids = [o + r for o, r in zip(ids, rest, strict=True)]
-    if eot_id is not None:
-        ids = [row[: row.index(eot_id)] if eot_id in row else row for row in ids]
-    return ids
+    return [until_stop(row, stops) for row in ids]
 
 
 def _draft(

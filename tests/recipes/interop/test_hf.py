@@ -1182,6 +1182,30 @@ def test_generate_and_chat_work_on_an_imported_run_and_the_tokenizer_exports(cha
     assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == [3, 1]
 
 
+def test_generation_stops_at_every_end_of_turn_id_the_checkpoint_names(chat_checkpoint, tmp_path, capsys):
+    """generation_config.json's eos_token_id may name several ids (Llama 3's chat turns end at <|eot_id|>, the
+    second of three): transformers' generate stops at any of them, and so do generate and chat."""
+    model, src = chat_checkpoint
+    reference = transformers.AutoTokenizer.from_pretrained(src)
+    prompt = reference("Hello world").input_ids
+    with torch.no_grad():
+        free = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None)
+    free = free[0, len(prompt) :].tolist()
+    stop = next(t for t in free[2:] if t not in free[:2])  # a token the model reaches only after two others
+    (src / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [3, stop]}))
+    assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=[3, stop], pad_token_id=1
+        )[0, len(prompt) :].tolist()
+    assert out[-1] == stop and len(out) < 8  # transformers stopped there
+    for streaming in ([], ["--no-stream"]):
+        argv = ["generate", str(tmp_path / "run"), "--prompt", "Hello world", "--max-new-tokens", "8", *streaming]
+        assert main(argv) == 0
+        assert capsys.readouterr().out == reference.decode(prompt + out[:-1]) + "\n"
+
+
 def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matches(tmp_path, registry):
     """configs/llama-style.toml is Llama's, Mistral's and Phi-3's assembly alike: with no source recorded, the first (llama)."""
     from gptzoo.core import GPT
