@@ -14,11 +14,13 @@ Written out for one sublayer f (the mixer a, then the feed-forward), with n = no
 Either sublayer may be ``none`` (a mixer-only layer as Mamba-2's, a feed-forward-only layer as
 Nemotron-H's): the block then builds neither it nor its norms. β is Granite's
 ``residual_multiplier``. All but ``parallel`` and ``no_shortcut`` may end in a per-layer input
-(``per_layer_input``: Gemma 3n and Gemma 4's per-layer embeddings, plugins/per_layer_input.py).
+(``per_layer_input``: Gemma 3n and Gemma 4's per-layer embeddings, plugins/per_layer_input.py), then
+multiply the whole stream by a learned scalar (``layer_scalar``: Gemma 4).
 """
 
 from collections.abc import Callable
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -43,6 +45,11 @@ class SublayerParams(ResidualParams):
         description="the size of each layer's own input, from a second embedding table by token id, added after "
         "the sublayers through a gated branch (Gemma 3n and Gemma 4's per-layer embeddings, "
         "hidden_size_per_layer_input); None: none",
+    )
+    layer_scalar: bool = Field(
+        False,
+        description="multiply the stream leaving the block (its input plus every branch) by a learned scalar "
+        "starting at 1 (Gemma 4's layer_scalar)",
     )
 
 
@@ -75,6 +82,7 @@ class _Sublayers(Block):
         self.dropout = nn.Dropout(dims.dropout)
         size = getattr(params, "per_layer_input", None)
         self.per_layer_input = PerLayerInput(size, dims, layer) if size is not None else None
+        self.layer_scalar = nn.Parameter(torch.ones(1)) if getattr(params, "layer_scalar", False) else None
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
         if self.mixes:
@@ -85,6 +93,8 @@ class _Sublayers(Block):
             x = self.step(x, self.feed_forward, self.ffn_norm, getattr(self, "ffn_out_norm", None))
         if self.per_layer_input is not None:
             x = self.per_layer_input(x, ctx)
+        if self.layer_scalar is not None:  # in the stream's dtype, which a float32 scalar would promote
+            x = x * self.layer_scalar.to(x.dtype)
         return x
 
     def join(self, x: Tensor, branch: Tensor) -> Tensor:

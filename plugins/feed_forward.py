@@ -134,6 +134,11 @@ class GLUParams(Params):
     out_multiplier: float = Field(
         1.0, description="multiplies the output projection's output (Falcon-H1's µP mlp_multipliers[1])"
     )
+    double_wide_kv_shared: bool = Field(
+        False,
+        description="twice the hidden width on layers that attend with another layer's keys and values "
+        "(kv_shared_layers; Gemma 4's use_double_wide_mlp)",
+    )
 
 
 def glu_hidden(d_model: int) -> int:
@@ -150,6 +155,8 @@ class _GatedLinearUnit(FeedForward):
     def __init__(self, params: GLUParams, dims: Dims):
         super().__init__(params, dims)
         hidden = params.hidden or glu_hidden(dims.d_model)
+        if params.double_wide_kv_shared and dims.kv_from is not None:
+            hidden *= 2
         self.gate_proj = nn.Linear(dims.d_model, hidden, bias=params.bias)
         self.up_proj = nn.Linear(dims.d_model, hidden, bias=params.bias)
         self.out_proj = nn.Linear(hidden, dims.d_model, bias=params.bias)

@@ -3,7 +3,9 @@ layers with 2 key/value heads of 8, global layers with 1 of 16 whose keys are th
 which rotate with proportional RoPE (a quarter of the pairs turning), the
 last layers attending with the keys and values of the last earlier layer of their kind
 (``kv_shared_layers``, transformers' num_kv_shared_layers), and per-layer embeddings (the
-blocks' ``per_layer_input``, transformers' hidden_size_per_layer_input)."""
+blocks' ``per_layer_input``, transformers' hidden_size_per_layer_input); with ``wide``, the sharing
+layers' MLPs twice as wide (the feed-forward's ``double_wide_kv_shared``, use_double_wide_mlp) and each
+layer's output scaled by its own number (the block's ``layer_scalar``, transformers' buffer of that name)."""
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ LAYER_TYPES = ["sliding_attention", "sliding_attention", "full_attention"] * 2
 SHARED = 3  # layers 3 and 4 (local) read layer 1, layer 5 (global) reads layer 2
 
 
-def their_model(shared: int = SHARED, per_layer: int = 0):
+def their_model(shared: int = SHARED, per_layer: int = 0, wide: bool = False):
     from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig
     from transformers.models.gemma4.modeling_gemma4 import Gemma4ForCausalLM
 
@@ -42,6 +44,7 @@ def their_model(shared: int = SHARED, per_layer: int = 0):
         },
         max_position_embeddings=64,
         pad_token_id=0,
+        use_double_wide_mlp=wide,
         attn_implementation="eager",
     )
     torch.manual_seed(0)
@@ -49,10 +52,13 @@ def their_model(shared: int = SHARED, per_layer: int = 0):
     with torch.no_grad():
         for p in model.parameters():  # norms away from 1, so a misplaced one shows
             p.add_(0.1 * torch.randn_like(p))
+        if wide:  # their layer_scalar is a buffer: away from 1 too
+            for layer in model.model.layers:
+                layer.layer_scalar.uniform_(0.5, 1.5)
     return model
 
 
-def our_config(registry, shared: int = SHARED, per_layer: int | None = None):
+def our_config(registry, shared: int = SHARED, per_layer: int | None = None, wide: bool = False):
     attention = {"qk_norm": "per_head", "v_norm": True, "scale": 1.0}
     return registry.model_config(
         {
@@ -68,9 +74,9 @@ def our_config(registry, shared: int = SHARED, per_layer: int | None = None):
             "embedding_scale": "sqrt_d_model",
             "positional": {"name": "rope", "base": 10000.0},
             "attention": {"name": "sdpa", **attention},
-            "feed_forward": {"name": "geglu", "hidden": 64},
+            "feed_forward": {"name": "geglu", "hidden": 64, "double_wide_kv_shared": wide},
             "norm": {"name": "rmsnorm", "eps": 1e-6},
-            "block": {"name": "sandwich", "per_layer_input": per_layer},
+            "block": {"name": "sandwich", "per_layer_input": per_layer, "layer_scalar": wide},
             "kv_shared_layers": shared,
             "layer_kinds": {
                 "local": {"attention": {"name": "sliding_window", "window": 4, **attention}},
@@ -86,7 +92,7 @@ def our_config(registry, shared: int = SHARED, per_layer: int | None = None):
     )
 
 
-def their_weights(theirs, n_layers: int = 6) -> dict:
+def their_weights(theirs, n_layers: int = 6, scalars: bool = False) -> dict:
     """transformers' Gemma 4 weights under gptzoo's names."""
     hf = {k.removeprefix("model."): v for k, v in theirs.state_dict().items()}
     ours = {"token_embedding.weight": hf["embed_tokens.weight"], "final_norm.weight": hf["norm.weight"]}
@@ -104,6 +110,8 @@ def their_weights(theirs, n_layers: int = 6) -> dict:
             ours[b + mine + ".weight"] = hf[f"layers.{i}.{their}.weight"]
         for mine, their in [("gate_proj", "gate_proj"), ("up_proj", "up_proj"), ("out_proj", "down_proj")]:
             ours[b + f"feed_forward.{mine}.weight"] = hf[f"layers.{i}.mlp.{their}.weight"]
+        if scalars:
+            ours[b + "layer_scalar"] = hf[f"layers.{i}.layer_scalar"]
         if "embed_tokens_per_layer.weight" in hf:  # their packed table and projection, sliced per layer
             P = hf[f"layers.{i}.per_layer_input_gate.weight"].size(0)
             ours[b + "per_layer_input.embedding.weight"] = hf["embed_tokens_per_layer.weight"][:, i * P : (i + 1) * P]
@@ -115,19 +123,21 @@ def their_weights(theirs, n_layers: int = 6) -> dict:
     return ours
 
 
-def load_theirs(registry, theirs, shared: int = SHARED, per_layer: int | None = None):
-    ours = build(our_config(registry, shared, per_layer))
-    weights = their_weights(theirs)
+def load_theirs(registry, theirs, shared: int = SHARED, per_layer: int | None = None, wide: bool = False):
+    ours = build(our_config(registry, shared, per_layer, wide))
+    weights = their_weights(theirs, scalars=wide)
     weights["head.weight"] = weights["token_embedding.weight"]  # tied
     ours.load_state_dict(weights, strict=True)
     return ours
 
 
-@pytest.mark.parametrize("shared, per_layer", [(0, None), (SHARED, None), (SHARED, 8)])
+@pytest.mark.parametrize(
+    "shared, per_layer, wide", [(0, None, False), (SHARED, None, False), (SHARED, 8, False), (SHARED, 8, True)]
+)
 @torch.no_grad()
-def test_gemma4_text_model_matches_transformers(registry, shared, per_layer):
-    theirs = their_model(shared, per_layer or 0)
-    ours = load_theirs(registry, theirs, shared, per_layer)
+def test_gemma4_text_model_matches_transformers(registry, shared, per_layer, wide):
+    theirs = their_model(shared, per_layer or 0, wide)
+    ours = load_theirs(registry, theirs, shared, per_layer, wide)
     idx = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(1))
     # output_hidden_states keeps their forward from slicing the prompt before the sharing layers, which
     # fails without per-layer inputs in transformers 5.24 (and changes nothing in the logits).
@@ -245,3 +255,35 @@ def test_per_layer_input_is_settable_and_checked(registry):
     )
     with pytest.raises(ConfigError, match="block 'sandwich': per_layer_input"):
         registry.model_config(apply_overrides(data, ["model.block.per_layer_input=0"])["model"])
+
+
+def test_double_wide_mlp_and_layer_scalar_count_and_pass_the_kit(registry):
+    """Only the sharing layers (3, 4 and 5) widen their MLP; each block owns one scalar, starting at 1."""
+    plain, wide = build(our_config(registry)), build(our_config(registry, wide=True))
+    assert [b.feed_forward.gate_proj.out_features for b in wide.blocks] == [64] * 3 + [128] * 3
+    assert wide.param_counts()["feed_forward"] - plain.param_counts()["feed_forward"] == 3 * (3 * 32 * 64)
+    assert wide.param_counts()["block"] - plain.param_counts()["block"] == 6
+    assert all(b.layer_scalar.tolist() == [1.0] for b in wide.blocks)
+    check_kv_cache(wide)
+    check_padded_batch(wide)
+    compiled = torch.compile(wide, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(compiled(idx), wide(idx))
+    torch._dynamo.reset()
+
+
+def test_layer_scalar_scales_the_whole_stream_and_keeps_its_dtype(registry):
+    """x · s after the block, the residual included (Gemma 4 scales hidden_states, not the branches)."""
+    from gptzoo.testing import tiny_config
+
+    config = tiny_config(registry, norm="rmsnorm", block={"name": "pre_norm", "layer_scalar": True})
+    block = build(config).blocks[0]
+    x = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(6))
+    ctx_model = build(config)
+    ctx = ctx_model.attention_contexts(torch.zeros(1, 4, dtype=torch.long))[None]
+    with torch.no_grad():
+        unscaled = block(x, ctx)
+        block.layer_scalar.fill_(0.5)
+        torch.testing.assert_close(block(x, ctx), 0.5 * unscaled)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a float32 scalar leaves a bfloat16 stream bfloat16
+            assert block(x.bfloat16(), ctx).dtype == torch.bfloat16
