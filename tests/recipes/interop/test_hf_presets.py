@@ -678,6 +678,41 @@ PUBLISHED = {
         },
         354_483_968,
     ),
+    "lfm2_moe": (
+        {  # LiquidAI/LFM2-8B-A1B, not read from the Hub here (no network): recalled from the published config.json
+            # (transformers' Lfm2MoeConfig defaults are this size), with 6 attention layers among 24 as the model
+            # card has them; their order in layer_types is not checked against the Hub's file (the count does not
+            # depend on it). The count is what transformers' Lfm2MoeForCausalLM gives, the card's 8.3 B (1.5 B active).
+            "model_type": "lfm2_moe",
+            "architectures": ["Lfm2MoeForCausalLM"],
+            "vocab_size": 65536,
+            "hidden_size": 2048,
+            "intermediate_size": 7168,
+            "moe_intermediate_size": 1792,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 128000,
+            "norm_eps": 1e-05,
+            "rope_theta": 1000000.0,
+            "conv_L_cache": 3,
+            "conv_bias": False,
+            "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv"]
+            + ["conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv"]
+            + ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv"],
+            "num_dense_layers": 2,
+            "num_experts": 32,
+            "num_experts_per_tok": 4,
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 1.0,
+            "use_expert_bias": True,
+            "tie_word_embeddings": True,
+            "bos_token_id": 1,
+            "eos_token_id": 7,
+            "pad_token_id": 0,
+        },
+        8_339_929_856,
+    ),
     "nemotron_h": (
         {  # nvidia/Nemotron-H-8B-Base-8K, not read from the Hub here (no network): written from transformers'
             # NemotronHConfig defaults (its docs' 8B) and the model card's 24 Mamba-2, 24 MLP and 4 attention layers;
@@ -1115,6 +1150,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("minimax", 48_403_306_496),
         ("granitemoehybrid", 1_465_470_528),
         ("qwen3_5_moe_text", 3_454_988_928),
+        ("lfm2_moe", 1_557_740_288),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):

@@ -47,7 +47,7 @@ from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
 from gptzoo.recipes.interop.hf.families.granite import GRANITEMOEHYBRID
 from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
-from gptzoo.recipes.interop.hf.families.lfm2 import LFM2
+from gptzoo.recipes.interop.hf.families.lfm2 import LFM2, LFM2_MOE
 from gptzoo.recipes.interop.hf.families.llama import APERTUS, LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
@@ -110,6 +110,7 @@ FAMILIES: dict[str, Family] = {
         MINIMAX,
         MAMBA2,
         LFM2,
+        LFM2_MOE,
         NEMOTRON_H,
         BAMBA,
         FALCON_H1,

@@ -1,4 +1,5 @@
-"""LFM2: gated short convolutions and attention layers, each with a SwiGLU."""
+"""LFM2: gated short convolutions and attention layers, each with a SwiGLU; LFM2-MoE: the same layers with
+experts after the first few."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight, period, qkv_rows
 from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING
+from gptzoo.recipes.interop.hf.families.moe import expert_weights
 
 # ---- LFM2 ------------------------------------------------------------------------------------------
 
@@ -136,4 +138,80 @@ LFM2 = Family(
         ROPE_SCALING,
     ),
     legacy=_lfm2_legacy,
+)
+
+
+# ---- LFM2-MoE: LFM2's layers, the first num_dense_layers with a SwiGLU and the rest with experts ---
+
+
+def _read_lfm2_moe_layers(hf: dict) -> dict[str, Any]:
+    """LFM2's convolution and attention layers; a SwiGLU intermediate_size wide on the first num_dense_layers
+    (``conv_dense``, ``attention_dense`` where others have experts), sigmoid-scored experts on the rest."""
+    types, n = hf["layer_types"], hf["num_hidden_layers"]
+    read = _read_lfm2_layers(hf) or {"layer_pattern": [], "layer_kinds": {}}
+    conv = read["layer_kinds"].get("conv", {})
+    kinds = [LFM2_KINDS[t] for t in types]
+    dense = min(hf.get("num_dense_layers", 2), n)
+    swiglu = {"name": "swiglu", "hidden": hf.get("intermediate_size", 7168), "bias": False}
+    if dense == n:
+        return read | {"feed_forward": swiglu}
+    moe = {
+        "name": "moe",
+        "scoring": "sigmoid",
+        "n_experts": hf.get("num_experts", 32),
+        "top_k": hf.get("num_experts_per_tok", 4),
+        "hidden": hf.get("moe_intermediate_size", 1792),
+        "normalize_top_k": hf.get("norm_topk_prob", True),
+        "routed_scale": hf.get("routed_scaling_factor", 1.0),
+        "expert_bias": hf.get("use_expert_bias", True),
+    }
+    names = [k + ("_dense" if i < dense else "") for i, k in enumerate(kinds)]
+    layer_kinds = {"conv": conv, "attention": {}, "conv_dense": conv | {"feed_forward": swiglu}}
+    layer_kinds["attention_dense"] = {"feed_forward": swiglu}
+    return {
+        "layer_pattern": period(names),
+        "layer_kinds": {k: v for k, v in layer_kinds.items() if k in names},
+        "feed_forward": moe,
+    }
+
+
+def _write_lfm2_moe_layers(model: dict) -> dict[str, Any]:
+    pattern, kinds = model.get("layer_pattern") or [], model.get("layer_kinds") or {}
+    layers = [kinds.get(pattern[i % len(pattern)], {}) if pattern else {} for i in range(model["n_layers"])]
+    feed_forwards = [k.get("feed_forward") or model["feed_forward"] for k in layers]
+    other = next((f["name"] for f in feed_forwards if f["name"] not in ("moe", "swiglu")), None)
+    if other is not None:
+        raise ValueError(f"feed_forward '{other}' has no lfm2_moe counterpart (moe or swiglu)")
+    dense = next((i for i, f in enumerate(feed_forwards) if f["name"] == "moe"), len(feed_forwards))
+    if any(f["name"] != "moe" for f in feed_forwards[dense:]):
+        raise ValueError("lfm2_moe's SwiGLU layers are the first ones only (num_dense_layers), then experts")
+    hf = _write_lfm2_layers(model) | {"num_dense_layers": dense}
+    if dense:
+        hf["intermediate_size"] = feed_forwards[0]["hidden"]
+    if dense == len(feed_forwards):
+        return hf
+    moe = feed_forwards[dense]
+    return hf | {
+        "num_experts": moe["n_experts"],
+        "num_experts_per_tok": moe["top_k"],
+        "moe_intermediate_size": moe["hidden"],
+        "norm_topk_prob": moe["normalize_top_k"],
+        "routed_scaling_factor": moe["routed_scale"],
+        "use_expert_bias": moe["expert_bias"],
+    }
+
+
+LFM2_MOE = Family(
+    model_type="lfm2_moe",
+    architecture="Lfm2MoeForCausalLM",
+    fields=tuple(f for f in LFM2.fields if f.hf not in ("hidden_size", "vocab_size"))
+    + (Field("vocab_size", ("vocab_size",), 65536), Field("hidden_size", ("d_model",), 2048)),
+    # LFM2's, its experts scored by a sigmoid, chosen with a bias (expert_bias, a buffer) and renormalised
+    assembly={k: v for k, v in LFM2.assembly.items() if k != "feed_forward"},
+    requires=LFM2.requires,
+    weights=LFM2.weights
+    + expert_weights("model.layers.{i}.feed_forward", "w1", "w3", "w2")
+    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.feed_forward.expert_bias",)),),
+    conversions=(Conversion(_read_lfm2_moe_layers, _write_lfm2_moe_layers), ROPE_SCALING),
+    legacy=lambda hf: {("tie_word_embeddings" if k == "tie_embedding" else k): v for k, v in hf.items()},
 )

@@ -1,0 +1,250 @@
+"""import-hf / export-hf for LFM2-MoE (LFM2's gated short convolutions and attention layers, the first
+num_dense_layers with a SwiGLU and the rest with sigmoid-scored experts): parity with transformers' own models.
+
+As tests/recipes/interop/test_hf_hybrid.py does, each case builds transformers' model from a tiny random config
+covering the family's options, saves it, imports it and checks: logits within 1e-4 on a left-padded batch; 20
+greedy tokens through gptzoo's cache equal to transformers' generate from a left-padded batch; export ->
+from_pretrained -> the same logits and the same tensors; generation past the trained context as transformers
+generates it, with a cache that does not grow where every layer is a convolution.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+CONTEXT = 48  # max_position_embeddings of the tiny models: generation goes past it
+
+# name -> (its settings, whether every layer is a convolution)
+CASES = {
+    # convolution (a SwiGLU: num_dense_layers 1), attention, convolution, convolution, each with 6 experts of which
+    # 2 are chosen with the choosing bias, renormalised and scaled by 2; GQA with QK-norm per head; tied head
+    "lfm2_moe": (
+        dict(
+            hidden_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            layer_types=["conv", "full_attention", "conv", "conv"],
+            num_dense_layers=1,
+            intermediate_size=40,
+            moe_intermediate_size=16,
+            num_experts=6,
+            num_experts_per_tok=2,
+            routed_scaling_factor=2.0,
+            conv_L_cache=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            tie_word_embeddings=True,
+        ),
+        False,
+    ),
+    # (attention, convolution) twice after two dense layers, multi-query, a 4-wide convolution, no choosing bias,
+    # top-k weights not renormalised, 4 experts of which 3 are chosen, linear rope scaling, untied head
+    "lfm2_moe-periodic": (
+        dict(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            layer_types=["full_attention", "conv"] * 2,
+            num_dense_layers=2,
+            intermediate_size=24,
+            moe_intermediate_size=8,
+            num_experts=4,
+            num_experts_per_tok=3,
+            use_expert_bias=False,
+            norm_topk_prob=False,
+            conv_L_cache=4,
+            rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+            tie_word_embeddings=False,
+        ),
+        False,
+    ),
+    # every layer a convolution with experts: decodes past the context with a fixed cache
+    "lfm2_moe-conv": (
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            layer_types=["conv"] * 2,
+            num_dense_layers=0,
+            moe_intermediate_size=8,
+            num_experts=3,
+            num_experts_per_tok=2,
+        ),
+        True,
+    ),
+}
+
+
+def build(case: str):
+    settings, _ = CASES[case]
+    config = transformers.Lfm2MoeConfig(
+        **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers starts the choosing bias at 0 and norms at 1: randomise all
+        for name, b in model.named_buffers():
+            if name.endswith("expert_bias"):  # saved with the weights, so randomised too
+                b.copy_(0.3 * torch.randn_like(b))
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows of 40 tokens, two of them left-padded: (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, V, (3, 40), generator=g)
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[1, :5], mask[2, :19] = False, False
+    return idx, mask
+
+
+def hf_logits(model, idx, mask):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
+
+
+def greedy(model, prompts, n):
+    """transformers' n greedy tokens after each prompt, from a left-padded batch (recomputing the whole text at
+    each step where no layer is attention: transformers' cache then cannot tell its length)."""
+    width = max(len(p) for p in prompts)
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            use_cache="full_attention" in model.config.layer_types,
+        )
+    return out[:, width:].tolist()
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask = padded_batch()
+    expected = hf_logits(model, idx, mask)
+    prompts = [idx[0, :11].tolist(), idx[1, :3].tolist()]
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
+    assert sorted(exported) == sorted(set(original) - tied)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "lfm2_moe"
+    assert (config["layer_types"], config["num_dense_layers"]) == (
+        model.config.layer_types,
+        model.config.num_dense_layers,
+    )
+
+
+def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoint, tmp_path):
+    """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; where every layer is a
+    convolution, the cache holds as many bytes for one token as for the whole text."""
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
+    prompt = padded_batch()[0][0, :5].tolist()
+    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    assert run.model.bounded_cache() == CASES[case][1]
+    if CASES[case][1]:
+        assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10**4)
+
+
+def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint, tmp_path, capsys):
+    """Each layer's mixer and feed-forward as transformers builds them; the total is transformers' count, and
+    active per token the total less each mixture's idle experts."""
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    pattern, n = model["layer_pattern"], model["n_layers"]
+    kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)]
+    mixers = [(k.get("attention") or model["attention"])["name"] for k in kinds]
+    assert mixers == ["short_conv" if t == "conv" else "sdpa" for t in hf_model.config.layer_types]
+    feed_forwards = [(k.get("feed_forward") or model["feed_forward"])["name"] for k in kinds]
+    assert feed_forwards == [
+        "moe" if hasattr(layer.feed_forward, "experts") else "swiglu" for layer in hf_model.model.layers
+    ]
+    config, moe = hf_model.config, model["feed_forward"]
+    assert (moe["scoring"], moe["expert_bias"], moe["normalize_top_k"], moe["routed_scale"], moe["top_k"]) == (
+        "sigmoid",
+        config.use_expert_bias,
+        config.norm_topk_prob,
+        config.routed_scaling_factor,
+        config.num_experts_per_tok,
+    )
+    assert info["parameters"]["total"] == hf_model.num_parameters()
+    idle = (config.num_experts - config.num_experts_per_tok) * 3 * config.moe_intermediate_size * config.hidden_size
+    assert info["active_parameters_per_token"] == hf_model.num_parameters() - feed_forwards.count("moe") * idle
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"conv_bias": True}, "conv_bias = true is not supported for lfm2_moe (gptzoo's short_conv has no biases"),
+        (
+            {"layer_types": ["conv", "sliding_attention", "conv", "conv"]},
+            'layer_types = ["conv", "sliding_attention", "conv", "conv"] is not supported',
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+            'rope_parameters.rope_type = "dynamic" is not supported for lfm2_moe',
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
+    build("lfm2_moe").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
