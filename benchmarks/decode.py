@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES, build  # noqa: E402
 
 from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
-from gptzoo.recipes.generation.stored_weights import StoredMatrix, store_weights  # noqa: E402
+from gptzoo.recipes.generation.stored_weights import StoredEmbedding, StoredHead, store_weights  # noqa: E402
 
 PROMPT = 16
 
@@ -63,19 +63,21 @@ def bandwidth(megabytes: int = 512, reps: int = 5) -> float:
 def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int) -> int:
     """What one greedy step of gptzoo's GPT reads: every matrix it multiplies, in its stored form, the other
     weights used whole (norms, biases), one row of each lookup table, and the KV cache at the mean length."""
-    head = getattr(model.head, "weight", None)
+    head = model.head.matrix if isinstance(model.head, StoredHead) else model.head
+    looked_up = set()  # tensors only looked up a row at a time: tables the head does not multiply by
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.weight is not getattr(head, "weight", None):
+            looked_up.add(id(module.weight))
+        if isinstance(module, StoredEmbedding) and module.matrix is not head:
+            looked_up |= {id(module.matrix.stored), id(module.matrix.scale)}
     total, seen = 0, set()
     for module in model.modules():
-        own = [t for _, t in module.named_parameters(recurse=False)]
-        own += [t for t in vars(module).values() if isinstance(t, StoredMatrix)]
-        for tensor in own:
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            parts = [tensor.stored, tensor.scale] if isinstance(tensor, StoredMatrix) else [tensor]
-            n_bytes = sum(t.numel() * t.element_size() for t in parts if t is not None)
-            looked_up = isinstance(module, nn.Embedding) and tensor is not head
-            total += n_bytes // parts[0].shape[0] if looked_up else n_bytes  # a lookup reads one row
+            n_bytes = tensor.numel() * tensor.element_size()
+            total += n_bytes // tensor.shape[0] if id(tensor) in looked_up else n_bytes  # a lookup reads one row
     mean_length = PROMPT + new_tokens / 2
     return total + 2 * shape["n_layers"] * shape["d_model"] * int(mean_length) * 4
 

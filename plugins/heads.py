@@ -51,7 +51,10 @@ class LMHead(Head):
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        logits = F.linear(x, self.weight)  # (B, T, V)
+        return self.finish(F.linear(x, self.weight))  # (B, T, V)
+
+    def finish(self, logits: Tensor) -> Tensor:
+        """The projected logits (B, T, V) scaled, capped and with the padding ids masked, as the head gives them."""
         if self.params.logit_scale != 1.0:
             logits = logits * self.params.logit_scale
         if self.params.softcap is not None:

@@ -4,13 +4,18 @@ commands' --weight-storage option."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gptzoo.core import GPT
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.generation.stored_weights import DECODE_ROWS, StoredMatrix, store_weights
+from gptzoo.recipes.generation.stored_weights import (
+    DECODE_ROWS,
+    StoredEmbedding,
+    StoredHead,
+    StoredLinear,
+    store_weights,
+)
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import make_registry
 
@@ -28,23 +33,23 @@ def int8_by_hand(w: torch.Tensor) -> torch.Tensor:
 def test_int8_products_equal_bf16_activations_times_the_dequantized_rows(k):
     torch.manual_seed(0)
     w, x = torch.randn(40, k), torch.randn(3, 5, k)
-    stored = StoredMatrix(w, "int8")
+    stored = StoredLinear(w, None, "int8")
     expected = x.to(torch.bfloat16).float() @ int8_by_hand(w).T  # (3, 5, 40)
-    torch.testing.assert_close(F.linear(x, stored), expected, rtol=1e-2, atol=1e-2)
-    assert (F.linear(x, stored) - x @ w.T).abs().max() < 0.1 * (x @ w.T).abs().max()
+    torch.testing.assert_close(stored(x), expected, rtol=1e-2, atol=1e-2)
+    assert (stored(x) - x @ w.T).abs().max() < 0.1 * (x @ w.T).abs().max()
 
 
 def test_a_prefill_multiplies_fp32_activations_by_the_dequantized_rows():
     torch.manual_seed(0)
     w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(1, DECODE_ROWS + 1, 16)
-    torch.testing.assert_close(F.linear(x, StoredMatrix(w, "int8"), b), x @ int8_by_hand(w).T + b)
+    torch.testing.assert_close(StoredLinear(w, b, "int8")(x), x @ int8_by_hand(w).T + b)
 
 
 def test_bf16_storage_multiplies_in_bf16():
     torch.manual_seed(0)
     w, x = torch.randn(8, 16), torch.randn(2, 16)
     expected = (x.to(torch.bfloat16) @ w.to(torch.bfloat16).T).float()
-    torch.testing.assert_close(F.linear(x, StoredMatrix(w, "bf16")), expected)
+    torch.testing.assert_close(StoredLinear(w, None, "bf16")(x), expected)
 
 
 def tiny_model(**changes) -> GPT:
@@ -55,7 +60,8 @@ def tiny_model(**changes) -> GPT:
 
 def test_a_tied_head_and_its_embedding_share_one_stored_matrix():
     model = store_weights(tiny_model(tied_head=True), "int8")
-    assert isinstance(model.head.weight, StoredMatrix) and model.head.weight is model.token_embedding.weight
+    assert isinstance(model.head, StoredHead) and isinstance(model.token_embedding, StoredEmbedding)
+    assert model.head.matrix is model.token_embedding.matrix
     ids = torch.tensor([[3, 299, 0]])
     rows = int8_by_hand(tiny_model(tied_head=True).token_embedding.weight.detach())[ids]
     torch.testing.assert_close(model.token_embedding(ids), rows)
@@ -111,3 +117,25 @@ def test_generate_and_eval_take_the_option(tmp_path, capsys):
         assert capsys.readouterr().out.startswith("Hello")
     assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt"), "--weight-storage", "int8"]) == 0
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_a_scaled_and_capped_head_keeps_its_scaling_and_cap():
+    head = {"name": "lm", "logit_scale": 0.5, "softcap": 2.0}
+    reference, stored = tiny_model(head=head), store_weights(tiny_model(head=head), "int8")
+    h = torch.randn(1, 1, 48)
+    w = reference.head.weight.detach()
+    expected = 2.0 * torch.tanh(0.5 * (h.to(torch.bfloat16).float() @ int8_by_hand(w).T) / 2.0)
+    torch.testing.assert_close(stored.head(h), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("attention", REGISTRY.names("attention"))
+def test_every_mixer_decodes_with_int8_storage_close_to_fp32(attention):
+    reference, stored = (
+        tiny_model(attention={"name": attention}),
+        store_weights(tiny_model(attention={"name": attention}), "int8"),
+    )
+    x = torch.randint(0, 300, (1, 9))
+    with torch.inference_mode():
+        expected, got = reference(x), stored(x)
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+    assert len(generate_ids(stored, [[1, 2, 3]], 4)[0]) == 4
