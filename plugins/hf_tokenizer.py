@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 from pydantic import Field
 
@@ -128,10 +129,15 @@ class HFTokenizer(Tokenizer):
 
     # ---- chat templates ------------------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The conversation as the checkpoint's template writes it (as transformers' apply_chat_template)."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **variables: Any) -> str:
+        """The conversation as the checkpoint's template writes it (as transformers' apply_chat_template);
+        ``variables`` are the template's own options, as apply_chat_template's keyword arguments
+        (``enable_thinking`` for Qwen3, ``reasoning_effort`` for gpt-oss)."""
         if self.params.chat_template is None:
             raise GptzooError("this checkpoint has no chat template")
+        reserved = sorted(set(variables) & TEMPLATE_NAMES)
+        if reserved:
+            raise GptzooError(f"template variable '{reserved[0]}' is set by gptzoo itself; choose another name")
         special = {
             "bos_token": self.params.bos_token or "",
             "eos_token": self.params.eos_token or "",
@@ -143,7 +149,7 @@ class HFTokenizer(Tokenizer):
         try:
             with _render_deadline(deadline):
                 for piece in template.generate(
-                    messages=messages, add_generation_prompt=add_generation_prompt, **special
+                    messages=messages, add_generation_prompt=add_generation_prompt, **special, **variables
                 ):
                     size += len(piece)
                     if size > TEMPLATE_CHARS:
@@ -162,11 +168,12 @@ class HFTokenizer(Tokenizer):
             ) from None
         return "".join(pieces)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    def encode_chat(self, messages: list[dict], **variables: Any) -> list[int]:
         """Ids of the rendered conversation; the template writes BOS itself, so none is added."""
-        return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+        return self._tokenizer.encode(self.render_chat(messages, **variables), add_special_tokens=False).ids
 
 
+TEMPLATE_NAMES = frozenset({"messages", "add_generation_prompt", "bos_token", "eos_token", "pad_token"})
 TEMPLATE_SECONDS = 10.0  # no chat template needs longer for one conversation
 TEMPLATE_CHARS = 1 << 24  # characters one rendering may write
 TEMPLATE_POWER = 4096  # the largest integer exponent a template may use
@@ -210,6 +217,8 @@ def _template(source: str):
     """The template compiled as transformers compiles chat templates (transformers.utils.chat_template_utils)."""
     try:
         import jinja2
+        import jinja2.ext
+        import jinja2.nodes
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
@@ -239,7 +248,18 @@ def _template(source: str):
                 raise jinja2.exceptions.SecurityError(f"the power {right} is too large")
             return super().call_binop(context, operator, left, right)
 
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    class Generation(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}``, which marks the assistant's part for training (transformers'
+        AssistantTracker): rendered as its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
     env.globals["range"] = _bounded_range
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception

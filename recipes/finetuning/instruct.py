@@ -7,10 +7,12 @@ predict every next token, padding ignored (and, with ``mask_prompt``, the prompt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -218,12 +220,25 @@ def train_instructions(
     )
 
 
-def instruction_ids(tokenizer: Tokenizer, instruction: str, input: str = "", templated: bool = False) -> list[int]:
+def instruction_ids(
+    tokenizer: Tokenizer, instruction: str, input: str = "", templated: bool = False, chat: ChatOptions | None = None
+) -> list[int]:
     """The ids a model answers an instruction from: its chat template's (``templated``), else the Alpaca prompt's."""
     if templated:
+        chat = chat or ChatOptions()
         content = f"{instruction}\n\n{input}" if input else instruction
-        return tokenizer.encode_chat([{"role": "user", "content": content}])
+        system = [{"role": "system", "content": chat.system}] if chat.system is not None else []
+        return tokenizer.encode_chat([*system, {"role": "user", "content": content}], **chat.template_variables)
     return prompt_ids(tokenizer, format_prompt(instruction, input))
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatOptions:
+    """What a chat template is given beside the user's message: a system message, and the template's own
+    variables (apply_chat_template's keyword arguments, such as Qwen3's ``enable_thinking``)."""
+
+    system: str | None = None
+    template_variables: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def respond(
@@ -242,9 +257,10 @@ def respond_in_template(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     seed: int | None = None,
+    chat: ChatOptions | None = None,
 ) -> str:
     """The response of a checkpoint with a chat template (the ``hf`` tokenizer's) to one user message."""
-    ids = instruction_ids(tokenizer, instruction, input, templated=True)
+    ids = instruction_ids(tokenizer, instruction, input, templated=True, chat=chat)
     generator = (
         torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed) if seed is not None else None
     )

@@ -451,6 +451,24 @@ BAD_VALUES = [
     ("chat", "option without its partner", ["{run}", "--input", "x"], "--input needs --instruction"),
     (
         "chat",
+        "template option on a run without a template",
+        ["{run}", "--instruction", "Say hi.", "--system", "Be kind."],
+        "--system: {run} has no chat template (it answers in the Alpaca format of finetune-instruct)",
+    ),
+    (
+        "chat",
+        "template variable without a value",
+        ["{chat_run}", "--instruction", "Say hi.", "--template-var", "enable_thinking"],
+        "--template-var 'enable_thinking': write NAME=VALUE, e.g. enable_thinking=false",
+    ),
+    (
+        "chat",
+        "template variable gptzoo sets",
+        ["{chat_run}", "--instruction", "Say hi.", "--template-var", "bos_token=x"],
+        "template variable 'bos_token' is set by gptzoo itself; choose another name",
+    ),
+    (
+        "chat",
         "instruction longer than the context",
         ["{run}", "--instruction", "Say hi."],
         "tokens but the model's context holds 16 (context_length in {run}/config.json); shorten it",

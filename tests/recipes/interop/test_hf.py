@@ -1206,6 +1206,30 @@ def test_generation_stops_at_every_end_of_turn_id_the_checkpoint_names(chat_chec
         assert capsys.readouterr().out == reference.decode(prompt + out[:-1]) + "\n"
 
 
+def test_chat_passes_a_system_message_and_the_templates_own_variables(chat_checkpoint, tmp_path, capsys):
+    model, src = chat_checkpoint
+    template = (  # a system turn, and a switch the template reads (as Qwen3's enable_thinking)
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% if brief %}{{ 'Brief: ' }}{% endif %}{% endif %}"
+    )
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": template}))
+    reference = transformers.AutoTokenizer.from_pretrained(src)
+    assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    argv = ["chat", str(tmp_path / "run"), "--instruction", "Hi", "--max-new-tokens", "6", "--system", "Be kind."]
+    assert main([*argv, "--template-var", "brief=true"]) == 0
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
+    ids = reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, brief=True)
+    ids = list(getattr(ids, "input_ids", ids))
+    assert reference.decode(ids).endswith("Brief: ")
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=[3, 1])
+    out = out[0, len(ids) :].tolist()
+    out = next((out[:i] for i, t in enumerate(out) if t in (3, 1)), out)
+    assert capsys.readouterr().out == reference.decode(out).strip() + "\n"
+
+
 def test_a_run_trained_in_gptzoo_exports_as_the_first_family_its_assembly_matches(tmp_path, registry):
     """configs/llama-style.toml is Llama's, Mistral's and Phi-3's assembly alike: with no source recorded, the first (llama)."""
     from gptzoo.core import GPT
