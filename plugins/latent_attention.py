@@ -152,9 +152,8 @@ class LatentAttention(Attention):
         so they are written out then (the same scores in both paths, so either reports the same)."""
         dropout = self.dims.dropout if self.training else 0.0
         if capture is not None:
-            weights = attention_weights(
-                q, k, capture.bias(q.dtype), self.scale, softcap=None
-            )  # (B, nh, T, Tk); no mask for one token alone
+            mask = capture.bias(q.dtype) if bias is None else bias  # None: causal, or one token alone
+            weights = attention_weights(q, k, mask, self.scale, softcap=None)  # (B, nh, T, Tk)
             capture.record(weights)
             return F.dropout(weights, dropout, self.training) @ v
         return F.scaled_dot_product_attention(

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.teaching_attention",
     "gptzoo.plugins.absent",
     "gptzoo.plugins.latent_attention",
+    "gptzoo.plugins.sparse_latent_attention",
     "gptzoo.plugins.short_conv",
     "gptzoo.plugins.linear_attention",
     "gptzoo.plugins.mamba",

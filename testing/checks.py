@@ -224,14 +224,15 @@ def check_forward(model: GPT) -> None:
 @single_threaded
 def check_gradients(model: GPT) -> None:
     """A loss on the logits sends a non-zero gradient to every trainable parameter; the multi-token
-    prediction modules, which run in training only, get theirs from their losses on the same tokens."""
+    prediction modules, which run in training only, get theirs from their losses on the same tokens, and
+    what learns from a loss of its own alone (a sparse attention's indexer) from that loss, as training adds it."""
     model.zero_grad(set_to_none=True)
     tokens = _tokens(model, 2, model.config.context_length)
     model.train(model.mtp is not None)
     loss = model(tokens).square().mean()
-    mtp_losses = [a.value for name, a in model.auxiliary_losses(tokens).items() if name.startswith("mtp_")]
+    auxiliary = [a.weight * a.value for a in model.auxiliary_losses(tokens).values()]
     model.eval()
-    sum(mtp_losses, loss).backward()
+    sum(auxiliary, loss).backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     model.zero_grad(set_to_none=True)
     assert not dead, f"[{_describe(model)}] no gradient reaches {', '.join(dead)}"
