@@ -28,6 +28,7 @@ from gptzoo.recipes.interop.hf.families import (
     fuse_shapes,
     fusions,
     hf_shapes,
+    interleave,
     row_axis,
     to_theirs,
     weight_plan,
@@ -118,7 +119,9 @@ def export_hf(
                 return fused[hf].join([read(part) for part in fused[hf].parts])
             parts, layout, shape = specs[hf]
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
-            if len(tensors) > 1:  # a chunked tensor's parts
+            if layout in ("interleaved", "interleaved_transposed"):
+                tensor = interleave(layout, tensors)
+            elif len(tensors) > 1:  # a chunked tensor's parts
                 tensor = torch.cat(tensors, dim=row_axis(tensors[0].shape))
             else:
                 tensor = to_theirs(layout, tensors[0], config.model.dims())

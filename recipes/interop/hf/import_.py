@@ -36,6 +36,7 @@ from gptzoo.recipes.interop.hf.families import (
     Family,
     all_families,
     constant_values,
+    deinterleave,
     fuse_shapes,
     fusions,
     hf_shapes,
@@ -274,6 +275,8 @@ def import_hf(
                 axis = row_axis(shapes[name])
                 rows = shapes[name][axis]
                 return stored[key].get_slice(key)[(slice(None),) * axis + (slice(k * rows, (k + 1) * rows),)]
+            if weight.layout in ("interleaved", "interleaved_transposed"):
+                return deinterleave(weight.layout, load(theirs[0]), weight.chunk)
             parts = [load(hf) for hf in theirs]
             if weight.layout == "experts":
                 return torch.stack(parts)

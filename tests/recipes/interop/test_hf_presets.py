@@ -1098,6 +1098,48 @@ PUBLISHED = {
         },
         34_660_610_688,
     ),
+    "gpt_oss": (
+        {  # openai/gpt-oss-20b, its config.json as recalled (the Hub is out of reach here), less its
+            # quantization_config (the published experts are MXFP4, which import-hf refuses; a bf16 copy imports).
+            # The count is 24 layers of (attention with biases 26,550,080 + sinks 64 + norms 5,760 + the router
+            # 92,192 + 32 experts of 24,891,840 with their biases) + two 579,133,440 embeddings + the final norm
+            # 2,880 (published: 21 B)
+            "model_type": "gpt_oss",
+            "architectures": ["GptOssForCausalLM"],
+            "vocab_size": 201088,
+            "hidden_size": 2880,
+            "intermediate_size": 2880,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "head_dim": 64,
+            "max_position_embeddings": 131072,
+            "initial_context_length": 4096,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 150000,
+            "rope_scaling": {
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "factor": 32.0,
+                "original_max_position_embeddings": 4096,
+                "rope_type": "yarn",
+                "truncate": False,
+            },
+            "sliding_window": 128,
+            "layer_types": ["sliding_attention", "full_attention"] * 12,
+            "num_local_experts": 32,
+            "num_experts_per_tok": 4,
+            "experts_per_token": 4,
+            "swiglu_limit": 7.0,
+            "router_aux_loss_coef": 0.9,
+            "attention_bias": True,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "eos_token_id": 200002,
+            "pad_token_id": 199999,
+        },
+        20_914_757_184,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",
@@ -1165,6 +1207,18 @@ def test_moe_presets_active_parameters_are_the_formula(family, active, registry)
         == PUBLISHED[family][1] - mixtures * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model
         == active
     )
+
+
+def test_gpt_oss_preset_active_parameters_are_the_formula(registry):
+    """gpt-oss's experts have biases: a token leaves (E - k) · (3 · hidden · d_model + 2 · hidden + d_model) idle
+    per layer; OpenAI's 3.6 B active is this less the embedding (vocab · d_model)."""
+    preset = load_run_config(PRESETS / "gpt_oss.toml", registry=registry).model
+    ffn, C = preset.feed_forward.params, preset.d_model
+    with torch.device("meta"):
+        model = GPT(preset)
+    idle = preset.n_layers * (ffn.n_experts - ffn.top_k) * (3 * ffn.hidden * C + 2 * ffn.hidden + C)
+    assert model.active_parameters_per_token() == PUBLISHED["gpt_oss"][1] - idle == 4_187_440_704
+    assert round((4_187_440_704 - preset.vocab_size * C) / 1e9, 2) == 3.61
 
 
 def test_describing_a_7b_preset_allocates_nothing():

@@ -30,9 +30,11 @@ from gptzoo.recipes.interop.hf.families.base import (
     Require,
     Weight,
     constant_values,
+    deinterleave,
     fuse_shapes,
     fusions,
     hf_shapes,
+    interleave,
     qkv_rows,
     row_axis,
     to_ours,
@@ -45,6 +47,7 @@ from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
+from gptzoo.recipes.interop.hf.families.gpt_oss import GPT_OSS
 from gptzoo.recipes.interop.hf.families.granite import GRANITEMOEHYBRID
 from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2, LFM2_MOE
@@ -80,6 +83,8 @@ __all__ = [
     "weight_plan",
     "Constant",
     "constant_values",
+    "deinterleave",
+    "interleave",
 ]
 
 # model_type -> family; the order is the one export-hf tries a trained run's assembly against
@@ -108,6 +113,7 @@ FAMILIES: dict[str, Family] = {
         GLM4_MOE,
         MINIMAX_M2,
         MINIMAX,
+        GPT_OSS,
         MAMBA2,
         LFM2,
         LFM2_MOE,

@@ -62,7 +62,11 @@ class Weight:
     parts: Phi-3's ``gate_up_proj`` holds the gate's rows, then the up projection's; in a stack of
     experts' matrices, each matrix's rows: Granite's ``input_linear`` (E, 2 × hidden, C)),
     ``experts`` (ours (E, ...) stacks one Hugging Face tensor per expert, ``{e}`` in its name),
-    ``reshaped`` (the same numbers in the shape ``rows(dims, shape)``: Kimi Linear's A_log (1, 1, h, 1)).
+    ``reshaped`` (the same numbers in the shape ``rows(dims, shape)``: Kimi Linear's A_log (1, 1, h, 1)),
+    ``interleaved`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's last axis, whose entries take the
+    n parts in turn: gpt-oss's gate_up_proj_bias (E, 2 × hidden), the gate's [..., ::2], the up projection's
+    [..., 1::2]), ``interleaved_transposed`` (the same for matrices stored (in, out), transposed: gpt-oss's
+    gate_up_proj (E, C, 2 × hidden)). ``transposed`` swaps a stack's last two axes (gpt-oss's down_proj).
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
     layer), where two kinds of layer name a tensor alike (LFM2's attention and convolution layers
     both have ``attention.out_proj``).
@@ -70,7 +74,17 @@ class Weight:
 
     ours: str
     theirs: tuple[str, ...]
-    layout: Literal["same", "transposed", "per_head", "rows", "chunk", "experts", "reshaped"] = "same"
+    layout: Literal[
+        "same",
+        "transposed",
+        "per_head",
+        "rows",
+        "chunk",
+        "experts",
+        "reshaped",
+        "interleaved",
+        "interleaved_transposed",
+    ] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
     when: str | None = None
@@ -206,9 +220,15 @@ def hf_shapes(
             whole = (*shape[:axis], shape[axis] * n, *shape[axis + 1 :])
             parts = out.setdefault(theirs[0], ([None] * n, "same", whole))[0]
             parts[k] = (name, None)
+        elif weight.layout in ("interleaved", "interleaved_transposed"):
+            k, n = weight.chunk
+            stored = transposed(shape) if weight.layout == "interleaved_transposed" else shape
+            whole = (*stored[:-1], stored[-1] * n)
+            parts = out.setdefault(theirs[0], ([None] * n, weight.layout, whole))[0]
+            parts[k] = (name, None)
         else:
-            transposed = weight.layout == "transposed"
-            out[theirs[0]] = ([(name, None)], weight.layout, shape[::-1] if transposed else shape)
+            stored = transposed(shape) if weight.layout == "transposed" else shape
+            out[theirs[0]] = ([(name, None)], weight.layout, stored)
     return out
 
 
@@ -248,10 +268,29 @@ def row_axis(shape: tuple[int, ...] | torch.Size) -> int:
     return max(len(shape) - 2, 0)
 
 
+def transposed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape with its last two axes swapped (a matrix's, or each matrix's in a stack)."""
+    return (*shape[:-2], shape[-1], shape[-2])
+
+
+def deinterleave(layout: str, tensor: torch.Tensor, chunk: tuple[int, int]) -> torch.Tensor:
+    """Part ``chunk = (k, n)`` of a tensor whose last axis takes n parts in turn, as gptzoo holds it."""
+    k, n = chunk
+    part = tensor[..., k::n]
+    return (part.transpose(-1, -2) if layout == "interleaved_transposed" else part).contiguous()
+
+
+def interleave(layout: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """gptzoo's parts -> the Hugging Face tensor whose last axis takes them in turn."""
+    if layout == "interleaved_transposed":
+        parts = [p.transpose(-1, -2) for p in parts]
+    return torch.stack(parts, dim=-1).flatten(-2)
+
+
 def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
     """A Hugging Face tensor stored in ``layout`` -> gptzoo's."""
     if layout == "transposed":
-        return tensor.T
+        return tensor.transpose(-1, -2)
     if layout == "per_head":
         return (
             tensor.unflatten(0, (dims.n_heads, 3, -1)).transpose(0, 1).flatten(0, 2)
@@ -262,7 +301,7 @@ def to_ours(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
 def to_theirs(layout: str, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
     """A gptzoo tensor -> the Hugging Face one stored in ``layout``."""
     if layout == "transposed":
-        return tensor.T
+        return tensor.transpose(-1, -2)
     if layout == "per_head":
         return (
             tensor.unflatten(0, (3, dims.n_heads, -1)).transpose(0, 1).flatten(0, 2)

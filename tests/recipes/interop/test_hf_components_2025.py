@@ -1,0 +1,272 @@
+"""import-hf / export-hf for the families built from 2025's components (attention sinks, gpt-oss's experts): parity
+with transformers' own models, as tests/recipes/interop/test_hf.py checks the older families.
+
+Each case builds transformers' model from a tiny random config covering the family's options, saves it with
+save_pretrained, imports it and checks: logits within 1e-4 on a batch with left padding, 20 greedy tokens through
+gptzoo's KV cache equal to transformers' generate, export -> from_pretrained -> the same logits, import -> export
+giving back the same tensors, and transformers' parameter count.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+ATTENTION = ["sdpa", "fused", "per_head"]
+V = 320  # vocabulary of the tiny models
+DECODER = dict(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
+
+# name -> (transformers config class, its settings, the attention variants the assembly can use)
+CASES = {
+    # gpt-oss: windowed (6 keys) and full layers in turn over 3 layers (the pattern wraps), sinks, GQA, 24-wide
+    # heads, attention biases, 5 experts top 2 with biases and the clamped SwiGLU, YaRN without truncation, untied
+    "gpt_oss": (
+        "GptOssConfig",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=24,
+            sliding_window=6,
+            num_local_experts=5,
+            num_experts_per_tok=2,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
+            pad_token_id=0,
+        ),
+        ATTENTION,
+    ),
+    # full layers only, multi-query, no attention biases, a tighter clamp (limit 2, slope 1), 4 experts top 3,
+    # unscaled rotary, tied head
+    "gpt_oss-tied": (
+        "GptOssConfig",
+        dict(
+            layer_types=["full_attention", "full_attention"],
+            num_key_value_heads=1,
+            head_dim=16,
+            attention_bias=False,
+            swiglu_limit=2.0,
+            swiglu_alpha=1.0,
+            num_local_experts=4,
+            num_experts_per_tok=3,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+            pad_token_id=0,
+        ),
+        ATTENTION,
+    ),
+}
+
+
+def build(case: str):
+    config_class, settings, _ = CASES[case]
+    config = getattr(transformers, config_class)(**DECODER | settings, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with (
+        torch.no_grad()
+    ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows, two of them left-padded: (ids, mask, positions counting real tokens)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, V, (3, 24), generator=g)
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[1, :5], mask[2, :11] = False, False
+    return idx, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def hf_logits(model, idx, mask, positions):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long(), position_ids=positions).logits
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask, positions = padded_batch()
+    expected = hf_logits(model, idx, mask, positions)
+    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
+    left_padded = torch.tensor([prompts[0], [0] * 4 + prompts[1]])
+    with torch.no_grad():
+        out = model.generate(
+            left_padded,
+            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    hf_tokens = out[:, 7:].tolist()
+    for attention in CASES[case][2]:
+        run_dir = tmp_path / attention
+        import_hf(folder, run_dir, attention=attention)
+        run = load_run(run_dir)
+        assert run.config.model.attention.name == attention
+        with torch.no_grad():
+            ours = run.model(idx, pad_mask=mask)
+        torch.testing.assert_close(
+            ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m, a=attention: f"{case}, {a}: {m}"
+        )
+        assert generate_ids(run.model, prompts, 20) == hf_tokens, f"{case}, {attention}"
+    assert main(["export-hf", str(tmp_path / CASES[case][2][0]), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "exported", attn_implementation="eager"
+    ).eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    assert sorted(exported) == sorted(set(original) - tied)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == model.config.model_type
+
+
+def idle_expert_parameters(model) -> int:
+    """Per mixture layer, the parameters (biases included) of the experts a token does not choose."""
+    idle = 0
+    for name, module in model.named_modules():
+        if name.endswith(".experts"):
+            per_expert = sum(p[0].numel() for p in module.parameters())
+            idle += (module.num_experts - model.config.num_experts_per_tok) * per_expert
+    return idle
+
+
+def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
+    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle_expert_parameters(hf_model)
+    if case.startswith("gpt_oss"):
+        ffn = model["feed_forward"]
+        assert (ffn["name"], ffn["activation"], ffn["router_bias"], ffn["expert_biases"]) == (
+            "moe",
+            "clamped_swiglu",
+            True,
+            True,
+        )
+        assert model["attention"]["sinks"]
+    if case == "gpt_oss":  # windowed layers with sinks, then full ones; YaRN whose ramp is not rounded
+        assert model["layer_pattern"] == ["sliding", "full"]
+        assert (
+            model["layer_kinds"]["sliding"]["attention"] | {"sinks": True}
+            == model["layer_kinds"]["sliding"]["attention"]
+        )
+        assert model["layer_kinds"]["sliding"]["attention"]["window"] == 6
+        assert (model["positional"]["scaling"]["type"], model["positional"]["scaling"]["truncate"]) == ("yarn", False)
+    if case == "gpt_oss-tied":
+        assert not model.get("layer_pattern") and (model["qkv_bias"], model["attn_out_bias"]) == (False, False)
+        assert (model["feed_forward"]["swiglu_limit"], model["feed_forward"]["swiglu_alpha"]) == (2.0, 1.0)
+
+
+# case -> its options gptzoo does not implement, each refused naming the key and the value
+REFUSED = {
+    "gpt_oss": [
+        (
+            {"layer_types": ["sliding_attention", "chunked_attention", "full_attention"]},
+            'layer_types = ["sliding_attention", "chunked_attention", "full_attention"] is not supported: '
+            "gptzoo reads 3 entries of sliding_attention or full_attention",
+        ),
+        ({"sliding_window": None}, "sliding_window = null is not supported for gpt_oss"),
+        (
+            {"quantization_config": {"quant_method": "mxfp4"}},
+            'quantization_config = {"quant_method": "mxfp4"} is not supported for gpt_oss',
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+            'rope_parameters.rope_type = "dynamic" is not supported for gpt_oss',
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "case, change, named", [(case, change, named) for case, rows in REFUSED.items() for change, named in rows]
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
+    build(case).save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_the_gpt_oss_style_config_exports_as_gpt_oss_and_transformers_computes_it(tmp_path, registry):
+    """configs/gpt-oss-style.toml, built in gptzoo with random weights, is gpt-oss's assembly: export-hf writes it as
+    gpt_oss and transformers' GptOssForCausalLM gives its logits, windows and sinks included."""
+    from pathlib import Path
+
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config.schema import load_run_config
+    from gptzoo.recipes.runs.folder import save_run
+
+    config = load_run_config(
+        Path(__file__).resolve().parents[3] / "configs" / "gpt-oss-style.toml",
+        ["model.tokenizer.name=byte", "model.vocab_size=257"],
+        registry,
+    )
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    with torch.no_grad():  # sinks and biases start at 0: randomise them so their mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith(("sinks", "bias")):
+                p.copy_(0.3 * torch.randn_like(p))
+    save_run(tmp_path / "run", config, model, config.model.tokenizer.build(), registry)
+    family, data = export_hf(tmp_path / "run", tmp_path / "out", registry)
+    assert family.model_type == "gpt_oss" and data["layer_types"] == ["sliding_attention", "full_attention"] * 2
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    idx = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(0))  # longer than the window of 16
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, model(idx), atol=1e-4, rtol=0)
