@@ -143,6 +143,7 @@ class HFTokenizer(Tokenizer):
             "eos_token": self.params.eos_token or "",
             "pad_token": self.params.pad_token or "",
         }
+        variables = {"tools": None, "documents": None} | variables  # defined, as apply_chat_template passes them
         template = _template(self.params.chat_template)
         deadline = time.monotonic() + TEMPLATE_SECONDS
         pieces, size = [], 0
@@ -219,6 +220,7 @@ def _template(source: str):
         import jinja2
         import jinja2.ext
         import jinja2.nodes
+        import jinja2.utils
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError:
@@ -264,6 +266,17 @@ def _template(source: str):
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["dict"] = lambda *args, **kwargs: dict(*args, **kwargs)  # a call, not the type itself
+
+    def namespace(*args, **kwargs):
+        """jinja2's namespace, refusing the names a template could reach CPython's internals through."""
+        attrs = dict(*args, **kwargs)
+        hidden = [name for name in attrs if isinstance(name, str) and name.startswith("_")]
+        if hidden:
+            raise jinja2.exceptions.SecurityError(f"a namespace may not hold the underscored name {hidden[0]!r}")
+        return jinja2.utils.Namespace(attrs)
+
+    env.globals["namespace"] = namespace
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as err:

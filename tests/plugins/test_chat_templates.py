@@ -140,6 +140,11 @@ DEEPSEEK_V3 = """{% if not add_generation_prompt is defined %}{% set add_generat
 {%- endfor -%}
 {% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"""
 
+TOOLS_DEFINED = """{#- a template that asks whether tools were passed, as many do: apply_chat_template always passes them -#}
+{%- if tools is defined -%}tools: {{ tools | tojson }}{{ '\\n' }}{%- endif -%}
+{%- set extra = dict(role="note", content="from dict()") -%}
+{%- for m in messages + [extra] -%}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor -%}"""
+
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is 2 + 2?"},
@@ -160,6 +165,8 @@ CASES = {  # family style -> (template, conversation, the template's own variabl
     "llama3 (tools, date)": (LLAMA3, CONVERSATION, {"tools": [TOOL], "date_string": "26 Jul 2024"}),
     "gemma": (GEMMA, ALTERNATING, {}),
     "deepseek-v3": (DEEPSEEK_V3, CONVERSATION, {}),
+    "tools defined": (TOOLS_DEFINED, CONVERSATION, {}),
+    "tools given": (TOOLS_DEFINED, CONVERSATION, {"tools": [TOOL]}),
 }
 
 
@@ -224,3 +231,9 @@ def test_a_variable_gptzoo_sets_itself_is_refused(backend):
     ours, _ = both(backend, QWEN3)
     with pytest.raises(GptzooError, match="template variable 'bos_token' is set by gptzoo itself"):
         ours.render_chat(CONVERSATION, bos_token="<x>")
+
+
+def test_a_namespace_refuses_underscored_names(backend):
+    ours, _ = both(backend, "{% set ns = namespace(__class__=1) %}{{ ns }}")
+    with pytest.raises(GptzooError, match="may not hold the underscored name '__class__'"):
+        ours.render_chat(CONVERSATION)
