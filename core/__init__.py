@@ -29,6 +29,7 @@ from gptzoo.core.interfaces import (
     Norm,
     Params,
     PositionalEncoding,
+    Residual,
     Tokenizer,
 )
 from gptzoo.core.model import GPT
@@ -65,6 +66,7 @@ __all__ = [
     "Params",
     "PositionalEncoding",
     "Recorder",
+    "Residual",
     "Task",
     "Tokenizer",
     "config_error",

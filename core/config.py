@@ -81,6 +81,7 @@ _DEFAULTS = {
     "feed_forward": {"name": "gelu"},
     "norm": {"name": "layernorm"},
     "block": {"name": "pre_norm"},
+    "residual": {"name": "plain"},
     "head": {"name": "lm"},
 }
 PER_LAYER = ("positional", "attention", "feed_forward", "norm", "block")
@@ -196,6 +197,11 @@ class ModelConfig(BaseModel):
     feed_forward: ComponentSpec = _spec("feed_forward")
     norm: ComponentSpec = _spec("norm")
     block: ComponentSpec = _spec("block")
+    residual: ComponentSpec = Field(
+        default_factory=lambda: dict(_DEFAULTS["residual"]),
+        validate_default=True,
+        description='the residual stream between blocks: "plain" (one stream) or e.g. { name = "hyper", n_streams = 4 }',
+    )
     head: ComponentSpec = _spec("head")
     mtp: ComponentSpec | None = Field(
         None,
@@ -279,6 +285,7 @@ class ModelConfig(BaseModel):
         for family, spec, where, dims in [
             ("tokenizer", self.tokenizer, "", self.dims()),
             ("head", self.head, "", self.dims()),
+            ("residual", self.residual, "", self.dims()),
             *([("mtp", self.mtp, "", self.dims())] if self.mtp is not None else []),
         ] + [
             (

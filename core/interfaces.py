@@ -375,6 +375,31 @@ class Block(Component):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...
 
 
+class Residual(Component):
+    """The residual stream between blocks: its shape and how each block reads from it and writes to it.
+
+    Built per layer as ``Impl(params, dims, layer)`` (``layer``: that layer's component specs).
+    The model widens the first block's input (B, T, C) with the first layer's ``widen``, passes
+    the stream through each layer's ``forward(x, block, ctx, cache)``, which runs ``block``
+    ((B, T, C) -> (B, T, C), adding its own input back) on what it reads from the stream, and
+    narrows the stream to (B, T, C) with the last layer's ``narrow`` before the final norm
+    (inspection sees each layer's stream narrowed). The plain residual is one stream the block
+    adds to itself: all three pass it through.
+    """
+
+    def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
+        super().__init__(params, dims)
+
+    def widen(self, x: Tensor) -> Tensor:
+        return x
+
+    def narrow(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward(self, x: Tensor, block: Block, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
+        return block(x, ctx, cache)
+
+
 class Head(Component):
     """Maps final hidden states to outputs.
 
@@ -484,6 +509,7 @@ FAMILIES: dict[str, Implementation] = {
     "feed_forward": FeedForward,
     "norm": Norm,
     "block": Block,
+    "residual": Residual,
     "head": Head,
     "mtp": MultiTokenPrediction,
 }

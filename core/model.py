@@ -20,6 +20,7 @@ from gptzoo.core.interfaces import (
     Component,
     MultiTokenPrediction,
     PositionalEncoding,
+    Residual,
 )
 
 
@@ -56,9 +57,13 @@ class GPT(nn.Module):
         # The layers whose keys and values later layers attend with (kv_shared_layers), and those later layers.
         self.kv_readers = [config.kv_source(layer.index) is not None for layer in layers]
         self.kv_sources = sorted({i for i in map(config.kv_source, range(config.n_layers)) if i is not None})
-        last = layers[-1].block.impl
+        self.residuals = nn.ModuleList(config.residual.build(config.dims(layer.index), layer) for layer in layers)
+        # A stream narrowed from several streams is no longer the last block's normalised output.
+        last, residual = layers[-1].block.impl, cast(type[Residual], config.residual.impl)
         self.final_norm = (
-            nn.Identity() if issubclass(last, Block) and last.output_normalized else config.norm.build(dims)
+            nn.Identity()
+            if issubclass(last, Block) and last.output_normalized and residual.narrow is Residual.narrow
+            else config.norm.build(dims)
         )
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
         self.mtp = config.mtp.build(config.dims(config.n_layers - 1), layers[-1]) if config.mtp is not None else None
@@ -156,13 +161,16 @@ class GPT(nn.Module):
         x = cast(Tensor, contexts[None].embeddings)  # (B, T, C)
         if recorder is not None:
             recorder.stream(x)
-        for i, (block, kind) in enumerate(zip(self.blocks, self.layer_positional, strict=True)):
-            x = block(x, contexts[kind], cache.layers[i] if cache is not None else None)
+        x = cast(Residual, self.residuals[0]).widen(x)
+        for i, (block, residual, kind) in enumerate(
+            zip(self.blocks, self.residuals, self.layer_positional, strict=True)
+        ):
+            x = residual(x, block, contexts[kind], cache.layers[i] if cache is not None else None)
             if recorder is not None:
-                recorder.stream(x, block)
+                recorder.stream(cast(Residual, residual).narrow(x), block)
             if meter is not None:
                 meter.layer_done(block)
-        return self.final_norm(x)
+        return self.final_norm(cast(Residual, self.residuals[-1]).narrow(x))
 
     def forward(
         self,

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.moe",
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
+    "gptzoo.plugins.residual",
     "gptzoo.plugins.heads",
     "gptzoo.plugins.mtp",
     "gptzoo.plugins.hf_tokenizer",

@@ -3,6 +3,7 @@ otherwise default config, so they test the variant through the same path a confi
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -33,7 +34,7 @@ from gptzoo.registry import Registry, default_registry
 
 TINY = {"vocab_size": 50, "context_length": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
 PIECES = (1, 3, 7)  # tokens fed at a time through the cache after the prefill
-MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "block", "head")
+MODEL_FAMILIES = ("positional", "attention", "feed_forward", "norm", "block", "residual", "head")
 ATOL = 1e-5
 
 SAMPLE_TEXT = (
@@ -225,7 +226,23 @@ def check_forward(model: GPT) -> None:
 def check_gradients(model: GPT) -> None:
     """A loss on the logits sends a non-zero gradient to every trainable parameter; the multi-token
     prediction modules, which run in training only, get theirs from their losses on the same tokens, and
-    what learns from a loss of its own alone (a sparse attention's indexer) from that loss, as training adds it."""
+    what learns from a loss of its own alone (a sparse attention's indexer) from that loss, as training adds it.
+    A parameter behind a weight that starts at zero (hyper-connections' dynamic mixing) may get its
+    gradient from the second step on: those are asked again after one step of gradient descent."""
+    dead = _without_gradient(model)
+    if dead:
+        stepped = copy.deepcopy(model)
+        _without_gradient(stepped, keep_gradients=True)
+        with torch.no_grad():
+            for p in stepped.parameters():
+                if p.grad is not None:
+                    p.sub_(0.1 * p.grad)
+        dead = [name for name in _without_gradient(stepped) if name in dead]
+    assert not dead, f"[{_describe(model)}] no gradient reaches {', '.join(dead)}"
+
+
+def _without_gradient(model: GPT, keep_gradients: bool = False) -> list[str]:
+    """The trainable parameters one backward pass of a loss on the logits and the auxiliary losses leaves without gradient."""
     model.zero_grad(set_to_none=True)
     tokens = _tokens(model, 2, model.config.context_length)
     model.train(model.mtp is not None)
@@ -234,8 +251,9 @@ def check_gradients(model: GPT) -> None:
     model.eval()
     sum(auxiliary, loss).backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    model.zero_grad(set_to_none=True)
-    assert not dead, f"[{_describe(model)}] no gradient reaches {', '.join(dead)}"
+    if not keep_gradients:
+        model.zero_grad(set_to_none=True)
+    return dead
 
 
 @single_threaded

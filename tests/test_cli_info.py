@@ -62,7 +62,18 @@ def test_plugins_json_shape():
     families = [e["family"] for e in entries]
     assert families == sorted(
         families,
-        key=["tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head", "mtp", "task"].index,
+        key=[
+            "tokenizer",
+            "positional",
+            "attention",
+            "feed_forward",
+            "norm",
+            "block",
+            "residual",
+            "head",
+            "mtp",
+            "task",
+        ].index,
     )
 
 
@@ -94,6 +105,7 @@ def test_describe_json_gpt2_124m(capsys):
         "feed_forward": feed_forward,
         "norm": 0,
         "block": 0,
+        "residual": 0,
         "head": head,
         "forward": attention + feed_forward + head,
         "training": 3 * (attention + feed_forward + head),

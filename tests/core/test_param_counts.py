@@ -39,6 +39,7 @@ def test_gpt2_124m_by_family(registry):
         "feed_forward": feed_forward,
         "norm": norm,
         "block": 0,  # the layouts own no parameters; their norms count under norm
+        "residual": 0,  # the plain one stream
         "head": 0,  # tied: the embedding's weight counts once, under embeddings
         "total": 124_439_808,
     }

@@ -26,7 +26,17 @@ def test_component_conforms(family, name, registry):
 
 def test_cases_cover_every_family(registry):
     families = {family for family, _ in component_cases(registry)}
-    assert families == {"tokenizer", "positional", "attention", "feed_forward", "norm", "block", "head", "mtp"}
+    assert families == {
+        "tokenizer",
+        "positional",
+        "attention",
+        "feed_forward",
+        "norm",
+        "block",
+        "residual",
+        "head",
+        "mtp",
+    }
     assert ("attention", "sdpa") in component_cases(registry)
 
 
