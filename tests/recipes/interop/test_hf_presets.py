@@ -713,6 +713,41 @@ PUBLISHED = {
         },
         8_339_929_856,
     ),
+    "afmoe": (
+        {  # arcee-ai/Trinity-Mini, not read from the Hub here (no network): its config.json as recalled (Arcee's
+            # keys score_func, route_norm and n_group included), not checked against the Hub's file. The count is
+            # what transformers' AfmoeForCausalLM gives for it less the 3,840 choosing biases (parameters there,
+            # buffers in gptzoo): 26.1 B, the card's 26 B total (3 B active).
+            "model_type": "afmoe",
+            "architectures": ["AfmoeForCausalLM"],
+            "vocab_size": 200192,
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "moe_intermediate_size": 1024,
+            "num_hidden_layers": 32,
+            "num_dense_layers": 2,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "hidden_act": "silu",
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 10000,
+            "num_experts": 128,
+            "num_experts_per_tok": 8,
+            "num_shared_experts": 1,
+            "route_scale": 2.826,
+            "score_func": "sigmoid",
+            "route_norm": True,
+            "n_group": 1,
+            "topk_group": 1,
+            "global_attn_every_n_layers": 4,
+            "sliding_window": 2048,
+            "mup_enabled": True,
+            "tie_word_embeddings": False,
+        },
+        26_123_970_560,
+    ),
     "nemotron_h": (
         {  # nvidia/Nemotron-H-8B-Base-8K, not read from the Hub here (no network): written from transformers'
             # NemotronHConfig defaults (its docs' 8B) and the model card's 24 Mamba-2, 24 MLP and 4 attention layers;
@@ -1193,6 +1228,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("granitemoehybrid", 1_465_470_528),
         ("qwen3_5_moe_text", 3_454_988_928),
         ("lfm2_moe", 1_557_740_288),
+        ("afmoe", 3_474_728_960),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):

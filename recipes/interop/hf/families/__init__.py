@@ -19,6 +19,7 @@ One module per family group (a family and those built from its rows), the types 
 helpers in ``base``; this module assembles ``FAMILIES``. How to add one: ../README.md.
 """
 
+from gptzoo.recipes.interop.hf.families.afmoe import AFMOE
 from gptzoo.recipes.interop.hf.families.base import (
     MISSING,
     REQUIRED,
@@ -125,6 +126,7 @@ FAMILIES: dict[str, Family] = {
         GRANITEMOEHYBRID,
         QWEN3_5_TEXT,
         QWEN3_5_MOE_TEXT,
+        AFMOE,
     )
 }
 

@@ -1,0 +1,234 @@
+"""import-hf / export-hf for AFMoE (Arcee's Trinity): parity with transformers' own models.
+
+As tests/recipes/interop/test_hf.py does for the attention families, each case builds transformers' model from a
+tiny random config covering the family's options (windowed layers with rotary and global layers without
+positions, windows shorter than the inputs, gated attention with QK-norm, a norm before and after each sublayer,
+dense layers then experts with a choosing bias and shared experts), saves it, imports it and checks: logits
+within 1e-4 on a left-padded batch; 20 greedy tokens through gptzoo's cache equal to transformers' generate from
+a left-padded batch; export -> from_pretrained -> the same logits and the same tensors.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+CONTEXT = 64  # max_position_embeddings of the tiny models
+
+CASES = {
+    # (windowed, global) twice with a window of 6, GQA with 12-wide heads; a SwiGLU on the first layer
+    # (num_dense_layers 1), then 6 experts of which 2 are chosen with the choosing bias, renormalised and scaled
+    # by 2.5, beside one shared expert; the embedding scaled by √d_model (mup_enabled); untied head
+    "afmoe": dict(
+        hidden_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        global_attn_every_n_layers=2,
+        sliding_window=6,
+        num_dense_layers=1,
+        intermediate_size=40,
+        moe_intermediate_size=16,
+        num_experts=6,
+        num_experts_per_tok=2,
+        num_shared_experts=1,
+        route_scale=2.5,
+        mup_enabled=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        tie_word_embeddings=False,
+    ),
+    # three windowed layers of 5 to one global, multi-query attention with 10-wide heads (not hidden / heads),
+    # experts from the first layer on, 4 of which 3 are chosen, two shared experts, linear rope scaling, tied head
+    "afmoe-periodic": dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=10,
+        global_attn_every_n_layers=4,
+        sliding_window=5,
+        num_dense_layers=0,
+        moe_intermediate_size=8,
+        num_experts=4,
+        num_experts_per_tok=3,
+        num_shared_experts=2,
+        rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def build(case: str):
+    config = transformers.AfmoeConfig(
+        **CASES[case] | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers starts the router and the choosing bias at 0 and norms at 1: randomise all
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows of 24 tokens (four windows), two of them left-padded: (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, V, (3, 24), generator=g)
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[1, :5], mask[2, :11] = False, False
+    return idx, mask
+
+
+def hf_logits(model, idx, mask):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
+
+
+def greedy(model, prompts, n):
+    width = max(len(p) for p in prompts)
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[:, width:].tolist()
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask = padded_batch()
+    expected = hf_logits(model, idx, mask)
+    prompts = [idx[0, :9].tolist(), idx[1, :3].tolist()]
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
+    assert sorted(exported) == sorted(set(original) - tied)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "afmoe"
+    assert (config["layer_types"], config["num_dense_layers"], config["mup_enabled"]) == (
+        model.config.layer_types,
+        model.config.num_dense_layers,
+        model.config.mup_enabled,
+    )
+
+
+def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint, tmp_path, capsys):
+    """Windowed layers with rotary and global ones without positions, dense layers then experts, as transformers
+    builds them; the total is transformers' count less the choosing biases (parameters there, buffers here),
+    and active per token the total less each mixture's idle experts."""
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model, config = info["config"]["model"], hf_model.config
+    pattern, n = model["layer_pattern"], model["n_layers"]
+    kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)]
+    layers = [
+        (
+            (k.get("attention") or model["attention"])["name"],
+            (k.get("positional") or model["positional"])["name"],
+            (k.get("feed_forward") or model["feed_forward"])["name"],
+        )
+        for k in kinds
+    ]
+    assert layers == [
+        (
+            "sliding_window" if t == "sliding_attention" else "sdpa",
+            "rope" if t == "sliding_attention" else "none",
+            "moe" if layer.moe_enabled else "swiglu",
+        )
+        for t, layer in zip(config.layer_types, hf_model.model.layers, strict=True)
+    ]
+    attention = model["attention"]
+    assert (attention["qk_norm"], attention["output_gate"], model["block"]["name"]) == (
+        "per_head",
+        "elementwise",
+        "sandwich",
+    )
+    moe = model["feed_forward"]
+    assert (moe["scoring"], moe["expert_bias"], moe["routed_scale"], moe["n_shared_experts"]) == (
+        "sigmoid",
+        True,
+        config.route_scale,
+        config.num_shared_experts,
+    )
+    mixtures = sum(layer.moe_enabled for layer in hf_model.model.layers)
+    assert info["parameters"]["total"] == hf_model.num_parameters() - mixtures * config.num_experts
+    idle = (config.num_experts - config.num_experts_per_tok) * 3 * config.moe_intermediate_size * config.hidden_size
+    assert info["active_parameters_per_token"] == info["parameters"]["total"] - mixtures * idle
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for afmoe'),
+        ({"attention_bias": True}, "attention_bias = true is not supported for afmoe"),
+        ({"score_func": "softmax"}, 'score_func = "softmax" is not supported for afmoe'),
+        ({"route_norm": False}, "route_norm = false is not supported for afmoe"),
+        ({"n_group": 2}, "n_group = 2 is not supported for afmoe"),
+        ({"num_shared_experts": 0}, "num_shared_experts = 0 is not supported for afmoe"),
+        (
+            {"layer_types": ["sliding_attention", "chunked_attention", "sliding_attention", "full_attention"]},
+            'layer_types = ["sliding_attention", "chunked_attention", "sliding_attention", "full_attention"] is not '
+            "supported for afmoe",
+        ),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}},
+            'rope_parameters.rope_type = "dynamic" is not supported for afmoe',
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
+    build("afmoe").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
