@@ -8,6 +8,8 @@ from gptzoo.core import GptzooError
 from gptzoo.recipes.research.sweep import (
     CURVES_PNG,
     EXTRAPOLATION_PNG,
+    MEASUREMENTS_CSV,
+    MEASUREMENTS_MD,
     RESULTS_CSV,
     RESULTS_MD,
     RUNS,
@@ -100,12 +102,15 @@ def run(args: argparse.Namespace) -> int:
         results = run_sweep(sweep, out, workers=args.workers, progress=args.progress, executor=executor)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
+    print((out / MEASUREMENTS_MD).read_text(encoding="utf-8"))
     plots = (
         f"{out / CURVES_PNG}"
         + (f", {out / EXTRAPOLATION_PNG}" if sweep.extrapolate else "")
         + (f", {out / SCALING_PNG}" if sweep.sizes else "")
     )
-    print(f"wrote {out / RESULTS_CSV}, {out / RESULTS_MD}, {plots} and {out / RUNS}/")
+    print(
+        f"wrote {out / RESULTS_CSV}, {out / RESULTS_MD}, {out / MEASUREMENTS_CSV}, {out / MEASUREMENTS_MD}, {plots} and {out / RUNS}/"
+    )
     failed = [r for r in results if r.status == "failed"]
     if failed:
         print(f"{len(failed)} of {len(results)} runs failed; rerun the same command to retry them")

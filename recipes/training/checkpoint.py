@@ -18,7 +18,7 @@ from gptzoo.recipes.runs._lock import run_writer
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS, refused_global, write_text_atomic
 from gptzoo.recipes.runs.folder import run_commit, stage_run
 from gptzoo.recipes.runs.manifest import Manifest
-from gptzoo.recipes.runs.metrics import METRICS, read_metrics
+from gptzoo.recipes.runs.metrics import MEASUREMENTS, METRICS, read_metrics
 from gptzoo.recipes.runs.sharded import SHARDED
 from gptzoo.recipes.training import distributed
 from gptzoo.recipes.training.sharded import save_sharded_checkpoint
@@ -75,11 +75,11 @@ def save_checkpoint(
 
 def training_state(progress: Progress, sampler: WindowSampler) -> dict:
     """Where training stands, the data's position and the RNG's state (a checkpoint's train_state.pt, with
-    the optimizer's state when it is not sharded)."""
+    the optimizer's state when it is not sharded); none of what the machine measured (measurements.jsonl), so
+    that the same run twice saves the same bytes."""
     return {
         "step": progress.step,
         "tokens": progress.tokens,
-        "elapsed_s": progress.elapsed_s,
         "best_val_loss": progress.best_val_loss,
         "data": sampler.state(),
         "rng": {
@@ -119,7 +119,7 @@ def restore_rng(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS)  # what train writes into a run folder
+RUN_FILES = (CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS, MEASUREMENTS)  # what train writes into a run folder
 
 
 def committed(out: Path, manifest: Manifest | None) -> bool:

@@ -15,7 +15,7 @@ from gptzoo.recipes.data.tokens import TokenWindows, spread_indices
 from gptzoo.recipes.research.tasks import IGNORE
 from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed
-from gptzoo.recipes.training.devices import autocast, peak_memory_bytes, to_device
+from gptzoo.recipes.training.devices import autocast, to_device
 from gptzoo.recipes.training.optim import lr_at
 
 SAMPLE_TEMPERATURE = 0.8
@@ -129,7 +129,6 @@ def metrics_record(
     step: int,
     tokens: int,
     n_steps: int,
-    tokens_per_s: float,
 ) -> dict:
     """One metrics record: losses on fixed train and validation windows, where training stands, and each layer's
     largest attention logit (max_attention_logit, where a mixer reports it)."""
@@ -147,7 +146,5 @@ def metrics_record(
         "val_accuracy": val_accuracy,
         "perplexity": math.exp(min(val_loss, 700.0)),
         "lr": lr_at(max(step - 1, 0), cfg, n_steps),  # the rate of the step just taken (of the first, before any)
-        "tokens_per_s": round(tokens_per_s, 1),
-        "peak_memory_bytes": peak_memory_bytes(device),
         **({"max_attention_logit": logits} if logits is not None else {}),
     }

@@ -29,7 +29,7 @@ from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
 from gptzoo.recipes.runs._lock import run_writer
 from gptzoo.recipes.runs.files import WEIGHTS, check_out_folder
-from gptzoo.recipes.runs.metrics import append_metrics, read_metrics
+from gptzoo.recipes.runs.metrics import append_measurements, append_metrics, read_metrics
 from gptzoo.recipes.runs.sharded import consolidate
 from gptzoo.recipes.runs.weights import unwrap
 from gptzoo.recipes.training import distributed
@@ -154,6 +154,7 @@ class TrainState:
     session_started: float = field(default_factory=time.perf_counter)
     session_start_step: int = 0
     elapsed_before_s: float = 0.0  # training time of earlier sessions of a resumed run
+    measured_step: int | None = None  # the last step written to measurements.jsonl
 
     def elapsed_s(self) -> float:
         return self.elapsed_before_s + time.perf_counter() - self.session_started
@@ -316,7 +317,8 @@ def show_progress(run: Run, state: TrainState, loss: Tensor, bar: tqdm) -> None:
 
 
 def report(run: Run, state: TrainState, tokens_per_s: float, sample: bool, tensorboard: TensorBoardLog | None) -> None:
-    """Evaluate, log to metrics.jsonl (and TensorBoard), print the losses and, with ``sample``, a sample."""
+    """Evaluate, log to metrics.jsonl and what the machine measured to measurements.jsonl (both to TensorBoard),
+    print the losses and, with ``sample``, a sample."""
     cfg, at = run.config.train, state.at
     record = metrics_record(
         run.step_model,
@@ -327,12 +329,16 @@ def report(run: Run, state: TrainState, tokens_per_s: float, sample: bool, tenso
         at.step,
         at.tokens,
         run.n_steps,
-        tokens_per_s,
     )
     if not math.isfinite(record["val_loss"]) or not math.isfinite(record["train_loss"]):
         raise diverged(run.out, state)
     at.elapsed_s = state.elapsed_s()
-    record["elapsed_s"] = round(at.elapsed_s, 3)
+    measured = {
+        "step": at.step,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_memory_bytes": peak_memory_bytes(run.device),
+        "elapsed_s": round(at.elapsed_s, 3),
+    }
     record |= {
         "processes": run.world.size,
         "effective_batch_size": run.windows_per_step,
@@ -347,19 +353,25 @@ def report(run: Run, state: TrainState, tokens_per_s: float, sample: bool, tenso
     if run.world.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         append_metrics(run.out, record)
+        append_measurements(run.out, measured)
+        state.measured_step = at.step
         if tensorboard is not None:
-            tensorboard.log(record)
+            tensorboard.log(record | measured)
     run.say(
         f"step {at.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
-        f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s"
+        f"perplexity {record['perplexity']:.1f}, lr {record['lr']:.2e}, {tokens_per_s:,.0f} tokens/s"
     )
     if sample:
         run.say(textwrap.indent(sample_text(run.step_model, run.tokenizer, cfg), "  | "))
 
 
 def checkpoint(run: Run, state: TrainState) -> None:
-    """Save a checkpoint of this step (through the module's save_checkpoint, which tests replace)."""
+    """Save a checkpoint of this step (through the module's save_checkpoint, which tests replace); the training
+    time up to it goes to measurements.jsonl (before the commit: a resume drops it with the uncommitted step)."""
     state.at.elapsed_s = state.elapsed_s()
+    if run.world.is_main and state.measured_step != state.at.step:
+        append_measurements(run.out, {"step": state.at.step, "elapsed_s": round(state.at.elapsed_s, 3)})
+        state.measured_step = state.at.step
     save_checkpoint(run.out, run.config, run.model, run.tokenizer, run.optimizer, state.at, run.sampler, run.registry)
     state.saved_step = state.at.step
 

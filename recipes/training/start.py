@@ -20,7 +20,7 @@ from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler, fit_tokenize
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, TRAIN_STATE, WEIGHTS
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest
-from gptzoo.recipes.runs.metrics import METRICS
+from gptzoo.recipes.runs.metrics import METRICS, elapsed_at, keep_measurements_until
 from gptzoo.recipes.runs.sharded import SHARDED, consolidated, has_sharded_checkpoint, sharded_files
 from gptzoo.recipes.runs.weights import load_matching_weights, load_weights, weights_step
 from gptzoo.recipes.training import distributed
@@ -182,11 +182,14 @@ def set_up(
             load_sharded_checkpoint(wrapped, optimizer, out / SHARDED)
         else:
             distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        at = Progress(state["step"], state["tokens"], state["elapsed_s"], state["best_val_loss"])
+        # the training time so far: in the state saved by an earlier gptzoo, else measured up to the checkpoint
+        elapsed = state.get("elapsed_s", elapsed_at(out, state["step"]) if world.is_main else None)
+        at = Progress(state["step"], state["tokens"], elapsed or 0.0, state["best_val_loss"])
         sampler = WindowSampler(len(train_windows), config.data.seed, **state["data"])
         restore_rng(state["rng"])
         if world.is_main:
             keep_metrics_until(out, at.step, start.manifest)
+            keep_measurements_until(out, at.step)
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.seed, world, at.step))  # each rank its own dropout masks
     run = Run(

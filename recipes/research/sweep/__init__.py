@@ -8,11 +8,13 @@ compare them in one table and one plot::
 
 One module per job: ``schema`` (the sweep file), ``plan`` (grid, variants, sizes, fairness),
 ``match`` (parameter matching), ``execute`` (running, reuse; ``ray_executor`` runs on a Ray cluster), ``provenance`` (plugin hashing),
-``results`` (reading back, aggregation), ``report`` (CSV and Markdown), ``plots``, ``fits``
+``results`` (reading back, aggregation), ``report`` (CSV and Markdown), ``measured`` (what the machine measured,
+kept apart), ``plots``, ``fits``
 (power laws) and ``stats`` (paired differences).
 """
 
 from gptzoo.recipes.research.sweep.execute import run_sweep
+from gptzoo.recipes.research.sweep.measured import MEASUREMENTS_CSV, MEASUREMENTS_MD
 from gptzoo.recipes.research.sweep.plan import load_sweep
 from gptzoo.recipes.research.sweep.plots import CURVES_PNG, EXTRAPOLATION_PNG, SCALING_PNG
 from gptzoo.recipes.research.sweep.report import RESULTS_CSV, RESULTS_MD, write_results
@@ -22,6 +24,8 @@ from gptzoo.recipes.research.sweep.schema import RUN_RESULT, RUNS, SWEEP, Sweep,
 __all__ = [
     "CURVES_PNG",
     "EXTRAPOLATION_PNG",
+    "MEASUREMENTS_CSV",
+    "MEASUREMENTS_MD",
     "RESULTS_CSV",
     "RESULTS_MD",
     "RUNS",

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from gptzoo.core import GptzooError
 from gptzoo.recipes.config.schema import validate_run_config
 from gptzoo.recipes.research.sweep.finetune import finetuned_result
+from gptzoo.recipes.research.sweep.measured import save_run_measurements, split_measured
 from gptzoo.recipes.research.sweep.provenance import changed_components, provenance
 from gptzoo.recipes.research.sweep.report import write_results
 from gptzoo.recipes.research.sweep.results import RunResult, read_result
@@ -238,7 +239,8 @@ def _sweep_difference(stored: dict, spec: dict) -> str:
 def _execute(
     task: RunTask, trainer: Trainer | None, registry: Registry | None, progress: bool, log: Callable[[str], None]
 ) -> RunResult:
-    """Train one run (resuming from its checkpoint when it has one) and write its ablation.json.
+    """Train one run (resuming from its checkpoint when it has one) and write its ablation.json (what the
+    machine measured to its measurements.jsonl).
 
     A failure or divergence becomes the run's result; only Ctrl-C stops the sweep.
     """
@@ -252,7 +254,9 @@ def _execute(
     if result.status != "done":
         log(f"[{task.folder.name}] {result.status}: {result.message}")
     task.folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(task.folder / RUN_RESULT, json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    decided, measured = split_measured(dataclasses.asdict(result))
+    save_run_measurements(task.folder, result.steps, measured)  # first: ablation.json marks the run finished
+    write_text_atomic(task.folder / RUN_RESULT, json.dumps(decided, indent=2) + "\n")
     return result
 
 

@@ -1,15 +1,16 @@
-"""The sweep's tables: results.csv and results.md (the variants, length extrapolation, scaling)."""
+"""The sweep's tables: results.csv and results.md (the variants, length extrapolation, scaling); what the machine
+measured goes to measurements.csv and measurements.md (measured.py)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.research.sweep.fits import scaling_fits
 from gptzoo.recipes.research.sweep.lr_sensitivity import LR_KEY, LR_PNG, lr_table, plot_lr_curves
+from gptzoo.recipes.research.sweep.measured import MEASUREMENTS_MD, csv_cell, write_measurements
 from gptzoo.recipes.research.sweep.plan import short_names
 from gptzoo.recipes.research.sweep.plots import (
     CURVES_PNG,
@@ -36,8 +37,7 @@ CSV_COLUMNS = [
     "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
     "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
     "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
-    "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
-    "flops_per_token", "state_bytes", "speed_shared",
+    "overrides", "flops_per_token", "state_bytes",
 ]  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def write_results(
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for row in rows:
-            writer.writerow([_csv(v) for v in _csv_values(row)])
+            writer.writerow([csv_cell(v) for v in _csv_values(row)])
     table = markdown_table(sweep, rows)
     if sweep.extrapolate:
         table += "\n" + extrapolation_table(sweep, results)
@@ -58,6 +58,7 @@ def write_results(
     if LR_KEY in sweep.axes:
         table += "\n" + lr_table(sweep, results)
     write_text_atomic(out / RESULTS_MD, table)
+    write_measurements(out, rows)
     try:
         plot_loss_curves(sweep, out, out / CURVES_PNG)
         if sweep.extrapolate:
@@ -80,20 +81,8 @@ def _csv_values(row: VariantRow) -> list:
         *[x for s in stats for x in (s.mean, s.std)],
         row.delta_loss.mean, row.delta_loss.low, row.delta_loss.high,
         row.delta_accuracy.mean, row.delta_accuracy.low, row.delta_accuracy.high, row.delta_loss.n,
-        row.tokens_per_s, row.peak_memory_bytes, row.wall_s, row.workers,
-        " ".join(override_strings(row.variant.overrides)),
-        row.flops_per_token, row.state_bytes, row.shared,
+        " ".join(override_strings(row.variant.overrides)), row.flops_per_token, row.state_bytes,
     ]  # fmt: skip
-
-
-def _csv(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
 
 
 def _pm(stat: Stat, digits: int) -> str:
@@ -122,24 +111,11 @@ def markdown_table(sweep: Sweep, rows: list[VariantRow]) -> str:
         "| " + " | ".join(c[1] for c in columns) + " |",
     ]
     lines += ["| " + " | ".join(cell(row) for _, _, cell in columns) + " |" for row in rows]
-    shared = max((row.workers for row in rows), default=1)
     lines += [
         "",
         "state bytes: the decoding cache of one sequence at the trained context, float32 (what `gptzoo describe` "
         "counts: keys and values, windows and recurrent states). FLOPs/token: training FLOPs per token. "
-        "tokens/s, peak memory (each run's own peak: the GPU allocator's, or the process's resident memory since the run began) and "
-        "wall time were measured on a machine other processes may have shared"
-        + (
-            f"; † = measured with up to {shared} runs training at once (--workers {shared}): not comparable between rows."
-            if shared > 1
-            else "."
-        )
-        + (
-            " ‡ = measured while the machine had more work than cores (its 1-minute load average per core above 1 "
-            "at a run's start or end): not comparable between rows."
-            if any(row.loaded for row in rows)
-            else ""
-        ),
+        f"tokens/s, peak memory and wall time: {MEASUREMENTS_MD}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -148,10 +124,6 @@ def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Calla
     """The table's columns: header, alignment, cell."""
     is_task = sweep.reports_accuracy
     matched = sweep.variants[0].matched["key"] if sweep.variants[0].matched else None
-
-    def speed(row: VariantRow) -> str:
-        marks = " †" * (row.workers > 1) + " ‡" * row.loaded
-        return "—" if row.tokens_per_s is None else f"{row.tokens_per_s:,.0f}{marks}"
 
     return [
         ("variant", "---", lambda row: f"**{row.variant.label}** (base)" if row.variant.is_base else row.variant.label),
@@ -167,9 +139,6 @@ def _columns(sweep: Sweep, rows: list[VariantRow]) -> list[tuple[str, str, Calla
         ("final ppl", "---:", lambda row: _pm(row.final_perplexity, 2)),
         ("state bytes", "---:", lambda row: "—" if row.state_bytes is None else f"{row.state_bytes:,}"),
         ("FLOPs/token", "---:", lambda row: "—" if row.flops_per_token is None else f"{row.flops_per_token:.3g}"),
-        ("tokens/s", "---:", speed),
-        ("peak memory", "---:", lambda row: "—" if not row.peak_memory_bytes else f"{row.peak_memory_bytes / 2**20:,.1f} MiB"),
-        ("wall", "---:", lambda row: "—" if row.wall_s is None else f"{row.wall_s:.1f} s"),
         ("status", "---", lambda row: row.status.replace("|", "\\|")),
     ]  # fmt: skip
 

@@ -11,14 +11,19 @@ from typing import TYPE_CHECKING, Literal
 
 from gptzoo.recipes.research.sweep.schema import RUN_RESULT, Sweep, Variant
 from gptzoo.recipes.research.sweep.stats import PairedDifference, paired_difference
+from gptzoo.recipes.runs.metrics import read_measurements
 
 if TYPE_CHECKING:
     from gptzoo.recipes.training.loop import TrainSummary
 
 
+MEASURED_RESULT = ("tokens_per_s", "peak_memory_bytes", "wall_s", "load_per_core")  # in the run's measurements.jsonl
+
+
 @dataclass
 class RunResult:
-    """One (variant, seed) run as ablation.json records it."""
+    """One (variant, seed) run as ablation.json records it, with what the machine measured (MEASURED_RESULT) from
+    the run's measurements.jsonl."""
 
     variant: str
     seed: int
@@ -74,9 +79,14 @@ def read_result(folder: Path) -> RunResult | None:
     if not file.is_file():
         return None
     try:
-        return RunResult(**json.loads(file.read_text(encoding="utf-8")))
+        result = RunResult(**json.loads(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError):
         return None  # a damaged marker: run it again
+    if all(getattr(result, key) is None for key in MEASURED_RESULT):  # an earlier gptzoo kept them in ablation.json
+        measured = [r for r in read_measurements(folder) if "wall_s" in r]
+        for key in MEASURED_RESULT:
+            setattr(result, key, (measured[-1:] or [{}])[0].get(key))
+    return result
 
 
 @dataclass

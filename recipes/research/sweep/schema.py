@@ -15,6 +15,7 @@ The output folder holds::
 
     DIR/sweep.json                  the resolved sweep (refuses to be reused for another)
     DIR/results.csv, results.md     one row per variant, mean ± sample std over seeds
+    DIR/measurements.csv, .md       one row per variant: tokens/s, peak memory, wall time (apart: not reproducible)
     DIR/loss_curves.png             validation loss against tokens, seeds as a min–max band
     DIR/lr_sensitivity.png          with a train.lr axis: final loss against the learning rate per variant
     DIR/state_bytes.png             where variants' decoding caches differ: the final metric against their bytes

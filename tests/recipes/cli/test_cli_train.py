@@ -68,6 +68,7 @@ def test_train_writes_the_run_folder_and_prints_progress(trained, capsys):
         ".gptzoo.lock",
         "config.json",
         "manifest.json",
+        "measurements.jsonl",
         "metrics.jsonl",
         "model.safetensors",
         "train_state.pt",

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from gptzoo.core import ConfigError, GptzooError, Norm
 from gptzoo.recipes import cli
 from gptzoo.recipes.research.sweep import RunResult, aggregate, load_sweep, run_sweep
+from gptzoo.recipes.research.sweep.measured import measurements_table
 from gptzoo.recipes.research.sweep.plan import expand_grid
 from gptzoo.recipes.research.sweep.report import markdown_table
 from gptzoo.recipes.research.sweep.results import Stat
@@ -377,8 +378,7 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
         "final_val_accuracy_mean", "final_val_accuracy_std", "final_perplexity_mean", "final_perplexity_std", "best_perplexity_mean", "best_perplexity_std",
         "delta_final_val_loss", "delta_final_val_loss_ci95_low", "delta_final_val_loss_ci95_high",
         "delta_final_val_accuracy", "delta_final_val_accuracy_ci95_low", "delta_final_val_accuracy_ci95_high", "paired_seeds",
-        "tokens_per_s", "peak_memory_bytes", "wall_s", "workers", "overrides",
-        "flops_per_token", "state_bytes", "speed_shared",
+        "overrides", "flops_per_token", "state_bytes",
     ]  # fmt: skip
     table = dict(zip(rows[0], rows[2], strict=True))
     # FakeTrainer: rope seeds 0 and 1 end at 3.5 and 3.6; learned at 3.0 and 3.1.
@@ -395,6 +395,25 @@ def test_outputs_have_the_documented_columns(write, tmp_path, registry):
     assert "| 3.5500 ± 0.0707 | +0.5000 |" in markdown[5]  # two seeds: no interval
     assert "no interval is given with fewer than 3 seeds" in markdown[0]
     assert "Noise floor (the base's seed-to-seed std): 0.0707." in markdown[0]
+    # what the machine measured (FakeTrainer's 1000 tokens/s, 1 MiB, 2 s), in files of their own
+    with open(out / "measurements.csv", encoding="utf-8") as f:
+        measured = list(csv.DictReader(f))
+    assert list(measured[0]) == [
+        "variant",
+        "label",
+        "tokens_per_s",
+        "peak_memory_bytes",
+        "wall_s",
+        "workers",
+        "speed_shared",
+    ]
+    assert [(m["variant"], m["tokens_per_s"], m["peak_memory_bytes"]) for m in measured] == [
+        ("positional-learned", "1000", "1048576"),
+        ("positional-rope", "1000", "1048576"),
+    ]
+    rope_row = (out / "measurements.md").read_text(encoding="utf-8").splitlines()[5]
+    assert rope_row.startswith("| positional=rope | 1,000") and rope_row.endswith("| 1.0 MiB | 2.0 s |")  # ‡ if loaded
+    assert "tokens/s" not in (out / "runs" / "positional-rope-seed0" / "ablation.json").read_text(encoding="utf-8")
 
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spec = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
@@ -412,15 +431,17 @@ def test_table_gives_paired_intervals_from_three_seeds_and_flags_shared_throughp
         RunResult(slug, seed, "done", final_val_loss=loss, tokens_per_s=100.0, workers=2 if slug == alibi else 1)
         for slug, losses in finals.items() for seed, loss in enumerate(losses)
     ]  # fmt: skip
-    markdown = markdown_table(sweep, aggregate(sweep.variants, results)).splitlines()
+    rows = aggregate(sweep.variants, results)
+    markdown = markdown_table(sweep, rows).splitlines()
     # rope − learned: -0.1, -0.1, -0.15 -> mean -0.116667, std 0.028868, half width 4.302653 × 0.028868 / √3 = 0.071714
     assert "| -0.1167 [-0.1884, -0.0450] * |" in markdown[5]
     # alibi − learned: 0.1, -0.1, 0.1 -> mean 0.033333, std 0.11547, half width 0.286844: the interval holds 0
     assert "| +0.0333 [-0.2535, +0.3202] |" in markdown[6]
     assert "95% Student-t interval over the seeds in brackets, * where it excludes 0" in markdown[0]
     assert "Noise floor (the base's seed-to-seed std): 0.1528." in markdown[0]  # 3.0, 3.1, 3.3
-    assert "| 100 † |" in markdown[6] and "| 100 |" in markdown[5]
-    assert "† = measured with up to 2 runs training at once (--workers 2): not comparable between rows." in markdown[-1]
+    measured = measurements_table(rows).splitlines()
+    assert "| 100 † |" in measured[6] and "| 100 |" in measured[5]
+    assert "† = measured with up to 2 runs training at once (--workers 2): not comparable between rows." in measured[-1]
 
 
 # ---- end to end ----------------------------------------------------------------------------
@@ -455,8 +476,9 @@ def test_a_tiny_sweep_through_the_cli(tmp_path, shared_data, capsys):
     assert int(rows["positional-learned"]["params"]) - int(rows["positional-rope"]["params"]) == 16 * 32
     # One layer's keys and values at the context: 2 × 16 tokens × 32 (2 heads of 16) × 4 bytes; each run ran
     # beside another (--workers 2), so its speed is marked shared.
-    for row in rows.values():
-        assert int(row["state_bytes"]) == 2 * 16 * 32 * 4 and row["speed_shared"] == "true"
+    measured = {row["variant"]: row for row in csv.DictReader(open(out / "measurements.csv", encoding="utf-8"))}
+    for slug, row in rows.items():
+        assert int(row["state_bytes"]) == 2 * 16 * 32 * 4 and measured[slug]["speed_shared"] == "true"
 
     capsys.readouterr()
     assert cli.main(["ablate", str(sweep), "--out", str(out), "--no-progress"]) == 0

@@ -198,11 +198,11 @@ def test_a_lost_node_is_retried_and_the_run_resumes_from_its_checkpoint(cluster,
     sweeping.start()
     folder = out / "runs" / "positional-learned-seed0"
     deadline = time.monotonic() + 120
-    while not ((folder / "train_state.pt").is_file() and len(_lines(folder / "metrics.jsonl")) >= 3):
+    while not ((folder / "train_state.pt").is_file() and len(_lines(folder / "measurements.jsonl")) >= 3):
         assert time.monotonic() < deadline and sweeping.is_alive(), "the run committed no checkpoint"
         time.sleep(0.05)
     cluster.stop(first)
-    committed = _lines(folder / "metrics.jsonl")
+    committed = _lines(folder / "measurements.jsonl")
     cluster.start("--num-cpus=1", "--num-gpus=1")
     sweeping.join(timeout=240)
 
@@ -211,9 +211,10 @@ def test_a_lost_node_is_retried_and_the_run_resumes_from_its_checkpoint(cluster,
     assert result.status == "done", result.message
     metrics = (folder / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(10, 301, 10))
-    # A restarted run would have deleted the folder and measured its tokens/s anew: the lines written
+    # A restarted run would have deleted the folder and measured its tokens/s anew: the measurements written
     # before the node was lost are still there, byte for byte.
-    assert 3 <= len(committed) < 30 and metrics[: len(committed) - 1] == committed[:-1]
+    measured = _lines(folder / "measurements.jsonl")
+    assert 3 <= len(committed) < 30 and measured[: len(committed) - 1] == committed[:-1]
 
 
 def _lines(file: Path) -> list[str]:

@@ -1,74 +1,34 @@
 """Training draws every random number from its seeds (train.seed: initialisation, dropout; data.seed: the
-window order): the same command twice gives the same run folder, byte for byte but for what the machine
-measured (how fast and in how much memory it went), whatever the process drew before; so does a sweep."""
+window order): the same command twice gives the same run folder, byte for byte but for the files that hold
+what the machine measured (how fast, in how much memory, how long), whatever the process drew before; so does a
+sweep. Folders written before those files existed still read their measurements."""
 
-import csv
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from gptzoo.recipes.cli import main
+from gptzoo.recipes.config.schema import validate_run_config
+from gptzoo.recipes.research.sweep.results import read_result
+from gptzoo.recipes.runs.metrics import read_measurements, read_metrics
+from gptzoo.recipes.training.loop import train
 
-# Measured by the machine, not drawn from the seeds: the only fields two runs of one command may differ in
-# (the JSON fields and results.csv's columns, then results.md's columns).
-MEASURED = {"tokens_per_s", "peak_memory_bytes", "elapsed_s", "wall_s", "load_per_core", "speed_shared"}
-MEASURED |= {"tokens/s", "peak memory", "wall"}
-# The files holding them: JSON Lines and JSON with measured fields, the training state, the manifest's hashes.
-HOLDING_MEASUREMENTS = {
-    "metrics.jsonl",
-    "train_state.pt",
-    "manifest.json",
-    "ablation.json",
-    "results.csv",
-    "results.md",
-}
+# The only files two runs of one command may differ in: a run's measurements.jsonl, a sweep's measurements.csv
+# and measurements.md (none of them named in a manifest).
+MEASUREMENT_FILES = {"measurements.jsonl", "measurements.csv", "measurements.md"}
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "runs-v0.1"
 
 
-def folder_contents(folder: Path) -> dict[str, object]:
-    """Every file under ``folder``: its bytes, or for a file that holds measurements what it says without them."""
-    contents: dict[str, object] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = str(path.relative_to(folder))
-        contents[name] = _unmeasured(path) if path.name in HOLDING_MEASUREMENTS else path.read_bytes()
-    return contents
-
-
-def _unmeasured(path: Path) -> object:
-    if path.name == "metrics.jsonl":
-        return [_drop(json.loads(line)) for line in path.read_text().splitlines()]
-    if path.name == "ablation.json":
-        return _drop(json.loads(path.read_text()))
-    if path.name == "train_state.pt":
-        return _tensor_bytes(_drop(torch.load(path, weights_only=True)))
-    if path.name == "manifest.json":
-        manifest = json.loads(path.read_text())
-        files = {name: entry for name, entry in manifest["files"].items() if name not in HOLDING_MEASUREMENTS}
-        return manifest | {"files": files}
-    if path.name == "results.csv":
-        return [_drop(row) for row in csv.DictReader(path.read_text().splitlines())]
-    lines = path.read_text().splitlines()  # results.md: its table without the measured columns
-    header = next(i for i, line in enumerate(lines) if line.startswith("| variant"))
-    names = [cell.strip() for cell in lines[header].strip("|").split("|")]
-    table = [
-        dict(zip(names, line.strip("|").split("|"), strict=True)) for line in lines[header:] if line.startswith("|")
-    ]
-    return lines[:header] + [_drop(row) for row in table]  # the notes below the table say how loaded the machine was
-
-
-def _drop(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in MEASURED}
-
-
-def _tensor_bytes(value: object) -> object:
-    """``value`` with its tensors as bytes, so that two states compare with ==."""
-    if isinstance(value, torch.Tensor):
-        return value.numpy().tobytes()
-    if isinstance(value, dict):
-        return {k: _tensor_bytes(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_tensor_bytes(v) for v in value]
-    return value
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    """The bytes of every file under ``folder`` but those holding measurements."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in MEASUREMENT_FILES
+    }
 
 
 CONFIG = """
@@ -112,6 +72,7 @@ def test_train_twice_with_the_same_seed_gives_the_same_run_folder(tmp_path, shar
         "train_state.pt",
     } <= set(first)
     assert first == second
+    assert (tmp_path / "first" / "measurements.jsonl").is_file()  # the measurements went there
     metrics = (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [2, 4]  # the comparison saw both evaluations
 
@@ -132,7 +93,51 @@ def test_ablate_twice_gives_the_same_results_and_run_folders(tmp_path, shared_da
     for out in ("first", "second"):
         assert main(["ablate", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / out), "--no-progress"]) == 0
     first, second = folder_contents(tmp_path / "first"), folder_contents(tmp_path / "second")
-    assert {"results.csv", "results.md", "loss_curves.png", "runs/positional-rope-seed0/model.safetensors"} <= set(
-        first
-    )
+    assert {
+        "results.csv",
+        "results.md",
+        "loss_curves.png",
+        "runs/positional-rope-seed0/model.safetensors",
+        "runs/positional-rope-seed0/ablation.json",
+        "runs/positional-rope-seed0/manifest.json",
+    } <= set(first)
     assert first == second
+    assert (tmp_path / "first" / "measurements.md").is_file()
+    result = read_result(tmp_path / "first" / "runs" / "positional-rope-seed0")  # its measurements read back
+    assert result.tokens_per_s > 0 and result.peak_memory_bytes > 0 and result.wall_s > 0
+
+
+def test_a_run_folder_of_an_earlier_version_keeps_its_measurements_through_a_resume(tmp_path):
+    """gptzoo 0.1 logged the measurements in metrics.jsonl and its training time in train_state.pt."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "gpt2-pre", run)
+    old_line = (run / "metrics.jsonl").read_text().splitlines()[0]
+    config = json.loads((run / "config.json").read_text())
+    if not Path(config["data"]["source"]).is_file():  # a resume trains on the run's own data
+        pytest.skip(f"the fixture's training data {config['data']['source']} is absent")
+    config["data"]["cache_dir"] = str(tmp_path / "cache")
+    config["train"] |= {"max_steps": 4, "device": "cpu"}
+    assert read_measurements(run) == [
+        {"step": 2, "tokens_per_s": 922.6, "peak_memory_bytes": 349495296, "elapsed_s": 0.073}
+    ]
+
+    train(validate_run_config(config, "test config"), run, resume=True, progress=False, log=lambda s: None)
+    assert (run / "metrics.jsonl").read_text().splitlines()[0] == old_line  # the old record as it was
+    assert [r["step"] for r in read_metrics(run)] == [2, 4]
+    assert "tokens_per_s" not in read_metrics(run)[1]
+    step2, step4 = read_measurements(run)
+    assert step2 == {"step": 2, "tokens_per_s": 922.6, "peak_memory_bytes": 349495296, "elapsed_s": 0.073}
+    assert step4["step"] == 4 and step4["tokens_per_s"] > 0 and step4["peak_memory_bytes"] > 0
+    assert step4["elapsed_s"] > 0.0734  # counted on from the 0.0735 s train_state.pt held
+    assert "elapsed_s" not in torch.load(run / "train_state.pt", weights_only=True)
+
+
+def test_a_sweep_result_of_an_earlier_version_keeps_its_measurements(tmp_path):
+    """ablation.json held the measured fields before measurements.jsonl did."""
+    fields = {"tokens_per_s": 1234.5, "peak_memory_bytes": 2**20, "wall_s": 3.5, "load_per_core": 0.25}
+    (tmp_path / "ablation.json").write_text(json.dumps({"variant": "base", "seed": 0, "status": "done", **fields}))
+    result = read_result(tmp_path)
+    assert (result.tokens_per_s, result.peak_memory_bytes, result.wall_s, result.load_per_core) == tuple(
+        fields.values()
+    )
+    assert result.status == "done" and result.seed == 0

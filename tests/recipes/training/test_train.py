@@ -10,7 +10,7 @@ from safetensors import safe_open
 from gptzoo.core import CheckpointError, ConfigError, Params, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig, validate_run_config
 from gptzoo.recipes.runs.folder import load_run
-from gptzoo.recipes.runs.metrics import read_metrics
+from gptzoo.recipes.runs.metrics import read_measurements, read_metrics
 from gptzoo.recipes.training import loop as train_module
 from gptzoo.recipes.training.loop import NonFiniteLossError, train
 from gptzoo.recipes.training.optim import build_optimizer, lr_at, total_steps
@@ -177,7 +177,11 @@ def test_loss_falls_on_a_tiny_model(tmp_path, shared_data):
     assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.5
     for r in records:
         assert r["perplexity"] == pytest.approx(math.exp(r["val_loss"]))
-        assert {"lr", "tokens_per_s", "elapsed_s", "peak_memory_bytes"} <= set(r)
+        assert "lr" in r and not {"tokens_per_s", "elapsed_s", "peak_memory_bytes"} & set(r)  # measurements.jsonl's
+    measured = read_measurements(tmp_path / "run")
+    assert [m["step"] for m in measured] == [10, 20, 30, 40]
+    assert all(m["tokens_per_s"] > 0 and m["peak_memory_bytes"] > 0 for m in measured)
+    assert [m["elapsed_s"] for m in measured] == sorted(m["elapsed_s"] for m in measured)
     assert summary.steps == 40 and summary.tokens == 2560 and summary.stopped == "done"
     assert summary.final_val_loss == records[-1]["val_loss"]
     assert summary.best_val_loss == min(r["val_loss"] for r in records)
@@ -219,6 +223,12 @@ def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path,
             b["lr"],
             b["tokens"],
         )
+    # the same log and weights, byte for byte: what the machine measured is kept apart, in measurements.jsonl
+    for name in ("metrics.jsonl", "model.safetensors"):
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
+    measured = read_measurements(tmp_path / "split")
+    assert [m["step"] for m in measured] == [5, 7, 10, 15, 20]  # step 7: the checkpoint the signal asked for
+    assert [m["elapsed_s"] for m in measured] == sorted(m["elapsed_s"] for m in measured)  # counted across the resume
     final_straight, final_split = load_run(tmp_path / "straight"), load_run(tmp_path / "split")
     for (name, a), (_, b) in zip(
         final_straight.model.state_dict().items(), final_split.model.state_dict().items(), strict=True
