@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 def _speculate(model, tokenizer, prompts: list[list[int]], shown: list[str], args: argparse.Namespace) -> int:
     """Greedy text drafted by the MTP module, streamed when there is one prompt; the acceptance rate on stderr."""
     stats = Speculation()
+    check_memory(model, len(prompts), max(map(len, prompts)), args.max_new_tokens)  # before the prompt prints
     streamer = TextStream(tokenizer, _write, context=prompts[0]) if len(prompts) == 1 and not args.no_stream else None
     on_token = (lambda row, token: streamer.add(token)) if streamer is not None else None
     if streamer is not None:

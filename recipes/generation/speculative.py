@@ -23,7 +23,14 @@ import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, Attention, GptzooError, KVCache
-from gptzoo.recipes.generation.generate import _eval_mode, _note_tokens, generate_ids, stopping_ids, until_stop
+from gptzoo.recipes.generation.generate import (
+    _eval_mode,
+    _note_tokens,
+    check_memory,
+    generate_ids,
+    stopping_ids,
+    until_stop,
+)
 
 
 @dataclass
@@ -68,6 +75,7 @@ def speculative_ids(
         raise ValueError("every prompt needs at least one token, and max_new_tokens must not be negative")
     stats = stats if stats is not None else Speculation()
     B, P, room = len(prompts), max(map(len, prompts)), model.config.context_length
+    check_memory(model, B, P, max_new_tokens)  # up front: past the context, plain decoding keeps the whole text
     device = model.token_embedding.weight.device
     tokens = torch.full((B, P), eot_id if eot_id is not None else 0, dtype=torch.long)
     real = torch.ones(B, P, dtype=torch.bool)

@@ -335,6 +335,12 @@ BAD_VALUES = [
     ),
     (
         "generate",
+        "absurd int",
+        ["{mtp_run}", "--prompt", "I had", "--speculative", "--max-new-tokens", str(10**12)],
+        f"--max-new-tokens {10**12}: 1 text(s) of",
+    ),
+    (
+        "generate",
         "options that conflict",
         ["{run}", "--prompt", "I had", "--speculative", "--temperature", "0.7"],
         "--speculative decodes greedily: drop --temperature, --top-k and --top-p",
@@ -1029,13 +1035,17 @@ def places(tmp_path, shared_data):
     (tmp_path / "args.txt").write_text(f'{tmp_path / "tiny.json"}\n--set "model.d_model=\n8"\n')
     from gptzoo.core import GPT
     from gptzoo.recipes.config.schema import RunConfig
-    from gptzoo.recipes.runs.folder import save_run
+    from gptzoo.recipes.runs.folder import build_tokenizer, save_run
     from gptzoo.registry import default_registry
 
     classifier = json.loads((RUN / "config.json").read_text())["model"]
     classifier |= {"head": {"name": "classifier"}, "tied_head": False, "tokenizer": {"name": "byte"}, "vocab_size": 257}
     classifier = default_registry().model_config(classifier)
     save_run(tmp_path / "classifier", RunConfig(model=classifier), GPT(classifier), classifier.tokenizer.build())
+    drafting = json.loads((RUN / "config.json").read_text())["model"] | {"mtp": {"name": "sequential"}}
+    drafting = default_registry().model_config(drafting)
+    tokenizer = build_tokenizer(RunConfig(model=drafting), RUN)
+    save_run(tmp_path / "mtp_run", RunConfig(model=drafting), GPT(drafting), tokenizer)
     return {
         "tmp": tmp_path,
         "run": RUN,
@@ -1056,6 +1066,7 @@ def places(tmp_path, shared_data):
         "deep_json": tmp_path / "deep.json",
         "args_file": tmp_path / "args.txt",
         "classifier": tmp_path / "classifier",
+        "mtp_run": tmp_path / "mtp_run",
         "csv": tmp_path / "sms.csv",
         "sweep": tmp_path / "sweep.toml",
         "sweep_unknown": tmp_path / "sweep_unknown.toml",

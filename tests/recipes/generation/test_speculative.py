@@ -108,3 +108,12 @@ def test_generate_speculative_prints_the_greedy_text(tmp_path, shared_data, caps
         )
         speculative = capsys.readouterr()
         assert speculative.out == plain and "drafts accepted" in speculative.err
+    # a length no memory holds is refused before the prompt streams, as plain generate refuses it
+    assert main(["generate", str(run), "--prompt", "I had", "--max-new-tokens", str(10**12), "--speculative"]) == 2
+    refused = capsys.readouterr()
+    assert refused.out == "" and f"--max-new-tokens {10**12}: 1 text(s) of {10**12 + 5} tokens need" in refused.err
+
+
+def test_refuses_a_length_no_memory_holds_before_decoding(cycle_model):
+    with pytest.raises(GptzooError, match=f"--max-new-tokens {10**12}: 2 text\\(s\\) of {10**12 + 3} tokens need"):
+        speculative_ids(cycle_model, [[3, 17, 8], [3, 17]], 10**12, on_token=lambda row, token: pytest.fail("streamed"))
