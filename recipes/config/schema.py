@@ -102,6 +102,12 @@ class TrainConfig(BaseModel):
         ge=0,
         description="clip the gradient norm to this; 0 (or null) turns clipping off, as in the book's chapter 5",
     )
+    z_loss: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the z-loss on the output logits: z_loss × log(Z)² averaged over the tokens (PaLM's 1e-4); "
+        "metrics.jsonl logs log(Z)² as aux_z_loss; 0: off",
+    )
     eval_interval: int = Field(50, gt=0)
     eval_at_start: bool = Field(
         False, description="also evaluate the untrained model, logged as step 0 (the book prints its initial loss)"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gptzoo.core import CheckpointError, GptzooError
+from gptzoo.core import AuxiliaryLoss, CheckpointError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig, TrainConfig
 from gptzoo.recipes.data.tokens import TokenWindows, WindowSampler
 from gptzoo.recipes.runs._lock import run_writer
@@ -63,9 +63,19 @@ class TrainSummary:
     stopped: str  # "done" or "interrupted"
 
 
-def lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-    logits = model(inputs)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+def lm_loss(
+    model: nn.Module, inputs: Tensor, targets: Tensor, z_loss_weight: float = 0.0
+) -> tuple[Tensor, AuxiliaryLoss | None]:
+    """The language-model loss and, with a z-loss weight, the z-loss on the same logits (else None)."""
+    logits = model(inputs).float()  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return loss, AuxiliaryLoss(z_loss(logits), z_loss_weight) if z_loss_weight else None
+
+
+def z_loss(logits: Tensor) -> Tensor:
+    """PaLM's z-loss (Chowdhery et al., 2022; Wortsman et al., 2023): log(Z)² averaged over the tokens, where
+    Z = Σ exp(logits) is the softmax's normaliser; weighted, it keeps log Z near 0 so the logits cannot drift."""
+    return torch.logsumexp(logits, dim=-1).square().mean()
 
 
 def train_step(
@@ -80,7 +90,7 @@ def train_step(
 ) -> Tensor:
     """One optimizer step over grad_accum micro-batches; returns the mean language-model loss, still on the device.
 
-    The components' auxiliary losses join the loss being minimised, each times its weight;
+    The components' auxiliary losses (and with train.z_loss the z-loss) join the loss being minimised, each times its weight;
     their values are added to ``aux_sums`` by name (averaged over the micro-batches).
     """
     for group in optimizer.param_groups:
@@ -90,8 +100,8 @@ def train_step(
         inputs, targets = to_device(windows.batch(sampler.take(train.batch_size)), device)  # (B, T) each
         with distributed.grad_sync(model, last_micro_step=micro_step == train.grad_accum - 1):
             with autocast(device, train.dtype):
-                loss = lm_loss(model, inputs, targets)
-                aux = unwrap(model).auxiliary_losses(targets)
+                loss, z = lm_loss(model, inputs, targets, train.z_loss)
+                aux = unwrap(model).auxiliary_losses(targets) | ({"z_loss": z} if z is not None else {})
                 objective = loss + sum(a.weight * a.value for a in aux.values()) if aux else loss
             (objective / train.grad_accum).backward()
         total += loss.detach() / train.grad_accum

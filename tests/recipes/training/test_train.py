@@ -260,13 +260,13 @@ def test_ctrl_c_saves_a_checkpoint_and_restores_the_handler(tmp_path, shared_dat
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
     real_loss, training_calls = train_module.lm_loss, []
 
-    def poisoned_after_step_12(model, inputs, targets):
-        loss = real_loss(model, inputs, targets)
+    def poisoned_after_step_12(model, inputs, targets, z_loss_weight=0.0):
+        loss, z = real_loss(model, inputs, targets, z_loss_weight)
         if model.training:
             training_calls.append(1)
             if len(training_calls) > 12:
-                return loss * float("nan")
-        return loss
+                return loss * float("nan"), z
+        return loss, z
 
     monkeypatch.setattr(train_module, "lm_loss", poisoned_after_step_12)
     run = tmp_path / "run"
