@@ -238,6 +238,7 @@ def cli_page(registry: Registry) -> str:
 
 
 def hf_families_page(registry: Registry) -> str:
+    from gptzoo.recipes.interop.hf.convert import ALIASES
     from gptzoo.recipes.interop.hf.families import all_families
     from gptzoo.recipes.interop.hf.families.base import REQUIRED
 
@@ -261,6 +262,12 @@ def hf_families_page(registry: Registry) -> str:
     for family in families.values():
         assembly = ", ".join(f"{k} = {value(v)}" for k, v in family.assembly.items())
         out.append(f"| [`{family.model_type}`](#{family.model_type}) | `{family.architecture}` | {cell(assembly)} |")
+    out += [
+        "",
+        "Read as another family (`gptzoo.recipes.interop.hf.convert.ALIASES`; export-hf writes the family's name):",
+        "",
+    ]
+    out += [f"- `{alias}`: read as [`{target}`](#{target})" for alias, target in ALIASES.items()]
     for family in families.values():
         out += ["", f"## {family.model_type}", "", f"`{family.architecture}`; tensors under `{family.prefix}`."]
         out += ["", "| config.json key | gptzoo [model] field(s) | when absent |", "| --- | --- | --- |"]

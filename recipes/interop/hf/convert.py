@@ -28,10 +28,18 @@ GENERATION_CONFIG = "generation_config.json"
 NEUTRAL = ("tokenizer", "dropout", "init", "mtp")  # settings every family takes as they are (mtp: as its weights)
 
 
+# model_type -> the family whose layout and config.json it is, under a name of its own: Kimi K2 ships
+# DeepSeek-V3's (Moonshot's deployment notes tell frameworks without kimi_k2 to read it as deepseek_v3);
+# export-hf writes the family's own name, which transformers loads.
+ALIASES = {"kimi_k2": "deepseek_v3"}
+
+
 def normalise(hf: dict, families: dict[str, Family] = FAMILIES) -> dict:
     """config.json as transformers 5 writes it: older files keep ``rope_theta`` and ``rope_scaling``
     at the top level, transformers 5 keeps both in ``rope_parameters``; a family may have older
-    spellings of its own (``Family.legacy``)."""
+    spellings of its own (``Family.legacy``); an alias's model_type is its family's (``ALIASES``)."""
+    if hf.get("model_type") in ALIASES:
+        hf = hf | {"model_type": ALIASES[hf["model_type"]]}
     family = families.get(hf.get("model_type"))
     hf = family.legacy(hf) if family is not None and family.legacy is not None else dict(hf)
     if not isinstance(hf.get("rope_parameters"), dict):
@@ -50,7 +58,7 @@ def family_of(hf: dict, source: str, families: dict[str, Family] = FAMILIES) -> 
     model_type = hf.get("model_type")
     if model_type not in families:
         raise ConfigError(
-            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(families)}"
+            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join([*families, *(a for a, f in ALIASES.items() if f in families)])}"
         )
     return families[model_type]
 

@@ -1287,6 +1287,29 @@ def test_deepseek_options_gptzoo_lacks_are_refused(change, named, tmp_path, caps
     assert named in err and "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+def test_kimi_k2_reads_as_deepseek_v3_and_exports_as_it(tmp_path, capsys):
+    """Kimi K2's config.json says model_type "kimi_k2" over DeepSeek-V3's layout (its architectures name
+    DeepseekV3ForCausalLM; transformers 5.24 has no kimi_k2): import reads it as deepseek_v3, export
+    writes deepseek_v3, which transformers loads. K2-Thinking's int4 weights (a quantization_config) are refused."""
+    model = build("deepseek_v3")
+    model.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | {"model_type": "kimi_k2"}))
+    idx, mask, positions = padded_batch()
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 0
+    with torch.no_grad():
+        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask, positions)[mask], atol=1e-4, rtol=0)
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "deepseek_v3"
+    thinking = config | {"model_type": "kimi_k2", "quantization_config": {"format": "pack-quantized", "bits": 4}}
+    (tmp_path / "src" / "config.json").write_text(json.dumps(thinking))
+    capsys.readouterr()
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "thinking")]) == 2
+    err = capsys.readouterr().err
+    assert "quantization_config" in err and "Kimi K2-Thinking's int4" in err and not (tmp_path / "thinking").exists()
+
+
 # ---- continuing an imported run with a component swapped -----------------------------------------
 
 

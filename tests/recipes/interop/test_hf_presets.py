@@ -171,6 +171,54 @@ PUBLISHED = {
         },
         30_532_122_624,
     ),
+    "kimi_k2": (
+        {  # moonshotai/Kimi-K2-Instruct (recalled, not read from the Hub): DeepSeek-V3's layout as model_type kimi_k2
+            "model_type": "kimi_k2",
+            "architectures": ["DeepseekV3ForCausalLM"],
+            "vocab_size": 163840,
+            "hidden_size": 7168,
+            "intermediate_size": 18432,
+            "moe_intermediate_size": 2048,
+            "num_hidden_layers": 61,
+            "num_nextn_predict_layers": 0,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 64,
+            "n_shared_experts": 1,
+            "n_routed_experts": 384,
+            "routed_scaling_factor": 2.827,
+            "kv_lora_rank": 512,
+            "q_lora_rank": 1536,
+            "qk_rope_head_dim": 64,
+            "v_head_dim": 128,
+            "qk_nope_head_dim": 128,
+            "topk_method": "noaux_tc",
+            "n_group": 1,
+            "topk_group": 1,
+            "num_experts_per_tok": 8,
+            "moe_layer_freq": 1,
+            "first_k_dense_replace": 1,
+            "norm_topk_prob": True,
+            "scoring_func": "sigmoid",
+            "hidden_act": "silu",
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-06,
+            "rope_theta": 50000.0,
+            "rope_scaling": {
+                "beta_fast": 1.0,
+                "beta_slow": 1.0,
+                "factor": 32.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "original_max_position_embeddings": 4096,
+                "type": "yarn",
+            },
+            "attention_bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": 163584,
+            "eos_token_id": 163585,
+        },
+        1_026_408_209_408,  # published: 1 T total
+    ),
     "deepseek_v3": (
         {  # deepseek-ai/DeepSeek-V3 without its quantization_config (the FP8 weights dequantized to bf16); the main model's count
             "model_type": "deepseek_v3",
@@ -1197,17 +1245,16 @@ PUBLISHED = {
 
 def test_every_family_has_a_preset():
     assert sorted(p.stem for p in PRESETS.glob("*.toml")) == sorted(PUBLISHED)
-    assert {published["model_type"] for published, _ in PUBLISHED.values()} == set(FAMILIES)
+    assert {published["model_type"] for published, _ in PUBLISHED.values()} == set(FAMILIES) | set(hf.ALIASES)
 
 
 @pytest.mark.parametrize("preset", PUBLISHED)
 def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, registry):
     published, count = PUBLISHED[preset]
     config = load_run_config(PRESETS / f"{preset}.toml", registry=registry).model
+    normalised = hf.normalise(published)
     imported = registry.model_config(
-        hf.model_table(
-            FAMILIES[published["model_type"]], hf.normalise(published), "config.json", tokenizer=config.tokenizer
-        )
+        hf.model_table(FAMILIES[normalised["model_type"]], normalised, "config.json", tokenizer=config.tokenizer)
     )
     assert hf.explicit(config) == hf.explicit(imported)
     with torch.device("meta"):
@@ -1220,6 +1267,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("mixtral", 12_879_925_248),
         ("qwen3_moe", 3_353_032_704),
         ("deepseek_v3", 37_552_282_624),
+        ("kimi_k2", 32_861_477_888),  # published: 32 B activated
         ("glm4_moe", 13_424_123_904),
         ("qwen3_next", 3_874_929_408),
         ("minimax_m2", 11_030_537_216),

@@ -154,7 +154,7 @@ DEEPSEEK_V3 = Family(
             "quantization_config",
             (None,),
             None,
-            "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first",
+            "the weights must be floating point; dequantize the checkpoint (DeepSeek-V3's FP8, Kimi K2-Thinking's int4) to bf16 first",
         ),
     ),
     weights=DEEPSEEK_WEIGHTS + mtp_weights(DEEPSEEK_WEIGHTS),
