@@ -19,7 +19,10 @@ mixer-only and feed-forward-only blocks. The initialisation is the paper's (its 
 starts as the plain residual stream.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -109,7 +112,87 @@ class HyperConnections(Residual):
         return 2 * n * C * (n + 2) * (2 if self.params.dynamic else 1)
 
 
+class ManifoldParams(Params):
+    n_streams: int = Field(4, ge=2, description="n, the expansion rate: the streams the residual stream is widened to")
+    sinkhorn_iterations: int = Field(
+        20,
+        ge=1,
+        description="t_max: alternating column and row normalisations making H_res doubly stochastic (mHC: 20)",
+    )
+    gate_init: float = Field(0.01, gt=0, description="α_pre, α_post and α_res at initialisation")
+
+
+# Sigmoids and Sinkhorn's exponentials never reach 0 or 1: the initial weights beside the stream a layer reads
+# and off the identity, so that the model starts as the plain residual stream, its streams told apart.
+INITIAL_LEAK = 0.01
+
+
+class ManifoldHyperConnections(HyperConnections):
+    """Hyper-connections whose stream mixing is doubly stochastic (DeepSeek, 2025, "mHC: Manifold-Constrained
+    Hyper-Connections", arXiv 2512.24880; DeepSeek-V4), from each token's streams x (n × C):
+
+        x' = RMSNorm(vec(x))                             (1 × nC; weightless here: φ absorbs a per-feature scale)
+        H_pre = σ(α_pre · x'φ_pre + b_pre),  H_post = 2σ(α_post · x'φ_post + b_post)   (1 × n)
+        H_res = Sinkhorn-Knopp(α_res · mat(x'φ_res) + b_res)                            (n × n)
+        x_{l+1} = H_res x + H_postᵀ F(H_pre x)
+
+    Sinkhorn-Knopp takes exp and then normalises columns, then rows, ``sinkhorn_iterations`` times, so the
+    streams are mixed by a convex combination of permutations: the mixing neither grows nor shrinks them
+    across layers. As ``hyper``, a layer is one block (F(h) is its output less its input) and the
+    streams are summed before the final norm. Initialised with φ = 0, H_pre reading stream k mod n
+    (``INITIAL_LEAK`` on the others, summing to 1), H_res the identity but for ``INITIAL_LEAK`` off its
+    diagonal and H_post = 1: at first every stream is the plain residual stream."""
+
+    Params = ManifoldParams
+
+    def __init__(self, params: ManifoldParams, dims: Dims, layer: LayerSpec):
+        Residual.__init__(self, params, dims, layer)
+        n, C = params.n_streams, dims.d_model
+        self.phi = nn.Parameter(torch.empty(n * C, 2 * n + n * n))  # [φ_pre | φ_post | φ_res]
+        self.gates = nn.Parameter(torch.empty(3))  # α_pre, α_post, α_res
+        self.pre_bias = nn.Parameter(torch.empty(n))
+        self.post_bias = nn.Parameter(torch.empty(n))
+        self.res_bias = nn.Parameter(torch.empty(n, n))
+        self.init_weights("gpt2")
+
+    def init_weights(self, scheme: InitScheme) -> None:
+        n, leak = self.params.n_streams, INITIAL_LEAK
+        with torch.no_grad():
+            self.phi.zero_()
+            self.gates.fill_(self.params.gate_init)
+            self.pre_bias.fill_(math.log(leak / (1 - leak)))  # σ⁻¹(leak)
+            read = 1 - (n - 1) * leak
+            self.pre_bias[self.dims.layer_idx % n] = math.log(read / (1 - read))
+            self.post_bias.zero_()  # 2σ(0) = 1
+            self.res_bias.fill_(math.log(leak)).fill_diagonal_(math.log(read))  # already doubly stochastic
+
+    def mixing(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """H_pre (B, T, n), H_resᵀ (B, T, n, n) and H_post (B, T, n) for the streams x (B, T, n, C)."""
+        n = self.params.n_streams
+        projected = F.rms_norm(x.flatten(-2), (x.size(-2) * x.size(-1),), eps=1e-6) @ self.phi  # x'φ: (B, T, 2n + n²)
+        pre = torch.sigmoid(self.gates[0] * projected[..., :n] + self.pre_bias)
+        post = 2 * torch.sigmoid(self.gates[1] * projected[..., n : 2 * n] + self.post_bias)
+        res = sinkhorn(self.gates[2] * projected[..., 2 * n :].unflatten(-1, (n, n)) + self.res_bias, self.params)
+        return pre, res.transpose(-1, -2), post  # HyperConnections mixes by A_rᵀ: A_r = H_resᵀ
+
+    def flops_per_token(self, context_length: int) -> int:
+        # x'φ, Sinkhorn's normalisations (a sum and a division of n² entries, per columns and rows), then the
+        # reading (n·C), mixing (n²·C) and writing (n·C) multiply-adds.
+        n, C = self.params.n_streams, self.dims.d_model
+        return 2 * n * C * (n * n + 2 * n) + 4 * self.params.sinkhorn_iterations * n * n + 2 * n * C * (n + 2)
+
+
+def sinkhorn(logits: Tensor, params: ManifoldParams) -> Tensor:
+    """exp(logits) (.., n, n) made doubly stochastic: columns, then rows normalised, t_max times, as mHC's."""
+    matrix = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))  # the same matrix once normalised
+    for _ in range(params.sinkhorn_iterations):
+        matrix = matrix / matrix.sum(-2, keepdim=True)
+        matrix = matrix / matrix.sum(-1, keepdim=True)
+    return matrix
+
+
 @hookimpl
 def register_components(register):
     register("residual", "plain", PlainResidual)
     register("residual", "hyper", HyperConnections)
+    register("residual", "mhc", ManifoldHyperConnections)

@@ -1,9 +1,12 @@
-"""Hyper-connections (Zhu et al., 2024, arXiv 2409.19606) against the paper's equations written out
-here as loops, a hand-worked example, and its claim that at initialisation they are the plain residual."""
+"""Hyper-connections (Zhu et al., 2024, arXiv 2409.19606) and their manifold-constrained form (mHC, arXiv
+2512.24880) against the papers' equations written out here as loops, hand-worked examples, and the claim
+that at initialisation they are the plain residual."""
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,6 +15,7 @@ from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.testing import build, tiny_config
 
 HYPER = {"name": "hyper", "n_streams": 4, "dynamic": True}
+MHC = {"name": "mhc", "n_streams": 4}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -135,9 +139,10 @@ def test_describe_counts_its_parameters_and_flops(registry):
     assert plain.param_counts()["residual"] == 0 and plain.flops_per_token()["residual"] == 0
 
 
-def test_compiles_whole_and_decodes_through_the_cache(registry):
+@pytest.mark.parametrize("residual", [HYPER, MHC], ids=["hyper", "mhc"])
+def test_compiles_whole_and_decodes_through_the_cache(registry, residual):
     torch.manual_seed(0)
-    model = build(tiny_config(registry, residual=HYPER))
+    model = build(tiny_config(registry, residual=residual))
     with torch.no_grad():
         for residual in model.residuals:  # away from the initialisation, where the streams differ
             for p in residual.parameters():
@@ -171,3 +176,105 @@ def test_a_post_norm_model_keeps_its_final_norm_under_several_streams(registry):
     """The sum of several post-norm streams is no normalised output: the final norm comes back."""
     assert isinstance(build(tiny_config(registry, block="post_norm")).final_norm, nn.Identity)
     assert not isinstance(build(tiny_config(registry, block="post_norm", residual=HYPER)).final_norm, nn.Identity)
+
+
+# ---- mHC ---------------------------------------------------------------------------------------
+
+
+def naive_sinkhorn(logits, iterations):
+    """exp, then each column and each row divided by its sum, entry by entry."""
+    n = len(logits)
+    m = [[math.exp(v) for v in row] for row in logits.tolist()]
+    for _ in range(iterations):
+        for j in range(n):
+            total = sum(m[i][j] for i in range(n))
+            for i in range(n):
+                m[i][j] /= total
+        for i in range(n):
+            total = sum(m[i])
+            m[i] = [v / total for v in m[i]]
+    return torch.tensor(m)
+
+
+def test_sinkhorn_by_hand_and_doubly_stochastic():
+    from gptzoo.plugins.residual import ManifoldParams, sinkhorn
+
+    # exp([[0, ln 2], [ln 2, 0]]) = [[1, 2], [2, 1]]: its rows and columns already share one sum, 3.
+    two = sinkhorn(torch.tensor([[0.0, math.log(2)], [math.log(2), 0.0]]), ManifoldParams(n_streams=2))
+    torch.testing.assert_close(two, torch.tensor([[1 / 3, 2 / 3], [2 / 3, 1 / 3]]))
+    logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    got = sinkhorn(logits, ManifoldParams(sinkhorn_iterations=20))
+    torch.testing.assert_close(got, naive_sinkhorn(logits, 20), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(0), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.sum(1), torch.ones(4), atol=1e-6, rtol=0)
+
+
+def paper_manifold(layer, x, T):
+    """mHC's update for one token, loop by loop: x (n, C) -> x_{l+1} (n, C)."""
+    n, C = x.shape
+    flat = x.flatten()
+    normed = flat / torch.sqrt(sum(v * v for v in flat) / (n * C) + 1e-6)
+    phi, (a_pre, a_post, a_res) = layer.phi, layer.gates
+    proj = [sum(normed[f] * phi[f, k] for f in range(n * C)) for k in range(2 * n + n * n)]
+    pre = [torch.sigmoid(a_pre * proj[j] + layer.pre_bias[j]) for j in range(n)]
+    post = [2 * torch.sigmoid(a_post * proj[n + i] + layer.post_bias[i]) for i in range(n)]
+    res_logits = torch.stack(
+        [torch.stack([a_res * proj[2 * n + i * n + j] + layer.res_bias[i, j] for j in range(n)]) for i in range(n)]
+    )
+    res = naive_sinkhorn(res_logits, layer.params.sinkhorn_iterations)
+    out = T(torch.stack([sum(pre[j] * x[j, c] for j in range(n)) for c in range(C)]))
+    return torch.stack(
+        [
+            torch.stack([sum(res[i, j] * x[j, c] for j in range(n)) + post[i] * out[c] for c in range(C)])
+            for i in range(n)
+        ]
+    )
+
+
+def test_manifold_mixing_is_the_papers(registry):
+    torch.manual_seed(0)
+    config = tiny_config(registry, d_model=3, n_heads=1, residual={"name": "mhc", "n_streams": 2})
+    layer = config.residual.build(config.dims(0), config.layer(0))
+    with torch.no_grad():  # away from the initialisation, so every term counts
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    x = torch.randn(2, 2, 2, 3)  # (B, T, n, C)
+    with torch.no_grad():
+        got = layer(x, ScaledBlock(0.7), None)
+        expected = torch.stack(
+            [
+                torch.stack([paper_manifold(layer, x[b, t], lambda h: 0.7 * torch.tanh(h)) for t in range(2)])
+                for b in range(2)
+            ]
+        )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_manifold_starts_as_the_plain_residual_stream(registry):
+    plain = build(tiny_config(registry, n_layers=3))
+    manifold = build(tiny_config(registry, n_layers=3, residual=MHC))
+    manifold.load_state_dict(plain.state_dict(), strict=False)
+    pre, res, post = manifold.residuals[1].mixing(torch.randn(1, 1, 4, 32))
+    assert pre.argmax().item() == 1 and pre.sum().item() == pytest.approx(1, abs=1e-6)  # reads stream k mod n
+    torch.testing.assert_close(post, torch.ones(1, 1, 4))
+    assert (res.diagonal(dim1=-2, dim2=-1) > 0.9).all()
+    streams = []
+    for residual in manifold.residuals:
+        residual.register_forward_hook(lambda module, args, out: streams.append(out))
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    seen = Recorder()
+    with torch.no_grad():
+        plain(idx, recorder=seen)
+        manifold(idx)
+    for i, out in enumerate(streams):
+        for s in range(4):
+            torch.testing.assert_close(out[:, :, s], seen.residuals[i + 1], rtol=0, atol=1e-5)
+
+
+def test_manifold_describe_counts(registry):
+    """φ (nC × (n² + 2n)), the biases (n + n + n²) and the three gates; FLOPs: x'φ, Sinkhorn, the mixing."""
+    n, C, L, t = 4, 32, 2, 20
+    model = build(tiny_config(registry, residual=MHC))
+    assert model.param_counts()["residual"] == L * (n * C * (n * n + 2 * n) + n + n + n * n + 3)
+    flops = 2 * n * C * (n * n + 2 * n) + 4 * t * n * n + 2 * (n * C + n * n * C + n * C)
+    assert model.flops_per_token()["residual"] == L * flops
