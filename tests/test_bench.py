@@ -1,6 +1,7 @@
 """The benchmark command runs end to end on a tiny shape and writes the documented JSON."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,51 @@ def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
         assert row["bound_ms"] == pytest.approx(1e3 * row["bytes_per_token"] / bandwidth)
         assert row["of_bound"] == pytest.approx(row["ms_per_token"] / row["bound_ms"])
     assert rows["gptzoo-int8"]["bytes_per_token"] < rows["gptzoo-bf16"]["bytes_per_token"] < fp32
+
+
+QUALITY = BENCH.parent / "decode_quality.py"
+
+
+@pytest.mark.slow
+def test_decode_quality_scores_the_held_out_text_as_a_plain_forward_does(tmp_path):
+    import importlib.util
+
+    import torch
+    import torch.nn.functional as F
+
+    from gptzoo.core import GPT
+    from gptzoo.recipes.config.schema import RunConfig
+    from gptzoo.recipes.runs.folder import save_run
+    from gptzoo.registry import make_registry
+
+    spec = {"vocab_size": 257, "context_length": 40, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte"}
+    config = RunConfig.model_validate({"model": spec}, context={"registry": make_registry(entry_points=False)})
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    save_run(tmp_path / "run", config, model, config.model.tokenizer.build())
+    text = "To be, or not to be, that is the question: " * 3  # 129 bytes: windows of 41, 41, 41 and 9 ids
+    (tmp_path / "held-out.txt").write_text(text)
+    loaded = importlib.util.spec_from_file_location("decode_quality", QUALITY)
+    quality = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(quality)
+    args = [
+        str(tmp_path / "run"),
+        "--data",
+        str(tmp_path / "held-out.txt"),
+        "--prompts",
+        "2",
+        "--out",
+        str(tmp_path / "q.json"),
+    ]
+    assert quality.main(args) == 0
+    rows = {row["storage"]: row for row in json.loads((tmp_path / "q.json").read_text())["rows"]}
+    ids = torch.tensor(list(text.encode()))
+    with torch.inference_mode():  # windows of the context, each scored whole without a cache
+        losses = [
+            F.cross_entropy(model(ids[None, s : min(s + 40, len(ids) - 1)])[0], ids[s + 1 : s + 41], reduction="sum")
+            for s in range(0, len(ids) - 1, 40)
+        ]
+    assert rows["fp32"]["perplexity"] == pytest.approx(math.exp(sum(losses).item() / (len(ids) - 1)), rel=1e-4)
+    assert rows["fp32"]["top1_changed"] == 0 and rows["fp32"]["greedy_identical"] == 1
+    assert rows["fp32"]["first_change"] == 40 - 16
+    assert set(rows) == {"fp32", "bf16", "int8"} and all(0 <= r["top1_changed"] <= 1 for r in rows.values())
