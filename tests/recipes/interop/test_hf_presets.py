@@ -796,6 +796,36 @@ PUBLISHED = {
         },
         26_123_970_560,
     ),
+    "olmo_hybrid": (
+        {  # allenai/Olmo-Hybrid-7B, not read from the Hub here (no network): transformers' OlmoHybridConfig defaults,
+            # which its docs give as that checkpoint's, with the linear_* sizes it derives written out; recalled, not
+            # checked against the Hub's file. The count is what transformers' OlmoHybridForCausalLM gives: 7.4 B.
+            "model_type": "olmo_hybrid",
+            "architectures": ["OlmoHybridForCausalLM"],
+            "vocab_size": 100352,
+            "hidden_size": 3840,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 30,
+            "num_key_value_heads": 30,
+            "hidden_act": "silu",
+            "max_position_embeddings": 65536,
+            "rms_norm_eps": 1e-06,
+            "tie_word_embeddings": False,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+            "attention_bias": False,
+            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 8,
+            "linear_num_key_heads": 30,
+            "linear_num_value_heads": 30,
+            "linear_key_head_dim": 96,
+            "linear_value_head_dim": 192,
+            "linear_conv_kernel_dim": 4,
+            "linear_allow_neg_eigval": True,
+            "pad_token_id": 100277,
+            "eos_token_id": 100257,
+        },
+        7_430_870_688,
+    ),
     "nemotron_h": (
         {  # nvidia/Nemotron-H-8B-Base-8K, not read from the Hub here (no network): written from transformers'
             # NemotronHConfig defaults (its docs' 8B) and the model card's 24 Mamba-2, 24 MLP and 4 attention layers;

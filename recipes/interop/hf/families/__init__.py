@@ -59,6 +59,7 @@ from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import EXAONE4, OLMO2, OLMO3
+from gptzoo.recipes.interop.hf.families.olmo_hybrid import OLMO_HYBRID
 from gptzoo.recipes.interop.hf.families.qwen3_5 import QWEN3_5_MOE_TEXT, QWEN3_5_TEXT
 from gptzoo.recipes.interop.hf.families.qwen3_next import QWEN3_NEXT
 from gptzoo.registry import PluginError, Registry
@@ -127,6 +128,7 @@ FAMILIES: dict[str, Family] = {
         QWEN3_5_TEXT,
         QWEN3_5_MOE_TEXT,
         AFMOE,
+        OLMO_HYBRID,
     )
 }
 

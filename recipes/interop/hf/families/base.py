@@ -70,6 +70,8 @@ class Weight:
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
     layer), where two kinds of layer name a tensor alike (LFM2's attention and convolution layers
     both have ``attention.out_proj``).
+    ``row_sizes_of``: for ``rows``, the gptzoo tensors ({i}: the layer) whose row counts are the stacked parts'
+    (OLMo Hybrid's convolution over [q | k | v]: the layer's q_proj, k_proj and v_proj), in place of ``rows``.
     """
 
     ours: str
@@ -88,6 +90,7 @@ class Weight:
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
     when: str | None = None
+    row_sizes_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,13 @@ def hf_shapes(
     for name, (weight, theirs) in plan.items():
         shape = shapes[name]
         if weight.layout == "rows":
-            start = 0
-            for hf, rows in zip(theirs, weight.rows(dims, shape), strict=True):
+            start, layer = 0, name.split(".")[1]
+            sizes = (
+                tuple(shapes[part.format(i=layer)][0] for part in weight.row_sizes_of)
+                if weight.row_sizes_of
+                else weight.rows(dims, shape)
+            )
+            for hf, rows in zip(theirs, sizes, strict=True):
                 out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
                 start += rows
         elif weight.layout == "reshaped":
