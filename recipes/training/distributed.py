@@ -321,9 +321,15 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     and either parallelism can resume it. Under FSDP every rank must call it; rank 0 gets it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(
+    state = get_optimizer_state_dict(
         unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+    # Each group its own betas tuple, as a resumed optimizer has them (loading gives lists): a resumed run
+    # then saves the bytes an uninterrupted one saves, where the groups would share the config's tuple.
+    for group in state["param_groups"]:
+        if "betas" in group:
+            group["betas"] = tuple(float(beta) for beta in group["betas"])
+    return state
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

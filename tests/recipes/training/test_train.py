@@ -223,8 +223,8 @@ def test_resume_after_sigterm_gives_the_losses_of_an_uninterrupted_run(tmp_path,
             b["lr"],
             b["tokens"],
         )
-    # the same log and weights, byte for byte: what the machine measured is kept apart, in measurements.jsonl
-    for name in ("metrics.jsonl", "model.safetensors"):
+    # the same bytes: what the machine measured is kept apart, in measurements.jsonl
+    for name in ("metrics.jsonl", "model.safetensors", "train_state.pt", "manifest.json"):
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
     measured = read_measurements(tmp_path / "split")
     assert [m["step"] for m in measured] == [5, 7, 10, 15, 20]  # step 7: the checkpoint the signal asked for
