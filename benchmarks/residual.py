@@ -2,8 +2,8 @@
 
     python benchmarks/residual.py [--streams 4] [--reps 5] [--threads N] [--out residual-bench.json]
 
-The same GPT-2-style model (ab.py's shapes) with ``residual = "plain"`` and with
-``residual = { name = "hyper", n_streams = n }``, static and dynamic, timed as ab.py times a
+The same GPT-2-style model (ab.py's shapes) with ``residual = "plain"``, with
+``residual = { name = "hyper", n_streams = n }``, static and dynamic, and with ``"mhc"``, timed as ab.py times a
 revision against the working tree: training steps (forward, backward, AdamW) and greedy KV-cache
 decoding, one repetition of each case in turn, the order reversed every other repetition, so a
 change in the machine's load falls on all alike. Ratios are case / plain (below 1: slower).
@@ -35,6 +35,7 @@ def main() -> None:
         "plain": "plain",
         f"hyper n={args.streams} static": {"name": "hyper", "n_streams": args.streams, "dynamic": False},
         f"hyper n={args.streams} dynamic": {"name": "hyper", "n_streams": args.streams, "dynamic": True},
+        f"mhc n={args.streams}": {"name": "mhc", "n_streams": args.streams},
     }
     results = {}
     shape = SHAPES[args.train_shape]
