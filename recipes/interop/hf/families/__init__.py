@@ -44,6 +44,7 @@ from gptzoo.recipes.interop.hf.families.base import (
 )
 from gptzoo.recipes.interop.hf.families.cohere import COHERE2
 from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
+from gptzoo.recipes.interop.hf.families.deepseek_dsa import DEEPSEEK_V32, GLM_MOE_DSA
 from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
@@ -112,7 +113,9 @@ FAMILIES: dict[str, Family] = {
         MIXTRAL,
         QWEN3_MOE,
         DEEPSEEK_V3,
+        DEEPSEEK_V32,
         GLM4_MOE,
+        GLM_MOE_DSA,
         MINIMAX_M2,
         MINIMAX,
         GPT_OSS,

@@ -1,0 +1,260 @@
+"""import-hf / export-hf for DeepSeek-V3.2 (deepseek_v32) and GLM-5 (glm_moe_dsa): parity with transformers.
+
+As tests/recipes/interop/test_hf.py does for the other families, each case builds transformers' model from a
+tiny random config covering the family's options, saves it with save_pretrained, imports it and checks:
+logits within 1e-4 on a left-padded batch, 20 greedy tokens through gptzoo's cache equal to transformers'
+generate, export -> from_pretrained -> the same logits and the same tensors. The indexer keeps 5 keys
+per query, fewer than the batch's 24 tokens and the prompts plus 20, so every check runs the sparse path.
+
+Where the indexer's scores tie at the 5th place, the paper leaves the choice open and transformers' full
+forward and cached decoding choose differently (tests/plugins/test_sparse_latent_attention.py). A score
+ties that way where every index head's ReLU gives 0, so the indexers here have 12 or 16 heads (a chance of
+2^-12 or 2^-16 per query and key) and the seeds give no ties: both of transformers' paths then make the
+paper's choice, which gptzoo's must equal.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gptzoo.recipes.cli import main
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.interop.hf.export import export_hf
+from gptzoo.recipes.interop.hf.import_ import import_hf
+from gptzoo.recipes.runs.folder import load_run
+
+transformers = pytest.importorskip(
+    "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+V = 320  # vocabulary of the tiny models
+TOPK = 5
+COMMON = dict(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=64,
+    q_lora_rank=24,
+    kv_lora_rank=16,
+    qk_nope_head_dim=12,
+    qk_rope_head_dim=8,
+    v_head_dim=10,
+    index_topk=TOPK,
+    index_head_dim=12,
+    tie_word_embeddings=False,
+)
+
+# name -> (transformers config class, its settings)
+CASES = {
+    # three layers, the first dense; 8 experts in 4 groups, 2 groups kept, top 3, the bias for choosing, a
+    # shared expert, scale 2.5; the indexer: 16 heads of 12, its first 8 features rotated in halves
+    "deepseek_v32": (
+        "DeepseekV32Config",
+        dict(
+            num_hidden_layers=3,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=24,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            index_n_heads=16,
+        ),
+    ),
+    # DeepSeek's YaRN (frequencies ×4 beyond 16 positions, the scores scaled by mscale²), experts in every
+    # layer (mlp_layer_types all sparse), one group, two shared experts, top 2 not renormalised
+    "deepseek_v32-yarn": (
+        "DeepseekV32Config",
+        dict(
+            num_hidden_layers=2,
+            first_k_dense_replace=0,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=2,
+            moe_intermediate_size=16,
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=False,
+            routed_scaling_factor=1.0,
+            index_n_heads=16,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+            },
+        ),
+    ),
+    # GLM-5: the indexer rotates interleaved pairs; its rms_norm_eps 1e-5; the first of three layers dense
+    "glm_moe_dsa": (
+        "GlmMoeDsaConfig",
+        dict(
+            num_hidden_layers=3,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=24,
+            n_group=1,
+            topk_group=1,
+            index_n_heads=12,
+        ),
+    ),
+}
+
+
+def build(case: str):
+    config_class, settings = CASES[case]
+    config = getattr(transformers, config_class)(**COMMON | settings, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers starts biases at 0 and norms at 1: randomise all, so every mapping shows
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn_like(b))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    model = build(request.param)
+    folder = tmp_path_factory.mktemp("hf") / request.param
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+def padded_batch():
+    """Three rows, two of them left-padded: (ids, mask, positions counting real tokens)."""
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, V, (3, 24), generator=g)
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[1, :5], mask[2, :11] = False, False
+    return idx, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def hf_logits(model, idx, mask, positions):
+    with torch.no_grad():
+        return model(input_ids=idx, attention_mask=mask.long(), position_ids=positions).logits
+
+
+def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    idx, mask, positions = padded_batch()
+    expected = hf_logits(model, idx, mask, positions)
+    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompts[0], [0] * 4 + prompts[1]]),
+            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
+            max_new_tokens=20,
+            min_new_tokens=20,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.attention.name == "sparse_latent"
+    with torch.no_grad():
+        ours = run.model(idx, pad_mask=mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
+    assert generate_ids(run.model, prompts, 20) == out[:, 7:].tolist(), case
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "exported", attn_implementation="eager"
+    ).eval()
+    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    export_hf(tmp_path / "run", tmp_path / "out")
+    original, exported = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "out" / "model.safetensors")),
+    )
+    assert sorted(exported) == sorted(original)
+    for name in exported:
+        assert torch.equal(exported[name], original[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == model.config.model_type
+    assert config["mlp_layer_types"] == model.config.mlp_layer_types
+    assert (config["index_topk"], config["index_n_heads"], config["index_head_dim"]) == (
+        TOPK,
+        model.config.index_n_heads,
+        12,
+    )
+
+
+def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
+    case, hf_model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = info["config"]["model"]
+    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
+    idle = sum(
+        (m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2
+        for n, m in hf_model.named_modules()
+        if n.endswith(".experts")
+    )
+    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
+    attention = model["attention"]
+    assert (attention["index_topk"], attention["index_heads"], attention["index_rope_layout"]) == (
+        TOPK,
+        hf_model.config.index_n_heads,
+        "interleaved" if case == "glm_moe_dsa" else "halves",
+    )
+    assert model["positional"]["layout"] == "interleaved"
+    config = hf_model.config  # per token: the latent and rotary key, and the indexer's key, fp32, every layer
+    per_token = (config.kv_lora_rank + config.qk_rope_head_dim + config.index_head_dim) * 4 * config.num_hidden_layers
+    run = load_run(tmp_path / "run")
+    assert run.model.kv_cache_bytes(32) == 32 * per_token
+
+
+@pytest.mark.parametrize(
+    "case, change, named",
+    [
+        (
+            "glm_moe_dsa",
+            {"indexer_types": ["full", "shared", "full"]},
+            "indexer_types = ['full', 'shared', 'full'] is not supported for glm_moe_dsa (layers reusing the previous layer's chosen keys, \"shared\"",
+        ),
+        ("glm_moe_dsa", {"indexer_types": None, "index_topk_freq": 2}, "index_topk_freq = 2 is not supported"),
+        (
+            "deepseek_v32",
+            {"mlp_layer_types": ["dense", "mixed", "sparse"]},
+            "mlp_layer_types = ['dense', 'mixed', 'sparse'] is not supported: gptzoo reads 3 entries of dense or sparse",
+        ),
+        ("deepseek_v32", {"attention_bias": True}, "attention_bias = true is not supported for deepseek_v32"),
+        (
+            "deepseek_v32",
+            {"quantization_config": {"quant_method": "fp8"}},
+            'quantization_config = {"quant_method": "fp8"} is not supported for deepseek_v32',
+        ),
+    ],
+)
+def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
+    build(case).save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(
+        json.dumps({k: v for k, v in (config | change).items() if v is not None})
+    )
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "config.json" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
