@@ -241,6 +241,7 @@ def hf_families_page(registry: Registry) -> str:
     from gptzoo.recipes.interop.hf.convert import ALIASES
     from gptzoo.recipes.interop.hf.families import all_families
     from gptzoo.recipes.interop.hf.families.base import REQUIRED
+    from gptzoo.recipes.interop.hf.families.qwen3_5 import MULTIMODAL
 
     families = all_families(registry)
 
@@ -268,6 +269,14 @@ def hf_families_page(registry: Registry) -> str:
         "",
     ]
     out += [f"- `{alias}`: read as [`{target}`](#{target})" for alias, target in ALIASES.items()]
+    out += [
+        "",
+        "Multimodal checkpoints whose language model is read (`gptzoo.recipes.interop.hf.families.qwen3_5.MULTIMODAL`: "
+        "`text_config`, the tensors under `model.language_model.`; the vision encoder's, `model.visual.*`, are left "
+        "out; export-hf writes the text model's name):",
+        "",
+    ]
+    out += [f"- `{name}`: its language model as [`{f.model_type}`](#{f.model_type})" for name, f in MULTIMODAL.items()]
     for family in families.values():
         out += ["", f"## {family.model_type}", "", f"`{family.architecture}`; tensors under `{family.prefix}`."]
         out += ["", "| config.json key | gptzoo [model] field(s) | when absent |", "| --- | --- | --- |"]

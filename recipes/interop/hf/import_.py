@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gptzoo.core import CheckpointError, GptzooError
+from gptzoo.core import CheckpointError, ConfigError, GptzooError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.interop.files import (
     checkpoint_file,
@@ -45,6 +46,7 @@ from gptzoo.recipes.interop.hf.families import (
     weight_plan,
 )
 from gptzoo.recipes.interop.hf.families.mtp import add_held_mtp
+from gptzoo.recipes.interop.hf.families.qwen3_5 import MULTIMODAL, VISION_TENSORS, text_part
 from gptzoo.recipes.interop.hf.hub import FOLDER_HINT, checkpoint_folder
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
 from gptzoo.recipes.runs.folder import run_commit
@@ -310,8 +312,21 @@ def _read_config(
     The layers the config declares are counted against the ``stored`` tensors before the config is
     validated or the model built: both take time for every layer, hours for 10^6 of them."""
     families = all_families(registry)
-    hf = normalise(read_hf_config(source), families)
-    family = family_of(hf, str(source), families)
+    hf = read_hf_config(source)
+    try:
+        text = text_part(hf)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    multimodal = MULTIMODAL.get(hf.get("model_type"))
+    hf = normalise(hf if text is None else text, families)
+    family = multimodal or family_of(hf, str(source), families)
+    if multimodal is not None:
+        vision = sum(bool(re.fullmatch(VISION_TENSORS, key)) for key in stored)
+        print(
+            f"{source}: left out the vision encoder's {vision} tensors (model.visual.*); gptzoo imports the "
+            "language model",
+            file=sys.stderr,
+        )
     tokenizer, tokenizer_state = read_tokenizer_files(src, hf)
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}

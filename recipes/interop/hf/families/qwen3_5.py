@@ -5,15 +5,17 @@ shared expert, top k always renormalised (qwen3_5_moe_text).
 
 Its rotary is Qwen3-VL's multimodal one (``mrope_section``): for text, whose three position streams are
 one, it is the plain rotary on the first ``partial_rotary_factor`` of each head. The published
-checkpoints wrap this model in the multimodal ``qwen3_5`` / ``qwen3_5_moe`` (``text_config``, tensors under ``model.language_model.``), which
-import does not read yet; a ``qwen3_5_text`` or ``qwen3_5_moe_text`` folder imports.
+checkpoints wrap this model in the multimodal ``qwen3_5`` / ``qwen3_5_moe``: import reads the language model
+(``text_config``, tied as the wrapper's ``tie_word_embeddings`` says; its tensors under ``model.language_model.``)
+and leaves the vision encoder (``model.visual.*``) out; export writes the text-only model type.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Fused, Weight
+from gptzoo.recipes.interop.hf.families.base import MISSING, Conversion, Family, Field, Fused, Weight
 from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
 from gptzoo.recipes.interop.hf.families.qwen3_next import (
     GATED_ATTENTION_WEIGHTS,
@@ -110,3 +112,40 @@ QWEN3_5_MOE_TEXT = Family(
     ignored=MTP_IGNORED,
     fused=(UNFUSED_QKV, *GATED_QUERIES),
 )
+
+
+# ---- the multimodal checkpoints' language model ---------------------------------------------------
+
+VISION_TENSORS = r"model\.visual\..*"
+
+
+def _language_model(family: Family) -> Family:
+    """``family`` as the multimodal checkpoints hold it: the base model's tensors under model.language_model., the
+    vision encoder's left out. Its model_type stays the text model's, which export writes."""
+
+    def inner(name: str) -> str:
+        return name.replace("model.", "model.language_model.", 1) if name.startswith("model.") else name
+
+    return replace(
+        family,
+        weights=tuple(replace(w, theirs=tuple(inner(t) for t in w.theirs)) for w in family.weights),
+        fused=tuple(replace(f, name=inner(f.name), parts=tuple(inner(p) for p in f.parts)) for f in family.fused),
+        prefix="model.language_model.",
+        ignored=f"{family.ignored}|{VISION_TENSORS}",
+    )
+
+
+# a multimodal config.json's model_type -> its language model's family, as its checkpoints hold it
+MULTIMODAL = {"qwen3_5": _language_model(QWEN3_5_TEXT), "qwen3_5_moe": _language_model(QWEN3_5_MOE_TEXT)}
+
+
+def text_part(hf: dict) -> dict | None:
+    """A multimodal config.json's language model (text_config, with the wrapper's tie_word_embeddings, which
+    transformers ties by); None for another config.json. ValueError without text_config."""
+    family = MULTIMODAL.get(hf.get("model_type"))
+    if family is None:
+        return None
+    text = hf.get("text_config", MISSING)
+    if not isinstance(text, dict):
+        raise ValueError(f"text_config missing; a {hf['model_type']} config.json holds its language model's there")
+    return text | {"model_type": family.model_type, "tie_word_embeddings": hf.get("tie_word_embeddings", False)}
