@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from gptzoo.core import GPT, GptzooError
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.data.tokens import leading_ids
 from gptzoo.recipes.training.models import untrained_model
 
 HELP = "print (and plot) the mean absolute gradient per layer of an untrained model, for a config and variants of it"
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for label, extra in variants:
         config = load_run_config(args.config, [*args.overrides, *extra])
         model, tokenizer = untrained_model(config)
-        ids = tokenizer.encode(args.text)[: config.model.context_length + 1]
+        ids = leading_ids(tokenizer, args.text, config.model.context_length + 1)  # not all of a huge text
         if len(ids) < 2:
             raise GptzooError(f"--text {args.text!r} is {len(ids)} token(s); give at least two")
         results[label] = layer_gradients(model, ids)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, ModelConfig, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
+from gptzoo.recipes.data.tokens import leading_ids
 from gptzoo.recipes.finetuning.common import EpochStates, batches, cut, read_data_file
 from gptzoo.recipes.finetuning.loop import epoch_records
 from gptzoo.registry import Registry
@@ -281,19 +282,3 @@ def predict(
     probs = logits.float().softmax(-1)[0]
     best = int(probs.argmax())
     return labels[best], float(probs[best])
-
-
-def leading_ids(tokenizer: Tokenizer, text: str, count: int) -> list[int]:
-    """The first ``count`` ids of ``text``, as training's truncation of the whole text's ids gives them, without
-    tokenizing all of a long text: prefixes grow fourfold until two of them, each with more ids than ``count``
-    (a cut changes only the tokens at its end), agree on the first ``count``; the work stays within a few
-    times what ``count`` ids take."""
-    size, agreed = 4 * (count + 2), None
-    while size < len(text):
-        ids = tokenizer.encode(text[:size])
-        if len(ids) > count + 1:
-            if ids[:count] == agreed:
-                return agreed
-            agreed = ids[:count]
-        size *= 4
-    return tokenizer.encode(text)[:count]

@@ -12,6 +12,7 @@ from gptzoo.recipes.data import tokens as data_module
 from gptzoo.recipes.data.tokens import (
     TokenWindows,
     WindowSampler,
+    leading_ids,
     load_tokens,
     split_windows,
     spread_indices,
@@ -341,3 +342,29 @@ def test_metrics_also_stream_to_tensorboard(tmp_path):
     logits = [(e.step, e.value) for e in events.Scalars("max_attention_logit/layer0")]  # one per layer, as logged
     expected = [(r["step"], r["max_attention_logit"][0]) for r in read_metrics(tmp_path / "run")]
     assert logits == [(s, pytest.approx(v, rel=1e-6)) for s, v in expected]
+
+
+class CountingTokenizer:
+    """``tokenizer``, counting the characters it is given to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.characters = tokenizer, 0
+
+    def encode(self, text):
+        self.characters += len(text)
+        return self.tokenizer.encode(text)
+
+
+def test_a_huge_text_is_tokenized_only_as_far_as_the_classifier_reads():
+    from gptzoo.plugins.tokenizers import ByteTokenizer, TiktokenParams, TiktokenTokenizer
+
+    byte = CountingTokenizer(ByteTokenizer(ByteTokenizer.Params()))
+    assert leading_ids(byte, "é" * 10**7, 5) == [0xC3, 0xA9, 0xC3, 0xA9, 0xC3]  # é is C3 A9 in UTF-8
+    assert byte.characters < 1000  # not the 10 million characters
+    assert leading_ids(byte, "hi", 5) == [ord("h"), ord("i")]  # a short text whole
+
+    bpe = CountingTokenizer(TiktokenTokenizer(TiktokenParams(encoding="gpt2")))
+    for text in ("The quick brown fox jumps over the lazy dog. " * 20_000, "x" * 3000 + " and a dog" * 20_000):
+        bpe.characters = 0
+        assert leading_ids(bpe, text, 32) == bpe.tokenizer.encode(text)[:32]  # training's truncation of the whole
+        assert bpe.characters < 20_000  # of 900,000 and 203,000

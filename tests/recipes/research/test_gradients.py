@@ -64,3 +64,20 @@ def test_a_text_of_one_token_is_a_clear_error(tmp_path, capsys):
     config.write_text(CONFIG, encoding="utf-8")
     assert main(["gradients", str(config), "--text", "x"]) == 2
     assert "give at least two" in capsys.readouterr().err
+
+
+def test_a_huge_text_gives_the_gradients_of_its_first_context_tokens(tmp_path, capsys, monkeypatch):
+    from gptzoo.plugins.tokenizers import ByteTokenizer
+
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    encoded = []
+    real_encode = ByteTokenizer.encode
+    monkeypatch.setattr(
+        ByteTokenizer, "encode", lambda self, text: encoded.append(len(text)) or real_encode(self, text)
+    )
+    assert main(["gradients", str(config), "--text", "shortcut connections " * 500_000]) == 0
+    huge = capsys.readouterr().out
+    assert sum(encoded) < 10_000  # of 10.5 million characters
+    assert main(["gradients", str(config), "--text", "shortcut connections"[:17]]) == 0  # its 17 = context + 1 bytes
+    assert huge == capsys.readouterr().out
