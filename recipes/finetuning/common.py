@@ -229,8 +229,9 @@ def batches(
 
 
 def set_trainable(model: GPT, train: str, last_n: int = 1) -> None:
-    """Freeze the model except: nothing (none), the head (head), the last block with the final
-    norm and the head (last-block), the last N blocks with them (last-n), everything (all).
+    """Freeze the model except: nothing (none), the head (head), the last block (and its layer's
+    residual mixing) with the final norm and the head (last-block), the last N blocks with them
+    (last-n), everything (all).
     A head tied to the token embedding trains the embedding with it."""
     if train == "last-n" and not 1 <= last_n <= len(model.blocks):
         raise GptzooError(
@@ -242,7 +243,7 @@ def set_trainable(model: GPT, train: str, last_n: int = 1) -> None:
     unfrozen: list[nn.Module] = [model.head]
     if train != "head":
         n = 1 if train == "last-block" else last_n
-        unfrozen += [model.final_norm, *model.blocks[-n:]]
+        unfrozen += [model.final_norm, *model.blocks[-n:], *model.residuals[-n:]]  # a layer's stream mixing with it
     for module in unfrozen:
         module.requires_grad_(True)
 

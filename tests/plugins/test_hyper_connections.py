@@ -278,3 +278,14 @@ def test_manifold_describe_counts(registry):
     assert model.param_counts()["residual"] == L * (n * C * (n * n + 2 * n) + n + n + n * n + 3)
     flops = 2 * n * C * (n * n + 2 * n) + 4 * t * n * n + 2 * (n * C + n * n * C + n * C)
     assert model.flops_per_token()["residual"] == L * flops
+
+
+def test_fine_tuning_the_last_block_trains_its_layers_stream_mixing(registry):
+    from gptzoo.recipes.finetuning.common import set_trainable
+
+    model = build(tiny_config(registry, n_layers=3, residual=HYPER))
+    set_trainable(model, "last-block")
+    trainable = {
+        name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad
+    }
+    assert {"residuals.2", "blocks.2"} <= trainable and not {"residuals.0", "residuals.1", "blocks.1"} & trainable
