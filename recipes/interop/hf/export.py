@@ -94,7 +94,7 @@ def export_hf(
     data = hf_config(family, explicit(config.model))
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
-    specs = hf_shapes(plan, shapes, config.model.dims())
+    specs = hf_shapes(plan, shapes, config.model.dims(), config.model.dims)
     if config.model.mtp is not None:  # each MTP layer stores copies of the embedding and head
         depth = config.model.mtp.params.depth  # type: ignore[attr-defined]
         specs |= shared_copies(specs, depth, config.model.n_layers, config.model.tied_head)
@@ -121,8 +121,15 @@ def export_hf(
             tensors = [f.get_slice(name)[rows] if rows is not None else f.get_tensor(name) for name, rows in parts]
             if layout in ("interleaved", "interleaved_transposed"):
                 tensor = interleave(layout, tensors)
-            elif len(tensors) > 1:  # a chunked tensor's parts
-                tensor = torch.cat(tensors, dim=row_axis(tensors[0].shape))
+            elif layout == "shared":  # every layer's copy of one tensor
+                if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+                    raise CheckpointError(
+                        f"{weights}: {', '.join(name for name, _ in parts[:2])}, ... differ, but {family.model_type} "
+                        f"keeps one {hf} for every layer: export a run whose copies are equal"
+                    )
+                tensor = tensors[0]
+            elif len(tensors) > 1:  # a chunked tensor's parts, or each layer's columns
+                tensor = torch.cat(tensors, dim=-1 if layout == "columns" else row_axis(tensors[0].shape))
             else:
                 tensor = to_theirs(layout, tensors[0], config.model.dims())
             return tensor.reshape(shape)  # one expert of a stack: (1, ...) -> (...)

@@ -41,6 +41,7 @@ from gptzoo.recipes.interop.hf.families import (
     fuse_shapes,
     fusions,
     hf_shapes,
+    layer_of,
     row_axis,
     to_ours,
     weight_plan,
@@ -259,7 +260,7 @@ def import_hf(
         shapes = weight_shapes(config.model)
         plan = weight_plan(family, shapes)
         dims = config.model.dims()
-        to_read = hf_shapes(plan, shapes, dims)
+        to_read = hf_shapes(plan, shapes, dims, config.model.dims)
         fused = fusions(family, to_read, config.model)
         found = _find_weights(src, stored, family, config, fuse_shapes(to_read, fused))
         _check_constants(src, stored, family, constant_values(family, shapes, explicit(config.model)))
@@ -279,7 +280,11 @@ def import_hf(
                 return stored[key].get_slice(key)[(slice(None),) * axis + (slice(k * rows, (k + 1) * rows),)]
             if weight.layout in ("interleaved", "interleaved_transposed"):
                 return deinterleave(weight.layout, load(theirs[0]), weight.chunk)
-            parts = [load(hf) for hf in theirs]
+            if weight.layout in ("layer_rows", "layer_columns"):  # layer i's rows or columns
+                key, axis, i = found[theirs[0]], 0 if weight.layout == "layer_rows" else 1, layer_of(name)
+                size = shapes[name][axis]
+                return stored[key].get_slice(key)[(slice(None),) * axis + (slice(i * size, (i + 1) * size),)]
+            parts = [load(hf) for hf in theirs if hf in to_read]  # a rows entry may leave out what a layer lacks
             if weight.layout == "experts":
                 return torch.stack(parts)
             if weight.layout == "reshaped":

@@ -736,6 +736,45 @@ PUBLISHED = {
         },
         999_885_952,
     ),
+    "gemma4_text": (
+        {  # Gemma 4 E2B's text_config (google/gemma-4-E2B), recalled, not read from the Hub (no network here):
+            # the keys import-hf reads. The count is what transformers' Gemma4ForCausalLM gives for them
+            # (4,628,569,344), with its 35 layer_scalar buffers, which gptzoo learns, and 34 more copies of its one
+            # per_layer_projection_norm (256), which each gptzoo layer keeps.
+            "model_type": "gemma4_text",
+            "architectures": ["Gemma4ForCausalLM"],
+            "vocab_size": 262144,
+            "vocab_size_per_layer_input": 262144,
+            "hidden_size": 1536,
+            "hidden_size_per_layer_input": 256,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 35,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 1,
+            "head_dim": 256,
+            "global_head_dim": 512,
+            "num_global_key_value_heads": None,
+            "attention_k_eq_v": False,
+            "num_kv_shared_layers": 20,
+            "use_double_wide_mlp": True,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-06,
+            "sliding_window": 512,
+            "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 7,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "proportional", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            },
+            "final_logit_softcapping": 30.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "enable_moe_block": False,
+            "tie_word_embeddings": True,
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "pad_token_id": 0,
+        },
+        4_628_569_344 + 35 + 34 * 256,
+    ),
     "gpt_neox": (
         {  # EleutherAI/pythia-160m
             "model_type": "gpt_neox",
@@ -1405,13 +1444,14 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):
     """Active per token: the total less each mixture layer's idle experts, (E - k) · 3 · hidden · d_model."""
     preset = load_run_config(PRESETS / f"{family}.toml", registry=registry).model
-    ffn = preset.feed_forward.params
-    mixtures = sum(layer.feed_forward.name == "moe" for layer in preset.layers())
+    mixtures = [layer.feed_forward.params for layer in preset.layers() if layer.feed_forward.name == "moe"]
+    ffn = mixtures[0]  # alike in every mixture layer (Llama 4's in layer kinds, the others' at the model level)
+    assert all(m == ffn for m in mixtures)
     with torch.device("meta"):
         model = GPT(preset)
     assert (
         model.active_parameters_per_token()
-        == PUBLISHED[family][1] - mixtures * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model
+        == PUBLISHED[family][1] - len(mixtures) * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model
         == active
     )
 

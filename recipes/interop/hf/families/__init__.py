@@ -36,6 +36,7 @@ from gptzoo.recipes.interop.hf.families.base import (
     fusions,
     hf_shapes,
     interleave,
+    layer_of,
     qkv_rows,
     row_axis,
     to_ours,
@@ -47,6 +48,7 @@ from gptzoo.recipes.interop.hf.families.deepseek import DEEPSEEK_V3
 from gptzoo.recipes.interop.hf.families.deepseek_dsa import DEEPSEEK_V32, GLM_MOE_DSA
 from gptzoo.recipes.interop.hf.families.falcon_h1 import FALCON_H1
 from gptzoo.recipes.interop.hf.families.gemma import GEMMA2, GEMMA3_TEXT
+from gptzoo.recipes.interop.hf.families.gemma4 import GEMMA4_TEXT
 from gptzoo.recipes.interop.hf.families.glm import GLM4_MOE
 from gptzoo.recipes.interop.hf.families.gpt2 import GPT2
 from gptzoo.recipes.interop.hf.families.gpt_oss import GPT_OSS
@@ -79,6 +81,7 @@ __all__ = [
     "fuse_shapes",
     "fusions",
     "hf_shapes",
+    "layer_of",
     "qkv_rows",
     "row_axis",
     "to_ours",
@@ -108,6 +111,7 @@ FAMILIES: dict[str, Family] = {
         APERTUS,
         GEMMA2,
         GEMMA3_TEXT,
+        GEMMA4_TEXT,
         GPT_NEOX,
         COHERE2,
         MIXTRAL,

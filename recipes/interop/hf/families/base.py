@@ -66,7 +66,14 @@ class Weight:
     ``interleaved`` (ours is part ``chunk = (k, n)`` of the Hugging Face tensor's last axis, whose entries take the
     n parts in turn: gpt-oss's gate_up_proj_bias (E, 2 × hidden), the gate's [..., ::2], the up projection's
     [..., 1::2]), ``interleaved_transposed`` (the same for matrices stored (in, out), transposed: gpt-oss's
-    gate_up_proj (E, C, 2 × hidden)). ``transposed`` swaps a stack's last two axes (gpt-oss's down_proj).
+    gate_up_proj (E, C, 2 × hidden)),
+    ``layer_rows`` / ``layer_columns`` (ours is layer i's part of the Hugging Face tensor's rows / columns cut
+    into n_layers equal parts: Gemma 4 packs every layer's per-layer embedding table into one),
+    ``shared`` (one Hugging Face tensor every layer keeps a copy of: Gemma 4's per_layer_projection_norm;
+    export refuses copies that training has made differ). ``transposed`` swaps a stack's last two axes
+    (gpt-oss's down_proj).
+    ``rows`` sees the layer's own dimensions (its kind's head shape, ``kv_from``) and may give 0 rows for a
+    tensor that layer lacks (Gemma 4's layers sharing another's keys and values have no k_proj).
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
     layer), where two kinds of layer name a tensor alike (LFM2's attention and convolution layers
     both have ``attention.out_proj``).
@@ -86,6 +93,9 @@ class Weight:
         "reshaped",
         "interleaved",
         "interleaved_transposed",
+        "layer_rows",
+        "layer_columns",
+        "shared",
     ] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
@@ -199,26 +209,45 @@ def weight_plan(family: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     return plan
 
 
+def layer_of(name: str) -> int | None:
+    """The layer a gptzoo tensor belongs to (``blocks.{i}.``), None for the others."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "blocks" else None
+
+
 def hf_shapes(
-    plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims
+    plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims, layer_dims: Callable[[int], Dims] | None = None
 ) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
     """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
-    None for all, stacked row-wise; the layout it is stored in; its shape)."""
+    None for all, stacked row-wise, or row-/column-wise by layer; the layout it is stored in; its shape).
+    ``layer_dims(i)``: layer i's dimensions, which a ``rows`` entry sees (None: the model's)."""
     out: dict = {}
     for name, (weight, theirs) in plan.items():
         shape = shapes[name]
+        layer = layer_of(name)
+        own = layer_dims(layer) if layer_dims is not None and layer is not None else dims
         if weight.layout == "rows":
-            start, layer = 0, name.split(".")[1]
+            start = 0
             sizes = (
                 tuple(shapes[part.format(i=layer)][0] for part in weight.row_sizes_of)
                 if weight.row_sizes_of
-                else weight.rows(dims, shape)
+                else weight.rows(own, shape)
             )
             for hf, rows in zip(theirs, sizes, strict=True):
-                out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
+                if rows:  # a tensor this layer lacks
+                    out[hf] = ([(name, slice(start, start + rows))], "same", (rows, *shape[1:]))
                 start += rows
+        elif weight.layout in ("layer_rows", "layer_columns"):
+            assert layer is not None, f"{name}: a {weight.layout} weight belongs to a layer"
+            axis = 0 if weight.layout == "layer_rows" else 1
+            whole = (*shape[:axis], shape[axis] * dims.n_layers, *shape[axis + 1 :])
+            layout = "same" if axis == 0 else "columns"
+            parts = out.setdefault(theirs[0], ([None] * dims.n_layers, layout, whole))[0]
+            parts[layer] = (name, None)
+        elif weight.layout == "shared":
+            out.setdefault(theirs[0], ([], "shared", shape))[0].append((name, None))
         elif weight.layout == "reshaped":
-            out[theirs[0]] = ([(name, None)], "same", weight.rows(dims, shape))
+            out[theirs[0]] = ([(name, None)], "same", weight.rows(own, shape))
         elif weight.layout == "experts":
             for e, hf in enumerate(theirs):
                 out[hf] = ([(name, slice(e, e + 1))], "same", shape[1:])
