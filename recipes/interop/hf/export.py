@@ -128,6 +128,8 @@ def export_hf(
                         f"keeps one {hf} for every layer: export a run whose copies are equal"
                     )
                 tensor = tensors[0]
+            elif layout == "stack_transposed":  # each part's matrices transposed, side by side
+                tensor = torch.cat([t.transpose(1, 2) for t in tensors], dim=-1)
             elif len(tensors) > 1:  # a chunked tensor's parts, or each layer's columns
                 tensor = torch.cat(tensors, dim=-1 if layout == "columns" else row_axis(tensors[0].shape))
             else:

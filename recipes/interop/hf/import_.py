@@ -284,6 +284,9 @@ def import_hf(
                 key, axis, i = found[theirs[0]], 0 if weight.layout == "layer_rows" else 1, layer_of(name)
                 size = shapes[name][axis]
                 return stored[key].get_slice(key)[(slice(None),) * axis + (slice(i * size, (i + 1) * size),)]
+            if weight.layout == "stack_transposed":  # part k of the last axis, each matrix transposed
+                key, k, size = found[theirs[0]], weight.chunk[0], shapes[name][1]
+                return stored[key].get_slice(key)[:, :, k * size : (k + 1) * size].transpose(1, 2).contiguous()
             parts = [load(hf) for hf in theirs if hf in to_read]  # a rows entry may leave out what a layer lacks
             if weight.layout == "experts":
                 return torch.stack(parts)

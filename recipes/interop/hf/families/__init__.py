@@ -56,6 +56,7 @@ from gptzoo.recipes.interop.hf.families.granite import GRANITEMOEHYBRID
 from gptzoo.recipes.interop.hf.families.kimi_linear import KIMI_LINEAR
 from gptzoo.recipes.interop.hf.families.lfm2 import LFM2, LFM2_MOE
 from gptzoo.recipes.interop.hf.families.llama import APERTUS, LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
+from gptzoo.recipes.interop.hf.families.llama4 import LLAMA4_TEXT
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
@@ -118,6 +119,7 @@ FAMILIES: dict[str, Family] = {
         QWEN3_MOE,
         DEEPSEEK_V3,
         DEEPSEEK_V32,
+        LLAMA4_TEXT,
         GLM4_MOE,
         GLM_MOE_DSA,
         MINIMAX_M2,

@@ -70,8 +70,10 @@ class Weight:
     ``layer_rows`` / ``layer_columns`` (ours is layer i's part of the Hugging Face tensor's rows / columns cut
     into n_layers equal parts: Gemma 4 packs every layer's per-layer embedding table into one),
     ``shared`` (one Hugging Face tensor every layer keeps a copy of: Gemma 4's per_layer_projection_norm;
-    export refuses copies that training has made differ). ``transposed`` swaps a stack's last two axes
-    (gpt-oss's down_proj).
+    export refuses copies that training has made differ),
+    ``stack_transposed`` (ours (E, a, b) is part ``chunk = (k, n)`` of the Hugging Face stack (E, b, n × a) cut
+    along its last axis, each expert's matrix transposed: Llama 4's ``gate_up_proj`` (E, C, 2 × hidden)).
+    ``transposed`` swaps a stack's last two axes too (gpt-oss's and Llama 4's down_proj).
     ``rows`` sees the layer's own dimensions (its kind's head shape, ``kv_from``) and may give 0 rows for a
     tensor that layer lacks (Gemma 4's layers sharing another's keys and values have no k_proj).
     ``when``: the row holds only for the layers that also have this gptzoo tensor (``{i}``: the
@@ -96,6 +98,7 @@ class Weight:
         "layer_rows",
         "layer_columns",
         "shared",
+        "stack_transposed",
     ] = "same"
     rows: Callable[[Dims, tuple[int, ...]], tuple[int, ...]] | None = None
     chunk: tuple[int, int] = (0, 1)
@@ -244,6 +247,10 @@ def hf_shapes(
             layout = "same" if axis == 0 else "columns"
             parts = out.setdefault(theirs[0], ([None] * dims.n_layers, layout, whole))[0]
             parts[layer] = (name, None)
+        elif weight.layout == "stack_transposed":
+            k, n = weight.chunk
+            parts = out.setdefault(theirs[0], ([None] * n, "stack_transposed", (shape[0], shape[2], shape[1] * n)))[0]
+            parts[k] = (name, None)
         elif weight.layout == "shared":
             out.setdefault(theirs[0], ([], "shared", shape))[0].append((name, None))
         elif weight.layout == "reshaped":
