@@ -11,7 +11,10 @@
 - latent KV: cache bytes per token against the formula (kv_lora_rank + head_dim) · 4 bytes per layer;
 - latent decode: greedy decoding tokens/s at the GPT-2 124M shape, latent (absorbed and, for
   comparison, explicit decompression) against sdpa with the same 12 heads, after a short and a
-  long prompt; ``latent_matched`` is latent sized to sdpa's attention parameters (LATENT_MATCHED).
+  long prompt; ``latent_matched`` is latent sized to sdpa's attention parameters (LATENT_MATCHED);
+- sparse latent: DeepSeek Sparse Attention (``sparse_latent``, each query's top ``index_topk`` keys)
+  against dense ``latent`` with the same latent sizes: a forward over a whole context (no gradients)
+  and greedy decoding after a long prompt, ratio dense / sparse (above 1: the sparse one is faster).
 
 Implementations of one case are built in one process and timed in turns (one repetition of
 each, then the next, the order reversed every other repetition), so a change in the machine's
@@ -204,6 +207,44 @@ def latent_decode(prompt: int, new_tokens: int, reps: int) -> list[dict]:
     ]
 
 
+@torch.no_grad()
+def sparse_latent(context: int, topk: int, new_tokens: int, reps: int) -> list[dict]:
+    """Dense against sparse latent attention at WINDOW_SHAPE, DeepSeek-V3.2's indexer proportions scaled down
+    (16 heads of 64, its keys rotated in halves); the cost of choosing (the indexer's scores, a sort per
+    query) is in the sparse figures."""
+    latent = {"q_lora_rank": 128, "kv_lora_rank": 128}
+    indexer = {"index_topk": topk, "index_heads": 16, "index_head_dim": 64}
+    models = {
+        "latent": model(WINDOW_SHAPE, {"name": "latent", **latent}, context_length=context + new_tokens),
+        "sparse_latent": model(
+            WINDOW_SHAPE, {"name": "sparse_latent", **latent, **indexer}, context_length=context + new_tokens
+        ),
+    }
+    idx = torch.randint(0, 512, (1, context))
+
+    def decode(m):
+        def run():
+            cache = m.new_cache(1, context + new_tokens)
+            logits = m(idx, cache=cache)[:, -1]
+            for _ in range(new_tokens):
+                logits = m(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+
+        return run
+
+    forward = in_turns({name: (lambda m=m: m(idx)) for name, m in models.items()}, reps)
+    decoding = in_turns({name: decode(m) for name, m in models.items()}, reps)
+    return [
+        {
+            "case": f"{what}, context {context}, top {topk} keys, 4 × 256, fp32",
+            "impl": name,
+            "seconds": seconds[name],
+            "ratio_to_latent": seconds["latent"] / seconds[name],
+        }
+        for what, seconds in (("forward", forward), (f"prefill and {new_tokens} greedy tokens", decoding))
+        for name in models
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -219,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: window_training(8, 64, 2, args.reps),
             lambda: sinks_training(64, 2, args.reps),
             latent_kv,
+            lambda: sparse_latent(64, 16, 4, args.reps),
         ]
     else:
         cases = [
@@ -228,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             latent_kv,
             lambda: latent_decode(16, 64, args.reps),
             lambda: latent_decode(960, 32, args.reps),
+            lambda: sparse_latent(4096, 512, 32, args.reps),
         ]
     rows = []
     for case in cases:

@@ -30,3 +30,6 @@ def test_attention_bench_reports_cache_bytes_and_speeds(tmp_path):
     assert sinks == {"sdpa", "sdpa_sinks", "fused_sinks"}  # SDPA's sink form against the explicit one, in turns
     (latent,) = [r for r in rows if r["impl"] == "latent" and "bytes_per_token" in r]
     assert latent["bytes_per_token"] == (latent["kv_lora_rank"] + latent["rope_dim"]) * 4 * 12  # fp32, 12 layers
+    sparse = {(r["case"].split(",")[0], r["impl"]) for r in rows if "top 16 keys" in r["case"]}
+    assert sparse == {(w, i) for w in ("forward", "prefill and 4 greedy tokens") for i in ("latent", "sparse_latent")}
+    assert all(r["ratio_to_latent"] > 0 for r in rows if "top 16 keys" in r["case"])
