@@ -179,7 +179,10 @@ class SparseLatentAttention(LatentAttention):
         k = self.indexer.k_norm(self.indexer.wk(x)).unsqueeze(1)  # (B, 1, T, D)
         # The model's rotary turns its own pairs; reordering the features first makes them the indexer's pairs.
         # Scores are dot products, the same under any one order of q's and k's features, so none is undone.
-        if getattr(ctx.positional.params, "layout", self.params.index_rope_layout) != self.params.index_rope_layout:
+        # The scheme's params hold its fields in __dict__ (getattr's miss would run pydantic's __getattr__,
+        # which torch.compile cannot trace).
+        layout = vars(ctx.positional.params).get("layout", self.params.index_rope_layout)
+        if layout != self.params.index_rope_layout:
             order = pair_order(dr, self.params.index_rope_layout, x.device)
             q = torch.cat([q[..., :dr][..., order], q[..., dr:]], dim=-1)
             k = torch.cat([k[..., :dr][..., order], k[..., dr:]], dim=-1)
