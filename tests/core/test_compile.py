@@ -8,7 +8,7 @@ from gptzoo.registry import make_registry
 from gptzoo.testing import tiny_config
 
 BASE = dict(vocab_size=64, context_length=16, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, tokenizer="byte")
-FAMILIES = ("positional", "attention", "feed_forward", "norm", "block")
+FAMILIES = ("positional", "attention", "feed_forward", "norm", "block", "residual", "head")
 
 
 def _variants():

@@ -153,3 +153,4 @@ def test_sinks_compile_with_fullgraph_and_count_their_parameters(registry):
     plain = GPT(tiny_config(registry, n_layers=1)).eval()
     assert model.param_counts()["attention"] - plain.param_counts()["attention"] == 4  # one logit per head
     assert model.kv_cache_bytes() == plain.kv_cache_bytes()  # a sink has no key or value to cache
+    assert model.flops_per_token() == plain.flops_per_token()  # one add per head and query, uncounted as norms are

@@ -108,6 +108,16 @@ def test_chunked_declares_a_bounded_cache_of_one_chunk(registry):
     assert model.new_cache(1).keep == 8 and model.extension_refusal() is None
 
 
+def test_chunked_flops_count_keys_up_to_one_chunk(registry):
+    def attention_flops(attention, context):
+        return GPT(tiny_config(registry, attention=attention, context_length=32)).flops_per_token(context)["attention"]
+
+    chunked, plain = {"name": "chunked", "chunk_size": 8}, {"name": "sdpa"}
+    assert attention_flops(chunked, 8) == attention_flops(plain, 8)  # a chunk's worth of keys: no difference
+    # PaLM's 4 · n_heads · head_size FLOPs per key, in 2 layers of 4 heads of 8, for the 24 keys past the chunk
+    assert attention_flops(plain, 32) - attention_flops(chunked, 32) == 2 * 4 * 4 * 8 * 24
+
+
 def test_chunked_compiles_with_fullgraph(registry):
     torch.manual_seed(0)
     model = GPT(tiny_config(registry, n_layers=1, attention={"name": "chunked", "chunk_size": 4})).eval()
