@@ -70,6 +70,12 @@ class AttentionParams(Params):
         "v_head_dim): qkv.weight holds nh·hs + nkv·hs + nkv·v_head_size rows and out_proj reads nh·v_head_size; "
         "None: the head size",
     )
+    value_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplies the values as they leave qkv (after v_norm, if on), before the cache (MiMo-V2-Flash's "
+        "attention_value_scale: 0.707); 1: unscaled",
+    )
     scale: float | None = Field(
         None,
         gt=0,
@@ -316,6 +322,8 @@ class FusedAttention(Attention):
         v = v.reshape(B, T, self.n_kv_heads, self.v_size).transpose(1, 2)  # (B, nkv, T, vs)
         if self.params.v_norm:
             v = value_norm(v, self.params.qk_norm_eps)
+        if self.params.value_scale != 1.0:
+            v = v * self.params.value_scale
         q, k = ctx.rotate(q, k)
         q = query_temperature(q, ctx.positions, self.params)
         if cache is not None:

@@ -85,6 +85,8 @@ class PerHeadAttention(Attention):
             q, k = (t.unflatten(-1, (-1, self.dims.head_size)).transpose(1, 2) for t in (q, k))  # (B, h, T, hs)
         if self.params.v_norm:
             v = value_norm(v, self.params.qk_norm_eps)
+        if self.params.value_scale != 1.0:
+            v = v * self.params.value_scale
         q, k = ctx.rotate(q, k)
         q = query_temperature(q, ctx.positions, self.params)
         if cache is not None:

@@ -52,6 +52,7 @@ def test_plugins_json_shape():
         "query_temperature_scale": 0.1,
         "shared_key_value": False,
         "v_head_size": None,
+        "value_scale": 1.0,
     }
     assert by_name["norm", "layernorm"]["params"] == {
         "eps": {"type": "float", "default": 1e-5, "required": False},

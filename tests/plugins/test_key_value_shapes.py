@@ -93,9 +93,10 @@ MIMO_DIMS = Dims(
 )
 
 
+@pytest.mark.parametrize("value_scale", [None, 0.707])  # attention_value_scale: none, and MiMo-V2-Flash's
 @pytest.mark.parametrize("layer", ["full_attention", "sliding_attention"])
 @torch.no_grad()
-def test_value_head_size_matches_mimo_v2_flash_attention(registry, layer):
+def test_value_head_size_matches_mimo_v2_flash_attention(registry, layer, value_scale):
     from transformers import MiMoV2FlashConfig
     from transformers.masking_utils import causal_mask_function, eager_mask, sliding_window_causal_mask_function
     from transformers.models.mimo_v2_flash.modeling_mimo_v2_flash import MiMoV2FlashAttention
@@ -110,7 +111,7 @@ def test_value_head_size_matches_mimo_v2_flash_attention(registry, layer):
         num_hidden_layers=1,
         layer_types=[layer],
         sliding_window=window,
-        attention_value_scale=None,
+        attention_value_scale=value_scale,
         attention_bias=False,
     )
     config._attn_implementation = "eager"
@@ -128,7 +129,9 @@ def test_value_head_size_matches_mimo_v2_flash_attention(registry, layer):
         return hf(x, position_embeddings=identity, attention_mask=mask)[0]
 
     dims = Dims(**{**MIMO_DIMS.__dict__, "n_kv_heads": 2 if sliding else 1})
-    params = {"v_head_size": 8} | ({"sinks": True, "window": window} if sliding else {})
+    params = {"v_head_size": 8, "value_scale": value_scale or 1.0} | (
+        {"sinks": True, "window": window} if sliding else {}
+    )
     module = attention(registry, "sliding_window" if sliding else "sdpa", dims, **params)
     module.qkv.weight.copy_(torch.cat([hf.q_proj.weight, hf.k_proj.weight, hf.v_proj.weight]))
     module.out_proj.weight.copy_(hf.o_proj.weight)

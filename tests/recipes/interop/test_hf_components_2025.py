@@ -1,4 +1,5 @@
-"""import-hf / export-hf for the families built from 2025's components (attention sinks, gpt-oss's experts): parity
+"""import-hf / export-hf for the families built from 2025's components (attention sinks, gpt-oss's experts, values
+narrower than keys, key/value heads per kind of layer): parity
 with transformers' own models, as tests/recipes/interop/test_hf.py checks the older families.
 
 Each case builds transformers' model from a tiny random config covering the family's options, saves it with
@@ -80,6 +81,56 @@ CASES = {
         ),
         ATTENTION,
     ),
+    # MiMo-V2-Flash: one full layer, then two windowed (6 keys) with sinks and twice the key/value heads (1 -> 2),
+    # 24-wide query/key heads and 16-wide values scaled by 0.707, a rotary per kind on part of each head (half at
+    # 1e5 on the full layer, 0.334 at 1e4 on the windowed), q/k/v biases, a dense first layer, then 6 experts in
+    # 2 groups, top 2 from the best group by sigmoid scores with the bias for choosing, scaled by 2, untied
+    "mimo_v2_flash": (
+        "MiMoV2FlashConfig",
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=1,
+            head_dim=24,
+            v_head_dim=16,
+            sliding_window=6,
+            layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+            attention_bias=True,
+            moe_intermediate_size=20,
+            n_routed_experts=6,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=2.0,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1e5, "partial_rotary_factor": 0.5},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.334},
+            },
+            pad_token_id=0,
+        ),
+        ["sdpa", "fused"],  # per_head gives values the head size
+    ),
+    # windowed layers first and last around a full one (GQA 2 -> 4 on the windowed), experts in every layer
+    # (mlp_layer_types all sparse), no value scale (null), 4 experts top 2 unnormalised, tied head
+    "mimo_v2_flash-tied": (
+        "MiMoV2FlashConfig",
+        dict(
+            num_key_value_heads=2,
+            head_dim=18,  # its default rotary's 0.334 of 18: 6 dimensions
+            v_head_dim=8,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            mlp_layer_types=["sparse"] * 3,
+            num_hidden_layers=3,
+            attention_value_scale=None,
+            moe_intermediate_size=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+        ),
+        ["sdpa", "fused"],
+    ),
 }
 
 
@@ -93,6 +144,9 @@ def build(case: str):
     ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
         for name, p in model.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # MiMo's bias for choosing experts
+                b.copy_(0.1 * torch.randn_like(b))
     return model
 
 
@@ -207,6 +261,16 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     if case == "gpt_oss-tied":
         assert not model.get("layer_pattern") and (model["qkv_bias"], model["attn_out_bias"]) == (False, False)
         assert (model["feed_forward"]["swiglu_limit"], model["feed_forward"]["swiglu_alpha"]) == (2.0, 1.0)
+    if case == "mimo_v2_flash":  # windowed kinds with sinks and twice the key/value heads, a dense first layer
+        assert model["layer_pattern"] == ["full_dense", "sliding_moe", "sliding_moe"]
+        sliding = model["layer_kinds"]["sliding_moe"]
+        assert (sliding["n_kv_heads"], sliding["attention"]["sinks"], sliding["attention"]["window"]) == (2, True, 6)
+        assert (model["attention"]["v_head_size"], model["attention"]["value_scale"]) == (16, 0.707)
+        assert (model["positional"]["base"], sliding["positional"]["base"]) == (1e5, 1e4)
+        assert (model["feed_forward"]["scoring"], model["feed_forward"]["n_groups"]) == ("sigmoid", 2)
+    if case == "mimo_v2_flash-tied":
+        assert model["layer_pattern"] == ["sliding_moe", "full_moe"]  # the pattern wraps
+        assert model["attention"]["value_scale"] == 1.0 and model["tied_head"]
 
 
 # case -> its options gptzoo does not implement, each refused naming the key and the value
@@ -225,6 +289,22 @@ REFUSED = {
         (
             {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
             'rope_parameters.rope_type = "dynamic" is not supported for gpt_oss',
+        ),
+    ],
+    "mimo_v2_flash": [
+        ({"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for mimo_v2_flash (the SwiGLU feed-forward'),
+        (
+            {"mlp_layer_types": ["dense", "sparse", "shared"]},
+            'mlp_layer_types = ["dense", "sparse", "shared"] is not supported: gptzoo reads 3 entries of dense or sparse',
+        ),
+        (
+            {"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}},
+            'rope_parameters.full_attention.rope_type = "yarn" is not supported for mimo_v2_flash',
+        ),
+        ({"sliding_window": None}, "sliding_window = null is not supported for mimo_v2_flash"),
+        (
+            {"quantization_config": {"quant_method": "fp8"}},
+            'quantization_config = {"quant_method": "fp8"} is not supported for mimo_v2_flash',
         ),
     ],
 }

@@ -1425,6 +1425,43 @@ PUBLISHED = {
         },
         20_914_757_184,
     ),
+    "mimo_v2_flash": (
+        {  # XiaomiMiMo/MiMo-V2-Flash, not read from the Hub (no network): the values of transformers'
+            # MiMoV2FlashConfig defaults, which its docs give as that checkpoint's, recalled here. The count is what
+            # transformers' MiMoV2FlashForCausalLM gives for them (published: 309 B total, 15 B active)
+            "model_type": "mimo_v2_flash",
+            "architectures": ["MiMoV2FlashForCausalLM"],
+            "vocab_size": 152576,
+            "hidden_size": 4096,
+            "intermediate_size": 16384,
+            "num_hidden_layers": 48,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 4,
+            "head_dim": 192,
+            "v_head_dim": 128,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-05,
+            "attention_bias": False,
+            "attention_value_scale": 0.707,
+            "hidden_act": "silu",
+            "sliding_window": 129,
+            "layer_types": ["full_attention" if i == 0 or not (i + 1) % 6 else "sliding_attention" for i in range(48)],
+            "mlp_layer_types": ["dense"] + ["sparse"] * 47,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.334},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.334},
+            },
+            "moe_intermediate_size": 2048,
+            "n_routed_experts": 256,
+            "num_experts_per_tok": 8,
+            "n_group": 1,
+            "topk_group": 1,
+            "routed_scaling_factor": None,
+            "norm_topk_prob": True,
+            "tie_word_embeddings": False,
+        },
+        308_778_768_832,
+    ),
     "gpt2": (
         {  # openai-community/gpt2
             "model_type": "gpt2",
@@ -1482,6 +1519,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
         ("lfm2_moe", 1_557_740_288),
         ("afmoe", 3_474_728_960),
         ("llama4_text", 17_172_894_720),
+        ("mimo_v2_flash", 15_445_924_288),
     ],
 )
 def test_moe_presets_active_parameters_are_the_formula(family, active, registry):

@@ -58,6 +58,7 @@ from gptzoo.recipes.interop.hf.families.lfm2 import LFM2, LFM2_MOE
 from gptzoo.recipes.interop.hf.families.llama import APERTUS, LLAMA, MISTRAL, PHI3, QWEN2, QWEN3, SEED_OSS, SMOLLM3
 from gptzoo.recipes.interop.hf.families.llama4 import LLAMA4_TEXT
 from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
+from gptzoo.recipes.interop.hf.families.mimo import MIMO_V2_FLASH
 from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
@@ -125,6 +126,7 @@ FAMILIES: dict[str, Family] = {
         MINIMAX_M2,
         MINIMAX,
         GPT_OSS,
+        MIMO_V2_FLASH,
         MAMBA2,
         LFM2,
         LFM2_MOE,
