@@ -199,6 +199,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
         "stream_scale": hf_model.config.mlp_alpha_factor,
         "branch_scale": hf_model.config.mlp_beta_factor,
         "per_layer_input": None,
+        "layer_scalar": False,
     }
     moe = model["feed_forward"]
     idle = (moe["n_experts"] - moe["top_k"]) * 3 * moe["hidden"] * model["d_model"]
