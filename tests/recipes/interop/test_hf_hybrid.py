@@ -11,6 +11,7 @@ cache that does not grow where every layer is recurrent.
 """
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -18,12 +19,22 @@ from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity,
+    check_refused,
+    check_same_tensors,
+    hf_greedy,
+    hf_logits,
+    left_padded_batch,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -379,92 +390,41 @@ def build(case: str):
     config = getattr(transformers, config_class)(
         **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # transformers starts biases and unit-offset norms at 0: randomise all
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # the experts' choosing bias: saved, so randomised too
-                b.copy_(0.3 * torch.randn_like(b))
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
-                p.copy_(torch.rand_like(p) * 2 - 1)
-            else:
-                p.copy_(0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    # norms that scale by 1 + weight start at 0 in transformers; the experts' choosing bias is saved, so drawn too
+    return built(config, norms_at=0.0, buffers=("e_score_correction_bias",))
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
+    return request.param, model, saved(model, tmp_path_factory, request.param)
+
+
+logits = partial(hf_logits, use_cache=False)  # transformers' logits of a whole text, without a cache
 
 
 def padded_batch():
     """Three rows of CHUNK + 8 tokens, two of them left-padded (one past the chunk still): (ids, mask)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(1, V, (3, CHUNK + 8), generator=g)
-    mask = torch.ones_like(idx, dtype=torch.bool)
-    mask[1, :5], mask[2, :40] = False, False
-    return idx, mask
-
-
-def hf_logits(model, idx, mask):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
+    return left_padded_batch(V, CHUNK + 8, pads=(5, 40))
 
 
 def greedy(model, prompts, n):
-    """transformers' n greedy tokens after each prompt, from a left-padded batch (recomputing the whole text at
-    each step where no layer is attention: transformers' cache then cannot tell its length)."""
-    width = max(len(p) for p in prompts)
-    use_cache = "full_attention" in model.config.layer_types
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
-            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-            use_cache=use_cache,
-        )
-    return out[:, width:].tolist()
+    """transformers' greedy tokens, recomputing the whole text at each step where no layer is attention
+    (transformers' cache then cannot tell its length)."""
+    return hf_greedy(model, prompts, n, use_cache="full_attention" in model.config.layer_types)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
     idx, mask = padded_batch()
-    expected = hf_logits(model, idx, mask)
     prompts = [idx[0, : CHUNK + 3].tolist(), idx[1, :3].tolist()]
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+    expected, tokens = logits(model, idx, mask), greedy(model, prompts, 20)
+    check_parity(case, folder, tmp_path, (idx, mask), expected, prompts, tokens, logits)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
-    assert sorted(exported) == sorted(set(original) - tied)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == model.config.model_type
-    assert config["layer_types"] == model.config.layer_types
+    assert check_same_tensors(model, folder, tmp_path)["layer_types"] == model.config.layer_types
 
 
 def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoint, tmp_path):
@@ -587,13 +547,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
-    build(case).save_pretrained(tmp_path / "src")
-    config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "config.json" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    check_refused(build(case), tmp_path, change, named, capsys)
 
 
 def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
@@ -610,7 +564,7 @@ def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
     idx, mask = padded_batch()
     with torch.no_grad():
         ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[mask], logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
 
 
 def test_kimi_linear_reads_moonshots_own_config_json(tmp_path):
@@ -643,7 +597,7 @@ def test_kimi_linear_reads_moonshots_own_config_json(tmp_path):
     idx, mask = padded_batch()
     with torch.no_grad():
         ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[mask], logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
 
 
 def test_granite_reads_the_older_layers_block_type(tmp_path):
@@ -659,4 +613,4 @@ def test_granite_reads_the_older_layers_block_type(tmp_path):
     idx, mask = padded_batch()
     with torch.no_grad():
         ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[mask], logits(model, idx, mask)[mask], atol=1e-4, rtol=0)

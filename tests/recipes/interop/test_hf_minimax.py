@@ -12,17 +12,26 @@ the lightning layers' cache not growing.
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity,
+    check_refused,
+    check_same_tensors,
+    hf_greedy,
+    hf_logits,
+    left_padded_batch,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -80,87 +89,39 @@ def build(case: str):
     config = getattr(transformers, config_class)(
         **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # transformers starts norms at 1: randomise all, so every tensor's mapping shows
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    return built(config)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def padded_batch():
     """Three rows, two of them left-padded: (ids, mask)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(1, V, (3, 24), generator=g)
-    mask = torch.ones(3, 24, dtype=torch.bool)
-    mask[1, :5], mask[2, :11] = False, False
-    return idx, mask
-
-
-def hf_logits(model, idx, mask):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long()).logits
+    return left_padded_batch(V, 24)
 
 
 def greedy(model, prompts, n):
     """transformers' n greedy tokens after each prompt, row by row: decoding a left-padded batch, its MiniMax
     strays from the padded rows' own tokens after the first (which its row alone, and recomputing the whole
     text without a cache, agree on), so each row alone is the reference for gptzoo's left-padded batch."""
-    tokens = []
-    for prompt in prompts:
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([prompt]),
-                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=0,
-                eos_token_id=None,
-            )
-        tokens += out[:, len(prompt) :].tolist()
-    return tokens
+    return [tokens for prompt in prompts for tokens in hf_greedy(model, [prompt], n)]
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
     idx, mask = padded_batch()
-    expected = hf_logits(model, idx, mask)
     prompts = [idx[0, :12].tolist(), idx[1, :3].tolist()]
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+    check_parity(case, folder, tmp_path, (idx, mask), hf_logits(model, idx, mask), prompts, greedy(model, prompts, 20))
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    decays = {name for name in original if name.endswith(DECAYS)}
-    assert decays and sorted(exported) == sorted(set(original) - tied - decays)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == "minimax" and config["layer_types"] == model.config.layer_types
+    decays = {name for name in load_file(str(folder / "model.safetensors")) if name.endswith(DECAYS)}
+    config = check_same_tensors(model, folder, tmp_path, left_out=decays)
+    assert decays and config["layer_types"] == model.config.layer_types
     assert (
         config["block_size"] == model.config.block_size and config["mlp_alpha_factor"] == model.config.mlp_alpha_factor
     )
@@ -229,10 +190,4 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
-    build("minimax").save_pretrained(tmp_path / "src")
-    config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "config.json" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    check_refused(build("minimax"), tmp_path, change, named, capsys)

@@ -12,7 +12,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
@@ -22,6 +21,17 @@ from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity,
+    check_refused,
+    check_same_tensors,
+    hf_greedy,
+    hf_logits,
+    left_padded_batch,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -269,39 +279,18 @@ def build(case: str):
     config = getattr(transformers, config_class)(
         **settings | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with (
-        torch.no_grad()
-    ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
-                p.copy_(torch.rand_like(p) * 2 - 1)
-            else:
-                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    return built(config)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def padded_batch():
     """Three rows, two of them left-padded: (ids, mask)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, V, (3, 24), generator=g)
-    mask = torch.ones(3, 24, dtype=torch.bool)
-    mask[1, :5], mask[2, :11] = False, False
-    return idx, mask
-
-
-def hf_logits(model, idx, mask):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long()).logits
+    return left_padded_batch(V, 24, low=0)
 
 
 def unpadded(model, idx, mask):
@@ -319,56 +308,24 @@ def unpadded(model, idx, mask):
 
 
 def greedy(model, prompts, n):
-    """transformers' 20 greedy tokens after each prompt, from a left-padded batch (row by row where
-    its padding reaches the real tokens)."""
-    batches = [prompts] if not getattr(model.config, "use_bias", False) else [[p] for p in prompts]
-    tokens = []
-    for batch in batches:
-        width = max(len(p) for p in batch)
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([[0] * (width - len(p)) + p for p in batch]),
-                attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch]),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                pad_token_id=0,
-                eos_token_id=None,
-            )
-        tokens += out[:, width:].tolist()
-    return tokens
+    """transformers' greedy tokens from a left-padded batch (row by row where its padding reaches the real
+    tokens)."""
+    if not getattr(model.config, "use_bias", False):
+        return hf_greedy(model, prompts, n)
+    return [tokens for prompt in prompts for tokens in hf_greedy(model, [prompt], n)]
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
     idx, mask = padded_batch()
-    expected = unpadded(model, idx, mask)
     prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    torch.testing.assert_close(unpadded(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+    expected, tokens = unpadded(model, idx, mask), greedy(model, prompts, 20)
+    check_parity(case, folder, tmp_path, (idx, mask), expected, prompts, tokens, unpadded)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
-    assert sorted(exported) == sorted(set(original) - tied)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == model.config.model_type
+    check_same_tensors(model, folder, tmp_path)
 
 
 @pytest.mark.parametrize("checkpoint", [case for case in CASES if CASES[case][2]], indirect=True)
@@ -492,13 +449,7 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
-    build(case).save_pretrained(tmp_path / "src")
-    config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "config.json" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    check_refused(build(case), tmp_path, change, named, capsys)
 
 
 @pytest.mark.parametrize("preset, family", [("mamba2-style", "mamba2"), ("lfm2-style", "lfm2")])
