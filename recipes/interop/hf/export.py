@@ -95,7 +95,7 @@ def export_hf(
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
     specs = hf_shapes(plan, shapes, config.model.dims(), config.model.dims)
-    if config.model.mtp is not None:  # each MTP layer stores copies of the embedding and head
+    if config.model.mtp is not None and family.mtp is not None and family.mtp.shared_copies:
         depth = config.model.mtp.params.depth  # type: ignore[attr-defined]
         specs |= shared_copies(specs, depth, config.model.n_layers, config.model.tied_head)
     fused = fusions(family, specs, config.model)

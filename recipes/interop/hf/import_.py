@@ -339,8 +339,11 @@ def _read_config(
     if tokenizer is None:
         tokenizer = {"name": "integers", "vocab_size": hf.get("vocab_size")}
     table = model_table(family, hf, str(source), attention, tokenizer)
-    if any(w.ours.startswith("mtp.") for w in family.weights):
-        add_held_mtp(table, hf, stored, family.prefix)
+    if family.mtp is not None:
+        try:
+            add_held_mtp(table, hf, stored, family.prefix, family.mtp)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
     check_layers(stored, family, table, source)
     config = RunConfig(model=registry.model_config(table, str(source)))
     return family, config, tokenizer_state

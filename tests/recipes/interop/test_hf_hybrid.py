@@ -550,13 +550,13 @@ def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, chang
     check_refused(build(case), tmp_path, change, named, capsys)
 
 
-def test_the_multi_token_prediction_weights_are_left_out(tmp_path):
-    """Qwen3-Next's published checkpoints carry an mtp.* module transformers does not load: import leaves it
-    out (gptzoo's MTP import reads DeepSeek-V3's layout only) and computes the same logits."""
-    model = build("qwen3_next-linear")
+def test_qwen3_5s_multi_token_prediction_weights_are_left_out(tmp_path):
+    """Qwen3.5's published checkpoints carry an mtp.* module transformers does not load: import leaves it
+    out (gptzoo imports Qwen3-Next's so far: test_hf_qwen3_next_mtp.py) and computes the same logits."""
+    model = build("qwen3_5_text")
     model.save_pretrained(tmp_path / "src")
     weights = load_file(str(tmp_path / "src" / "model.safetensors"))
-    weights["mtp.fc.weight"] = torch.randn(32, 64)
+    weights["mtp.fc.weight"] = torch.randn(48, 96)
     from safetensors.torch import save_file
 
     save_file(weights, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})

@@ -169,6 +169,16 @@ def constant_values(family: Family, shapes: dict[str, tuple[int, ...]], model: d
 
 
 @dataclass(frozen=True)
+class MtpLayout:
+    """Where a family's checkpoints keep their multi-token-prediction layers (families/mtp.py)."""
+
+    depth_key: str  # config.json's count of them
+    held: str  # a regex matching the first one's tensors; {n}: num_hidden_layers, {prefix}: the family's prefix
+    shared_copies: bool  # each stores copies of the embedding and the head, which gptzoo shares with the model
+    max_depth: int | None = None  # the most gptzoo's sequential modules express, where the layers share parts
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str
     architecture: str
@@ -182,6 +192,7 @@ class Family:
     ignored: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"  # buffers some checkpoints keep
     fused: tuple[Fused, ...] = ()  # tensors holding several of the weight table's, interleaved by groups
     constants: tuple[Constant, ...] = ()  # one-number tensors gptzoo keeps as settings (see Constant)
+    mtp: MtpLayout | None = None  # its multi-token-prediction layers, imported into model.mtp when held
 
 
 # ---- expanding a family's weight table for one model ---------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELDS, LLAMA_WEIGHTS, SILU
 from gptzoo.recipes.interop.hf.families.moe import dense_layers, expert_weights
-from gptzoo.recipes.interop.hf.families.mtp import MTP_CONVERSION, SHARED_COPIES, mtp_weights
+from gptzoo.recipes.interop.hf.families.mtp import DEEPSEEK_MTP, MTP_CONVERSION, SHARED_COPIES, mtp_weights
 
 
 def first_dense_layers(hf: dict) -> list[int]:
@@ -165,4 +165,5 @@ DEEPSEEK_V3 = Family(
     ),
     # the MTP layers' copies of the embedding and head, which gptzoo shares with the model (families/mtp.py)
     ignored=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|" + SHARED_COPIES,
+    mtp=DEEPSEEK_MTP,
 )

@@ -20,7 +20,7 @@ from gptzoo.recipes.interop.hf.families.deepseek import (
     write_first_dense,
 )
 from gptzoo.recipes.interop.hf.families.moe import dense_layers
-from gptzoo.recipes.interop.hf.families.mtp import MTP_CONVERSION, mtp_weights
+from gptzoo.recipes.interop.hf.families.mtp import DEEPSEEK_MTP, MTP_CONVERSION, mtp_weights
 
 DSA_WEIGHTS = DEEPSEEK_WEIGHTS + tuple(
     Weight(f"blocks.{{i}}.attention.indexer.{name}", (f"model.layers.{{i}}.self_attn.indexer.{name}",))
@@ -90,6 +90,7 @@ DEEPSEEK_V32 = Family(
     weights=DSA_WEIGHTS + mtp_weights(DSA_WEIGHTS),
     conversions=(dense_layers(_dense_layers, _write_dense_layers), ROPE, MTP_CONVERSION),
     ignored=DEEPSEEK_V3.ignored,
+    mtp=DEEPSEEK_MTP,
 )
 
 
@@ -138,4 +139,5 @@ GLM_MOE_DSA = Family(
     weights=DEEPSEEK_V32.weights,
     conversions=DEEPSEEK_V32.conversions + (Conversion(_read_indexer_types, _write_indexer_types),),
     ignored=DEEPSEEK_V3.ignored,
+    mtp=DEEPSEEK_MTP,
 )

@@ -14,7 +14,7 @@ from gptzoo.recipes.interop.hf.families.deepseek import (
 )
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELDS, LLAMA_WEIGHTS, ROPE_SCALING
 from gptzoo.recipes.interop.hf.families.moe import dense_layers
-from gptzoo.recipes.interop.hf.families.mtp import MTP_CONVERSION, SHARED_COPIES, mtp_weights
+from gptzoo.recipes.interop.hf.families.mtp import DEEPSEEK_MTP, MTP_CONVERSION, SHARED_COPIES, mtp_weights
 
 
 def _read_qk_norm(hf: dict) -> dict[str, Any]:
@@ -68,4 +68,5 @@ GLM4_MOE = Family(
     # its multi-token-prediction layer (layer num_hidden_layers: 46 of GLM-4.5-Air) is DeepSeek-V3's: model.mtp
     # when the checkpoint holds it, its copies of the embedding and head read as the model's (families/mtp.py)
     ignored=r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|" + SHARED_COPIES,
+    mtp=DEEPSEEK_MTP,
 )

@@ -6,6 +6,10 @@ the embedding (``embed_tokens``) and of the head (``shared_head.head``), which g
 the model as the paper does (import reads the model's; export writes the copies back). transformers
 skips these tensors when it loads the model; import keeps them as ``model.mtp`` whenever the
 checkpoint holds them, so a config alone (a preset) describes the model without them.
+
+Qwen3-Next keeps its module under names of its own (``mtp.*``, counted by ``mtp_num_hidden_layers``):
+``fc``, ``pre_fc_norm_embedding``, ``pre_fc_norm_hidden``, ``layers.0`` and ``norm``, without copies.
+Each family's ``MtpLayout`` says which layout its checkpoints use.
 """
 
 from __future__ import annotations
@@ -13,27 +17,39 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gptzoo.recipes.interop.hf.families.base import Conversion, Weight
+from gptzoo.recipes.interop.hf.families.base import Conversion, MtpLayout, Weight
 
 # The copies of the embedding and the head each MTP layer stores.
 SHARED_COPIES = r"model\.layers\.\d+\.(embed_tokens|shared_head\.head)\.weight"
+DEEPSEEK_MTP = MtpLayout("num_nextn_predict_layers", r"({prefix})?layers\.{n}\.", shared_copies=True)
+# One fc and pair of norms before all of Qwen3-Next's MTP layers: one module of gptzoo's, so depth 1 only.
+QWEN3_NEXT_MTP = MtpLayout("mtp_num_hidden_layers", r"mtp\.", shared_copies=False, max_depth=1)
+
+# gptzoo's names in an MTP module -> DeepSeek-V3's in layer {m} = n_layers + i
+DEEPSEEK_OWN = (
+    ("enorm.weight", "model.layers.{m}.enorm.weight"),
+    ("hnorm.weight", "model.layers.{m}.hnorm.weight"),
+    ("eh_proj.weight", "model.layers.{m}.eh_proj.weight"),
+    ("norm.weight", "model.layers.{m}.shared_head.norm.weight"),
+)
+QWEN3_NEXT_OWN = (
+    ("enorm.weight", "mtp.pre_fc_norm_embedding.weight"),
+    ("hnorm.weight", "mtp.pre_fc_norm_hidden.weight"),
+    ("eh_proj.weight", "mtp.fc.weight"),
+    ("norm.weight", "mtp.norm.weight"),
+)
 
 
-def mtp_weights(weights: tuple[Weight, ...]) -> tuple[Weight, ...]:
-    """The rows of MTP module i (layer {m} = n_layers + i): its own tensors and the block's, named as the layers'."""
-    own = tuple(
-        Weight(f"mtp.layers.{{i}}.{ours}", (f"model.layers.{{m}}.{theirs}",))
-        for ours, theirs in (
-            ("enorm.weight", "enorm.weight"),
-            ("hnorm.weight", "hnorm.weight"),
-            ("eh_proj.weight", "eh_proj.weight"),
-            ("norm.weight", "shared_head.norm.weight"),
-        )
-    )
+def mtp_weights(
+    weights: tuple[Weight, ...], own: tuple[tuple[str, str], ...] = DEEPSEEK_OWN, layer: str = "model.layers.{m}."
+) -> tuple[Weight, ...]:
+    """The rows of MTP module i: its ``own`` tensors, and its block's as the family's layer i's with
+    ``model.layers.{i}.`` replaced by ``layer`` (DeepSeek-V3's: layer {m} = n_layers + i)."""
+    mine = tuple(Weight(f"mtp.layers.{{i}}.{ours}", (theirs,)) for ours, theirs in own)
     block = tuple(
         Weight(
             w.ours.replace("blocks.{i}.", "mtp.layers.{i}.block.", 1),
-            tuple(t.replace("model.layers.{i}.", "model.layers.{m}.") for t in w.theirs),
+            tuple(t.replace("model.layers.{i}.", layer) for t in w.theirs),
             w.layout,
             w.rows,
             w.chunk,
@@ -42,22 +58,35 @@ def mtp_weights(weights: tuple[Weight, ...]) -> tuple[Weight, ...]:
         for w in weights
         if w.ours.startswith("blocks.{i}.")
     )
-    return own + block
+    return mine + block
 
 
-def _write(model: dict) -> dict[str, Any]:
-    return {"num_nextn_predict_layers": model["mtp"]["depth"]} if model.get("mtp") else {}
+def mtp_conversion(layout: MtpLayout) -> Conversion:
+    """Read from the weights, not config.json (see add_held_mtp); written as the module's depth."""
+
+    def write(model: dict) -> dict[str, Any]:
+        depth = model["mtp"]["depth"] if model.get("mtp") else 0
+        if layout.max_depth is not None and depth > layout.max_depth:
+            raise ValueError(f"mtp depth {depth} has no counterpart (the family's checkpoints hold {layout.max_depth})")
+        return {layout.depth_key: depth} if depth else {}
+
+    return Conversion(lambda hf: {}, write)
 
 
-# Read from the weights, not config.json (see add_held_mtp); written as the module's depth.
-MTP_CONVERSION = Conversion(lambda hf: {}, _write)
+MTP_CONVERSION = mtp_conversion(DEEPSEEK_MTP)
 
 
-def add_held_mtp(table: dict, hf: dict, stored: dict, prefix: str) -> None:
-    """Give ``table`` config.json's num_nextn_predict_layers MTP modules when the ``stored`` tensors hold them."""
-    depth, n = hf.get("num_nextn_predict_layers") or 0, hf["num_hidden_layers"]
-    layer = re.compile(rf"({re.escape(prefix)})?layers\.{n}\.")
-    if depth and any(layer.match(key) and not re.fullmatch(SHARED_COPIES, key) for key in stored):
+def add_held_mtp(table: dict, hf: dict, stored: dict, prefix: str, layout: MtpLayout) -> None:
+    """Give ``table`` config.json's count of MTP modules when the ``stored`` tensors hold them (``layout``:
+    where); ValueError for more than the layout's modules express."""
+    depth, n = hf.get(layout.depth_key) or 0, hf["num_hidden_layers"]
+    held = re.compile(layout.held.replace("{prefix}", re.escape(prefix)).replace("{n}", str(n)))
+    if depth and any(held.match(key) and not re.fullmatch(SHARED_COPIES, key) for key in stored):
+        if layout.max_depth is not None and depth > layout.max_depth:
+            raise ValueError(
+                f"{layout.depth_key} = {depth} is not supported for {hf['model_type']} (its MTP layers share one fc "
+                f"and norms, which gptzoo's sequential modules do not; gptzoo reads {layout.max_depth})"
+            )
         table["mtp"] = {"name": "sequential", "depth": depth}
 
 

@@ -7,9 +7,9 @@ value heads sharing it, and ``in_proj_ba`` their β and decay inputs; an attenti
 holds, per head, its query rows and then its output gate's rows.
 
 The published checkpoints also carry a multi-token-prediction module (``mtp.*``: fc, the two
-pre_fc norms, one decoder layer, norm), which transformers does not load either. gptzoo's MTP
-component reads DeepSeek-V3's layout only (families/mtp.py), so import leaves these tensors out
-and export writes none.
+pre_fc norms, one gated-attention decoder layer, norm; ``mtp_num_hidden_layers`` = 1), which
+transformers does not load. Import keeps it as ``model.mtp`` when the checkpoint holds it, and
+export writes it back (families/mtp.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from gptzoo.recipes.interop.hf.families.base import (
 )
 from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
 from gptzoo.recipes.interop.hf.families.moe import expert_weights
+from gptzoo.recipes.interop.hf.families.mtp import QWEN3_NEXT_MTP, QWEN3_NEXT_OWN, mtp_conversion, mtp_weights
 
 KINDS = {"linear_attention": "linear", "full_attention": "full"}
 
@@ -240,8 +241,31 @@ GATED_QUERIES = tuple(
     )
     for p in ("weight", "bias")
 )
-# the multi-token-prediction module, left out: its layout is not DeepSeek-V3's, which the MTP import reads
+# Qwen3.5's multi-token-prediction module, left out: gptzoo imports Qwen3-Next's (mtp.*) only so far
 MTP_IGNORED = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|mtp\..*"
+
+QWEN3_NEXT_WEIGHTS = (
+    GATED_ATTENTION_WEIGHTS
+    + (
+        *(
+            Weight(f"blocks.{{i}}.attention.{ours}.weight", (f"{LINEAR}.in_proj_qkvz.weight[{part}]",))
+            for ours, part in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("g_proj", "z"))
+        ),
+        Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_ba.weight[b]",)),
+        Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_ba.weight[a]",)),
+    )
+    + GATED_SHARED_EXPERT_WEIGHTS
+)
+# the MTP module's decoder layer is mtp.layers.0, a gated attention layer with its q_proj fused as the model's
+MTP_LAYER_WEIGHTS = tuple(w for w in QWEN3_NEXT_WEIGHTS if not any(t.startswith(LINEAR) for t in w.theirs))
+MTP_QUERIES = tuple(
+    Fused(
+        f.name.replace("model.layers.", "mtp.layers."),
+        tuple(p.replace("model.layers.", "mtp.layers.") for p in f.parts),
+        f.groups,
+    )
+    for f in GATED_QUERIES
+)
 
 QWEN3_NEXT = Family(
     model_type="qwen3_next",
@@ -276,21 +300,13 @@ QWEN3_NEXT = Family(
         "head": {"name": "lm"},
     },
     requires=(SILU,),
-    weights=GATED_ATTENTION_WEIGHTS
-    + (
-        *(
-            Weight(f"blocks.{{i}}.attention.{ours}.weight", (f"{LINEAR}.in_proj_qkvz.weight[{part}]",))
-            for ours, part in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("g_proj", "z"))
-        ),
-        Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_ba.weight[b]",)),
-        Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_ba.weight[a]",)),
-    )
-    + GATED_SHARED_EXPERT_WEIGHTS,
-    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
-    ignored=MTP_IGNORED,
+    weights=QWEN3_NEXT_WEIGHTS + mtp_weights(MTP_LAYER_WEIGHTS, QWEN3_NEXT_OWN, "mtp.layers.{i}."),
+    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
     fused=(
         Fused(f"{LINEAR}.in_proj_qkvz.weight", tuple(f"{LINEAR}.in_proj_qkvz.weight[{p}]" for p in "qkvz"), key_heads),
         Fused(f"{LINEAR}.in_proj_ba.weight", tuple(f"{LINEAR}.in_proj_ba.weight[{p}]" for p in "ba"), key_heads),
         *GATED_QUERIES,
+        *MTP_QUERIES,
     ),
+    mtp=QWEN3_NEXT_MTP,
 )
