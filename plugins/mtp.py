@@ -64,6 +64,13 @@ class SequentialMTP(MultiTokenPrediction):
             for k in range(params.depth)
         )
 
+    def flops_per_token(self, context_length: int) -> int:
+        # Each depth's logits come from the model's head: its weight counts once, under head, but its
+        # matmul runs once more per depth while training.
+        return (
+            super().flops_per_token(context_length) + self.depth * 2 * self.dims.d_model * self.dims.padded_vocab_size
+        )
+
     @property
     def blocks(self) -> list[Block]:
         return [cast(MTPModule, module).block for module in self.layers]

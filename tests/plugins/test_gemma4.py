@@ -263,6 +263,8 @@ def test_double_wide_mlp_and_layer_scalar_count_and_pass_the_kit(registry):
     assert [b.feed_forward.gate_proj.out_features for b in wide.blocks] == [64] * 3 + [128] * 3
     assert wide.param_counts()["feed_forward"] - plain.param_counts()["feed_forward"] == 3 * (3 * 32 * 64)
     assert wide.param_counts()["block"] - plain.param_counts()["block"] == 6
+    # 2 FLOPs per weight of the three extra (32 x 64) matrices, on the 3 sharing layers
+    assert wide.flops_per_token()["feed_forward"] - plain.flops_per_token()["feed_forward"] == 3 * 2 * (3 * 32 * 64)
     assert all(b.layer_scalar.tolist() == [1.0] for b in wide.blocks)
     check_kv_cache(wide)
     check_padded_batch(wide)

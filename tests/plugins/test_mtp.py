@@ -78,6 +78,15 @@ def test_training_moves_the_mtp_weights_and_they_count_under_mtp(registry):
     assert model.param_counts()["mtp"] == 2 * per_depth
 
 
+def test_flops_count_each_depths_projection_block_and_shared_head(registry):
+    model, plain = build(tiny_config(registry, mtp=MTP, **LLAMA)), build(tiny_config(registry, **LLAMA))
+    C, V, T = model.config.d_model, model.config.vocab_size, model.config.context_length
+    flops = plain.flops_per_token(T)
+    block = (flops["attention"] + flops["feed_forward"]) // 2  # one of the two layers, alike
+    # per depth: M_k (C x 2C), the block, and the shared head's (V x C) matmul, 2 FLOPs per weight
+    assert model.flops_per_token(T)["mtp"] == 2 * (2 * 2 * C * C + block + 2 * C * V)
+
+
 def test_conformance_kit(registry):
     check_component("mtp", "sequential", registry, depth=2)
 
