@@ -36,6 +36,7 @@ class RMSNormParams(Params):
     unit_offset: bool = Field(
         False, description="scale by (1 + weight), the weight starting at 0, computed in float32 (Gemma)"
     )
+    scale: bool = Field(True, description="a learned scale; scale = false is nanochat's RMSNorm, with no weight")
 
 
 class RMSNorm(Norm):
@@ -47,12 +48,19 @@ class RMSNorm(Norm):
 
     Params = RMSNormParams
 
+    @classmethod
+    def check(cls, params: RMSNormParams, dims: Dims) -> None:
+        if params.unit_offset and not params.scale:
+            raise ValueError("unit_offset offsets the learned scale, so it needs scale = true")
+
     def __init__(self, params: RMSNormParams, dims: Dims):
         super().__init__(params, dims)
-        self.weight = nn.Parameter(torch.zeros(dims.d_model) if params.unit_offset else torch.ones(dims.d_model))
+        start = torch.zeros(dims.d_model) if params.unit_offset else torch.ones(dims.d_model)
+        self.weight = nn.Parameter(start) if params.scale else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.params.unit_offset:
+            assert self.weight is not None  # check refuses unit_offset without scale
             return F.rms_norm(x.float(), (x.size(-1),), 1.0 + self.weight.float(), self.params.eps).to(x.dtype)
         return F.rms_norm(x, (x.size(-1),), self.weight, self.params.eps)
 

@@ -131,6 +131,10 @@ class RotaryParams(BaseParams):
         "halves",
         description="halves: dimension j pairs with j + d/2 (Llama, GPT-NeoX); interleaved: 2j with 2j + 1 (GPT-J, the RoFormer paper)",
     )
+    reverse: bool = Field(
+        False,
+        description="rotate the other way, by -position × frequency (sin negated): nanochat's rotate_half is Llama's negated",
+    )
 
 
 def rotary_dim(params: RotaryParams, head_size: int) -> int:
@@ -190,7 +194,7 @@ class RotaryPositions(PositionalEncoding):
 
     ``layout`` chooses the pairs (halves: Llama/GPT-NeoX; interleaved: GPT-J and the paper),
     ``fraction`` how many dimensions are rotated (the first ones), ``scaling`` the frequencies
-    for a context longer than the one trained (linear, Llama 3, YaRN).
+    for a context longer than the one trained (linear, Llama 3, YaRN), ``reverse`` the direction.
     """
 
     Params = RotaryParams
@@ -216,6 +220,8 @@ class RotaryPositions(PositionalEncoding):
         """cos and sin (..., rotary_dim/2) of ``positions`` (...) times each frequency."""
         inv_freq, attention_factor = rope_frequencies(self.params, self.dims.head_size)
         angles = positions.to(torch.float64)[..., None] * inv_freq.to(positions.device)
+        if self.params.reverse:
+            angles = -angles
         return (angles.cos() * attention_factor).float(), (angles.sin() * attention_factor).float()
 
     def reach(self, n_positions: int) -> None:

@@ -1,5 +1,5 @@
 """Gemma's and OLMo's small parts against transformers and their formulas: RMSNorm with the
-(1 + weight) offset, OLMo 1's non-parametric LayerNorm, final-logit soft-capping, embeddings
+(1 + weight) offset, OLMo 1's non-parametric LayerNorm, nanochat's weightless RMSNorm, final-logit soft-capping, embeddings
 scaled by √d_model in the activations' dtype."""
 
 import math
@@ -31,6 +31,19 @@ def test_unit_offset_rmsnorm_matches_transformers_gemma_rmsnorm(dtype):
     theirs.weight.copy_(weight)
     x = (3 * torch.randn(2, 5, 32)).to(dtype)
     torch.testing.assert_close(ours(x), theirs(x), atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_rmsnorm_without_scale_has_no_weight_and_divides_by_the_root_mean_square():
+    ours = RMSNorm(RMSNormParams(eps=1e-6, scale=False), dims(d_model=4))
+    assert list(ours.parameters()) == []
+    x = torch.tensor([[1.0, -2.0, 3.0, -4.0]])  # mean of squares (1 + 4 + 9 + 16) / 4 = 7.5
+    torch.testing.assert_close(ours(x), x / math.sqrt(7.5 + 1e-6))
+
+
+def test_unit_offset_without_scale_is_refused():
+    with pytest.raises(ValueError, match="unit_offset"):
+        RMSNorm.check(RMSNormParams(unit_offset=True, scale=False), dims())
 
 
 @torch.no_grad()

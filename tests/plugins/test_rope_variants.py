@@ -158,6 +158,20 @@ def test_layouts_and_partial_rotary_are_complex_rotations_of_the_chosen_pairs(la
         assert torch.equal(x_rot[..., rotated:], x[..., rotated:])  # the rest pass unchanged
 
 
+def test_reverse_rotates_each_pair_by_minus_position_times_frequency():
+    # nanochat's rotate_half is (x2, -x1), Llama's negated: pair j turns by e^(-i·p·θ_j).
+    hs = 8
+    rope = RotaryPositions(RotaryParams(base=10000.0, reverse=True), dims(hs))
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 4, hs), torch.randn(1, 2, 4, hs)
+    positions = torch.tensor([[0, 3, 9, 30]])
+    theta = [-(10000 ** (-2 * j / hs)) for j in range(hs // 2)]
+    pairs = [(j, j + hs // 2) for j in range(hs // 2)]
+    q_rot, k_rot = rope.rotate(q, k, positions)
+    for x, x_rot in ((q, q_rot), (k, k_rot)):
+        torch.testing.assert_close(x_rot.double(), _rotated_by_hand(x, positions, theta, pairs), atol=1e-5, rtol=1e-5)
+
+
 def test_gptneox_partial_rotary_matches_transformers(registry):
     from transformers import GPTNeoXConfig
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding, apply_rotary_pos_emb
