@@ -11,6 +11,7 @@ token as transformers would build it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -205,6 +206,21 @@ def _template_error(err: Exception) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
+PADDING = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})  # str methods writing to a width
+WIDE = re.compile(r"\d{8}|\*")  # a format width of 8 digits or more, or one given as an argument ('%*s')
+
+
+def _bounded_padding(pad, refusal: type[Exception]):
+    """A padding filter (center, indent) refusing widths past TEMPLATE_CHARS."""
+
+    def bounded(value, width=80, *args, **kwargs):
+        if isinstance(width, int) and width > TEMPLATE_CHARS:
+            raise refusal(f"padding to a width of {width} is too long")
+        return pad(value, width, *args, **kwargs)
+
+    return bounded
+
+
 def _bounded_range(*args: int) -> Iterator[int]:
     """The sandbox's range, checking the deadline at every item: nested loops that write nothing still end."""
     from jinja2.sandbox import safe_range
@@ -232,12 +248,21 @@ def _template(source: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    class BoundedSandbox(ImmutableSandboxedEnvironment):
-        """The sandbox with the size of ``*`` and ``**`` results bounded: a stranger's template must not fill the memory."""
+    def too_long(value) -> bool:
+        return isinstance(value, (str, list, tuple, dict)) and len(value) > TEMPLATE_CHARS
 
-        intercepted_binops = frozenset({"*", "**"})
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """The sandbox with what a template can make bounded: a stranger's template must not fill the memory.
+
+        Sequences made by ``*`` and ``+``, strings padded or formatted to a width (``ljust``, ``center``,
+        ``'%*s'``, ``format``), replacements and what a call is given or returns stay under TEMPLATE_CHARS;
+        the time limit is checked at every call, so growth by doubling (a namespace or a recursive macro)
+        ends at the first value past the bound."""
+
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
 
         def call_binop(self, context, operator, left, right):
+            _check_deadline()
             if operator == "*":
                 for seq, times in ((left, right), (right, left)):
                     if (
@@ -248,7 +273,44 @@ def _template(source: str):
                         raise jinja2.exceptions.SecurityError(f"a sequence repeated {times} times is too long")
             if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > TEMPLATE_POWER:
                 raise jinja2.exceptions.SecurityError(f"the power {right} is too large")
+            if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                if len(left) + len(right) > TEMPLATE_CHARS:
+                    raise jinja2.exceptions.SecurityError("a sequence joined with + is too long")
+            if operator == "%" and isinstance(left, str) and WIDE.search(left):
+                raise jinja2.exceptions.SecurityError("a format's width is too large")
             return super().call_binop(context, operator, left, right)
+
+        def wrap_str_format(self, value):
+            """str.format, which the sandbox wraps when it is looked up: refused where a width is too large."""
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None and WIDE.search(value.__self__):
+
+                def refuse(*args, **kwargs):
+                    raise jinja2.exceptions.SecurityError("a format's width is too large")
+
+                return refuse
+            return wrapped
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 -- jinja2's own signature
+            _check_deadline()
+            given = (*args, *kwargs.values())
+            if any(too_long(value) for value in given):
+                raise jinja2.exceptions.SecurityError("a value given to a call is too long")
+            owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+            if isinstance(owner, str):
+                widths = [v for v in given if isinstance(v, int) and not isinstance(v, bool)]
+                if name in PADDING and any(w > TEMPLATE_CHARS for w in widths):
+                    raise jinja2.exceptions.SecurityError(f"str.{name} to a width of {max(widths)} is too long")
+                if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+                    grows = (
+                        owner.count(args[0]) * (len(args[1]) - len(args[0])) if args[0] else len(owner) * len(args[1])
+                    )
+                    if len(owner) + grows > TEMPLATE_CHARS:
+                        raise jinja2.exceptions.SecurityError("str.replace would write too long a string")
+            result = super().call(__context, __obj, *args, **kwargs)
+            if too_long(result):
+                raise jinja2.exceptions.SecurityError("a call made too long a value")
+            return result
 
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}``, which marks the assistant's part for training (transformers'
@@ -268,15 +330,28 @@ def _template(source: str):
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["dict"] = lambda *args, **kwargs: dict(*args, **kwargs)  # a call, not the type itself
 
+    class BoundedNamespace(jinja2.utils.Namespace):
+        """A namespace whose values stay under TEMPLATE_CHARS: doubling a string in a loop ends at the bound."""
+
+        def __setitem__(self, name, value):
+            _check_deadline()
+            if too_long(value):
+                raise jinja2.exceptions.SecurityError(f"a value set in a namespace ({name}) is too long")
+            super().__setitem__(name, value)
+
     def namespace(*args, **kwargs):
         """jinja2's namespace, refusing the names a template could reach CPython's internals through."""
         attrs = dict(*args, **kwargs)
         hidden = [name for name in attrs if isinstance(name, str) and name.startswith("_")]
         if hidden:
             raise jinja2.exceptions.SecurityError(f"a namespace may not hold the underscored name {hidden[0]!r}")
-        return jinja2.utils.Namespace(attrs)
+        if any(too_long(value) for value in attrs.values()):
+            raise jinja2.exceptions.SecurityError("a value set in a namespace is too long")
+        return BoundedNamespace(attrs)
 
     env.globals["namespace"] = namespace
+    for name in ("center", "indent"):  # filters that pad to a width the template gives
+        env.filters[name] = _bounded_padding(env.filters[name], jinja2.exceptions.SecurityError)
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as err:

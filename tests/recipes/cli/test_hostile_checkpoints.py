@@ -450,6 +450,24 @@ def render(template: str, **content):
         ("{{ 'x' * 10**9 }}", "SecurityError: a sequence repeated 1000000000 times is too long"),
         ("{{ 2 ** 100000000 }}", "SecurityError: the power 100000000 is too large"),
         ("{{ 1 / 0 }}", "ZeroDivisionError: division by zero"),
+        # Memory: each of these would allocate gigabytes in one step, or by doubling.
+        ("{{ 'x'.ljust(10**10) }}", "SecurityError: str.ljust to a width of 10000000000 is too long"),
+        ("{{ 'x' | center(10**10) }}", "SecurityError: padding to a width of 10000000000 is too long"),
+        ("{{ '%10000000000s' % 'x' }}", "SecurityError: a format's width is too large"),
+        ("{{ '{:>10000000000}'.format('x') }}", "SecurityError: a format's width is too large"),
+        ("{{ ('ab' * 1000).replace('a', 'a' * 100000) }}", "SecurityError: str.replace would write too long a string"),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "SecurityError: a value set in a namespace (s) is too long",
+        ),
+        (
+            "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+            "SecurityError: a sequence joined with + is too long",
+        ),
+        (
+            "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ d('ab', 60) }}",
+            "SecurityError: a value given to a call is too long",
+        ),
     ],
 )
 def test_a_chat_template_that_fails_names_why(template, named):
