@@ -15,7 +15,6 @@ from functools import partial
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
@@ -548,23 +547,6 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
     check_refused(build(case), tmp_path, change, named, capsys)
-
-
-def test_qwen3_5s_multi_token_prediction_weights_are_left_out(tmp_path):
-    """Qwen3.5's published checkpoints carry an mtp.* module transformers does not load: import leaves it
-    out (gptzoo imports Qwen3-Next's so far: test_hf_qwen3_next_mtp.py) and computes the same logits."""
-    model = build("qwen3_5_text")
-    model.save_pretrained(tmp_path / "src")
-    weights = load_file(str(tmp_path / "src" / "model.safetensors"))
-    weights["mtp.fc.weight"] = torch.randn(48, 96)
-    from safetensors.torch import save_file
-
-    save_file(weights, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
-    import_hf(tmp_path / "src", tmp_path / "run")
-    idx, mask = padded_batch()
-    with torch.no_grad():
-        ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], logits(model, idx, mask)[mask], atol=1e-4, rtol=0)
 
 
 def test_kimi_linear_reads_moonshots_own_config_json(tmp_path):

@@ -1,4 +1,4 @@
-"""Qwen3-Next's multi-token-prediction module (``mtp.*``) imports into model.mtp, computes what a module
+"""Qwen3-Next's and Qwen3.5's multi-token-prediction module (``mtp.*``) imports into model.mtp, computes what a module
 built from transformers' own decoder layer and norms computes on those weights (transformers loads no
 MTP module), and exports back to the same tensors.
 
@@ -43,6 +43,14 @@ TINY = dict(
     rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25},
     tie_word_embeddings=False,
 )
+# family -> its config class and settings: Qwen3.5's with a dense SwiGLU in every layer, its MTP layer's too
+CASES = {
+    "qwen3_next": ("Qwen3NextConfig", TINY),
+    "qwen3_5_text": (
+        "Qwen3_5TextConfig",
+        {k: v for k, v in TINY.items() if "expert" not in k and "moe" not in k} | {"intermediate_size": 40},
+    ),
+}
 
 
 def randomised(model):
@@ -87,18 +95,20 @@ class Reference(torch.nn.Module):
             return main.lm_head(self.norm(out))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny Qwen3-Next saved by transformers, its mtp.* tensors added and counted as the published config.json does."""
+@pytest.fixture(scope="module", params=list(CASES))
+def checkpoint(request, tmp_path_factory):
+    """A tiny model saved by transformers, its mtp.* tensors added and counted as the published config.json does."""
     torch.manual_seed(0)
-    config = transformers.Qwen3NextConfig(**TINY)
+    config_class, settings = CASES[request.param]
+    config = getattr(transformers, config_class)(**settings)
     main_model = randomised(transformers.AutoModelForCausalLM.from_config(config))
     reference = Reference(config)
     root = tmp_path_factory.mktemp("hf")
     main_model.save_pretrained(root / "src")
     reference.donor.save_pretrained(root / "donor")
     added = reference.tensors(load_file(str(root / "donor" / "model.safetensors")))
-    assert "mtp.layers.0.self_attn.q_proj.weight" in added and "mtp.layers.0.mlp.experts.3.up_proj.weight" in added
+    assert "mtp.layers.0.self_attn.q_proj.weight" in added
+    assert ("mtp.layers.0.mlp.experts.3.up_proj.weight" in added) == ("num_experts" in settings)
     tensors = load_file(str(root / "src" / "model.safetensors"))
     save_file(tensors | added, str(root / "src" / "model.safetensors"), metadata={"format": "pt"})
     hf = json.loads((root / "src" / "config.json").read_text())

@@ -7,7 +7,8 @@ Its rotary is Qwen3-VL's multimodal one (``mrope_section``): for text, whose thr
 one, it is the plain rotary on the first ``partial_rotary_factor`` of each head. The published
 checkpoints wrap this model in the multimodal ``qwen3_5`` / ``qwen3_5_moe``: import reads the language model
 (``text_config``, tied as the wrapper's ``tie_word_embeddings`` says; its tensors under ``model.language_model.``)
-and leaves the vision encoder (``model.visual.*``) out; export writes the text-only model type.
+and leaves the vision encoder (``model.visual.*``) out; export writes the text-only model type. Their
+multi-token-prediction module is Qwen3-Next's (``mtp.*``): model.mtp when the checkpoint holds it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import MISSING, Conversion, Family, Field, Fused, Weight
 from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
+from gptzoo.recipes.interop.hf.families.mtp import QWEN3_NEXT_MTP, QWEN3_NEXT_OWN, mtp_conversion, mtp_weights
 from gptzoo.recipes.interop.hf.families.qwen3_next import (
     GATED_ATTENTION_WEIGHTS,
     GATED_QUERIES,
     GATED_SHARED_EXPERT_WEIGHTS,
     LINEAR,
-    MTP_IGNORED,
+    MTP_QUERIES,
     QWEN3_NEXT,
     hybrid_kinds,
     layer_components,
@@ -78,6 +80,14 @@ UNFUSED_LINEAR_WEIGHTS = (
     Weight("blocks.{i}.attention.b_proj.weight", (f"{LINEAR}.in_proj_b.weight",)),
     Weight("blocks.{i}.attention.a_proj.weight", (f"{LINEAR}.in_proj_a.weight",)),
 )
+
+
+def with_mtp(weights: tuple[Weight, ...]) -> tuple[Weight, ...]:
+    """``weights`` and the multi-token-prediction module's, Qwen3-Next's layout (``mtp.*``): a gated attention layer."""
+    layer = tuple(w for w in weights if not any(t.startswith(LINEAR) for t in w.theirs))
+    return weights + mtp_weights(layer, QWEN3_NEXT_OWN, "mtp.layers.{i}.")
+
+
 UNFUSED_QKV = Fused(
     f"{LINEAR}.in_proj_qkv.weight", tuple(f"{LINEAR}.in_proj_qkv.weight[{p}]" for p in "qkv"), lambda m, i: 1
 )
@@ -94,10 +104,10 @@ QWEN3_5_TEXT = Family(
     ),
     assembly=QWEN3_NEXT.assembly | {"feed_forward": {"name": "swiglu", "bias": False}},
     requires=(SILU,),
-    weights=GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS,
-    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
-    ignored=MTP_IGNORED,
-    fused=(UNFUSED_QKV, *GATED_QUERIES),
+    weights=with_mtp(GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS),
+    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
+    fused=(UNFUSED_QKV, *GATED_QUERIES, *MTP_QUERIES),
+    mtp=QWEN3_NEXT_MTP,
 )
 
 QWEN3_5_MOE_TEXT = Family(
@@ -107,10 +117,10 @@ QWEN3_5_MOE_TEXT = Family(
     + (Field("vocab_size", ("vocab_size",), 248320), Field("num_hidden_layers", ("n_layers",), 40)),
     assembly=QWEN3_NEXT.assembly,
     requires=(SILU,),
-    weights=GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS + GATED_SHARED_EXPERT_WEIGHTS,
-    conversions=(Conversion(_read_moe_layers, _write_moe_layers), ROPE_SCALING),
-    ignored=MTP_IGNORED,
-    fused=(UNFUSED_QKV, *GATED_QUERIES),
+    weights=with_mtp(GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS + GATED_SHARED_EXPERT_WEIGHTS),
+    conversions=(Conversion(_read_moe_layers, _write_moe_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
+    fused=(UNFUSED_QKV, *GATED_QUERIES, *MTP_QUERIES),
+    mtp=QWEN3_NEXT_MTP,
 )
 
 

@@ -241,9 +241,6 @@ GATED_QUERIES = tuple(
     )
     for p in ("weight", "bias")
 )
-# Qwen3.5's multi-token-prediction module, left out: gptzoo imports Qwen3-Next's (mtp.*) only so far
-MTP_IGNORED = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq|mtp\..*"
-
 QWEN3_NEXT_WEIGHTS = (
     GATED_ATTENTION_WEIGHTS
     + (
