@@ -186,6 +186,10 @@ class ModelConfig(BaseModel):
         1.0,
         description="multiply the token embeddings by this before the first layer; sqrt_d_model: √d_model in the activations' dtype (Gemma)",
     )
+    embedding_norm: bool = Field(
+        False,
+        description="normalise the token embeddings with a norm of its own (the model's norm) before the first layer (nanochat)",
+    )
     init: InitScheme = Field(
         "gpt2",
         description="gpt2: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layers); torch_default: PyTorch's defaults, as the book's model",

@@ -35,6 +35,7 @@ class GPT(nn.Module):
         dims = config.dims()
         self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
         self.embedding_multiplier = config.embedding_multiplier()
+        self.embedding_norm = config.norm.build(dims) if config.embedding_norm else None
         self.positional = config.positional.build(dims)
         # Layer kinds with a position scheme or a head size of their own share one module per kind.
         layers = config.layers()
@@ -134,12 +135,12 @@ class GPT(nn.Module):
         return {kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in schemes.items()}
 
     def embed(self, idx: Tensor) -> Tensor:
-        """Token ids (B, T) -> their embeddings (B, T, C), times ``embedding_scale``."""
+        """Token ids (B, T) -> their embeddings (B, T, C), times ``embedding_scale``, then normalised with ``embedding_norm``."""
         x = self.token_embedding(idx)
         if self.embedding_multiplier != 1.0:
             # A tensor in the activations' dtype, as Gemma's normaliser: √3072 rounds in bf16.
             x = x * torch.tensor(self.embedding_multiplier, dtype=x.dtype)
-        return x
+        return self.embedding_norm(x) if self.embedding_norm is not None else x
 
     def hidden_states(
         self,

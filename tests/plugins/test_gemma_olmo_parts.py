@@ -1,6 +1,6 @@
-"""Gemma's and OLMo's small parts against transformers and their formulas: RMSNorm with the
-(1 + weight) offset, OLMo 1's non-parametric LayerNorm, nanochat's weightless RMSNorm, final-logit soft-capping, embeddings
-scaled by √d_model in the activations' dtype."""
+"""Gemma's, OLMo's and nanochat's small parts against transformers and their formulas: RMSNorm with
+the (1 + weight) offset, OLMo 1's non-parametric LayerNorm, nanochat's weightless RMSNorm and
+normalised embeddings, final-logit soft-capping, embeddings scaled by √d_model in the activations' dtype."""
 
 import math
 
@@ -84,6 +84,21 @@ def test_embeddings_are_scaled_by_sqrt_d_model_rounded_to_the_activation_dtype(r
     torch.testing.assert_close(seen["x"], model.token_embedding(idx) * normaliser, atol=0, rtol=0)
     plain = build(tiny_config(registry, d_model=C, n_heads=4, embedding_scale=2.5))
     assert plain.embedding_multiplier == 2.5
+
+
+@torch.no_grad()
+def test_embedding_norm_normalises_the_first_blocks_input_by_its_root_mean_square(registry):
+    config = tiny_config(
+        registry, positional="rope", norm={"name": "rmsnorm", "eps": 1e-6, "scale": False}, embedding_norm=True
+    )
+    model = build(config)
+    idx = torch.randint(0, 50, (2, 6))
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
+    model(idx)
+    e = model.token_embedding(idx)
+    torch.testing.assert_close(seen["x"], e / (e.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt())
+    assert build(tiny_config(registry)).embedding_norm is None  # off by default
 
 
 def test_embedding_scale_reads_from_toml_and_refuses_other_words(registry):
