@@ -121,6 +121,7 @@ def test_describe_json_gpt2_124m(capsys):
         "context_length": T,
         "decodes_past_context": False,
         "extension_refusal": info["kv_cache"]["extension_refusal"],
+        "mtp_bytes_per_sequence": 0,  # no multi-token prediction modules
     }
     assert "LearnedPositions cannot run past the context" in info["kv_cache"]["extension_refusal"]
     per_layer = (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * 2 * C

@@ -49,7 +49,7 @@ def describe(config: RunConfig) -> dict:
         "parameters": model.param_counts(),
         "active_parameters_per_token": model.active_parameters_per_token(),
         "flops_per_token": model.flops_per_token(T),
-        "kv_cache": model_cache(model, caches, T),
+        "kv_cache": model_cache(model, caches, T) | {"mtp_bytes_per_sequence": mtp_cache_bytes(model, T)},
         "layers": [
             {
                 "layer": layer.index,
@@ -114,6 +114,14 @@ def model_cache(model: GPT, caches: list[dict], T: int) -> dict:
         "decodes_past_context": refusal is None,
         "extension_refusal": refusal,
     }
+
+
+def mtp_cache_bytes(model: GPT, T: int) -> int:
+    """What self-speculative decoding (generate --speculative) adds to the cache at the context: the
+    multi-token prediction modules' blocks keep caches of their own (0 without ``model.mtp``)."""
+    if model.mtp is None:
+        return 0
+    return sum(block.attention.cache_bytes(T) for block in model.mtp.blocks)
 
 
 def _short(spec: ComponentSpec) -> str:
@@ -189,6 +197,8 @@ def cache_lines(kv: dict, layers: list[dict]) -> list[str]:
             f"  {'states':<15} {byte_size(kv['state_bytes'])}, the same at any length, in {_layers(count['state'])}"
         )
     lines.append(f"  {'at context':<15} {byte_size(kv['bytes_per_sequence'])} at {kv['context_length']:,} tokens")
+    if kv["mtp_bytes_per_sequence"]:
+        lines.append(f"  {'mtp':<15} {byte_size(kv['mtp_bytes_per_sequence'])} more at the context with --speculative")
     if kv["decodes_past_context"]:
         grows = (
             f"keys and values grow by {kv['bytes_per_token']:,} bytes per token"

@@ -87,6 +87,18 @@ def test_flops_count_each_depths_projection_block_and_shared_head(registry):
     assert model.flops_per_token(T)["mtp"] == 2 * (2 * 2 * C * C + block + 2 * C * V)
 
 
+def test_describe_counts_the_cache_speculative_decoding_adds():
+    from pathlib import Path
+
+    from gptzoo.recipes.cli.describe import describe
+    from gptzoo.recipes.config.schema import load_run_config
+
+    style = Path(__file__).resolve().parents[2] / "configs" / "deepseek-v3-mtp-style.toml"
+    info = describe(load_run_config(style, ["model.vocab_size=512"]))
+    # one depth whose latent-attention block caches its latent (32) and rotary key (16), fp32, at 64 tokens
+    assert info["kv_cache"]["mtp_bytes_per_sequence"] == (32 + 16) * 4 * 64
+
+
 def test_conformance_kit(registry):
     check_component("mtp", "sequential", registry, depth=2)
 
