@@ -898,6 +898,29 @@ PUBLISHED = {
         },
         354_483_968,
     ),
+    "nanochat": (
+        {  # karpathy/nanochat-d32, not read from the Hub here (no network): recalled from the published
+            # config.json (depth 32, 64 dimensions per layer of depth, heads of 128, the MLP 4 × wide, nanochat's
+            # 65536-token vocabulary). The count: 2 × 65536 × 2048 (embedding, untied head) + 32 × (4 × 2048² + 2 ×
+            # 2048 × 8192), no norm weights.
+            "model_type": "nanochat",
+            "architectures": ["NanoChatForCausalLM"],
+            "vocab_size": 65536,
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "max_position_embeddings": 2048,
+            "hidden_act": "relu2",
+            "rms_norm_eps": 1e-06,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            "final_logit_softcapping": 15.0,
+            "attention_bias": False,
+            "tie_word_embeddings": False,
+        },
+        1_879_048_192,
+    ),
     "lfm2_moe": (
         {  # LiquidAI/LFM2-8B-A1B, not read from the Hub here (no network): recalled from the published config.json
             # (transformers' Lfm2MoeConfig defaults are this size), with 6 attention layers among 24 as the model

@@ -61,6 +61,7 @@ from gptzoo.recipes.interop.hf.families.mamba import BAMBA, MAMBA2
 from gptzoo.recipes.interop.hf.families.mimo import MIMO_V2_FLASH
 from gptzoo.recipes.interop.hf.families.minimax import MINIMAX, MINIMAX_M2
 from gptzoo.recipes.interop.hf.families.moe import MIXTRAL, QWEN3_MOE
+from gptzoo.recipes.interop.hf.families.nanochat import NANOCHAT
 from gptzoo.recipes.interop.hf.families.nemotron_h import NEMOTRON_H
 from gptzoo.recipes.interop.hf.families.neox import GPT_NEOX
 from gptzoo.recipes.interop.hf.families.olmo import EXAONE4, OLMO2, OLMO3
@@ -140,6 +141,7 @@ FAMILIES: dict[str, Family] = {
         QWEN3_5_MOE_TEXT,
         AFMOE,
         OLMO_HYBRID,
+        NANOCHAT,
     )
 }
 
