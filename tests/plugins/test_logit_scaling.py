@@ -87,3 +87,18 @@ def test_matches_the_head_of_transformers(family):
 
 def test_the_kit_passes_with_a_logit_scale(registry):
     check_component("head", "lm", registry=registry, logit_scale=0.0625)
+
+
+def test_compiles_with_fullgraph_and_adds_no_parameters_or_flops(registry):
+    from gptzoo.core import GPT
+    from gptzoo.testing import tiny_config
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config(registry, n_layers=1, head={"name": "lm", "logit_scale": 0.0625})).eval()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    idx = torch.randint(0, 50, (2, 10))
+    torch.testing.assert_close(compiled(idx), model(idx))
+    torch._dynamo.reset()
+    plain = GPT(tiny_config(registry, n_layers=1)).eval()
+    assert model.param_counts() == plain.param_counts()  # a constant, not a weight
+    assert model.flops_per_token() == plain.flops_per_token()  # one multiply per logit, uncounted as norms are
