@@ -164,3 +164,21 @@ def test_more_than_one_mtp_layer_is_refused(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mtp_num_hidden_layers = 2" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_mtp_layer_gptzoo_would_build_otherwise_is_refused(tmp_path, capsys):
+    """gptzoo builds the MTP block as the model's last layer; the checkpoints' MTP layer is gated attention, so a
+    model ending in a Gated DeltaNet layer cannot hold it: refused, naming why, rather than a missing weight."""
+    settings = TINY | {"num_hidden_layers": 2, "layer_types": ["full_attention", "linear_attention"]}
+    config = transformers.Qwen3NextConfig(**settings)
+    randomised(transformers.AutoModelForCausalLM.from_config(config)).save_pretrained(tmp_path / "src")
+    tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
+    donor = Reference(config)
+    added = donor.tensors({k.replace("layers.0.", "layers.3.", 1): t.clone() for k, t in tensors.items()})
+    save_file(tensors | added, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    hf = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(hf | {"mtp_num_hidden_layers": 1}))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "MTP layer is a full_attention layer" in err and "linear_attention here" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -176,6 +176,8 @@ class MtpLayout:
     held: str  # a regex matching the first one's tensors; {n}: num_hidden_layers, {prefix}: the family's prefix
     shared_copies: bool  # each stores copies of the embedding and the head, which gptzoo shares with the model
     max_depth: int | None = None  # the most gptzoo's sequential modules express, where the layers share parts
+    # config.json -> why gptzoo's MTP block, built as the model's last layer, cannot be the checkpoint's (None: it can)
+    block_mismatch: Callable[[dict], str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ def add_held_mtp(table: dict, hf: dict, stored: dict, prefix: str, layout: MtpLa
                 f"{layout.depth_key} = {depth} is not supported for {hf['model_type']} (its MTP layers share one fc "
                 f"and norms, which gptzoo's sequential modules do not; gptzoo reads {layout.max_depth})"
             )
+        why = layout.block_mismatch(hf) if layout.block_mismatch is not None else None
+        if why is not None:
+            raise ValueError(f"the checkpoint's MTP layers are not supported for {hf['model_type']} ({why})")
         table["mtp"] = {"name": "sequential", "depth": depth}
 
 

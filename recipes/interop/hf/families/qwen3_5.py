@@ -18,12 +18,13 @@ from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import MISSING, Conversion, Family, Field, Fused, Weight
 from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
-from gptzoo.recipes.interop.hf.families.mtp import QWEN3_NEXT_MTP, QWEN3_NEXT_OWN, mtp_conversion, mtp_weights
+from gptzoo.recipes.interop.hf.families.mtp import QWEN3_NEXT_OWN, mtp_conversion, mtp_weights
 from gptzoo.recipes.interop.hf.families.qwen3_next import (
     GATED_ATTENTION_WEIGHTS,
     GATED_QUERIES,
     GATED_SHARED_EXPERT_WEIGHTS,
     LINEAR,
+    MTP,
     MTP_QUERIES,
     QWEN3_NEXT,
     hybrid_kinds,
@@ -105,9 +106,9 @@ QWEN3_5_TEXT = Family(
     assembly=QWEN3_NEXT.assembly | {"feed_forward": {"name": "swiglu", "bias": False}},
     requires=(SILU,),
     weights=with_mtp(GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS),
-    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
+    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(MTP)),
     fused=(UNFUSED_QKV, *GATED_QUERIES, *MTP_QUERIES),
-    mtp=QWEN3_NEXT_MTP,
+    mtp=MTP,
 )
 
 QWEN3_5_MOE_TEXT = Family(
@@ -118,9 +119,9 @@ QWEN3_5_MOE_TEXT = Family(
     assembly=QWEN3_NEXT.assembly,
     requires=(SILU,),
     weights=with_mtp(GATED_ATTENTION_WEIGHTS + UNFUSED_LINEAR_WEIGHTS + GATED_SHARED_EXPERT_WEIGHTS),
-    conversions=(Conversion(_read_moe_layers, _write_moe_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
+    conversions=(Conversion(_read_moe_layers, _write_moe_layers), ROPE_SCALING, mtp_conversion(MTP)),
     fused=(UNFUSED_QKV, *GATED_QUERIES, *MTP_QUERIES),
-    mtp=QWEN3_NEXT_MTP,
+    mtp=MTP,
 )
 
 

@@ -15,6 +15,7 @@ export writes it back (families/mtp.py).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from gptzoo.core import ModelConfig
@@ -253,6 +254,16 @@ QWEN3_NEXT_WEIGHTS = (
     )
     + GATED_SHARED_EXPERT_WEIGHTS
 )
+
+
+def _mtp_block_mismatch(hf: dict) -> str | None:
+    last = layer_types(hf)[-1]
+    if last == "full_attention":
+        return None
+    return f"its MTP layer is a full_attention layer, which gptzoo builds as the model's last layer: {last} here"
+
+
+MTP = replace(QWEN3_NEXT_MTP, block_mismatch=_mtp_block_mismatch)
 # the MTP module's decoder layer is mtp.layers.0, a gated attention layer with its q_proj fused as the model's
 MTP_LAYER_WEIGHTS = tuple(w for w in QWEN3_NEXT_WEIGHTS if not any(t.startswith(LINEAR) for t in w.theirs))
 MTP_QUERIES = tuple(
@@ -298,12 +309,12 @@ QWEN3_NEXT = Family(
     },
     requires=(SILU,),
     weights=QWEN3_NEXT_WEIGHTS + mtp_weights(MTP_LAYER_WEIGHTS, QWEN3_NEXT_OWN, "mtp.layers.{i}."),
-    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(QWEN3_NEXT_MTP)),
+    conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(MTP)),
     fused=(
         Fused(f"{LINEAR}.in_proj_qkvz.weight", tuple(f"{LINEAR}.in_proj_qkvz.weight[{p}]" for p in "qkvz"), key_heads),
         Fused(f"{LINEAR}.in_proj_ba.weight", tuple(f"{LINEAR}.in_proj_ba.weight[{p}]" for p in "ba"), key_heads),
         *GATED_QUERIES,
         *MTP_QUERIES,
     ),
-    mtp=QWEN3_NEXT_MTP,
+    mtp=MTP,
 )
