@@ -8,8 +8,11 @@ logits within 1e-4 on a left-padded batch; 20 greedy tokens through gptzoo's cac
 generate from a left-padded batch; export -> from_pretrained -> the same logits and the same tensors.
 """
 
+import json
+
 import pytest
 
+from gptzoo.recipes.cli import main
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
@@ -94,6 +97,17 @@ def test_the_imported_assembly_is_nanochats(checkpoint, tmp_path):
     assert config.embedding_norm and config.positional.params.reverse and not config.norm.params.scale
     assert not config.attention.params.qk_norm_weight
     assert config.head.params.softcap == (15.0 if case == "nanochat" else None)
+
+
+def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
+    """No norm has a weight on either side: the count is the embedding, the layers' projections and an untied head."""
+    case, model, folder = checkpoint
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"]["total"] == model.num_parameters()
+    assert info["active_parameters_per_token"] == model.num_parameters()
 
 
 @pytest.mark.parametrize(
