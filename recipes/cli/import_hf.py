@@ -2,6 +2,7 @@
 
 import argparse
 
+from gptzoo.recipes.interop.hf.convert import readable_types
 from gptzoo.recipes.interop.hf.families import all_families
 from gptzoo.recipes.interop.hf.import_ import DTYPES, import_hf
 from gptzoo.registry import Registry
@@ -11,7 +12,7 @@ HELP = "convert a Hugging Face checkpoint folder, or a model's Hub id (ORG/NAME[
 
 def description_for(registry: Registry) -> str:
     """What ``--help`` prints: HELP naming the families, the built-in ones and then those the registry's plugins add."""
-    return f"convert a Hugging Face checkpoint folder or Hub id ({', '.join(all_families(registry))}) into a run folder"
+    return f"convert a Hugging Face checkpoint folder or Hub id ({', '.join(readable_types(all_families(registry)))}) into a run folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -54,11 +54,21 @@ def normalise(hf: dict, families: dict[str, Family] = FAMILIES) -> dict:
     return hf
 
 
+def readable_types(families: dict[str, Family]) -> list[str]:
+    """Every config.json model_type import-hf reads with ``families``: theirs, then the aliases and the
+    multimodal wrappers whose language model is one of them."""
+    from gptzoo.recipes.interop.hf.families.qwen3_5 import MULTIMODAL
+
+    aliases = [alias for alias, family in ALIASES.items() if family in families]
+    wrappers = [wrapper for wrapper, family in MULTIMODAL.items() if family.model_type in families]
+    return [*families, *aliases, *wrappers]
+
+
 def family_of(hf: dict, source: str, families: dict[str, Family] = FAMILIES) -> Family:
     model_type = hf.get("model_type")
     if model_type not in families:
         raise ConfigError(
-            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join([*families, *(a for a, f in ALIASES.items() if f in families)])}"
+            f"{source}: model_type = {json.dumps(model_type)} is not a family gptzoo imports; supported: {', '.join(readable_types(families))}"
         )
     return families[model_type]
 

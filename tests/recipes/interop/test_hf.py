@@ -812,6 +812,21 @@ def test_export_shards_past_the_size_and_transformers_loads_them(tmp_path):
     )
 
 
+def test_the_refusal_and_help_list_every_model_type_import_reads(tmp_path, capsys):
+    """Read from the tables: every family, the aliases (Kimi K2) and the multimodal wrappers (Qwen3.5's)."""
+    from gptzoo.recipes.interop.hf.families import FAMILIES
+
+    expected = [*FAMILIES, "kimi_k2", "qwen3_5", "qwen3_5_moe"]
+    build("llama-tied-mqa").save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | {"model_type": "bert"}))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("supported: " + ", ".join(expected))
+    with pytest.raises(SystemExit):
+        main(["import-hf", "--help"])
+    assert " ".join(capsys.readouterr().out.split()).count(", ".join(expected)) == 1
+
+
 @pytest.mark.parametrize(
     "change, named",
     [
