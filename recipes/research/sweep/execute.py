@@ -9,9 +9,13 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -70,14 +74,45 @@ class ProcessPool:
         pass  # this machine's own folder: the CLI checked it
 
     def run(self, tasks: list[RunTask], trainer: Trainer | None, finished: Finished) -> None:
+        """Stopped (Ctrl-C, or SIGTERM to this process alone, as a scheduler or ``kill PID`` sends it), no
+        queued run starts and each running one gets SIGTERM, so it checkpoints and the next sweep resumes it."""
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        with ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_pin_threads, initargs=(threads,)
-        ) as pool:
-            futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
-            for future in as_completed(futures):
-                finished(future.result(), "")
+        stopping = context.Event()
+        pool = ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_start_worker, initargs=(threads, stopping)
+        )
+        try:
+            with _terminate_as_interrupt():
+                futures = [pool.submit(_execute, task, trainer, None, False, print) for task in tasks]
+                for future in as_completed(futures):
+                    finished(future.result(), "")
+        except BaseException:
+            stopping.set()  # the runs a worker already holds queued do not start
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                worker.terminate()  # SIGTERM: a running run checkpoints and returns
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here, as Ctrl-C does (its default would end this process alone,
+    leaving the workers training); only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_sweep(
@@ -195,8 +230,13 @@ def _run_here(
         bar.update()
 
 
-def _pin_threads(threads: int) -> None:
+_stopping: EventType | None = None  # in a pool worker: set once the sweep stops
+
+
+def _start_worker(threads: int, stopping: EventType) -> None:
+    global _stopping
     torch.set_num_threads(threads)  # each worker its share of the cores, not all of them
+    _stopping = stopping
 
 
 def _claim_folder(out: Path, sweep: Sweep) -> None:
@@ -244,6 +284,8 @@ def _execute(
 
     A failure or divergence becomes the run's result; only Ctrl-C stops the sweep.
     """
+    if _stopping is not None and _stopping.is_set():
+        raise KeyboardInterrupt  # queued in a worker of a sweep that has stopped: not started
     resume = (task.folder / TRAIN_STATE).is_file()
     if task.folder.exists() and not resume:
         shutil.rmtree(task.folder)  # a start that left no checkpoint: nothing in it to keep

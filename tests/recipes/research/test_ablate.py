@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -568,3 +569,86 @@ def test_runs_record_their_plugins_and_retrain_when_a_plugin_changed(write, tmp_
     )
     assert any("model.feed_forward 'gelu': the code of" in m and "changed" in m for m in logged)
     assert json.loads(record_file.read_text())["components"]["model.positional"]["version"] == entry.version
+
+
+LOOPING_TRAINER = '''
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from gptzoo.recipes.training.loop import StopSignals
+
+
+def trainer(config, out, *, resume=False, registry=None, progress=True, log=print):
+    """Trains until a signal stops it, as train does: then says so in its folder and returns interrupted."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with StopSignals() as stop:
+        (out / "started").write_text("")
+        while stop.received is None:
+            time.sleep(0.02)
+    (out / "stopped").write_text("")
+    return SimpleNamespace(stopped="interrupted")
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (read from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_sweep_signalled_alone_stops_its_runs_and_starts_no_more(write, tmp_path):
+    """SIGTERM to a sweep's own process (a scheduler's, or kill PID) with two workers: both running runs get it
+    too and stop as train does (with a checkpoint), none of the four queued starts, and no worker outlives it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "looping.py").write_text(LOOPING_TRAINER, encoding="utf-8")
+    sweep = write('seeds = [0, 1, 2]\n[axes]\n"model.positional.name" = ["learned", "rope"]\n')
+    out = tmp_path / "out"
+    script = (
+        "import sys\n"
+        "from gptzoo.recipes.research.sweep import load_sweep, run_sweep\n"
+        "import looping\n"
+        "try:\n"
+        f"    run_sweep(load_sweep({str(sweep)!r}), {str(out)!r}, trainer=looping.trainer, workers=2, progress=False)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("runs/*/started"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(parent.pid)
+        parent.send_signal(signal.SIGTERM)
+        _, err = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130, err
+    started = sorted(p.parent.name for p in out.glob("runs/*/started"))
+    stopped = sorted(p.parent.name for p in out.glob("runs/*/stopped"))
+    assert len(started) == 2 and stopped == started, (started, stopped)
+    deadline = time.monotonic() + 30  # multiprocessing's resource tracker ends a moment after its parent
+    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not [pid for pid in workers if _alive(pid)], "a worker outlived the sweep"
