@@ -141,6 +141,7 @@ def test_model_config_json_round_trip(registry):
         "fraction": 1.0,
         "layout": "halves",
         "proportional": False,
+        "reverse": False,
     }
 
 

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from gptzoo.core import Attention, Params
-from gptzoo.plugins.norms import RMSNorm
+from gptzoo.plugins.norms import RMSNorm, RMSNormParams
 from gptzoo.registry import PLUGINS_ENV, PluginError, default_registry, hookimpl, make_registry
 
 _unique = itertools.count()
@@ -165,8 +165,8 @@ def test_unknown_family_is_refused(registry):
 
 
 def test_component_decorator_registers_in_code(registry):
-    class ScaleParams(Params):
-        scale: float = 2.0
+    class ScaleParams(RMSNormParams):  # a subclass keeps the params its parent's methods read
+        factor: float = 2.0
 
     @registry.component("norm", "scaled_rms")
     class ScaledRMS(RMSNorm):
@@ -176,9 +176,9 @@ def test_component_decorator_registers_in_code(registry):
     entry = registry.get("norm", "scaled_rms")
     assert entry.plugin == __name__ and entry.distribution == "<code>"
     config = registry.model_config(
-        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "norm": {"name": "scaled_rms", "scale": 3.0}}
+        {"context_length": 8, "d_model": 8, "n_layers": 1, "n_heads": 2, "norm": {"name": "scaled_rms", "factor": 3.0}}
     )
-    assert config.norm.params.scale == 3.0
+    assert config.norm.params.factor == 3.0
 
 
 def test_register_plugin_with_a_module_object(registry):

@@ -55,13 +55,14 @@ def normalise(hf: dict, families: dict[str, Family] = FAMILIES) -> dict:
 
 
 def readable_types(families: dict[str, Family]) -> list[str]:
-    """Every config.json model_type import-hf reads with ``families``: theirs, then the aliases and the
-    multimodal wrappers whose language model is one of them."""
+    """Every config.json model_type import-hf reads with ``families``: the built-in ones, the aliases and the
+    multimodal wrappers whose language model is one of them, then those plugins add."""
     from gptzoo.recipes.interop.hf.families.qwen3_5 import MULTIMODAL
 
+    built_in = [model_type for model_type in families if model_type in FAMILIES]
     aliases = [alias for alias, family in ALIASES.items() if family in families]
     wrappers = [wrapper for wrapper, family in MULTIMODAL.items() if family.model_type in families]
-    return [*families, *aliases, *wrappers]
+    return [*built_in, *aliases, *wrappers, *(model_type for model_type in families if model_type not in FAMILIES)]
 
 
 def family_of(hf: dict, source: str, families: dict[str, Family] = FAMILIES) -> Family:
