@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Weight, period, qkv_rows
-from gptzoo.recipes.interop.hf.families.llama import ROPE_SCALING, SILU
+from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Weight, period
+from gptzoo.recipes.interop.hf.families.llama import LLAMA_WEIGHTS, ROPE_SCALING, SILU
 
 
 def _layers(hf: dict) -> list[tuple[bool, bool, bool]]:
@@ -137,24 +137,9 @@ LLAMA4_TEXT = Family(
         "head": {"name": "lm"},
     },
     requires=(SILU,),
-    weights=(
-        Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
-        Weight(
-            "blocks.{i}.attention.qkv.weight",
-            tuple(f"model.layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
-            "rows",
-            qkv_rows,
-        ),
-        Weight(
-            "blocks.{i}.attention.qkv.bias",
-            tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"),
-            "rows",
-            qkv_rows,
-        ),
-        Weight("blocks.{i}.attention.out_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",)),
-        Weight("blocks.{i}.attention.out_proj.bias", ("model.layers.{i}.self_attn.o_proj.bias",)),
-        Weight("blocks.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
-        Weight("blocks.{i}.ffn_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
+    # Llama's rows for everything but the feed-forward, which is dense or a mixture layer by layer
+    weights=tuple(w for w in LLAMA_WEIGHTS if ".feed_forward." not in w.ours)
+    + (
         Weight("blocks.{i}.feed_forward.gate_proj.weight", _feed_forward("gate_proj.weight")),
         Weight("blocks.{i}.feed_forward.up_proj.weight", _feed_forward("up_proj.weight")),
         Weight("blocks.{i}.feed_forward.out_proj.weight", _feed_forward("down_proj.weight")),
@@ -172,8 +157,6 @@ LLAMA4_TEXT = Family(
         Weight("blocks.{i}.feed_forward.shared.gate_proj.weight", _feed_forward("shared_expert.gate_proj.weight")),
         Weight("blocks.{i}.feed_forward.shared.up_proj.weight", _feed_forward("shared_expert.up_proj.weight")),
         Weight("blocks.{i}.feed_forward.shared.out_proj.weight", _feed_forward("shared_expert.down_proj.weight")),
-        Weight("final_norm.weight", ("model.norm.weight",)),
-        Weight("head.weight", ("lm_head.weight",)),
     ),
     conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING),
 )
