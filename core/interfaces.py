@@ -387,6 +387,10 @@ class Residual(Component):
     adds to itself: all three pass it through.
     """
 
+    several_streams: ClassVar[bool] = False
+    """True when ``widen`` makes several streams: narrowed, they are no longer the last block's output, so a
+    block whose output is already normalised still gets the final norm."""
+
     def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims)
 

@@ -59,11 +59,10 @@ class GPT(nn.Module):
         self.kv_readers = [config.kv_source(layer.index) is not None for layer in layers]
         self.kv_sources = sorted({i for i in map(config.kv_source, range(config.n_layers)) if i is not None})
         self.residuals = nn.ModuleList(config.residual.build(config.dims(layer.index), layer) for layer in layers)
-        # A stream narrowed from several streams is no longer the last block's normalised output.
         last, residual = layers[-1].block.impl, cast(type[Residual], config.residual.impl)
         self.final_norm = (
             nn.Identity()
-            if issubclass(last, Block) and last.output_normalized and residual.narrow is Residual.narrow
+            if issubclass(last, Block) and last.output_normalized and not residual.several_streams
             else config.norm.build(dims)
         )
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)

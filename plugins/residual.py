@@ -53,6 +53,7 @@ class HyperConnections(Residual):
     with learned weights, static or moved per token: hyper-connections (Zhu et al., 2024, arXiv 2409.19606)."""
 
     Params = HyperParams
+    several_streams = True
 
     def __init__(self, params: HyperParams, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims, layer)
