@@ -314,7 +314,9 @@ class GPT(nn.Module):
         return self.param_counts()["total"] - idle
 
     def flops_per_token(self, context_length: int | None = None) -> dict[str, int]:
-        """Forward FLOPs per token at ``context_length`` by family, from each component's own estimate."""
+        """FLOPs per token at ``context_length`` by family, from each component's own estimate:
+        ``forward`` is inference's (the multi-token prediction modules do not run there), ``training``
+        three times the forward with the ``mtp`` modules, which training runs."""
         T = context_length or self.config.context_length
         parts = {
             "positional" if family == "embeddings" else family: sum(
@@ -322,8 +324,8 @@ class GPT(nn.Module):
             )
             for family, modules in self._by_family().items()
         }
-        parts["forward"] = sum(parts.values())
-        parts["training"] = 3 * parts["forward"]
+        parts["forward"] = sum(flops for family, flops in parts.items() if family != "mtp")
+        parts["training"] = 3 * (parts["forward"] + parts.get("mtp", 0))
         return parts
 
     def kv_cache_bytes(self, n_tokens: int | None = None, dtype: torch.dtype = torch.float32) -> int:

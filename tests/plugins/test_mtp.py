@@ -87,6 +87,20 @@ def test_flops_count_each_depths_projection_block_and_shared_head(registry):
     assert model.flops_per_token(T)["mtp"] == 2 * (2 * 2 * C * C + block + 2 * C * V)
 
 
+def test_inference_flops_leave_out_the_mtp_modules_and_training_flops_count_them(registry):
+    ffn = {"name": "swiglu", "hidden": 64}
+    model = build(tiny_config(registry, mtp=MTP, **{**LLAMA, "feed_forward": ffn}))
+    C, H, V, T, L, D = 32, 64, 50, 16, 2, 2  # tiny_config's dims: 4 heads of 8, 2 key/value heads
+    attention = 2 * (C * C + 2 * C * (2 * 8) + C * C) + 4 * C * T  # q, k, v, o; QK^T and AV over T keys
+    block = attention + 2 * 3 * C * H  # and SwiGLU's gate, up and down
+    head = 2 * V * C
+    forward = L * block + head  # inference runs no MTP module
+    mtp = D * (2 * 2 * C * C + block + head)  # per depth: M_k (C x 2C), the block, the shared head again
+    flops = model.flops_per_token()
+    assert (flops["forward"], flops["mtp"]) == (forward, mtp) == (44_160, 55_552)
+    assert flops["training"] == 3 * (forward + mtp) == 299_136
+
+
 def test_describe_counts_the_cache_speculative_decoding_adds():
     from pathlib import Path
 
