@@ -1,38 +1,8 @@
 """What every layer of one forward pass shares: positions, masking, score bias and the inputs.
 
 The model builds one context per forward (one per distinct position scheme when layer kinds
-choose their own), so attention variants stay free of position and mask logic. What a variant
-may read:
-
-- ``positions`` (B|1, T): absolute positions of the new tokens (per row only when padded);
-- ``valid`` (B, T) or None: False at the new tokens that are left padding (None: none are);
-- ``key_positions`` (B|1, Tk - key_origin) and ``key_valid`` (B, Tk - key_origin) or None: the
-  keys fed so far from key slot ``key_origin`` on, cached ones first; ``key_valid`` is False at
-  left padding. ``key_origin`` is 0 unless every layer's cache is bounded (windows, recurrent
-  states): the model then keeps only the latest keys' bookkeeping, so it does not grow with
-  the text;
-- ``offset``: tokens already in the cache before this forward, so new token t sits in key
-  slot ``offset + t``;
-- ``is_causal``: plain causal masking suffices (no cache, no padding, no score bias): SDPA's
-  ``is_causal=True`` may be used instead of a mask;
-- ``rotate(q, k)``: the position scheme's rotation of new queries and keys (identity for most);
-- ``bias(dtype, window=None, first_key=None)``: the additive mask, -inf where a query may not
-  look, plus the scheme's score bias; ``window`` limits each query to its latest ``window``
-  keys, ``first_key`` builds it for key slots ``first_key..`` only (a cache that keeps a window);
-- ``share_kv(layer, k, v)`` and ``shared_kv(layer)``: a layer whose keys and values later layers
-  attend with (``kv_shared_layers``) hands over those it attends with, (B, nkv, Tk', hs|vs): the
-  latest Tk' keys, of key slots ``offset + T - Tk'`` on, in order; the later layers read them,
-  in training as while decoding, and keep no cache of their own;
-- ``token_ids`` (B, T) and ``embeddings`` (B, T, C): the new tokens' ids and the residual stream
-  entering the first block (a block's per-layer input reads them: Gemma 3n, Gemma 4);
-- ``capturing`` and ``record(what)``: while a ``Recorder`` inspects the forward, each layer
-  reports once what its mixer declares it offers (``Attention.inspection``): attention
-  probabilities (B, h, T, Tk) after the softmax and before dropout, an implicit attention
-  matrix, or state norms (B, h, T); a mixer whose fast path never forms them computes them
-  explicitly only then, so its fast path stays as it is;
-- ``measuring`` and ``measure(name, value)``: while a ``Meter`` measures the forward, each layer
-  reports the per-layer numbers its mixer declares (``Attention.measurements``), each a maximum
-  (a composite's parts may each report theirs: the layer keeps the largest).
+choose their own), so token mixers stay free of position and mask logic. What a mixer may read
+from it is the ``ctx.`` table of docs/extending.md ("Writing an attention variant").
 """
 
 from __future__ import annotations

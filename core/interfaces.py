@@ -27,25 +27,11 @@ if TYPE_CHECKING:
 InitScheme = Literal["gpt2", "torch_default"]
 
 Inspection = Literal["probabilities", "partial_probabilities", "implicit_attention", "state_norms", "nothing"]
-"""What a token mixer reports to inspection (``ctx.record``), as it computes it:
-
-- ``probabilities``: softmax attention probabilities (B, h, T, Tk), each row summing to 1;
-- ``partial_probabilities``: softmax probabilities whose rows may sum to less than 1, the rest
-  going to something that carries no value (attention sinks);
-- ``implicit_attention``: the masked (B, h, T, T) matrix the mixer's output is a product with
-  (y = A·v: linear attention, gated and delta-rule mixers, Mamba-2; Ali et al., 2024), not a
-  distribution;
-- ``state_norms``: the norm of its recurrent state per head after each token, (B, h, T);
-- ``nothing``: it reports nothing (a layer without a mixer)."""
+"""What a token mixer reports to inspection through ``ctx.record`` (docs/extending.md, "Writing a token mixer")."""
 
 Measurement = Literal["max_logit"]
-"""A per-layer number a token mixer may report while ``ctx.measuring`` (``ctx.measure``) in each
-forward, for training to log at each evaluation; each is a maximum, so a composite mixer whose parts
-each report one keeps the largest:
-
-- ``max_logit``: the largest attention logit q·k·scale over the pairs a query may attend to,
-  before any position bias or soft-capping (the quantity whose growth Wortsman et al., 2023 and
-  Dehghani et al., 2023 tie to divergence at high learning rates)."""
+"""A per-layer number a token mixer reports through ``ctx.measure`` while ``ctx.measuring``, each a maximum
+(``max_logit``: the largest attention logit q·k·scale before any position bias or soft-capping)."""
 
 CacheKind = Literal["keys_values", "window", "state"]
 """What a token mixer keeps while decoding: every key and value (grows with the text), the latest
@@ -225,43 +211,15 @@ class PositionalEncoding(Component):
 class Attention(Component):
     """A token mixer (softmax attention or any other): x (B, T, C) -> (B, T, C), causal.
 
-    ``forward(x, ctx, cache)`` receives an ``AttentionContext`` shared by the layers of one
-    forward pass (positions, padding, the position scheme's hooks; see gptzoo.core.context)
-    and, while decoding, this layer's cache as made by ``new_cache``. A mixer must support
-    causal masking and left padding (``ctx.bias``, or ``ctx.valid`` for a recurrent mixer: a
-    padding token must not change the state), dropout (``dims.dropout``, training only), and
-    decoding in pieces of any size through its cache, with the same outputs as one forward.
-
-    A mixer **declares** what it is, and the conformance kit, ``inspect`` and ``describe``
-    follow the declaration:
-
-    - ``inspection``: what it reports while ``ctx.capturing``, through ``ctx.record`` once per
-      forward (see ``Inspection``); computed explicitly then if its fast path never forms it;
-    - ``position_hooks``: which of the position scheme's hooks it calls (``ctx.rotate``, score
-      biases through ``ctx.bias``); a config pairing it with a scheme acting through another
-      hook is refused, naming both;
-    - ``cache_kind``: what ``new_cache`` keeps (see ``CacheKind``), and ``cache_bytes`` its size;
-    - ``kit_lengths``: the sequence lengths the kit must also test (a chunked mixer: several chunks);
-    - ``kv_sharing``: it can attend with an earlier layer's keys and values (``kv_shared_layers``).
-      Each such mixer hands the keys and values it attends with to ``ctx.share_kv``; built with
-      ``dims.kv_from`` set, it computes queries only, reads ``ctx.shared_kv(dims.kv_from)``
-      instead, and is given no cache (the model makes it none);
-    - ``measurements``: the per-layer numbers it reports while ``ctx.measuring``, through
-      ``ctx.measure(name, value)`` in each forward (see ``Measurement``); optional, none by
-      default; read through ``declared_measurements``.
-
-    The first three are class attributes; readers ask for them through ``declared_inspection``,
-    ``declared_position_hooks`` and ``declared_cache_kind`` with the mixer's params, which a mixer
-    whose declarations follow its params (a composite of other mixers) overrides.
-
-    Softmax attention also supports ``dims.n_kv_heads`` key/value heads shared by groups of
-    query heads (GQA/MQA), ``dims.head_size`` per head and the biases ``dims.qkv_bias`` /
-    ``dims.attn_out_bias``. The standard variants share one state-dict layout so checkpoints
-    move between them: ``qkv.weight`` ((nh + 2·nkv)·hs, C) with rows [query heads | key heads |
-    value heads], ``qkv.bias`` when ``qkv_bias``, and ``out_proj.weight`` (C, nh·hs) /
-    ``out_proj.bias``. A variant that computes the same function from those weights says so
-    with ``equivalent_to = "sdpa"`` and the kit checks it. ``out_proj`` writes into the
-    residual stream.
+    ``forward(x, ctx, cache)`` receives the forward's ``AttentionContext`` and, while decoding, this
+    layer's cache as made by ``new_cache``. A mixer supports causal masking, left padding, dropout
+    (training only) and decoding in pieces of any size with the same outputs as one forward. It
+    declares what it is (``inspection``, ``position_hooks``, ``cache_kind``, ``measurements``,
+    ``kv_sharing``, ``kit_lengths``), and the config, the model, ``inspect``, ``describe`` and the
+    conformance kit follow the declarations; readers ask through the ``declared_*`` classmethods,
+    which a mixer whose declarations follow its params overrides. The contract in full, with the
+    softmax variants' shared state-dict layout: docs/extending.md ("Writing an attention variant",
+    "Writing a token mixer").
     """
 
     inspection: ClassVar[Inspection] = "probabilities"
