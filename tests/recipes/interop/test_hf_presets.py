@@ -172,7 +172,10 @@ PUBLISHED = {
         30_532_122_624,
     ),
     "kimi_k2": (
-        {  # moonshotai/Kimi-K2-Instruct (recalled, not read from the Hub): DeepSeek-V3's layout as model_type kimi_k2
+        {  # moonshotai/Kimi-K2-Instruct's config.json (DeepSeek-V3's layout as model_type kimi_k2), less its
+            # quantization_config, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's file
+            # (aic-core/src/aiconfigurator_core/model_configs/moonshotai--Kimi-K2-Instruct_config.json at 095f58a5):
+            # every value here as published
             "model_type": "kimi_k2",
             "architectures": ["DeepseekV3ForCausalLM"],
             "vocab_size": 163840,
@@ -1099,10 +1102,12 @@ PUBLISHED = {
         9_780_235_392,
     ),
     "qwen3_next": (
-        {  # Qwen/Qwen3-Next-80B-A3B-Instruct, not read from the Hub here (no network): its config.json as recalled
-            # (the fields import-hf reads), matching transformers' Qwen3NextConfig docs for this checkpoint. The
-            # count is what transformers' Qwen3NextForCausalLM gives for this config (without the mtp.* module,
-            # which transformers does not load either), the card's 80 B total and 3 B active.
+        {  # Qwen3-Next-80B-A3B, read from the copy NVIDIA's ai-dynamo/aiconfigurator kept of the Hub's config.json
+            # of its Thinking sibling, Qwen/Qwen3-Next-80B-A3B-Thinking (src/aiconfigurator/model_configs/
+            # Qwen--Qwen3-Next-80B-A3B-Thinking_config.json at 1b7cfb10; the Instruct's own file was not found, and
+            # the two are one architecture): every value here as published; attention_bias, which the file leaves
+            # out, dropped. The count is what transformers' Qwen3NextForCausalLM gives for this config (without the
+            # mtp.* module, which transformers does not load either), the card's 80 B total and 3 B active.
             "model_type": "qwen3_next",
             "architectures": ["Qwen3NextForCausalLM"],
             "vocab_size": 151936,
@@ -1118,7 +1123,6 @@ PUBLISHED = {
             "rope_theta": 10000000,
             "rope_scaling": None,
             "rms_norm_eps": 1e-06,
-            "attention_bias": False,
             "hidden_act": "silu",
             "linear_conv_kernel_dim": 4,
             "linear_key_head_dim": 128,
@@ -1407,8 +1411,10 @@ PUBLISHED = {
         34_660_610_688,
     ),
     "gpt_oss": (
-        {  # openai/gpt-oss-20b, its config.json as recalled (the Hub is out of reach here), less its
-            # quantization_config (the published experts are MXFP4, which import-hf refuses; a bf16 copy imports).
+        {  # openai/gpt-oss-20b's config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's
+            # file (aic-core/src/aiconfigurator_core/model_configs/openai--gpt-oss-20b_config.json at 095f58a5): every
+            # value here as published, less its quantization_config (the published experts are MXFP4, which import-hf
+            # refuses; a bf16 copy imports).
             # The count is 24 layers of (attention with biases 26,550,080 + sinks 64 + norms 5,760 + the router
             # 92,192 + 32 experts of 24,891,840 with their biases) + two 579,133,440 embeddings + the final norm
             # 2,880 (published: 21 B)
