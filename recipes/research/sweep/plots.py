@@ -1,4 +1,5 @@
-"""The sweep's plots: loss curves, length extrapolation, scaling (matplotlib, the plots extra)."""
+"""The sweep's plots: loss curves, length extrapolation, scaling, the final metric against state bytes and
+against the model width (matplotlib, the plots extra)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from gptzoo.core import GptzooError
 from gptzoo.recipes.research.sweep.fits import scaling_fits
-from gptzoo.recipes.research.sweep.results import RunResult, VariantRow, extrapolation_scores
+from gptzoo.recipes.research.sweep.plan import _show, short_names
+from gptzoo.recipes.research.sweep.results import RunResult, Stat, VariantRow, extrapolation_scores
 from gptzoo.recipes.research.sweep.schema import RUNS, Sweep
 from gptzoo.recipes.runs.files import save_png
 from gptzoo.recipes.runs.metrics import read_metrics
@@ -17,6 +19,8 @@ CURVES_PNG = "loss_curves.png"
 EXTRAPOLATION_PNG = "extrapolation.png"
 SCALING_PNG = "scaling.png"
 STATE_BYTES_PNG = "state_bytes.png"
+WIDTH_PNG = "width.png"
+WIDTH_KEY = "model.d_model"
 
 
 def loss_curves(sweep: Sweep, out: Path) -> dict[str, tuple[list[int], list[list[float]]]]:
@@ -137,6 +141,43 @@ def plot_state_bytes(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("decoding cache of one sequence at the context (bytes, float32)")
     ax.set_ylabel("final answer accuracy" if accuracy else "final validation loss")
+    ax.set_title(f"{sweep.source.stem}: mean ± std over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    save_png(fig, path)
+
+
+def width_curves(sweep: Sweep, rows: list[VariantRow]) -> dict[str, list[tuple[int, Stat]]]:
+    """Per variant of the other axes (its label): each width it ran at, in increasing order, with the final
+    metric over its seeds (a task's answer accuracy, else the validation loss)."""
+    others = [key for key in sweep.axes if key != WIDTH_KEY]
+    short = short_names(others)
+    curves: dict[str, list[tuple[int, Stat]]] = {}
+    for row in rows:
+        overrides = row.variant.overrides
+        stat = row.final_val_accuracy if sweep.reports_accuracy else row.final_val_loss
+        if WIDTH_KEY not in overrides or stat.mean is None:
+            continue  # the base run outside the grid, or a variant none of whose seeds finished
+        label = ", ".join(f"{short[k]}={_show(overrides[k])}" for k in others) or "all"
+        curves.setdefault(label, []).append((overrides[WIDTH_KEY], stat))
+    return {label: sorted(points, key=lambda point: point[0]) for label, points in curves.items()}
+
+
+def plot_width(sweep: Sweep, rows: list[VariantRow], path: Path) -> None:
+    """The final metric against the model width (log₂ x), one line per variant of the other axes, mean ± std
+    over seeds: Zoology's (Arora et al., 2023) accuracy-against-width form."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, points in width_curves(sweep, rows).items():
+        widths = [width for width, _ in points]
+        means = [stat.mean for _, stat in points]
+        ax.errorbar(widths, means, yerr=[stat.std or 0.0 for _, stat in points], marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(sweep.axes[WIDTH_KEY]))
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.set_xlabel("model width (d_model)")
+    ax.set_ylabel("final answer accuracy" if sweep.reports_accuracy else "final validation loss")
     ax.set_title(f"{sweep.source.stem}: mean ± std over seeds {', '.join(map(str, sweep.seeds))}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:

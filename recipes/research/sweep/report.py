@@ -17,10 +17,13 @@ from gptzoo.recipes.research.sweep.plots import (
     EXTRAPOLATION_PNG,
     SCALING_PNG,
     STATE_BYTES_PNG,
+    WIDTH_KEY,
+    WIDTH_PNG,
     plot_extrapolation,
     plot_loss_curves,
     plot_scaling,
     plot_state_bytes,
+    plot_width,
 )
 from gptzoo.recipes.research.sweep.results import RunResult, Stat, VariantRow, aggregate, extrapolation_scores
 from gptzoo.recipes.research.sweep.schema import Sweep, override_strings
@@ -69,6 +72,8 @@ def write_results(
             plot_lr_curves(sweep, results, out / LR_PNG)
         if len({row.state_bytes for row in rows if row.state_bytes is not None}) > 1:
             plot_state_bytes(sweep, rows, out / STATE_BYTES_PNG)
+        if len(sweep.axes.get(WIDTH_KEY, [])) > 1:
+            plot_width(sweep, rows, out / WIDTH_PNG)
     except GptzooError as err:
         log(f"plots skipped: {err}")
     return rows

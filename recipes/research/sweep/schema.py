@@ -19,6 +19,7 @@ The output folder holds::
     DIR/loss_curves.png             validation loss against tokens, seeds as a min–max band
     DIR/lr_sensitivity.png          with a train.lr axis: final loss against the learning rate per variant
     DIR/state_bytes.png             where variants' decoding caches differ: the final metric against their bytes
+    DIR/width.png                   with a model.d_model axis: the final metric against the width per variant
     DIR/runs/<variant>-seed<k>/     each run's folder, with ablation.json once it has finished
 """
 
