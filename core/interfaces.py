@@ -294,9 +294,14 @@ class Attention(Component):
 
 
 class FeedForward(Component):
-    """Position-wise MLP: x (B, T, C) -> (B, T, C). ``out_proj`` writes to the residual stream."""
+    """Position-wise MLP: x (B, T, C) -> (B, T, C). ``out_proj`` writes to the residual stream.
+
+    ``reads_stream``: it norms its own input (a branch may need the stream itself: Gemma 4's router), so a
+    block that would norm its input hands it the residual stream instead and builds no norm for it.
+    """
 
     out_proj: nn.Module
+    reads_stream: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...

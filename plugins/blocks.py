@@ -12,7 +12,8 @@ Written out for one sublayer f (the mixer a, then the feed-forward), with n = no
 - ``no_shortcut``          x = d(f(n(x)))                  the book's 4.4 lesson: no residual stream
 
 Either sublayer may be ``none`` (a mixer-only layer as Mamba-2's, a feed-forward-only layer as
-Nemotron-H's): the block then builds neither it nor its norms. β is Granite's
+Nemotron-H's): the block then builds neither it nor its norms. A feed-forward that norms its own input
+(``reads_stream``: Gemma 4's MLP beside its experts) gets the stream where n would act on its input. β is Granite's
 ``residual_multiplier``. All but ``parallel`` and ``no_shortcut`` may end in a per-layer input
 (``per_layer_input``: Gemma 3n and Gemma 4's per-layer embeddings, plugins/per_layer_input.py), then
 multiply the whole stream by a learned scalar (``layer_scalar``: Gemma 4).
@@ -53,6 +54,15 @@ class SublayerParams(ResidualParams):
     )
 
 
+def _reads_stream(layer: LayerSpec) -> bool:
+    return bool(getattr(layer.feed_forward.impl, "reads_stream", False))
+
+
+def _feed_forward_norm(layer: LayerSpec, dims: Dims) -> nn.Module:
+    """The norm on the feed-forward's input: the identity for one that norms its own (FeedForward.reads_stream)."""
+    return nn.Identity() if _reads_stream(layer) else layer.norm.build(dims)
+
+
 def _join(params: ResidualParams, x: Tensor, branch: Tensor) -> Tensor:
     """α·x + β·branch, skipping the multiplications by 1."""
     if params.stream_scale != 1.0:
@@ -67,6 +77,7 @@ class _Sublayers(Block):
 
     Params = SublayerParams
     out_norms = False  # a second norm on each sublayer's output
+    norms_input = True  # the norm acts on the sublayer's input (not for post_norm, sublayer_output_norm)
 
     def __init__(self, params: SublayerParams, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims, layer)
@@ -75,7 +86,7 @@ class _Sublayers(Block):
         self.attention = layer.attention.build(dims)
         self.feed_forward = layer.feed_forward.build(dims)
         self.attn_norm = layer.norm.build(dims) if self.mixes else None
-        self.ffn_norm = layer.norm.build(dims) if self.feeds else None
+        self.ffn_norm = self.feed_forward_norm(layer, dims) if self.feeds else None
         if self.out_norms:
             self.attn_out_norm = layer.norm.build(dims) if self.mixes else None
             self.ffn_out_norm = layer.norm.build(dims) if self.feeds else None
@@ -83,6 +94,9 @@ class _Sublayers(Block):
         size = getattr(params, "per_layer_input", None)
         self.per_layer_input = PerLayerInput(size, dims, layer) if size is not None else None
         self.layer_scalar = nn.Parameter(torch.ones(1)) if getattr(params, "layer_scalar", False) else None
+
+    def feed_forward_norm(self, layer: LayerSpec, dims: Dims) -> nn.Module:
+        return _feed_forward_norm(layer, dims) if self.norms_input else layer.norm.build(dims)
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
         if self.mixes:
@@ -111,6 +125,7 @@ class PreNormBlock(_Sublayers):
 
 class PostNormBlock(_Sublayers):
     output_normalized = True
+    norms_input = False
 
     def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
         return norm(self.join(x, self.dropout(sublayer(x))))
@@ -126,6 +141,8 @@ class NormedResidualBlock(_Sublayers):
 
 class SublayerOutputNormBlock(_Sublayers):
     """The norms act on each sublayer's output before it joins the residual stream (OLMo 2's reordered norm)."""
+
+    norms_input = False
 
     def step(self, x: Tensor, sublayer: Sublayer, norm: nn.Module, out_norm: nn.Module | None) -> Tensor:
         return self.join(x, self.dropout(norm(sublayer(x))))
@@ -167,7 +184,7 @@ class ParallelBlock(Block):
         super().__init__(params, dims, layer)
         self.attn_norm = layer.norm.build(dims)
         self.attention = layer.attention.build(dims)
-        self.ffn_norm = None if params.shared_norm else layer.norm.build(dims)
+        self.ffn_norm = None if params.shared_norm and not _reads_stream(layer) else _feed_forward_norm(layer, dims)
         self.feed_forward = layer.feed_forward.build(dims)
         self.dropout = nn.Dropout(dims.dropout)
 

@@ -13,6 +13,7 @@ DeepSeek-V3         sigmoid    true             2.5           1                 
 gpt-oss             softmax    true             1             0                   router_bias, expert
                                                                                   biases, clamped_swiglu
 Llama 4             sigmoid    false            1             1                   weights_at = "input"
+Gemma 4             softmax    true             1             0                   geglu; plugins/mlp_and_experts
 ==================  =========  ===============  ============  ==================  =========================
 
 Softmax, then the top k, then renormalising the k weights is the same as a softmax over the
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
 from gptzoo.core import AuxiliaryLoss, Dims, FeedForward, InitScheme, Params
-from gptzoo.plugins.feed_forward import GLUParams, SwiGLUFeedForward, glu_hidden
+from gptzoo.plugins.feed_forward import GLUParams, SwiGLUFeedForward, gelu_tanh, glu_hidden
 from gptzoo.registry import hookimpl
 
 
@@ -95,11 +96,11 @@ class MoEParams(Params):
         False,
         description="biases in each routed expert's three projections (gpt-oss's gate_up_proj_bias, down_proj_bias)",
     )
-    activation: Literal["swiglu", "clamped_swiglu"] = Field(
+    activation: Literal["swiglu", "clamped_swiglu", "geglu"] = Field(
         "swiglu",
         description="the routed experts' gated unit: swiglu = silu(gate) · up; clamped_swiglu = gpt-oss's "
         "(up + 1) · gate · σ(swiglu_alpha · gate), with gate clamped at swiglu_limit from above and up to "
-        "[-swiglu_limit, swiglu_limit]",
+        "[-swiglu_limit, swiglu_limit]; geglu = gelu_tanh(gate) · up (Gemma 4)",
     )
     swiglu_alpha: float = Field(1.702, gt=0, description="clamped_swiglu: the sigmoid's slope (gpt-oss: 1.702)")
     swiglu_limit: float = Field(7.0, gt=0, description="clamped_swiglu: where gate and up are clamped (gpt-oss: 7)")
@@ -212,16 +213,19 @@ class MixtureOfExperts(FeedForward):
             else:  # nn.Linear's bias bound
                 nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, route_from: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); the router reads ``route_from`` (B, T, C) where given (Gemma 4's
+        router reads the stream its experts' input was normalised from), else x."""
         B, T, C = x.shape
         tokens = x.reshape(-1, C)  # (N, C)
-        logits = self.router(tokens).float()  # (N, E), routed in float32 as Mixtral does
+        routed = tokens if route_from is None else route_from.reshape(-1, C)
+        logits = self.router(self.router_input(routed)).float()  # (N, E), routed in float32 as Mixtral does
         scores = logits.softmax(-1) if self.params.scoring == "softmax" else logits.sigmoid()
         chosen = self._choose(scores)  # (N, k)
         weights = scores.gather(1, chosen)  # (N, k)
         if self.params.normalize_top_k:
             weights = weights / weights.sum(-1, keepdim=True)
-        weights = weights * self.params.routed_scale
+        weights = self.weigh(weights * self.params.routed_scale, chosen)
         self._routing = (logits, scores, chosen)
         if self.training and self.params.bias_update_rate:
             load = expert_load(chosen, self.params.n_experts)
@@ -233,6 +237,14 @@ class MixtureOfExperts(FeedForward):
                 shared = torch.sigmoid(self.shared_gate(tokens)) * shared  # one gate per token
             out = out + shared
         return out.view(B, T, C)
+
+    def router_input(self, tokens: Tensor) -> Tensor:
+        """What the router's linear map reads, from the tokens (N, C) it routes; a variant may transform them."""
+        return tokens
+
+    def weigh(self, weights: Tensor, chosen: Tensor) -> Tensor:
+        """The chosen experts' weights (N, k) as they multiply; a variant may rescale them per expert."""
+        return weights
 
     def _choose(self, scores: Tensor) -> Tensor:
         """The top k experts of each token (N, E) -> (N, k), after the bias and within the best groups."""
@@ -272,7 +284,10 @@ class MixtureOfExperts(FeedForward):
         p = self.params
         clamped = p.activation == "clamped_swiglu"
         form = dict(
-            alpha=p.swiglu_alpha if clamped else 1.0, limit=p.swiglu_limit if clamped else None, shift=float(clamped)
+            alpha=p.swiglu_alpha if clamped else 1.0,
+            limit=p.swiglu_limit if clamped else None,
+            shift=float(clamped),
+            gelu=p.activation == "geglu",
         )
         if torch.compiler.is_compiling():  # one opaque operator: no graph break
             outputs = torch.ops.gptzoo.moe_experts(grouped, *experts, ends, *biases, **form)[0]  # (N·k, C)
@@ -351,6 +366,7 @@ def expert_load(chosen: Tensor, n_experts: int) -> Tensor:
 # One form covers both gated units: with g = x·W_g + b_g and u = x·W_u + b_u,
 #   h = min(g, limit) · σ(alpha · min(g, limit)) · (clamp(u, -limit, limit) + shift),  y = h·W_o + b_o.
 # SwiGLU is alpha = 1, shift = 0, no limit and no biases; gpt-oss's is alpha = 1.702, shift = 1, limit = 7.
+# With gelu, g · σ(alpha · g) is GELU's tanh approximation instead (Gemma 4's GeGLU experts).
 
 
 def glu_per_expert(
@@ -365,6 +381,7 @@ def glu_per_expert(
     alpha: float = 1.0,
     limit: float | None = None,
     shift: float = 0.0,
+    gelu: bool = False,
     keep: bool = False,
 ) -> tuple[Tensor, ...]:
     """Rows ``ends[e-1]:ends[e]`` of grouped (n, C) through expert e's gated unit -> (y (n, C),) and,
@@ -385,18 +402,31 @@ def glu_per_expert(
     )
     for x, w_gate, w_up, w_out, b_gate, b_up, b_out in per_expert:  # x: (n_e, C)
         g, u = F.linear(x, w_gate, b_gate), F.linear(x, w_up, b_up)  # (n_e, hidden) each
-        ys.append(F.linear(gated_unit(g, u, alpha, limit, shift), w_out, b_out))  # (n_e, C)
+        ys.append(F.linear(gated_unit(g, u, alpha, limit, shift, gelu), w_out, b_out))  # (n_e, C)
         if keep:
             gs.append(g)
             us.append(u)
     return (torch.cat(ys), torch.cat(gs), torch.cat(us)) if keep else (torch.cat(ys),)
 
 
-def gated_unit(g: Tensor, u: Tensor, alpha: float, limit: float | None, shift: float) -> Tensor:
-    """min(g, limit) · σ(alpha · min(g, limit)) · (clamp(u, -limit, limit) + shift); silu(g) · u by default."""
+def gated_unit(g: Tensor, u: Tensor, alpha: float, limit: float | None, shift: float, gelu: bool = False) -> Tensor:
+    """min(g, limit) · σ(alpha · min(g, limit)) · (clamp(u, -limit, limit) + shift); silu(g) · u by default;
+    with ``gelu``, gelu_tanh(g) in place of g · σ(alpha · g)."""
     if limit is not None:
         g, u = g.clamp(max=limit), u.clamp(min=-limit, max=limit)
-    return g * torch.sigmoid(alpha * g) * (u + shift)
+    return (gelu_tanh(g) if gelu else g * torch.sigmoid(alpha * g)) * (u + shift)
+
+
+def _activation_and_slope(g: Tensor, alpha: float, gelu: bool) -> tuple[Tensor, Tensor]:
+    """The gate's activation at g and its derivative: g · σ(αg) and σ(αg)(1 + αg(1 - σ(αg))), or GELU's tanh
+    approximation 0.5 g (1 + t) and 0.5 (1 + t) + 0.5 g (1 - t²) c (1 + 3 · 0.044715 g²), t = tanh(c (g + 0.044715 g³)),
+    c = √(2/π)."""
+    if gelu:
+        c = math.sqrt(2 / math.pi)
+        t = torch.tanh(c * (g + 0.044715 * g**3))
+        return 0.5 * g * (1 + t), 0.5 * (1 + t) + 0.5 * g * (1 - t * t) * c * (1 + 3 * 0.044715 * g * g)
+    sig = torch.sigmoid(alpha * g)
+    return g * sig, sig * (1 + alpha * g * (1 - sig))
 
 
 @torch.library.custom_op("gptzoo::moe_experts", mutates_args=())
@@ -412,13 +442,29 @@ def moe_experts(
     alpha: float = 1.0,
     limit: float | None = None,
     shift: float = 0.0,
+    gelu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``glu_per_expert`` as one operator, for torch.compile: (y, g, u)."""
-    return glu_per_expert(grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift, keep=True)
+    return glu_per_expert(
+        grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift, gelu, keep=True
+    )
 
 
 @moe_experts.register_fake
-def _(grouped, gate, up, out, ends, gate_bias=None, up_bias=None, out_bias=None, alpha=1.0, limit=None, shift=0.0):
+def _(
+    grouped,
+    gate,
+    up,
+    out,
+    ends,
+    gate_bias=None,
+    up_bias=None,
+    out_bias=None,
+    alpha=1.0,
+    limit=None,
+    shift=0.0,
+    gelu=False,
+):
     n, hidden = grouped.size(0), gate.size(1)
     dtype = torch.result_type(grouped, gate)
     return (
@@ -441,6 +487,7 @@ def moe_experts_backward(
     alpha: float = 1.0,
     limit: float | None = None,
     shift: float = 0.0,
+    gelu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``moe_experts``' y from dy (n, C): for grouped, the three weight stacks and the
     three bias stacks (whether or not the experts have biases)."""
@@ -455,12 +502,11 @@ def moe_experts_backward(
     parts = zip(dy.split(sizes), grouped.split(sizes), g.split(sizes), u.split(sizes), strict=True)
     for e, (dy_e, x, g_e, u_e) in enumerate(parts):
         g_c, u_c = (g_e, u_e) if limit is None else (g_e.clamp(max=limit), u_e.clamp(min=-limit, max=limit))
-        sig = torch.sigmoid(alpha * g_c)
-        act = g_c * sig
+        act, slope = _activation_and_slope(g_c, alpha, gelu)
         dh = dy_e @ out[e]  # (n_e, hidden)
         d_out[e] = dy_e.T @ (act * (u_c + shift))  # (C, hidden)
         du = dh * act
-        dg = dh * (u_c + shift) * sig * (1 + alpha * g_c * (1 - sig))  # d/dg g·σ(αg) = σ(αg)(1 + αg(1 - σ(αg)))
+        dg = dh * (u_c + shift) * slope
         if limit is not None:  # no gradient where a clamp held the value
             du = du * ((u_e >= -limit) & (u_e <= limit))
             dg = dg * (g_e <= limit)
@@ -471,7 +517,7 @@ def moe_experts_backward(
 
 
 @moe_experts_backward.register_fake
-def _(dy, grouped, g, u, gate, up, out, ends, alpha=1.0, limit=None, shift=0.0):
+def _(dy, grouped, g, u, gate, up, out, ends, alpha=1.0, limit=None, shift=0.0, gelu=False):
     return (
         torch.empty_like(grouped),
         torch.empty_like(gate),
@@ -496,9 +542,9 @@ def _experts_backward_flops(dy_shape, grouped_shape, g_shape, *args, **kwargs) -
 
 
 def _save_for_backward(ctx, inputs, output):
-    grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift = inputs
+    grouped, gate, up, out, ends, gate_bias, up_bias, out_bias, alpha, limit, shift, gelu = inputs
     ctx.save_for_backward(grouped, output[1], output[2], gate, up, out, ends)
-    ctx.form = (alpha, limit, shift)
+    ctx.form = (alpha, limit, shift, gelu)
     ctx.has_bias = (gate_bias is not None, up_bias is not None, out_bias is not None)
 
 
@@ -507,7 +553,7 @@ def _backward(ctx, dy, _dg, _du):
         dy.contiguous(), *ctx.saved_tensors, *ctx.form
     )
     d_biases = [d if has else None for d, has in zip(d_biases, ctx.has_bias, strict=True)]
-    return dx, d_gate, d_up, d_out, None, *d_biases, None, None, None
+    return dx, d_gate, d_up, d_out, None, *d_biases, None, None, None, None
 
 
 moe_experts.register_autograd(_backward, setup_context=_save_for_backward)

@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "gptzoo.plugins.delta_rule",
     "gptzoo.plugins.feed_forward",
     "gptzoo.plugins.moe",
+    "gptzoo.plugins.mlp_and_experts",
     "gptzoo.plugins.norms",
     "gptzoo.plugins.blocks",
     "gptzoo.plugins.residual",

@@ -161,7 +161,6 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "change, named",
     [
-        ({"enable_moe_block": True}, "enable_moe_block = true is not supported for gemma4_text"),
         ({"hidden_activation": "gelu"}, 'hidden_activation = "gelu" is not supported for gemma4_text'),
         ({"use_bidirectional_attention": "all"}, 'use_bidirectional_attention = "all" is not supported'),
         (

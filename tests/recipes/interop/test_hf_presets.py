@@ -778,6 +778,49 @@ PUBLISHED = {
         },
         4_628_569_344 + 35 + 34 * 256,
     ),
+    "gemma4-26b-a4b": (
+        {  # Gemma 4 26B-A4B's text_config (google/gemma-4-26B-A4B), not read from the Hub (no network here): the keys
+            # import-hf reads, as copies of that text_config in public repositories give them (hidden 2816, MLP 2112,
+            # 128 experts of 704, 8 a token, 2 global key/value heads of 512 whose keys are their values; published:
+            # 25.2 B parameters, 3.8 B active). The count is what transformers' Gemma4ForCausalLM gives for them
+            # (25,233,141,760), with its 30 layer_scalar buffers, which gptzoo learns.
+            "model_type": "gemma4_text",
+            "architectures": ["Gemma4ForCausalLM"],
+            "vocab_size": 262144,
+            "vocab_size_per_layer_input": 262144,
+            "hidden_size": 2816,
+            "hidden_size_per_layer_input": 0,
+            "intermediate_size": 2112,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 256,
+            "global_head_dim": 512,
+            "num_global_key_value_heads": 2,
+            "attention_k_eq_v": True,
+            "num_kv_shared_layers": 0,
+            "use_double_wide_mlp": False,
+            "enable_moe_block": True,
+            "num_experts": 128,
+            "top_k_experts": 8,
+            "moe_intermediate_size": 704,
+            "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-06,
+            "sliding_window": 1024,
+            "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "proportional", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25},
+            },
+            "final_logit_softcapping": 30.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "tie_word_embeddings": True,
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "pad_token_id": 0,
+        },
+        25_233_141_760 + 30,
+    ),
     "llama4_text": (
         {  # Llama 4 Scout's text_config (meta-llama/Llama-4-Scout-17B-16E), recalled, not read from the Hub (no
             # network here): the keys import-hf reads. The count is what transformers' Llama4ForCausalLM gives.
@@ -1576,6 +1619,17 @@ def test_gpt_oss_preset_active_parameters_are_the_formula(registry):
     idle = preset.n_layers * (ffn.n_experts - ffn.top_k) * (3 * ffn.hidden * C + 2 * ffn.hidden + C)
     assert model.active_parameters_per_token() == PUBLISHED["gpt_oss"][1] - idle == 4_187_440_704
     assert round((4_187_440_704 - preset.vocab_size * C) / 1e9, 2) == 3.61
+
+
+def test_gemma4_experts_preset_active_parameters_are_the_formula(registry):
+    """Gemma 4 26B-A4B: a token leaves (E - k) · 3 · hidden · d_model of each layer's experts idle (its MLP beside
+    them works for every token); Google's model card: 3.8 B active."""
+    preset = load_run_config(PRESETS / "gemma4-26b-a4b.toml", registry=registry).model
+    experts = preset.feed_forward.params.experts
+    with torch.device("meta"):
+        model = GPT(preset)
+    idle = preset.n_layers * (experts.n_experts - experts.top_k) * 3 * experts.hidden * preset.d_model
+    assert model.active_parameters_per_token() == PUBLISHED["gemma4-26b-a4b"][1] - idle == 3_822_530_590
 
 
 def test_describing_a_7b_preset_allocates_nothing():

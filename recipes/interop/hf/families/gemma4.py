@@ -1,6 +1,7 @@
 """Gemma 4's text model (gemma4_text): Gemma 3's sandwich layers, local and global, with wider global
 heads (whose keys may be their values), the last layers attending with an earlier layer's keys and
-values, per-layer embeddings, a value norm and a learned scalar on each layer's output.
+values, per-layer embeddings, a value norm and a learned scalar on each layer's output; in the 26B-A4B,
+experts beside each layer's MLP, each between norms of its own (``mlp_and_experts``).
 
 Hugging Face keeps the global layers' head shape in ``per_layer_config`` (layer index -> head_dim,
 num_key_value_heads), which transformers 5 writes from ``global_head_dim`` and
@@ -36,6 +37,7 @@ def _global_heads(hf: dict, types: list[str]) -> tuple[int, int]:
     if per_layer is None:  # transformers 5's own reading of the two keys
         heads = hf.get("num_global_key_value_heads") if hf.get("attention_k_eq_v", False) else None
         return hf.get("global_head_dim", 512), heads or hf.get("num_key_value_heads", 4)
+    base = (hf.get("head_dim", 256), hf.get("num_key_value_heads", 4))
     shapes = set()
     for index, overrides in per_layer.items():
         if types[int(index)] != "full_attention" or not set(overrides) <= {"head_dim", "num_key_value_heads"}:
@@ -43,16 +45,16 @@ def _global_heads(hf: dict, types: list[str]) -> tuple[int, int]:
                 f"per_layer_config.{index} = {json.dumps(overrides)} is not supported: gptzoo reads head_dim and "
                 "num_key_value_heads of the full_attention layers"
             )
-        shapes.add((overrides.get("head_dim", hf.get("head_dim", 256)), overrides.get("num_key_value_heads")))
+        shapes.add((overrides.get("head_dim", base[0]), overrides.get("num_key_value_heads") or base[1]))
     given = {int(index) for index in per_layer}  # transformers writes the indices as strings, "04" among them
-    missing = [i for i, t in enumerate(types) if t == "full_attention" and i not in given]
-    if len(shapes) > 1 or missing:
+    if any(t == "full_attention" and i not in given for i, t in enumerate(types)):
+        shapes.add(base)  # a layer without overrides (transformers leaves out those equal to the base shape)
+    if len(shapes) > 1:
         raise ValueError(
             f"per_layer_config = {json.dumps(per_layer)} is not supported: gptzoo reads one head shape for every "
             "full_attention layer"
         )
-    head_dim, heads = shapes.pop() if shapes else (hf.get("head_dim", 256), None)
-    return head_dim, heads or hf.get("num_key_value_heads", 4)
+    return shapes.pop()
 
 
 def _rope(rope: dict, kind: str) -> dict[str, Any]:
@@ -146,6 +148,41 @@ def _write_layers(model: dict) -> dict[str, Any]:
     }
 
 
+def _read_experts(hf: dict) -> dict[str, Any]:
+    """The 26B-A4B's feed-forward (``enable_moe_block``): experts beside the MLP, as ``mlp_and_experts``."""
+    if not hf.get("enable_moe_block", False):
+        return {}
+    sizes = {key: hf.get(key) for key in ("num_experts", "top_k_experts", "moe_intermediate_size")}
+    if None in sizes.values():
+        raise ValueError(
+            f"enable_moe_block = true with {json.dumps(sizes)}: a gemma4_text config.json with experts gives all three"
+        )
+    eps = hf.get("rms_norm_eps", 1e-6)
+    experts = {
+        "n_experts": sizes["num_experts"],
+        "top_k": sizes["top_k_experts"],
+        "hidden": sizes["moe_intermediate_size"],
+        "activation": "geglu",
+        "router_norm_eps": eps,
+    }
+    return {"feed_forward.name": "mlp_and_experts", "feed_forward.norm_eps": eps, "feed_forward.experts": experts}
+
+
+def _write_experts(model: dict) -> dict[str, Any]:
+    feed_forward = model["feed_forward"]
+    if feed_forward["name"] != "mlp_and_experts":
+        return {"enable_moe_block": False}
+    experts = feed_forward["experts"]
+    if experts.get("hidden") is None:
+        raise ValueError("feed_forward.experts.hidden is unset: gemma4_text's config.json gives moe_intermediate_size")
+    return {
+        "enable_moe_block": True,
+        "num_experts": experts["n_experts"],
+        "top_k_experts": experts["top_k"],
+        "moe_intermediate_size": experts["hidden"],
+    }
+
+
 def _qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Queries, keys, values of one layer: no keys nor values where it reads another layer's, no values
     where its keys are its values (attention_k_eq_v)."""
@@ -157,6 +194,25 @@ def _qkv_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 def _layer(name: str) -> tuple[str]:
     return (f"model.layers.{{i}}.{name}",)
+
+
+FEED_FORWARD = "blocks.{i}.feed_forward"
+# The 26B-A4B's feed-forward (mlp_and_experts): its MLP and its experts, each between norms of its own
+EXPERT_WEIGHTS = (
+    Weight(f"{FEED_FORWARD}.mlp_norm.weight", _layer("pre_feedforward_layernorm.weight")),
+    Weight(f"{FEED_FORWARD}.mlp_out_norm.weight", _layer("post_feedforward_layernorm_1.weight")),
+    Weight(f"{FEED_FORWARD}.mlp.gate_proj.weight", _layer("mlp.gate_proj.weight")),
+    Weight(f"{FEED_FORWARD}.mlp.up_proj.weight", _layer("mlp.up_proj.weight")),
+    Weight(f"{FEED_FORWARD}.mlp.out_proj.weight", _layer("mlp.down_proj.weight")),
+    Weight(f"{FEED_FORWARD}.experts_norm.weight", _layer("pre_feedforward_layernorm_2.weight")),
+    Weight(f"{FEED_FORWARD}.experts_out_norm.weight", _layer("post_feedforward_layernorm_2.weight")),
+    Weight(f"{FEED_FORWARD}.experts.router.weight", _layer("router.proj.weight")),
+    Weight(f"{FEED_FORWARD}.experts.router_scale", _layer("router.scale")),
+    Weight(f"{FEED_FORWARD}.experts.expert_scale", _layer("router.per_expert_scale")),
+    Weight(f"{FEED_FORWARD}.experts.expert_gate", _layer("experts.gate_up_proj"), "chunk", chunk=(0, 2)),
+    Weight(f"{FEED_FORWARD}.experts.expert_up", _layer("experts.gate_up_proj"), "chunk", chunk=(1, 2)),
+    Weight(f"{FEED_FORWARD}.experts.expert_out", _layer("experts.down_proj")),
+)
 
 
 GEMMA4_TEXT = Family(
@@ -193,12 +249,6 @@ GEMMA4_TEXT = Family(
             "the GeGLU feed-forward gates with the tanh GELU",
         ),
         Require("use_bidirectional_attention", (None,), None, "gptzoo's attention is causal"),
-        Require(
-            "enable_moe_block",
-            (False,),
-            False,
-            "Gemma 4's experts beside the MLP, with their own router and norms, are not a gptzoo component yet",
-        ),
     ),
     weights=(
         Weight("token_embedding.weight", ("model.embed_tokens.weight",)),
@@ -238,8 +288,9 @@ GEMMA4_TEXT = Family(
         Weight("blocks.{i}.per_layer_input.gate.weight", _layer("per_layer_input_gate.weight")),
         Weight("blocks.{i}.per_layer_input.up.weight", _layer("per_layer_projection.weight")),
         Weight("blocks.{i}.per_layer_input.out_norm.weight", _layer("post_per_layer_input_norm.weight")),
+        *EXPERT_WEIGHTS,
         Weight("final_norm.weight", ("model.norm.weight",)),
         Weight("head.weight", ("lm_head.weight",)),
     ),
-    conversions=(Conversion(_read_layers, _write_layers),),
+    conversions=(Conversion(_read_layers, _write_layers), Conversion(_read_experts, _write_experts)),
 )
