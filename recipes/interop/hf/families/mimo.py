@@ -134,11 +134,13 @@ def _write_layers(model: dict) -> dict[str, Any]:
 
 def _legacy(hf: dict) -> dict:
     """sliding_window_size, as the reference implementation counts the window (the keys before the query), is
-    sliding_window - 1 (as MiMoV2FlashConfig reads it); no rope settings: MiMoV2FlashConfig's per-kind defaults."""
+    sliding_window - 1 (as MiMoV2FlashConfig reads it); no rope_parameters: MiMoV2FlashConfig's per-kind defaults,
+    which it takes whatever rope_theta, swa_rope_theta and partial_rotary_factor the reference spelling also has
+    (the published config.json's are those defaults)."""
     hf = dict(hf)
     if hf.get("sliding_window_size") is not None:
         hf["sliding_window"] = hf.pop("sliding_window_size") + 1
-    if not any(hf.get(k) is not None for k in ("rope_parameters", "rope_scaling", "rope_theta")):
+    if hf.get("rope_parameters") is None and hf.get("rope_scaling") is None:
         hf["rope_parameters"] = dict(ROTARY)
     return hf
 
