@@ -277,13 +277,12 @@ PUBLISHED = {
     "deepseek_v32": (
         {  # deepseek-ai/DeepSeek-V3.2-Exp: the config.json of DeepSeek-V3.2 (the same architecture), read from the
             # copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's file (aic-core/src/aiconfigurator_core/
-            # model_configs/deepseek-ai--DeepSeek-V3.2_config.json at 095f58a5), less its quantization_config; the
-            # Exp's own Hub file was not found, but its sizes are those of the config DeepSeek publishes with the Exp
-            # on GitHub (deepseek-ai/DeepSeek-V3.2-Exp, inference/config_671B_v3.2.json at 3b99a535, in DeepSeek's
-            # own key names). No value differed from the recalled entry. DeepSeek-V3's layout with the indexer's
-            # three keys. The count is
-            # DeepSeek-V3's 671,026,404,352 and 61 indexers of wq_b 1536 × 64 · 128, wk 7168 × 128, k_norm
-            # 2 × 128 and weights_proj 7168 × 64 (13,959,424 each): 671,877,929,216; the Hub's 685 B adds the MTP layer
+            # model_configs/deepseek-ai--DeepSeek-V3.2_config.json at 095f58a5), less its quantization_config; the Exp's
+            # own Hub file was not found, but its sizes are those of the config DeepSeek publishes with the Exp on
+            # GitHub (deepseek-ai/DeepSeek-V3.2-Exp, inference/config_671B_v3.2.json at 3b99a535, in DeepSeek's own key
+            # names). No value differed from the recalled entry. DeepSeek-V3's layout with the indexer's three keys. The
+            # count is DeepSeek-V3's 671,026,404,352 and 61 indexers of wq_b 1536 × 64 · 128, wk 7168 × 128, k_norm 2 ×
+            # 128 and weights_proj 7168 × 64 (13,959,424 each): 671,877,929,216; the Hub's 685 B adds the MTP layer
             "model_type": "deepseek_v32",
             "architectures": ["DeepseekV32ForCausalLM"],
             "vocab_size": 129280,
@@ -334,8 +333,8 @@ PUBLISHED = {
     ),
     "glm_moe_dsa": (
         {  # zai-org/GLM-5's config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's file
-            # (aic-core/src/aiconfigurator_core/model_configs/zai-org--GLM-5_config.json at 095f58a5): every value here as
-            # published. Against transformers' GlmMoeDsaConfig defaults, which this entry held before, it differs in
+            # (aic-core/src/aiconfigurator_core/model_configs/zai-org--GLM-5_config.json at 095f58a5): every value here
+            # as published. Against transformers' GlmMoeDsaConfig defaults, which this entry held before, it differs in
             # rope_theta (1e6, not 1e4) and leaves indexer_types out (every layer runs its own indexer, as transformers
             # derives it). The count is what transformers' GlmMoeDsaForCausalLM gives for it, the published 744 B; the
             # multi-token-prediction layer is not counted.
@@ -443,32 +442,112 @@ PUBLISHED = {
         3_821_079_552,
     ),
     "smollm3": (
-        {  # HuggingFaceTB/SmolLM3-3B, its config.json as recalled (the Hub is out of reach here): the sizes are
-            # SmolLM3Config's defaults in transformers; the count is 36 layers of (attention 10,485,760 + SwiGLU
-            # 67,633,152 + norms 4,096) + the tied embedding 262,668,288 + the final norm 2,048 (3.08 B on the Hub page)
-            "model_type": "smollm3",
+        {  # HuggingFaceTB/SmolLM3-3B's config.json, read from fetchwiki/HuggingFaceTB-SmolLM3-3B, a GitHub mirror of
+            # the Hub repository's files (config.json at 24f7882f, beside the Hub's model card and tokenizer.json):
+            # every value here as published; it leaves tie_word_embeddings out (SmolLM3Config's default ties) and has
+            # all layers full_attention, which this entry, recalled before, did not list; no other value differed. The
+            # count is 36 layers of (attention 10,485,760 + SwiGLU 67,633,152 + norms 4,096) + the tied embedding
+            # 262,668,288 + the final norm 2,048 (3.08 B on the Hub page)
             "architectures": ["SmolLM3ForCausalLM"],
-            "vocab_size": 128256,
-            "hidden_size": 2048,
-            "intermediate_size": 11008,
-            "num_hidden_layers": 36,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 65536,
-            "rms_norm_eps": 1e-06,
-            "rope_theta": 5000000.0,
-            "rope_scaling": None,
-            "tie_word_embeddings": True,
-            "hidden_act": "silu",
             "attention_bias": False,
-            "mlp_bias": False,
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "no_rope_layer_interval": 4,
-            "no_rope_layers": [int((i + 1) % 4 != 0) for i in range(36)],
+            "attention_dropout": 0.0,
             "bos_token_id": 128000,
             "eos_token_id": 128012,
+            "hidden_act": "silu",
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "layer_types": [
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention",
+            ],
+            "max_position_embeddings": 65536,
+            "max_window_layers": 28,
+            "mlp_bias": False,
+            "model_type": "smollm3",
+            "no_rope_layer_interval": 4,
+            "no_rope_layers": [
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+                1,
+                1,
+                1,
+                0,
+            ],
+            "num_attention_heads": 16,
+            "num_hidden_layers": 36,
+            "num_key_value_heads": 4,
             "pad_token_id": 128004,
+            "pretraining_tp": 2,
+            "rms_norm_eps": 1e-06,
+            "rope_scaling": None,
+            "rope_theta": 5000000.0,
+            "sliding_window": None,
+            "use_sliding_window": False,
+            "vocab_size": 128256,
         },
         3_075_098_624,
     ),
@@ -593,11 +672,14 @@ PUBLISHED = {
         32_003_216_384,
     ),
     "glm4_moe": (
-        {  # zai-org/GLM-4.5-Air, its config.json as recalled (the Hub is out of reach here; the sizes are also
-            # Glm4MoeConfig's defaults). The count is 46 layers of (attention 109,051,904 + q/k/v biases 14,336 +
-            # norms 8,192) + a dense SwiGLU 134,479,872 + 45 mixtures of (128 experts 2,214,592,512 + the shared
-            # 17,301,504 + the router 524,288) + two 620,756,992 embeddings + the final norm 4,096: 106.85 B, the
-            # Hub page's 106 B (its 12 B active leaves the embeddings out). The MTP layer 46 is not counted.
+        {  # zai-org/GLM-4.5-Air's config.json, read from a copy of the Hub's file in the model-config cache of
+            # triple-mu/aiconfigurator, a fork of NVIDIA's ai-dynamo/aiconfigurator, whose model_configs/ holds
+            # pre-downloaded Hub configs (src/aiconfigurator/model_configs/zai-org--GLM-4.5-Air_config.json at
+            # ba4dfe36): every value here as published; no value differed from the recalled entry. The count is 46
+            # layers of (attention 109,051,904 + q/k/v biases 14,336 + norms 8,192) + a dense SwiGLU 134,479,872 + 45
+            # mixtures of (128 experts 2,214,592,512 + the shared 17,301,504 + the router 524,288) + two 620,756,992
+            # embeddings + the final norm 4,096: 106.85 B, the Hub page's 106 B (its 12 B active leaves the embeddings
+            # out). The MTP layer 46 is not counted.
             "model_type": "glm4_moe",
             "architectures": ["Glm4MoeForCausalLM"],
             "vocab_size": 151552,
@@ -843,13 +925,14 @@ PUBLISHED = {
         25_233_141_760 + 30,
     ),
     "llama4_text": (
-        {  # Llama 4 Scout's language model: the text_config of meta-llama/Llama-4-Scout-17B-16E-Instruct's config.json,
-            # read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's file (aic-core/src/aiconfigurator_core/
-            # model_configs/meta-llama--Llama-4-Scout-17B-16E-Instruct_config.json at 095f58a5). That copy is partial: without
-            # attn_scale, floor_scale, attn_temperature_tuning, no_rope_layers, moe_layers or token ids, transformers'
-            # Llama4TextConfig defaults stand for those, here as in transformers. Against the recalled base-model entry this
-            # replaces, it differs in rope_scaling (factor 16 and high_freq_factor 1, not 8 and 4); the base model's own file
-            # was not found. The count is what transformers' Llama4ForCausalLM gives.
+        {  # Llama 4 Scout's language model: the text_config of meta-llama/Llama-4-Scout-17B-16E-Instruct's
+            # config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's file
+            # (aic-core/src/aiconfigurator_core/ model_configs/meta-llama--Llama-4-Scout-17B-16E-Instruct_config.json at
+            # 095f58a5). That copy is partial: without attn_scale, floor_scale, attn_temperature_tuning, no_rope_layers,
+            # moe_layers or token ids, transformers' Llama4TextConfig defaults stand for those, here as in transformers.
+            # Against the recalled base-model entry this replaces, it differs in rope_scaling (factor 16 and
+            # high_freq_factor 1, not 8 and 4); the base model's own file was not found. The count is what transformers'
+            # Llama4ForCausalLM gives.
             "attention_bias": False,
             "attention_chunk_size": 8192,
             "attention_dropout": 0.0,
@@ -1087,45 +1170,55 @@ PUBLISHED = {
         7_430_870_688,
     ),
     "nemotron_h": (
-        {  # nvidia/Nemotron-H-8B-Base-8K, not read from the Hub here (no network): written from transformers'
-            # NemotronHConfig defaults (its docs' 8B) and the model card's 24 Mamba-2, 24 MLP and 4 attention layers;
-            # the order of those layers in hybrid_override_pattern is not checked against the Hub's file (the count
-            # does not depend on it). The count is what transformers' NemotronHForCausalLM gives, the card's 8.1 B.
-            "model_type": "nemotron_h",
+        {  # nvidia/Nemotron-H-56B-Base-8K's config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of
+            # the Hub's file (aic-core/src/aiconfigurator_core/model_configs/nvidia--Nemotron-H-56B-Base-8K_config.json
+            # at 095f58a5): every value here as published. It replaces the recalled Nemotron-H-8B-Base-8K entry, whose
+            # own file was not found. The count is what transformers' NemotronHForCausalLM gives for it.
             "architectures": ["NemotronHForCausalLM"],
-            "vocab_size": 131072,
-            "hidden_size": 4096,
-            "hybrid_override_pattern": "M-M-M-M*-" * 4 + "M-" * 8,
-            "num_hidden_layers": 52,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "max_position_embeddings": 8192,
-            "intermediate_size": 21504,
-            "mlp_hidden_act": "relu2",
-            "mlp_bias": False,
-            "mamba_num_heads": 128,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "attention_head_dim": 128,
+            "bos_token_id": 1,
+            "chunk_size": 128,
+            "conv_kernel": 4,
+            "eos_token_id": 2,
+            "expand": 2,
+            "hidden_dropout": 0.0,
+            "hidden_size": 8192,
+            "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
+            "intermediate_size": 32768,
+            "layer_norm_epsilon": 1e-05,
             "mamba_head_dim": 64,
             "mamba_hidden_act": "silu",
-            "ssm_state_size": 128,
+            "mamba_num_heads": 256,
+            "mamba_proj_bias": False,
+            "max_position_embeddings": 8192,
+            "mlp_bias": False,
+            "mlp_hidden_act": "relu2",
+            "model_type": "nemotron_h",
             "n_groups": 8,
-            "conv_kernel": 4,
-            "expand": 2,
-            "chunk_size": 128,
-            "use_bias": False,
-            "use_conv_bias": True,
-            "time_step_min": 0.001,
-            "time_step_max": 0.1,
+            "num_attention_heads": 64,
+            "num_hidden_layers": 118,
+            "num_key_value_heads": 8,
+            "num_logits_to_keep": 1,
+            "pad_token_id": 0,
+            "rescale_prenorm_residual": True,
+            "residual_in_fp32": False,
+            "rms_norm_eps": 1e-05,
+            "sliding_window": None,
+            "ssm_state_size": 256,
+            "tie_word_embeddings": False,
             "time_step_floor": 0.0001,
             "time_step_limit": [0.0, float("inf")],
-            "layer_norm_epsilon": 1e-05,
-            "residual_in_fp32": False,
-            "tie_word_embeddings": False,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
+            "time_step_max": 0.1,
+            "time_step_min": 0.001,
+            "time_step_rank": 512,
+            "use_bias": False,
+            "use_conv_bias": True,
+            "use_mamba_kernels": True,
+            "vocab_size": 131072,
         },
-        8_100_852_736,
+        56_324_350_464,
     ),
     "bamba": (
         {  # ibm-ai-platform/Bamba-9B, not read from the Hub here (no network): written from the model card and
@@ -1164,12 +1257,12 @@ PUBLISHED = {
         9_780_235_392,
     ),
     "qwen3_next": (
-        {  # Qwen3-Next-80B-A3B, read from the copy NVIDIA's ai-dynamo/aiconfigurator kept of the Hub's config.json
-            # of its Thinking sibling, Qwen/Qwen3-Next-80B-A3B-Thinking (src/aiconfigurator/model_configs/
-            # Qwen--Qwen3-Next-80B-A3B-Thinking_config.json at 1b7cfb10; the Instruct's own file was not found, and
-            # the two are one architecture): every value here as published; attention_bias, which the file leaves
-            # out, dropped. The count is what transformers' Qwen3NextForCausalLM gives for this config (without the
-            # mtp.* module, which transformers does not load either), the card's 80 B total and 3 B active.
+        {  # Qwen3-Next-80B-A3B, read from the copy NVIDIA's ai-dynamo/aiconfigurator kept of the Hub's config.json of
+            # its Thinking sibling, Qwen/Qwen3-Next-80B-A3B-Thinking (src/aiconfigurator/model_configs/
+            # Qwen--Qwen3-Next-80B-A3B-Thinking_config.json at 1b7cfb10; the Instruct's own file was not found, and the
+            # two are one architecture): every value here as published; attention_bias, which the file leaves out,
+            # dropped. The count is what transformers' Qwen3NextForCausalLM gives for this config (without the mtp.*
+            # module, which transformers does not load either), the card's 80 B total and 3 B active.
             "model_type": "qwen3_next",
             "architectures": ["Qwen3NextForCausalLM"],
             "vocab_size": 151936,
@@ -1412,40 +1505,122 @@ PUBLISHED = {
         8_053_338_176,
     ),
     "qwen3_5_text": (
-        {  # Qwen3.5's language model at the 9B size, not read from the Hub (no network, and its files are the
-            # multimodal qwen3_5): the values of transformers' Qwen3_5TextConfig defaults, which its docs call the
-            # "Qwen3.5-9B style configuration". The count is what transformers' Qwen3_5ForCausalLM gives for them.
-            "model_type": "qwen3_5_text",
-            "architectures": ["Qwen3_5ForCausalLM"],
-            "vocab_size": 248320,
-            "hidden_size": 4096,
-            "intermediate_size": 12288,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 4,
-            "head_dim": 256,
-            "max_position_embeddings": 32768,
-            "rms_norm_eps": 1e-06,
+        {  # Qwen/Qwen3.5-27B's language model: the text_config of its config.json (a qwen3_5 wrapper, whose
+            # tie_word_embeddings is added here), read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the
+            # Hub's file (aic-core/src/aiconfigurator_core/model_configs/Qwen--Qwen3.5-27B_config.json at 095f58a5):
+            # every value here as published. It replaces transformers' Qwen3_5TextConfig defaults (its "Qwen3.5-9B
+            # style"), which this entry held before, not checked against a published file. The count is what
+            # transformers' Qwen3_5ForCausalLM gives for it (the text model, no mtp).
             "attention_bias": False,
+            "attention_dropout": 0.0,
+            "attn_output_gate": True,
+            "eos_token_id": 248044,
+            "full_attention_interval": 4,
+            "head_dim": 256,
             "hidden_act": "silu",
+            "hidden_size": 5120,
+            "intermediate_size": 17408,
+            "layer_types": [
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+                "linear_attention",
+                "linear_attention",
+                "linear_attention",
+                "full_attention",
+            ],
             "linear_conv_kernel_dim": 4,
             "linear_key_head_dim": 128,
             "linear_num_key_heads": 16,
-            "linear_num_value_heads": 32,
+            "linear_num_value_heads": 48,
             "linear_value_head_dim": 128,
-            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 8,
-            "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+            "max_position_embeddings": 262144,
+            "mlp_only_layers": [],
+            "model_type": "qwen3_5_text",
+            "mtp_num_hidden_layers": 1,
+            "mtp_use_dedicated_embeddings": False,
+            "num_attention_heads": 24,
+            "num_hidden_layers": 64,
+            "num_key_value_heads": 4,
+            "rms_norm_eps": 1e-06,
+            "vocab_size": 248320,
+            "mamba_ssm_dtype": "float32",
+            "rope_parameters": {
+                "mrope_interleaved": True,
+                "mrope_section": [11, 11, 10],
+                "rope_type": "default",
+                "rope_theta": 10000000,
+                "partial_rotary_factor": 0.25,
+            },
             "tie_word_embeddings": False,
         },
-        8_953_803_264,
+        26_895_998_464,
     ),
     "qwen3_5_moe_text": (
         {  # Qwen/Qwen3.5-35B-A3B's language model: the text_config of its config.json (a qwen3_5_moe wrapper, whose
-            # tie_word_embeddings is added here), read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's
-            # file (aic-core/src/aiconfigurator_core/model_configs/Qwen--Qwen3.5-35B-A3B_config.json at 095f58a5): every
-            # value here as published. Against transformers' Qwen3_5MoeTextConfig defaults, which this entry held before, it
-            # differs in max_position_embeddings (262144, not 32768) and rope_theta (1e7, not 1e4; the mrope_section rotates
-            # text as one stream). The count is what transformers' Qwen3_5MoeForCausalLM gives for it (the text model, no mtp).
+            # tie_word_embeddings is added here), read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the
+            # Hub's file (aic-core/src/aiconfigurator_core/model_configs/Qwen--Qwen3.5-35B-A3B_config.json at 095f58a5):
+            # every value here as published. Against transformers' Qwen3_5MoeTextConfig defaults, which this entry held
+            # before, it differs in max_position_embeddings (262144, not 32768) and rope_theta (1e7, not 1e4; the
+            # mrope_section rotates text as one stream). The count is what transformers' Qwen3_5MoeForCausalLM gives for
+            # it (the text model, no mtp).
             "attention_bias": False,
             "attention_dropout": 0.0,
             "attn_output_gate": True,
@@ -1532,10 +1707,9 @@ PUBLISHED = {
         {  # openai/gpt-oss-20b's config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's
             # file (aic-core/src/aiconfigurator_core/model_configs/openai--gpt-oss-20b_config.json at 095f58a5): every
             # value here as published, less its quantization_config (the published experts are MXFP4, which import-hf
-            # refuses; a bf16 copy imports).
-            # The count is 24 layers of (attention with biases 26,550,080 + sinks 64 + norms 5,760 + the router
-            # 92,192 + 32 experts of 24,891,840 with their biases) + two 579,133,440 embeddings + the final norm
-            # 2,880 (published: 21 B)
+            # refuses; a bf16 copy imports). The count is 24 layers of (attention with biases 26,550,080 + sinks 64 +
+            # norms 5,760 + the router 92,192 + 32 experts of 24,891,840 with their biases) + two 579,133,440 embeddings
+            # + the final norm 2,880 (published: 21 B)
             "model_type": "gpt_oss",
             "architectures": ["GptOssForCausalLM"],
             "vocab_size": 201088,
@@ -1576,11 +1750,11 @@ PUBLISHED = {
         {  # XiaomiMiMo/MiMo-V2-Flash's config.json, read from the copy NVIDIA's ai-dynamo/aiconfigurator keeps of the
             # Hub's file (aic-core/src/aiconfigurator_core/model_configs/XiaomiMiMo--MiMo-V2-Flash_config.json at
             # 095f58a5), less its quantization_config: every value here as published, in the reference implementation's
-            # spelling, which MiMoV2FlashConfig reads as its defaults (sliding_window_size 128 as sliding_window 129; the
-            # rope_theta, swa_rope_theta, partial_rotary_factor, hybrid_layer_pattern and moe_layer_freq here are its
-            # defaults' values). Against those defaults, which this entry held before, it differs in max_position_embeddings
-            # (262144, not 131072). The count is what transformers' MiMoV2FlashForCausalLM gives for it (published: 309 B
-            # total, 15 B active).
+            # spelling, which MiMoV2FlashConfig reads as its defaults (sliding_window_size 128 as sliding_window 129;
+            # the rope_theta, swa_rope_theta, partial_rotary_factor, hybrid_layer_pattern and moe_layer_freq here are
+            # its defaults' values). Against those defaults, which this entry held before, it differs in
+            # max_position_embeddings (262144, not 131072). The count is what transformers' MiMoV2FlashForCausalLM gives
+            # for it (published: 309 B total, 15 B active).
             "architectures": ["MiMoV2FlashForCausalLM"],
             "model_type": "mimo_v2_flash",
             "num_hidden_layers": 48,
