@@ -289,10 +289,13 @@ def _hidden_states(
 
 
 def _note_tokens(
-    next_ids: Tensor, finished: list[bool], stops: frozenset[int], on_token: Callable[[int, int], None] | None
+    next_ids: Tensor | list[int],
+    finished: list[bool],
+    stops: frozenset[int],
+    on_token: Callable[[int, int], None] | None,
 ) -> bool:
     """Mark rows that produced one of ``stops`` finished and pass the others' tokens to ``on_token``; True when all are finished."""
-    for row, token in enumerate(next_ids.tolist()):
+    for row, token in enumerate(next_ids.tolist() if isinstance(next_ids, Tensor) else next_ids):
         if finished[row]:
             continue
         if token in stops:

@@ -85,15 +85,15 @@ def speculative_ids(
     if P >= room or max_new_tokens == 0:
         return generate_ids(model, prompts, max_new_tokens, eot_id=eot_id, stop_ids=stop_ids, on_token=on_token)
 
-    out: list[Tensor] = []
+    ids: list[list[int]] = [[] for _ in prompts]
     finished = [False] * B
     stops = stopping_ids(eot_id, stop_ids)
 
-    def emit(ids: Tensor) -> bool:
-        """Keep ids (B, 1); True when generation is over."""
-        out.append(ids)
-        all_finished = _note_tokens(ids[:, 0], finished, stops, on_token)
-        return all_finished or len(out) == max_new_tokens
+    def emit(column: list[int]) -> bool:
+        """Keep one token per row; True when generation is over."""
+        for row, token in zip(ids, column, strict=True):
+            row.append(token)
+        return _note_tokens(column, finished, stops, on_token) or len(ids[0]) == max_new_tokens
 
     with _eval_mode(model):
         cache, drafts = model.new_cache(B, room), model.new_cache(B, room, mtp=True)
@@ -101,22 +101,23 @@ def speculative_ids(
         hidden = model.hidden_states(tokens, cache, pad_mask)  # (B, P, C)
         pending = model.head(hidden[:, -1:]).argmax(-1)  # (B, 1): the greedy token at position P
         draft = _draft(model, hidden, torch.cat([tokens[:, 1:], pending], 1), drafts, pending_mask=pad_mask)
-        done = emit(pending)
+        done = emit(pending[:, 0].tolist())
         while not done and cache.length + 2 <= room:
             hidden = model.hidden_states(torch.cat([pending, draft], 1), cache)  # (B, 2, C)
             greedy = model.head(hidden).argmax(-1)  # (B, 2): after pending, after the draft
+            # One read back to the host a step: the drafts beside the greedy tokens decide, and are what is kept.
+            drafted, after_pending, after_draft = torch.cat([draft, greedy], 1).T.tolist()  # each (B,)
             stats.drafted += 1
-            if bool((greedy[:, :1] == draft).all()):
+            if drafted == after_pending:
                 stats.accepted += 1
-                done = emit(draft)
-                pending, draft_inputs = greedy[:, 1:], (hidden, torch.cat([draft, greedy[:, 1:]], 1))
+                done = emit(drafted)
+                pending, draft_inputs, kept = greedy[:, 1:], (hidden, torch.cat([draft, greedy[:, 1:]], 1)), after_draft
             else:
                 cache.rewind(1)
-                pending, draft_inputs = greedy[:, :1], (hidden[:, :1], greedy[:, :1])
+                pending, draft_inputs, kept = greedy[:, :1], (hidden[:, :1], greedy[:, :1]), after_pending
             if not done:
-                done = emit(pending)
+                done = emit(kept)
                 draft = _draft(model, *draft_inputs, drafts)
-    ids = torch.cat(out, 1).tolist() if out else [[] for _ in prompts]
     if not done:  # past the context: the rest as plain greedy decoding does it
         rest = generate_ids(
             model,

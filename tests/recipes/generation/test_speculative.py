@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gptzoo.core import GptzooError
+from gptzoo.recipes.generation import speculative
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.generation.speculative import Speculation, speculative_ids
 from gptzoo.testing import build, tiny_config
@@ -57,6 +58,34 @@ def test_rejected_drafts_give_the_greedy_tokens_too(registry):
     got = speculative_ids(model, prompts, 10, stats=stats)
     assert got == generate_ids(model, prompts, 10)
     assert stats.drafted > 0 and stats.accepted < stats.drafted
+
+
+# The token mixers whose caches keep every key and value, so a rejected draft is forgotten (KVCache.rewind).
+REWINDABLE = ("sdpa", "fused", "per_head", "no_weights", "latent", "sparse_latent")
+
+
+@pytest.mark.parametrize("drafts", ["as_drafted", "always_right"])
+@pytest.mark.parametrize("attention", REWINDABLE)
+def test_every_mixer_that_rewinds_gives_the_greedy_tokens_with_left_padding(registry, monkeypatch, attention, drafts):
+    model = build(tiny_config(registry, attention=attention, mtp={"name": "sequential"}, **LLAMA))
+    prompts = [[5, 9, 14, 2, 30], [7, 1]]  # the second left-padded by 3
+    greedy = generate_ids(model, prompts, 8)
+    if drafts == "always_right":  # each draft replaced by the greedy token: every step takes the accepted path
+        texts = [[0] * (5 - len(p)) + p + g for p, g in zip(prompts, greedy, strict=True)]
+        drafted = speculative._draft
+
+        def right(model, hidden, following, cache, pending_mask=None):
+            drafted(model, hidden, following, cache, pending_mask)  # the module's cache advances as it would
+            return torch.tensor([[t[min(cache.length + 1, len(t) - 1)]] for t in texts])  # the token after pending
+
+        monkeypatch.setattr(speculative, "_draft", right)
+    stats = Speculation()
+    assert speculative_ids(model, prompts, 8, stats=stats) == greedy
+    assert stats.drafted > 0
+    if drafts == "always_right":
+        assert stats.accepted == stats.drafted
+    else:
+        assert stats.accepted < stats.drafted  # untrained: the rejected path and its rewind ran
 
 
 def test_past_the_context_and_at_the_end_of_text(cycle_model):
