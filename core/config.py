@@ -26,7 +26,16 @@ from pydantic import (
 )
 
 from gptzoo.core.errors import ConfigError
-from gptzoo.core.interfaces import Attention, Dims, Head, Implementation, InitScheme, Params, PositionalEncoding
+from gptzoo.core.interfaces import (
+    Attention,
+    Dims,
+    Head,
+    Implementation,
+    InitScheme,
+    MultiTokenPrediction,
+    Params,
+    PositionalEncoding,
+)
 
 
 class ComponentLookup(Protocol):
@@ -273,7 +282,12 @@ class ModelConfig(BaseModel):
             )
         if len(self.layer_pattern) > self.n_layers:
             raise ValueError(f"layer_pattern has {len(self.layer_pattern)} entries for n_layers={self.n_layers}")
-        for layer in self.layers():
+        mtp_kind = self._mtp_kind()
+        if mtp_kind is not None and mtp_kind not in self.layer_kinds:
+            raise ValueError(
+                f"mtp.layer_kind '{mtp_kind}' is not in layer_kinds (declared: {', '.join(self.layer_kinds) or 'none'})"
+            )
+        for layer in [*self.layers(), *([self.mtp_layer()] if self.mtp is not None else [])]:
             _check_position_hooks(layer)
         self._check_kv_sharing()
         checked = set()
@@ -345,10 +359,27 @@ class ModelConfig(BaseModel):
 
     def layer(self, index: int) -> LayerSpec:
         """The components of layer ``index``: its kind's choices over the model-level ones."""
-        kind = self.layer_pattern[index % len(self.layer_pattern)] if self.layer_pattern else None
+        return self.kind_layer(
+            self.layer_pattern[index % len(self.layer_pattern)] if self.layer_pattern else None, index
+        )
+
+    def kind_layer(self, kind: str | None, index: int) -> LayerSpec:
+        """The components of a layer of ``kind`` (None: the model-level ones) at ``index``."""
         chosen = self.layer_kinds[kind] if kind is not None else None
         specs = {f: (getattr(chosen, f) if chosen is not None else None) or getattr(self, f) for f in PER_LAYER}
         return LayerSpec(index=index, kind=kind, **specs)
+
+    def mtp_layer(self) -> LayerSpec:
+        """The layer the multi-token prediction modules' blocks are built as: the kind ``mtp`` names
+        (``MultiTokenPrediction.layer_kind``), else the model's last layer."""
+        kind = self._mtp_kind()
+        return self.layer(self.n_layers - 1) if kind is None else self.kind_layer(kind, self.n_layers - 1)
+
+    def _mtp_kind(self) -> str | None:
+        spec = self.mtp
+        if spec is None or not issubclass(spec.impl, MultiTokenPrediction):
+            return None
+        return spec.impl.layer_kind(spec.params)
 
     def layers(self) -> list[LayerSpec]:
         return [self.layer(i) for i in range(self.n_layers)]

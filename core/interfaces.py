@@ -387,10 +387,11 @@ class Head(Component):
 class MultiTokenPrediction(Component):
     """Predictions of the tokens after the next one, trained beside it (DeepSeek-V3's MTP modules).
 
-    Built as ``Impl(params, dims, layer)``, ``layer`` holding the specs of the model's last layer,
-    which its ``blocks`` (one per depth) copy. ``forward(hidden, ahead, ctx, caches)``:
-    ``hidden`` (B, T, C) the main model's final hidden states, ``ahead[k - 1]`` (B, T, C) the
-    embeddings of the tokens k after each position (the model's own embedding) for depths
+    Built as ``Impl(params, dims, layer)``, ``layer`` holding the specs of the layer its ``blocks``
+    (one per depth) copy: the kind ``layer_kind(params)`` names, else the model's last layer.
+    ``forward(hidden, ahead, ctx, caches)``: ``hidden`` (B, T, C) the main model's final hidden
+    states, ``ahead[k - 1]`` (B, T, C) the embeddings of the tokens k after each position (by
+    ``token_embedding`` where it has one, else the model's own embedding) for depths
     k = 1..len(ahead) -> each depth's normalised hidden states (B, T, C), from which the model's
     head predicts the token k + 1 after each position. ``ctx`` and ``caches`` (one per block) are
     those of the blocks' positions. Training adds ``loss_weight / depth`` times each depth's loss.
@@ -398,9 +399,16 @@ class MultiTokenPrediction(Component):
 
     depth: int
     loss_weight: float
+    token_embedding: nn.Embedding | None  # its own table for the tokens ahead; None: the model's
 
     def __init__(self, params: Params, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims)
+        self.token_embedding = None
+
+    @classmethod
+    def layer_kind(cls, params: Params) -> str | None:
+        """The layer kind (a key of the model's layer_kinds) its blocks are built as; None: the model's last layer."""
+        return None
 
     @property
     @abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import cast
 
 import torch
@@ -39,9 +40,10 @@ class GPT(nn.Module):
         self.positional = config.positional.build(dims)
         # Layer kinds with a position scheme or a head size of their own share one module per kind.
         layers = config.layers()
+        mtp_layer = config.mtp_layer() if config.mtp is not None else None
         own = {
             layer.kind: layer.positional
-            for layer in layers
+            for layer in [*layers, *([mtp_layer] if mtp_layer is not None else [])]
             if layer.kind is not None
             and (
                 layer.positional is not config.positional
@@ -66,7 +68,12 @@ class GPT(nn.Module):
             else config.norm.build(dims)
         )
         self.head = config.head.build(dims, self.token_embedding if config.tied_head else None)
-        self.mtp = config.mtp.build(config.dims(config.n_layers - 1), layers[-1]) if config.mtp is not None else None
+        self.mtp = (
+            config.mtp.build(replace(config.kind_dims(mtp_layer.kind), layer_idx=config.n_layers - 1), mtp_layer)
+            if config.mtp is not None and mtp_layer is not None
+            else None
+        )
+        self.mtp_positional = mtp_layer.kind if mtp_layer is not None and mtp_layer.kind in own else None
         self._mtp_hidden: list[Tensor] = []  # the MTP modules' outputs from the last training forward
         # Only components that report auxiliary losses are asked each step: none in a dense model.
         self._aux_sources = [
@@ -199,8 +206,9 @@ class GPT(nn.Module):
         depths k = 1..D; their blocks' caches in ``cache`` (made by ``new_cache(..., mtp=True)``)."""
         mtp = cast(MultiTokenPrediction, self.mtp)
         contexts = self.attention_contexts(ahead[..., 0], cache, pad_mask)
-        embedded = [self.embed(ahead[..., k]) for k in range(ahead.size(-1))]
-        return mtp(hidden, embedded, contexts[self.layer_positional[-1]], cache.layers if cache is not None else None)
+        embed = self.embed if mtp.token_embedding is None else mtp.token_embedding
+        embedded = [embed(ahead[..., k]) for k in range(ahead.size(-1))]
+        return mtp(hidden, embedded, contexts[self.mtp_positional], cache.layers if cache is not None else None)
 
     def auxiliary_losses(self, targets: Tensor | None = None) -> dict[str, AuxiliaryLoss]:
         """The components' auxiliary losses from the last forward, each averaged over the layers reporting it;

@@ -299,6 +299,13 @@ def hf_families_page(registry: Registry) -> str:
         for weight in family.weights:
             theirs = ", ".join(f"`{t}`" for t in weight.theirs)
             out.append(f"| `{weight.ours}` | {theirs} | {cell(weight.layout)} |")
+        if family.mtp is not None:
+            settings = f"; {family.mtp.settings}" if family.mtp.settings else ""
+            out += [
+                "",
+                f"Multi-token prediction: config.json's `{family.mtp.depth_key}` modules, imported into `mtp` (the "
+                f"`mtp.*` rows above) when the checkpoint holds their tensors{settings}.",
+            ]
         if family.fused:
             out += ["", "| Hugging Face tensor | holds, group by group |", "| --- | --- |"]
             for fused in family.fused:

@@ -8,7 +8,13 @@ hidden state with the embedding of the token k ahead and runs one transformer bl
     P_{i+k+1}^k = OutHead(RMSNorm_k(h_i^k))                          the model's own head
 
 h^0 is the main model's final hidden state (after its final norm, as vLLM and SGLang feed
-DeepSeek-V3's MTP layer); the embedding and the output head are the model's, shared. The paper
+DeepSeek-V3's MTP layer); the embedding and the output head are the model's, shared. Options:
+``layer_kind``, the blocks built as a layer kind of the model's instead of its last layer
+(MiMo-V2-Flash's: windowed attention and a dense feed-forward after a last layer with neither);
+``chain_normed``, depth k + 1 reading depth k's normalised output RMSNorm_k(h_i^k) instead of h_i^k
+(as transformers' MtpModel, vLLM and SGLang chain MiMo-V2-Flash's three modules); ``own_embedding``,
+an embedding table of its own for the tokens ahead (Qwen3-Next's ``mtp_use_dedicated_embeddings``,
+``mtp.embed_tokens``), the head still the model's. The paper
 writes the concatenation [h; Emb]; its checkpoints' eh_proj reads [Emb; h] (``enorm`` first), the
 same map with M_k's column blocks swapped, and this follows the checkpoints. Training adds
 λ/D · Σ_k L_k, L_k the cross-entropy of depth k's predictions (``aux_mtp_k`` in metrics.jsonl);
@@ -36,6 +42,21 @@ class SequentialParams(Params):
         ge=0,
         description="λ: training adds λ/D times the sum of the depths' losses (DeepSeek-V3: 0.3, then 0.1 for its last 4.8T tokens)",
     )
+    layer_kind: str | None = Field(
+        None,
+        description="the layer kind (a key of layer_kinds) its blocks are built as; None: the model's last layer "
+        "(MiMo-V2-Flash's: windowed attention with a dense feed-forward)",
+    )
+    chain_normed: bool = Field(
+        False,
+        description="depth k + 1 reads depth k's normalised output (transformers' MtpModel, MiMo-V2-Flash) instead of "
+        "its block's output (DeepSeek-V3's equations)",
+    )
+    own_embedding: bool = Field(
+        False,
+        description="embed the tokens ahead with a table of its own (Qwen3-Next's mtp_use_dedicated_embeddings) "
+        "instead of the model's",
+    )
 
 
 class MTPModule(nn.Module):
@@ -57,7 +78,9 @@ class SequentialMTP(MultiTokenPrediction):
 
     def __init__(self, params: SequentialParams, dims: Dims, layer: LayerSpec):
         super().__init__(params, dims, layer)
-        self.depth, self.loss_weight = params.depth, params.loss_weight
+        self.depth, self.loss_weight, self.chain_normed = params.depth, params.loss_weight, params.chain_normed
+        if params.own_embedding:
+            self.token_embedding = nn.Embedding(dims.padded_vocab_size, dims.d_model)
         # Module k's block is layer n_layers + k - 1 (DeepSeek's index), with keys and values of its own.
         self.layers = nn.ModuleList(
             MTPModule(replace(dims, layer_idx=dims.n_layers + k, kv_from=None), replace(layer, index=dims.n_layers + k))
@@ -71,6 +94,10 @@ class SequentialMTP(MultiTokenPrediction):
             super().flops_per_token(context_length) + self.depth * 2 * self.dims.d_model * self.dims.padded_vocab_size
         )
 
+    @classmethod
+    def layer_kind(cls, params: Params) -> str | None:
+        return cast(SequentialParams, params).layer_kind
+
     @property
     def blocks(self) -> list[Block]:
         return [cast(MTPModule, module).block for module in self.layers]
@@ -83,6 +110,8 @@ class SequentialMTP(MultiTokenPrediction):
             x = module.eh_proj(torch.cat([module.enorm(embedded), module.hnorm(h)], dim=-1))  # (B, T, C)
             h = module.block(x, ctx, caches[k] if caches is not None else None)
             out.append(module.norm(h))
+            if self.chain_normed:
+                h = out[-1]
         return out
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptzoo.core import IGNORE, AttentionContext
+from gptzoo.core import IGNORE, AttentionContext, ConfigError
 from gptzoo.testing import build, check_component, tiny_config
 
 MTP = {"name": "sequential", "depth": 2, "loss_weight": 0.3}
@@ -16,11 +16,12 @@ def rms(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def paper_losses(model, idx, targets):
+def paper_losses(model, idx, targets, chain_normed=False):
     """L_k of eqs. 21-25, position by position in the window: depth k at i combines RMSNorm(h_i^{k-1})
     and RMSNorm(Emb(t_{i+k})) as M_k [h; e] (the paper's order: the checkpoints' eh_proj reads [e; h],
     so M_k is its two column blocks swapped), runs TRM_k over positions 0..T-k-1 alone, and the shared
-    head predicts t_{i+k+1}, the target k after position i's own."""
+    head predicts t_{i+k+1}, the target k after position i's own. ``chain_normed``: depth k + 1 reads
+    RMSNorm_k(h^k) (transformers' MtpModel); the tokens ahead are embedded by the module's own table where it has one."""
     B, T = idx.shape
     C = model.config.d_model
     eps = model.final_norm.params.eps
@@ -29,11 +30,13 @@ def paper_losses(model, idx, targets):
     for k, module in enumerate(model.mtp.layers, start=1):
         n = T - k
         M = torch.cat([module.eh_proj.weight[:, C:], module.eh_proj.weight[:, :C]], dim=1)
-        e = model.token_embedding(idx[:, k:])  # Emb(t_{i+k}) for i < T - k
+        table = model.mtp.token_embedding or model.token_embedding
+        e = table(idx[:, k:])  # Emb(t_{i+k}) for i < T - k
         merged = torch.cat([rms(h[:, :n], module.hnorm.weight, eps), rms(e, module.enorm.weight, eps)], -1) @ M.T
         positions = torch.arange(n).unsqueeze(0)
         h = module.block(merged, AttentionContext(model.positional, positions, positions))  # h^k
         logits = model.head(rms(h, module.norm.weight, eps))
+        h = rms(h, module.norm.weight, eps) if chain_normed else h
         losses.append(F.cross_entropy(logits.flatten(0, 1), targets[:, k:].flatten(), ignore_index=IGNORE))
     return losses
 
@@ -50,6 +53,32 @@ def test_each_depth_loss_is_the_papers(registry):
     for k, loss in enumerate(expected, start=1):
         torch.testing.assert_close(got[f"mtp_{k}"].value, loss, rtol=1e-5, atol=1e-6)
         assert got[f"mtp_{k}"].weight == pytest.approx(0.3 / 2)  # λ / D
+
+
+def test_chained_by_normed_outputs_with_its_own_embedding_each_depth_loss_is_the_papers_so_changed(registry):
+    mtp = MTP | {"chain_normed": True, "own_embedding": True}
+    model = build(tiny_config(registry, mtp=mtp, **LLAMA)).train()
+    assert model.mtp.token_embedding.weight.data_ptr() != model.token_embedding.weight.data_ptr()
+    with torch.no_grad():  # norms of weight 1 would make RMSNorm(RMSNorm_k(h)) RMSNorm(h), hiding the chaining
+        for module in model.mtp.layers:
+            module.norm.weight.copy_(1 + 0.5 * torch.randn_like(module.norm.weight))
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(2))
+    model(idx)
+    got = model.auxiliary_losses(targets)
+    for k, loss in enumerate(paper_losses(model, idx, targets, chain_normed=True), start=1):
+        torch.testing.assert_close(got[f"mtp_{k}"].value, loss, rtol=1e-5, atol=1e-6)
+    unchained = paper_losses(model, idx, targets)[1]
+    assert not torch.allclose(got["mtp_2"].value, unchained)  # the chaining shows at depth 2
+
+
+def test_the_blocks_are_built_as_the_layer_kind_named(registry):
+    kinds = {"windowed": {"attention": {"name": "sliding_window", "window": 3}}}
+    model = build(tiny_config(registry, mtp=MTP | {"layer_kind": "windowed"}, layer_kinds=kinds, **LLAMA))
+    assert all(getattr(b.attention.params, "window", None) == 3 for b in model.mtp.blocks)
+    assert not any(hasattr(b.attention.params, "window") for b in model.blocks)  # the model's layers stay full
+    with pytest.raises(ConfigError, match="mtp.layer_kind 'nowhere' is not in layer_kinds"):
+        tiny_config(registry, mtp=MTP | {"layer_kind": "nowhere"}, layer_kinds=kinds, **LLAMA)
 
 
 def test_the_main_model_is_unchanged_and_evaluation_runs_no_mtp(registry):

@@ -20,6 +20,7 @@ from gptzoo.core import ConfigError, ModelConfig
 from gptzoo.recipes.config import keys
 from gptzoo.recipes.interop.files import weight_shapes
 from gptzoo.recipes.interop.hf.families import FAMILIES, MISSING, Family, all_families
+from gptzoo.recipes.interop.hf.families.mtp import add_mtp
 from gptzoo.registry import Registry
 
 INDEX = "model.safetensors.index.json"
@@ -158,20 +159,22 @@ def mismatches(family: Family, config: ModelConfig, registry: Registry) -> list[
     if _same_attention(config.attention):
         ours["attention"]["name"] = "sdpa"
     try:
-        theirs = explicit(
-            registry.model_config(
-                model_table(
-                    family, normalise(hf_config(family, ours), {family.model_type: family}), "", None, ours["tokenizer"]
-                )
-            )
-        )
+        hf = normalise(hf_config(family, ours), {family.model_type: family})
+        table = model_table(family, hf, "", None, ours["tokenizer"])
+        if family.mtp is not None and ours.get("mtp") is not None:  # as import reads it when the weights hold it
+            add_mtp(table, hf, family.mtp)
+        theirs = explicit(registry.model_config(table))
     except (ConfigError, ValueError) as err:  # ValueError: a conversion that cannot write this assembly
         return [str(err).lstrip(": ")]
     ours, theirs = keys.flatten(ours), keys.flatten(theirs)
     problems = []
     names = {path.removesuffix(".name") for path in ours if path.endswith(".name")}
+    # a family with MTP layers in its checkpoints expresses the modules' settings, all but the training's loss weight
+    neutral = NEUTRAL if family.mtp is None else tuple(n for n in NEUTRAL if n != "mtp")
     for path in sorted(set(ours) | set(theirs)):
-        if path.split(".")[0] in NEUTRAL or ours.get(path, MISSING) == theirs.get(path, MISSING):
+        if path.split(".")[0] in neutral or path == "mtp.loss_weight":
+            continue
+        if ours.get(path, MISSING) == theirs.get(path, MISSING):
             continue
         component = path.rsplit(".", 1)[0]
         if path.endswith(".name"):

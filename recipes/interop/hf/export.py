@@ -33,7 +33,7 @@ from gptzoo.recipes.interop.hf.families import (
     to_theirs,
     weight_plan,
 )
-from gptzoo.recipes.interop.hf.families.mtp import shared_copies
+from gptzoo.recipes.interop.hf.families.mtp import mtp_dims, shared_copies
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, atomic_path, write_text_atomic
 from gptzoo.recipes.runs.folder import build_tokenizer, load_config, open_run
 from gptzoo.recipes.runs.manifest import check_file
@@ -94,7 +94,7 @@ def export_hf(
     data = hf_config(family, explicit(config.model))
     shapes = weight_shapes(config.model)
     plan = weight_plan(family, shapes)
-    specs = hf_shapes(plan, shapes, config.model.dims(), config.model.dims)
+    specs = hf_shapes(plan, shapes, config.model.dims(), config.model.dims, mtp_dims(config.model))
     if config.model.mtp is not None and family.mtp is not None and family.mtp.shared_copies:
         depth = config.model.mtp.params.depth  # type: ignore[attr-defined]
         specs |= shared_copies(specs, depth, config.model.n_layers, config.model.tied_head)

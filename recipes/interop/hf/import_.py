@@ -46,7 +46,7 @@ from gptzoo.recipes.interop.hf.families import (
     to_ours,
     weight_plan,
 )
-from gptzoo.recipes.interop.hf.families.mtp import add_held_mtp
+from gptzoo.recipes.interop.hf.families.mtp import add_held_mtp, mtp_dims
 from gptzoo.recipes.interop.hf.families.qwen3_5 import MULTIMODAL, VISION_TENSORS, text_part
 from gptzoo.recipes.interop.hf.hub import FOLDER_HINT, checkpoint_folder
 from gptzoo.recipes.runs.files import CONFIG, TOKENIZER, WEIGHTS, read_json
@@ -260,7 +260,7 @@ def import_hf(
         shapes = weight_shapes(config.model)
         plan = weight_plan(family, shapes)
         dims = config.model.dims()
-        to_read = hf_shapes(plan, shapes, dims, config.model.dims)
+        to_read = hf_shapes(plan, shapes, dims, config.model.dims, mtp_dims(config.model))
         fused = fusions(family, to_read, config.model)
         found = _find_weights(src, stored, family, config, fuse_shapes(to_read, fused))
         _check_constants(src, stored, family, constant_values(family, shapes, explicit(config.model)))

@@ -7,6 +7,9 @@ embedding and head are the model's):
 
     h_mtp  = mtp.layers.0(mtp.fc(cat[mtp.pre_fc_norm_embedding(Emb(t_{i+1})), mtp.pre_fc_norm_hidden(h_i)]))
     logits = lm_head(mtp.norm(h_mtp))
+
+With ``mtp_use_dedicated_embeddings`` (false in every published config.json; the loaders that read the key,
+e.g. MLX's and llama.cpp-style engines', take it so) Emb is the module's own table, ``mtp.embed_tokens.weight``.
 """
 
 import json
@@ -81,13 +84,15 @@ class Reference(torch.nn.Module):
         last = f"model.layers.{TINY['num_hidden_layers'] - 1}."
         return own | {k.replace(last, "mtp.layers.0.", 1): t for k, t in donor_file.items() if k.startswith(last)}
 
-    def logits(self, main, idx):
+    def logits(self, main, idx, embedding=None):
+        """``embedding``: the module's own table for the tokens ahead (mtp_use_dedicated_embeddings); None: the model's."""
         with torch.no_grad():
             h = main.model(input_ids=idx).last_hidden_state
             ahead = idx.roll(-1, 1)
-            x = self.fc(
-                torch.cat([self.pre_fc_norm_embedding(main.model.embed_tokens(ahead)), self.pre_fc_norm_hidden(h)], -1)
+            embedded = (
+                main.model.embed_tokens(ahead) if embedding is None else torch.nn.functional.embedding(ahead, embedding)
             )
+            x = self.fc(torch.cat([self.pre_fc_norm_embedding(embedded), self.pre_fc_norm_hidden(h)], -1))
             positions = torch.arange(idx.size(1)).expand(idx.size(0), -1)
             layer = self.donor.model.layers[-1]
             out = layer(x, position_embeddings=main.model.rotary_emb(x, positions), position_ids=positions)
@@ -181,4 +186,58 @@ def test_an_mtp_layer_gptzoo_would_build_otherwise_is_refused(tmp_path, capsys):
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "MTP layer is a full_attention layer" in err and "linear_attention here" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def with_dedicated_embedding(folder, tmp_path, dedicated, table: torch.Tensor | None):
+    """A copy of ``folder`` whose config.json says mtp_use_dedicated_embeddings = ``dedicated``, holding ``table``
+    as mtp.embed_tokens.weight (None: no such tensor)."""
+    (tmp_path / "src").mkdir()
+    tensors = load_file(str(folder / "model.safetensors"))
+    added = {"mtp.embed_tokens.weight": table} if table is not None else {}
+    save_file(tensors | added, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    hf = json.loads((folder / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(hf | {"mtp_use_dedicated_embeddings": dedicated}))
+    return tmp_path / "src"
+
+
+def test_a_dedicated_mtp_embedding_is_the_modules_own_table(checkpoint, tmp_path):
+    main_model, reference, folder, _ = checkpoint
+    table = 0.3 * torch.randn(V, C, generator=torch.Generator().manual_seed(3))
+    src = with_dedicated_embedding(folder, tmp_path, True, table)
+    import_hf(src, tmp_path / "run")
+    model = load_run(tmp_path / "run").model
+    assert model.config.mtp.params.own_embedding
+    idx = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model.head(model.predict_ahead(model.hidden_states(idx), idx.roll(-1, 1).unsqueeze(-1))[0])
+    expected = reference.logits(main_model, idx, embedding=table)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+    assert (ours - reference.logits(main_model, idx)).abs().max() > 1e-2  # the model's own table would differ
+    export_hf(tmp_path / "run", tmp_path / "out")
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["mtp_use_dedicated_embeddings"] is True
+    original = load_file(str(src / "model.safetensors"))
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dedicated", [True, False])
+def test_a_dedicated_mtp_embedding_and_its_tensor_go_together(checkpoint, tmp_path, capsys, dedicated):
+    """config.json saying true without mtp.embed_tokens, or false with it: refused, naming the tensor."""
+    _, _, folder, _ = checkpoint
+    src = with_dedicated_embedding(folder, tmp_path, dedicated, None if dedicated else torch.zeros(V, C))
+    assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "mtp.embed_tokens.weight" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dedicated_mtp_embedding_other_than_true_or_false_is_refused(checkpoint, tmp_path, capsys):
+    _, _, folder, _ = checkpoint
+    src = with_dedicated_embedding(folder, tmp_path, "yes", None)
+    assert main(["import-hf", str(src), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert 'mtp_use_dedicated_embeddings = "yes"' in err and "config.json" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()

@@ -178,6 +178,12 @@ class MtpLayout:
     max_depth: int | None = None  # the most gptzoo's sequential modules express, where the layers share parts
     # config.json -> why gptzoo's MTP block, built as the model's last layer, cannot be the checkpoint's (None: it can)
     block_mismatch: Callable[[dict], str | None] | None = None
+    # (config.json, the [model] table being read) -> the MTP table's settings beyond its depth (it may add to the
+    # table the layer kind its blocks are built as); ValueError for a value gptzoo does not implement
+    read: Callable[[dict, dict], dict[str, Any]] | None = None
+    # the [model] table -> the config.json keys of those settings
+    write: Callable[[dict], dict[str, Any]] | None = None
+    settings: str = ""  # those settings in words, for the families' reference page
 
 
 @dataclass(frozen=True)
@@ -232,16 +238,23 @@ def layer_of(name: str) -> int | None:
 
 
 def hf_shapes(
-    plan: dict, shapes: dict[str, tuple[int, ...]], dims: Dims, layer_dims: Callable[[int], Dims] | None = None
+    plan: dict,
+    shapes: dict[str, tuple[int, ...]],
+    dims: Dims,
+    layer_dims: Callable[[int], Dims] | None = None,
+    mtp_dims: Dims | None = None,
 ) -> dict[str, tuple[list[tuple[str, slice | None]], str, tuple[int, ...]]]:
     """Hugging Face name -> (the gptzoo tensors it is made of, each with the rows it takes or
     None for all, stacked row-wise, or row-/column-wise by layer; the layout it is stored in; its shape).
-    ``layer_dims(i)``: layer i's dimensions, which a ``rows`` entry sees (None: the model's)."""
+    ``layer_dims(i)``: layer i's dimensions, which a ``rows`` entry sees (None: the model's); ``mtp_dims``:
+    the multi-token prediction blocks' (their layer kind's head shape; None: the model's)."""
     out: dict = {}
     for name, (weight, theirs) in plan.items():
         shape = shapes[name]
         layer = layer_of(name)
         own = layer_dims(layer) if layer_dims is not None and layer is not None else dims
+        if mtp_dims is not None and name.startswith("mtp.layers."):
+            own = mtp_dims
         if weight.layout == "rows":
             start = 0
             sizes = (

@@ -1,17 +1,25 @@
 """MiMo-V2-Flash: Llama's layer with windowed and full attention layers mixed (the first and every 6th full), the
 windowed ones with twice the key/value heads and a sink logit per head, values narrower than queries and keys and
 scaled by attention_value_scale, a rotary per kind of layer on part of each head, and DeepSeek-V3's sigmoid-scored
-experts in all but the dense layers of mlp_layer_types."""
+experts in all but the dense layers of mlp_layer_types.
+
+The published checkpoint also holds three multi-token-prediction modules (``model.mtp.layers.{0,1,2}``,
+``num_nextn_predict_layers``), which transformers skips: each a windowed layer with sinks and a dense SwiGLU
+between DeepSeek-V3's enorm, hnorm, eh_proj and a final norm, the embedding and head the model's. Import keeps
+them as ``model.mtp`` (blocks of the kind ``sliding_dense``, chained by their normalised outputs) when the
+checkpoint holds them, and export writes them back."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from gptzoo.core import Dims
-from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight, period
+from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, MtpLayout, Require, Weight, period
 from gptzoo.recipes.interop.hf.families.llama import LLAMA_ASSEMBLY, LLAMA_FIELDS, LLAMA_WEIGHTS, SILU
 from gptzoo.recipes.interop.hf.families.moe import expert_weights
+from gptzoo.recipes.interop.hf.families.mtp import mtp_conversion, mtp_weights
 
 ATTENTION_TYPES = ("full_attention", "sliding_attention")
 MLP_TYPES = ("dense", "sparse")
@@ -59,10 +67,9 @@ def _read_layers(hf: dict) -> dict[str, Any]:
             f"rope_parameters = {json.dumps(hf['rope_parameters'])} is not supported for mimo_v2_flash "
             "(gptzoo reads one rotary per kind of layer: full_attention and sliding_attention)"
         )
-    scale = hf.get("attention_value_scale", 0.707)
     table: dict[str, Any] = {
         "positional": _rotary(hf, "full_attention"),
-        "attention.value_scale": 1.0 if scale is None else scale,  # null: transformers scales by 1
+        "attention.value_scale": _value_scale(hf),
     }
     kinds = [
         f"{'sliding' if a == 'sliding_attention' else 'full'}_{'dense' if m == 'dense' else 'moe'}"
@@ -70,26 +77,49 @@ def _read_layers(hf: dict) -> dict[str, Any]:
     ]
     if len(set(kinds)) == 1 and kinds[0] == "full_moe":
         return table
+    parts = _kind_parts(hf, "sliding_attention layers" if "sliding_attention" in attention else None)
+    return table | {
+        "layer_pattern": period(kinds),
+        "layer_kinds": {kind: parts[kind.split("_")[0]] | parts[kind.split("_")[1]] for kind in kinds},
+    }
+
+
+def _value_scale(hf: dict) -> float:
+    scale = hf.get("attention_value_scale", 0.707)
+    return 1.0 if scale is None else scale  # null: transformers scales by 1
+
+
+def _kind_parts(hf: dict, windowed: str | None) -> dict[str, dict]:
+    """The parts of MiMo's layer kinds: a windowed layer's and a dense one's (``windowed``: the layers that need the
+    window, named in the refusal of a null one; None: no layer does)."""
     window = hf.get("sliding_window", 129)
-    if window is None and "sliding_attention" in attention:
-        raise ValueError("sliding_window = null is not supported for mimo_v2_flash's sliding_attention layers")
+    if window is None and windowed is not None:
+        raise ValueError(f"sliding_window = null is not supported for mimo_v2_flash's {windowed}")
     sliding = {
         "attention": {
             "name": "sliding_window",
             "window": window,
             "sinks": True,
             "v_head_size": hf.get("v_head_dim", 128),
-            "value_scale": table["attention.value_scale"],
+            "value_scale": _value_scale(hf),
         },
         "n_kv_heads": 2 * hf.get("num_key_value_heads", 4),  # the windowed layers have twice the key/value heads
         "positional": _rotary(hf, "sliding_attention"),
     }
     dense = {"feed_forward": {"name": "swiglu", "hidden": hf.get("intermediate_size", 16384), "bias": False}}
-    parts = {"sliding": sliding, "full": {}, "dense": dense, "moe": {}}
-    return table | {
-        "layer_pattern": period(kinds),
-        "layer_kinds": {kind: parts[kind.split("_")[0]] | parts[kind.split("_")[1]] for kind in kinds},
-    }
+    return {"sliding": sliding, "full": {}, "dense": dense, "moe": {}}
+
+
+MTP_KIND = "sliding_dense"
+
+
+def _read_mtp(hf: dict, table: dict) -> dict[str, Any]:
+    """MiMo-V2-Flash's MTP blocks are windowed layers with sinks and a dense SwiGLU (vLLM's and SGLang's
+    MiMoV2 MTP layers: swa_* attention, intermediate_size), the kind ``sliding_dense``, which the table gains
+    where its layers have none; its modules chain their normalised outputs, as those loops draft with them."""
+    parts = _kind_parts(hf, "MTP layers (windowed)")
+    table.setdefault("layer_kinds", {})[MTP_KIND] = parts["sliding"] | parts["dense"]
+    return {"layer_kind": MTP_KIND, "chain_normed": True}
 
 
 def _write_layers(model: dict) -> dict[str, Any]:
@@ -102,7 +132,13 @@ def _write_layers(model: dict) -> dict[str, Any]:
             raise ValueError(
                 f"mimo_v2_flash's windowed layers have twice the key/value heads of the full ones (layer {i})"
             )
-    dense = [c["feed_forward"] for c in chosen if (c.get("feed_forward") or {}).get("name") == "swiglu"]
+    # the MTP blocks' kind sets the window, the windowed rotary and the dense width where no layer has them
+    mtp_kind = kinds.get((model.get("mtp") or {}).get("layer_kind") or "")
+    if mtp_kind is not None and (mtp_kind.get("attention") or {}).get("name") == "sliding_window" and not sliding:
+        chosen, attention, sliding = [*chosen, mtp_kind], [*attention, mtp_kind["attention"]], [len(chosen)]
+    dense = [
+        c["feed_forward"] for c in [*chosen, mtp_kind or {}] if (c.get("feed_forward") or {}).get("name") == "swiglu"
+    ]
 
     def rotary(positional: dict) -> dict[str, Any]:
         if positional["name"] != "rope":
@@ -119,7 +155,7 @@ def _write_layers(model: dict) -> dict[str, Any]:
         "layer_types": ["sliding_attention" if i in sliding else "full_attention" for i in range(model["n_layers"])],
         "mlp_layer_types": [
             "dense" if (c.get("feed_forward") or model["feed_forward"])["name"] == "swiglu" else "sparse"
-            for c in chosen
+            for c in chosen[: model["n_layers"]]
         ],
         "sliding_window": attention[sliding[0]]["window"] if sliding else 129,  # MiMoV2FlashConfig's default
         "attention_value_scale": model["attention"].get("value_scale", 1.0),
@@ -150,6 +186,48 @@ def value_rows(dims: Dims, shape: tuple[int, ...]) -> tuple[int, ...]:
     q, k = dims.n_heads * dims.head_size, dims.n_kv_heads * dims.head_size
     return q, k, shape[0] - q - k
 
+
+MIMO_WEIGHTS = (
+    tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith("blocks.{i}.attention.qkv"))
+    + tuple(
+        Weight(
+            f"blocks.{{i}}.attention.qkv.{p}",
+            tuple(f"model.layers.{{i}}.self_attn.{x}_proj.{p}" for x in "qkv"),
+            "rows",
+            value_rows,
+        )
+        for p in ("weight", "bias")
+    )
+    + (Weight("blocks.{i}.attention.sinks", ("model.layers.{i}.self_attn.attention_sink_bias",)),)
+    + expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
+    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),)
+)
+# The checkpoints' MTP modules (model.mtp.layers.{i}, as vLLM's and SGLang's MiMo MTP loaders read them): a dense
+# decoder layer's tensors, its second norm named pre_mlp_layernorm, with enorm, hnorm, eh_proj and final_layernorm.
+MIMO_MTP = MtpLayout(
+    "num_nextn_predict_layers",
+    r"({prefix})?mtp\.layers\.0\.",
+    shared_copies=False,
+    read=_read_mtp,
+    settings="`mtp.layer_kind` = `sliding_dense` (a windowed layer with sinks and a dense SwiGLU: the sliding_attention "
+    "keys and intermediate_size), `mtp.chain_normed` = true",
+)
+MIMO_MTP_WEIGHTS = tuple(
+    replace(w, theirs=tuple(t.replace("post_attention_layernorm", "pre_mlp_layernorm") for t in w.theirs))
+    for w in mtp_weights(
+        tuple(w for w in MIMO_WEIGHTS if not any(".mlp.experts." in t or ".mlp.gate." in t for t in w.theirs)),
+        tuple(
+            (ours, f"model.mtp.layers.{{i}}.{theirs}")
+            for ours, theirs in (
+                ("enorm.weight", "enorm.weight"),
+                ("hnorm.weight", "hnorm.weight"),
+                ("eh_proj.weight", "eh_proj.weight"),
+                ("norm.weight", "final_layernorm.weight"),
+            )
+        ),
+        "model.mtp.layers.{i}.",
+    )
+)
 
 MIMO_V2_FLASH = Family(
     model_type="mimo_v2_flash",
@@ -186,19 +264,8 @@ MIMO_V2_FLASH = Family(
             "the weights must be floating point; dequantize the FP8 checkpoint to bf16 first",
         ),
     ),
-    weights=tuple(w for w in LLAMA_WEIGHTS if not w.ours.startswith("blocks.{i}.attention.qkv"))
-    + tuple(
-        Weight(
-            f"blocks.{{i}}.attention.qkv.{p}",
-            tuple(f"model.layers.{{i}}.self_attn.{x}_proj.{p}" for x in "qkv"),
-            "rows",
-            value_rows,
-        )
-        for p in ("weight", "bias")
-    )
-    + (Weight("blocks.{i}.attention.sinks", ("model.layers.{i}.self_attn.attention_sink_bias",)),)
-    + expert_weights("model.layers.{i}.mlp", "gate_proj", "up_proj", "down_proj")
-    + (Weight("blocks.{i}.feed_forward.expert_bias", ("model.layers.{i}.mlp.gate.e_score_correction_bias",)),),
-    conversions=(Conversion(_read_layers, _write_layers),),
+    weights=MIMO_WEIGHTS + MIMO_MTP_WEIGHTS,
+    conversions=(Conversion(_read_layers, _write_layers), mtp_conversion(MIMO_MTP)),
     legacy=_legacy,
+    mtp=MIMO_MTP,
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gptzoo.core import Dims, ModelConfig
 from gptzoo.recipes.interop.hf.families.base import Conversion, MtpLayout, Weight
 
 # The copies of the embedding and the head each MTP layer stores.
@@ -68,7 +69,9 @@ def mtp_conversion(layout: MtpLayout) -> Conversion:
         depth = model["mtp"]["depth"] if model.get("mtp") else 0
         if layout.max_depth is not None and depth > layout.max_depth:
             raise ValueError(f"mtp depth {depth} has no counterpart (the family's checkpoints hold {layout.max_depth})")
-        return {layout.depth_key: depth} if depth else {}
+        if not depth:
+            return {}
+        return {layout.depth_key: depth} | (layout.write(model) if layout.write is not None else {})
 
     return Conversion(lambda hf: {}, write)
 
@@ -82,15 +85,27 @@ def add_held_mtp(table: dict, hf: dict, stored: dict, prefix: str, layout: MtpLa
     depth, n = hf.get(layout.depth_key) or 0, hf["num_hidden_layers"]
     held = re.compile(layout.held.replace("{prefix}", re.escape(prefix)).replace("{n}", str(n)))
     if depth and any(held.match(key) and not re.fullmatch(SHARED_COPIES, key) for key in stored):
-        if layout.max_depth is not None and depth > layout.max_depth:
-            raise ValueError(
-                f"{layout.depth_key} = {depth} is not supported for {hf['model_type']} (its MTP layers share one fc "
-                f"and norms, which gptzoo's sequential modules do not; gptzoo reads {layout.max_depth})"
-            )
-        why = layout.block_mismatch(hf) if layout.block_mismatch is not None else None
-        if why is not None:
-            raise ValueError(f"the checkpoint's MTP layers are not supported for {hf['model_type']} ({why})")
-        table["mtp"] = {"name": "sequential", "depth": depth}
+        add_mtp(table, hf, layout)
+
+
+def add_mtp(table: dict, hf: dict, layout: MtpLayout) -> None:
+    """Give ``table`` the MTP modules config.json describes (``layout``: how); ValueError for more than the
+    layout's modules express or for settings gptzoo does not implement."""
+    depth = hf.get(layout.depth_key) or 0
+    if layout.max_depth is not None and depth > layout.max_depth:
+        raise ValueError(
+            f"{layout.depth_key} = {depth} is not supported for {hf['model_type']} (its MTP layers share one fc "
+            f"and norms, which gptzoo's sequential modules do not; gptzoo reads {layout.max_depth})"
+        )
+    why = layout.block_mismatch(hf) if layout.block_mismatch is not None else None
+    if why is not None:
+        raise ValueError(f"the checkpoint's MTP layers are not supported for {hf['model_type']} ({why})")
+    table["mtp"] = {"name": "sequential", "depth": depth} | (layout.read(hf, table) if layout.read is not None else {})
+
+
+def mtp_dims(model: ModelConfig) -> Dims | None:
+    """The dimensions of ``model``'s multi-token prediction blocks (their layer kind's), None without them."""
+    return model.kind_dims(model.mtp_layer().kind) if model.mtp is not None else None
 
 
 def shared_copies(specs: dict, depth: int, n_layers: int, tied: bool) -> dict:

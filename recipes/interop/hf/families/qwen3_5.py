@@ -25,6 +25,7 @@ from gptzoo.recipes.interop.hf.families.qwen3_next import (
     GATED_SHARED_EXPERT_WEIGHTS,
     LINEAR,
     MTP,
+    MTP_EMBEDDING,
     MTP_QUERIES,
     QWEN3_NEXT,
     hybrid_kinds,
@@ -86,7 +87,7 @@ UNFUSED_LINEAR_WEIGHTS = (
 def with_mtp(weights: tuple[Weight, ...]) -> tuple[Weight, ...]:
     """``weights`` and the multi-token-prediction module's, Qwen3-Next's layout (``mtp.*``): a gated attention layer."""
     layer = tuple(w for w in weights if not any(t.startswith(LINEAR) for t in w.theirs))
-    return weights + mtp_weights(layer, QWEN3_NEXT_OWN, "mtp.layers.{i}.")
+    return weights + mtp_weights(layer, QWEN3_NEXT_OWN, "mtp.layers.{i}.") + MTP_EMBEDDING
 
 
 UNFUSED_QKV = Fused(

@@ -9,7 +9,9 @@ holds, per head, its query rows and then its output gate's rows.
 The published checkpoints also carry a multi-token-prediction module (``mtp.*``: fc, the two
 pre_fc norms, one gated-attention decoder layer, norm; ``mtp_num_hidden_layers`` = 1), which
 transformers does not load. Import keeps it as ``model.mtp`` when the checkpoint holds it, and
-export writes it back (families/mtp.py).
+export writes it back (families/mtp.py). With ``mtp_use_dedicated_embeddings`` (false in every
+published config.json) the module embeds the tokens ahead with a table of its own,
+``mtp.embed_tokens``: gptzoo's ``own_embedding``.
 """
 
 from __future__ import annotations
@@ -263,7 +265,24 @@ def _mtp_block_mismatch(hf: dict) -> str | None:
     return f"its MTP layer is a full_attention layer, which gptzoo builds as the model's last layer: {last} here"
 
 
-MTP = replace(QWEN3_NEXT_MTP, block_mismatch=_mtp_block_mismatch)
+def _read_mtp_embedding(hf: dict, table: dict) -> dict[str, Any]:
+    """mtp_use_dedicated_embeddings: the module embeds the tokens ahead with a table of its own, mtp.embed_tokens (as
+    the published loaders that read the key take it); every published config.json has false."""
+    dedicated = hf.get("mtp_use_dedicated_embeddings", False)
+    if dedicated not in (True, False):
+        raise ValueError(f"mtp_use_dedicated_embeddings = {json.dumps(dedicated)} is not supported (true or false)")
+    return {"own_embedding": dedicated}
+
+
+MTP = replace(
+    QWEN3_NEXT_MTP,
+    block_mismatch=_mtp_block_mismatch,
+    read=_read_mtp_embedding,
+    write=lambda model: {"mtp_use_dedicated_embeddings": model["mtp"]["own_embedding"]},
+    settings="`mtp_use_dedicated_embeddings` (false when absent) is `mtp.own_embedding`, the table `mtp.embed_tokens`",
+)
+# the MTP module's own embedding, with mtp_use_dedicated_embeddings
+MTP_EMBEDDING = (Weight("mtp.token_embedding.weight", ("mtp.embed_tokens.weight",)),)
 # the MTP module's decoder layer is mtp.layers.0, a gated attention layer with its q_proj fused as the model's
 MTP_LAYER_WEIGHTS = tuple(w for w in QWEN3_NEXT_WEIGHTS if not any(t.startswith(LINEAR) for t in w.theirs))
 MTP_QUERIES = tuple(
@@ -308,7 +327,7 @@ QWEN3_NEXT = Family(
         "head": {"name": "lm"},
     },
     requires=(SILU,),
-    weights=QWEN3_NEXT_WEIGHTS + mtp_weights(MTP_LAYER_WEIGHTS, QWEN3_NEXT_OWN, "mtp.layers.{i}."),
+    weights=QWEN3_NEXT_WEIGHTS + mtp_weights(MTP_LAYER_WEIGHTS, QWEN3_NEXT_OWN, "mtp.layers.{i}.") + MTP_EMBEDDING,
     conversions=(Conversion(_read_layers, _write_layers), ROPE_SCALING, mtp_conversion(MTP)),
     fused=(
         Fused(f"{LINEAR}.in_proj_qkvz.weight", tuple(f"{LINEAR}.in_proj_qkvz.weight[{p}]" for p in "qkvz"), key_heads),
