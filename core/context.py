@@ -7,7 +7,7 @@ from it is the ``ctx.`` table of docs/extending.md ("Writing an attention varian
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -84,8 +84,10 @@ class AttentionContext:
         token_ids: Tensor | None = None,
         embeddings: Tensor | None = None,
         meter: Meter | None = None,
+        handovers: dict[str, Any] | None = None,
     ):
         self.token_ids, self.embeddings = token_ids, embeddings
+        self.handovers = {} if handovers is None else handovers  # one per forward, shared by its contexts
         self.positional = positional
         self.kv_store = kv_store  # one per forward, shared by its contexts: the layers read, None until they share
         self.recorder = recorder
@@ -113,6 +115,18 @@ class AttentionContext:
         shared = self.kv_store.get(layer) if self.kv_store is not None else None
         assert shared is not None, f"layer {layer} handed over no keys and values in this forward"
         return shared
+
+    def hand_over(self, name: str, value: Any) -> None:
+        """Leave ``value`` under ``name`` for the layers after this one in this forward (replacing an earlier one's)."""
+        self.handovers[name] = value
+
+    def handed(self, name: str) -> Any:
+        """What the latest earlier layer of this forward handed over under ``name``."""
+        if name not in self.handovers:
+            raise GptzooError(
+                f"no earlier layer handed over {name!r} in this forward: a layer reading it needs one before it"
+            )
+        return self.handovers[name]
 
     @property
     def capturing(self) -> bool:

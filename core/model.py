@@ -136,7 +136,8 @@ class GPT(nn.Module):
             cast(PositionalEncoding, scheme).reach(offset + T)
         kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
         x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
-        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x, meter)
+        handovers: dict[str, object] = {}  # what a layer leaves for the later ones (AttentionContext.hand_over)
+        shared = (positions, key_positions, offset, key_valid, recorder, origin, kv_store, idx, x, meter, handovers)
         schemes: dict[str | None, nn.Module] = {None: self.positional, **dict(self.kind_positionals.items())}
         return {kind: AttentionContext(cast(PositionalEncoding, p), *shared) for kind, p in schemes.items()}
 

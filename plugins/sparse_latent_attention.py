@@ -24,12 +24,16 @@ divergence from the attention's distribution over the chosen keys (summed over h
 held fixed) to the softmax of the indexer's scores over them, with the indexer's inputs detached so
 that this loss trains the indexer alone (DeepSeek-V3.2's sparse stage; while every key is chosen it is
 their dense warm-up's loss). It writes out each head's probabilities, as the eager path does.
+
+GLM-5 may give some layers no indexer (``shared_index_layers``): such a layer attends to the keys the
+latest earlier layer's indexer chose in the same forward (handed over through the context), caches no
+index keys and has no indexer loss.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +60,12 @@ class SparseLatentParams(LatentParams):
     )
     index_loss_weight: float = Field(
         1.0, ge=0, description="weight of the indexer's KL loss (dsa_indexer), its only training signal"
+    )
+    shared_index_layers: tuple[int, ...] = Field(
+        (),
+        description="the layers (by index) that run no indexer of their own and attend to the keys the latest "
+        "earlier layer's indexer chose in the same forward (GLM-5's indexer_types \"shared\"); (): every layer "
+        "runs its own",
     )
 
 
@@ -93,12 +103,21 @@ def pair_order(width: int, layout: str, device: torch.device) -> Tensor:
     return torch.cat([2 * half, 2 * half + 1])
 
 
+CHOSEN_KEYS = "sparse_latent.chosen_keys"  # what an indexer hands over: (B, T, Tk) bool, None where it chose every key
+
+
 class SparseLatentAttention(LatentAttention):
     Params = SparseLatentParams
 
     @classmethod
     def check(cls, params: SparseLatentParams, dims: Dims) -> None:
         super().check(params, dims)
+        outside = [i for i in params.shared_index_layers if not 0 < i < dims.n_layers]
+        if outside:
+            raise ValueError(
+                f"shared_index_layers names {outside}: a layer reusing an earlier layer's chosen keys is one of "
+                f"layers 1 to {dims.n_layers - 1} (layer 0 has no earlier layer)"
+            )
         if params.index_head_dim < dims.head_size:
             raise ValueError(
                 f"the indexer rotates its first head_dim = {dims.head_size} features: index_head_dim must be at "
@@ -107,17 +126,21 @@ class SparseLatentAttention(LatentAttention):
 
     def __init__(self, params: SparseLatentParams, dims: Dims):
         super().__init__(params, dims)
-        self.indexer = Indexer(
-            params.q_lora_rank or dims.d_model, dims.d_model, params.index_heads, params.index_head_dim
+        self.indexer = (
+            None
+            if dims.layer_idx in params.shared_index_layers
+            else Indexer(params.q_lora_rank or dims.d_model, dims.d_model, params.index_heads, params.index_head_dim)
         )
         self._index_loss: Tensor | None = None
 
-    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> SparseLatentCache:
+    def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LatentCache:
         width = self.rank + self.dims.head_size
+        if self.indexer is None:
+            return LatentCache(batch_size, max_len, width, device, dtype)
         return SparseLatentCache(batch_size, max_len, width, self.params.index_head_dim, device, dtype)
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        width = self.rank + self.dims.head_size + self.params.index_head_dim
+        width = self.rank + self.dims.head_size + (self.params.index_head_dim if self.indexer is not None else 0)
         return width * n_tokens * torch.empty((), dtype=dtype).element_size()
 
     def flops_per_token(self, context_length: int) -> int:
@@ -125,7 +148,7 @@ class SparseLatentAttention(LatentAttention):
         # weighted sum); attention itself reaches index_topk keys at most.
         p = self.params
         projections = sum(2 * m.weight.numel() for m in self.owned_modules() if isinstance(m, nn.Linear))
-        scoring = 2 * p.index_heads * (p.index_head_dim + 1) * context_length
+        scoring = 2 * p.index_heads * (p.index_head_dim + 1) * context_length if self.indexer is not None else 0
         attended = min(context_length, p.index_topk)
         return projections + scoring + 2 * self.dims.n_heads * (self.nope + self.dims.head_size + self.value) * attended
 
@@ -134,7 +157,7 @@ class SparseLatentAttention(LatentAttention):
             return {}
         return {"dsa_indexer": AuxiliaryLoss(self._index_loss, self.params.index_loss_weight)}
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: SparseLatentCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LatentCache | None = None) -> Tensor:
         B, T, _ = x.shape
         nh, dr = self.dims.n_heads, self.dims.head_size
         if self.params.q_lora_rank is None:
@@ -148,25 +171,33 @@ class SparseLatentAttention(LatentAttention):
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.rank, dr], dim=-1)  # (B, T, r), (B, T, dr)
         q_rot, k_rot = ctx.rotate(q_rot, k_rot.unsqueeze(1))  # (B, nh, T, dr), (B, 1, T, dr)
         kv = torch.cat([self.kv_a_layernorm(latent).unsqueeze(1), k_rot], dim=-1)  # (B, 1, T, r + dr)
-        index_q, index_k = self.index_queries_and_keys(x.detach(), q_input.detach(), ctx)  # (B, T, H, D), (B, T, D)
+        if self.indexer is not None:  # its keys cached whether or not this forward's queries choose among them
+            index_q, index_k = self.index_queries_and_keys(x.detach(), q_input.detach(), ctx)  # (B, T, H, D), (B, T, D)
         if cache is not None:
             kv = cache.update(kv, ctx.offset)  # (B, 1, Tk, r + dr)
-            index_k = cache.update_index(index_k, ctx.offset)  # (B, Tk, D)
+            if self.indexer is not None:
+                index_k = cast(SparseLatentCache, cache).update_index(index_k, ctx.offset)  # (B, Tk, D)
         Tk = kv.size(2)
-        recording = torch.is_grad_enabled() and self.params.index_loss_weight > 0
-        if Tk <= self.params.index_topk and not recording:  # every key chosen: latent attention as it is
-            bias, is_causal = (None if ctx.is_causal else ctx.bias(q.dtype)), ctx.is_causal
+        recording = self.indexer is not None and torch.is_grad_enabled() and self.params.index_loss_weight > 0
+        scores = None
+        if self.indexer is None:  # the latest earlier layer's choice
+            chosen = ctx.handed(CHOSEN_KEYS)
+        elif Tk <= self.params.index_topk and not recording:  # every key chosen: latent attention as it is
+            chosen = None
         else:
             bias = ctx.bias(q.dtype)  # (B|1, 1|nh, T, Tk) or None where every key is allowed
             allowed = None if bias is None else torch.isfinite(bias[:, 0])  # (B|1, T, Tk)
             scores = self.index_scores(x.detach(), index_q, index_k)  # (B, T, Tk)
             chosen = self.choose(scores.detach(), allowed)  # (B, T, Tk)
+        if self.indexer is not None:
+            ctx.hand_over(CHOSEN_KEYS, chosen)
+        if chosen is None:
+            bias, is_causal = (None if ctx.is_causal else ctx.bias(q.dtype)), ctx.is_causal
+        else:
+            bias = ctx.bias(q.dtype)
             bias = torch.zeros(B, 1, T, Tk, dtype=q.dtype, device=x.device) if bias is None else bias
             bias, is_causal = bias.masked_fill(~chosen.unsqueeze(1), float("-inf")), False
-            if recording:
-                self._index_loss = self.index_loss(q_nope, q_rot, kv, bias, scores, chosen)
-        if not recording:
-            self._index_loss = None
+        self._index_loss = self.index_loss(q_nope, q_rot, kv, bias, cast(Tensor, scores), chosen) if recording else None
         attend = self.absorbed if self.absorbing_is_cheaper(T, Tk) else self.explicit
         y = attend(q_nope, q_rot, kv, bias, is_causal, ctx if ctx.capturing else None)  # (B, nh, T, dv)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, nh * self.value))  # (B, T, C)
@@ -175,8 +206,9 @@ class SparseLatentAttention(LatentAttention):
         """The indexer's queries (B, T, H, D) and keys (B, T, D), their first head_dim features rotated."""
         B, T, _ = x.shape
         H, D, dr = self.params.index_heads, self.params.index_head_dim, self.dims.head_size
-        q = self.indexer.wq_b(q_input).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.indexer.k_norm(self.indexer.wk(x)).unsqueeze(1)  # (B, 1, T, D)
+        indexer = cast(Indexer, self.indexer)  # a layer without one never asks
+        q = indexer.wq_b(q_input).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = indexer.k_norm(indexer.wk(x)).unsqueeze(1)  # (B, 1, T, D)
         # The model's rotary turns its own pairs; reordering the features first makes them the indexer's pairs.
         # Scores are dot products, the same under any one order of q's and k's features, so none is undone.
         # The scheme's params hold its fields in __dict__ (getattr's miss would run pydantic's __getattr__,
@@ -194,7 +226,7 @@ class SparseLatentAttention(LatentAttention):
         """I(t, s) = Σ_j w_j(t) · ReLU(q_j(t)·k(s) / sqrt(D)): q (B, T, H, D), k (B, Tk, D) -> (B, T, Tk), float32."""
         H, D = self.params.index_heads, self.params.index_head_dim
         scores = F.relu(q.float() @ k.float().transpose(-1, -2).unsqueeze(1) / math.sqrt(D))  # (B, T, H, Tk)
-        weights = self.indexer.weights_proj(x).float() / math.sqrt(H)  # (B, T, H)
+        weights = cast(Indexer, self.indexer).weights_proj(x).float() / math.sqrt(H)  # (B, T, H)
         return (weights.unsqueeze(-2) @ scores).squeeze(-2)  # (B, T, Tk)
 
     def choose(self, scores: Tensor, allowed: Tensor | None) -> Tensor:

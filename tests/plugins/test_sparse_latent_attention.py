@@ -14,12 +14,13 @@ sides where there are none (``test_sparse_attention_matches_transformers``).
 """
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims
+from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims, GptzooError
 from gptzoo.testing import build, check_component, tiny_config
 
 C, NH, DR, DN, DV, R, RQ, H, D, TOPK = 48, 4, 8, 12, 10, 20, 24, 3, 16, 4
@@ -301,3 +302,66 @@ def test_the_kit_passes_sparse_attention_choosing_fewer_keys_than_it_sees(regist
         index_heads=2,
         index_head_dim=12,
     )
+
+
+# ---- GLM-5's shared indexers: a layer attending to the keys an earlier layer's indexer chose ---------------
+
+
+SHARED = {"name": "sparse_latent", "kv_lora_rank": 16, "index_topk": 3, "index_heads": 2, "index_head_dim": 12}
+
+
+@torch.no_grad()
+def test_a_shared_layer_attends_to_the_keys_the_earlier_layers_indexer_chose(registry):
+    """Layer 1 without an indexer gives what it gives with layer 0's choice written into its mask by hand."""
+    model = build(tiny_config(registry, attention=SHARED | {"shared_index_layers": [1]}, positional="rope"))
+    first, second = model.blocks[0].attention, model.blocks[1].attention
+    assert first.indexer is not None and second.indexer is None
+    assert not any(".1.attention.indexer" in name for name in model.state_dict())
+    x = torch.randn(2, 10, model.config.d_model)
+    ctx = model.attention_contexts(torch.zeros(2, 10, dtype=torch.long))[None]
+    first(x, ctx)
+    chosen = ctx.handed("sparse_latent.chosen_keys")  # (B, T, Tk): layer 0's choice, 3 keys a query past the third
+    assert chosen.shape == (2, 10, 10) and (chosen.sum(-1) == torch.arange(1, 11).clamp(max=3)).all()
+    own = second(x, ctx)
+    mask = torch.zeros(2, 1, 10, 10).masked_fill(~chosen.unsqueeze(1), float("-inf"))
+    B, T, nh, dr = 2, 10, second.dims.n_heads, second.dims.head_size
+    q_nope, q_rot = second.q_proj(x).view(B, T, nh, -1).transpose(1, 2).split([second.nope, dr], dim=-1)
+    latent, k_rot = second.kv_a_proj_with_mqa(x).split([second.rank, dr], dim=-1)
+    q_rot, k_rot = ctx.rotate(q_rot, k_rot.unsqueeze(1))
+    kv = torch.cat([second.kv_a_layernorm(latent).unsqueeze(1), k_rot], dim=-1)
+    expected = second.explicit(q_nope, q_rot, kv, mask, False, None)
+    torch.testing.assert_close(own, second.out_proj(expected.transpose(1, 2).reshape(B, T, -1)))
+
+
+def test_a_shared_layer_caches_no_index_keys_and_counts_no_indexer(registry):
+    shared = build(tiny_config(registry, attention=SHARED | {"shared_index_layers": [1]}, positional="rope"))
+    own = build(tiny_config(registry, attention=SHARED, positional="rope"))
+    index = 12 * 4  # an index key per token, fp32
+    assert own.kv_cache_bytes(16) - shared.kv_cache_bytes(16) == 16 * index
+    assert not hasattr(shared.new_cache(1, 16).layers[1], "index_keys")
+    indexer = sum(p.numel() for p in own.blocks[1].attention.indexer.parameters())
+    assert own.param_counts()["total"] - shared.param_counts()["total"] == indexer
+    assert own.blocks[1].attention.flops_per_token(16) > shared.blocks[1].attention.flops_per_token(16)
+
+
+@pytest.mark.parametrize("layers, named", [([0], "[0]"), ([1, 2], "[2]")])
+def test_shared_index_layers_outside_layers_1_to_the_last_are_refused_at_load(registry, layers, named):
+    with pytest.raises(ConfigError, match=re.escape(f"shared_index_layers names {named}: a layer reusing")):
+        tiny_config(registry, attention=SHARED | {"shared_index_layers": layers}, positional="rope")
+
+
+def test_a_shared_layer_without_an_indexer_before_it_says_so(registry):
+    config = tiny_config(
+        registry,
+        positional="rope",
+        attention=SHARED | {"shared_index_layers": [1]},
+        layer_pattern=["plain", "sparse"],
+        layer_kinds={"plain": {"attention": "sdpa"}, "sparse": {}},
+    )
+    with pytest.raises(GptzooError, match="no earlier layer handed over 'sparse_latent.chosen_keys'"):
+        build(config)(torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_the_kit_passes_a_layer_reusing_the_earlier_layers_chosen_keys(registry):
+    params = {k: v for k, v in SHARED.items() if k != "name"}
+    check_component("attention", "sparse_latent", registry=registry, shared_index_layers=[1], **params)

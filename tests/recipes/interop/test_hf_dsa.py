@@ -110,6 +110,23 @@ CASES = {
             index_n_heads=12,
         ),
     ),
+    # GLM-5's shared indexers: layers 1 and 2 run none and attend to the keys layer 0's chose, layer 3 runs its
+    # own and layer 4 reuses its choice (indexer_types); the first layer dense
+    "glm_moe_dsa-shared": (
+        "GlmMoeDsaConfig",
+        dict(
+            num_hidden_layers=5,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_shared_experts=1,
+            moe_intermediate_size=24,
+            n_group=1,
+            topk_group=1,
+            index_n_heads=12,
+            indexer_types=["full", "shared", "shared", "full", "shared"],
+        ),
+    ),
 }
 
 
@@ -192,6 +209,8 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model_type"] == model.config.model_type
     assert config["mlp_layer_types"] == model.config.mlp_layer_types
+    if case.startswith("glm_moe_dsa"):
+        assert config["indexer_types"] == model.config.indexer_types
     assert (config["index_topk"], config["index_n_heads"], config["index_head_dim"]) == (
         TOPK,
         model.config.index_n_heads,
@@ -217,11 +236,15 @@ def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
     assert (attention["index_topk"], attention["index_heads"], attention["index_rope_layout"]) == (
         TOPK,
         hf_model.config.index_n_heads,
-        "interleaved" if case == "glm_moe_dsa" else "halves",
+        "interleaved" if case.startswith("glm_moe_dsa") else "halves",
     )
     assert model["positional"]["layout"] == "interleaved"
-    config = hf_model.config  # per token: the latent and rotary key, and the indexer's key, fp32, every layer
-    per_token = (config.kv_lora_rank + config.qk_rope_head_dim + config.index_head_dim) * 4 * config.num_hidden_layers
+    # per token: the latent and rotary key in every layer and the indexer's key in those that run one, fp32
+    config = hf_model.config
+    indexers = sum(layer.self_attn.indexer is not None for layer in hf_model.model.layers)
+    per_token = 4 * (
+        (config.kv_lora_rank + config.qk_rope_head_dim) * config.num_hidden_layers + config.index_head_dim * indexers
+    )
     run = load_run(tmp_path / "run")
     assert run.model.kv_cache_bytes(32) == 32 * per_token
 
@@ -231,10 +254,15 @@ def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
     [
         (
             "glm_moe_dsa",
-            {"indexer_types": ["full", "shared", "full"]},
-            "indexer_types = ['full', 'shared', 'full'] is not supported for glm_moe_dsa (layers reusing the previous layer's chosen keys, \"shared\"",
+            {"indexer_types": ["shared", "full", "full"]},
+            'indexer_types = ["shared", "full", "full"] is not supported for glm_moe_dsa (gptzoo reads 3 layers of '
+            '"full" or "shared", the first "full"',
         ),
-        ("glm_moe_dsa", {"indexer_types": None, "index_topk_freq": 2}, "index_topk_freq = 2 is not supported"),
+        (
+            "glm_moe_dsa",
+            {"indexer_types": None, "index_topk_pattern": "FSX"},
+            'index_topk_pattern = "FSX" is not supported for glm_moe_dsa',
+        ),
         (
             "deepseek_v32",
             {"mlp_layer_types": ["dense", "mixed", "sparse"]},
@@ -258,3 +286,20 @@ def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, chang
     err = capsys.readouterr().err
     assert named in err and "config.json" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_mtp_layer_after_a_layer_reusing_an_earlier_choice_is_refused(tmp_path, capsys):
+    """gptzoo builds the MTP block as the model's last layer; one that reuses an earlier layer's chosen keys would
+    find none before it in the MTP module: refused, naming why."""
+    from safetensors.torch import save_file
+
+    build("glm_moe_dsa-shared").save_pretrained(tmp_path / "src")
+    tensors = load_file(str(tmp_path / "src" / "model.safetensors"))
+    mtp = {"model.layers.5.enorm.weight": torch.ones(COMMON["hidden_size"])}  # the checkpoint holds an MTP layer
+    save_file(tensors | mtp, str(tmp_path / "src" / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config | {"num_nextn_predict_layers": 1}))
+    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "MTP layers are not supported for glm_moe_dsa" in err and 'indexer_types "shared"' in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()

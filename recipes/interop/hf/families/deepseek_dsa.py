@@ -2,11 +2,13 @@
 a lightning indexer in each attention layer choosing every query's ``index_topk`` keys (gptzoo's
 ``sparse_latent`` attention). V3.2's indexer rotates halves, GLM-5's interleaved pairs; both attentions
 rotate interleaved pairs whatever ``rope_interleave`` says (transformers reads no such key for either).
-GLM-5 can let a layer reuse the previous one's choice (``indexer_types`` "shared"), which gptzoo lacks.
+GLM-5 can let a layer reuse the latest earlier one's choice (``indexer_types`` "shared"): the attention's
+``shared_index_layers``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -108,18 +110,30 @@ def _indexer_types(hf: dict) -> list[str]:
 
 
 def _read_indexer_types(hf: dict) -> dict[str, Any]:
-    types = _indexer_types(hf)
-    if set(types) != {"full"}:
+    """The "shared" layers, which run no indexer and reuse the latest earlier "full" layer's choice."""
+    types, n = _indexer_types(hf), hf["num_hidden_layers"]
+    if len(types) != n or set(types) - {"full", "shared"} or types[:1] != ["full"]:
         key = next(k for k in ("indexer_types", "index_topk_pattern", "index_topk_freq") if hf.get(k) is not None)
         raise ValueError(
-            f"{key} = {hf[key]} is not supported for glm_moe_dsa (layers reusing the previous layer's chosen keys, "
-            f'"shared": gptzoo runs every layer\'s own indexer, "full")'
+            f"{key} = {json.dumps(hf[key])} is not supported for glm_moe_dsa (gptzoo reads {n} layers of "
+            '"full" or "shared", the first "full": a "shared" layer reuses an earlier layer\'s chosen keys)'
         )
-    return {}
+    shared = [i for i, kind in enumerate(types) if kind == "shared"]
+    return {"attention.shared_index_layers": shared} if shared else {}
 
 
 def _write_indexer_types(model: dict) -> dict[str, Any]:
-    return {"indexer_types": ["full"] * model["n_layers"]}
+    shared = set(model["attention"].get("shared_index_layers") or ())
+    return {"indexer_types": ["shared" if i in shared else "full" for i in range(model["n_layers"])]}
+
+
+def _mtp_block_mismatch(hf: dict) -> str | None:
+    if _indexer_types(hf)[-1:] != ["shared"]:
+        return None
+    return (
+        "gptzoo builds its MTP layer as the model's last layer, which reuses an earlier layer's chosen keys here "
+        '(indexer_types "shared"), where an MTP layer has none before it'
+    )
 
 
 GLM_MOE_DSA = Family(
@@ -139,5 +153,5 @@ GLM_MOE_DSA = Family(
     weights=DEEPSEEK_V32.weights,
     conversions=DEEPSEEK_V32.conversions + (Conversion(_read_indexer_types, _write_indexer_types),),
     ignored=DEEPSEEK_V3.ignored,
-    mtp=DEEPSEEK_MTP,
+    mtp=replace(DEEPSEEK_MTP, block_mismatch=_mtp_block_mismatch),
 )
