@@ -444,10 +444,10 @@ PUBLISHED = {
     "smollm3": (
         {  # HuggingFaceTB/SmolLM3-3B's config.json, read from fetchwiki/HuggingFaceTB-SmolLM3-3B, a GitHub mirror of
             # the Hub repository's files (config.json at 24f7882f, beside the Hub's model card and tokenizer.json):
-            # every value here as published; it leaves tie_word_embeddings out (SmolLM3Config's default ties) and has
-            # all layers full_attention, which this entry, recalled before, did not list; no other value differed. The
-            # count is 36 layers of (attention 10,485,760 + SwiGLU 67,633,152 + norms 4,096) + the tied embedding
-            # 262,668,288 + the final norm 2,048 (3.08 B on the Hub page)
+            # every value here as published; it leaves tie_word_embeddings out (SmolLM3Config's default ties) and adds
+            # layer_types (all full_attention), max_window_layers and pretraining_tp, which this entry, recalled before,
+            # did not list; no value it did list differed. The count is 36 layers of (attention 10,485,760 + SwiGLU
+            # 67,633,152 + norms 4,096) + the tied embedding 262,668,288 + the final norm 2,048 (3.08 B on the Hub page)
             "architectures": ["SmolLM3ForCausalLM"],
             "attention_bias": False,
             "attention_dropout": 0.0,
