@@ -1,19 +1,22 @@
 """Self-speculative greedy decoding (the MTP module drafts, the model verifies) against plain greedy
 decoding, in one process.
 
-    python benchmarks/speculative.py [--reps 5] [--threads N] [--out speculative-bench.json] [--quick]
+    python benchmarks/speculative.py [--run RUN --text FILE] [--reps 5] [--threads 1] [--out FILE] [--quick]
 
-A Llama-shaped GPT with one DeepSeek-V3 MTP module, batch 1, a 16-token prompt, ``--new-tokens``
-greedy tokens, both paths with the KV cache; the two are timed in turns (the order reversed every
-other repetition) and the figures are medians; both give the same tokens (checked here). Speed
-depends on how often the draft is right, so the model is measured twice:
+``--run``: a trained run folder whose model has an MTP module (``model.mtp``), its prompts windows
+of ``--text`` (e.g. the corpus it trained on); without it, a Llama-shaped GPT of 4 layers x 256 with
+one DeepSeek-V3 MTP module, untrained, on random prompts. Batch 1, ``--prompts`` prompts of 16
+tokens, ``--new-tokens`` greedy tokens each, both paths with the KV cache, timed in turns (the order
+reversed every other repetition); the figures are medians, both wall-clock and the thread's CPU
+time (which a busy machine disturbs less). Speed depends on how often the draft is right, so each
+model is measured three ways:
 
-- ``untrained``: random weights, drafts almost never right: speculation's overhead (each step a
-  two-token forward of the model and a one-token forward of the MTP module, for one token);
-- ``cyclic``: the model and its module trained until they predict a repeating 7-token text, so
-  nearly every draft is right: two tokens per step, speculation's best case.
+- ``as drafted``: the MTP module's own drafts (a trained model's realistic acceptance rate);
+- ``all accepted``: every draft replaced by the greedy token after it: speculation's best case;
+- ``all rejected``: every draft replaced by another token: its worst case.
 
-Real text falls between: DeepSeek-V3 reports 85-90% of its second-token drafts accepted.
+The replaced drafts come after the module ran, so all three cost the same work per step. Every
+case checks that speculation gave plain decoding's tokens.
 """
 
 from __future__ import annotations
@@ -23,26 +26,28 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from gptzoo.core import GPT
+from gptzoo.recipes.generation import speculative
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.generation.speculative import Speculation, speculative_ids
 from gptzoo.registry import default_registry
 
-CYCLE = [3, 17, 8, 25, 11, 40, 2]
+PROMPT = 16
 
 
-def model(d_model: int, n_layers: int, context: int) -> GPT:
+def synthetic_model(d_model: int, n_layers: int) -> GPT:
     config = default_registry().model_config(
         dict(
             vocab_size=512,
-            context_length=context,
+            context_length=128,
             d_model=d_model,
             n_layers=n_layers,
-            n_heads=d_model // 64,
+            n_heads=4,
             positional="rope",
             norm="rmsnorm",
             feed_forward="swiglu",
@@ -51,84 +56,134 @@ def model(d_model: int, n_layers: int, context: int) -> GPT:
         )
     )
     torch.manual_seed(0)
-    return GPT(config)
+    return GPT(config).eval()
 
 
-def train_on_cycle(m: GPT, steps: int) -> GPT:
-    """Train the model and its MTP module on the repeating text until both predict it."""
-    m.train()
-    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    stream = torch.tensor(CYCLE * 40)
-    for _ in range(steps):
-        starts = torch.randint(0, len(stream) - 65, (8,))
-        batch = torch.stack([stream[s : s + 65] for s in starts])
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        loss = F.cross_entropy(m(inputs).flatten(0, 1), targets.flatten())
-        loss = loss + sum(a.weight * a.value for a in m.auxiliary_losses(targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return m.eval()
+def trained_model(run: str, text: str, n_prompts: int) -> tuple[GPT, list[list[int]]]:
+    from gptzoo.recipes.runs.folder import load_run
+
+    loaded = load_run(run, device="cpu")
+    with open(text, encoding="utf-8") as f:
+        ids = loaded.tokenizer.encode(f.read()[-50_000:])  # the corpus's end: its validation split
+    stride = (len(ids) - PROMPT) // n_prompts
+    return loaded.model.eval(), [ids[i * stride : i * stride + PROMPT] for i in range(n_prompts)]
 
 
-def in_turns(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each fn, one repetition of each at a time, the order reversed every other one."""
+@contextmanager
+def forced_drafts(texts: list[list[int]], current: list[int], right: bool) -> Iterator[None]:
+    """Replace each draft, after the module made it, with the greedy token after the pending one (``right``)
+    or another token; ``texts`` each prompt's whole greedy text, ``current[0]`` the one being decoded."""
+    drafted = speculative._draft
+
+    def forced(model, hidden, following, cache, pending_mask=None):
+        drafted(model, hidden, following, cache, pending_mask)
+        text = texts[current[0]]
+        target = text[min(cache.length + 1, len(text) - 1)]  # the MTP cache is as long as the text before pending
+        token = target if right else (target + 1) % model.config.vocab_size
+        return torch.full((1, 1), token, dtype=torch.long)
+
+    speculative._draft = forced
+    try:
+        yield
+    finally:
+        speculative._draft = drafted
+
+
+def in_turns(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, float]]:
+    """Median wall-clock and thread CPU seconds of each fn, one repetition of each at a time, the order
+    reversed every other one."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for rep in range(reps):
         for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(fns.items()):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append((time.perf_counter() - wall, time.thread_time() - cpu))
+    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
 
 
-def case(name: str, m: GPT, new_tokens: int, reps: int) -> list[dict]:
-    prompt = [(CYCLE * 3)[:16]]
+def case(name: str, m: GPT, prompts: list[list[int]], new_tokens: int, reps: int, texts, current) -> list[dict]:
     stats = Speculation()
-    plain, drafted = generate_ids(m, prompt, new_tokens), speculative_ids(m, prompt, new_tokens, stats=stats)
-    assert plain == drafted, "speculative decoding changed the greedy tokens"
-    seconds = in_turns(
+    for i, prompt in enumerate(prompts):
+        current[0] = i
+        assert speculative_ids(m, [prompt], new_tokens, stats=stats) == [texts[i][PROMPT:]], "tokens changed"
+
+    def each(decode):
+        def run():
+            for i, prompt in enumerate(prompts):
+                current[0] = i
+                decode(m, [prompt], new_tokens)
+
+        return run
+
+    seconds = in_turns({"plain": each(generate_ids), "speculative": each(speculative_ids)}, reps)
+    tokens = new_tokens * len(prompts)
+    (plain_wall, plain_cpu), (spec_wall, spec_cpu) = seconds["plain"], seconds["speculative"]
+    return [
+        {"case": name, "impl": "plain", "tokens_per_s": tokens / plain_wall, "model_forwards": tokens - len(prompts)},
         {
-            "plain": lambda: generate_ids(m, prompt, new_tokens),
-            "speculative": lambda: speculative_ids(m, prompt, new_tokens),
+            "case": name,
+            "impl": "speculative",
+            "tokens_per_s": tokens / spec_wall,
+            "model_forwards": stats.drafted,
+            "acceptance_rate": stats.acceptance_rate,
+            "speedup": plain_wall / spec_wall,
+            "cpu_time_speedup": plain_cpu / spec_cpu,
         },
-        reps,
-    )
-    rows = [{"case": name, "impl": impl, "tokens_per_s": new_tokens / s} for impl, s in seconds.items()]
-    # Forwards of the model after the prompt: plain decoding one per token after the first, speculation one per draft.
-    rows[0] |= {"model_forwards": new_tokens - 1}
-    rows[1] |= {
-        "model_forwards": stats.drafted,
-        "acceptance_rate": stats.acceptance_rate,
-        "speedup": seconds["plain"] / seconds["speculative"],
-    }
-    return rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=None, help="a trained run folder with model.mtp (default: a synthetic model)")
+    parser.add_argument("--text", default=None, help="with --run: the text its prompts are cut from")
+    parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="a small model and few tokens (the suite's check)")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--quick", action="store_true", help="a small synthetic model and few tokens (the suite's check)"
+    )
     parser.add_argument("--out", default="speculative-bench.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.run, args.prompts, args.new_tokens = None, 2, 12
     if args.threads:
         torch.set_num_threads(args.threads)
-    d_model, n_layers, steps = (64, 2, 60) if args.quick else (256, 4, 200)
-    new_tokens = 16 if args.quick else args.new_tokens
-    rows = case("untrained", model(d_model, n_layers, 128), new_tokens, args.reps)
-    rows += case("cyclic", train_on_cycle(model(d_model, n_layers, 128), steps), new_tokens, args.reps)
+    if args.run is not None:
+        if args.text is None:
+            parser.error("--run needs --text, the text its prompts are cut from")
+        m, prompts = trained_model(args.run, args.text, args.prompts)
+    else:
+        m = synthetic_model(*((64, 2) if args.quick else (256, 4)))
+        generator = torch.Generator().manual_seed(0)
+        prompts = torch.randint(0, 512, (args.prompts, PROMPT), generator=generator).tolist()
+    texts = [p + generate_ids(m, [p], args.new_tokens)[0] for p in prompts]
+    current = [0]
+    rows = case("as drafted", m, prompts, args.new_tokens, args.reps, texts, current)
+    for name, right in (("all accepted", True), ("all rejected", False)):
+        with forced_drafts(texts, current, right):
+            rows += case(name, m, prompts, args.new_tokens, args.reps, texts, current)
     for row in rows:
         print(json.dumps(row))
+    c = m.config
     meta = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "model": args.run or "synthetic, untrained",
     }
-    shape = {"d_model": d_model, "n_layers": n_layers, "new_tokens": new_tokens, "prompt": 16, "batch": 1}
+    shape = {
+        "d_model": c.d_model,
+        "n_layers": c.n_layers,
+        "attention": c.attention.name,
+        "vocab_size": c.vocab_size,
+        "new_tokens": args.new_tokens,
+        "prompt": PROMPT,
+        "prompts": len(prompts),
+        "batch": 1,
+    }
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "shape": shape, "cases": rows}, f, indent=1)
     return 0

@@ -21,9 +21,12 @@ def test_speculative_bench_reports_acceptance_and_speeds(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {(r["case"], r["impl"]): r for r in json.loads(out.read_text())["cases"]}
-    assert set(rows) == {(c, i) for c in ("untrained", "cyclic") for i in ("plain", "speculative")}
-    assert rows["cyclic", "speculative"]["acceptance_rate"] > 0.9  # the cycle is learnt: drafts are right
-    assert rows["untrained", "speculative"]["acceptance_rate"] < 0.5
-    # Accepted drafts give two tokens a forward: about half plain decoding's forwards after the prompt.
-    assert rows["cyclic", "speculative"]["model_forwards"] <= rows["cyclic", "plain"]["model_forwards"] // 2 + 1
+    cases = ("as drafted", "all accepted", "all rejected")
+    assert set(rows) == {(c, i) for c in cases for i in ("plain", "speculative")}
+    assert rows["all accepted", "speculative"]["acceptance_rate"] == 1.0
+    assert rows["all rejected", "speculative"]["acceptance_rate"] == 0.0
+    # Accepted drafts give two tokens a forward: about half plain decoding's forwards after each prompt.
+    accepted = rows["all accepted", "speculative"]["model_forwards"]
+    assert accepted <= rows["all accepted", "plain"]["model_forwards"] // 2 + 2
+    assert rows["all rejected", "speculative"]["model_forwards"] == rows["all rejected", "plain"]["model_forwards"]
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
