@@ -882,10 +882,11 @@ PUBLISHED = {
         4_628_569_344 + 35 + 34 * 256,
     ),
     "gemma4-26b-a4b": (
-        {  # Gemma 4 26B-A4B's text_config (google/gemma-4-26B-A4B), not read from the Hub (no network here): the keys
-            # import-hf reads, as copies of that text_config in public repositories give them (hidden 2816, MLP 2112,
-            # 128 experts of 704, 8 a token, 2 global key/value heads of 512 whose keys are their values; published:
-            # 25.2 B parameters, 3.8 B active). The count is what transformers' Gemma4ForCausalLM gives for them
+        {  # Gemma 4 26B-A4B's text_config (google/gemma-4-26B-A4B): the keys import-hf reads, checked against the
+            # copy NVIDIA's ai-dynamo/aiconfigurator keeps of the Hub's config.json (aic-core/src/aiconfigurator_core/
+            # model_configs/google--gemma-4-26B-A4B_config.json at 095f58a5): no value here differed (hidden 2816, MLP
+            # 2112, 128 experts of 704, 8 a token, 2 global key/value heads of 512 whose keys are their values;
+            # published: 25.2 B parameters, 3.8 B active). The count is what transformers' Gemma4ForCausalLM gives for them
             # (25,233,141,760), with its 30 layer_scalar buffers, which gptzoo learns.
             "model_type": "gemma4_text",
             "architectures": ["Gemma4ForCausalLM"],
