@@ -33,6 +33,7 @@ import torch
 
 from gptzoo.core import GPT
 from gptzoo.plugins.latent_attention import LatentAttention
+from gptzoo.recipes.training import costs
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)
@@ -84,7 +85,7 @@ def window_cache(window: int) -> list[dict]:
                     "case": f"decode cache after {n} tokens (window {window})",
                     "impl": attention["name"],
                     "cache_tensor_bytes": cache_tensor_bytes(cache),
-                    "kv_cache_bytes": m.kv_cache_bytes(n),
+                    "kv_cache_bytes": costs.kv_cache_bytes(m, n),
                 }
             )
     return rows
@@ -155,12 +156,12 @@ def latent_kv() -> list[dict]:
     block = m.blocks[0].attention
     formula = (block.rank + m.config.dims().head_size) * 4 * m.config.n_layers
     sdpa = model(GPT2_124M, {"name": "sdpa"})
-    standard = sdpa.kv_cache_bytes(1)
+    standard = costs.kv_cache_bytes(sdpa, 1)
     return [
         {
             "case": "KV cache bytes per token, GPT-2 124M shape, fp32",
             "impl": "latent",
-            "bytes_per_token": m.kv_cache_bytes(1024) // 1024,
+            "bytes_per_token": costs.kv_cache_bytes(m, 1024) // 1024,
             "formula": formula,
             "sdpa_bytes_per_token": standard,
             "kv_lora_rank": block.rank,

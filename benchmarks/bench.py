@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptzoo.recipes.training import costs
+
 SHAPES = {
     # The shape of the measurements: GPT-2 vocabulary, 4 layers, d_model 256, context 256.
     "small": dict(vocab_size=50257, context_length=256, d_model=256, n_layers=4, n_heads=4, batch_size=8),
@@ -138,10 +140,10 @@ def multiplied_parameters(shape_name: str) -> dict:
     matmul = sum(flops for op, flops in counter.get_flop_counts()["Global"].items() if "attention" not in str(op))
     elementwise = sum(p.numel() for p in model.parameters() if p.dim() == 1)
     return {
-        "active_parameters_per_token": model.active_parameters_per_token(),
+        "active_parameters_per_token": costs.active_parameters_per_token(model),
         "multiplied_per_token": matmul // (2 * B * T),
         "elementwise": elementwise,
-        "total": model.param_counts()["total"],
+        "total": costs.param_counts(model)["total"],
     }
 
 

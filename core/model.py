@@ -14,7 +14,6 @@ from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext, Meter, Recorder
 from gptzoo.core.errors import ConfigError
 from gptzoo.core.interfaces import (
-    FAMILIES,
     Attention,
     AuxiliaryLoss,
     Block,
@@ -281,66 +280,6 @@ class GPT(nn.Module):
         if not bounded:
             return "every layer's token mixer keeps every key and value and no state, so it crops to the context as the book does"
         return None
-
-    # ---- accounting ----------------------------------------------------------------------
-
-    def _by_family(self) -> dict[str, list[nn.Module]]:
-        """Every component by family, the positional ones under embeddings with the token embedding, those
-        of the multi-token prediction modules under mtp."""
-        embeddings: list[nn.Module] = [self.token_embedding]
-        elsewhere = {"tokenizer", "positional", *(() if self.mtp is not None else ("mtp",))}
-        groups = {"embeddings": embeddings} | {f: [] for f in FAMILIES if f not in elsewhere}
-        for name, module in self.named_modules():
-            if isinstance(module, Component):
-                family = next(f for f, interface in FAMILIES.items() if isinstance(module, interface))
-                family = "mtp" if name.split(".")[0] == "mtp" else family
-                groups["embeddings" if family == "positional" else family].append(module)
-        return groups
-
-    def param_counts(self) -> dict[str, int]:
-        """Parameters by family; a tied head's shared weight counts once, under embeddings."""
-        seen: set[int] = set()
-        counts = {}
-        for family, modules in self._by_family().items():
-            counts[family] = 0
-            for module in modules:
-                owned = module.owned_modules() if isinstance(module, Component) else [module]
-                for p in (p for m in owned for p in m.parameters(recurse=False)):
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        counts[family] += p.numel()
-        counts["total"] = sum(counts.values())
-        return counts
-
-    def active_parameters_per_token(self) -> int:
-        """Parameters one token's forward pass uses: the total less what each component leaves
-        idle for a token (the experts a router did not choose)."""
-        idle = sum(
-            sum(p.numel() for m in c.owned_modules() for p in m.parameters(recurse=False)) - c.active_parameters()
-            for c in self.modules()
-            if isinstance(c, Component)
-        )
-        return self.param_counts()["total"] - idle
-
-    def flops_per_token(self, context_length: int | None = None) -> dict[str, int]:
-        """FLOPs per token at ``context_length`` by family, from each component's own estimate:
-        ``forward`` is inference's (the multi-token prediction modules do not run there), ``training``
-        three times the forward with the ``mtp`` modules, which training runs."""
-        T = context_length or self.config.context_length
-        parts = {
-            "positional" if family == "embeddings" else family: sum(
-                m.flops_per_token(T) for m in modules if isinstance(m, Component)
-            )
-            for family, modules in self._by_family().items()
-        }
-        parts["forward"] = sum(flops for family, flops in parts.items() if family != "mtp")
-        parts["training"] = 3 * (parts["forward"] + parts.get("mtp", 0))
-        return parts
-
-    def kv_cache_bytes(self, n_tokens: int | None = None, dtype: torch.dtype = torch.float32) -> int:
-        """Bytes the decoding cache holds for one sequence of ``n_tokens`` (default: the context)."""
-        n = n_tokens or self.config.context_length
-        return sum(m.cache_bytes(n, dtype) for m in self.mixers())
 
 
 def _cache_kind(mixer: Attention) -> str:

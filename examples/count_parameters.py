@@ -11,6 +11,7 @@ import argparse
 import torch
 
 from gptzoo.core import GPT
+from gptzoo.recipes.training import costs
 from gptzoo.registry import default_registry
 
 # GPT-2 small (124M), as a dict: the same fields a TOML config's [model] table holds.
@@ -36,9 +37,9 @@ def main() -> None:
     config = default_registry().model_config({**GPT2_SMALL, "n_kv_heads": args.kv_heads})
     with torch.device("meta"):
         model = GPT(config)
-    for family, count in model.param_counts().items():
+    for family, count in costs.param_counts(model).items():
         print(f"{family:>14}  {count:>13,}")
-    cache = model.kv_cache_bytes()  # one sequence at the full context, fp32
+    cache = costs.kv_cache_bytes(model)  # one sequence at the full context, fp32
     print(f"{'kv_cache_bytes':>14}  {cache:>13,}")
 
 

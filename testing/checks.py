@@ -20,6 +20,7 @@ from gptzoo.core import (
     GPT,
     Attention,
     Block,
+    Component,
     ComponentSpec,
     ConfigError,
     GptzooError,
@@ -575,8 +576,11 @@ def check_builds_on_meta(config: ModelConfig) -> None:
     try:
         with torch.device("meta"):
             model = GPT(config)
-        model.flops_per_token()
-        model.kv_cache_bytes()
+        for component in model.modules():  # what describe counts: each component's FLOPs, each mixer's cache
+            if isinstance(component, Component):
+                component.flops_per_token(config.context_length)
+        for mixer in model.mixers():
+            mixer.cache_bytes(config.context_length)
     except Exception as err:  # the kit reports any failure as the plugin's
         raise AssertionError(
             f"[{', '.join(f'{f}={getattr(config, f).name}' for f in MODEL_FAMILIES)}] building on the meta device "

@@ -10,6 +10,7 @@ import torch
 from gptzoo.core import GPT
 from gptzoo.recipes.config.reading import read_toml
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.training import costs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FINETUNE_CONFIGS = sorted(p for p in (CONFIGS / "book").glob("*.toml") if "kind" in read_toml(p))  # a fine-tuning's
@@ -22,7 +23,7 @@ def build_and_run(model_config):
     if model_config.vocab_size is None:
         model_config = model_config.model_copy(update={"vocab_size": model_config.tokenizer.build().vocab_size})
     with torch.device("meta"):
-        total = GPT(model_config).param_counts()["total"]
+        total = costs.param_counts(GPT(model_config))["total"]
     assert total > 0
     if total < SMALL:
         model = GPT(model_config).eval()

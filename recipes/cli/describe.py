@@ -13,6 +13,7 @@ import torch
 from gptzoo.core import GPT, Attention, ComponentSpec, ConfigError
 from gptzoo.core.config import PER_LAYER
 from gptzoo.recipes.config.schema import RunConfig, load_run_config
+from gptzoo.recipes.training import costs
 from gptzoo.recipes.training.models import meta_model, resolve_vocab
 
 HELP = "print a config resolved, its parameter count (total and by family) and cost estimates"
@@ -46,9 +47,9 @@ def describe(config: RunConfig) -> dict:
     caches = [layer_cache(mixer, T) for mixer in model.mixers()]
     return {
         "config": config.model_dump(mode="json"),
-        "parameters": model.param_counts(),
-        "active_parameters_per_token": model.active_parameters_per_token(),
-        "flops_per_token": model.flops_per_token(T),
+        "parameters": costs.param_counts(model),
+        "active_parameters_per_token": costs.active_parameters_per_token(model),
+        "flops_per_token": costs.flops_per_token(model, T),
         "kv_cache": model_cache(model, caches, T) | {"mtp_bytes_per_sequence": mtp_cache_bytes(model, T)},
         "layers": [
             {

@@ -32,7 +32,7 @@ from gptzoo.recipes.runs.files import WEIGHTS, check_out_folder
 from gptzoo.recipes.runs.metrics import append_measurements, append_metrics, read_metrics
 from gptzoo.recipes.runs.sharded import consolidate
 from gptzoo.recipes.runs.weights import unwrap
-from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training import costs, distributed
 from gptzoo.recipes.training.checkpoint import (
     Progress,
     save_checkpoint,
@@ -294,7 +294,7 @@ def train_loop(run: Run, state: TrainState, bar: tqdm, tensorboard: TensorBoardL
 def say_what_trains(run: Run, at: Progress, resume: bool) -> None:
     """One line on what trains where (and one on how the processes share the batch)."""
     cfg = run.config.train
-    n_params = run.model.param_counts()["total"]
+    n_params = costs.param_counts(run.model)["total"]
     run.say(
         f"{'resuming at step ' + str(at.step) + ' of' if resume else 'training'} {run.n_steps} steps of {run.tokens_per_step:,} tokens, "
         f"{n_params:,} parameters on {run.device}; {run.train_windows.describe()} for training, "

@@ -23,7 +23,7 @@ from gptzoo.recipes.runs.manifest import Manifest, check_file, read_manifest
 from gptzoo.recipes.runs.metrics import METRICS, elapsed_at, keep_measurements_until
 from gptzoo.recipes.runs.sharded import SHARDED, consolidated, has_sharded_checkpoint, sharded_files
 from gptzoo.recipes.runs.weights import load_matching_weights, load_weights, weights_step
-from gptzoo.recipes.training import distributed
+from gptzoo.recipes.training import costs, distributed
 from gptzoo.recipes.training.checkpoint import (
     RUN_FILES,
     Progress,
@@ -164,7 +164,7 @@ def set_up(
     torch.manual_seed(cfg.seed)
     model = GPT(config.model)
     n_steps = total_steps(
-        cfg, len(train_windows), config.model.context_length, world.size, model.flops_per_token()["training"]
+        cfg, len(train_windows), config.model.context_length, world.size, costs.flops_per_token(model)["training"]
     )
     sharded = has_sharded_checkpoint(start.manifest) and start.train_state is not None
     if start.train_state is not None and not sharded:

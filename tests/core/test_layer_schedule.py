@@ -7,6 +7,7 @@ import torch
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.config.reading import apply_overrides
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, tiny_config
 
 GEMMA3_LIKE = {  # five local layers with RoPE base 10,000, then one global layer with base 1,000,000
@@ -47,7 +48,7 @@ def test_feed_forward_every_second_layer(registry):
     assert [type(b.feed_forward).__name__ for b in model.blocks] == ["GELUFeedForward", "SwiGLUFeedForward"] * 2
     gelu = 32 * 128 + 128 + 128 * 32 + 32  # 4 × d_model with biases
     swiglu = 3 * 32 * 96  # gate, up, down without biases
-    assert model.param_counts()["feed_forward"] == 2 * gelu + 2 * swiglu
+    assert costs.param_counts(model)["feed_forward"] == 2 * gelu + 2 * swiglu
 
 
 def test_no_positions_on_global_layers_and_an_explicit_list(registry):
@@ -144,9 +145,9 @@ def test_head_dim_apart_from_d_model(registry):
         from gptzoo.core import GPT
 
         model = GPT(config)
-    assert model.param_counts()["attention"] == 1024 * (16 + 2 * 8) * 128 + 16 * 128 * 1024
+    assert costs.param_counts(model)["attention"] == 1024 * (16 + 2 * 8) * 128 + 16 * 128 * 1024
     assert model.blocks[0].attention.out_proj.bias is None
-    assert model.kv_cache_bytes(1) == 2 * 8 * 128 * 4
+    assert costs.kv_cache_bytes(model, 1) == 2 * 8 * 128 * 4
 
 
 @torch.no_grad()
@@ -205,8 +206,8 @@ def test_a_kind_sets_its_own_head_size_and_key_value_heads(registry):
     assert model.blocks[1].attention.qkv.weight.shape == ((4 + 2 * 1) * 16, 32)
     assert model.blocks[1].attention.out_proj.weight.shape == (32, 4 * 16)
     local, wide = 32 * (4 + 2 * 2) * 8 + 4 * 8 * 32, 32 * (4 + 2 * 1) * 16 + 4 * 16 * 32
-    assert model.param_counts()["attention"] == 2 * local + wide
-    assert model.kv_cache_bytes(10) == 4 * 10 * (2 * (2 * 2 * 8) + 2 * 1 * 16)  # float32, keys and values
+    assert costs.param_counts(model)["attention"] == 2 * local + wide
+    assert costs.kv_cache_bytes(model, 10) == 4 * 10 * (2 * (2 * 2 * 8) + 2 * 1 * 16)  # float32, keys and values
     # The global layers rotate their 16-wide heads with a position module built for them.
     assert list(model.kind_positionals) == ["global"]
     assert model.kind_positionals["global"].rotary_dim == 16 and model.positional.rotary_dim == 8

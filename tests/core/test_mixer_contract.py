@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, AttentionContext, ConfigError
+from gptzoo.recipes.training import costs
 from gptzoo.registry import make_registry
 
 REGISTRY = make_registry(entry_points=False)
@@ -46,7 +47,7 @@ def test_a_layer_without_a_mixer_is_its_feed_forward_on_the_residual_stream():
 
 def test_a_layer_without_a_feed_forward_holds_only_its_mixer():
     m = model(feed_forward="none", n_layers=1)
-    assert m.blocks[0].ffn_norm is None and m.param_counts()["feed_forward"] == 0
+    assert m.blocks[0].ffn_norm is None and costs.param_counts(m)["feed_forward"] == 0
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import torch
 
 from gptzoo.core import GPT
 from gptzoo.recipes.config.reading import read_toml
+from gptzoo.recipes.training import costs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -22,7 +23,7 @@ def meta_model(registry, name):
 )
 def test_gpt2_sizes(registry, name, total):
     model = meta_model(registry, name)
-    assert model.param_counts()["total"] == total
+    assert costs.param_counts(model)["total"] == total
     # the tied head shares the embedding: counting unique tensors gives the same
     assert sum(p.numel() for p in model.parameters()) == total
 
@@ -33,7 +34,7 @@ def test_gpt2_124m_by_family(registry):
     attention = L * ((C * 3 * C + 3 * C) + (C * C + C))  # qkv with bias, output projection
     feed_forward = L * ((C * 4 * C + 4 * C) + (4 * C * C + C))  # up and down projections with biases
     norm = L * 2 * (2 * C) + 2 * C  # two LayerNorms (scale, shift) per block, one final
-    assert meta_model(registry, "gpt2-124m").param_counts() == {
+    assert costs.param_counts(meta_model(registry, "gpt2-124m")) == {
         "embeddings": embeddings,
         "attention": attention,
         "feed_forward": feed_forward,
@@ -49,6 +50,6 @@ def test_gpt2_124m_by_family(registry):
 def test_untied_head_adds_its_own_matrix(registry):
     data = read_toml(CONFIGS / "gpt2-124m.toml")["model"] | {"tied_head": False}
     with torch.device("meta"):
-        counts = GPT(registry.model_config(data)).param_counts()
+        counts = costs.param_counts(GPT(registry.model_config(data)))
     assert counts["head"] == 50257 * 768
     assert counts["total"] == 124_439_808 + 50257 * 768

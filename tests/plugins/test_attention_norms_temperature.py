@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, AttentionContext, ComponentSpec, ConfigError, Dims
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -197,9 +198,9 @@ def test_options_compile_with_fullgraph_cost_nothing_and_are_validated(registry)
     torch.testing.assert_close(compiled(idx), model(idx))
     torch._dynamo.reset()
     plain = GPT(tiny_config(registry, n_layers=1)).eval()
-    assert model.param_counts() == plain.param_counts()  # no weights added
-    assert model.flops_per_token() == plain.flops_per_token()  # elementwise work, uncounted as for every norm
-    assert model.kv_cache_bytes() == plain.kv_cache_bytes()
+    assert costs.param_counts(model) == costs.param_counts(plain)  # no weights added
+    assert costs.flops_per_token(model) == costs.flops_per_token(plain)  # elementwise work, uncounted as for every norm
+    assert costs.kv_cache_bytes(model) == costs.kv_cache_bytes(plain)
     with pytest.raises(ConfigError, match="qk_norm_unit_offset.*qk_norm_weight"):
         tiny_config(
             registry,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -117,7 +118,7 @@ def test_sliding_window_decoding_past_the_window_equals_the_full_forward_with_a_
     torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
     held = sum(layer.k.numel() + layer.v.numel() for layer in cache.layers)
     assert held == 2 * 2 * 2 * 2 * 8 * window  # batch × layers × (k, v) × kv heads × head size × a window of tokens
-    assert model.kv_cache_bytes(48) == model.kv_cache_bytes(window) == held * 4 // 2  # fp32, one sequence
+    assert costs.kv_cache_bytes(model, 48) == costs.kv_cache_bytes(model, window) == held * 4 // 2  # fp32, one sequence
 
 
 @torch.no_grad()

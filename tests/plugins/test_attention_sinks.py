@@ -7,6 +7,7 @@ import torch
 
 from gptzoo.core import GPT, AttentionContext, ComponentSpec, Dims, Recorder
 from gptzoo.plugins.attention import attention_weights, sdpa_with_sinks
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -151,6 +152,8 @@ def test_sinks_compile_with_fullgraph_and_count_their_parameters(registry):
     torch.testing.assert_close(compiled(idx), model(idx))
     torch._dynamo.reset()
     plain = GPT(tiny_config(registry, n_layers=1)).eval()
-    assert model.param_counts()["attention"] - plain.param_counts()["attention"] == 4  # one logit per head
-    assert model.kv_cache_bytes() == plain.kv_cache_bytes()  # a sink has no key or value to cache
-    assert model.flops_per_token() == plain.flops_per_token()  # one add per head and query, uncounted as norms are
+    assert costs.param_counts(model)["attention"] - costs.param_counts(plain)["attention"] == 4  # one logit per head
+    assert costs.kv_cache_bytes(model) == costs.kv_cache_bytes(plain)  # a sink has no key or value to cache
+    assert costs.flops_per_token(model) == costs.flops_per_token(
+        plain
+    )  # one add per head and query, uncounted as norms are

@@ -6,6 +6,7 @@ import torch
 
 from gptzoo.core import GPT, AttentionContext, ComponentSpec, Dims
 from gptzoo.recipes.cli.describe import layer_cache
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -101,8 +102,8 @@ def test_chunked_declares_a_bounded_cache_of_one_chunk(registry):
         tiny_config(registry, attention={"name": "chunked", "chunk_size": 8}, positional="rope", context_length=32)
     )
     per_token = 2 * 2 * 8 * 4  # keys and values, 2 key/value heads of 8, fp32
-    assert model.kv_cache_bytes(5) == 2 * 5 * per_token  # two layers
-    assert model.kv_cache_bytes(100) == 2 * 8 * per_token  # one chunk, however long the text
+    assert costs.kv_cache_bytes(model, 5) == 2 * 5 * per_token  # two layers
+    assert costs.kv_cache_bytes(model, 100) == 2 * 8 * per_token  # one chunk, however long the text
     row = layer_cache(model.blocks[0].attention, 32)
     assert (row["cache_kind"], row["window"], row["max_cache_bytes"]) == ("window", 8, 8 * per_token)
     assert model.new_cache(1).keep == 8 and model.extension_refusal() is None
@@ -110,7 +111,9 @@ def test_chunked_declares_a_bounded_cache_of_one_chunk(registry):
 
 def test_chunked_flops_count_keys_up_to_one_chunk(registry):
     def attention_flops(attention, context):
-        return GPT(tiny_config(registry, attention=attention, context_length=32)).flops_per_token(context)["attention"]
+        return costs.flops_per_token(GPT(tiny_config(registry, attention=attention, context_length=32)), context)[
+            "attention"
+        ]
 
     chunked, plain = {"name": "chunked", "chunk_size": 8}, {"name": "sdpa"}
     assert attention_flops(chunked, 8) == attention_flops(plain, 8)  # a chunk's worth of keys: no difference

@@ -10,6 +10,7 @@ layer's output scaled by its own number (the block's ``layer_scalar``, transform
 import pytest
 import torch
 
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_kv_cache, check_padded_batch
 
 transformers = pytest.importorskip("transformers")
@@ -153,11 +154,14 @@ def test_shared_layers_have_no_key_value_weights_and_no_cache(registry):
     local_kv = 32 * 2 * 8 * 2  # keys and values of a local layer
     global_k = 32 * 1 * 16  # a global layer's keys, which are its values
     norms = 2 * 8 + 16  # the readers' k_norm weights
-    assert alone.param_counts()["attention"] - ours.param_counts()["attention"] == 2 * local_kv + global_k + norms
+    assert (
+        costs.param_counts(alone)["attention"] - costs.param_counts(ours)["attention"]
+        == 2 * local_kv + global_k + norms
+    )
     # Cache per token, float32: layers 0-2 keep their own (a local window of 4, a global layer's every token).
     local, wide = 4 * 2 * 2 * 8, 4 * 2 * 1 * 16  # bytes per token: keys and values
-    assert ours.kv_cache_bytes(20) == 2 * local * 4 + wide * 20
-    assert alone.kv_cache_bytes(20) == 4 * local * 4 + 2 * wide * 20
+    assert costs.kv_cache_bytes(ours, 20) == 2 * local * 4 + wide * 20
+    assert costs.kv_cache_bytes(alone, 20) == 4 * local * 4 + 2 * wide * 20
     assert [layer is None for layer in ours.new_cache(1).layers] == [False] * 3 + [True] * 3
 
 
@@ -233,9 +237,11 @@ def test_per_layer_inputs_count_their_parameters_and_compile(registry):
     model = build(tiny_config(registry, norm="rmsnorm", block={"name": "pre_norm", "per_layer_input": 4}))
     # Per layer: the table (50, 4), projection (32 -> 4), gate (32 -> 4) and up (4 -> 32); its two norms (4, 32)
     # count under norm.
-    assert model.param_counts()["block"] - plain.param_counts()["block"] == 2 * (50 * 4 + 32 * 4 + 32 * 4 + 4 * 32)
-    assert model.param_counts()["norm"] - plain.param_counts()["norm"] == 2 * (4 + 32)
-    assert model.flops_per_token()["block"] - plain.flops_per_token()["block"] == 2 * 2 * (3 * 32 * 4)
+    assert costs.param_counts(model)["block"] - costs.param_counts(plain)["block"] == 2 * (
+        50 * 4 + 32 * 4 + 32 * 4 + 4 * 32
+    )
+    assert costs.param_counts(model)["norm"] - costs.param_counts(plain)["norm"] == 2 * (4 + 32)
+    assert costs.flops_per_token(model)["block"] - costs.flops_per_token(plain)["block"] == 2 * 2 * (3 * 32 * 4)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(compiled(idx), model(idx))
@@ -261,10 +267,12 @@ def test_double_wide_mlp_and_layer_scalar_count_and_pass_the_kit(registry):
     """Only the sharing layers (3, 4 and 5) widen their MLP; each block owns one scalar, starting at 1."""
     plain, wide = build(our_config(registry)), build(our_config(registry, wide=True))
     assert [b.feed_forward.gate_proj.out_features for b in wide.blocks] == [64] * 3 + [128] * 3
-    assert wide.param_counts()["feed_forward"] - plain.param_counts()["feed_forward"] == 3 * (3 * 32 * 64)
-    assert wide.param_counts()["block"] - plain.param_counts()["block"] == 6
+    assert costs.param_counts(wide)["feed_forward"] - costs.param_counts(plain)["feed_forward"] == 3 * (3 * 32 * 64)
+    assert costs.param_counts(wide)["block"] - costs.param_counts(plain)["block"] == 6
     # 2 FLOPs per weight of the three extra (32 x 64) matrices, on the 3 sharing layers
-    assert wide.flops_per_token()["feed_forward"] - plain.flops_per_token()["feed_forward"] == 3 * 2 * (3 * 32 * 64)
+    assert costs.flops_per_token(wide)["feed_forward"] - costs.flops_per_token(plain)["feed_forward"] == 3 * 2 * (
+        3 * 32 * 64
+    )
     assert all(b.layer_scalar.tolist() == [1.0] for b in wide.blocks)
     check_kv_cache(wide)
     check_padded_batch(wide)

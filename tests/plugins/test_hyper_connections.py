@@ -12,6 +12,7 @@ from torch import nn
 
 from gptzoo.core import Recorder
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, tiny_config
 
 HYPER = {"name": "hyper", "n_streams": 4, "dynamic": True}
@@ -133,10 +134,10 @@ def test_describe_counts_its_parameters_and_flops(registry):
     ]:
         model = build(tiny_config(registry, residual={**HYPER, "dynamic": dynamic}))
         plain = build(tiny_config(registry))
-        assert model.param_counts()["residual"] == L * params
-        assert model.param_counts()["norm"] - plain.param_counts()["norm"] == (L * 2 * C if dynamic else 0)
-        assert model.flops_per_token()["residual"] == L * flops
-    assert plain.param_counts()["residual"] == 0 and plain.flops_per_token()["residual"] == 0
+        assert costs.param_counts(model)["residual"] == L * params
+        assert costs.param_counts(model)["norm"] - costs.param_counts(plain)["norm"] == (L * 2 * C if dynamic else 0)
+        assert costs.flops_per_token(model)["residual"] == L * flops
+    assert costs.param_counts(plain)["residual"] == 0 and costs.flops_per_token(plain)["residual"] == 0
 
 
 @pytest.mark.parametrize("residual", [HYPER, MHC], ids=["hyper", "mhc"])
@@ -275,9 +276,9 @@ def test_manifold_describe_counts(registry):
     """φ (nC × (n² + 2n)), the biases (n + n + n²) and the three gates; FLOPs: x'φ, Sinkhorn, the mixing."""
     n, C, L, t = 4, 32, 2, 20
     model = build(tiny_config(registry, residual=MHC))
-    assert model.param_counts()["residual"] == L * (n * C * (n * n + 2 * n) + n + n + n * n + 3)
+    assert costs.param_counts(model)["residual"] == L * (n * C * (n * n + 2 * n) + n + n + n * n + 3)
     flops = 2 * n * C * (n * n + 2 * n) + 4 * t * n * n + 2 * (n * C + n * n * C + n * C)
-    assert model.flops_per_token()["residual"] == L * flops
+    assert costs.flops_per_token(model)["residual"] == L * flops
 
 
 def test_fine_tuning_the_last_block_trains_its_layers_stream_mixing(registry):

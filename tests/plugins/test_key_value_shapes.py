@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, AttentionContext, ComponentSpec, ConfigError, Dims
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component, tiny_config
 
 transformers = pytest.importorskip("transformers")
@@ -155,15 +156,15 @@ def test_counts_compile_and_validation(registry):
     wide = GPT(tiny_config(registry, n_layers=1, attention={**base, "v_head_size": 12})).eval()
     C, nh, nkv, hs = 32, 4, 2, 8  # tiny_config's dims
     # no value projection: nkv·hs rows of C weights fewer (tiny_config's qkv has no bias)
-    assert plain.param_counts()["attention"] - shared.param_counts()["attention"] == nkv * hs * C
-    assert shared.kv_cache_bytes(10) == plain.kv_cache_bytes(10)  # keys and values are still both cached
+    assert costs.param_counts(plain)["attention"] - costs.param_counts(shared)["attention"] == nkv * hs * C
+    assert costs.kv_cache_bytes(shared, 10) == costs.kv_cache_bytes(plain, 10)  # keys and values are still both cached
     # values 12 wide: nkv·(12 − 8) more value rows, out_proj reads nh·(12 − 8) more columns
     extra = nkv * 4 * C + nh * 4 * C
-    assert wide.param_counts()["attention"] - plain.param_counts()["attention"] == extra
-    assert wide.kv_cache_bytes(10) == 10 * nkv * (hs + 12) * 4  # fp32 keys and values
+    assert costs.param_counts(wide)["attention"] - costs.param_counts(plain)["attention"] == extra
+    assert costs.kv_cache_bytes(wide, 10) == 10 * nkv * (hs + 12) * 4  # fp32 keys and values
     # per token at context 16: 2 FLOPs per weight, and the weighted sum over 16 values is 4 features wider per head
     added = 2 * (nkv * 4 * C + nh * 4 * C) + 2 * nh * 4 * 16
-    assert wide.flops_per_token(16)["attention"] - plain.flops_per_token(16)["attention"] == added
+    assert costs.flops_per_token(wide, 16)["attention"] - costs.flops_per_token(plain, 16)["attention"] == added
     torch.manual_seed(0)
     compiled = torch.compile(wide, backend="aot_eager", fullgraph=True)
     idx = torch.randint(0, 50, (2, 10))

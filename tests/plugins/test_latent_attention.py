@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_component, tiny_config
 
 C, NH, DR, DN, DV, R, RQ = 48, 4, 8, 12, 10, 20, 24
@@ -126,8 +127,8 @@ def test_the_cache_holds_the_latent_and_the_rotary_key_only(registry):
     model = build(
         tiny_config(registry, attention={"name": "latent", **SIZES}, positional="rope", context_length=32)
     )  # head_dim 8
-    assert model.kv_cache_bytes(32) == 2 * (R + 8) * 32 * 4  # layers × (r + dr) × tokens × fp32
-    assert model.kv_cache_bytes(32, torch.bfloat16) == 2 * (R + 8) * 32 * 2
+    assert costs.kv_cache_bytes(model, 32) == 2 * (R + 8) * 32 * 4  # layers × (r + dr) × tokens × fp32
+    assert costs.kv_cache_bytes(model, 32, torch.bfloat16) == 2 * (R + 8) * 32 * 2
     cache = model.new_cache(1, 32)
     assert [tuple(layer.kv.shape) for layer in cache.layers] == [(1, 1, 32, R + 8)] * 2
 

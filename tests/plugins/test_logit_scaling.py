@@ -6,6 +6,7 @@ import torch
 
 from gptzoo.core import Dims
 from gptzoo.plugins.heads import LMHead, LMParams
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component
 
 
@@ -100,5 +101,7 @@ def test_compiles_with_fullgraph_and_adds_no_parameters_or_flops(registry):
     torch.testing.assert_close(compiled(idx), model(idx))
     torch._dynamo.reset()
     plain = GPT(tiny_config(registry, n_layers=1)).eval()
-    assert model.param_counts() == plain.param_counts()  # a constant, not a weight
-    assert model.flops_per_token() == plain.flops_per_token()  # one multiply per logit, uncounted as norms are
+    assert costs.param_counts(model) == costs.param_counts(plain)  # a constant, not a weight
+    assert costs.flops_per_token(model) == costs.flops_per_token(
+        plain
+    )  # one multiply per logit, uncounted as norms are

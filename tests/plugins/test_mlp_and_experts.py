@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from gptzoo.core import Dims
 from gptzoo.plugins.mlp_and_experts import MLPAndExperts, MLPAndExpertsParams
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_component, tiny_config
 
 C, E, K, H, MLP = 16, 6, 2, 12, 24
@@ -108,7 +109,7 @@ def test_active_parameters_leave_the_unchosen_experts_idle(registry):
     d = model.config.d_model
     per_layer = 3 * MLP * d + 4 * d + E * d + d + E + E * 3 * H * d  # MLP, 4 norms, router, its scales, experts
     assert sum(p.numel() for p in model.blocks[0].feed_forward.parameters()) == per_layer
-    assert model.active_parameters_per_token() == model.param_counts()["total"] - 2 * (E - K) * 3 * H * d
+    assert costs.active_parameters_per_token(model) == costs.param_counts(model)["total"] - 2 * (E - K) * 3 * H * d
 
 
 def test_the_kit_passes(registry):

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptzoo.core import GPT, ConfigError, Dims
 from gptzoo.plugins.moe import MixtureOfExperts, MoEParams
+from gptzoo.recipes.training import costs
 from gptzoo.registry import make_registry
 from gptzoo.testing import build, check_component, tiny_config
 
@@ -372,9 +373,9 @@ def test_active_parameters_are_what_a_forward_pass_multiplies(registry):
     )
     model = build(config)
     dense_ffn = 2 * C * 4 * C + 4 * C + C  # the default gelu MLP: two matrices and their biases
-    assert model.param_counts()["feed_forward"] == dense_ffn + C * E + 3 * E * H * C + 3 * shared * H * C
+    assert costs.param_counts(model)["feed_forward"] == dense_ffn + C * E + 3 * E * H * C + 3 * shared * H * C
     idle = (E - k) * 3 * H * C
-    assert model.active_parameters_per_token() == model.param_counts()["total"] - idle
+    assert costs.active_parameters_per_token(model) == costs.param_counts(model)["total"] - idle
     layer = model.blocks[1].feed_forward
     x = torch.randn(3, 5, C)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -397,8 +398,8 @@ def test_families_active_parameters_and_flops_are_what_a_forward_pass_multiplies
     expert = 3 * H * C + (2 * H + C if p.expert_biases else 0)
     shared = 3 * p.n_shared_experts * H * C
     gate = C if p.shared_expert_gate else 0
-    assert model.param_counts()["feed_forward"] == router + E * expert + shared + gate
-    assert model.active_parameters_per_token() == model.param_counts()["total"] - (E - k) * expert
+    assert costs.param_counts(model)["feed_forward"] == router + E * expert + shared + gate
+    assert costs.active_parameters_per_token(model) == costs.param_counts(model)["total"] - (E - k) * expert
     x = torch.randn(3, 5, C)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         layer(x)

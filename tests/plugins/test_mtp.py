@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gptzoo.core import IGNORE, AttentionContext, ConfigError
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_component, tiny_config
 
 MTP = {"name": "sequential", "depth": 2, "loss_weight": 0.3}
@@ -104,16 +105,16 @@ def test_training_moves_the_mtp_weights_and_they_count_under_mtp(registry):
     C = model.config.d_model
     block = sum(p.numel() for p in model.blocks[-1].parameters())
     assert per_depth == block + 2 * C * C + 3 * C  # the block, M_k and three RMSNorm weights
-    assert model.param_counts()["mtp"] == 2 * per_depth
+    assert costs.param_counts(model)["mtp"] == 2 * per_depth
 
 
 def test_flops_count_each_depths_projection_block_and_shared_head(registry):
     model, plain = build(tiny_config(registry, mtp=MTP, **LLAMA)), build(tiny_config(registry, **LLAMA))
     C, V, T = model.config.d_model, model.config.vocab_size, model.config.context_length
-    flops = plain.flops_per_token(T)
+    flops = costs.flops_per_token(plain, T)
     block = (flops["attention"] + flops["feed_forward"]) // 2  # one of the two layers, alike
     # per depth: M_k (C x 2C), the block, and the shared head's (V x C) matmul, 2 FLOPs per weight
-    assert model.flops_per_token(T)["mtp"] == 2 * (2 * 2 * C * C + block + 2 * C * V)
+    assert costs.flops_per_token(model, T)["mtp"] == 2 * (2 * 2 * C * C + block + 2 * C * V)
 
 
 def test_inference_flops_leave_out_the_mtp_modules_and_training_flops_count_them(registry):
@@ -125,7 +126,7 @@ def test_inference_flops_leave_out_the_mtp_modules_and_training_flops_count_them
     head = 2 * V * C
     forward = L * block + head  # inference runs no MTP module
     mtp = D * (2 * 2 * C * C + block + head)  # per depth: M_k (C x 2C), the block, the shared head again
-    flops = model.flops_per_token()
+    flops = costs.flops_per_token(model)
     assert (flops["forward"], flops["mtp"]) == (forward, mtp) == (44_160, 55_552)
     assert flops["training"] == 3 * (forward + mtp) == 299_136
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT, AttentionContext, ComponentSpec, ConfigError, Dims, Recorder
+from gptzoo.recipes.training import costs
 from gptzoo.testing import check_component, tiny_config
 
 DIMS = Dims(vocab_size=50, context_length=32, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2)
@@ -163,9 +164,12 @@ def test_cache_bytes_sum_the_parts_and_flops_leave_them_to_the_model(registry):
     alone = [tiny_config(registry, attention=part, n_layers=1) for part in SDPA_AND_CONV]
     with torch.device("meta"):
         model, parts = GPT(config), [GPT(c) for c in alone]
-    assert model.kv_cache_bytes(20) == sum(p.kv_cache_bytes(20) for p in parts)
+    assert costs.kv_cache_bytes(model, 20) == sum(costs.kv_cache_bytes(p, 20) for p in parts)
     d = config.d_model
-    assert model.flops_per_token(20)["attention"] == sum(p.flops_per_token(20)["attention"] for p in parts) + 2 * 2 * d
+    assert (
+        costs.flops_per_token(model, 20)["attention"]
+        == sum(costs.flops_per_token(p, 20)["attention"] for p in parts) + 2 * 2 * d
+    )
 
 
 def test_config_round_trips_and_bad_parts_are_named(registry):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gptzoo.core import AttentionContext, ComponentSpec, ConfigError, Dims, GptzooError
+from gptzoo.recipes.training import costs
 from gptzoo.testing import build, check_component, tiny_config
 
 C, NH, DR, DN, DV, R, RQ, H, D, TOPK = 48, 4, 8, 12, 10, 20, 24, 3, 16, 4
@@ -204,7 +205,7 @@ def test_the_cache_holds_the_latent_the_rotary_key_and_the_indexer_key(registry)
             context_length=32,
         )
     )  # head_dim 8, two layers
-    assert model.kv_cache_bytes(32) == 2 * (R + 8 + D) * 32 * 4  # layers × (r + dr + D) × tokens × fp32
+    assert costs.kv_cache_bytes(model, 32) == 2 * (R + 8 + D) * 32 * 4  # layers × (r + dr + D) × tokens × fp32
     cache = model.new_cache(1, 32)
     assert [(tuple(c.kv.shape), tuple(c.index_keys.shape)) for c in cache.layers] == [
         ((1, 1, 32, R + 8), (1, 32, D))
@@ -337,10 +338,10 @@ def test_a_shared_layer_caches_no_index_keys_and_counts_no_indexer(registry):
     shared = build(tiny_config(registry, attention=SHARED | {"shared_index_layers": [1]}, positional="rope"))
     own = build(tiny_config(registry, attention=SHARED, positional="rope"))
     index = 12 * 4  # an index key per token, fp32
-    assert own.kv_cache_bytes(16) - shared.kv_cache_bytes(16) == 16 * index
+    assert costs.kv_cache_bytes(own, 16) - costs.kv_cache_bytes(shared, 16) == 16 * index
     assert not hasattr(shared.new_cache(1, 16).layers[1], "index_keys")
     indexer = sum(p.numel() for p in own.blocks[1].attention.indexer.parameters())
-    assert own.param_counts()["total"] - shared.param_counts()["total"] == indexer
+    assert costs.param_counts(own)["total"] - costs.param_counts(shared)["total"] == indexer
     assert own.blocks[1].attention.flops_per_token(16) > shared.blocks[1].attention.flops_per_token(16)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gptzoo.core import GPT
+from gptzoo.recipes.training import costs
 from gptzoo.registry import make_registry
 from gptzoo.testing import build, check_component, check_receptive_field, tiny_config
 
@@ -81,4 +82,4 @@ def test_decoding_memory_stays_at_the_window(window_registry):
         held = sum(layer.k.numel() + layer.v.numel() for layer in cache.layers)
         assert held == 2 * 2 * 2 * 8 * (window - 1)  # layers × (k, v) × kv heads × head size × kept tokens
     per_layer = 2 * 2 * 8 * (window - 1) * 4  # fp32 bytes
-    assert model.kv_cache_bytes(64) == 2 * per_layer
+    assert costs.kv_cache_bytes(model, 64) == 2 * per_layer

@@ -34,6 +34,7 @@ from gptzoo.recipes.runs._lock import LOCK, OWNER
 from gptzoo.recipes.runs.files import TRAIN_STATE, write_text_atomic
 from gptzoo.recipes.runs.folder import load_config
 from gptzoo.recipes.runs.metrics import read_metrics
+from gptzoo.recipes.training import costs
 from gptzoo.recipes.training.models import meta_model
 from gptzoo.registry import Registry
 
@@ -389,7 +390,7 @@ def _model_costs(folder: Path, registry: Registry | None) -> tuple[int | None, i
     model = meta_model(config.model)
     T = config.model.context_length
     cache = model_cache(model, [layer_cache(mixer, T) for mixer in model.mixers()], T)
-    return model.param_counts()["total"], model.flops_per_token()["training"], cache["bytes_per_sequence"]
+    return costs.param_counts(model)["total"], costs.flops_per_token(model)["training"], cache["bytes_per_sequence"]
 
 
 def _load_per_core() -> float:

@@ -10,6 +10,7 @@ from typing import Any
 from gptzoo.core import ConfigError
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.research.sweep.schema import MatchParams, Variant
+from gptzoo.recipes.training import costs
 from gptzoo.recipes.training.models import meta_model, resolve_vocab
 
 ConfigOf = Callable[[dict[str, Any], str], RunConfig]  # a variant's overrides, where -> its validated config
@@ -17,7 +18,7 @@ ConfigOf = Callable[[dict[str, Any], str], RunConfig]  # a variant's overrides, 
 
 def parameter_count(config: RunConfig, vocab_size: int) -> int:
     model = meta_model(config.model.model_copy(update={"vocab_size": config.model.vocab_size or vocab_size}))
-    return model.param_counts()["total"]
+    return costs.param_counts(model)["total"]
 
 
 def _vocab_size(config: RunConfig) -> int:

@@ -24,6 +24,7 @@ from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
@@ -246,7 +247,7 @@ def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
         (config.kv_lora_rank + config.qk_rope_head_dim) * config.num_hidden_layers + config.index_head_dim * indexers
     )
     run = load_run(tmp_path / "run")
-    assert run.model.kv_cache_bytes(32) == 32 * per_token
+    assert costs.kv_cache_bytes(run.model, 32) == 32 * per_token
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from gptzoo.recipes.cli import main
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
@@ -154,7 +155,11 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
     assert run.model.bounded_cache() == CASES[case][1]
     if CASES[case][1]:
-        assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10**4)
+        assert (
+            costs.kv_cache_bytes(run.model, 1)
+            == costs.kv_cache_bytes(run.model, 3 * CONTEXT)
+            == costs.kv_cache_bytes(run.model, 10**4)
+        )
 
 
 def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint, tmp_path, capsys):

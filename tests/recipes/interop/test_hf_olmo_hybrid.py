@@ -20,6 +20,7 @@ from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
@@ -181,7 +182,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     attention_layers = config.layer_types.count("full_attention")
     head_dim = config.hidden_size // config.num_attention_heads
     per_token = attention_layers * 2 * config.num_key_value_heads * head_dim * 4  # keys and values, fp32
-    assert run.model.kv_cache_bytes(1000) - run.model.kv_cache_bytes(100) == 900 * per_token
+    assert costs.kv_cache_bytes(run.model, 1000) - costs.kv_cache_bytes(run.model, 100) == 900 * per_token
 
 
 def test_describe_shows_the_layers_and_transformers_parameter_count(checkpoint, tmp_path, capsys):

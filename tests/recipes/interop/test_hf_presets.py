@@ -14,6 +14,7 @@ from gptzoo.core import GPT
 from gptzoo.recipes.config.schema import load_run_config
 from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.interop.hf.families import FAMILIES
+from gptzoo.recipes.training import costs
 
 PRESETS = Path(__file__).resolve().parents[3] / "configs" / "hf"
 
@@ -1933,7 +1934,7 @@ def test_preset_is_the_published_checkpoint_with_its_parameter_count(preset, reg
     )
     assert hf.explicit(config) == hf.explicit(imported)
     with torch.device("meta"):
-        assert GPT(config).param_counts()["total"] == count
+        assert costs.param_counts(GPT(config))["total"] == count
 
 
 @pytest.mark.parametrize(
@@ -1967,7 +1968,7 @@ def test_moe_presets_active_parameters_are_the_formula(family, active, registry)
     with torch.device("meta"):
         model = GPT(preset)
     assert (
-        model.active_parameters_per_token()
+        costs.active_parameters_per_token(model)
         == PUBLISHED[family][1] - len(mixtures) * (ffn.n_experts - ffn.top_k) * 3 * ffn.hidden * preset.d_model
         == active
     )
@@ -1981,7 +1982,7 @@ def test_gpt_oss_preset_active_parameters_are_the_formula(registry):
     with torch.device("meta"):
         model = GPT(preset)
     idle = preset.n_layers * (ffn.n_experts - ffn.top_k) * (3 * ffn.hidden * C + 2 * ffn.hidden + C)
-    assert model.active_parameters_per_token() == PUBLISHED["gpt_oss"][1] - idle == 4_187_440_704
+    assert costs.active_parameters_per_token(model) == PUBLISHED["gpt_oss"][1] - idle == 4_187_440_704
     assert round((4_187_440_704 - preset.vocab_size * C) / 1e9, 2) == 3.61
 
 
@@ -1993,7 +1994,7 @@ def test_gemma4_experts_preset_active_parameters_are_the_formula(registry):
     with torch.device("meta"):
         model = GPT(preset)
     idle = preset.n_layers * (experts.n_experts - experts.top_k) * 3 * experts.hidden * preset.d_model
-    assert model.active_parameters_per_token() == PUBLISHED["gemma4-26b-a4b"][1] - idle == 3_822_530_590
+    assert costs.active_parameters_per_token(model) == PUBLISHED["gemma4-26b-a4b"][1] - idle == 3_822_530_590
 
 
 def test_describing_a_7b_preset_allocates_nothing():

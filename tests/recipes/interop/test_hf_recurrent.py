@@ -18,6 +18,7 @@ from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
+from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
@@ -339,7 +340,11 @@ def test_generation_goes_past_the_trained_context_with_a_cache_that_does_not_gro
     assert run.model.extension_refusal() is None and run.model.bounded_cache()
     prompt = padded_batch()[0][0, :5].tolist()
     assert generate_ids(run.model, [prompt], 3 * CONTEXT) == greedy(model, [prompt], 3 * CONTEXT)
-    assert run.model.kv_cache_bytes(1) == run.model.kv_cache_bytes(3 * CONTEXT) == run.model.kv_cache_bytes(10_000)
+    assert (
+        costs.kv_cache_bytes(run.model, 1)
+        == costs.kv_cache_bytes(run.model, 3 * CONTEXT)
+        == costs.kv_cache_bytes(run.model, 10_000)
+    )
 
 
 @pytest.mark.parametrize("checkpoint", [case for case in CASES if case.startswith("falcon_h1")], indirect=True)
@@ -357,7 +362,7 @@ def test_falcon_h1_generates_past_the_trained_context_as_transformers_does(check
         config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // config.num_attention_heads
     )
     per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 4  # keys and values, fp32
-    assert run.model.kv_cache_bytes(1000) - run.model.kv_cache_bytes(100) == 900 * per_token
+    assert costs.kv_cache_bytes(run.model, 1000) - costs.kv_cache_bytes(run.model, 100) == 900 * per_token
 
 
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):

@@ -4,6 +4,7 @@ import pytest
 
 from gptzoo.core import ConfigError
 from gptzoo.recipes.config.schema import load_run_config
+from gptzoo.recipes.training import costs
 from gptzoo.recipes.training.models import meta_model, resolve_vocab
 
 INTEGERS_100 = 'model.tokenizer={name = "integers", vocab_size = 100}'  # ids 0..99, <|endoftext|>, <|unk|>: 102
@@ -12,7 +13,7 @@ INTEGERS_100 = 'model.tokenizer={name = "integers", vocab_size = 100}'  # ids 0.
 def test_meta_model_allocates_nothing_and_counts_gpt2_124m():
     model = meta_model(load_run_config("gpt2-124m").model)
     assert all(p.is_meta for p in model.parameters())
-    assert model.param_counts()["total"] == 124_439_808  # GPT-2 small's published size
+    assert costs.param_counts(model)["total"] == 124_439_808  # GPT-2 small's published size
 
 
 def test_resolve_vocab_fills_an_unset_size_from_the_tokenizer():
