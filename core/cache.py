@@ -37,8 +37,17 @@ class KVLayerCache(LayerCache):
         self.k = torch.zeros(batch_size, n_kv_heads, max_len, head_size, device=device, dtype=dtype)
         self.v = torch.zeros(batch_size, n_kv_heads, max_len, value_size or head_size, device=device, dtype=dtype)
 
-    def update(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, nkv, T, hs) at slots start.. -> all keys, values so far (B, nkv, start + T, hs)."""
+    def update(self, k: Tensor, v: Tensor, start: int | Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, nkv, T, hs) at slots start.. -> all keys, values so far (B, nkv, start + T, hs).
+
+        A tensor ``start`` (a ``StaticKVCache``'s length) gives every slot, (B, nkv, max_len, hs) each:
+        the same shapes at every step; the slots not written yet follow the newest token, so causal
+        masking hides them."""
+        if isinstance(start, Tensor):
+            slots = start + torch.arange(k.size(2), device=k.device)
+            self.k.index_copy_(2, slots, k.to(self.k.dtype))
+            self.v.index_copy_(2, slots, v.to(self.v.dtype))
+            return self.k.to(k.dtype), self.v.to(v.dtype)
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -90,6 +99,16 @@ class KVCache:
         self.seen = self.seen - self.valid[:, -n_tokens:].sum(-1, keepdim=True)
         self.positions, self.valid = self.positions[:, :-n_tokens], self.valid[:, :-n_tokens]
 
+    def advance(self, positions: Tensor, valid: Tensor, padded: bool) -> tuple[Tensor, Tensor | None]:
+        """Note T new tokens' ``positions`` (B|1, T) and ``valid`` (B, T) -> the kept keys' positions (B|1, kept)
+        and validity (B, kept), or None where no kept token is padding (``padded`` False)."""
+        B, T = valid.shape
+        all_positions = torch.cat([self.positions, positions.expand(B, T)], dim=1)  # (B, kept + T)
+        all_valid = torch.cat([self.valid, valid], dim=1)  # (B, kept + T)
+        self.remember(all_positions, all_valid, T)
+        self.seen = self.seen + valid.sum(-1, keepdim=True)
+        return (all_positions if padded else all_positions[:1]), (all_valid if padded else None)
+
     def remember(self, positions: Tensor, valid: Tensor, n_new: int) -> None:
         """Keep ``positions`` and ``valid`` (B, kept + n_new) of the keys so far, the latest ``keep`` of them."""
         if self.keep is not None:
@@ -97,3 +116,34 @@ class KVCache:
             positions, valid = positions[:, start:], valid[:, start:]
         self.positions, self.valid = positions, valid
         self.length += n_new
+
+
+class StaticKVCache(KVCache):
+    """A ``KVCache`` of fixed shapes, for a decoding step compiled once (``torch.compile``): the positions
+    and validity of all ``max_len`` tokens preallocated, and ``length`` a tensor, so every step sees the
+    same shapes and Python values. Layers then attend over every slot of their preallocated caches
+    (their ``update`` reads a tensor start so); the slots not written yet follow the newest token, where
+    causal masking hides them."""
+
+    def __init__(
+        self, layers: list[LayerCache | None], batch_size: int, max_len: int, device: torch.device | str | None
+    ):
+        super().__init__(layers, batch_size, max_len, device)
+        self.length = torch.zeros((), dtype=torch.long, device=device)  # type: ignore[assignment]
+        self.positions = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+
+    @property
+    def origin(self) -> int:
+        return 0
+
+    def advance(self, positions: Tensor, valid: Tensor, padded: bool) -> tuple[Tensor, Tensor | None]:
+        """``KVCache.advance`` in place: the new tokens' bookkeeping written at slots ``length``.., the
+        whole buffers returned (a slot not written yet is invalid, and after every query besides)."""
+        B, T = valid.shape
+        slots = self.length + torch.arange(T, device=valid.device)
+        self.positions.index_copy_(1, slots, positions.expand(B, T))
+        self.valid.index_copy_(1, slots, valid)
+        self.seen += valid.sum(-1, keepdim=True)
+        self.length += T
+        return (self.positions if padded else self.positions[:1]), (self.valid if padded else None)

@@ -76,7 +76,7 @@ class AttentionContext:
         positional: PositionalEncoding,
         positions: Tensor,
         key_positions: Tensor,
-        offset: int = 0,
+        offset: int | Tensor = 0,
         key_valid: Tensor | None = None,
         recorder: Recorder | None = None,
         key_origin: int = 0,
@@ -97,10 +97,19 @@ class AttentionContext:
         self.offset = offset
         self.key_valid = key_valid
         self.key_origin = key_origin
-        self.valid = key_valid[:, -positions.size(-1) :] if key_valid is not None else None  # (B, T)
+        self.static = isinstance(offset, Tensor)  # keys span a static cache's every slot, written or not
+        self.valid = self._new_valid(positions.size(-1))  # (B, T) or None
         self.score_bias = positional.score_bias(positions, key_positions)  # (B|1, nh|1, T, Tk - key_origin) or None
-        self.is_causal = offset == 0 and key_valid is None and self.score_bias is None
+        self.is_causal = not self.static and offset == 0 and key_valid is None and self.score_bias is None
         self._bias: dict[tuple, Tensor | None] = {}
+
+    def _new_valid(self, T: int) -> Tensor | None:
+        """The validity of the T new tokens: the last T keys', or a static cache's slots offset.. (B, T)."""
+        if self.key_valid is None:
+            return None
+        if self.static:
+            return self.key_valid.index_select(1, torch.arange(T, device=self.key_valid.device) + self.offset)
+        return self.key_valid[:, -T:]
 
     def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         return self.positional.rotate(q, k, self.positions)
@@ -161,13 +170,14 @@ class AttentionContext:
         kept = first_key - self.key_origin  # where key slot first_key lies in key_positions and key_valid
         if (
             T == 1
+            and not self.static
             and self.key_valid is None
             and self.score_bias is None
             and (window is None or Tk - first_key <= window)
         ):
             return None
         device = self.positions.device
-        q_slot = torch.arange(self.offset, self.offset + T, device=device)
+        q_slot = torch.arange(T, device=device) + self.offset
         k_slot = torch.arange(first_key, Tk, device=device)
         allowed = k_slot[None, :] <= q_slot[:, None]  # (T, Tk')
         if window is not None:

@@ -215,7 +215,7 @@ class Attention(Component):
     layer's cache as made by ``new_cache``. A mixer supports causal masking, left padding, dropout
     (training only) and decoding in pieces of any size with the same outputs as one forward. It
     declares what it is (``inspection``, ``position_hooks``, ``cache_kind``, ``measurements``,
-    ``kv_sharing``, ``kit_lengths``), and the config, the model, ``inspect``, ``describe`` and the
+    ``kv_sharing``, ``kit_lengths``, ``static_cache``), and the config, the model, ``inspect``, ``describe`` and the
     conformance kit follow the declarations; readers ask through the ``declared_*`` classmethods,
     which a mixer whose declarations follow its params overrides. The contract in full, with the
     softmax variants' shared state-dict layout: docs/extending.md ("Writing an attention variant",
@@ -229,6 +229,7 @@ class Attention(Component):
     out_proj: nn.Module
     equivalent_to: ClassVar[str | None] = None
     kv_sharing: ClassVar[bool] = False
+    static_cache: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor: ...
@@ -247,6 +248,11 @@ class Attention(Component):
     def declared_cache_kind(cls, params: Params) -> CacheKind:
         """What this mixer, built with ``params``, keeps while decoding; default: ``cache_kind``."""
         return cls.cache_kind
+
+    @classmethod
+    def declared_static_cache(cls, params: Params) -> bool:
+        """Whether this mixer, built with ``params``, decodes through a static cache; default: ``static_cache``."""
+        return cls.static_cache
 
     @classmethod
     def declared_measurements(cls, params: Params) -> frozenset[Measurement]:

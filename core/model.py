@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gptzoo.core.cache import KVCache
+from gptzoo.core.cache import KVCache, StaticKVCache
 from gptzoo.core.config import ModelConfig
 from gptzoo.core.context import AttentionContext, Meter, Recorder
 from gptzoo.core.errors import ConfigError
@@ -109,13 +109,16 @@ class GPT(nn.Module):
             raise ValueError("a recorder inspects one whole forward: run it without a cache")
         if meter is not None and cache is not None:
             raise ValueError("a meter measures one whole forward: run it without a cache")
-        offset = cache.length if cache is not None else 0
-        if cache is not None and cache.max_len is not None and offset + T > cache.max_len:
+        # A static cache's length is a tensor (a compiled step sees the same Python values at every token),
+        # advanced in place below: the offset is a copy.
+        static = isinstance(cache, StaticKVCache)
+        offset = cache.length.clone() if isinstance(cache, StaticKVCache) else cache.length if cache is not None else 0
+        if cache is not None and not static and cache.max_len is not None and offset + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {offset} cached + {T} new do not fit")
         padded = pad_mask is not None or (cache is not None and cache.padded)
         valid = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
         if not padded:
-            positions = torch.arange(offset, offset + T, device=idx.device).unsqueeze(0)  # (1, T)
+            positions = (torch.arange(T, device=idx.device) + offset).unsqueeze(0)  # (1, T)
         else:
             before = cache.seen if cache is not None else 0  # (B, 1) real tokens already cached
             positions = (before + valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -125,14 +128,9 @@ class GPT(nn.Module):
         else:
             origin = cache.origin
             cache.padded |= pad_mask is not None
-            all_positions = torch.cat([cache.positions, positions.expand(B, T)], dim=1)  # (B, kept + T)
-            all_valid = torch.cat([cache.valid, valid], dim=1)  # (B, kept + T)
-            cache.remember(all_positions, all_valid, T)
-            cache.seen = cache.seen + valid.sum(-1, keepdim=True)
-            key_positions = all_positions if padded else all_positions[:1]
-            key_valid = all_valid if padded else None
+            key_positions, key_valid = cache.advance(positions, valid, padded)
         for scheme in (self.positional, *self.kind_positionals.values()):
-            cast(PositionalEncoding, scheme).reach(offset + T)
+            cast(PositionalEncoding, scheme).reach(cast(int, cache.max_len) if static else offset + T)
         kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
         x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
         handovers: dict[str, object] = {}  # what a layer leaves for the later ones (AttentionContext.hand_over)
@@ -231,10 +229,16 @@ class GPT(nn.Module):
         return losses
 
     def new_cache(
-        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None, mtp: bool = False
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        mtp: bool = False,
+        static: bool = False,
     ) -> KVCache:
         """A decoding cache for ``max_len`` tokens; each layer's mixer makes its own part (``mtp``:
-        those of the multi-token prediction modules' blocks, for ``predict_ahead``).
+        those of the multi-token prediction modules' blocks, for ``predict_ahead``; ``static``: a
+        ``StaticKVCache`` of fixed shapes for ``max_len`` tokens, for mixers that declare ``static_cache``).
 
         Default: no limit where every layer's cache is bounded (``bounded_cache``) and every
         position scheme extends, else the context. Bounded models keep only the latest tokens'
@@ -254,6 +258,9 @@ class GPT(nn.Module):
             None if reads else m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
             for m, reads in zip(mixers, readers, strict=True)
         ]
+        if static:
+            assert max_len is not None, "a static cache is made for a given number of tokens"
+            return StaticKVCache(layers, batch_size, max_len, weight.device)
         return KVCache(layers, batch_size, max_len, weight.device, keep)
 
     def mixers(self) -> list[Attention]:

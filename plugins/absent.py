@@ -17,6 +17,7 @@ class NoMixer(Attention):
     inspection = "nothing"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         raise TypeError("a 'none' mixer is never called: the block leaves its sublayer out")

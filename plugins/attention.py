@@ -257,6 +257,7 @@ class FusedAttention(Attention):
     Params = AttentionParams
     equivalent_to = "sdpa"
     kv_sharing = True
+    static_cache = True
     measurements = frozenset({"max_logit"})
 
     def __init__(self, params: AttentionParams, dims: Dims):

@@ -42,6 +42,7 @@ class ChunkedAttention(SDPAAttention):
     Params = ChunkedParams
     equivalent_to = None
     cache_kind = "window"
+    static_cache = False  # its ring is written at a Python offset
 
     @classmethod
     def cache_window(cls, params: ChunkedParams) -> int:

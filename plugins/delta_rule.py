@@ -188,6 +188,7 @@ class DeltaRuleMixer(Attention):
     inspection = "implicit_attention"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True  # a fixed-size state, updated in place
     # Set by each variant's __init__:
     n_v_heads: int
     n_k_heads: int

@@ -64,8 +64,12 @@ class LatentCache(LayerCache):
     def __init__(self, batch_size: int, max_len: int, width: int, device: torch.device, dtype: torch.dtype):
         self.kv = torch.zeros(batch_size, 1, max_len, width, device=device, dtype=dtype)
 
-    def update(self, kv: Tensor, start: int) -> Tensor:
-        """Write kv (B, 1, T, r + dr) at slots start.. -> every token's so far (B, 1, start + T, r + dr)."""
+    def update(self, kv: Tensor, start: int | Tensor) -> Tensor:
+        """Write kv (B, 1, T, r + dr) at slots start.. -> every token's so far (B, 1, start + T, r + dr); a tensor
+        ``start`` (a static cache's) gives every slot, as ``KVLayerCache.update`` does."""
+        if isinstance(start, Tensor):
+            self.kv.index_copy_(2, start + torch.arange(kv.size(2), device=kv.device), kv.to(self.kv.dtype))
+            return self.kv.to(kv.dtype)
         end = start + kv.size(2)
         self.kv[:, :, start:end] = kv
         return self.kv[:, :, :end].to(kv.dtype)
@@ -73,6 +77,7 @@ class LatentCache(LayerCache):
 
 class LatentAttention(Attention):
     Params = LatentParams
+    static_cache = True
 
     @classmethod
     def check(cls, params: LatentParams, dims: Dims) -> None:

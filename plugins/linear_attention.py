@@ -139,6 +139,7 @@ class DecayedLinearAttention(Attention):
     inspection = "implicit_attention"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True  # a fixed-size state, updated in place
     chunk_size: int
     key_width: int  # dk per head
     value_width: int  # dv per head, the state's (the normaliser adds a column)

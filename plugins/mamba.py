@@ -174,6 +174,7 @@ class Mamba2(Attention):
     inspection = "implicit_attention"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True  # a fixed-size state, updated in place
 
     @classmethod
     def shape(cls, params: Mamba2Params, dims: Dims) -> tuple[int, int, int]:
@@ -360,6 +361,7 @@ class Mamba(Attention):
     inspection = "state_norms"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True  # a fixed-size state, updated in place
 
     @classmethod
     def check(cls, params: MambaParams, dims: Dims) -> None:

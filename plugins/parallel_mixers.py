@@ -123,6 +123,10 @@ class ParallelMixers(Attention):
         return "keys_values" if "keys_values" in kinds else "window" if "window" in kinds else "state"
 
     @classmethod
+    def declared_static_cache(cls, params: ParallelMixersParams) -> bool:
+        return all(spec.impl.declared_static_cache(spec.params) for spec in params.mixers)
+
+    @classmethod
     def receptive_field(cls, params: ParallelMixersParams) -> int | None:
         fields = [spec.impl.receptive_field(spec.params) for spec in params.mixers]
         return None if any(f is None for f in fields) else max(f for f in fields if f is not None)

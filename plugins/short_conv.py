@@ -44,6 +44,7 @@ class GatedShortConv(Attention):
     inspection = "implicit_attention"
     position_hooks = frozenset()
     cache_kind = "state"
+    static_cache = True  # a fixed-size state, updated in place
 
     def __init__(self, params: ShortConvParams, dims: Dims):
         super().__init__(params, dims)

@@ -71,6 +71,7 @@ class SlidingWindowAttention(SDPAAttention):
     Params = SlidingWindowParams
     equivalent_to = None
     cache_kind = "window"
+    static_cache = False  # its ring is written at a Python offset
 
     @classmethod
     def receptive_field(cls, params: SlidingWindowParams) -> int:

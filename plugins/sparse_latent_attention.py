@@ -108,6 +108,7 @@ CHOSEN_KEYS = "sparse_latent.chosen_keys"  # what an indexer hands over: (B, T, 
 
 class SparseLatentAttention(LatentAttention):
     Params = SparseLatentParams
+    static_cache = False  # its index keys are cached at a Python offset
 
     @classmethod
     def check(cls, params: SparseLatentParams, dims: Dims) -> None:

@@ -44,6 +44,7 @@ class PerHeadAttention(Attention):
 
     Params = AttentionParams
     equivalent_to = "sdpa"
+    static_cache = True
 
     def __init__(self, params: AttentionParams, dims: Dims):
         super().__init__(params, dims)
@@ -139,6 +140,8 @@ class NoWeightsAttention(Attention):
     unscaled as in the book's first version (the next sections add trainable projections and
     the 1/√d scale). Nothing here trains; the block's norm and the feed-forward still do.
     """
+
+    static_cache = True
 
     def __init__(self, params: Params, dims: Dims):
         super().__init__(params, dims)

@@ -17,6 +17,7 @@ from gptzoo.recipes.generation.generate import (
     too_long,
 )
 from gptzoo.recipes.generation.speculative import Speculation, speculation_refusal, speculative_ids
+from gptzoo.recipes.generation.static import static_refusal
 from gptzoo.recipes.generation.stored_weights import STORAGES, store_weights
 from gptzoo.recipes.runs.folder import load_run
 
@@ -55,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="greedy decoding drafted by the run's multi-token prediction module (model.mtp) and verified by the "
         "model: the same tokens, fewer forwards; the drafts' acceptance rate goes to stderr",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through a static cache with one step compiled by torch.compile: the same greedy tokens; pays "
+        "off only over many tokens, the first compile taking seconds to minutes (docs/design/performance.md)",
+    )
     add_weight_storage_argument(parser)
 
 
@@ -80,6 +87,8 @@ def check_options(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     if args.speculative and (args.temperature > 0 or args.top_k or args.top_p):
         raise GptzooError("--speculative decodes greedily: drop --temperature, --top-k and --top-p")
+    if args.speculative and args.compile:
+        raise GptzooError("--speculative drafts and verifies through the eager cache: drop --compile")
 
 
 def check_seed(seed: int | None) -> None:
@@ -112,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
             raise too_long(which, ids, whole, context_length, loaded.folder / "config.json")
         prompts.append(ids or [tokenizer.eot_id])  # an empty prompt starts from end-of-text, as prompt_ids does
 
+    if args.compile and (refusal := static_refusal(model, max(map(len, prompts)) + args.max_new_tokens)) is not None:
+        raise GptzooError(f"--compile: {args.run_dir}: {refusal}; decode without --compile")
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(
         temperature=args.temperature,
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         generator=generator,
         eot_id=tokenizer.eot_id,
         stop_ids=tokenizer.stop_ids,
+        compiled=args.compile,
     )
     # Each prompt prints as the tokenizer decodes it, the continuation as its ids decode after
     # the prompt's: together, the tokenizer's text of the whole sequence (the word tokenizer

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, KVCache, Tokenizer
+from gptzoo.recipes.generation.static import static_decode
 from gptzoo.recipes.runs.memory import available_memory, gib
 
 
@@ -90,6 +91,7 @@ def generate_ids(
     stop_ids: Collection[int] | None = None,
     use_cache: bool = True,
     on_token: Callable[[int, int], None] | None = None,
+    compiled: bool = False,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new ids.
 
@@ -97,14 +99,17 @@ def generate_ids(
     checkpoint may end turns at several ids), which is not included in its output; generation ends when every row
     has stopped. ``on_token(row, id)`` is called as each output token is produced.
     ``use_cache=False`` re-runs the whole (cropped) sequence every step: slower, same tokens
-    under greedy decoding.
+    under greedy decoding. ``compiled`` decodes through a static cache with one compiled step
+    (gptzoo.recipes.generation.static): the same tokens under greedy decoding, GptzooError for a
+    model it cannot serve.
     """
     stops = stopping_ids(eot_id, stop_ids)
     text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=True)
     finished = [False] * len(prompts)
     produced = 0
+    sampling = (temperature, top_k, top_p, generator)
     with _eval_mode(model):
-        for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
+        for next_ids in _decode(model, text, max_new_tokens, use_cache, sampling, compiled):
             produced += 1
             if not stops and on_token is None:
                 continue  # nothing to decide on the host: no sync
@@ -139,6 +144,7 @@ def stream_ids(
     eot_id: int | None = None,
     stop_ids: Collection[int] | None = None,
     use_cache: bool = True,
+    compiled: bool = False,
 ) -> None:
     """``generate_ids`` that keeps none of its output: each token goes only to ``on_token(row, id)``.
 
@@ -150,8 +156,9 @@ def stream_ids(
     stops = stopping_ids(eot_id, stop_ids)
     text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=False)
     finished = [False] * len(prompts)
+    sampling = (temperature, top_k, top_p, generator)
     with _eval_mode(model):
-        for next_ids in _decode(model, text, max_new_tokens, use_cache, (temperature, top_k, top_p, generator)):
+        for next_ids in _decode(model, text, max_new_tokens, use_cache, sampling, compiled):
             if _note_tokens(next_ids, finished, stops, on_token):
                 break
 
@@ -177,9 +184,23 @@ def _look_back(model: GPT, use_cache: bool) -> int | None:
     return 1 if use_cache else None  # the cache holds the rest, or every step re-reads the whole text
 
 
-def _decode(model: GPT, text: _Text, max_new_tokens: int, use_cache: bool, sampling: tuple) -> Iterator[Tensor]:
-    """Each step's next ids (B,), up to ``max_new_tokens`` steps, written into ``text`` as they are drawn."""
+def _decode(
+    model: GPT, text: _Text, max_new_tokens: int, use_cache: bool, sampling: tuple, compiled: bool = False
+) -> Iterator[Tensor]:
+    """Each step's next ids (B,), up to ``max_new_tokens`` steps, written into ``text`` as they are drawn
+    (``compiled``: through a static cache and one compiled step)."""
     B, P = text.tokens.size(0), text.P
+    if compiled:
+        if not use_cache:
+            raise ValueError("compiled decoding runs through a cache: leave use_cache on")
+        tokens, pad_mask = text.columns(0, P)
+        steps = static_decode(
+            model, tokens, pad_mask, max_new_tokens, lambda logits: sample_next(logits.float(), *sampling)
+        )
+        for step, next_ids in enumerate(steps):
+            text.append(P + step, next_ids)
+            yield next_ids
+        return
     window = None if model.extension_refusal() is None else model.config.context_length  # None: sees everything
     length = _cache_length(model, P, text.total) if use_cache else None
     cache = model.new_cache(B, length) if length is not None else None

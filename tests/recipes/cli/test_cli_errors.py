@@ -347,6 +347,18 @@ BAD_VALUES = [
     ),
     (
         "generate",
+        "options that conflict",
+        ["{run}", "--prompt", "I had", "--speculative", "--compile"],
+        "--speculative drafts and verifies through the eager cache: drop --compile",
+    ),
+    (
+        "generate",
+        "option that does not apply",
+        ["{run}", "--prompt", "I had", "--compile", "--max-new-tokens", "40"],
+        "past the context of 16 that the model crops to; decode without --compile",
+    ),
+    (
+        "generate",
         "int beyond 64 bits",
         ["{run}", "--prompt", "I had", "--seed", str(2**64)],
         f"--seed {2**64}: give a seed of at most 64 bits (0 to {2**64 - 1})",

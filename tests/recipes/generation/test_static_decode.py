@@ -1,0 +1,110 @@
+"""Compiled decoding through a static cache (``generate_ids(..., compiled=True)``, ``generate --compile``):
+the book loop's greedy tokens for every mixer that declares it, left padding included, one compiled
+graph for every token, and a clean refusal of the mixers it cannot serve."""
+
+import pytest
+import torch
+
+from gptzoo.core import GPT, ConfigError, GptzooError
+from gptzoo.recipes.generation import static
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.registry import make_registry
+
+REGISTRY = make_registry(entry_points=False)
+PROMPTS = [[72, 105, 33], [1, 250, 7, 99, 3, 18, 64]]  # left-padded by 4 in the batch
+NEW = 5  # 7 + 5 tokens stay within the 12-token context
+
+
+def tiny_model(**changes) -> GPT:
+    spec = {"vocab_size": 257, "context_length": 12, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte"}
+    torch.manual_seed(0)
+    return GPT(REGISTRY.model_config(spec | changes)).eval().double()
+
+
+def book_greedy(model: GPT, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """The book's generate_text_simple: re-run the whole sequence, take the argmax."""
+    idx = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx[0, len(prompt) :].tolist()
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the graph as traced (as aot_eager would) and counts compilations."""
+
+    def __init__(self):
+        self.compilations = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        self.compilations += 1
+        return graph.forward
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    counting = CountingBackend()
+    monkeypatch.setattr(static, "COMPILE_BACKEND", counting)
+    torch._dynamo.reset()
+    yield counting
+    torch._dynamo.reset()
+
+
+def _variants() -> list[tuple[str, dict]]:
+    """Every registered mixer (grouped key/value heads where it takes them), and softmax attention's cached options."""
+    variants = [(name, {"attention": {"name": name}}) for name in REGISTRY.names("attention")]
+    return variants + [
+        ("sdpa, one key/value head", {"attention": {"name": "sdpa"}, "n_kv_heads": 1}),
+        ("sdpa with sinks", {"attention": {"name": "sdpa", "sinks": True}}),
+        ("fused with alibi", {"attention": {"name": "fused"}, "positional": {"name": "alibi"}}),
+        ("sdpa with learned positions", {"attention": {"name": "sdpa"}, "positional": {"name": "learned"}}),
+        ("sdpa, kv shared by a later layer", {"attention": {"name": "sdpa"}, "kv_shared_layers": 1}),
+    ]
+
+
+@pytest.mark.parametrize("changes", [c for _, c in _variants()], ids=[n for n, _ in _variants()])
+def test_compiled_greedy_gives_the_book_tokens_with_left_padding(backend, changes):
+    try:
+        model = tiny_model(**({"n_kv_heads": 2} | changes))
+    except ConfigError:  # no separate key/value heads
+        model = tiny_model(**changes)
+    refusal = static.static_refusal(model, len(PROMPTS[1]) + NEW)
+    if refusal is not None:
+        with pytest.raises(GptzooError, match="keeps a window cache|keeps a keys_values cache") as err:
+            generate_ids(model, PROMPTS, NEW, compiled=True)
+        assert "\n" not in str(err.value) and type(model.mixers()[0]).__name__ in str(err.value)
+        return
+    expected = [book_greedy(model, prompt, NEW) for prompt in PROMPTS]
+    assert generate_ids(model, PROMPTS, NEW, compiled=True) == expected  # each row as it would decode alone
+    assert generate_ids(model, PROMPTS, NEW) == expected  # the eager path, the same tokens
+    assert backend.compilations > 0  # the steps after the prompt did run compiled
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
+def test_every_token_runs_through_one_compiled_graph(backend, positional):
+    model = tiny_model(attention={"name": "sdpa"}, positional={"name": positional}, context_length=64)
+    first = generate_ids(model, PROMPTS, 40, compiled=True)
+    assert backend.compilations == 1  # 39 steps, one graph: no recompilation as the text grows
+    assert generate_ids(model, [[5, 6, 7, 8, 9, 10, 11], [9, 8]], 40, compiled=True) != first
+    assert backend.compilations == 1  # another batch of the same shape reuses it
+
+
+def test_a_model_that_decodes_past_its_context_does_so_compiled(backend):
+    model = tiny_model(attention={"name": "mamba2"}, positional={"name": "none"})
+    assert model.extension_refusal() is None  # its state extends: no cropping
+    expected = [book_greedy(model, prompt, 20) for prompt in PROMPTS]
+    assert generate_ids(model, PROMPTS, 20, compiled=True) == expected
+
+
+def test_a_text_past_the_context_of_a_model_that_crops_is_refused():
+    with pytest.raises(GptzooError, match="come to 27, past the context of 12 that the model crops to"):
+        generate_ids(tiny_model(), PROMPTS, 20, compiled=True)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_greedy_equals_the_eager_path():
+    # The real backend (C++ code generated and built): about a minute on two cores.
+    torch._dynamo.reset()
+    model = tiny_model(attention={"name": "sdpa"}).float()
+    assert generate_ids(model, PROMPTS, NEW, compiled=True) == generate_ids(model, PROMPTS, NEW)
+    torch._dynamo.reset()
