@@ -1,6 +1,6 @@
 """Greedy decoding on a CPU against the memory-bandwidth bound, in one process.
 
-    python benchmarks/decode.py [--shapes small,gpt2-124m] [--storages fp32,bf16,int8]
+    python benchmarks/decode.py [--shapes small,gpt2-124m] [--storages fp32,bf16,int8] [--compiled fp32]
                                 [--new-tokens 64] [--reps 5] [--threads N] [--out decode-bench.json]
 
 Batch 1, a 16-token prompt, ``--new-tokens`` greedy tokens; the time per token is the whole
@@ -10,6 +10,10 @@ change in the machine's load falls on all alike; figures are medians.
 
 - ``gptzoo-<storage>``: gptzoo's GPT-2 assembly (``generate_ids``, KV cache) with its weights
   stored as fp32, bf16 or int8 (``--weight-storage``);
+- ``gptzoo-<storage>-compiled``, for each storage in ``--compiled``: the same through a static cache
+  and one compiled step (``generate --compile``); its warm-up call compiles, so the times are
+  the steady state, not the first call's seconds of compiling. Its layers read every slot of
+  the preallocated cache, so its KV bytes are the whole text's, not the mean length's;
 - ``transformers``: GPT2LMHeadModel's ``generate`` on the same shape (sdpa).
 
 The book's KV-cache GPT-2 is not a row: the book package's ``llms_from_scratch.kv_cache.gpt2``
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -60,9 +65,10 @@ def bandwidth(megabytes: int = 512, reps: int = 5) -> float:
     return 2 * a.numel() * 4 / min(times)
 
 
-def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int) -> int:
+def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool = False) -> int:
     """What one greedy step of gptzoo's GPT reads: every matrix it multiplies, in its stored form, the other
-    weights used whole (norms, biases), one row of each lookup table, and the KV cache at the mean length."""
+    weights used whole (norms, biases), one row of each lookup table, and the KV cache at the mean length
+    (``static``: at the whole text's, every preallocated slot)."""
     head = model.head.matrix if isinstance(model.head, StoredHead) else model.head
     looked_up = set()  # tensors only looked up a row at a time: tables the head does not multiply by
     for module in model.modules():
@@ -78,12 +84,14 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int) -> int:
             seen.add(id(tensor))
             n_bytes = tensor.numel() * tensor.element_size()
             total += n_bytes // tensor.shape[0] if id(tensor) in looked_up else n_bytes  # a lookup reads one row
-    mean_length = PROMPT + new_tokens / 2
-    return total + 2 * shape["n_layers"] * shape["d_model"] * int(mean_length) * 4
+    kv_length = PROMPT + new_tokens if static else PROMPT + new_tokens / 2
+    return total + 2 * shape["n_layers"] * shape["d_model"] * int(kv_length) * 4
 
 
-def cases(shape: dict, storages: list[str], new_tokens: int) -> dict[str, tuple[Callable[[], None], int]]:
-    """name -> (one greedy call, bytes per token)."""
+def cases(
+    shape: dict, storages: list[str], new_tokens: int, compiled: list[str]
+) -> dict[str, tuple[Callable[[], None], int]]:
+    """name -> (one greedy call, bytes per token); the storages in ``compiled`` also through the compiled step."""
     torch.manual_seed(0)
     prompt = torch.randint(0, shape["vocab_size"], (1, PROMPT))
     out: dict[str, tuple[Callable[[], None], int]] = {}
@@ -94,6 +102,11 @@ def cases(shape: dict, storages: list[str], new_tokens: int) -> dict[str, tuple[
             lambda m=model: generate_ids(m, [prompt[0].tolist()], new_tokens),
             bytes_per_token(model, shape, new_tokens),
         )
+        if storage in compiled:
+            out[f"gptzoo-{storage}-compiled"] = (
+                lambda m=model: generate_ids(m, [prompt[0].tolist()], new_tokens, compiled=True),
+                bytes_per_token(model, shape, new_tokens, static=True),
+            )
     fp32_bytes = out["gptzoo-fp32"][1] if "gptzoo-fp32" in out else 0
     hf = build("transformers", shape).eval()
     out["transformers"] = (
@@ -123,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="small,gpt2-124m", help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--storages", default="fp32,bf16,int8")
+    parser.add_argument("--compiled", default="fp32", help="storages also timed compiled (generate --compile)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = dict(
             SHAPES[shape_name], context_length=max(SHAPES[shape_name]["context_length"], PROMPT + args.new_tokens)
         )
-        made = cases(shape, args.storages.split(","), args.new_tokens)
+        made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
         seconds = in_turns({name: call for name, (call, _) in made.items()}, args.reps)
         for name, (_, n_bytes) in made.items():
             rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_gb_per_s": [b / 1e9 for b in bandwidths],
         "new_tokens": args.new_tokens,
         "reps": args.reps,
+        "load": f"two cores shared with other jobs: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
     }
     print(json.dumps(meta))
     with open(args.out, "w") as f:
