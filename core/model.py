@@ -111,9 +111,10 @@ class GPT(nn.Module):
             raise ValueError("a meter measures one whole forward: run it without a cache")
         # A static cache's length is a tensor (a compiled step sees the same Python values at every token),
         # advanced in place below: the offset is a copy.
-        static = isinstance(cache, StaticKVCache)
-        offset = cache.length.clone() if isinstance(cache, StaticKVCache) else cache.length if cache is not None else 0
-        if cache is not None and not static and cache.max_len is not None and offset + T > cache.max_len:
+        offset: int | Tensor = cache.length if cache is not None else 0
+        if isinstance(offset, Tensor):
+            offset = offset.clone()
+        elif cache is not None and cache.max_len is not None and offset + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {offset} cached + {T} new do not fit")
         padded = pad_mask is not None or (cache is not None and cache.padded)
         valid = pad_mask if pad_mask is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
@@ -129,8 +130,11 @@ class GPT(nn.Module):
             origin = cache.origin
             cache.padded |= pad_mask is not None
             key_positions, key_valid = cache.advance(positions, valid, padded)
+        extent = (
+            offset + T if isinstance(offset, int) else cast(int, cast(KVCache, cache).max_len)
+        )  # static: every slot
         for scheme in (self.positional, *self.kind_positionals.values()):
-            cast(PositionalEncoding, scheme).reach(cast(int, cache.max_len) if static else offset + T)
+            cast(PositionalEncoding, scheme).reach(extent)
         kv_store = dict.fromkeys(self.kv_sources) if self.kv_sources else None
         x = self.dropout(self.positional.embed(self.embed(idx), positions))  # (B, T, C): the first block's input
         handovers: dict[str, object] = {}  # what a layer leaves for the later ones (AttentionContext.hand_over)
