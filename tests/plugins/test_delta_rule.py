@@ -18,7 +18,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import (
 )
 
 from gptzoo.core import GPT, AttentionContext, ConfigError, Recorder
-from gptzoo.plugins.delta_rule import chunked_delta_rule, delta_rule_step, implicit_attention
+from gptzoo.plugins._delta_rule import chunked_delta_rule, delta_rule_step, implicit_attention
 from gptzoo.registry import make_registry
 from gptzoo.testing import check_component
 
