@@ -10,8 +10,8 @@ from typing import Any
 from gptzoo.core import GptzooError
 from gptzoo.recipes.cli.generate import add_weight_storage_argument, check_seed
 from gptzoo.recipes.finetuning.instruct import ChatOptions, instruction_ids, respond, respond_in_template
-from gptzoo.recipes.generation.generate import encode_within
 from gptzoo.recipes.generation.stored_weights import store_weights
+from gptzoo.recipes.generation.text import encode_within
 from gptzoo.recipes.runs.folder import Run, load_run
 
 HELP = "answer an instruction with an instruction-tuned run: in its checkpoint's chat template when it has one (import-hf), else the Alpaca format of finetune-instruct; without --instruction, one per stdin line"

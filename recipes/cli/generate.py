@@ -7,18 +7,11 @@ import sys
 import torch
 
 from gptzoo.core import GptzooError
-from gptzoo.recipes.generation.generate import (
-    TextStream,
-    check_memory,
-    decode_after,
-    encode_within,
-    generate_ids,
-    stream_ids,
-    too_long,
-)
+from gptzoo.recipes.generation.generate import check_memory, generate_ids, stream_ids
 from gptzoo.recipes.generation.speculative import Speculation, speculation_refusal, speculative_ids
 from gptzoo.recipes.generation.static import static_refusal
 from gptzoo.recipes.generation.stored_weights import STORAGES, store_weights
+from gptzoo.recipes.generation.text import TextStream, decode_after, encode_within, too_long
 from gptzoo.recipes.runs.folder import load_run
 
 HELP = "continue one or more prompts with a trained run (greedy, temperature, top-k, top-p)"

@@ -23,7 +23,8 @@ from gptzoo.core import GPT, GptzooError, Tokenizer
 from gptzoo.recipes.config.schema import TrainConfig
 from gptzoo.recipes.finetuning.common import EpochStates, batches, read_data_file
 from gptzoo.recipes.finetuning.loop import epoch_records
-from gptzoo.recipes.generation.generate import complete, generate_ids, prompt_ids
+from gptzoo.recipes.generation.generate import complete, generate_ids
+from gptzoo.recipes.generation.text import prompt_ids
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index
 PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."

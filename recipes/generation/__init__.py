@@ -1,1 +1,1 @@
-"""Generation: sampling, the decoding loop with the KV cache, streaming text."""
+"""Generation: sampling, the decoding loop with the KV cache (generate), prompts and streamed text (text)."""

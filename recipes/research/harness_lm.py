@@ -21,7 +21,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from gptzoo.recipes.generation.generate import decode_after, generate_ids
+from gptzoo.recipes.generation.generate import generate_ids
+from gptzoo.recipes.generation.text import decode_after
 from gptzoo.recipes.runs.folder import Run, load_run
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from gptzoo.core import GPT, GptzooError, Recorder, Tokenizer
-from gptzoo.recipes.generation.generate import encode_within
+from gptzoo.recipes.generation.text import encode_within
 from gptzoo.recipes.runs.files import save_png, write_text_atomic
 
 SUMMARY = "inspect.json"

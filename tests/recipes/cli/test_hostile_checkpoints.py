@@ -416,7 +416,7 @@ def test_generate_refuses_more_new_tokens_than_memory_holds_up_front(max_new, tm
 
 
 def test_a_long_prompt_is_refused_after_tokenizing_a_few_times_the_context():
-    from gptzoo.recipes.generation.generate import encode_within
+    from gptzoo.recipes.generation.text import encode_within
 
     encoded = []
 

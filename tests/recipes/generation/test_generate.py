@@ -11,7 +11,8 @@ from gptzoo.core import GPT, ConfigError, Tokenizer
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.generation import generate
-from gptzoo.recipes.generation.generate import TextStream, complete, generate_ids, sample_next, stream_ids
+from gptzoo.recipes.generation.generate import complete, generate_ids, sample_next, stream_ids
+from gptzoo.recipes.generation.text import TextStream
 from gptzoo.recipes.runs.folder import save_run
 from gptzoo.registry import make_registry
 
