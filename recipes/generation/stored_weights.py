@@ -10,6 +10,11 @@ it is made for few rows of activations (decoding), so a long prompt's prefill mu
 dequantized matrix instead.
 ``"bf16"`` keeps the same matrices in bfloat16 and multiplies in bf16 (half the bytes; only
 faster where the CPU has native bf16 dot products).
+``"fp32"`` keeps the model's own values and dtype, each matrix transposed to (K, N): a product
+with one row of activations then reads the matrix as N-long rows scaled and summed, which BLAS
+streams at the memory's rate, where the (N, K) layout is read as N dot products of K numbers
+each, slower when K is short (a vocabulary-sized head of 256- or 768-wide rows: the numbers are
+in docs/design/performance.md).
 
 The language-model head becomes a ``StoredHead`` (its stored matrix, then the head's own scaling
 and capping), every ``nn.Embedding`` a ``StoredEmbedding`` that looks single rows up in the stored
@@ -41,15 +46,19 @@ DECODE_ROWS = 32  # activations rows up to which the int8 kernel beats a GEMM on
 class StoredLinear(nn.Module):
     """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, or as bf16."""
 
-    stored: Tensor  # (N, K8) int8 or (N, K) bf16
-    scale: Tensor | None  # (N,) bf16 for int8, None for bf16
+    stored: Tensor  # (N, K8) int8, (N, K) bf16 or (K, N) fp32
+    scale: Tensor | None  # (N,) bf16 for int8, None otherwise
     bias: Tensor | None  # (N,)
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, storage: Literal["bf16", "int8"]):
+    def __init__(self, weight: Tensor, bias: Tensor | None, storage: Storage):
         super().__init__()
         w = weight.detach()
         self.in_features, self.out_features, self.compute_dtype = w.shape[1], w.shape[0], w.dtype
-        if storage == "int8":
+        self.transposed = storage == "fp32"
+        if storage == "fp32":
+            self.register_buffer("stored", w.T.contiguous())  # (K, N)
+            self.scale = None
+        elif storage == "int8":
             w = F.pad(w, (0, -w.shape[1] % 8))  # (N, K8): K rounded up to the kernel's multiple of 8
             scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127  # (N,)
             self.register_buffer("stored", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))  # (N, K8)
@@ -62,12 +71,14 @@ class StoredLinear(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The matrix dequantized (N, K), for the few modules that read a linear's weight themselves."""
+        if self.transposed:
+            return self.stored.T  # (N, K), a view
         w = self.stored[:, : self.in_features].to(self.compute_dtype)
         return w if self.scale is None else w * self.scale.to(self.compute_dtype)[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[:-1].numel() > DECODE_ROWS or x.device.type != "cpu":  # a prefill: one GEMM is faster
-            return F.linear(x, self.weight, self.bias)
+        if self.transposed or x.shape[:-1].numel() > DECODE_ROWS or x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)  # fp32, or a prefill, where one GEMM is faster
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (B·T, K): the kernel reads rows whole
         if self.scale is None:
             y = x2 @ self.stored.T  # (B·T, N)
@@ -80,6 +91,8 @@ class StoredLinear(nn.Module):
 
     def rows(self, ids: Tensor) -> Tensor:
         """Rows ``ids`` (...) of the matrix, dequantized: (..., K)."""
+        if self.transposed:
+            return self.stored[:, ids].movedim(0, -1)  # (K, ...) -> (..., K)
         w = self.stored[ids, : self.in_features].to(self.compute_dtype)
         return w if self.scale is None else w * self.scale[ids].to(self.compute_dtype)[..., None]
 
@@ -114,11 +127,10 @@ class StoredHead(nn.Module):
 
 
 def store_weights(model: GPT, storage: Storage) -> GPT:
-    """Store ``model``'s linear weights, embeddings and LM head as ``storage`` (in place; ``fp32`` leaves it as it is)."""
+    """Store ``model``'s linear weights, embeddings and LM head as ``storage``, in place (``fp32``: the values
+    unchanged, each matrix in the layout decoding reads fastest; an untied lookup table stays as it is)."""
     if storage not in STORAGES:
         raise GptzooError(f"weight storage '{storage}': choose one of {', '.join(STORAGES)}")
-    if storage == "fp32":
-        return model
     if storage == "int8" and not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         raise GptzooError("int8 weight storage: this torch build has no int8 weight-only kernel; use bf16 or fp32")
     model.requires_grad_(False)
@@ -137,6 +149,10 @@ def store_weights(model: GPT, storage: Storage) -> GPT:
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, matrix(child.weight, child.bias))
-            elif type(child) is nn.Embedding and child.max_norm is None:
+            elif (
+                type(child) is nn.Embedding
+                and child.max_norm is None
+                and (storage != "fp32" or id(child.weight) in stored)
+            ):
                 setattr(module, name, StoredEmbedding(matrix(child.weight, None)))
     return model

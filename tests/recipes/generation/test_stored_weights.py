@@ -78,11 +78,29 @@ def test_stored_models_decode_close_to_fp32(storage):
     assert len(generate_ids(stored, [[1, 2, 3]], 5)[0]) == 5
 
 
-def test_fp32_leaves_the_model_as_it_is():
-    model = tiny_model()
-    before = {name: p.clone() for name, p in model.named_parameters()}
-    assert store_weights(model, "fp32") is model
-    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())
+def test_fp32_keeps_every_value_in_the_transposed_layout():
+    reference = tiny_model(tied_head=True)
+    model = store_weights(tiny_model(tied_head=True), "fp32")
+    linears = {name: m for name, m in reference.named_modules() if type(m) is torch.nn.Linear}
+    assert linears
+    for name, linear in linears.items():
+        stored = model.get_submodule(name)
+        assert isinstance(stored, StoredLinear) and stored.stored.shape == linear.weight.T.shape
+        assert stored.stored.is_contiguous() and torch.equal(stored.stored, linear.weight.T)
+    embedding = reference.token_embedding.weight
+    assert torch.equal(model.head.matrix.stored, embedding.T) and model.head.matrix is model.token_embedding.matrix
+    ids = torch.tensor([[3, 299, 0], [7, 7, 1]])
+    assert torch.equal(model.token_embedding(ids), embedding[ids])
+    x = torch.randint(0, 300, (2, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x))
+    with torch.inference_mode():
+        assert generate_ids(model, [[1, 2, 3], [4]], 12) == generate_ids(reference, [[1, 2, 3], [4]], 12)
+
+
+def test_fp32_leaves_an_untied_lookup_table_as_it_is():
+    model = store_weights(tiny_model(tied_head=False), "fp32")
+    assert type(model.token_embedding) is torch.nn.Embedding and isinstance(model.head, StoredHead)
 
 
 def test_generate_and_eval_take_the_option(tmp_path, capsys):
@@ -138,4 +156,16 @@ def test_every_mixer_decodes_with_int8_storage_close_to_fp32(attention):
     with torch.inference_mode():
         expected, got = reference(x), stored(x)
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.parametrize("attention", REGISTRY.names("attention"))
+def test_every_mixer_gives_the_same_logits_and_greedy_tokens_with_fp32_storage(attention):
+    reference, stored = (
+        tiny_model(attention={"name": attention}),
+        store_weights(tiny_model(attention={"name": attention}), "fp32"),
+    )
+    x = torch.randint(0, 300, (1, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(stored(x), reference(x), rtol=1e-4, atol=1e-5)
+        assert generate_ids(stored, [[5, 6, 7], [8]], 10) == generate_ids(reference, [[5, 6, 7], [8]], 10)
     assert len(generate_ids(stored, [[1, 2, 3]], 4)[0]) == 4
