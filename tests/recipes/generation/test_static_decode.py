@@ -89,6 +89,18 @@ def test_every_token_runs_through_one_compiled_graph(backend, positional):
     assert backend.compilations == 1  # another batch of the same shape reuses it
 
 
+def test_models_of_one_shape_decoded_in_turn_each_give_their_own_tokens(backend):
+    # The steps after a call's first skip the guards that tell graphs apart by nothing but tensors' values:
+    # two models sharing one graph must still each run on their own weights and caches.
+    first, second = tiny_model(attention={"name": "sdpa"}), tiny_model(attention={"name": "sdpa"})
+    torch.manual_seed(1)
+    second.load_state_dict(GPT(second.config).double().state_dict())  # the same shapes, other weights
+    expected = {id(m): [book_greedy(m, prompt, NEW) for prompt in PROMPTS] for m in (first, second)}
+    assert expected[id(first)] != expected[id(second)]
+    for model in (first, second, first, second):
+        assert generate_ids(model, PROMPTS, NEW, compiled=True) == expected[id(model)]
+
+
 def test_a_model_that_decodes_past_its_context_does_so_compiled(backend):
     model = tiny_model(attention={"name": "mamba2"}, positional={"name": "none"})
     assert model.extension_refusal() is None  # its state extends: no cropping
