@@ -21,8 +21,9 @@ The book's KV-cache GPT-2 is not a row: the book package's ``llms_from_scratch.k
 meant, so the first cached step raises a shape error); the project's own book-parity tests
 use the chapter's plain loop instead.
 
-The bound: this machine's memory bandwidth is measured in the same run (a stream-like copy of
-two arrays far larger than the caches: bytes read plus bytes written over the time), and each
+The bound: this machine's memory bandwidth is measured in the same run, timed in turns with each
+shape's calls (a stream-like copy of two arrays far larger than the caches: bytes read plus bytes
+written over the time; its median), and each
 row's bytes per token (every weight a decoding step multiplies, in its stored form, plus the
 KV cache read at the mean length) divided by it gives the fastest a step could be. ``of_bound``
 is the measured time over that: 1.0 is at the bound.
@@ -52,17 +53,17 @@ from gptzoo.recipes.generation.stored_weights import StoredEmbedding, StoredHead
 PROMPT = 16
 
 
-def bandwidth(megabytes: int = 512, reps: int = 5) -> float:
-    """Bytes per second of a copy between two arrays of ``megabytes`` each (read + write)."""
+def copy_call(megabytes: int = 512, copies: int = 4) -> tuple[Callable[[], None], int]:
+    """A stream-like copy between two arrays of ``megabytes`` each, ``copies`` times, and the bytes it moves
+    (read + write): timed in turns with the decoding calls, it gives the bandwidth of the same moments."""
     a = torch.ones(megabytes * 2**20 // 4)
     b = torch.empty_like(a)
-    b.copy_(a)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        b.copy_(a)
-        times.append(time.perf_counter() - start)
-    return 2 * a.numel() * 4 / min(times)
+
+    def call() -> None:
+        for _ in range(copies):
+            b.copy_(a)
+
+    return call, copies * 2 * a.numel() * 4
 
 
 def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool = False) -> int:
@@ -144,21 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bandwidths = [bandwidth()]
     rows = []
     for shape_name in args.shapes.split(","):
         shape = dict(
             SHAPES[shape_name], context_length=max(SHAPES[shape_name]["context_length"], PROMPT + args.new_tokens)
         )
         made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
-        seconds = in_turns({name: call for name, (call, _) in made.items()}, args.reps)
+        copy, copied = copy_call()
+        seconds = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
+        bytes_per_s = copied / seconds["copy"]
         for name, (_, n_bytes) in made.items():
             rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,
-                         "bytes_per_token": n_bytes})  # fmt: skip
-    bandwidths.append(bandwidth())
-    bytes_per_s = statistics.mean(bandwidths)
+                         "bytes_per_token": n_bytes, "bandwidth_gb_per_s": bytes_per_s / 1e9})  # fmt: skip
     for row in rows:
-        bound_ms = 1e3 * row["bytes_per_token"] / bytes_per_s
+        bound_ms = row["bytes_per_token"] / row["bandwidth_gb_per_s"] / 1e6
         reference = next(r for r in rows if r["shape"] == row["shape"] and r["impl"] == "transformers")
         row |= {
             "bound_ms": bound_ms,
@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        "bandwidth_gb_per_s": [b / 1e9 for b in bandwidths],
         "new_tokens": args.new_tokens,
         "reps": args.reps,
         "load": f"two cores shared with other jobs: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
