@@ -1,6 +1,6 @@
 """Greedy decoding on a CPU against the memory-bandwidth bound, in one process.
 
-    python benchmarks/decode.py [--shapes small,gpt2-124m] [--storages fp32,bf16,int8] [--compiled fp32]
+    python benchmarks/decode.py [--shapes small,gpt2-124m,qwen3-small] [--storages fp32,bf16,int8] [--compiled fp32]
                                 [--new-tokens 64] [--reps 5] [--threads N] [--out decode-bench.json]
 
 Batch 1, a 16-token prompt, ``--new-tokens`` greedy tokens; the time per token is the whole
@@ -16,10 +16,26 @@ change in the machine's load falls on all alike; figures are medians.
   the preallocated cache, so its KV bytes are the whole text's, not the mean length's;
 - ``transformers``: GPT2LMHeadModel's ``generate`` on the same shape (sdpa).
 
-The book's KV-cache GPT-2 is not a row: the book package's ``llms_from_scratch.kv_cache.gpt2``
-(1.0.19) cannot decode after its prompt (its causal mask is sliced by columns where rows are
-meant, so the first cached step raises a shape error); the project's own book-parity tests
-use the chapter's plain loop instead.
+The Qwen3 shapes (``qwen3-small``, ``qwen3-tiny``) decode one Qwen3-style model (grouped-query
+attention with per-head QK-norm, rotary, SwiGLU, RMSNorm, tied head) in three implementations
+holding the same weights: transformers' ``Qwen3ForCausalLM`` is built, saved and imported
+(``import_hf``), and the book package loads its state dict with its own loader. They are checked
+to give the same greedy tokens before they are timed:
+
+- ``gptzoo-fp32``: the imported run's model, stored as fp32 (``generate_ids``, KV cache);
+- ``book``: the book package's ``llms_from_scratch.kv_cache.qwen3.Qwen3Model`` (the version is in
+  the JSON's meta) with its ``generate_text_simple(..., use_cache=True)``, whose loop runs one step
+  more than the tokens it returns (its last step's logits go unused);
+- ``transformers``: ``Qwen3ForCausalLM.generate`` (sdpa).
+
+The ``transformers`` and ``book`` rows are given gptzoo fp32's bytes per token: the same model
+reads the same weights and cache at best. The book's KV-cache GPT-2 is not a row: in the book package (1.0.19)
+``kv_cache.generate.generate_text_simple`` stops at once on ``llms_from_scratch.kv_cache.gpt2.GPTModel``
+(an AttributeError: the model has no ``cfg``), and the model called directly with ``use_cache=True``
+and a ``KVCache`` fills the cache from the prompt, then fails on the first cached step (a RuntimeError
+in ``masked_fill_``: its causal mask is sliced ``[:, -num_tokens:]``, by columns, where the rows of
+the new tokens are meant, so a one-token step gets a (seq_len, 1) mask against (1, seq_len)
+scores). Its attention itself returns the context vector through ``out_proj``, as it should.
 
 The bound: this machine's memory bandwidth is measured in the same run, timed in turns with each
 shape's calls (a stream-like copy of two arrays far larger than the caches: bytes read plus bytes
@@ -37,8 +53,10 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -47,10 +65,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES, build  # noqa: E402
 
+from gptzoo.core import PositionalEncoding  # noqa: E402
 from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
 from gptzoo.recipes.generation.stored_weights import StoredEmbedding, StoredHead, store_weights  # noqa: E402
 
 PROMPT = 16
+QWEN3_SHAPES = {
+    # Qwen3-0.6B's vocabulary and layout (two query heads to each key-value head, 3 × d_model SwiGLU), 4 × 256.
+    "qwen3-small": dict(
+        vocab_size=151936, context_length=256, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=64, hidden=768
+    ),
+    # For the test suite.
+    "qwen3-tiny": dict(
+        vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden=192
+    ),
+}
 
 
 def copy_call(megabytes: int = 512, copies: int = 4) -> tuple[Callable[[], None], int]:
@@ -67,9 +96,9 @@ def copy_call(megabytes: int = 512, copies: int = 4) -> tuple[Callable[[], None]
 
 
 def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool = False) -> int:
-    """What one greedy step of gptzoo's GPT reads: every matrix it multiplies, in its stored form, the other
-    weights used whole (norms, biases), one row of each lookup table, and the KV cache at the mean length
-    (``static``: at the whole text's, every preallocated slot)."""
+    """What one greedy step of a gptzoo model reads: every matrix it multiplies, in its stored form, the other
+    weights used whole (norms, biases), one row of each lookup table (embeddings, position tables), and the KV
+    cache at the mean length (``static``: at the whole text's, every preallocated slot)."""
     head = model.head.matrix if isinstance(model.head, StoredHead) else model.head
     looked_up = set()  # tensors only looked up a row at a time: tables the head does not multiply by
     for module in model.modules():
@@ -77,6 +106,8 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
             looked_up.add(id(module.weight))
         if isinstance(module, StoredEmbedding) and module.matrix is not head:
             looked_up |= {id(module.matrix.stored), id(module.matrix.scale)}
+        if isinstance(module, PositionalEncoding):  # rows per position (rotary's cos and sin, sinusoids' table)
+            looked_up |= {id(table) for table in module.buffers(recurse=False) if table.dim() == 2}
     total, seen = 0, set()
     for module in model.modules():
         for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
@@ -86,16 +117,18 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
             n_bytes = tensor.numel() * tensor.element_size()
             total += n_bytes // tensor.shape[0] if id(tensor) in looked_up else n_bytes  # a lookup reads one row
     kv_length = PROMPT + new_tokens if static else PROMPT + new_tokens / 2
-    return total + 2 * shape["n_layers"] * shape["d_model"] * int(kv_length) * 4
+    kv_width = shape.get("n_kv_heads", shape["n_heads"]) * shape.get("head_dim", shape["d_model"] // shape["n_heads"])
+    return total + 2 * shape["n_layers"] * kv_width * int(kv_length) * 4
 
 
-def cases(
-    shape: dict, storages: list[str], new_tokens: int, compiled: list[str]
-) -> dict[str, tuple[Callable[[], None], int]]:
-    """name -> (one greedy call, bytes per token); the storages in ``compiled`` also through the compiled step."""
+Cases = dict[str, tuple[Callable[[], object], int]]  # name -> (one greedy call, bytes per token)
+
+
+def cases(shape: dict, storages: list[str], new_tokens: int, compiled: list[str]) -> Cases:
+    """GPT-2 shapes: gptzoo per storage (those in ``compiled`` also through the compiled step), transformers."""
     torch.manual_seed(0)
     prompt = torch.randint(0, shape["vocab_size"], (1, PROMPT))
-    out: dict[str, tuple[Callable[[], None], int]] = {}
+    out: Cases = {}
     for storage in storages:
         torch.manual_seed(0)
         model = store_weights(build("gptzoo-sdpa", shape).eval(), storage)  # type: ignore[arg-type]
@@ -119,7 +152,81 @@ def cases(
     return out
 
 
-def in_turns(calls: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
+# ---- one Qwen3-style model in three implementations, holding the same weights ----------------------
+
+
+def qwen3_models(shape: dict) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(gptzoo, book, transformers): transformers' model at ``shape``, imported into gptzoo, loaded by the book's loader."""
+    from llms_from_scratch.kv_cache.qwen3 import Qwen3Model, load_weights_into_qwen
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from gptzoo.recipes.interop.hf.import_ import import_hf
+    from gptzoo.recipes.runs.folder import load_run
+
+    config = Qwen3Config(
+        vocab_size=shape["vocab_size"],
+        max_position_embeddings=shape["context_length"],
+        hidden_size=shape["d_model"],
+        num_hidden_layers=shape["n_layers"],
+        num_attention_heads=shape["n_heads"],
+        num_key_value_heads=shape["n_kv_heads"],
+        head_dim=shape["head_dim"],
+        intermediate_size=shape["hidden"],
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():  # transformers' initialisation (norms 1, N(0, 0.02)) decodes one token over and over:
+        for name, p in hf.named_parameters():  # spread wider, the greedy tokens vary and tell implementations apart
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(Path(folder) / "hf")
+        import_hf(Path(folder) / "hf", Path(folder) / "run")
+        ours = store_weights(load_run(Path(folder) / "run").model, "fp32")
+    book_config = dict(
+        vocab_size=shape["vocab_size"],
+        context_length=shape["context_length"],
+        emb_dim=shape["d_model"],
+        n_heads=shape["n_heads"],
+        n_layers=shape["n_layers"],
+        hidden_dim=shape["hidden"],
+        head_dim=shape["head_dim"],
+        qk_norm=True,
+        n_kv_groups=shape["n_kv_heads"],
+        rope_base=1e6,
+        dtype=torch.float32,
+    )
+    book = Qwen3Model(book_config)
+    load_weights_into_qwen(book, book_config, hf.state_dict())
+    return ours, book.eval(), hf
+
+
+def qwen3_cases(shape: dict, new_tokens: int) -> Cases:
+    """The Qwen3 shapes: gptzoo (fp32 storage), the book's KV-cache loop and transformers on the same weights,
+    refused unless all three give the same greedy tokens."""
+    from llms_from_scratch.kv_cache.generate import generate_text_simple
+
+    ours, book, hf = qwen3_models(shape)
+    torch.manual_seed(0)
+    prompt = torch.randint(0, shape["vocab_size"], (1, PROMPT))
+    calls: dict[str, Callable[[], list[int]]] = {
+        "gptzoo-fp32": lambda: generate_ids(ours, [prompt[0].tolist()], new_tokens)[0],
+        "book": lambda: generate_text_simple(book, prompt, new_tokens, use_cache=True)[0, PROMPT:].tolist(),
+        "transformers": lambda: hf.generate(
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        )[0, PROMPT:].tolist(),
+    }
+    with torch.inference_mode():
+        tokens = {name: call() for name, call in calls.items()}
+    if any(t != tokens["transformers"] for t in tokens.values()):
+        raise SystemExit(f"the Qwen3 implementations disagree on greedy tokens: {tokens}")
+    n_bytes = bytes_per_token(ours, shape, new_tokens)
+    return {name: (call, n_bytes) for name, call in calls.items()}
+
+
+def in_turns(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
     """Median seconds of each call, one repetition of each in turn, the order reversed every other repetition."""
     with torch.inference_mode():
         for call in calls.values():
@@ -135,7 +242,10 @@ def in_turns(calls: dict[str, Callable[[], None]], reps: int) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="small,gpt2-124m", help=f"comma-separated, of {', '.join(SHAPES)}")
+    shapes = SHAPES | QWEN3_SHAPES
+    parser.add_argument(
+        "--shapes", default="small,gpt2-124m,qwen3-small", help=f"comma-separated, of {', '.join(shapes)}"
+    )
     parser.add_argument("--storages", default="fp32,bf16,int8")
     parser.add_argument("--compiled", default="fp32", help="storages also timed compiled (generate --compile)")
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -148,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for shape_name in args.shapes.split(","):
         shape = dict(
-            SHAPES[shape_name], context_length=max(SHAPES[shape_name]["context_length"], PROMPT + args.new_tokens)
+            shapes[shape_name], context_length=max(shapes[shape_name]["context_length"], PROMPT + args.new_tokens)
         )
-        made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
+        if shape_name in QWEN3_SHAPES:
+            made = qwen3_cases(shape, args.new_tokens)
+        else:
+            made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
         copy, copied = copy_call()
         seconds = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
         bytes_per_s = copied / seconds["copy"]
@@ -168,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
     meta = {
         "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "llms_from_scratch": version("llms-from-scratch"),
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "new_tokens": args.new_tokens,

@@ -57,11 +57,11 @@ DECODE = BENCH.parent / "decode.py"
 @pytest.mark.slow
 def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
     out = tmp_path / "decode.json"
-    args = ["--shapes", "tiny", "--reps", "1", "--new-tokens", "4", "--threads", "1", "--out", str(out)]
+    args = ["--shapes", "tiny,qwen3-tiny", "--reps", "1", "--new-tokens", "4", "--threads", "1", "--out", str(out)]
     result = subprocess.run([sys.executable, str(DECODE), *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    rows = {row["impl"]: row for row in report["rows"]}
+    rows = {row["impl"]: row for row in report["rows"] if row["shape"] == "tiny"}
     assert set(rows) == {"gptzoo-fp32", "gptzoo-fp32-compiled", "gptzoo-bf16", "gptzoo-int8", "transformers"}
     # tiny: 2 layers x 64, vocab 512, tied head; the cache read at the mean length 16 + 4/2 = 18 tokens
     d, v, layers = 64, 512, 2
@@ -70,11 +70,45 @@ def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
     assert rows["gptzoo-fp32"]["bytes_per_token"] == fp32
     # the static cache is read whole at every step: all 16 + 4 preallocated positions
     assert rows["gptzoo-fp32-compiled"]["bytes_per_token"] == fp32 + 2 * layers * d * (20 - 18) * 4
-    assert len({row["bandwidth_gb_per_s"] for row in rows.values()}) == 1  # one copy timed in turns with the shape
-    for row in rows.values():
-        assert row["bound_ms"] == pytest.approx(1e3 * row["bytes_per_token"] / (row["bandwidth_gb_per_s"] * 1e9))
-        assert row["of_bound"] == pytest.approx(row["ms_per_token"] / row["bound_ms"])
     assert rows["gptzoo-int8"]["bytes_per_token"] < rows["gptzoo-bf16"]["bytes_per_token"] < fp32
+    qwen3 = {row["impl"]: row for row in report["rows"] if row["shape"] == "qwen3-tiny"}
+    assert set(qwen3) == {"gptzoo-fp32", "book", "transformers"}
+    # qwen3-tiny: 4 query heads and 2 key-value heads 16 wide, SwiGLU 192 wide, QK-norm, tied head, rotary
+    kv, hidden, rotary_half = 2 * 16, 192, 8
+    block = d * d + 2 * d * kv + d * d + 2 * 16 + 3 * d * hidden + 2 * d  # q, k and v, o, qk-norms, SwiGLU, 2 norms
+    weights = layers * block + v * d + d + 2 * rotary_half  # + head (tied), final norm, one row of cos and of sin
+    assert all(row["bytes_per_token"] == 4 * weights + 2 * layers * kv * 18 * 4 for row in qwen3.values())
+    for table in (rows, qwen3):
+        assert len({row["bandwidth_gb_per_s"] for row in table.values()}) == 1  # one copy timed in turns with the shape
+        for row in table.values():
+            assert row["bound_ms"] == pytest.approx(1e3 * row["bytes_per_token"] / (row["bandwidth_gb_per_s"] * 1e9))
+            assert row["of_bound"] == pytest.approx(row["ms_per_token"] / row["bound_ms"])
+            assert row["vs_transformers"] == pytest.approx(table["transformers"]["ms_per_token"] / row["ms_per_token"])
+
+
+@pytest.mark.slow
+def test_decode_bench_qwen3_implementations_share_weights_and_greedy_tokens():
+    """gptzoo's import, the book's loader and transformers hold one model: the same logits, the same greedy tokens."""
+    import importlib.util
+
+    import torch
+    from llms_from_scratch.kv_cache.generate import generate_text_simple
+
+    from gptzoo.recipes.generation.generate import generate_ids
+
+    loaded = importlib.util.spec_from_file_location("decode", DECODE)
+    decode = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(decode)
+    ours, book, hf = decode.qwen3_models(decode.QWEN3_SHAPES["qwen3-tiny"])
+    prompt = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(prompt).logits
+        torch.testing.assert_close(ours(prompt), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(book(prompt), expected, atol=1e-4, rtol=0)
+        tokens = hf.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)[0, 16:]
+    assert len(set(tokens.tolist())) > 1  # not one token repeated: the comparison below has something to tell apart
+    assert generate_ids(ours, [prompt[0].tolist()], 12) == [tokens.tolist()]
+    assert generate_text_simple(book, prompt, 12, use_cache=True)[0, 16:].tolist() == tokens.tolist()
 
 
 QUALITY = BENCH.parent / "decode_quality.py"
