@@ -289,6 +289,11 @@ class Attention(Component):
         assert max_len is not None, "a cache of every key and value needs a length"
         return KVLayerCache(batch_size, self.dims.n_kv_heads, max_len, self.dims.head_size, device, dtype)
 
+    def new_static_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        """This layer's part of a ``StaticKVCache`` of ``max_len`` tokens (``static_cache``); default: ``new_cache``'s.
+        A mixer whose own cache writes at Python offsets (a window's ring) gives one of every slot here."""
+        return self.new_cache(batch_size, max_len, device, dtype)
+
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         """Bytes ``new_cache`` holds for one sequence of ``n_tokens`` (keys and values by default;
         a recurrent state's bytes do not depend on ``n_tokens``)."""

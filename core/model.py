@@ -258,14 +258,18 @@ class GPT(nn.Module):
             keep = max([type(m).cache_window(m.params) or 0 for m in windows] or [0])
         mixers = [b.attention for b in cast(MultiTokenPrediction, self.mtp).blocks] if mtp else self.mixers()
         readers = [False] * len(mixers) if mtp else self.kv_readers
-        layers = [
-            None if reads else m.new_cache(batch_size, max_len, weight.device, dtype or weight.dtype)
-            for m, reads in zip(mixers, readers, strict=True)
-        ]
+        device, dtype = weight.device, dtype or weight.dtype
         if static:
             assert max_len is not None, "a static cache is made for a given number of tokens"
-            return StaticKVCache(layers, batch_size, max_len, weight.device)
-        return KVCache(layers, batch_size, max_len, weight.device, keep)
+            parts = [
+                None if r else m.new_static_cache(batch_size, max_len, device, dtype)
+                for m, r in zip(mixers, readers, strict=True)
+            ]
+            return StaticKVCache(parts, batch_size, max_len, device)
+        layers = [
+            None if r else m.new_cache(batch_size, max_len, device, dtype) for m, r in zip(mixers, readers, strict=True)
+        ]
+        return KVCache(layers, batch_size, max_len, device, keep)
 
     def mixers(self) -> list[Attention]:
         """Each layer's token mixer, in order."""

@@ -7,12 +7,14 @@ and the same state-dict layout, so weights move between them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from gptzoo.core import AttentionContext
+from gptzoo.core import AttentionContext, KVLayerCache, LayerCache
 from gptzoo.plugins.attention import AttentionParams, SDPAAttention
 from gptzoo.plugins.sliding_window import WindowCache
 from gptzoo.registry import hookimpl
@@ -36,13 +38,15 @@ class ChunkedAttention(SDPAAttention):
     always holds the current chunk (``cache_window``). Training without padding runs each chunk
     as its own causal SDPA call, batched over the chunks; everything else (padding, a score bias,
     the cache, inspection) takes one call with a mask that is causal, within the ring's keys and
-    within the query's chunk.
+    within the query's chunk. Compiled decoding (a static cache, ``generate --compile``) writes a
+    ring at no Python offset: it keeps every key and value instead, as ``sdpa`` does, the chunks a
+    mask over them, so the memory saving of the ring is given up there.
     """
 
     Params = ChunkedParams
     equivalent_to = None
     cache_kind = "window"
-    static_cache = False  # its ring is written at a Python offset
+    static_cache = True  # a static cache keeps every key and value, the chunks a mask (new_static_cache)
 
     @classmethod
     def cache_window(cls, params: ChunkedParams) -> int:
@@ -56,6 +60,9 @@ class ChunkedAttention(SDPAAttention):
         size = self.params.chunk_size if max_len is None else min(self.params.chunk_size, max_len)
         return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
 
+    def new_static_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        return KVLayerCache(batch_size, self.n_kv_heads, max_len, self.head_size, device, dtype, self.v_size)
+
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.chunk_size)
 
@@ -63,7 +70,12 @@ class ChunkedAttention(SDPAAttention):
         # A query sees (chunk_size + 1) / 2 keys on average over a chunk; counted at the chunk, as windows are.
         return super().flops_per_token(min(context_length, self.params.chunk_size))
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: WindowCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
+        if ctx.static:  # every slot of a static cache (or the keys an earlier layer shares), the chunks a mask
+            q, k, v = self.project(x, ctx, cache)
+            ctx.share_kv(self.dims.layer_idx, k, v)
+            return self.merge(self.attend(q, k, v, self._chunk_bias(ctx, q.dtype, 0), ctx), x)
+        cache = cast(WindowCache | None, cache)
         # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only (or the keys and values an earlier layer shares)
         q, k, v = self.project(x, ctx, None)
         C, T = self.params.chunk_size, q.size(2)

@@ -7,12 +7,14 @@ and the same state-dict layout, so weights move between them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from gptzoo.core import AttentionContext, LayerCache
+from gptzoo.core import AttentionContext, KVLayerCache, LayerCache
 from gptzoo.plugins.attention import AttentionParams, SDPAAttention
 from gptzoo.registry import hookimpl
 
@@ -65,13 +67,15 @@ class SlidingWindowAttention(SDPAAttention):
     Decoding keeps a ring of the latest ``window`` keys and values, so the cache's memory stays
     at the window however long the text grows; a step writes one slot and attends to the ring
     as it lies (attention does not care about the keys' order, and the mask, when there is one,
-    is rotated to match).
+    is rotated to match). Compiled decoding (a static cache, ``generate --compile``) writes a
+    ring at no Python offset: it keeps every key and value instead, as ``sdpa`` does, with the
+    window a mask over them, so the memory saving of the ring is given up there.
     """
 
     Params = SlidingWindowParams
     equivalent_to = None
     cache_kind = "window"
-    static_cache = False  # its ring is written at a Python offset
+    static_cache = True  # a static cache keeps every key and value, the window a mask (new_static_cache)
 
     @classmethod
     def receptive_field(cls, params: SlidingWindowParams) -> int:
@@ -81,13 +85,21 @@ class SlidingWindowAttention(SDPAAttention):
         size = self.params.window if max_len is None else min(self.params.window, max_len)
         return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
 
+    def new_static_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
+        return KVLayerCache(batch_size, self.n_kv_heads, max_len, self.head_size, device, dtype, self.v_size)
+
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.window)
 
     def flops_per_token(self, context_length: int) -> int:
         return super().flops_per_token(min(context_length, self.params.window))
 
-    def forward(self, x: Tensor, ctx: AttentionContext, cache: WindowCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
+        if ctx.static:  # every slot of a static cache (or the keys an earlier layer shares), the window a mask
+            q, k, v = self.project(x, ctx, cache)
+            ctx.share_kv(self.dims.layer_idx, k, v)
+            return self.merge(self.attend(q, k, v, ctx.bias(q.dtype, window=self.params.window), ctx), x)
+        cache = cast(WindowCache | None, cache)
         # (B, nh, T, hs), (B, nkv, T, hs) x2: the new tokens only (or the keys and values an earlier layer shares)
         q, k, v = self.project(x, ctx, None)
         W, T = self.params.window, q.size(2)

@@ -76,8 +76,14 @@ class SparseLatentCache(LatentCache):
         super().__init__(batch_size, max_len, width, device, dtype)
         self.index_keys = torch.zeros(batch_size, max_len, index_width, device=device, dtype=dtype)
 
-    def update_index(self, keys: Tensor, start: int) -> Tensor:
-        """Write keys (B, T, D) at slots start.. -> every token's so far (B, start + T, D)."""
+    def update_index(self, keys: Tensor, start: int | Tensor) -> Tensor:
+        """Write keys (B, T, D) at slots start.. -> every token's so far (B, start + T, D); a tensor ``start``
+        (a static cache's) gives every slot, as ``update`` does (the indexer then chooses among the allowed)."""
+        if isinstance(start, Tensor):
+            self.index_keys.index_copy_(
+                1, start + torch.arange(keys.size(1), device=keys.device), keys.to(self.index_keys.dtype)
+            )
+            return self.index_keys.to(keys.dtype)
         end = start + keys.size(1)
         self.index_keys[:, start:end] = keys
         return self.index_keys[:, :end].to(keys.dtype)
@@ -108,7 +114,7 @@ CHOSEN_KEYS = "sparse_latent.chosen_keys"  # what an indexer hands over: (B, T, 
 
 class SparseLatentAttention(LatentAttention):
     Params = SparseLatentParams
-    static_cache = False  # its index keys are cached at a Python offset
+    static_cache = True  # its index keys too are written at a tensor offset under a static cache
 
     @classmethod
     def check(cls, params: SparseLatentParams, dims: Dims) -> None:

@@ -9,11 +9,15 @@ step then has the same shapes and Python values, so one compiled graph serves th
 prompt runs eagerly (its length is its own), and sampling reads the logits on the device, with
 no host round-trip until a caller asks for the tokens.
 
-Mixers declare whether they can (``Attention.static_cache``): softmax attention with a cache of
-every key and value (its variants: grouped heads, sinks, QK-norm, gates), latent attention, and
-the recurrent mixers, whose states are fixed-size already. A mixer that keeps a window writes
-its ring at a Python offset and is refused, as is a text longer than the context of a model that
-would crop to it (its positions renumber, so no cache of fixed slots serves it).
+Mixers declare whether they can (``Attention.static_cache``): every built-in one does. Softmax
+attention keeps every key and value (its variants: grouped heads, sinks, QK-norm, gates), latent
+attention every latent, DeepSeek's sparse attention its indexer's keys beside them (choosing among
+the slots written so far), and the recurrent mixers' states are fixed-size already. A sliding window
+or a chunk, whose eager cache is a ring written at a Python offset, keeps every key and value here
+too (``Attention.new_static_cache``), the window or chunk a mask over the slots: compiled decoding
+gives up the ring's memory saving. A mixer that does not declare it is refused, as is a text longer
+than the context of a model that would crop to it (its positions renumber, so no cache of fixed
+slots serves it).
 """
 
 from __future__ import annotations

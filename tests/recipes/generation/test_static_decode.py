@@ -1,11 +1,13 @@
 """Compiled decoding through a static cache (``generate_ids(..., compiled=True)``, ``generate --compile``):
-the book loop's greedy tokens for every mixer that declares it, left padding included, one compiled
-graph for every token, and a clean refusal of the mixers it cannot serve."""
+the book loop's greedy tokens for every mixer, left padding included, windows, chunks and sparse choices
+shorter than the text too, one compiled graph for every token, and a clean refusal of a mixer that does
+not declare it."""
 
 import pytest
 import torch
 
 from gptzoo.core import GPT, ConfigError, GptzooError
+from gptzoo.plugins.attention import SDPAAttention
 from gptzoo.recipes.generation import static
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.registry import make_registry
@@ -59,6 +61,29 @@ def _variants() -> list[tuple[str, dict]]:
         ("fused with alibi", {"attention": {"name": "fused"}, "positional": {"name": "alibi"}}),
         ("sdpa with learned positions", {"attention": {"name": "sdpa"}, "positional": {"name": "learned"}}),
         ("sdpa, kv shared by a later layer", {"attention": {"name": "sdpa"}, "kv_shared_layers": 1}),
+        # Windows, chunks and sparse choices shorter than the 12-token text: the static cache masks them.
+        ("sliding window of 3", {"attention": {"name": "sliding_window", "window": 3}}),
+        (
+            "sliding window of 3, kv shared",
+            {"attention": {"name": "sliding_window", "window": 3}, "kv_shared_layers": 1},
+        ),
+        ("chunks of 4", {"attention": {"name": "chunked", "chunk_size": 4}}),
+        (
+            "sparse, top 3",
+            {"attention": {"name": "sparse_latent", "index_topk": 3, "index_heads": 2, "index_head_dim": 8}},
+        ),
+        (
+            "sparse, top 3, the second layer reusing the first's choice",
+            {
+                "attention": {
+                    "name": "sparse_latent",
+                    "index_topk": 3,
+                    "index_heads": 2,
+                    "index_head_dim": 8,
+                    "shared_index_layers": [1],
+                }
+            },
+        ),
     ]
 
 
@@ -68,16 +93,36 @@ def test_compiled_greedy_gives_the_book_tokens_with_left_padding(backend, change
         model = tiny_model(**({"n_kv_heads": 2} | changes))
     except ConfigError:  # no separate key/value heads
         model = tiny_model(**changes)
-    refusal = static.static_refusal(model, len(PROMPTS[1]) + NEW)
-    if refusal is not None:
-        with pytest.raises(GptzooError, match="keeps a window cache|keeps a keys_values cache") as err:
-            generate_ids(model, PROMPTS, NEW, compiled=True)
-        assert "\n" not in str(err.value) and type(model.mixers()[0]).__name__ in str(err.value)
-        return
     expected = [book_greedy(model, prompt, NEW) for prompt in PROMPTS]
     assert generate_ids(model, PROMPTS, NEW, compiled=True) == expected  # each row as it would decode alone
     assert generate_ids(model, PROMPTS, NEW) == expected  # the eager path, the same tokens
     assert backend.compilations > 0  # the steps after the prompt did run compiled
+
+
+@pytest.mark.parametrize("mixer", [{"name": "sliding_window", "window": 3}, {"name": "chunked", "chunk_size": 4}])
+def test_a_window_shorter_than_the_text_hides_the_older_keys_when_compiled(backend, mixer):
+    # The static cache keeps every key, the window a mask: the tokens are those of eager's ring, and they
+    # are not those of the same weights attending to every key (sdpa: the same state-dict layout).
+    windowed = tiny_model(attention=mixer, context_length=32)
+    full = tiny_model(attention={"name": "sdpa"}, context_length=32)
+    full.load_state_dict(windowed.state_dict())
+    compiled = generate_ids(windowed, PROMPTS, 20, compiled=True)
+    assert compiled == generate_ids(windowed, PROMPTS, 20)
+    assert compiled[1] != generate_ids(full, PROMPTS, 20, compiled=True)[1]
+
+
+class UndeclaredAttention(SDPAAttention):
+    static_cache = False  # what a mixer declares by default (core.Attention)
+
+
+def test_a_mixer_that_does_not_declare_a_static_cache_is_refused_in_one_line():
+    registry = make_registry(entry_points=False)
+    registry.add("attention", "undeclared", UndeclaredAttention)
+    spec = {"vocab_size": 257, "context_length": 12, "d_model": 32, "n_layers": 2, "n_heads": 4, "tokenizer": "byte"}
+    model = GPT(registry.model_config(spec | {"attention": {"name": "undeclared"}})).eval()
+    with pytest.raises(GptzooError, match="layer 0's token mixer UndeclaredAttention keeps a keys_values cache") as err:
+        generate_ids(model, PROMPTS, NEW, compiled=True)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("positional", ["rope", "alibi"])
