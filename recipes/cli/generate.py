@@ -63,8 +63,9 @@ def add_weight_storage_argument(parser: argparse.ArgumentParser) -> None:
         "--weight-storage",
         choices=STORAGES,
         default="fp32",
-        help="keep the linear layers' and the head's weights as fp32 (default), bf16, or int8 with a scale per row "
-        "(weight-only): fewer bytes read per token; docs/design/performance.md gives the speed and quality cost",
+        help="keep the linear layers' and the head's weights as fp32 (default: every value as it is, each matrix laid "
+        "out for one-row products), bf16, or int8 with a scale per row (weight-only): fewer bytes, faster only where "
+        "the CPU has fast kernels for them; docs/design/performance.md gives the speed and quality cost",
     )
 
 
