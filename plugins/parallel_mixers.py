@@ -148,6 +148,9 @@ class ParallelMixers(Attention):
     def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> PartsCache:
         return PartsCache([m.new_cache(batch_size, max_len, device, dtype) for m in self.mixers])
 
+    def new_static_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> PartsCache:
+        return PartsCache([m.new_static_cache(batch_size, max_len, device, dtype) for m in self.mixers])
+
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return sum(m.cache_bytes(n_tokens, dtype) for m in self.mixers)
 

@@ -69,6 +69,15 @@ def _variants() -> list[tuple[str, dict]]:
         ),
         ("chunks of 4", {"attention": {"name": "chunked", "chunk_size": 4}}),
         (
+            "sliding window of 3 beside a convolution",
+            {
+                "attention": {
+                    "name": "parallel_mixers",
+                    "mixers": [{"name": "sliding_window", "window": 3}, {"name": "short_conv"}],
+                }
+            },
+        ),
+        (
             "sparse, top 3",
             {"attention": {"name": "sparse_latent", "index_topk": 3, "index_heads": 2, "index_head_dim": 8}},
         ),
@@ -146,9 +155,17 @@ def test_models_of_one_shape_decoded_in_turn_each_give_their_own_tokens(backend)
         assert generate_ids(model, PROMPTS, NEW, compiled=True) == expected[id(model)]
 
 
-def test_a_model_that_decodes_past_its_context_does_so_compiled(backend):
-    model = tiny_model(attention={"name": "mamba2"}, positional={"name": "none"})
-    assert model.extension_refusal() is None  # its state extends: no cropping
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"attention": {"name": "mamba2"}, "positional": {"name": "none"}},
+        {"attention": {"name": "sliding_window", "window": 3}, "positional": {"name": "rope"}},  # past the ring
+    ],
+    ids=["mamba2", "sliding window"],
+)
+def test_a_model_that_decodes_past_its_context_does_so_compiled(backend, changes):
+    model = tiny_model(**changes)
+    assert model.extension_refusal() is None  # its state or window extends: no cropping
     expected = [book_greedy(model, prompt, 20) for prompt in PROMPTS]
     assert generate_ids(model, PROMPTS, 20, compiled=True) == expected
 
