@@ -111,6 +111,29 @@ def test_decode_bench_qwen3_implementations_share_weights_and_greedy_tokens():
     assert generate_text_simple(book, prompt, 12, use_cache=True)[0, 16:].tolist() == tokens.tolist()
 
 
+PRODUCTS = BENCH.parent / "products.py"
+
+
+@pytest.mark.slow
+def test_products_bench_reads_each_storage_s_bytes(tmp_path):
+    out = tmp_path / "products.json"
+    args = ["--shapes", "tiny", "--reps", "1", "--threads", "1", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(PRODUCTS), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {(r["matrices"], r["product"]): r for r in json.loads(out.read_text())["rows"]}
+    d, v, layers = 64, 512, 2  # tiny
+    layer = 3 * d * d + d * d + 4 * d * d + 4 * d * d  # qkv, proj, fc, fc_out: 12 d² numbers
+    for which, n in (("head", v * d), ("layers", layers * layer)):
+        assert rows[which, "fp32 (N, K)"]["bytes"] == rows[which, "fp32 (K, N)"]["bytes"] == 4 * n
+        assert rows[which, "bf16"]["bytes"] == 2 * n
+        out_rows = v if which == "head" else layers * (3 * d + d + 4 * d + d)
+        assert rows[which, "int8"]["bytes"] == n + 2 * out_rows  # int8 numbers (K a multiple of 8) + a bf16 scale a row
+        assert rows[which, "copy"]["bytes"] == 2 * 4 * n  # read + write of the fp32 bytes
+        for product in ("fp32 (N, K)", "fp32 (K, N)", "bf16", "int8", "copy"):
+            row = rows[which, product]
+            assert row["gb_per_s"] == pytest.approx(row["bytes"] / (row["ms"] / 1e3) / 1e9)
+
+
 QUALITY = BENCH.parent / "decode_quality.py"
 
 
