@@ -143,6 +143,14 @@ def test_every_token_runs_through_one_compiled_graph(backend, positional):
     assert backend.compilations == 1  # another batch of the same shape reuses it
 
 
+def test_mixture_of_experts_routing_runs_through_one_compiled_graph(backend):
+    # Each step routes its token to other experts: the routing must be data in the graph, not a recompile.
+    model = tiny_model(feed_forward={"name": "moe", "n_experts": 4, "top_k": 2}, context_length=64)
+    expected = [book_greedy(model, prompt, 30) for prompt in PROMPTS]
+    assert generate_ids(model, PROMPTS, 30, compiled=True) == expected
+    assert backend.compilations == 1
+
+
 def test_models_of_one_shape_decoded_in_turn_each_give_their_own_tokens(backend):
     # The steps after a call's first skip the guards that tell graphs apart by nothing but tensors' values:
     # two models sharing one graph must still each run on their own weights and caches.
