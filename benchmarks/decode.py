@@ -12,7 +12,9 @@ change in the machine's load falls on all alike; figures are medians.
   stored as fp32, bf16 or int8 (``--weight-storage``);
 - ``gptzoo-<storage>-compiled``, for each storage in ``--compiled``: the same through a static cache
   and one compiled step (``generate --compile``); its warm-up call compiles, so the times are
-  the steady state, not the first call's seconds of compiling. Its layers read every slot of
+  the steady state; ``first_call_s`` is that first call's seconds, compiling included (a cold
+  compile with an empty ``TORCHINDUCTOR_CACHE_DIR``, a warm one where an earlier process compiled
+  the same graph). Its layers read every slot of
   the preallocated cache, so its KV bytes are the whole text's, not the mean length's;
 - ``transformers``: GPT2LMHeadModel's ``generate`` on the same shape (sdpa).
 
@@ -226,18 +228,22 @@ def qwen3_cases(shape: dict, new_tokens: int) -> Cases:
     return {name: (call, n_bytes) for name, call in calls.items()}
 
 
-def in_turns(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds of each call, one repetition of each in turn, the order reversed every other repetition."""
+def in_turns(calls: dict[str, Callable[[], object]], reps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds of each call, one repetition of each in turn, the order reversed every other repetition;
+    and the seconds of each call's first run, the warm-up (a compiled call's compiling)."""
+    first: dict[str, float] = {}
     with torch.inference_mode():
-        for call in calls.values():
-            call()  # warm-up
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            first[name] = time.perf_counter() - start
         times: dict[str, list[float]] = {name: [] for name in calls}
         for rep in range(reps):
             for name in list(calls)[:: 1 if rep % 2 == 0 else -1]:
                 start = time.perf_counter()
                 calls[name]()
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,11 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
         copy, copied = copy_call()
-        seconds = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
+        seconds, first = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
         bytes_per_s = copied / seconds["copy"]
         for name, (_, n_bytes) in made.items():
             rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,
-                         "bytes_per_token": n_bytes, "bandwidth_gb_per_s": bytes_per_s / 1e9})  # fmt: skip
+                         "bytes_per_token": n_bytes, "bandwidth_gb_per_s": bytes_per_s / 1e9,
+                         "first_call_s": first[name]})  # fmt: skip
     for row in rows:
         bound_ms = row["bytes_per_token"] / row["bandwidth_gb_per_s"] / 1e6
         reference = next(r for r in rows if r["shape"] == row["shape"] and r["impl"] == "transformers")

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape_name in args.shapes.split(","):
         for which in ("head", "layers"):
             calls = product_calls(matrices(SHAPES[shape_name], which))
-            seconds = in_turns({name: call for name, (call, _) in calls.items()}, args.reps)
+            seconds, _ = in_turns({name: call for name, (call, _) in calls.items()}, args.reps)
             for name, (_, n_bytes) in calls.items():
                 row = {"shape": shape_name, "matrices": which, "product": name, "ms": 1e3 * seconds[name],
                        "bytes": n_bytes, "gb_per_s": n_bytes / seconds[name] / 1e9}  # fmt: skip

@@ -78,6 +78,7 @@ def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
     block = d * d + 2 * d * kv + d * d + 2 * 16 + 3 * d * hidden + 2 * d  # q, k and v, o, qk-norms, SwiGLU, 2 norms
     weights = layers * block + v * d + d + 2 * rotary_half  # + head (tied), final norm, one row of cos and of sin
     assert all(row["bytes_per_token"] == 4 * weights + 2 * layers * kv * 18 * 4 for row in qwen3.values())
+    assert all(row["first_call_s"] > 0 for row in [*rows.values(), *qwen3.values()])
     for table in (rows, qwen3):
         assert len({row["bandwidth_gb_per_s"] for row in table.values()}) == 1  # one copy timed in turns with the shape
         for row in table.values():
