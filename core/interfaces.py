@@ -294,6 +294,10 @@ class Attention(Component):
         A mixer whose own cache writes at Python offsets (a window's ring) gives one of every slot here."""
         return self.new_cache(batch_size, max_len, device, dtype)
 
+    def static_cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes ``new_static_cache`` holds for one sequence of ``n_tokens``; default: ``cache_bytes``'s."""
+        return self.cache_bytes(n_tokens, dtype)
+
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         """Bytes ``new_cache`` holds for one sequence of ``n_tokens`` (keys and values by default;
         a recurrent state's bytes do not depend on ``n_tokens``)."""

@@ -66,6 +66,9 @@ class ChunkedAttention(SDPAAttention):
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.chunk_size)
 
+    def static_cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        return self.kv_bytes_per_token(dtype) * n_tokens
+
     def flops_per_token(self, context_length: int) -> int:
         # A query sees (chunk_size + 1) / 2 keys on average over a chunk; counted at the chunk, as windows are.
         return super().flops_per_token(min(context_length, self.params.chunk_size))

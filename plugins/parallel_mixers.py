@@ -154,6 +154,9 @@ class ParallelMixers(Attention):
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return sum(m.cache_bytes(n_tokens, dtype) for m in self.mixers)
 
+    def static_cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        return sum(m.static_cache_bytes(n_tokens, dtype) for m in self.mixers)
+
     def flops_per_token(self, context_length: int) -> int:
         return 2 * self.dims.d_model * len(self.mixers)  # each part's output scaled and added
 

@@ -91,6 +91,9 @@ class SlidingWindowAttention(SDPAAttention):
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.window)
 
+    def static_cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        return self.kv_bytes_per_token(dtype) * n_tokens
+
     def flops_per_token(self, context_length: int) -> int:
         return super().flops_per_token(min(context_length, self.params.window))
 

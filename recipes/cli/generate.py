@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if args.speculative:
         return _speculate(model, tokenizer, prompts, shown, args)
     if len(prompts) == 1 and not args.no_stream:
-        check_memory(model, 1, len(prompts[0]), args.max_new_tokens, keep_text=False)  # before the prompt prints
+        # Before the prompt prints.
+        check_memory(model, 1, len(prompts[0]), args.max_new_tokens, keep_text=False, compiled=args.compile)
         streamer = TextStream(tokenizer, _write, context=prompts[0])
         _write(shown[0])
         stream_ids(model, prompts, args.max_new_tokens, lambda row, token: streamer.add(token), **options)

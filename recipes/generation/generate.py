@@ -105,7 +105,7 @@ def generate_ids(
     model it cannot serve.
     """
     stops = stopping_ids(eot_id, stop_ids)
-    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=True)
+    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=True, compiled=compiled)
     finished = [False] * len(prompts)
     produced = 0
     sampling = (temperature, top_k, top_p, generator)
@@ -155,7 +155,7 @@ def stream_ids(
     (``check_memory``) when the machine cannot hold that cache.
     """
     stops = stopping_ids(eot_id, stop_ids)
-    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=False)
+    text = _start(model, prompts, max_new_tokens, eot_id, use_cache, keep_all=False, compiled=compiled)
     finished = [False] * len(prompts)
     sampling = (temperature, top_k, top_p, generator)
     with _eval_mode(model):
@@ -165,7 +165,13 @@ def stream_ids(
 
 
 def _start(
-    model: GPT, prompts: list[list[int]], max_new_tokens: int, eot_id: int | None, use_cache: bool, keep_all: bool
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eot_id: int | None,
+    use_cache: bool,
+    keep_all: bool,
+    compiled: bool = False,
 ) -> _Text:
     """The checked prompts in a text buffer that keeps what the decoding steps will look at (``keep_all``: everything)."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -174,7 +180,7 @@ def _start(
         raise ValueError(f"max_new_tokens={max_new_tokens} must not be negative")
     P = max(len(p) for p in prompts)
     look = None if keep_all else _look_back(model, use_cache)
-    check_memory(model, len(prompts), P, max_new_tokens, use_cache, keep_text=look is None)
+    check_memory(model, len(prompts), P, max_new_tokens, use_cache, keep_text=look is None, compiled=compiled)
     return _Text(prompts, P + max_new_tokens, look, eot_id, model.token_embedding.weight.device)
 
 
@@ -223,19 +229,27 @@ def _cache_length(model: GPT, prompt: int, total: int) -> int | None:
 
 
 def check_memory(
-    model: GPT, batch: int, prompt: int, max_new_tokens: int, use_cache: bool = True, keep_text: bool = True
+    model: GPT,
+    batch: int,
+    prompt: int,
+    max_new_tokens: int,
+    use_cache: bool = True,
+    keep_text: bool = True,
+    compiled: bool = False,
 ) -> None:
     """GptzooError up front when generating ``max_new_tokens`` cannot fit in the memory the model's device has
     left: a text kept whole (``keep_text``; streaming keeps only what the model looks at) holds a long and a
     mask byte per token, and the cache holds what each layer declares for the text (``cache_bytes``): every
-    key and value of a model that decodes past its context, its windows whole where they are shorter."""
+    key and value of a model that decodes past its context, its windows whole where they are shorter
+    (``compiled``: what a static cache holds, ``static_cache_bytes``, every key of a window too)."""
     total = prompt + max_new_tokens
     need = batch * total * (8 + 1) if keep_text else 0
     length = _cache_length(model, prompt, total) if use_cache else None
     if length is not None:
         dtype = model.token_embedding.weight.dtype
         kept = [mixer for mixer, reads in zip(model.mixers(), model.kv_readers, strict=True) if not reads]
-        need += batch * sum(mixer.cache_bytes(length, dtype) for mixer in kept)  # a reader keeps no keys of its own
+        held = [(m.static_cache_bytes if compiled else m.cache_bytes)(length, dtype) for m in kept]
+        need += batch * sum(held)  # a reader keeps no keys of its own
     device = model.token_embedding.weight.device
     available = available_memory(device)
     if need > available:

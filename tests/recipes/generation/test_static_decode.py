@@ -8,7 +8,7 @@ import torch
 
 from gptzoo.core import GPT, ConfigError, GptzooError
 from gptzoo.plugins.attention import SDPAAttention
-from gptzoo.recipes.generation import static
+from gptzoo.recipes.generation import generate, static
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.registry import make_registry
 
@@ -190,3 +190,18 @@ def test_inductor_compiled_greedy_equals_the_eager_path():
     model = tiny_model(attention={"name": "sdpa"}).float()
     assert generate_ids(model, PROMPTS, NEW, compiled=True) == generate_ids(model, PROMPTS, NEW)
     torch._dynamo.reset()
+
+
+def test_the_memory_check_counts_every_key_of_a_window_when_compiled(monkeypatch):
+    # A window of 4 holds 4 tokens' keys eagerly, every token's in a static cache: 2 layers x 4 heads x
+    # (8 + 8) features x 4 bytes = 512 bytes per token, so a million tokens need 512 MB compiled, 2 KB not.
+    model = tiny_model(attention={"name": "sliding_window", "window": 4}, positional={"name": "rope"}).float()
+    monkeypatch.setattr(generate, "available_memory", lambda device: 2**20)
+    generate.check_memory(model, 1, 3, 10**6, keep_text=False)
+    with pytest.raises(GptzooError, match=rf"--max-new-tokens {10**6}: 1 text\(s\) of {10**6 + 3} tokens need about"):
+        generate.check_memory(model, 1, 3, 10**6, keep_text=False, compiled=True)
+    monkeypatch.setattr(generate, "available_memory", lambda device: 512 * (10**6 + 3))
+    generate.check_memory(model, 1, 3, 10**6, keep_text=False, compiled=True)  # just fits
+    monkeypatch.setattr(generate, "available_memory", lambda device: 512 * (10**6 + 3) - 1)
+    with pytest.raises(GptzooError, match="need about"):
+        generate.check_memory(model, 1, 3, 10**6, keep_text=False, compiled=True)
