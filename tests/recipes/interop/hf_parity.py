@@ -9,7 +9,7 @@ the tensors it imported. Each family's file keeps its own configs and what only 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -87,6 +87,12 @@ def hf_greedy(model, prompts: list[list[int]], n: int, *, use_cache: bool = True
     return out[:, width:].tolist()
 
 
+def hf_logits_counting_real_tokens(model, idx, mask):
+    """transformers' logits on a left-padded batch with each row's positions counting its real tokens only (as
+    gptzoo's do), for the models whose own positions would count the pads too."""
+    return hf_logits(model, idx, mask, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0))
+
+
 def check_parity(
     case: str,
     folder: Path,
@@ -96,24 +102,47 @@ def check_parity(
     prompts: list[list[int]],
     greedy: list[list[int]],
     logits_of: Callable = hf_logits,
-    attention: str | None = None,
+    attentions: Sequence[str | None] = (None,),
+    assembles: str | None = None,
 ) -> None:
-    """Imported, gptzoo's logits at the real tokens of ``batch`` are ``expected`` (transformers') within 1e-4 and
-    its 20 greedy tokens after ``prompts`` (a left-padded batch) are ``greedy``; exported, transformers loads a
-    model whose ``logits_of`` (model, ids, mask) are ``expected`` again."""
+    """Imported under each of ``attentions`` (the attention variants a family's assembly can use, which the run then
+    assembles; None: import's own choice, ``assembles`` where given), gptzoo's logits at the real tokens of ``batch``
+    are ``expected`` (transformers') within 1e-4 and its greedy tokens after ``prompts`` (a left-padded batch) are
+    ``greedy``; the first run exported, transformers loads a model whose ``logits_of`` (model, ids, mask) are
+    ``expected`` again."""
     idx, mask = batch
-    run_dir = tmp_path / (attention or "run")
-    import_hf(folder, run_dir, attention=attention)
-    run = load_run(run_dir)
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    where = f"{case}, {attention}" if attention else case
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{where}: {m}")
-    assert generate_ids(run.model, prompts, len(greedy[0])) == greedy, where
-    exported = tmp_path / f"exported-{attention or 'run'}"
-    assert main(["export-hf", str(run_dir), "--out", str(exported)]) == 0
+    for attention in attentions:
+        where = f"{case}, {attention}" if attention else case
+        import_hf(folder, tmp_path / (attention or "run"), attention=attention)
+        run = load_run(tmp_path / (attention or "run"))
+        if attention or assembles:
+            assert run.config.model.attention.name == (assembles or attention), where
+        with torch.no_grad():
+            ours = run.model(idx, pad_mask=mask)
+        torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m, w=where: f"{w}: {m}")
+        assert generate_ids(run.model, prompts, len(greedy[0])) == greedy, where
+    exported = tmp_path / "exported"
+    assert main(["export-hf", str(tmp_path / (attentions[0] or "run")), "--out", str(exported)]) == 0
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported, attn_implementation="eager").eval()
     torch.testing.assert_close(logits_of(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+
+
+def check_parity_of(
+    model,
+    case: str,
+    folder: Path,
+    tmp_path: Path,
+    logits_of: Callable = hf_logits,
+    attentions: Sequence[str | None] = (None,),
+    assembles: str | None = None,
+    low: int = 1,
+) -> None:
+    """``check_parity`` against ``model``'s own numbers: its ``logits_of`` a ``left_padded_batch`` of ids in [low,
+    vocab) and its 20 greedy tokens after the first 7 ids of the batch's first row and the first 3 of its second."""
+    batch = left_padded_batch(model.config.vocab_size, low=low)
+    prompts = [batch[0][0, :7].tolist(), batch[0][1, :3].tolist()]
+    expected, greedy = logits_of(model, *batch), hf_greedy(model, prompts, 20)
+    check_parity(case, folder, tmp_path, batch, expected, prompts, greedy, logits_of, attentions, assembles)
 
 
 def check_same_tensors(model, folder: Path, tmp_path: Path, left_out: set[str] = frozenset()) -> dict:

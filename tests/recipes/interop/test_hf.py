@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf import convert as hf
 from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
@@ -24,6 +23,15 @@ from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity_of,
+    check_same_tensors,
+    hf_logits_counting_real_tokens,
+    left_padded_batch,
+    saved,
 )
 
 ATTENTION = ["sdpa", "fused", "per_head"]
@@ -544,99 +552,28 @@ DECODER = dict(
 
 
 def build(case: str):
+    """transformers' model for ``case``, randomised (DeepSeek-V3's bias for choosing experts too)."""
     config_class, settings, _ = CASES[case]
     fields = settings if config_class == "GPT2Config" else DECODER | settings
     config = getattr(transformers, config_class)(**fields | {"vocab_size": V}, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with (
-        torch.no_grad()
-    ):  # transformers starts biases at 0 and norms at 1: randomise all, so every tensor's mapping shows
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name or ".ln_" in name else 0.3 * torch.randn_like(p))
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's bias for choosing experts
-                b.copy_(0.1 * torch.randn_like(b))
-    return model
+    return built(config, buffers=("e_score_correction_bias",), buffer_scale=0.1)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
-
-
-def padded_batch():
-    """Three rows, two of them left-padded: (ids, mask, positions counting real tokens)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, V, (3, 24), generator=g)
-    mask = torch.ones(3, 24, dtype=torch.bool)
-    mask[1, :5], mask[2, :11] = False, False
-    return idx, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def hf_logits(model, idx, mask, positions):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), position_ids=positions).logits
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask, positions = padded_batch()
-    expected = hf_logits(model, idx, mask, positions)
-    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
-    left_padded = torch.tensor([prompts[0], [0] * 4 + prompts[1]])
-    with torch.no_grad():
-        out = model.generate(
-            left_padded,
-            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
-            max_new_tokens=20,
-            min_new_tokens=20,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    hf_tokens = out[:, 7:].tolist()
-    for attention in CASES[case][2]:
-        run_dir = tmp_path / attention
-        import_hf(folder, run_dir, attention=attention)
-        run = load_run(run_dir)
-        assert run.config.model.attention.name == attention
-        with torch.no_grad():
-            ours = run.model(idx, pad_mask=mask)
-        torch.testing.assert_close(
-            ours[mask],
-            expected[mask],
-            atol=1e-4,
-            rtol=0,
-            msg=lambda m, attention=attention: f"{case}, {attention}: {m}",
-        )
-        assert generate_ids(run.model, prompts, 20) == hf_tokens, f"{case}, {attention}"
-    assert main(["export-hf", str(tmp_path / CASES[case][2][0]), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "exported", attn_implementation="eager"
-    ).eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
+    check_parity_of(model, case, folder, tmp_path, hf_logits_counting_real_tokens, CASES[case][2], low=0)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
-    case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    assert sorted(exported) == sorted(set(original) - tied)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert (
-        config["model_type"] == model.config.model_type
-    )  # several may match (Mistral without a window is a Llama): the source's
+    _, model, folder = checkpoint
+    # several families may match (Mistral without a window is a Llama): the export names the source's
+    check_same_tensors(model, folder, tmp_path)
 
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
@@ -806,9 +743,12 @@ def test_export_shards_past_the_size_and_transformers_loads_them(tmp_path):
         if len(load_file(str(tmp_path / "out" / f))) > 1
     )
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
-    idx, mask, positions = padded_batch()
+    idx, mask = left_padded_batch(V, low=0)
     torch.testing.assert_close(
-        hf_logits(reloaded, idx, mask, positions)[mask], hf_logits(model, idx, mask, positions)[mask], atol=0, rtol=0
+        hf_logits_counting_real_tokens(reloaded, idx, mask)[mask],
+        hf_logits_counting_real_tokens(model, idx, mask)[mask],
+        atol=0,
+        rtol=0,
     )
 
 
@@ -1310,11 +1250,11 @@ def test_kimi_k2_reads_as_deepseek_v3_and_exports_as_it(tmp_path, capsys):
     model.save_pretrained(tmp_path / "src")
     config = json.loads((tmp_path / "src" / "config.json").read_text())
     (tmp_path / "src" / "config.json").write_text(json.dumps(config | {"model_type": "kimi_k2"}))
-    idx, mask, positions = padded_batch()
+    idx, mask = left_padded_batch(V, low=0)
     assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 0
     with torch.no_grad():
         ours = load_run(tmp_path / "run").model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], hf_logits(model, idx, mask, positions)[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[mask], hf_logits_counting_real_tokens(model, idx, mask)[mask], atol=1e-4, rtol=0)
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "deepseek_v3"
     thinking = config | {"model_type": "kimi_k2", "quantization_config": {"format": "pack-quantized", "bits": 4}}
