@@ -1,4 +1,5 @@
-"""Matrices stored in fewer bytes for decoding, where reading the weights bounds the time per token.
+"""Matrices stored for decoding, where reading the weights bounds the time per token: in the layout
+read fastest (fp32), or in fewer bytes (bf16, int8).
 
 ``store_weights(model, "int8")`` swaps every ``nn.Linear`` for a ``StoredLinear`` that keeps its
 weight as int8 with one scale per output row (weight-only, symmetric: ``w ≈ scale[n] · q[n, k]``),
@@ -44,7 +45,7 @@ DECODE_ROWS = 32  # activations rows up to which the int8 kernel beats a GEMM on
 
 
 class StoredLinear(nn.Module):
-    """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, or as bf16."""
+    """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 transposed."""
 
     stored: Tensor  # (N, K8) int8, (N, K) bf16 or (K, N) fp32
     scale: Tensor | None  # (N,) bf16 for int8, None otherwise
