@@ -6,20 +6,24 @@ logits within 1e-4 on a left-padded batch, 20 greedy tokens through gptzoo's cac
 transformers' generate, export -> from_pretrained -> the same logits and the same tensors.
 """
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
-from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    check_parity_of,
+    check_refused,
+    check_same_tensors,
+    hf_logits_counting_real_tokens,
+    randomised,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -85,10 +89,8 @@ def build(case: str):
 
     config = Gemma4TextConfig(**DECODER | CASES[case], attn_implementation="eager")
     torch.manual_seed(0)
-    model = Gemma4ForCausalLM(config).eval()
-    with torch.no_grad():  # norms near 1, the rest random, the layer scalars (buffers) away from 1
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    model = randomised(Gemma4ForCausalLM(config))
+    with torch.no_grad():  # the layer scalars (buffers) away from 1
         for layer in model.model.layers:
             layer.layer_scalar.uniform_(0.5, 1.5)
     return model
@@ -97,65 +99,17 @@ def build(case: str):
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
-
-
-def padded_batch():
-    """Three rows, two of them left-padded: (ids, mask, positions counting real tokens)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, V, (3, 24), generator=g)
-    mask = torch.ones(3, 24, dtype=torch.bool)
-    mask[1, :5], mask[2, :11] = False, False
-    return idx, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def hf_logits(model, idx, mask, positions):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), position_ids=positions).logits
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask, positions = padded_batch()
-    expected = hf_logits(model, idx, mask, positions)
-    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
-    left_padded = torch.tensor([prompts[0], [0] * 4 + prompts[1]])
-    with torch.no_grad():
-        out = model.generate(
-            left_padded,
-            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
-            max_new_tokens=20,
-            min_new_tokens=20,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0)
-    assert generate_ids(run.model, prompts, 20) == out[:, 7:].tolist()
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "exported", attn_implementation="eager"
-    ).eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
+    check_parity_of(model, case, folder, tmp_path, hf_logits_counting_real_tokens, low=0)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
-    case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original = load_file(str(folder / "model.safetensors"))
-    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    assert sorted(exported) == sorted(set(original) - tied)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gemma4_text"
+    _, model, folder = checkpoint
+    assert check_same_tensors(model, folder, tmp_path)["model_type"] == "gemma4_text"
 
 
 @pytest.mark.parametrize(
@@ -177,13 +131,8 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     ],
 )
 def test_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
-    build("gemma4_text").save_pretrained(tmp_path / "src")
-    config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "config.json" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+    check_refused(build("gemma4_text"), tmp_path, change, named, capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
 
 
 def test_export_refuses_per_layer_projection_norms_that_training_made_differ(tmp_path, capsys):
