@@ -20,14 +20,20 @@ import torch
 from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.export import export_hf
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity_of,
+    check_same_tensors,
+    hf_logits_counting_real_tokens,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -133,12 +139,8 @@ CASES = {
 
 def build(case: str):
     config_class, settings = CASES[case]
-    config = getattr(transformers, config_class)(**COMMON | settings, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # transformers starts biases at 0 and norms at 1: randomise all, so every mapping shows
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    model = built(getattr(transformers, config_class)(**COMMON | settings, attn_implementation="eager"))
+    with torch.no_grad():  # the experts' choosing bias drawn after the weights, as the seeds without ties were
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn_like(b))
@@ -148,67 +150,17 @@ def build(case: str):
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
-
-
-def padded_batch():
-    """Three rows, two of them left-padded: (ids, mask, positions counting real tokens)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, V, (3, 24), generator=g)
-    mask = torch.ones(3, 24, dtype=torch.bool)
-    mask[1, :5], mask[2, :11] = False, False
-    return idx, mask, (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def hf_logits(model, idx, mask, positions):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), position_ids=positions).logits
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask, positions = padded_batch()
-    expected = hf_logits(model, idx, mask, positions)
-    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([prompts[0], [0] * 4 + prompts[1]]),
-            attention_mask=(torch.arange(7) >= torch.tensor([[0], [4]])).long(),
-            max_new_tokens=20,
-            min_new_tokens=20,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.attention.name == "sparse_latent"
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == out[:, 7:].tolist(), case
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "exported", attn_implementation="eager"
-    ).eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask, positions)[mask], expected[mask], atol=1e-4, rtol=0)
+    check_parity_of(model, case, folder, tmp_path, hf_logits_counting_real_tokens, assembles="sparse_latent", low=0)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    assert sorted(exported) == sorted(original)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == model.config.model_type
+    config = check_same_tensors(model, folder, tmp_path)
     assert config["mlp_layer_types"] == model.config.mlp_layer_types
     if case.startswith("glm_moe_dsa"):
         assert config["indexer_types"] == model.config.indexer_types

@@ -13,6 +13,9 @@ from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip("transformers")
+
+from tests.recipes.interop.hf_parity import randomised  # noqa: E402
+
 N_LAYERS = 2
 
 TINY = dict(
@@ -41,14 +44,9 @@ TINY = dict(
 )
 
 
-def randomised(module):
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-        for name, b in module.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
-    return module
+def deepseek_randomised(module):
+    """``module`` randomised, DeepSeek-V3's bias for choosing experts too."""
+    return randomised(module, buffers=("e_score_correction_bias",), buffer_scale=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +56,8 @@ def checkpoint(tmp_path_factory):
 
     torch.manual_seed(0)
     config = transformers.DeepseekV3Config(**TINY, attn_implementation="eager")
-    main = randomised(transformers.AutoModelForCausalLM.from_config(config)).eval()
-    mtp = randomised(MtpModel(main, 1)).eval()
+    main = deepseek_randomised(transformers.AutoModelForCausalLM.from_config(config))
+    mtp = deepseek_randomised(MtpModel(main, 1))
     mtp.tie_with_main_model(main)  # randomising the copies it shares would have changed the model's
     folder = tmp_path_factory.mktemp("hf") / "deepseek_v3_mtp"
     main.save_pretrained(folder)
