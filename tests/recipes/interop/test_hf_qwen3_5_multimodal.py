@@ -10,6 +10,7 @@ and the language model's tensors.
 """
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -23,6 +24,14 @@ from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    hf_greedy,
+    hf_logits,
+    left_padded_batch,
+    randomised,
+    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -78,57 +87,28 @@ def build(case: str):
     vision = VISION | {"out_hidden_size": text["hidden_size"]}
     config = getattr(transformers, config_class)(text_config=text, vision_config=vision, tie_word_embeddings=tied)
     torch.manual_seed(0)
-    model = transformers.AutoModelForImageTextToText.from_config(config).eval()
-    with torch.no_grad():  # transformers starts biases and unit-offset norms at 0: randomise all
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
-                p.copy_(torch.rand_like(p) * 2 - 1)
-            else:
-                p.copy_(0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model
+    # norms that scale by 1 + weight start at 0 in transformers
+    return randomised(transformers.AutoModelForImageTextToText.from_config(config), norms_at=0.0)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def checkpoint(request, tmp_path_factory):
     model = build(request.param)
-    folder = tmp_path_factory.mktemp("hf") / request.param
-    model.save_pretrained(folder)
-    return request.param, model, folder
+    return request.param, model, saved(model, tmp_path_factory, request.param)
 
 
 def padded_batch():
     """Three rows of CHUNK + 8 tokens, two of them left-padded (one past the chunk still): (ids, mask)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(1, V, (3, CHUNK + 8), generator=g)
-    mask = torch.ones_like(idx, dtype=torch.bool)
-    mask[1, :5], mask[2, :40] = False, False
-    return idx, mask
+    return left_padded_batch(V, CHUNK + 8, pads=(5, 40))
 
 
-def hf_logits(model, idx, mask):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
-
-
-def greedy(model, prompts, n):
-    width = max(len(p) for p in prompts)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
-            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[:, width:].tolist()
+logits = partial(hf_logits, use_cache=False)  # transformers' logits of a whole text, without a cache
 
 
 def test_the_language_model_imports_and_exports_text_only_with_parity(checkpoint, tmp_path, capsys):
     case, model, folder = checkpoint
     idx, mask = padded_batch()
-    expected = hf_logits(model, idx, mask)
+    expected = logits(model, idx, mask)
     prompts = [idx[0, : CHUNK + 3].tolist(), idx[1, :3].tolist()]
     capsys.readouterr()
     assert main(["import-hf", str(folder), "--out", str(tmp_path / "run")]) == 0
@@ -138,12 +118,12 @@ def test_the_language_model_imports_and_exports_text_only_with_parity(checkpoint
     with torch.no_grad():
         ours = run.model(idx, pad_mask=mask)
     torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
+    assert generate_ids(run.model, prompts, 20) == hf_greedy(model, prompts, 20), case
     assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
     config = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert config["model_type"] == f"{case}_text" and "text_config" not in config
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
 
 
 def test_export_gives_back_the_language_models_tensors(checkpoint, tmp_path):
