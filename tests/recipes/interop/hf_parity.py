@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 import torch
 import transformers  # the test modules importing this one skip without it first
 from safetensors.torch import load_file
@@ -53,6 +54,18 @@ def saved(model, tmp_path_factory, name: str) -> Path:
     folder = tmp_path_factory.mktemp("hf") / name
     model.save_pretrained(folder)
     return folder
+
+
+def checkpoints(build: Callable[[str], torch.nn.Module], cases) -> Callable:
+    """The module-scoped fixture ``checkpoint``, one per name in ``cases``: (the name, ``build(name)``: transformers'
+    model, the folder it is saved in). A test module assigns it: ``checkpoint = checkpoints(build, CASES)``."""
+
+    @pytest.fixture(scope="module", params=list(cases))
+    def checkpoint(request, tmp_path_factory):
+        model = build(request.param)
+        return request.param, model, saved(model, tmp_path_factory, request.param)
+
+    return checkpoint
 
 
 def left_padded_batch(vocab: int, length: int = 24, pads: tuple[int, int] = (5, 11), low: int = 1):
@@ -143,6 +156,31 @@ def check_parity_of(
     prompts = [batch[0][0, :7].tolist(), batch[0][1, :3].tolist()]
     expected, greedy = logits_of(model, *batch), hf_greedy(model, prompts, 20)
     check_parity(case, folder, tmp_path, batch, expected, prompts, greedy, logits_of, attentions, assembles)
+
+
+def idle_expert_parameters(model) -> int:
+    """Per mixture layer of transformers' ``model``, the parameters (biases included) of the experts a token does
+    not choose."""
+    idle = 0
+    for name, module in model.named_modules():
+        if name.endswith(".experts"):
+            per_expert = sum(p[0].numel() for p in module.parameters())
+            idle += (module.num_experts - model.config.num_experts_per_tok) * per_expert
+    return idle
+
+
+def described(folder: Path, tmp_path: Path, capsys, model=None) -> dict:
+    """``describe --json`` of the checkpoint in ``folder`` imported into ``tmp_path / "run"``; given transformers'
+    ``model``, its total parameters are transformers' count (buffers aside), its active ones that less the
+    ``idle_expert_parameters``."""
+    import_hf(folder, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    if model is not None:
+        assert info["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+        assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle_expert_parameters(model)
+    return info
 
 
 def check_same_tensors(model, folder: Path, tmp_path: Path, left_out: set[str] = frozenset()) -> dict:

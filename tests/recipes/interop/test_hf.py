@@ -29,9 +29,10 @@ from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
     check_parity_of,
     check_same_tensors,
+    checkpoints,
+    described,
     hf_logits_counting_real_tokens,
     left_padded_batch,
-    saved,
 )
 
 ATTENTION = ["sdpa", "fused", "per_head"]
@@ -559,10 +560,7 @@ def build(case: str):
     return built(config, buffers=("e_score_correction_bias",), buffer_scale=0.1)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
@@ -578,19 +576,7 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
 
 def test_describe_shows_the_family_assembly(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    model = info["config"]["model"]
-    # Total parameters as transformers counts them (its buffers aside); active: less the idle experts of each mixture layer.
-    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
-    idle = sum(
-        (m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2
-        for n, m in hf_model.named_modules()
-        if n.endswith(".experts")
-    )
-    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
+    model = described(folder, tmp_path, capsys, hf_model)["config"]["model"]
     family = case.split("-")[0]
     feed_forward = "moe" if family in ("mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "minimax_m2") else "swiglu"
     feed_forward = "xielu" if family == "apertus" else feed_forward

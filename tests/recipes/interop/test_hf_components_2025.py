@@ -15,19 +15,12 @@ import torch
 
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.interop.hf.export import export_hf
-from gptzoo.recipes.interop.hf.import_ import import_hf
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
 )
 
-from tests.recipes.interop.hf_parity import (  # noqa: E402
-    built,
-    check_parity_of,
-    check_same_tensors,
-    hf_logits_counting_real_tokens,
-    saved,
-)
+from tests.recipes.interop import hf_parity as parity  # noqa: E402
 
 ATTENTION = ["sdpa", "fused", "per_head"]
 V = 320  # vocabulary of the tiny models
@@ -143,44 +136,25 @@ def build(case: str):
     """transformers' model for ``case``, randomised (MiMo's bias for choosing experts too)."""
     config_class, settings, _ = CASES[case]
     config = getattr(transformers, config_class)(**DECODER | settings, attn_implementation="eager")
-    return built(config, buffers=("e_score_correction_bias",), buffer_scale=0.1)
+    return parity.built(config, buffers=("e_score_correction_bias",), buffer_scale=0.1)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = parity.checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    check_parity_of(model, case, folder, tmp_path, hf_logits_counting_real_tokens, CASES[case][2], low=0)
+    parity.check_parity_of(model, case, folder, tmp_path, parity.hf_logits_counting_real_tokens, CASES[case][2], low=0)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     _, model, folder = checkpoint
-    check_same_tensors(model, folder, tmp_path)
-
-
-def idle_expert_parameters(model) -> int:
-    """Per mixture layer, the parameters (biases included) of the experts a token does not choose."""
-    idle = 0
-    for name, module in model.named_modules():
-        if name.endswith(".experts"):
-            per_expert = sum(p[0].numel() for p in module.parameters())
-            idle += (module.num_experts - model.config.num_experts_per_tok) * per_expert
-    return idle
+    parity.check_same_tensors(model, folder, tmp_path)
 
 
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    model = info["config"]["model"]
-    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
-    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle_expert_parameters(hf_model)
+    model = parity.described(folder, tmp_path, capsys, hf_model)["config"]["model"]
     if case.startswith("gpt_oss"):
         ffn = model["feed_forward"]
         assert (ffn["name"], ffn["activation"], ffn["router_bias"], ffn["expert_biases"]) == (
