@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load_file
 
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
@@ -28,13 +27,7 @@ transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
 )
 
-from tests.recipes.interop.hf_parity import (  # noqa: E402
-    built,
-    check_parity_of,
-    check_same_tensors,
-    hf_logits_counting_real_tokens,
-    saved,
-)
+from tests.recipes.interop import hf_parity as parity  # noqa: E402
 
 V = 320  # vocabulary of the tiny models
 TOPK = 5
@@ -139,7 +132,7 @@ CASES = {
 
 def build(case: str):
     config_class, settings = CASES[case]
-    model = built(getattr(transformers, config_class)(**COMMON | settings, attn_implementation="eager"))
+    model = parity.built(getattr(transformers, config_class)(**COMMON | settings, attn_implementation="eager"))
     with torch.no_grad():  # the experts' choosing bias drawn after the weights, as the seeds without ties were
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
@@ -147,20 +140,19 @@ def build(case: str):
     return model
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = parity.checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    check_parity_of(model, case, folder, tmp_path, hf_logits_counting_real_tokens, assembles="sparse_latent", low=0)
+    parity.check_parity_of(
+        model, case, folder, tmp_path, parity.hf_logits_counting_real_tokens, assembles="sparse_latent", low=0
+    )
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    config = check_same_tensors(model, folder, tmp_path)
+    config = parity.check_same_tensors(model, folder, tmp_path)
     assert config["mlp_layer_types"] == model.config.mlp_layer_types
     if case.startswith("glm_moe_dsa"):
         assert config["indexer_types"] == model.config.indexer_types
@@ -173,18 +165,7 @@ def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
 
 def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    model = info["config"]["model"]
-    assert info["parameters"]["total"] == sum(p.numel() for p in hf_model.parameters())
-    idle = sum(
-        (m.num_experts - hf_model.config.num_experts_per_tok) * m.gate_up_proj[0].numel() * 3 // 2
-        for n, m in hf_model.named_modules()
-        if n.endswith(".experts")
-    )
-    assert info["active_parameters_per_token"] == info["parameters"]["total"] - idle
+    model = parity.described(folder, tmp_path, capsys, hf_model)["config"]["model"]
     attention = model["attention"]
     assert (attention["index_topk"], attention["index_heads"], attention["index_rope_layout"]) == (
         TOPK,

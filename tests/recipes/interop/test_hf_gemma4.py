@@ -21,9 +21,9 @@ from tests.recipes.interop.hf_parity import (  # noqa: E402
     check_parity_of,
     check_refused,
     check_same_tensors,
+    checkpoints,
     hf_logits_counting_real_tokens,
     randomised,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -96,10 +96,7 @@ def build(case: str):
     return model
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):

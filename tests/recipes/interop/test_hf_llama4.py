@@ -22,10 +22,10 @@ from tests.recipes.interop.hf_parity import (  # noqa: E402
     check_parity,
     check_refused,
     check_same_tensors,
+    checkpoints,
     hf_greedy,
     left_padded_batch,
     randomised,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -90,10 +90,7 @@ def build(case: str):
     return randomised(transformers.Llama4ForCausalLM(config))
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def hf_logits(model, idx, mask):
