@@ -149,11 +149,12 @@ def check_parity_of(
     attentions: Sequence[str | None] = (None,),
     assembles: str | None = None,
     low: int = 1,
+    prompt_lengths: tuple[int, int] = (7, 3),
 ) -> None:
     """``check_parity`` against ``model``'s own numbers: its ``logits_of`` a ``left_padded_batch`` of ids in [low,
-    vocab) and its 20 greedy tokens after the first 7 ids of the batch's first row and the first 3 of its second."""
+    vocab) and its 20 greedy tokens after the first ``prompt_lengths`` ids of the batch's first row and second."""
     batch = left_padded_batch(model.config.vocab_size, low=low)
-    prompts = [batch[0][0, :7].tolist(), batch[0][1, :3].tolist()]
+    prompts = [batch[0][0, : prompt_lengths[0]].tolist(), batch[0][1, : prompt_lengths[1]].tolist()]
     expected, greedy = logits_of(model, *batch), hf_greedy(model, prompts, 20)
     check_parity(case, folder, tmp_path, batch, expected, prompts, greedy, logits_of, attentions, assembles)
 

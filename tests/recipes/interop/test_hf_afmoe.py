@@ -8,13 +8,9 @@ within 1e-4 on a left-padded batch; 20 greedy tokens through gptzoo's cache equa
 a left-padded batch; export -> from_pretrained -> the same logits and the same tensors.
 """
 
-import json
 from functools import partial
 
 import pytest
-
-from gptzoo.recipes.cli import main
-from gptzoo.recipes.interop.hf.import_ import import_hf
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
@@ -22,13 +18,12 @@ transformers = pytest.importorskip(
 
 from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
-    check_parity,
+    check_parity_of,
     check_refused,
     check_same_tensors,
-    hf_greedy,
+    checkpoints,
+    described,
     hf_logits,
-    left_padded_batch,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -85,24 +80,13 @@ def build(case: str):
     return built(config)  # the router and the choosing bias (parameters in transformers) randomised too
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
-
-
-def padded_batch():
-    """Three rows of 24 tokens (four windows), two of them left-padded: (ids, mask)."""
-    return left_padded_batch(V, 24)
+checkpoint = checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask = padded_batch()
-    prompts = [idx[0, :9].tolist(), idx[1, :3].tolist()]
-    logits = partial(hf_logits, use_cache=False)
-    expected, tokens = logits(model, idx, mask), hf_greedy(model, prompts, 20)
-    check_parity(case, folder, tmp_path, (idx, mask), expected, prompts, tokens, logits)
+    # three rows of 24 tokens (four windows), two of them left-padded
+    check_parity_of(model, case, folder, tmp_path, partial(hf_logits, use_cache=False), prompt_lengths=(9, 3))
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
@@ -120,10 +104,7 @@ def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint,
     builds them; the total is transformers' count less the choosing biases (parameters there, buffers here),
     and active per token the total less each mixture's idle experts."""
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model, config = info["config"]["model"], hf_model.config
     pattern, n = model["layer_pattern"], model["n_layers"]
     kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)]

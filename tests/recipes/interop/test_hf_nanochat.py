@@ -8,11 +8,8 @@ logits within 1e-4 on a left-padded batch; 20 greedy tokens through gptzoo's cac
 generate from a left-padded batch; export -> from_pretrained -> the same logits and the same tensors.
 """
 
-import json
-
 import pytest
 
-from gptzoo.recipes.cli import main
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
@@ -20,16 +17,7 @@ transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
 )
 
-from tests.recipes.interop.hf_parity import (  # noqa: E402
-    built,
-    check_parity,
-    check_refused,
-    check_same_tensors,
-    hf_greedy,
-    hf_logits,
-    left_padded_batch,
-    saved,
-)
+from tests.recipes.interop import hf_parity as parity  # noqa: E402
 
 V = 320  # vocabulary of the tiny models
 CONTEXT = 64  # max_position_embeddings of the tiny models
@@ -66,26 +54,20 @@ def build(case: str):
     config = transformers.NanoChatConfig(
         **CASES[case] | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
     )
-    return built(config)
+    return parity.built(config)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = parity.checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask = left_padded_batch(V, 24)
-    prompts = [idx[0, :9].tolist(), idx[1, :3].tolist()]
-    expected, tokens = hf_logits(model, idx, mask), hf_greedy(model, prompts, 20)
-    check_parity(case, folder, tmp_path, (idx, mask), expected, prompts, tokens)
+    parity.check_parity_of(model, case, folder, tmp_path, prompt_lengths=(9, 3))
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    config = check_same_tensors(model, folder, tmp_path)
+    config = parity.check_same_tensors(model, folder, tmp_path)
     assert config["final_logit_softcapping"] == model.config.final_logit_softcapping
     assert config["hidden_act"] == "relu2"
 
@@ -101,13 +83,9 @@ def test_the_imported_assembly_is_nanochats(checkpoint, tmp_path):
 
 def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
     """No norm has a weight on either side: the count is the embedding, the layers' projections and an untied head."""
-    case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["parameters"]["total"] == model.num_parameters()
-    assert info["active_parameters_per_token"] == model.num_parameters()
+    _, model, folder = checkpoint
+    info = parity.described(folder, tmp_path, capsys, model)  # the total and active counts: transformers'
+    assert info["parameters"]["total"] == info["active_parameters_per_token"] == model.num_parameters()
 
 
 @pytest.mark.parametrize(
@@ -118,4 +96,4 @@ def test_describe_counts_transformers_parameters(checkpoint, tmp_path, capsys):
     ],
 )
 def test_options_gptzoo_does_not_implement_are_refused(change, named, tmp_path, capsys):
-    check_refused(build("nanochat-mqa"), tmp_path, change, named, capsys)
+    parity.check_refused(build("nanochat-mqa"), tmp_path, change, named, capsys)
