@@ -159,6 +159,17 @@ def check_parity_of(
     check_parity(case, folder, tmp_path, batch, expected, prompts, greedy, logits_of, attentions, assembles)
 
 
+def check_past_context(model, folder: Path, tmp_path: Path, prompt: list[int], context: int, greedy: Callable):
+    """Imported into ``tmp_path / "run"``, a run of ``context`` tokens that may decode past them: its ``context`` + 30
+    greedy tokens after ``prompt``, through its cache, are transformers' ``greedy`` (model, prompts, n). Returns the
+    run."""
+    import_hf(folder, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config.model.context_length == context and run.model.extension_refusal() is None
+    assert generate_ids(run.model, [prompt], context + 30) == greedy(model, [prompt], context + 30)
+    return run
+
+
 def idle_expert_parameters(model) -> int:
     """Per mixture layer of transformers' ``model``, the parameters (biases included) of the experts a token does
     not choose."""

@@ -8,15 +8,10 @@ from_pretrained -> the same logits and the same tensors; generation past the tra
 generates it, with a cache that does not grow where every layer is a convolution.
 """
 
-import json
 from functools import partial
 
 import pytest
 
-from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.import_ import import_hf
-from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
@@ -26,12 +21,14 @@ transformers = pytest.importorskip(
 from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
     check_parity,
+    check_past_context,
     check_refused,
     check_same_tensors,
+    checkpoints,
+    described,
     hf_greedy,
     hf_logits,
     left_padded_batch,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -108,10 +105,7 @@ def build(case: str):
     return built(config, buffers=("expert_bias",))
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def padded_batch():
@@ -148,11 +142,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; where every layer is a
     convolution, the cache holds as many bytes for one token as for the whole text."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, greedy)
     assert run.model.bounded_cache() == CASES[case][1]
     if CASES[case][1]:
         assert (
@@ -166,10 +156,7 @@ def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint,
     """Each layer's mixer and feed-forward as transformers builds them; the total is transformers' count, and
     active per token the total less each mixture's idle experts."""
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model = info["config"]["model"]
     pattern, n = model["layer_pattern"], model["n_layers"]
     kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)]

@@ -9,15 +9,9 @@ transformers saves and recomputes); generation past the trained context as trans
 the lightning layers' cache not growing.
 """
 
-import json
-
 import pytest
 from safetensors.torch import load_file
 
-from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.import_ import import_hf
-from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
@@ -27,12 +21,14 @@ transformers = pytest.importorskip(
 from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
     check_parity,
+    check_past_context,
     check_refused,
     check_same_tensors,
+    checkpoints,
+    described,
     hf_greedy,
     hf_logits,
     left_padded_batch,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -93,10 +89,7 @@ def build(case: str):
     return built(config)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def padded_batch():
@@ -132,11 +125,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; the lightning layers keep
     a state of the same bytes at every length, so the cache grows by the softmax layers' keys and values alone."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, greedy)
     softmax_layers = model.config.layer_types.count("full_attention")
     config = model.config
     per_token = softmax_layers * 2 * config.num_key_value_heads * (config.head_dim or 12) * 4  # keys and values, fp32
@@ -145,10 +134,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
 
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model = info["config"]["model"]
     assert info["parameters"]["total"] == hf_model.num_parameters()
     pattern = [model["layer_pattern"][i % len(model["layer_pattern"])] for i in range(model["n_layers"])]
