@@ -26,10 +26,13 @@ from gptzoo.recipes.runs.folder import load_run
 DECAYS = ("A_log", "dt_bias")  # a state-space layer's decays and steps, drawn from a usable range
 
 
-def randomised(model, *, norms_at: float = 1.0, buffers: tuple[str, ...] = (), buffer_scale: float = 0.3):
+def randomised(
+    model, *, norms_at: float = 1.0, scale: float = 0.3, buffers: tuple[str, ...] = (), buffer_scale: float = 0.3
+):
     """``model`` in eval mode with every parameter redrawn (norm weights around ``norms_at``: 1 for norms
-    that multiply by their weight, 0 for those that multiply by 1 + weight; decays A in [-e, -1/e]), and
-    the buffers whose names end in one of ``buffers`` (an experts' choosing bias, saved with the weights)."""
+    that multiply by their weight, 0 for those that multiply by 1 + weight; decays A in [-e, -1/e]; the rest
+    with deviation ``scale``), and the buffers whose names end in one of ``buffers`` (an experts' choosing bias,
+    saved with the weights)."""
     with torch.no_grad():
         for name, b in model.named_buffers():
             if name.endswith(buffers):
@@ -40,7 +43,7 @@ def randomised(model, *, norms_at: float = 1.0, buffers: tuple[str, ...] = (), b
             elif "norm" in name or ".ln_" in name:
                 p.copy_(norms_at + 0.1 * torch.randn_like(p))
             else:
-                p.copy_(0.3 * torch.randn_like(p))
+                p.copy_(scale * torch.randn_like(p))
     return model.eval()
 
 

@@ -16,8 +16,6 @@ from functools import partial
 import pytest
 import torch
 
-from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
@@ -29,12 +27,14 @@ transformers = pytest.importorskip(
 from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
     check_parity,
+    check_past_context,
     check_refused,
     check_same_tensors,
+    checkpoints,
+    described,
     hf_greedy,
     hf_logits,
     left_padded_batch,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -394,10 +394,7 @@ def build(case: str):
     return built(config, norms_at=0.0, buffers=("e_score_correction_bias",))
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 logits = partial(hf_logits, use_cache=False)  # transformers' logits of a whole text, without a cache
@@ -431,11 +428,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; where every layer is
     recurrent, the cache holds as many bytes for one token as for the whole text."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, greedy)
     if CASES[case][2]:
         assert run.model.bounded_cache()
         assert (
@@ -449,10 +442,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
 
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model = info["config"]["model"]
     assert info["parameters"]["total"] == hf_model.num_parameters()
     pattern, n = model["layer_pattern"], model["n_layers"]

@@ -10,20 +10,28 @@ as transformers generates it (OLMo Hybrid always has an attention layer, so its 
 """
 
 import json
+from functools import partial
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.interop.hf.export import export_hf
-from gptzoo.recipes.interop.hf.import_ import import_hf
-from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
+)
+
+from tests.recipes.interop.hf_parity import (  # noqa: E402
+    built,
+    check_parity,
+    check_past_context,
+    check_same_tensors,
+    described,
+    hf_greedy,
+    hf_logits,
+    left_padded_batch,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -68,17 +76,9 @@ def build(case: str):
     config = transformers.OlmoHybridConfig(
         **CASES[case] | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0, "eos_token_id": 1}
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
     # transformers starts norms at 1: randomise all; weights of 0.2 (not 0.3) keep the activations, which the norms'
     # plain weights do not shrink, small enough that float32 rounding stays far below 1e-4 in the logits
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):  # decays and steps of a usable range: A in [-e, -1/e]
-                p.copy_(torch.rand_like(p) * 2 - 1)
-            else:
-                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
-    return model
+    return built(config, scale=0.2)
 
 
 def save_published(model, folder):
@@ -109,62 +109,24 @@ def checkpoint(request, tmp_path_factory):
 
 def padded_batch():
     """Three rows of CHUNK + 8 tokens, two of them left-padded (one past the chunk still): (ids, mask)."""
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(2, V, (3, CHUNK + 8), generator=g)
-    mask = torch.ones_like(idx, dtype=torch.bool)
-    mask[1, :5], mask[2, :40] = False, False
-    return idx, mask
+    return left_padded_batch(V, CHUNK + 8, pads=(5, 40), low=2)
 
 
-def hf_logits(model, idx, mask):
-    with torch.no_grad():
-        return model(input_ids=idx, attention_mask=mask.long(), use_cache=False).logits
-
-
-def greedy(model, prompts, n):
-    width = max(len(p) for p in prompts)
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
-            attention_mask=torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[:, width:].tolist()
+logits = partial(hf_logits, use_cache=False)  # transformers' logits of a whole text, without a cache
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
     idx, mask = padded_batch()
-    expected = hf_logits(model, idx, mask)
     prompts = [idx[0, : CHUNK + 3].tolist(), idx[1, :3].tolist()]
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    with torch.no_grad():
-        ours = run.model(idx, pad_mask=mask)
-    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-4, rtol=0, msg=lambda m: f"{case}: {m}")
-    assert generate_ids(run.model, prompts, 20) == greedy(model, prompts, 20), case
-    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    torch.testing.assert_close(hf_logits(reloaded, idx, mask)[mask], expected[mask], atol=1e-4, rtol=0)
+    check_parity(
+        case, folder, tmp_path, (idx, mask), logits(model, idx, mask), prompts, hf_greedy(model, prompts, 20), logits
+    )
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
-    case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    export_hf(tmp_path / "run", tmp_path / "out")
-    original, exported = (
-        load_file(str(folder / "model.safetensors")),
-        load_file(str(tmp_path / "out" / "model.safetensors")),
-    )
-    tied = {"lm_head.weight"} if model.lm_head.weight is model.get_input_embeddings().weight else set()
-    assert sorted(exported) == sorted(set(original) - tied)
-    for name in exported:
-        assert torch.equal(exported[name], original[name]), name
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    _, model, folder = checkpoint
+    config = check_same_tensors(model, folder, tmp_path)
     assert (config["model_type"], config["layer_types"]) == ("olmo_hybrid", model.config.layer_types)
     assert config["rope_parameters"]["rope_theta"] == model.config.rope_parameters["rope_theta"]
 
@@ -173,11 +135,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
     """CONTEXT + 30 tokens decoded through the cache, as transformers decodes them; the attention layers' keys
     and values grow with the text, the Gated DeltaNet's state does not."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.context_length == CONTEXT and run.model.extension_refusal() is None
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], CONTEXT + 30) == greedy(model, [prompt], CONTEXT + 30)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, hf_greedy)
     config = model.config
     attention_layers = config.layer_types.count("full_attention")
     head_dim = config.hidden_size // config.num_attention_heads
@@ -187,10 +145,7 @@ def test_generation_goes_past_the_trained_context_as_transformers_does(checkpoin
 
 def test_describe_shows_the_layers_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model, config = info["config"]["model"], hf_model.config
     assert info["parameters"]["total"] == hf_model.num_parameters()
     pattern, n = model["layer_pattern"], model["n_layers"]
