@@ -153,23 +153,28 @@ def check_parity_of(
     assembles: str | None = None,
     low: int = 1,
     prompt_lengths: tuple[int, int] = (7, 3),
+    greedy_of: Callable = hf_greedy,
 ) -> None:
     """``check_parity`` against ``model``'s own numbers: its ``logits_of`` a ``left_padded_batch`` of ids in [low,
-    vocab) and its 20 greedy tokens after the first ``prompt_lengths`` ids of the batch's first row and second."""
+    vocab) and its 20 greedy tokens (``greedy_of``: model, prompts, n) after the first ``prompt_lengths`` ids of
+    the batch's first row and second."""
     batch = left_padded_batch(model.config.vocab_size, low=low)
     prompts = [batch[0][0, : prompt_lengths[0]].tolist(), batch[0][1, : prompt_lengths[1]].tolist()]
-    expected, greedy = logits_of(model, *batch), hf_greedy(model, prompts, 20)
+    expected, greedy = logits_of(model, *batch), greedy_of(model, prompts, 20)
     check_parity(case, folder, tmp_path, batch, expected, prompts, greedy, logits_of, attentions, assembles)
 
 
-def check_past_context(model, folder: Path, tmp_path: Path, prompt: list[int], context: int, greedy: Callable):
-    """Imported into ``tmp_path / "run"``, a run of ``context`` tokens that may decode past them: its ``context`` + 30
-    greedy tokens after ``prompt``, through its cache, are transformers' ``greedy`` (model, prompts, n). Returns the
-    run."""
+def check_past_context(
+    model, folder: Path, tmp_path: Path, prompt: list[int], context: int, greedy: Callable, n: int | None = None
+):
+    """Imported into ``tmp_path / "run"``, a run of ``context`` tokens that may decode past them: its ``n`` greedy
+    tokens (``context`` + 30 unless given) after ``prompt``, through its cache, are transformers' ``greedy`` (model,
+    prompts, n). Returns the run."""
+    n = n or context + 30
     import_hf(folder, tmp_path / "run")
     run = load_run(tmp_path / "run")
     assert run.config.model.context_length == context and run.model.extension_refusal() is None
-    assert generate_ids(run.model, [prompt], context + 30) == greedy(model, [prompt], context + 30)
+    assert generate_ids(run.model, [prompt], n) == greedy(model, [prompt], n)
     return run
 
 

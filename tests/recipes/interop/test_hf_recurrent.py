@@ -8,16 +8,10 @@ batch; export -> from_pretrained -> the same logits and the same tensors. Where 
 recurrent, generation runs past the trained context with a cache that does not grow.
 """
 
-import json
-
 import pytest
 import torch
 
-from gptzoo.recipes.cli import main
-from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.interop.hf.export import export_hf
-from gptzoo.recipes.interop.hf.import_ import import_hf
-from gptzoo.recipes.runs.folder import load_run
 from gptzoo.recipes.training import costs
 
 transformers = pytest.importorskip(
@@ -26,13 +20,15 @@ transformers = pytest.importorskip(
 
 from tests.recipes.interop.hf_parity import (  # noqa: E402
     built,
-    check_parity,
+    check_parity_of,
+    check_past_context,
     check_refused,
     check_same_tensors,
+    checkpoints,
+    described,
     hf_greedy,
     hf_logits,
     left_padded_batch,
-    saved,
 )
 
 V = 320  # vocabulary of the tiny models
@@ -283,10 +279,7 @@ def build(case: str):
     return built(config)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
+checkpoint = checkpoints(build, CASES)
 
 
 def padded_batch():
@@ -318,10 +311,7 @@ def greedy(model, prompts, n):
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    idx, mask = padded_batch()
-    prompts = [idx[0, :7].tolist(), idx[1, :3].tolist()]
-    expected, tokens = unpadded(model, idx, mask), greedy(model, prompts, 20)
-    check_parity(case, folder, tmp_path, (idx, mask), expected, prompts, tokens, unpadded)
+    check_parity_of(model, case, folder, tmp_path, unpadded, low=0, greedy_of=greedy)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
@@ -334,12 +324,8 @@ def test_generation_goes_past_the_trained_context_with_a_cache_that_does_not_gro
     """Every layer recurrent: 3 × CONTEXT tokens decoded through the cache, as transformers decodes
     them, and the cache holds as many bytes for one token as for the whole text."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.config.model.context_length == CONTEXT
-    assert run.model.extension_refusal() is None and run.model.bounded_cache()
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], 3 * CONTEXT) == greedy(model, [prompt], 3 * CONTEXT)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, greedy, 3 * CONTEXT)
+    assert run.model.bounded_cache()
     assert (
         costs.kv_cache_bytes(run.model, 1)
         == costs.kv_cache_bytes(run.model, 3 * CONTEXT)
@@ -352,11 +338,7 @@ def test_falcon_h1_generates_past_the_trained_context_as_transformers_does(check
     """3 × CONTEXT tokens through the cache, as transformers decodes them: Mamba-2's state stays the same
     size, so the cache grows by the attention part's keys and values alone."""
     case, model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    assert run.model.extension_refusal() is None
-    prompt = padded_batch()[0][0, :5].tolist()
-    assert generate_ids(run.model, [prompt], 3 * CONTEXT) == greedy(model, [prompt], 3 * CONTEXT)
+    run = check_past_context(model, folder, tmp_path, padded_batch()[0][0, :5].tolist(), CONTEXT, greedy, 3 * CONTEXT)
     config = model.config
     head_dim = (
         config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // config.num_attention_heads
@@ -367,10 +349,7 @@ def test_falcon_h1_generates_past_the_trained_context_as_transformers_does(check
 
 def test_describe_shows_the_family_assembly_and_transformers_parameter_count(checkpoint, tmp_path, capsys):
     case, hf_model, folder = checkpoint
-    import_hf(folder, tmp_path / "run")
-    capsys.readouterr()
-    assert main(["describe", str(tmp_path / "run"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    info = described(folder, tmp_path, capsys)
     model = info["config"]["model"]
     assert info["parameters"]["total"] == info["active_parameters_per_token"] == hf_model.num_parameters()
     family = hf_model.config.model_type
