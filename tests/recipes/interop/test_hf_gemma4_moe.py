@@ -9,16 +9,7 @@ transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
 )
 
-from tests.recipes.interop.hf_parity import (  # noqa: E402
-    check_parity,
-    check_refused,
-    check_same_tensors,
-    hf_greedy,
-    hf_logits,
-    left_padded_batch,
-    randomised,
-    saved,
-)
+from tests.recipes.interop import hf_parity as parity  # noqa: E402
 
 V = 320
 LOCAL, GLOBAL = "sliding_attention", "full_attention"
@@ -78,7 +69,7 @@ def build(case: str):
     from transformers.models.gemma4.modeling_gemma4 import Gemma4ForCausalLM
 
     torch.manual_seed(0)
-    model = randomised(Gemma4ForCausalLM(Gemma4TextConfig(**DECODER | CASES[case], attn_implementation="eager")))
+    model = parity.randomised(Gemma4ForCausalLM(Gemma4TextConfig(**DECODER | CASES[case], attn_implementation="eager")))
     with torch.no_grad():  # the layer scalars (buffers) away from 1; router weights large enough to separate scores
         for layer in model.model.layers:
             layer.layer_scalar.uniform_(0.5, 1.5)
@@ -86,32 +77,17 @@ def build(case: str):
     return model
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def checkpoint(request, tmp_path_factory):
-    model = build(request.param)
-    return request.param, model, saved(model, tmp_path_factory, request.param)
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Each row's positions counting its real tokens, as gptzoo numbers a left-padded batch."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def logits_of(model, idx, mask):
-    return hf_logits(model, idx, mask, position_ids=positions(mask))
+checkpoint = parity.checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    batch = left_padded_batch(V)
-    prompts = [batch[0][0, :7].tolist(), batch[0][1, :3].tolist()]
-    expected = logits_of(model, *batch)
-    check_parity(case, folder, tmp_path, batch, expected, prompts, hf_greedy(model, prompts, 20), logits_of)
+    parity.check_parity_of(model, case, folder, tmp_path, parity.hf_logits_counting_real_tokens)
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    config = check_same_tensors(model, folder, tmp_path)
+    config = parity.check_same_tensors(model, folder, tmp_path)
     assert (config["enable_moe_block"], config["num_experts"], config["top_k_experts"]) == (True, 6, 2)
 
 
@@ -135,4 +111,4 @@ def test_the_imported_feed_forward_is_the_experts_beside_the_mlp(checkpoint, tmp
     ],
 )
 def test_options_gptzoo_lacks_are_refused(change, named, tmp_path, capsys):
-    check_refused(build("gemma4_text-experts"), tmp_path, change, named, capsys)
+    parity.check_refused(build("gemma4_text-experts"), tmp_path, change, named, capsys)

@@ -13,6 +13,7 @@ e.g. MLX's and llama.cpp-style engines', take it so) Emb is the module's own tab
 """
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ from gptzoo.recipes.interop.hf.import_ import import_hf
 from gptzoo.recipes.runs.folder import load_run
 
 transformers = pytest.importorskip("transformers")
+
+from tests.recipes.interop import hf_parity  # noqa: E402
+
 V, C = 96, 32
 
 # Gated DeltaNet x 3 then gated attention (full_attention_interval 4), experts on every layer, untied
@@ -56,14 +60,8 @@ CASES = {
 }
 
 
-def randomised(model):
-    with torch.no_grad():  # unit-offset norms start at 0 in transformers: randomise them too
-        for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):
-                p.copy_(torch.rand_like(p) * 2 - 1)
-            else:
-                p.copy_(0.1 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
-    return model.eval()
+# unit-offset norms start at 0 in transformers: drawn around 0
+randomised = partial(hf_parity.randomised, norms_at=0.0)
 
 
 class Reference(torch.nn.Module):
