@@ -16,15 +16,7 @@ transformers = pytest.importorskip(
     "transformers", reason="the parity tests compare with transformers: pip install -e '.[reference]'"
 )
 
-from tests.recipes.interop.hf_parity import (  # noqa: E402
-    built,
-    check_parity_of,
-    check_refused,
-    check_same_tensors,
-    checkpoints,
-    described,
-    hf_logits,
-)
+from tests.recipes.interop import hf_parity as parity  # noqa: E402
 
 V = 320  # vocabulary of the tiny models
 CONTEXT = 64  # max_position_embeddings of the tiny models
@@ -77,21 +69,23 @@ def build(case: str):
     config = transformers.AfmoeConfig(
         **CASES[case] | {"vocab_size": V, "max_position_embeddings": CONTEXT, "pad_token_id": 0}
     )
-    return built(config)  # the router and the choosing bias (parameters in transformers) randomised too
+    return parity.built(config)  # the router and the choosing bias (parameters in transformers) randomised too
 
 
-checkpoint = checkpoints(build, CASES)
+checkpoint = parity.checkpoints(build, CASES)
 
 
 def test_logits_greedy_tokens_and_export_equal_transformers(checkpoint, tmp_path):
     case, model, folder = checkpoint
     # three rows of 24 tokens (four windows), two of them left-padded
-    check_parity_of(model, case, folder, tmp_path, partial(hf_logits, use_cache=False), prompt_lengths=(9, 3))
+    parity.check_parity_of(
+        model, case, folder, tmp_path, partial(parity.hf_logits, use_cache=False), prompt_lengths=(9, 3)
+    )
 
 
 def test_import_then_export_gives_back_the_same_tensors(checkpoint, tmp_path):
     case, model, folder = checkpoint
-    config = check_same_tensors(model, folder, tmp_path)
+    config = parity.check_same_tensors(model, folder, tmp_path)
     assert (config["layer_types"], config["num_dense_layers"], config["mup_enabled"]) == (
         model.config.layer_types,
         model.config.num_dense_layers,
@@ -104,7 +98,7 @@ def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint,
     builds them; the total is transformers' count less the choosing biases (parameters there, buffers here),
     and active per token the total less each mixture's idle experts."""
     case, hf_model, folder = checkpoint
-    info = described(folder, tmp_path, capsys)
+    info = parity.described(folder, tmp_path, capsys)
     model, config = info["config"]["model"], hf_model.config
     pattern, n = model["layer_pattern"], model["n_layers"]
     kinds = [model["layer_kinds"][pattern[i % len(pattern)]] for i in range(n)]
@@ -164,4 +158,4 @@ def test_describe_shows_the_layers_and_transformers_parameter_counts(checkpoint,
     ],
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(change, named, tmp_path, capsys):
-    check_refused(build("afmoe"), tmp_path, change, named, capsys)
+    parity.check_refused(build("afmoe"), tmp_path, change, named, capsys)

@@ -8,12 +8,9 @@ gptzoo's KV cache equal to transformers' generate, export -> from_pretrained -> 
 giving back the same tensors, and transformers' parameter count.
 """
 
-import json
-
 import pytest
 import torch
 
-from gptzoo.recipes.cli import main
 from gptzoo.recipes.interop.hf.export import export_hf
 
 transformers = pytest.importorskip(
@@ -228,13 +225,7 @@ REFUSED = {
     "case, change, named", [(case, change, named) for case, rows in REFUSED.items() for change, named in rows]
 )
 def test_options_gptzoo_lacks_are_refused_before_anything_is_written(case, change, named, tmp_path, capsys):
-    build(case).save_pretrained(tmp_path / "src")
-    config = json.loads((tmp_path / "src" / "config.json").read_text())
-    (tmp_path / "src" / "config.json").write_text(json.dumps(config | change))
-    assert main(["import-hf", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert named in err and "config.json" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+    parity.check_refused(build(case), tmp_path, change, named, capsys)
 
 
 def test_the_gpt_oss_style_config_exports_as_gpt_oss_and_transformers_computes_it(tmp_path, registry):
