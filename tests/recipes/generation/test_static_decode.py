@@ -163,6 +163,17 @@ def test_models_of_one_shape_decoded_in_turn_each_give_their_own_tokens(backend)
         assert generate_ids(model, PROMPTS, NEW, compiled=True) == expected[id(model)]
 
 
+def test_more_graphs_than_dynamos_recompile_limit_still_give_the_book_tokens(backend):
+    # Every new text length compiles a graph of its own; past dynamo's limit on one function's graphs
+    # (torch._dynamo.config.recompile_limit) the steps run eagerly, with the same tokens.
+    model = tiny_model(attention={"name": "sdpa"}, context_length=64)
+    limit = torch._dynamo.config.recompile_limit
+    for new in range(2, limit + 5):
+        expected = [book_greedy(model, prompt, new) for prompt in PROMPTS]
+        assert generate_ids(model, PROMPTS, new, compiled=True) == expected
+    assert backend.compilations == limit
+
+
 @pytest.mark.parametrize(
     "changes",
     [
