@@ -146,12 +146,14 @@ def test_a_scaled_and_capped_head_keeps_its_scaling_and_cap():
     torch.testing.assert_close(stored.head(h), expected, rtol=1e-2, atol=1e-2)
 
 
+def as_trained_and_stored(attention: str, storage: str) -> tuple[GPT, GPT]:
+    """Two copies of one tiny model with ``attention``: as trained, and with its weights stored as ``storage``."""
+    return tiny_model(attention={"name": attention}), store_weights(tiny_model(attention={"name": attention}), storage)
+
+
 @pytest.mark.parametrize("attention", REGISTRY.names("attention"))
 def test_every_mixer_decodes_with_int8_storage_close_to_fp32(attention):
-    reference, stored = (
-        tiny_model(attention={"name": attention}),
-        store_weights(tiny_model(attention={"name": attention}), "int8"),
-    )
+    reference, stored = as_trained_and_stored(attention, "int8")
     x = torch.randint(0, 300, (1, 9))
     with torch.inference_mode():
         expected, got = reference(x), stored(x)
@@ -160,10 +162,7 @@ def test_every_mixer_decodes_with_int8_storage_close_to_fp32(attention):
 
 @pytest.mark.parametrize("attention", REGISTRY.names("attention"))
 def test_every_mixer_gives_the_same_logits_and_greedy_tokens_with_fp32_storage(attention):
-    reference, stored = (
-        tiny_model(attention={"name": attention}),
-        store_weights(tiny_model(attention={"name": attention}), "fp32"),
-    )
+    reference, stored = as_trained_and_stored(attention, "fp32")
     x = torch.randint(0, 300, (1, 9))
     with torch.inference_mode():
         torch.testing.assert_close(stored(x), reference(x), rtol=1e-4, atol=1e-5)
