@@ -415,6 +415,11 @@ def test_describe_shows_the_family_assembly_and_transformers_parameter_count(che
             "is not supported for nemotron_h (its moe layers are not read yet",
         ),
         ("nemotron_h", {"mlp_hidden_act": "silu"}, 'mlp_hidden_act = "silu" is not supported for nemotron_h'),
+        (
+            "nemotron_h",
+            {"time_step_limit": [0.001, 0.5]},
+            "time_step_limit = [0.001, 0.5] is not supported for nemotron_h",
+        ),
         ("bamba", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for bamba'),
         ("falcon_h1", {"hidden_act": "gelu"}, 'hidden_act = "gelu" is not supported for falcon_h1'),
         (

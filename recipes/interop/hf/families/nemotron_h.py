@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from gptzoo.recipes.interop.hf.families.base import Conversion, Family, Field, Require, Weight, period, qkv_rows
-from gptzoo.recipes.interop.hf.families.mamba import MAMBA2_MIXER
+from gptzoo.recipes.interop.hf.families.mamba import DT_LIMIT, MAMBA2_MIXER
 
 # ---- Nemotron-H ------------------------------------------------------------------------------------
 
@@ -43,7 +43,7 @@ def _read_nemotron_h_layers(hf: dict) -> dict[str, Any]:
             f"layers_block_type = {json.dumps(types)} is not supported for nemotron_h (its {', '.join(unknown)} layers "
             f"are not read yet; gptzoo reads {' or '.join(NEMOTRON_H_KINDS)})"
         )
-    # The mixer clamps Δ at time_step_min from below in its scan (not time_step_limit).
+    DT_LIMIT.read(hf)  # Δ unclamped, as in Mamba-2 (time_step_min only sets dt_bias's initial range)
     mamba = {
         "name": "mamba2",
         "d_inner": hf.get("mamba_num_heads", 128) * hf.get("mamba_head_dim", 64),
@@ -58,7 +58,6 @@ def _read_nemotron_h_layers(hf: dict) -> dict[str, Any]:
         "dt_min": hf.get("time_step_min", 0.001),
         "dt_max": hf.get("time_step_max", 0.1),
         "dt_init_floor": hf.get("time_step_floor", 1e-4),
-        "dt_limit_min": hf.get("time_step_min", 0.001),
     }
     kinds = {
         "M": {"attention": mamba, "feed_forward": {"name": "none"}},
@@ -103,10 +102,10 @@ def _write_nemotron_h_layers(model: dict) -> dict[str, Any]:
             "chunk_size": mamba["chunk_size"],
             "use_bias": mamba["bias"],
             "use_conv_bias": mamba["conv_bias"],
-            "time_step_min": mamba["dt_limit_min"],
+            "time_step_min": mamba["dt_min"],
             "time_step_max": mamba["dt_max"],
             "time_step_floor": mamba["dt_init_floor"],
-        }
+        } | DT_LIMIT.write({"attention": mamba})
     return hf
 
 
