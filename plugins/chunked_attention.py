@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from gptzoo.core import AttentionContext, KVLayerCache, LayerCache
+from gptzoo.core import AttentionContext, LayerCache
 from gptzoo.plugins.attention import AttentionParams, SDPAAttention
 from gptzoo.plugins.sliding_window import WindowCache
 from gptzoo.registry import hookimpl
@@ -60,14 +60,12 @@ class ChunkedAttention(SDPAAttention):
         size = self.params.chunk_size if max_len is None else min(self.params.chunk_size, max_len)
         return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
 
-    def new_static_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> LayerCache:
-        return KVLayerCache(batch_size, self.n_kv_heads, max_len, self.head_size, device, dtype, self.v_size)
+    # Compiled decoding keeps every key and value, as sdpa does; the chunk is a mask in forward.
+    new_static_cache = SDPAAttention.new_cache
+    static_cache_bytes = SDPAAttention.cache_bytes
 
     def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
         return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.chunk_size)
-
-    def static_cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        return self.kv_bytes_per_token(dtype) * n_tokens
 
     def flops_per_token(self, context_length: int) -> int:
         # A query sees (chunk_size + 1) / 2 keys on average over a chunk; counted at the chunk, as windows are.
