@@ -15,7 +15,6 @@ import importlib
 import io
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,7 @@ import tomllib
 from pathlib import Path
 
 import torch
+from turns import measured_in_turns
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -105,17 +105,6 @@ def decode_timer(model, prompt: int, new_tokens: int):
     return run
 
 
-def in_turns(timers: dict, reps: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        for timer in timers.values():
-            timer()
-    samples = {name: [] for name in timers}
-    for rep in range(reps):  # alternate which goes first, so an order effect falls on both
-        for name in list(timers)[:: 1 if rep % 2 == 0 else -1]:
-            samples[name].append(timers[name]())
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, help="the git revision to compare with (e.g. HEAD~3, a commit)")
@@ -138,7 +127,7 @@ def main() -> None:
         now = "gptzoo"
         results = {}
         shape = config_shape(args.config) if args.config else SHAPES[args.train_shape]
-        train = in_turns(
+        train = measured_in_turns(
             {v: train_timer(build(p, shape), shape, args.batch) for v, p in (("then", then), ("now", now))},
             args.reps,
             args.warmup,
@@ -146,7 +135,7 @@ def main() -> None:
         results[f"train {args.config or args.train_shape} batch {args.batch} (tokens/s)"] = train
         shape = config_shape(args.config) if args.config else SHAPES[args.decode_shape]
         new = min(64, shape["context_length"] - 16)
-        decode = in_turns(
+        decode = measured_in_turns(
             {v: decode_timer(build(p, shape), 16, new) for v, p in (("then", then), ("now", now))},
             args.reps,
             args.warmup,

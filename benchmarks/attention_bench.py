@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
+from turns import in_turns, measured_in_turns
 
 from gptzoo.core import GPT
 from gptzoo.plugins.latent_attention import LatentAttention
@@ -49,21 +49,6 @@ GPT2_124M = dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12
 def model(shape: dict, attention: dict, registry=REGISTRY, **fields) -> GPT:
     torch.manual_seed(0)
     return GPT(registry.model_config({**shape, "attention": attention, **fields})).eval()
-
-
-def in_turns(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each fn, timed one repetition of each at a time, alternating the order
-    (whichever runs first in a repetition can be favoured by caches and clock boost)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for rep in range(reps):
-        for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(fns.items()):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def cache_tensor_bytes(cache) -> int:
@@ -104,7 +89,7 @@ def window_training(window: int, context: int, batch: int, reps: int) -> list[di
     def step(m):
         return lambda: m(idx).logsumexp(-1).mean().backward()
 
-    seconds = in_turns({name: step(m) for name, m in models.items()}, reps)
+    seconds = in_turns({name: step(m) for name, m in models.items()}, reps).seconds
     tokens = batch * context
     return [
         {
@@ -131,7 +116,7 @@ def sinks_training(context: int, batch: int, reps: int) -> list[dict]:
     def step(m):
         return lambda: m(idx).logsumexp(-1).mean().backward()
 
-    seconds = in_turns({name: step(m) for name, m in models.items()}, reps)
+    seconds = in_turns({name: step(m) for name, m in models.items()}, reps).seconds
     return [
         {
             "case": f"train with sinks, context {context}, batch {batch}, 4 × 256",
@@ -190,13 +175,7 @@ def latent_decode(prompt: int, new_tokens: int, reps: int) -> list[dict]:
             logits = m(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
         return (time.perf_counter() - start) / new_tokens
 
-    for m in models.values():
-        decode_seconds(m)  # warm-up
-    times = {name: [] for name in models}
-    for rep in range(reps):
-        for name, m in list(models.items()) if rep % 2 == 0 else reversed(models.items()):
-            times[name].append(decode_seconds(m))
-    per_token = {name: statistics.median(t) for name, t in times.items()}
+    per_token = measured_in_turns({name: (lambda m=m: decode_seconds(m)) for name, m in models.items()}, reps)
     return [
         {
             "case": f"greedy decode {new_tokens} tokens after {prompt}, GPT-2 124M shape, 12 heads, fp32",
@@ -232,8 +211,8 @@ def sparse_latent(context: int, topk: int, new_tokens: int, reps: int) -> list[d
 
         return run
 
-    forward = in_turns({name: (lambda m=m: m(idx)) for name, m in models.items()}, reps)
-    decoding = in_turns({name: decode(m) for name, m in models.items()}, reps)
+    forward = in_turns({name: (lambda m=m: m(idx)) for name, m in models.items()}, reps).seconds
+    decoding = in_turns({name: decode(m) for name, m in models.items()}, reps).seconds
     return [
         {
             "case": f"{what}, context {context}, top {topk} keys, 4 × 256, fp32",

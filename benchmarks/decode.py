@@ -53,10 +53,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -66,6 +64,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES, build  # noqa: E402
+from turns import in_turns  # noqa: E402
 
 from gptzoo.core import PositionalEncoding  # noqa: E402
 from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
@@ -228,24 +227,6 @@ def qwen3_cases(shape: dict, new_tokens: int) -> Cases:
     return {name: (call, n_bytes) for name, call in calls.items()}
 
 
-def in_turns(calls: dict[str, Callable[[], object]], reps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds of each call, one repetition of each in turn, the order reversed every other repetition;
-    and the seconds of each call's first run, the warm-up (a compiled call's compiling)."""
-    first: dict[str, float] = {}
-    with torch.inference_mode():
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            first[name] = time.perf_counter() - start
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for rep in range(reps):
-            for name in list(calls)[:: 1 if rep % 2 == 0 else -1]:
-                start = time.perf_counter()
-                calls[name]()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, first
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shapes = SHAPES | QWEN3_SHAPES
@@ -271,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             made = cases(shape, args.storages.split(","), args.new_tokens, args.compiled.split(","))
         copy, copied = copy_call()
-        seconds, first = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
+        with torch.inference_mode():
+            turns = in_turns({name: call for name, (call, _) in made.items()} | {"copy": copy}, args.reps)
+        seconds, first = turns.seconds, turns.first_seconds
         bytes_per_s = copied / seconds["copy"]
         for name, (_, n_bytes) in made.items():
             rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,

@@ -24,11 +24,10 @@ import argparse
 import functools
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from turns import in_turns
 
 from gptzoo.core import GPT, Attention, AttentionContext
 from gptzoo.registry import make_registry
@@ -207,19 +206,6 @@ def model(name: str, context_length: int) -> GPT:
     return GPT(config)
 
 
-def in_turns(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
-    """Median seconds of each fn, one repetition of each at a time, alternating the order."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for rep in range(reps):
-        for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(list(fns.items())):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def train_step(m: GPT, T: int) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(m.parameters(), lr=1e-4)
     idx = torch.randint(0, SHAPE["vocab_size"], (1, T))
@@ -247,7 +233,7 @@ def train_rows(names: list[str], lengths: list[int], reps: int) -> list[dict]:
     rows = []
     per_token: dict[str, dict[int, float]] = {name: {} for name in names}
     for T in lengths:
-        seconds = in_turns({name: train_step(model(name, T), T) for name in names}, reps)
+        seconds = in_turns({name: train_step(model(name, T), T) for name in names}, reps).seconds
         for name, s in seconds.items():
             per_token[name][T] = s / T
             rows.append({"case": "train", "mixer": name, "length": T, "tokens_per_s": T / s})
@@ -274,7 +260,7 @@ def layer_rows(names: list[str], lengths: list[int], reps: int) -> list[dict]:
             ctx = AttentionContext(m.positional, positions, positions)
             ours = functools.partial(mixer, ctx=ctx)
             twin = REFERENCES[name](mixer)
-            seconds = in_turns({"gptzoo": layer_pass(ours, T), "transformers": layer_pass(twin, T)}, reps)
+            seconds = in_turns({"gptzoo": layer_pass(ours, T), "transformers": layer_pass(twin, T)}, reps).seconds
             rows.append(
                 {
                     "case": "layer",
@@ -309,7 +295,7 @@ def decode_rows(names: list[str], lengths: list[int], reps: int, steps: int = 16
                 prompt = torch.randint(0, SHAPE["vocab_size"], (1, T))
                 for start in range(0, T, 1024):  # prefill in pieces: softmax attention's scores stay small
                     m(prompt[:, start : start + 1024], cache=caches[T])
-            seconds = in_turns({T: greedy_steps(m, caches[T], steps) for T in lengths}, reps)
+            seconds = in_turns({T: greedy_steps(m, caches[T], steps) for T in lengths}, reps).seconds
         for T in lengths:
             rows.append(
                 {

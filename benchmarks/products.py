@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES  # noqa: E402
-from decode import in_turns  # noqa: E402
+from turns import in_turns  # noqa: E402
 
 from gptzoo.recipes.generation.stored_weights import StoredLinear  # noqa: E402
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     for shape_name in args.shapes.split(","):
         for which in ("head", "layers"):
             calls = product_calls(matrices(SHAPES[shape_name], which))
-            seconds, _ = in_turns({name: call for name, (call, _) in calls.items()}, args.reps)
+            with torch.inference_mode():
+                seconds = in_turns({name: call for name, (call, _) in calls.items()}, args.reps).seconds
             for name, (_, n_bytes) in calls.items():
                 row = {"shape": shape_name, "matrices": which, "product": name, "ms": 1e3 * seconds[name],
                        "bytes": n_bytes, "gb_per_s": n_bytes / seconds[name] / 1e9}  # fmt: skip

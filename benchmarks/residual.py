@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 import torch
-from ab import SHAPES, build, decode_timer, in_turns, train_timer
+from ab import SHAPES, build, decode_timer, train_timer
+from turns import measured_in_turns
 
 
 def main() -> None:
@@ -39,14 +40,14 @@ def main() -> None:
     }
     results = {}
     shape = SHAPES[args.train_shape]
-    results[f"train {args.train_shape} batch {args.batch} (tokens/s)"] = in_turns(
+    results[f"train {args.train_shape} batch {args.batch} (tokens/s)"] = measured_in_turns(
         {case: train_timer(build("gptzoo", {**shape, "residual": r}), shape, args.batch) for case, r in cases.items()},
         args.reps,
         args.warmup,
     )
     shape = SHAPES[args.decode_shape]
     new = min(64, shape["context_length"] - 16)
-    results[f"greedy decode {args.decode_shape}, {new} after 16, KV cache (tokens/s)"] = in_turns(
+    results[f"greedy decode {args.decode_shape}, {new} after 16, KV cache (tokens/s)"] = measured_in_turns(
         {case: decode_timer(build("gptzoo", {**shape, "residual": r}), 16, new) for case, r in cases.items()},
         args.reps,
         args.warmup,

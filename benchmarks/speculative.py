@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from turns import in_turns
 
 from gptzoo.core import GPT
 from gptzoo.recipes.generation import speculative
@@ -89,20 +88,6 @@ def forced_drafts(texts: list[list[int]], current: list[int], right: bool) -> It
         speculative._draft = drafted
 
 
-def in_turns(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, float]]:
-    """Median wall-clock and thread CPU seconds of each fn, one repetition of each at a time, the order
-    reversed every other one."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
-    for rep in range(reps):
-        for name, fn in list(fns.items()) if rep % 2 == 0 else reversed(fns.items()):
-            wall, cpu = time.perf_counter(), time.thread_time()
-            fn()
-            times[name].append((time.perf_counter() - wall, time.thread_time() - cpu))
-    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
-
-
 def case(name: str, m: GPT, prompts: list[list[int]], new_tokens: int, reps: int, texts, current) -> list[dict]:
     stats = Speculation()
     for i, prompt in enumerate(prompts):
@@ -117,9 +102,10 @@ def case(name: str, m: GPT, prompts: list[list[int]], new_tokens: int, reps: int
 
         return run
 
-    seconds = in_turns({"plain": each(generate_ids), "speculative": each(speculative_ids)}, reps)
+    turns = in_turns({"plain": each(generate_ids), "speculative": each(speculative_ids)}, reps)
     tokens = new_tokens * len(prompts)
-    (plain_wall, plain_cpu), (spec_wall, spec_cpu) = seconds["plain"], seconds["speculative"]
+    plain_wall, spec_wall = turns.seconds["plain"], turns.seconds["speculative"]
+    plain_cpu, spec_cpu = turns.cpu_seconds["plain"], turns.cpu_seconds["speculative"]
     return [
         {"case": name, "impl": "plain", "tokens_per_s": tokens / plain_wall, "model_forwards": tokens - len(prompts)},
         {
