@@ -11,11 +11,12 @@ it is made for few rows of activations (decoding), so a long prompt's prefill mu
 dequantized matrix instead.
 ``"bf16"`` keeps the same matrices in bfloat16 and multiplies in bf16 (half the bytes; only
 faster where the CPU has native bf16 dot products).
-``"fp32"`` keeps the model's own values and dtype, each matrix transposed to (K, N): a product
-with one row of activations then reads the matrix as N-long rows scaled and summed, which BLAS
-streams at the memory's rate, where the (N, K) layout is read as N dot products of K numbers
-each, slower when K is short (a vocabulary-sized head of 256- or 768-wide rows: the numbers are
-in docs/design/performance.md).
+``"fp32"`` keeps the model's own values and dtype, each matrix in the layout of the longer rows:
+a product with one row of activations reads the (N, K) layout as N dot products of K numbers and
+the transposed (K, N) one as K rows of N numbers scaled and summed, and BLAS streams the longer
+rows nearer the memory's rate. So a matrix that widens (N ≥ K: a vocabulary-sized head, the
+query-key-value and up projections) is kept transposed, one that narrows (the down projection)
+as it is (the numbers are in docs/design/performance.md).
 
 The language-model head becomes a ``StoredHead`` (its stored matrix, then the head's own scaling
 and capping), every ``nn.Embedding`` a ``StoredEmbedding`` that looks single rows up in the stored
@@ -45,9 +46,10 @@ DECODE_ROWS = 32  # activations rows up to which the int8 kernel beats a GEMM on
 
 
 class StoredLinear(nn.Module):
-    """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 transposed."""
+    """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 in the
+    layout of the longer rows."""
 
-    stored: Tensor  # (N, K8) int8, (N, K) bf16 or (K, N) fp32
+    stored: Tensor  # (N, K8) int8, (N, K) bf16, (K, N) fp32 where N ≥ K, else (N, K) fp32
     scale: Tensor | None  # (N,) bf16 for int8, None otherwise
     bias: Tensor | None  # (N,)
 
@@ -55,9 +57,10 @@ class StoredLinear(nn.Module):
         super().__init__()
         w = weight.detach()
         self.in_features, self.out_features, self.compute_dtype = w.shape[1], w.shape[0], w.dtype
-        self.transposed = storage == "fp32"
-        if storage == "fp32":
-            self.register_buffer("stored", w.T.contiguous())  # (K, N)
+        self.fp32 = storage == "fp32"
+        self.transposed = self.fp32 and w.shape[0] >= w.shape[1]
+        if self.fp32:
+            self.register_buffer("stored", w.T.contiguous() if self.transposed else w.contiguous())  # (K, N) or (N, K)
             self.scale = None
         elif storage == "int8":
             w = F.pad(w, (0, -w.shape[1] % 8))  # (N, K8): K rounded up to the kernel's multiple of 8
@@ -72,13 +75,13 @@ class StoredLinear(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The matrix dequantized (N, K), for the few modules that read a linear's weight themselves."""
-        if self.transposed:
-            return self.stored.T  # (N, K), a view
+        if self.fp32:
+            return self.stored.T if self.transposed else self.stored  # (N, K), a view
         w = self.stored[:, : self.in_features].to(self.compute_dtype)
         return w if self.scale is None else w * self.scale.to(self.compute_dtype)[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.transposed or x.shape[:-1].numel() > DECODE_ROWS or x.device.type != "cpu":
+        if self.fp32 or x.shape[:-1].numel() > DECODE_ROWS or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)  # fp32, or a prefill, where one GEMM is faster
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (B·T, K): the kernel reads rows whole
         if self.scale is None:
