@@ -11,8 +11,9 @@ smaller than the last-level cache may still be read partly from it: the copy of 
 timed with them, shows where). Each set is multiplied as:
 
 - ``fp32 (N, K)``: ``F.linear(x, w)`` on the matrix as ``nn.Linear`` keeps it: N dot products of K numbers;
-- ``fp32 (K, N)``: the same product on the matrix stored transposed (``--weight-storage fp32``): the K rows
-  of N numbers scaled and summed;
+- ``fp32 (K, N)``: the same product on every matrix stored transposed: the K rows of N numbers scaled and summed;
+- ``fp32``: as ``--weight-storage fp32`` keeps them, each matrix in the layout of its longer rows ((K, N)
+  where N ≥ K, else (N, K));
 - ``bf16``: bf16 activations times the bf16 matrix (``--weight-storage bf16``);
 - ``int8``: ``aten._weight_int8pack_mm`` on int8 rows with bf16 scales (``--weight-storage int8``);
 - ``copy``: a copy between two arrays of the set's fp32 bytes, for the machine's rate at the same moments.
@@ -59,13 +60,13 @@ def stored_bytes(module: StoredLinear) -> int:
 def product_calls(weights: list[torch.Tensor]) -> dict[str, tuple[Callable[[], object], int]]:
     """name -> (the products of one row with every matrix, the bytes they read)."""
     rows = {k: torch.randn(1, k) for k in {w.shape[1] for w in weights}}
+    transposed = [w.T.contiguous() for w in weights]  # (K, N)
+    fp32_bytes = sum(w.numel() * 4 for w in weights)
     out: dict[str, tuple[Callable[[], object], int]] = {
-        "fp32 (N, K)": (
-            lambda: [F.linear(rows[w.shape[1]], w) for w in weights],
-            sum(w.numel() * 4 for w in weights),
-        )
+        "fp32 (N, K)": (lambda: [F.linear(rows[w.shape[1]], w) for w in weights], fp32_bytes),
+        "fp32 (K, N)": (lambda: [rows[t.shape[0]] @ t for t in transposed], fp32_bytes),
     }
-    for name, storage in (("fp32 (K, N)", "fp32"), ("bf16", "bf16"), ("int8", "int8")):
+    for name, storage in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "int8")):
         stored = [StoredLinear(w, None, storage) for w in weights]  # type: ignore[arg-type]
         out[name] = (lambda s=stored: [m(rows[m.in_features]) for m in s], sum(stored_bytes(m) for m in stored))
     a = torch.ones(sum(w.numel() for w in weights))

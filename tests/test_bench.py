@@ -126,11 +126,12 @@ def test_products_bench_reads_each_storage_s_bytes(tmp_path):
     layer = 3 * d * d + d * d + 4 * d * d + 4 * d * d  # qkv, proj, fc, fc_out: 12 d² numbers
     for which, n in (("head", v * d), ("layers", layers * layer)):
         assert rows[which, "fp32 (N, K)"]["bytes"] == rows[which, "fp32 (K, N)"]["bytes"] == 4 * n
+        assert rows[which, "fp32"]["bytes"] == 4 * n
         assert rows[which, "bf16"]["bytes"] == 2 * n
         out_rows = v if which == "head" else layers * (3 * d + d + 4 * d + d)
         assert rows[which, "int8"]["bytes"] == n + 2 * out_rows  # int8 numbers (K a multiple of 8) + a bf16 scale a row
         assert rows[which, "copy"]["bytes"] == 2 * 4 * n  # read + write of the fp32 bytes
-        for product in ("fp32 (N, K)", "fp32 (K, N)", "bf16", "int8", "copy"):
+        for product in ("fp32 (N, K)", "fp32 (K, N)", "fp32", "bf16", "int8", "copy"):
             row = rows[which, product]
             assert row["gb_per_s"] == pytest.approx(row["bytes"] / (row["ms"] / 1e3) / 1e9)
 
