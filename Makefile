@@ -12,7 +12,8 @@ RUN ?= runs/tiny
 .PHONY: setup demo test lint typecheck bench docs clean
 setup: $(VENV)/.installed
 
-# constraints.txt pins torch to the CPU build on these machines (an unpinned torch pulls CUDA, several GB).
+# constraints.txt pins torch to the CPU build on these machines (an unpinned torch pulls CUDA, several GB)
+# and transformers to the release the parity tests compare against.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
