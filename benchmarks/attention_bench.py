@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from machine import describe
 from turns import in_turns, measured_in_turns
 
 from gptzoo.core import GPT
@@ -259,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     if args.out:
         report = {
-            "machine": {
-                "platform": platform.platform(),
-                "processor": platform.processor(),
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-            },
+            "machine": describe(),
             "settings": vars(args),
             "cases": rows,
         }

@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -31,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import describe
 from torch import nn
 
 from gptzoo.recipes.training import costs
@@ -360,13 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_cases(args, refs, add)
 
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "bf16_autocast": bf16,
-        },
+        "machine": describe() | {"bf16_autocast": bf16},
         "settings": vars(args),
         "cases": rows,
         "moe_parameters": counts,

@@ -44,7 +44,9 @@ shape's calls (a stream-like copy of two arrays far larger than the caches: byte
 written over the time; its median), and each
 row's bytes per token (every weight a decoding step multiplies, in its stored form, plus the
 KV cache read at the mean length) divided by it gives the fastest a step could be. ``of_bound``
-is the measured time over that: 1.0 is at the bound.
+is the measured time over that: 1.0 is at the bound. It bounds a step whose bytes come from the
+memory; ``fits_last_level_cache`` says where they fit in the processor's last-level cache (the JSON's
+``machine`` names it), which then holds them from one token to the next, so a step can beat it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -64,6 +65,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES, build  # noqa: E402
+from machine import describe  # noqa: E402
 from turns import in_turns  # noqa: E402
 
 from gptzoo.core import PositionalEncoding  # noqa: E402
@@ -260,21 +262,22 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"shape": shape_name, "impl": name, "ms_per_token": 1e3 * seconds[name] / args.new_tokens,
                          "bytes_per_token": n_bytes, "bandwidth_gb_per_s": bytes_per_s / 1e9,
                          "first_call_s": first[name]})  # fmt: skip
+    machine = describe()
     for row in rows:
         bound_ms = row["bytes_per_token"] / row["bandwidth_gb_per_s"] / 1e6
         reference = next(r for r in rows if r["shape"] == row["shape"] and r["impl"] == "transformers")
         row |= {
             "bound_ms": bound_ms,
             "of_bound": row["ms_per_token"] / bound_ms if bound_ms else None,
+            "fits_last_level_cache": bool(machine["last_level_cache_bytes"])
+            and row["bytes_per_token"] <= machine["last_level_cache_bytes"],
             "vs_transformers": reference["ms_per_token"] / row["ms_per_token"],
         }
         print(json.dumps(row))
     meta = {
-        "torch": torch.__version__,
+        "machine": machine,
         "transformers": version("transformers"),
         "llms_from_scratch": version("llms-from-scratch"),
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
         "new_tokens": args.new_tokens,
         "reps": args.reps,
         "load": f"two cores shared with other jobs: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",

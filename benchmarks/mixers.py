@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 from collections.abc import Callable
 
 import torch
+from machine import describe
 from turns import in_turns
 
 from gptzoo.core import GPT, Attention, AttentionContext
@@ -344,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row))
         rows += part
     meta = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe(),
     }
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

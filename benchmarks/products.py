@@ -16,6 +16,10 @@ timed with them, shows where). Each set is multiplied as:
   where N ≥ K, else (N, K));
 - ``bf16``: bf16 activations times the bf16 matrix (``--weight-storage bf16``);
 - ``int8``: ``aten._weight_int8pack_mm`` on int8 rows with bf16 scales (``--weight-storage int8``);
+- ``bf16 oneDNN packed``, where oneDNN multiplies bf16 natively (the JSON's ``machine`` says whether the
+  processor does): oneDNN's product on the bf16 matrix reordered into its own blocked layout
+  (``mkldnn._reorder_linear_weight``, then ``mkldnn._linear_pointwise``: what Inductor's freezing
+  calls for a bf16 linear), which ``--weight-storage bf16`` does not use;
 - ``copy``: a copy between two arrays of the set's fp32 bytes, for the machine's rate at the same moments.
 
 Everything is timed in turns in one process (one repetition of each, the order reversed every other
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import SHAPES  # noqa: E402
+from machine import describe  # noqa: E402
 from turns import in_turns  # noqa: E402
 
 from gptzoo.recipes.generation.stored_weights import StoredLinear  # noqa: E402
@@ -69,6 +73,13 @@ def product_calls(weights: list[torch.Tensor]) -> dict[str, tuple[Callable[[], o
     for name, storage in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "int8")):
         stored = [StoredLinear(w, None, storage) for w in weights]  # type: ignore[arg-type]
         out[name] = (lambda s=stored: [m(rows[m.in_features]) for m in s], sum(stored_bytes(m) for m in stored))
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        packed = [(torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), 1), w.shape[1]) for w in weights]
+        bf16_rows = {k: r.bfloat16() for k, r in rows.items()}
+        out["bf16 oneDNN packed"] = (
+            lambda: [torch.ops.mkldnn._linear_pointwise(bf16_rows[k], p, None, "none", [], "") for p, k in packed],
+            fp32_bytes // 2,
+        )
     a = torch.ones(sum(w.numel() for w in weights))
     b = torch.empty_like(a)
     out["copy"] = (lambda: b.copy_(a), 2 * a.numel() * 4)
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                        "bytes": n_bytes, "gb_per_s": n_bytes / seconds[name] / 1e9}  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row))
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()}
+    meta = {"machine": describe()}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from machine import describe
 from turns import in_turns
 
 from gptzoo.core import GPT
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
     c = m.config
     meta = {
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "machine": describe(),
         "model": args.run or "synthetic, untrained",
     }
     shape = {
