@@ -109,6 +109,8 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
             looked_up.add(id(module.weight))
         if isinstance(module, StoredEmbedding) and module.matrix is not head:
             looked_up |= {id(module.matrix.stored), id(module.matrix.scale)}
+        if isinstance(module, StoredEmbedding) and module.table is not None:  # a packed head's rows, kept plain
+            looked_up.add(id(module.table))
         if isinstance(module, PositionalEncoding):  # rows per position (rotary's cos and sin, sinusoids' table)
             looked_up |= {id(table) for table in module.buffers(recurse=False) if table.dim() == 2}
     total, seen = 0, set()

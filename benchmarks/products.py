@@ -14,12 +14,11 @@ timed with them, shows where). Each set is multiplied as:
 - ``fp32 (K, N)``: the same product on every matrix stored transposed: the K rows of N numbers scaled and summed;
 - ``fp32``: as ``--weight-storage fp32`` keeps them, each matrix in the layout of its longer rows ((K, N)
   where N ≥ K, else (N, K));
-- ``bf16``: bf16 activations times the bf16 matrix (``--weight-storage bf16``);
+- ``bf16 (N, K)``: torch's product of bf16 activations and the plain bf16 matrix;
+- ``bf16``: as ``--weight-storage bf16`` multiplies them: packed into oneDNN's blocked layout and
+  multiplied by oneDNN where it multiplies bf16 natively (the JSON's ``machine`` says whether the
+  processor does), else as ``bf16 (N, K)``;
 - ``int8``: ``aten._weight_int8pack_mm`` on int8 rows with bf16 scales (``--weight-storage int8``);
-- ``bf16 oneDNN packed``, where oneDNN multiplies bf16 natively (the JSON's ``machine`` says whether the
-  processor does): oneDNN's product on the bf16 matrix reordered into its own blocked layout
-  (``mkldnn._reorder_linear_weight``, then ``mkldnn._linear_pointwise``: what Inductor's freezing
-  calls for a bf16 linear), which ``--weight-storage bf16`` does not use;
 - ``copy``: a copy between two arrays of the set's fp32 bytes, for the machine's rate at the same moments.
 
 Everything is timed in turns in one process (one repetition of each, the order reversed every other
@@ -65,21 +64,16 @@ def product_calls(weights: list[torch.Tensor]) -> dict[str, tuple[Callable[[], o
     """name -> (the products of one row with every matrix, the bytes they read)."""
     rows = {k: torch.randn(1, k) for k in {w.shape[1] for w in weights}}
     transposed = [w.T.contiguous() for w in weights]  # (K, N)
+    bf16, bf16_rows = [w.bfloat16() for w in weights], {k: r.bfloat16() for k, r in rows.items()}
     fp32_bytes = sum(w.numel() * 4 for w in weights)
     out: dict[str, tuple[Callable[[], object], int]] = {
         "fp32 (N, K)": (lambda: [F.linear(rows[w.shape[1]], w) for w in weights], fp32_bytes),
         "fp32 (K, N)": (lambda: [rows[t.shape[0]] @ t for t in transposed], fp32_bytes),
+        "bf16 (N, K)": (lambda: [F.linear(bf16_rows[w.shape[1]], w) for w in bf16], fp32_bytes // 2),
     }
     for name, storage in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "int8")):
         stored = [StoredLinear(w, None, storage) for w in weights]  # type: ignore[arg-type]
         out[name] = (lambda s=stored: [m(rows[m.in_features]) for m in s], sum(stored_bytes(m) for m in stored))
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        packed = [(torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), 1), w.shape[1]) for w in weights]
-        bf16_rows = {k: r.bfloat16() for k, r in rows.items()}
-        out["bf16 oneDNN packed"] = (
-            lambda: [torch.ops.mkldnn._linear_pointwise(bf16_rows[k], p, None, "none", [], "") for p, k in packed],
-            fp32_bytes // 2,
-        )
     a = torch.ones(sum(w.numel() for w in weights))
     b = torch.empty_like(a)
     out["copy"] = (lambda: b.copy_(a), 2 * a.numel() * 4)

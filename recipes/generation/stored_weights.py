@@ -6,11 +6,16 @@ weight as int8 with one scale per output row (weight-only, symmetric: ``w ≈ sc
 multiplied by torch's own CPU kernel for it (``aten._weight_int8pack_mm``, the kernel torchao's
 int8 weight-only path calls on a CPU), which reads int8 and takes activations in bf16: the
 activations are rounded to bf16 on the way in, the output comes back in the model's dtype. The
-kernel wants rows a multiple of 8 long (it crashes otherwise), so rows are stored zero-padded;
+kernel reads rows in whole vectors, 8 numbers (AVX2) or 16 (AVX-512), with no code for a shorter tail:
+a row of another length crashes it or comes out wrong, so rows are stored zero-padded to a multiple of 16;
 it is made for few rows of activations (decoding), so a long prompt's prefill multiplies by the
 dequantized matrix instead.
-``"bf16"`` keeps the same matrices in bfloat16 and multiplies in bf16 (half the bytes; only
-faster where the CPU has native bf16 dot products).
+``"bf16"`` keeps the same matrices in bfloat16 and multiplies in bf16 (half the bytes). Where
+oneDNN multiplies bf16 natively (a CPU with AVX-512 bf16 or AMX), each matrix is kept in oneDNN's
+own blocked layout (``mkldnn._reorder_linear_weight``, as Inductor's freezing packs a bf16 linear)
+and multiplied by oneDNN (``mkldnn._linear_pointwise``), which reads it faster than torch's
+one-row bf16 product reads the plain matrix; elsewhere the plain (N, K) matrix, multiplied by torch.
+A packed matrix cannot be indexed by rows, so the embedding of a tied head keeps a plain copy.
 ``"fp32"`` keeps the model's own values and dtype, each matrix in the layout of the longer rows:
 a product with one row of activations reads the (N, K) layout as N dot products of K numbers and
 the transposed (K, N) one as K rows of N numbers scaled and summed, and BLAS streams the longer
@@ -20,10 +25,10 @@ as it is (the numbers are in docs/design/performance.md).
 
 The language-model head becomes a ``StoredHead`` (its stored matrix, then the head's own scaling
 and capping), every ``nn.Embedding`` a ``StoredEmbedding`` that looks single rows up in the stored
-form; a tied head and its embedding share one stored matrix. Everything else (norms, biases, the
-mixers' own parameters, experts held as stacked tensors) stays as it was. These are plain modules
-holding plain tensors, so a decoding step costs the kernels and a few tensor calls each, with no
-dispatch through a tensor subclass.
+form; a tied head and its embedding share one stored matrix (a packed one keeps its rows as a plain
+copy beside it). Everything else (norms, biases, the mixers' own parameters, experts held as
+stacked tensors) stays as it was. These are plain modules holding plain tensors, so a decoding step
+costs the kernels and a few tensor calls each, with no dispatch through a tensor subclass.
 
 Decoding only: the stored matrices carry no gradients, and the state dict of a stored model is
 not written back (commands that save weights never call this).
@@ -43,32 +48,59 @@ from gptzoo.core import GPT, GptzooError
 Storage = Literal["fp32", "bf16", "int8"]
 STORAGES: tuple[Storage, ...] = ("fp32", "bf16", "int8")
 DECODE_ROWS = 32  # activations rows up to which the int8 kernel beats a GEMM on the dequantized matrix
+INT8_ROW_MULTIPLE = 16  # the int8 kernel's vector of numbers on AVX-512 (8 on AVX2): it has no code for a tail
+
+
+def packs_bf16() -> bool:
+    """Whether bf16 matrices are kept packed for oneDNN: where it multiplies bf16 natively."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def packed_product(x: Tensor, packed: Tensor) -> Tensor:
+    """bf16 rows ``x`` (..., K) times a matrix oneDNN packed: (..., N)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@torch.library.custom_op("gptzoo::packed_bf16_linear", mutates_args=())
+def packed_bf16_linear(x: Tensor, packed: Tensor, out_features: int) -> Tensor:
+    """``packed_product`` as an operator ``torch.compile`` calls as it is: Inductor lowers oneDNN's own operator
+    only for matrices it packed itself. Eager calls skip it (the operator's dispatch costs more than the call)."""
+    return packed_product(x, packed)
+
+
+@packed_bf16_linear.register_fake
+def _(x: Tensor, packed: Tensor, out_features: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
 
 
 class StoredLinear(nn.Module):
     """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 in the
     layout of the longer rows."""
 
-    stored: Tensor  # (N, K8) int8, (N, K) bf16, (K, N) fp32 where N ≥ K, else (N, K) fp32
+    stored: Tensor  # (N, K16) int8, (N, K) bf16 (oneDNN's blocked layout where packed), (K, N) fp32 where N ≥ K, else (N, K) fp32
     scale: Tensor | None  # (N,) bf16 for int8, None otherwise
     bias: Tensor | None  # (N,)
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, storage: Storage):
+    def __init__(self, weight: Tensor, bias: Tensor | None, storage: Storage, multiplied: bool = True):
         super().__init__()
         w = weight.detach()
         self.in_features, self.out_features, self.compute_dtype = w.shape[1], w.shape[0], w.dtype
         self.fp32 = storage == "fp32"
         self.transposed = self.fp32 and w.shape[0] >= w.shape[1]
+        self.packed = (
+            storage == "bf16" and multiplied and w.device.type == "cpu" and packs_bf16()
+        )  # a table alone: plain
         if self.fp32:
             self.register_buffer("stored", w.T.contiguous() if self.transposed else w.contiguous())  # (K, N) or (N, K)
             self.scale = None
         elif storage == "int8":
-            w = F.pad(w, (0, -w.shape[1] % 8))  # (N, K8): K rounded up to the kernel's multiple of 8
+            w = F.pad(w, (0, -w.shape[1] % INT8_ROW_MULTIPLE))  # (N, K16): K rounded up to the kernel's multiple
             scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127  # (N,)
-            self.register_buffer("stored", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))  # (N, K8)
+            self.register_buffer("stored", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))  # (N, K16)
             self.register_buffer("scale", scale.to(torch.bfloat16))
         else:
-            self.register_buffer("stored", w.to(torch.bfloat16))  # (N, K)
+            w = w.to(torch.bfloat16)  # (N, K)
+            self.register_buffer("stored", torch.ops.mkldnn._reorder_linear_weight(w, 1) if self.packed else w)
             self.scale = None
         self.register_buffer("bias", None if bias is None else bias.detach())
 
@@ -77,6 +109,8 @@ class StoredLinear(nn.Module):
         """The matrix dequantized (N, K), for the few modules that read a linear's weight themselves."""
         if self.fp32:
             return self.stored.T if self.transposed else self.stored  # (N, K), a view
+        if self.packed:
+            return self.stored.to_dense().to(self.compute_dtype)  # (N, K): oneDNN reorders it back
         w = self.stored[:, : self.in_features].to(self.compute_dtype)
         return w if self.scale is None else w * self.scale.to(self.compute_dtype)[:, None]
 
@@ -84,11 +118,14 @@ class StoredLinear(nn.Module):
         if self.fp32 or x.shape[:-1].numel() > DECODE_ROWS or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)  # fp32, or a prefill, where one GEMM is faster
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (B·T, K): the kernel reads rows whole
-        if self.scale is None:
+        if self.packed:
+            compiling = torch.compiler.is_compiling()
+            y = packed_bf16_linear(x2, self.stored, self.out_features) if compiling else packed_product(x2, self.stored)
+        elif self.scale is None:
             y = x2 @ self.stored.T  # (B·T, N)
         else:
             if self.stored.shape[1] != self.in_features:
-                x2 = F.pad(x2, (0, self.stored.shape[1] - self.in_features))  # (B·T, K8)
+                x2 = F.pad(x2, (0, self.stored.shape[1] - self.in_features))  # (B·T, K16)
             y = torch.ops.aten._weight_int8pack_mm(x2, self.stored, self.scale)  # (B·T, N)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
@@ -107,6 +144,8 @@ class StoredEmbedding(nn.Module):
     def __init__(self, matrix: StoredLinear):
         super().__init__()
         self.matrix = matrix
+        # (V, K) bf16: oneDNN's blocked layout has no rows to index, so a packed matrix's lookups read a plain copy
+        self.register_buffer("table", matrix.stored.to_dense() if matrix.packed else None)
 
     @property
     def weight(self) -> Tensor:
@@ -115,6 +154,8 @@ class StoredEmbedding(nn.Module):
         return self.matrix.stored.new_empty(0, self.matrix.in_features, dtype=self.matrix.compute_dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
+        if self.table is not None:
+            return self.table[ids].to(self.matrix.compute_dtype)  # (..., K)
         return self.matrix.rows(ids)  # (..., K)
 
 
@@ -140,9 +181,9 @@ def store_weights(model: GPT, storage: Storage) -> GPT:
     model.requires_grad_(False)
     stored: dict[int, StoredLinear] = {}  # one per Parameter: a tied head and its embedding share it
 
-    def matrix(weight: Tensor, bias: Tensor | None) -> StoredLinear:
+    def matrix(weight: Tensor, bias: Tensor | None, multiplied: bool = True) -> StoredLinear:
         if id(weight) not in stored:
-            stored[id(weight)] = StoredLinear(weight, bias, storage)
+            stored[id(weight)] = StoredLinear(weight, bias, storage, multiplied)
         return stored[id(weight)]
 
     head = model.head
@@ -158,5 +199,5 @@ def store_weights(model: GPT, storage: Storage) -> GPT:
                 and child.max_norm is None
                 and (storage != "fp32" or id(child.weight) in stored)
             ):
-                setattr(module, name, StoredEmbedding(matrix(child.weight, None)))
+                setattr(module, name, StoredEmbedding(matrix(child.weight, None, multiplied=False)))
     return model

@@ -8,12 +8,14 @@ import torch
 from gptzoo.core import GPT
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
+from gptzoo.recipes.generation import stored_weights
 from gptzoo.recipes.generation.generate import generate_ids
 from gptzoo.recipes.generation.stored_weights import (
     DECODE_ROWS,
     StoredEmbedding,
     StoredHead,
     StoredLinear,
+    packs_bf16,
     store_weights,
 )
 from gptzoo.recipes.runs.folder import save_run
@@ -29,7 +31,9 @@ def int8_by_hand(w: torch.Tensor) -> torch.Tensor:
     return q * scale.to(torch.bfloat16).float()[:, None]
 
 
-@pytest.mark.parametrize("k", [64, 52, 13])  # 52 and 13: rows the kernel cannot take unpadded
+# 52 and 13: rows no build of the kernel takes unpadded; 40 and 24: multiples of 8 that its AVX-512 build
+# crashes on or multiplies wrong (it reads 16 numbers at a time)
+@pytest.mark.parametrize("k", [64, 52, 40, 24, 13])
 def test_int8_products_equal_bf16_activations_times_the_dequantized_rows(k):
     torch.manual_seed(0)
     w, x = torch.randn(40, k), torch.randn(3, 5, k)
@@ -45,11 +49,50 @@ def test_a_prefill_multiplies_fp32_activations_by_the_dequantized_rows():
     torch.testing.assert_close(StoredLinear(w, b, "int8")(x), x @ int8_by_hand(w).T + b)
 
 
-def test_bf16_storage_multiplies_in_bf16():
+needs_native_bf16 = pytest.mark.skipif(
+    not packs_bf16(), reason="oneDNN multiplies bf16 natively only where the CPU has AVX-512 bf16 or AMX"
+)
+
+
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=needs_native_bf16)])
+@pytest.mark.parametrize("k", [64, 52])
+def test_bf16_storage_multiplies_the_bf16_numbers(packed, k, monkeypatch):
+    monkeypatch.setattr(stored_weights, "packs_bf16", lambda: packed)
     torch.manual_seed(0)
-    w, x = torch.randn(8, 16), torch.randn(2, 16)
-    expected = (x.to(torch.bfloat16) @ w.to(torch.bfloat16).T).float()
-    torch.testing.assert_close(StoredLinear(w, None, "bf16")(x), expected)
+    w, b, x = torch.randn(40, k), torch.randn(40), torch.randn(3, 5, k)
+    stored = StoredLinear(w, None, "bf16")
+    assert stored.packed is packed
+    # the exact product of the bf16-rounded numbers, rounded to bf16: the kernels sum in fp32, so one bf16 unit apart
+    expected = (x.to(torch.bfloat16).double() @ w.to(torch.bfloat16).double().T).to(torch.bfloat16).float()
+    torch.testing.assert_close(stored(x), expected, rtol=2**-7, atol=1e-6)
+    assert torch.equal(StoredLinear(w, b, "bf16")(x), stored(x) + b)  # the bias added in the model's dtype
+    assert torch.equal(stored.weight, w.to(torch.bfloat16).float())  # (N, K) again, packed or not
+
+
+@needs_native_bf16
+def test_packed_bf16_keeps_a_tied_embedding_s_rows_plain_and_an_untied_table_unpacked():
+    reference = tiny_model(tied_head=True)
+    model = store_weights(tiny_model(tied_head=True), "bf16")
+    linears = {name for name, m in reference.named_modules() if type(m) is torch.nn.Linear}
+    assert all(model.get_submodule(name).packed for name in linears)
+    assert model.head.matrix.packed and model.head.matrix is model.token_embedding.matrix
+    ids = torch.tensor([[3, 299, 0], [7, 7, 1]])
+    embedding = reference.token_embedding.weight.detach().to(torch.bfloat16).float()
+    assert torch.equal(model.token_embedding(ids), embedding[ids])
+    untied = store_weights(tiny_model(tied_head=False), "bf16")
+    assert untied.head.matrix.packed and not untied.token_embedding.matrix.packed  # a table alone is never multiplied
+    assert untied.token_embedding.table is None
+
+
+@needs_native_bf16
+@pytest.mark.slow
+def test_packed_bf16_decodes_compiled_to_the_eager_tokens():
+    # Inductor builds C++ for the step (about half a minute); the packed product is an operator it calls as it is.
+    torch._dynamo.reset()
+    model = store_weights(tiny_model(), "bf16")
+    prompts = [[1, 2, 3], [4]]
+    assert generate_ids(model, prompts, 6, compiled=True) == generate_ids(model, prompts, 6)
+    torch._dynamo.reset()
 
 
 def tiny_model(**changes) -> GPT:
