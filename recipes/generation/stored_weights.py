@@ -77,7 +77,9 @@ class StoredLinear(nn.Module):
     """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 in the
     layout of the longer rows."""
 
-    stored: Tensor  # (N, K16) int8, (N, K) bf16 (oneDNN's blocked layout where packed), (K, N) fp32 where N ≥ K, else (N, K) fp32
+    stored: (
+        Tensor  # (N, K16) int8; (N, K) bf16, oneDNN's blocked layout where packed; fp32 (K, N) where N ≥ K, else (N, K)
+    )
     scale: Tensor | None  # (N,) bf16 for int8, None otherwise
     bias: Tensor | None  # (N,)
 
@@ -87,9 +89,8 @@ class StoredLinear(nn.Module):
         self.in_features, self.out_features, self.compute_dtype = w.shape[1], w.shape[0], w.dtype
         self.fp32 = storage == "fp32"
         self.transposed = self.fp32 and w.shape[0] >= w.shape[1]
-        self.packed = (
-            storage == "bf16" and multiplied and w.device.type == "cpu" and packs_bf16()
-        )  # a table alone: plain
+        # bf16 is packed for oneDNN where it multiplies bf16 natively; a lookup table alone (not multiplied) stays plain
+        self.packed = storage == "bf16" and multiplied and w.device.type == "cpu" and packs_bf16()
         if self.fp32:
             self.register_buffer("stored", w.T.contiguous() if self.transposed else w.contiguous())  # (K, N) or (N, K)
             self.scale = None
@@ -151,7 +152,8 @@ class StoredEmbedding(nn.Module):
     def weight(self) -> Tensor:
         """An empty (0, K) tensor: what callers read the model's device and dtype from, without dequantizing
         the table (the rows themselves are read by calling the module)."""
-        return self.matrix.stored.new_empty(0, self.matrix.in_features, dtype=self.matrix.compute_dtype)
+        plain = self.matrix.stored if self.table is None else self.table  # a strided tensor, not oneDNN's
+        return plain.new_empty(0, self.matrix.in_features, dtype=self.matrix.compute_dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
         if self.table is not None:

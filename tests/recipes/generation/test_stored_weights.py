@@ -67,6 +67,8 @@ def test_bf16_storage_multiplies_the_bf16_numbers(packed, k, monkeypatch):
     torch.testing.assert_close(stored(x), expected, rtol=2**-7, atol=1e-6)
     assert torch.equal(StoredLinear(w, b, "bf16")(x), stored(x) + b)  # the bias added in the model's dtype
     assert torch.equal(stored.weight, w.to(torch.bfloat16).float())  # (N, K) again, packed or not
+    prefill = torch.randn(1, DECODE_ROWS + 1, k)  # past the decoding rows: fp32 activations, the bf16 numbers
+    torch.testing.assert_close(stored(prefill), prefill @ w.to(torch.bfloat16).float().T)
 
 
 @needs_native_bf16
@@ -79,6 +81,7 @@ def test_packed_bf16_keeps_a_tied_embedding_s_rows_plain_and_an_untied_table_unp
     ids = torch.tensor([[3, 299, 0], [7, 7, 1]])
     embedding = reference.token_embedding.weight.detach().to(torch.bfloat16).float()
     assert torch.equal(model.token_embedding(ids), embedding[ids])
+    assert model.token_embedding.weight.layout == torch.strided  # what callers read the dtype and device from
     untied = store_weights(tiny_model(tied_head=False), "bf16")
     assert untied.head.matrix.packed and not untied.token_embedding.matrix.packed  # a table alone is never multiplied
     assert untied.token_embedding.table is None
@@ -110,9 +113,10 @@ def test_a_tied_head_and_its_embedding_share_one_stored_matrix():
     torch.testing.assert_close(model.token_embedding(ids), rows)
 
 
+@pytest.mark.parametrize("tied_head", [False, True])
 @pytest.mark.parametrize("storage", ["bf16", "int8"])
-def test_stored_models_decode_close_to_fp32(storage):
-    reference, stored = tiny_model(), store_weights(tiny_model(), storage)
+def test_stored_models_decode_close_to_fp32(storage, tied_head):
+    reference, stored = tiny_model(tied_head=tied_head), store_weights(tiny_model(tied_head=tied_head), storage)
     x = torch.randint(0, 300, (2, 9))
     with torch.inference_mode():
         expected, got = reference(x), stored(x[:, :1])
