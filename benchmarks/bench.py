@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = set(args.cases.split(","))
 
     refs = ["handwritten"] + (["transformers"] if have_transformers() else [])
-    bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+    machine = describe()
+    bf16 = torch.backends.mkldnn.is_available() and bool(machine["native_bf16"])
     if not bf16:
         print("bfloat16 cases skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
     rows = []
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_cases(args, refs, add)
 
     report = {
-        "machine": describe() | {"bf16_autocast": bf16},
+        "machine": machine | {"threads": args.threads or machine["threads"], "bf16_autocast": bf16},
         "settings": vars(args),
         "cases": rows,
         "moe_parameters": counts,
@@ -399,17 +400,6 @@ def _print_row(row: dict) -> None:
     mem = f"  peak {row['peak_rss_bytes'] / 2**20:,.0f} MiB" if row.get("peak_rss_bytes") else ""
     err = f"  {row['error']}" if row.get("error") else ""
     print(f"{row['case']:<40} {row['impl']:<22} {speed}{ratio}{mem}{err}", flush=True)
-
-
-def _cpu_has_bf16() -> bool:
-    if torch.cuda.is_available():
-        return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 if __name__ == "__main__":
