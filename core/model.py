@@ -6,7 +6,6 @@ from dataclasses import replace
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptzoo.core.cache import KVCache, StaticKVCache
@@ -225,11 +224,7 @@ class GPT(nn.Module):
         }
         hidden, self._mtp_hidden = self._mtp_hidden, []
         if targets is not None and self.mtp is not None:
-            mtp, T = cast(MultiTokenPrediction, self.mtp), targets.size(1)
-            for k, h in enumerate(hidden[: T - 1], start=1):
-                logits = self.head(h[:, : T - k])  # position i predicts the target k after its own
-                value = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten())
-                losses[f"mtp_{k}"] = AuxiliaryLoss(value, mtp.loss_weight / mtp.depth)
+            losses |= cast(MultiTokenPrediction, self.mtp).losses(hidden, self.head, targets)
         return losses
 
     def new_cache(
