@@ -23,6 +23,22 @@ def registry():
 
 
 @pytest.fixture
+def benchmark_module(monkeypatch):
+    """``benchmark_module("turns")``: a module of benchmarks/ imported afresh, as the benchmarks import each
+    other (by name, with their folder on the path)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+    def load(name: str):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        return importlib.import_module(name)
+
+    return load
+
+
+@pytest.fixture
 def shared_data():
     """Path to a file in ../shared/data, or skip with the reason when it is absent."""
 

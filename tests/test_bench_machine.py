@@ -1,20 +1,13 @@
 """benchmarks/machine.py: the processor and its last-level cache, read from files laid out as Linux's."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def machine(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.delitem(sys.modules, "machine", raising=False)
-    import machine
-
-    return machine
+def machine(benchmark_module):
+    return benchmark_module("machine")
 
 
 def sysfs_caches(root: Path, caches: list[tuple[int, str, str]]) -> Path:

@@ -1,20 +1,11 @@
 """benchmarks/turns.py: callables timed in turns, on a clock the test drives."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def turns(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.delitem(sys.modules, "turns", raising=False)
-    import turns
-
-    return turns
+def turns(benchmark_module):
+    return benchmark_module("turns")
 
 
 class Clock:
