@@ -15,8 +15,8 @@ from pydantic import Field
 from torch import Tensor
 
 from gptzoo.core import AttentionContext, LayerCache
-from gptzoo.plugins.attention import AttentionParams, SDPAAttention
-from gptzoo.plugins.sliding_window import WindowCache
+from gptzoo.plugins.attention import AttentionParams
+from gptzoo.plugins.sliding_window import RingCachedAttention, WindowCache
 from gptzoo.registry import hookimpl
 
 
@@ -29,7 +29,7 @@ class ChunkedParams(AttentionParams):
     )
 
 
-class ChunkedAttention(SDPAAttention):
+class ChunkedAttention(RingCachedAttention):
     """Causal attention within chunks of ``chunk_size`` positions (Llama 4's chunked local layers).
 
     A chunk is not a sliding window: the first query of a chunk sees itself only, the last one the
@@ -45,8 +45,6 @@ class ChunkedAttention(SDPAAttention):
 
     Params = ChunkedParams
     equivalent_to = None
-    cache_kind = "window"
-    static_cache = True  # a static cache keeps every key and value, the chunks a mask (new_static_cache)
 
     @classmethod
     def cache_window(cls, params: ChunkedParams) -> int:
@@ -56,20 +54,8 @@ class ChunkedAttention(SDPAAttention):
     def kit_lengths(cls, params: ChunkedParams) -> tuple[int, ...]:
         return (2 * params.chunk_size + 3,)  # into a third chunk
 
-    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
-        size = self.params.chunk_size if max_len is None else min(self.params.chunk_size, max_len)
-        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
-
-    # Compiled decoding keeps every key and value, as sdpa does; the chunk is a mask in forward.
-    new_static_cache = SDPAAttention.new_cache
-    static_cache_bytes = SDPAAttention.cache_bytes
-
-    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.chunk_size)
-
-    def flops_per_token(self, context_length: int) -> int:
-        # A query sees (chunk_size + 1) / 2 keys on average over a chunk; counted at the chunk, as windows are.
-        return super().flops_per_token(min(context_length, self.params.chunk_size))
+    # flops_per_token counts the whole chunk, as windows are, though a query sees (chunk_size + 1) / 2 keys
+    # on average over a chunk.
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         if ctx.static:  # every slot of a static cache (or the keys an earlier layer shares), the chunks a mask

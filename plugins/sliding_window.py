@@ -57,7 +57,34 @@ class WindowCache(LayerCache):
 BLOCKED_FROM, BLOCKED_FROM_LENGTH = 8, 512
 
 
-class SlidingWindowAttention(SDPAAttention):
+class RingCachedAttention(SDPAAttention):
+    """``sdpa`` whose decoding cache is a ``WindowCache``: a ring of the latest ``cache_window(params)``
+    keys and values, the memory bounded however long the text grows. Compiled decoding (a static
+    cache) keeps every key and value, as ``sdpa`` does, and a subclass's forward masks them; costs
+    count the ring's keys."""
+
+    cache_kind = "window"
+    static_cache = True  # a static cache keeps every key and value, the ring's keys a mask (new_static_cache)
+
+    @property
+    def ring(self) -> int:
+        return cast(int, type(self).cache_window(self.params))
+
+    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
+        size = self.ring if max_len is None else min(self.ring, max_len)
+        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
+
+    new_static_cache = SDPAAttention.new_cache
+    static_cache_bytes = SDPAAttention.cache_bytes
+
+    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        return self.kv_bytes_per_token(dtype) * min(n_tokens, self.ring)
+
+    def flops_per_token(self, context_length: int) -> int:
+        return super().flops_per_token(min(context_length, self.ring))
+
+
+class SlidingWindowAttention(RingCachedAttention):
     """Causal attention where each query sees its latest ``window`` keys (Beltagy et al., 2020; Mistral 7B).
 
     Training on long sequences splits them into blocks of ``window`` queries, each attending to
@@ -74,26 +101,10 @@ class SlidingWindowAttention(SDPAAttention):
 
     Params = SlidingWindowParams
     equivalent_to = None
-    cache_kind = "window"
-    static_cache = True  # a static cache keeps every key and value, the window a mask (new_static_cache)
 
     @classmethod
     def receptive_field(cls, params: SlidingWindowParams) -> int:
         return params.window
-
-    def new_cache(self, batch_size: int, max_len: int | None, device: torch.device, dtype: torch.dtype) -> WindowCache:
-        size = self.params.window if max_len is None else min(self.params.window, max_len)
-        return WindowCache(batch_size, self.n_kv_heads, size, self.head_size, device, dtype, self.v_size)
-
-    # Compiled decoding keeps every key and value, as sdpa does; the window is a mask in forward.
-    new_static_cache = SDPAAttention.new_cache
-    static_cache_bytes = SDPAAttention.cache_bytes
-
-    def cache_bytes(self, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        return self.kv_bytes_per_token(dtype) * min(n_tokens, self.params.window)
-
-    def flops_per_token(self, context_length: int) -> int:
-        return super().flops_per_token(min(context_length, self.params.window))
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         if ctx.static:  # every slot of a static cache (or the keys an earlier layer shares), the window a mask
