@@ -40,7 +40,8 @@ class ChunkedAttention(RingCachedAttention):
     the cache, inspection) takes one call with a mask that is causal, within the ring's keys and
     within the query's chunk. Compiled decoding (a static cache, ``generate --compile``) writes a
     ring at no Python offset: it keeps every key and value instead, as ``sdpa`` does, the chunks a
-    mask over them, so the memory saving of the ring is given up there.
+    mask over them, so the memory saving of the ring is given up there. Its FLOPs count the whole
+    chunk, as a window's count the window, though a query sees (chunk_size + 1) / 2 keys on average.
     """
 
     Params = ChunkedParams
@@ -53,9 +54,6 @@ class ChunkedAttention(RingCachedAttention):
     @classmethod
     def kit_lengths(cls, params: ChunkedParams) -> tuple[int, ...]:
         return (2 * params.chunk_size + 3,)  # into a third chunk
-
-    # flops_per_token counts the whole chunk, as windows are, though a query sees (chunk_size + 1) / 2 keys
-    # on average over a chunk.
 
     def forward(self, x: Tensor, ctx: AttentionContext, cache: LayerCache | None = None) -> Tensor:
         if ctx.static:  # every slot of a static cache (or the keys an earlier layer shares), the chunks a mask
