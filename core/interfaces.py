@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -410,8 +409,7 @@ class MultiTokenPrediction(Component):
     ``token_embedding`` where it has one, else the model's own embedding) for depths
     k = 1..len(ahead) -> each depth's normalised hidden states (B, T, C), from which the model's
     head predicts the token k + 1 after each position. ``ctx`` and ``caches`` (one per block) are
-    those of the blocks' positions. Training adds ``losses``: by default ``loss_weight / depth`` times
-    each depth's cross-entropy.
+    those of the blocks' positions. Training adds what ``losses`` returns.
     """
 
     depth: int
@@ -437,18 +435,12 @@ class MultiTokenPrediction(Component):
         self, hidden: Tensor, ahead: list[Tensor], ctx: AttentionContext, caches: list[LayerCache] | None = None
     ) -> list[Tensor]: ...
 
+    @abstractmethod
     def losses(
         self, hidden: list[Tensor], head: Callable[[Tensor], Tensor], targets: Tensor
     ) -> dict[str, AuxiliaryLoss]:
-        """Each depth's training loss ``mtp_k`` from its ``hidden`` states (B, T, C) of the last forward, the
-        model's ``head`` and the forward's ``targets`` (B, T): position i predicts the target k after its own
-        (the last k positions have none in the batch)."""
-        T, losses = targets.size(1), {}
-        for k, h in enumerate(hidden[: T - 1], start=1):
-            logits = head(h[:, : T - k])  # (B, T - k, V)
-            value = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten())
-            losses[f"mtp_{k}"] = AuxiliaryLoss(value, self.loss_weight / self.depth)
-        return losses
+        """The training losses from each depth's ``hidden`` states (B, T, C) of the last forward, the model's
+        ``head`` and the forward's ``targets`` (B, T), where ``targets[:, i + k]`` is depth k's at position i."""
 
 
 class Tokenizer(ABC):

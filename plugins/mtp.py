@@ -22,14 +22,25 @@ the modules change nothing the main model computes, so inference may drop them o
 draft tokens (gptzoo.recipes.generation.speculative).
 """
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gptzoo.core import AttentionContext, Block, Dims, LayerCache, LayerSpec, MultiTokenPrediction, Params
+from gptzoo.core import (
+    AttentionContext,
+    AuxiliaryLoss,
+    Block,
+    Dims,
+    LayerCache,
+    LayerSpec,
+    MultiTokenPrediction,
+    Params,
+)
 from gptzoo.registry import hookimpl
 
 
@@ -101,6 +112,17 @@ class SequentialMTP(MultiTokenPrediction):
     @property
     def blocks(self) -> list[Block]:
         return [cast(MTPModule, module).block for module in self.layers]
+
+    def losses(
+        self, hidden: list[Tensor], head: Callable[[Tensor], Tensor], targets: Tensor
+    ) -> dict[str, AuxiliaryLoss]:
+        """λ/D times each depth's cross-entropy, as ``mtp_k``; the last k positions have no target in the batch."""
+        T, losses = targets.size(1), {}
+        for k, h in enumerate(hidden[: T - 1], start=1):
+            logits = head(h[:, : T - k])  # (B, T - k, V): position i predicts the target k after its own
+            value = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten())
+            losses[f"mtp_{k}"] = AuxiliaryLoss(value, self.loss_weight / self.depth)
+        return losses
 
     def forward(
         self, hidden: Tensor, ahead: list[Tensor], ctx: AttentionContext, caches: list[LayerCache] | None = None
