@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from gptzoo.recipes.generation.stored_weights import native_bf16
+
 CPU_INFO = Path("/proc/cpuinfo")
 CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 SIZE_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
@@ -47,11 +49,10 @@ def last_level_cache_bytes(caches: Path = CPU0_CACHES) -> int | None:
 def describe() -> dict:
     """The processor, its vector instructions as torch uses them, whether it multiplies bf16 natively, its
     last-level cache, the cores and threads, and the torch build."""
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent on some builds
     return {
         "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": native_bf16() if native_bf16 is not None else None,
+        "native_bf16": native_bf16(),
         "last_level_cache_bytes": last_level_cache_bytes(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),

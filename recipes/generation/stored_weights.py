@@ -51,9 +51,16 @@ DECODE_ROWS = 32  # activations rows up to which the int8 kernel beats a GEMM on
 INT8_ROW_MULTIPLE = 16  # the int8 kernel's vector of numbers on AVX-512 (8 on AVX2): it has no code for a tail
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 bf16, which AMX processors have too)."""
+    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent on some builds
+    return bool(supported is not None and supported())
+
+
 def packs_bf16() -> bool:
-    """Whether bf16 matrices are kept packed for oneDNN: where it multiplies bf16 natively."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether bf16 matrices are kept packed for oneDNN: where it multiplies bf16 natively (oneDNN also takes
+    bf16 on AVX-512 without it, emulated, which was never measured)."""
+    return bool(torch.backends.mkldnn.is_available() and native_bf16())
 
 
 def packed_product(x: Tensor, packed: Tensor) -> Tensor:
@@ -77,9 +84,8 @@ class StoredLinear(nn.Module):
     """``x @ w.T + b`` with the (N, K) matrix ``w`` kept as int8 rows with scales, as bf16, or as fp32 in the
     layout of the longer rows."""
 
-    stored: (
-        Tensor  # (N, K16) int8; (N, K) bf16, oneDNN's blocked layout where packed; fp32 (K, N) where N ≥ K, else (N, K)
-    )
+    # (N, K16) int8; (N, K) bf16, in oneDNN's blocked layout where packed; fp32 (K, N) where N ≥ K, else (N, K)
+    stored: Tensor
     scale: Tensor | None  # (N,) bf16 for int8, None otherwise
     bias: Tensor | None  # (N,)
 
