@@ -107,10 +107,10 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
     for module in model.modules():
         if isinstance(module, nn.Embedding) and module.weight is not getattr(head, "weight", None):
             looked_up.add(id(module.weight))
-        if isinstance(module, StoredEmbedding) and module.matrix is not head:
-            looked_up |= {id(module.matrix.stored), id(module.matrix.scale)}
-        if isinstance(module, StoredEmbedding) and module.table is not None:  # a packed head's rows, kept plain
-            looked_up.add(id(module.table))
+        if isinstance(module, StoredEmbedding):  # its own table, or a packed head's rows kept plain
+            looked_up |= {id(module.table)} | (
+                {id(module.matrix.stored), id(module.matrix.scale)} if module.matrix is not head else set()
+            )
         if isinstance(module, PositionalEncoding):  # rows per position (rotary's cos and sin, sinusoids' table)
             looked_up |= {id(table) for table in module.buffers(recurse=False) if table.dim() == 2}
     total, seen = 0, set()
