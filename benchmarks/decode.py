@@ -1,6 +1,6 @@
 """Greedy decoding on a CPU against the memory-bandwidth bound, in one process.
 
-    python benchmarks/decode.py [--shapes small,gpt2-124m,qwen3-small] [--storages fp32,bf16,int8] [--compiled fp32]
+    python benchmarks/decode.py [--shapes small,gpt2-124m,qwen3-small] [--storages fp32,bf16,int8,int4] [--compiled fp32]
                                 [--new-tokens 64] [--reps 5] [--threads N] [--out decode-bench.json]
 
 Batch 1, a 16-token prompt, ``--new-tokens`` greedy tokens; the time per token is the whole
@@ -9,7 +9,7 @@ take it. Cases of one shape are timed in turns (the order reversed every other r
 change in the machine's load falls on all alike; figures are medians.
 
 - ``gptzoo-<storage>``: gptzoo's GPT-2 assembly (``generate_ids``, KV cache) with its weights
-  stored as fp32, bf16 or int8 (``--weight-storage``);
+  stored as fp32, bf16, int8 or int4 (``--weight-storage``);
 - ``gptzoo-<storage>-compiled``, for each storage in ``--compiled``: the same through a static cache
   and one compiled step (``generate --compile``); its warm-up call compiles, so the times are
   the steady state; ``first_call_s`` is that first call's seconds, compiling included (a cold
@@ -70,7 +70,12 @@ from turns import in_turns  # noqa: E402
 
 from gptzoo.core import PositionalEncoding  # noqa: E402
 from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
-from gptzoo.recipes.generation.stored_weights import StoredEmbedding, StoredHead, store_weights  # noqa: E402
+from gptzoo.recipes.generation.stored_weights import (  # noqa: E402
+    StoredEmbedding,
+    StoredHead,
+    StoredLinear,
+    store_weights,
+)
 
 PROMPT = 16
 QWEN3_SHAPES = {
@@ -108,7 +113,7 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
         if isinstance(module, nn.Embedding) and module.weight is not getattr(head, "weight", None):
             looked_up.add(id(module.weight))
         if isinstance(module, StoredEmbedding):  # its own table, or a packed head's rows kept plain
-            looked_up |= {id(module.table)} | (
+            looked_up |= {id(module.table), id(module.matrix.codes)} | (
                 {id(module.matrix.stored), id(module.matrix.scale)} if module.matrix is not head else set()
             )
         if isinstance(module, PositionalEncoding):  # rows per position (rotary's cos and sin, sinusoids' table)
@@ -120,7 +125,10 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
                 continue
             seen.add(id(tensor))
             n_bytes = tensor.numel() * tensor.element_size()
-            total += n_bytes // tensor.shape[0] if id(tensor) in looked_up else n_bytes  # a lookup reads one row
+            # a lookup reads one row (an int4 table one column of its scales, (K32/G, N16, 2))
+            int4_scale = isinstance(module, StoredLinear) and module.storage == "int4" and tensor is module.scale
+            rows = tensor.shape[1] if int4_scale else tensor.shape[0]
+            total += n_bytes // rows if id(tensor) in looked_up else n_bytes
     kv_length = PROMPT + new_tokens if static else PROMPT + new_tokens / 2
     kv_width = shape.get("n_kv_heads", shape["n_heads"]) * shape.get("head_dim", shape["d_model"] // shape["n_heads"])
     return total + 2 * shape["n_layers"] * kv_width * int(kv_length) * 4
@@ -237,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shapes", default="small,gpt2-124m,qwen3-small", help=f"comma-separated, of {', '.join(shapes)}"
     )
-    parser.add_argument("--storages", default="fp32,bf16,int8")
+    parser.add_argument("--storages", default="fp32,bf16,int8,int4")
     parser.add_argument("--compiled", default="fp32", help="storages also timed compiled (generate --compile)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)

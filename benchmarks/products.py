@@ -19,6 +19,8 @@ timed with them, shows where). Each set is multiplied as:
   multiplied by oneDNN where it multiplies bf16 natively (the JSON's ``machine`` says whether the
   processor does), else as ``bf16 (N, K)``;
 - ``int8``: ``aten._weight_int8pack_mm`` on int8 rows with bf16 scales (``--weight-storage int8``);
+- ``int4``: ``aten._weight_int4pack_mm_for_cpu`` on 4-bit codes with a bf16 scale and zero point per group
+  of 32 numbers (``--weight-storage int4``);
 - ``copy``: a copy between two arrays of the set's fp32 bytes, for the machine's rate at the same moments.
 
 Everything is timed in turns in one process (one repetition of each, the order reversed every other
@@ -71,7 +73,7 @@ def product_calls(weights: list[torch.Tensor]) -> dict[str, tuple[Callable[[], o
         "fp32 (K, N)": (lambda: [rows[t.shape[0]] @ t for t in transposed], fp32_bytes),
         "bf16 (N, K)": (lambda: [F.linear(bf16_rows[w.shape[1]], w) for w in bf16], fp32_bytes // 2),
     }
-    for name, storage in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "int8")):
+    for name, storage in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "int8"), ("int4", "int4")):
         stored = [StoredLinear(w, None, storage) for w in weights]  # type: ignore[arg-type]
         out[name] = (lambda s=stored: [m(rows[m.in_features]) for m in s], sum(stored_bytes(m) for m in stored))
     a = torch.ones(sum(w.numel() for w in weights))

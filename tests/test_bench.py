@@ -62,7 +62,14 @@ def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {row["impl"]: row for row in report["rows"] if row["shape"] == "tiny"}
-    assert set(rows) == {"gptzoo-fp32", "gptzoo-fp32-compiled", "gptzoo-bf16", "gptzoo-int8", "transformers"}
+    assert set(rows) == {
+        "gptzoo-fp32",
+        "gptzoo-fp32-compiled",
+        "gptzoo-bf16",
+        "gptzoo-int8",
+        "gptzoo-int4",
+        "transformers",
+    }
     # tiny: 2 layers x 64, vocab 512, tied head; the cache read at the mean length 16 + 4/2 = 18 tokens
     d, v, layers = 64, 512, 2
     block = 3 * d * d + 3 * d + d * d + d + 4 * d * d + 4 * d + 4 * d * d + d + 4 * d  # qkv, proj, fc, fc_out, 2 norms
@@ -71,6 +78,12 @@ def test_decode_bench_reports_each_row_against_the_bandwidth_bound(tmp_path):
     # the static cache is read whole at every step: all 16 + 4 preallocated positions
     assert rows["gptzoo-fp32-compiled"]["bytes_per_token"] == fp32 + 2 * layers * d * (20 - 18) * 4
     assert rows["gptzoo-int8"]["bytes_per_token"] < rows["gptzoo-bf16"]["bytes_per_token"] < fp32
+    # int4: half a byte a number and a bf16 scale and zero point a group of 32 (5/8 of a byte), in place of fp32's
+    # 4; a row of the tied embedding's row codes (d / 2 bytes) more; the position table's row in int4 too: its
+    # codes and the scale and zero point of its d / 32 groups, in place of d fp32 numbers
+    matrices = layers * (3 * d * d + d * d + 4 * d * d + 4 * d * d) + v * d
+    position_row = d // 2 + (d // 32) * 4 - 4 * d
+    assert rows["gptzoo-int4"]["bytes_per_token"] == fp32 - 4 * matrices + matrices * 5 // 8 + d // 2 + position_row
     qwen3 = {row["impl"]: row for row in report["rows"] if row["shape"] == "qwen3-tiny"}
     assert set(qwen3) == {"gptzoo-fp32", "book", "transformers"}
     # qwen3-tiny: 4 query heads and 2 key-value heads 16 wide, SwiGLU 192 wide, QK-norm, tied head, rotary
@@ -134,6 +147,8 @@ def test_products_bench_reads_each_storage_s_bytes(tmp_path):
         assert rows[which, "bf16 (N, K)"]["bytes"] == 2 * n
         # int8 numbers (K a multiple of 16) + a bf16 scale a row
         assert rows[which, "int8"]["bytes"] == n + 2 * out_rows
+        # 4-bit codes + a bf16 scale and zero point a group of 32 numbers (every K here a multiple of 32)
+        assert rows[which, "int4"]["bytes"] == n // 2 + (n // 32) * 4
         assert rows[which, "copy"]["bytes"] == 2 * 4 * n  # read + write of the fp32 bytes
     for row in rows.values():
         assert row["gb_per_s"] == pytest.approx(row["bytes"] / (row["ms"] / 1e3) / 1e9)
@@ -184,4 +199,4 @@ def test_decode_quality_scores_the_held_out_text_as_a_plain_forward_does(tmp_pat
     assert rows["fp32"]["perplexity"] == pytest.approx(math.exp(sum(losses).item() / (len(ids) - 1)), rel=1e-4)
     assert rows["fp32"]["top1_changed"] == 0 and rows["fp32"]["greedy_identical"] == 1
     assert rows["fp32"]["first_change"] == 40 - 16
-    assert set(rows) == {"fp32", "bf16", "int8"} and all(0 <= r["top1_changed"] <= 1 for r in rows.values())
+    assert set(rows) == {"fp32", "bf16", "int8", "int4"} and all(0 <= r["top1_changed"] <= 1 for r in rows.values())

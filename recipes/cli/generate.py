@@ -64,8 +64,9 @@ def add_weight_storage_argument(parser: argparse.ArgumentParser) -> None:
         choices=STORAGES,
         default="fp32",
         help="keep the linear layers' and the head's weights as fp32 (default: every value as it is, each matrix laid "
-        "out for one-row products), bf16, or int8 with a scale per row (weight-only): fewer bytes, faster only where "
-        "the CPU has fast kernels for them; docs/design/performance.md gives the speed and quality cost",
+        "out for one-row products), bf16, int8 with a scale per row, or int4 with a scale and zero point per 32 numbers "
+        "(weight-only): fewer bytes, faster only where the CPU has fast kernels for them; docs/design/performance.md "
+        "gives the speed and quality cost",
     )
 
 

@@ -1,11 +1,11 @@
-"""Weights stored as int8 rows with scales, or as bf16, for decoding: the products against the
-formula worked in the test, the padding the int8 kernel needs, a tied head and embedding, and the
-commands' --weight-storage option."""
+"""Weights stored as int4 codes in groups, int8 rows with scales, or bf16, for decoding: the products
+against the formula worked in the test, the padding the kernels need, a tied head and embedding, and
+the commands' --weight-storage option."""
 
 import pytest
 import torch
 
-from gptzoo.core import GPT
+from gptzoo.core import GPT, GptzooError
 from gptzoo.recipes.cli import main
 from gptzoo.recipes.config.schema import RunConfig
 from gptzoo.recipes.generation import stored_weights
@@ -47,6 +47,55 @@ def test_a_prefill_multiplies_fp32_activations_by_the_dequantized_rows():
     torch.manual_seed(0)
     w, b, x = torch.randn(24, 16), torch.randn(24), torch.randn(1, DECODE_ROWS + 1, 16)
     torch.testing.assert_close(StoredLinear(w, b, "int8")(x), x @ int8_by_hand(w).T + b)
+
+
+def int4_by_hand(w: torch.Tensor) -> torch.Tensor:
+    """Asymmetric 4-bit codes in groups of 32 along each row, a group at a time: scale = (max - min) / 15 and
+    zero = min + 8 · scale (both kept in bf16, as the kernel takes them), q = round((w - zero) / scale) + 8 in
+    0..15, read back as (q - 8) · scale + zero."""
+    out = torch.empty_like(w)
+    for n in range(w.shape[0]):
+        for start in range(0, w.shape[1], 32):
+            group = w[n, start : start + 32]
+            low, high = min(group.min().item(), 0.0), max(group.max().item(), 0.0)  # a short last group: zero-padded
+            scale = torch.tensor((high - low) / 15).to(torch.bfloat16).float()
+            zero = (low + 8 * scale).to(torch.bfloat16).float()
+            q = ((group - zero) / scale + 8).round().clamp(0, 15)
+            out[n, start : start + 32] = (q - 8) * scale + zero
+    return out
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 64), (40, 52), (50, 13)])
+def test_int4_products_equal_bf16_activations_times_the_dequantized_groups(n, k):
+    # 40 and 50 rows: the kernel takes multiples of 16; 52 and 13 numbers: part of a group of 32
+    torch.manual_seed(0)
+    w, b = torch.randn(n, k), torch.randn(n)
+    expected_w = int4_by_hand(w)
+    assert (expected_w - w).abs().max() < 0.6 * (w.max() - w.min()) / 15  # half a step, and the rounding of bf16
+    for rows in (5, DECODE_ROWS + 1):  # decoding and a prefill: both through the kernel
+        x = torch.randn(3, rows, k)
+        # the kernel sums in fp32 and returns bf16: a bf16 unit of the output apart
+        expected = x.to(torch.bfloat16).float() @ expected_w.T
+        torch.testing.assert_close(StoredLinear(w, None, "int4")(x), expected, rtol=2**-7, atol=1e-3)
+        assert torch.equal(StoredLinear(w, b, "int4")(x), StoredLinear(w, None, "int4")(x) + b)  # in the model's dtype
+    # the matrix read back: by the kernel from its own layout (to bf16), or from the row codes of a looked-up one
+    torch.testing.assert_close(StoredLinear(w, None, "int4").weight, expected_w, rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(StoredLinear(w, None, "int4", looked_up=True).weight, expected_w)
+
+
+def test_int4_tables_look_rows_up_in_their_codes_and_a_multiplied_matrix_alone_has_none():
+    reference = tiny_model(tied_head=True)
+    tied = store_weights(tiny_model(tied_head=True), "int4")
+    assert tied.head.matrix is tied.token_embedding.matrix and tied.head.matrix.stored is not None
+    ids = torch.tensor([[3, 299, 0], [7, 7, 1]])
+    rows = int4_by_hand(reference.token_embedding.weight.detach())[ids]
+    torch.testing.assert_close(tied.token_embedding(ids), rows)
+    untied = store_weights(tiny_model(tied_head=False), "int4")
+    assert untied.token_embedding.matrix.stored is None  # a table alone is never multiplied
+    torch.testing.assert_close(untied.token_embedding(ids), rows)
+    assert untied.head.matrix.codes is None and untied.blocks[0].attention.qkv.codes is None
+    with pytest.raises(GptzooError, match="no rows to look up"):
+        untied.head.matrix.rows(ids)
 
 
 needs_native_bf16 = pytest.mark.skipif(
@@ -113,6 +162,17 @@ def test_a_tied_head_and_its_embedding_share_one_stored_matrix():
     torch.testing.assert_close(model.token_embedding(ids), rows)
 
 
+def with_int4_values(model: GPT) -> GPT:
+    """``model`` with every matrix that int4 storage keeps (linear layers, lookup tables, the head) replaced by
+    its values read back from ``int4_by_hand``, in fp32."""
+    matrices = {id(m.weight): m.weight for m in model.modules() if type(m) in (torch.nn.Linear, torch.nn.Embedding)}
+    matrices[id(model.head.weight)] = model.head.weight
+    with torch.no_grad():
+        for w in matrices.values():
+            w.copy_(int4_by_hand(w))
+    return model
+
+
 @pytest.mark.parametrize("tied_head", [False, True])
 @pytest.mark.parametrize("storage", ["bf16", "int8"])
 def test_stored_models_decode_close_to_fp32(storage, tied_head):
@@ -169,7 +229,7 @@ def test_generate_and_eval_take_the_option(tmp_path, capsys):
     torch.manual_seed(0)
     save_run(tmp_path / "run", config, GPT(config.model), config.model.tokenizer.build())
     (tmp_path / "text.txt").write_text("Hello there, how are you? " * 4)
-    for storage in ("bf16", "int8"):
+    for storage in ("bf16", "int8", "int4"):
         argv = [
             "generate",
             str(tmp_path / "run"),
@@ -207,6 +267,19 @@ def test_every_mixer_decodes_with_int8_storage_close_to_fp32(attention):
     with torch.inference_mode():
         expected, got = reference(x), stored(x)
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.parametrize("tied_head", [False, True])
+@pytest.mark.parametrize("attention", REGISTRY.names("attention"))
+def test_every_mixer_decodes_with_int4_storage_as_the_model_of_its_int4_values(attention, tied_head):
+    # 4 bits move a random model's logits by a tenth of their size: the reference holds the same 4-bit values
+    reference = with_int4_values(tiny_model(attention={"name": attention}, tied_head=tied_head))
+    stored = store_weights(tiny_model(attention={"name": attention}, tied_head=tied_head), "int4")
+    x = torch.randint(0, 300, (1, 9))
+    with torch.inference_mode():
+        expected, got = reference(x), stored(x)  # the stored model rounds activations to bf16
+        assert (got - expected).abs().max() < 0.03 * expected.abs().max()
+        assert len(generate_ids(stored, [[5, 6, 7], [8]], 4)[1]) == 4
 
 
 @pytest.mark.parametrize("attention", REGISTRY.names("attention"))
