@@ -1,4 +1,4 @@
-"""What storing the weights in bf16 or int8 costs in quality: held-out perplexity and greedy tokens against fp32.
+"""What storing the weights in bf16, int8 or int4 costs in quality: held-out perplexity and greedy tokens against fp32.
 
     gptzoo train configs/tiny.toml --out runs/shakespeare --set data.source=../shared/data/tinyshakespeare.txt
     python benchmarks/decode_quality.py runs/shakespeare [--tokens 16384] [--prompts 16] [--out decode-quality.json]
@@ -6,7 +6,7 @@
 The held-out text is the run's own validation split (the last ``data.val_fraction`` of its corpus's
 tokens, split as training split it), or ``--data FILE`` whole. Every product runs as decoding runs
 it: windows of the context are fed through the KV cache in chunks of at most ``DECODE_ROWS`` rows,
-so the int8 rows are multiplied by the int8 kernel with bf16 activations, as in ``generate``.
+so the int8 and int4 matrices are multiplied by their kernels with bf16 activations, as in ``generate``.
 
 - ``perplexity``: exp of the mean next-token loss over the held-out windows;
 - ``top1_changed``: the share of held-out positions where the most likely next token differs from fp32's
@@ -23,15 +23,19 @@ import copy
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gptzoo.core import GPT
-from gptzoo.recipes.generation.generate import generate_ids
-from gptzoo.recipes.generation.stored_weights import DECODE_ROWS, STORAGES, store_weights
-from gptzoo.recipes.runs.folder import load_run
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe  # noqa: E402
+
+from gptzoo.core import GPT  # noqa: E402
+from gptzoo.recipes.generation.generate import generate_ids  # noqa: E402
+from gptzoo.recipes.generation.stored_weights import DECODE_ROWS, STORAGES, store_weights  # noqa: E402
+from gptzoo.recipes.runs.folder import load_run  # noqa: E402
 
 PROMPT = 16
 
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": new_tokens,
         "parameters": sum(p.numel() for p in trained.model.parameters()),
         "torch": torch.__version__,
+        "machine": describe(),  # the kernels' rounding (bf16 emulated or native) depends on the processor
     }
     print(json.dumps(meta))
     with open(args.out, "w") as f:

@@ -136,12 +136,13 @@ def test_packed_bf16_keeps_a_tied_embedding_s_rows_plain_and_an_untied_table_unp
     assert untied.token_embedding.table is None
 
 
-@needs_native_bf16
 @pytest.mark.slow
-def test_packed_bf16_decodes_compiled_to_the_eager_tokens():
-    # Inductor builds C++ for the step (about half a minute); the packed product is an operator it calls as it is.
+@pytest.mark.parametrize("storage", [pytest.param("bf16", marks=needs_native_bf16), "int8", "int4"])
+def test_stored_weights_decode_compiled_to_the_eager_tokens(storage):
+    # Inductor builds C++ for the step (seconds to half a minute); a packed bf16 product is an operator it calls
+    # as it is, the int8 and int4 kernels are torch's own
     torch._dynamo.reset()
-    model = store_weights(tiny_model(), "bf16")
+    model = store_weights(tiny_model(), storage)
     prompts = [[1, 2, 3], [4]]
     assert generate_ids(model, prompts, 6, compiled=True) == generate_ids(model, prompts, 6)
     torch._dynamo.reset()
