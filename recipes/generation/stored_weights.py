@@ -32,8 +32,8 @@ as it is (the numbers are in docs/design/performance.md).
 
 The language-model head becomes a ``StoredHead`` (its stored matrix, then the head's own scaling
 and capping), every ``nn.Embedding`` a ``StoredEmbedding`` that looks single rows up in the stored
-form; a tied head and its embedding share one stored matrix (a packed one keeps its rows as a plain
-copy beside it). Everything else (norms, biases, the mixers' own parameters, experts held as
+form; a tied head and its embedding share one stored matrix (a packed bf16 one keeps its rows as a
+plain copy beside it, an int4 one its codes row by row). Everything else (norms, biases, the mixers' own parameters, experts held as
 stacked tensors) stays as it was. These are plain modules holding plain tensors, so a decoding step
 costs the kernels and a few tensor calls each, with no dispatch through a tensor subclass.
 
@@ -250,6 +250,10 @@ def store_weights(model: GPT, storage: Storage) -> GPT:
     if kernel is not None and not hasattr(torch.ops.aten, kernel):
         raise GptzooError(
             f"{storage} weight storage: this torch build has no {storage} weight-only kernel; use bf16 or fp32"
+        )
+    if storage == "int4" and any(p.device.type != "cpu" for p in model.parameters()):
+        raise GptzooError(
+            "int4 weight storage multiplies with torch's CPU kernel: decode on the CPU, or use bf16 or int8"
         )
     model.requires_grad_(False)
     stored: dict[int, StoredLinear] = {}  # one per Parameter: a tied head and its embedding share it

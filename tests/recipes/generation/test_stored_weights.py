@@ -98,6 +98,11 @@ def test_int4_tables_look_rows_up_in_their_codes_and_a_multiplied_matrix_alone_h
         untied.head.matrix.rows(ids)
 
 
+def test_int4_refuses_a_model_off_the_cpu():
+    with pytest.raises(GptzooError, match="int4 weight storage multiplies with torch's CPU kernel"):
+        store_weights(tiny_model().to("meta"), "int4")
+
+
 needs_native_bf16 = pytest.mark.skipif(
     not packs_bf16(), reason="oneDNN multiplies bf16 natively only where the CPU has AVX-512 bf16 or AMX"
 )
