@@ -250,8 +250,10 @@ def test_generate_and_eval_take_the_option(tmp_path, capsys):
         ]
         assert main(argv) == 0
         assert capsys.readouterr().out.startswith("Hello")
-    assert main(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt"), "--weight-storage", "int8"]) == 0
-    assert "perplexity" in capsys.readouterr().out
+    for storage in ("int8", "int4"):
+        argv = ["eval", str(tmp_path / "run"), "--data", str(tmp_path / "text.txt"), "--weight-storage", storage]
+        assert main(argv) == 0
+        assert "perplexity" in capsys.readouterr().out
 
 
 def test_a_scaled_and_capped_head_keeps_its_scaling_and_cap():
