@@ -112,8 +112,8 @@ def bytes_per_token(model: nn.Module, shape: dict, new_tokens: int, static: bool
     for module in model.modules():
         if isinstance(module, nn.Embedding) and module.weight is not getattr(head, "weight", None):
             looked_up.add(id(module.weight))
-        if isinstance(module, StoredEmbedding):  # its own table, or a packed head's rows kept plain
-            looked_up |= {id(module.table), id(module.matrix.codes)} | (
+        if isinstance(module, StoredEmbedding):  # its own table, or a tied head's rows kept again
+            looked_up |= {id(module.matrix.row_table)} | (
                 {id(module.matrix.stored), id(module.matrix.scale)} if module.matrix is not head else set()
             )
         if isinstance(module, PositionalEncoding):  # rows per position (rotary's cos and sin, sinusoids' table)

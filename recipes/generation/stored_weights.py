@@ -16,13 +16,15 @@ for it (``aten._weight_int4pack_mm_for_cpu``) at any number of rows, activations
 the way in. The kernel takes the codes in a blocked layout of its own, which differs between its AVX2,
 AVX-512 and plain builds, and the number of output rows a multiple of 16 (the rows are zero-padded,
 the extra outputs dropped). Its layout has no rows to index, so a matrix that is also looked up (a
-tied head's embedding, an untied one) keeps its codes a second time, two a byte along each row.
+tied head's embedding, an untied one) keeps its codes a second time, two a byte along each row
+(``StoredLinear.row_table``).
 ``"bf16"`` keeps the same matrices in bfloat16 and multiplies in bf16 (half the bytes). Where
 oneDNN multiplies bf16 natively (a CPU with AVX-512 bf16 or AMX), each matrix is kept in oneDNN's
 own blocked layout (``mkldnn._reorder_linear_weight``, as Inductor's freezing packs a bf16 linear)
 and multiplied by oneDNN (``mkldnn._linear_pointwise``), which reads it faster than torch's
 one-row bf16 product reads the plain matrix; elsewhere the plain (N, K) matrix, multiplied by torch.
-A packed matrix cannot be indexed by rows, so the embedding of a tied head keeps a plain copy.
+A packed matrix cannot be indexed by rows, so one that is also looked up (a tied head's) keeps a plain
+copy (``StoredLinear.row_table``).
 ``"fp32"`` keeps the model's own values and dtype, each matrix in the layout of the longer rows:
 a product with one row of activations reads the (N, K) layout as N dot products of K numbers and
 the transposed (K, N) one as K rows of N numbers scaled and summed, and BLAS streams the longer
@@ -89,7 +91,7 @@ def _(x: Tensor, packed: Tensor, out_features: int) -> Tensor:
     return x.new_empty(*x.shape[:-1], out_features)
 
 
-def int4_groups(w: Tensor) -> tuple[Tensor, Tensor]:
+def _int4_groups(w: Tensor) -> tuple[Tensor, Tensor]:
     """The (N, K) matrix ``w`` as 4-bit codes (N16, K32) int32 in 0..15 and each group's scale and zero point
     (K32 / INT4_GROUP, N16, 2) bf16, the kernel's order: ``w ≈ (q - 8) · scale + zero``, padded with zeros to
     N16 rows (a multiple of INT4_ROWS_MULTIPLE) and K32 columns (of INT4_GROUP)."""
@@ -110,7 +112,9 @@ class StoredLinear(nn.Module):
     # (N, K) bf16, in oneDNN's blocked layout where packed; fp32 (K, N) where N ≥ K, else (N, K)
     stored: Tensor | None
     scale: Tensor | None  # (N,) bf16 for int8; (K32 / INT4_GROUP, N16, 2) bf16 scales and zero points for int4
-    codes: Tensor | None  # (N16, K32 / 2) uint8 int4 codes two a byte along each row, where rows are looked up
+    # the matrix again in rows, where it is looked up and ``stored`` has none: (N, K) bf16 where packed,
+    # (N16, K32 / 2) uint8 int4 codes two a byte along each row
+    row_table: Tensor | None
     bias: Tensor | None  # (N,)
 
     def __init__(
@@ -120,21 +124,20 @@ class StoredLinear(nn.Module):
         w = weight.detach()
         self.in_features, self.out_features, self.compute_dtype = w.shape[1], w.shape[0], w.dtype
         self.storage = storage
-        self.fp32 = storage == "fp32"
-        self.transposed = self.fp32 and w.shape[0] >= w.shape[1]
+        self.transposed = storage == "fp32" and w.shape[0] >= w.shape[1]
         # bf16 is packed for oneDNN where it multiplies bf16 natively; a lookup table alone (not multiplied) stays plain
         self.packed = storage == "bf16" and multiplied and w.device.type == "cpu" and packs_bf16()
-        self.register_buffer("codes", None)
-        if self.fp32:
+        self.register_buffer("row_table", None)
+        if storage == "fp32":
             self.register_buffer("stored", w.T.contiguous() if self.transposed else w.contiguous())  # (K, N) or (N, K)
             self.scale = None
         elif storage == "int4":
-            codes, scale = int4_groups(w)  # (N16, K32), (K32/G, N16, 2)
+            codes, scale = _int4_groups(w)  # (N16, K32), (K32/G, N16, 2)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1) if multiplied else None
             self.register_buffer("stored", packed)
             self.register_buffer("scale", scale)
             if looked_up:
-                self.codes = (codes[:, ::2] | codes[:, 1::2] << 4).to(torch.uint8)  # (N16, K32/2)
+                self.row_table = (codes[:, ::2] | codes[:, 1::2] << 4).to(torch.uint8)  # (N16, K32/2)
         elif storage == "int8":
             w = F.pad(w, (0, -w.shape[1] % INT8_ROW_MULTIPLE))  # (N, K16): K rounded up to the kernel's multiple
             scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127  # (N,)
@@ -144,18 +147,20 @@ class StoredLinear(nn.Module):
             w = w.to(torch.bfloat16)  # (N, K)
             self.register_buffer("stored", torch.ops.mkldnn._reorder_linear_weight(w, 1) if self.packed else w)
             self.scale = None
+            if self.packed and looked_up:
+                self.row_table = w  # (N, K): oneDNN's blocked layout has no rows to index
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     @property
     def weight(self) -> Tensor:
         """The matrix dequantized (N, K), for the few modules that read a linear's weight themselves."""
-        if self.fp32:
+        if self.storage == "fp32":
             return self.stored.T if self.transposed else self.stored  # (N, K), a view
         if self.packed:
             return self.stored.to_dense().to(self.compute_dtype)  # (N, K): oneDNN reorders it back
         if self.storage == "int4":
-            if self.codes is not None:
-                return self.rows(torch.arange(self.out_features, device=self.codes.device))
+            if self.row_table is not None:
+                return self.rows(torch.arange(self.out_features, device=self.row_table.device))
             # the kernel's layout is read only by the kernel: it multiplies the identity, to bf16 precision
             eye = torch.eye(self.scale.shape[0] * INT4_GROUP, dtype=torch.bfloat16, device=self.scale.device)
             return self._int4_product(eye)[: self.in_features].T.to(self.compute_dtype)  # (N, K)
@@ -173,7 +178,7 @@ class StoredLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         int4 = self.storage == "int4"  # the int4 kernel at any number of rows: it keeps no matrix to dequantize
-        if self.fp32 or (x.shape[:-1].numel() > DECODE_ROWS and not int4) or x.device.type != "cpu":
+        if self.storage == "fp32" or (x.shape[:-1].numel() > DECODE_ROWS and not int4) or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)  # fp32, or a prefill, where one GEMM is faster
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # (B·T, K): the kernel reads rows whole
         if int4:
@@ -194,10 +199,12 @@ class StoredLinear(nn.Module):
         """Rows ``ids`` (...) of the matrix, dequantized: (..., K)."""
         if self.transposed:
             return self.stored[:, ids].movedim(0, -1)  # (K, ...) -> (..., K)
+        if (self.packed or self.storage == "int4") and self.row_table is None:
+            raise GptzooError(f"this {self.storage} matrix is stored only to be multiplied: it has no rows to look up")
+        if self.packed:
+            return self.row_table[ids].to(self.compute_dtype)  # (..., K)
         if self.storage == "int4":
-            if self.codes is None:
-                raise GptzooError("an int4 matrix stored only to be multiplied has no rows to look up")
-            pairs = self.codes[ids]  # (..., K32/2)
+            pairs = self.row_table[ids]  # (..., K32/2)
             q = torch.stack([pairs & 15, pairs >> 4], dim=-1).flatten(-2).float()  # (..., K32)
             q = q.unflatten(-1, (-1, INT4_GROUP))  # (..., K32/G, G)
             scale, zero = self.scale[:, ids].movedim(0, -2).float().unbind(-1)  # (..., K32/G) each
@@ -213,8 +220,6 @@ class StoredEmbedding(nn.Module):
     def __init__(self, matrix: StoredLinear):
         super().__init__()
         self.matrix = matrix
-        # (V, K) bf16: oneDNN's blocked layout has no rows to index, so a packed matrix's lookups read a plain copy
-        self.register_buffer("table", matrix.stored.to_dense() if matrix.packed else None)
 
     @property
     def weight(self) -> Tensor:
@@ -224,8 +229,6 @@ class StoredEmbedding(nn.Module):
         return torch.empty(0, self.matrix.in_features, dtype=self.matrix.compute_dtype, device=device)
 
     def forward(self, ids: Tensor) -> Tensor:
-        if self.table is not None:
-            return self.table[ids].to(self.matrix.compute_dtype)  # (..., K)
         return self.matrix.rows(ids)  # (..., K)
 
 

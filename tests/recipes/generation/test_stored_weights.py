@@ -95,7 +95,7 @@ def test_int4_tables_look_rows_up_in_their_codes_and_a_multiplied_matrix_alone_h
     untied = store_weights(tiny_model(tied_head=False), "int4")
     assert untied.token_embedding.matrix.stored is None  # a table alone is never multiplied
     torch.testing.assert_close(untied.token_embedding(ids), rows)
-    assert untied.head.matrix.codes is None and untied.blocks[0].attention.qkv.codes is None
+    assert untied.head.matrix.row_table is None and untied.blocks[0].attention.qkv.row_table is None
     with pytest.raises(GptzooError, match="no rows to look up"):
         untied.head.matrix.rows(ids)
 
@@ -140,7 +140,7 @@ def test_packed_bf16_keeps_a_tied_embedding_s_rows_plain_and_an_untied_table_unp
     assert model.token_embedding.weight.layout == torch.strided  # what callers read the dtype and device from
     untied = store_weights(tiny_model(tied_head=False), "bf16")
     assert untied.head.matrix.packed and not untied.token_embedding.matrix.packed  # a table alone is never multiplied
-    assert untied.token_embedding.table is None
+    assert untied.token_embedding.matrix.row_table is None
 
 
 @pytest.mark.slow
